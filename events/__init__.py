@@ -1,0 +1,1 @@
+"""The event contract: envelope, event models, Avro codec with Confluent framing."""

@@ -1,0 +1,68 @@
+"""One settings object for every part of OrderStream, read from `OMS_*` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Topics(BaseSettings):
+    """Kafka topic names (DESIGN.md §2); overridable so tests can run in isolation."""
+
+    model_config = SettingsConfigDict(env_prefix="OMS_TOPIC_", frozen=True)
+
+    intake: str = "oms.intake.v1"
+    orders: str = "oms.orders.v1"
+    inventory: str = "oms.inventory.v1"
+    notifications: str = "oms.notifications.v1"
+    dlq: str = "oms.dlq.v1"
+
+    def all(self) -> list[str]:
+        return [self.intake, self.orders, self.inventory, self.notifications, self.dlq]
+
+
+class Settings(BaseSettings):
+    """Where everything lives. With nothing set, everything uses the local stack under `.oms/`."""
+
+    model_config = SettingsConfigDict(env_prefix="OMS_", frozen=True)
+
+    home: Path = Field(default=PROJECT_ROOT / ".oms", description="local stack data and pid files")
+    kafka_bootstrap: str = "localhost:9092"
+    kafka_controller_port: int = 9093
+    kafka_libs: Path | None = Field(
+        default=None, description="Kafka jars; defaults to HOME/kafka/libs (filled by mvn)"
+    )
+    kafka_partitions: int = 4
+    clickhouse_url: str | None = Field(
+        default=None,
+        description="clickhouse://host:9000/db or chdb:///path; default: the local stack's",
+    )
+    clickhouse_port: int = Field(default=9000, description="native port of the local server")
+    clickhouse_http_port: int = 8123
+    schema_registry_url: str | None = None
+    topics: Topics = Field(default_factory=Topics)
+    consumer_group: str = "oms-worker"
+
+    @property
+    def kafka_libs_dir(self) -> Path:
+        return self.kafka_libs or self.home / "kafka" / "libs"
+
+    @property
+    def resolved_clickhouse_url(self) -> str:
+        """The configured URL, else the local stack's server if it runs one, else embedded chDB."""
+        if self.clickhouse_url:
+            return self.clickhouse_url
+        marker = self.home / "clickhouse" / "url"
+        if marker.exists():
+            return marker.read_text().strip()
+        return f"chdb://{self.home / 'chdb'}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

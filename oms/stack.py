@@ -1,0 +1,418 @@
+"""The local stack: a real Apache Kafka broker (KRaft, from Maven Central jars) and ClickHouse.
+
+ClickHouse is a local `clickhouse-server` when that binary is installed, otherwise embedded chDB.
+Everything lives under `Settings.home`; `down` only stops processes whose pid files it wrote.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from oms.settings import PROJECT_ROOT, Settings
+
+KAFKA_POM = PROJECT_ROOT / "kafka" / "pom.xml"
+START_TIMEOUT_S = 90.0
+
+
+class StackError(RuntimeError):
+    """The local stack could not be set up or started; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    address: str
+    running: bool
+    answering: bool
+    detail: str = ""
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host or "localhost", int(port)
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _wait_until(check: Callable[[], bool], *, timeout_s: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:]) if log.exists() else ""
+    raise StackError(f"{what} did not answer within {timeout_s:.0f}s. Last lines of {log}:\n{tail}")
+
+
+class _Process:
+    """A background process known by its pid file; `marker` must appear in its command line."""
+
+    def __init__(self, *, pid_file: Path, marker: str) -> None:
+        self.pid_file = pid_file
+        self.marker = marker
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            return None
+        return pid if self.marker in cmdline else None
+
+    def start(self, argv: list[str], *, log: Path, cwd: Path, env: dict[str, str] | None = None) -> None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=cwd, env=env, start_new_session=True,
+            )
+        self.pid_file.write_text(str(proc.pid))
+
+    def stop(self, *, timeout_s: float = 30.0) -> bool:
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self._alive(pid):
+            time.sleep(0.2)
+        if self._alive(pid):
+            os.kill(pid, signal.SIGKILL)
+            while self._alive(pid):
+                time.sleep(0.1)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    @staticmethod
+    def _alive(pid: int) -> bool:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+        except OSError:
+            return False
+        return state != "Z"
+
+
+class KafkaService:
+    """Single-node KRaft Kafka (broker + controller) run with `java -cp libs/* kafka.Kafka`."""
+
+    name = "kafka"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.dir = settings.home / "kafka"
+        self.host, self.port = _host_port(settings.kafka_bootstrap)
+        self.log = self.dir / "logs" / "server.out"
+        self.config = self.dir / "server.properties"
+        self.process = _Process(pid_file=self.dir / "kafka.pid", marker=str(self.config))
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def ensure_installed(self) -> None:
+        libs = self.settings.kafka_libs_dir
+        stamp = libs / ".pom-stamp"
+        pom = KAFKA_POM.read_text()
+        if stamp.exists() and stamp.read_text() == pom:
+            return
+        if shutil.which("java") is None or shutil.which("mvn") is None:
+            missing = " and ".join(t for t in ("java", "mvn") if shutil.which(t) is None)
+            raise StackError(
+                f"{missing} not found: install Java 17+ and Maven (Debian: apt-get install -y "
+                "openjdk-17-jre-headless maven), or run Kafka and ClickHouse with Docker: "
+                "docker compose -f docker-compose.kafka.yml up -d"
+            )
+        libs.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run(
+            ["mvn", "-q", "-B", "-f", str(KAFKA_POM), "dependency:copy-dependencies",
+             "-DincludeScope=runtime", f"-DoutputDirectory={libs}"],
+            capture_output=True, text=True,
+        )
+        if result.returncode != 0:
+            raise StackError(f"mvn could not fetch the Kafka jars:\n{result.stdout[-3000:]}")
+        stamp.write_text(pom)
+
+    def _write_config(self) -> None:
+        data = self.dir / "data"
+        (self.dir / "logs").mkdir(parents=True, exist_ok=True)
+        controller = self.settings.kafka_controller_port
+        self.config.write_text(
+            "\n".join([
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.voters=1@{self.host}:{controller}",
+                f"listeners=PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{controller}",
+                f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
+                "controller.listener.names=CONTROLLER",
+                "inter.broker.listener.name=PLAINTEXT",
+                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                f"log.dirs={data}",
+                f"num.partitions={self.settings.kafka_partitions}",
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=8",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "min.insync.replicas=1",
+                "default.replication.factor=1",
+                "group.initial.rebalance.delay.ms=0",
+                "auto.create.topics.enable=true",
+                "log.retention.hours=-1",
+                "",
+            ])
+        )
+        (self.dir / "log4j.properties").write_text(
+            "\n".join([
+                "log4j.rootLogger=INFO, file",
+                "log4j.appender.file=org.apache.log4j.RollingFileAppender",
+                f"log4j.appender.file.File={self.dir / 'logs' / 'server.log'}",
+                "log4j.appender.file.MaxFileSize=20MB",
+                "log4j.appender.file.MaxBackupIndex=2",
+                "log4j.appender.file.layout=org.apache.log4j.PatternLayout",
+                "log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n",
+                "log4j.logger.kafka=INFO",
+                "log4j.logger.org.apache.kafka=INFO",
+                "",
+            ])
+        )
+        if not (data / "meta.properties").exists():
+            self._java("kafka.tools.StorageTool", "format", "-t", str(uuid.uuid4()),
+                       "-c", str(self.config))
+
+    def _java(self, *args: str) -> None:
+        result = subprocess.run(
+            ["java", "-cp", f"{self.settings.kafka_libs_dir}/*",
+             f"-Dlog4j.configuration=file:{self.dir / 'log4j.properties'}", *args],
+            capture_output=True, text=True,
+        )
+        if result.returncode != 0:
+            raise StackError(f"java {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+
+    def answering(self) -> bool:
+        if not _port_open(self.host, self.port):
+            return False
+        from confluent_kafka.admin import AdminClient
+
+        try:
+            metadata = AdminClient({"bootstrap.servers": self.address}).list_topics(timeout=3)
+        except Exception:  # noqa: BLE001 - any client error just means "not answering yet"
+            return False
+        return len(metadata.brokers) > 0
+
+    def up(self) -> str:
+        if self.process.pid() is not None and self.answering():
+            self.ensure_topics()
+            return "already running"
+        if _port_open(self.host, self.port):
+            raise StackError(
+                f"port {self.port} is taken by a process this stack did not start; stop it or "
+                "set OMS_KAFKA_BOOTSTRAP to use that broker without `oms stack`"
+            )
+        self.ensure_installed()
+        self._write_config()
+        self.process.start(
+            ["java", "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+             f"-Dlog4j.configuration=file:{self.dir / 'log4j.properties'}",
+             f"-Dkafka.logs.dir={self.dir / 'logs'}",
+             "-cp", f"{self.settings.kafka_libs_dir}/*", "kafka.Kafka", str(self.config)],
+            log=self.log, cwd=self.dir,
+        )
+        _wait_until(self.answering, timeout_s=START_TIMEOUT_S, what="Kafka", log=self.log)
+        self.ensure_topics()
+        return "started"
+
+    def ensure_topics(self) -> None:
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        admin = AdminClient({"bootstrap.servers": self.address})
+        existing = admin.list_topics(timeout=10).topics
+        wanted = [
+            NewTopic(t, num_partitions=self.settings.kafka_partitions, replication_factor=1)
+            for t in self.settings.topics.all() if t not in existing
+        ]
+        for topic, future in admin.create_topics(wanted).items() if wanted else []:
+            try:
+                future.result(timeout=30)
+            except Exception as exc:  # noqa: BLE001 - TOPIC_ALREADY_EXISTS from a racing start
+                if "already exists" not in str(exc).lower():
+                    raise StackError(f"could not create topic {topic}: {exc}") from exc
+
+    def down(self) -> bool:
+        return self.process.stop(timeout_s=45)
+
+    def status(self) -> ServiceStatus:
+        running = self.process.pid() is not None
+        return ServiceStatus(self.name, self.address, running, self.answering(),
+                             "" if running else "not started by oms stack")
+
+
+_CLICKHOUSE_CONFIG = """<?xml version="1.0"?>
+<yandex>
+    <logger>
+        <level>warning</level>
+        <log>{dir}/logs/clickhouse-server.log</log>
+        <errorlog>{dir}/logs/clickhouse-server.err.log</errorlog>
+        <size>100M</size>
+        <count>2</count>
+    </logger>
+    <tcp_port>{tcp_port}</tcp_port>
+    <http_port>{http_port}</http_port>
+    <listen_host>127.0.0.1</listen_host>
+    <max_connections>256</max_connections>
+    <keep_alive_timeout>3</keep_alive_timeout>
+    <max_concurrent_queries>64</max_concurrent_queries>
+    <uncompressed_cache_size>1073741824</uncompressed_cache_size>
+    <mark_cache_size>1073741824</mark_cache_size>
+    <path>{dir}/data/</path>
+    <tmp_path>{dir}/tmp/</tmp_path>
+    <user_files_path>{dir}/user_files/</user_files_path>
+    <format_schema_path>{dir}/format_schemas/</format_schema_path>
+    <users_config>{dir}/users.xml</users_config>
+    <default_profile>default</default_profile>
+    <default_database>default</default_database>
+    <timezone>UTC</timezone>
+    <mlock_executable>false</mlock_executable>
+    <builtin_dictionaries_reload_interval>3600</builtin_dictionaries_reload_interval>
+    <max_session_timeout>3600</max_session_timeout>
+    <default_session_timeout>60</default_session_timeout>
+</yandex>
+"""
+
+_CLICKHOUSE_USERS = """<?xml version="1.0"?>
+<yandex>
+    <profiles>
+        <default>
+            <max_memory_usage>4000000000</max_memory_usage>
+            <load_balancing>random</load_balancing>
+        </default>
+    </profiles>
+    <users>
+        <default>
+            <password></password>
+            <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+            <profile>default</profile>
+            <quota>default</quota>
+        </default>
+    </users>
+    <quotas>
+        <default>
+            <interval>
+                <duration>3600</duration>
+                <queries>0</queries><errors>0</errors><result_rows>0</result_rows>
+                <read_rows>0</read_rows><execution_time>0</execution_time>
+            </interval>
+        </default>
+    </quotas>
+</yandex>
+"""
+
+
+class ClickHouseService:
+    """A local `clickhouse-server` when installed (CI and production-like), else embedded chDB."""
+
+    name = "clickhouse"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.dir = settings.home / "clickhouse"
+        self.config = self.dir / "config.xml"
+        self.log = self.dir / "logs" / "server.out"
+        self.url_marker = self.dir / "url"
+        self.process = _Process(pid_file=self.dir / "clickhouse.pid", marker=str(self.config))
+        self.binary = shutil.which("clickhouse-server")
+
+    @property
+    def url(self) -> str:
+        if self.binary is None:
+            return f"chdb://{self.settings.home / 'chdb'}"
+        return f"clickhouse://127.0.0.1:{self.settings.clickhouse_port}/oms"
+
+    def answering(self) -> bool:
+        from projections.store import connect
+
+        try:
+            store = connect(self.url)
+            try:
+                return store.query("SELECT 1") == [(1,)]
+            finally:
+                store.close()
+        except Exception:  # noqa: BLE001 - any failure here means "not answering"
+            return False
+
+    def up(self) -> str:
+        if self.binary is None:
+            (self.settings.home / "chdb").mkdir(parents=True, exist_ok=True)
+            if not self.answering():
+                raise StackError("embedded chDB does not answer SELECT 1; is the chdb package installed?")
+            return "embedded chDB (no clickhouse-server installed)"
+        if self.process.pid() is not None and self.answering():
+            self.url_marker.write_text(self.url)
+            return "already running"
+        if _port_open("127.0.0.1", self.settings.clickhouse_port):
+            raise StackError(
+                f"port {self.settings.clickhouse_port} is taken by a process this stack did not "
+                "start; stop it or point OMS_CLICKHOUSE_URL at that server"
+            )
+        for sub in ("data", "tmp", "user_files", "format_schemas", "logs"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        self.config.write_text(_CLICKHOUSE_CONFIG.format(
+            dir=self.dir, tcp_port=self.settings.clickhouse_port,
+            http_port=self.settings.clickhouse_http_port,
+        ))
+        (self.dir / "users.xml").write_text(_CLICKHOUSE_USERS)
+        self.process.start([self.binary, f"--config-file={self.config}"], log=self.log, cwd=self.dir)
+        _wait_until(self.answering, timeout_s=START_TIMEOUT_S, what="ClickHouse", log=self.log)
+        self.url_marker.write_text(self.url)
+        return "started"
+
+    def down(self) -> bool:
+        self.url_marker.unlink(missing_ok=True)
+        return self.process.stop(timeout_s=30)
+
+    def status(self) -> ServiceStatus:
+        if self.binary is None:
+            return ServiceStatus(self.name, self.url, True, self.answering(), "embedded")
+        running = self.process.pid() is not None
+        return ServiceStatus(self.name, self.url, running, self.answering(),
+                             "" if running else "not started by oms stack")
+
+
+class Stack:
+    """Both services together, in start order."""
+
+    def __init__(self, settings: Settings) -> None:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        self.services: list[KafkaService | ClickHouseService] = [
+            KafkaService(settings), ClickHouseService(settings),
+        ]
+
+    def up(self) -> list[tuple[str, str]]:
+        return [(service.name, service.up()) for service in self.services]
+
+    def down(self) -> list[tuple[str, bool]]:
+        return [(service.name, service.down()) for service in reversed(self.services)]
+
+    def status(self) -> list[ServiceStatus]:
+        return [service.status() for service in self.services]
+
+    def started_by_us(self) -> list[str]:
+        return [s.name for s in self.services if s.process.pid() is not None]

@@ -1,0 +1,146 @@
+"""One ClickHouse interface with two backends: a server (clickhouse-driver) and embedded chDB.
+
+SQL sent through either must run on ClickHouse 18.16 and on current ClickHouse (DESIGN.md §4).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+Row = tuple[Any, ...]
+
+
+class StoreError(RuntimeError):
+    """A ClickHouse statement failed; the message carries the server's reason."""
+
+
+class ClickHouseStore(Protocol):
+    database: str
+
+    def execute(self, sql: str) -> None: ...
+
+    def query(self, sql: str) -> list[Row]: ...
+
+    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Row]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ServerStore:
+    """A ClickHouse server over the native protocol; rows are passed as parameters (FACTS.md)."""
+
+    def __init__(self, *, host: str, port: int, database: str) -> None:
+        from clickhouse_driver import Client
+
+        self.database = database
+        self._client = Client(host=host, port=port, connect_timeout=3, send_receive_timeout=120,
+                              settings={"use_numpy": False})
+
+    def execute(self, sql: str) -> None:
+        self._run(sql)
+
+    def query(self, sql: str) -> list[Row]:
+        return [tuple(row) for row in self._run(sql)]
+
+    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Row]) -> None:
+        if rows:
+            self._run(f"INSERT INTO {self.database}.{table} ({', '.join(columns)}) VALUES", rows)
+
+    def _run(self, sql: str, params: Any = None) -> Any:
+        from clickhouse_driver.errors import Error
+
+        try:
+            return self._client.execute(sql, params)
+        except Error as exc:
+            raise StoreError(f"{exc} -- in: {sql[:200]}") from exc
+
+    def close(self) -> None:
+        self._client.disconnect()
+
+
+_SESSIONS: dict[str, Any] = {}
+_SESSIONS_LOCK = threading.Lock()
+
+
+def _chdb_session(path: str) -> Any:
+    # chDB allows one session per path in a process; share it between stores.
+    from chdb import session
+
+    with _SESSIONS_LOCK:
+        if path not in _SESSIONS:
+            _SESSIONS[path] = session.Session(path)
+        return _SESSIONS[path]
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return value
+
+
+class EmbeddedStore:
+    """ClickHouse in-process (chDB); data persists at `path`. Inserts go as JSONEachRow."""
+
+    def __init__(self, *, path: str, database: str) -> None:
+        self.database = database
+        self._session = _chdb_session(path)
+
+    def execute(self, sql: str) -> None:
+        self._run(sql, "CSV")
+
+    def query(self, sql: str) -> list[Row]:
+        result = self._run(sql + " SETTINGS output_format_json_quote_64bit_integers = 0",
+                           "JSONCompact")
+        text = result.bytes().decode() if hasattr(result, "bytes") else str(result)
+        if not text.strip():
+            return []
+        payload = json.loads(text)
+        converters = [_converter(col["type"]) for col in payload["meta"]]
+        return [tuple(conv(v) for conv, v in zip(converters, row, strict=True))
+                for row in payload["data"]]
+
+    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Row]) -> None:
+        if not rows:
+            return
+        body = "\n".join(
+            json.dumps({c: _json_value(v) for c, v in zip(columns, row, strict=True)},
+                       ensure_ascii=False)
+            for row in rows
+        )
+        self._run(f"INSERT INTO {self.database}.{table} ({', '.join(columns)}) "
+                  f"FORMAT JSONEachRow\n{body}", "CSV")
+
+    def _run(self, sql: str, fmt: str) -> Any:
+        try:
+            return self._session.query(sql, fmt)
+        except Exception as exc:  # chdb raises its own error types
+            raise StoreError(f"{exc} -- in: {sql[:200]}") from exc
+
+    def close(self) -> None:
+        # The session is shared per path and lives as long as the process.
+        return None
+
+
+def _converter(ch_type: str) -> Any:
+    base = ch_type.removeprefix("Nullable(").rstrip(")") if ch_type.startswith("Nullable(") else ch_type
+    if base.startswith(("UInt", "Int")):
+        return lambda v: None if v is None else int(v)
+    if base.startswith("DateTime"):
+        return lambda v: None if v is None else datetime.strptime(v[:19], "%Y-%m-%d %H:%M:%S")
+    return lambda v: v
+
+
+def connect(url: str) -> ClickHouseStore:
+    """`clickhouse://host:port/db` → a server; `chdb:///path` (database `oms`) → embedded."""
+    parsed = urlparse(url)
+    if parsed.scheme == "clickhouse":
+        return ServerStore(host=parsed.hostname or "localhost", port=parsed.port or 9000,
+                           database=parsed.path.strip("/") or "oms")
+    if parsed.scheme == "chdb":
+        return EmbeddedStore(path=parsed.path or url.removeprefix("chdb://"), database="oms")
+    raise StoreError(f"unsupported ClickHouse URL {url!r}: use clickhouse://host:port/db or chdb:///path")

@@ -1,0 +1,1 @@
+"""Avro schemas: the published event contract."""
