@@ -1,0 +1,1 @@
+"""Channel connectors: turn each channel's payload into `OrderReceived` and publish it durably."""

@@ -153,3 +153,11 @@ class DeadLetter(Frozen):
     reason: str
     raw: bytes
     failed_at: AwareDatetime
+
+    @classmethod
+    def of(cls, *, source: str, source_ref: str, reason: str, raw: bytes) -> DeadLetter:
+        """A dead letter whose id is derived from where the bytes came from (re-sends dedup)."""
+        return cls(
+            dead_letter_id=deterministic_id("dead-letter", source, source_ref, reason),
+            source=source, source_ref=source_ref, reason=reason, raw=raw, failed_at=utc_now(),
+        )

@@ -15,6 +15,11 @@ from urllib.parse import urlparse
 Row = tuple[Any, ...]
 
 
+def sql_string(value: str) -> str:
+    """A SQL string literal, escaped for ClickHouse."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 class StoreError(RuntimeError):
     """A ClickHouse statement failed; the message carries the server's reason."""
 

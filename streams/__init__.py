@@ -1,0 +1,1 @@
+"""The Faust app: topics and agents that decide what happens to each order."""

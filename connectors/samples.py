@@ -1,0 +1,83 @@
+"""Sample web-shop orders (Shopify-shaped) for the demo and tests: some valid, some not."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+_DISHES = [("DUMPLING-12", "猪肉白菜水饺 12只", "28.00"), ("NOODLE-BEEF", "红烧牛肉面", "32.50"),
+           ("RICE-CHICKEN", "宫保鸡丁饭", "26.00"), ("TEA-OOLONG", "冻顶乌龙茶", "12.00"),
+           ("BUN-PORK", "鲜肉包 4只", "10.00"), ("SOUP-HOTSOUR", "酸辣汤", "15.50")]
+_STREETS = ["88 Nanjing Rd", "12 Huaihai Rd", "300 Xujiahui Rd", "7 Wukang Rd"]
+
+
+def _money(cents: int) -> str:
+    return f"{cents // 100}.{cents % 100:02d}"
+
+
+def web_order(*, external_id: str, rng: random.Random, placed_at: datetime,
+              defect: str | None = None) -> dict[str, Any]:
+    """One Shopify-shaped order; `defect` makes it fail validation in a known way."""
+    items = rng.sample(_DISHES, k=rng.randint(1, 3))
+    line_items = [{"sku": sku, "title": title, "quantity": rng.randint(1, 3), "price": price}
+                  for sku, title, price in items]
+    shipping = rng.choice([0, 500, 800])
+    discount = rng.choice([0, 0, 300])
+    subtotal = sum(int(item["price"].replace(".", "")) * item["quantity"] for item in line_items)
+    total = subtotal + shipping - discount
+    order: dict[str, Any] = {
+        "id": external_id,
+        "name": f"#{external_id}",
+        "created_at": placed_at.isoformat(),
+        "currency": "CNY",
+        "total_price": _money(total),
+        "subtotal_price": _money(subtotal),
+        "total_discounts": _money(discount),
+        "line_items": line_items,
+        "shipping_lines": [{"title": "Standard", "price": _money(shipping)}],
+        "customer": {"first_name": "Wei", "last_name": rng.choice(["Zhang", "Li", "Wang"]),
+                     "phone": f"+86 138{rng.randint(10_000_000, 99_999_999)}"},
+        "shipping_address": {"address1": rng.choice(_STREETS), "city": "Shanghai",
+                             "zip": "200000", "country_code": "CN",
+                             "latitude": 31.23, "longitude": 121.47},
+        "note": rng.choice([None, "少辣", "no cutlery"]),
+        "tags": "",
+    }
+    if defect == "total_mismatch":
+        order["total_price"] = _money(total + 100)
+    elif defect == "zero_quantity":
+        order["line_items"][0]["quantity"] = 0
+    elif defect == "unknown_currency":
+        order["currency"] = "XYZ"
+    elif defect == "missing_address":
+        order["shipping_address"] = None
+    return order
+
+
+DEFECTS = ("total_mismatch", "zero_quantity", "unknown_currency", "missing_address")
+MALFORMED_LINES = (
+    b'{"id": "broken", "currency": "CNY", "line_items": [',
+    b'{"id": "no-lines", "created_at": "2026-11-25T12:00:00+08:00", "currency": "CNY", '
+    b'"total_price": "10.00"}',
+    b'{"id": "bad-price", "created_at": "2026-11-25T12:00:00+08:00", "currency": "CNY", '
+    b'"total_price": "10.001", "line_items": [{"title": "x", "quantity": 1, "price": "10.001"}]}',
+)
+
+
+def sample_lines(*, count: int, run_id: str, seed: int = 7,
+                 invalid_share: float = 0.15) -> tuple[list[bytes], dict[str, str | None]]:
+    """`count` order lines (JSON) and, per external id, the defect planted in it (or None)."""
+    rng = random.Random(seed)
+    start = datetime(2026, 11, 25, 3, 0, tzinfo=UTC)
+    lines: list[bytes] = []
+    planted: dict[str, str | None] = {}
+    for n in range(count):
+        external_id = f"{run_id}-{n:05d}"
+        defect = rng.choice(DEFECTS) if rng.random() < invalid_share else None
+        placed_at = start + timedelta(seconds=37 * n)
+        order = web_order(external_id=external_id, rng=rng, placed_at=placed_at, defect=defect)
+        lines.append(json.dumps(order, ensure_ascii=False).encode())
+        planted[external_id] = defect
+    return lines, planted

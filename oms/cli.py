@@ -1,0 +1,169 @@
+"""The `oms` command line: one verb per job (DESIGN.md §5)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from oms.settings import get_settings
+
+
+@click.group()
+def main() -> None:
+    """OrderStream: an event-sourced order management system on Kafka, Faust and ClickHouse."""
+
+
+@main.group()
+def stack() -> None:
+    """The local stack: Apache Kafka (KRaft) and ClickHouse (server, or embedded chDB)."""
+
+
+@stack.command("up")
+def stack_up() -> None:
+    """Start Kafka and ClickHouse (idempotent) and wait until both answer."""
+    from oms.stack import Stack, StackError
+
+    try:
+        for name, outcome in Stack(get_settings()).up():
+            click.echo(f"{name}: {outcome}")
+    except StackError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@stack.command("down")
+def stack_down() -> None:
+    """Stop what `oms stack up` started (and nothing else)."""
+    from oms.stack import Stack
+
+    for name, stopped in Stack(get_settings()).down():
+        click.echo(f"{name}: {'stopped' if stopped else 'was not running'}")
+
+
+@stack.command("status")
+def stack_status() -> None:
+    """Each service, its address and whether it answers."""
+    from oms.stack import Stack
+
+    statuses = Stack(get_settings()).status()
+    for s in statuses:
+        state = "answering" if s.answering else ("started, not answering" if s.running else "down")
+        click.echo(f"{s.name:<11} {s.address:<40} {state}{'  (' + s.detail + ')' if s.detail else ''}")
+    if not all(s.answering for s in statuses):
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("channel")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def connect(channel: str, file: Path) -> None:
+    """Publish a channel's orders from FILE (JSON lines) to the intake topic."""
+    from connectors.intake import import_file
+    from connectors.registry import UnknownChannel, connector_for
+    from oms.publisher import Publisher
+
+    try:
+        connector = connector_for(channel)
+    except UnknownChannel as exc:
+        raise click.BadParameter(str(exc), param_hint="CHANNEL") from exc
+    settings = get_settings()
+    report = import_file(file, connector=connector, publisher=Publisher(settings))
+    for error in report.errors:
+        click.echo(f"{file}:{error.line}: {error.reason}", err=True)
+    click.echo(f"{report.acknowledged} of {report.lines} lines acknowledged by Kafka "
+               f"({settings.topics.intake}); {report.dead_lettered} sent to {settings.topics.dlq}")
+    if report.acknowledged + report.dead_lettered != report.lines:
+        sys.exit(1)
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def worker(ctx: click.Context) -> None:
+    """Run the Faust stream processors (extra arguments go to the Faust worker)."""
+    from streams.app import run_worker
+
+    run_worker(ctx.args or None)
+
+
+@main.command()
+@click.option("--batch-size", default=5000, show_default=True)
+def project(batch_size: int) -> None:
+    """Project the order log into ClickHouse, resuming where ClickHouse left off."""
+    from projections.projector import Projector
+    from projections.store import connect
+
+    settings = get_settings()
+    store = connect(settings.resolved_clickhouse_url)
+    Projector(settings=settings, store=store, batch_size=batch_size).run()
+
+
+@main.group()
+def orders() -> None:
+    """Read orders from ClickHouse."""
+
+
+@orders.command("show")
+@click.argument("order_id")
+def orders_show(order_id: str) -> None:
+    """An order's current state and its event history (ORDER_ID or the channel's external id)."""
+    from projections.queries import order_history, order_state
+    from projections.store import connect
+
+    store = connect(get_settings().resolved_clickhouse_url)
+    state = order_state(store, order_id)
+    if state is None:
+        raise click.ClickException(f"no order {order_id!r} in ClickHouse")
+    for key, value in state.items():
+        if not key.startswith("_"):
+            click.echo(f"{key:<18} {value}")
+    click.echo("history:")
+    for event in order_history(store, state["order_id"]):
+        click.echo(f"  {event['sequence']:>3} {event['event_type']:<16} {event['occurred_at']} "
+                   f"{event['actor']}")
+
+
+@orders.command("list")
+@click.option("--status", default=None)
+@click.option("--channel", default=None)
+@click.option("--limit", default=20, show_default=True)
+def orders_list(status: str | None, channel: str | None, limit: int) -> None:
+    """The most recent orders."""
+    from projections.queries import list_orders
+    from projections.store import connect
+
+    store = connect(get_settings().resolved_clickhouse_url)
+    rows = list_orders(store, status=status, channel=channel, limit=limit)
+    click.echo(f"{'order_id':<36}  {'channel':<8} {'external_id':<16} {'status':<9} "
+               f"{'total':>10} placed_at")
+    for row in rows:
+        click.echo(f"{row['order_id']:<36}  {row['channel']:<8} {row['external_id']:<16} "
+                   f"{row['status']:<9} {row['total'] / 100:>10.2f} {row['placed_at']}")
+
+
+@main.command()
+@click.option("--orders", "order_count", default=300, show_default=True)
+def demo(order_count: int) -> None:
+    """Start the stack, send sample orders through the pipeline, print a summary, stop."""
+    from oms.demo import DemoFailed, run_demo
+    from oms.stack import StackError
+
+    try:
+        s = run_demo(get_settings(), orders=order_count, say=click.echo)
+    except (StackError, DemoFailed) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo("")
+    click.echo(f"generated      {s.generated} orders (+{s.malformed} malformed lines)")
+    click.echo(f"received       {s.received} acknowledged by Kafka")
+    click.echo(f"dead-lettered  {s.dead_lettered}")
+    click.echo(f"accepted       {s.accepted}")
+    click.echo(f"rejected       {s.rejected}")
+    click.echo(f"in ClickHouse  {s.in_clickhouse} ({s.accepted_in_clickhouse} accepted)")
+    click.echo(f"elapsed        {s.elapsed_s:.1f} s")
+    if not s.consistent:
+        raise click.ClickException("the counts do not add up: see above")
+    click.echo("OK: accepted + rejected = generated, and ClickHouse holds every order.")
+
+
+if __name__ == "__main__":
+    main()
