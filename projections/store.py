@@ -10,7 +10,7 @@ import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 Row = tuple[Any, ...]
 
@@ -141,11 +141,16 @@ def _converter(ch_type: str) -> Any:
 
 
 def connect(url: str) -> ClickHouseStore:
-    """`clickhouse://host:port/db` → a server; `chdb:///path` (database `oms`) → embedded."""
+    """`clickhouse://host:port/db` → a server; `chdb:///path[?database=db]` → embedded.
+
+    chDB holds one data path per process, so several embedded stores share a path and differ
+    by database.
+    """
     parsed = urlparse(url)
     if parsed.scheme == "clickhouse":
         return ServerStore(host=parsed.hostname or "localhost", port=parsed.port or 9000,
                            database=parsed.path.strip("/") or "oms")
     if parsed.scheme == "chdb":
-        return EmbeddedStore(path=parsed.path or url.removeprefix("chdb://"), database="oms")
+        database = parse_qs(parsed.query).get("database", ["oms"])[0]
+        return EmbeddedStore(path=parsed.path, database=database)
     raise StoreError(f"unsupported ClickHouse URL {url!r}: use clickhouse://host:port/db or chdb:///path")

@@ -44,7 +44,8 @@ def create_app(settings: Settings | None = None) -> faust.App:
         await delivery
 
     @app.agent(intake, name="validate")
-    async def validate(stream: faust.StreamT[Any]) -> AsyncIterator[None]:
+    async def validate(stream: faust.StreamT[Any]) -> AsyncIterator[list[str]]:
+        """Yields the event types it wrote, for tests and tracing."""
         async for event in stream.events():
             message = event.message
             where = f"{message.topic}/{message.partition}/{message.offset}"
@@ -58,11 +59,12 @@ def create_app(settings: Settings | None = None) -> faust.App:
                 letter = DeadLetter.of(source=message.topic, source_ref=where,
                                        reason=str(exc), raw=raw)
                 await send_confirmed(dlq, where, codec.encode(letter))
-                yield None
+                yield ["DeadLetter"]
                 continue
-            for decided in validation.decide(order, now=utc_now()):
-                await send_confirmed(orders, decided.order_id, codec.encode(decided))
-            yield None
+            decided = validation.decide(order, now=utc_now())
+            for outcome in decided:
+                await send_confirmed(orders, outcome.order_id, codec.encode(outcome))
+            yield [outcome.event_type for outcome in decided]
 
     return app
 

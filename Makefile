@@ -1,0 +1,59 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both work from a fresh clone:
+# they create .venv, install what is missing (pip; Kafka jars via mvn; clickhouse-server via
+# apt-get when run as root) and start the local stack with `oms stack up`.
+
+PYTHON ?= python3
+VENV := .venv
+OMS := $(VENV)/bin/oms
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test lint typecheck pytest system-deps stack-up stack-down clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed (found " + sys.version.split()[0] + ")")'
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+# Java + Maven run Kafka; clickhouse-server is optional (embedded chDB otherwise) but CI uses it.
+system-deps:
+	@missing=""; \
+	command -v java >/dev/null || missing="$$missing default-jre-headless"; \
+	command -v mvn >/dev/null || missing="$$missing maven"; \
+	if [ "$${OMS_SKIP_CLICKHOUSE_SERVER:-0}" != 1 ]; then \
+	  command -v clickhouse-server >/dev/null || missing="$$missing clickhouse-server clickhouse-client"; \
+	fi; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "not installed:$$missing (install them, or use: docker compose -f docker-compose.kafka.yml up -d)"; \
+	  fi; \
+	fi
+
+demo: $(STAMP) system-deps
+	$(OMS) demo
+
+# Runs lint, types and every test; stops the stack afterwards if this run started it.
+test: $(STAMP) system-deps
+	@was_up=0; $(OMS) stack status >/dev/null 2>&1 && was_up=1; \
+	$(OMS) stack up || exit 1; \
+	status=0; \
+	echo "== ruff"; $(VENV)/bin/ruff check . || status=1; \
+	echo "== mypy"; $(VENV)/bin/mypy || status=1; \
+	echo "== pytest"; $(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; status=1; \
+	elif [ $$rc -ne 0 ]; then status=1; fi; \
+	if [ $$was_up = 0 ]; then $(OMS) stack down; fi; \
+	exit $$status
+
+stack-up: $(STAMP) system-deps
+	$(OMS) stack up
+
+stack-down: $(STAMP)
+	$(OMS) stack down
+
+clean: stack-down
+	rm -rf .oms $(VENV)

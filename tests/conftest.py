@@ -1,0 +1,71 @@
+"""Shared fixtures. Integration tests use the real broker and ClickHouse started by
+`oms stack up` (make test does that) and isolate themselves with their own topics and database."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from oms.settings import Settings, Topics
+from oms.stack import ClickHouseService, KafkaService
+from projections.store import ClickHouseStore, connect
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def stack_settings() -> Settings:
+    """The running local stack; fails (does not skip) when it is not up."""
+    settings = Settings()
+    if not KafkaService(settings).answering():
+        pytest.fail(f"Kafka does not answer at {settings.kafka_bootstrap}: run `oms stack up`")
+    return settings
+
+
+@pytest.fixture(scope="session")
+def chdb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """chDB allows one data path per process: every embedded store in the tests shares it."""
+    return tmp_path_factory.mktemp("chdb")
+
+
+@pytest.fixture
+def isolated_settings(stack_settings: Settings, chdb_path: Path) -> Iterator[Settings]:
+    """The real stack, with topics, consumer group and ClickHouse database of this test only."""
+    uid = uuid.uuid4().hex[:10]
+    topics = Topics(intake=f"t{uid}.intake", orders=f"t{uid}.orders",
+                    inventory=f"t{uid}.inventory", notifications=f"t{uid}.notifications",
+                    dlq=f"t{uid}.dlq")
+    url = stack_settings.resolved_clickhouse_url
+    if url.startswith("clickhouse://"):
+        url = url.rsplit("/", 1)[0] + f"/oms_test_{uid}"
+    else:
+        url = f"chdb://{chdb_path}?database=oms_test_{uid}"
+    settings = stack_settings.model_copy(update={
+        "topics": topics, "consumer_group": f"oms-test-{uid}", "clickhouse_url": url,
+        "kafka_partitions": 3,
+    })
+    KafkaService(settings).ensure_topics()
+    yield settings
+    store = connect(url)
+    store.execute(f"DROP DATABASE IF EXISTS {store.database}")
+    store.close()
+
+
+@pytest.fixture(params=["server", "chdb"])
+def any_store(request: pytest.FixtureRequest, stack_settings: Settings,
+              chdb_path: Path) -> Iterator[ClickHouseStore]:
+    """Each ClickHouse backend in turn: the local server (18.16 in CI) and embedded chDB."""
+    database = f"oms_test_{uuid.uuid4().hex[:10]}"
+    if request.param == "server":
+        service = ClickHouseService(stack_settings)
+        if service.binary is None:
+            pytest.fail("clickhouse-server is not installed; make test installs it (as root)")
+        store = connect(f"{service.url.rsplit('/', 1)[0]}/{database}")
+    else:
+        store = connect(f"chdb://{chdb_path}?database={database}")
+    yield store
+    store.execute(f"DROP DATABASE IF EXISTS {database}")
+    store.close()

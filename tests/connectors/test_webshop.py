@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from connectors.base import PayloadRejected, minor_units
+from connectors.registry import UnknownChannel, available, connector_for
+from connectors.webshop import WebshopConnector
+from events.models import OrderMode
+from tests.conftest import FIXTURES
+
+NOW = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+
+
+def fixture(name: str) -> bytes:
+    return (FIXTURES / "webshop" / name).read_bytes()
+
+
+def test_shipped_order_is_normalised_to_minor_units_and_utc() -> None:
+    order = WebshopConnector().parse(fixture("ship_order.json"), received_at=NOW)
+    assert order.channel == "webshop"
+    assert order.external_id == "5501234567890"
+    assert order.mode is OrderMode.SHIP
+    assert [(line.sku, line.quantity, line.unit_price) for line in order.lines] == [
+        ("TEA-OOLONG", 2, 1200), ("GIFTBOX-M", 1, 11200)]
+    assert (order.delivery_fee, order.discount, order.total) == (1200, 1000, 13800)
+    assert order.placed_at == datetime(2026, 11, 24, 11, 32, 5, tzinfo=UTC)
+    assert order.customer.name == "Na Li"
+    assert order.address is not None and order.address.text == "88 Nanjing East Rd, Apt 1203"
+    assert order.notes == "请周末送达"
+
+
+def test_pickup_tag_sets_the_mode_and_string_ids_are_kept() -> None:
+    order = WebshopConnector().parse(fixture("pickup_order.json"), received_at=NOW)
+    assert order.mode is OrderMode.PICKUP
+    assert order.external_id == "1043"
+    assert order.total == 1950
+
+
+def test_zero_decimal_currency_uses_whole_units() -> None:
+    order = WebshopConnector().parse(fixture("yen_order.json"), received_at=NOW)
+    assert order.currency == "JPY"
+    assert order.lines[0].unit_price == 1200
+    assert order.total == 2400
+
+
+def test_redelivered_order_gets_the_same_order_and_event_ids() -> None:
+    first = WebshopConnector().parse(fixture("ship_order.json"), received_at=NOW)
+    again = WebshopConnector().parse(fixture("ship_order.json"), received_at=datetime.now(UTC))
+    assert (first.order_id, first.event_id) == (again.order_id, again.event_id)
+    other = json.loads(fixture("ship_order.json"))
+    other["id"] = 1
+    assert WebshopConnector().parse(json.dumps(other).encode(), received_at=NOW).order_id \
+        != first.order_id
+
+
+@pytest.mark.parametrize(("mutate", "field"), [
+    (lambda o: o.pop("line_items"), "line_items"),
+    (lambda o: o.__setitem__("total_price", "12.345"), "total_price"),
+    (lambda o: o.__setitem__("created_at", "2026-11-24T19:32:05"), "created_at"),
+    (lambda o: o["line_items"][0].__setitem__("price", "abc"), "line_items.0.price"),
+    (lambda o: o["line_items"][0].__setitem__("quantity", "two"), "line_items.0.quantity"),
+])
+def test_bad_payload_is_rejected_naming_the_field(mutate, field) -> None:  # type: ignore[no-untyped-def]
+    order = json.loads(fixture("ship_order.json"))
+    mutate(order)
+    with pytest.raises(PayloadRejected) as caught:
+        WebshopConnector().parse(json.dumps(order).encode(), received_at=NOW)
+    assert caught.value.field == field
+
+
+def test_non_json_is_rejected_with_a_reason() -> None:
+    with pytest.raises(PayloadRejected, match="not JSON"):
+        WebshopConnector().parse(b"{nope", received_at=NOW)
+
+
+def test_signature_is_checked_when_a_secret_is_set() -> None:
+    body = fixture("ship_order.json")
+    connector = WebshopConnector(webhook_secret="s3cret")
+    good = base64.b64encode(hmac.new(b"s3cret", body, hashlib.sha256).digest()).decode()
+    connector.verify({"X-Shopify-Hmac-Sha256": good}, body)
+    with pytest.raises(PayloadRejected, match="signature"):
+        connector.verify({"X-Shopify-Hmac-Sha256": good}, body + b" ")
+
+
+def test_minor_units_refuses_lost_precision_and_non_numbers() -> None:
+    assert minor_units("0.1", currency="CNY", field="f") == 10
+    assert minor_units("1.005", currency="KWD", field="f") == 1005
+    for bad in ("1.001", "NaN", "ten"):
+        with pytest.raises(PayloadRejected):
+            minor_units(bad, currency="USD", field="f")
+
+
+def test_webshop_is_registered_through_its_entry_point() -> None:
+    assert available()["webshop"] is WebshopConnector
+    assert isinstance(connector_for("webshop"), WebshopConnector)
+    with pytest.raises(UnknownChannel, match="webshop"):
+        connector_for("fax")

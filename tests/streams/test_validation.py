@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from events.models import Address, Customer, OrderAccepted, OrderLine, OrderMode, OrderRejected
+from streams.validation import decide, rejection_reasons
+from tests.events.test_codec import received
+
+NOW = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
+
+
+def test_consistent_order_is_accepted_after_itself_in_the_log() -> None:
+    order = received()
+    out = decide(order, now=NOW)
+    assert out[0] == order
+    verdict = out[1]
+    assert isinstance(verdict, OrderAccepted)
+    assert (verdict.sequence, verdict.causation_id, verdict.total) == (2, order.event_id, 6100)
+
+
+def test_verdict_id_is_deterministic_so_reprocessing_is_recognised() -> None:
+    order = received()
+    assert decide(order, now=NOW)[1].event_id == decide(order, now=datetime.now(UTC))[1].event_id
+
+
+@pytest.mark.parametrize(("overrides", "code", "field"), [
+    ({"total": 6000}, "TOTAL_MISMATCH", "total"),
+    ({"currency": "XYZ"}, "UNKNOWN_CURRENCY", "currency"),
+    ({"lines": [OrderLine(sku="A", name="a", quantity=0, unit_price=100)], "total": 500},
+     "NON_POSITIVE_QUANTITY", "lines.0.quantity"),
+    ({"lines": [], "total": 500}, "NO_LINES", "lines"),
+    ({"address": None}, "MISSING_ADDRESS", "address"),
+    ({"address": Address(text="  ")}, "MISSING_ADDRESS", "address"),
+    ({"customer": Customer(name="x")}, "MISSING_PHONE", "customer.phone"),
+    ({"mode": OrderMode.SHIP, "customer": Customer(phone="1")}, "MISSING_NAME", "customer.name"),
+    ({"discount": -1, "total": 6101}, "NEGATIVE_AMOUNT", "discount"),
+])
+def test_each_defect_is_rejected_with_its_reason_code(overrides: dict[str, object], code: str,
+                                                      field: str) -> None:
+    order = received(**overrides)
+    verdict = decide(order, now=NOW)[1]
+    assert isinstance(verdict, OrderRejected)
+    assert (code, field) in {(r.code, r.field) for r in verdict.reasons}
+
+
+def test_dine_in_order_needs_neither_address_nor_phone() -> None:
+    order = received(mode=OrderMode.DINE_IN, address=None, customer=Customer())
+    assert rejection_reasons(order) == []
