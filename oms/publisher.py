@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaError, Message, Producer
 
 from events.codec import AvroCodec
-from events.models import DeadLetter, OrderReceived
+from events.models import DeadLetter, Event, OrderReceived
 from oms.settings import Settings
 
 
@@ -61,8 +61,12 @@ class Publisher:
                 self._producer.poll(0.05)
         self._producer.poll(0)
 
+    def publish(self, topic: str, event: Event) -> None:
+        """An event, keyed by its order so an order's events stay in order on one partition."""
+        self._produce(topic, event.order_id, self.codec.encode(event))
+
     def order_received(self, event: OrderReceived) -> None:
-        self._produce(self.settings.topics.intake, event.order_id, self.codec.encode(event))
+        self.publish(self.settings.topics.intake, event)
 
     def dead_letter(self, letter: DeadLetter) -> None:
         self._produce(self.settings.topics.dlq, letter.source_ref, self.codec.encode(letter))

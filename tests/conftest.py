@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from confluent_kafka import Consumer
 
 from oms.settings import Settings, Topics
 from oms.stack import ClickHouseService, KafkaService
@@ -54,6 +58,14 @@ def isolated_settings(stack_settings: Settings, chdb_path: Path) -> Iterator[Set
     store.close()
 
 
+@pytest.fixture
+def store(isolated_settings: Settings) -> Iterator[ClickHouseStore]:
+    """The isolated test's ClickHouse database."""
+    opened = connect(isolated_settings.resolved_clickhouse_url)
+    yield opened
+    opened.close()
+
+
 @pytest.fixture(params=["server", "chdb"])
 def any_store(request: pytest.FixtureRequest, stack_settings: Settings,
               chdb_path: Path) -> Iterator[ClickHouseStore]:
@@ -69,3 +81,37 @@ def any_store(request: pytest.FixtureRequest, stack_settings: Settings,
     yield store
     store.execute(f"DROP DATABASE IF EXISTS {database}")
     store.close()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment for an `oms` subprocess that should use exactly these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMS_")}
+    env.update({
+        "OMS_HOME": str(settings.home),
+        "OMS_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "OMS_CONSUMER_GROUP": settings.consumer_group,
+        "OMS_CLICKHOUSE_URL": settings.resolved_clickhouse_url,
+        "OMS_TOPIC_INTAKE": settings.topics.intake,
+        "OMS_TOPIC_ORDERS": settings.topics.orders,
+        "OMS_TOPIC_INVENTORY": settings.topics.inventory,
+        "OMS_TOPIC_NOTIFICATIONS": settings.topics.notifications,
+        "OMS_TOPIC_DLQ": settings.topics.dlq,
+    })
+    return env
+
+
+def read_topic(settings: Settings, topic: str, *, expect: int, timeout_s: float = 30.0) -> list[Any]:
+    """Read `expect` messages from the start of `topic` (or fail after `timeout_s`)."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
+                         "group.id": f"reader-{uuid.uuid4().hex}", "auto.offset.reset": "earliest",
+                         "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    messages: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(messages) < expect and time.monotonic() < deadline:
+            messages.extend(m for m in consumer.consume(100, timeout=0.5) if m.error() is None)
+    finally:
+        consumer.close()
+    assert len(messages) >= expect, f"only {len(messages)} of {expect} messages on {topic}"
+    return messages
