@@ -101,15 +101,20 @@ class _Process:
 
     @staticmethod
     def _alive(pid: int) -> bool:
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().split()[2]
-        except OSError:
-            return False
-        return state != "Z"
+        return process_alive(pid)
+
+
+def process_alive(pid: int) -> bool:
+    """True while `pid` runs; an exited process waiting to be reaped (zombie) counts as gone."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 class KafkaService:

@@ -129,6 +129,15 @@ class Projector:
             TopicPartition(self.topic, p, resume.get(p, OFFSET_BEGINNING)) for p in partitions
         ])
 
+    def lag(self) -> int:
+        """Messages on the order log not yet projected (0 = caught up)."""
+        behind = 0
+        for tp in self._consumer.position(self._consumer.assignment()):
+            low, high = self._consumer.get_watermark_offsets(tp, timeout=10)
+            position = tp.offset if tp.offset >= 0 else low
+            behind += max(high - position, 0)
+        return behind
+
     def poll_batch(self) -> list[Message]:
         batch: list[Message] = []
         deadline = time.monotonic() + self.batch_seconds

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from oms.settings import Settings
+from tests.conftest import settings_env
+
+
+def oms(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "oms.cli", *args], capture_output=True,
+                          text=True, timeout=300, env=env)
+
+
+def test_connect_names_the_unknown_channel(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    path.write_text("{}\n")
+    result = oms("connect", "telex", str(path))
+    assert result.returncode == 2
+    assert "no connector named 'telex'" in result.stderr and "webshop" in result.stderr
+
+
+def test_connect_names_a_missing_file() -> None:
+    result = oms("connect", "webshop", "/no/such/file.jsonl")
+    assert result.returncode == 2
+    assert "/no/such/file.jsonl" in result.stderr and "does not exist" in result.stderr
+
+
+@pytest.mark.integration
+def test_demo_adds_up_and_leaves_the_shared_stack_running(isolated_settings: Settings) -> None:
+    env = settings_env(isolated_settings)
+    result = oms("demo", "--orders", "80", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = dict(line.split(None, 1) for line in result.stdout.splitlines()
+                   if line.startswith(("generated", "received", "accepted", "rejected")))
+    accepted, rejected = int(summary["accepted"]), int(summary["rejected"])
+    assert accepted + rejected == 80
+    assert rejected > 0
+    assert f"in ClickHouse  80 ({accepted} accepted)" in result.stdout
+    assert "line " in result.stdout and "not JSON" in result.stdout
+    status = oms("stack", "status", env={k: v for k, v in os.environ.items()
+                                         if not k.startswith("OMS_")})
+    assert status.returncode == 0, "the demo stopped a stack it did not start"
+
+
+@pytest.mark.integration
+def test_orders_show_and_list_read_from_clickhouse(isolated_settings: Settings) -> None:
+    env = settings_env(isolated_settings)
+    assert oms("demo", "--orders", "20", env=env).returncode == 0
+    listing = oms("orders", "list", "--status", "rejected", "--limit", "1", env=env)
+    assert listing.returncode == 0, listing.stderr
+    order_id = listing.stdout.splitlines()[1].split()[0]
+    shown = oms("orders", "show", order_id, env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "rejected" in shown.stdout
+    assert "OrderReceived" in shown.stdout and "OrderRejected" in shown.stdout
+    missing = oms("orders", "show", "no-such-order", env=env)
+    assert missing.returncode == 1 and "no order 'no-such-order'" in missing.stderr

@@ -1,0 +1,71 @@
+"""`oms stack` on a second, private stack (own home and ports) so the shared one keeps running."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from oms.settings import Settings
+from oms.stack import ClickHouseService, KafkaService, process_alive
+
+pytestmark = pytest.mark.integration
+
+
+def oms(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "oms.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=240)
+
+
+def test_up_twice_status_and_down_leave_no_process_behind(
+        stack_settings: Settings, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMS_")} | {
+        "OMS_HOME": str(tmp_path / "home"),
+        "OMS_KAFKA_BOOTSTRAP": "localhost:19092",
+        "OMS_KAFKA_CONTROLLER_PORT": "19093",
+        "OMS_KAFKA_LIBS": str(stack_settings.kafka_libs_dir),
+        "OMS_CLICKHOUSE_PORT": "19000",
+        "OMS_CLICKHOUSE_HTTP_PORT": "18123",
+    }
+    private = Settings(home=tmp_path / "home", kafka_bootstrap="localhost:19092",
+                       kafka_controller_port=19093, kafka_libs=stack_settings.kafka_libs_dir,
+                       clickhouse_port=19000, clickhouse_http_port=18123)
+    services = [KafkaService(private), ClickHouseService(private)]
+    try:
+        first = oms("stack", "up", env=env)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "kafka: started" in first.stdout
+        second = oms("stack", "up", env=env)
+        assert second.returncode == 0, second.stderr
+        assert "kafka: already running" in second.stdout
+
+        status = oms("stack", "status", env=env)
+        assert status.returncode == 0, status.stdout
+        assert "localhost:19092" in status.stdout and "answering" in status.stdout
+        pids = [s.process.pid() for s in services if s.process.pid() is not None]
+        assert pids, "no pid files were written"
+    finally:
+        down = oms("stack", "down", env=env)
+    assert down.returncode == 0, down.stderr
+    assert "kafka: stopped" in down.stdout
+    for pid in pids:
+        assert not process_alive(pid), f"process {pid} is still running"
+    after = oms("stack", "status", env=env)
+    assert after.returncode == 1
+    assert "down" in after.stdout
+
+
+def test_missing_java_gives_a_clear_message(stack_settings: Settings, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMS_")} | {
+        "OMS_HOME": str(tmp_path / "home"),
+        "OMS_KAFKA_BOOTSTRAP": "localhost:19192",
+        "OMS_KAFKA_LIBS": str(tmp_path / "no-libs"),
+        "PATH": str(Path(sys.executable).parent),  # neither java nor mvn on it
+    }
+    result = oms("stack", "up", env=env)
+    assert result.returncode != 0
+    assert "java and mvn not found" in result.stderr
+    assert "docker compose -f docker-compose.kafka.yml up -d" in result.stderr
