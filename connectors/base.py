@@ -15,8 +15,18 @@ from typing import Any, ClassVar
 from events.models import Actor, ActorKind, OrderReceived, deterministic_id
 
 # ISO-4217 minor-unit exponents that differ from 2 (the rest use 2).
-_EXPONENTS = {"JPY": 0, "KRW": 0, "VND": 0, "CLP": 0, "ISK": 0, "BHD": 3, "KWD": 3, "OMR": 3,
-              "JOD": 3, "TND": 3}
+_EXPONENTS = {
+    "JPY": 0,
+    "KRW": 0,
+    "VND": 0,
+    "CLP": 0,
+    "ISK": 0,
+    "BHD": 3,
+    "KWD": 3,
+    "OMR": 3,
+    "JOD": 3,
+    "TND": 3,
+}
 
 
 class PayloadRejected(ValueError):
@@ -38,7 +48,7 @@ class Connector(ABC):
         """Turn one raw channel payload into `OrderReceived`, or raise `PayloadRejected`."""
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> None:
-        """Raise `PayloadRejected` if the channel's signature or token is wrong. Default: unsigned."""
+        """Raise `PayloadRejected` if the signature or token is wrong. Default: unsigned."""
         return None
 
     def order_id(self, external_id: str) -> str:

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from connectors.base import Connector, PayloadRejected
-from oms.publisher import Publisher
 from events.models import DeadLetter, utc_now
+from oms.publisher import Publisher
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,14 @@ def import_file(
             event = connector.parse(raw, received_at=utc_now())
         except PayloadRejected as exc:
             report.errors.append(LineError(number, str(exc)))
-            publisher.dead_letter(DeadLetter.of(
-                source=connector.name, source_ref=f"{path.name}:{number}", reason=str(exc), raw=raw,
-            ))
+            publisher.dead_letter(
+                DeadLetter.of(
+                    source=connector.name,
+                    source_ref=f"{path.name}:{number}",
+                    reason=str(exc),
+                    raw=raw,
+                )
+            )
             report.dead_lettered += 1
         else:
             publisher.order_received(event)
@@ -63,6 +68,7 @@ def import_file(
     report.acknowledged = delivered.acknowledged[topics.intake]
     failed = delivered.failed[topics.intake] + delivered.failed[topics.dlq]
     if failed:
-        report.errors.append(LineError(0, f"{failed} messages not acknowledged by Kafka: "
-                                          f"{delivered.errors[:3]}"))
+        report.errors.append(
+            LineError(0, f"{failed} messages not acknowledged by Kafka: {delivered.errors[:3]}")
+        )
     return report

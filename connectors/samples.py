@@ -7,9 +7,14 @@ import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-_DISHES = [("DUMPLING-12", "猪肉白菜水饺 12只", "28.00"), ("NOODLE-BEEF", "红烧牛肉面", "32.50"),
-           ("RICE-CHICKEN", "宫保鸡丁饭", "26.00"), ("TEA-OOLONG", "冻顶乌龙茶", "12.00"),
-           ("BUN-PORK", "鲜肉包 4只", "10.00"), ("SOUP-HOTSOUR", "酸辣汤", "15.50")]
+_DISHES = [
+    ("DUMPLING-12", "猪肉白菜水饺 12只", "28.00"),
+    ("NOODLE-BEEF", "红烧牛肉面", "32.50"),
+    ("RICE-CHICKEN", "宫保鸡丁饭", "26.00"),
+    ("TEA-OOLONG", "冻顶乌龙茶", "12.00"),
+    ("BUN-PORK", "鲜肉包 4只", "10.00"),
+    ("SOUP-HOTSOUR", "酸辣汤", "15.50"),
+]
 _STREETS = ["88 Nanjing Rd", "12 Huaihai Rd", "300 Xujiahui Rd", "7 Wukang Rd"]
 
 
@@ -17,15 +22,22 @@ def _money(cents: int) -> str:
     return f"{cents // 100}.{cents % 100:02d}"
 
 
-def web_order(*, external_id: str, rng: random.Random, placed_at: datetime,
-              defect: str | None = None) -> dict[str, Any]:
+def web_order(
+    *, external_id: str, rng: random.Random, placed_at: datetime, defect: str | None = None
+) -> dict[str, Any]:
     """One Shopify-shaped order; `defect` makes it fail validation in a known way."""
     items = rng.sample(_DISHES, k=rng.randint(1, 3))
-    line_items = [{"sku": sku, "title": title, "quantity": rng.randint(1, 3), "price": price}
-                  for sku, title, price in items]
+    quantities = [rng.randint(1, 3) for _ in items]
+    line_items: list[dict[str, Any]] = [
+        {"sku": sku, "title": title, "quantity": quantity, "price": price}
+        for (sku, title, price), quantity in zip(items, quantities, strict=True)
+    ]
     shipping = rng.choice([0, 500, 800])
     discount = rng.choice([0, 0, 300])
-    subtotal = sum(int(item["price"].replace(".", "")) * item["quantity"] for item in line_items)
+    subtotal = sum(
+        int(price.replace(".", "")) * quantity
+        for (_, _, price), quantity in zip(items, quantities, strict=True)
+    )
     total = subtotal + shipping - discount
     order: dict[str, Any] = {
         "id": external_id,
@@ -37,11 +49,19 @@ def web_order(*, external_id: str, rng: random.Random, placed_at: datetime,
         "total_discounts": _money(discount),
         "line_items": line_items,
         "shipping_lines": [{"title": "Standard", "price": _money(shipping)}],
-        "customer": {"first_name": "Wei", "last_name": rng.choice(["Zhang", "Li", "Wang"]),
-                     "phone": f"+86 138{rng.randint(10_000_000, 99_999_999)}"},
-        "shipping_address": {"address1": rng.choice(_STREETS), "city": "Shanghai",
-                             "zip": "200000", "country_code": "CN",
-                             "latitude": 31.23, "longitude": 121.47},
+        "customer": {
+            "first_name": "Wei",
+            "last_name": rng.choice(["Zhang", "Li", "Wang"]),
+            "phone": f"+86 138{rng.randint(10_000_000, 99_999_999)}",
+        },
+        "shipping_address": {
+            "address1": rng.choice(_STREETS),
+            "city": "Shanghai",
+            "zip": "200000",
+            "country_code": "CN",
+            "latitude": 31.23,
+            "longitude": 121.47,
+        },
         "note": rng.choice([None, "少辣", "no cutlery"]),
         "tags": "",
     }
@@ -66,8 +86,9 @@ MALFORMED_LINES = (
 )
 
 
-def sample_lines(*, count: int, run_id: str, seed: int = 7,
-                 invalid_share: float = 0.15) -> tuple[list[bytes], dict[str, str | None]]:
+def sample_lines(
+    *, count: int, run_id: str, seed: int = 7, invalid_share: float = 0.15
+) -> tuple[list[bytes], dict[str, str | None]]:
     """`count` order lines (JSON) and, per external id, the defect planted in it (or None)."""
     rng = random.Random(seed)
     start = datetime(2026, 11, 25, 3, 0, tzinfo=UTC)

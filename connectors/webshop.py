@@ -88,7 +88,9 @@ class WebshopConnector(Connector):
             order = _WebshopOrder.model_validate(document)
         except ValidationError as exc:
             first = exc.errors()[0]
-            raise PayloadRejected(first["msg"], field=".".join(str(p) for p in first["loc"])) from None
+            raise PayloadRejected(
+                first["msg"], field=".".join(str(p) for p in first["loc"])
+            ) from None
         if order.created_at.tzinfo is None:
             raise PayloadRejected("needs a UTC offset", field="created_at")
         currency = order.currency.upper()
@@ -97,7 +99,9 @@ class WebshopConnector(Connector):
                 sku=item.sku or item.title,
                 name=item.title,
                 quantity=item.quantity,
-                unit_price=minor_units(item.price, currency=currency, field=f"line_items.{i}.price"),
+                unit_price=minor_units(
+                    item.price, currency=currency, field=f"line_items.{i}.price"
+                ),
             )
             for i, item in enumerate(order.line_items)
         ]
@@ -130,10 +134,15 @@ class WebshopConnector(Connector):
                 phone=customer.phone or (address.phone if address else None),
                 email=customer.email,
             ),
-            address=None if address is None or not address.address1 else Address(
+            address=None
+            if address is None or not address.address1
+            else Address(
                 text=", ".join(p for p in (address.address1, address.address2) if p),
-                city=address.city, postal_code=address.zip, country=address.country_code,
-                latitude=address.latitude, longitude=address.longitude,
+                city=address.city,
+                postal_code=address.zip,
+                country=address.country_code,
+                latitude=address.latitude,
+                longitude=address.longitude,
             ),
             notes=order.note,
             placed_at=order.created_at,

@@ -50,8 +50,12 @@ class _Builder:
             version = model.schema_version  # type: ignore[attr-defined]
             fields.append({"name": "schema_version", "type": "int", "default": version})
         fields.extend(self.field(name, info) for name, info in model.model_fields.items())
-        schema: dict[str, Any] = {"type": "record", "name": model.__name__,
-                                  "namespace": NAMESPACE, "fields": fields}
+        schema: dict[str, Any] = {
+            "type": "record",
+            "name": model.__name__,
+            "namespace": NAMESPACE,
+            "fields": fields,
+        }
         doc = (model.__doc__ or "").strip().splitlines()
         if doc:
             schema["doc"] = doc[0]
@@ -89,8 +93,12 @@ class _Builder:
             if name in self.defined:
                 return name
             self.defined.add(name)
-            return {"type": "enum", "name": annotation.__name__, "namespace": NAMESPACE,
-                    "symbols": [m.value for m in annotation]}
+            return {
+                "type": "enum",
+                "name": annotation.__name__,
+                "namespace": NAMESPACE,
+                "symbols": [m.value for m in annotation],
+            }
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             return self.record(annotation)
         if annotation in _PRIMITIVES:

@@ -25,7 +25,7 @@ _HEADER = struct.Struct(">bI")
 
 
 class CodecError(ValueError):
-    """Bytes that cannot be decoded (or a value that cannot be encoded), with where they came from."""
+    """Bytes that cannot be decoded, with where they came from (topic/partition/offset)."""
 
     def __init__(self, reason: str, *, where: str = "") -> None:
         self.reason = reason
@@ -62,8 +62,9 @@ class LocalSchemaIds:
         self._latest: dict[str, RegisteredSchema] = {}
         for raw_id, entry in index["schemas"].items():
             schema = json.loads((directory / entry["file"]).read_text())
-            registered = RegisteredSchema(int(raw_id), entry["name"], entry["version"],
-                                          parse_schema(schema))
+            registered = RegisteredSchema(
+                int(raw_id), entry["name"], entry["version"], parse_schema(schema)
+            )
             self._by_id[registered.schema_id] = registered
             current = self._latest.get(registered.name)
             if current is None or current.version < registered.version:
@@ -101,19 +102,24 @@ class AvroCodec:
 
     def decode(self, data: bytes, *, where: str = "") -> Event | DeadLetter:
         if len(data) < _HEADER.size:
-            raise CodecError(f"message of {len(data)} bytes is too short for the wire header",
-                             where=where)
+            raise CodecError(
+                f"message of {len(data)} bytes is too short for the wire header", where=where
+            )
         magic, schema_id = _HEADER.unpack_from(data)
         if magic != MAGIC:
-            raise CodecError(f"magic byte {magic} is not the Confluent wire format's 0", where=where)
+            raise CodecError(
+                f"magic byte {magic} is not the Confluent wire format's 0", where=where
+            )
         try:
             registered = self.schema_ids.by_id(schema_id)
         except UnknownSchemaId as exc:
             raise UnknownSchemaId(exc.reason, where=where) from None
         try:
-            record = schemaless_reader(io.BytesIO(data[_HEADER.size:]), registered.parsed, None)
+            record = schemaless_reader(io.BytesIO(data[_HEADER.size :]), registered.parsed, None)
         except Exception as exc:  # fastavro raises EOFError, UnicodeDecodeError, ValueError...
-            raise CodecError(f"corrupt Avro body for {registered.name}: {exc!r}", where=where) from exc
+            raise CodecError(
+                f"corrupt Avro body for {registered.name}: {exc!r}", where=where
+            ) from exc
         if not isinstance(record, dict):
             raise CodecError(f"{registered.name} did not decode to a record", where=where)
         for key in _ENVELOPE_ONLY:
@@ -121,5 +127,6 @@ class AvroCodec:
         try:
             return _MODELS[registered.name].model_validate(record)  # type: ignore[return-value]
         except ValidationError as exc:
-            raise CodecError(f"{registered.name} is not valid: {exc.errors()[0]['msg']}",
-                             where=where) from exc
+            raise CodecError(
+                f"{registered.name} is not valid: {exc.errors()[0]['msg']}", where=where
+            ) from exc

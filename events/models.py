@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
@@ -92,7 +92,7 @@ class Event(Frozen):
     def _to_utc(cls, value: datetime) -> datetime:
         return value.astimezone(UTC)
 
-    def __init_subclass__(cls, **kwargs: object) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.event_type = cls.__name__
 
@@ -159,5 +159,9 @@ class DeadLetter(Frozen):
         """A dead letter whose id is derived from where the bytes came from (re-sends dedup)."""
         return cls(
             dead_letter_id=deterministic_id("dead-letter", source, source_ref, reason),
-            source=source, source_ref=source_ref, reason=reason, raw=raw, failed_at=utc_now(),
+            source=source,
+            source_ref=source_ref,
+            reason=reason,
+            raw=raw,
+            failed_at=utc_now(),
         )

@@ -49,7 +49,9 @@ def stack_status() -> None:
     statuses = Stack(get_settings()).status()
     for s in statuses:
         state = "answering" if s.answering else ("started, not answering" if s.running else "down")
-        click.echo(f"{s.name:<11} {s.address:<40} {state}{'  (' + s.detail + ')' if s.detail else ''}")
+        click.echo(
+            f"{s.name:<11} {s.address:<40} {state}{'  (' + s.detail + ')' if s.detail else ''}"
+        )
     if not all(s.answering for s in statuses):
         sys.exit(1)
 
@@ -71,8 +73,10 @@ def connect(channel: str, file: Path) -> None:
     report = import_file(file, connector=connector, publisher=Publisher(settings))
     for error in report.errors:
         click.echo(f"{file}:{error.line}: {error.reason}", err=True)
-    click.echo(f"{report.acknowledged} of {report.lines} lines acknowledged by Kafka "
-               f"({settings.topics.intake}); {report.dead_lettered} sent to {settings.topics.dlq}")
+    click.echo(
+        f"{report.acknowledged} of {report.lines} lines acknowledged by Kafka "
+        f"({settings.topics.intake}); {report.dead_lettered} sent to {settings.topics.dlq}"
+    )
     if report.acknowledged + report.dead_lettered != report.lines:
         sys.exit(1)
 
@@ -119,8 +123,10 @@ def orders_show(order_id: str) -> None:
             click.echo(f"{key:<18} {value}")
     click.echo("history:")
     for event in order_history(store, state["order_id"]):
-        click.echo(f"  {event['sequence']:>3} {event['event_type']:<16} {event['occurred_at']} "
-                   f"{event['actor']}")
+        click.echo(
+            f"  {event['sequence']:>3} {event['event_type']:<16} {event['occurred_at']} "
+            f"{event['actor']}"
+        )
 
 
 @orders.command("list")
@@ -134,11 +140,15 @@ def orders_list(status: str | None, channel: str | None, limit: int) -> None:
 
     store = connect(get_settings().resolved_clickhouse_url)
     rows = list_orders(store, status=status, channel=channel, limit=limit)
-    click.echo(f"{'order_id':<36}  {'channel':<8} {'external_id':<16} {'status':<9} "
-               f"{'total':>10} placed_at")
+    click.echo(
+        f"{'order_id':<36}  {'channel':<8} {'external_id':<16} {'status':<9} "
+        f"{'total':>10} placed_at"
+    )
     for row in rows:
-        click.echo(f"{row['order_id']:<36}  {row['channel']:<8} {row['external_id']:<16} "
-                   f"{row['status']:<9} {row['total'] / 100:>10.2f} {row['placed_at']}")
+        click.echo(
+            f"{row['order_id']:<36}  {row['channel']:<8} {row['external_id']:<16} "
+            f"{row['status']:<9} {row['total'] / 100:>10.2f} {row['placed_at']}"
+        )
 
 
 @main.command()

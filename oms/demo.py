@@ -46,27 +46,37 @@ class DemoSummary:
 
     @property
     def consistent(self) -> bool:
-        return (self.accepted + self.rejected == self.generated == self.received
-                and self.accepted_in_clickhouse == self.accepted
-                and self.in_clickhouse == self.generated)
+        return (
+            self.accepted + self.rejected == self.generated == self.received
+            and self.accepted_in_clickhouse == self.accepted
+            and self.in_clickhouse == self.generated
+        )
 
 
 def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "oms-demo"})
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                for p in partitions}
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in partitions
+        }
     finally:
         consumer.close()
 
 
-def count_verdicts(settings: Settings, *, since: dict[int, int], order_ids: set[str],
-                   timeout_s: float = 60.0) -> tuple[int, int]:
+def count_verdicts(
+    settings: Settings, *, since: dict[int, int], order_ids: set[str], timeout_s: float = 60.0
+) -> tuple[int, int]:
     """Accepted and rejected verdicts on the order log (the source of truth) for these orders."""
     topic = settings.topics.orders
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "oms-demo",
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": "oms-demo",
+            "enable.auto.commit": False,
+        }
+    )
     codec = AvroCodec()
     verdicts: dict[str, str] = {}
     end = end_offsets(settings, topic)
@@ -78,8 +88,9 @@ def count_verdicts(settings: Settings, *, since: dict[int, int], order_ids: set[
             for message in consumer.consume(1000, timeout=0.5):
                 if message.error():
                     continue
-                if message.offset() + 1 >= end[message.partition()]:
-                    remaining.discard(message.partition())
+                partition, offset = message.partition() or 0, message.offset() or 0
+                if offset + 1 >= end[partition]:
+                    remaining.discard(partition)
                 try:
                     event = codec.decode(message.value() or b"")
                 except CodecError:
@@ -95,9 +106,13 @@ def count_verdicts(settings: Settings, *, since: dict[int, int], order_ids: set[
 def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "oms.cli", "worker"], stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "oms.cli", "worker"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
 
 def stop_process(process: subprocess.Popen[bytes], *, timeout_s: float = 20.0) -> None:
@@ -111,12 +126,19 @@ def stop_process(process: subprocess.Popen[bytes], *, timeout_s: float = 20.0) -
         process.wait()
 
 
-def run_demo(settings: Settings, *, orders: int = 300, timeout_s: float = 180.0,
-             say: Callable[[str], None] = print) -> DemoSummary:
+def run_demo(
+    settings: Settings,
+    *,
+    orders: int = 300,
+    timeout_s: float = 180.0,
+    say: Callable[[str], None] = print,
+) -> DemoSummary:
     stack = Stack(settings)
     started = [name for name, outcome in stack.up() if outcome == "started"]
-    say(f"stack: Kafka at {settings.kafka_bootstrap}, ClickHouse at "
-        f"{settings.resolved_clickhouse_url}")
+    say(
+        f"stack: Kafka at {settings.kafka_bootstrap}, ClickHouse at "
+        f"{settings.resolved_clickhouse_url}"
+    )
     worker = None
     began = time.monotonic()
     try:
@@ -131,10 +153,13 @@ def run_demo(settings: Settings, *, orders: int = 300, timeout_s: float = 180.0,
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"{run_id}.jsonl"
             path.write_bytes(b"\n".join(all_lines) + b"\n")
-            report: ImportReport = import_file(path, connector=connector,
-                                               publisher=Publisher(settings))
-        say(f"connector: {report.acknowledged} orders acknowledged by Kafka, "
-            f"{report.dead_lettered} malformed lines sent to {settings.topics.dlq}")
+            report: ImportReport = import_file(
+                path, connector=connector, publisher=Publisher(settings)
+            )
+        say(
+            f"connector: {report.acknowledged} orders acknowledged by Kafka, "
+            f"{report.dead_lettered} malformed lines sent to {settings.topics.dlq}"
+        )
         for error in report.errors:
             say(f"  line {error.line}: {error.reason}")
         worker = start_worker(settings, settings.home / "logs" / "demo-worker.log")
@@ -148,17 +173,24 @@ def run_demo(settings: Settings, *, orders: int = 300, timeout_s: float = 180.0,
             counts = status_counts(store, order_ids=ids)
             done = counts.get("accepted", 0) + counts.get("rejected", 0)
             if worker is not None and worker.poll() is not None:
-                raise DemoFailed(f"the worker exited with code {worker.returncode}; see "
-                                   f"{settings.home / 'logs' / 'demo-worker.log'}")
+                raise DemoFailed(
+                    f"the worker exited with code {worker.returncode}; see "
+                    f"{settings.home / 'logs' / 'demo-worker.log'}"
+                )
             return done >= report.acknowledged or time.monotonic() > deadline
 
         projector.run(until=caught_up)
         accepted, rejected = count_verdicts(settings, since=since, order_ids=order_ids)
         counts = status_counts(store, order_ids=ids)
         return DemoSummary(
-            generated=orders, malformed=len(MALFORMED_LINES), received=report.acknowledged,
-            dead_lettered=report.dead_lettered, accepted=accepted, rejected=rejected,
-            in_clickhouse=sum(counts.values()), accepted_in_clickhouse=counts.get("accepted", 0),
+            generated=orders,
+            malformed=len(MALFORMED_LINES),
+            received=report.acknowledged,
+            dead_lettered=report.dead_lettered,
+            accepted=accepted,
+            rejected=rejected,
+            in_clickhouse=sum(counts.values()),
+            accepted_in_clickhouse=counts.get("accepted", 0),
             elapsed_s=time.monotonic() - began,
         )
     finally:

@@ -34,14 +34,16 @@ class Publisher:
         self.settings = settings
         self.codec = codec or AvroCodec()
         self.count = DeliveryCount()
-        self._producer = Producer({
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 5,
-            "compression.type": "lz4",
-            "message.timeout.ms": 30000,
-        })
+        self._producer = Producer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "compression.type": "lz4",
+                "message.timeout.ms": 30000,
+            }
+        )
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         topic = msg.topic() or ""
@@ -54,8 +56,9 @@ class Publisher:
     def _produce(self, topic: str, key: str, value: bytes) -> None:
         while True:
             try:
-                self._producer.produce(topic, key=key.encode(), value=value,
-                                       on_delivery=self._on_delivery)
+                self._producer.produce(
+                    topic, key=key.encode(), value=value, on_delivery=self._on_delivery
+                )
                 break
             except BufferError:  # local queue full: let deliveries drain, then retry
                 self._producer.poll(0.05)

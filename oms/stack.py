@@ -6,6 +6,7 @@ Everything lives under `Settings.home`; `down` only stops processes whose pid fi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -74,12 +75,19 @@ class _Process:
             return None
         return pid if self.marker in cmdline else None
 
-    def start(self, argv: list[str], *, log: Path, cwd: Path, env: dict[str, str] | None = None) -> None:
+    def start(
+        self, argv: list[str], *, log: Path, cwd: Path, env: dict[str, str] | None = None
+    ) -> None:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
             proc = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=cwd, env=env, start_new_session=True,
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
             )
         self.pid_file.write_text(str(proc.pid))
 
@@ -106,10 +114,8 @@ class _Process:
 
 def process_alive(pid: int) -> bool:
     """True while `pid` runs; an exited process waiting to be reaped (zombie) counts as gone."""
-    try:
+    with contextlib.suppress(ChildProcessError):  # reap it if it is our own child
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
@@ -149,9 +155,18 @@ class KafkaService:
             )
         libs.mkdir(parents=True, exist_ok=True)
         result = subprocess.run(
-            ["mvn", "-q", "-B", "-f", str(KAFKA_POM), "dependency:copy-dependencies",
-             "-DincludeScope=runtime", f"-DoutputDirectory={libs}"],
-            capture_output=True, text=True,
+            [
+                "mvn",
+                "-q",
+                "-B",
+                "-f",
+                str(KAFKA_POM),
+                "dependency:copy-dependencies",
+                "-DincludeScope=runtime",
+                f"-DoutputDirectory={libs}",
+            ],
+            capture_output=True,
+            text=True,
         )
         if result.returncode != 0:
             raise StackError(f"mvn could not fetch the Kafka jars:\n{result.stdout[-3000:]}")
@@ -162,52 +177,63 @@ class KafkaService:
         (self.dir / "logs").mkdir(parents=True, exist_ok=True)
         controller = self.settings.kafka_controller_port
         self.config.write_text(
-            "\n".join([
-                "process.roles=broker,controller",
-                "node.id=1",
-                f"controller.quorum.voters=1@{self.host}:{controller}",
-                f"listeners=PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{controller}",
-                f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
-                "controller.listener.names=CONTROLLER",
-                "inter.broker.listener.name=PLAINTEXT",
-                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-                f"log.dirs={data}",
-                f"num.partitions={self.settings.kafka_partitions}",
-                "offsets.topic.replication.factor=1",
-                "offsets.topic.num.partitions=8",
-                "transaction.state.log.replication.factor=1",
-                "transaction.state.log.min.isr=1",
-                "min.insync.replicas=1",
-                "default.replication.factor=1",
-                "group.initial.rebalance.delay.ms=0",
-                "auto.create.topics.enable=true",
-                "log.retention.hours=-1",
-                "",
-            ])
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.voters=1@{self.host}:{controller}",
+                    f"listeners=PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{controller}",
+                    f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
+                    "controller.listener.names=CONTROLLER",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                    f"log.dirs={data}",
+                    f"num.partitions={self.settings.kafka_partitions}",
+                    "offsets.topic.replication.factor=1",
+                    "offsets.topic.num.partitions=8",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "min.insync.replicas=1",
+                    "default.replication.factor=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    "auto.create.topics.enable=true",
+                    "log.retention.hours=-1",
+                    "",
+                ]
+            )
         )
         (self.dir / "log4j.properties").write_text(
-            "\n".join([
-                "log4j.rootLogger=INFO, file",
-                "log4j.appender.file=org.apache.log4j.RollingFileAppender",
-                f"log4j.appender.file.File={self.dir / 'logs' / 'server.log'}",
-                "log4j.appender.file.MaxFileSize=20MB",
-                "log4j.appender.file.MaxBackupIndex=2",
-                "log4j.appender.file.layout=org.apache.log4j.PatternLayout",
-                "log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n",
-                "log4j.logger.kafka=INFO",
-                "log4j.logger.org.apache.kafka=INFO",
-                "",
-            ])
+            "\n".join(
+                [
+                    "log4j.rootLogger=INFO, file",
+                    "log4j.appender.file=org.apache.log4j.RollingFileAppender",
+                    f"log4j.appender.file.File={self.dir / 'logs' / 'server.log'}",
+                    "log4j.appender.file.MaxFileSize=20MB",
+                    "log4j.appender.file.MaxBackupIndex=2",
+                    "log4j.appender.file.layout=org.apache.log4j.PatternLayout",
+                    "log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n",
+                    "log4j.logger.kafka=INFO",
+                    "log4j.logger.org.apache.kafka=INFO",
+                    "",
+                ]
+            )
         )
         if not (data / "meta.properties").exists():
-            self._java("kafka.tools.StorageTool", "format", "-t", str(uuid.uuid4()),
-                       "-c", str(self.config))
+            self._java(
+                "kafka.tools.StorageTool", "format", "-t", str(uuid.uuid4()), "-c", str(self.config)
+            )
 
     def _java(self, *args: str) -> None:
         result = subprocess.run(
-            ["java", "-cp", f"{self.settings.kafka_libs_dir}/*",
-             f"-Dlog4j.configuration=file:{self.dir / 'log4j.properties'}", *args],
-            capture_output=True, text=True,
+            [
+                "java",
+                "-cp",
+                f"{self.settings.kafka_libs_dir}/*",
+                f"-Dlog4j.configuration=file:{self.dir / 'log4j.properties'}",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
         )
         if result.returncode != 0:
             raise StackError(f"java {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
@@ -235,11 +261,21 @@ class KafkaService:
         self.ensure_installed()
         self._write_config()
         self.process.start(
-            ["java", "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-             f"-Dlog4j.configuration=file:{self.dir / 'log4j.properties'}",
-             f"-Dkafka.logs.dir={self.dir / 'logs'}",
-             "-cp", f"{self.settings.kafka_libs_dir}/*", "kafka.Kafka", str(self.config)],
-            log=self.log, cwd=self.dir,
+            [
+                "java",
+                "-Xms256m",
+                "-Xmx768m",
+                "-XX:+UseG1GC",
+                "-Djava.awt.headless=true",
+                f"-Dlog4j.configuration=file:{self.dir / 'log4j.properties'}",
+                f"-Dkafka.logs.dir={self.dir / 'logs'}",
+                "-cp",
+                f"{self.settings.kafka_libs_dir}/*",
+                "kafka.Kafka",
+                str(self.config),
+            ],
+            log=self.log,
+            cwd=self.dir,
         )
         _wait_until(self.answering, timeout_s=START_TIMEOUT_S, what="Kafka", log=self.log)
         self.ensure_topics()
@@ -252,7 +288,8 @@ class KafkaService:
         existing = admin.list_topics(timeout=10).topics
         wanted = [
             NewTopic(t, num_partitions=self.settings.kafka_partitions, replication_factor=1)
-            for t in self.settings.topics.all() if t not in existing
+            for t in self.settings.topics.all()
+            if t not in existing
         ]
         for topic, future in admin.create_topics(wanted).items() if wanted else []:
             try:
@@ -266,8 +303,13 @@ class KafkaService:
 
     def status(self) -> ServiceStatus:
         running = self.process.pid() is not None
-        return ServiceStatus(self.name, self.address, running, self.answering(),
-                             "" if running else "not started by oms stack")
+        return ServiceStatus(
+            self.name,
+            self.address,
+            running,
+            self.answering(),
+            "" if running else "not started by oms stack",
+        )
 
 
 _CLICKHOUSE_CONFIG = """<?xml version="1.0"?>
@@ -367,7 +409,9 @@ class ClickHouseService:
         if self.binary is None:
             (self.settings.home / "chdb").mkdir(parents=True, exist_ok=True)
             if not self.answering():
-                raise StackError("embedded chDB does not answer SELECT 1; is the chdb package installed?")
+                raise StackError(
+                    "embedded chDB does not answer SELECT 1; is the chdb package installed?"
+                )
             return "embedded chDB (no clickhouse-server installed)"
         if self.process.pid() is not None and self.answering():
             self.url_marker.write_text(self.url)
@@ -379,12 +423,17 @@ class ClickHouseService:
             )
         for sub in ("data", "tmp", "user_files", "format_schemas", "logs"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
-        self.config.write_text(_CLICKHOUSE_CONFIG.format(
-            dir=self.dir, tcp_port=self.settings.clickhouse_port,
-            http_port=self.settings.clickhouse_http_port,
-        ))
+        self.config.write_text(
+            _CLICKHOUSE_CONFIG.format(
+                dir=self.dir,
+                tcp_port=self.settings.clickhouse_port,
+                http_port=self.settings.clickhouse_http_port,
+            )
+        )
         (self.dir / "users.xml").write_text(_CLICKHOUSE_USERS)
-        self.process.start([self.binary, f"--config-file={self.config}"], log=self.log, cwd=self.dir)
+        self.process.start(
+            [self.binary, f"--config-file={self.config}"], log=self.log, cwd=self.dir
+        )
         _wait_until(self.answering, timeout_s=START_TIMEOUT_S, what="ClickHouse", log=self.log)
         self.url_marker.write_text(self.url)
         return "started"
@@ -397,8 +446,13 @@ class ClickHouseService:
         if self.binary is None:
             return ServiceStatus(self.name, self.url, True, self.answering(), "embedded")
         running = self.process.pid() is not None
-        return ServiceStatus(self.name, self.url, running, self.answering(),
-                             "" if running else "not started by oms stack")
+        return ServiceStatus(
+            self.name,
+            self.url,
+            running,
+            self.answering(),
+            "" if running else "not started by oms stack",
+        )
 
 
 class Stack:
@@ -407,7 +461,8 @@ class Stack:
     def __init__(self, settings: Settings) -> None:
         settings.home.mkdir(parents=True, exist_ok=True)
         self.services: list[KafkaService | ClickHouseService] = [
-            KafkaService(settings), ClickHouseService(settings),
+            KafkaService(settings),
+            ClickHouseService(settings),
         ]
 
     def up(self) -> list[tuple[str, str]]:

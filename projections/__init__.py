@@ -1,1 +1,1 @@
-"""ClickHouse read models: one store interface (server or embedded chDB), DDL, projector, queries."""
+"""ClickHouse read models: one store (server or embedded chDB), DDL, projector, queries."""

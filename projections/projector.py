@@ -44,44 +44,79 @@ def apply(state: dict[str, Any] | None, event: Event, position: Position) -> dic
     """Fold one event into an order's read-model row; None when the event changes nothing."""
     if state is not None and event.sequence <= state["version"]:
         return None  # already applied: a replay or a redelivery
-    where = {"_topic": position.topic, "_partition": position.partition,
-             "_offset": position.offset, "version": event.sequence, "updated_at": _ts(event)}
+    where = {
+        "_topic": position.topic,
+        "_partition": position.partition,
+        "_offset": position.offset,
+        "version": event.sequence,
+        "updated_at": _ts(event),
+    }
     if isinstance(event, OrderReceived):
         address = event.address.text if event.address else ""
         return {
-            "order_id": event.order_id, "channel": event.channel, "external_id": event.external_id,
-            "mode": event.mode.value, "status": "received", "currency": event.currency,
-            "total": event.total, "line_count": len(event.lines),
+            "order_id": event.order_id,
+            "channel": event.channel,
+            "external_id": event.external_id,
+            "mode": event.mode.value,
+            "status": "received",
+            "currency": event.currency,
+            "total": event.total,
+            "line_count": len(event.lines),
             "item_count": sum(max(line.quantity, 0) for line in event.lines),
-            "customer_name": event.customer.name or "", "customer_phone": event.customer.phone or "",
-            "address": address, "rejection_codes": [], "rejection_message": "",
-            "placed_at": event.placed_at.replace(tzinfo=None, microsecond=0), **where,
+            "customer_name": event.customer.name or "",
+            "customer_phone": event.customer.phone or "",
+            "address": address,
+            "rejection_codes": [],
+            "rejection_message": "",
+            "placed_at": event.placed_at.replace(tzinfo=None, microsecond=0),
+            **where,
         }
     if state is None:
         # A verdict without its OrderReceived cannot happen in a well-formed log; keep a row
         # anyway so the order is visible rather than silently missing.
         state = {column: "" for column in ORDERS_COLUMNS} | {
-            "order_id": event.order_id, "total": 0, "line_count": 0, "item_count": 0,
-            "rejection_codes": [], "placed_at": _ts(event),
+            "order_id": event.order_id,
+            "total": 0,
+            "line_count": 0,
+            "item_count": 0,
+            "rejection_codes": [],
+            "placed_at": _ts(event),
         }
     if isinstance(event, OrderAccepted):
-        return state | {"status": "accepted", "channel": event.channel,
-                        "external_id": event.external_id} | where
+        return (
+            state
+            | {"status": "accepted", "channel": event.channel, "external_id": event.external_id}
+            | where
+        )
     if isinstance(event, OrderRejected):
-        return state | {
-            "status": "rejected", "channel": event.channel, "external_id": event.external_id,
-            "rejection_codes": [r.code for r in event.reasons],
-            "rejection_message": "; ".join(r.message for r in event.reasons),
-        } | where
+        return (
+            state
+            | {
+                "status": "rejected",
+                "channel": event.channel,
+                "external_id": event.external_id,
+                "rejection_codes": [r.code for r in event.reasons],
+                "rejection_message": "; ".join(r.message for r in event.reasons),
+            }
+            | where
+        )
     return state | where
 
 
 def event_row(event: Event, position: Position) -> Row:
     return (
-        event.event_id, type(event).__name__, event.order_id, event.sequence, _ts(event),
+        event.event_id,
+        type(event).__name__,
+        event.order_id,
+        event.sequence,
+        _ts(event),
         event.recorded_at.replace(tzinfo=None, microsecond=0),
-        getattr(event, "channel", ""), f"{event.actor.kind.value}:{event.actor.id}",
-        event.model_dump_json(), position.topic, position.partition, position.offset,
+        getattr(event, "channel", ""),
+        f"{event.actor.kind.value}:{event.actor.id}",
+        event.model_dump_json(),
+        position.topic,
+        position.partition,
+        position.offset,
     )
 
 
@@ -93,9 +128,15 @@ class BatchStats:
 
 
 class Projector:
-    def __init__(self, *, settings: Settings, store: ClickHouseStore,
-                 codec: AvroCodec | None = None, batch_size: int = 5000,
-                 batch_seconds: float = 0.5) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: ClickHouseStore,
+        codec: AvroCodec | None = None,
+        batch_size: int = 5000,
+        batch_seconds: float = 0.5,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.codec = codec or AvroCodec()
@@ -104,13 +145,15 @@ class Projector:
         self.topic = settings.topics.orders
         self._states: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._publisher: Publisher | None = None
-        self._consumer = Consumer({
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": "oms-projector",
-            "enable.auto.commit": False,
-            "enable.partition.eof": False,
-            "fetch.wait.max.ms": 100,
-        })
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "group.id": "oms-projector",
+                "enable.auto.commit": False,
+                "enable.partition.eof": False,
+                "fetch.wait.max.ms": 100,
+            }
+        )
 
     def resume_offsets(self) -> dict[int, int]:
         """Next offset per partition: one past what the ledger (`order_events`) holds."""
@@ -125,9 +168,9 @@ class Projector:
         metadata = self._consumer.list_topics(self.topic, timeout=10)
         partitions = sorted(metadata.topics[self.topic].partitions)
         resume = self.resume_offsets()
-        self._consumer.assign([
-            TopicPartition(self.topic, p, resume.get(p, OFFSET_BEGINNING)) for p in partitions
-        ])
+        self._consumer.assign(
+            [TopicPartition(self.topic, p, resume.get(p, OFFSET_BEGINNING)) for p in partitions]
+        )
 
     def lag(self) -> int:
         """Messages on the order log not yet projected (0 = caught up)."""
@@ -158,8 +201,9 @@ class Projector:
         stats = BatchStats()
         decoded: list[tuple[Event, Position]] = []
         for message in messages:
-            position = Position(message.topic() or self.topic, message.partition() or 0,
-                                message.offset() or 0)
+            position = Position(
+                message.topic() or self.topic, message.partition() or 0, message.offset() or 0
+            )
             raw = message.value() or b""
             where = f"{position.topic}/{position.partition}/{position.offset}"
             try:
@@ -167,8 +211,9 @@ class Projector:
                 if not isinstance(event, Event):
                     raise CodecError("a dead letter on the order log", where=where)
             except CodecError as exc:
-                self._dead_letter(DeadLetter.of(source=position.topic, source_ref=where,
-                                                reason=str(exc), raw=raw))
+                self._dead_letter(
+                    DeadLetter.of(source=position.topic, source_ref=where, reason=str(exc), raw=raw)
+                )
                 stats.dead_lettered += 1
                 continue
             decoded.append((event, position))
@@ -180,17 +225,27 @@ class Projector:
             if row is not None:
                 self._remember(event.order_id, row)
                 changed[event.order_id] = row
-        self.store.insert("orders", ORDERS_COLUMNS,
-                          [tuple(row[c] for c in ORDERS_COLUMNS) for row in changed.values()])
-        self.store.insert("order_events", ORDER_EVENTS_COLUMNS,
-                          [event_row(event, position) for event, position in decoded])
+        self.store.insert(
+            "orders",
+            ORDERS_COLUMNS,
+            [tuple(row[c] for c in ORDERS_COLUMNS) for row in changed.values()],
+        )
+        self.store.insert(
+            "order_events",
+            ORDER_EVENTS_COLUMNS,
+            [event_row(event, position) for event, position in decoded],
+        )
         if self._publisher is not None:
             self._publisher.flush()
         stats.orders_written = len(changed)
         return stats
 
-    def run(self, *, until: Callable[[BatchStats], bool] | None = None,
-            on_batch: Callable[[BatchStats], None] | None = None) -> None:
+    def run(
+        self,
+        *,
+        until: Callable[[BatchStats], bool] | None = None,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
         """Project batches forever, or until `until(stats)` says stop (checked after each batch)."""
         self.start()
         try:
@@ -212,7 +267,7 @@ class Projector:
             return
         columns = ", ".join(ORDERS_COLUMNS)
         for start in range(0, len(missing), 1000):
-            chunk = missing[start:start + 1000]
+            chunk = missing[start : start + 1000]
             quoted = ", ".join(sql_string(order_id) for order_id in chunk)
             rows = self.store.query(
                 f"SELECT {columns} FROM {self.store.database}.orders FINAL "

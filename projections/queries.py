@@ -7,8 +7,16 @@ from typing import Any
 from projections.schema import ORDERS_COLUMNS
 from projections.store import ClickHouseStore, sql_string
 
-_LIST_COLUMNS = ("order_id", "channel", "external_id", "mode", "status", "currency", "total",
-                 "placed_at")
+_LIST_COLUMNS = (
+    "order_id",
+    "channel",
+    "external_id",
+    "mode",
+    "status",
+    "currency",
+    "total",
+    "placed_at",
+)
 
 
 def order_state(store: ClickHouseStore, order_id: str) -> dict[str, Any] | None:
@@ -30,8 +38,14 @@ def order_history(store: ClickHouseStore, order_id: str) -> list[dict[str, Any]]
     return [dict(zip(columns, row, strict=True)) for row in rows]
 
 
-def list_orders(store: ClickHouseStore, *, status: str | None = None, channel: str | None = None,
-                limit: int = 20, offset: int = 0) -> list[dict[str, Any]]:
+def list_orders(
+    store: ClickHouseStore,
+    *,
+    status: str | None = None,
+    channel: str | None = None,
+    limit: int = 20,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
     filters = []
     if status:
         filters.append(f"status = {sql_string(status)}")

@@ -5,14 +5,41 @@ from __future__ import annotations
 from projections.store import ClickHouseStore
 
 ORDER_EVENTS_COLUMNS = (
-    "event_id", "event_type", "order_id", "sequence", "occurred_at", "recorded_at",
-    "channel", "actor", "payload", "_topic", "_partition", "_offset",
+    "event_id",
+    "event_type",
+    "order_id",
+    "sequence",
+    "occurred_at",
+    "recorded_at",
+    "channel",
+    "actor",
+    "payload",
+    "_topic",
+    "_partition",
+    "_offset",
 )
 
 ORDERS_COLUMNS = (
-    "order_id", "channel", "external_id", "mode", "status", "currency", "total", "line_count",
-    "item_count", "customer_name", "customer_phone", "address", "rejection_codes",
-    "rejection_message", "placed_at", "updated_at", "version", "_topic", "_partition", "_offset",
+    "order_id",
+    "channel",
+    "external_id",
+    "mode",
+    "status",
+    "currency",
+    "total",
+    "line_count",
+    "item_count",
+    "customer_name",
+    "customer_phone",
+    "address",
+    "rejection_codes",
+    "rejection_message",
+    "placed_at",
+    "updated_at",
+    "version",
+    "_topic",
+    "_partition",
+    "_offset",
 )
 
 

@@ -43,8 +43,13 @@ class ServerStore:
         from clickhouse_driver import Client
 
         self.database = database
-        self._client = Client(host=host, port=port, connect_timeout=3, send_receive_timeout=120,
-                              settings={"use_numpy": False})
+        self._client = Client(
+            host=host,
+            port=port,
+            connect_timeout=3,
+            send_receive_timeout=120,
+            settings={"use_numpy": False},
+        )
 
     def execute(self, sql: str) -> None:
         self._run(sql)
@@ -99,26 +104,33 @@ class EmbeddedStore:
         self._run(sql, "CSV")
 
     def query(self, sql: str) -> list[Row]:
-        result = self._run(sql + " SETTINGS output_format_json_quote_64bit_integers = 0",
-                           "JSONCompact")
+        result = self._run(
+            sql + " SETTINGS output_format_json_quote_64bit_integers = 0", "JSONCompact"
+        )
         text = result.bytes().decode() if hasattr(result, "bytes") else str(result)
         if not text.strip():
             return []
         payload = json.loads(text)
         converters = [_converter(col["type"]) for col in payload["meta"]]
-        return [tuple(conv(v) for conv, v in zip(converters, row, strict=True))
-                for row in payload["data"]]
+        return [
+            tuple(conv(v) for conv, v in zip(converters, row, strict=True))
+            for row in payload["data"]
+        ]
 
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Row]) -> None:
         if not rows:
             return
         body = "\n".join(
-            json.dumps({c: _json_value(v) for c, v in zip(columns, row, strict=True)},
-                       ensure_ascii=False)
+            json.dumps(
+                {c: _json_value(v) for c, v in zip(columns, row, strict=True)}, ensure_ascii=False
+            )
             for row in rows
         )
-        self._run(f"INSERT INTO {self.database}.{table} ({', '.join(columns)}) "
-                  f"FORMAT JSONEachRow\n{body}", "CSV")
+        self._run(
+            f"INSERT INTO {self.database}.{table} ({', '.join(columns)}) "
+            f"FORMAT JSONEachRow\n{body}",
+            "CSV",
+        )
 
     def _run(self, sql: str, fmt: str) -> Any:
         try:
@@ -132,7 +144,11 @@ class EmbeddedStore:
 
 
 def _converter(ch_type: str) -> Any:
-    base = ch_type.removeprefix("Nullable(").rstrip(")") if ch_type.startswith("Nullable(") else ch_type
+    base = (
+        ch_type.removeprefix("Nullable(").rstrip(")")
+        if ch_type.startswith("Nullable(")
+        else ch_type
+    )
     if base.startswith(("UInt", "Int")):
         return lambda v: None if v is None else int(v)
     if base.startswith("DateTime"):
@@ -148,9 +164,14 @@ def connect(url: str) -> ClickHouseStore:
     """
     parsed = urlparse(url)
     if parsed.scheme == "clickhouse":
-        return ServerStore(host=parsed.hostname or "localhost", port=parsed.port or 9000,
-                           database=parsed.path.strip("/") or "oms")
+        return ServerStore(
+            host=parsed.hostname or "localhost",
+            port=parsed.port or 9000,
+            database=parsed.path.strip("/") or "oms",
+        )
     if parsed.scheme == "chdb":
         database = parse_qs(parsed.query).get("database", ["oms"])[0]
         return EmbeddedStore(path=parsed.path, database=database)
-    raise StoreError(f"unsupported ClickHouse URL {url!r}: use clickhouse://host:port/db or chdb:///path")
+    raise StoreError(
+        f"unsupported ClickHouse URL {url!r}: use clickhouse://host:port/db or chdb:///path"
+    )

@@ -53,11 +53,13 @@ def create_app(settings: Settings | None = None) -> faust.App:
             try:
                 order = codec.decode(raw, where=where)
                 if not isinstance(order, OrderReceived):
-                    raise CodecError(f"expected OrderReceived, got {type(order).__name__}",
-                                     where=where)
+                    raise CodecError(
+                        f"expected OrderReceived, got {type(order).__name__}", where=where
+                    )
             except CodecError as exc:
-                letter = DeadLetter.of(source=message.topic, source_ref=where,
-                                       reason=str(exc), raw=raw)
+                letter = DeadLetter.of(
+                    source=message.topic, source_ref=where, reason=str(exc), raw=raw
+                )
                 await send_confirmed(dlq, where, codec.encode(letter))
                 yield ["DeadLetter"]
                 continue

@@ -7,6 +7,7 @@ produces the identical event, which every consumer downstream recognises as a du
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from events.models import (
     Actor,
@@ -34,45 +35,86 @@ def rejection_reasons(order: OrderReceived) -> list[RejectionReason]:
     """Every reason the order cannot be accepted; empty when it can."""
     reasons: list[RejectionReason] = []
     if order.currency not in ISO_CURRENCIES:
-        reasons.append(RejectionReason(code="UNKNOWN_CURRENCY", field="currency",
-                                       message=f"{order.currency!r} is not an ISO-4217 currency"))
+        reasons.append(
+            RejectionReason(
+                code="UNKNOWN_CURRENCY",
+                field="currency",
+                message=f"{order.currency!r} is not an ISO-4217 currency",
+            )
+        )
     if not order.lines:
-        reasons.append(RejectionReason(code="NO_LINES", field="lines", message="order has no lines"))
+        reasons.append(
+            RejectionReason(code="NO_LINES", field="lines", message="order has no lines")
+        )
     for i, line in enumerate(order.lines):
         if line.quantity <= 0:
-            reasons.append(RejectionReason(
-                code="NON_POSITIVE_QUANTITY", field=f"lines.{i}.quantity",
-                message=f"quantity of {line.sku!r} is {line.quantity}, must be positive"))
+            reasons.append(
+                RejectionReason(
+                    code="NON_POSITIVE_QUANTITY",
+                    field=f"lines.{i}.quantity",
+                    message=f"quantity of {line.sku!r} is {line.quantity}, must be positive",
+                )
+            )
         if line.unit_price < 0:
-            reasons.append(RejectionReason(
-                code="NEGATIVE_PRICE", field=f"lines.{i}.unit_price",
-                message=f"unit price of {line.sku!r} is negative"))
+            reasons.append(
+                RejectionReason(
+                    code="NEGATIVE_PRICE",
+                    field=f"lines.{i}.unit_price",
+                    message=f"unit price of {line.sku!r} is negative",
+                )
+            )
     for name in ("delivery_fee", "packaging_fee", "discount"):
         if getattr(order, name) < 0:
-            reasons.append(RejectionReason(code="NEGATIVE_AMOUNT", field=name,
-                                           message=f"{name} must not be negative"))
-    expected = (sum(line.quantity * line.unit_price for line in order.lines)
-                + order.delivery_fee + order.packaging_fee - order.discount)
+            reasons.append(
+                RejectionReason(
+                    code="NEGATIVE_AMOUNT", field=name, message=f"{name} must not be negative"
+                )
+            )
+    expected = (
+        sum(line.quantity * line.unit_price for line in order.lines)
+        + order.delivery_fee
+        + order.packaging_fee
+        - order.discount
+    )
     if expected != order.total:
-        reasons.append(RejectionReason(
-            code="TOTAL_MISMATCH", field="total",
-            message=f"lines + fees - discount = {expected}, but total is {order.total}"))
+        reasons.append(
+            RejectionReason(
+                code="TOTAL_MISMATCH",
+                field="total",
+                message=f"lines + fees - discount = {expected}, but total is {order.total}",
+            )
+        )
     if not order.customer.phone and order.mode in (OrderMode.DELIVERY, OrderMode.PICKUP):
-        reasons.append(RejectionReason(code="MISSING_PHONE", field="customer.phone",
-                                       message=f"a {order.mode.value} order needs a phone"))
+        reasons.append(
+            RejectionReason(
+                code="MISSING_PHONE",
+                field="customer.phone",
+                message=f"a {order.mode.value} order needs a phone",
+            )
+        )
     if order.mode in (OrderMode.DELIVERY, OrderMode.SHIP):
         if order.address is None or not order.address.text.strip():
-            reasons.append(RejectionReason(code="MISSING_ADDRESS", field="address",
-                                           message=f"a {order.mode.value} order needs an address"))
+            reasons.append(
+                RejectionReason(
+                    code="MISSING_ADDRESS",
+                    field="address",
+                    message=f"a {order.mode.value} order needs an address",
+                )
+            )
         if not order.customer.name:
-            reasons.append(RejectionReason(code="MISSING_NAME", field="customer.name",
-                                           message=f"a {order.mode.value} order needs a name"))
+            reasons.append(
+                RejectionReason(
+                    code="MISSING_NAME",
+                    field="customer.name",
+                    message=f"a {order.mode.value} order needs a name",
+                )
+            )
     return reasons
 
 
 def decide(order: OrderReceived, *, now: datetime) -> list[Event]:
     """The received order itself (into the order log) followed by the validation verdict."""
-    envelope = {
+    envelope: dict[str, Any] = {
         "order_id": order.order_id,
         "sequence": order.sequence + 1,
         "occurred_at": now,
@@ -86,9 +128,14 @@ def decide(order: OrderReceived, *, now: datetime) -> list[Event]:
     reasons = rejection_reasons(order)
     verdict: Event
     if reasons:
-        verdict = OrderRejected(event_id=deterministic_id(order.event_id, "OrderRejected"),
-                                reasons=reasons, **envelope)
+        verdict = OrderRejected(
+            event_id=deterministic_id(order.event_id, "OrderRejected"), reasons=reasons, **envelope
+        )
     else:
-        verdict = OrderAccepted(event_id=deterministic_id(order.event_id, "OrderAccepted"),
-                                total=order.total, currency=order.currency, **envelope)
+        verdict = OrderAccepted(
+            event_id=deterministic_id(order.event_id, "OrderAccepted"),
+            total=order.total,
+            currency=order.currency,
+            **envelope,
+        )
     return [order, verdict]

@@ -39,18 +39,26 @@ def chdb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def isolated_settings(stack_settings: Settings, chdb_path: Path) -> Iterator[Settings]:
     """The real stack, with topics, consumer group and ClickHouse database of this test only."""
     uid = uuid.uuid4().hex[:10]
-    topics = Topics(intake=f"t{uid}.intake", orders=f"t{uid}.orders",
-                    inventory=f"t{uid}.inventory", notifications=f"t{uid}.notifications",
-                    dlq=f"t{uid}.dlq")
+    topics = Topics(
+        intake=f"t{uid}.intake",
+        orders=f"t{uid}.orders",
+        inventory=f"t{uid}.inventory",
+        notifications=f"t{uid}.notifications",
+        dlq=f"t{uid}.dlq",
+    )
     url = stack_settings.resolved_clickhouse_url
     if url.startswith("clickhouse://"):
         url = url.rsplit("/", 1)[0] + f"/oms_test_{uid}"
     else:
         url = f"chdb://{chdb_path}?database=oms_test_{uid}"
-    settings = stack_settings.model_copy(update={
-        "topics": topics, "consumer_group": f"oms-test-{uid}", "clickhouse_url": url,
-        "kafka_partitions": 3,
-    })
+    settings = stack_settings.model_copy(
+        update={
+            "topics": topics,
+            "consumer_group": f"oms-test-{uid}",
+            "clickhouse_url": url,
+            "kafka_partitions": 3,
+        }
+    )
     KafkaService(settings).ensure_topics()
     yield settings
     store = connect(url)
@@ -67,8 +75,9 @@ def store(isolated_settings: Settings) -> Iterator[ClickHouseStore]:
 
 
 @pytest.fixture(params=["server", "chdb"])
-def any_store(request: pytest.FixtureRequest, stack_settings: Settings,
-              chdb_path: Path) -> Iterator[ClickHouseStore]:
+def any_store(
+    request: pytest.FixtureRequest, stack_settings: Settings, chdb_path: Path
+) -> Iterator[ClickHouseStore]:
     """Each ClickHouse backend in turn: the local server (18.16 in CI) and embedded chDB."""
     database = f"oms_test_{uuid.uuid4().hex[:10]}"
     if request.param == "server":
@@ -86,25 +95,34 @@ def any_store(request: pytest.FixtureRequest, stack_settings: Settings,
 def settings_env(settings: Settings) -> dict[str, str]:
     """Environment for an `oms` subprocess that should use exactly these settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMS_")}
-    env.update({
-        "OMS_HOME": str(settings.home),
-        "OMS_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "OMS_CONSUMER_GROUP": settings.consumer_group,
-        "OMS_CLICKHOUSE_URL": settings.resolved_clickhouse_url,
-        "OMS_TOPIC_INTAKE": settings.topics.intake,
-        "OMS_TOPIC_ORDERS": settings.topics.orders,
-        "OMS_TOPIC_INVENTORY": settings.topics.inventory,
-        "OMS_TOPIC_NOTIFICATIONS": settings.topics.notifications,
-        "OMS_TOPIC_DLQ": settings.topics.dlq,
-    })
+    env.update(
+        {
+            "OMS_HOME": str(settings.home),
+            "OMS_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+            "OMS_CONSUMER_GROUP": settings.consumer_group,
+            "OMS_CLICKHOUSE_URL": settings.resolved_clickhouse_url,
+            "OMS_TOPIC_INTAKE": settings.topics.intake,
+            "OMS_TOPIC_ORDERS": settings.topics.orders,
+            "OMS_TOPIC_INVENTORY": settings.topics.inventory,
+            "OMS_TOPIC_NOTIFICATIONS": settings.topics.notifications,
+            "OMS_TOPIC_DLQ": settings.topics.dlq,
+        }
+    )
     return env
 
 
-def read_topic(settings: Settings, topic: str, *, expect: int, timeout_s: float = 30.0) -> list[Any]:
+def read_topic(
+    settings: Settings, topic: str, *, expect: int, timeout_s: float = 30.0
+) -> list[Any]:
     """Read `expect` messages from the start of `topic` (or fail after `timeout_s`)."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
-                         "group.id": f"reader-{uuid.uuid4().hex}", "auto.offset.reset": "earliest",
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     consumer.subscribe([topic])
     messages: list[Any] = []
     deadline = time.monotonic() + timeout_s

@@ -27,7 +27,9 @@ def test_shipped_order_is_normalised_to_minor_units_and_utc() -> None:
     assert order.external_id == "5501234567890"
     assert order.mode is OrderMode.SHIP
     assert [(line.sku, line.quantity, line.unit_price) for line in order.lines] == [
-        ("TEA-OOLONG", 2, 1200), ("GIFTBOX-M", 1, 11200)]
+        ("TEA-OOLONG", 2, 1200),
+        ("GIFTBOX-M", 1, 11200),
+    ]
     assert (order.delivery_fee, order.discount, order.total) == (1200, 1000, 13800)
     assert order.placed_at == datetime(2026, 11, 24, 11, 32, 5, tzinfo=UTC)
     assert order.customer.name == "Na Li"
@@ -55,17 +57,22 @@ def test_redelivered_order_gets_the_same_order_and_event_ids() -> None:
     assert (first.order_id, first.event_id) == (again.order_id, again.event_id)
     other = json.loads(fixture("ship_order.json"))
     other["id"] = 1
-    assert WebshopConnector().parse(json.dumps(other).encode(), received_at=NOW).order_id \
+    assert (
+        WebshopConnector().parse(json.dumps(other).encode(), received_at=NOW).order_id
         != first.order_id
+    )
 
 
-@pytest.mark.parametrize(("mutate", "field"), [
-    (lambda o: o.pop("line_items"), "line_items"),
-    (lambda o: o.__setitem__("total_price", "12.345"), "total_price"),
-    (lambda o: o.__setitem__("created_at", "2026-11-24T19:32:05"), "created_at"),
-    (lambda o: o["line_items"][0].__setitem__("price", "abc"), "line_items.0.price"),
-    (lambda o: o["line_items"][0].__setitem__("quantity", "two"), "line_items.0.quantity"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda o: o.pop("line_items"), "line_items"),
+        (lambda o: o.__setitem__("total_price", "12.345"), "total_price"),
+        (lambda o: o.__setitem__("created_at", "2026-11-24T19:32:05"), "created_at"),
+        (lambda o: o["line_items"][0].__setitem__("price", "abc"), "line_items.0.price"),
+        (lambda o: o["line_items"][0].__setitem__("quantity", "two"), "line_items.0.quantity"),
+    ],
+)
 def test_bad_payload_is_rejected_naming_the_field(mutate, field) -> None:  # type: ignore[no-untyped-def]
     order = json.loads(fixture("ship_order.json"))
     mutate(order)

@@ -12,8 +12,13 @@ from tests.conftest import settings_env
 
 
 def oms(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "oms.cli", *args], capture_output=True,
-                          text=True, timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "oms.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
 
 
 def test_connect_names_the_unknown_channel(tmp_path: Path) -> None:
@@ -35,15 +40,19 @@ def test_demo_adds_up_and_leaves_the_shared_stack_running(isolated_settings: Set
     env = settings_env(isolated_settings)
     result = oms("demo", "--orders", "80", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
-    summary = dict(line.split(None, 1) for line in result.stdout.splitlines()
-                   if line.startswith(("generated", "received", "accepted", "rejected")))
+    summary = dict(
+        line.split(None, 1)
+        for line in result.stdout.splitlines()
+        if line.startswith(("generated", "received", "accepted", "rejected"))
+    )
     accepted, rejected = int(summary["accepted"]), int(summary["rejected"])
     assert accepted + rejected == 80
     assert rejected > 0
     assert f"in ClickHouse  80 ({accepted} accepted)" in result.stdout
     assert "line " in result.stdout and "not JSON" in result.stdout
-    status = oms("stack", "status", env={k: v for k, v in os.environ.items()
-                                         if not k.startswith("OMS_")})
+    status = oms(
+        "stack", "status", env={k: v for k, v in os.environ.items() if not k.startswith("OMS_")}
+    )
     assert status.returncode == 0, "the demo stopped a stack it did not start"
 
 

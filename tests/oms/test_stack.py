@@ -16,12 +16,18 @@ pytestmark = pytest.mark.integration
 
 
 def oms(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "oms.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=240)
+    return subprocess.run(
+        [sys.executable, "-m", "oms.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
 
 
 def test_up_twice_status_and_down_leave_no_process_behind(
-        stack_settings: Settings, tmp_path: Path) -> None:
+    stack_settings: Settings, tmp_path: Path
+) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMS_")} | {
         "OMS_HOME": str(tmp_path / "home"),
         "OMS_KAFKA_BOOTSTRAP": "localhost:19092",
@@ -30,9 +36,14 @@ def test_up_twice_status_and_down_leave_no_process_behind(
         "OMS_CLICKHOUSE_PORT": "19000",
         "OMS_CLICKHOUSE_HTTP_PORT": "18123",
     }
-    private = Settings(home=tmp_path / "home", kafka_bootstrap="localhost:19092",
-                       kafka_controller_port=19093, kafka_libs=stack_settings.kafka_libs_dir,
-                       clickhouse_port=19000, clickhouse_http_port=18123)
+    private = Settings(
+        home=tmp_path / "home",
+        kafka_bootstrap="localhost:19092",
+        kafka_controller_port=19093,
+        kafka_libs=stack_settings.kafka_libs_dir,
+        clickhouse_port=19000,
+        clickhouse_http_port=18123,
+    )
     services = [KafkaService(private), ClickHouseService(private)]
     try:
         first = oms("stack", "up", env=env)

@@ -26,11 +26,19 @@ def test_fold_builds_the_order_row_and_applies_the_verdict() -> None:
     row = apply(None, order, HERE)
     assert row is not None
     assert (row["status"], row["total"], row["item_count"], row["version"]) == (
-        "received", 6100, 2, 1)
+        "received",
+        6100,
+        2,
+        1,
+    )
     after = apply(row, accepted, Position("oms.orders.v1", 0, 11))
     assert after is not None
     assert (after["status"], after["version"], after["_offset"], after["customer_name"]) == (
-        "accepted", 2, 11, "王伟")
+        "accepted",
+        2,
+        11,
+        "王伟",
+    )
 
 
 def test_fold_ignores_an_event_it_already_applied() -> None:
@@ -55,8 +63,12 @@ def publish_orders(settings: Settings, count: int, *, prefix: str = "p") -> int:
     publisher = Publisher(settings)
     accepted_total = 0
     for n in range(count):
-        order = received(event_id=f"{prefix}-e{n}", order_id=f"{prefix}-o{n}",
-                         external_id=f"{prefix}-{n}", total=6100 if n % 5 else 1)
+        order = received(
+            event_id=f"{prefix}-e{n}",
+            order_id=f"{prefix}-o{n}",
+            external_id=f"{prefix}-{n}",
+            total=6100 if n % 5 else 1,
+        )
         for event in decide(order, now=NOW):
             publisher.publish(settings.topics.orders, event)
         accepted_total += order.total if n % 5 else 0
@@ -66,7 +78,8 @@ def publish_orders(settings: Settings, count: int, *, prefix: str = "p") -> int:
 
 @pytest.mark.integration
 def test_projector_writes_each_order_once_and_resumes_without_double_counting(
-        isolated_settings: Settings, store: ClickHouseStore) -> None:
+    isolated_settings: Settings, store: ClickHouseStore
+) -> None:
     settings = isolated_settings
     publish_orders(settings, 50)
     projector = Projector(settings=settings, store=store, batch_size=30, batch_seconds=0.3)
@@ -77,13 +90,16 @@ def test_projector_writes_each_order_once_and_resumes_without_double_counting(
     again = Projector(settings=settings, store=store, batch_size=30, batch_seconds=0.3)
     again.run(until=lambda _: event_count(store) >= 120)
     assert status_counts(store) == {"accepted": 48, "rejected": 12}
-    physical = store.query(f"SELECT count(), uniqExact(event_id) FROM {store.database}.order_events")
+    physical = store.query(
+        f"SELECT count(), uniqExact(event_id) FROM {store.database}.order_events"
+    )
     assert physical == [(120, 120)]
 
 
 @pytest.mark.integration
 def test_corrupt_message_on_the_order_log_is_dead_lettered_and_skipped(
-        isolated_settings: Settings, store: ClickHouseStore) -> None:
+    isolated_settings: Settings, store: ClickHouseStore
+) -> None:
     settings = isolated_settings
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
     producer.produce(settings.topics.orders, key=b"x", value=b"\x00\x00\x00\x00\x01\xff\xff")

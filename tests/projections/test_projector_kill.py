@@ -22,8 +22,11 @@ ORDERS = 3000
 def start_projector(settings: Settings) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "oms.cli", "project", "--batch-size", "250"],
-        env=settings_env(settings), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
+        env=settings_env(settings),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def ledger_rows(store: ClickHouseStore) -> int:
@@ -42,7 +45,8 @@ def wait_for(check, *, timeout_s: float, what: str) -> None:  # type: ignore[no-
 
 
 def test_projector_killed_mid_run_leaves_every_order_exactly_once(
-        isolated_settings: Settings, store: ClickHouseStore) -> None:
+    isolated_settings: Settings, store: ClickHouseStore
+) -> None:
     settings = isolated_settings
     if not settings.resolved_clickhouse_url.startswith("clickhouse://"):
         pytest.fail("this test needs the ClickHouse server (a second process shares it)")
@@ -50,8 +54,11 @@ def test_projector_killed_mid_run_leaves_every_order_exactly_once(
     events = 2 * ORDERS
     for kill_after in (800, 3500):
         projector = start_projector(settings)
-        wait_for(lambda k=kill_after: ledger_rows(store) >= k, timeout_s=120,  # type: ignore[misc]
-                 what=f"{kill_after} projected events")
+        wait_for(
+            lambda k=kill_after: ledger_rows(store) >= k,
+            timeout_s=120,  # type: ignore[misc]
+            what=f"{kill_after} projected events",
+        )
         os.killpg(projector.pid, signal.SIGKILL)
         projector.wait()
         assert ledger_rows(store) < events, "the projector finished before it could be killed"
@@ -64,7 +71,8 @@ def test_projector_killed_mid_run_leaves_every_order_exactly_once(
         projector.wait(timeout=30)
     db = store.database
     assert store.query(f"SELECT count(), uniqExact(event_id) FROM {db}.order_events") == [
-        (events, events)]
+        (events, events)
+    ]
     assert store.query(
         f"SELECT status, count(), sum(total) FROM {db}.orders FINAL GROUP BY status ORDER BY status"
     ) == [("accepted", ORDERS * 4 // 5, accepted_total), ("rejected", ORDERS // 5, ORDERS // 5)]

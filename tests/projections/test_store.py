@@ -19,27 +19,45 @@ def test_select_one_answers(any_store: ClickHouseStore) -> None:
 def test_rows_round_trip_with_quotes_unicode_arrays_and_times(any_store: ClickHouseStore) -> None:
     migrate(any_store)
     row = {column: "" for column in ORDERS_COLUMNS} | {
-        "order_id": "o'1\\x", "customer_name": "王伟 \"Wei\"", "total": -5,
-        "line_count": 2, "item_count": 3, "rejection_codes": ["A", "B'"],
-        "placed_at": datetime(2026, 11, 25, 4, 30, 15), "updated_at": datetime(2026, 11, 25, 5),
-        "version": 2, "_partition": 1, "_offset": 2**40,
+        "order_id": "o'1\\x",
+        "customer_name": '王伟 "Wei"',
+        "total": -5,
+        "line_count": 2,
+        "item_count": 3,
+        "rejection_codes": ["A", "B'"],
+        "placed_at": datetime(2026, 11, 25, 4, 30, 15),
+        "updated_at": datetime(2026, 11, 25, 5),
+        "version": 2,
+        "_partition": 1,
+        "_offset": 2**40,
     }
     any_store.insert("orders", ORDERS_COLUMNS, [tuple(row[c] for c in ORDERS_COLUMNS)])
     (got,) = any_store.query(
         f"SELECT {', '.join(ORDERS_COLUMNS)} FROM {any_store.database}.orders "
-        f"WHERE order_id = {sql_string(row['order_id'])}")
+        f"WHERE order_id = {sql_string(row['order_id'])}"
+    )
     assert dict(zip(ORDERS_COLUMNS, got, strict=True)) == row
 
 
 def test_replacing_merge_tree_final_keeps_the_highest_version(any_store: ClickHouseStore) -> None:
     migrate(any_store)
     base = {column: "" for column in ORDERS_COLUMNS} | {
-        "order_id": "o-1", "total": 0, "line_count": 0, "item_count": 0, "rejection_codes": [],
-        "placed_at": datetime(2026, 1, 1), "updated_at": datetime(2026, 1, 1), "_partition": 0,
-        "_offset": 0}
+        "order_id": "o-1",
+        "total": 0,
+        "line_count": 0,
+        "item_count": 0,
+        "rejection_codes": [],
+        "placed_at": datetime(2026, 1, 1),
+        "updated_at": datetime(2026, 1, 1),
+        "_partition": 0,
+        "_offset": 0,
+    }
     for version, status in ((1, "received"), (2, "accepted"), (2, "accepted")):
-        any_store.insert("orders", ORDERS_COLUMNS, [tuple(
-            (base | {"version": version, "status": status})[c] for c in ORDERS_COLUMNS)])
+        any_store.insert(
+            "orders",
+            ORDERS_COLUMNS,
+            [tuple((base | {"version": version, "status": status})[c] for c in ORDERS_COLUMNS)],
+        )
     assert any_store.query(
         f"SELECT status, count() FROM {any_store.database}.orders FINAL GROUP BY status"
     ) == [("accepted", 1)]

@@ -22,8 +22,9 @@ def app_and_sent(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Iterator[tup
     app = create_app(Settings(home=tmp_path))
     sent: list[tuple[str, bytes, bytes]] = []
 
-    async def capture(self: Any, key: bytes | None = None, value: bytes | None = None,
-                      **_: Any) -> Any:
+    async def capture(
+        self: Any, key: bytes | None = None, value: bytes | None = None, **_: Any
+    ) -> Any:
         sent.append((self.get_topic_name(), key, value))
         future: Any = asyncio.get_running_loop().create_future()
         future.set_result(None)

@@ -27,9 +27,13 @@ ORDERS = 60
 @pytest.fixture
 def worker(isolated_settings: Settings, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     log = (tmp_path / "worker.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "oms.cli", "worker"],
-                               env=settings_env(isolated_settings), stdout=log,
-                               stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "oms.cli", "worker"],
+        env=settings_env(isolated_settings),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     yield process
     process.send_signal(signal.SIGTERM)
     try:
@@ -41,18 +45,27 @@ def worker(isolated_settings: Settings, tmp_path: Path) -> Iterator[subprocess.P
 
 
 def connect_file(settings: Settings, path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "oms.cli", "connect", "webshop", str(path)],
-                          env=settings_env(settings), capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "oms.cli", "connect", "webshop", str(path)],
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def project_until(settings: Settings, store: ClickHouseStore, *, events: int) -> None:
     Projector(settings=settings, store=store, batch_seconds=0.3).run(
-        until=lambda _: event_count(store) >= events)
+        until=lambda _: event_count(store) >= events
+    )
 
 
 def test_orders_flow_from_file_to_clickhouse_and_bad_lines_to_the_dlq(
-        isolated_settings: Settings, store: ClickHouseStore,
-        worker: subprocess.Popen[bytes], tmp_path: Path) -> None:
+    isolated_settings: Settings,
+    store: ClickHouseStore,
+    worker: subprocess.Popen[bytes],
+    tmp_path: Path,
+) -> None:
     settings = isolated_settings
     lines, planted = sample_lines(count=ORDERS, run_id="e2e", invalid_share=0.3)
     path = tmp_path / "orders.jsonl"
@@ -67,7 +80,10 @@ def test_orders_flow_from_file_to_clickhouse_and_bad_lines_to_the_dlq(
     letter = AvroCodec().decode(message.value())
     assert isinstance(letter, DeadLetter)
     assert (letter.raw, letter.source, letter.source_ref) == (
-        MALFORMED_LINES[0], "webshop", "orders.jsonl:11")
+        MALFORMED_LINES[0],
+        "webshop",
+        "orders.jsonl:11",
+    )
 
     project_until(settings, store, events=2 * ORDERS)
     assert worker.poll() is None, "the worker died"
@@ -81,8 +97,11 @@ def test_orders_flow_from_file_to_clickhouse_and_bad_lines_to_the_dlq(
 
 
 def test_the_same_channel_order_delivered_twice_is_one_order(
-        isolated_settings: Settings, store: ClickHouseStore,
-        worker: subprocess.Popen[bytes], tmp_path: Path) -> None:
+    isolated_settings: Settings,
+    store: ClickHouseStore,
+    worker: subprocess.Popen[bytes],
+    tmp_path: Path,
+) -> None:
     settings = isolated_settings
     lines, _ = sample_lines(count=5, run_id="dup", invalid_share=0.0)
     path = tmp_path / "orders.jsonl"

@@ -25,20 +25,31 @@ def test_verdict_id_is_deterministic_so_reprocessing_is_recognised() -> None:
     assert decide(order, now=NOW)[1].event_id == decide(order, now=datetime.now(UTC))[1].event_id
 
 
-@pytest.mark.parametrize(("overrides", "code", "field"), [
-    ({"total": 6000}, "TOTAL_MISMATCH", "total"),
-    ({"currency": "XYZ"}, "UNKNOWN_CURRENCY", "currency"),
-    ({"lines": [OrderLine(sku="A", name="a", quantity=0, unit_price=100)], "total": 500},
-     "NON_POSITIVE_QUANTITY", "lines.0.quantity"),
-    ({"lines": [], "total": 500}, "NO_LINES", "lines"),
-    ({"address": None}, "MISSING_ADDRESS", "address"),
-    ({"address": Address(text="  ")}, "MISSING_ADDRESS", "address"),
-    ({"customer": Customer(name="x")}, "MISSING_PHONE", "customer.phone"),
-    ({"mode": OrderMode.SHIP, "customer": Customer(phone="1")}, "MISSING_NAME", "customer.name"),
-    ({"discount": -1, "total": 6101}, "NEGATIVE_AMOUNT", "discount"),
-])
-def test_each_defect_is_rejected_with_its_reason_code(overrides: dict[str, object], code: str,
-                                                      field: str) -> None:
+@pytest.mark.parametrize(
+    ("overrides", "code", "field"),
+    [
+        ({"total": 6000}, "TOTAL_MISMATCH", "total"),
+        ({"currency": "XYZ"}, "UNKNOWN_CURRENCY", "currency"),
+        (
+            {"lines": [OrderLine(sku="A", name="a", quantity=0, unit_price=100)], "total": 500},
+            "NON_POSITIVE_QUANTITY",
+            "lines.0.quantity",
+        ),
+        ({"lines": [], "total": 500}, "NO_LINES", "lines"),
+        ({"address": None}, "MISSING_ADDRESS", "address"),
+        ({"address": Address(text="  ")}, "MISSING_ADDRESS", "address"),
+        ({"customer": Customer(name="x")}, "MISSING_PHONE", "customer.phone"),
+        (
+            {"mode": OrderMode.SHIP, "customer": Customer(phone="1")},
+            "MISSING_NAME",
+            "customer.name",
+        ),
+        ({"discount": -1, "total": 6101}, "NEGATIVE_AMOUNT", "discount"),
+    ],
+)
+def test_each_defect_is_rejected_with_its_reason_code(
+    overrides: dict[str, object], code: str, field: str
+) -> None:
     order = received(**overrides)
     verdict = decide(order, now=NOW)[1]
     assert isinstance(verdict, OrderRejected)
