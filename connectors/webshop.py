@@ -13,7 +13,24 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from connectors.base import Connector, PayloadRejected, minor_units
-from events.models import Address, Customer, OrderLine, OrderMode, OrderReceived
+from events.models import (
+    Address,
+    Customer,
+    OrderLine,
+    OrderMode,
+    OrderReceived,
+    PaymentStatus,
+)
+
+# Shopify's financial_status values.
+_PAYMENT = {
+    "paid": PaymentStatus.PAID,
+    "partially_refunded": PaymentStatus.PAID,
+    "authorized": PaymentStatus.PENDING,
+    "pending": PaymentStatus.PENDING,
+    "partially_paid": PaymentStatus.PARTIALLY_PAID,
+    "unpaid": PaymentStatus.UNPAID,
+}
 
 
 class _Loose(BaseModel):
@@ -32,6 +49,7 @@ class _ShippingLine(_Loose):
 
 
 class _Customer(_Loose):
+    id: int | str | None = None
     first_name: str | None = None
     last_name: str | None = None
     phone: str | None = None
@@ -61,6 +79,8 @@ class _WebshopOrder(_Loose):
     shipping_address: _Address | None = None
     note: str | None = None
     tags: str = ""
+    financial_status: str = "paid"
+    browser_ip: str | None = None
 
 
 class WebshopConnector(Connector):
@@ -129,7 +149,10 @@ class WebshopConnector(Connector):
             delivery_fee=shipping,
             discount=minor_units(order.total_discounts, currency=currency, field="total_discounts"),
             total=minor_units(order.total_price, currency=currency, field="total_price"),
+            payment_status=_PAYMENT.get(order.financial_status, PaymentStatus.PENDING),
+            device_id=order.browser_ip,
             customer=Customer(
+                id=None if customer.id is None else str(customer.id),
                 name=full_name,
                 phone=customer.phone or (address.phone if address else None),
                 email=customer.email,

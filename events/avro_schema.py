@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import types
-from datetime import datetime
+from datetime import date, datetime
 from enum import Enum
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin
@@ -16,11 +16,11 @@ from typing import Any, Union, get_args, get_origin
 from pydantic import AwareDatetime, BaseModel
 from pydantic.fields import FieldInfo
 
-from events.models import ORDER_EVENTS, DeadLetter, Event
+from events.models import ORDER_EVENTS, STOCK_EVENTS, DeadLetter, Event
 
 NAMESPACE = "io.orderstream.events"
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
-CONTRACT: tuple[type[BaseModel], ...] = (*ORDER_EVENTS, DeadLetter)
+CONTRACT: tuple[type[BaseModel], ...] = (*ORDER_EVENTS, *STOCK_EVENTS, DeadLetter)
 
 _PRIMITIVES: dict[Any, Any] = {
     str: "string",
@@ -30,6 +30,7 @@ _PRIMITIVES: dict[Any, Any] = {
     bytes: "bytes",
 }
 _TIMESTAMP = {"type": "long", "logicalType": "timestamp-micros"}
+_DATE = {"type": "int", "logicalType": "date"}
 
 
 class _Builder:
@@ -88,6 +89,8 @@ class _Builder:
             return {"type": "array", "items": self.type_of(item)}
         if annotation in (datetime, AwareDatetime):
             return dict(_TIMESTAMP)
+        if annotation is date:
+            return dict(_DATE)
         if isinstance(annotation, type) and issubclass(annotation, Enum):
             name = f"{NAMESPACE}.{annotation.__name__}"
             if name in self.defined:
@@ -114,13 +117,3 @@ def avro_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 def render(model: type[BaseModel]) -> str:
     return json.dumps(avro_schema(model), indent=2, ensure_ascii=False) + "\n"
-
-
-def write_schemas(directory: Path = SCHEMA_DIR) -> list[Path]:
-    """Write the .avsc file of every contract model; returns the paths written."""
-    paths = []
-    for model in CONTRACT:
-        path = directory / f"{model.__name__}.avsc"
-        path.write_text(render(model))
-        paths.append(path)
-    return paths

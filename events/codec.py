@@ -2,7 +2,8 @@
 
 Standard Kafka tooling and schema registries understand the framing; a consumer with only the
 .avsc files and fastavro decodes every message. Schema ids come from `schemas/registry.json`
-(the local registry); a Confluent-compatible registry can be plugged in through `SchemaIds`.
+(the local registry) or, when `OMS_SCHEMA_REGISTRY_URL` is set, from a Confluent-compatible
+schema registry. Data written with an older schema version is resolved to the current one.
 """
 
 from __future__ import annotations
@@ -10,22 +11,29 @@ from __future__ import annotations
 import io
 import json
 import struct
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from pydantic import BaseModel, ValidationError
 
-from events.avro_schema import CONTRACT, SCHEMA_DIR
+from events.avro_schema import CONTRACT, NAMESPACE, SCHEMA_DIR
 from events.models import DeadLetter, Event
+from events.schema_catalog import Catalog
 
 MAGIC = 0
 _HEADER = struct.Struct(">bI")
 
 
+def message_ref(topic: str, partition: int, offset: int) -> str:
+    """How a Kafka message is named in errors and dead letters."""
+    return f"topic {topic} partition {partition} offset {offset}"
+
+
 class CodecError(ValueError):
-    """Bytes that cannot be decoded, with where they came from (topic/partition/offset)."""
+    """Bytes that cannot be decoded, with where they came from (topic, partition, offset)."""
 
     def __init__(self, reason: str, *, where: str = "") -> None:
         self.reason = reason
@@ -42,7 +50,8 @@ class RegisteredSchema:
     schema_id: int
     name: str
     version: int
-    parsed: Any
+    source: str = field(repr=False)
+    parsed: Any = field(repr=False)
 
 
 class SchemaIds(Protocol):
@@ -54,16 +63,15 @@ class SchemaIds(Protocol):
 
 
 class LocalSchemaIds:
-    """Stable ids recorded in `schemas/registry.json`, schemas read from the .avsc files."""
+    """Stable ids recorded in `schemas/registry.json`, schemas read from `schemas/history/`."""
 
     def __init__(self, directory: Path = SCHEMA_DIR) -> None:
-        index = json.loads((directory / "registry.json").read_text())
         self._by_id: dict[int, RegisteredSchema] = {}
         self._latest: dict[str, RegisteredSchema] = {}
-        for raw_id, entry in index["schemas"].items():
-            schema = json.loads((directory / entry["file"]).read_text())
+        for entry in Catalog(directory).versions:
+            schema = entry.load(directory)
             registered = RegisteredSchema(
-                int(raw_id), entry["name"], entry["version"], parse_schema(schema)
+                entry.schema_id, entry.name, entry.version, json.dumps(schema), parse_schema(schema)
             )
             self._by_id[registered.schema_id] = registered
             current = self._latest.get(registered.name)
@@ -80,8 +88,61 @@ class LocalSchemaIds:
             raise UnknownSchemaId(f"unknown schema id {schema_id}") from None
 
 
+class RegistrySchemaIds:
+    """A Confluent-compatible schema registry; subjects follow RecordNameStrategy.
+
+    The current schemas are registered on first use (the registry applies its own
+    compatibility level); schemas met by id are fetched once and cached.
+    """
+
+    def __init__(self, url: str, *, directory: Path = SCHEMA_DIR) -> None:
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+
+        self._client = SchemaRegistryClient({"url": url})
+        self._local = LocalSchemaIds(directory)
+        self._latest: dict[str, RegisteredSchema] = {}
+        self._by_id: dict[int, RegisteredSchema] = {}
+        self._lock = threading.Lock()
+
+    def latest(self, name: str) -> RegisteredSchema:
+        from confluent_kafka.schema_registry import Schema
+
+        with self._lock:
+            if name not in self._latest:
+                local = self._local.latest(name)
+                schema_id = self._client.register_schema(
+                    f"{NAMESPACE}.{name}", Schema(local.source, "AVRO")
+                )
+                registered = RegisteredSchema(
+                    schema_id, name, local.version, local.source, local.parsed
+                )
+                self._latest[name] = self._by_id[schema_id] = registered
+            return self._latest[name]
+
+    def by_id(self, schema_id: int) -> RegisteredSchema:
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+        with self._lock:
+            if schema_id not in self._by_id:
+                try:
+                    schema = self._client.get_schema(schema_id)
+                except SchemaRegistryError as exc:
+                    raise UnknownSchemaId(f"unknown schema id {schema_id}: {exc}") from None
+                source = schema.schema_str or "{}"
+                parsed = json.loads(source)
+                name = str(parsed["name"]).rsplit(".", 1)[-1]
+                self._by_id[schema_id] = RegisteredSchema(
+                    schema_id, name, 0, source, parse_schema(parsed)
+                )
+            return self._by_id[schema_id]
+
+
 _MODELS: dict[str, type[BaseModel]] = {model.__name__: model for model in CONTRACT}
 _ENVELOPE_ONLY = ("event_type", "schema_version")
+
+
+def schema_ids_for(registry_url: str | None) -> SchemaIds:
+    return RegistrySchemaIds(registry_url) if registry_url else LocalSchemaIds()
 
 
 class AvroCodec:
@@ -111,22 +172,28 @@ class AvroCodec:
                 f"magic byte {magic} is not the Confluent wire format's 0", where=where
             )
         try:
-            registered = self.schema_ids.by_id(schema_id)
+            writer = self.schema_ids.by_id(schema_id)
         except UnknownSchemaId as exc:
             raise UnknownSchemaId(exc.reason, where=where) from None
+        model = _MODELS.get(writer.name)
+        if model is None:
+            raise CodecError(f"schema id {schema_id} is {writer.name}, not an event", where=where)
+        reader = self.schema_ids.latest(writer.name)
         try:
-            record = schemaless_reader(io.BytesIO(data[_HEADER.size :]), registered.parsed, None)
+            record = schemaless_reader(
+                io.BytesIO(data[_HEADER.size :]),
+                writer.parsed,
+                None if reader.schema_id == writer.schema_id else reader.parsed,
+            )
         except Exception as exc:  # fastavro raises EOFError, UnicodeDecodeError, ValueError...
-            raise CodecError(
-                f"corrupt Avro body for {registered.name}: {exc!r}", where=where
-            ) from exc
+            raise CodecError(f"corrupt Avro body for {writer.name}: {exc!r}", where=where) from exc
         if not isinstance(record, dict):
-            raise CodecError(f"{registered.name} did not decode to a record", where=where)
+            raise CodecError(f"{writer.name} did not decode to a record", where=where)
         for key in _ENVELOPE_ONLY:
             record.pop(key, None)
         try:
-            return _MODELS[registered.name].model_validate(record)  # type: ignore[return-value]
+            return model.model_validate(record)  # type: ignore[return-value]
         except ValidationError as exc:
             raise CodecError(
-                f"{registered.name} is not valid: {exc.errors()[0]['msg']}", where=where
+                f"{writer.name} is not valid: {exc.errors()[0]['msg']}", where=where
             ) from exc

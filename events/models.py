@@ -1,24 +1,25 @@
-"""Order events as frozen pydantic models. Money is int minor units + ISO-4217 currency; times UTC.
+"""The event contract as frozen pydantic models (DESIGN.md §2).
 
-The Avro schemas in schemas/ are generated from these models (`events.avro_schema`), and a test
-fails if the committed .avsc files drift from them.
+Money is an int in minor units (fen, cents) of the order's ISO-4217 currency; times are UTC.
+The Avro schemas in schemas/ are generated from these models (`events.avro_schema`), and
+`oms schemas check` fails if the committed .avsc files drift from them.
 """
 
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
-# Namespace for deterministic ids: the same channel order always maps to the same ids.
+# Namespace for deterministic ids: the same input always maps to the same ids (idempotency).
 ORDERSTREAM_NAMESPACE = uuid.UUID("6f0b7c52-3f7e-4b4e-9a57-0a8f2a7f3c11")
 
 
 def deterministic_id(*parts: str) -> str:
-    """A UUID derived from `parts`, so a redelivered input yields the same id (idempotency)."""
+    """A UUID derived from `parts`, so a redelivered input yields the same id."""
     return str(uuid.uuid5(ORDERSTREAM_NAMESPACE, "\x1f".join(parts)))
 
 
@@ -26,8 +27,16 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def stock_key(sku: str, location: str) -> str:
+    """The stock ledger's aggregate id and Kafka key."""
+    return f"{sku}@{location}"
+
+
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# ---------------------------------------------------------------- values
 
 
 class ActorKind(StrEnum):
@@ -50,11 +59,28 @@ class OrderMode(StrEnum):
     SHIP = "ship"
 
 
+class PaymentStatus(StrEnum):
+    PAID = "paid"
+    PENDING = "pending"
+    UNPAID = "unpaid"
+    CASH_ON_DELIVERY = "cash_on_delivery"
+    PARTIALLY_PAID = "partially_paid"
+
+
+class CancelledBy(StrEnum):
+    CUSTOMER = "customer"
+    MERCHANT = "merchant"
+    CHANNEL = "channel"
+    REVIEWER = "reviewer"
+    SYSTEM = "system"
+
+
 class OrderLine(Frozen):
-    sku: str
+    sku: str = Field(description="SKU, or the dish name where the channel has no SKU")
     name: str
     quantity: int
-    unit_price: int = Field(description="minor units (fen, cents) of the order's currency")
+    unit_price: int = Field(description="minor units of the order's currency")
+    options: list[str] = Field(default_factory=list, description="e.g. 少辣, no ice")
 
 
 class Address(Frozen):
@@ -67,20 +93,58 @@ class Address(Frozen):
 
 
 class Customer(Frozen):
+    id: str | None = Field(default=None, description="the channel's customer id")
     name: str | None = None
     phone: str | None = None
     email: str | None = None
 
 
+class RejectionReason(Frozen):
+    code: str = Field(description="machine-readable, e.g. TOTAL_MISMATCH")
+    field: str | None = None
+    message: str
+
+
+class FraudSignal(Frozen):
+    rule: str = Field(description="e.g. VELOCITY_PHONE, AMOUNT_OUTLIER")
+    points: int
+    detail: str
+
+
+class LineQuantity(Frozen):
+    """A quantity of one SKU, at a location when one is decided."""
+
+    sku: str
+    quantity: int
+    location: str | None = None
+
+
+class FulfilmentGroup(Frozen):
+    """The lines one location fulfils; an order split across locations has several."""
+
+    location: str
+    lines: list[LineQuantity]
+    distance_m: int | None = None
+    cost: int | None = Field(default=None, description="fulfilment cost, minor units")
+
+
+class ReturnLine(Frozen):
+    sku: str
+    quantity: int
+    reason: str | None = None
+
+
+# ---------------------------------------------------------------- envelope
+
+
 class Event(Frozen):
-    """The envelope every event carries (DESIGN.md §2); subclasses add the payload."""
+    """The envelope every event carries; subclasses add the aggregate id and the payload."""
 
     event_type: ClassVar[str]
     schema_version: ClassVar[int] = 1
 
     event_id: str
-    order_id: str = Field(description="the aggregate id")
-    sequence: int = Field(ge=1, description="position of the event in its order's history")
+    sequence: int = Field(ge=1, description="position of the event in its aggregate's history")
     occurred_at: AwareDatetime
     recorded_at: AwareDatetime
     correlation_id: str
@@ -96,12 +160,40 @@ class Event(Frozen):
         super().__init_subclass__(**kwargs)
         cls.event_type = cls.__name__
 
+    @property
+    def aggregate_id(self) -> str:
+        raise NotImplementedError
 
-class OrderReceived(Event):
+
+class OrderEvent(Event):
+    """An event in one order's history, on `oms.orders.v1` keyed by `order_id`."""
+
+    order_id: str = Field(description="the aggregate id")
+    channel: str
+    external_id: str = Field(description="the order's id on its channel")
+
+    @property
+    def aggregate_id(self) -> str:
+        return self.order_id
+
+
+class StockEvent(Event):
+    """An event in one `sku@location` stock ledger, on `oms.inventory.v1`."""
+
+    sku: str
+    location: str
+
+    @property
+    def aggregate_id(self) -> str:
+        return stock_key(self.sku, self.location)
+
+
+# ---------------------------------------------------------------- order events
+
+
+class OrderReceived(OrderEvent):
     """A channel's order, normalised by its connector; not yet validated."""
 
-    channel: str
-    external_id: str
     mode: OrderMode
     currency: str = Field(description="ISO-4217 code; checked by validation, not here")
     lines: list[OrderLine]
@@ -109,37 +201,262 @@ class OrderReceived(Event):
     packaging_fee: int = 0
     discount: int = 0
     total: int
+    payment_status: PaymentStatus
     customer: Customer
     address: Address | None = None
-    requested_at: AwareDatetime | None = None
+    location_hint: str | None = Field(default=None, description="store the channel placed it at")
+    device_id: str | None = None
+    requested_at: AwareDatetime | None = Field(default=None, description="wanted for, UTC")
     notes: str | None = None
     placed_at: AwareDatetime
 
 
-class OrderAccepted(Event):
+class OrderModified(OrderEvent):
+    """The channel revised the order before fulfilment; replaces lines, amounts and details."""
+
+    revision: int = Field(description="the channel's revision number, increasing")
+    lines: list[OrderLine]
+    delivery_fee: int = 0
+    packaging_fee: int = 0
+    discount: int = 0
+    total: int
+    address: Address | None = None
+    requested_at: AwareDatetime | None = None
+    notes: str | None = None
+
+
+class OrderAccepted(OrderEvent):
     """The order passed validation."""
 
-    channel: str
-    external_id: str
     total: int
     currency: str
 
 
-class RejectionReason(Frozen):
-    code: str = Field(description="machine-readable, e.g. TOTAL_MISMATCH")
-    field: str | None = None
-    message: str
+class OrderRejected(OrderEvent):
+    """The order failed validation (or could not be fulfilled); `reasons` say why."""
 
-
-class OrderRejected(Event):
-    """The order failed validation; `reasons` says why, in machine-readable codes."""
-
-    channel: str
-    external_id: str
     reasons: list[RejectionReason]
 
 
-ORDER_EVENTS: tuple[type[Event], ...] = (OrderReceived, OrderAccepted, OrderRejected)
+class OrderHeld(OrderEvent):
+    """Fraud screening scored the order over the threshold: it waits for a reviewer."""
+
+    risk_score: int
+    threshold: int
+    signals: list[FraudSignal]
+
+
+class ReviewApproved(OrderEvent):
+    """A reviewer (the actor) released a held order."""
+
+    note: str | None = None
+
+
+class ReviewRejected(OrderEvent):
+    """A reviewer (the actor) refused a held order; it is cancelled."""
+
+    reason: str
+
+
+class OrderReserved(OrderEvent):
+    """Every line is reserved."""
+
+    lines: list[LineQuantity]
+    expires_at: AwareDatetime | None = None
+
+
+class OrderPartiallyReserved(OrderEvent):
+    """Some lines are reserved, others are not (yet)."""
+
+    reserved: list[LineQuantity]
+    missing: list[LineQuantity]
+
+
+class OrderReservationFailed(OrderEvent):
+    """No stock could be reserved for the lines in `missing`."""
+
+    missing: list[LineQuantity]
+    reason: str
+
+
+class OrderReservationReleased(OrderEvent):
+    """Reserved units given back: on cancel, expiry, modification or partial failure."""
+
+    lines: list[LineQuantity]
+    reason: str = Field(description="CANCELLED, EXPIRED, MODIFIED, COMPENSATION, REROUTED")
+
+
+class OrderRouted(OrderEvent):
+    """Where the order is fulfilled; several groups when it is split."""
+
+    location: str = Field(description="the primary fulfilment location")
+    groups: list[FulfilmentGroup]
+    reasons: list[str]
+
+
+class OrderPrioritised(OrderEvent):
+    """Its place in the location's fulfilment queue: higher score goes first."""
+
+    location: str
+    score: int
+    promised_at: AwareDatetime | None = None
+    factors: list[str] = Field(default_factory=list)
+
+
+class OrderAcceptedByStore(OrderEvent):
+    location: str
+    estimated_ready_at: AwareDatetime | None = None
+
+
+class OrderPreparing(OrderEvent):
+    location: str
+
+
+class OrderReady(OrderEvent):
+    location: str
+
+
+class OrderPickedUp(OrderEvent):
+    """Collected by the customer or a courier."""
+
+    location: str
+    picked_up_by: str = Field(description="customer, or the courier's name")
+    courier_phone: str | None = None
+
+
+class ShipmentCreated(OrderEvent):
+    shipment_id: str
+    carrier: str
+    service: str | None = None
+    tracking_number: str
+    label_ref: str | None = Field(default=None, description="where the label document is kept")
+    cost: int | None = Field(default=None, description="minor units of the order's currency")
+
+
+class ShipmentStatusUpdated(OrderEvent):
+    shipment_id: str
+    tracking_number: str
+    status: str = Field(description="the carrier's status, e.g. IN_TRANSIT")
+    description: str | None = None
+    place: str | None = None
+
+
+class OrderDelivered(OrderEvent):
+    proof: str | None = Field(default=None, description="signature or photo reference")
+
+
+class OrderCompleted(OrderEvent):
+    """Nothing more will happen to the order in the normal flow."""
+
+
+class OrderCancelled(OrderEvent):
+    cancelled_by: CancelledBy
+    reason_code: str
+    reason: str
+
+
+class ReturnRequested(OrderEvent):
+    return_id: str
+    lines: list[ReturnLine]
+    reason: str
+
+
+class ReturnReceived(OrderEvent):
+    return_id: str
+    lines: list[ReturnLine]
+    condition: str = Field(description="e.g. RESELLABLE, DAMAGED")
+
+
+class OrderRefunded(OrderEvent):
+    refund_id: str
+    amount: int = Field(description="minor units")
+    currency: str
+    reason: str
+    return_id: str | None = None
+
+
+# ---------------------------------------------------------------- stock ledger events
+
+
+class StockReceived(StockEvent):
+    """Goods in: on_hand grows."""
+
+    quantity: int
+    reference: str | None = Field(default=None, description="purchase order, transfer id")
+
+
+class StockAdjusted(StockEvent):
+    """A correction of on_hand by `delta` (negative for damage, loss, kitchen use)."""
+
+    delta: int
+    reason: str = Field(description="DAMAGED, LOST, FOUND, CORRECTION, CONSUMED, ...")
+    note: str | None = None
+
+
+class StockCounted(StockEvent):
+    """A physical count: on_hand becomes `counted`."""
+
+    counted: int
+
+
+class StockReserved(StockEvent):
+    order_id: str
+    reservation_id: str
+    quantity: int
+    expires_at: AwareDatetime | None = None
+
+
+class StockReleased(StockEvent):
+    order_id: str
+    reservation_id: str
+    quantity: int
+    reason: str
+
+
+class StockCommitted(StockEvent):
+    """Shipped or handed over: the reservation leaves on_hand."""
+
+    order_id: str
+    reservation_id: str
+    quantity: int
+
+
+class SafetyStockSet(StockEvent):
+    quantity: int
+
+
+class ExpiryBatchAdded(StockEvent):
+    batch_id: str
+    quantity: int
+    expires_on: date
+
+
+class ExpiryBatchExpired(StockEvent):
+    """A perishable batch passed its date: its remaining units leave on_hand."""
+
+    batch_id: str
+    quantity: int
+
+
+class LowStockAlerted(StockEvent):
+    available: int = Field(description="available to promise when the alert fired")
+    threshold: int
+    reorder_quantity: int = Field(description="suggested quantity to reorder")
+
+
+ORDER_EVENTS: tuple[type[OrderEvent], ...] = (
+    OrderReceived, OrderModified, OrderAccepted, OrderRejected, OrderHeld, ReviewApproved,
+    ReviewRejected, OrderReserved, OrderPartiallyReserved, OrderReservationFailed,
+    OrderReservationReleased, OrderRouted, OrderPrioritised, OrderAcceptedByStore,
+    OrderPreparing, OrderReady, OrderPickedUp, ShipmentCreated, ShipmentStatusUpdated,
+    OrderDelivered, OrderCompleted, OrderCancelled, ReturnRequested, ReturnReceived,
+    OrderRefunded,
+)  # fmt: skip
+
+STOCK_EVENTS: tuple[type[StockEvent], ...] = (
+    StockReceived, StockAdjusted, StockCounted, StockReserved, StockReleased, StockCommitted,
+    SafetyStockSet, ExpiryBatchAdded, ExpiryBatchExpired, LowStockAlerted,
+)  # fmt: skip
 
 
 class DeadLetter(Frozen):

@@ -65,8 +65,8 @@ class Publisher:
         self._producer.poll(0)
 
     def publish(self, topic: str, event: Event) -> None:
-        """An event, keyed by its order so an order's events stay in order on one partition."""
-        self._produce(topic, event.order_id, self.codec.encode(event))
+        """An event keyed by its aggregate, so one aggregate's events stay in order."""
+        self._produce(topic, event.aggregate_id, self.codec.encode(event))
 
     def order_received(self, event: OrderReceived) -> None:
         self.publish(self.settings.topics.intake, event)

@@ -20,7 +20,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
 from events.codec import AvroCodec, CodecError
-from events.models import DeadLetter, Event, OrderAccepted, OrderReceived, OrderRejected
+from events.models import DeadLetter, OrderAccepted, OrderEvent, OrderReceived, OrderRejected
 from oms.publisher import Publisher
 from oms.settings import Settings
 from projections.schema import ORDER_EVENTS_COLUMNS, ORDERS_COLUMNS, migrate
@@ -36,11 +36,13 @@ class Position:
     offset: int
 
 
-def _ts(event: Event) -> Any:
+def _ts(event: OrderEvent) -> Any:
     return event.occurred_at.replace(tzinfo=None, microsecond=0)
 
 
-def apply(state: dict[str, Any] | None, event: Event, position: Position) -> dict[str, Any] | None:
+def apply(
+    state: dict[str, Any] | None, event: OrderEvent, position: Position
+) -> dict[str, Any] | None:
     """Fold one event into an order's read-model row; None when the event changes nothing."""
     if state is not None and event.sequence <= state["version"]:
         return None  # already applied: a replay or a redelivery
@@ -103,7 +105,7 @@ def apply(state: dict[str, Any] | None, event: Event, position: Position) -> dic
     return state | where
 
 
-def event_row(event: Event, position: Position) -> Row:
+def event_row(event: OrderEvent, position: Position) -> Row:
     return (
         event.event_id,
         type(event).__name__,
@@ -199,7 +201,7 @@ class Projector:
 
     def apply_batch(self, messages: Iterable[Message]) -> BatchStats:
         stats = BatchStats()
-        decoded: list[tuple[Event, Position]] = []
+        decoded: list[tuple[OrderEvent, Position]] = []
         for message in messages:
             position = Position(
                 message.topic() or self.topic, message.partition() or 0, message.offset() or 0
@@ -208,8 +210,10 @@ class Projector:
             where = f"{position.topic}/{position.partition}/{position.offset}"
             try:
                 event = self.codec.decode(raw, where=where)
-                if not isinstance(event, Event):
-                    raise CodecError("a dead letter on the order log", where=where)
+                if not isinstance(event, OrderEvent):
+                    raise CodecError(
+                        f"{type(event).__name__} does not belong on the order log", where=where
+                    )
             except CodecError as exc:
                 self._dead_letter(
                     DeadLetter.of(source=position.topic, source_ref=where, reason=str(exc), raw=raw)

@@ -12,8 +12,8 @@ from typing import Any
 from events.models import (
     Actor,
     ActorKind,
-    Event,
     OrderAccepted,
+    OrderEvent,
     OrderMode,
     OrderReceived,
     OrderRejected,
@@ -112,7 +112,7 @@ def rejection_reasons(order: OrderReceived) -> list[RejectionReason]:
     return reasons
 
 
-def decide(order: OrderReceived, *, now: datetime) -> list[Event]:
+def decide(order: OrderReceived, *, now: datetime) -> list[OrderEvent]:
     """The received order itself (into the order log) followed by the validation verdict."""
     envelope: dict[str, Any] = {
         "order_id": order.order_id,
@@ -126,7 +126,7 @@ def decide(order: OrderReceived, *, now: datetime) -> list[Event]:
         "external_id": order.external_id,
     }
     reasons = rejection_reasons(order)
-    verdict: Event
+    verdict: OrderEvent
     if reasons:
         verdict = OrderRejected(
             event_id=deterministic_id(order.event_id, "OrderRejected"), reasons=reasons, **envelope

@@ -14,7 +14,7 @@ from projections.queries import event_count, status_counts
 from projections.store import ClickHouseStore
 from streams.validation import decide
 from tests.conftest import read_topic
-from tests.events.test_codec import received
+from tests.factories import received
 
 NOW = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
 HERE = Position("oms.orders.v1", 0, 10)

@@ -12,7 +12,7 @@ from events.codec import AvroCodec
 from events.models import DeadLetter, OrderAccepted, OrderReceived, OrderRejected
 from oms.settings import Settings
 from streams.app import create_app
-from tests.events.test_codec import received
+from tests.factories import received
 
 CODEC = AvroCodec()
 

@@ -6,7 +6,7 @@ import pytest
 
 from events.models import Address, Customer, OrderAccepted, OrderLine, OrderMode, OrderRejected
 from streams.validation import decide, rejection_reasons
-from tests.events.test_codec import received
+from tests.factories import received
 
 NOW = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
 
