@@ -141,15 +141,16 @@ _MODELS: dict[str, type[BaseModel]] = {model.__name__: model for model in CONTRA
 _ENVELOPE_ONLY = ("event_type", "schema_version")
 
 
-def schema_ids_for(registry_url: str | None) -> SchemaIds:
-    return RegistrySchemaIds(registry_url) if registry_url else LocalSchemaIds()
-
-
 class AvroCodec:
     """Encodes contract models to framed Avro and back."""
 
     def __init__(self, schema_ids: SchemaIds | None = None) -> None:
         self.schema_ids = schema_ids or LocalSchemaIds()
+
+    @classmethod
+    def for_registry(cls, registry_url: str | None) -> AvroCodec:
+        """Ids from the schema registry at `registry_url`, or the local registry file."""
+        return cls(RegistrySchemaIds(registry_url) if registry_url else LocalSchemaIds())
 
     def encode(self, value: Event | DeadLetter) -> bytes:
         registered = self.schema_ids.latest(type(value).__name__)

@@ -77,7 +77,7 @@ def count_verdicts(
             "enable.auto.commit": False,
         }
     )
-    codec = AvroCodec()
+    codec = AvroCodec.for_registry(settings.schema_registry_url)
     verdicts: dict[str, str] = {}
     end = end_offsets(settings, topic)
     consumer.assign([TopicPartition(topic, p, since.get(p, 0)) for p in end])

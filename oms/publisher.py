@@ -32,7 +32,7 @@ class DeliveryCount:
 class Publisher:
     def __init__(self, settings: Settings, *, codec: AvroCodec | None = None) -> None:
         self.settings = settings
-        self.codec = codec or AvroCodec()
+        self.codec = codec or AvroCodec.for_registry(settings.schema_registry_url)
         self.count = DeliveryCount()
         self._producer = Producer(
             {

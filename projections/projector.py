@@ -19,7 +19,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
-from events.codec import AvroCodec, CodecError
+from events.codec import AvroCodec, CodecError, message_ref
 from events.models import DeadLetter, OrderAccepted, OrderEvent, OrderReceived, OrderRejected
 from oms.publisher import Publisher
 from oms.settings import Settings
@@ -141,7 +141,7 @@ class Projector:
     ) -> None:
         self.settings = settings
         self.store = store
-        self.codec = codec or AvroCodec()
+        self.codec = codec or AvroCodec.for_registry(settings.schema_registry_url)
         self.batch_size = batch_size
         self.batch_seconds = batch_seconds
         self.topic = settings.topics.orders
@@ -207,7 +207,7 @@ class Projector:
                 message.topic() or self.topic, message.partition() or 0, message.offset() or 0
             )
             raw = message.value() or b""
-            where = f"{position.topic}/{position.partition}/{position.offset}"
+            where = message_ref(position.topic, position.partition, position.offset)
             try:
                 event = self.codec.decode(raw, where=where)
                 if not isinstance(event, OrderEvent):

@@ -12,7 +12,7 @@ from typing import Any
 
 import faust
 
-from events.codec import AvroCodec, CodecError
+from events.codec import AvroCodec, CodecError, message_ref
 from events.models import DeadLetter, OrderReceived, utc_now
 from oms.settings import Settings, get_settings
 from streams import validation
@@ -20,7 +20,7 @@ from streams import validation
 
 def create_app(settings: Settings | None = None) -> faust.App:
     settings = settings or get_settings()
-    codec = AvroCodec()
+    codec = AvroCodec.for_registry(settings.schema_registry_url)
     app = faust.App(
         settings.consumer_group,
         broker=f"kafka://{settings.kafka_bootstrap}",
@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None) -> faust.App:
         """Yields the event types it wrote, for tests and tracing."""
         async for event in stream.events():
             message = event.message
-            where = f"{message.topic}/{message.partition}/{message.offset}"
+            where = message_ref(message.topic, message.partition, message.offset)
             raw = event.value or b""
             try:
                 order = codec.decode(raw, where=where)

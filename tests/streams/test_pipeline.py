@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Producer
 
 from connectors.samples import MALFORMED_LINES, sample_lines
 from connectors.webshop import WebshopConnector
@@ -19,6 +20,7 @@ from projections.projector import Projector
 from projections.queries import event_count, order_state, status_counts
 from projections.store import ClickHouseStore
 from tests.conftest import read_topic, settings_env
+from tests.factories import received
 
 pytestmark = pytest.mark.integration
 ORDERS = 60
@@ -115,3 +117,30 @@ def test_the_same_channel_order_delivered_twice_is_one_order(
     # ...and the read model holds each order and each event once.
     assert status_counts(store) == {"accepted": 5}
     assert store.query(f"SELECT count() FROM {store.database}.order_events FINAL") == [(10,)]
+
+
+def test_worker_dead_letters_corrupt_and_unknown_schema_messages_and_keeps_going(
+    isolated_settings: Settings, worker: subprocess.Popen[bytes]
+) -> None:
+    settings = isolated_settings
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    bad = {b"\x00\x00\x00\x27\x0fwhatever": "unknown schema id 9999", b"{json?}": "magic byte"}
+    for raw in bad:
+        producer.produce(settings.topics.intake, key=b"k", value=raw, partition=0)
+    producer.produce(settings.topics.intake, key=b"k", value=AvroCodec().encode(received()),
+                     partition=0)  # fmt: skip
+    assert producer.flush(10) == 0
+
+    verdicts = read_topic(settings, settings.topics.orders, expect=2, timeout_s=60)
+    assert [AvroCodec().decode(m.value()).event_type for m in verdicts] == [
+        "OrderReceived", "OrderAccepted"]  # fmt: skip
+    letters = [AvroCodec().decode(m.value()) for m in read_topic(settings, settings.topics.dlq,
+                                                                 expect=2)]  # fmt: skip
+    by_raw = {letter.raw: letter for letter in letters if isinstance(letter, DeadLetter)}
+    assert set(by_raw) == set(bad)
+    for offset, (raw, reason) in enumerate(bad.items()):
+        letter = by_raw[raw]
+        assert reason in letter.reason
+        where = f"topic {settings.topics.intake} partition 0 offset {offset}"
+        assert letter.source_ref == where and where in letter.reason
+    assert worker.poll() is None
