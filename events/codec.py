@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro import parse_schema, schemaless_reader
 from pydantic import BaseModel, ValidationError
 
+from events.avro_compiler import compile_decoder, compile_encoder
 from events.avro_schema import CONTRACT, NAMESPACE, SCHEMA_DIR
 from events.models import DeadLetter, Event
 from events.schema_catalog import Catalog
@@ -52,6 +53,17 @@ class RegisteredSchema:
     version: int
     source: str = field(repr=False)
     parsed: Any = field(repr=False)
+
+
+class _Compiled:
+    """The compiled encoder and decoder of the current schema of one model."""
+
+    def __init__(self, registered: RegisteredSchema, model: type[BaseModel]) -> None:
+        schema = json.loads(registered.source)
+        self.registered = registered
+        self.header = _HEADER.pack(MAGIC, registered.schema_id)
+        self.encode = compile_encoder(schema, model)
+        self.decode = compile_decoder(schema, model)
 
 
 class SchemaIds(Protocol):
@@ -146,6 +158,16 @@ class AvroCodec:
 
     def __init__(self, schema_ids: SchemaIds | None = None) -> None:
         self.schema_ids = schema_ids or LocalSchemaIds()
+        self._by_model: dict[type[BaseModel], _Compiled] = {}
+        self._by_id: dict[int, _Compiled] = {}
+
+    def _compiled(self, model: type[BaseModel]) -> _Compiled:
+        compiled = self._by_model.get(model)
+        if compiled is None:
+            compiled = _Compiled(self.schema_ids.latest(model.__name__), model)
+            self._by_model[model] = compiled
+            self._by_id[compiled.registered.schema_id] = compiled
+        return compiled
 
     @classmethod
     def for_registry(cls, registry_url: str | None) -> AvroCodec:
@@ -153,14 +175,10 @@ class AvroCodec:
         return cls(RegistrySchemaIds(registry_url) if registry_url else LocalSchemaIds())
 
     def encode(self, value: Event | DeadLetter) -> bytes:
-        registered = self.schema_ids.latest(type(value).__name__)
-        record = value.model_dump()
-        record["event_type"] = type(value).__name__
-        record["schema_version"] = registered.version
-        out = io.BytesIO()
-        out.write(_HEADER.pack(MAGIC, registered.schema_id))
-        schemaless_writer(out, registered.parsed, record)
-        return out.getvalue()
+        compiled = self._compiled(type(value))
+        out = bytearray(compiled.header)
+        compiled.encode(value, out, compiled.registered.version)
+        return bytes(out)
 
     def decode(self, data: bytes, *, where: str = "") -> Event | DeadLetter:
         if len(data) < _HEADER.size:
@@ -172,6 +190,27 @@ class AvroCodec:
             raise CodecError(
                 f"magic byte {magic} is not the Confluent wire format's 0", where=where
             )
+        compiled = self._by_id.get(schema_id)
+        if compiled is None:
+            compiled = self._compile_for(schema_id, where)
+        if compiled is not None:
+            try:
+                value, end = compiled.decode(data, _HEADER.size)
+            except Exception as exc:  # IndexError, UnicodeDecodeError, KeyError, AvroDecodeError
+                raise CodecError(
+                    f"corrupt Avro body for {compiled.registered.name}: {exc!r}", where=where
+                ) from exc
+            if end != len(data):
+                raise CodecError(
+                    f"corrupt Avro body for {compiled.registered.name}: "
+                    f"{len(data) - end} bytes left over",
+                    where=where,
+                )
+            return value
+        return self._decode_older(data, schema_id, where)
+
+    def _compile_for(self, schema_id: int, where: str) -> _Compiled | None:
+        """The compiled codec when `schema_id` is a model's current schema, else None."""
         try:
             writer = self.schema_ids.by_id(schema_id)
         except UnknownSchemaId as exc:
@@ -179,12 +218,17 @@ class AvroCodec:
         model = _MODELS.get(writer.name)
         if model is None:
             raise CodecError(f"schema id {schema_id} is {writer.name}, not an event", where=where)
+        compiled = self._compiled(model)
+        return compiled if compiled.registered.schema_id == schema_id else None
+
+    def _decode_older(self, data: bytes, schema_id: int, where: str) -> Event | DeadLetter:
+        """Data written with an earlier version: fastavro resolves it to the current schema."""
+        writer = self.schema_ids.by_id(schema_id)
+        model = _MODELS[writer.name]
         reader = self.schema_ids.latest(writer.name)
         try:
             record = schemaless_reader(
-                io.BytesIO(data[_HEADER.size :]),
-                writer.parsed,
-                None if reader.schema_id == writer.schema_id else reader.parsed,
+                io.BytesIO(data[_HEADER.size :]), writer.parsed, reader.parsed
             )
         except Exception as exc:  # fastavro raises EOFError, UnicodeDecodeError, ValueError...
             raise CodecError(f"corrupt Avro body for {writer.name}: {exc!r}", where=where) from exc
