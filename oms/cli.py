@@ -138,6 +138,26 @@ def schemas_write() -> None:
 
 
 @main.group()
+def bench() -> None:
+    """Benchmarks: print figures and write them to HOME/bench/NAME.json."""
+
+
+@bench.command("codec")
+@click.option("--seconds", default=3.0, show_default=True, help="time per measurement")
+def bench_codec(seconds: float) -> None:
+    """Avro encode+decode of a 5-line order event on one core (target >= 100,000/s)."""
+    from bench import codec
+    from bench.machine import describe, write_result
+
+    figures = codec.run(seconds=seconds)
+    for line in codec.report(figures):
+        click.echo(line)
+    machine = describe()
+    click.echo(f"machine: {machine['cpu']}, {machine['cores']} cores, python {machine['python']}")
+    click.echo(f"written to {write_result(get_settings().home, 'codec', figures)}")
+
+
+@main.group()
 def orders() -> None:
     """Read orders from ClickHouse."""
 
