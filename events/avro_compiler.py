@@ -41,6 +41,8 @@ class AvroDecodeError(ValueError):
 
 
 def _uvarint(value: int) -> bytes:
+    if not 0 <= value < 1 << 64:  # a zigzagged long outside -2**63 .. 2**63-1
+        raise OverflowError("integer does not fit Avro's 64-bit long")
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -150,7 +152,7 @@ class _EncoderWriter:
     def long(self, ind: int, expr: str) -> None:
         z = self.src.var("z")
         self.src.emit(ind, f"{z} = ({expr} << 1) ^ ({expr} >> 63)")
-        self.src.emit(ind, f"out += RAW[{z}] if {z} < SMALL else uvarint({z})")
+        self.src.emit(ind, f"out += RAW[{z}] if 0 <= {z} < SMALL else uvarint({z})")
 
     def length(self, ind: int, expr: str) -> None:
         z = self.src.var("n")
@@ -319,6 +321,41 @@ class _DecoderWriter:
                 self.value(ind, field["type"], slot, _model_for(model, name))
                 self.src.emit(ind, f"{values}[{name!r}] = {slot}")
         self.src.emit(ind, f"{target} = construct({self.src.const(model)}, {values})")
+
+
+def native_plan(schema: Any, model: Any, names: dict[str, Any] | None = None) -> tuple[Any, ...]:
+    """The schema as nested tuples, models and enum members resolved, for the native codec."""
+    names = {} if names is None else names
+    schema = _named(schema, names)
+    if isinstance(schema, list):
+        inner = [s for s in schema if s != "null"][0]
+        return ("optional", native_plan(inner, model, names))
+    kind = schema if isinstance(schema, str) else schema["type"]
+    logical = schema.get("logicalType") if isinstance(schema, dict) else None
+    if logical in ("timestamp-micros", "date"):
+        return (logical,)
+    if kind in ("long", "int"):
+        return ("long",)
+    if kind in ("boolean", "double", "string", "bytes"):
+        return (kind,)
+    if kind == "enum":
+        members = [model(s) for s in schema["symbols"]] if isinstance(model, type) else []
+        return ("enum", list(schema["symbols"]), members or list(schema["symbols"]))
+    if kind == "array":
+        return ("array", native_plan(schema["items"], model, names))
+    if kind == "record":
+        fields = []
+        for field in schema["fields"]:
+            name = field["name"]
+            if name == "event_type":
+                fields.append((name, "event_type", ("string",), schema["name"]))
+            elif name == "schema_version":
+                fields.append((name, "schema_version", ("long",), None))
+            else:
+                plan = native_plan(field["type"], _model_for(model, name), names)
+                fields.append((name, "value", plan, None))
+        return ("record", model, fields, _FIELDS_SET[model])
+    raise TypeError(f"no native plan for {schema!r}")
 
 
 def compile_encoder(schema: dict[str, Any], model: type[BaseModel]) -> Callable[..., None]:

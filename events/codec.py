@@ -12,6 +12,7 @@ import io
 import json
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 from fastavro import parse_schema, schemaless_reader
 from pydantic import BaseModel, ValidationError
 
-from events.avro_compiler import compile_decoder, compile_encoder
+from events.avro_compiler import compile_decoder, compile_encoder, native_plan
 from events.avro_schema import CONTRACT, NAMESPACE, SCHEMA_DIR
 from events.models import DeadLetter, Event
 from events.schema_catalog import Catalog
@@ -55,15 +56,39 @@ class RegisteredSchema:
     parsed: Any = field(repr=False)
 
 
+try:  # the native codec (native/avro_codec, Rust); the compiled-Python one is the fallback
+    from orderstream_avro import CompiledSchema as _NativeSchema
+except ImportError:  # pragma: no cover - exercised where the extension is not built
+    _NativeSchema = None
+
+NATIVE = _NativeSchema is not None
+
+
 class _Compiled:
     """The compiled encoder and decoder of the current schema of one model."""
 
-    def __init__(self, registered: RegisteredSchema, model: type[BaseModel]) -> None:
+    def __init__(self, registered: RegisteredSchema, model: type[BaseModel], native: bool) -> None:
         schema = json.loads(registered.source)
         self.registered = registered
         self.header = _HEADER.pack(MAGIC, registered.schema_id)
-        self.encode = compile_encoder(schema, model)
-        self.decode = compile_decoder(schema, model)
+        if native and _NativeSchema is not None:
+            compiled = _NativeSchema(native_plan(schema, model))
+            header, version = self.header, registered.version
+            self.encode: Callable[[Any], bytes] = lambda value: compiled.encode(
+                value, version, header
+            )
+            self.decode: Callable[[bytes, int], tuple[Any, int]] = compiled.decode
+        else:
+            encoder = compile_encoder(schema, model)
+            header, version = self.header, registered.version
+
+            def encode(value: Any) -> bytes:
+                out = bytearray(header)
+                encoder(value, out, version)
+                return bytes(out)
+
+            self.encode = encode
+            self.decode = compile_decoder(schema, model)
 
 
 class SchemaIds(Protocol):
@@ -156,15 +181,16 @@ _ENVELOPE_ONLY = ("event_type", "schema_version")
 class AvroCodec:
     """Encodes contract models to framed Avro and back."""
 
-    def __init__(self, schema_ids: SchemaIds | None = None) -> None:
+    def __init__(self, schema_ids: SchemaIds | None = None, *, native: bool = NATIVE) -> None:
         self.schema_ids = schema_ids or LocalSchemaIds()
+        self.native = native and NATIVE
         self._by_model: dict[type[BaseModel], _Compiled] = {}
         self._by_id: dict[int, _Compiled] = {}
 
     def _compiled(self, model: type[BaseModel]) -> _Compiled:
         compiled = self._by_model.get(model)
         if compiled is None:
-            compiled = _Compiled(self.schema_ids.latest(model.__name__), model)
+            compiled = _Compiled(self.schema_ids.latest(model.__name__), model, self.native)
             self._by_model[model] = compiled
             self._by_id[compiled.registered.schema_id] = compiled
         return compiled
@@ -175,10 +201,10 @@ class AvroCodec:
         return cls(RegistrySchemaIds(registry_url) if registry_url else LocalSchemaIds())
 
     def encode(self, value: Event | DeadLetter) -> bytes:
-        compiled = self._compiled(type(value))
-        out = bytearray(compiled.header)
-        compiled.encode(value, out, compiled.registered.version)
-        return bytes(out)
+        try:
+            return self._compiled(type(value)).encode(value)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise CodecError(f"cannot encode {type(value).__name__}: {exc}") from exc
 
     def decode(self, data: bytes, *, where: str = "") -> Event | DeadLetter:
         if len(data) < _HEADER.size:
