@@ -52,6 +52,7 @@ test: $(STAMP) system-deps
 	status=0; \
 	echo "== ruff"; $(VENV)/bin/ruff check . || status=1; \
 	echo "== mypy"; $(VENV)/bin/mypy || status=1; \
+	echo "== schemas"; $(OMS) schemas check || status=1; \
 	echo "== pytest"; $(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; status=1; \
 	elif [ $$rc -ne 0 ]; then status=1; fi; \

@@ -67,6 +67,10 @@ class _Builder:
         field: dict[str, Any] = {"name": name, "type": avro_type}
         if info.description:
             field["doc"] = info.description
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        aliases = extra.get("avro_aliases")
+        if isinstance(aliases, list) and aliases:
+            field["aliases"] = [str(a) for a in aliases]  # former names: a rename
         if not info.is_required():
             default = info.get_default(call_default_factory=True)
             if isinstance(avro_type, list):  # nullable: null comes first, default must be null

@@ -222,3 +222,21 @@ def fold(events: Iterable[OrderEvent], state: OrderState | None = None) -> Order
     if state is None:
         raise ValueError("an order needs at least its OrderReceived")
     return state
+
+
+def lifecycle_markdown() -> str:
+    """The transition table and a Mermaid state diagram, as kept in docs/order-lifecycle.md."""
+    rows = ["| status | event | next status |", "|---|---|---|"]
+    diagram = ["```mermaid", "stateDiagram-v2", "    [*] --> received: OrderReceived"]
+    for status, moves in TRANSITIONS.items():
+        for event, target in sorted(moves.items(), key=lambda m: m[0].__name__):
+            rows.append(f"| {status.value} | {event.__name__} | {target.value} |")
+            diagram.append(f"    {status.value} --> {target.value}: {event.__name__}")
+    for status in sorted(TERMINAL):
+        diagram.append(f"    {status.value} --> [*]")
+    diagram.append("```")
+    return "\n".join([*rows, "", *diagram]) + "\n"
+
+
+if __name__ == "__main__":
+    print(lifecycle_markdown(), end="")

@@ -115,6 +115,19 @@ def test_renaming_with_an_alias_passes_and_fastavro_agrees() -> None:
     assert schemaless_reader(body, parse_schema(old), parse_schema(new))["units"] == 3
 
 
+def test_a_model_field_renamed_with_avro_aliases_passes_the_check(tmp_path: Path) -> None:
+    write_schemas(tmp_path, models=(sample_v1(),))
+
+    class Sample(Frozen):
+        sku: str
+        units: int = Field(json_schema_extra={"avro_aliases": ["quantity"]})
+        note: str | None = None
+
+    write_schemas(tmp_path, models=(Sample,))
+    (report,) = check_schemas(tmp_path, models=(Sample,))
+    assert (report.versions, report.problems) == (2, [])
+
+
 def test_every_earlier_version_is_checked_not_just_the_last(tmp_path: Path) -> None:
     write_schemas(tmp_path, models=(sample_v1(),))
     write_schemas(tmp_path, models=(evolve("add field with default"),))
