@@ -3,6 +3,8 @@
 # apt-get when run as root) and start the local stack with `oms stack up`.
 
 PYTHON ?= python3
+# rustup installs cargo here; the native Avro codec is built with it when present.
+export PATH := $(HOME)/.cargo/bin:$(PATH)
 VENV := .venv
 OMS := $(VENV)/bin/oms
 STAMP := $(VENV)/.installed-stamp
