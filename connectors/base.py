@@ -1,32 +1,48 @@
 """The connector SDK: a connector names its channel, parses its payload and verifies signatures.
 
-Ids are deterministic: the same channel order always gets the same order id and event id, so a
-redelivery is recognised downstream instead of becoming a second order.
+A connector is small: `name`, `parse` (raw bytes → `OrderReceived`, or `OrderModified` for a
+channel's revision of an order it sent before) and, for signed channels, `verify`. Everything
+else — deterministic ids, the envelope, money and time conversions, turning validation errors
+into `PayloadRejected` naming the field — is here.
+
+Ids are deterministic: the same channel order always gets the same order id, and the same
+payload the same event id, so a redelivery is recognised downstream instead of becoming a
+second order. On the intake topic an event's `sequence` is 1 for the original order and
+`revision + 1` for a modification; the pipeline assigns the order-log sequence.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
+from zoneinfo import ZoneInfo
 
-from events.models import Actor, ActorKind, OrderReceived, deterministic_id
+from pydantic import BaseModel, ValidationError
+
+from events.models import (
+    Actor,
+    ActorKind,
+    Address,
+    Customer,
+    OrderLine,
+    OrderMode,
+    OrderModified,
+    OrderReceived,
+    PaymentStatus,
+    deterministic_id,
+)
 
 # ISO-4217 minor-unit exponents that differ from 2 (the rest use 2).
-_EXPONENTS = {
-    "JPY": 0,
-    "KRW": 0,
-    "VND": 0,
-    "CLP": 0,
-    "ISK": 0,
-    "BHD": 3,
-    "KWD": 3,
-    "OMR": 3,
-    "JOD": 3,
-    "TND": 3,
-}
+_EXPONENTS = {"JPY": 0, "KRW": 0, "VND": 0, "CLP": 0, "ISK": 0, "BHD": 3, "KWD": 3, "OMR": 3,
+              "JOD": 3, "TND": 3}  # fmt: skip
+CHINA = ZoneInfo("Asia/Shanghai")
+Model = TypeVar("Model", bound=BaseModel)
+ChannelEvent = OrderReceived | OrderModified
 
 
 class PayloadRejected(ValueError):
@@ -38,18 +54,34 @@ class PayloadRejected(ValueError):
         super().__init__(f"{field}: {reason}" if field else reason)
 
 
+class SignatureRejected(PayloadRejected):
+    """The payload's signature or token does not match: it may not come from the channel."""
+
+
 class Connector(ABC):
     """One sales channel. Subclasses set `name` and implement `parse`; `verify` if signed."""
 
     name: ClassVar[str]
+    signed: ClassVar[bool] = False
+
+    def __init__(self, *, secret: str | None = None) -> None:
+        # The channel's signing secret or token; OMS_<NAME>_SECRET when not given. Without
+        # one, a signed channel's `verify` accepts everything (local development).
+        self.secret = (
+            secret if secret is not None else os.environ.get(f"OMS_{self.name.upper()}_SECRET")
+        )
 
     @abstractmethod
-    def parse(self, raw: bytes, *, received_at: datetime) -> OrderReceived:
-        """Turn one raw channel payload into `OrderReceived`, or raise `PayloadRejected`."""
+    def parse(
+        self, raw: bytes, *, received_at: datetime, headers: Mapping[str, str] | None = None
+    ) -> ChannelEvent:
+        """Turn one raw channel payload into an event, or raise `PayloadRejected`."""
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> None:
-        """Raise `PayloadRejected` if the signature or token is wrong. Default: unsigned."""
+        """Raise `SignatureRejected` if the signature or token is wrong. Default: unsigned."""
         return None
+
+    # ---- ids and the envelope
 
     def order_id(self, external_id: str) -> str:
         return deterministic_id(self.name, "order", external_id)
@@ -57,8 +89,76 @@ class Connector(ABC):
     def received_event_id(self, external_id: str) -> str:
         return deterministic_id(self.name, "OrderReceived", external_id)
 
+    def modified_event_id(self, external_id: str, revision: int) -> str:
+        return deterministic_id(self.name, "OrderModified", external_id, str(revision))
+
     def actor(self) -> Actor:
         return Actor(kind=ActorKind.CHANNEL, id=self.name)
+
+    def order(
+        self,
+        *,
+        external_id: str,
+        placed_at: datetime,
+        received_at: datetime,
+        mode: OrderMode,
+        currency: str,
+        lines: Sequence[OrderLine],
+        total: int,
+        payment_status: PaymentStatus,
+        customer: Customer,
+        revision: int = 0,
+        delivery_fee: int = 0,
+        packaging_fee: int = 0,
+        discount: int = 0,
+        address: Address | None = None,
+        location_hint: str | None = None,
+        device_id: str | None = None,
+        requested_at: datetime | None = None,
+        notes: str | None = None,
+        occurred_at: datetime | None = None,
+    ) -> ChannelEvent:
+        """The event for a normalised channel order: `OrderReceived`, or `OrderModified` when
+        `revision` > 0 (the channel's revision number or update time, increasing)."""
+        if placed_at.tzinfo is None:
+            raise PayloadRejected("time has no timezone", field="placed_at")
+        order_id = self.order_id(external_id)
+        envelope: dict[str, Any] = {
+            "order_id": order_id, "occurred_at": occurred_at or placed_at,
+            "recorded_at": received_at, "correlation_id": order_id, "actor": self.actor(),
+            "channel": self.name, "external_id": external_id, "lines": list(lines),
+            "delivery_fee": delivery_fee, "packaging_fee": packaging_fee, "discount": discount,
+            "total": total, "address": address, "requested_at": requested_at, "notes": notes,
+        }  # fmt: skip
+        if revision > 0:
+            return OrderModified(
+                event_id=self.modified_event_id(external_id, revision), sequence=revision + 1,
+                revision=revision, **envelope,
+            )  # fmt: skip
+        return OrderReceived(
+            event_id=self.received_event_id(external_id), sequence=1, mode=mode,
+            currency=currency, payment_status=payment_status, customer=customer,
+            location_hint=location_hint, device_id=device_id, placed_at=placed_at, **envelope,
+        )  # fmt: skip
+
+    # ---- helpers for parse
+
+    @staticmethod
+    def load_json(raw: bytes) -> Any:
+        try:
+            return json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise PayloadRejected(f"not JSON: {exc}") from None
+
+    @staticmethod
+    def validate(model: type[Model], document: Any) -> Model:
+        """`document` as the channel's payload model; the first error names its field."""
+        try:
+            return model.model_validate(document)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            location = ".".join(str(part) for part in first["loc"]) or None
+            raise PayloadRejected(first["msg"], field=location) from None
 
 
 def minor_units(amount: Any, *, currency: str, field: str) -> int:
@@ -76,3 +176,29 @@ def minor_units(amount: Any, *, currency: str, field: str) -> int:
             f"{amount!r} has more decimals than {currency} allows ({exponent})", field=field
         )
     return int(scaled)
+
+
+def from_epoch(seconds: int | float | str, *, field: str) -> datetime:
+    """Unix seconds (or milliseconds, when the number is that large) as UTC."""
+    try:
+        value = float(seconds)
+    except (TypeError, ValueError):
+        raise PayloadRejected(f"{seconds!r} is not a Unix time", field=field) from None
+    if value > 1e11:  # milliseconds
+        value /= 1000
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):
+        raise PayloadRejected(f"{seconds!r} is out of range", field=field) from None
+
+
+def local_time(text: str, *, field: str, zone: ZoneInfo = CHINA) -> datetime:
+    """A platform's local 'YYYY-MM-DD HH:MM:SS' (Beijing time by default) as UTC; an ISO time
+    with an offset is taken as it is."""
+    try:
+        parsed = datetime.fromisoformat(text.strip().replace("/", "-"))
+    except (ValueError, AttributeError):
+        raise PayloadRejected(f"{text!r} is not a date and time", field=field) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=zone)
+    return parsed.astimezone(UTC)

@@ -59,7 +59,7 @@ def import_file(
             )
             report.dead_lettered += 1
         else:
-            publisher.order_received(event)
+            publisher.intake(event)
             report.published += 1
         if on_line is not None:
             on_line(report)

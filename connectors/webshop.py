@@ -1,26 +1,21 @@
-"""Web-shop orders in the shape of Shopify's order webhook (`orders/create`)."""
+"""Web-shop orders in the shape of Shopify's order webhooks (`orders/create`, `orders/updated`).
+
+Signed with `X-Shopify-Hmac-Sha256` (base64 HMAC-SHA256 of the body) when a secret is set.
+An order whose `updated_at` is later than its `created_at` is a revision: `OrderModified`.
+"""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import hmac
-import json
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from connectors.base import Connector, PayloadRejected, minor_units
-from events.models import (
-    Address,
-    Customer,
-    OrderLine,
-    OrderMode,
-    OrderReceived,
-    PaymentStatus,
-)
+from connectors.base import ChannelEvent, Connector, PayloadRejected, SignatureRejected, minor_units
+from events.models import Address, Customer, OrderLine, OrderMode, PaymentStatus
 
 # Shopify's financial_status values.
 _PAYMENT = {
@@ -40,11 +35,12 @@ class _Loose(BaseModel):
 class _LineItem(_Loose):
     sku: str | None = None
     title: str
+    variant_title: str | None = None
     quantity: int
     price: str
 
 
-class _ShippingLine(_Loose):
+class _Price(_Loose):
     price: str = "0.00"
 
 
@@ -70,49 +66,39 @@ class _Address(_Loose):
 class _WebshopOrder(_Loose):
     id: int | str
     created_at: datetime
+    updated_at: datetime | None = None
     currency: str
     total_price: str
     total_discounts: str = "0.00"
+    financial_status: str = "paid"
     line_items: list[_LineItem]
-    shipping_lines: list[_ShippingLine] = []
+    shipping_lines: list[_Price] = []
     customer: _Customer | None = None
     shipping_address: _Address | None = None
+    browser_ip: str | None = None
     note: str | None = None
     tags: str = ""
-    financial_status: str = "paid"
-    browser_ip: str | None = None
 
 
 class WebshopConnector(Connector):
-    """Shopify-shaped order JSON; signed with X-Shopify-Hmac-Sha256 when a secret is set."""
-
     name = "webshop"
-
-    def __init__(self, *, webhook_secret: str | None = None) -> None:
-        self.webhook_secret = webhook_secret
+    signed = True
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> None:
-        if self.webhook_secret is None:
+        if self.secret is None:
             return
         given = {k.lower(): v for k, v in headers.items()}.get("x-shopify-hmac-sha256", "")
-        digest = hmac.new(self.webhook_secret.encode(), body, hashlib.sha256).digest()
+        digest = hmac.new(self.secret.encode(), body, hashlib.sha256).digest()
         if not hmac.compare_digest(base64.b64encode(digest).decode(), given):
-            raise PayloadRejected("signature does not match", field="X-Shopify-Hmac-Sha256")
+            raise SignatureRejected("signature does not match", field="X-Shopify-Hmac-Sha256")
 
-    def parse(self, raw: bytes, *, received_at: datetime) -> OrderReceived:
-        try:
-            document: Any = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise PayloadRejected(f"not JSON: {exc}") from None
-        try:
-            order = _WebshopOrder.model_validate(document)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            raise PayloadRejected(
-                first["msg"], field=".".join(str(p) for p in first["loc"])
-            ) from None
-        if order.created_at.tzinfo is None:
-            raise PayloadRejected("needs a UTC offset", field="created_at")
+    def parse(
+        self, raw: bytes, *, received_at: datetime, headers: Mapping[str, str] | None = None
+    ) -> ChannelEvent:
+        order = self.validate(_WebshopOrder, self.load_json(raw))
+        for name, value in (("created_at", order.created_at), ("updated_at", order.updated_at)):
+            if value is not None and value.tzinfo is None:
+                raise PayloadRejected("needs a UTC offset", field=name)
         currency = order.currency.upper()
         lines = [
             OrderLine(
@@ -122,38 +108,33 @@ class WebshopConnector(Connector):
                 unit_price=minor_units(
                     item.price, currency=currency, field=f"line_items.{i}.price"
                 ),
+                options=[item.variant_title] if item.variant_title else [],
             )
             for i, item in enumerate(order.line_items)
         ]
-        shipping = sum(
-            minor_units(s.price, currency=currency, field=f"shipping_lines.{i}.price")
-            for i, s in enumerate(order.shipping_lines)
-        )
-        external_id = str(order.id)
         customer = order.customer or _Customer()
         address = order.shipping_address
-        full_name = " ".join(p for p in (customer.first_name, customer.last_name) if p) or None
-        return OrderReceived(
-            event_id=self.received_event_id(external_id),
-            order_id=self.order_id(external_id),
-            sequence=1,
-            occurred_at=order.created_at,
-            recorded_at=received_at,
-            correlation_id=self.order_id(external_id),
-            actor=self.actor(),
-            channel=self.name,
-            external_id=external_id,
-            mode=self._mode(order),
+        updated = order.updated_at
+        revision = int(updated.timestamp()) if updated and updated > order.created_at else 0
+        return self.order(
+            external_id=str(order.id),
+            placed_at=order.created_at,
+            occurred_at=updated if revision else order.created_at,
+            received_at=received_at,
+            revision=revision,
+            mode=_mode(order.tags),
             currency=currency,
             lines=lines,
-            delivery_fee=shipping,
+            delivery_fee=sum(
+                minor_units(s.price, currency=currency, field=f"shipping_lines.{i}.price")
+                for i, s in enumerate(order.shipping_lines)
+            ),
             discount=minor_units(order.total_discounts, currency=currency, field="total_discounts"),
             total=minor_units(order.total_price, currency=currency, field="total_price"),
             payment_status=_PAYMENT.get(order.financial_status, PaymentStatus.PENDING),
-            device_id=order.browser_ip,
             customer=Customer(
                 id=None if customer.id is None else str(customer.id),
-                name=full_name,
+                name=" ".join(p for p in (customer.first_name, customer.last_name) if p) or None,
                 phone=customer.phone or (address.phone if address else None),
                 email=customer.email,
             ),
@@ -167,15 +148,15 @@ class WebshopConnector(Connector):
                 latitude=address.latitude,
                 longitude=address.longitude,
             ),
+            device_id=order.browser_ip,
             notes=order.note,
-            placed_at=order.created_at,
         )
 
-    @staticmethod
-    def _mode(order: _WebshopOrder) -> OrderMode:
-        tags = {t.strip().lower() for t in order.tags.split(",")}
-        if "pickup" in tags:
-            return OrderMode.PICKUP
-        if "delivery" in tags:
-            return OrderMode.DELIVERY
-        return OrderMode.SHIP
+
+def _mode(tags: str) -> OrderMode:
+    words = {t.strip().lower() for t in tags.split(",")}
+    if "pickup" in words:
+        return OrderMode.PICKUP
+    if "delivery" in words:
+        return OrderMode.DELIVERY
+    return OrderMode.SHIP

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from enum import Enum
 from itertools import count
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
@@ -136,10 +137,9 @@ def _named(schema: Any, names: dict[str, Any]) -> Any:
 
 
 def _model_for(model: type[BaseModel], field: str) -> Any:
-    from typing import Union, get_args, get_origin
-
+    """The model or enum class inside a field's annotation (through Optional, list, Annotated)."""
     annotation = model.model_fields[field].annotation
-    while get_origin(annotation) in (Union, __import__("types").UnionType, list):
+    while get_origin(annotation) in (Union, UnionType, list, Annotated):
         annotation = [a for a in get_args(annotation) if a is not type(None)][0]
     return annotation
 

@@ -11,7 +11,7 @@ import types
 from datetime import date, datetime
 from enum import Enum
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import AwareDatetime, BaseModel
 from pydantic.fields import FieldInfo
@@ -83,6 +83,8 @@ class _Builder:
 
     def type_of(self, annotation: Any) -> Any:
         origin = get_origin(annotation)
+        if origin is Annotated:  # validators (e.g. UtcDatetime) do not change the wire type
+            return self.type_of(get_args(annotation)[0])
         if origin in (Union, types.UnionType):
             members = [a for a in get_args(annotation) if a is not type(None)]
             if len(members) != 1:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, date, datetime
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 # Namespace for deterministic ids: the same input always maps to the same ids (idempotency).
 ORDERSTREAM_NAMESPACE = uuid.UUID("6f0b7c52-3f7e-4b4e-9a57-0a8f2a7f3c11")
@@ -30,6 +30,10 @@ def utc_now() -> datetime:
 def stock_key(sku: str, location: str) -> str:
     """The stock ledger's aggregate id and Kafka key."""
     return f"{sku}@{location}"
+
+
+# Every time in the contract is UTC: whatever offset it arrives with is converted on the way in.
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(lambda value: value.astimezone(UTC))]
 
 
 class Frozen(BaseModel):
@@ -145,16 +149,11 @@ class Event(Frozen):
 
     event_id: str
     sequence: int = Field(ge=1, description="position of the event in its aggregate's history")
-    occurred_at: AwareDatetime
-    recorded_at: AwareDatetime
+    occurred_at: UtcDatetime
+    recorded_at: UtcDatetime
     correlation_id: str
     causation_id: str | None = None
     actor: Actor
-
-    @field_validator("occurred_at", "recorded_at")
-    @classmethod
-    def _to_utc(cls, value: datetime) -> datetime:
-        return value.astimezone(UTC)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -206,9 +205,9 @@ class OrderReceived(OrderEvent):
     address: Address | None = None
     location_hint: str | None = Field(default=None, description="store the channel placed it at")
     device_id: str | None = None
-    requested_at: AwareDatetime | None = Field(default=None, description="wanted for, UTC")
+    requested_at: UtcDatetime | None = Field(default=None, description="wanted for, UTC")
     notes: str | None = None
-    placed_at: AwareDatetime
+    placed_at: UtcDatetime
 
 
 class OrderModified(OrderEvent):
@@ -221,7 +220,7 @@ class OrderModified(OrderEvent):
     discount: int = 0
     total: int
     address: Address | None = None
-    requested_at: AwareDatetime | None = None
+    requested_at: UtcDatetime | None = None
     notes: str | None = None
 
 
@@ -262,7 +261,7 @@ class OrderReserved(OrderEvent):
     """Every line is reserved."""
 
     lines: list[LineQuantity]
-    expires_at: AwareDatetime | None = None
+    expires_at: UtcDatetime | None = None
 
 
 class OrderPartiallyReserved(OrderEvent):
@@ -299,13 +298,13 @@ class OrderPrioritised(OrderEvent):
 
     location: str
     score: int
-    promised_at: AwareDatetime | None = None
+    promised_at: UtcDatetime | None = None
     factors: list[str] = Field(default_factory=list)
 
 
 class OrderAcceptedByStore(OrderEvent):
     location: str
-    estimated_ready_at: AwareDatetime | None = None
+    estimated_ready_at: UtcDatetime | None = None
 
 
 class OrderPreparing(OrderEvent):
@@ -403,7 +402,7 @@ class StockReserved(StockEvent):
     order_id: str
     reservation_id: str
     quantity: int
-    expires_at: AwareDatetime | None = None
+    expires_at: UtcDatetime | None = None
 
 
 class StockReleased(StockEvent):
@@ -469,7 +468,7 @@ class DeadLetter(Frozen):
     source_ref: str = Field(description="file:line, topic/partition/offset, or request id")
     reason: str
     raw: bytes
-    failed_at: AwareDatetime
+    failed_at: UtcDatetime
 
     @classmethod
     def of(cls, *, source: str, source_ref: str, reason: str, raw: bytes) -> DeadLetter:

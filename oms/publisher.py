@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaError, Message, Producer
 
 from events.codec import AvroCodec
-from events.models import DeadLetter, Event, OrderReceived
+from events.models import DeadLetter, Event, OrderModified, OrderReceived
 from oms.settings import Settings
 
 
@@ -68,7 +68,8 @@ class Publisher:
         """An event keyed by its aggregate, so one aggregate's events stay in order."""
         self._produce(topic, event.aggregate_id, self.codec.encode(event))
 
-    def order_received(self, event: OrderReceived) -> None:
+    def intake(self, event: OrderReceived | OrderModified) -> None:
+        """A connector's event onto the intake topic."""
         self.publish(self.settings.topics.intake, event)
 
     def dead_letter(self, letter: DeadLetter) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import types
 from datetime import UTC, date, datetime, timedelta
 from enum import Enum
-from typing import Any, Union, get_args, get_origin
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from hypothesis import strategies as st
 from pydantic import AwareDatetime, BaseModel
@@ -45,6 +45,8 @@ _SIMPLE: dict[Any, st.SearchStrategy[Any]] = {
 def strategy_for(annotation: Any) -> st.SearchStrategy[Any]:
     """Values of any type the contract uses; models are built field by field."""
     origin = get_origin(annotation)
+    if origin is Annotated:
+        return strategy_for(get_args(annotation)[0])
     if origin in (Union, types.UnionType):
         (member,) = [a for a in get_args(annotation) if a is not type(None)]
         return st.none() | strategy_for(member)

@@ -10,8 +10,9 @@ import pytest
 
 from connectors.base import PayloadRejected, minor_units
 from connectors.registry import UnknownChannel, available, connector_for
+from connectors.testing import ConnectorConformance
 from connectors.webshop import WebshopConnector
-from events.models import OrderMode
+from events.models import OrderMode, OrderModified
 from tests.conftest import FIXTURES
 
 NOW = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
@@ -88,7 +89,7 @@ def test_non_json_is_rejected_with_a_reason() -> None:
 
 def test_signature_is_checked_when_a_secret_is_set() -> None:
     body = fixture("ship_order.json")
-    connector = WebshopConnector(webhook_secret="s3cret")
+    connector = WebshopConnector(secret="s3cret")
     good = base64.b64encode(hmac.new(b"s3cret", body, hashlib.sha256).digest()).decode()
     connector.verify({"X-Shopify-Hmac-Sha256": good}, body)
     with pytest.raises(PayloadRejected, match="signature"):
@@ -108,3 +109,22 @@ def test_webshop_is_registered_through_its_entry_point() -> None:
     assert isinstance(connector_for("webshop"), WebshopConnector)
     with pytest.raises(UnknownChannel, match="webshop"):
         connector_for("fax")
+
+
+class TestWebshopConformance(ConnectorConformance):
+    connector = WebshopConnector(secret="webshop-test-secret")
+    fixtures = FIXTURES / "webshop"
+    bad_payloads = [
+        (b'{"id": 1, "currency": "CNY", "total_price": "1.00", "line_items": []}', "created_at"),
+        (b'{"id": 1, "created_at": "2026-11-25T10:00:00Z", "currency": "CNY", '
+         b'"total_price": "x", "line_items": []}', "total_price"),
+    ]  # fmt: skip
+
+
+def test_a_revision_becomes_order_modified_of_the_same_order() -> None:
+    original = WebshopConnector().parse(fixture("ship_order.json"), received_at=NOW)
+    revised = WebshopConnector().parse(fixture("ship_order_modified.json"), received_at=NOW)
+    assert isinstance(revised, OrderModified)
+    assert revised.order_id == original.order_id
+    assert revised.event_id != original.event_id
+    assert (revised.total, revised.lines[0].quantity) == (15000, 3)

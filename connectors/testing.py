@@ -1,0 +1,144 @@
+"""Conformance kit for connector authors: subclass, point it at your fixtures, run pytest.
+
+    from connectors.testing import ConnectorConformance
+
+    class TestMyChannel(ConnectorConformance):
+        connector = MyChannelConnector()
+        fixtures = Path(__file__).parent / "fixtures" / "mychannel"
+
+Fixtures are raw payload files (`*.json`, one payload each; `*.headers.json` beside one holds
+its HTTP headers). A fixture whose name contains `modified` must be a revision of another
+fixture's order and parse to `OrderModified`. `bad_payloads` adds payloads that must be
+rejected, as (bytes, field the rejection must name or None).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from connectors.base import ChannelEvent, Connector, PayloadRejected
+from events.models import OrderModified, OrderReceived
+
+RECEIVED_AT = datetime(2026, 11, 25, 4, 0, tzinfo=UTC)
+
+
+class ConnectorConformance:
+    connector: ClassVar[Connector]
+    fixtures: ClassVar[Path]
+    min_fixtures: ClassVar[int] = 3
+    bad_payloads: ClassVar[list[tuple[bytes, str | None]]] = []
+
+    # ---- fixture access
+
+    def payloads(self) -> list[tuple[str, bytes, dict[str, str]]]:
+        found = []
+        for path in sorted(self.fixtures.glob("*.json")):
+            if path.name.endswith(".headers.json"):
+                continue
+            headers_path = path.with_name(path.stem + ".headers.json")
+            headers = json.loads(headers_path.read_text()) if headers_path.exists() else {}
+            found.append((path.name, path.read_bytes(), headers))
+        return found
+
+    def parse(
+        self, raw: bytes, headers: dict[str, str], *, at: datetime = RECEIVED_AT
+    ) -> ChannelEvent:
+        return self.connector.parse(raw, received_at=at, headers=headers)
+
+    # ---- the checks
+
+    def test_has_enough_fixtures(self) -> None:
+        originals = [name for name, _, _ in self.payloads() if "modified" not in name]
+        assert len(originals) >= self.min_fixtures, (
+            f"{self.connector.name}: {len(originals)} fixtures in {self.fixtures}, "
+            f"need at least {self.min_fixtures}"
+        )
+
+    def test_every_fixture_parses(self) -> None:
+        for name, raw, headers in self.payloads():
+            event = self.parse(raw, headers)
+            assert event.channel == self.connector.name, name
+            assert event.external_id, f"{name}: no external id"
+            assert isinstance(event, OrderModified) == ("modified" in name), (
+                f"{name}: a fixture named *modified* must parse to OrderModified, others to "
+                f"OrderReceived; got {event.event_type}"
+            )
+
+    def test_ids_are_deterministic(self) -> None:
+        for name, raw, headers in self.payloads():
+            first, again = self.parse(raw, headers), self.parse(raw, headers)
+            assert (first.order_id, first.event_id) == (again.order_id, again.event_id), name
+            assert first.order_id == self.connector.order_id(first.external_id), name
+
+    def test_a_resend_is_idempotent(self) -> None:
+        for name, raw, headers in self.payloads():
+            first = self.parse(raw, headers)
+            later = self.parse(raw, headers, at=RECEIVED_AT + timedelta(hours=3))
+            assert first.model_dump(exclude={"recorded_at"}) == later.model_dump(
+                exclude={"recorded_at"}
+            ), f"{name}: a re-sent payload must make the identical event"
+
+    def test_modifications_belong_to_their_order(self) -> None:
+        events = [self.parse(raw, headers) for _, raw, headers in self.payloads()]
+        originals = {e.order_id for e in events if isinstance(e, OrderReceived)}
+        for event in events:
+            if isinstance(event, OrderModified):
+                assert event.order_id in originals, (
+                    f"modification of {event.external_id} has no original among the fixtures"
+                )
+                assert event.revision > 0
+
+    def test_totals_reconcile(self) -> None:
+        for name, raw, headers in self.payloads():
+            event = self.parse(raw, headers)
+            lines = sum(line.quantity * line.unit_price for line in event.lines)
+            expected = lines + event.delivery_fee + event.packaging_fee - event.discount
+            assert expected == event.total, (
+                f"{name}: lines {lines} + delivery {event.delivery_fee} + packaging "
+                f"{event.packaging_fee} - discount {event.discount} = {expected}, total "
+                f"{event.total}"
+            )
+
+    def test_times_are_utc_and_money_is_in_minor_units(self) -> None:
+        for name, raw, headers in self.payloads():
+            event = self.parse(raw, headers)
+            assert event.occurred_at.utcoffset() == timedelta(0), name
+            if isinstance(event, OrderReceived):
+                assert event.placed_at.utcoffset() == timedelta(0), name
+                assert len(event.currency) == 3 and event.currency.isupper(), name
+            amounts = [event.total, event.delivery_fee, event.packaging_fee, event.discount]
+            amounts += [line.unit_price for line in event.lines]
+            assert all(isinstance(a, int) and not isinstance(a, bool) for a in amounts), name
+            assert all(line.quantity > 0 for line in event.lines), name
+
+    def test_bad_payloads_are_rejected_with_a_reason(self) -> None:
+        name, raw, headers = self.payloads()[0]
+        generic: list[tuple[bytes, str | None]] = [
+            (b"", None),
+            (b"this is not a payload", None),
+            (b"[]", None),
+            (raw[: len(raw) // 2], None),
+        ]
+        for bad, field in [*generic, *self.bad_payloads]:
+            with pytest.raises(PayloadRejected) as rejected:
+                self.parse(bad, headers)
+            assert rejected.value.reason, f"rejection of {bad[:40]!r} has no reason"
+            if field is not None:
+                assert rejected.value.field == field, (
+                    f"{bad[:60]!r}: rejection names {rejected.value.field!r}, expected {field!r}"
+                )
+
+    def test_signatures_are_checked(self) -> None:
+        if not self.connector.signed:
+            return
+        signed = [(n, r, h) for n, r, h in self.payloads() if h]
+        assert signed, f"{self.connector.name} is signed: give a fixture a .headers.json"
+        for _name, raw, headers in signed:
+            self.connector.verify(headers, raw)
+            with pytest.raises(PayloadRejected):
+                self.connector.verify(headers, raw + b" ")
