@@ -111,6 +111,7 @@ class Connector(ABC):
         delivery_fee: int = 0,
         packaging_fee: int = 0,
         discount: int = 0,
+        tax: int = 0,
         address: Address | None = None,
         location_hint: str | None = None,
         device_id: str | None = None,
@@ -128,7 +129,7 @@ class Connector(ABC):
             "recorded_at": received_at, "correlation_id": order_id, "actor": self.actor(),
             "channel": self.name, "external_id": external_id, "lines": list(lines),
             "delivery_fee": delivery_fee, "packaging_fee": packaging_fee, "discount": discount,
-            "total": total, "address": address, "requested_at": requested_at, "notes": notes,
+            "tax": tax, "total": total, "address": address, "requested_at": requested_at, "notes": notes,
         }  # fmt: skip
         if revision > 0:
             return OrderModified(

@@ -1,11 +1,56 @@
-"""Sample web-shop orders (Shopify-shaped) for the demo and tests: some valid, some not."""
+"""Sample orders for the demo, the simulator and tests.
+
+`SampleOrder` describes an order independently of any channel; each channel module turns it
+into that platform's payload with its `sample_payload(order, revision=0, secret=None)`, so
+the simulator drives the real connectors with realistic traffic.
+"""
 
 from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from events.models import OrderMode
+
+
+@dataclass(frozen=True)
+class SampleLine:
+    sku: str
+    name: str
+    quantity: int
+    unit_price: int  # minor units
+
+
+@dataclass(frozen=True)
+class SampleOrder:
+    """A channel-neutral order; `total` is what every channel's payload must add up to."""
+
+    external_id: str
+    store: str
+    placed_at: datetime  # UTC
+    mode: OrderMode
+    lines: list[SampleLine]
+    customer_name: str
+    customer_phone: str
+    currency: str = "CNY"
+    delivery_fee: int = 0
+    packaging_fee: int = 0
+    discount: int = 0
+    tax: int = 0
+    address_text: str | None = None
+    latitude: float | None = None
+    longitude: float | None = None
+    notes: str | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        lines = sum(line.quantity * line.unit_price for line in self.lines)
+        return lines + self.delivery_fee + self.packaging_fee + self.tax - self.discount
+
 
 _DISHES = [
     ("DUMPLING-12", "猪肉白菜水饺 12只", "28.00"),

@@ -97,11 +97,12 @@ class ConnectorConformance:
         for name, raw, headers in self.payloads():
             event = self.parse(raw, headers)
             lines = sum(line.quantity * line.unit_price for line in event.lines)
-            expected = lines + event.delivery_fee + event.packaging_fee - event.discount
+            expected = (lines + event.delivery_fee + event.packaging_fee + event.tax
+                        - event.discount)  # fmt: skip
             assert expected == event.total, (
                 f"{name}: lines {lines} + delivery {event.delivery_fee} + packaging "
-                f"{event.packaging_fee} - discount {event.discount} = {expected}, total "
-                f"{event.total}"
+                f"{event.packaging_fee} + tax {event.tax} - discount {event.discount} = "
+                f"{expected}, total {event.total}"
             )
 
     def test_times_are_utc_and_money_is_in_minor_units(self) -> None:
@@ -111,7 +112,8 @@ class ConnectorConformance:
             if isinstance(event, OrderReceived):
                 assert event.placed_at.utcoffset() == timedelta(0), name
                 assert len(event.currency) == 3 and event.currency.isupper(), name
-            amounts = [event.total, event.delivery_fee, event.packaging_fee, event.discount]
+            amounts = [event.total, event.delivery_fee, event.packaging_fee, event.discount,
+                       event.tax]  # fmt: skip
             amounts += [line.unit_price for line in event.lines]
             assert all(isinstance(a, int) and not isinstance(a, bool) for a in amounts), name
             assert all(line.quantity > 0 for line in event.lines), name

@@ -201,6 +201,7 @@ class OrderReceived(OrderEvent):
     discount: int = 0
     total: int
     payment_status: PaymentStatus
+    tax: int = Field(default=0, description="tax not included in line prices, minor units")
     customer: Customer
     address: Address | None = None
     location_hint: str | None = Field(default=None, description="store the channel placed it at")
@@ -219,6 +220,7 @@ class OrderModified(OrderEvent):
     packaging_fee: int = 0
     discount: int = 0
     total: int
+    tax: int = Field(default=0, description="tax not included in line prices, minor units")
     address: Address | None = None
     requested_at: UtcDatetime | None = None
     notes: str | None = None

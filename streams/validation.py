@@ -63,7 +63,7 @@ def rejection_reasons(order: OrderReceived) -> list[RejectionReason]:
                     message=f"unit price of {line.sku!r} is negative",
                 )
             )
-    for name in ("delivery_fee", "packaging_fee", "discount"):
+    for name in ("delivery_fee", "packaging_fee", "discount", "tax"):
         if getattr(order, name) < 0:
             reasons.append(
                 RejectionReason(
@@ -74,6 +74,7 @@ def rejection_reasons(order: OrderReceived) -> list[RejectionReason]:
         sum(line.quantity * line.unit_price for line in order.lines)
         + order.delivery_fee
         + order.packaging_fee
+        + order.tax
         - order.discount
     )
     if expected != order.total:
@@ -81,7 +82,7 @@ def rejection_reasons(order: OrderReceived) -> list[RejectionReason]:
             RejectionReason(
                 code="TOTAL_MISMATCH",
                 field="total",
-                message=f"lines + fees - discount = {expected}, but total is {order.total}",
+                message=f"lines + fees + tax - discount = {expected}, but total is {order.total}",
             )
         )
     if not order.customer.phone and order.mode in (OrderMode.DELIVERY, OrderMode.PICKUP):
