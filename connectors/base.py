@@ -129,7 +129,8 @@ class Connector(ABC):
             "recorded_at": received_at, "correlation_id": order_id, "actor": self.actor(),
             "channel": self.name, "external_id": external_id, "lines": list(lines),
             "delivery_fee": delivery_fee, "packaging_fee": packaging_fee, "discount": discount,
-            "tax": tax, "total": total, "address": address, "requested_at": requested_at, "notes": notes,
+            "tax": tax, "total": total, "address": address, "requested_at": requested_at,
+            "notes": notes,
         }  # fmt: skip
         if revision > 0:
             return OrderModified(
