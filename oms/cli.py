@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -59,9 +60,10 @@ def stack_status() -> None:
 @main.command()
 @click.argument("channel")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def connect(channel: str, file: Path) -> None:
-    """Publish a channel's orders from FILE (JSON lines) to the intake topic."""
-    from connectors.intake import import_file
+@click.option("--progress/--no-progress", default=True, help="progress bar on stderr")
+def connect(channel: str, file: Path, progress: bool) -> None:
+    """Publish a channel's orders from FILE (JSON lines, or CSV with a header row)."""
+    from connectors.intake import count_payloads, import_file
     from connectors.registry import UnknownChannel, connector_for
     from oms.publisher import Publisher
 
@@ -70,7 +72,18 @@ def connect(channel: str, file: Path) -> None:
     except UnknownChannel as exc:
         raise click.BadParameter(str(exc), param_hint="CHANNEL") from exc
     settings = get_settings()
-    report = import_file(file, connector=connector, publisher=Publisher(settings))
+    publisher = Publisher(settings)
+    if progress:
+        bar: Any = click.progressbar(
+            length=count_payloads(file), label=f"{channel} <- {file.name}", file=sys.stderr,
+            show_pos=True,
+        )  # fmt: skip
+        with bar:
+            report = import_file(
+                file, connector=connector, publisher=publisher, on_line=lambda _: bar.update(1)
+            )
+    else:
+        report = import_file(file, connector=connector, publisher=publisher)
     for error in report.errors:
         click.echo(f"{file}:{error.line}: {error.reason}", err=True)
     click.echo(

@@ -1,12 +1,16 @@
 """The one producer wrapper: an idempotent confluent-kafka producer (acks=all) for the intake side.
 
-A channel gets an acknowledgement only for what Kafka acknowledged, so `acknowledged` counts
-delivery reports, not sends.
+A channel gets an acknowledgement only for what Kafka acknowledged: `Publisher` counts delivery
+reports for batch work (file imports), `AsyncPublisher` lets an HTTP handler await the report
+of its own message before it answers.
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -14,6 +18,8 @@ from confluent_kafka import KafkaError, Message, Producer
 from events.codec import AvroCodec
 from events.models import DeadLetter, Event, OrderModified, OrderReceived
 from oms.settings import Settings
+
+Delivered = Callable[[KafkaError | None], None]
 
 
 class PublishError(RuntimeError):
@@ -45,7 +51,7 @@ class Publisher:
             }
         )
 
-    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+    def _count(self, err: KafkaError | None, msg: Message) -> None:
         topic = msg.topic() or ""
         if err is None:
             self.count.acknowledged[topic] += 1
@@ -53,30 +59,91 @@ class Publisher:
             self.count.failed[topic] += 1
             self.count.errors.append(str(err))
 
-    def _produce(self, topic: str, key: str, value: bytes) -> None:
+    def produce(self, topic: str, key: str, value: bytes, *, then: Delivered | None = None) -> None:
+        """Queue one message; `then(error_or_None)` runs when Kafka reports on it."""
+
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            self._count(err, msg)
+            if then is not None:
+                then(err)
+
         while True:
             try:
                 self._producer.produce(
-                    topic, key=key.encode(), value=value, on_delivery=self._on_delivery
+                    topic, key=key.encode(), value=value, on_delivery=on_delivery
                 )
                 break
             except BufferError:  # local queue full: let deliveries drain, then retry
                 self._producer.poll(0.05)
         self._producer.poll(0)
 
-    def publish(self, topic: str, event: Event) -> None:
+    def publish(self, topic: str, event: Event, *, then: Delivered | None = None) -> None:
         """An event keyed by its aggregate, so one aggregate's events stay in order."""
-        self._produce(topic, event.aggregate_id, self.codec.encode(event))
+        self.produce(topic, event.aggregate_id, self.codec.encode(event), then=then)
 
-    def intake(self, event: OrderReceived | OrderModified) -> None:
+    def intake(
+        self, event: OrderReceived | OrderModified, *, then: Delivered | None = None
+    ) -> None:
         """A connector's event onto the intake topic."""
-        self.publish(self.settings.topics.intake, event)
+        self.publish(self.settings.topics.intake, event, then=then)
 
-    def dead_letter(self, letter: DeadLetter) -> None:
-        self._produce(self.settings.topics.dlq, letter.source_ref, self.codec.encode(letter))
+    def dead_letter(self, letter: DeadLetter, *, then: Delivered | None = None) -> None:
+        self.produce(
+            self.settings.topics.dlq, letter.source_ref, self.codec.encode(letter), then=then
+        )
+
+    def poll(self, timeout_s: float) -> None:
+        self._producer.poll(timeout_s)
 
     def flush(self, timeout_s: float = 60.0) -> DeliveryCount:
         remaining = self._producer.flush(timeout_s)
         if remaining:
             raise PublishError(f"{remaining} messages not confirmed by Kafka within {timeout_s}s")
         return self.count
+
+
+class AsyncPublisher:
+    """For HTTP intake: each `await` returns once Kafka acknowledged that message (acks=all)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.publisher = Publisher(settings)
+        self._running = True
+        self._poller = threading.Thread(target=self._poll, name="kafka-delivery", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        while self._running:
+            self.publisher.poll(0.05)
+
+    async def _delivered(self, send: Callable[[Delivered], None]) -> None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+
+        def then(err: KafkaError | None) -> None:
+            if err is None:
+                loop.call_soon_threadsafe(_settle, future, None)
+            else:
+                loop.call_soon_threadsafe(_settle, future, PublishError(str(err)))
+
+        send(then)
+        await future
+
+    async def intake(self, event: OrderReceived | OrderModified) -> None:
+        await self._delivered(lambda then: self.publisher.intake(event, then=then))
+
+    async def dead_letter(self, letter: DeadLetter) -> None:
+        await self._delivered(lambda then: self.publisher.dead_letter(letter, then=then))
+
+    def close(self) -> None:
+        self._running = False
+        self._poller.join(timeout=5)
+        self.publisher.flush(10)
+
+
+def _settle(future: asyncio.Future[None], error: Exception | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
