@@ -104,6 +104,17 @@ def worker(ctx: click.Context) -> None:
 
 
 @main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True)
+def api(host: str, port: int) -> None:
+    """Serve the HTTP API: POST /webhooks/{channel} (intake), GET /healthz."""
+    from oms.api import serve
+
+    click.echo(f"OrderStream API on http://{host}:{port}")
+    serve(get_settings(), host=host, port=port)
+
+
+@main.command()
 @click.option("--batch-size", default=5000, show_default=True)
 def project(batch_size: int) -> None:
     """Project the order log into ClickHouse, resuming where ClickHouse left off."""

@@ -1,0 +1,89 @@
+"""HTTP intake: `POST /webhooks/{channel}` answers 2xx only after Kafka acknowledged the event.
+
+- 200 with the order id: the event is on the intake topic (acks=all, idempotent producer);
+- 400 with the reason and field: the payload cannot become an order; 401: bad signature;
+  both after the raw bytes are on the dead-letter topic, so nothing is lost;
+- 404: no connector for that channel; 413: body too large; 503: Kafka did not acknowledge
+  (the channel should retry; nothing was acknowledged).
+
+Form posts (`application/x-www-form-urlencoded`, e.g. the phone-order form) reach the connector
+as a flat JSON object of their fields.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from connectors.base import Connector, PayloadRejected, SignatureRejected
+from connectors.registry import UnknownChannel, connector_for
+from events.models import DeadLetter, utc_now
+from oms.publisher import AsyncPublisher, PublishError
+
+MAX_BODY_BYTES = 1 << 20
+PUBLISHER = web.AppKey("publisher", AsyncPublisher)
+CONNECTORS = web.AppKey("connectors", dict)
+
+
+def _problem(status: int, error: str, **details: Any) -> web.Response:
+    return web.json_response({"error": error, **details}, status=status)
+
+
+async def _body(request: web.Request) -> bytes:
+    if request.content_type == "application/x-www-form-urlencoded":
+        form = await request.post()
+        return json.dumps({k: str(v) for k, v in form.items()}, ensure_ascii=False).encode()
+    return await request.read()
+
+
+def _connector(app: web.Application, channel: str) -> Connector:
+    connectors: dict[str, Connector] = app[CONNECTORS]
+    if channel not in connectors:
+        connectors[channel] = connector_for(channel)
+    return connectors[channel]
+
+
+async def receive(request: web.Request) -> web.Response:
+    channel = request.match_info["channel"]
+    try:
+        connector = _connector(request.app, channel)
+    except UnknownChannel as exc:
+        return _problem(404, str(exc))
+    raw = await _body(request)
+    publisher = request.app[PUBLISHER]
+    request_id = request.headers.get("X-Request-Id") or str(uuid.uuid4())
+    try:
+        connector.verify(request.headers, raw)
+        event = connector.parse(raw, received_at=utc_now(), headers=request.headers)
+    except PayloadRejected as exc:
+        status = 401 if isinstance(exc, SignatureRejected) else 400
+        letter = DeadLetter.of(
+            source=channel, source_ref=f"webhook:{request_id}", reason=str(exc), raw=raw
+        )
+        try:
+            await publisher.dead_letter(letter)
+        except PublishError as kafka:
+            return _problem(503, f"rejected, and the dead-letter topic is unavailable: {kafka}")
+        return _problem(status, exc.reason, field=exc.field, dead_letter_id=letter.dead_letter_id)
+    try:
+        await publisher.intake(event)
+    except PublishError as exc:
+        return _problem(503, f"Kafka did not acknowledge the order: {exc}")
+    return web.json_response(
+        {"order_id": event.order_id, "event_id": event.event_id, "event_type": event.event_type}
+    )
+
+
+async def health(_: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def add_routes(app: web.Application, publisher: AsyncPublisher) -> None:
+    app[PUBLISHER] = publisher
+    app[CONNECTORS] = {}
+    app.router.add_post("/webhooks/{channel}", receive)
+    app.router.add_get("/healthz", health)
+

@@ -1,0 +1,25 @@
+"""`oms api`: the HTTP side of OrderStream (webhook intake; the read API joins it later)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from connectors import webhooks
+from oms.publisher import AsyncPublisher
+from oms.settings import Settings
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(client_max_size=webhooks.MAX_BODY_BYTES)
+    publisher = AsyncPublisher(settings)
+    webhooks.add_routes(app, publisher)
+
+    async def close_publisher(_: web.Application) -> None:
+        publisher.close()
+
+    app.on_cleanup.append(close_publisher)
+    return app
+
+
+def serve(settings: Settings, *, host: str, port: int) -> None:
+    web.run_app(create_app(settings), host=host, port=port, print=None)

@@ -1,0 +1,85 @@
+"""Webhook intake on the real broker: 2xx only after Kafka acked, 4xx with reasons, DLQ."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import io
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from events.codec import AvroCodec
+from events.models import DeadLetter, OrderReceived
+from oms.api import create_app
+from oms.settings import Settings
+from tests.conftest import FIXTURES, read_topic
+
+pytestmark = pytest.mark.integration
+BODY = (FIXTURES / "webshop" / "ship_order.json").read_bytes()
+
+
+@pytest.fixture
+async def client(
+    isolated_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[TestClient]:
+    monkeypatch.setenv("OMS_WEBSHOP_SECRET", "hook-secret")
+    async with TestClient(TestServer(create_app(isolated_settings))) as test_client:
+        yield test_client
+
+
+def signed(body: bytes, secret: str = "hook-secret") -> dict[str, str]:
+    digest = hmac.new(secret.encode(), body, hashlib.sha256).digest()
+    return {"X-Shopify-Hmac-Sha256": base64.b64encode(digest).decode(),
+            "Content-Type": "application/json"}  # fmt: skip
+
+
+async def test_a_signed_order_is_acknowledged_after_kafka_has_it(
+    client: TestClient, isolated_settings: Settings
+) -> None:
+    response = await client.post("/webhooks/webshop", data=BODY, headers=signed(BODY))
+    assert response.status == 200, await response.text()
+    answer = await response.json()
+    (message,) = read_topic(isolated_settings, isolated_settings.topics.intake, expect=1)
+    event = AvroCodec().decode(message.value())
+    assert isinstance(event, OrderReceived)
+    assert (answer["order_id"], answer["event_id"]) == (event.order_id, event.event_id)
+
+
+async def test_a_bad_payload_gets_400_naming_the_field_and_its_bytes_go_to_the_dlq(
+    client: TestClient, isolated_settings: Settings
+) -> None:
+    body = json.dumps(json.loads(BODY) | {"total_price": "12.345"}).encode()
+    response = await client.post("/webhooks/webshop", data=body, headers=signed(body))
+    assert response.status == 400
+    problem = await response.json()
+    assert problem["field"] == "total_price" and "decimals" in problem["error"]
+    (message,) = read_topic(isolated_settings, isolated_settings.topics.dlq, expect=1)
+    letter = AvroCodec().decode(message.value())
+    assert isinstance(letter, DeadLetter)
+    assert (letter.raw, letter.source, letter.dead_letter_id) == (
+        body, "webshop", problem["dead_letter_id"])  # fmt: skip
+
+
+async def test_a_wrong_signature_gets_401_and_is_dead_lettered(
+    client: TestClient, isolated_settings: Settings
+) -> None:
+    response = await client.post("/webhooks/webshop", data=BODY, headers=signed(BODY, "guess"))
+    assert response.status == 401
+    assert (await response.json())["field"] == "X-Shopify-Hmac-Sha256"
+    (message,) = read_topic(isolated_settings, isolated_settings.topics.dlq, expect=1)
+    assert AvroCodec().decode(message.value()).raw == BODY  # type: ignore[union-attr]
+
+
+async def test_an_unknown_channel_is_404_and_a_huge_body_413(client: TestClient) -> None:
+    assert (await client.post("/webhooks/telex", data=b"{}")).status == 404
+    huge = io.BytesIO(b"x" * (2 << 20))
+    assert (await client.post("/webhooks/webshop", data=huge)).status == 413
+
+
+async def test_health(client: TestClient) -> None:
+    response = await client.get("/healthz")
+    assert (response.status, await response.json()) == (200, {"status": "ok"})
