@@ -94,6 +94,26 @@ def connect(channel: str, file: Path, progress: bool) -> None:
         sys.exit(1)
 
 
+@main.group()
+def connectors() -> None:
+    """Channel connectors (found through the `orderstream.connectors` entry points)."""
+
+
+@connectors.command("list")
+def connectors_list() -> None:
+    """Every installed connector, the package it comes from, and whether it loads."""
+    from connectors.registry import registered
+
+    rows = registered()
+    click.echo(f"{'channel':<14} {'signed':<7} {'package':<32} target")
+    for row in rows:
+        signed = "yes" if row.connector is not None and row.connector.signed else "no"
+        status = f"  BROKEN: {row.error}" if row.error else ""
+        click.echo(f"{row.name:<14} {signed:<7} {row.distribution:<32} {row.target}{status}")
+    if any(row.error for row in rows):
+        sys.exit(1)
+
+
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.pass_context
 def worker(ctx: click.Context) -> None:

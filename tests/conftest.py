@@ -18,6 +18,8 @@ from oms.stack import ClickHouseService, KafkaService
 from projections.store import ClickHouseStore, connect
 
 FIXTURES = Path(__file__).parent / "fixtures"
+# A separate package with its own tests, run by tests/connectors/test_third_party.py once installed.
+collect_ignore = ["example_connector"]
 
 
 @pytest.fixture(scope="session")
