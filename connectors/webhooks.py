@@ -86,4 +86,3 @@ def add_routes(app: web.Application, publisher: AsyncPublisher) -> None:
     app[CONNECTORS] = {}
     app.router.add_post("/webhooks/{channel}", receive)
     app.router.add_get("/healthz", health)
-
