@@ -59,15 +59,24 @@ def _csv_rows(path: Path) -> Iterator[Payload]:
                 return
             if not any(cell.strip() for cell in row):
                 continue
+            # The dead-letter copy is a one-row CSV with its header, so it can be replayed alone.
             text = io.StringIO()
-            csv.writer(text).writerow(row)
-            raw = text.getvalue().rstrip("\r\n").encode()
+            csv.writer(text).writerows([header, row])
+            raw = text.getvalue().encode()
             if len(row) != len(columns):
                 # Let the connector see the mismatch as a payload problem, with the raw row.
                 body = json.dumps({"_columns": len(row), "_expected": len(columns)}).encode()
             else:
                 body = json.dumps(dict(zip(columns, row, strict=True)), ensure_ascii=False).encode()
             yield Payload(start, raw, body)
+
+
+def csv_row_as_json(raw: bytes) -> bytes:
+    """A dead-lettered CSV row (header + row) back into the connector's JSON object."""
+    rows = list(csv.reader(io.StringIO(raw.decode("utf-8-sig"))))
+    if len(rows) != 2 or len(rows[0]) != len(rows[1]):
+        raise PayloadRejected("not a header and one row of CSV")
+    return json.dumps(dict(zip(rows[0], rows[1], strict=True)), ensure_ascii=False).encode()
 
 
 def payloads(path: Path) -> Iterator[Payload]:

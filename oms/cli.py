@@ -95,6 +95,54 @@ def connect(channel: str, file: Path, progress: bool) -> None:
 
 
 @main.group()
+def dlq() -> None:
+    """The dead-letter topic: everything rejected, with its original bytes and reason."""
+
+
+@dlq.command("list")
+@click.option("--source", default=None, help="only this connector or topic")
+@click.option("--limit", default=50, show_default=True)
+def dlq_list(source: str | None, limit: int) -> None:
+    """The dead letters, oldest first."""
+    from connectors.dead_letters import read_dead_letters
+
+    shown = 0
+    for letter in read_dead_letters(get_settings()):
+        if source is not None and letter.source != source:
+            continue
+        if shown == limit:
+            click.echo("... more (raise --limit)")
+            break
+        click.echo(f"{letter.dead_letter_id}  {letter.failed_at:%Y-%m-%d %H:%M:%S}  "
+                   f"{letter.source:<10} {letter.source_ref:<28} {letter.reason}")  # fmt: skip
+        shown += 1
+    if shown == 0:
+        click.echo("no dead letters")
+
+
+@dlq.command("replay")
+@click.option("--id", "ids", multiple=True, help="a dead letter id (repeatable)")
+@click.option("--source", default=None, help="every dead letter of this connector")
+def dlq_replay(ids: tuple[str, ...], source: str | None) -> None:
+    """Send dead letters through their connector again (after a fix); prints what happened."""
+    from connectors.dead_letters import replay
+
+    if not ids and source is None:
+        raise click.UsageError("name dead letters with --id, or a connector with --source")
+    report = replay(get_settings(), ids=set(ids) or None, source=source)
+    for letter_id in report.replayed:
+        click.echo(f"replayed        {letter_id}")
+    for letter_id, reason in report.still_rejected:
+        click.echo(f"still rejected  {letter_id}: {reason}")
+    for letter_id, why in report.skipped:
+        click.echo(f"skipped         {letter_id}: {why}")
+    click.echo(f"{len(report.replayed)} replayed, {len(report.still_rejected)} still rejected, "
+               f"{len(report.skipped)} skipped")  # fmt: skip
+    if report.still_rejected:
+        sys.exit(1)
+
+
+@main.group()
 def connectors() -> None:
     """Channel connectors (found through the `orderstream.connectors` entry points)."""
 
