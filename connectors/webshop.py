@@ -9,12 +9,22 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from connectors.base import ChannelEvent, Connector, PayloadRejected, SignatureRejected, minor_units
+from connectors.base import (
+    CHINA,
+    ChannelEvent,
+    Connector,
+    PayloadRejected,
+    SignatureRejected,
+    minor_units,
+)
+from connectors.samples import SampleOrder
 from events.models import Address, Customer, OrderLine, OrderMode, PaymentStatus
 
 # Shopify's financial_status values.
@@ -70,6 +80,8 @@ class _WebshopOrder(_Loose):
     currency: str
     total_price: str
     total_discounts: str = "0.00"
+    total_tax: str = "0.00"
+    taxes_included: bool = False
     financial_status: str = "paid"
     line_items: list[_LineItem]
     shipping_lines: list[_Price] = []
@@ -130,6 +142,10 @@ class WebshopConnector(Connector):
                 for i, s in enumerate(order.shipping_lines)
             ),
             discount=minor_units(order.total_discounts, currency=currency, field="total_discounts"),
+            # Prices that include tax already count it in the lines.
+            tax=0
+            if order.taxes_included
+            else minor_units(order.total_tax, currency=currency, field="total_tax"),
             total=minor_units(order.total_price, currency=currency, field="total_price"),
             payment_status=_PAYMENT.get(order.financial_status, PaymentStatus.PENDING),
             customer=Customer(
@@ -160,3 +176,52 @@ def _mode(tags: str) -> OrderMode:
     if "delivery" in words:
         return OrderMode.DELIVERY
     return OrderMode.SHIP
+
+
+def sample_payload(
+    order: SampleOrder, *, revision: int = 0, secret: str | None = None
+) -> tuple[bytes, dict[str, str]]:
+    """A Shopify-shaped `orders/create` (or, with `revision`, `orders/updated`) webhook."""
+    local = order.placed_at.astimezone(CHINA)
+    document: dict[str, Any] = {
+        "id": order.external_id,
+        "name": f"#{order.external_id}",
+        "created_at": local.isoformat(),
+        "currency": order.currency,
+        "financial_status": "paid",
+        "total_price": _yuan(order.total),
+        "total_discounts": _yuan(order.discount),
+        "total_tax": _yuan(order.tax),
+        "line_items": [
+            {
+                "sku": line.sku,
+                "title": line.name,
+                "quantity": line.quantity,
+                "price": _yuan(line.unit_price),
+            }
+            for line in order.lines
+        ],  # fmt: skip
+        "shipping_lines": [{"title": "Standard", "price": _yuan(order.delivery_fee)}],
+        "customer": {"first_name": order.customer_name, "phone": order.customer_phone},
+        "shipping_address": None
+        if order.address_text is None
+        else {
+            "address1": order.address_text,
+            "latitude": order.latitude,
+            "longitude": order.longitude,
+        },  # fmt: skip
+        "note": order.notes,
+        "tags": {OrderMode.PICKUP: "pickup", OrderMode.DELIVERY: "delivery"}.get(order.mode, ""),
+    }
+    if revision:
+        document["updated_at"] = (local + timedelta(minutes=revision)).isoformat()
+    body = json.dumps(document, ensure_ascii=False).encode()
+    headers = {"X-Shopify-Topic": "orders/updated" if revision else "orders/create"}
+    if secret is not None:
+        digest = hmac.new(secret.encode(), body, hashlib.sha256).digest()
+        headers["X-Shopify-Hmac-Sha256"] = base64.b64encode(digest).decode()
+    return body, headers
+
+
+def _yuan(minor: int) -> str:
+    return f"{minor // 100}.{minor % 100:02d}"

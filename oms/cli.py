@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,55 @@ def connect(channel: str, file: Path, progress: bool) -> None:
     )
     if report.acknowledged + report.dead_lettered != report.lines:
         sys.exit(1)
+
+
+@main.command()
+@click.option(
+    "--profile",
+    "profile_name",
+    type=click.Choice(["restaurant", "retail", "peak"]),
+    default="restaurant",
+    show_default=True,
+)
+@click.option("--rate", default=50.0, show_default=True, help="average orders per second")
+@click.option("--duration", default=30.0, show_default=True, help="seconds; one day compressed")
+@click.option("--seed", default=None, type=int, help="for a repeatable run")
+def simulate(profile_name: str, rate: float, duration: float, seed: int | None) -> None:
+    """Realistic channel traffic through the real connectors into the intake topic."""
+    from connectors.simulator import simulate as run
+    from oms.publisher import Publisher
+
+    if rate <= 0 or duration <= 0:
+        raise click.BadParameter("must be positive", param_hint="--rate/--duration")
+    settings = get_settings()
+    bar: Any = click.progressbar(length=int(duration), label=f"{profile_name} @ {rate:g}/s",
+                                 file=sys.stderr)  # fmt: skip
+    with bar:
+        shown = 0
+
+        def tick(report: Any) -> None:
+            nonlocal shown
+            elapsed = int(time.monotonic() - started)
+            if elapsed > shown:
+                bar.update(elapsed - shown)
+                shown = elapsed
+
+        started = time.monotonic()
+        report = run(profile_name=profile_name, rate=rate, duration_s=duration,
+                     publisher=Publisher(settings), seed=seed, on_tick=tick)  # fmt: skip
+    click.echo(
+        f"generated      {report.generated} in {report.elapsed_s:.1f} s "
+        f"({report.generated / report.elapsed_s:.0f}/s average, peak {report.peak_rate:.0f}/s)"
+    )
+    for channel, count in sorted(report.by_channel.items()):
+        click.echo(f"  {channel:<12} {count}")
+    click.echo(f"duplicates     {report.duplicates} (re-sent by the channel)")
+    click.echo(f"revisions      {report.revisions} (OrderModified)")
+    click.echo(f"malformed      {report.malformed} -> {settings.topics.dlq}")
+    click.echo(f"acknowledged   {report.acknowledged} on {settings.topics.intake}, "
+               f"{report.dead_lettered} on {settings.topics.dlq}")  # fmt: skip
+    if report.acknowledged + report.dead_lettered != report.generated:
+        raise click.ClickException("not every order was acknowledged by Kafka")
 
 
 @main.group()

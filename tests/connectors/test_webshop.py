@@ -10,8 +10,9 @@ import pytest
 
 from connectors.base import PayloadRejected, minor_units
 from connectors.registry import UnknownChannel, available, connector_for
+from connectors.samples import SampleLine, SampleOrder
 from connectors.testing import ConnectorConformance
-from connectors.webshop import WebshopConnector
+from connectors.webshop import WebshopConnector, sample_payload
 from events.models import OrderMode, OrderModified
 from tests.conftest import FIXTURES
 
@@ -128,3 +129,20 @@ def test_a_revision_becomes_order_modified_of_the_same_order() -> None:
     assert revised.order_id == original.order_id
     assert revised.event_id != original.event_id
     assert (revised.total, revised.lines[0].quantity) == (15000, 3)
+
+
+def test_sample_payloads_parse_back_to_the_sample_order() -> None:
+    order = SampleOrder(
+        external_id="W-77", store="S01", placed_at=datetime(2026, 11, 25, 3, 4, 5, tzinfo=UTC),
+        mode=OrderMode.DELIVERY, lines=[SampleLine("TEA", "乌龙", 2, 1200)],
+        customer_name="王伟", customer_phone="13800000000", delivery_fee=500, discount=100,
+        tax=80, address_text="上海市南京东路1号", latitude=31.2, longitude=121.4, notes="少辣",
+    )  # fmt: skip
+    body, headers = sample_payload(order, secret="k")
+    WebshopConnector(secret="k").verify(headers, body)
+    event = WebshopConnector().parse(body, received_at=NOW)
+    assert (event.external_id, event.total, event.tax, event.mode) == (
+        "W-77", order.total, 80, OrderMode.DELIVERY)  # fmt: skip
+    assert event.placed_at == order.placed_at
+    revised = WebshopConnector().parse(sample_payload(order, revision=1)[0], received_at=NOW)
+    assert isinstance(revised, OrderModified) and revised.order_id == event.order_id

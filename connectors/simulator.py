@@ -1,0 +1,242 @@
+"""`oms simulate`: realistic order traffic through the real connectors.
+
+Profiles:
+- restaurant: 5 stores in Shanghai; Meituan, Ele.me, WeChat mini-program and phone; delivery,
+  pickup and dine-in; lunch and dinner peaks.
+- retail: Tmall, JD, the web shop (Shopify-shaped and WooCommerce) and Square POS in stores.
+- peak: retail on a Double-11 night: the rate climbs to 3.5x the average around midnight.
+
+The run compresses one day into `duration` seconds; the rate follows the profile's curve and
+averages `rate` orders/s. A share of the traffic is duplicated (a channel re-sending), revised
+(`OrderModified`) or malformed (dead-lettered), as real channels do.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from connectors.base import Connector, PayloadRejected
+from connectors.registry import available
+from connectors.samples import SampleLine, SampleOrder
+from events.models import DeadLetter, OrderMode, utc_now
+from oms.publisher import Publisher
+
+# (id, name, latitude, longitude)
+STORES = [
+    ("S01", "人民广场店", 31.2304, 121.4737),
+    ("S02", "徐家汇店", 31.1950, 121.4370),
+    ("S03", "陆家嘴店", 31.2397, 121.4998),
+    ("S04", "静安寺店", 31.2243, 121.4455),
+    ("S05", "五角场店", 31.3017, 121.5130),
+]
+DISHES = [
+    ("DUMPLING-12", "猪肉白菜水饺 12只", 2800), ("NOODLE-BEEF", "红烧牛肉面", 3250),
+    ("RICE-KUNGPAO", "宫保鸡丁饭", 2600), ("SOUP-HOTSOUR", "酸辣汤", 1550),
+    ("BUN-PORK-4", "鲜肉包 4只", 1000), ("TEA-OOLONG", "冻顶乌龙茶", 1200),
+    ("WONTON-SHRIMP", "鲜虾馄饨", 2200), ("GREENS-GARLIC", "蒜蓉时蔬", 1800),
+]  # fmt: skip
+PRODUCTS = [
+    ("TEA-GIFT-M", "中秋茶叶礼盒", 19800), ("MUG-CERAMIC", "手绘陶瓷杯", 6800),
+    ("TEA-LONGJING-250", "明前龙井 250g", 32800), ("KETTLE-IRON", "铸铁茶壶", 45900),
+    ("CUP-SET-6", "青瓷茶杯六只装", 12800), ("TEA-PUER-357", "普洱饼茶 357g", 26800),
+]  # fmt: skip
+NAMES = ["王伟", "李娜", "张敏", "刘洋", "陈静", "杨帆", "赵磊", "黄婷", "周杰", "吴霞"]
+STREETS = ["南京东路", "淮海中路", "徐家汇路", "世纪大道", "延安西路", "四平路", "武康路"]
+
+
+@dataclass(frozen=True)
+class Profile:
+    channels: dict[str, float]  # channel -> share of orders
+    modes: dict[str, dict[OrderMode, float]]  # channel -> mode -> share
+    catalogue: list[tuple[str, str, int]]
+    curve: Callable[[float], float]  # hour of day -> relative rate
+    duplicate_share: float = 0.05
+    revision_share: float = 0.03
+    malformed_share: float = 0.02
+
+
+def _bell(hour: float, peak: float, width: float) -> float:
+    return math.exp(-(((hour - peak) / width) ** 2))
+
+
+def _restaurant_curve(hour: float) -> float:
+    return 0.15 + 1.6 * _bell(hour, 12.2, 1.1) + 1.9 * _bell(hour, 18.6, 1.3)
+
+
+def _retail_curve(hour: float) -> float:
+    return 0.25 + 0.8 * _bell(hour, 10.5, 2.5) + 1.2 * _bell(hour, 21.0, 2.0)
+
+
+def _double_eleven_curve(hour: float) -> float:
+    # The first minutes of 11.11 are the surge; hour 0 and hour 24 are both midnight.
+    return 0.4 + 6.0 * max(_bell(hour, 0.3, 0.6), _bell(hour, 24.3, 0.6)) + _retail_curve(hour)
+
+
+_DELIVERY_PICKUP = {OrderMode.DELIVERY: 0.8, OrderMode.PICKUP: 0.2}
+_ONLINE = {OrderMode.SHIP: 1.0}
+PROFILES: dict[str, Profile] = {
+    "restaurant": Profile(
+        channels={"meituan": 0.4, "eleme": 0.3, "wechat": 0.2, "phone": 0.1},
+        modes={
+            "meituan": _DELIVERY_PICKUP,
+            "eleme": _DELIVERY_PICKUP,
+            "wechat": {OrderMode.DINE_IN: 0.45, OrderMode.PICKUP: 0.3, OrderMode.DELIVERY: 0.25},
+            "phone": {OrderMode.DELIVERY: 0.6, OrderMode.PICKUP: 0.4},
+        },  # fmt: skip
+        catalogue=DISHES,
+        curve=_restaurant_curve,
+    ),
+    "retail": Profile(
+        channels={"tmall": 0.35, "jd": 0.3, "webshop": 0.12, "woocommerce": 0.08, "square": 0.15},
+        modes={
+            "tmall": _ONLINE,
+            "jd": _ONLINE,
+            "webshop": _ONLINE,
+            "woocommerce": _ONLINE,
+            "square": {OrderMode.DINE_IN: 0.7, OrderMode.PICKUP: 0.3},
+        },  # fmt: skip
+        catalogue=PRODUCTS,
+        curve=_retail_curve,
+    ),
+}
+PROFILES["peak"] = Profile(
+    channels=PROFILES["retail"].channels,
+    modes=PROFILES["retail"].modes,
+    catalogue=PRODUCTS,
+    curve=_double_eleven_curve,
+    duplicate_share=0.08,  # channels retry more under load
+)
+
+
+@dataclass
+class SimulationReport:
+    generated: int = 0
+    published: int = 0
+    duplicates: int = 0
+    revisions: int = 0
+    malformed: int = 0
+    by_channel: Counter[str] = field(default_factory=Counter)
+    acknowledged: int = 0
+    dead_lettered: int = 0
+    elapsed_s: float = 0.0
+    peak_rate: float = 0.0
+
+
+def _pick(rng: random.Random, shares: dict[Any, float]) -> Any:
+    return rng.choices(list(shares), weights=list(shares.values()))[0]
+
+
+def _sample_order(rng: random.Random, profile: Profile, channel: str, number: int,
+                  placed_at: datetime) -> SampleOrder:  # fmt: skip
+    mode = _pick(rng, profile.modes[channel])
+    store_id, _, lat, lon = rng.choice(STORES)
+    items = rng.sample(profile.catalogue, k=rng.randint(1, 4))
+    lines = [SampleLine(sku, name, rng.randint(1, 3), price) for sku, name, price in items]
+    delivery = mode in (OrderMode.DELIVERY, OrderMode.SHIP)
+    restaurant = profile.catalogue is DISHES
+    subtotal = sum(line.quantity * line.unit_price for line in lines)
+    return SampleOrder(
+        external_id=f"{channel[:2].upper()}{placed_at:%Y%m%d}{number:07d}",
+        store=store_id,
+        # the phone form has minutes only
+        placed_at=placed_at.replace(microsecond=0, second=placed_at.second * (channel != "phone")),
+        mode=mode,
+        lines=lines,
+        customer_name=rng.choice(NAMES),
+        customer_phone=f"138{rng.randint(10_000_000, 99_999_999)}",
+        delivery_fee=(rng.choice([0, 300, 500]) if restaurant else rng.choice([0, 0, 1000]))
+        if delivery else 0,
+        packaging_fee=rng.choice([100, 200]) if restaurant and mode != OrderMode.DINE_IN else 0,
+        discount=min(rng.choice([0, 0, 0, 300, 500, 1000]), subtotal // 2),
+        address_text=f"上海市{rng.choice(STREETS)}{rng.randint(1, 999)}号" if delivery else None,
+        latitude=round(lat + rng.uniform(-0.03, 0.03), 6) if delivery else None,
+        longitude=round(lon + rng.uniform(-0.03, 0.03), 6) if delivery else None,
+        notes=rng.choice([None, None, "少辣", "不要香菜", "请尽快送达", "放门口"]),
+    )  # fmt: skip
+
+
+def simulate(
+    *, profile_name: str, rate: float, duration_s: float, publisher: Publisher,
+    seed: int | None = None, on_tick: Callable[[SimulationReport], None] | None = None,
+    start: datetime | None = None,
+) -> SimulationReport:  # fmt: skip
+    """Send about `rate * duration_s` orders, shaped by the profile's day, then wait for acks."""
+    profile = PROFILES[profile_name]
+    rng = random.Random(seed)
+    connectors: dict[str, Connector] = {}
+    samplers: dict[str, Callable[..., tuple[bytes, dict[str, str]]]] = {}
+    installed = available()
+    for channel in profile.channels:
+        connectors[channel] = installed[channel]()
+        samplers[channel] = importlib.import_module(f"connectors.{channel}").sample_payload
+    day = (start or datetime.now(UTC)).replace(hour=0, minute=0, second=0, microsecond=0)
+    mean_shape = sum(profile.curve(h / 10) for h in range(240)) / 240
+    report = SimulationReport()
+    sent: list[tuple[str, SampleOrder, bytes, dict[str, str]]] = []
+    began = time.monotonic()
+    credit = 0.0
+    last = began
+    while (now := time.monotonic()) - began < duration_s:
+        hour = (now - began) / duration_s * 24
+        current = rate * profile.curve(hour) / mean_shape
+        report.peak_rate = max(report.peak_rate, current)
+        credit += (now - last) * current
+        last = now
+        if credit < 1:
+            time.sleep(min(0.002, (1 - credit) / max(current, 1e-6)))
+            continue
+        for _ in range(int(credit)):
+            credit -= 1
+            channel = _pick(rng, profile.channels)
+            placed_at = day + timedelta(hours=hour)
+            roll = rng.random()
+            if roll < profile.duplicate_share and sent:
+                channel, _, body, headers = rng.choice(sent)  # the channel sends it again
+                report.duplicates += 1
+            elif roll < profile.duplicate_share + profile.revision_share and sent:
+                channel, original, _, _ = rng.choice(sent)  # the customer adds one more
+                first = original.lines[0]
+                revised = replace(original, lines=[replace(first, quantity=first.quantity + 1),
+                                                   *original.lines[1:]])  # fmt: skip
+                body, headers = samplers[channel](revised, revision=1)
+                report.revisions += 1
+            else:
+                order = _sample_order(rng, profile, channel, report.generated, placed_at)
+                body, headers = samplers[channel](order)
+                if len(sent) < 5000:
+                    sent.append((channel, order, body, headers))
+                if roll > 1 - profile.malformed_share:
+                    body = body[: len(body) // 2]  # cut off mid-payload, as a broken proxy might
+                    report.malformed += 1
+            report.generated += 1
+            report.by_channel[channel] += 1
+            _send(connectors[channel], body, headers, publisher, report)
+        if on_tick is not None:
+            on_tick(report)
+    delivered = publisher.flush()
+    report.acknowledged = delivered.acknowledged[publisher.settings.topics.intake]
+    report.dead_lettered = delivered.acknowledged[publisher.settings.topics.dlq]
+    report.elapsed_s = time.monotonic() - began
+    return report
+
+
+def _send(connector: Connector, body: bytes, headers: dict[str, str], publisher: Publisher,
+          report: SimulationReport) -> None:  # fmt: skip
+    try:
+        event = connector.parse(body, received_at=utc_now(), headers=headers)
+    except PayloadRejected as exc:
+        publisher.dead_letter(DeadLetter.of(
+            source=connector.name, source_ref=f"simulate:{report.generated}", reason=str(exc),
+            raw=body,
+        ))  # fmt: skip
+        return
+    publisher.intake(event)
+    report.published += 1
