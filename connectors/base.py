@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -41,6 +42,7 @@ from events.models import (
 _EXPONENTS = {"JPY": 0, "KRW": 0, "VND": 0, "CLP": 0, "ISK": 0, "BHD": 3, "KWD": 3, "OMR": 3,
               "JOD": 3, "TND": 3}  # fmt: skip
 CHINA = ZoneInfo("Asia/Shanghai")
+_PLAIN_AMOUNT = re.compile(r"-?(\d{1,15})(?:\.(\d{1,6}))?")
 Model = TypeVar("Model", bound=BaseModel)
 ChannelEvent = OrderReceived | OrderModified
 
@@ -153,6 +155,18 @@ class Connector(ABC):
             raise PayloadRejected(f"not JSON: {exc}") from None
 
     @staticmethod
+    def validate_json(model: type[Model], raw: bytes) -> Model:
+        """`raw` JSON straight into the channel's payload model (parsed in pydantic's core)."""
+        try:
+            return model.model_validate_json(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            if first["type"] == "json_invalid":
+                raise PayloadRejected(f"not JSON: {first['msg']}") from None
+            location = ".".join(str(part) for part in first["loc"]) or None
+            raise PayloadRejected(first["msg"], field=location) from None
+
+    @staticmethod
     def validate(model: type[Model], document: Any) -> Model:
         """`document` as the channel's payload model; the first error names its field."""
         try:
@@ -166,6 +180,12 @@ class Connector(ABC):
 def minor_units(amount: Any, *, currency: str, field: str) -> int:
     """A decimal amount ("12.34", 12.34) in the currency's minor units, refusing lost precision."""
     exponent = _EXPONENTS.get(currency.upper(), 2)
+    if isinstance(amount, str) and (match := _PLAIN_AMOUNT.fullmatch(amount)):
+        # The common case without Decimal: "128", "128.5", "128.50", "-3.00".
+        whole, fraction = match.group(1), match.group(2) or ""
+        if len(fraction) <= exponent:
+            units = int(whole + fraction.ljust(exponent, "0"))
+            return -units if amount.startswith("-") else units
     try:
         value = Decimal(str(amount))
     except (InvalidOperation, ValueError):

@@ -107,7 +107,7 @@ class WebshopConnector(Connector):
     def parse(
         self, raw: bytes, *, received_at: datetime, headers: Mapping[str, str] | None = None
     ) -> ChannelEvent:
-        order = self.validate(_WebshopOrder, self.load_json(raw))
+        order = self.validate_json(_WebshopOrder, raw)
         for name, value in (("created_at", order.created_at), ("updated_at", order.updated_at)):
             if value is not None and value.tzinfo is None:
                 raise PayloadRejected("needs a UTC offset", field=name)
