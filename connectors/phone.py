@@ -1,0 +1,201 @@
+"""Orders taken by phone and typed in by store staff: one flat object of string fields, the same
+whether it is a CSV row (`oms connect phone orders.csv`, header `CSV_COLUMNS`) or a form post.
+
+Money is in yuan with up to 2 decimals ("26", "26.5", "¥26.00"); times are Beijing time,
+`placed_at` "YYYY-MM-DD HH:MM", `requested_at` the same or just "HH:MM" (that day). `mode` is
+delivery / pickup / dine_in or 外卖 / 自取 / 堂食; `payment` paid / cash_on_delivery / unpaid or
+已付 / 货到付款 / 未付 (blank: unpaid). The external id is the ticket number; a `revision` above 0
+(with `updated_at`) re-enters a ticket the customer changed by calling back.
+
+`items` lists the dishes, separated by ";" (or "；"), each
+
+    [SKU] name x quantity @ unit price (option, option)
+
+where the SKU in brackets and the options in parentheses are optional, `x` may be `×` or `*`,
+and options are separated by "," "，" or "、":
+
+    [RICE-CHICKEN] 宫保鸡丁饭 x2 @26.00 (少辣); 酸辣汤 x1 @15.50
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Annotated, TypeVar
+
+from pydantic import BaseModel, ConfigDict, StringConstraints
+
+from connectors.base import (
+    CHINA,
+    ChannelEvent,
+    Connector,
+    PayloadRejected,
+    local_time,
+    minor_units,
+)
+from connectors.samples import SampleOrder
+from events.models import Address, Customer, OrderLine, OrderMode, PaymentStatus
+
+CSV_COLUMNS: tuple[str, ...] = (
+    "ticket", "store", "placed_at", "mode", "customer_name", "phone", "address", "items",
+    "delivery_fee", "packaging_fee", "discount", "total", "payment", "requested_at", "notes",
+    "revision", "updated_at",
+)  # fmt: skip
+CURRENCY = "CNY"
+_MODES = {"delivery": OrderMode.DELIVERY, "外卖": OrderMode.DELIVERY,
+          "pickup": OrderMode.PICKUP, "自取": OrderMode.PICKUP,
+          "dine_in": OrderMode.DINE_IN, "堂食": OrderMode.DINE_IN}  # fmt: skip
+_PAYMENTS = {"paid": PaymentStatus.PAID, "已付": PaymentStatus.PAID,
+             "cash_on_delivery": PaymentStatus.CASH_ON_DELIVERY,
+             "货到付款": PaymentStatus.CASH_ON_DELIVERY,
+             "unpaid": PaymentStatus.UNPAID, "未付": PaymentStatus.UNPAID}  # fmt: skip
+_ITEM = re.compile(
+    r"(?:\[(?P<sku>[^\]]+)\])?\s*(?P<name>.+?)\s*[x×X*]\s*(?P<quantity>\d+)\s*"
+    r"@\s*[¥￥]?(?P<price>\d+(?:\.\d+)?)\s*(?:[(（](?P<options>[^)）]*)[)）])?"
+)
+Choice = TypeVar("Choice", OrderMode, PaymentStatus)
+Text = Annotated[str, StringConstraints(strip_whitespace=True)]
+Required = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+
+
+class _Ticket(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    ticket: Required
+    store: Required
+    placed_at: Required
+    mode: Required
+    customer_name: Text = ""
+    phone: Required
+    address: Text = ""
+    items: Required
+    delivery_fee: Text = ""
+    packaging_fee: Text = ""
+    discount: Text = ""
+    total: Required
+    payment: Text = "unpaid"
+    requested_at: Text = ""
+    notes: Text = ""
+    revision: Text = ""
+    updated_at: Text = ""
+
+
+class PhoneConnector(Connector):
+    name = "phone"
+
+    def parse(
+        self, raw: bytes, *, received_at: datetime, headers: Mapping[str, str] | None = None
+    ) -> ChannelEvent:
+        document = self.load_json(raw)
+        if isinstance(document, dict) and "_columns" in document:  # a CSV row of the wrong width
+            raise PayloadRejected(
+                f"row has {document['_columns']} cells, the header {document.get('_expected')}"
+            )
+        ticket = self.validate(_Ticket, document)
+        if ticket.revision and not ticket.revision.isdigit():
+            raise PayloadRejected(f"{ticket.revision!r} is not a whole number", field="revision")
+        placed_at = local_time(ticket.placed_at, field="placed_at")
+        changed = ticket.updated_at
+        occurred_at = local_time(changed, field="updated_at") if changed else placed_at
+        return self.order(
+            external_id=ticket.ticket,
+            placed_at=placed_at,
+            occurred_at=occurred_at,
+            received_at=received_at,
+            revision=int(ticket.revision or 0),
+            mode=_word(_MODES, ticket.mode, field="mode"),
+            currency=CURRENCY,
+            lines=parse_items(ticket.items),
+            delivery_fee=_yuan(ticket.delivery_fee, field="delivery_fee"),
+            packaging_fee=_yuan(ticket.packaging_fee, field="packaging_fee"),
+            discount=_yuan(ticket.discount, field="discount"),
+            total=_yuan(ticket.total, field="total"),
+            payment_status=_word(_PAYMENTS, ticket.payment or "unpaid", field="payment"),
+            customer=Customer(name=ticket.customer_name or None, phone=ticket.phone),
+            address=Address(text=ticket.address) if ticket.address else None,
+            location_hint=ticket.store,
+            requested_at=_requested(ticket.requested_at, placed_at=placed_at),
+            notes=ticket.notes or None,
+        )
+
+
+def parse_items(text: str) -> list[OrderLine]:
+    """The `items` column as order lines (grammar in the module docstring)."""
+    pieces = [piece.strip() for piece in re.split(r"[;；]", text) if piece.strip()]
+    if not pieces:
+        raise PayloadRejected("no items", field="items")
+    return [_line(number, piece) for number, piece in enumerate(pieces, start=1)]
+
+
+def _line(number: int, text: str) -> OrderLine:
+    match = _ITEM.fullmatch(text)
+    where = f"item {number} {text!r}"
+    if match is None:
+        if "@" not in text:
+            why = "has no price; write it as @26.00"
+        elif not re.search(r"[x×X*]\s*\d", text):
+            why = "has no quantity; write it as x2"
+        else:
+            why = "is not 'name x2 @26.00 (options)'"
+        raise PayloadRejected(f"{where} {why}", field="items")
+    if int(match["quantity"]) < 1:
+        raise PayloadRejected(f"{where}: quantity must be at least 1", field="items")
+    if len(match["price"].partition(".")[2]) > 2:
+        raise PayloadRejected(f"{where}: price has more than 2 decimals", field="items")
+    options = re.split(r"[,，、]", match["options"] or "")
+    return OrderLine(
+        sku=(match["sku"] or match["name"]).strip(),
+        name=match["name"],
+        quantity=int(match["quantity"]),
+        unit_price=minor_units(match["price"], currency=CURRENCY, field="items"),
+        options=[option.strip() for option in options if option.strip()],
+    )
+
+
+def _word(words: Mapping[str, Choice], text: str, *, field: str) -> Choice:
+    if text.lower() not in words:
+        raise PayloadRejected(f"{text!r} is not one of {', '.join(words)}", field=field)
+    return words[text.lower()]
+
+
+def _yuan(text: str, *, field: str) -> int:
+    amount = minor_units(text.lstrip("¥￥") or "0", currency=CURRENCY, field=field)
+    if amount < 0:
+        raise PayloadRejected(f"{text!r} is negative", field=field)
+    return amount
+
+
+def _requested(text: str, *, placed_at: datetime) -> datetime | None:
+    """`requested_at`; a bare "HH:MM" is on the day the order was placed (Beijing time)."""
+    if re.fullmatch(r"\d{1,2}:\d{2}", text):
+        text = f"{placed_at.astimezone(CHINA):%Y-%m-%d} {int(text[:-3]):02d}:{text[-2:]}"
+    return local_time(text, field="requested_at") if text else None
+
+
+def _money(fen: int) -> str:
+    return f"{fen // 100}.{fen % 100:02d}"
+
+
+def sample_payload(
+    order: SampleOrder, *, revision: int = 0, secret: str | None = None
+) -> tuple[bytes, dict[str, str]]:
+    """`order` as staff would enter it (times to the minute); phone orders are unsigned, so
+    `secret` is ignored. Delivery is cash on delivery, others unpaid (`extras["payment"]`)."""
+    items = "; ".join(
+        f"[{line.sku}] {line.name} x{line.quantity} @{_money(line.unit_price)}"
+        for line in order.lines
+    )
+    placed = order.placed_at.astimezone(CHINA)
+    due = "cash_on_delivery" if order.mode is OrderMode.DELIVERY else "unpaid"
+    ticket = {
+        "ticket": order.external_id, "store": order.store, "placed_at": f"{placed:%Y-%m-%d %H:%M}",
+        "mode": order.mode.value, "customer_name": order.customer_name,
+        "phone": order.customer_phone, "address": order.address_text or "", "items": items,
+        "delivery_fee": _money(order.delivery_fee), "packaging_fee": _money(order.packaging_fee),
+        "discount": _money(order.discount), "total": _money(order.total),
+        "payment": order.extras.get("payment", due), "requested_at": "",
+        "notes": order.notes or "", "revision": str(revision), "updated_at": "",
+    }  # fmt: skip
+    return json.dumps(ticket, ensure_ascii=False).encode(), {}
