@@ -12,6 +12,7 @@ as a flat JSON object of their fields.
 
 from __future__ import annotations
 
+import html
 import json
 import uuid
 from typing import Any
@@ -47,6 +48,20 @@ def _connector(app: web.Application, channel: str) -> Connector:
 
 
 async def receive(request: web.Request) -> web.Response:
+    response = await _receive(request)
+    if request.content_type != "application/x-www-form-urlencoded":
+        return response
+    # A person submitted the phone form: answer with the form again and what happened.
+    answer = json.loads(response.text or "{}")
+    if response.status == 200:
+        message = f"<p>✔ Order {html.escape(answer['order_id'])} received.</p>"
+    else:
+        where = f" ({html.escape(str(answer.get('field')))})" if answer.get("field") else ""
+        message = f"<p>✘ Not accepted{where}: {html.escape(str(answer.get('error')))}</p>"
+    return web.Response(text=_form_page(message), status=response.status, content_type="text/html")
+
+
+async def _receive(request: web.Request) -> web.Response:
     channel = request.match_info["channel"]
     try:
         connector = _connector(request.app, channel)
@@ -77,6 +92,36 @@ async def receive(request: web.Request) -> web.Response:
     )
 
 
+_FORM_PAGE = """<!doctype html>
+<html lang="zh"><head><meta charset="utf-8"><title>Phone order · OrderStream</title>
+<style>body{{font-family:sans-serif;max-width:40rem;margin:2rem auto}}
+label{{display:block;margin:.4rem 0}}input,textarea{{width:100%}}</style></head>
+<body><h1>Phone order 电话订单</h1>{message}
+<form method="post" action="/webhooks/phone">{fields}
+<button type="submit">Submit 提交</button></form></body></html>"""
+_FORM_HINTS = {
+    "placed_at": "2026-11-25 11:32", "mode": "delivery / pickup / dine_in (外卖 / 自取 / 堂食)",
+    "items": "[SKU] 宫保鸡丁饭 x2 @26.00 (少辣); 酸辣汤 x1 @15.50",
+    "payment": "paid / cash_on_delivery / unpaid", "revision": "0",
+}  # fmt: skip
+
+
+def _form_page(message: str = "") -> str:
+    from connectors.phone import CSV_COLUMNS
+
+    fields = "".join(
+        f'<label>{html.escape(name)} <input name="{html.escape(name)}" '
+        f'placeholder="{html.escape(_FORM_HINTS.get(name, ""))}"></label>'
+        for name in CSV_COLUMNS
+    )
+    return _FORM_PAGE.format(message=message, fields=fields)
+
+
+async def phone_form(_: web.Request) -> web.Response:
+    """The page staff type phone orders into; it posts to /webhooks/phone."""
+    return web.Response(text=_form_page(), content_type="text/html")
+
+
 async def health(_: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -86,3 +131,4 @@ def add_routes(app: web.Application, publisher: AsyncPublisher) -> None:
     app[CONNECTORS] = {}
     app.router.add_post("/webhooks/{channel}", receive)
     app.router.add_get("/healthz", health)
+    app.router.add_get("/phone", phone_form)

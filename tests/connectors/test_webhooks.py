@@ -83,3 +83,24 @@ async def test_an_unknown_channel_is_404_and_a_huge_body_413(client: TestClient)
 async def test_health(client: TestClient) -> None:
     response = await client.get("/healthz")
     assert (response.status, await response.json()) == (200, {"status": "ok"})
+
+
+async def test_the_phone_form_posts_an_order_and_shows_what_happened(
+    client: TestClient, isolated_settings: Settings
+) -> None:
+    page = await client.get("/phone")
+    assert page.status == 200
+    text = await page.text()
+    assert 'name="items"' in text and 'action="/webhooks/phone"' in text
+    form = {"ticket": "P-TEST-1", "store": "S01", "placed_at": "2026-11-25 11:32",
+            "mode": "自取", "customer_name": "王伟", "phone": "13800000000",
+            "items": "宫保鸡丁饭 x2 @26.00", "total": "52.00", "payment": "已付"}  # fmt: skip
+    posted = await client.post("/webhooks/phone", data=form)
+    assert posted.status == 200
+    assert "received" in await posted.text()
+    (message,) = read_topic(isolated_settings, isolated_settings.topics.intake, expect=1)
+    assert AvroCodec().decode(message.value()).external_id == "P-TEST-1"  # type: ignore[union-attr]
+
+    rejected = await client.post("/webhooks/phone", data=form | {"items": "宫保鸡丁饭 two"})
+    assert rejected.status == 400
+    assert "(items)" in await rejected.text()
