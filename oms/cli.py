@@ -299,6 +299,24 @@ def bench_codec(seconds: float) -> None:
     click.echo(f"written to {write_result(get_settings().home, 'codec', figures)}")
 
 
+@bench.command("intake")
+@click.option("--orders", "order_count", default=100_000, show_default=True)
+@click.option("--rate", default=500.0, show_default=True, help="webhook requests per second")
+@click.option("--seconds", default=10.0, show_default=True, help="webhook load duration")
+def bench_intake(order_count: int, rate: float, seconds: float) -> None:
+    """File import orders/s (vs kafka-producer-perf-test) and webhook p50/p99 at a rate."""
+    from bench import intake
+    from bench.machine import describe, write_result
+
+    settings = get_settings()
+    figures = intake.run(settings, orders=order_count, rate=rate, seconds=seconds)
+    for line in intake.report(figures):
+        click.echo(line)
+    machine = describe()
+    click.echo(f"machine: {machine['cpu']}, {machine['cores']} cores, python {machine['python']}")
+    click.echo(f"written to {write_result(settings.home, 'intake', figures)}")
+
+
 @main.group()
 def orders() -> None:
     """Read orders from ClickHouse."""
