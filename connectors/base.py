@@ -219,8 +219,8 @@ def local_time(text: str, *, field: str, zone: ZoneInfo = CHINA) -> datetime:
     with an offset is taken as it is."""
     try:
         parsed = datetime.fromisoformat(text.strip().replace("/", "-"))
-    except (ValueError, AttributeError):
-        raise PayloadRejected(f"{text!r} is not a date and time", field=field) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=zone)
-    return parsed.astimezone(UTC)
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=zone)
+        return parsed.astimezone(UTC)
+    except (ValueError, AttributeError, OverflowError):
+        raise PayloadRejected(f"{text!r} is not a usable date and time", field=field) from None

@@ -8,9 +8,9 @@ The Avro schemas in schemas/ are generated from these models (`events.avro_schem
 from __future__ import annotations
 
 import uuid
-from hashlib import sha1 as _sha1
 from datetime import UTC, date, datetime
 from enum import StrEnum
+from hashlib import sha1 as _sha1
 from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field

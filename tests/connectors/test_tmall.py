@@ -1,0 +1,255 @@
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from connectors.base import PayloadRejected
+from connectors.samples import SampleLine, SampleOrder
+from connectors.testing import ConnectorConformance
+from connectors.tmall import TmallConnector, sample_payload
+from events.models import OrderMode, OrderModified, OrderReceived, PaymentStatus
+from tests.conftest import FIXTURES
+
+NOW = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+
+
+def fixture(name: str) -> bytes:
+    return (FIXTURES / "tmall" / name).read_bytes()
+
+
+def trade_of(name: str) -> dict[str, Any]:
+    """The bare trade of a fixture, wrapped or not."""
+    document: dict[str, Any] = json.loads(fixture(name))
+    return document.get("trade_fullinfo_get_response", {"trade": document})["trade"]
+
+
+def parse(document: dict[str, Any]) -> OrderReceived | OrderModified:
+    return TmallConnector().parse(
+        json.dumps(document, ensure_ascii=False).encode(), received_at=NOW
+    )
+
+
+class TestTmallConformance(ConnectorConformance):
+    connector = TmallConnector(secret="tmall-test-secret")
+    fixtures = FIXTURES / "tmall"
+    bad_payloads = [
+        (b'{"tid": 1, "status": "WAIT_BUYER_PAY", "created": "2026-11-25 10:00:00", '
+         b'"payment": "1.00"}', "orders"),
+        (b'{"tid": 1, "status": "WAIT_BUYER_PAY", "created": "2026-11-25 10:00:00", '
+         b'"payment": "1.001", "orders": {"order": []}}', "payment"),
+        (b'{"tid": 1, "status": "WAIT_BUYER_PAY", "created": "yesterday", "payment": "1.00", '
+         b'"orders": {"order": []}}', "created"),
+        (b'{"tid": 1, "status": "WAIT_BUYER_PAY", "created": "2026-11-25 10:00:00", '
+         b'"payment": "1.00", "orders": {"order": [{"num_iid": 1, "title": "x", "num": 1, '
+         b'"price": "abc"}]}}', "orders.order.0.price"),
+        (b'{"tid": 1, "status": "WAIT_BUYER_PAY", "created": "2026-11-25 10:00:00", '
+         b'"payment": "1.00", "orders": {"order": [{"num_iid": 1, "title": "x", "num": "two", '
+         b'"price": "1.00"}]}}', "orders.order.0.num"),
+        (b'{"trade_fullinfo_get_response": {"request_id": "abc"}}',
+         "trade_fullinfo_get_response.trade"),
+    ]  # fmt: skip
+
+
+def test_paid_trade_is_mapped_to_fen_lines_with_sku_properties_and_utc_time() -> None:
+    order = TmallConnector().parse(fixture("paid_multi_item.json"), received_at=NOW)
+    assert isinstance(order, OrderReceived)
+    assert (order.channel, order.external_id) == ("tmall", "2986451203357719842")
+    assert (order.mode, order.currency) == (OrderMode.SHIP, "CNY")
+    assert [(li.sku, li.name, li.quantity, li.unit_price, li.options) for li in order.lines] == [
+        ("NUT-DAILY-750", "每日坚果大礼包 混合坚果 750g/30袋 年货送礼", 2, 12900,
+         ["净含量:750g", "口味:混合装"]),
+        ("TEA-OOLONG", "冻顶乌龙茶 台湾高山乌龙 礼盒装 250g", 1, 8800, []),
+    ]  # fmt: skip
+    # total_fee 346.00 + post_fee 0.00 - payment 311.00: 20.00 item and 15.00 shop discount
+    assert (order.delivery_fee, order.discount, order.total) == (0, 3500, 31100)
+    assert order.placed_at == datetime(2026, 11, 24, 13, 15, 42, tzinfo=UTC)  # 21:15:42 Beijing
+    assert order.payment_status is PaymentStatus.PAID
+    assert (order.customer.id, order.customer.name, order.customer.phone) == (
+        "lin晓雯2019", "林晓雯", "13912345678")  # fmt: skip
+    assert order.address is not None
+    assert order.address.text == "浙江省 杭州市 西湖区 文新街道 文一西路588号 西溪首座B2-1203"
+    assert (order.address.city, order.address.postal_code) == ("杭州市", "310012")
+    assert order.notes == "请用顺丰发货，工作日白天送达，谢谢！"
+    assert order.location_hint == "HZWH01"
+
+
+def test_outer_iid_then_num_iid_stand_in_for_a_missing_outer_sku_id() -> None:
+    trade = trade_of("paid_multi_item.json")
+    trade["orders"]["order"][1]["outer_iid"] = ""
+    assert [line.sku for line in parse(trade).lines] == ["NUT-DAILY-750", "598765432109"]
+
+
+def test_seller_price_cut_counts_as_discount_on_top_of_postage() -> None:
+    order = TmallConnector().parse(fixture("unpaid_price_adjusted.json"), received_at=NOW)
+    # 99.00 + post 8.00 - payment 102.00: the seller's adjust_fee of -5.00
+    assert (order.lines[0].unit_price, order.delivery_fee, order.discount, order.total) == (
+        9900, 800, 500, 10200)  # fmt: skip
+
+
+def test_trade_changed_after_payment_becomes_order_modified_of_the_same_order() -> None:
+    original = TmallConnector().parse(fixture("paid_multi_item.json"), received_at=NOW)
+    revised = TmallConnector().parse(fixture("paid_multi_item_modified.json"), received_at=NOW)
+    assert isinstance(revised, OrderModified)
+    assert revised.order_id == original.order_id
+    modified_at = datetime(2026, 11, 24, 15, 2, 31, tzinfo=UTC)  # 23:02:31 Beijing
+    assert (revised.revision, revised.occurred_at) == (int(modified_at.timestamp()), modified_at)
+    assert revised.address is not None and revised.address.text.startswith("浙江省 杭州市 拱墅区")
+
+
+def test_payment_alone_is_not_a_revision() -> None:
+    trade = trade_of("unpaid_price_adjusted.json")
+    trade.update(status="WAIT_SELLER_SEND_GOODS", pay_time="2026-11-25 09:20:00",
+                 modified="2026-11-25 09:20:00")  # fmt: skip
+    assert isinstance(parse(trade), OrderReceived)
+    trade["modified"] = "2026-11-25 09:20:01"
+    assert isinstance(parse(trade), OrderModified)
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"status": "WAIT_BUYER_PAY"}, PaymentStatus.UNPAID),
+        ({"status": "TRADE_NO_CREATE_PAY"}, PaymentStatus.UNPAID),
+        ({"status": "WAIT_SELLER_SEND_GOODS"}, PaymentStatus.PAID),
+        ({"status": "SELLER_CONSIGNED_PART"}, PaymentStatus.PAID),
+        ({"status": "TRADE_FINISHED"}, PaymentStatus.PAID),
+        ({"status": "PAY_PENDING"}, PaymentStatus.PENDING),
+        ({"status": "SOMETHING_NEW"}, PaymentStatus.PENDING),
+        ({"type": "cod", "status": "WAIT_SELLER_SEND_GOODS"}, PaymentStatus.CASH_ON_DELIVERY),
+        ({"type": "cod", "status": "TRADE_BUYER_SIGNED"}, PaymentStatus.PAID),
+        (
+            {
+                "type": "step",
+                "status": "WAIT_BUYER_PAY",
+                "step_trade_status": "FRONT_PAID_FINAL_NOPAID",
+            },
+            PaymentStatus.PARTIALLY_PAID,
+        ),
+    ],
+)
+def test_payment_status_follows_trade_status_and_type(
+    changes: dict[str, str], expected: PaymentStatus
+) -> None:
+    trade = trade_of("paid_multi_item.json")
+    trade.update(changes)
+    order = parse(trade)
+    assert isinstance(order, OrderReceived)
+    assert order.payment_status is expected
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("unpaid_price_adjusted.json", PaymentStatus.UNPAID),
+        ("cash_on_delivery.json", PaymentStatus.CASH_ON_DELIVERY),
+        ("presale_deposit_paid.json", PaymentStatus.PARTIALLY_PAID),
+    ],
+)
+def test_unpaid_cash_on_delivery_and_presale_fixtures_have_their_payment_status(
+    name: str, expected: PaymentStatus
+) -> None:
+    order = TmallConnector().parse(fixture(name), received_at=NOW)
+    assert isinstance(order, OrderReceived)
+    assert order.payment_status is expected
+
+
+def test_response_wrapper_and_bare_trade_make_the_same_event() -> None:
+    wrapped = TmallConnector().parse(fixture("paid_multi_item.json"), received_at=NOW)
+    bare = parse(trade_of("paid_multi_item.json"))
+    assert wrapped == bare
+
+
+def test_top_error_response_is_rejected_with_its_message() -> None:
+    error = {
+        "error_response": {"code": 27, "msg": "Invalid session", "sub_code": "invalid-sessionkey"}
+    }
+    with pytest.raises(PayloadRejected, match="Invalid session") as caught:
+        parse(error)
+    assert caught.value.field == "error_response"
+
+
+def test_total_fee_that_is_not_the_sum_of_the_lines_is_rejected() -> None:
+    trade = trade_of("paid_multi_item.json")
+    trade["total_fee"] = "345.00"
+    with pytest.raises(PayloadRejected) as caught:
+        parse(trade)
+    assert caught.value.field == "total_fee"
+
+
+def sample(**changes: Any) -> SampleOrder:
+    order = SampleOrder(
+        external_id="2990000000000000001",
+        store="HZWH01",
+        placed_at=datetime(2026, 11, 25, 3, 14, 15, 654321, tzinfo=UTC),
+        mode=OrderMode.SHIP,
+        lines=[
+            SampleLine("TEA-OOLONG", "冻顶乌龙茶 礼盒装", 2, 8800),
+            SampleLine("CUP-SET", "青瓷茶具套装", 1, 25900),
+        ],
+        customer_name="林晓雯",
+        customer_phone="13912345678",
+        delivery_fee=1000,
+        discount=2500,
+        address_text="浙江省杭州市西湖区文一西路588号",
+        notes="周末送货",
+    )
+    return replace(order, **changes)
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        sample(),
+        sample(external_id="run7-00042", delivery_fee=0, discount=0, notes=None),
+        sample(lines=[SampleLine("NUT-DAILY-750", "每日坚果 750g", 3, 12900)], address_text=None),
+    ],
+    ids=["discount-and-postage", "free-shipping-string-id", "one-line-no-address"],
+)
+def test_sample_payload_parses_back_to_the_same_order(order: SampleOrder) -> None:
+    raw, headers = sample_payload(order)
+    event = TmallConnector().parse(raw, received_at=NOW, headers=headers)
+    assert isinstance(event, OrderReceived)
+    assert event.external_id == order.external_id
+    assert [(li.sku, li.name, li.quantity, li.unit_price) for li in event.lines] == [
+        (li.sku, li.name, li.quantity, li.unit_price) for li in order.lines
+    ]
+    amounts = ("delivery_fee", "packaging_fee", "tax", "discount", "total")
+    assert [getattr(event, a) for a in amounts] == [getattr(order, a) for a in amounts]
+    assert (event.customer.name, event.customer.phone) == (
+        order.customer_name,
+        order.customer_phone,
+    )
+    assert (event.address.text if event.address else None) == order.address_text
+    assert (event.notes, event.mode) == (order.notes, order.mode)
+    assert event.placed_at == order.placed_at.replace(microsecond=0)
+    assert event.payment_status is PaymentStatus.PAID
+
+
+def test_sample_payload_revision_parses_to_order_modified_of_the_same_order() -> None:
+    order = sample()
+    received = TmallConnector().parse(sample_payload(order)[0], received_at=NOW)
+    revised = TmallConnector().parse(sample_payload(order, revision=3)[0], received_at=NOW)
+    assert isinstance(revised, OrderModified)
+    assert revised.order_id == received.order_id
+    assert revised.revision == int(order.placed_at.timestamp()) + 180
+    assert revised.occurred_at == order.placed_at.replace(microsecond=0) + timedelta(minutes=3)
+    assert (revised.total, revised.discount) == (order.total, order.discount)
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        sample(mode=OrderMode.PICKUP),
+        sample(packaging_fee=200),
+        sample(tax=500),
+        sample(currency="USD"),
+    ],
+    ids=["pickup", "packaging-fee", "tax", "usd"],
+)
+def test_sample_payload_refuses_orders_tmall_cannot_carry(order: SampleOrder) -> None:
+    with pytest.raises(ValueError, match=order.external_id):
+        sample_payload(order)
