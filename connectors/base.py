@@ -161,7 +161,7 @@ class Connector(ABC):
             return model.model_validate_json(raw)
         except ValidationError as exc:
             first = exc.errors()[0]
-            if first["type"] == "json_invalid":
+            if first["type"] == "json_invalid" and not first["loc"]:
                 raise PayloadRejected(f"not JSON: {first['msg']}") from None
             location = ".".join(str(part) for part in first["loc"]) or None
             raise PayloadRejected(first["msg"], field=location) from None

@@ -1,0 +1,231 @@
+"""Ele.me (饿了么) open-platform order messages: the pushed envelope of type 10 (订单生效)
+whose `message` is the order (the OOrder of eleme.order.getOrder) as a JSON string.
+
+`signature` is upper-case md5 of the envelope's other fields as "key=value" strings, sorted and
+joined with nothing, then the app secret. Money is yuan; `createdAt`/`deliverTime` are Beijing
+local times; `deliveryGeo` is "longitude,latitude".
+
+Simplified: Ele.me publishes no full-order modification message, so an order message carrying
+an `updateTime` (Unix seconds, as its status messages do) later than `createdAt` is the
+revision (`OrderModified`, revision = updateTime). 到店自取 is read from `orderBusinessType` = 1.
+Discount = |shopPart| (merchant) + |elemePart| (Ele.me), the shares of activityTotal, which
+Ele.me gives as negative amounts; delivery = deliverFee less 会员减配送费; dishes come from the
+"normal" groups (the "extra" group repeats packageFee). Lines + delivery + packageFee -
+discount = totalPrice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import zlib
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Json
+
+from connectors.base import (
+    CHINA,
+    ChannelEvent,
+    Connector,
+    PayloadRejected,
+    SignatureRejected,
+    from_epoch,
+    local_time,
+    minor_units,
+)
+from connectors.samples import SampleOrder
+from events.models import Address, Customer, OrderLine, OrderMode, PaymentStatus
+
+ORDER_EFFECTIVE = 10  # message type 订单生效: the order, once paid (or placed, if cash)
+_SELF_PICKUP = 1  # orderBusinessType of a 到店自取 order
+_PAYMENT = {True: PaymentStatus.PAID, False: PaymentStatus.CASH_ON_DELIVERY}  # onlinePaid
+
+
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class _Spec(_Loose):
+    name: str = ""
+    value: str = ""
+
+
+class _Item(_Loose):
+    name: str
+    price: Decimal
+    quantity: int
+    extendCode: str | None = None  # the merchant's own dish code
+    newSpecs: list[_Spec] | None = None
+    attributes: list[_Spec] | None = None
+
+
+class _Group(_Loose):
+    type: str = "normal"
+    items: list[_Item]
+
+
+class _ElemeOrder(_Loose):
+    id: int | str
+    createdAt: str
+    updateTime: int | None = None
+    groups: list[_Group]
+    totalPrice: Decimal
+    deliverFee: Decimal = Decimal(0)
+    vipDeliveryFeeDiscount: Decimal = Decimal(0)
+    packageFee: Decimal = Decimal(0)
+    shopPart: Decimal = Decimal(0)
+    elemePart: Decimal = Decimal(0)
+    onlinePaid: bool = True
+    book: bool = False
+    deliverTime: str | None = None
+    orderBusinessType: int = 0
+    consignee: str | None = None
+    phoneList: list[str] | None = None
+    address: str | None = None
+    deliveryGeo: str | None = None  # "longitude,latitude"
+    description: str | None = None
+    shopId: int | str
+    openId: str | None = None  # the merchant's own code for the store
+
+
+class _Envelope(_Loose):
+    type: Literal[10, "10"]  # 订单生效; other message types are not orders
+    message: Json[_ElemeOrder]
+
+
+def signature(envelope: Mapping[str, Any], *, secret: str) -> str:
+    pairs = sorted(f"{k}={_text(v)}" for k, v in envelope.items() if k != "signature")
+    return hashlib.md5(("".join(pairs) + secret).encode()).hexdigest().upper()
+
+
+class ElemeConnector(Connector):
+    name = "eleme"
+    signed = True
+
+    def verify(self, headers: Mapping[str, str], body: bytes) -> None:
+        if self.secret is None:
+            return
+        envelope = self.load_json(body)
+        # The signature covers the fields, not the bytes: nothing may follow the signed object.
+        if not isinstance(envelope, dict) or not body.rstrip(b"\r\n").endswith(b"}"):
+            raise SignatureRejected("not exactly one signed message", field="signature")
+        expected = signature(envelope, secret=self.secret)
+        if not hmac.compare_digest(expected, str(envelope.get("signature", "")).upper()):
+            raise SignatureRejected("signature does not match", field="signature")
+
+    def parse(
+        self, raw: bytes, *, received_at: datetime, headers: Mapping[str, str] | None = None
+    ) -> ChannelEvent:
+        order = self.validate(_Envelope, self.load_json(raw)).message
+        placed_at = local_time(order.createdAt, field="message.createdAt")
+        updated = order.updateTime
+        changed_at = from_epoch(updated, field="message.updateTime") if updated else None
+        if changed_at is not None and changed_at <= placed_at:
+            changed_at = None  # an update time no later than creation: the original order
+        pickup = order.orderBusinessType == _SELF_PICKUP
+        lines = [
+            OrderLine(
+                sku=item.extendCode or item.name,
+                name=item.name,
+                quantity=item.quantity,
+                unit_price=_fen(item.price, f"groups.{g}.items.{i}.price"),
+                options=[s.value for s in (*(item.newSpecs or []), *(item.attributes or []))],
+            )
+            for g, group in enumerate(order.groups)
+            if group.type == "normal"  # the "extra" group repeats packageFee as a dish
+            for i, item in enumerate(group.items)
+        ]
+        latitude, longitude = _geo(order.deliveryGeo)
+        return self.order(
+            external_id=str(order.id),
+            placed_at=placed_at,
+            occurred_at=changed_at or placed_at,
+            received_at=received_at,
+            revision=int(changed_at.timestamp()) if changed_at else 0,
+            mode=OrderMode.PICKUP if pickup else OrderMode.DELIVERY,
+            currency="CNY",
+            lines=lines,
+            delivery_fee=_fen(order.deliverFee - order.vipDeliveryFeeDiscount, "deliverFee"),
+            packaging_fee=_fen(order.packageFee, "packageFee"),
+            discount=_fen(abs(order.shopPart) + abs(order.elemePart), "shopPart"),
+            total=_fen(order.totalPrice, "totalPrice"),
+            payment_status=_PAYMENT[order.onlinePaid],
+            customer=Customer(
+                name=order.consignee or None, phone=next(iter(order.phoneList or []), None)
+            ),
+            address=Address(
+                text=order.address, country="CN", latitude=latitude, longitude=longitude
+            )
+            if order.address
+            else None,
+            location_hint=order.openId or str(order.shopId),
+            requested_at=local_time(order.deliverTime, field="message.deliverTime")
+            if order.book and order.deliverTime
+            else None,
+            notes=order.description or None,
+        )
+
+
+def sample_payload(
+    order: SampleOrder, *, revision: int = 0, secret: str | None = None
+) -> tuple[bytes, dict[str, str]]:
+    """`order` as an Ele.me type-10 push; revision r is a modification r minutes later."""
+    created = order.placed_at.astimezone(CHINA).strftime("%Y-%m-%dT%H:%M:%S")
+    shop_id = zlib.crc32(order.store.encode()) % 10**9
+    message: dict[str, Any] = {
+        "id": order.external_id, "orderId": order.external_id, "createdAt": created,
+        "activeAt": created, "deliverFee": _yuan(order.delivery_fee), "deliverTime": None,
+        "vipDeliveryFeeDiscount": 0.0, "description": order.notes or "",
+        "groups": [{"name": "1号篮子", "type": "normal", "items": [
+            {"id": i + 1, "name": line.name, "extendCode": line.sku, "categoryId": 1,
+             "price": _yuan(line.unit_price), "quantity": line.quantity,
+             "total": _yuan(line.unit_price * line.quantity), "newSpecs": [], "attributes": []}
+            for i, line in enumerate(order.lines)]}],
+        "book": False, "onlinePaid": True, "phoneList": [order.customer_phone],
+        "shopId": shop_id, "openId": order.store, "status": "unprocessed",
+        "totalPrice": _yuan(order.total), "originalPrice": _yuan(order.total + order.discount),
+        "consignee": order.customer_name, "address": order.address_text or "",
+        "deliveryGeo": "" if order.latitude is None else f"{order.longitude},{order.latitude}",
+        "packageFee": _yuan(order.packaging_fee), "activityTotal": -_yuan(order.discount),
+        "shopPart": -_yuan(order.discount), "elemePart": 0.0,
+        "orderBusinessType": _SELF_PICKUP if order.mode is OrderMode.PICKUP else 0,
+    }  # fmt: skip
+    timestamp = int(order.placed_at.timestamp()) + 60 * revision
+    if revision:
+        message["updateTime"] = timestamp
+    envelope: dict[str, Any] = {
+        "requestId": f"{order.external_id}{revision:04d}", "type": ORDER_EFFECTIVE,
+        "appId": 20261125, "message": json.dumps(message, ensure_ascii=False),
+        "shopId": shop_id, "timestamp": timestamp * 1000 + 512, "userId": 286451379,
+    }  # fmt: skip
+    if secret is not None:
+        envelope["signature"] = signature(envelope, secret=secret)
+    return json.dumps(envelope, ensure_ascii=False).encode(), {}
+
+
+def _fen(amount: Decimal, field: str) -> int:
+    return minor_units(amount, currency="CNY", field=f"message.{field}")
+
+
+def _geo(text: str | None) -> tuple[float | None, float | None]:
+    if not text:
+        return None, None
+    try:
+        longitude, latitude = (float(part) for part in text.split(","))
+    except ValueError:
+        raise PayloadRejected(
+            f"{text!r} is not 'longitude,latitude'", field="message.deliveryGeo"
+        ) from None
+    return latitude, longitude
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _yuan(fen: int) -> float:
+    return fen / 100

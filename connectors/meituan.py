@@ -1,0 +1,202 @@
+"""Meituan Waimai (美团外卖) order pushes: 推送已支付订单 of the open platform
+(waimaiopen.meituan.com), and revisions of such an order.
+
+Meituan posts form parameters; the payload is those parameters as one flat JSON object of
+strings (what `POST /webhooks/meituan` makes of the form), `detail` (dishes) and `extras` (活动)
+being the JSON strings Meituan sends. Money is yuan, times Unix seconds. `sig` is md5(push URL
++ "?" + the other parameters sorted by name as k=v joined by "&" + app secret), the URL being
+the one configured in Meituan's console (`OMS_MEITUAN_PUSH_URL`, default `oms api` locally).
+
+Simplified: the order re-pushed with a `utime` later than its `ctime` is the revision
+(`OrderModified`, revision = utime), as the fields of 推送订单信息修改消息 are not public.
+Discount = poi_charge (merchant) + mt_charge (Meituan) of every activity; packaging = 餐盒
+(box_num x box_price per dish) + 打包袋 (package_bag_money, fen). Lines + shipping + packaging
+- discount = total. Values are taken as delivered once URL-decoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Json
+
+from connectors.base import ChannelEvent, Connector, SignatureRejected, from_epoch, minor_units
+from connectors.samples import SampleOrder
+from events.models import Address, Customer, OrderLine, OrderMode, PaymentStatus
+
+PUSH_URL = "http://127.0.0.1:8080/webhooks/meituan"  # `oms api` on its default address
+# pay_type 1 货到付款, 2 在线支付
+_PAYMENT = {1: PaymentStatus.CASH_ON_DELIVERY, 2: PaymentStatus.PAID}
+_SELF_PICKUP = 1  # pick_type: 0 delivery, 1 到店自取
+
+
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class _Dish(_Loose):
+    app_food_code: str = ""
+    sku_id: str = ""
+    food_name: str
+    quantity: int
+    price: Decimal
+    box_num: Decimal = Decimal(0)  # boxes for the whole line, not per portion
+    box_price: Decimal = Decimal(0)
+    spec: str = ""
+    food_property: str = ""  # "少辣,不要香菜"
+
+    def options(self) -> list[str]:
+        return [o.strip() for o in (self.spec, *self.food_property.split(",")) if o.strip()]
+
+
+class _Activity(_Loose):
+    mt_charge: Decimal = Decimal(0)
+    poi_charge: Decimal = Decimal(0)
+
+
+class _MeituanOrder(_Loose):
+    order_id: int | str
+    app_poi_code: str
+    ctime: int
+    utime: int = 0
+    detail: Json[list[_Dish]]
+    extras: Json[list[_Activity]] = []
+    total: Decimal
+    shipping_fee: Decimal = Decimal(0)
+    package_bag_money: int = 0
+    pay_type: int = 2
+    pick_type: int = 0
+    delivery_time: int = 0
+    recipient_name: str = ""
+    recipient_phone: str = ""
+    recipient_address: str = ""
+    latitude: float = 0.0
+    longitude: float = 0.0
+    caution: str = ""
+
+
+def signature(params: Mapping[str, Any], *, secret: str, url: str) -> str:
+    signed = "&".join(f"{k}={_text(params[k])}" for k in sorted(params) if k != "sig")
+    return hashlib.md5(f"{url}?{signed}{secret}".encode()).hexdigest()
+
+
+class MeituanConnector(Connector):
+    name = "meituan"
+    signed = True
+
+    def __init__(self, *, secret: str | None = None, push_url: str | None = None) -> None:
+        super().__init__(secret=secret)
+        self.push_url = push_url or os.environ.get("OMS_MEITUAN_PUSH_URL", PUSH_URL)
+
+    def verify(self, headers: Mapping[str, str], body: bytes) -> None:
+        if self.secret is None:
+            return
+        params = self.load_json(body)
+        # `sig` covers the parameters, not the bytes: nothing may follow the signed object.
+        if not isinstance(params, dict) or not body.rstrip(b"\r\n").endswith(b"}"):
+            raise SignatureRejected("not exactly one signed parameter object", field="sig")
+        expected = signature(params, secret=self.secret, url=self.push_url)
+        if not hmac.compare_digest(expected, str(params.get("sig", "")).lower()):
+            raise SignatureRejected("signature does not match", field="sig")
+
+    def parse(
+        self, raw: bytes, *, received_at: datetime, headers: Mapping[str, str] | None = None
+    ) -> ChannelEvent:
+        order = self.validate(_MeituanOrder, self.load_json(raw))
+        placed_at = from_epoch(order.ctime, field="ctime")
+        changed_at = from_epoch(order.utime, field="utime") if order.utime > order.ctime else None
+        lines = [
+            OrderLine(
+                sku=dish.sku_id or dish.app_food_code or dish.food_name,
+                name=dish.food_name,
+                quantity=dish.quantity,
+                unit_price=_fen(dish.price, field=f"detail.{i}.price"),
+                options=dish.options(),
+            )
+            for i, dish in enumerate(order.detail)
+        ]
+        boxes = sum((d.box_num * d.box_price for d in order.detail), Decimal(0))
+        charges = sum((a.mt_charge + a.poi_charge for a in order.extras), Decimal(0))
+        text = order.recipient_address.replace("@#", " ").strip()  # "门牌@#地址"
+        address = Address(text=text, country="CN", latitude=order.latitude or None,
+                          longitude=order.longitude or None) if text else None  # fmt: skip
+        pickup = order.pick_type == _SELF_PICKUP
+        wanted = order.delivery_time  # 0: as soon as possible
+        return self.order(
+            external_id=str(order.order_id),
+            placed_at=placed_at,
+            occurred_at=changed_at or placed_at,
+            received_at=received_at,
+            revision=order.utime if changed_at else 0,
+            mode=OrderMode.PICKUP if pickup else OrderMode.DELIVERY,
+            currency="CNY",
+            lines=lines,
+            delivery_fee=_fen(order.shipping_fee, field="shipping_fee"),
+            packaging_fee=_fen(boxes, field="detail") + order.package_bag_money,
+            discount=_fen(charges, field="extras"),
+            total=_fen(order.total, field="total"),
+            payment_status=_PAYMENT.get(order.pay_type, PaymentStatus.PENDING),
+            customer=Customer(
+                name=order.recipient_name or None, phone=order.recipient_phone or None
+            ),
+            address=address,
+            location_hint=order.app_poi_code,
+            requested_at=from_epoch(wanted, field="delivery_time") if wanted else None,
+            notes=order.caution or None,
+        )
+
+
+def sample_payload(
+    order: SampleOrder, *, revision: int = 0, secret: str | None = None
+) -> tuple[bytes, dict[str, str]]:
+    """`order` as Meituan's push parameters; revision r is a modification r minutes later."""
+    ctime = int(order.placed_at.timestamp())
+    detail = [
+        {"app_food_code": line.sku, "sku_id": line.sku, "food_name": line.name,
+         "quantity": line.quantity, "price": _yuan(line.unit_price), "unit": "份",
+         "box_num": 1 if i == 0 and order.packaging_fee else 0,
+         "box_price": _yuan(order.packaging_fee) if i == 0 else 0, "spec": "",
+         "food_property": ""}
+        for i, line in enumerate(order.lines)
+    ]  # fmt: skip
+    extras = [
+        {"reduce_fee": _yuan(order.discount), "mt_charge": 0,
+         "poi_charge": _yuan(order.discount), "remark": "满减优惠", "type": 2}
+    ] if order.discount else []  # fmt: skip
+    params = {
+        "app_id": "6231", "timestamp": str(ctime + 60 * revision + 2),
+        "order_id": order.external_id, "wm_order_id_view": order.external_id,
+        "app_poi_code": order.store, "ctime": str(ctime), "utime": str(ctime + 60 * revision),
+        "status": "2", "pay_type": "2",
+        "pick_type": str(_SELF_PICKUP if order.mode is OrderMode.PICKUP else 0),
+        "delivery_time": "0", "recipient_name": order.customer_name,
+        "recipient_phone": order.customer_phone, "recipient_address": order.address_text or "",
+        "latitude": str(order.latitude or 0), "longitude": str(order.longitude or 0),
+        "shipping_fee": str(_yuan(order.delivery_fee)), "total": str(_yuan(order.total)),
+        "original_price": str(_yuan(order.total + order.discount)), "caution": order.notes or "",
+        "detail": json.dumps(detail, ensure_ascii=False, separators=(",", ":")),
+        "extras": json.dumps(extras, ensure_ascii=False, separators=(",", ":")),
+    }  # fmt: skip
+    if secret is not None:
+        url = os.environ.get("OMS_MEITUAN_PUSH_URL", PUSH_URL)
+        params["sig"] = signature(params, secret=secret, url=url)
+    return json.dumps(params, ensure_ascii=False).encode(), {}
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _fen(amount: Decimal, *, field: str) -> int:
+    return minor_units(amount, currency="CNY", field=field)
+
+
+def _yuan(fen: int) -> float:
+    return fen / 100
