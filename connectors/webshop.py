@@ -101,7 +101,7 @@ class WebshopConnector(Connector):
             return
         given = {k.lower(): v for k, v in headers.items()}.get("x-shopify-hmac-sha256", "")
         digest = hmac.new(self.secret.encode(), body, hashlib.sha256).digest()
-        if not hmac.compare_digest(base64.b64encode(digest).decode(), given):
+        if not hmac.compare_digest(base64.b64encode(digest), given.encode(errors="replace")):
             raise SignatureRejected("signature does not match", field="X-Shopify-Hmac-Sha256")
 
     def parse(

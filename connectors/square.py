@@ -1,0 +1,337 @@
+"""Square orders: the Orders API `Order` object, bare or as RetrieveOrder returns it
+(`{"order": {...}}`); amounts are already integer minor units. Square's own `order.*`
+notifications carry only a summary (id, version, state): the order itself is what RetrieveOrder
+returns for it, posted here signed the same way.
+
+Signed like Square's webhooks: `x-square-hmacsha256-signature` is the base64 HMAC-SHA256 of the
+notification URL followed by the body, keyed with the subscription's signature key (the
+secret). The URL must be exactly the one registered with Square: `notification_url`, else
+OMS_SQUARE_NOTIFICATION_URL, else where `oms api` listens by default (NOTIFICATION_URL).
+Square bumps `version` on every committed update: version N > 1 is `OrderModified` with
+revision N - 1, so its intake sequence is N.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt
+
+from connectors.base import ChannelEvent, Connector, SignatureRejected
+from connectors.samples import SampleOrder
+from events.models import Address, Customer, OrderLine, OrderMode, PaymentStatus
+
+NOTIFICATION_URL = "http://127.0.0.1:8080/webhooks/square"
+_MODES = {"PICKUP": OrderMode.PICKUP, "SHIPMENT": OrderMode.SHIP, "DELIVERY": OrderMode.DELIVERY}
+# A service charge named like a delivery fee is one.
+_DELIVERY_WORDS = ("deliver", "shipping")
+
+
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class _Money(_Loose):
+    amount: StrictInt  # minor units; "3.00" or 3.5 is a mistake, not 3
+    currency: str | None = None
+
+
+_ZERO = _Money(amount=0)
+
+
+class _Total(_Money):
+    currency: str
+
+
+class _Modifier(_Loose):
+    name: str = ""
+    quantity: int = Field(default=1, ge=0)  # per unit of the line item
+    base_price_money: _Money = _ZERO
+
+
+class _LineItem(_Loose):
+    name: str = "Custom amount"
+    quantity: int = Field(gt=0)  # a string in Square's JSON; weighed (fractional) items fail
+    catalog_object_id: str | None = None
+    variation_name: str | None = None
+    base_price_money: _Money
+    modifiers: list[_Modifier] = []
+
+
+class _Tax(_Loose):
+    type: str = "ADDITIVE"
+    applied_money: _Money = _ZERO
+
+
+class _ServiceCharge(_Loose):
+    name: str = ""
+    applied_money: _Money | None = None
+    amount_money: _Money = _ZERO
+
+
+class _Address(_Loose):
+    address_line_1: str | None = None
+    address_line_2: str | None = None
+    locality: str | None = None
+    postal_code: str | None = None
+    country: str | None = None
+
+
+class _Recipient(_Loose):
+    customer_id: str | None = None
+    display_name: str | None = None
+    email_address: str | None = None
+    phone_number: str | None = None
+    address: _Address | None = None
+
+
+class _Details(_Loose):
+    """pickup_details, delivery_details or shipment_details: what this connector reads of them."""
+
+    recipient: _Recipient = _Recipient()
+    pickup_at: AwareDatetime | None = None
+    deliver_at: AwareDatetime | None = None
+    note: str | None = None
+    shipping_note: str | None = None
+
+
+class _Fulfillment(_Loose):
+    type: Literal["PICKUP", "SHIPMENT", "DELIVERY"]
+    pickup_details: _Details | None = None
+    delivery_details: _Details | None = None
+    shipment_details: _Details | None = None
+
+
+class _CardDetails(_Loose):
+    status: str | None = None  # AUTHORIZED, CAPTURED, VOIDED, FAILED
+
+
+class _Tender(_Loose):
+    type: str
+    amount_money: _Money  # includes the tender's tip
+    card_details: _CardDetails | None = None
+
+
+class _SquareOrder(_Loose):
+    id: str
+    location_id: str
+    customer_id: str | None = None
+    created_at: AwareDatetime
+    updated_at: AwareDatetime | None = None
+    version: int | None = None
+    state: str = "OPEN"
+    ticket_name: str | None = None
+    metadata: dict[str, str] = {}
+    line_items: list[_LineItem]
+    taxes: list[_Tax] = []
+    service_charges: list[_ServiceCharge] = []
+    fulfillments: list[_Fulfillment] = []
+    tenders: list[_Tender] = []
+    total_money: _Total
+    total_tax_money: _Money = _ZERO
+    total_discount_money: _Money = _ZERO
+    total_tip_money: _Money = _ZERO
+
+
+class SquareConnector(Connector):
+    name = "square"
+    signed = True
+
+    def __init__(self, *, secret: str | None = None, notification_url: str | None = None) -> None:
+        super().__init__(secret=secret)
+        self.notification_url = notification_url or _notification_url()
+
+    def verify(self, headers: Mapping[str, str], body: bytes) -> None:
+        if self.secret is None:
+            return
+        given = {k.lower(): v for k, v in headers.items()}.get("x-square-hmacsha256-signature")
+        expected = _signature(self.secret, self.notification_url, body)
+        if not hmac.compare_digest(expected.encode(), (given or "").encode()):
+            raise SignatureRejected(
+                "signature does not match", field="x-square-hmacsha256-signature"
+            )
+
+    def parse(
+        self, raw: bytes, *, received_at: datetime, headers: Mapping[str, str] | None = None
+    ) -> ChannelEvent:
+        document = self.load_json(raw)
+        if isinstance(document, dict) and isinstance(document.get("order"), dict):
+            document = document["order"]
+        order = self.validate(_SquareOrder, document)
+        revision = order.version - 1 if order.version and order.version > 1 else 0
+        fulfillment = order.fulfillments[0] if order.fulfillments else None
+        details = _details(fulfillment) or _Details()
+        recipient, extra = details.recipient, order.metadata
+        delivery_fee, service_fee = _fees(order)
+        inclusive = sum(t.applied_money.amount for t in order.taxes if t.type == "INCLUSIVE")
+        address = recipient.address
+        return self.order(
+            external_id=order.id,
+            placed_at=order.created_at,
+            occurred_at=(order.updated_at or order.created_at) if revision else order.created_at,
+            received_at=received_at,
+            revision=revision,
+            mode=_MODES[fulfillment.type] if fulfillment else OrderMode.DINE_IN,
+            currency=order.total_money.currency.upper(),
+            lines=[_line(item) for item in order.line_items],
+            delivery_fee=delivery_fee,
+            packaging_fee=service_fee,
+            discount=order.total_discount_money.amount,
+            tax=order.total_tax_money.amount - inclusive,  # inclusive tax is in the prices
+            total=order.total_money.amount,
+            payment_status=_payment(order),
+            # An in-store sale has no fulfillment: who ordered it is in the ordering app's
+            # metadata, or at least on the ticket.
+            customer=Customer(
+                id=order.customer_id or recipient.customer_id,
+                name=recipient.display_name or extra.get("customer_name") or order.ticket_name,
+                phone=recipient.phone_number or extra.get("customer_phone"),
+                email=recipient.email_address or extra.get("customer_email"),
+            ),
+            address=None
+            if address is None or not address.address_line_1
+            else Address(
+                text=", ".join(p for p in (address.address_line_1, address.address_line_2) if p),
+                city=address.locality,
+                postal_code=address.postal_code,
+                country=address.country,
+            ),
+            location_hint=order.location_id,
+            requested_at=details.pickup_at or details.deliver_at,
+            notes=details.note or details.shipping_note or extra.get("note"),
+        )
+
+
+def _details(fulfillment: _Fulfillment | None) -> _Details | None:
+    if fulfillment is None:
+        return None
+    return (
+        fulfillment.pickup_details or fulfillment.delivery_details or fulfillment.shipment_details
+    )
+
+
+def _fees(order: _SquareOrder) -> tuple[int, int]:
+    """(delivery fee, other service charges + tip): Square has no delivery-fee field, the
+    contract has no tip field, and Square's `total_money` includes the tip."""
+    delivery_fee, service_fee = 0, order.total_tip_money.amount
+    for charge in order.service_charges:
+        amount = (charge.applied_money or charge.amount_money).amount
+        if any(word in charge.name.lower() for word in _DELIVERY_WORDS):
+            delivery_fee += amount
+        else:
+            service_fee += amount
+    return delivery_fee, service_fee
+
+
+def _line(item: _LineItem) -> OrderLine:
+    chosen = [m for m in item.modifiers if m.quantity > 0]
+    variation = [item.variation_name] if item.variation_name not in (None, "", "Regular") else []
+    return OrderLine(
+        sku=item.catalog_object_id or item.name,
+        name=item.name,
+        quantity=item.quantity,
+        unit_price=item.base_price_money.amount
+        + sum(m.base_price_money.amount * m.quantity for m in chosen),
+        options=[*variation, *(m.name if m.quantity == 1 else f"{m.name} x{m.quantity}"
+                               for m in chosen)],
+    )  # fmt: skip
+
+
+def _payment(order: _SquareOrder) -> PaymentStatus:
+    statuses = {t.card_details.status for t in order.tenders if t.card_details}
+    if "AUTHORIZED" in statuses:
+        return PaymentStatus.PENDING
+    paid = sum(
+        t.amount_money.amount
+        for t in order.tenders
+        if t.card_details is None or t.card_details.status in (None, "CAPTURED")
+    )
+    if order.state == "COMPLETED" or (paid and paid >= order.total_money.amount):
+        return PaymentStatus.PAID
+    return PaymentStatus.PARTIALLY_PAID if paid else PaymentStatus.UNPAID
+
+
+def _notification_url() -> str:
+    return os.environ.get("OMS_SQUARE_NOTIFICATION_URL") or NOTIFICATION_URL
+
+
+def _signature(secret: str, notification_url: str, body: bytes) -> str:
+    digest = hmac.new(secret.encode(), notification_url.encode() + body, hashlib.sha256)
+    return base64.b64encode(digest.digest()).decode()
+
+
+def sample_payload(
+    order: SampleOrder, *, revision: int = 0, secret: str | None = None
+) -> tuple[bytes, dict[str, str]]:
+    """`order` as a RetrieveOrder response at `version` revision + 1, updated `revision` minutes
+    after it was placed; signed for the configured notification URL when `secret` is given."""
+
+    def money(amount: int) -> dict[str, Any]:
+        return {"amount": amount, "currency": order.currency}
+
+    created = order.placed_at.astimezone(UTC)
+    recipient: dict[str, Any] = {"display_name": order.customer_name,
+                                 "phone_number": order.customer_phone}  # fmt: skip
+    if order.address_text and order.mode in (OrderMode.DELIVERY, OrderMode.SHIP):
+        recipient["address"] = {"address_line_1": order.address_text}
+    kind, key, note = {
+        OrderMode.PICKUP: ("PICKUP", "pickup_details", "note"),
+        OrderMode.DELIVERY: ("DELIVERY", "delivery_details", "note"),
+        OrderMode.SHIP: ("SHIPMENT", "shipment_details", "shipping_note"),
+    }.get(order.mode, ("", "", ""))
+    details = (
+        {"recipient": recipient, note: order.notes} if order.notes else {"recipient": recipient}
+    )
+    charges = [("Delivery fee", order.delivery_fee), ("Packaging", order.packaging_fee)]
+    body: dict[str, Any] = {
+        "id": order.external_id, "location_id": order.store, "source": {"name": "OrderStream"},
+        "line_items": [
+            {"uid": f"line-{n}", "catalog_object_id": line.sku, "name": line.name,
+             "quantity": str(line.quantity), "item_type": "ITEM",
+             "base_price_money": money(line.unit_price),
+             "gross_sales_money": money(line.unit_price * line.quantity)}
+            for n, line in enumerate(order.lines, start=1)
+        ],
+        "taxes": [{"uid": "tax", "name": "Sales tax", "type": "ADDITIVE", "scope": "ORDER",
+                   "applied_money": money(order.tax)}] if order.tax else [],
+        "discounts": [{"uid": "discount", "name": "Promotion", "type": "FIXED_AMOUNT",
+                       "scope": "ORDER", "amount_money": money(order.discount),
+                       "applied_money": money(order.discount)}] if order.discount else [],
+        "service_charges": [
+            {"uid": name.lower().replace(" ", "-"), "name": name, "amount_money": money(amount),
+             "applied_money": money(amount), "total_money": money(amount),
+             "calculation_phase": "SUBTOTAL_PHASE", "taxable": False}
+            for name, amount in charges if amount
+        ],
+        "fulfillments": [{"uid": "fulfillment", "type": kind, "state": "PROPOSED", key: details}]
+        if kind else [],
+        "tenders": [{"id": f"{order.external_id}-tender", "type": "CARD",
+                     "amount_money": money(order.total), "card_details": {"status": "CAPTURED"}}],
+        "created_at": _rfc3339(created),
+        "updated_at": _rfc3339(created + timedelta(minutes=revision)),
+        "state": "OPEN", "version": revision + 1,
+        "total_money": money(order.total), "total_tax_money": money(order.tax),
+        "total_discount_money": money(order.discount), "total_tip_money": money(0),
+        "total_service_charge_money": money(order.delivery_fee + order.packaging_fee),
+    }  # fmt: skip
+    if not kind:  # an in-store sale: the ticket and the ordering app's metadata say who
+        body["ticket_name"] = order.customer_name[:30]
+        extra = {"customer_name": order.customer_name, "customer_phone": order.customer_phone,
+                 "note": order.notes}  # fmt: skip
+        body["metadata"] = {k: v for k, v in extra.items() if v}
+    raw = json.dumps({"order": body}, ensure_ascii=False).encode()
+    headers = {"content-type": "application/json"}
+    if secret is not None:
+        headers["x-square-hmacsha256-signature"] = _signature(secret, _notification_url(), raw)
+    return raw, headers
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

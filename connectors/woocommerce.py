@@ -1,0 +1,277 @@
+"""WooCommerce orders: the REST API v3 order object, as the `order.created` and `order.updated`
+webhooks deliver it.
+
+Signed with `X-WC-Webhook-Signature` (base64 HMAC-SHA256 of the body, keyed with the webhook's
+secret) when a secret is set. Money is decimal strings; `*_gmt` times are UTC without an offset.
+An order whose `date_modified_gmt` is later than its `date_created_gmt` is a revision
+(`OrderModified`, revision = the modification's Unix time) unless the delivery's
+`X-WC-Webhook-Topic` is `order.created`: WooCommerce saves a new order again within seconds
+(payment, stock), so it often arrives already "modified".
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from functools import partial
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from connectors.base import ChannelEvent, Connector, PayloadRejected, SignatureRejected, minor_units
+from connectors.samples import SampleOrder
+from events.models import Address, Customer, OrderLine, OrderMode, PaymentStatus
+
+# Shipping methods that are not shipping: the zone "Local pickup", the Local Pickup block's
+# `pickup_location` (its line names the store), and core's old "Local delivery".
+_MODES = {
+    "local_pickup": OrderMode.PICKUP,
+    "pickup_location": OrderMode.PICKUP,
+    "local_delivery": OrderMode.DELIVERY,
+}
+# Order statuses; `date_paid_gmt` (set once a payment completes) wins over them.
+_PAYMENT = {
+    "processing": PaymentStatus.PAID,
+    "completed": PaymentStatus.PAID,
+    "on-hold": PaymentStatus.PENDING,
+    "pending": PaymentStatus.PENDING,
+    "failed": PaymentStatus.UNPAID,
+    "cancelled": PaymentStatus.UNPAID,
+}
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+GmtTime = Annotated[datetime, AfterValidator(_as_utc)]
+
+
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class _Meta(_Loose):
+    key: str
+    value: Any = None
+    display_key: str | None = None
+    display_value: Any = None
+
+
+class _LineItem(_Loose):
+    name: str
+    sku: str | None = None
+    quantity: int = Field(gt=0)
+    subtotal: str  # before discounts, without tax
+    meta_data: list[_Meta] = []
+
+
+class _ShippingLine(_Loose):
+    method_id: str = ""
+    meta_data: list[_Meta] = []
+
+
+class _FeeLine(_Loose):
+    name: str = ""
+    total: str
+
+
+class _Contact(_Loose):
+    first_name: str = ""
+    last_name: str = ""
+    address_1: str = ""
+    address_2: str = ""
+    city: str = ""
+    postcode: str = ""
+    country: str = ""
+    email: str | None = None
+    phone: str | None = None
+
+
+class _WooOrder(_Loose):
+    id: int | str
+    status: str = "pending"
+    currency: str
+    date_created_gmt: GmtTime
+    date_modified_gmt: GmtTime | None = None
+    date_paid_gmt: GmtTime | None = None
+    discount_total: str = "0.00"
+    shipping_total: str = "0.00"
+    total_tax: str = "0.00"
+    total: str
+    customer_id: int = 0
+    customer_ip_address: str = ""
+    customer_note: str = ""
+    payment_method: str = ""
+    billing: _Contact = _Contact()
+    shipping: _Contact = _Contact()
+    line_items: list[_LineItem]
+    shipping_lines: list[_ShippingLine] = []
+    fee_lines: list[_FeeLine] = []
+
+
+class WoocommerceConnector(Connector):
+    name = "woocommerce"
+    signed = True
+
+    def verify(self, headers: Mapping[str, str], body: bytes) -> None:
+        if self.secret is None:
+            return
+        given = {k.lower(): v for k, v in headers.items()}.get("x-wc-webhook-signature", "")
+        if not hmac.compare_digest(_signature(self.secret, body).encode(), given.encode()):
+            raise SignatureRejected("signature does not match", field="X-WC-Webhook-Signature")
+
+    def parse(
+        self, raw: bytes, *, received_at: datetime, headers: Mapping[str, str] | None = None
+    ) -> ChannelEvent:
+        order = self.validate(_WooOrder, self.load_json(raw))
+        currency = order.currency.upper()
+        topic = {k.lower(): v for k, v in (headers or {}).items()}.get("x-wc-webhook-topic")
+        created, modified = order.date_created_gmt, order.date_modified_gmt
+        revision = 0
+        if modified is not None and modified > created and topic != "order.created":
+            revision = int(modified.timestamp())
+        fees = [
+            minor_units(fee.total, currency=currency, field=f"fee_lines.{i}.total")
+            for i, fee in enumerate(order.fee_lines)
+        ]  # a negative fee is how WooCommerce records a discount without a coupon
+        shipping = order.shipping_lines[0] if order.shipping_lines else _ShippingLine()
+        store = {m.key: m.value for m in shipping.meta_data}.get("pickup_location")
+        billing, recipient = order.billing, order.shipping
+        return self.order(
+            external_id=str(order.id),
+            placed_at=created,
+            occurred_at=modified if revision else created,
+            received_at=received_at,
+            revision=revision,
+            mode=_MODES.get(shipping.method_id, OrderMode.SHIP),
+            currency=currency,
+            lines=[_line(item, i, currency) for i, item in enumerate(order.line_items)],
+            delivery_fee=minor_units(
+                order.shipping_total, currency=currency, field="shipping_total"
+            ),
+            packaging_fee=sum(fee for fee in fees if fee > 0),
+            discount=minor_units(order.discount_total, currency=currency, field="discount_total")
+            - sum(fee for fee in fees if fee < 0),
+            tax=minor_units(order.total_tax, currency=currency, field="total_tax"),
+            total=minor_units(order.total, currency=currency, field="total"),
+            payment_status=_payment(order),
+            customer=Customer(
+                id=str(order.customer_id) if order.customer_id else None,
+                name=" ".join(p for p in (billing.first_name, billing.last_name) if p) or None,
+                phone=billing.phone or recipient.phone or None,
+                email=billing.email or None,
+            ),
+            address=None
+            if not recipient.address_1
+            else Address(
+                text=", ".join(p for p in (recipient.address_1, recipient.address_2) if p),
+                city=recipient.city or None,
+                postal_code=recipient.postcode or None,
+                country=recipient.country or None,
+            ),
+            location_hint=str(store) if store else None,
+            device_id=order.customer_ip_address or None,
+            notes=order.customer_note or None,
+        )
+
+
+def _line(item: _LineItem, index: int, currency: str) -> OrderLine:
+    field = f"line_items.{index}.subtotal"
+    # `price` is after discounts; the subtotal is before them, as `discount_total` expects.
+    unit_price, rest = divmod(
+        minor_units(item.subtotal, currency=currency, field=field), item.quantity
+    )
+    if rest:
+        raise PayloadRejected(f"does not divide by quantity {item.quantity}", field=field)
+    options = [
+        f"{meta.display_key or meta.key}: {meta.display_value or meta.value}"
+        for meta in item.meta_data
+        if not meta.key.startswith("_") and isinstance(meta.value, str | int | float)
+    ]
+    return OrderLine(
+        sku=item.sku or item.name, name=item.name, quantity=item.quantity,
+        unit_price=unit_price, options=options,
+    )  # fmt: skip
+
+
+def _payment(order: _WooOrder) -> PaymentStatus:
+    if order.payment_method == "cod" and order.status != "completed":
+        return PaymentStatus.CASH_ON_DELIVERY
+    if order.date_paid_gmt is not None:
+        return PaymentStatus.PAID
+    return _PAYMENT.get(order.status, PaymentStatus.PENDING)
+
+
+def _signature(secret: str, body: bytes) -> str:
+    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
+
+
+def _decimal(amount: int, currency: str) -> str:
+    """Minor units as the decimal string WooCommerce writes ("12.50", "1200" for JPY)."""
+    exponent = len(str(minor_units(1, currency=currency, field="currency"))) - 1
+    return str(Decimal(amount).scaleb(-exponent))
+
+
+def sample_payload(
+    order: SampleOrder, *, revision: int = 0, secret: str | None = None
+) -> tuple[bytes, dict[str, str]]:
+    """`order` as a WooCommerce webhook delivery: `order.created`, or with `revision` > 0 an
+    `order.updated` saved `revision` minutes later. WooCommerce has no dine-in: it is a pickup.
+    The store is the Local Pickup block's location, so only pickup orders carry it."""
+    money = partial(_decimal, currency=order.currency)
+    created = order.placed_at.astimezone(UTC).replace(microsecond=0)
+    modified = created + timedelta(minutes=revision)
+    first, _, last = order.customer_name.partition(" ")
+    method = {OrderMode.SHIP: "flat_rate", OrderMode.DELIVERY: "local_delivery"}.get(
+        order.mode, "pickup_location"
+    )
+    pickup = [{"id": 1, "key": "pickup_location", "value": order.store}]
+    remaining_discount, line_items = order.discount, []
+    for n, line in enumerate(order.lines, start=1):
+        subtotal = line.unit_price * line.quantity
+        share = min(remaining_discount, subtotal)  # WooCommerce spreads coupons over the lines
+        remaining_discount -= share
+        line_items.append({
+            "id": n, "name": line.name, "product_id": 100 + n, "quantity": line.quantity,
+            "subtotal": money(subtotal), "total": money(subtotal - share), "meta_data": [],
+            "sku": line.sku, "price": float(Decimal(money(subtotal - share)) / line.quantity),
+        })  # fmt: skip
+    body: dict[str, Any] = {
+        "id": int(order.external_id) if re.fullmatch(r"[1-9]\d*", order.external_id)
+        else order.external_id,
+        "number": order.external_id, "status": "processing", "currency": order.currency,
+        "date_created_gmt": _gmt(created), "date_modified_gmt": _gmt(modified),
+        "discount_total": money(order.discount), "shipping_total": money(order.delivery_fee),
+        "cart_tax": money(order.tax), "total_tax": money(order.tax), "total": money(order.total),
+        "prices_include_tax": False, "customer_id": 0, "customer_note": order.notes or "",
+        "billing": {"first_name": first, "last_name": last, "phone": order.customer_phone},
+        "shipping": {"first_name": first, "last_name": last,
+                     "address_1": order.address_text or "", "phone": order.customer_phone},
+        "payment_method": "stripe", "date_paid_gmt": _gmt(created), "line_items": line_items,
+        "tax_lines": [{"id": 90, "rate_code": "TAX-1", "label": "Tax",
+                       "tax_total": money(order.tax)}] if order.tax else [],
+        "shipping_lines": [{"id": 91, "method_id": method, "total": money(order.delivery_fee),
+                            "meta_data": pickup if method == "pickup_location" else []}],
+        "fee_lines": [{"id": 92, "name": "Packaging", "total": money(order.packaging_fee)}]
+        if order.packaging_fee else [],
+        "coupon_lines": [{"id": 93, "code": "sample", "discount": money(order.discount)}]
+        if order.discount else [],
+    }  # fmt: skip
+    raw = json.dumps(body, ensure_ascii=False).encode()
+    event = "updated" if revision else "created"
+    headers = {"X-WC-Webhook-Topic": f"order.{event}", "X-WC-Webhook-Resource": "order",
+               "X-WC-Webhook-Event": event}  # fmt: skip
+    if secret is not None:
+        headers["X-WC-Webhook-Signature"] = _signature(secret, raw)
+    return raw, headers
+
+
+def _gmt(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S")

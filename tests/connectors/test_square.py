@@ -1,0 +1,263 @@
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from connectors.base import PayloadRejected, SignatureRejected
+from connectors.samples import SampleLine, SampleOrder
+from connectors.square import SquareConnector, sample_payload
+from connectors.testing import ConnectorConformance
+from events.models import (
+    Customer,
+    OrderLine,
+    OrderMode,
+    OrderModified,
+    OrderReceived,
+    PaymentStatus,
+)
+from tests.conftest import FIXTURES
+
+NOW = datetime(2026, 11, 25, 20, 0, tzinfo=UTC)
+SECRET = "square-test-secret"
+
+
+def fixture(name: str) -> bytes:
+    return (FIXTURES / "square" / name).read_bytes()
+
+
+def parse(raw: bytes) -> OrderReceived | OrderModified:
+    return SquareConnector().parse(raw, received_at=NOW)
+
+
+def edited(name: str, change: Any) -> bytes:
+    document = json.loads(fixture(name))
+    change(document.get("order", document))
+    return json.dumps(document).encode()
+
+
+class TestSquareConformance(ConnectorConformance):
+    connector = SquareConnector(secret=SECRET)
+    fixtures = FIXTURES / "square"
+    bad_payloads = [
+        (b'{"order": {"id": "A", "created_at": "2026-11-25T10:00:00Z", "line_items": [], '
+         b'"total_money": {"amount": 0, "currency": "USD"}}}', "location_id"),
+        (b'{"id": "A", "location_id": "L1", "created_at": "2026-11-25T10:00:00", '
+         b'"line_items": [], "total_money": {"amount": 0, "currency": "USD"}}', "created_at"),
+        (b'{"id": "A", "location_id": "L1", "created_at": "2026-11-25T10:00:00Z", '
+         b'"line_items": [{"name": "Coffee", "quantity": "1.5", "base_price_money": '
+         b'{"amount": 300, "currency": "USD"}}], "total_money": {"amount": 450, '
+         b'"currency": "USD"}}', "line_items.0.quantity"),
+        (b'{"id": "A", "location_id": "L1", "created_at": "2026-11-25T10:00:00Z", '
+         b'"line_items": [{"name": "Coffee", "quantity": "1", "base_price_money": '
+         b'{"amount": "3.00", "currency": "USD"}}], "total_money": {"amount": 300, '
+         b'"currency": "USD"}}', "line_items.0.base_price_money.amount"),
+        (b'{"id": "A", "location_id": "L1", "created_at": "2026-11-25T10:00:00Z", '
+         b'"line_items": [], "fulfillments": [{"type": "TELEPORT"}], '
+         b'"total_money": {"amount": 0, "currency": "USD"}}', "fulfillments.0.type"),
+        (b'{"id": "A", "location_id": "L1", "created_at": "2026-11-25T10:00:00Z", '
+         b'"line_items": [], "total_money": {"amount": 0}}', "total_money.currency"),
+    ]  # fmt: skip
+
+
+def test_pickup_order_maps_modifiers_discount_tax_and_pickup_time() -> None:
+    order = parse(fixture("pickup_order.json"))
+    assert isinstance(order, OrderReceived)
+    assert (order.channel, order.external_id) == ("square", "kNq8RbPZ3tMvYcW2xLh7GfDsA4eZY")
+    assert (order.mode, order.currency, order.location_hint) == (
+        OrderMode.PICKUP, "USD", "L8Q2ZK4T9RB3M",
+    )  # fmt: skip
+    assert order.lines == [
+        OrderLine(sku="W62UWFY35CWMYGVWK6TWJDNI", name="Latte", quantity=2, unit_price=725,
+                  options=["Large", "Oat Milk", "Extra Shot"]),
+        OrderLine(sku="HK3GFZCSGRAQBPEWTFYVQPGA", name="Blueberry Muffin", quantity=1,
+                  unit_price=375),
+    ]  # fmt: skip
+    assert (order.delivery_fee, order.packaging_fee, order.discount, order.tax, order.total) == (
+        0, 0, 200, 144, 1769,
+    )  # fmt: skip
+    assert order.placed_at == datetime(2026, 11, 25, 14, 8, 31, 482000, tzinfo=UTC)
+    assert order.requested_at == datetime(2026, 11, 25, 14, 30, tzinfo=UTC)
+    assert order.customer == Customer(
+        id="JDKYHBWT1D4F8MFH63DBMEN8Y4", name="Priya Raman", phone="+12125550199",
+        email="priya.raman@example.com",
+    )  # fmt: skip
+    assert order.notes == "Name on the cups: Priya"
+    assert order.payment_status is PaymentStatus.PAID
+    assert order.address is None
+
+
+def test_a_later_version_revises_the_same_order_as_version_minus_one() -> None:
+    original = parse(fixture("pickup_order.json"))
+    revised = parse(fixture("pickup_order_modified.json"))
+    assert isinstance(revised, OrderModified)
+    assert (revised.order_id, revised.revision, revised.sequence) == (original.order_id, 2, 3)
+    assert revised.occurred_at == datetime(2026, 11, 25, 14, 12, 5, 220000, tzinfo=UTC)
+    assert (revised.lines[1].quantity, revised.tax, revised.total) == (2, 178, 2178)
+
+
+def test_an_in_store_sale_is_dine_in_with_inclusive_vat_and_the_tip_as_a_service_fee() -> None:
+    order = parse(fixture("dine_in_order.json"))
+    assert isinstance(order, OrderReceived)
+    assert order.mode is OrderMode.DINE_IN
+    assert order.tax == 0  # VAT is inside the prices
+    assert (order.packaging_fee, order.total) == (300, 2675)
+    assert order.lines[1].options == ["Extra Bacon"]  # the zero-quantity modifier is left out
+    assert order.lines[1].unit_price == 1400
+    assert (order.customer.name, order.customer.phone) == ("Oliver Bennett", "+447700900123")
+    assert order.notes == "Table 7, one high chair"
+    assert order.payment_status is PaymentStatus.PAID
+
+
+def test_a_delivery_fee_service_charge_is_the_delivery_fee_and_others_are_packaging() -> None:
+    order = parse(fixture("delivery_order.json"))  # the bare Order object, no wrapper
+    assert isinstance(order, OrderReceived)
+    assert (order.mode, order.delivery_fee, order.packaging_fee, order.tax) == (
+        OrderMode.DELIVERY, 499, 75, 620,
+    )  # fmt: skip
+    assert order.address is not None
+    assert (order.address.text, order.address.city, order.address.country) == (
+        "4521 Rue Saint-Denis, App. 3", "Montréal", "CA",
+    )  # fmt: skip
+    assert order.requested_at == datetime(2026, 11, 25, 23, 50, tzinfo=UTC)
+    assert order.payment_status is PaymentStatus.PENDING  # the card is only authorised
+
+
+def test_zero_decimal_currency_amounts_are_taken_as_they_are() -> None:
+    order = parse(fixture("shipment_order.json"))
+    assert isinstance(order, OrderReceived)
+    assert (order.mode, order.currency) == (OrderMode.SHIP, "JPY")
+    assert (order.lines[0].unit_price, order.delivery_fee, order.discount, order.total) == (
+        1800, 800, 600, 6200,
+    )  # fmt: skip
+    assert order.notes == "土日の配達希望"
+
+
+@pytest.mark.parametrize(
+    ("fulfillments", "mode"),
+    [
+        ([{"type": "PICKUP", "pickup_details": {}}], OrderMode.PICKUP),
+        ([{"type": "SHIPMENT", "shipment_details": {}}], OrderMode.SHIP),
+        ([{"type": "DELIVERY", "delivery_details": {}}], OrderMode.DELIVERY),
+        ([], OrderMode.DINE_IN),
+    ],
+)
+def test_the_fulfillment_type_decides_the_mode(
+    fulfillments: list[dict[str, Any]], mode: OrderMode
+) -> None:
+    order = parse(edited("pickup_order.json", lambda o: o.update(fulfillments=fulfillments)))
+    assert isinstance(order, OrderReceived)
+    assert order.mode is mode
+
+
+@pytest.mark.parametrize(
+    ("tenders", "state", "status"),
+    [
+        ([], "OPEN", PaymentStatus.UNPAID),
+        ([{"type": "CASH", "amount_money": {"amount": 1000, "currency": "USD"}}], "OPEN",
+         PaymentStatus.PARTIALLY_PAID),
+        ([{"type": "CARD", "amount_money": {"amount": 1769, "currency": "USD"},
+           "card_details": {"status": "VOIDED"}}], "OPEN", PaymentStatus.UNPAID),
+        ([], "COMPLETED", PaymentStatus.PAID),
+    ],
+)  # fmt: skip
+def test_tenders_decide_the_payment_status(
+    tenders: list[dict[str, Any]], state: str, status: PaymentStatus
+) -> None:
+    order = parse(edited("pickup_order.json", lambda o: o.update(tenders=tenders, state=state)))
+    assert isinstance(order, OrderReceived)
+    assert order.payment_status is status
+
+
+def test_the_signature_covers_the_notification_url_and_the_body() -> None:
+    body = fixture("pickup_order.json")
+    headers = json.loads(fixture("pickup_order.headers.json"))
+    SquareConnector(secret=SECRET).verify(headers, body)
+    with pytest.raises(SignatureRejected):
+        SquareConnector(secret=SECRET).verify(headers, body.replace(b"1769", b"1069"))
+    with pytest.raises(SignatureRejected):
+        SquareConnector(secret=SECRET, notification_url="https://elsewhere.example/hook").verify(
+            headers, body
+        )
+    with pytest.raises(SignatureRejected):
+        SquareConnector(secret="another-key").verify(headers, body)
+    SquareConnector(secret=None).verify({}, body)  # no key: local development
+
+
+def test_the_notification_url_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMS_SQUARE_NOTIFICATION_URL", "https://oms.example.com/webhooks/square")
+    raw, headers = sample_payload(SAMPLES[0], secret=SECRET)
+    SquareConnector(secret=SECRET).verify(headers, raw)
+    with pytest.raises(SignatureRejected):
+        SquareConnector(secret=SECRET, notification_url="http://127.0.0.1:8080/").verify(
+            headers, raw
+        )
+
+
+def test_a_weighed_item_with_a_fractional_quantity_is_rejected() -> None:
+    raw = edited("pickup_order.json", lambda o: o["line_items"][1].update(quantity="0.5"))
+    with pytest.raises(PayloadRejected) as rejected:
+        parse(raw)
+    assert rejected.value.field == "line_items.1.quantity"
+
+
+SAMPLES = [
+    SampleOrder(
+        external_id="sq-pickup-1", store="L8Q2ZK4T9RB3M", currency="USD",
+        placed_at=datetime(2026, 11, 25, 14, 0, 7, 250000, tzinfo=UTC), mode=OrderMode.PICKUP,
+        customer_name="Priya Raman", customer_phone="+12125550199",
+        lines=[SampleLine("LATTE-L", "Latte", 2, 725), SampleLine("MUFFIN", "Muffin", 1, 375)],
+        discount=200, tax=144, notes="Name on the cups: Priya",
+    ),
+    SampleOrder(
+        external_id="sq-delivery-2", store="LM3T8XKQ2V7RB", currency="CAD",
+        placed_at=datetime(2026, 11, 25, 23, 5, tzinfo=UTC), mode=OrderMode.DELIVERY,
+        customer_name="Camille Tremblay", customer_phone="+15145550123",
+        lines=[SampleLine("POUTINE", "Poutine", 2, 1545)], delivery_fee=499, packaging_fee=75,
+        tax=464, address_text="4521 Rue Saint-Denis",
+    ),
+    SampleOrder(
+        external_id="sq-table-3", store="LQ5VBGX1F4M2C", currency="GBP",
+        placed_at=datetime(2026, 11, 25, 12, 41, 9, tzinfo=UTC), mode=OrderMode.DINE_IN,
+        customer_name="Oliver Bennett", customer_phone="+447700900123",
+        lines=[SampleLine("FLAT-WHITE", "Flat White", 2, 340)], notes="High chair",
+    ),
+    SampleOrder(
+        external_id="sq-ship-4", store="LJP4TOKYO7X2Q", currency="JPY",
+        placed_at=datetime(2026, 11, 25, 1, 12, 40, tzinfo=UTC), mode=OrderMode.SHIP,
+        customer_name="佐藤 遥", customer_phone="+819012345678",
+        lines=[SampleLine("MATCHA-40", "抹茶缶 40g", 2, 1800)], delivery_fee=800, discount=360,
+        address_text="神宮前1-2-3", notes="土日の配達希望",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda s: s.external_id)
+@pytest.mark.parametrize("revision", [0, 2])
+def test_sample_payload_parses_back_to_the_sample_order(sample: SampleOrder, revision: int) -> None:
+    raw, headers = sample_payload(sample, revision=revision, secret=SECRET)
+    connector = SquareConnector(secret=SECRET)
+    connector.verify(headers, raw)
+    event = connector.parse(raw, received_at=NOW, headers=headers)
+    assert isinstance(event, OrderModified if revision else OrderReceived)
+    assert event.order_id == connector.order_id(sample.external_id)
+    assert [(li.sku, li.name, li.quantity, li.unit_price) for li in event.lines] == [
+        (li.sku, li.name, li.quantity, li.unit_price) for li in sample.lines
+    ]
+    assert (event.delivery_fee, event.packaging_fee, event.discount, event.tax, event.total) == (
+        sample.delivery_fee, sample.packaging_fee, sample.discount, sample.tax, sample.total,
+    )  # fmt: skip
+    assert event.notes == sample.notes
+    if isinstance(event, OrderModified):
+        assert event.revision == revision
+    else:
+        assert (event.mode, event.currency, event.location_hint) == (
+            sample.mode, sample.currency, sample.store,
+        )  # fmt: skip
+        assert event.placed_at.replace(microsecond=0) == sample.placed_at.replace(microsecond=0)
+        assert (event.customer.name, event.customer.phone) == (
+            sample.customer_name, sample.customer_phone,
+        )  # fmt: skip
+        assert event.payment_status is PaymentStatus.PAID
