@@ -181,6 +181,7 @@ def simulate(
     mean_shape = sum(profile.curve(h / 10) for h in range(240)) / 240
     report = SimulationReport()
     sent: list[tuple[str, SampleOrder, bytes, dict[str, str]]] = []
+    revision: Counter[str] = Counter()
     began = time.monotonic()
     credit = 0.0
     last = began
@@ -202,20 +203,23 @@ def simulate(
                 channel, _, body, headers = rng.choice(sent)  # the channel sends it again
                 report.duplicates += 1
             elif roll < profile.duplicate_share + profile.revision_share and sent:
-                channel, original, _, _ = rng.choice(sent)  # the customer adds one more
+                index = rng.randrange(len(sent))
+                channel, original, _, _ = sent[index]  # the customer adds one more
                 first = original.lines[0]
                 revised = replace(original, lines=[replace(first, quantity=first.quantity + 1),
                                                    *original.lines[1:]])  # fmt: skip
-                body, headers = samplers[channel](revised, revision=1)
+                revision[original.external_id] += 1
+                body, headers = samplers[channel](revised, revision=revision[original.external_id])
+                sent[index] = (channel, revised, body, headers)
                 report.revisions += 1
             else:
                 order = _sample_order(rng, profile, channel, report.generated, placed_at)
                 body, headers = samplers[channel](order)
-                if len(sent) < 5000:
-                    sent.append((channel, order, body, headers))
                 if roll > 1 - profile.malformed_share:
                     body = body[: len(body) // 2]  # cut off mid-payload, as a broken proxy might
                     report.malformed += 1
+                elif len(sent) < 5000:  # later duplicates and revisions pick from these
+                    sent.append((channel, order, body, headers))
             report.generated += 1
             report.by_channel[channel] += 1
             _send(connectors[channel], body, headers, publisher, report)
