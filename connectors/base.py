@@ -179,7 +179,9 @@ class Connector(ABC):
 
 def minor_units(amount: Any, *, currency: str, field: str) -> int:
     """A decimal amount ("12.34", 12.34) in the currency's minor units, refusing lost precision."""
-    exponent = _EXPONENTS.get(currency.upper(), 2)
+    exponent = (
+        _EXPONENTS.get(currency, 2) if currency.isupper() else _EXPONENTS.get(currency.upper(), 2)
+    )
     if isinstance(amount, str) and (match := _PLAIN_AMOUNT.fullmatch(amount)):
         # The common case without Decimal: "128", "128.5", "128.50", "-3.00".
         whole, fraction = match.group(1), match.group(2) or ""

@@ -7,10 +7,12 @@ import csv
 import io
 import json
 import multiprocessing
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from connectors.base import Connector, PayloadRejected
 from events.models import DeadLetter, utc_now
@@ -134,30 +136,33 @@ def _publish(
 
 
 PARALLEL_FROM = 10_000  # below this many payloads, starting processes costs more than it saves
-CHUNK = 2_000
-_worker: tuple[Connector, Publisher] | None = None
 
 
-def _start_worker(settings: Settings, connector: Connector) -> None:
-    global _worker
-    _worker = (connector, Publisher(settings))
+_done: Any = None  # a worker's shared progress counter, set by `_start_worker`
 
 
-def _publish_chunk(file_name: str, chunk: list[Payload]) -> ImportReport:
-    assert _worker is not None
-    connector, publisher = _worker
-    return _publish(chunk, file_name=file_name, connector=connector, publisher=publisher)
+def _start_worker(done: Any) -> None:
+    global _done
+    _done = done
 
 
-def _chunks(path: Path) -> Iterator[list[Payload]]:
-    chunk: list[Payload] = []
-    for payload in payloads(path):
-        chunk.append(payload)
-        if len(chunk) == CHUNK:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+def _publish_share(
+    settings: Settings, connector: Connector, path: Path, share: int, shares: int
+) -> ImportReport:
+    """One worker process: every `shares`-th payload of the file, from the `share`-th on."""
+    publisher = Publisher(settings)
+    mine = (p for n, p in enumerate(payloads(path)) if n % shares == share)
+
+    def count(report: ImportReport) -> None:
+        if report.lines % 500 == 0:  # the shared counter is locked: update it now and then
+            with _done.get_lock():
+                _done.value += 500
+
+    report = _publish(mine, file_name=path.name, connector=connector, publisher=publisher,
+                      on_line=count)  # fmt: skip
+    with _done.get_lock():
+        _done.value += report.lines % 500
+    return report
 
 
 def import_file(
@@ -171,28 +176,41 @@ def import_file(
     """Publish every parseable payload; report and dead-letter the rest. Returns once Kafka has
     acknowledged everything (or reports what it did not).
 
-    With `workers` > 1 and a large file, chunks are parsed and published by that many
-    processes (parsing is the bottleneck, and it is CPU-bound). Orders then reach Kafka in a
+    With `workers` > 1 and a large file, that many processes each read the file and take
+    every n-th payload (parsing is CPU-bound; reading is cheap). Orders then reach Kafka in a
     slightly different order than the file's; a revision is recognised by its revision number,
     not by its position.
     """
-    if workers <= 1 or count_payloads(path) < PARALLEL_FROM:
+    total_payloads = count_payloads(path) if workers > 1 else 0
+    if total_payloads < PARALLEL_FROM:
         return _publish(payloads(path), file_name=path.name, connector=connector,
                         publisher=publisher, on_line=on_line)  # fmt: skip
-    total = ImportReport()
     context = multiprocessing.get_context("spawn")  # librdkafka's threads do not survive fork
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
-                             initargs=(publisher.settings, connector)) as pool:  # fmt: skip
-        pending = [pool.submit(_publish_chunk, path.name, chunk) for chunk in _chunks(path)]
-        for future in pending:
+    done = context.Value("q", 0)
+    total = ImportReport()
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_start_worker, initargs=(done,)
+    ) as pool:
+        futures = [
+            pool.submit(_publish_share, publisher.settings, connector, path, share, workers)
+            for share in range(workers)
+        ]
+        reported = 0
+        while not all(future.done() for future in futures):
+            time.sleep(0.1)
+            if on_line is not None:
+                for _ in range(done.value - reported):
+                    on_line(total)
+                reported = done.value
+        for future in futures:
             part = future.result()
             total.lines += part.lines
             total.published += part.published
             total.acknowledged += part.acknowledged
             total.dead_lettered += part.dead_lettered
             total.errors.extend(part.errors)
-            if on_line is not None:
-                for _ in range(part.lines):
-                    on_line(total)
+        if on_line is not None:
+            for _ in range(max(total.lines - reported, 0)):
+                on_line(total)
     total.errors.sort(key=lambda error: error.line)
     return total
