@@ -182,6 +182,22 @@ def minor_units(amount: Any, *, currency: str, field: str) -> int:
     exponent = (
         _EXPONENTS.get(currency, 2) if currency.isupper() else _EXPONENTS.get(currency.upper(), 2)
     )
+    if isinstance(amount, str):
+        # Menus and catalogues repeat their prices: remember recent conversions.
+        key = (amount, exponent)
+        cached = _AMOUNTS.get(key)
+        if cached is None:
+            cached = _AMOUNTS[key] = _convert(amount, exponent, currency, field)
+            if len(_AMOUNTS) > 4096:
+                _AMOUNTS.clear()
+        return cached
+    return _convert(amount, exponent, currency, field)
+
+
+_AMOUNTS: dict[tuple[str, int], int] = {}
+
+
+def _convert(amount: Any, exponent: int, currency: str, field: str) -> int:
     if isinstance(amount, str) and (match := _PLAIN_AMOUNT.fullmatch(amount)):
         # The common case without Decimal: "128", "128.5", "128.50", "-3.00".
         whole, fraction = match.group(1), match.group(2) or ""
