@@ -10,6 +10,7 @@ import asyncio
 import os
 import random
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,22 +48,25 @@ def order_file(path: Path, count: int, *, seed: int = 11) -> tuple[int, int]:
     return path.stat().st_size, avro_bytes // min(count, 1000)
 
 
-def file_import(settings: Settings, *, orders: int, workers: int) -> dict[str, Any]:
+def file_import(settings: Settings, *, orders: int, workers: int, runs: int = 3) -> dict[str, Any]:
     from connectors.intake import import_file
 
     with tempfile.TemporaryDirectory() as tmp, scratch_topics(settings, "bench") as scratch:
         path = Path(tmp) / "orders.jsonl"
         size, record_size = order_file(path, orders)
-        started = time.perf_counter()
-        report = import_file(path, connector=WebshopConnector(), publisher=Publisher(scratch),
-                             workers=workers)  # fmt: skip
-        elapsed = time.perf_counter() - started
+        rates, acknowledged = [], []
+        for _ in range(runs):  # the broker shares the 2 cores: take the median of a few runs
+            started = time.perf_counter()
+            report = import_file(path, connector=WebshopConnector(),
+                                 publisher=Publisher(scratch), workers=workers)  # fmt: skip
+            rates.append(report.acknowledged / (time.perf_counter() - started))
+            acknowledged.append(report.acknowledged)
         limit = producer_perf_test(scratch, topic=scratch.topics.notifications, records=orders,
                                    record_size=record_size)  # fmt: skip
-    rate = report.acknowledged / elapsed
+    rate = statistics.median(rates)
     return {
-        "orders": orders, "acknowledged": report.acknowledged, "workers": workers,
-        "file_bytes": size, "avro_record_bytes": record_size, "seconds": elapsed,
+        "orders": orders, "acknowledged": min(acknowledged), "workers": workers,
+        "file_bytes": size, "avro_record_bytes": record_size, "runs_orders_per_s": rates,
         "orders_per_s": rate, "producer_perf_test_records_per_s": limit,
         "ratio_to_producer_perf_test": rate / limit,
         "target_orders_per_s": IMPORT_TARGET_PER_S, "meets_target": rate >= IMPORT_TARGET_PER_S,
@@ -168,8 +172,9 @@ def run(settings: Settings, *, orders: int, rate: float, seconds: float) -> dict
 def report(figures: dict[str, Any]) -> list[str]:
     f, w = figures["file_import"], figures["webhook"]
     return [
-        f"file import: {f['acknowledged']:,} orders in {f['seconds']:.1f} s = "
-        f"{f['orders_per_s']:,.0f} orders/s ({f['workers']} processes)  "
+        f"file import of {f['orders']:,} orders: median {f['orders_per_s']:,.0f} orders/s of "
+        f"{len(f['runs_orders_per_s'])} runs "
+        f"({', '.join(f'{r:,.0f}' for r in f['runs_orders_per_s'])}; {f['workers']} processes)  "
         f"{'meets' if f['meets_target'] else 'BELOW'} target {IMPORT_TARGET_PER_S:,}/s",
         f"  kafka-producer-perf-test, {f['avro_record_bytes']}-byte records: "
         f"{f['producer_perf_test_records_per_s']:,.0f} records/s "
