@@ -20,7 +20,14 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
 from events.codec import AvroCodec, CodecError, message_ref
-from events.models import DeadLetter, OrderAccepted, OrderEvent, OrderReceived, OrderRejected
+from events.models import (
+    DeadLetter,
+    OrderAccepted,
+    OrderEvent,
+    OrderModified,
+    OrderReceived,
+    OrderRejected,
+)
 from oms.publisher import Publisher
 from oms.settings import Settings
 from projections.schema import ORDER_EVENTS_COLUMNS, ORDERS_COLUMNS, migrate
@@ -84,6 +91,18 @@ def apply(
             "rejection_codes": [],
             "placed_at": _ts(event),
         }
+    if isinstance(event, OrderModified):
+        return (
+            state
+            | {
+                "total": event.total,
+                "line_count": len(event.lines),
+                "item_count": sum(max(line.quantity, 0) for line in event.lines),
+                "address": event.address.text if event.address else state["address"],
+                "status": "modified",
+            }
+            | where
+        )
     if isinstance(event, OrderAccepted):
         return (
             state

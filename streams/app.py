@@ -13,9 +13,9 @@ from typing import Any
 import faust
 
 from events.codec import AvroCodec, CodecError, message_ref
-from events.models import DeadLetter, OrderReceived, utc_now
+from events.models import DeadLetter, OrderModified, OrderReceived, utc_now
 from oms.settings import Settings, get_settings
-from streams import validation
+from streams.intake import OrderRecord, decide
 
 
 def create_app(settings: Settings | None = None) -> faust.App:
@@ -34,7 +34,7 @@ def create_app(settings: Settings | None = None) -> faust.App:
         web_enabled=False,
         datadir=str(settings.home / "faust"),
     )
-    intake = app.topic(settings.topics.intake, key_type=bytes, value_type=bytes)
+    intake_topic = app.topic(settings.topics.intake, key_type=bytes, value_type=bytes)
     orders = app.topic(settings.topics.orders, key_type=bytes, value_type=bytes)
     dlq = app.topic(settings.topics.dlq, key_type=bytes, value_type=bytes)
 
@@ -43,32 +43,68 @@ def create_app(settings: Settings | None = None) -> faust.App:
         delivery = await topic.send(key=key.encode(), value=value)
         await delivery
 
-    @app.agent(intake, name="validate")
-    async def validate(stream: faust.StreamT[Any]) -> AsyncIterator[list[str]]:
-        """Yields the event types it wrote, for tests and tracing."""
+    # Per order: what the order log holds (see streams.intake). Keyed like the intake topic
+    # (order id), so each partition's orders live with the worker that consumes them.
+    records = app.Table(
+        "order-records", default=None, key_type=bytes, value_type=bytes,
+        partitions=_partitions(settings, settings.topics.intake),
+    )  # fmt: skip
+
+    async def dead_letter(message: Any, raw: bytes, reason: str) -> None:
+        where = message_ref(message.topic, message.partition, message.offset)
+        letter = DeadLetter.of(source=message.topic, source_ref=where, reason=reason, raw=raw)
+        await send_confirmed(dlq, where, codec.encode(letter))
+
+    @app.agent(intake_topic, name="intake")
+    async def take_in(stream: faust.StreamT[Any]) -> AsyncIterator[list[str]]:
+        """Dedup, sequence and validate; yields the event types it wrote (tests, tracing)."""
         async for event in stream.events():
             message = event.message
             where = message_ref(message.topic, message.partition, message.offset)
             raw = event.value or b""
             try:
-                order = codec.decode(raw, where=where)
-                if not isinstance(order, OrderReceived):
+                received = codec.decode(raw, where=where)
+                if not isinstance(received, OrderReceived | OrderModified):
                     raise CodecError(
-                        f"expected OrderReceived, got {type(order).__name__}", where=where
+                        f"{type(received).__name__} does not belong on the intake topic",
+                        where=where,
                     )
             except CodecError as exc:
-                letter = DeadLetter.of(
-                    source=message.topic, source_ref=where, reason=str(exc), raw=raw
-                )
-                await send_confirmed(dlq, where, codec.encode(letter))
+                await dead_letter(message, raw, str(exc))
                 yield ["DeadLetter"]
                 continue
-            decided = validation.decide(order, now=utc_now())
-            for outcome in decided:
+            key = received.order_id.encode()
+            stored = records.get(key)
+            record = None if stored is None else OrderRecord.model_validate_json(stored)
+            decision = decide(record, received, now=utc_now())
+            # Outputs first, state after: a crash in between re-makes the same events (same
+            # ids and sequences), which every reader recognises as redeliveries.
+            for outcome in decision.to_log:
                 await send_confirmed(orders, outcome.order_id, codec.encode(outcome))
-            yield [outcome.event_type for outcome in decided]
+            if decision.refusal is not None:
+                await dead_letter(message, raw, f"{decision.refusal} ({where})")
+            if decision.record is not None:
+                records[key] = decision.record.model_dump_json().encode()
+            written = [outcome.event_type for outcome in decision.to_log]
+            yield written + (["DeadLetter"] if decision.refusal is not None else [])
 
     return app
+
+
+def _partitions(settings: Settings, topic: str) -> int:
+    """The topic's partition count (a table's changelog must match its source topic)."""
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        metadata = AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).list_topics(
+            topic, timeout=10
+        )
+        found = metadata.topics.get(topic)
+        if found is not None and found.error is None and found.partitions:
+            return len(found.partitions)
+    except Exception:  # noqa: BLE001 - no broker yet: Faust will report it itself
+        pass
+    return settings.kafka_partitions
 
 
 def run_worker(argv: list[str] | None = None) -> None:

@@ -113,30 +113,38 @@ def rejection_reasons(order: OrderReceived) -> list[RejectionReason]:
     return reasons
 
 
-def decide(order: OrderReceived, *, now: datetime) -> list[OrderEvent]:
-    """The received order itself (into the order log) followed by the validation verdict."""
+def verdict(
+    order: OrderReceived, *, previous: OrderEvent, sequence: int, now: datetime
+) -> OrderEvent:
+    """`OrderAccepted` or `OrderRejected` for `order`, caused by `previous` (the event that
+    brought it to validation: its receipt or a revision); the id follows from that event, so
+    re-processing a redelivered input yields the identical verdict."""
     envelope: dict[str, Any] = {
         "order_id": order.order_id,
-        "sequence": order.sequence + 1,
+        "sequence": sequence,
         "occurred_at": now,
         "recorded_at": now,
         "correlation_id": order.correlation_id,
-        "causation_id": order.event_id,
+        "causation_id": previous.event_id,
         "actor": ACTOR,
         "channel": order.channel,
         "external_id": order.external_id,
     }
     reasons = rejection_reasons(order)
-    verdict: OrderEvent
     if reasons:
-        verdict = OrderRejected(
-            event_id=deterministic_id(order.event_id, "OrderRejected"), reasons=reasons, **envelope
-        )
-    else:
-        verdict = OrderAccepted(
-            event_id=deterministic_id(order.event_id, "OrderAccepted"),
-            total=order.total,
-            currency=order.currency,
+        return OrderRejected(
+            event_id=deterministic_id(previous.event_id, "OrderRejected"),
+            reasons=reasons,
             **envelope,
         )
-    return [order, verdict]
+    return OrderAccepted(
+        event_id=deterministic_id(previous.event_id, "OrderAccepted"),
+        total=order.total,
+        currency=order.currency,
+        **envelope,
+    )
+
+
+def decide(order: OrderReceived, *, now: datetime) -> list[OrderEvent]:
+    """The received order itself (into the order log) followed by the validation verdict."""
+    return [order, verdict(order, previous=order, sequence=order.sequence + 1, now=now)]

@@ -101,6 +101,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         {
             "OMS_HOME": str(settings.home),
             "OMS_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+            "OMS_KAFKA_PARTITIONS": str(settings.kafka_partitions),
             "OMS_CONSUMER_GROUP": settings.consumer_group,
             "OMS_CLICKHOUSE_URL": settings.resolved_clickhouse_url,
             "OMS_TOPIC_INTAKE": settings.topics.intake,
@@ -135,3 +136,26 @@ def read_topic(
         consumer.close()
     assert len(messages) >= expect, f"only {len(messages)} of {expect} messages on {topic}"
     return messages
+
+
+def wait_consumed(settings: Settings, topic: str, *, timeout_s: float = 60.0) -> None:
+    """Wait until the worker's consumer group has committed to the end of `topic`."""
+    from confluent_kafka import TopicPartition
+
+    probe = Consumer(
+        {"bootstrap.servers": settings.kafka_bootstrap, "group.id": settings.consumer_group,
+         "enable.auto.commit": False}
+    )  # fmt: skip
+    try:
+        partitions = probe.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in partitions}  # fmt: skip
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            committed = probe.committed([TopicPartition(topic, p) for p in ends], timeout=10)
+            if all(tp.offset >= ends[tp.partition] for tp in committed if ends[tp.partition]):
+                return
+            time.sleep(0.5)
+    finally:
+        probe.close()
+    pytest.fail(f"the worker did not consume {topic} to its end within {timeout_s}s")

@@ -43,7 +43,7 @@ def app_and_sent(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Iterator[tup
 async def test_valid_order_goes_to_the_order_log_with_its_acceptance(app_and_sent: Any) -> None:
     app, sent = app_and_sent
     order = received()
-    async with app.agents["validate"].test_context() as agent:
+    async with app.agents["intake"].test_context() as agent:
         result = await agent.put(CODEC.encode(order))
         assert agent.results[result.message.offset] == ["OrderReceived", "OrderAccepted"]
     topics = {topic for topic, _, _ in sent}
@@ -55,7 +55,7 @@ async def test_valid_order_goes_to_the_order_log_with_its_acceptance(app_and_sen
 
 async def test_invalid_order_is_rejected_with_reasons(app_and_sent: Any) -> None:
     app, sent = app_and_sent
-    async with app.agents["validate"].test_context() as agent:
+    async with app.agents["intake"].test_context() as agent:
         await agent.put(CODEC.encode(received(total=1)))
     verdict = CODEC.decode(sent[-1][2])
     assert isinstance(verdict, OrderRejected)
@@ -64,7 +64,7 @@ async def test_invalid_order_is_rejected_with_reasons(app_and_sent: Any) -> None
 
 async def test_corrupt_message_goes_to_the_dlq_and_the_agent_keeps_going(app_and_sent: Any) -> None:
     app, sent = app_and_sent
-    async with app.agents["validate"].test_context() as agent:
+    async with app.agents["intake"].test_context() as agent:
         await agent.put(b"\x00\x00\x00\x00\x01garbage")
         await agent.put(CODEC.encode(received()))
     assert sent[0][0] == "oms.dlq.v1"
@@ -73,3 +73,13 @@ async def test_corrupt_message_goes_to_the_dlq_and_the_agent_keeps_going(app_and
     assert letter.raw == b"\x00\x00\x00\x00\x01garbage"
     assert "corrupt Avro body" in letter.reason
     assert [topic for topic, _, _ in sent[1:]] == ["oms.orders.v1", "oms.orders.v1"]
+
+
+async def test_a_redelivered_order_is_written_once(app_and_sent: Any) -> None:
+    app, sent = app_and_sent
+    async with app.agents["intake"].test_context() as agent:
+        first = await agent.put(CODEC.encode(received()))
+        second = await agent.put(CODEC.encode(received()))
+        assert agent.results[first.message.offset] == ["OrderReceived", "OrderAccepted"]
+        assert agent.results[second.message.offset] == []
+    assert len(sent) == 2

@@ -19,7 +19,7 @@ from oms.settings import Settings
 from projections.projector import Projector
 from projections.queries import event_count, order_state, status_counts
 from projections.store import ClickHouseStore
-from tests.conftest import read_topic, settings_env
+from tests.conftest import FIXTURES, read_topic, settings_env, wait_consumed
 from tests.factories import received
 
 pytestmark = pytest.mark.integration
@@ -110,13 +110,43 @@ def test_the_same_channel_order_delivered_twice_is_one_order(
     path.write_bytes(b"\n".join(lines) + b"\n")
     for _ in range(2):
         assert connect_file(settings, path).returncode == 0
-    # Both deliveries went through the worker: 2 x (received + accepted) on the log...
-    read_topic(settings, settings.topics.orders, expect=20, timeout_s=60)
-    projector = Projector(settings=settings, store=store, batch_seconds=0.3)
-    projector.run(until=lambda _: projector.lag() == 0)
-    # ...and the read model holds each order and each event once.
+    wait_consumed(settings, settings.topics.intake)
+    # The worker took the second delivery as a redelivery: the log has each order once.
+    events = read_topic(settings, settings.topics.orders, expect=10, timeout_s=30)
+    assert len(events) == 10
+    assert sorted(AvroCodec().decode(m.value()).event_type for m in events) == (
+        ["OrderAccepted"] * 5 + ["OrderReceived"] * 5)  # fmt: skip
+    project_until(settings, store, events=10)
     assert status_counts(store) == {"accepted": 5}
-    assert store.query(f"SELECT count() FROM {store.database}.order_events FINAL") == [(10,)]
+
+
+def test_a_revision_is_sequenced_after_the_order_and_validated_again(
+    isolated_settings: Settings,
+    store: ClickHouseStore,
+    worker: subprocess.Popen[bytes],
+    tmp_path: Path,
+) -> None:
+    settings = isolated_settings
+    path = tmp_path / "orders.jsonl"
+    original = FIXTURES / "webshop" / "ship_order.json"
+    revised = FIXTURES / "webshop" / "ship_order_modified.json"
+    path.write_bytes(b"\n".join(p.read_bytes().replace(b"\n", b"") for p in (original, revised))
+                     + b"\n")  # fmt: skip
+    assert connect_file(settings, path).returncode == 0
+    events = read_topic(settings, settings.topics.orders, expect=4, timeout_s=60)
+    decoded = sorted((AvroCodec().decode(m.value()) for m in events), key=lambda e: e.sequence)
+    assert [(e.event_type, e.sequence) for e in decoded] == [
+        ("OrderReceived", 1),
+        ("OrderAccepted", 2),
+        ("OrderModified", 3),
+        ("OrderAccepted", 4),
+    ]
+    assert decoded[3].total == 15000  # type: ignore[union-attr]
+    project_until(settings, store, events=4)
+    state = order_state(store, decoded[0].order_id)
+    assert state is not None
+    assert (state["version"], state["status"], state["total"], state["item_count"]) == (
+        4, "accepted", 15000, 4)  # fmt: skip
 
 
 def test_worker_dead_letters_corrupt_and_unknown_schema_messages_and_keeps_going(

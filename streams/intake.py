@@ -1,0 +1,112 @@
+"""Intake and dedup: a pure decision over one connector event and what the order log already
+holds for that order.
+
+- An exact redelivery (an event id already taken in) changes nothing.
+- A new `OrderReceived` goes onto the order log with sequence 1, followed by its validation
+  verdict.
+- An `OrderModified` (a channel revision) is re-sequenced onto the log after the order's last
+  event and the merged order is validated again — if the order's status still allows a
+  modification and the revision is newer than the last one applied. Otherwise it is refused
+  with a reason (the agent dead-letters it: nothing is dropped silently).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from pydantic import Field
+
+from events.lifecycle import TRANSITIONS, OrderStatus
+from events.models import (
+    Frozen,
+    OrderEvent,
+    OrderModified,
+    OrderReceived,
+    deterministic_id,
+)
+from streams import validation
+
+SEEN_KEPT = 64  # intake event ids remembered per order (redeliveries come close together)
+
+
+class OrderRecord(Frozen):
+    """What the intake agent keeps per order (a Faust table value, stored as JSON)."""
+
+    order: OrderReceived = Field(description="the order as received, with revisions merged")
+    version: int = Field(description="sequence of the order's last event on the order log")
+    status: OrderStatus
+    revision: int = 0
+    seen: list[str] = Field(default_factory=list, description="intake event ids taken in")
+
+
+@dataclass(frozen=True)
+class IntakeDecision:
+    record: OrderRecord | None  # the new state (None: unchanged)
+    to_log: list[OrderEvent]  # events for the order log, in sequence
+    refusal: str | None = None  # why the input was not taken (dead-lettered by the agent)
+
+
+def decide(
+    record: OrderRecord | None, event: OrderReceived | OrderModified, *, now: datetime
+) -> IntakeDecision:
+    if record is not None and event.event_id in record.seen:
+        return IntakeDecision(None, [])  # an exact redelivery
+    if isinstance(event, OrderReceived):
+        if record is not None:
+            # Same order id, different event id: a connector bug, or a re-numbered channel order.
+            return IntakeDecision(None, [], f"order {event.order_id} was already received")
+        received = event.model_copy(update={"sequence": 1})
+        verdict = validation.verdict(received, previous=received, sequence=2, now=now)
+        return IntakeDecision(
+            OrderRecord(order=received, version=2, status=_status(verdict), seen=[event.event_id]),
+            [received, verdict],
+        )
+    if record is None:
+        return IntakeDecision(
+            None, [], f"modification of order {event.order_id}, which was never received"
+        )
+    if event.revision <= record.revision:
+        return IntakeDecision(
+            None, [], f"revision {event.revision} is not newer than {record.revision}: stale"
+        )
+    if OrderModified not in TRANSITIONS[record.status]:
+        return IntakeDecision(
+            None, [], f"order {event.order_id} is {record.status.value}: too late to modify"
+        )
+    modified = event.model_copy(update={"sequence": record.version + 1})
+    merged = record.order.model_copy(
+        update={
+            name: getattr(event, name)
+            for name in (
+                "lines",
+                "delivery_fee",
+                "packaging_fee",
+                "discount",
+                "tax",
+                "total",
+                "address",
+                "requested_at",
+                "notes",
+            )  # fmt: skip
+        }
+    )
+    verdict = validation.verdict(merged, previous=modified, sequence=record.version + 2, now=now)
+    return IntakeDecision(
+        OrderRecord(
+            order=merged,
+            version=record.version + 2,
+            status=_status(verdict),
+            revision=event.revision,
+            seen=[*record.seen, event.event_id][-SEEN_KEPT:],
+        ),  # fmt: skip
+        [modified, verdict],
+    )
+
+
+def _status(verdict: OrderEvent) -> OrderStatus:
+    return OrderStatus.ACCEPTED if verdict.event_type == "OrderAccepted" else OrderStatus.REJECTED
+
+
+def refusal_id(event: OrderReceived | OrderModified) -> str:
+    return deterministic_id(event.event_id, "refused")
