@@ -75,22 +75,12 @@ def decide(
             None, [], f"order {event.order_id} is {record.status.value}: too late to modify"
         )
     modified = event.model_copy(update={"sequence": record.version + 1})
-    merged = record.order.model_copy(
-        update={
-            name: getattr(event, name)
-            for name in (
-                "lines",
-                "delivery_fee",
-                "packaging_fee",
-                "discount",
-                "tax",
-                "total",
-                "address",
-                "requested_at",
-                "notes",
-            )  # fmt: skip
-        }
-    )
+    # Lines and amounts are replaced; details a revision leaves out (None) stay as they were.
+    amounts = ("lines", "delivery_fee", "packaging_fee", "discount", "tax", "total")
+    details = ("address", "requested_at", "notes")
+    update = {name: getattr(event, name) for name in amounts}
+    update |= {name: getattr(event, name) for name in details if getattr(event, name) is not None}
+    merged = record.order.model_copy(update=update)
     verdict = validation.verdict(merged, previous=modified, sequence=record.version + 2, now=now)
     return IntakeDecision(
         OrderRecord(
