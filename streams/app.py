@@ -32,6 +32,10 @@ def create_app(settings: Settings | None = None) -> faust.App:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         web_enabled=False,
+        # A worker that died (kill -9) leaves the group after 10 s, not Faust's default 60 s,
+        # so its partitions move to the survivors (or its restart) quickly.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=3.0,
         datadir=str(settings.home / "faust"),
     )
     intake_topic = app.topic(settings.topics.intake, key_type=bytes, value_type=bytes)
