@@ -7,6 +7,7 @@ Everything lives under `Settings.home`; `down` only stops processes whose pid fi
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -396,6 +397,8 @@ class ClickHouseService:
     def answering(self) -> bool:
         from projections.store import connect
 
+        # While the server starts, the driver would log every refused connection with a trace.
+        logging.getLogger("clickhouse_driver").setLevel(logging.CRITICAL)
         try:
             store = connect(self.url)
             try:
