@@ -134,16 +134,19 @@ class Connector(ABC):
             "tax": tax, "total": total, "address": address, "requested_at": requested_at,
             "notes": notes,
         }  # fmt: skip
+        order_fields: dict[str, Any] = {
+            "mode": mode, "currency": currency, "payment_status": payment_status,
+            "customer": customer, "location_hint": location_hint, "device_id": device_id,
+            "placed_at": placed_at,
+        }  # fmt: skip
         if revision > 0:
             return OrderModified(
                 event_id=self.modified_event_id(external_id, revision), sequence=revision + 1,
-                revision=revision, **envelope,
+                revision=revision, **envelope, **order_fields,
             )  # fmt: skip
         return OrderReceived(
-            event_id=self.received_event_id(external_id), sequence=1, mode=mode,
-            currency=currency, payment_status=payment_status, customer=customer,
-            location_hint=location_hint, device_id=device_id, placed_at=placed_at, **envelope,
-        )  # fmt: skip
+            event_id=self.received_event_id(external_id), sequence=1, **envelope, **order_fields
+        )
 
     # ---- helpers for parse
 

@@ -235,6 +235,16 @@ class OrderModified(OrderEvent):
     address: Address | None = None
     requested_at: UtcDatetime | None = None
     notes: str | None = None
+    # The rest of the order as the channel sent it with this revision (v3). A channel whose
+    # revision counter also moves on payment can show an order first as a revision; intake
+    # then takes these as the order itself.
+    mode: OrderMode | None = None
+    currency: str | None = None
+    payment_status: PaymentStatus | None = None
+    customer: Customer | None = None
+    location_hint: str | None = None
+    device_id: str | None = None
+    placed_at: UtcDatetime | None = None
 
 
 class OrderAccepted(OrderEvent):

@@ -63,8 +63,24 @@ def decide(
             [received, verdict],
         )
     if record is None:
+        first_seen = as_received(event)
+        if first_seen is None:
+            return IntakeDecision(
+                None, [], f"modification of order {event.order_id}, which was never received"
+            )
+        # The channel showed us this order first as a revision (its counter also moves on
+        # payment): the revision is the order. Its original, if it still comes, is then a
+        # redelivery of the same OrderReceived id and changes nothing.
+        verdict = validation.verdict(first_seen, previous=first_seen, sequence=2, now=now)
         return IntakeDecision(
-            None, [], f"modification of order {event.order_id}, which was never received"
+            OrderRecord(
+                order=first_seen,
+                version=2,
+                status=_status(verdict),
+                revision=event.revision,
+                seen=[first_seen.event_id, event.event_id],
+            ),  # fmt: skip
+            [first_seen, verdict],
         )
     if event.revision <= record.revision:
         return IntakeDecision(
@@ -94,9 +110,20 @@ def decide(
     )
 
 
+def as_received(event: OrderModified) -> OrderReceived | None:
+    """The order a revision describes, when it carries the whole order (contract v3)."""
+    if None in (event.mode, event.currency, event.payment_status, event.customer,
+                event.placed_at):  # fmt: skip
+        return None
+    fields = event.model_dump(exclude={"event_id", "sequence", "revision"})
+    return OrderReceived.model_validate(
+        fields
+        | {
+            "event_id": deterministic_id(event.channel, "OrderReceived", event.external_id),
+            "sequence": 1,
+        }  # fmt: skip
+    )
+
+
 def _status(verdict: OrderEvent) -> OrderStatus:
     return OrderStatus.ACCEPTED if verdict.event_type == "OrderAccepted" else OrderStatus.REJECTED
-
-
-def refusal_id(event: OrderReceived | OrderModified) -> str:
-    return deterministic_id(event.event_id, "refused")

@@ -75,3 +75,33 @@ def test_stale_orphan_late_and_renumbered_inputs_are_refused_with_a_reason() -> 
     assert late.to_log == [] and "too late" in (late.refusal or "")
     again = decide(first.record, received(event_id="other"), now=NOW)
     assert again.to_log == [] and "already received" in (again.refusal or "")
+
+
+def test_a_first_seen_revision_carrying_the_whole_order_is_taken_as_the_order() -> None:
+    order = received()
+    whole = modified(
+        2, mode=order.mode, currency=order.currency, payment_status=order.payment_status,
+        customer=order.customer, address=order.address, placed_at=order.placed_at,
+    )  # fmt: skip
+    first = decide(None, whole, now=NOW)
+    assert [(e.event_type, e.sequence) for e in first.to_log] == [
+        ("OrderReceived", 1), ("OrderAccepted", 2)]  # fmt: skip
+    assert first.to_log[0].total == 8900  # type: ignore[attr-defined]
+    assert first.record is not None and first.record.revision == 2
+    # The connector's own OrderReceived for it, arriving late, is a redelivery of that id.
+    late_original = received(event_id=first.to_log[0].event_id)
+    again = decide(first.record, late_original, now=NOW)
+    assert (again.to_log, again.refusal) == ([], None)
+
+
+def test_connector_revisions_carry_the_whole_order() -> None:
+    from connectors.square import SquareConnector
+    from tests.conftest import FIXTURES
+
+    revision = SquareConnector().parse(
+        (FIXTURES / "square" / "pickup_order_modified.json").read_bytes(), received_at=NOW
+    )
+    assert isinstance(revision, OrderModified)
+    first = decide(None, revision, now=NOW)
+    assert [e.event_type for e in first.to_log][0] == "OrderReceived"
+    assert first.to_log[0].event_id == SquareConnector().received_event_id(revision.external_id)
