@@ -17,11 +17,22 @@ from events.models import (
     OrderMode,
     OrderReceived,
     OrderRejected,
+    PaymentStatus,
     RejectionReason,
     deterministic_id,
 )
 
 ACTOR = Actor(kind=ActorKind.SYSTEM, id="validation")
+
+# Goods leave the store only paid or cash on delivery; at the counter or the table the
+# customer can still pay (pickup, dine-in).
+_AT_THE_DOOR = frozenset({PaymentStatus.PAID, PaymentStatus.CASH_ON_DELIVERY})
+ACCEPTED_PAYMENT: dict[OrderMode, frozenset[PaymentStatus]] = {
+    OrderMode.DELIVERY: _AT_THE_DOOR,
+    OrderMode.SHIP: _AT_THE_DOOR,
+    OrderMode.PICKUP: frozenset(PaymentStatus),
+    OrderMode.DINE_IN: frozenset(PaymentStatus),
+}
 
 # Active ISO-4217 codes a channel may plausibly send (kept short on purpose: unknown → rejected).
 ISO_CURRENCIES = frozenset(
@@ -83,6 +94,16 @@ def rejection_reasons(order: OrderReceived) -> list[RejectionReason]:
                 code="TOTAL_MISMATCH",
                 field="total",
                 message=f"lines + fees + tax - discount = {expected}, but total is {order.total}",
+            )
+        )
+    if order.payment_status not in ACCEPTED_PAYMENT[order.mode]:
+        allowed = ", ".join(sorted(p.value for p in ACCEPTED_PAYMENT[order.mode]))
+        reasons.append(
+            RejectionReason(
+                code="PAYMENT_NOT_ACCEPTED",
+                field="payment_status",
+                message=f"a {order.mode.value} order that is {order.payment_status.value} is "
+                f"not fulfilled (accepted: {allowed})",
             )
         )
     if not order.customer.phone and order.mode in (OrderMode.DELIVERY, OrderMode.PICKUP):

@@ -56,6 +56,24 @@ def test_each_defect_is_rejected_with_its_reason_code(
     assert (code, field) in {(r.code, r.field) for r in verdict.reasons}
 
 
+@pytest.mark.parametrize(
+    ("mode", "payment", "accepted"),
+    [
+        (OrderMode.DELIVERY, "unpaid", False),
+        (OrderMode.SHIP, "pending", False),
+        (OrderMode.DELIVERY, "cash_on_delivery", True),
+        (OrderMode.SHIP, "paid", True),
+        (OrderMode.PICKUP, "unpaid", True),
+        (OrderMode.DINE_IN, "pending", True),
+    ],
+)
+def test_goods_leave_only_paid_or_cash_on_delivery(
+    mode: OrderMode, payment: str, accepted: bool
+) -> None:
+    codes = {r.code for r in rejection_reasons(received(mode=mode, payment_status=payment))}
+    assert ("PAYMENT_NOT_ACCEPTED" not in codes) == accepted
+
+
 def test_dine_in_order_needs_neither_address_nor_phone() -> None:
     order = received(mode=OrderMode.DINE_IN, address=None, customer=Customer())
     assert rejection_reasons(order) == []
