@@ -9,12 +9,15 @@
 Fixtures are raw payload files (`*.json`, one payload each; `*.headers.json` beside one holds
 its HTTP headers). A fixture whose name contains `modified` must be a revision of another
 fixture's order and parse to `OrderModified`. `bad_payloads` adds payloads that must be
-rejected, as (bytes, field the rejection must name or None).
+rejected, as (bytes, field the rejection must name or None). `sample_orders` (with the
+connector module's `sample_payload`, signed with `sample_secret`) are checked to parse back
+to the order they describe, and their revision to an `OrderModified` of it.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import ClassVar
@@ -22,6 +25,7 @@ from typing import ClassVar
 import pytest
 
 from connectors.base import ChannelEvent, Connector, PayloadRejected
+from connectors.samples import SampleOrder
 from events.models import OrderModified, OrderReceived
 
 RECEIVED_AT = datetime(2026, 11, 25, 4, 0, tzinfo=UTC)
@@ -32,6 +36,8 @@ class ConnectorConformance:
     fixtures: ClassVar[Path]
     min_fixtures: ClassVar[int] = 3
     bad_payloads: ClassVar[list[tuple[bytes, str | None]]] = []
+    sample_orders: ClassVar[list[SampleOrder]] = []
+    sample_secret: ClassVar[str | None] = None
 
     # ---- fixture access
 
@@ -134,6 +140,36 @@ class ConnectorConformance:
                 assert rejected.value.field == field, (
                     f"{bad[:60]!r}: rejection names {rejected.value.field!r}, expected {field!r}"
                 )
+
+    def sample_payload(
+        self, order: SampleOrder, *, revision: int = 0
+    ) -> tuple[bytes, dict[str, str]]:
+        module = sys.modules[type(self.connector).__module__]
+        payload: tuple[bytes, dict[str, str]] = module.sample_payload(
+            order, revision=revision, secret=self.sample_secret
+        )
+        return payload
+
+    def test_sample_payloads_parse_back_to_their_order(self) -> None:
+        for sample in self.sample_orders:
+            raw, headers = self.sample_payload(sample)
+            if self.sample_secret is not None and self.connector.signed:
+                self.connector.verify(headers, raw)
+            order = self.parse(raw, headers)
+            assert isinstance(order, OrderReceived), sample.external_id
+            assert (order.external_id, order.mode, order.placed_at, order.notes) == (
+                sample.external_id, sample.mode, sample.placed_at, sample.notes)  # fmt: skip
+            assert [(x.sku, x.name, x.quantity, x.unit_price) for x in order.lines] == [
+                (x.sku, x.name, x.quantity, x.unit_price) for x in sample.lines
+            ]
+            assert (order.delivery_fee, order.packaging_fee, order.discount, order.tax,
+                    order.total) == (sample.delivery_fee, sample.packaging_fee,
+                                     sample.discount, sample.tax, sample.total)  # fmt: skip
+            assert (order.customer.name, order.customer.phone) == (
+                sample.customer_name, sample.customer_phone)  # fmt: skip
+            assert (order.address.text if order.address else None) == sample.address_text
+            revised = self.parse(*self.sample_payload(sample, revision=1))
+            assert isinstance(revised, OrderModified) and revised.order_id == order.order_id
 
     def test_signatures_are_checked(self) -> None:
         if not self.connector.signed:
