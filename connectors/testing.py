@@ -157,8 +157,10 @@ class ConnectorConformance:
                 self.connector.verify(headers, raw)
             order = self.parse(raw, headers)
             assert isinstance(order, OrderReceived), sample.external_id
-            assert (order.external_id, order.mode, order.placed_at, order.notes) == (
-                sample.external_id, sample.mode, sample.placed_at, sample.notes)  # fmt: skip
+            assert (order.external_id, order.mode, order.notes) == (
+                sample.external_id, sample.mode, sample.notes)  # fmt: skip
+            # Most platforms carry times to the second.
+            assert order.placed_at.replace(microsecond=0) == sample.placed_at.replace(microsecond=0)
             assert [(x.sku, x.name, x.quantity, x.unit_price) for x in order.lines] == [
                 (x.sku, x.name, x.quantity, x.unit_price) for x in sample.lines
             ]
