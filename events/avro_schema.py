@@ -16,11 +16,20 @@ from typing import Annotated, Any, Union, get_args, get_origin
 from pydantic import AwareDatetime, BaseModel
 from pydantic.fields import FieldInfo
 
-from events.models import ORDER_EVENTS, STOCK_EVENTS, DeadLetter, Event
+from events.models import (
+    CATALOGUE_EVENTS,
+    ORDER_EVENTS,
+    STOCK_COMMANDS,
+    STOCK_EVENTS,
+    DeadLetter,
+    Event,
+)
 
 NAMESPACE = "io.orderstream.events"
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
-CONTRACT: tuple[type[BaseModel], ...] = (*ORDER_EVENTS, *STOCK_EVENTS, DeadLetter)
+CONTRACT: tuple[type[BaseModel], ...] = (
+    *ORDER_EVENTS, *STOCK_EVENTS, *STOCK_COMMANDS, *CATALOGUE_EVENTS, DeadLetter,
+)  # fmt: skip
 
 _PRIMITIVES: dict[Any, Any] = {
     str: "string",

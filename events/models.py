@@ -466,6 +466,109 @@ class LowStockAlerted(StockEvent):
     reorder_quantity: int = Field(description="suggested quantity to reorder")
 
 
+
+# ---------------------------------------------------------------- stock commands
+# Requests to the inventory agent, on `oms.stock-commands.v1` keyed by `sku@location`; it
+# answers each one with ledger events (and, for reservations, a reply to the order).
+
+
+class ReserveStock(StockEvent):
+    """Reserve `quantity` for one line of an order (one writer per key: no locks)."""
+
+    order_id: str
+    reservation_id: str = Field(description="deterministic: order, routing attempt and line")
+    quantity: int
+    expires_at: UtcDatetime | None = None
+
+
+class ReleaseStock(StockEvent):
+    order_id: str
+    reservation_id: str
+    reason: str = Field(description="CANCELLED, COMPENSATION, REROUTED, MODIFIED")
+
+
+class CommitStock(StockEvent):
+    """The goods left (shipped or picked up): the reservation leaves on_hand for good."""
+
+    order_id: str
+    reservation_id: str
+
+
+class StockReservationRefused(StockEvent):
+    """A reservation the ledger could not honour; the order's agent re-routes or rejects."""
+
+    order_id: str
+    reservation_id: str
+    requested: int
+    available: int
+    reason: str = Field(description="e.g. INSUFFICIENT_STOCK")
+
+
+# ---------------------------------------------------------------- catalogue events
+# The product catalogue and the location registry, loaded from a file and kept current by
+# these events on `oms.catalogue.v1` (keyed by `entity_id`: a SKU or a location id).
+
+
+class OpeningHours(Frozen):
+    weekday: int = Field(description="0 = Monday … 6 = Sunday, in the location's time zone")
+    opens: str = Field(description="HH:MM local time")
+    closes: str = Field(description="HH:MM local time; before `opens` means after midnight")
+
+
+class Product(Frozen):
+    sku: str
+    name: str
+    unit_price: int | None = Field(default=None, description="list price, minor units")
+    perishable: bool = False
+    reorder_point: int = Field(default=0, description="alert when ATP falls to this")
+    reorder_quantity: int = 0
+
+
+class Location(Frozen):
+    id: str
+    name: str
+    kind: str = Field(default="store", description="store or warehouse")
+    latitude: float
+    longitude: float
+    timezone: str = "UTC"
+    capabilities: list[OrderMode] = Field(description="the modes it can fulfil")
+    delivery_radius_m: int = 0
+    opening_hours: list[OpeningHours] = Field(
+        default_factory=list, description="empty: always open"
+    )
+    slot_minutes: int = 30
+    capacity_per_slot: int = Field(default=0, description="orders per slot; 0 = unlimited")
+    cost_per_order: int = Field(default=0, description="minor units")
+    cost_per_km: int = Field(default=0, description="minor units")
+    aliases: list[str] = Field(default_factory=list, description="channels' ids for it")
+    paused: bool = False
+
+
+class CatalogueEvent(Event):
+    entity_id: str
+
+    @property
+    def aggregate_id(self) -> str:
+        return self.entity_id
+
+
+class ProductUpdated(CatalogueEvent):
+    product: Product
+
+
+class LocationUpdated(CatalogueEvent):
+    location: Location
+
+
+class LocationPaused(CatalogueEvent):
+    reason: str
+    automatic: bool = Field(default=False, description="paused by the capacity monitor")
+
+
+class LocationResumed(CatalogueEvent):
+    reason: str
+    automatic: bool = False
+
 ORDER_EVENTS: tuple[type[OrderEvent], ...] = (
     OrderReceived, OrderModified, OrderAccepted, OrderRejected, OrderHeld, ReviewApproved,
     ReviewRejected, OrderReserved, OrderPartiallyReserved, OrderReservationFailed,
@@ -478,6 +581,13 @@ ORDER_EVENTS: tuple[type[OrderEvent], ...] = (
 STOCK_EVENTS: tuple[type[StockEvent], ...] = (
     StockReceived, StockAdjusted, StockCounted, StockReserved, StockReleased, StockCommitted,
     SafetyStockSet, ExpiryBatchAdded, ExpiryBatchExpired, LowStockAlerted,
+    StockReservationRefused,
+)  # fmt: skip
+
+STOCK_COMMANDS: tuple[type[StockEvent], ...] = (ReserveStock, ReleaseStock, CommitStock)
+
+CATALOGUE_EVENTS: tuple[type[CatalogueEvent], ...] = (
+    ProductUpdated, LocationUpdated, LocationPaused, LocationResumed,
 )  # fmt: skip
 
 

@@ -48,6 +48,9 @@ class Publisher:
                 "linger.ms": 5,
                 "compression.type": "lz4",
                 "message.timeout.ms": 30000,
+                # Java's (and aiokafka's, so Faust's) partitioner: a key lands on the same
+                # partition whoever writes it, which the order agent's state relies on.
+                "partitioner": "murmur2_random",
             }
         )
 

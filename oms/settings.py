@@ -21,9 +21,16 @@ class Topics(BaseSettings):
     inventory: str = "oms.inventory.v1"
     notifications: str = "oms.notifications.v1"
     dlq: str = "oms.dlq.v1"
+    # Internal: inputs of the order agent besides intake (reviews, cancellations, stock
+    # replies), keyed by order id; commands to the inventory agent, keyed by sku@location;
+    # catalogue and location registry changes, read by every worker.
+    order_commands: str = "oms.order-commands.v1"
+    stock_commands: str = "oms.stock-commands.v1"
+    catalogue: str = "oms.catalogue.v1"
 
     def all(self) -> list[str]:
-        return [self.intake, self.orders, self.inventory, self.notifications, self.dlq]
+        return [self.intake, self.orders, self.inventory, self.notifications, self.dlq,
+                self.order_commands, self.stock_commands, self.catalogue]  # fmt: skip
 
 
 class Settings(BaseSettings):

@@ -41,13 +41,7 @@ def chdb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def isolated_settings(stack_settings: Settings, chdb_path: Path) -> Iterator[Settings]:
     """The real stack, with topics, consumer group and ClickHouse database of this test only."""
     uid = uuid.uuid4().hex[:10]
-    topics = Topics(
-        intake=f"t{uid}.intake",
-        orders=f"t{uid}.orders",
-        inventory=f"t{uid}.inventory",
-        notifications=f"t{uid}.notifications",
-        dlq=f"t{uid}.dlq",
-    )
+    topics = Topics(**{name: f"t{uid}.{name}" for name in Topics.model_fields})
     url = stack_settings.resolved_clickhouse_url
     if url.startswith("clickhouse://"):
         url = url.rsplit("/", 1)[0] + f"/oms_test_{uid}"
@@ -104,13 +98,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "OMS_KAFKA_PARTITIONS": str(settings.kafka_partitions),
             "OMS_CONSUMER_GROUP": settings.consumer_group,
             "OMS_CLICKHOUSE_URL": settings.resolved_clickhouse_url,
-            "OMS_TOPIC_INTAKE": settings.topics.intake,
-            "OMS_TOPIC_ORDERS": settings.topics.orders,
-            "OMS_TOPIC_INVENTORY": settings.topics.inventory,
-            "OMS_TOPIC_NOTIFICATIONS": settings.topics.notifications,
-            "OMS_TOPIC_DLQ": settings.topics.dlq,
         }
     )
+    env.update({f"OMS_TOPIC_{k.upper()}": v for k, v in settings.topics.model_dump().items()})
     return env
 
 
