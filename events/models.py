@@ -466,7 +466,6 @@ class LowStockAlerted(StockEvent):
     reorder_quantity: int = Field(description="suggested quantity to reorder")
 
 
-
 # ---------------------------------------------------------------- stock commands
 # Requests to the inventory agent, on `oms.stock-commands.v1` keyed by `sku@location`; it
 # answers each one with ledger events (and, for reservations, a reply to the order).
@@ -520,6 +519,9 @@ class Product(Frozen):
     name: str
     unit_price: int | None = Field(default=None, description="list price, minor units")
     perishable: bool = False
+    stock_tracked: bool = Field(
+        default=True, description="false: made to order (dishes), limited by capacity instead"
+    )
     reorder_point: int = Field(default=0, description="alert when ATP falls to this")
     reorder_quantity: int = 0
 
@@ -568,6 +570,7 @@ class LocationPaused(CatalogueEvent):
 class LocationResumed(CatalogueEvent):
     reason: str
     automatic: bool = False
+
 
 ORDER_EVENTS: tuple[type[OrderEvent], ...] = (
     OrderReceived, OrderModified, OrderAccepted, OrderRejected, OrderHeld, ReviewApproved,

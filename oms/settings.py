@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     schema_registry_url: str | None = None
     topics: Topics = Field(default_factory=Topics)
     consumer_group: str = "oms-worker"
+    catalogue_file: Path | None = Field(
+        default=None, description="products and locations (JSON); default: the demo's"
+    )
 
     @property
     def kafka_libs_dir(self) -> Path:
