@@ -108,9 +108,9 @@ def is_open(location: Location, at: datetime) -> bool:
     minute = local.hour * 60 + local.minute
     for hours in location.opening_hours:
         opens, closes = _minutes(hours.opens), _minutes(hours.closes)
-        if hours.weekday == local.weekday():
-            if opens <= minute < closes or (closes <= opens and minute >= opens):
-                return True
+        today = hours.weekday == local.weekday()
+        if today and (opens <= minute < closes or (closes <= opens and minute >= opens)):
+            return True
         # Hours that run past midnight count on the next day too.
         yesterday = (local - timedelta(days=1)).weekday()
         if hours.weekday == yesterday and closes <= opens and minute < closes:
