@@ -81,12 +81,14 @@ TRANSITIONS: dict[OrderStatus, dict[type[OrderEvent], OrderStatus]] = {
     },
     S.HELD: {ReviewApproved: S.ACCEPTED, ReviewRejected: S.CANCELLED},
     S.ROUTED: {
-        OrderRouted: S.ROUTED, OrderReserved: S.RESERVED,
+        # Made-to-order goods need no reservation: a routed order is prioritised directly.
+        OrderRouted: S.ROUTED, OrderReserved: S.RESERVED, OrderPrioritised: S.PRIORITISED,
         OrderPartiallyReserved: S.PARTIALLY_RESERVED,
         OrderReservationFailed: S.RESERVATION_FAILED,
     },
     S.PARTIALLY_RESERVED: {
         OrderReserved: S.RESERVED, OrderRouted: S.PARTIALLY_RESERVED,
+        OrderPartiallyReserved: S.PARTIALLY_RESERVED,
         OrderReservationReleased: S.ACCEPTED, OrderReservationFailed: S.RESERVATION_FAILED,
     },
     S.RESERVATION_FAILED: {
