@@ -1,0 +1,193 @@
+"""Customer history: recent orders per phone, address and device (velocity), and per-customer
+aggregates (norms, tiers) for fraud screening and priority.
+
+The one mutable piece next to the pure decisions: the worker feeds it from the order log,
+possibly out of order and with redeliveries, so recording is idempotent by order id. Screening
+reads it before the order is recorded; `excluding=` keeps an already recorded order from
+counting against itself.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from events.models import OrderReceived
+
+Tier = Literal["new", "regular", "vip"]
+
+# A customer is "vip" from this many orders, or from this much spend (minor units of the
+# customer's currency: 5,000.00 CNY / USD / ...), whichever comes first.
+VIP_ORDERS = 10
+VIP_SPEND = 500_000
+
+
+def normalise_phone(phone: str) -> str:
+    """Digits with a leading "+" kept: "+86 138-0000-0000" and "+8613800000000" are one phone.
+
+    NFKC first, so full-width digits typed on a Chinese keyboard count as digits."""
+    text = unicodedata.normalize("NFKC", phone).strip()
+    digits = "".join(ch for ch in text if "0" <= ch <= "9")
+    return f"+{digits}" if digits and text.startswith("+") else digits
+
+
+def normalise_address(text: str) -> str:
+    """Casefolded, whitespace collapsed: how addresses are compared for velocity and blocking."""
+    return " ".join(text.split()).casefold()
+
+
+def customer_key(order: OrderReceived) -> str | None:
+    """`channel:customer id` when the channel names its customer, else the phone, else None.
+
+    The channel is part of the key because customer ids are only unique within a channel."""
+    if order.customer.id:
+        return f"{order.channel}:{order.customer.id}"
+    if order.customer.phone:
+        return normalise_phone(order.customer.phone) or None
+    return None
+
+
+@dataclass(frozen=True)
+class CustomerNorm:
+    """What a customer usually orders: how many orders and their mean total (minor units)."""
+
+    orders: int
+    mean_total: int
+
+
+@dataclass(frozen=True)
+class _Recent:
+    """An order as the velocity indexes and the exclusion need it."""
+
+    placed_at: datetime
+    phone: str | None
+    address: str | None
+    device: str | None
+    customer: str | None
+    total: int
+
+
+@dataclass
+class _Aggregate:
+    orders: int = 0
+    spend: int = 0
+
+
+class CustomerHistory:
+    """Recent orders (for velocity) and per-customer count and spend (for norms and tiers).
+
+    `prune(before)` drops the velocity entries and their ids but keeps the aggregates, so the
+    velocity indexes stay bounded while norms and tiers survive. The price: an order placed
+    before the last prune horizon is no longer recognised, so a redelivery of it would be
+    counted in the aggregates again. Prune with a horizon longer than any redelivery delay
+    (hours, not minutes) and that does not happen.
+    """
+
+    def __init__(self) -> None:
+        self._recent: dict[str, _Recent] = {}
+        self._by_phone: dict[str, set[str]] = {}
+        self._by_address: dict[str, set[str]] = {}
+        self._by_device: dict[str, set[str]] = {}
+        self._customers: dict[str, _Aggregate] = {}
+        self._horizon: datetime | None = None
+
+    @property
+    def tracked_orders(self) -> int:
+        """Orders held in the velocity indexes (what `prune` bounds)."""
+        return len(self._recent)
+
+    def record(self, order: OrderReceived) -> None:
+        """Add the order; recording an order id that is already held changes nothing."""
+        if order.order_id in self._recent:
+            return
+        entry = _Recent(
+            placed_at=order.placed_at,
+            phone=normalise_phone(order.customer.phone or "") or None,
+            address=(normalise_address(order.address.text) or None) if order.address else None,
+            device=(order.device_id or "").strip() or None,
+            customer=customer_key(order),
+            total=order.total,
+        )
+        if entry.customer is not None:
+            aggregate = self._customers.setdefault(entry.customer, _Aggregate())
+            aggregate.orders += 1
+            aggregate.spend += entry.total
+        # An order older than the prune horizon counts for norms and tiers (a replay of the
+        # log rebuilds them whenever prune runs) but is past every velocity window already.
+        if self._horizon is not None and entry.placed_at < self._horizon:
+            return
+        self._recent[order.order_id] = entry
+        for index, key in self._indexes(entry):
+            index.setdefault(key, set()).add(order.order_id)
+
+    def recent(
+        self,
+        *,
+        phone: str | None = None,
+        address: str | None = None,
+        device: str | None = None,
+        since: datetime,
+        until: datetime | None = None,
+        excluding: str | None = None,
+    ) -> int:
+        """Recorded orders with this phone, address text or device id (exactly one of them,
+        normalised like `record` does) placed at or after `since` (and at or before `until`)."""
+        keys = [
+            (self._by_phone, None if phone is None else normalise_phone(phone)),
+            (self._by_address, None if address is None else normalise_address(address)),
+            (self._by_device, None if device is None else device.strip()),
+        ]
+        given = [(index, key) for index, key in keys if key is not None]
+        if len(given) != 1:
+            raise ValueError("recent() counts by exactly one of phone, address or device")
+        index, key = given[0]
+        placed = [self._recent[oid].placed_at for oid in index.get(key, ()) if oid != excluding]
+        return sum(1 for at in placed if at >= since and (until is None or at <= until))
+
+    def norm(self, customer_key: str, *, excluding: str | None = None) -> CustomerNorm | None:
+        """Orders and mean total (floored) of the customer's recorded orders; None for none."""
+        orders, spend = self._totals(customer_key, excluding=excluding)
+        if orders <= 0:
+            return None
+        return CustomerNorm(orders=orders, mean_total=spend // orders)
+
+    def tier(self, customer_key: str, *, excluding: str | None = None) -> Tier:
+        """ "new" with no orders, "vip" from VIP_ORDERS orders or VIP_SPEND, else "regular"."""
+        orders, spend = self._totals(customer_key, excluding=excluding)
+        if orders <= 0:
+            return "new"
+        if orders >= VIP_ORDERS or spend >= VIP_SPEND:
+            return "vip"
+        return "regular"
+
+    def prune(self, before: datetime) -> None:
+        """Forget velocity entries placed before `before`; aggregates stay."""
+        if self._horizon is None or before > self._horizon:
+            self._horizon = before
+        for order_id in [oid for oid, e in self._recent.items() if e.placed_at < before]:
+            entry = self._recent.pop(order_id)
+            for index, key in self._indexes(entry):
+                ids = index[key]
+                ids.discard(order_id)
+                if not ids:
+                    del index[key]
+
+    def _indexes(self, entry: _Recent) -> list[tuple[dict[str, set[str]], str]]:
+        keys = (
+            (self._by_phone, entry.phone),
+            (self._by_address, entry.address),
+            (self._by_device, entry.device),
+        )
+        return [(index, key) for index, key in keys if key is not None]
+
+    def _totals(self, customer_key: str, *, excluding: str | None) -> tuple[int, int]:
+        aggregate = self._customers.get(customer_key, _Aggregate())
+        orders, spend = aggregate.orders, aggregate.spend
+        # Only an order still held can be taken out; one past the prune horizon is old enough
+        # not to be the order being screened.
+        excluded = self._recent.get(excluding) if excluding is not None else None
+        if excluded is not None and excluded.customer == customer_key:
+            orders, spend = orders - 1, spend - excluded.total
+        return orders, spend
