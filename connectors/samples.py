@@ -55,9 +55,9 @@ class SampleOrder:
 _DISHES = [
     ("DUMPLING-12", "猪肉白菜水饺 12只", "28.00"),
     ("NOODLE-BEEF", "红烧牛肉面", "32.50"),
-    ("RICE-CHICKEN", "宫保鸡丁饭", "26.00"),
+    ("RICE-KUNGPAO", "宫保鸡丁饭", "26.00"),
     ("TEA-OOLONG", "冻顶乌龙茶", "12.00"),
-    ("BUN-PORK", "鲜肉包 4只", "10.00"),
+    ("BUN-PORK-4", "鲜肉包 4只", "10.00"),
     ("SOUP-HOTSOUR", "酸辣汤", "15.50"),
 ]
 _STREETS = ["88 Nanjing Rd", "12 Huaihai Rd", "300 Xujiahui Rd", "7 Wukang Rd"]
@@ -108,7 +108,7 @@ def web_order(
             "longitude": 121.47,
         },
         "note": rng.choice([None, "少辣", "no cutlery"]),
-        "tags": "",
+        "tags": "delivery",  # the restaurant's own web shop delivers from the nearest store
     }
     if defect == "total_mismatch":
         order["total_price"] = _money(total + 100)

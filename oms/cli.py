@@ -366,6 +366,143 @@ def orders_list(status: str | None, channel: str | None, limit: int) -> None:
         )
 
 
+def _send_command(build: Any, **kwargs: Any) -> None:
+    """Build an operator command (errors name the field) and send it; say where it went."""
+    from oms.operations import CommandRejected, send, topic_for
+
+    settings = get_settings()
+    try:
+        event = build(**kwargs)
+    except CommandRejected as exc:
+        raise click.BadParameter(str(exc), param_hint=exc.field) from exc
+    send(settings, event)
+    click.echo(f"{event.event_type} {event.event_id} -> {topic_for(settings, event)}")
+
+
+@main.group()
+def review() -> None:
+    """The manual review queue: orders held by fraud screening."""
+
+
+@review.command("approve")
+@click.argument("order_id")
+@click.option("--reviewer", required=True, help="who decides (recorded as the actor)")
+@click.option("--note", default=None)
+def review_approve(order_id: str, reviewer: str, note: str | None) -> None:
+    """Release a held order into routing."""
+    from oms.operations import review as build
+
+    _send_command(build, order_id=order_id, approve=True, reviewer=reviewer, reason=note)
+
+
+@review.command("reject")
+@click.argument("order_id")
+@click.option("--reviewer", required=True, help="who decides (recorded as the actor)")
+@click.option("--reason", required=True)
+def review_reject(order_id: str, reviewer: str, reason: str) -> None:
+    """Cancel a held order."""
+    from oms.operations import review as build
+
+    _send_command(build, order_id=order_id, approve=False, reviewer=reviewer, reason=reason)
+
+
+@orders.command("cancel")
+@click.argument("order_id")
+@click.option("--by", "actor", required=True, help="who cancels (recorded as the actor)")
+@click.option("--code", "reason_code", default="MERCHANT_CANCELLED", show_default=True)
+@click.option("--reason", required=True)
+def orders_cancel(order_id: str, actor: str, reason_code: str, reason: str) -> None:
+    """Cancel an order that has not left the store; its reservations are released."""
+    from oms.operations import cancel
+
+    _send_command(cancel, order_id=order_id, by=actor, reason_code=reason_code, reason=reason)
+
+
+@main.group()
+def stock() -> None:
+    """Stock per sku@location, managed through ledger events."""
+
+
+@stock.command("set")
+@click.argument("sku")
+@click.argument("location")
+@click.argument("counted", type=int)
+@click.option("--by", "actor", default="operator", show_default=True)
+def stock_set(sku: str, location: str, counted: int, actor: str) -> None:
+    """A stock count: on hand becomes COUNTED."""
+    from oms.operations import stock_set as build
+
+    _send_command(build, sku=sku, location=location, counted=counted, actor=actor)
+
+
+@stock.command("adjust")
+@click.argument("sku")
+@click.argument("location")
+@click.argument("delta", type=int)
+@click.option("--reason", required=True, help="DAMAGED, LOST, FOUND, CORRECTION, ...")
+@click.option("--note", default=None)
+@click.option("--by", "actor", default="operator", show_default=True)
+def stock_adjust(sku: str, location: str, delta: int, reason: str, note: str | None,
+                 actor: str) -> None:  # fmt: skip
+    """Add (or with a negative DELTA remove) units, with a reason."""
+    from oms.operations import stock_adjust as build
+
+    _send_command(build, sku=sku, location=location, delta=delta, reason=reason, note=note,
+                  actor=actor)  # fmt: skip
+
+
+@stock.command("receive")
+@click.argument("sku")
+@click.argument("location")
+@click.argument("quantity", type=int)
+@click.option("--reference", default=None, help="purchase order or transfer id")
+@click.option("--by", "actor", default="operator", show_default=True)
+def stock_receive(sku: str, location: str, quantity: int, reference: str | None,
+                  actor: str) -> None:  # fmt: skip
+    """Goods in: QUANTITY more on hand."""
+    from oms.operations import stock_receive as build
+
+    _send_command(build, sku=sku, location=location, quantity=quantity, reference=reference,
+                  actor=actor)  # fmt: skip
+
+
+@stock.command("safety")
+@click.argument("sku")
+@click.argument("location")
+@click.argument("quantity", type=int)
+@click.option("--by", "actor", default="operator", show_default=True)
+def stock_safety(sku: str, location: str, quantity: int, actor: str) -> None:
+    """Units kept back from promising (ATP = on hand - reserved - safety stock)."""
+    from oms.operations import safety_stock as build
+
+    _send_command(build, sku=sku, location=location, quantity=quantity, actor=actor)
+
+
+@main.group()
+def location() -> None:
+    """Fulfilment locations: pause one by hand (routing skips it) or resume it."""
+
+
+@location.command("pause")
+@click.argument("location_id")
+@click.option("--reason", required=True)
+@click.option("--by", "actor", default="operator", show_default=True)
+def location_pause(location_id: str, reason: str, actor: str) -> None:
+    from oms.operations import location_pause as build
+
+    _send_command(build, location=location_id, paused=True, reason=reason, actor=actor)
+
+
+@location.command("resume")
+@click.argument("location_id")
+@click.option("--reason", default="resumed by hand", show_default=True)
+@click.option("--by", "actor", default="operator", show_default=True)
+def location_resume(location_id: str, reason: str, actor: str) -> None:
+    from oms.operations import location_pause as build
+
+    _send_command(build, location=location_id, paused=False, reason=reason, actor=actor)
+
+
 @main.command()
 @click.option("--orders", "order_count", default=300, show_default=True)
 def demo(order_count: int) -> None:

@@ -137,6 +137,9 @@ class AsyncPublisher:
     async def dead_letter(self, letter: DeadLetter) -> None:
         await self._delivered(lambda then: self.publisher.dead_letter(letter, then=then))
 
+    async def publish(self, topic: str, event: Event) -> None:
+        await self._delivered(lambda then: self.publisher.publish(topic, event, then=then))
+
     def close(self) -> None:
         self._running = False
         self._poller.join(timeout=5)

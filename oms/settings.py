@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     schema_registry_url: str | None = None
     topics: Topics = Field(default_factory=Topics)
     consumer_group: str = "oms-worker"
+    fraud_rules_file: Path | None = Field(
+        default=None, description="fraud rules and threshold (JSON); default: built-in rules"
+    )
+    expiry_check_s: float = Field(default=30.0, description="how often reservations expire")
+    capacity_check_s: float = Field(default=5.0, description="how often capacity is checked")
     catalogue_file: Path | None = Field(
         default=None, description="products and locations (JSON); default: the demo's"
     )

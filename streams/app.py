@@ -1,26 +1,92 @@
-"""The Faust app and its agents. Agents are thin: decode, call a pure `decide`, write the result.
+"""The Faust app and its agents. Agents are thin: decode, call a pure decision, write results.
 
-Correctness does not rest on Faust's `exactly_once` (open duplicate bugs): every output has a
-deterministic event id, and each send is confirmed before the input offset can be committed.
+Correctness does not rest on Faust's `exactly_once` (open duplicate bugs) nor on its table
+changelogs (written behind the offsets they belong to, so a kill -9 can leave a table older
+than the outputs it led to). Instead each agent's state is the fold of its own output log —
+the order log for the order agent, the stock ledger for the inventory agent — read back
+from Kafka whenever a partition is (re)assigned (`streams.replay`). An input's batch is acked
+only after Kafka acknowledged every output it caused, so the log always holds at least what
+the committed inputs did, and every redelivered input is recognised by its event id.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sys
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterable
+from datetime import datetime, timedelta
+from typing import Any, cast
 
 import faust
 
 from events.codec import AvroCodec, CodecError, message_ref
-from events.models import DeadLetter, OrderModified, OrderReceived, utc_now
+from events.models import (
+    Actor,
+    ActorKind,
+    DeadLetter,
+    Event,
+    LocationPaused,
+    LocationResumed,
+    OrderEvent,
+    StockEvent,
+    StockReleased,
+    StockReservationRefused,
+    StockReserved,
+    deterministic_id,
+    stock_key,
+    utc_now,
+)
 from oms.settings import Settings, get_settings
-from streams.intake import OrderRecord, decide
+from streams import inventory, orders
+from streams.catalogue import load_catalogue, slot_start
+from streams.fraud import load_rules
+from streams.replay import read_partition
+from streams.views import SharedViews
+
+log = logging.getLogger(__name__)
+BATCH = 500  # inputs per batch: outputs are awaited per batch, not per message
+BATCH_WITHIN_S = 0.005
+Replay = Callable[[str, int], Iterable[Event]]
 
 
-def create_app(settings: Settings | None = None) -> faust.App:
+class PartitionStates:
+    """Per-partition agent state, rebuilt from the agent's output log on first use after each
+    (re)assignment."""
+
+    def __init__(self, *, topic: str, replay: Replay, fold: Callable[[dict[str, Any], Event],
+                 None]) -> None:  # fmt: skip
+        self.topic = topic
+        self._replay = replay
+        self._fold = fold
+        self.states: dict[int, dict[str, Any]] = {}
+
+    async def of(self, partition: int) -> dict[str, Any]:
+        states = self.states.get(partition)
+        if states is None:
+            states = {}
+            events = await asyncio.to_thread(lambda: list(self._replay(self.topic, partition)))
+            for event in events:
+                self._fold(states, event)
+            log.info("rebuilt %s[%d]: %d keys from %d events", self.topic, partition,
+                     len(states), len(events))  # fmt: skip
+            self.states[partition] = states
+        return states
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        for partition in partitions:
+            self.states.pop(partition, None)
+
+
+def create_app(
+    settings: Settings | None = None, *, replay: Replay | None = None, views: SharedViews |
+    None = None,
+) -> faust.App:  # fmt: skip
+    """The worker. `replay` and `views` are for tests without a broker."""
     settings = settings or get_settings()
     codec = AvroCodec.for_registry(settings.schema_registry_url)
+    topics = settings.topics
+    (settings.home / "faust").mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.consumer_group,
         broker=f"kafka://{settings.kafka_bootstrap}",
@@ -31,6 +97,7 @@ def create_app(settings: Settings | None = None) -> faust.App:
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        producer_linger=0.002,
         web_enabled=False,
         # A worker that died (kill -9) leaves the group after 10 s, not Faust's default 60 s,
         # so its partitions move to the survivors (or its restart) quickly.
@@ -38,77 +105,236 @@ def create_app(settings: Settings | None = None) -> faust.App:
         broker_heartbeat_interval=3.0,
         datadir=str(settings.home / "faust"),
     )
-    intake_topic = app.topic(settings.topics.intake, key_type=bytes, value_type=bytes)
-    orders = app.topic(settings.topics.orders, key_type=bytes, value_type=bytes)
-    dlq = app.topic(settings.topics.dlq, key_type=bytes, value_type=bytes)
+    shared = views or SharedViews(catalogue=load_catalogue(settings.catalogue_file), codec=codec)
+    if views is None:
+        shared.ready.clear()
+    rules = load_rules(settings.fraud_rules_file)
+    replay = replay or (
+        lambda topic, partition: read_partition(
+            settings.kafka_bootstrap, topic, partition, codec=codec
+        )  # fmt: skip
+    )
+    order_inputs = app.topic(topics.intake, topics.order_commands, key_type=bytes,
+                             value_type=bytes)  # fmt: skip
+    order_log = app.topic(topics.orders, key_type=bytes, value_type=bytes)
+    stock_commands = app.topic(topics.stock_commands, key_type=bytes, value_type=bytes)
+    ledger = app.topic(topics.inventory, key_type=bytes, value_type=bytes)
+    order_commands = app.topic(topics.order_commands, key_type=bytes, value_type=bytes)
+    catalogue_topic = app.topic(topics.catalogue, key_type=bytes, value_type=bytes)
+    dlq = app.topic(topics.dlq, key_type=bytes, value_type=bytes)
 
-    async def send_confirmed(topic: faust.TopicT, key: str, value: bytes) -> None:
-        # Wait for Kafka's ack so the input offset is never committed ahead of the output.
-        delivery = await topic.send(key=key.encode(), value=value)
-        await delivery
+    def fold_order(states: dict[str, Any], event: Event) -> None:
+        if isinstance(event, OrderEvent):
+            states[event.order_id] = orders.apply(states.get(event.order_id), event)
 
-    # Per order: what the order log holds (see streams.intake). Keyed like the intake topic
-    # (order id), so each partition's orders live with the worker that consumes them.
-    records = app.Table(
-        "order-records", default=None, key_type=bytes, value_type=bytes,
-        partitions=_partitions(settings, settings.topics.intake),
-    )  # fmt: skip
+    def fold_stock(states: dict[str, Any], event: Event) -> None:
+        if isinstance(event, StockEvent):
+            key = stock_key(event.sku, event.location)
+            level = states.get(key) or inventory.empty(event.sku, event.location)
+            states[key] = inventory.apply(level, event)
 
-    async def dead_letter(message: Any, raw: bytes, reason: str) -> None:
+    order_states = PartitionStates(topic=topics.orders, replay=replay, fold=fold_order)
+    stock_states = PartitionStates(topic=topics.inventory, replay=replay, fold=fold_stock)
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust's stub is too strict
+    async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
+        (revoked,) = args
+        order_states.forget(tp.partition for tp in revoked)
+        stock_states.forget(tp.partition for tp in revoked)
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
+        # Someone else may have written these partitions meanwhile: read them again.
+        (assigned,) = args
+        order_states.forget(tp.partition for tp in assigned)
+        stock_states.forget(tp.partition for tp in assigned)
+
+    @app.task
+    async def start_views() -> None:
+        if views is None:
+            shared.start(bootstrap=settings.kafka_bootstrap,
+                         topics=[topics.catalogue, topics.inventory, topics.orders])  # fmt: skip
+
+    async def wait_for_views() -> None:
+        while not shared.ready.is_set():
+            await asyncio.sleep(0.05)
+
+    def dead_letter(message: Any, raw: bytes, reason: str) -> Any:
         where = message_ref(message.topic, message.partition, message.offset)
         letter = DeadLetter.of(source=message.topic, source_ref=where, reason=reason, raw=raw)
-        await send_confirmed(dlq, where, codec.encode(letter))
+        return dlq.send(key=where.encode(), value=codec.encode(letter))
 
-    @app.agent(intake_topic, name="intake")
-    async def take_in(stream: faust.StreamT[Any]) -> AsyncIterator[list[str]]:
-        """Dedup, sequence and validate; yields the event types it wrote (tests, tracing)."""
-        async for event in stream.events():
-            message = event.message
-            where = message_ref(message.topic, message.partition, message.offset)
-            raw = event.value or b""
-            try:
-                received = codec.decode(raw, where=where)
-                if not isinstance(received, OrderReceived | OrderModified):
-                    raise CodecError(
-                        f"{type(received).__name__} does not belong on the intake topic",
-                        where=where,
-                    )
-            except CodecError as exc:
-                await dead_letter(message, raw, str(exc))
-                yield ["DeadLetter"]
+    def decode(message: Any, raw: bytes, kinds: tuple[type, ...]) -> Event:
+        where = message_ref(message.topic, message.partition, message.offset)
+        event = codec.decode(raw, where=where)
+        if not isinstance(event, kinds):
+            raise CodecError(f"{type(event).__name__} does not belong on {message.topic}",
+                             where=where)  # fmt: skip
+        return event  # type: ignore[return-value]
+
+    @app.agent(order_inputs, name="orders")
+    async def run_orders(stream: faust.StreamT[Any]) -> AsyncIterator[list[str]]:
+        """The order process (streams.orders): one writer per order; yields what it wrote."""
+        await wait_for_views()
+        async for batch in cast(Any, stream).take_events(BATCH, within=BATCH_WITHIN_S):
+            sends: list[Any] = []
+            written: list[str] = []
+            now = utc_now()
+            for event in batch:
+                ctx = orders.Context(
+                    catalogue=shared.catalogue, rules=rules, history=shared.history,
+                    available=shared.available, load=shared.load(now), now=now,
+                )  # fmt: skip
+                message = event.message
+                raw = event.value or b""
+                states = await order_states.of(message.partition)
+                try:
+                    received = decode(message, raw, (OrderEvent, StockEvent))
+                    assert isinstance(received, OrderEvent | StockEvent)
+                except CodecError as exc:
+                    sends.append(dead_letter(message, raw, str(exc)))
+                    written.append("DeadLetter")
+                    continue
+                order_id = getattr(received, "order_id", "")
+                state = states.get(order_id)
+                decision = orders.decide(state, received, ctx)
+                for outcome in decision.to_log:
+                    state = orders.apply(state, outcome)
+                    shared.note(outcome)
+                    sends.append(order_log.send(key=order_id.encode(), value=codec.encode(outcome),
+                                                partition=message.partition))  # fmt: skip
+                    written.append(outcome.event_type)
+                if state is not None:
+                    states[order_id] = state
+                for command in decision.commands:
+                    key = stock_key(command.sku, command.location).encode()
+                    sends.append(stock_commands.send(key=key, value=codec.encode(command)))
+                if decision.refusal is not None:
+                    sends.append(dead_letter(message, raw, decision.refusal))
+                    written.append("DeadLetter")
+            await _confirm(sends)
+            yield written
+
+    @app.agent(stock_commands, name="inventory")
+    async def run_inventory(stream: faust.StreamT[Any]) -> AsyncIterator[list[str]]:
+        """The stock ledger (streams.inventory): one writer per sku@location."""
+        await wait_for_views()
+        async for batch in cast(Any, stream).take_events(BATCH, within=BATCH_WITHIN_S):
+            sends: list[Any] = []
+            written: list[str] = []
+            now = utc_now()
+            for event in batch:
+                message = event.message
+                raw = event.value or b""
+                states = await stock_states.of(message.partition)
+                try:
+                    command = decode(message, raw, (StockEvent,))
+                    assert isinstance(command, StockEvent)
+                    key = stock_key(command.sku, command.location)
+                    level = states.get(key) or inventory.empty(command.sku, command.location)
+                    product = shared.catalogue.products.get(command.sku)
+                    outcomes = inventory.decide(level, command, product=product, now=now)
+                except (CodecError, inventory.StockCommandRefused) as exc:
+                    sends.append(dead_letter(message, raw, str(exc)))
+                    written.append("DeadLetter")
+                    continue
+                replies = list(outcomes)
+                if not outcomes:
+                    answered = inventory.outcome(level, getattr(command, "reservation_id", ""))
+                    replies = [answered] if answered is not None else []
+                sends += write_ledger(states, key, level, outcomes, message.partition)
+                sends += [send_reply(reply) for reply in replies if _is_reply(reply)]
+                written += [e.event_type for e in outcomes]
+            await _confirm(sends)
+            yield written
+
+    def write_ledger(states: dict[str, Any], key: str, level: Any, outcomes: list[StockEvent],
+                     partition: int) -> list[Any]:  # fmt: skip
+        sends = []
+        for outcome in outcomes:
+            level = inventory.apply(level, outcome)
+            shared.note(outcome)
+            sends.append(ledger.send(key=key.encode(), value=codec.encode(outcome),
+                                     partition=partition))  # fmt: skip
+        states[key] = level
+        return sends
+
+    def send_reply(reply: StockEvent) -> Any:
+        order_id = getattr(reply, "order_id", "")
+        return order_commands.send(key=order_id.encode(), value=codec.encode(reply))
+
+    @app.timer(interval=settings.expiry_check_s)
+    async def expire_reservations() -> None:
+        """Reservations past their time and perishable batches past their date leave."""
+        now = utc_now()
+        sends: list[Any] = []
+        for partition, states in list(stock_states.states.items()):
+            for key, level in list(states.items()):
+                lapsed = inventory.expire(level, now=now)
+                if lapsed:
+                    sends += write_ledger(states, key, level, lapsed, partition)
+                    sends += [send_reply(e) for e in lapsed if _is_reply(e)]
+        await _confirm(sends)
+
+    @app.timer(interval=settings.capacity_check_s, on_leader=True)
+    async def watch_capacity() -> None:
+        """Pause a location whose capacity slot is full; resume it when a new slot starts."""
+        now = utc_now()
+        load = shared.load(now)
+        sends = []
+        for location in shared.catalogue.locations.values():
+            if location.capacity_per_slot <= 0:
                 continue
-            key = received.order_id.encode()
-            stored = records.get(key)
-            record = None if stored is None else OrderRecord.model_validate_json(stored)
-            decision = decide(record, received, now=utc_now())
-            # Outputs first, state after: a crash in between re-makes the same events (same
-            # ids and sequences), which every reader recognises as redeliveries.
-            for outcome in decision.to_log:
-                await send_confirmed(orders, outcome.order_id, codec.encode(outcome))
-            if decision.refusal is not None:
-                await dead_letter(message, raw, f"{decision.refusal} ({where})")
-            if decision.record is not None:
-                records[key] = decision.record.model_dump_json().encode()
-            written = [outcome.event_type for outcome in decision.to_log]
-            yield written + (["DeadLetter"] if decision.refusal is not None else [])
+            full = load.get(location.id, 0) >= location.capacity_per_slot
+            slot = slot_start(location, now).isoformat()
+            change: Event | None = None
+            if full and not location.paused:
+                change = _location_change(LocationPaused, location.id, slot, now,
+                                          f"{load[location.id]} orders in the slot from {slot}, "
+                                          f"capacity {location.capacity_per_slot}")  # fmt: skip
+            elif not full and location.paused and location.id in shared.auto_paused:
+                change = _location_change(
+                    LocationResumed,
+                    location.id,
+                    slot,
+                    now,
+                    f"capacity free again in the slot from {slot}",
+                )
+            if change is not None:
+                shared.note(change)
+                sends.append(catalogue_topic.send(key=location.id.encode(),
+                                                  value=codec.encode(change)))  # fmt: skip
+        shared.forget_before(now - timedelta(hours=2))
+        await _confirm(sends)
 
     return app
 
 
-def _partitions(settings: Settings, topic: str) -> int:
-    """The topic's partition count (a table's changelog must match its source topic)."""
-    from confluent_kafka.admin import AdminClient
+def _is_reply(event: Event) -> bool:
+    """Ledger events the order's agent must hear about."""
+    if isinstance(event, StockReserved | StockReservationRefused):
+        return True
+    return isinstance(event, StockReleased) and event.reason == "EXPIRED"
 
-    try:
-        metadata = AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).list_topics(
-            topic, timeout=10
-        )
-        found = metadata.topics.get(topic)
-        if found is not None and found.error is None and found.partitions:
-            return len(found.partitions)
-    except Exception:  # noqa: BLE001 - no broker yet: Faust will report it itself
-        pass
-    return settings.kafka_partitions
+
+def _location_change(
+    kind: type[LocationPaused | LocationResumed], location_id: str, slot: str, now: datetime,
+    reason: str,
+) -> Event:  # fmt: skip
+    return kind(
+        event_id=deterministic_id(location_id, kind.__name__, slot), sequence=1, occurred_at=now,
+        recorded_at=now, correlation_id=location_id,
+        actor=Actor(kind=ActorKind.SYSTEM, id="capacity"), entity_id=location_id,
+        reason=reason, automatic=True,
+    )  # fmt: skip
+
+
+async def _confirm(sends: list[Any]) -> None:
+    """Wait until Kafka acknowledged every send (each is queued, then acked)."""
+    if not sends:
+        return
+    queued = await asyncio.gather(*sends)
+    await asyncio.gather(*queued)
 
 
 def run_worker(argv: list[str] | None = None) -> None:

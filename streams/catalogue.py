@@ -50,9 +50,7 @@ class Catalogue:
         if isinstance(event, ProductUpdated):
             return replace(self, products={**self.products, event.product.sku: event.product})
         if isinstance(event, LocationUpdated):
-            return replace(
-                self, locations={**self.locations, event.location.id: event.location}
-            )
+            return replace(self, locations={**self.locations, event.location.id: event.location})
         if isinstance(event, LocationPaused | LocationResumed):
             current = self.locations.get(event.entity_id)
             if current is None:

@@ -26,6 +26,7 @@ from events.models import (
     deterministic_id,
 )
 from streams import validation
+from streams.catalogue import Catalogue
 
 SEEN_KEPT = 64  # intake event ids remembered per order (redeliveries come close together)
 
@@ -48,7 +49,11 @@ class IntakeDecision:
 
 
 def decide(
-    record: OrderRecord | None, event: OrderReceived | OrderModified, *, now: datetime
+    record: OrderRecord | None,
+    event: OrderReceived | OrderModified,
+    *,
+    now: datetime,
+    catalogue: Catalogue | None = None,
 ) -> IntakeDecision:
     if record is not None and event.event_id in record.seen:
         return IntakeDecision(None, [])  # an exact redelivery
@@ -57,7 +62,9 @@ def decide(
             # Same order id, different event id: a connector bug, or a re-numbered channel order.
             return IntakeDecision(None, [], f"order {event.order_id} was already received")
         received = event.model_copy(update={"sequence": 1})
-        verdict = validation.verdict(received, previous=received, sequence=2, now=now)
+        verdict = validation.verdict(
+            received, previous=received, sequence=2, now=now, catalogue=catalogue
+        )
         return IntakeDecision(
             OrderRecord(order=received, version=2, status=_status(verdict), seen=[event.event_id]),
             [received, verdict],
@@ -71,7 +78,9 @@ def decide(
         # The channel showed us this order first as a revision (its counter also moves on
         # payment): the revision is the order. Its original, if it still comes, is then a
         # redelivery of the same OrderReceived id and changes nothing.
-        verdict = validation.verdict(first_seen, previous=first_seen, sequence=2, now=now)
+        verdict = validation.verdict(
+            first_seen, previous=first_seen, sequence=2, now=now, catalogue=catalogue
+        )
         return IntakeDecision(
             OrderRecord(
                 order=first_seen,
@@ -91,13 +100,10 @@ def decide(
             None, [], f"order {event.order_id} is {record.status.value}: too late to modify"
         )
     modified = event.model_copy(update={"sequence": record.version + 1})
-    # Lines and amounts are replaced; details a revision leaves out (None) stay as they were.
-    amounts = ("lines", "delivery_fee", "packaging_fee", "discount", "tax", "total")
-    details = ("address", "requested_at", "notes")
-    update = {name: getattr(event, name) for name in amounts}
-    update |= {name: getattr(event, name) for name in details if getattr(event, name) is not None}
-    merged = record.order.model_copy(update=update)
-    verdict = validation.verdict(merged, previous=modified, sequence=record.version + 2, now=now)
+    merged = merge(record.order, event)
+    verdict = validation.verdict(
+        merged, previous=modified, sequence=record.version + 2, now=now, catalogue=catalogue
+    )
     return IntakeDecision(
         OrderRecord(
             order=merged,
@@ -108,6 +114,18 @@ def decide(
         ),  # fmt: skip
         [modified, verdict],
     )
+
+
+def merge(order: OrderReceived, revision: OrderModified) -> OrderReceived:
+    """The order with a revision applied: lines and amounts are replaced; details the revision
+    leaves out (None) stay as they were."""
+    amounts = ("lines", "delivery_fee", "packaging_fee", "discount", "tax", "total")
+    details = ("address", "requested_at", "notes")
+    update = {name: getattr(revision, name) for name in amounts}
+    update |= {
+        name: getattr(revision, name) for name in details if getattr(revision, name) is not None
+    }
+    return order.model_copy(update=update)
 
 
 def as_received(event: OrderModified) -> OrderReceived | None:

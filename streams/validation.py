@@ -21,6 +21,7 @@ from events.models import (
     RejectionReason,
     deterministic_id,
 )
+from streams.catalogue import Catalogue
 
 ACTOR = Actor(kind=ActorKind.SYSTEM, id="validation")
 
@@ -42,9 +43,14 @@ ISO_CURRENCIES = frozenset(
 )
 
 
-def rejection_reasons(order: OrderReceived) -> list[RejectionReason]:
-    """Every reason the order cannot be accepted; empty when it can."""
-    reasons: list[RejectionReason] = []
+def rejection_reasons(
+    order: OrderReceived, catalogue: Catalogue | None = None
+) -> list[RejectionReason]:
+    """Every reason the order cannot be accepted; empty when it can. With a catalogue, SKUs
+    and the store a pickup or dine-in order names must be known (and able to serve it)."""
+    reasons: list[RejectionReason] = (
+        [] if catalogue is None else catalogue_reasons(order, catalogue)
+    )
     if order.currency not in ISO_CURRENCIES:
         reasons.append(
             RejectionReason(
@@ -134,8 +140,40 @@ def rejection_reasons(order: OrderReceived) -> list[RejectionReason]:
     return reasons
 
 
+def catalogue_reasons(order: OrderReceived, catalogue: Catalogue) -> list[RejectionReason]:
+    reasons = [
+        RejectionReason(code="UNKNOWN_SKU", field=f"lines.{i}.sku",
+                        message=f"{line.sku!r} is not in the product catalogue")
+        for i, line in enumerate(order.lines)
+        if line.sku not in catalogue.products
+    ]  # fmt: skip
+    if order.mode in (OrderMode.PICKUP, OrderMode.DINE_IN):
+        location = catalogue.location_for(order.location_hint)
+        if order.location_hint is None:
+            reasons.append(RejectionReason(
+                code="MISSING_LOCATION", field="location_hint",
+                message=f"a {order.mode.value} order must name its store",
+            ))  # fmt: skip
+        elif location is None:
+            reasons.append(RejectionReason(
+                code="UNKNOWN_LOCATION", field="location_hint",
+                message=f"{order.location_hint!r} is not in the location registry",
+            ))  # fmt: skip
+        elif order.mode not in location.capabilities:
+            reasons.append(RejectionReason(
+                code="LOCATION_CANNOT_SERVE", field="location_hint",
+                message=f"{location.id} does not do {order.mode.value}",
+            ))  # fmt: skip
+    return reasons
+
+
 def verdict(
-    order: OrderReceived, *, previous: OrderEvent, sequence: int, now: datetime
+    order: OrderReceived,
+    *,
+    previous: OrderEvent,
+    sequence: int,
+    now: datetime,
+    catalogue: Catalogue | None = None,
 ) -> OrderEvent:
     """`OrderAccepted` or `OrderRejected` for `order`, caused by `previous` (the event that
     brought it to validation: its receipt or a revision); the id follows from that event, so
@@ -151,7 +189,7 @@ def verdict(
         "channel": order.channel,
         "external_id": order.external_id,
     }
-    reasons = rejection_reasons(order)
+    reasons = rejection_reasons(order, catalogue)
     if reasons:
         return OrderRejected(
             event_id=deterministic_id(previous.event_id, "OrderRejected"),

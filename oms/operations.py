@@ -1,0 +1,145 @@
+"""Commands from people, as events on the write side: a reviewer's decision, a cancellation,
+stock counts and adjustments, pausing a location. Each is checked here for what can be checked
+without the order's history (fields, numbers) and then judged by the agent that owns the
+aggregate, which dead-letters what its state does not allow (e.g. approving an order that is
+not held), with the reason.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date
+from typing import Any
+
+from events.models import (
+    Actor,
+    ActorKind,
+    CancelledBy,
+    Event,
+    ExpiryBatchAdded,
+    LocationPaused,
+    LocationResumed,
+    OrderCancelled,
+    ReviewApproved,
+    ReviewRejected,
+    SafetyStockSet,
+    StockAdjusted,
+    StockCounted,
+    StockReceived,
+    utc_now,
+)
+from oms.settings import Settings
+
+
+class CommandRejected(ValueError):
+    """A command that is wrong on its face; names the field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+def _envelope(actor: str, correlation: str) -> dict[str, Any]:
+    now = utc_now()
+    return {
+        "event_id": str(uuid.uuid4()), "sequence": 1, "occurred_at": now, "recorded_at": now,
+        "correlation_id": correlation, "actor": Actor(kind=ActorKind.USER, id=actor),
+    }  # fmt: skip
+
+
+def _order(order_id: str, actor: str) -> dict[str, Any]:
+    if not order_id.strip():
+        raise CommandRejected("order_id", "must not be empty")
+    if not actor.strip():
+        raise CommandRejected("actor", "say who decides (--reviewer / --by)")
+    # channel and external id are the order's: its agent fills them in from the history.
+    return _envelope(actor, order_id) | {"order_id": order_id, "channel": "", "external_id": ""}
+
+
+def review(order_id: str, *, approve: bool, reviewer: str, reason: str | None) -> Event:
+    if approve:
+        return ReviewApproved(**_order(order_id, reviewer), note=reason)
+    if not reason or not reason.strip():
+        raise CommandRejected("reason", "a rejection needs a reason")
+    return ReviewRejected(**_order(order_id, reviewer), reason=reason)
+
+
+def cancel(order_id: str, *, by: str, reason_code: str, reason: str) -> Event:
+    if not reason_code.strip():
+        raise CommandRejected("reason_code", "must not be empty")
+    return OrderCancelled(**_order(order_id, by), cancelled_by=CancelledBy.MERCHANT,
+                          reason_code=reason_code, reason=reason)  # fmt: skip
+
+
+def _stock(sku: str, location: str, actor: str) -> dict[str, Any]:
+    for name, value in (("sku", sku), ("location", location)):
+        if not value.strip() or "@" in value:
+            raise CommandRejected(name, f"{value!r} is not a valid {name}")
+    return _envelope(actor, f"{sku}@{location}") | {"sku": sku, "location": location}
+
+
+def stock_set(sku: str, location: str, *, counted: int, actor: str) -> Event:
+    """A count: on hand becomes `counted` (the ledger records the difference)."""
+    if counted < 0:
+        raise CommandRejected("counted", f"{counted} is negative")
+    return StockCounted(**_stock(sku, location, actor), counted=counted)
+
+
+def stock_adjust(sku: str, location: str, *, delta: int, reason: str, actor: str,
+                 note: str | None = None) -> Event:  # fmt: skip
+    if delta == 0:
+        raise CommandRejected("delta", "must not be 0")
+    if not reason.strip():
+        raise CommandRejected("reason", "say why (DAMAGED, LOST, FOUND, CORRECTION, ...)")
+    return StockAdjusted(**_stock(sku, location, actor), delta=delta, reason=reason.upper(),
+                         note=note)  # fmt: skip
+
+
+def stock_receive(sku: str, location: str, *, quantity: int, actor: str,
+                  reference: str | None = None) -> Event:  # fmt: skip
+    if quantity <= 0:
+        raise CommandRejected("quantity", f"{quantity} must be positive")
+    return StockReceived(**_stock(sku, location, actor), quantity=quantity, reference=reference)
+
+
+def safety_stock(sku: str, location: str, *, quantity: int, actor: str) -> Event:
+    if quantity < 0:
+        raise CommandRejected("quantity", f"{quantity} is negative")
+    return SafetyStockSet(**_stock(sku, location, actor), quantity=quantity)
+
+
+def batch_received(sku: str, location: str, *, batch_id: str, quantity: int,
+                   expires_on: date, actor: str) -> Event:  # fmt: skip
+    if quantity <= 0:
+        raise CommandRejected("quantity", f"{quantity} must be positive")
+    return ExpiryBatchAdded(**_stock(sku, location, actor), batch_id=batch_id,
+                            quantity=quantity, expires_on=expires_on)  # fmt: skip
+
+
+def location_pause(location: str, *, paused: bool, reason: str, actor: str) -> Event:
+    if not location.strip():
+        raise CommandRejected("location", "must not be empty")
+    kind = LocationPaused if paused else LocationResumed
+    return kind(**_envelope(actor, location), entity_id=location, reason=reason, automatic=False)
+
+
+def topic_for(settings: Settings, event: Event) -> str:
+    """Where a command goes: the agent that owns its aggregate reads it there."""
+    from events.models import CatalogueEvent, OrderEvent, StockEvent
+
+    if isinstance(event, OrderEvent):
+        return settings.topics.order_commands
+    if isinstance(event, StockEvent):
+        return settings.topics.stock_commands
+    if isinstance(event, CatalogueEvent):
+        return settings.topics.catalogue
+    raise TypeError(type(event).__name__)
+
+
+def send(settings: Settings, event: Event) -> None:
+    """Publish one command and wait for Kafka's ack."""
+    from oms.publisher import Publisher
+
+    publisher = Publisher(settings)
+    publisher.publish(topic_for(settings, event), event)
+    publisher.flush(30)

@@ -1,0 +1,140 @@
+"""Shared views every worker keeps of the whole system: the catalogue, stock available to
+promise per `sku@location`, orders per location and capacity slot, and customers' history.
+
+They are read in a background thread from all partitions of the catalogue, inventory and
+order topics. They are eventually consistent and used only where that is safe: routing may
+pick a location whose stock just went — the ledger, which is exact, then refuses the
+reservation and the order is re-routed; fraud velocity and capacity are soft limits. The
+worker also notes its own decisions at once, so it does not wait for them to come back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections import defaultdict
+from datetime import datetime
+
+from events.codec import AvroCodec, CodecError
+from events.models import (
+    CatalogueEvent,
+    LocationPaused,
+    LocationResumed,
+    OrderReceived,
+    OrderRouted,
+    StockEvent,
+    stock_key,
+)
+from streams import inventory
+from streams.catalogue import Catalogue, slot_start
+from streams.customers import CustomerHistory
+
+log = logging.getLogger(__name__)
+
+
+class SharedViews:
+    def __init__(self, *, catalogue: Catalogue, codec: AvroCodec) -> None:
+        self.catalogue = catalogue
+        self.codec = codec
+        self.history = CustomerHistory()
+        self.stock: dict[str, inventory.StockLevel] = {}
+        self.routed: dict[tuple[str, datetime], set[str]] = defaultdict(set)
+        self.auto_paused: set[str] = set()
+        self.ready = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------ what decisions read
+
+    def available(self, sku: str, location: str) -> int:
+        level = self.stock.get(stock_key(sku, location))
+        return 0 if level is None else level.available_to_promise
+
+    def load(self, now: datetime) -> dict[str, int]:
+        """Orders routed to each location in the capacity slot `now` falls in."""
+        return {
+            location.id: len(self.routed.get((location.id, slot_start(location, now)), ()))
+            for location in self.catalogue.locations.values()
+        }
+
+    # ------------------------------------------------------------ what feeds them
+
+    def note(self, event: object) -> None:
+        """Fold one event into the views (idempotent: each view dedups by id)."""
+        if isinstance(event, OrderReceived):
+            self.history.record(event)
+        elif isinstance(event, OrderRouted):
+            location = self.catalogue.locations.get(event.location)
+            if location is not None:
+                self.routed[(location.id, slot_start(location, event.occurred_at))].add(
+                    event.order_id
+                )
+        elif isinstance(event, StockEvent):
+            key = stock_key(event.sku, event.location)
+            level = self.stock.get(key) or inventory.empty(event.sku, event.location)
+            if event.sequence > level.sequence:
+                self.stock[key] = inventory.apply(level, event)
+        elif isinstance(event, CatalogueEvent):
+            self.catalogue = self.catalogue.apply(event)
+            if isinstance(event, LocationPaused) and event.automatic:
+                self.auto_paused.add(event.entity_id)
+            elif isinstance(event, LocationResumed):
+                self.auto_paused.discard(event.entity_id)
+
+    def forget_before(self, now: datetime) -> None:
+        """Drop capacity slots that have passed (memory stays bounded)."""
+        for key in [k for k in self.routed if k[1] < now.replace(minute=0, second=0)]:
+            del self.routed[key]
+
+    # ------------------------------------------------------------ the reading thread
+
+    def start(self, *, bootstrap: str, topics: list[str]) -> None:
+        self._thread = threading.Thread(
+            target=self._run, args=(bootstrap, topics), name="oms-views", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self, bootstrap: str, topics: list[str]) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        consumer = Consumer({
+            "bootstrap.servers": bootstrap, "group.id": f"views-{uuid.uuid4().hex}",
+            "enable.auto.commit": False, "fetch.wait.max.ms": 20,
+        })  # fmt: skip
+        try:
+            ends: dict[tuple[str, int], int] = {}
+            assignment = []
+            for topic in topics:
+                metadata = consumer.list_topics(topic, timeout=30).topics[topic]
+                for partition in metadata.partitions:
+                    tp = TopicPartition(topic, partition, OFFSET_BEGINNING)
+                    assignment.append(tp)
+                    _, high = consumer.get_watermark_offsets(tp, timeout=30)
+                    if high > 0:
+                        ends[(topic, partition)] = high
+            consumer.assign(assignment)
+            if not ends:
+                self.ready.set()
+            while not self._stop.is_set():
+                for message in consumer.consume(num_messages=5000, timeout=0.2):
+                    if message.error() is not None:
+                        continue
+                    try:
+                        self.note(self.codec.decode(message.value() or b""))
+                    except CodecError:
+                        pass  # bad bytes are the agents' to dead-letter
+                    except Exception:  # noqa: BLE001 - a view must not die on one event
+                        log.exception("views: could not fold an event")
+                    where = (message.topic() or "", message.partition() or 0)
+                    if where in ends and (message.offset() or 0) >= ends[where] - 1:
+                        del ends[where]
+                        if not ends:
+                            self.ready.set()
+        finally:
+            consumer.close()

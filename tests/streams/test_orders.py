@@ -1,0 +1,271 @@
+"""The order process (streams.orders): pure decisions over an order's log and one input."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from events.models import (
+    Actor,
+    ActorKind,
+    Address,
+    CancelledBy,
+    OrderCancelled,
+    OrderEvent,
+    OrderLine,
+    OrderMode,
+    ReleaseStock,
+    ReserveStock,
+    ReviewApproved,
+    StockEvent,
+    StockReleased,
+    StockReservationRefused,
+    StockReserved,
+    deterministic_id,
+)
+from streams import orders
+from streams.catalogue import load_catalogue
+from streams.customers import CustomerHistory
+from streams.fraud import FraudRules
+from tests.factories import received
+
+NOW = datetime(2026, 11, 25, 4, 0, tzinfo=UTC)  # 12:00 in Shanghai: the stores are open
+CATALOGUE = load_catalogue()
+ACTOR = Actor(kind=ActorKind.USER, id="li.reviewer")
+
+
+def context(stock: Mapping[tuple[str, str], int] | None = None, **changes: Any) -> orders.Context:
+    stock = stock or {}
+    fields: dict[str, Any] = dict(
+        catalogue=CATALOGUE, rules=FraudRules(), history=CustomerHistory(),
+        available=lambda sku, location: stock.get((sku, location), 0), load={}, now=NOW,
+    )  # fmt: skip
+    fields.update(changes)
+    return orders.Context(**fields)
+
+
+def lunch(**overrides: Any) -> Any:
+    """A Meituan-style delivery from store S01: dishes are made to order."""
+    fields: dict[str, Any] = dict(location_hint="S01", placed_at=NOW,
+                                  address=Address(text="南京东路 1号", latitude=31.235,
+                                                  longitude=121.475))  # fmt: skip
+    fields.update(overrides)
+    return received(**fields)
+
+
+def teapots(quantity: int = 2, **overrides: Any) -> Any:
+    fields: dict[str, Any] = dict(
+        order_id="o-ship", event_id="e-ship", mode=OrderMode.SHIP, placed_at=NOW,
+        lines=[OrderLine(sku="KETTLE-IRON", name="铸铁茶壶", quantity=quantity, unit_price=45900)],
+        delivery_fee=0, total=45900 * quantity,
+        address=Address(text="北京 朝阳区", latitude=39.92, longitude=116.45),
+    )  # fmt: skip
+    fields.update(overrides)
+    return received(**fields)
+
+
+def run(
+    inputs: list[Any], ctx: orders.Context
+) -> tuple[orders.OrderState | None, list[OrderEvent], list[StockEvent]]:
+    """Feed inputs one by one as the agent does; returns state, the log and the commands."""
+    state: orders.OrderState | None = None
+    log: list[OrderEvent] = []
+    commands: list[StockEvent] = []
+    for event in inputs:
+        decision = orders.decide(state, event, ctx)
+        state = orders.fold(decision.to_log, state)
+        log += decision.to_log
+        commands += decision.commands
+    return state, log, commands
+
+
+def types(log: list[Any]) -> list[str]:
+    return [event.event_type for event in log]
+
+
+def answer(command: ReserveStock, *, ok: bool) -> StockEvent:
+    common: dict[str, Any] = dict(
+        event_id=deterministic_id(command.event_id, "answer"), sequence=1, occurred_at=NOW,
+        recorded_at=NOW, correlation_id=command.correlation_id,
+        actor=Actor(kind=ActorKind.SYSTEM, id="inventory"), sku=command.sku,
+        location=command.location, order_id=command.order_id,
+        reservation_id=command.reservation_id,
+    )  # fmt: skip
+    if ok:
+        return StockReserved(**common, quantity=command.quantity)
+    return StockReservationRefused(**common, requested=command.quantity, available=0,
+                                   reason="INSUFFICIENT_STOCK")  # fmt: skip
+
+
+def test_made_to_order_delivery_is_routed_to_its_store_and_prioritised_without_stock() -> None:
+    state, log, commands = run([lunch()], context())
+    assert types(log) == ["OrderReceived", "OrderAccepted", "OrderRouted", "OrderPrioritised"]
+    assert [e.sequence for e in log] == [1, 2, 3, 4]
+    assert log[2].location == "S01" and commands == []
+    assert state is not None and state.status.value == "prioritised"
+
+
+def test_stocked_order_reserves_per_line_and_is_prioritised_when_all_are_reserved() -> None:
+    ctx = context({("KETTLE-IRON", "WH-BJ"): 5, ("KETTLE-IRON", "WH-SH"): 5})
+    state, log, commands = run([teapots()], ctx)
+    assert types(log) == ["OrderReceived", "OrderAccepted", "OrderRouted"]
+    assert log[-1].location == "WH-BJ"  # nearer to Beijing
+    (reserve,) = commands
+    assert isinstance(reserve, ReserveStock) and (reserve.location, reserve.quantity) == ("WH-BJ", 2)
+    state, more, _ = run([teapots(), answer(reserve, ok=True)], ctx)
+    assert types(more)[3:] == ["OrderReserved", "OrderPrioritised"]
+
+
+def test_refused_reservation_re_routes_to_another_location() -> None:
+    ctx = context({("KETTLE-IRON", "WH-BJ"): 5, ("KETTLE-IRON", "WH-SH"): 5})
+    _, _, (first,) = run([teapots()], ctx)
+    state, log, commands = run([teapots(), answer(first, ok=False)], ctx)
+    assert types(log)[3:] == ["OrderReservationFailed", "OrderRouted"]
+    second = commands[-1]
+    assert isinstance(second, ReserveStock) and second.location == "WH-SH"
+    assert second.reservation_id != first.reservation_id
+    state, log, _ = run([teapots(), answer(first, ok=False), answer(second, ok=True)], ctx)
+    assert types(log)[-2:] == ["OrderReserved", "OrderPrioritised"]
+    assert state is not None and dict(state.held) and not state.released
+
+
+def test_partial_reservation_is_compensated_when_another_line_is_refused() -> None:
+    lines = [OrderLine(sku="KETTLE-IRON", name="壶", quantity=1, unit_price=45900),
+             OrderLine(sku="MUG-CERAMIC", name="杯", quantity=1, unit_price=6800)]  # fmt: skip
+    order = teapots(lines=lines, total=45900 + 6800)
+    ctx = context({("KETTLE-IRON", "WH-BJ"): 1, ("MUG-CERAMIC", "WH-BJ"): 1})
+    _, _, reserves = run([order], ctx)
+    kettle, mug = sorted(reserves, key=lambda c: c.sku)
+    state, log, commands = run([order, answer(kettle, ok=True), answer(mug, ok=False)], ctx)
+    assert types(log)[3:5] == ["OrderPartiallyReserved", "OrderReservationFailed"]
+    released = [c for c in commands if isinstance(c, ReleaseStock)]
+    assert [(c.reservation_id, c.reason) for c in released] == [
+        (kettle.reservation_id, "COMPENSATION")
+    ]
+    # Only WH-BJ had stock and it refused: nothing is left to try.
+    assert types(log)[-1] == "OrderRejected" and log[-1].reasons[0].code == "OUT_OF_STOCK"
+
+
+def test_no_stock_anywhere_is_rejected_with_the_reason() -> None:
+    _, log, commands = run([teapots()], context())
+    assert types(log)[2:] == ["OrderReservationFailed", "OrderRejected"]
+    assert log[-1].reasons[0].code == "OUT_OF_STOCK" and commands == []
+
+
+def test_a_redelivered_input_after_a_crash_finishes_what_was_cut_short() -> None:
+    ctx = context({("KETTLE-IRON", "WH-BJ"): 5})
+    _, full_log, full_commands = run([teapots()], ctx)
+    # The worker died after writing the receipt and the verdict, before routing.
+    cut = orders.fold(full_log[:2])
+    decision = orders.decide(cut, teapots(), ctx)
+    assert decision.to_log == full_log[2:]
+    assert [c.event_id for c in decision.commands] == [c.event_id for c in full_commands]
+
+
+def test_a_redelivered_input_re_sends_the_reservations_still_unanswered() -> None:
+    ctx = context({("KETTLE-IRON", "WH-BJ"): 5})
+    state, _, (reserve,) = run([teapots()], ctx)
+    again = orders.decide(state, teapots(), ctx)
+    assert again.to_log == [] and [c.event_id for c in again.commands] == [reserve.event_id]
+
+
+def test_answers_are_taken_once() -> None:
+    ctx = context({("KETTLE-IRON", "WH-BJ"): 5})
+    _, _, (reserve,) = run([teapots()], ctx)
+    reply = answer(reserve, ok=True)
+    _, log, _ = run([teapots(), reply, reply], ctx)
+    assert types(log).count("OrderReserved") == 1
+
+
+def test_a_risky_order_is_held_and_a_reviewer_releases_it() -> None:
+    history = CustomerHistory()
+    for n in range(4):  # the same phone and address, four times within the hour
+        history.record(lunch(order_id=f"o-{n}", event_id=f"e-{n}",
+                             placed_at=NOW - timedelta(minutes=n + 1)))  # fmt: skip
+    ctx = context(history=history)
+    state, log, _ = run([lunch()], ctx)
+    assert types(log)[-1] == "OrderHeld" and state is not None
+    approve = ReviewApproved(
+        event_id="review-1", sequence=1, occurred_at=NOW, recorded_at=NOW,
+        correlation_id="o-1", actor=ACTOR, order_id="o-1", channel="", external_id="",
+    )  # fmt: skip
+    state, log, _ = run([lunch(), approve], ctx)
+    assert types(log)[-3:] == ["ReviewApproved", "OrderRouted", "OrderPrioritised"]
+    assert log[-3].actor == ACTOR and log[-3].channel == "webshop"  # filled in from the history
+
+
+def test_approving_an_order_that_is_not_held_is_refused() -> None:
+    state, _, _ = run([lunch()], context())
+    approve = ReviewApproved(
+        event_id="review-1", sequence=1, occurred_at=NOW, recorded_at=NOW,
+        correlation_id="o-1", actor=ACTOR, order_id="o-1", channel="", external_id="",
+    )  # fmt: skip
+    decision = orders.decide(state, approve, context())
+    assert decision.to_log == [] and "prioritised" in (decision.refusal or "")
+
+
+def test_cancelling_a_reserved_order_releases_its_stock_and_late_answers_go_back() -> None:
+    ctx = context({("KETTLE-IRON", "WH-BJ"): 5})
+    _, _, (reserve,) = run([teapots()], ctx)
+    cancel = OrderCancelled(
+        event_id="cancel-1", sequence=1, occurred_at=NOW, recorded_at=NOW,
+        correlation_id="o-ship", actor=ACTOR, order_id="o-ship", channel="", external_id="",
+        cancelled_by=CancelledBy.CUSTOMER, reason_code="CHANGED_MIND", reason="no longer needed",
+    )  # fmt: skip
+    # Cancelled while the reservation was in flight: the late answer is given back.
+    state, log, commands = run([teapots(), cancel, answer(reserve, ok=True)], ctx)
+    assert types(log)[-1] == "OrderCancelled"
+    assert [(c.event_type, c.reservation_id) for c in commands[1:]] == [
+        ("ReleaseStock", reserve.reservation_id)
+    ]
+    # Cancelled after it was reserved: released with the reason.
+    state, log, commands = run([teapots(), answer(reserve, ok=True), cancel], ctx)
+    released = [c for c in commands if isinstance(c, ReleaseStock)]
+    assert [(c.reservation_id, c.reason) for c in released] == [
+        (reserve.reservation_id, "CANCELLED")
+    ]
+
+
+def test_an_expired_reservation_sends_the_order_to_routing_again() -> None:
+    ctx = context({("KETTLE-IRON", "WH-BJ"): 5})
+    _, _, (reserve,) = run([teapots()], ctx)
+    lapsed = StockReleased(
+        event_id="lapse-1", sequence=9, occurred_at=NOW, recorded_at=NOW,
+        correlation_id="o-ship", actor=Actor(kind=ActorKind.SYSTEM, id="inventory"),
+        sku="KETTLE-IRON", location="WH-BJ", order_id="o-ship",
+        reservation_id=reserve.reservation_id, quantity=2, reason="EXPIRED",
+    )  # fmt: skip
+    state, log, commands = run([teapots(), answer(reserve, ok=True), lapsed], ctx)
+    assert types(log)[-2:] == ["OrderReservationReleased", "OrderRouted"]
+    assert isinstance(commands[-1], ReserveStock) and commands[-1].reservation_id != (
+        reserve.reservation_id
+    )
+
+
+def test_input_for_an_unknown_order_is_refused() -> None:
+    ctx = context({("KETTLE-IRON", "WH-BJ"): 5})
+    _, _, (reserve,) = run([teapots()], ctx)
+    decision = orders.decide(None, answer(reserve, ok=True), ctx)
+    assert decision.refusal is not None and "never received" in decision.refusal
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.booleans(), min_size=1, max_size=6), st.integers(1, 3))
+def test_the_state_rebuilt_from_the_log_equals_the_state_the_agent_kept(
+    answers: list[bool], quantity: int
+) -> None:
+    ctx = context({("KETTLE-IRON", loc): 9 for loc in ("WH-BJ", "WH-SH")})
+    state, log, commands = run([teapots(quantity)], ctx)
+    inputs = [teapots(quantity)]
+    for ok in answers:
+        pending = [c for c in commands if isinstance(c, ReserveStock)]
+        if not pending:
+            break
+        inputs.append(answer(pending[-1], ok=ok))
+        state, log, commands = run(inputs, ctx)
+    assert orders.fold(log) == state
+    assert [e.sequence for e in log] == list(range(1, len(log) + 1))
