@@ -333,7 +333,9 @@ async def _confirm(sends: list[Any]) -> None:
     """Wait until Kafka acknowledged every send (each is queued, then acked)."""
     if not sends:
         return
-    queued = await asyncio.gather(*sends)
+    # Queued one after another: gathering the sends themselves could reorder them, and one
+    # order's events must reach its partition in sequence. Then wait for all the acks.
+    queued = [await send for send in sends]
     await asyncio.gather(*queued)
 
 
