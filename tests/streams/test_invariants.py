@@ -39,6 +39,7 @@ from oms import operations
 from oms.publisher import Publisher
 from oms.settings import Settings
 from streams import inventory
+from streams.catalogue import load_catalogue
 from streams.replay import read_partition
 from tests.conftest import settings_env
 
@@ -57,6 +58,8 @@ def write_catalogue(path: Path) -> Path:
         for name, (lat, lon) in WAREHOUSES.items()
     ]  # fmt: skip
     demo["products"].append({"sku": "WIDGET", "name": "Widget", "unit_price": 1000})
+    for location in demo["locations"]:
+        location["capacity_per_slot"] = 0  # thousands of orders in one slot: no capacity limit
     path.write_text(json.dumps(demo, ensure_ascii=False))
     return path
 
@@ -102,8 +105,23 @@ def read_all(settings: Settings, topic: str) -> list[Any]:
         partitions = sorted(probe.list_topics(topic, timeout=10).topics[topic].partitions)
     finally:
         probe.close()
+    bootstrap = settings.kafka_bootstrap
     return [event for p in partitions
-            for event in read_partition(settings.kafka_bootstrap, topic, p, codec=CODEC)]  # fmt: skip
+            for event in read_partition(bootstrap, topic, p, codec=CODEC)]  # fmt: skip
+
+
+def log_size(settings: Settings) -> int:
+    """Events on the order log so far (the sum of its partitions' end offsets)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "probe"})
+    try:
+        topic = settings.topics.orders
+        partitions = probe.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                   for p in partitions)  # fmt: skip
+    finally:
+        probe.close()
 
 
 def order_log(settings: Settings) -> dict[str, list[OrderEvent]]:
@@ -113,8 +131,10 @@ def order_log(settings: Settings) -> dict[str, list[OrderEvent]]:
     return by_order
 
 
-def wait_until_settled(settings: Settings, count: int, *, timeout_s: float,
-                       worker: subprocess.Popen[bytes], log: Path) -> dict[str, list[OrderEvent]]:  # fmt: skip
+def wait_until_settled(
+    settings: Settings, count: int, *, timeout_s: float, worker: subprocess.Popen[bytes],
+    log: Path,
+) -> dict[str, list[OrderEvent]]:  # fmt: skip
     """Until every one of `count` orders has reached a resting state on the log."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -147,11 +167,13 @@ def ship_order(n: int, *, run: str, quantity: int = 1) -> OrderReceived:
 def dish_order(n: int, *, run: str) -> OrderReceived:
     """A made-to-order delivery from one of the five stores (no stock involved)."""
     order = ship_order(n, run=run)
-    store = f"S0{n % 5 + 1}"
+    store = load_catalogue().locations[f"S0{n % 5 + 1}"]
+    near = Address(text=f"{n} 南京东路", latitude=store.latitude + 0.005,
+                   longitude=store.longitude)  # fmt: skip
     return order.model_copy(update={
-        "mode": OrderMode.DELIVERY, "location_hint": store, "delivery_fee": 500,
+        "mode": OrderMode.DELIVERY, "location_hint": store.id, "delivery_fee": 500,
         "lines": [OrderLine(sku="NOODLE-BEEF", name="红烧牛肉面", quantity=1, unit_price=3250)],
-        "total": 3750, "address": Address(text=f"{n} 南京东路", latitude=31.23, longitude=121.47),
+        "total": 3750, "address": near,
     })  # fmt: skip
 
 
@@ -236,13 +258,14 @@ def test_worker_killed_mid_run_loses_no_order_and_reserves_no_unit_twice(
             publisher.intake(ship_order(n, run="kill") if n % 2 else dish_order(n, run="kill"))
         publisher.flush()
         deadline = time.monotonic() + 120
-        while len(order_log(scarce)) < orders // 3:
+        expected = 4 * orders + orders // 2  # ship orders also get OrderReserved
+        while log_size(scarce) < expected // 3:
             assert time.monotonic() < deadline, "the worker made no progress"
             assert worker.poll() is None, log.read_text()[-3000:]
-            time.sleep(0.2)
+            time.sleep(0.05)
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
-        assert len(order_log(scarce)) < orders, "the worker finished before it could be killed"
+        assert log_size(scarce) < expected, "the worker finished before it could be killed"
 
         worker = start_worker(scarce, log)
         by_order = wait_until_settled(scarce, orders, timeout_s=300, worker=worker, log=log)
@@ -260,6 +283,9 @@ def test_worker_killed_mid_run_loses_no_order_and_reserves_no_unit_twice(
             for line in getattr(reserved[-1], "lines", []) if reserved else []:
                 held[stock_key(line.sku, line.location)] += line.quantity
     assert {k: v.reserved for k, v in levels.items() if v.reserved} == dict(held)
-    outcomes = Counter(events[-1].event_type for events in by_order.values())
+    outcomes = Counter(
+        getattr(events[-1], "reasons", [None])[0] or events[-1].event_type
+        for events in by_order.values()
+    )
     assert outcomes == {"OrderPrioritised": orders}
     assert sum(held.values()) == orders // 2

@@ -115,7 +115,8 @@ def test_stocked_order_reserves_per_line_and_is_prioritised_when_all_are_reserve
     assert types(log) == ["OrderReceived", "OrderAccepted", "OrderRouted"]
     assert log[-1].location == "WH-BJ"  # nearer to Beijing
     (reserve,) = commands
-    assert isinstance(reserve, ReserveStock) and (reserve.location, reserve.quantity) == ("WH-BJ", 2)
+    assert isinstance(reserve, ReserveStock)
+    assert (reserve.location, reserve.quantity) == ("WH-BJ", 2)
     state, more, _ = run([teapots(), answer(reserve, ok=True)], ctx)
     assert types(more)[3:] == ["OrderReserved", "OrderPrioritised"]
 
