@@ -1,4 +1,4 @@
-"""The validation agent in Faust's test context: no broker, the topic sends are captured."""
+"""The agents in Faust's test context: no broker; sends are captured, state starts empty."""
 
 from __future__ import annotations
 
@@ -9,17 +9,22 @@ from typing import Any
 import pytest
 
 from events.codec import AvroCodec
-from events.models import DeadLetter, OrderAccepted, OrderReceived, OrderRejected
+from events.models import DeadLetter, OrderAccepted, OrderReceived, OrderRejected, ReserveStock
+from oms import operations
 from oms.settings import Settings
 from streams.app import create_app
-from tests.factories import received
+from streams.catalogue import load_catalogue
+from streams.views import SharedViews
+from tests.factories import T0, received
 
 CODEC = AvroCodec()
 
 
 @pytest.fixture
 def app_and_sent(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Iterator[tuple[Any, list[Any]]]:
-    app = create_app(Settings(home=tmp_path))
+    views = SharedViews(catalogue=load_catalogue(), codec=CODEC)
+    views.ready.set()  # nothing to read: no broker here
+    app = create_app(Settings(home=tmp_path), replay=lambda topic, partition: [], views=views)
     sent: list[tuple[str, bytes, bytes]] = []
 
     async def capture(
@@ -40,12 +45,17 @@ def app_and_sent(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Iterator[tup
         loop.close()
 
 
-async def test_valid_order_goes_to_the_order_log_with_its_acceptance(app_and_sent: Any) -> None:
+FLOW = ["OrderReceived", "OrderAccepted", "OrderRouted", "OrderPrioritised"]
+
+
+async def test_valid_order_goes_to_the_order_log_accepted_routed_and_prioritised(
+    app_and_sent: Any,
+) -> None:
     app, sent = app_and_sent
     order = received()
-    async with app.agents["intake"].test_context() as agent:
+    async with app.agents["orders"].test_context() as agent:
         result = await agent.put(CODEC.encode(order))
-        assert agent.results[result.message.offset] == ["OrderReceived", "OrderAccepted"]
+        assert agent.results[result.message.offset] == FLOW
     topics = {topic for topic, _, _ in sent}
     assert topics == {"oms.orders.v1"}
     decoded = [CODEC.decode(value) for _, _, value in sent]
@@ -53,9 +63,31 @@ async def test_valid_order_goes_to_the_order_log_with_its_acceptance(app_and_sen
     assert all(key == order.order_id.encode() for _, key, _ in sent)
 
 
+async def test_inventory_agent_reserves_and_answers_the_order(app_and_sent: Any) -> None:
+    app, sent = app_and_sent
+    receipt = operations.stock_receive("KETTLE-IRON", "WH-SH", quantity=30, actor="test")
+    reserve = ReserveStock(
+        event_id="r-1", sequence=1, occurred_at=T0, recorded_at=T0, correlation_id="o-1",
+        actor=receipt.actor, sku="KETTLE-IRON", location="WH-SH", order_id="o-1",
+        reservation_id="res-1", quantity=2,
+    )  # fmt: skip
+    async with app.agents["inventory"].test_context() as agent:
+        await agent.put(CODEC.encode(receipt))
+        await agent.put(CODEC.encode(reserve))
+        await agent.put(CODEC.encode(reserve))  # redelivered: answered again, not reserved again
+    written = [(topic, CODEC.decode(value).event_type) for topic, _, value in sent]
+    assert written == [
+        ("oms.inventory.v1", "StockReceived"),
+        ("oms.inventory.v1", "StockReserved"),
+        ("oms.order-commands.v1", "StockReserved"),
+        ("oms.order-commands.v1", "StockReserved"),
+    ]
+    assert sent[2][1] == b"o-1"  # the answer goes to the order's partition
+
+
 async def test_invalid_order_is_rejected_with_reasons(app_and_sent: Any) -> None:
     app, sent = app_and_sent
-    async with app.agents["intake"].test_context() as agent:
+    async with app.agents["orders"].test_context() as agent:
         await agent.put(CODEC.encode(received(total=1)))
     verdict = CODEC.decode(sent[-1][2])
     assert isinstance(verdict, OrderRejected)
@@ -64,7 +96,7 @@ async def test_invalid_order_is_rejected_with_reasons(app_and_sent: Any) -> None
 
 async def test_corrupt_message_goes_to_the_dlq_and_the_agent_keeps_going(app_and_sent: Any) -> None:
     app, sent = app_and_sent
-    async with app.agents["intake"].test_context() as agent:
+    async with app.agents["orders"].test_context() as agent:
         await agent.put(b"\x00\x00\x00\x00\x01garbage")
         await agent.put(CODEC.encode(received()))
     assert sent[0][0] == "oms.dlq.v1"
@@ -72,14 +104,14 @@ async def test_corrupt_message_goes_to_the_dlq_and_the_agent_keeps_going(app_and
     assert isinstance(letter, DeadLetter)
     assert letter.raw == b"\x00\x00\x00\x00\x01garbage"
     assert "corrupt Avro body" in letter.reason
-    assert [topic for topic, _, _ in sent[1:]] == ["oms.orders.v1", "oms.orders.v1"]
+    assert [topic for topic, _, _ in sent[1:]] == ["oms.orders.v1"] * len(FLOW)
 
 
 async def test_a_redelivered_order_is_written_once(app_and_sent: Any) -> None:
     app, sent = app_and_sent
-    async with app.agents["intake"].test_context() as agent:
+    async with app.agents["orders"].test_context() as agent:
         first = await agent.put(CODEC.encode(received()))
         second = await agent.put(CODEC.encode(received()))
-        assert agent.results[first.message.offset] == ["OrderReceived", "OrderAccepted"]
+        assert agent.results[first.message.offset] == FLOW
         assert agent.results[second.message.offset] == []
-    assert len(sent) == 2
+    assert len(sent) == len(FLOW)
