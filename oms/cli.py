@@ -234,14 +234,143 @@ def api(host: str, port: int) -> None:
 
 @main.command()
 @click.option("--batch-size", default=5000, show_default=True)
-def project(batch_size: int) -> None:
-    """Project the order log into ClickHouse, resuming where ClickHouse left off."""
-    from projections.projector import Projector
+@click.option(
+    "--migrate",
+    "migrate_only",
+    is_flag=True,
+    help="Apply the pending DDL migrations, say which, and exit.",
+)
+@click.option(
+    "--rebuild",
+    is_flag=True,
+    help="Replay both topics into fresh tables, swap them in atomically, and exit.",
+)
+@click.option(
+    "--until-caught-up",
+    is_flag=True,
+    help="Exit once every message on the topics is projected.",
+)
+def project(batch_size: int, migrate_only: bool, rebuild: bool, until_caught_up: bool) -> None:
+    """Project the order log and the stock ledger into ClickHouse, resuming where ClickHouse
+    left off (docs/read-models.md)."""
+    from projections.projector import BatchStats, Projector
     from projections.store import connect
 
     settings = get_settings()
     store = connect(settings.resolved_clickhouse_url)
-    Projector(settings=settings, store=store, batch_size=batch_size).run()
+    if migrate_only:
+        from projections.schema import migrate
+
+        report = migrate(store)
+        for label in report.applied:
+            click.echo(f"applied  {label}")
+        for label in report.changed_since_applied:
+            click.echo(f"warning  {label} was edited after it was applied", err=True)
+        click.echo(
+            f"{store.database}: {len(report.applied)} migration(s) applied, "
+            f"{len(report.already)} already in place"
+        )
+        return
+    if rebuild:
+        from projections.rebuild import rebuild as run_rebuild
+
+        done = 0
+
+        def progress(stats: BatchStats) -> None:
+            nonlocal done
+            done += stats.events + stats.stock_events + stats.dead_lettered
+            click.echo(f"\rreplayed {done:,} messages", nl=False, err=True)
+
+        result = run_rebuild(settings=settings, store=store, batch_size=max(batch_size, 20_000),
+                             on_batch=progress)  # fmt: skip
+        click.echo("", err=True)
+        click.echo(
+            f"rebuilt {store.database} from {result.events:,} messages in "
+            f"{result.elapsed_s:.1f} s; swapped in with {result.swap}"
+        )
+        return
+    projector = Projector(settings=settings, store=store, batch_size=batch_size)
+    projector.run(until=(lambda _: projector.lag() == 0) if until_caught_up else None)
+
+
+class _ReportGroup(click.Group):
+    """One subcommand per report in projections.reports.REPORTS, built when asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        from projections.reports import REPORTS
+
+        return list(REPORTS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        from projections.reports import REPORTS
+
+        return _report_command(cmd_name) if cmd_name in REPORTS else None
+
+
+@main.group("report", cls=_ReportGroup, invoke_without_command=True)
+@click.option("--list", "list_reports", is_flag=True, help="List the reports.")
+@click.pass_context
+def report(ctx: click.Context, list_reports: bool) -> None:
+    """Analytics from the ClickHouse read models: `oms report NAME [--PARAM VALUE ...]`."""
+    if ctx.invoked_subcommand is None:
+        from projections.reports import REPORTS
+
+        for name, entry in REPORTS.items():
+            click.echo(f"{name:<22} {entry.title}: {entry.description}")
+
+
+def _report_command(name: str) -> click.Command:
+    """`oms report NAME`, with one option per parameter of the report's SQL file."""
+    from projections.reports import REPORTS
+
+    entry = REPORTS[name]
+
+    def run(csv: bool, **params: Any) -> None:
+        from projections.reports import ReportError, run_report
+        from projections.store import StoreError, connect
+
+        store = connect(get_settings().resolved_clickhouse_url)
+        given = {key: value for key, value in params.items() if value is not None}
+        try:
+            result = run_report(store, name, **given)
+        except ReportError as exc:
+            raise click.UsageError(str(exc)) from exc
+        except StoreError as exc:
+            hint = " (run `oms project --migrate`)" if "exist" in str(exc) else ""
+            reason = " ".join(str(exc).split(" -- in:", 1)[0].split())
+            raise click.ClickException(f"{reason}{hint}") from exc
+        cells = [
+            ["" if v is None else f"{v:g}" if isinstance(v, float) else str(v) for v in row]
+            for row in result.rows
+        ]
+        if csv:
+            import csv as csv_format
+
+            writer = csv_format.writer(sys.stdout)
+            writer.writerow(result.columns)
+            writer.writerows(cells)
+            return
+        widths = [max([len(c), *(len(row[i]) for row in cells)])
+                  for i, c in enumerate(result.columns)]  # fmt: skip
+        click.echo("  ".join(c.ljust(w) for c, w in zip(result.columns, widths, strict=True)))
+        click.echo("  ".join("-" * w for w in widths))
+        for row, raw in zip(cells, result.rows, strict=True):
+            click.echo("  ".join(
+                cell.rjust(w) if isinstance(v, int | float) else cell.ljust(w)
+                for cell, w, v in zip(row, widths, raw, strict=True)
+            ).rstrip())  # fmt: skip
+        click.echo(f"({len(cells)} rows)")
+
+    options: list[click.Parameter] = [
+        click.Option([f"--{param.replace('_', '-')}", param], default=None,
+                     help=f"{ch_type}" + ("" if param in entry.defaults else " (required)"))
+        for param, ch_type in entry.parameters.items()
+    ]  # fmt: skip
+    options.append(click.Option(["--csv"], is_flag=True, help="CSV instead of a table."))
+    return click.Command(
+        name, callback=run, params=options, short_help=entry.title,
+        help=f"{entry.title}: {entry.description}\n\nSQL: projections/sql/{entry.sql_file}",
+    )  # fmt: skip
 
 
 @main.group()
@@ -297,6 +426,24 @@ def bench_codec(seconds: float) -> None:
     machine = describe()
     click.echo(f"machine: {machine['cpu']}, {machine['cores']} cores, python {machine['python']}")
     click.echo(f"written to {write_result(get_settings().home, 'codec', figures)}")
+
+
+@bench.command("pipeline")
+@click.option("--orders", "order_count", default=20_000, show_default=True)
+@click.option("--rate", default=500.0, show_default=True, help="orders per second, for latency")
+@click.option("--seconds", default=10.0, show_default=True, help="duration of the paced run")
+def bench_pipeline(order_count: int, rate: float, seconds: float) -> None:
+    """Intake -> routed orders/s (vs a pass-through Faust agent), p50/p99 at a rate, profile."""
+    from bench import pipeline
+    from bench.machine import describe, write_result
+
+    settings = get_settings()
+    figures = pipeline.run(settings, orders_count=order_count, rate=rate, seconds=seconds)
+    for line in pipeline.report(figures):
+        click.echo(line)
+    machine = describe()
+    click.echo(f"machine: {machine['cpu']}, {machine['cores']} cores, python {machine['python']}")
+    click.echo(f"written to {write_result(settings.home, 'pipeline', figures)}")
 
 
 @bench.command("intake")

@@ -13,35 +13,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, cast
 
 import faust
 
 from events.codec import AvroCodec, CodecError, message_ref
 from events.models import (
-    Actor,
-    ActorKind,
     DeadLetter,
     Event,
-    LocationPaused,
-    LocationResumed,
     OrderEvent,
     StockEvent,
     StockReleased,
     StockReservationRefused,
     StockReserved,
-    deterministic_id,
     stock_key,
     utc_now,
 )
 from oms.settings import Settings, get_settings
-from streams import inventory, orders
-from streams.catalogue import load_catalogue, slot_start
+from streams import capacity, inventory, orders
+from streams.catalogue import load_catalogue
 from streams.fraud import load_rules
 from streams.replay import read_partition
+from streams.sink import Sink
 from streams.views import SharedViews
 
 log = logging.getLogger(__name__)
@@ -80,9 +77,9 @@ class PartitionStates:
 
 def create_app(
     settings: Settings | None = None, *, replay: Replay | None = None, views: SharedViews |
-    None = None,
+    None = None, sink: Sink | None = None,
 ) -> faust.App:  # fmt: skip
-    """The worker. `replay` and `views` are for tests without a broker."""
+    """The worker. `replay`, `views` and `sink` are for tests without a broker."""
     settings = settings or get_settings()
     codec = AvroCodec.for_registry(settings.schema_registry_url)
     topics = settings.topics
@@ -116,12 +113,8 @@ def create_app(
     )
     order_inputs = app.topic(topics.intake, topics.order_commands, key_type=bytes,
                              value_type=bytes)  # fmt: skip
-    order_log = app.topic(topics.orders, key_type=bytes, value_type=bytes)
     stock_commands = app.topic(topics.stock_commands, key_type=bytes, value_type=bytes)
-    ledger = app.topic(topics.inventory, key_type=bytes, value_type=bytes)
-    order_commands = app.topic(topics.order_commands, key_type=bytes, value_type=bytes)
-    catalogue_topic = app.topic(topics.catalogue, key_type=bytes, value_type=bytes)
-    dlq = app.topic(topics.dlq, key_type=bytes, value_type=bytes)
+    out = sink or Sink(settings.kafka_bootstrap)
 
     def fold_order(states: dict[str, Any], event: Event) -> None:
         if isinstance(event, OrderEvent):
@@ -159,10 +152,10 @@ def create_app(
         while not shared.ready.is_set():
             await asyncio.sleep(0.05)
 
-    def dead_letter(message: Any, raw: bytes, reason: str) -> Any:
+    def dead_letter(message: Any, raw: bytes, reason: str) -> None:
         where = message_ref(message.topic, message.partition, message.offset)
         letter = DeadLetter.of(source=message.topic, source_ref=where, reason=reason, raw=raw)
-        return dlq.send(key=where.encode(), value=codec.encode(letter))
+        out.produce(topics.dlq, key=where.encode(), value=codec.encode(letter))
 
     def decode(message: Any, raw: bytes, kinds: tuple[type, ...]) -> Event:
         where = message_ref(message.topic, message.partition, message.offset)
@@ -177,7 +170,6 @@ def create_app(
         """The order process (streams.orders): one writer per order; yields what it wrote."""
         await wait_for_views()
         async for batch in cast(Any, stream).take_events(BATCH, within=BATCH_WITHIN_S):
-            sends: list[Any] = []
             written: list[str] = []
             now = utc_now()
             for event in batch:
@@ -192,7 +184,7 @@ def create_app(
                     received = decode(message, raw, (OrderEvent, StockEvent))
                     assert isinstance(received, OrderEvent | StockEvent)
                 except CodecError as exc:
-                    sends.append(dead_letter(message, raw, str(exc)))
+                    dead_letter(message, raw, str(exc))
                     written.append("DeadLetter")
                     continue
                 order_id = getattr(received, "order_id", "")
@@ -201,18 +193,18 @@ def create_app(
                 for outcome in decision.to_log:
                     state = orders.apply(state, outcome)
                     shared.note(outcome)
-                    sends.append(order_log.send(key=order_id.encode(), value=codec.encode(outcome),
-                                                partition=message.partition))  # fmt: skip
+                    out.produce(topics.orders, key=order_id.encode(), value=codec.encode(outcome),
+                                partition=message.partition)  # fmt: skip
                     written.append(outcome.event_type)
                 if state is not None:
                     states[order_id] = state
                 for command in decision.commands:
                     key = stock_key(command.sku, command.location).encode()
-                    sends.append(stock_commands.send(key=key, value=codec.encode(command)))
+                    out.produce(topics.stock_commands, key=key, value=codec.encode(command))
                 if decision.refusal is not None:
-                    sends.append(dead_letter(message, raw, decision.refusal))
+                    dead_letter(message, raw, decision.refusal)
                     written.append("DeadLetter")
-            await _confirm(sends)
+            await out.confirmed()
             yield written
 
     @app.agent(stock_commands, name="inventory")
@@ -220,7 +212,6 @@ def create_app(
         """The stock ledger (streams.inventory): one writer per sku@location."""
         await wait_for_views()
         async for batch in cast(Any, stream).take_events(BATCH, within=BATCH_WITHIN_S):
-            sends: list[Any] = []
             written: list[str] = []
             now = utc_now()
             for event in batch:
@@ -235,112 +226,81 @@ def create_app(
                     product = shared.catalogue.products.get(command.sku)
                     outcomes = inventory.decide(level, command, product=product, now=now)
                 except (CodecError, inventory.StockCommandRefused) as exc:
-                    sends.append(dead_letter(message, raw, str(exc)))
+                    dead_letter(message, raw, str(exc))
                     written.append("DeadLetter")
                     continue
                 replies = list(outcomes)
-                if not outcomes:
+                if not outcomes:  # a redelivered request: answer it again, identically
                     answered = inventory.outcome(level, getattr(command, "reservation_id", ""))
                     replies = [answered] if answered is not None else []
-                sends += write_ledger(states, key, level, outcomes, message.partition)
-                sends += [send_reply(reply) for reply in replies if _is_reply(reply)]
+                write_ledger(states, key, level, outcomes, message.partition)
+                for reply in replies:
+                    send_reply(reply)
                 written += [e.event_type for e in outcomes]
-            await _confirm(sends)
+            await out.confirmed()
             yield written
 
     def write_ledger(states: dict[str, Any], key: str, level: Any, outcomes: list[StockEvent],
-                     partition: int) -> list[Any]:  # fmt: skip
-        sends = []
+                     partition: int) -> None:  # fmt: skip
         for outcome in outcomes:
             level = inventory.apply(level, outcome)
             shared.note(outcome)
-            sends.append(ledger.send(key=key.encode(), value=codec.encode(outcome),
-                                     partition=partition))  # fmt: skip
+            out.produce(topics.inventory, key=key.encode(), value=codec.encode(outcome),
+                        partition=partition)  # fmt: skip
         states[key] = level
-        return sends
 
-    def send_reply(reply: StockEvent) -> Any:
-        order_id = getattr(reply, "order_id", "")
-        return order_commands.send(key=order_id.encode(), value=codec.encode(reply))
+    def send_reply(reply: StockEvent) -> None:
+        """Ledger events the order's agent must hear about go to its inputs too."""
+        if isinstance(reply, StockReserved | StockReservationRefused) or (
+            isinstance(reply, StockReleased) and reply.reason == "EXPIRED"
+        ):
+            order_id = getattr(reply, "order_id", "")
+            out.produce(topics.order_commands, key=order_id.encode(), value=codec.encode(reply))
 
     @app.timer(interval=settings.expiry_check_s)
     async def expire_reservations() -> None:
         """Reservations past their time and perishable batches past their date leave."""
         now = utc_now()
-        sends: list[Any] = []
         for partition, states in list(stock_states.states.items()):
             for key, level in list(states.items()):
-                lapsed = inventory.expire(level, now=now)
-                if lapsed:
-                    sends += write_ledger(states, key, level, lapsed, partition)
-                    sends += [send_reply(e) for e in lapsed if _is_reply(e)]
-        await _confirm(sends)
+                product = shared.catalogue.products.get(level.sku)
+                lapsed = inventory.expire(level, now=now, product=product)
+                write_ledger(states, key, level, lapsed, partition)
+                for event in lapsed:
+                    send_reply(event)
+        await out.confirmed()
 
     @app.timer(interval=settings.capacity_check_s, on_leader=True)
     async def watch_capacity() -> None:
         """Pause a location whose capacity slot is full; resume it when a new slot starts."""
         now = utc_now()
-        load = shared.load(now)
-        sends = []
-        for location in shared.catalogue.locations.values():
-            if location.capacity_per_slot <= 0:
-                continue
-            full = load.get(location.id, 0) >= location.capacity_per_slot
-            slot = slot_start(location, now).isoformat()
-            change: Event | None = None
-            if full and not location.paused:
-                change = _location_change(LocationPaused, location.id, slot, now,
-                                          f"{load[location.id]} orders in the slot from {slot}, "
-                                          f"capacity {location.capacity_per_slot}")  # fmt: skip
-            elif not full and location.paused and location.id in shared.auto_paused:
-                change = _location_change(
-                    LocationResumed,
-                    location.id,
-                    slot,
-                    now,
-                    f"capacity free again in the slot from {slot}",
-                )
-            if change is not None:
-                shared.note(change)
-                sends.append(catalogue_topic.send(key=location.id.encode(),
-                                                  value=codec.encode(change)))  # fmt: skip
+        changes = capacity.changes(
+            shared.catalogue, load=shared.load(now), auto_paused=shared.auto_paused, now=now
+        )
+        for change in changes:
+            shared.note(change)
+            out.produce(topics.catalogue, key=change.entity_id.encode(),
+                        value=codec.encode(change))  # fmt: skip
         shared.forget_before(now - timedelta(hours=2))
-        await _confirm(sends)
+        await out.confirmed()
 
     return app
-
-
-def _is_reply(event: Event) -> bool:
-    """Ledger events the order's agent must hear about."""
-    if isinstance(event, StockReserved | StockReservationRefused):
-        return True
-    return isinstance(event, StockReleased) and event.reason == "EXPIRED"
-
-
-def _location_change(
-    kind: type[LocationPaused | LocationResumed], location_id: str, slot: str, now: datetime,
-    reason: str,
-) -> Event:  # fmt: skip
-    return kind(
-        event_id=deterministic_id(location_id, kind.__name__, slot), sequence=1, occurred_at=now,
-        recorded_at=now, correlation_id=location_id,
-        actor=Actor(kind=ActorKind.SYSTEM, id="capacity"), entity_id=location_id,
-        reason=reason, automatic=True,
-    )  # fmt: skip
-
-
-async def _confirm(sends: list[Any]) -> None:
-    """Wait until Kafka acknowledged every send (each is queued, then acked)."""
-    if not sends:
-        return
-    # Queued one after another: gathering the sends themselves could reorder them, and one
-    # order's events must reach its partition in sequence. Then wait for all the acks.
-    queued = [await send for send in sends]
-    await asyncio.gather(*queued)
 
 
 def run_worker(argv: list[str] | None = None) -> None:
     """`oms worker`: run the Faust worker with its own command line (e.g. `-l info`)."""
     app = create_app()
     sys.argv = ["oms worker", "worker", *(argv or ["--loglevel", "warn"])]
-    app.main()
+    profile = os.environ.get("OMS_PROFILE")  # `oms bench pipeline`: where the time goes
+    if not profile:
+        app.main()
+        return
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        app.main()
+    finally:
+        profiler.disable()
+        profiler.dump_stats(profile)

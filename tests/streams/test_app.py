@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,23 +19,28 @@ from tests.factories import T0, received
 CODEC = AvroCodec()
 
 
+class FakeSink:
+    """Captures what the agents produce (a fake: unit-level agent tests have no broker)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, bytes]] = []
+
+    def produce(self, topic: str, *, key: bytes, value: bytes, partition: int | None = None
+                ) -> None:  # fmt: skip
+        self.sent.append((topic, key, value))
+
+    async def confirmed(self) -> None:
+        return None
+
+
 @pytest.fixture
-def app_and_sent(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Iterator[tuple[Any, list[Any]]]:
+def app_and_sent(tmp_path: Any) -> Iterator[tuple[Any, list[Any]]]:
     views = SharedViews(catalogue=load_catalogue(), codec=CODEC)
     views.ready.set()  # nothing to read: no broker here
-    app = create_app(Settings(home=tmp_path), replay=lambda topic, partition: [], views=views)
-    sent: list[tuple[str, bytes, bytes]] = []
-
-    async def capture(
-        self: Any, key: bytes | None = None, value: bytes | None = None, **_: Any
-    ) -> Any:
-        sent.append((self.get_topic_name(), key, value))
-        future: Any = asyncio.get_running_loop().create_future()
-        future.set_result(None)
-        return future
-
-    monkeypatch.setattr(type(app.topic("x")), "send", capture)
-    yield app, sent
+    sink = FakeSink()
+    app = create_app(Settings(home=tmp_path), replay=lambda topic, partition: [], views=views,
+                     sink=sink)  # type: ignore[arg-type]  # fmt: skip
+    yield app, sink.sent
     # The test context never starts Faust's consumer thread; close the loop it made for it.
     consumer = app.__dict__.get("_consumer")
     thread = getattr(consumer, "_thread", None)

@@ -1,0 +1,291 @@
+"""The order pipeline, intake → routed: sustained orders/s and latency at a fixed rate, next to a
+pass-through Faust agent on the same broker in the same run, and a profile of the worker.
+
+Targets (DESIGN.md §7): >= 2,000 orders/s sustained; p99 <= 200 ms at 500 orders/s.
+Times are Kafka's CreateTime stamps of the intake message and of the order's `OrderRouted`
+(both written on this machine, so one clock).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pstats
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from bench.kafka_tools import scratch_topics
+from events.codec import AvroCodec
+from events.models import (
+    Actor,
+    ActorKind,
+    Address,
+    Customer,
+    OrderLine,
+    OrderMode,
+    OrderReceived,
+    PaymentStatus,
+    deterministic_id,
+    utc_now,
+)
+from oms import operations
+from oms.settings import Settings
+from streams.catalogue import DEFAULT_FILE, load_catalogue
+
+THROUGHPUT_TARGET_PER_S = 2000
+P99_TARGET_MS = 200.0
+CODEC = AvroCodec()
+
+
+def bench_catalogue(path: Path) -> Path:
+    """The demo catalogue without capacity limits (a bench puts a day's orders in one slot)."""
+    document = json.loads(DEFAULT_FILE.read_text())
+    for location in document["locations"]:
+        location["capacity_per_slot"] = 0
+    path.write_text(json.dumps(document, ensure_ascii=False))
+    return path
+
+
+def orders(count: int, *, run: str, seed: int = 3) -> list[OrderReceived]:
+    """Restaurant deliveries (made to order) and, one in five, stocked goods shipped."""
+    rng = random.Random(seed)
+    catalogue = load_catalogue()
+    stores = [loc for loc in catalogue.locations.values() if loc.kind == "store"]
+    dishes = [p for p in catalogue.products.values() if not p.stock_tracked]
+    now = utc_now()
+    made: list[OrderReceived] = []
+    for n in range(count):
+        ship = n % 5 == 0
+        store = stores[n % len(stores)]
+        pool = [catalogue.products["TEA-GIFT-M"]] if ship else dishes
+        lines = [OrderLine(sku=p.sku, name=p.name, quantity=rng.randint(1, 2),
+                           unit_price=p.unit_price or 0)
+                 for p in rng.sample(pool, k=1 if ship else rng.randint(1, 3))]  # fmt: skip
+        fee = 0 if ship else 500
+        made.append(OrderReceived(
+            event_id=deterministic_id(run, str(n)), order_id=f"{run}-{n}", sequence=1,
+            occurred_at=now, recorded_at=now, correlation_id=f"{run}-{n}",
+            actor=Actor(kind=ActorKind.CHANNEL, id="meituan"), channel="meituan",
+            external_id=f"{run}-{n}", mode=OrderMode.SHIP if ship else OrderMode.DELIVERY,
+            currency="CNY", lines=lines, delivery_fee=fee,
+            total=sum(line.quantity * line.unit_price for line in lines) + fee,
+            payment_status=PaymentStatus.PAID,
+            customer=Customer(name="顾客", phone=f"+86137{n:08d}"),
+            address=Address(text=f"{n} 南京东路", latitude=store.latitude + 0.004,
+                            longitude=store.longitude),
+            location_hint=None if ship else store.id,
+            placed_at=now - timedelta(seconds=5),
+        ))  # fmt: skip
+    return made
+
+
+def _env(settings: Settings, catalogue: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMS_")}
+    env |= {"OMS_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "OMS_HOME": str(settings.home),
+            "OMS_CONSUMER_GROUP": settings.consumer_group,
+            "OMS_KAFKA_PARTITIONS": str(settings.kafka_partitions),
+            "OMS_CATALOGUE_FILE": str(catalogue)}  # fmt: skip
+    env |= {f"OMS_TOPIC_{k.upper()}": v for k, v in settings.topics.model_dump().items()}
+    return env
+
+
+@contextmanager
+def _process(
+    args: list[str], env: dict[str, str], *, log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A worker for the bench; its output goes to `log` (kept for a look afterwards)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as out:
+        process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)  # fmt: skip
+    try:
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class Watcher:
+    """Follows a topic from its start, noting when each wanted event shows up."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        self.consumer = Consumer({
+            "bootstrap.servers": settings.kafka_bootstrap, "group.id": f"watch-{time.time_ns()}",
+            "enable.auto.commit": False, "fetch.wait.max.ms": 10,
+        })  # fmt: skip
+        partitions = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        self.seen: dict[str, float] = {}  # key -> Kafka timestamp (s)
+
+    def follow(self, want: str | None, *, until: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.seen) < until:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {len(self.seen)} of {until} seen in {timeout_s:.0f}s")
+            for message in self.consumer.consume(num_messages=5000, timeout=0.2):
+                if message.error() is not None:
+                    continue
+                value = message.value() or b""
+                if want is not None:
+                    event = CODEC.decode(value)
+                    if getattr(event, "event_type", None) != want:
+                        continue
+                    key = getattr(event, "order_id", "")
+                else:
+                    key = f"{message.partition()}:{message.offset()}"
+                self.seen.setdefault(key, message.timestamp()[1] / 1000)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def _publish(settings: Settings, topic: str, batch: list[OrderReceived], *, rate: float | None
+             ) -> dict[str, float]:  # fmt: skip
+    """Publish, paced at `rate` per second (None: as fast as possible); returns send times."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 1,
+                         "partitioner": "murmur2_random", "acks": "all"})  # fmt: skip
+    encoded = [(o.order_id, CODEC.encode(o)) for o in batch]
+    sent: dict[str, float] = {}
+    begin = time.perf_counter()
+    for n, (order_id, value) in enumerate(encoded):
+        if rate is not None:
+            delay = begin + n / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        sent[order_id] = time.time()
+        producer.produce(topic, key=order_id.encode(), value=value)
+        producer.poll(0)
+    producer.flush(60)
+    return sent
+
+
+def _percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def pipeline(settings: Settings, *, count: int, rate: float, seconds: float,
+             profile: Path) -> dict[str, Any]:  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp, scratch_topics(settings, "benchpipe") as scratch:
+        catalogue = bench_catalogue(Path(tmp) / "catalogue.json")
+        env = _env(scratch, catalogue) | {"OMS_PROFILE": str(profile)}
+        operations.send(
+            scratch, operations.stock_receive("TEA-GIFT-M", "WH-SH", quantity=10**7, actor="bench")
+        )
+        routed = Watcher(scratch, scratch.topics.orders)
+        log = settings.home / "bench" / "pipeline-worker.log"
+        with _process([sys.executable, "-m", "oms.cli", "worker"], env, log=log):
+            warm = orders(50, run="warm")
+            _publish(scratch, scratch.topics.intake, warm, rate=None)
+            routed_want = "OrderRouted"
+            routed.follow(routed_want, until=len(warm), timeout_s=120)
+
+            load = orders(count, run="sustained")
+            started = time.time()
+            _publish(scratch, scratch.topics.intake, load, rate=None)
+            routed.follow(routed_want, until=len(warm) + count, timeout_s=600)
+            last = max(routed.seen[o.order_id] for o in load)
+            sustained = count / (last - started)
+
+            paced = orders(int(rate * seconds), run="paced")
+            sent = _publish(scratch, scratch.topics.intake, paced, rate=rate)
+            routed.follow(routed_want, until=len(warm) + count + len(paced), timeout_s=300)
+            latencies = [(routed.seen[o.order_id] - sent[o.order_id]) * 1000 for o in paced]
+        routed.close()
+    return {
+        "orders": count, "orders_per_s": sustained,
+        "target_orders_per_s": THROUGHPUT_TARGET_PER_S,
+        "meets_throughput_target": sustained >= THROUGHPUT_TARGET_PER_S,
+        "rate_per_s": rate, "paced_orders": len(latencies),
+        "p50_ms": _percentile(latencies, 50), "p90_ms": _percentile(latencies, 90),
+        "p99_ms": _percentile(latencies, 99), "max_ms": max(latencies),
+        "target_p99_ms": P99_TARGET_MS, "meets_latency_target":
+            _percentile(latencies, 99) <= P99_TARGET_MS,
+    }  # fmt: skip
+
+
+def passthrough(settings: Settings, *, count: int) -> dict[str, Any]:
+    """The same broker's floor: a Faust agent that forwards each message and decides nothing."""
+    with scratch_topics(settings, "benchpass") as scratch:
+        source, sink = scratch.topics.intake, scratch.topics.orders
+        args = [sys.executable, "-m", "bench.passthrough", source, sink,
+                scratch.consumer_group, scratch.kafka_bootstrap]  # fmt: skip
+        out = Watcher(scratch, sink)
+        log = settings.home / "bench" / "passthrough-worker.log"
+        with _process(args, dict(os.environ), log=log):
+            warm = orders(50, run="warm")
+            _publish(scratch, source, warm, rate=None)
+            out.follow(None, until=len(warm), timeout_s=120)
+            load = orders(count, run="load")
+            started = time.time()
+            _publish(scratch, source, load, rate=None)
+            out.follow(None, until=len(warm) + count, timeout_s=600)
+            last = max(out.seen.values())
+        out.close()
+    return {"events": count, "events_per_s": count / (last - started)}
+
+
+def where_time_goes(profile: Path, *, top: int = 12) -> list[dict[str, Any]]:
+    """The worker's main thread, by own time: the functions it spends most in."""
+    stats = pstats.Stats(str(profile))
+    rows = []
+    entries = stats.stats.items()  # type: ignore[attr-defined]
+    for (file, line, name), (_, calls, own, cumulative, _) in entries:
+        rows.append({
+            "function": f"{Path(file).parent.name}/{Path(file).name}:{line} {name}",
+            "calls": calls, "own_s": round(own, 3), "cumulative_s": round(cumulative, 3),
+        })  # fmt: skip
+    rows.sort(key=lambda r: r["own_s"], reverse=True)
+    total = sum(r["own_s"] for r in rows) or 1.0
+    for row in rows:
+        row["share"] = round(row["own_s"] / total, 3)
+    return rows[:top]
+
+
+def run(settings: Settings, *, orders_count: int, rate: float, seconds: float) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        profile = Path(tmp) / "worker.prof"
+        figures = pipeline(settings, count=orders_count, rate=rate, seconds=seconds,
+                           profile=profile)  # fmt: skip
+        figures["profile_top"] = where_time_goes(profile) if profile.exists() else []
+    figures["passthrough"] = passthrough(settings, count=orders_count)
+    figures["ratio_to_passthrough"] = (
+        figures["orders_per_s"] / figures["passthrough"]["events_per_s"]
+    )
+    return figures
+
+
+def report(figures: dict[str, Any]) -> list[str]:
+    f = figures
+    lines = [
+        f"pipeline intake -> routed, {f['orders']:,} orders: {f['orders_per_s']:,.0f} orders/s  "
+        f"{'meets' if f['meets_throughput_target'] else 'BELOW'} target "
+        f"{THROUGHPUT_TARGET_PER_S:,}/s",
+        f"  pass-through Faust agent, same broker: {f['passthrough']['events_per_s']:,.0f} "
+        f"events/s (ours = {f['ratio_to_passthrough']:.0%} of it)",
+        f"latency at {f['rate_per_s']:.0f} orders/s ({f['paced_orders']:,} orders): "
+        f"p50 {f['p50_ms']:.0f} ms, p90 {f['p90_ms']:.0f} ms, p99 {f['p99_ms']:.0f} ms, "
+        f"max {f['max_ms']:.0f} ms  {'meets' if f['meets_latency_target'] else 'BELOW'} "
+        f"target p99 <= {P99_TARGET_MS:.0f} ms",
+        "where the worker's main thread spends its time (own time):",
+    ]
+    lines += [f"  {r['share']:>5.1%}  {r['own_s']:>7.2f} s  {r['calls']:>9,}  {r['function']}"
+              for r in f["profile_top"]]  # fmt: skip
+    return lines
