@@ -206,6 +206,17 @@ class AvroCodec:
         except (TypeError, ValueError, OverflowError) as exc:
             raise CodecError(f"cannot encode {type(value).__name__}: {exc}") from exc
 
+    def event_type_of(self, data: bytes) -> str | None:
+        """The type the wire header names, without decoding the body (None: not known here
+        as a current schema — decode to find out)."""
+        if len(data) < _HEADER.size:
+            return None
+        magic, schema_id = _HEADER.unpack_from(data)
+        if magic != MAGIC:
+            return None
+        compiled = self._by_id.get(schema_id) or self._compile_for(schema_id, "")
+        return None if compiled is None else compiled.registered.name
+
     def decode(self, data: bytes, *, where: str = "") -> Event | DeadLetter:
         if len(data) < _HEADER.size:
             raise CodecError(

@@ -14,10 +14,13 @@ import logging
 import threading
 import uuid
 from collections import defaultdict
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 
 from events.codec import AvroCodec, CodecError
 from events.models import (
+    CATALOGUE_EVENTS,
+    STOCK_EVENTS,
     CatalogueEvent,
     LocationPaused,
     LocationResumed,
@@ -31,6 +34,10 @@ from streams.catalogue import Catalogue, slot_start
 from streams.customers import CustomerHistory
 
 log = logging.getLogger(__name__)
+FOLDED = frozenset(
+    {"OrderReceived", "OrderRouted"}
+    | {kind.__name__ for kind in (*STOCK_EVENTS, *CATALOGUE_EVENTS)}
+)
 
 
 class SharedViews:
@@ -51,12 +58,10 @@ class SharedViews:
         level = self.stock.get(stock_key(sku, location))
         return 0 if level is None else level.available_to_promise
 
-    def load(self, now: datetime) -> dict[str, int]:
-        """Orders routed to each location in the capacity slot `now` falls in."""
-        return {
-            location.id: len(self.routed.get((location.id, slot_start(location, now)), ()))
-            for location in self.catalogue.locations.values()
-        }
+    def load(self, now: datetime) -> Mapping[str, int]:
+        """Orders routed to each location in the capacity slot `now` falls in (computed when
+        asked: routing looks at a few candidates, and the counts move as orders are routed)."""
+        return _Load(self, now)
 
     # ------------------------------------------------------------ what feeds them
 
@@ -81,6 +86,17 @@ class SharedViews:
                 self.auto_paused.add(event.entity_id)
             elif isinstance(event, LocationResumed):
                 self.auto_paused.discard(event.entity_id)
+
+    def _fold(self, raw: bytes) -> None:
+        kind = self.codec.event_type_of(raw)
+        if kind is not None and kind not in FOLDED:
+            return  # most of the order log: not needed here, so not decoded
+        try:
+            self.note(self.codec.decode(raw))
+        except CodecError:
+            pass  # bad bytes are the agents' to dead-letter
+        except Exception:  # noqa: BLE001 - a view must not die on one event
+            log.exception("views: could not fold an event")
 
     def forget_before(self, now: datetime) -> None:
         """Drop capacity slots that have passed (memory stays bounded)."""
@@ -123,18 +139,30 @@ class SharedViews:
                 self.ready.set()
             while not self._stop.is_set():
                 for message in consumer.consume(num_messages=5000, timeout=0.2):
-                    if message.error() is not None:
-                        continue
-                    try:
-                        self.note(self.codec.decode(message.value() or b""))
-                    except CodecError:
-                        pass  # bad bytes are the agents' to dead-letter
-                    except Exception:  # noqa: BLE001 - a view must not die on one event
-                        log.exception("views: could not fold an event")
-                    where = (message.topic() or "", message.partition() or 0)
-                    if where in ends and (message.offset() or 0) >= ends[where] - 1:
-                        del ends[where]
-                        if not ends:
-                            self.ready.set()
+                    if message.error() is None:
+                        self._fold(message.value() or b"")
+                        where = (message.topic() or "", message.partition() or 0)
+                        if where in ends and (message.offset() or 0) >= ends[where] - 1:
+                            del ends[where]
+                            if not ends:
+                                self.ready.set()
         finally:
             consumer.close()
+
+
+class _Load(Mapping[str, int]):
+    def __init__(self, views: SharedViews, now: datetime) -> None:
+        self._views = views
+        self._now = now
+
+    def __getitem__(self, location_id: str) -> int:
+        location = self._views.catalogue.locations.get(location_id)
+        if location is None:
+            raise KeyError(location_id)
+        return len(self._views.routed.get((location_id, slot_start(location, self._now)), ()))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._views.catalogue.locations)
+
+    def __len__(self) -> int:
+        return len(self._views.catalogue.locations)

@@ -14,13 +14,18 @@ from events.models import (
     ActorKind,
     Address,
     CancelledBy,
+    CommitStock,
+    OrderAcceptedByStore,
     OrderCancelled,
     OrderEvent,
     OrderLine,
     OrderMode,
+    OrderPreparing,
+    OrderReady,
     ReleaseStock,
     ReserveStock,
     ReviewApproved,
+    ShipmentCreated,
     StockEvent,
     StockReleased,
     StockReservationRefused,
@@ -270,3 +275,34 @@ def test_the_state_rebuilt_from_the_log_equals_the_state_the_agent_kept(
         state, log, commands = run(inputs, ctx)
     assert orders.fold(log) == state
     assert [e.sequence for e in log] == list(range(1, len(log) + 1))
+
+
+def store_update(kind: type, n: int, **fields: Any) -> Any:
+    return kind(event_id=f"store-{n}", sequence=1, occurred_at=NOW, recorded_at=NOW,
+                correlation_id="o-ship", actor=ACTOR, order_id="o-ship", channel="",
+                external_id="", **fields)  # fmt: skip
+
+
+def test_the_goods_leaving_commit_the_reservation() -> None:
+    ctx = context({("KETTLE-IRON", "WH-BJ"): 5})
+    _, _, (reserve,) = run([teapots()], ctx)
+    steps = [
+        teapots(), answer(reserve, ok=True),
+        store_update(OrderAcceptedByStore, 1, location="WH-BJ"),
+        store_update(OrderPreparing, 2, location="WH-BJ"),
+        store_update(OrderReady, 3, location="WH-BJ"),
+        store_update(ShipmentCreated, 4, shipment_id="s-1", carrier="SF", tracking_number="SF1"),
+    ]  # fmt: skip
+    state, log, commands = run(steps, ctx)
+    assert types(log)[-4:] == ["OrderAcceptedByStore", "OrderPreparing", "OrderReady",
+                               "ShipmentCreated"]  # fmt: skip
+    (commit,) = [c for c in commands if isinstance(c, CommitStock)]
+    assert commit.reservation_id == reserve.reservation_id
+    assert state is not None and not state.held and reserve.reservation_id in state.committed
+
+
+def test_a_store_update_the_lifecycle_does_not_allow_is_refused() -> None:
+    state, _, _ = run([lunch()], context())
+    shipped = store_update(ShipmentCreated, 1, shipment_id="s", carrier="SF", tracking_number="1")
+    decision = orders.decide(state, shipped.model_copy(update={"order_id": "o-1"}), context())
+    assert decision.refusal is not None and "ShipmentCreated" in decision.refusal
