@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from connectors import webhooks
+from oms import operations
 from oms.publisher import AsyncPublisher
 from oms.settings import Settings
 
@@ -13,6 +14,7 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=webhooks.MAX_BODY_BYTES)
     publisher = AsyncPublisher(settings)
     webhooks.add_routes(app, publisher)
+    operations.add_routes(app, publisher, settings)
 
     async def close_publisher(_: web.Application) -> None:
         publisher.close()

@@ -143,3 +143,102 @@ def send(settings: Settings, event: Event) -> None:
     publisher = Publisher(settings)
     publisher.publish(topic_for(settings, event), event)
     publisher.flush(30)
+
+
+# ---------------------------------------------------------------- over HTTP (`oms api`)
+
+_BUILDERS: dict[str, Any] = {
+    "set": (stock_set, {"counted": int}),
+    "adjust": (stock_adjust, {"delta": int, "reason": str, "note": (str, None)}),
+    "receive": (stock_receive, {"quantity": int, "reference": (str, None)}),
+    "safety": (safety_stock, {"quantity": int}),
+}
+
+
+def _field(body: dict[str, Any], name: str, kind: Any) -> Any:
+    """A JSON field of the expected type (a `(type, default)` pair makes it optional)."""
+    expected, default = kind if isinstance(kind, tuple) else (kind, ...)
+    if name not in body or body[name] is None:
+        if default is ...:
+            raise CommandRejected(name, "is required")
+        return default
+    value = body[name]
+    if expected is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise CommandRejected(name, f"must be an integer, got {value!r}")
+    if expected is str and not isinstance(value, str):
+        raise CommandRejected(name, f"must be a string, got {value!r}")
+    return value
+
+
+def add_routes(app: Any, publisher: Any, settings: Settings) -> None:
+    """POST /orders/{id}/review, /orders/{id}/cancel and /stock/{sku}/{location}/{action}:
+    202 once Kafka took the command; 400 naming the field (and the body in the DLQ)."""
+    import json
+
+    from aiohttp import web
+
+    from events.models import DeadLetter
+    from oms.publisher import PublishError
+
+    async def accept(request: web.Request, build: Any) -> web.Response:
+        raw = await request.read()
+        try:
+            body = json.loads(raw or b"{}")
+            if not isinstance(body, dict):
+                raise CommandRejected("body", "must be a JSON object")
+            event = build(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return await reject(request, raw, CommandRejected("body", f"not JSON: {exc}"))
+        except CommandRejected as exc:
+            return await reject(request, raw, exc)
+        try:
+            await publisher.publish(topic_for(settings, event), event)
+        except PublishError as exc:
+            return web.json_response({"error": f"Kafka did not take it: {exc}"}, status=503)
+        return web.json_response(
+            {"event_id": event.event_id, "event_type": event.event_type}, status=202
+        )
+
+    async def reject(request: web.Request, raw: bytes, exc: CommandRejected) -> web.Response:
+        letter = DeadLetter.of(source="api", source_ref=f"{request.method} {request.path}:"
+                               f"{uuid.uuid4()}", reason=str(exc), raw=raw)  # fmt: skip
+        await publisher.dead_letter(letter)
+        return web.json_response({"error": str(exc), "field": exc.field,
+                                  "dead_letter_id": letter.dead_letter_id}, status=400)  # fmt: skip
+
+    async def review_order(request: web.Request) -> web.Response:
+        order_id = request.match_info["order_id"]
+
+        def build(body: dict[str, Any]) -> Event:
+            decision = _field(body, "decision", str)
+            if decision not in ("approve", "reject"):
+                raise CommandRejected("decision", f"{decision!r}: say approve or reject")
+            return review(order_id, approve=decision == "approve",
+                          reviewer=_field(body, "reviewer", str),
+                          reason=_field(body, "reason", (str, None)))  # fmt: skip
+
+        return await accept(request, build)
+
+    async def cancel_order(request: web.Request) -> web.Response:
+        order_id = request.match_info["order_id"]
+        return await accept(request, lambda body: cancel(
+            order_id, by=_field(body, "by", str),
+            reason_code=_field(body, "reason_code", (str, "MERCHANT_CANCELLED")),
+            reason=_field(body, "reason", str),
+        ))  # fmt: skip
+
+    async def stock_command(request: web.Request) -> web.Response:
+        sku, location = request.match_info["sku"], request.match_info["location"]
+        action = request.match_info["action"]
+        if action not in _BUILDERS:
+            return web.json_response({"error": f"unknown action {action!r}", "field": "action"},
+                                     status=404)  # fmt: skip
+        builder, fields = _BUILDERS[action]
+        return await accept(request, lambda body: builder(
+            sku, location, actor=_field(body, "by", (str, "api")),
+            **{name: _field(body, name, kind) for name, kind in fields.items()},
+        ))  # fmt: skip
+
+    app.router.add_post("/orders/{order_id}/review", review_order)
+    app.router.add_post("/orders/{order_id}/cancel", cancel_order)
+    app.router.add_post("/stock/{sku}/{location}/{action}", stock_command)

@@ -1,0 +1,149 @@
+"""Commands from people: checked on their face here, judged by the owning agent, and carried
+over HTTP and the CLI onto the real broker; a held order is released by a reviewer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from events.codec import AvroCodec
+from events.models import DeadLetter
+from oms import operations
+from oms.api import create_app
+from oms.publisher import Publisher
+from oms.settings import Settings
+from tests.conftest import read_topic, settings_env
+from tests.factories import received
+
+CODEC = AvroCodec()
+
+
+@pytest.mark.parametrize(
+    ("build", "field"),
+    [
+        (lambda: operations.review("o-1", approve=False, reviewer="li", reason=" "), "reason"),
+        (lambda: operations.review("o-1", approve=True, reviewer="", reason=None), "actor"),
+        (lambda: operations.stock_set("MUG", "WH-SH", counted=-1, actor="x"), "counted"),
+        (
+            lambda: operations.stock_adjust("MUG", "WH-SH", delta=0, reason="LOST", actor="x"),
+            "delta",
+        ),
+        (lambda: operations.stock_receive("MUG@X", "WH-SH", quantity=1, actor="x"), "sku"),
+        (lambda: operations.cancel("", by="x", reason_code="C", reason="r"), "order_id"),
+    ],
+)
+def test_a_command_wrong_on_its_face_names_the_field(build: Any, field: str) -> None:
+    with pytest.raises(operations.CommandRejected) as caught:
+        build()
+    assert caught.value.field == field
+
+
+def test_commands_go_to_the_agent_that_owns_the_aggregate() -> None:
+    settings = Settings()
+    review = operations.review("o-1", approve=True, reviewer="li", reason=None)
+    count = operations.stock_set("MUG", "WH-SH", counted=3, actor="x")
+    pause = operations.location_pause("S01", paused=True, reason="kitchen fire", actor="x")
+    assert [operations.topic_for(settings, e) for e in (review, count, pause)] == [
+        settings.topics.order_commands,
+        settings.topics.stock_commands,
+        settings.topics.catalogue,
+    ]
+    assert review.actor.id == "li" and review.actor.kind.value == "user"
+
+
+@pytest.fixture
+def guarded(isolated_settings: Settings, tmp_path: Path) -> Settings:
+    rules = tmp_path / "fraud.json"
+    rules.write_text(json.dumps({"blocked_phones": ["+86 139 0000 0000"]}))
+    return isolated_settings.model_copy(update={"fraud_rules_file": rules})
+
+
+@pytest.fixture
+def worker(guarded: Settings, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    env = settings_env(guarded) | {"OMS_FRAUD_RULES_FILE": str(guarded.fraud_rules_file)}
+    with (tmp_path / "worker.log").open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "oms.cli", "worker"], env=env,
+                                   stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    yield process
+    process.terminate()
+    process.wait(timeout=60)
+
+
+@pytest.fixture
+async def client(guarded: Settings) -> AsyncIterator[TestClient]:
+    async with TestClient(TestServer(create_app(guarded))) as test_client:
+        yield test_client
+
+
+def history(settings: Settings, order_id: str, *, until: str, timeout_s: float = 60) -> list[Any]:
+    """The order's events once its last one is `until`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        events = sorted(
+            (CODEC.decode(m.value()) for m in read_topic(settings, settings.topics.orders,
+                                                          expect=1, timeout_s=timeout_s)),
+            key=lambda e: e.sequence,
+        )  # fmt: skip
+        mine = [e for e in events if getattr(e, "order_id", None) == order_id]
+        if mine and mine[-1].event_type == until:
+            return mine
+        assert time.monotonic() < deadline, [e.event_type for e in mine]
+        time.sleep(0.5)
+
+
+@pytest.mark.integration
+async def test_a_held_order_is_released_by_a_reviewer_over_http(
+    guarded: Settings, worker: subprocess.Popen[bytes], client: TestClient
+) -> None:
+    publisher = Publisher(guarded)
+    order = received(customer={"name": "王伟", "phone": "+8613900000000"})
+    publisher.intake(order)
+    publisher.flush()
+    held = history(guarded, order.order_id, until="OrderHeld")
+    assert held[-1].signals[0].rule == "BLOCKED_PHONE"
+
+    bad = await client.post(f"/orders/{order.order_id}/review", data=b'{"decision": "maybe"}')
+    assert bad.status == 400 and (await bad.json())["field"] == "decision"
+    response = await client.post(f"/orders/{order.order_id}/review",
+                                 json={"decision": "approve", "reviewer": "li.na"})  # fmt: skip
+    assert response.status == 202, await response.text()
+    done = history(guarded, order.order_id, until="OrderPrioritised")
+    approved = next(e for e in done if e.event_type == "ReviewApproved")
+    assert (approved.actor.kind.value, approved.actor.id) == ("user", "li.na")
+    assert [e.event_type for e in done][-3:] == ["ReviewApproved", "OrderRouted",
+                                                  "OrderPrioritised"]  # fmt: skip
+    letters = [CODEC.decode(m.value()) for m in read_topic(guarded, guarded.topics.dlq, expect=1)]
+    assert any(isinstance(d, DeadLetter) and d.raw == b'{"decision": "maybe"}' for d in letters)
+
+
+@pytest.mark.integration
+def test_a_reviewer_rejects_a_held_order_from_the_command_line(
+    guarded: Settings, worker: subprocess.Popen[bytes]
+) -> None:
+    publisher = Publisher(guarded)
+    order = received(customer={"name": "王伟", "phone": "+86 13900000000"})
+    publisher.intake(order)
+    publisher.flush()
+    history(guarded, order.order_id, until="OrderHeld")
+    cli = subprocess.run(
+        [sys.executable, "-m", "oms.cli", "review", "reject", order.order_id, "--reviewer",
+         "zhang.min", "--reason", "stolen card reported"],
+        env=settings_env(guarded), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    done = history(guarded, order.order_id, until="ReviewRejected")
+    assert done[-1].reason == "stolen card reported" and done[-1].actor.id == "zhang.min"
+    missing = subprocess.run(
+        [sys.executable, "-m", "oms.cli", "review", "reject", order.order_id, "--reviewer", "x",
+         "--reason", " "],
+        env=settings_env(guarded), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert missing.returncode != 0 and "reason" in missing.stderr
