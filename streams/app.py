@@ -190,8 +190,9 @@ def create_app(
                 order_id = getattr(received, "order_id", "")
                 state = states.get(order_id)
                 decision = orders.decide(state, received, ctx)
+                if decision.to_log:
+                    state = decision.after or orders.fold(decision.to_log, state)
                 for outcome in decision.to_log:
-                    state = orders.apply(state, outcome)
                     shared.note(outcome)
                     out.produce(topics.orders, key=order_id.encode(), value=codec.encode(outcome),
                                 partition=message.partition)  # fmt: skip

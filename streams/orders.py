@@ -146,6 +146,7 @@ class Decision:
     to_log: list[OrderEvent] = field(default_factory=list)  # in sequence
     commands: list[StockEvent] = field(default_factory=list)  # to the inventory agent
     refusal: str | None = None  # why the input was not taken (dead-lettered)
+    after: OrderState | None = None  # the state with `to_log` applied (saves a second fold)
 
 
 # ---------------------------------------------------------------- fold
@@ -343,7 +344,7 @@ def _then_advance(
         for rid, held in after.committed.items()
         if rid not in start.committed
     ]
-    return Decision(to_log, settled + commands)
+    return Decision(to_log, settled + commands, after=after)
 
 
 def _route(state: OrderState, ctx: Context, *, cause: str) -> Decision:

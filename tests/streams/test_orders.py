@@ -82,7 +82,9 @@ def run(
     commands: list[StockEvent] = []
     for event in inputs:
         decision = orders.decide(state, event, ctx)
-        state = orders.fold(decision.to_log, state)
+        folded = orders.fold(decision.to_log, state)
+        assert decision.after is None or decision.after == folded  # what the agent keeps
+        state = folded
         log += decision.to_log
         commands += decision.commands
     return state, log, commands
