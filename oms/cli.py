@@ -626,6 +626,31 @@ def stock_safety(sku: str, location: str, quantity: int, actor: str) -> None:
 
 
 @main.group()
+def catalogue() -> None:
+    """Products and locations: the catalogue file, kept current by events."""
+
+
+@catalogue.command("publish")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--by", "actor", default="operator", show_default=True)
+def catalogue_publish(file: Path, actor: str) -> None:
+    """Send every product and location in FILE as an update; running workers take them."""
+    from oms.operations import CommandRejected, catalogue_updates, topic_for
+    from oms.publisher import Publisher
+
+    settings = get_settings()
+    try:
+        updates = catalogue_updates(file, actor=actor)
+    except CommandRejected as exc:
+        raise click.BadParameter(str(exc), param_hint="FILE") from exc
+    publisher = Publisher(settings)
+    for event in updates:
+        publisher.publish(topic_for(settings, event), event)
+    publisher.flush(60)
+    click.echo(f"{len(updates)} updates -> {settings.topics.catalogue}")
+
+
+@main.group()
 def location() -> None:
     """Fulfilment locations: pause one by hand (routing skips it) or resume it."""
 

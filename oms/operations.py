@@ -123,6 +123,27 @@ def location_pause(location: str, *, paused: bool, reason: str, actor: str) -> E
     return kind(**_envelope(actor, location), entity_id=location, reason=reason, automatic=False)
 
 
+def catalogue_updates(path: Any, *, actor: str) -> list[Event]:
+    """Every product and location in a catalogue file as an update event (the file's errors
+    name the file and the field)."""
+    from events.models import LocationUpdated, ProductUpdated
+    from streams.catalogue import CatalogueError, load_catalogue
+
+    try:
+        catalogue = load_catalogue(path)
+    except CatalogueError as exc:
+        raise CommandRejected("file", str(exc)) from exc
+    updates: list[Event] = [
+        ProductUpdated(**_envelope(actor, sku), entity_id=sku, product=product)
+        for sku, product in catalogue.products.items()
+    ]
+    updates += [
+        LocationUpdated(**_envelope(actor, location_id), entity_id=location_id, location=location)
+        for location_id, location in catalogue.locations.items()
+    ]
+    return updates
+
+
 def topic_for(settings: Settings, event: Event) -> str:
     """Where a command goes: the agent that owns its aggregate reads it there."""
     from events.models import CatalogueEvent, OrderEvent, StockEvent

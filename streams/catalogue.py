@@ -72,12 +72,14 @@ def load_catalogue(path: Path | None = None) -> Catalogue:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise CatalogueError(f"{path}: {exc}") from exc
+    section = "products"
     try:
         products = _PRODUCTS.validate_python(document.get("products", []))
+        section = "locations"
         locations = _LOCATIONS.validate_python(document.get("locations", []))
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
+        where = ".".join(str(part) for part in (section, *first["loc"]))
         raise CatalogueError(f"{path}: {where}: {first['msg']}") from exc
     for location in locations:
         ZoneInfo(location.timezone)  # an unknown zone fails here, not mid-stream

@@ -147,3 +147,68 @@ def test_a_reviewer_rejects_a_held_order_from_the_command_line(
         env=settings_env(guarded), capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert missing.returncode != 0 and "reason" in missing.stderr
+
+
+def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "oms.cli", *args], env=settings_env(settings),
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+@pytest.mark.integration
+def test_catalogue_events_keep_running_workers_current(
+    guarded: Settings, worker: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
+    from events.models import OrderLine
+
+    dish = OrderLine(sku="MAPO-TOFU", name="麻婆豆腐", quantity=1, unit_price=2800)
+    before = received(event_id="e-before", order_id="o-before", lines=[dish], total=3300)
+    publisher = Publisher(guarded)
+    publisher.intake(before)
+    publisher.flush()
+    rejected = history(guarded, "o-before", until="OrderRejected")
+    assert rejected[-1].reasons[0].code == "UNKNOWN_SKU"
+
+    menu = tmp_path / "menu.json"
+    menu.write_text(
+        json.dumps(
+            {
+                "products": [
+                    {
+                        "sku": "MAPO-TOFU",
+                        "name": "麻婆豆腐",
+                        "unit_price": 2800,
+                        "stock_tracked": False,
+                    }
+                ]
+            }
+        )
+    )
+    published = run_cli(guarded, "catalogue", "publish", str(menu))
+    assert published.returncode == 0 and "1 updates" in published.stdout, published.stderr
+    time.sleep(1.5)  # the worker's views read the catalogue topic
+    after = received(event_id="e-after", order_id="o-after", lines=[dish], total=3300)
+    publisher.intake(after)
+    publisher.flush()
+    assert history(guarded, "o-after", until="OrderPrioritised")[1].event_type == "OrderAccepted"
+
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({"products": [{"sku": "X", "name": "x", "unit_price": "a"}]}))
+    refused = run_cli(guarded, "catalogue", "publish", str(broken))
+    assert refused.returncode != 0 and "products.0.unit_price" in refused.stderr
+
+
+@pytest.mark.integration
+def test_a_store_paused_by_hand_gets_no_orders(
+    guarded: Settings, worker: subprocess.Popen[bytes]
+) -> None:
+    paused = run_cli(guarded, "location", "pause", "S01", "--reason", "kitchen closed")
+    assert paused.returncode == 0, paused.stderr
+    time.sleep(1.5)
+    near = {"text": "南京东路 100号", "latitude": 31.235, "longitude": 121.475}
+    order = received(location_hint="S01", address=near)  # a platform delivery placed at S01
+    publisher = Publisher(guarded)
+    publisher.intake(order)
+    publisher.flush()
+    done = history(guarded, order.order_id, until="OrderRejected")
+    assert done[-1].reasons[0].code == "ALL_PAUSED_OR_FULL", done[-1].reasons
+    assert run_cli(guarded, "location", "resume", "S01").returncode == 0
