@@ -9,7 +9,7 @@ VENV := .venv
 OMS := $(VENV)/bin/oms
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck pytest system-deps stack-up stack-down clean
+.PHONY: demo test lint typecheck pytest system-deps browser-deps stack-up stack-down clean
 
 NATIVE_SRC := native/avro_codec/Cargo.toml native/avro_codec/Cargo.lock native/avro_codec/src/lib.rs
 
@@ -44,11 +44,22 @@ system-deps:
 	  fi; \
 	fi
 
+# The dashboard's browser test drives Debian's chromium headless (make test only).
+browser-deps:
+	@if ! command -v chromium >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing: chromium"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "not installed: chromium (the dashboard's browser test needs it)"; \
+	  fi; \
+	fi
+
 demo: $(STAMP) system-deps
 	$(OMS) demo
 
 # Runs lint, types and every test; stops the stack afterwards if this run started it.
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps browser-deps
 	@was_up=0; $(OMS) stack status >/dev/null 2>&1 && was_up=1; \
 	$(OMS) stack up || exit 1; \
 	status=0; \
