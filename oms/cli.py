@@ -531,6 +531,31 @@ def review() -> None:
     """The manual review queue: orders held by fraud screening."""
 
 
+def _print_rows(rows: list[dict[str, Any]], columns: list[str], empty: str) -> None:
+    if not rows:
+        click.echo(empty)
+        return
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    click.echo("  ".join(f"{c:<{widths[c]}}" for c in columns))
+    for row in rows:
+        click.echo("  ".join(f"{row.get(c, '')!s:<{widths[c]}}" for c in columns))
+
+
+def _read_report(name: str, **params: Any) -> list[dict[str, Any]]:
+    from projections.reports import run_report
+    from projections.store import connect
+
+    return run_report(connect(get_settings().resolved_clickhouse_url), name, **params).as_dicts()
+
+
+@review.command("list")
+@click.option("--limit", default=50, show_default=True)
+def review_list(limit: int) -> None:
+    """Held orders, longest waiting first (from ClickHouse: run `oms project`)."""
+    rows = _read_report("held_orders", limit=limit)
+    _print_rows(rows, list(rows[0]) if rows else [], "no orders waiting for review")
+
+
 @review.command("approve")
 @click.argument("order_id")
 @click.option("--reviewer", required=True, help="who decides (recorded as the actor)")
@@ -568,6 +593,18 @@ def orders_cancel(order_id: str, actor: str, reason_code: str, reason: str) -> N
 @main.group()
 def stock() -> None:
     """Stock per sku@location, managed through ledger events."""
+
+
+@stock.command("show")
+@click.argument("sku", required=False)
+@click.option("--location", default=None)
+@click.option("--limit", default=100, show_default=True)
+def stock_show(sku: str | None, location: str | None, limit: int) -> None:
+    """On hand, reserved, safety stock and available per sku@location (from ClickHouse)."""
+    rows = [r for r in _read_report("stock_levels", limit=10_000)
+            if (sku is None or r.get("sku") == sku)
+            and (location is None or r.get("location") == location)][:limit]  # fmt: skip
+    _print_rows(rows, list(rows[0]) if rows else [], "no stock recorded")
 
 
 @stock.command("set")
@@ -623,6 +660,21 @@ def stock_safety(sku: str, location: str, quantity: int, actor: str) -> None:
     from oms.operations import safety_stock as build
 
     _send_command(build, sku=sku, location=location, quantity=quantity, actor=actor)
+
+
+@main.command()
+@click.argument("location_id")
+@click.option("--limit", default=50, show_default=True)
+def queue(location_id: str, limit: int) -> None:
+    """A location's fulfilment queue: open prioritised orders, highest priority first."""
+    from projections.queries import fulfilment_queue
+    from projections.store import connect
+
+    rows = fulfilment_queue(connect(get_settings().resolved_clickhouse_url), location_id,
+                            limit=limit)  # fmt: skip
+    columns = ["order_id", "channel", "mode", "status", "priority_score", "promised_at",
+               "item_count", "total"]  # fmt: skip
+    _print_rows(rows, columns, f"no open orders at {location_id}")
 
 
 @main.group()
