@@ -1,9 +1,13 @@
-"""Read-side queries over the ClickHouse read models (used by the CLI and, later, the read API)."""
+"""Read-side queries over the ClickHouse read models (used by the CLI and the read API).
+
+Analytics live in projections/reports.py; these are the lookups an operator or an API makes.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from projections.reports import run_report
 from projections.schema import ORDERS_COLUMNS
 from projections.store import ClickHouseStore, sql_string
 
@@ -13,6 +17,7 @@ _LIST_COLUMNS = (
     "external_id",
     "mode",
     "status",
+    "location",
     "currency",
     "total",
     "placed_at",
@@ -43,6 +48,7 @@ def list_orders(
     *,
     status: str | None = None,
     channel: str | None = None,
+    location: str | None = None,
     limit: int = 20,
     offset: int = 0,
 ) -> list[dict[str, Any]]:
@@ -51,6 +57,8 @@ def list_orders(
         filters.append(f"status = {sql_string(status)}")
     if channel:
         filters.append(f"channel = {sql_string(channel)}")
+    if location:
+        filters.append(f"location = {sql_string(location)}")
     where = f"WHERE {' AND '.join(filters)}" if filters else ""
     rows = store.query(
         f"SELECT {', '.join(_LIST_COLUMNS)} FROM {store.database}.orders FINAL {where} "
@@ -71,6 +79,32 @@ def status_counts(store: ClickHouseStore, *, order_ids: list[str] | None = None)
     return {str(status): int(count) for status, count in rows}
 
 
+def verdict_counts(store: ClickHouseStore, *, order_ids: list[str] | None = None) -> dict[str, int]:
+    """Orders by validation verdict — "accepted" (passed validation, whatever happened since),
+    "rejected" (failed it) or "pending" — where `status_counts` gives the current status."""
+    where = ""
+    if order_ids is not None:
+        if not order_ids:
+            return {}
+        where = f"WHERE order_id IN ({', '.join(sql_string(o) for o in order_ids)})"
+    rows = store.query(
+        "SELECT multiIf(accepted_at IS NOT NULL, 'accepted', status = 'rejected', 'rejected', "
+        f"'pending') AS verdict, count() FROM {store.database}.orders FINAL {where} "
+        "GROUP BY verdict"
+    )
+    return {str(verdict): int(count) for verdict, count in rows}
+
+
 def event_count(store: ClickHouseStore) -> int:
     rows = store.query(f"SELECT count() FROM {store.database}.order_events FINAL")
     return int(rows[0][0])
+
+
+def fulfilment_queue(
+    store: ClickHouseStore, location: str, *, limit: int = 100
+) -> list[dict[str, Any]]:
+    """The location's queue: orders prioritised there and not yet picked up, shipped or
+    cancelled, highest priority score first, then the earliest promised time
+    (projections/sql/fulfilment_queue.sql). Keys: order_id, external_id, channel, mode, status,
+    priority_score, promised_at, placed_at, item_count, total, currency."""
+    return run_report(store, "fulfilment_queue", location=location, limit=limit).as_dicts()

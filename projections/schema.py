@@ -1,95 +1,237 @@
-"""DDL of the read models. Runs on ClickHouse 18.16 and on current ClickHouse (chDB)."""
+"""The read models' tables and their versioned DDL.
+
+The DDL lives in numbered files, `projections/migrations/NNN_name.sql`; `migrate` applies the
+ones a database has not seen yet and records each in `schema_migrations`. Every statement runs
+on ClickHouse 18.16 and on current ClickHouse (chDB): no DateTime64, no JSON functions, no
+LowCardinality, no `IF NOT EXISTS` on ALTER (the runner checks `system.columns` instead).
+"""
 
 from __future__ import annotations
 
-from projections.store import ClickHouseStore
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from projections.store import ClickHouseStore, sql_string
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 ORDER_EVENTS_COLUMNS = (
-    "event_id",
-    "event_type",
-    "order_id",
-    "sequence",
-    "occurred_at",
-    "recorded_at",
-    "channel",
-    "actor",
-    "payload",
-    "_topic",
-    "_partition",
-    "_offset",
-)
+    "event_id", "event_type", "order_id", "sequence", "occurred_at", "recorded_at", "channel",
+    "actor", "payload", "_topic", "_partition", "_offset",
+)  # fmt: skip
 
 ORDERS_COLUMNS = (
-    "order_id",
-    "channel",
-    "external_id",
-    "mode",
-    "status",
-    "currency",
-    "total",
-    "line_count",
-    "item_count",
-    "customer_name",
-    "customer_phone",
-    "address",
-    "rejection_codes",
-    "rejection_message",
-    "placed_at",
-    "updated_at",
-    "version",
-    "_topic",
-    "_partition",
-    "_offset",
-)
+    "order_id", "channel", "external_id", "mode", "status", "currency", "total", "line_count",
+    "item_count", "customer_name", "customer_phone", "customer_key", "address", "city", "region",
+    "location", "priority_score", "promised_at", "accepted_at", "risk_score", "held", "held_at",
+    "review_outcome", "reviewed_at", "cancelled", "cancelled_by", "cancel_reason",
+    "rejection_codes", "rejection_message", "handed_over_at", "delivered_at", "refunded",
+    "is_sale", "stage", "stage_entered_at", "stage_seq", "line_skus", "line_names",
+    "line_quantities", "line_prices", "line_locations", "placed_at", "updated_at", "version",
+    "_topic", "_partition", "_offset",
+)  # fmt: skip
+
+ORDER_LINES_COLUMNS = (
+    "order_id", "line_no", "sku", "product_name", "quantity", "unit_price", "revenue",
+    "currency", "channel", "location", "region", "mode", "customer_key", "placed_at", "is_sale",
+    "version", "_topic", "_partition", "_offset",
+)  # fmt: skip
+
+FULFILMENT_STAGES_COLUMNS = (
+    "order_id", "entered_seq", "stage", "entered_at", "left_at", "seconds", "next_stage",
+    "channel", "mode", "location", "version", "_topic", "_partition", "_offset",
+)  # fmt: skip
+
+ORDER_ACTIVITY_COLUMNS = (
+    "minute", "channel", "event_type", "currency", "events", "amount",
+    "_topic", "_partition", "_offset",
+)  # fmt: skip
+
+STOCK_COLUMNS = (
+    "sku", "location", "sequence", "event_id", "event_type", "occurred_at", "quantity",
+    "on_hand_change", "reserved_change", "on_hand", "reserved", "safety_stock", "available",
+    "order_id", "reason", "_topic", "_partition", "_offset",
+)  # fmt: skip
+
+STOCK_LEVELS_COLUMNS = (
+    "sku", "location", "on_hand", "reserved", "safety_stock", "available", "sequence",
+    "last_event_type", "updated_at", "_topic", "_partition", "_offset",
+)  # fmt: skip
+
+DEAD_LETTERS_COLUMNS = ("dead_letter_id", "reason", "size", "_topic", "_partition", "_offset")
+
+PROJECTOR_OFFSETS_COLUMNS = ("_topic", "_partition", "_offset", "events", "projected_at")
 
 
-def ddl(database: str) -> list[str]:
-    return [
-        f"CREATE DATABASE IF NOT EXISTS {database}",
-        # Every event once: the projector's offset ledger. ReplacingMergeTree on event_id makes a
-        # replayed or re-sent event collapse into one row (query with FINAL for exact counts).
-        f"""CREATE TABLE IF NOT EXISTS {database}.order_events (
-            event_id String,
-            event_type String,
-            order_id String,
-            sequence UInt32,
-            occurred_at DateTime,
-            recorded_at DateTime,
-            channel String,
-            actor String,
-            payload String,
-            _topic String,
-            _partition UInt16,
-            _offset UInt64
-        ) ENGINE = ReplacingMergeTree()
-        ORDER BY (order_id, event_id)""",
-        # Current state per order: the row with the highest version (event sequence) wins.
-        f"""CREATE TABLE IF NOT EXISTS {database}.orders (
-            order_id String,
-            channel String,
-            external_id String,
-            mode String,
-            status String,
-            currency String,
-            total Int64,
-            line_count UInt32,
-            item_count UInt32,
-            customer_name String,
-            customer_phone String,
-            address String,
-            rejection_codes Array(String),
-            rejection_message String,
-            placed_at DateTime,
-            updated_at DateTime,
-            version UInt32,
-            _topic String,
-            _partition UInt16,
-            _offset UInt64
-        ) ENGINE = ReplacingMergeTree(version)
-        ORDER BY order_id""",
-    ]
+@dataclass(frozen=True)
+class ReadModel:
+    """A table the projector writes. `content` selects what the table means — FINAL applied,
+    per-batch rows summed — so two projections of the same log compare equal however their
+    batches fell (`{table}` is replaced by the qualified name)."""
+
+    name: str
+    columns: tuple[str, ...]
+    content: str
 
 
-def migrate(store: ClickHouseStore) -> None:
-    for statement in ddl(store.database):
-        store.execute(statement)
+def _final(order_by: str, columns: tuple[str, ...]) -> str:
+    return f"SELECT {', '.join(columns)} FROM {{table}} FINAL ORDER BY {order_by}"
+
+
+# In the order the projector writes them within a batch: a table is written before the state it
+# is derived from (`orders` after its derived tables, `stock_levels` after `stock`), and the
+# offset ledger last. See projector.py for why this order makes a crash harmless.
+READ_MODELS: tuple[ReadModel, ...] = (
+    ReadModel("dead_letters", DEAD_LETTERS_COLUMNS,
+              "SELECT _topic, _partition, _offset, dead_letter_id, reason, size FROM {table} "
+              "ORDER BY _topic, _partition, _offset"),
+    ReadModel("order_events", ORDER_EVENTS_COLUMNS,
+              _final("event_id", ORDER_EVENTS_COLUMNS)),
+    ReadModel("order_lines", ORDER_LINES_COLUMNS,
+              _final("order_id, line_no", ORDER_LINES_COLUMNS)),
+    ReadModel("fulfilment_stages", FULFILMENT_STAGES_COLUMNS,
+              _final("order_id, entered_seq", FULFILMENT_STAGES_COLUMNS)),
+    ReadModel("order_activity_per_minute", ORDER_ACTIVITY_COLUMNS,
+              "SELECT minute, channel, event_type, currency, sum(events), sum(amount) "
+              "FROM {table} GROUP BY minute, channel, event_type, currency "
+              "ORDER BY minute, channel, event_type, currency"),
+    ReadModel("orders", ORDERS_COLUMNS, _final("order_id", ORDERS_COLUMNS)),
+    ReadModel("stock", STOCK_COLUMNS,
+              f"SELECT {', '.join(STOCK_COLUMNS)} FROM {{table}} "
+              "ORDER BY sku, location, sequence"),
+    ReadModel("stock_levels", STOCK_LEVELS_COLUMNS,
+              _final("sku, location", STOCK_LEVELS_COLUMNS)),
+    ReadModel("projector_offsets", PROJECTOR_OFFSETS_COLUMNS,
+              "SELECT _topic, _partition, max(_offset) FROM {table} "
+              "GROUP BY _topic, _partition ORDER BY _topic, _partition"),
+)  # fmt: skip
+
+READ_MODEL_NAMES = tuple(model.name for model in READ_MODELS)
+
+
+class MigrationError(RuntimeError):
+    """A migration file that cannot be used, or a statement that failed; names the file."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+    checksum: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.version:03d}_{self.name}"
+
+
+@dataclass
+class MigrationReport:
+    applied: list[str] = field(default_factory=list)
+    already: list[str] = field(default_factory=list)
+    changed_since_applied: list[str] = field(default_factory=list)
+
+
+_FILE = re.compile(r"^(\d{3})_(\w+)\.sql$")
+_ADD_COLUMN = re.compile(r"^ALTER TABLE\s+(\S+)\s+ADD COLUMN\s+(\w+)\s", re.IGNORECASE)
+
+
+def split_statements(text: str) -> list[str]:
+    """The statements of a SQL file: `--` comment lines dropped, split at `;` ending a line."""
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("--")]
+    parts = re.split(r";\s*$", "\n".join(lines), flags=re.MULTILINE)
+    return [part.strip() for part in parts if part.strip()]
+
+
+def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    found: list[Migration] = []
+    for path in sorted(directory.glob("*.sql")):
+        match = _FILE.match(path.name)
+        if match is None:
+            raise MigrationError(f"{path}: migration files are named NNN_name.sql")
+        text = path.read_text(encoding="utf-8")
+        found.append(
+            Migration(
+                version=int(match.group(1)),
+                name=match.group(2),
+                statements=tuple(split_statements(text)),
+                checksum=hashlib.sha256(text.encode()).hexdigest()[:16],
+            )
+        )
+    versions = [m.version for m in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise MigrationError(f"{directory}: versions must run 1, 2, 3 ... without gaps: {versions}")
+    return found
+
+
+MIGRATIONS = load_migrations()
+
+
+def _prepare(store: ClickHouseStore) -> None:
+    store.execute(f"CREATE DATABASE IF NOT EXISTS {store.database}")
+    store.execute(
+        f"CREATE TABLE IF NOT EXISTS {store.database}.schema_migrations ("
+        "version UInt32, name String, checksum String, applied_at DateTime"
+        ") ENGINE = ReplacingMergeTree() ORDER BY version"
+    )
+
+
+def applied_migrations(store: ClickHouseStore) -> dict[int, str]:
+    """Version → checksum of every migration the database has recorded."""
+    _prepare(store)
+    rows = store.query(
+        f"SELECT version, any(checksum) FROM {store.database}.schema_migrations GROUP BY version"
+    )
+    return {int(version): str(checksum) for version, checksum in rows}
+
+
+def _column_exists(store: ClickHouseStore, qualified_table: str, column: str) -> bool:
+    database, _, table = qualified_table.rpartition(".")
+    rows = store.query(
+        "SELECT count() FROM system.columns WHERE "
+        f"database = {sql_string(database or store.database)} AND table = {sql_string(table)} "
+        f"AND name = {sql_string(column)}"
+    )
+    return int(rows[0][0]) > 0
+
+
+def _apply(store: ClickHouseStore, migration: Migration) -> None:
+    for statement in migration.statements:
+        sql = statement.replace("{database}", store.database)
+        added = _ADD_COLUMN.match(sql)
+        if added is not None and _column_exists(store, added.group(1), added.group(2)):
+            continue  # a half-applied migration being re-run
+        try:
+            store.execute(sql)
+        except Exception as exc:
+            raise MigrationError(f"migration {migration.label} failed: {exc}") from exc
+    store.insert(
+        "schema_migrations",
+        ("version", "name", "checksum", "applied_at"),
+        [(migration.version, migration.name, migration.checksum, _now())],
+    )
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+
+
+def migrate(store: ClickHouseStore, migrations: list[Migration] | None = None) -> MigrationReport:
+    """Apply the pending migrations in order; running it again changes nothing.
+
+    Each statement is idempotent on its own (CREATE ... IF NOT EXISTS, ADD COLUMN checked
+    first), so a migration interrupted half-way is simply applied again."""
+    report = MigrationReport()
+    done = applied_migrations(store)
+    for migration in MIGRATIONS if migrations is None else migrations:
+        if migration.version in done:
+            report.already.append(migration.label)
+            if done[migration.version] != migration.checksum:
+                report.changed_since_applied.append(migration.label)
+            continue
+        _apply(store, migration)
+        report.applied.append(migration.label)
+    return report

@@ -6,6 +6,7 @@ SQL sent through either must run on ClickHouse 18.16 and on current ClickHouse (
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -31,6 +32,14 @@ class ClickHouseStore(Protocol):
 
     def query(self, sql: str) -> list[Row]: ...
 
+    def query_with_columns(self, sql: str) -> tuple[list[str], list[Row]]:
+        """The rows and the names of their columns."""
+        ...
+
+    def with_database(self, database: str) -> ClickHouseStore:
+        """The same ClickHouse, another database (rebuilds write into a staging one)."""
+        ...
+
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Row]) -> None: ...
 
     def close(self) -> None: ...
@@ -43,6 +52,7 @@ class ServerStore:
         from clickhouse_driver import Client
 
         self.database = database
+        self._address = (host, port)
         self._client = Client(
             host=host,
             port=port,
@@ -55,22 +65,43 @@ class ServerStore:
         self._run(sql)
 
     def query(self, sql: str) -> list[Row]:
-        return [tuple(row) for row in self._run(sql)]
+        return [_naive_utc(row) for row in self._run(sql)]
+
+    def query_with_columns(self, sql: str) -> tuple[list[str], list[Row]]:
+        rows, types = self._run(sql, with_column_types=True)
+        return [name for name, _ in types], [_naive_utc(row) for row in rows]
+
+    def with_database(self, database: str) -> ServerStore:
+        host, port = self._address
+        return ServerStore(host=host, port=port, database=database)
 
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Row]) -> None:
         if rows:
             self._run(f"INSERT INTO {self.database}.{table} ({', '.join(columns)}) VALUES", rows)
 
-    def _run(self, sql: str, params: Any = None) -> Any:
+    def _run(self, sql: str, params: Any = None, *, with_column_types: bool = False) -> Any:
         from clickhouse_driver.errors import Error
 
         try:
-            return self._client.execute(sql, params)
+            return self._client.execute(sql, params, with_column_types=with_column_types)
         except Error as exc:
-            raise StoreError(f"{exc} -- in: {sql[:200]}") from exc
+            # 18.16 appends the server's stack trace to every message; the reason is above it.
+            reason = str(exc).split("Stack trace:", 1)[0].strip()
+            raise StoreError(f"{reason} -- in: {sql[:200]}") from exc
 
     def close(self) -> None:
         self._client.disconnect()
+
+
+def _naive_utc(row: Sequence[Any]) -> Row:
+    # A DateTime with a time zone in its type (toStartOfMinute on 18.16 returns one) comes back
+    # aware; both backends hand out naive UTC so that results compare equal.
+    return tuple(
+        v.astimezone(UTC).replace(tzinfo=None)
+        if isinstance(v, datetime) and v.tzinfo is not None
+        else v
+        for v in row
+    )
 
 
 _SESSIONS: dict[str, Any] = {}
@@ -98,24 +129,35 @@ class EmbeddedStore:
 
     def __init__(self, *, path: str, database: str) -> None:
         self.database = database
+        self._path = path
         self._session = _chdb_session(path)
 
     def execute(self, sql: str) -> None:
         self._run(sql, "CSV")
 
     def query(self, sql: str) -> list[Row]:
+        return self.query_with_columns(sql)[1]
+
+    def query_with_columns(self, sql: str) -> tuple[list[str], list[Row]]:
+        # A query that already ends in SETTINGS gets the JSON setting appended to its list.
+        glue = ", " if _ENDS_WITH_SETTINGS.search(sql) else "\nSETTINGS "
         result = self._run(
-            sql + " SETTINGS output_format_json_quote_64bit_integers = 0", "JSONCompact"
+            sql.rstrip().rstrip(";") + glue + "output_format_json_quote_64bit_integers = 0",
+            "JSONCompact",
         )
         text = result.bytes().decode() if hasattr(result, "bytes") else str(result)
         if not text.strip():
-            return []
+            return [], []
         payload = json.loads(text)
         converters = [_converter(col["type"]) for col in payload["meta"]]
-        return [
+        rows = [
             tuple(conv(v) for conv, v in zip(converters, row, strict=True))
             for row in payload["data"]
         ]
+        return [col["name"] for col in payload["meta"]], rows
+
+    def with_database(self, database: str) -> EmbeddedStore:
+        return EmbeddedStore(path=self._path, database=database)
 
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Row]) -> None:
         if not rows:
@@ -143,16 +185,19 @@ class EmbeddedStore:
         return None
 
 
+_ENDS_WITH_SETTINGS = re.compile(r"\bSETTINGS\s+\w+\s*=\s*[^()]*$", re.IGNORECASE)
+
+
 def _converter(ch_type: str) -> Any:
-    base = (
-        ch_type.removeprefix("Nullable(").rstrip(")")
-        if ch_type.startswith("Nullable(")
-        else ch_type
-    )
+    base = ch_type.removeprefix("Nullable(")[:-1] if ch_type.startswith("Nullable(") else ch_type
     if base.startswith(("UInt", "Int")):
         return lambda v: None if v is None else int(v)
+    if base.startswith("Float"):
+        return lambda v: None if v is None else float(v)
     if base.startswith("DateTime"):
         return lambda v: None if v is None else datetime.strptime(v[:19], "%Y-%m-%d %H:%M:%S")
+    if base.startswith("Array(DateTime"):
+        return lambda v: [datetime.strptime(x[:19], "%Y-%m-%d %H:%M:%S") for x in v]
     return lambda v: v
 
 

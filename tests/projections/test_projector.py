@@ -1,60 +1,210 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import pytest
 from confluent_kafka import Producer
 
 from events.codec import AvroCodec
-from events.models import DeadLetter
+from events.models import (
+    Actor,
+    ActorKind,
+    DeadLetter,
+    ExpiryBatchAdded,
+    ExpiryBatchExpired,
+    FulfilmentGroup,
+    LineQuantity,
+    LowStockAlerted,
+    OrderCancelled,
+    OrderEvent,
+    OrderLine,
+    OrderModified,
+    OrderPrioritised,
+    OrderRouted,
+    SafetyStockSet,
+    StockAdjusted,
+    StockCommitted,
+    StockCounted,
+    StockEvent,
+    StockReceived,
+    StockReleased,
+    StockReservationRefused,
+    StockReserved,
+)
 from oms.publisher import Publisher
 from oms.settings import Settings
-from projections.projector import Position, Projector, apply
-from projections.queries import event_count, status_counts
+from projections import orders, stock
+from projections.orders import Position
+from projections.projector import Projector
+from projections.queries import event_count, status_counts, verdict_counts
 from projections.store import ClickHouseStore
+from streams import inventory
 from streams.validation import decide
 from tests.conftest import read_topic
 from tests.factories import received
 
 NOW = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
 HERE = Position("oms.orders.v1", 0, 10)
+SYSTEM = Actor(kind=ActorKind.SYSTEM, id="oms")
+
+
+def follow(model: type[OrderEvent], sequence: int, minutes: int, **fields: object) -> OrderEvent:
+    at = NOW + timedelta(minutes=minutes)
+    return model.model_validate(
+        dict(
+            event_id=f"e-{sequence}",
+            sequence=sequence,
+            occurred_at=at,
+            recorded_at=at,
+            correlation_id="o-1",
+            actor=SYSTEM,
+            order_id="o-1",
+            channel="webshop",
+            external_id="1001",
+            **fields,
+        )
+    )
+
+
+def fold_all(events: list[OrderEvent]) -> list[orders.OrderChange]:
+    state = None
+    changes = []
+    for n, event in enumerate(events):
+        change = orders.fold(state, event, Position("oms.orders.v1", 0, n))
+        assert change is not None
+        changes.append(change)
+        state = change.row
+    return changes
 
 
 def test_fold_builds_the_order_row_and_applies_the_verdict() -> None:
     order = received()
-    accepted = decide(order, now=NOW)[1]
-    row = apply(None, order, HERE)
-    assert row is not None
-    assert (row["status"], row["total"], row["item_count"], row["version"]) == (
+    first, after = fold_all(decide(order, now=NOW))
+    assert (first.row["status"], first.row["total"], first.row["item_count"]) == (
         "received",
         6100,
         2,
-        1,
     )
-    after = apply(row, accepted, Position("oms.orders.v1", 0, 11))
-    assert after is not None
-    assert (after["status"], after["version"], after["_offset"], after["customer_name"]) == (
-        "accepted",
-        2,
-        11,
-        "王伟",
-    )
+    assert (after.row["status"], after.row["version"], after.row["_offset"]) == ("accepted", 2, 1)
+    assert (after.row["customer_name"], after.row["is_sale"]) == ("王伟", 1)
+    assert after.row["customer_key"] == "+8613800000000"
 
 
 def test_fold_ignores_an_event_it_already_applied() -> None:
     order = received()
     verdict = decide(order, now=NOW)[1]
-    row = apply(apply(None, order, HERE), verdict, HERE)
-    assert apply(row, order, HERE) is None
-    assert apply(row, verdict, HERE) is None
+    row = fold_all([order, verdict])[-1].row
+    assert orders.fold(row, order, HERE) is None
+    assert orders.fold(row, verdict, HERE) is None
 
 
-def test_rejection_reasons_land_on_the_row() -> None:
+def test_rejection_reasons_land_on_the_row_and_the_lines_are_no_sale() -> None:
     order = received(total=1)
-    row = apply(apply(None, order, HERE), decide(order, now=NOW)[1], HERE)
-    assert row is not None
-    assert row["status"] == "rejected"
-    assert row["rejection_codes"] == ["TOTAL_MISMATCH"]
+    first, change = fold_all(decide(order, now=NOW))
+    assert change.row["status"] == "rejected"
+    assert change.row["rejection_codes"] == ["TOTAL_MISMATCH"]
+    assert [line[14] for line in first.lines] == [0]  # is_sale, from the start
+    assert change.lines == []  # nothing about the lines changed
+
+
+def test_routing_places_each_line_and_a_revision_voids_the_line_it_removed() -> None:
+    two_lines = [
+        OrderLine(sku="A", name="a", quantity=1, unit_price=100),
+        OrderLine(sku="B", name="b", quantity=2, unit_price=50),
+    ]
+    order = received(lines=two_lines, total=700)
+    routed = follow(
+        OrderRouted,
+        3,
+        5,
+        location="S1",
+        reasons=[],
+        groups=[
+            FulfilmentGroup(location="S1", lines=[LineQuantity(sku="A", quantity=1)]),
+            FulfilmentGroup(location="S2", lines=[LineQuantity(sku="B", quantity=2)]),
+        ],
+    )
+    revised = follow(OrderModified, 4, 6, revision=2, lines=two_lines[:1], total=600)
+    changes = fold_all([*decide(order, now=NOW), routed, revised])
+    assert [(line[2], line[9]) for line in changes[2].lines] == [("A", "S1"), ("B", "S2")]
+    assert [(line[2], line[4], line[14]) for line in changes[3].lines] == [
+        ("A", 1, 1),
+        ("B", 0, 0),
+    ]
+
+
+def test_stages_close_with_the_seconds_spent_and_an_end_status_opens_none() -> None:
+    order = received()
+    prioritised = follow(OrderPrioritised, 3, 10, location="S1", score=70)
+    cancelled = follow(OrderCancelled, 4, 25, cancelled_by="customer", reason_code="X", reason="x")
+    changes = fold_all([*decide(order, now=NOW), prioritised, cancelled])
+    closing = changes[3].stages
+    assert [(s[2], s[5], s[6]) for s in closing] == [("prioritised", 900, "cancelled")]
+    assert changes[3].row["is_sale"] == 0 and changes[3].row["cancelled"] == 1
+
+
+def test_stock_fold_moves_levels_as_the_inventory_agents_ledger_does() -> None:
+    def at(model: type[StockEvent], **fields: object) -> StockEvent:
+        n = len(ledger) + 1
+        return model.model_validate(
+            dict(
+                event_id=f"s-{n}",
+                sequence=n,
+                occurred_at=NOW,
+                recorded_at=NOW,
+                correlation_id="x",
+                actor=SYSTEM,
+                sku="TEA",
+                location="W1",
+                **fields,
+            )
+        )
+
+    ledger: list[StockEvent] = []
+    steps: list[tuple[type[StockEvent], dict[str, Any]]] = [
+        (SafetyStockSet, {"quantity": 5}),
+        (StockReceived, {"quantity": 40}),
+        (ExpiryBatchAdded, {"batch_id": "b1", "quantity": 10, "expires_on": date(2026, 12, 1)}),
+        (StockReserved, {"order_id": "o1", "reservation_id": "r1", "quantity": 3}),
+        (StockCommitted, {"order_id": "o1", "reservation_id": "r1", "quantity": 3}),
+        (StockReserved, {"order_id": "o2", "reservation_id": "r2", "quantity": 2}),
+        (
+            StockReleased,
+            {"order_id": "o2", "reservation_id": "r2", "quantity": 2, "reason": "CANCELLED"},
+        ),
+        (
+            StockReservationRefused,
+            {
+                "order_id": "o3",
+                "reservation_id": "r3",
+                "requested": 99,
+                "available": 37,
+                "reason": "INSUFFICIENT_STOCK",
+            },
+        ),
+        (StockAdjusted, {"delta": -1, "reason": "DAMAGED"}),
+        (StockCounted, {"counted": 45}),
+        (ExpiryBatchExpired, {"batch_id": "b1", "quantity": 4}),
+        (StockReserved, {"order_id": "o4", "reservation_id": "r4", "quantity": 6}),
+        (LowStockAlerted, {"available": 30, "threshold": 30, "reorder_quantity": 50}),
+    ]
+    for model, fields in steps:
+        ledger.append(at(model, **fields))
+    level = None
+    agent = inventory.empty("TEA", "W1")
+    for n, event in enumerate(ledger):
+        change = stock.fold(level, event, Position("oms.inventory.v1", 0, n))
+        assert change is not None
+        level, agent = change.level, inventory.apply(agent, event)
+        assert (level["on_hand"], level["reserved"], level["safety_stock"], level["available"]) == (
+            agent.on_hand,
+            agent.reserved,
+            agent.safety_stock,
+            agent.available_to_promise,
+        ), event.event_type
+    assert level is not None and (level["on_hand"], level["available"]) == (41, 30)
+    assert stock.fold(level, ledger[3], HERE) is None  # already applied
 
 
 def publish_orders(settings: Settings, count: int, *, prefix: str = "p") -> int:
@@ -88,29 +238,39 @@ def test_projector_writes_each_order_once_and_resumes_without_double_counting(
 
     publish_orders(settings, 10, prefix="q")
     again = Projector(settings=settings, store=store, batch_size=30, batch_seconds=0.3)
-    again.run(until=lambda _: event_count(store) >= 120)
+    again.run(until=lambda _: again.lag() == 0)
     assert status_counts(store) == {"accepted": 48, "rejected": 12}
-    physical = store.query(
-        f"SELECT count(), uniqExact(event_id) FROM {store.database}.order_events"
-    )
-    assert physical == [(120, 120)]
+    assert verdict_counts(store, order_ids=["p-o1", "p-o5", "q-o1"]) == {
+        "accepted": 2,
+        "rejected": 1,
+    }
+    db = store.database
+    assert store.query(f"SELECT count(), uniqExact(event_id) FROM {db}.order_events") == [
+        (120, 120)
+    ]
+    assert store.query(f"SELECT sum(is_sale), sum(quantity) FROM {db}.order_lines FINAL") == [
+        (48, 120)
+    ]
 
 
 @pytest.mark.integration
-def test_corrupt_message_on_the_order_log_is_dead_lettered_and_skipped(
+def test_corrupt_message_is_dead_lettered_once_and_skipped(
     isolated_settings: Settings, store: ClickHouseStore
 ) -> None:
     settings = isolated_settings
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
     producer.produce(settings.topics.orders, key=b"x", value=b"\x00\x00\x00\x00\x01\xff\xff")
+    producer.produce(settings.topics.inventory, key=b"y", value=b"not avro")
     producer.flush(10)
     publish_orders(settings, 3)
     projector = Projector(settings=settings, store=store, batch_seconds=0.3)
-    projector.run(until=lambda _: event_count(store) >= 6)
-    (message,) = read_topic(settings, settings.topics.dlq, expect=1)
-    letter = AvroCodec().decode(message.value())
-    assert isinstance(letter, DeadLetter)
-    assert letter.raw == b"\x00\x00\x00\x00\x01\xff\xff"
-    assert letter.source == settings.topics.orders
-    assert "corrupt Avro body" in letter.reason
+    projector.run(until=lambda _: projector.lag() == 0)
+    letters = [
+        AvroCodec().decode(m.value()) for m in read_topic(settings, settings.topics.dlq, expect=2)
+    ]
+    assert all(isinstance(letter, DeadLetter) for letter in letters)
+    by_source = {letter.source: letter for letter in letters if isinstance(letter, DeadLetter)}
+    assert by_source[settings.topics.orders].raw == b"\x00\x00\x00\x00\x01\xff\xff"
+    assert "corrupt Avro body" in by_source[settings.topics.orders].reason
     assert status_counts(store) == {"accepted": 2, "rejected": 1}
+    assert store.query(f"SELECT count() FROM {store.database}.dead_letters") == [(2,)]

@@ -1,0 +1,326 @@
+"""The order log folded into read-model rows: pure functions over events, no I/O.
+
+`fold(state, event, where)` takes an order's `orders` row (or None) and one event and returns
+the next row plus what the event adds to `order_lines`, `fulfilment_stages` and
+`order_activity_per_minute` — or None when the event was already applied (its sequence is not
+above the row's version), which is what makes a replay or a re-sent event harmless.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from events.lifecycle import TRANSITIONS, OrderStatus
+from events.models import (
+    OrderAccepted,
+    OrderAcceptedByStore,
+    OrderCancelled,
+    OrderDelivered,
+    OrderEvent,
+    OrderHeld,
+    OrderLine,
+    OrderModified,
+    OrderPickedUp,
+    OrderPreparing,
+    OrderPrioritised,
+    OrderReady,
+    OrderReceived,
+    OrderRefunded,
+    OrderRejected,
+    OrderRouted,
+    ReviewApproved,
+    ReviewRejected,
+    ShipmentCreated,
+)
+from projections.schema import ORDERS_COLUMNS
+from projections.store import Row
+
+OrderRow = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a message sits on Kafka; every row carries the position of the event it came from."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class Activity:
+    """One event's contribution to `order_activity_per_minute`."""
+
+    minute: datetime
+    channel: str
+    event_type: str
+    currency: str
+    amount: int
+
+
+@dataclass(frozen=True)
+class OrderChange:
+    row: OrderRow
+    lines: list[Row]
+    stages: list[Row]
+    activity: Activity
+
+
+# A sale is an accepted order that is neither rejected nor cancelled; refunds do not undo it.
+VOID = frozenset({OrderStatus.REJECTED.value, OrderStatus.CANCELLED.value})
+# Statuses that end the order's flow: entering one closes the last stage and opens none.
+END_STAGES = frozenset(
+    s.value
+    for s in (OrderStatus.REJECTED, OrderStatus.CANCELLED, OrderStatus.COMPLETED,
+              OrderStatus.REFUNDED)
+)  # fmt: skip
+
+
+def _only_target() -> dict[type[OrderEvent], OrderStatus]:
+    """Event types that lead to the same status from wherever they are allowed."""
+    targets: dict[type[OrderEvent], set[OrderStatus]] = {}
+    for moves in TRANSITIONS.values():
+        for event_type, target in moves.items():
+            targets.setdefault(event_type, set()).add(target)
+    return {e: next(iter(t)) for e, t in targets.items() if len(t) == 1}
+
+
+_ONLY_TARGET = _only_target()
+_STATUSES = {s.value: s for s in OrderStatus}
+
+
+def next_status(status: str, event: OrderEvent) -> str:
+    """The status the event leads to (events/lifecycle.py). The log is the worker's output and
+    should hold only legal moves; if one is not, the read model still follows it where the
+    target is unambiguous rather than dropping it."""
+    current = _STATUSES.get(status)
+    target = TRANSITIONS[current].get(type(event)) if current is not None else None
+    if target is None:
+        target = _ONLY_TARGET.get(type(event))
+    return target.value if target is not None else status
+
+
+def seconds(when: datetime) -> datetime:
+    """A contract time (aware UTC) as ClickHouse DateTime holds it: naive UTC, whole seconds."""
+    return when.replace(tzinfo=None, microsecond=0)
+
+
+def empty_row(order_id: str, at: datetime) -> OrderRow:
+    row: OrderRow = {column: "" for column in ORDERS_COLUMNS}
+    row.update(
+        order_id=order_id, total=0, line_count=0, item_count=0, priority_score=0,
+        promised_at=None, accepted_at=None, risk_score=0, held=0, held_at=None, reviewed_at=None,
+        cancelled=0, rejection_codes=[], handed_over_at=None, delivered_at=None, refunded=0,
+        is_sale=0, stage_entered_at=at, stage_seq=0, line_skus=[], line_names=[],
+        line_quantities=[], line_prices=[], line_locations=[], placed_at=at, updated_at=at,
+        version=0, _partition=0, _offset=0,
+    )  # fmt: skip
+    return row
+
+
+def _customer_key(phone: str | None, channel: str, customer_id: str | None) -> str:
+    """Who the customer is across orders: the phone number, else the channel's customer id."""
+    if phone:
+        return phone
+    return f"{channel}:{customer_id}" if customer_id else ""
+
+
+def _lines(lines: list[OrderLine]) -> dict[str, Any]:
+    return {
+        "line_skus": [line.sku for line in lines],
+        "line_names": [line.name for line in lines],
+        "line_quantities": [line.quantity for line in lines],
+        "line_prices": [line.unit_price for line in lines],
+        "line_locations": ["" for _ in lines],
+        "line_count": len(lines),
+        "item_count": sum(max(line.quantity, 0) for line in lines),
+    }
+
+
+def _order_details(event: OrderReceived | OrderModified, row: OrderRow) -> dict[str, Any]:
+    """What an OrderReceived sets, or what a revision replaces (its optional fields only when
+    the channel sent them)."""
+    changes: dict[str, Any] = {"total": event.total, **_lines(event.lines)}
+    if event.address is not None:
+        changes["address"] = event.address.text
+        changes["city"] = event.address.city or ""
+    if event.mode is not None:
+        changes["mode"] = event.mode.value
+    if event.currency is not None:
+        changes["currency"] = event.currency
+    if event.customer is not None:
+        changes["customer_name"] = event.customer.name or ""
+        changes["customer_phone"] = event.customer.phone or ""
+        changes["customer_key"] = _customer_key(
+            event.customer.phone, event.channel, event.customer.id
+        )
+    if event.location_hint and not row["location"]:
+        changes["location"] = event.location_hint
+    if event.placed_at is not None and (isinstance(event, OrderReceived) or not row["version"]):
+        changes["placed_at"] = seconds(event.placed_at)
+    return changes
+
+
+def _event_changes(event: OrderEvent, row: OrderRow, at: datetime) -> dict[str, Any]:
+    """The columns an event sets besides status, version and position."""
+    if isinstance(event, OrderReceived | OrderModified):
+        return _order_details(event, row)
+    if isinstance(event, OrderAccepted):
+        return {"total": event.total, "currency": event.currency,
+                "accepted_at": row["accepted_at"] or at}  # fmt: skip
+    if isinstance(event, OrderRejected):
+        return {
+            "rejection_codes": [r.code for r in event.reasons],
+            "rejection_message": "; ".join(r.message for r in event.reasons),
+        }
+    if isinstance(event, OrderHeld):
+        return {"held": 1, "held_at": at, "risk_score": event.risk_score}
+    if isinstance(event, ReviewApproved):
+        return {"review_outcome": "approved", "reviewed_at": at}
+    if isinstance(event, ReviewRejected):
+        return {"review_outcome": "rejected", "reviewed_at": at, "cancelled": 1,
+                "cancelled_by": "reviewer", "cancel_reason": "REVIEW_REJECTED"}  # fmt: skip
+    if isinstance(event, OrderCancelled):
+        return {"cancelled": 1, "cancelled_by": event.cancelled_by.value,
+                "cancel_reason": event.reason_code}  # fmt: skip
+    if isinstance(event, OrderRouted):
+        by_sku: dict[str, str] = {}
+        for group in event.groups:
+            for line in group.lines:
+                by_sku.setdefault(line.sku, line.location or group.location)
+        return {
+            "location": event.location,
+            "line_locations": [by_sku.get(sku, event.location) for sku in row["line_skus"]],
+        }
+    if isinstance(event, OrderPrioritised):
+        promised = seconds(event.promised_at) if event.promised_at else None
+        return {"location": event.location, "priority_score": event.score,
+                "promised_at": promised}  # fmt: skip
+    if isinstance(event, OrderAcceptedByStore | OrderPreparing | OrderReady):
+        return {"location": event.location}
+    if isinstance(event, OrderPickedUp):
+        return {"location": event.location, "handed_over_at": row["handed_over_at"] or at}
+    if isinstance(event, ShipmentCreated):
+        return {"handed_over_at": row["handed_over_at"] or at}
+    if isinstance(event, OrderDelivered):
+        return {"delivered_at": row["delivered_at"] or at}
+    if isinstance(event, OrderRefunded):
+        return {"refunded": row["refunded"] + event.amount}
+    return {}
+
+
+def _amount(event: OrderEvent) -> int:
+    if isinstance(event, OrderReceived | OrderModified | OrderAccepted):
+        return event.total
+    if isinstance(event, OrderRefunded):
+        return event.amount
+    return 0
+
+
+_LINE_FACTS = (
+    "line_skus", "line_names", "line_quantities", "line_prices", "line_locations", "location",
+    "region", "currency", "channel", "mode", "customer_key", "placed_at", "is_sale",
+)  # fmt: skip
+
+
+def _line_rows(old: OrderRow | None, new: OrderRow, where: Position) -> list[Row]:
+    """The order's lines as sales facts, when anything they show changed. A line the revision
+    removed gets a row with quantity 0 that is not a sale."""
+    if old is not None and all(old[k] == new[k] for k in _LINE_FACTS):
+        return []
+    rows: list[Row] = []
+    count = len(new["line_skus"])
+    before = len(old["line_skus"]) if old is not None else 0
+    for n in range(max(count, before)):
+        if n < count:
+            sku, name = new["line_skus"][n], new["line_names"][n]
+            quantity, price = new["line_quantities"][n], new["line_prices"][n]
+            location = new["line_locations"][n] or new["location"]
+            is_sale = new["is_sale"]
+        else:
+            assert old is not None
+            sku, name, quantity, price = old["line_skus"][n], old["line_names"][n], 0, 0
+            location, is_sale = new["location"], 0
+        rows.append((
+            new["order_id"], n, sku, name, quantity, price, quantity * price, new["currency"],
+            new["channel"], location, new["region"], new["mode"], new["customer_key"],
+            new["placed_at"], is_sale, new["version"], where.topic, where.partition, where.offset,
+        ))  # fmt: skip
+    return rows
+
+
+def _stage_rows(old: OrderRow | None, new: OrderRow, at: datetime, where: Position) -> list[Row]:
+    """Close the stage the order leaves and open the one it enters (none for an end status)."""
+    if old is not None and old["status"] == new["status"]:
+        return []
+    common = (new["channel"], new["mode"], new["location"], new["version"],
+              where.topic, where.partition, where.offset)  # fmt: skip
+    rows: list[Row] = []
+    if old is not None and old["stage"]:
+        entered = old["stage_entered_at"]
+        spent = max(int((at - entered).total_seconds()), 0)
+        rows.append((new["order_id"], old["stage_seq"], old["stage"], entered, at, spent,
+                     new["status"], *common))  # fmt: skip
+    if new["status"] not in END_STAGES:
+        rows.append((new["order_id"], new["version"], new["status"], at, None, None, "", *common))
+        new.update(stage=new["status"], stage_entered_at=at, stage_seq=new["version"])
+    else:
+        new.update(stage="", stage_seq=0)
+    return rows
+
+
+def fold(state: OrderRow | None, event: OrderEvent, where: Position) -> OrderChange | None:
+    """Apply one event to an order's row; None when it was applied before."""
+    if state is not None and event.sequence <= state["version"]:
+        return None  # already applied: a replay, or the same event re-sent on the log
+    at = seconds(event.occurred_at)
+    old = state
+    base = state if state is not None else empty_row(event.order_id, at)
+    row = dict(base)
+    row.update(channel=event.channel or row["channel"], external_id=event.external_id)
+    row.update(_event_changes(event, row, at))
+    if state is not None:
+        status = next_status(base["status"], event)
+    elif isinstance(event, OrderReceived | OrderModified):
+        status = OrderStatus.RECEIVED.value
+    else:
+        # A history that does not start with the order (cannot happen in a well-formed log):
+        # keep the order visible with what this event says rather than dropping it.
+        status = next_status("", event) or OrderStatus.RECEIVED.value
+    row["status"] = status
+    row["region"] = row["city"] or row["location"]
+    if status in VOID:
+        row["is_sale"] = 0
+    elif base["status"] not in VOID:
+        row["is_sale"] = int(row["accepted_at"] is not None)
+    row.update(version=event.sequence, updated_at=at, _topic=where.topic,
+               _partition=where.partition, _offset=where.offset)  # fmt: skip
+    stages = _stage_rows(old, row, at, where)
+    activity = Activity(
+        minute=at.replace(second=0),
+        channel=row["channel"],
+        event_type=type(event).__name__,
+        currency=row["currency"],
+        amount=_amount(event),
+    )
+    return OrderChange(row=row, lines=_line_rows(old, row, where), stages=stages, activity=activity)
+
+
+def event_row(event: OrderEvent, where: Position) -> Row:
+    """The event as `order_events` keeps it, with its whole body as JSON in `payload`."""
+    return (
+        event.event_id,
+        type(event).__name__,
+        event.order_id,
+        event.sequence,
+        seconds(event.occurred_at),
+        seconds(event.recorded_at),
+        event.channel,
+        f"{event.actor.kind.value}:{event.actor.id}",
+        event.model_dump_json(),
+        where.topic,
+        where.partition,
+        where.offset,
+    )

@@ -1,0 +1,104 @@
+"""Rebuild: replay the topics from the start into fresh tables, then swap them in atomically.
+
+Readers keep querying the live tables while the staging database (`<db>__rebuild`) fills. At
+the end of the log the rebuild asks the live projector to step aside (projections/lease.py),
+catches up with what arrived meanwhile, swaps, and lets the live projector resume on the new
+tables from what they hold.
+
+The swap, by what the database engine can do atomically (docs/read-models.md):
+- Ordinary databases (ClickHouse 18.16): one `RENAME TABLE a TO x, b TO a, ...` statement for
+  every table. 18.16 takes each table's alter lock and then the server's global lock for the
+  whole chain, so a reader sees all old tables or all new ones, and never a missing one.
+- Atomic databases (current ClickHouse, chDB): `EXCHANGE TABLES live.t AND staging.t`, which
+  swaps the two names in one step. A RENAME chain is documented as not atomic there, and
+  EXCHANGE covers one pair at a time, so each table switches atomically, table after table.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from oms.settings import Settings
+from projections.lease import ProjectorLease
+from projections.projector import BatchStats, Projector, lease_key
+from projections.schema import READ_MODEL_NAMES, migrate
+from projections.store import ClickHouseStore, sql_string
+
+EXCHANGE_ENGINES = ("Atomic", "Replicated", "Shared")
+
+
+@dataclass(frozen=True)
+class RebuildReport:
+    events: int
+    staging: str
+    swap: str
+    elapsed_s: float
+
+
+def staging_database(database: str) -> str:
+    return f"{database}__rebuild"
+
+
+def swap_in(store: ClickHouseStore, staging: str) -> str:
+    """Put the staging tables in the live database's place; the old ones end up in staging.
+
+    Returns the statement used ("RENAME" or "EXCHANGE")."""
+    live = store.database
+    rows = store.query(f"SELECT engine FROM system.databases WHERE name = {sql_string(live)}")
+    if rows and rows[0][0] in EXCHANGE_ENGINES:
+        for table in READ_MODEL_NAMES:
+            store.execute(f"EXCHANGE TABLES {live}.{table} AND {staging}.{table}")
+        return "EXCHANGE"
+    chain: list[str] = []
+    for table in READ_MODEL_NAMES:
+        chain.append(f"{live}.{table} TO {staging}.{table}__old")
+        chain.append(f"{staging}.{table} TO {live}.{table}")
+    store.execute("RENAME TABLE " + ", ".join(chain))
+    return "RENAME"
+
+
+def _catch_up(projector: Projector, on_batch: Callable[[BatchStats], None] | None) -> int:
+    events = 0
+    while projector.lag() > 0:
+        stats = projector.apply_batch(projector.poll_batch())
+        events += stats.events + stats.stock_events + stats.dead_lettered
+        if on_batch is not None:
+            on_batch(stats)
+    return events
+
+
+def rebuild(
+    *,
+    settings: Settings,
+    store: ClickHouseStore,
+    batch_size: int = 20_000,
+    batch_seconds: float = 1.0,
+    on_batch: Callable[[BatchStats], None] | None = None,
+) -> RebuildReport:
+    """Replay both topics into `<db>__rebuild`, swap it in, drop the old tables."""
+    began = time.monotonic()
+    migrate(store)  # the live database has every table the swap exchanges
+    staging_name = staging_database(store.database)
+    staging = store.with_database(staging_name)
+    staging.execute(f"DROP DATABASE IF EXISTS {staging_name}")
+    projector = Projector(
+        settings=settings, store=staging, batch_size=batch_size, batch_seconds=batch_seconds,
+        lease=False,
+    )  # fmt: skip
+    lease = ProjectorLease(home=settings.home, clickhouse_url=lease_key(settings, store))
+    try:
+        projector.start()
+        events = _catch_up(projector, on_batch)
+        lease.begin_swap()  # the live projector finishes its batch and pauses
+        events += _catch_up(projector, on_batch)
+        swap = swap_in(store, staging_name)
+    finally:
+        projector.close()
+        staging.close()
+        lease.end_swap()
+    store.execute(f"DROP DATABASE IF EXISTS {staging_name}")
+    return RebuildReport(
+        events=events, staging=staging_name, swap=swap, elapsed_s=time.monotonic() - began
+    )
