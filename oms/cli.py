@@ -744,11 +744,24 @@ def demo(order_count: int) -> None:
     click.echo(f"dead-lettered  {s.dead_lettered}")
     click.echo(f"accepted       {s.accepted}")
     click.echo(f"rejected       {s.rejected}")
-    click.echo(f"in ClickHouse  {s.in_clickhouse} ({s.accepted_in_clickhouse} accepted)")
+    click.echo(f"in ClickHouse  {s.in_clickhouse}: " + ", ".join(
+        f"{count} {status}" for status, count in sorted(s.statuses.items())))  # fmt: skip
+    click.echo("sales by store (report sales_by_store):")
+    for row in s.sales:
+        click.echo(
+            f"  {row.get('location', '')!s:<8} {row.get('orders')!s:>5} orders  "
+            f"{int(str(row.get('revenue') or 0)) / 100:>10.2f} {row.get('currency', '')}"
+        )
+    click.echo("next up at S01 (oms queue S01):")
+    for row in s.queue:
+        click.echo(f"  {row['order_id']}  score {row['priority_score']}  due {row['promised_at']}")
     click.echo(f"elapsed        {s.elapsed_s:.1f} s")
     if not s.consistent:
         raise click.ClickException("the counts do not add up: see above")
-    click.echo("OK: accepted + rejected = generated, and ClickHouse holds every order.")
+    click.echo(
+        "OK: accepted + rejected = generated; every order is routed and prioritised, held "
+        "for review or rejected, and ClickHouse holds each one."
+    )
 
 
 if __name__ == "__main__":

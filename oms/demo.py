@@ -10,7 +10,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
@@ -24,12 +24,17 @@ from oms.publisher import Publisher
 from oms.settings import Settings
 from oms.stack import Stack
 from projections.projector import Projector
-from projections.queries import status_counts
+from projections.queries import fulfilment_queue, status_counts
+from projections.reports import run_report
+from projections.schema import migrate
 from projections.store import connect
 
 
 class DemoFailed(RuntimeError):
     """The demo could not finish; the message says where to look."""
+
+
+SETTLED = ("prioritised", "rejected", "held")  # where an order rests until people act
 
 
 @dataclass
@@ -40,16 +45,22 @@ class DemoSummary:
     dead_lettered: int
     accepted: int
     rejected: int
+    statuses: dict[str, int]  # current status of the demo's orders in ClickHouse
     in_clickhouse: int
-    accepted_in_clickhouse: int
     elapsed_s: float
+    sales: list[dict[str, object]] = field(default_factory=list)  # the sales_by_store report
+    queue: list[dict[str, object]] = field(default_factory=list)  # S01's fulfilment queue
+
+    @property
+    def settled(self) -> int:
+        return sum(self.statuses.get(status, 0) for status in SETTLED)
 
     @property
     def consistent(self) -> bool:
         return (
             self.accepted + self.rejected == self.generated == self.received
-            and self.accepted_in_clickhouse == self.accepted
-            and self.in_clickhouse == self.generated
+            and self.in_clickhouse == self.generated == self.settled
+            and self.statuses.get("rejected", 0) >= self.rejected
         )
 
 
@@ -163,21 +174,22 @@ def run_demo(
         for error in report.errors:
             say(f"  line {error.line}: {error.reason}")
         worker = start_worker(settings, settings.home / "logs" / "demo-worker.log")
-        say("worker: validating; projector: writing ClickHouse ...")
+        say("worker: validating, screening, routing, prioritising; projector: writing ClickHouse")
         store = connect(settings.resolved_clickhouse_url)
+        migrate(store)
         projector = Projector(settings=settings, store=store)
         deadline = time.monotonic() + timeout_s
         ids = sorted(order_ids)
 
         def caught_up(_: object) -> bool:
             counts = status_counts(store, order_ids=ids)
-            done = counts.get("accepted", 0) + counts.get("rejected", 0)
             if worker is not None and worker.poll() is not None:
                 raise DemoFailed(
                     f"the worker exited with code {worker.returncode}; see "
                     f"{settings.home / 'logs' / 'demo-worker.log'}"
                 )
-            return done >= report.acknowledged or time.monotonic() > deadline
+            settled = sum(counts.get(status, 0) for status in SETTLED)
+            return settled >= report.acknowledged or time.monotonic() > deadline
 
         projector.run(until=caught_up)
         accepted, rejected = count_verdicts(settings, since=since, order_ids=order_ids)
@@ -189,9 +201,11 @@ def run_demo(
             dead_lettered=report.dead_lettered,
             accepted=accepted,
             rejected=rejected,
+            statuses=counts,
             in_clickhouse=sum(counts.values()),
-            accepted_in_clickhouse=counts.get("accepted", 0),
             elapsed_s=time.monotonic() - began,
+            sales=run_report(store, "sales_by_store", limit=5).as_dicts(),
+            queue=fulfilment_queue(store, "S01", limit=3),
         )
     finally:
         if worker is not None:

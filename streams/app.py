@@ -291,7 +291,9 @@ def create_app(
 def run_worker(argv: list[str] | None = None) -> None:
     """`oms worker`: run the Faust worker with its own command line (e.g. `-l info`)."""
     app = create_app()
-    sys.argv = ["oms worker", "worker", *(argv or ["--loglevel", "warn"])]
+    # Faust's own web server is off (the worker command would turn it on whatever the app
+    # says, and two workers on one host would fight over its port 6066).
+    sys.argv = ["oms worker", "worker", "--without-web", *(argv or ["--loglevel", "warn"])]
     profile = os.environ.get("OMS_PROFILE")  # `oms bench pipeline`: where the time goes
     if not profile:
         app.main()

@@ -35,6 +35,10 @@ def test_connect_names_a_missing_file() -> None:
     assert "/no/such/file.jsonl" in result.stderr and "does not exist" in result.stderr
 
 
+def summary_line(stdout: str, label: str) -> str:
+    return next(line for line in stdout.splitlines() if line.startswith(label))
+
+
 @pytest.mark.integration
 def test_demo_adds_up_and_leaves_the_shared_stack_running(isolated_settings: Settings) -> None:
     env = settings_env(isolated_settings)
@@ -48,7 +52,14 @@ def test_demo_adds_up_and_leaves_the_shared_stack_running(isolated_settings: Set
     accepted, rejected = int(summary["accepted"]), int(summary["rejected"])
     assert accepted + rejected == 80
     assert rejected > 0
-    assert f"in ClickHouse  80 ({accepted} accepted)" in result.stdout
+    assert "in ClickHouse  80: " in result.stdout
+    statuses = dict(
+        reversed(part.split())
+        for part in summary_line(result.stdout, "in ClickHouse").split(": ")[1].split(", ")
+    )
+    assert int(statuses.get("prioritised", 0)) + int(statuses.get("held", 0)) == accepted
+    assert int(statuses["rejected"]) == rejected
+    assert "next up at S01" in result.stdout and "score" in result.stdout
     assert "line " in result.stdout and "not JSON" in result.stdout
     status = oms(
         "stack", "status", env={k: v for k, v in os.environ.items() if not k.startswith("OMS_")}
