@@ -8,6 +8,7 @@ from connectors import webhooks
 from oms import operations
 from oms.publisher import AsyncPublisher
 from oms.settings import Settings
+from projections import read_api
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -15,6 +16,7 @@ def create_app(settings: Settings) -> web.Application:
     publisher = AsyncPublisher(settings)
     webhooks.add_routes(app, publisher)
     operations.add_routes(app, publisher, settings)
+    read_api.add_routes(app, settings)
 
     async def close_publisher(_: web.Application) -> None:
         publisher.close()

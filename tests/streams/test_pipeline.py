@@ -135,6 +135,8 @@ def test_a_revision_is_sequenced_after_the_order_and_validated_again(
     settings = isolated_settings
     operations.send(settings, operations.stock_receive("GIFTBOX-M", "WH-SH", quantity=10,
                                                        actor="test"))  # fmt: skip
+    # The stock is in the ledger before the order comes (else it is rightly out of stock).
+    read_topic(settings, settings.topics.inventory, expect=1, timeout_s=60)
     path = tmp_path / "orders.jsonl"
     original = FIXTURES / "webshop" / "ship_order.json"
     revised = FIXTURES / "webshop" / "ship_order_modified.json"
