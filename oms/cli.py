@@ -235,6 +235,12 @@ def api(host: str, port: int) -> None:
 @main.command()
 @click.option("--batch-size", default=5000, show_default=True)
 @click.option(
+    "--batch-seconds",
+    default=0.5,
+    show_default=True,
+    help="longest wait for a batch to fill: the freshness of the read models",
+)
+@click.option(
     "--migrate",
     "migrate_only",
     is_flag=True,
@@ -250,7 +256,8 @@ def api(host: str, port: int) -> None:
     is_flag=True,
     help="Exit once every message on the topics is projected.",
 )
-def project(batch_size: int, migrate_only: bool, rebuild: bool, until_caught_up: bool) -> None:
+def project(batch_size: int, batch_seconds: float, migrate_only: bool, rebuild: bool,
+            until_caught_up: bool) -> None:  # fmt: skip
     """Project the order log and the stock ledger into ClickHouse, resuming where ClickHouse
     left off (docs/read-models.md)."""
     from projections.projector import BatchStats, Projector
@@ -289,7 +296,8 @@ def project(batch_size: int, migrate_only: bool, rebuild: bool, until_caught_up:
             f"{result.elapsed_s:.1f} s; swapped in with {result.swap}"
         )
         return
-    projector = Projector(settings=settings, store=store, batch_size=batch_size)
+    projector = Projector(settings=settings, store=store, batch_size=batch_size,
+                          batch_seconds=batch_seconds)  # fmt: skip
     projector.run(until=(lambda _: projector.lag() == 0) if until_caught_up else None)
 
 
@@ -444,6 +452,24 @@ def bench_pipeline(order_count: int, rate: float, seconds: float) -> None:
     machine = describe()
     click.echo(f"machine: {machine['cpu']}, {machine['cores']} cores, python {machine['python']}")
     click.echo(f"written to {write_result(settings.home, 'pipeline', figures)}")
+
+
+@bench.command("projection")
+@click.option("--events", default=200_000, show_default=True, help="events to project")
+@click.option("--rate", default=500.0, show_default=True, help="orders/s for freshness")
+@click.option("--seconds", default=10.0, show_default=True, help="freshness run length")
+def bench_projection(events: int, rate: float, seconds: float) -> None:
+    """Projector events/s (vs a bulk INSERT), rebuild time, freshness p99 at a rate."""
+    from bench import projection
+    from bench.machine import describe, write_result
+
+    settings = get_settings()
+    figures = projection.run(settings, events=events, rate=rate, seconds=seconds)
+    for line in projection.report(figures):
+        click.echo(line)
+    machine = describe()
+    click.echo(f"machine: {machine['cpu']}, {machine['cores']} cores, python {machine['python']}")
+    click.echo(f"written to {write_result(settings.home, 'projection', figures)}")
 
 
 @bench.command("intake")

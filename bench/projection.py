@@ -1,0 +1,265 @@
+"""The read side: projector events/s into ClickHouse next to a bulk INSERT of the same rows in
+the same run, a rebuild of N events, and freshness — channel → visible in ClickHouse — at a
+fixed order rate through the real worker and projector.
+
+Targets (DESIGN.md §7): projector >= 100,000 events/s; rebuild of 1M events <= 60 s;
+freshness p99 <= 1 s at 500 orders/s.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from bench.kafka_tools import scratch_topics
+from bench.pipeline import _env, _percentile, _process, _publish, bench_catalogue, orders
+from events.codec import AvroCodec
+from events.models import (
+    Actor,
+    ActorKind,
+    FulfilmentGroup,
+    LineQuantity,
+    OrderAccepted,
+    OrderPrioritised,
+    OrderRouted,
+    StockReceived,
+    StockReserved,
+    deterministic_id,
+    utc_now,
+)
+from oms.settings import Settings
+from projections.projector import Projector
+from projections.rebuild import rebuild
+from projections.schema import migrate
+from projections.store import ClickHouseStore, connect
+
+PROJECTOR_TARGET_PER_S = 100_000
+REBUILD_TARGET_S = 60.0
+FRESHNESS_P99_TARGET_S = 1.0
+SYSTEM = Actor(kind=ActorKind.SYSTEM, id="bench")
+
+
+def produce_history(settings: Settings, *, events: int) -> int:
+    """About `events` events of finished order histories (4 per order) and their stock
+    ledger (a reservation per shipped order) onto the scratch topics; returns how many."""
+    from confluent_kafka import Producer
+
+    codec = AvroCodec()
+    producer = Producer({
+        "bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 20,
+        "batch.num.messages": 10000, "partitioner": "murmur2_random", "compression.type": "lz4",
+        "queue.buffering.max.messages": 500000,
+    })  # fmt: skip
+    count = 0
+    ledger_sequence = 1
+
+    def send(topic: str, key: str, value: bytes) -> None:
+        nonlocal count
+        while True:
+            try:
+                producer.produce(topic, key=key.encode(), value=value)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        count += 1
+
+    now = utc_now()
+    receipt = StockReceived(event_id=str(uuid.uuid4()), sequence=1, occurred_at=now,
+                            recorded_at=now, correlation_id="bench", actor=SYSTEM,
+                            sku="TEA-GIFT-M", location="WH-SH", quantity=10**9)  # fmt: skip
+    send(settings.topics.inventory, "TEA-GIFT-M@WH-SH", codec.encode(receipt))
+    for n, order in enumerate(orders(events // 4, run=f"hist{uuid.uuid4().hex[:6]}")):
+        common: dict[str, Any] = dict(
+            occurred_at=now, recorded_at=now, correlation_id=order.correlation_id,
+            actor=SYSTEM, order_id=order.order_id, channel=order.channel,
+            external_id=order.external_id,
+        )  # fmt: skip
+        location = order.location_hint or "WH-SH"
+        lines = [LineQuantity(sku=line.sku, quantity=line.quantity, location=location)
+                 for line in order.lines]  # fmt: skip
+        history = [
+            order,
+            OrderAccepted(event_id=deterministic_id(order.event_id, "a"), sequence=2,
+                          total=order.total, currency=order.currency, **common),
+            OrderRouted(event_id=deterministic_id(order.event_id, "r"), sequence=3,
+                        location=location, reasons=["bench"],
+                        groups=[FulfilmentGroup(location=location, lines=lines)], **common),
+            OrderPrioritised(event_id=deterministic_id(order.event_id, "p"), sequence=4,
+                             location=location, score=100, **common),
+        ]  # fmt: skip
+        for event in history:
+            send(settings.topics.orders, order.order_id, codec.encode(event))
+        if n % 5 == 0:
+            ledger_sequence += 1
+            reserved = StockReserved(
+                event_id=deterministic_id(order.event_id, "s"), sequence=ledger_sequence,
+                occurred_at=now, recorded_at=now, correlation_id=order.order_id, actor=SYSTEM,
+                sku="TEA-GIFT-M", location="WH-SH", order_id=order.order_id,
+                reservation_id=deterministic_id(order.event_id, "res"), quantity=1,
+                expires_at=now + timedelta(days=3),
+            )  # fmt: skip
+            send(settings.topics.inventory, "TEA-GIFT-M@WH-SH", codec.encode(reserved))
+        producer.poll(0)
+    producer.flush(120)
+    return count
+
+
+def _database(settings: Settings, name: str) -> ClickHouseStore:
+    base = connect(settings.resolved_clickhouse_url)
+    store = base.with_database(name)
+    store.execute(f"CREATE DATABASE IF NOT EXISTS {name}")
+    return store
+
+
+def projector_rate(settings: Settings, *, events: int) -> dict[str, Any]:
+    with scratch_topics(settings, "benchproj") as scratch:
+        produced = produce_history(scratch, events=events)
+        store = _database(scratch, f"bench_{uuid.uuid4().hex[:8]}")
+        try:
+            migrate(store)
+            projector = Projector(settings=scratch, store=store, batch_size=20_000,
+                                  batch_seconds=1.0, lease=False)  # fmt: skip
+            seen = 0
+
+            def done(stats: Any) -> bool:
+                nonlocal seen
+                seen += stats.events + stats.stock_events
+                return seen >= produced
+
+            started = time.perf_counter()
+            projector.run(until=done)
+            elapsed = time.perf_counter() - started
+            insert = bulk_insert_rate(store)
+            rebuilt = rebuild(settings=scratch, store=store, batch_size=20_000)
+        finally:
+            store.execute(f"DROP DATABASE IF EXISTS {store.database}")
+            store.execute(f"DROP DATABASE IF EXISTS {store.database}__rebuild")
+    rate = produced / elapsed
+    return {
+        "events": produced, "events_per_s": rate, "elapsed_s": elapsed,
+        "target_events_per_s": PROJECTOR_TARGET_PER_S,
+        "meets_target": rate >= PROJECTOR_TARGET_PER_S,
+        "bulk_insert": insert, "ratio_to_bulk_insert": rate / insert["rows_per_s"],
+        "rebuild": {"events": rebuilt.events, "elapsed_s": rebuilt.elapsed_s,
+                    "events_per_s": rebuilt.events / rebuilt.elapsed_s},
+    }  # fmt: skip
+
+
+def bulk_insert_rate(store: ClickHouseStore) -> dict[str, Any]:
+    """The limit: the projected `order_events` rows sent again in one bulk INSERT per 50k
+    rows through the same client, into a table like it."""
+    columns, rows = store.query_with_columns(f"SELECT * FROM {store.database}.order_events")
+    store.execute(f"DROP TABLE IF EXISTS {store.database}.bench_copy")
+    store.execute(f"CREATE TABLE {store.database}.bench_copy AS {store.database}.order_events")
+    started = time.perf_counter()
+    for start in range(0, len(rows), 50_000):
+        store.insert("bench_copy", columns, rows[start : start + 50_000])
+    elapsed = time.perf_counter() - started
+    return {"rows": len(rows), "columns": len(columns), "rows_per_s": len(rows) / elapsed}
+
+
+def freshness(settings: Settings, *, rate: float, seconds: float) -> dict[str, Any]:
+    """Orders published at `rate`/s through the worker and a projector; each order's time from
+    its send to its row being in ClickHouse (polled every 20 ms)."""
+    with tempfile.TemporaryDirectory() as tmp, scratch_topics(settings, "benchfresh") as scratch:
+        catalogue = bench_catalogue(Path(tmp) / "catalogue.json")
+        database = f"bench_{uuid.uuid4().hex[:8]}"
+        url = scratch.resolved_clickhouse_url.rsplit("/", 1)[0] + f"/{database}"
+        if not url.startswith("clickhouse://"):
+            raise RuntimeError("freshness needs the ClickHouse server (worker, projector and "
+                               "this process each read it)")  # fmt: skip
+        store = _database(scratch, database)
+        migrate(store)
+        env = _env(scratch, catalogue) | {"OMS_CLICKHOUSE_URL": url}
+        home = settings.home / "bench"
+        try:
+            with _process([sys.executable, "-m", "oms.cli", "worker"], env,
+                          log=home / "freshness-worker.log"), \
+                 _process([sys.executable, "-m", "oms.cli", "project", "--batch-seconds", "0.1"],
+                          env, log=home / "freshness-projector.log"):  # fmt: skip
+                warm = orders(20, run="warm")
+                _publish(scratch, scratch.topics.intake, warm, rate=None)
+                _wait_visible(store, {o.order_id for o in warm}, timeout_s=120)
+                paced = orders(int(rate * seconds), run="fresh")
+                visible: dict[str, float] = {}
+                watcher = threading.Thread(target=_watch, args=(store, paced, visible),
+                                           daemon=True)  # fmt: skip
+                watcher.start()
+                sent = _publish(scratch, scratch.topics.intake, paced, rate=rate)
+                watcher.join(timeout=seconds + 120)
+        finally:
+            store.execute(f"DROP DATABASE IF EXISTS {database}")
+    latencies = [visible[o.order_id] - sent[o.order_id] for o in paced if o.order_id in visible]
+    return {
+        "rate_per_s": rate, "orders": len(paced), "visible": len(latencies),
+        "p50_s": _percentile(latencies, 50), "p90_s": _percentile(latencies, 90),
+        "p99_s": _percentile(latencies, 99), "max_s": max(latencies),
+        "target_p99_s": FRESHNESS_P99_TARGET_S,
+        "meets_target": len(latencies) == len(paced)
+        and _percentile(latencies, 99) <= FRESHNESS_P99_TARGET_S,
+    }  # fmt: skip
+
+
+def _wait_visible(store: ClickHouseStore, ids: set[str], *, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        rows = store.query(f"SELECT count() FROM {store.database}.orders WHERE order_id IN "
+                           f"({', '.join(repr(i) for i in ids)})")  # fmt: skip
+        if rows[0][0] >= len(ids):
+            return
+        time.sleep(0.2)
+    raise RuntimeError("the warm-up orders never reached ClickHouse")
+
+
+def _watch(store: ClickHouseStore, wanted: list[Any], visible: dict[str, float]) -> None:
+    """Note when each order first has a row in `orders` (one query per 20 ms)."""
+    prefix = wanted[0].order_id.rsplit("-", 1)[0]
+    deadline = time.monotonic() + 600
+    while len(visible) < len(wanted) and time.monotonic() < deadline:
+        rows = store.query(f"SELECT order_id FROM {store.database}.orders "
+                           f"WHERE order_id LIKE '{prefix}-%'")  # fmt: skip
+        now = time.time()
+        for (order_id,) in rows:
+            visible.setdefault(order_id, now)
+        time.sleep(0.02)
+
+
+def run(settings: Settings, *, events: int, rate: float, seconds: float) -> dict[str, Any]:
+    return {
+        "projector": projector_rate(settings, events=events),
+        "freshness": freshness(settings, rate=rate, seconds=seconds),
+    }
+
+
+def report(figures: dict[str, Any]) -> list[str]:
+    p, f = figures["projector"], figures["freshness"]
+    r = p["rebuild"]
+    per_million = 1_000_000 / r["events_per_s"]
+    return [
+        f"projector, {p['events']:,} events (orders + stock ledger): {p['events_per_s']:,.0f} "
+        f"events/s  {'meets' if p['meets_target'] else 'BELOW'} target "
+        f"{PROJECTOR_TARGET_PER_S:,}/s",
+        f"  bulk INSERT of the same {p['bulk_insert']['rows']:,} order_events rows: "
+        f"{p['bulk_insert']['rows_per_s']:,.0f} rows/s (ours = {p['ratio_to_bulk_insert']:.0%})",
+        f"rebuild of {r['events']:,} events: {r['elapsed_s']:.1f} s ({r['events_per_s']:,.0f} "
+        f"events/s; 1M would take {per_million:.0f} s)  "
+        f"{'meets' if per_million <= REBUILD_TARGET_S else 'BELOW'} target "
+        f"{REBUILD_TARGET_S:.0f} s per 1M",
+        f"freshness at {f['rate_per_s']:.0f} orders/s ({f['visible']:,} of {f['orders']:,} "
+        f"visible): p50 {f['p50_s']:.2f} s, p90 {f['p90_s']:.2f} s, p99 {f['p99_s']:.2f} s, "
+        f"max {f['max_s']:.2f} s  {'meets' if f['meets_target'] else 'BELOW'} target p99 <= "
+        f"{FRESHNESS_P99_TARGET_S:.0f} s",
+    ]
+
+
+if __name__ == "__main__":  # pragma: no cover - `oms bench projection` is the way in
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    subprocess.run([sys.executable, "-m", "oms.cli", "bench", "projection"], check=True)
