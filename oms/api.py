@@ -1,4 +1,5 @@
-"""`oms api`: the HTTP side of OrderStream (webhook intake; the read API joins it later)."""
+"""`oms api`: the HTTP side of OrderStream — channel webhooks, operators' commands (reviews,
+cancellations, stock), the read API and the live dashboard."""
 
 from __future__ import annotations
 

@@ -225,7 +225,7 @@ def worker(ctx: click.Context) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True)
 def api(host: str, port: int) -> None:
-    """Serve the HTTP API: POST /webhooks/{channel} (intake), GET /healthz."""
+    """Serve the HTTP API: webhooks, operators' commands, the read API and the dashboard."""
     from oms.api import serve
 
     click.echo(f"OrderStream API on http://{host}:{port}")
