@@ -18,12 +18,17 @@ Why a crash never double-counts (docs/read-models.md has the long version):
 
 from __future__ import annotations
 
+import gc
 import logging
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 from urllib.parse import urlparse
 
@@ -35,7 +40,7 @@ from oms.publisher import Publisher
 from oms.settings import Settings
 from projections import orders, stock
 from projections.lease import ProjectorLease
-from projections.orders import Position, event_row
+from projections.orders import OrderRow, Position, event_row, seconds
 from projections.schema import (
     DEAD_LETTERS_COLUMNS,
     FULFILMENT_STAGES_COLUMNS,
@@ -49,6 +54,7 @@ from projections.schema import (
     STOCK_LEVELS_COLUMNS,
     migrate,
 )
+from projections.stock import StockLevel
 from projections.store import ClickHouseStore, Row, sql_string
 
 __all__ = ["BatchStats", "Position", "Projector"]
@@ -68,6 +74,44 @@ class BatchStats:
     duplicates: int = 0
     dead_lettered: int = 0
     rows: dict[str, int] = field(default_factory=dict)
+
+
+_gc_lock = threading.Lock()
+_gc_holders = 0  # batches (of any thread) running with the collector paused
+_gc_was_enabled = False
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while a batch runs. A batch allocates hundreds of
+    thousands of containers (events, rows, states), nearly all freed by reference counting when
+    it ends; with the collector on, those allocations set off collections that each walk the
+    fold caches as well, which cost more than the batch's own work. Cycles a batch leaves
+    are collected after it, as usual. Counted, as the reading and the writing thread of a
+    pipelined run overlap: the collector is back on when the last of them is done."""
+    global _gc_holders, _gc_was_enabled
+    with _gc_lock:
+        if _gc_holders == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_holders += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_holders -= 1
+            if _gc_holders == 0 and _gc_was_enabled:
+                gc.enable()
+
+
+@dataclass
+class _Prepared:
+    """A batch decoded and folded, its rows not yet written (`Projector._write`)."""
+
+    stats: BatchStats
+    tables: dict[str, tuple[tuple[str, ...], list[Row]]]
+    letters: list[DeadLetter]
+    ledger: dict[_PARTITION, list[int]]
 
 
 class _Cache(OrderedDict[Any, dict[str, Any]]):
@@ -114,6 +158,7 @@ class Projector:
         self._next: dict[_PARTITION, int] = {}
         self._fresh = False
         self._publisher: Publisher | None = None
+        self._pending: Future[BatchStats] | None = None  # the batch being written, if any
         self._probe: Consumer | None = None
         self._consumer = Consumer(
             {
@@ -196,6 +241,10 @@ class Projector:
     # ------------------------------------------------------------ one batch
 
     def poll_batch(self) -> list[Message]:
+        with _gc_paused():
+            return self._poll_batch()
+
+    def _poll_batch(self) -> list[Message]:
         batch: list[Message] = []
         deadline = time.monotonic() + self.batch_seconds
         while len(batch) < self.batch_size:
@@ -218,34 +267,52 @@ class Projector:
         return mark is not None and where.offset <= mark
 
     def apply_batch(self, messages: Iterable[Message]) -> BatchStats:
+        """Decode, fold and write one batch (the tables, then the offset ledger)."""
+        return self._write(self._prepare(messages))
+
+    def _prepare(self, messages: Iterable[Message]) -> _Prepared:
+        """Decode and fold a batch, in memory: the fold states move on, nothing is written or
+        sent (but a fold state missing from the cache is read from ClickHouse, after the batch
+        being written, if any, is done)."""
+        with _gc_paused():
+            return self._prepare_batch(messages)
+
+    def _prepare_batch(self, messages: Iterable[Message]) -> _Prepared:
         stats = BatchStats()
         order_events: list[tuple[OrderEvent, Position]] = []
         stock_events: list[tuple[StockEvent, Position]] = []
         dead_letters: list[Row] = []
-        ledger: dict[_PARTITION, tuple[int, int]] = {}
+        letters: list[DeadLetter] = []
+        ledger: dict[_PARTITION, list[int]] = {}  # (topic, partition) -> [last offset, count]
+        orders_topic, stock_topic = self.topics
+        decode = self.codec.decode
         for message in messages:
             where = Position(message.topic() or "", message.partition() or 0, message.offset() or 0)
             key = (where.topic, where.partition)
-            last, count = ledger.get(key, (-1, 0))
-            ledger[key] = (max(last, where.offset), count + 1)
+            entry = ledger.get(key)
+            if entry is None:
+                ledger[key] = [where.offset, 1]
+            else:
+                entry[1] += 1
+                if where.offset > entry[0]:
+                    entry[0] = where.offset
             raw = message.value() or b""
-            ref = message_ref(where.topic, where.partition, where.offset)
             try:
-                event = self.codec.decode(raw, where=ref)
-                if where.topic == self.topics[0] and isinstance(event, OrderEvent):
+                event = decode(raw)
+                if where.topic == orders_topic and isinstance(event, OrderEvent):
                     order_events.append((event, where))
-                elif where.topic == self.topics[1] and isinstance(event, StockEvent):
+                elif where.topic == stock_topic and isinstance(event, StockEvent):
                     stock_events.append((event, where))
                 else:
-                    raise CodecError(
-                        f"{type(event).__name__} does not belong on {where.topic}", where=ref
-                    )
+                    raise CodecError(f"{type(event).__name__} does not belong on {where.topic}")
             except CodecError as exc:
+                # Named here rather than for every message: the same error, with where it was.
+                ref = message_ref(where.topic, where.partition, where.offset)
+                reason = str(CodecError(exc.reason, where=ref))
                 if not self._written("dead_letters", where):
-                    letter = DeadLetter.of(
-                        source=where.topic, source_ref=ref, reason=str(exc), raw=raw
-                    )
-                    self._dead_letter(letter)
+                    letter = DeadLetter.of(source=where.topic, source_ref=ref, reason=reason,
+                                           raw=raw)  # fmt: skip
+                    letters.append(letter)
                     dead_letters.append(
                         (letter.dead_letter_id, letter.reason, len(raw), *_at(where))
                     )
@@ -255,6 +322,17 @@ class Projector:
         tables = self._fold_orders(order_events, stats)
         tables.update(self._fold_stock(stock_events, stats))
         tables["dead_letters"] = (DEAD_LETTERS_COLUMNS, dead_letters)
+        return _Prepared(stats, tables, letters, ledger)
+
+    def _write(self, prepared: _Prepared) -> BatchStats:
+        """Send a prepared batch's dead letters, write its tables in order, the ledger last."""
+        with _gc_paused():
+            return self._write_batch(prepared)
+
+    def _write_batch(self, prepared: _Prepared) -> BatchStats:
+        stats, tables, ledger = prepared.stats, prepared.tables, prepared.ledger
+        for letter in prepared.letters:
+            self._dead_letter(letter)
         if self._publisher is not None:
             self._publisher.flush()  # a dead letter is on its topic before its row is written
         for table in READ_MODEL_NAMES[:-1]:
@@ -273,7 +351,7 @@ class Projector:
         self._forget_passed_marks(ledger)
         return stats
 
-    def _forget_passed_marks(self, ledger: dict[_PARTITION, tuple[int, int]]) -> None:
+    def _forget_passed_marks(self, ledger: dict[_PARTITION, list[int]]) -> None:
         if self._high_water:
             self._high_water = {
                 (table, topic, partition): mark
@@ -281,40 +359,70 @@ class Projector:
                 if mark > ledger.get((topic, partition), (-1, 0))[0]
             }
 
+    def _unwritten(self, table: str) -> Callable[[Position], bool] | None:
+        """None when `table` takes the rows of every message of this batch (no crash left rows
+        of it behind: the usual case, checked once per batch rather than once per message);
+        else a test of whether it still needs a message's rows."""
+        if not any(key[0] == table for key in self._high_water):
+            return None
+        return lambda where: not self._written(table, where)
+
     def _fold_orders(
         self, events: list[tuple[OrderEvent, Position]], stats: BatchStats
     ) -> dict[str, tuple[tuple[str, ...], list[Row]]]:
-        self._load_orders(events)
+        states = self._load_orders(events)
+        need_event = self._unwritten("order_events")
+        need_lines = self._unwritten("order_lines")
+        need_stages = self._unwritten("fulfilment_stages")
+        need_activity = self._unwritten("order_activity_per_minute")
         event_rows: list[Row] = []
-        line_rows: list[Row] = []
-        stage_rows: list[Row] = []
+        # order_lines and fulfilment_stages are ReplacingMergeTree tables by (order_id, line_no)
+        # and (order_id, entered_seq), read with FINAL: of the rows the batch makes for one key,
+        # only the last (highest version) would ever be read, so only that one is written. The
+        # tables' high-water marks stay those of the full rows: a row is dropped only for a
+        # later one of the same batch.
+        line_rows: dict[tuple[str, int], Row] = {}
+        stage_rows: dict[tuple[str, int], Row] = {}
         activity: dict[tuple[Any, ...], list[int]] = {}
         changed: dict[str, tuple[dict[str, Any], Position]] = {}
+        fold = orders.fold
         for event, where in events:
-            if not self._written("order_events", where):
-                event_rows.append(event_row(event, where))
-            change = orders.fold(self._orders.get(event.order_id), event, where)
+            at = seconds(event.occurred_at)
+            if need_event is None or need_event(where):
+                event_rows.append(event_row(event, where, at))
+            order_id = event.order_id
+            change = fold(states.get(order_id), event, where, at)
             if change is None:
                 stats.duplicates += 1
                 continue
-            self._orders.remember(event.order_id, change.row)
-            changed[event.order_id] = (change.row, where)
-            if not self._written("order_lines", where):
-                line_rows.extend(change.lines)
-            if not self._written("fulfilment_stages", where):
-                stage_rows.extend(change.stages)
-            if not self._written("order_activity_per_minute", where):
+            row = change.row
+            states[order_id] = row
+            changed[order_id] = (row, where)
+            if change.lines and (need_lines is None or need_lines(where)):
+                for line in change.lines:
+                    line_rows[(order_id, line[1])] = line
+            if change.stages and (need_stages is None or need_stages(where)):
+                for stage in change.stages:
+                    stage_rows[(order_id, stage[1])] = stage
+            if need_activity is None or need_activity(where):
                 a = change.activity
-                key = (a.minute, a.channel, a.event_type, a.currency, where.topic, where.partition)
-                total = activity.setdefault(key, [0, 0, -1])
-                total[0] += 1
-                total[1] += a.amount
-                total[2] = max(total[2], where.offset)
+                key = (*a[:4], where.topic, where.partition)
+                total = activity.get(key)
+                if total is None:
+                    activity[key] = [1, a.amount, where.offset]
+                else:
+                    total[0] += 1
+                    total[1] += a.amount
+                    if where.offset > total[2]:
+                        total[2] = where.offset
+        for order_id, (row, _) in changed.items():
+            self._orders.remember(order_id, row)
         stats.orders_written = len(changed)
+        need_orders = self._unwritten("orders")
         return {
             "order_events": (ORDER_EVENTS_COLUMNS, event_rows),
-            "order_lines": (ORDER_LINES_COLUMNS, line_rows),
-            "fulfilment_stages": (FULFILMENT_STAGES_COLUMNS, stage_rows),
+            "order_lines": (ORDER_LINES_COLUMNS, list(line_rows.values())),
+            "fulfilment_stages": (FULFILMENT_STAGES_COLUMNS, list(stage_rows.values())),
             "order_activity_per_minute": (
                 ORDER_ACTIVITY_COLUMNS,
                 [
@@ -325,9 +433,9 @@ class Projector:
             "orders": (
                 ORDERS_COLUMNS,
                 [
-                    tuple(row[c] for c in ORDERS_COLUMNS)
+                    _order_values(row)
                     for row, where in changed.values()
-                    if not self._written("orders", where)
+                    if need_orders is None or need_orders(where)
                 ],
             ),  # fmt: skip
         }
@@ -335,27 +443,32 @@ class Projector:
     def _fold_stock(
         self, events: list[tuple[StockEvent, Position]], stats: BatchStats
     ) -> dict[str, tuple[tuple[str, ...], list[Row]]]:
-        self._load_stock(events)
+        levels = self._load_stock(events)
+        need_history = self._unwritten("stock")
         history: list[Row] = []
         changed: dict[tuple[str, str], tuple[dict[str, Any], Position]] = {}
+        fold = stock.fold
         for event, where in events:
             key = (event.sku, event.location)
-            change = stock.fold(self._stock.get(key), event, where)
+            change = fold(levels.get(key), event, where)
             if change is None:
                 stats.duplicates += 1
                 continue
-            self._stock.remember(key, change.level)
+            levels[key] = change.level
             changed[key] = (change.level, where)
-            if not self._written("stock", where):
+            if need_history is None or need_history(where):
                 history.append(change.history)
+        for key, (level, _) in changed.items():
+            self._stock.remember(key, level)
+        need_levels = self._unwritten("stock_levels")
         return {
             "stock": (STOCK_COLUMNS, history),
             "stock_levels": (
                 STOCK_LEVELS_COLUMNS,
                 [
-                    tuple(level[c] for c in STOCK_LEVELS_COLUMNS)
+                    _level_values(level)
                     for level, where in changed.values()
-                    if not self._written("stock_levels", where)
+                    if need_levels is None or need_levels(where)
                 ],
             ),  # fmt: skip
         }
@@ -367,10 +480,17 @@ class Projector:
         been forgotten since, so a miss is a new order or key (saves a query per batch)."""
         return self._fresh and not cache.evicted
 
-    def _load_orders(self, events: list[tuple[OrderEvent, Position]]) -> None:
-        if self._complete(self._orders):
-            return
-        ids = sorted({event.order_id for event, _ in events} - set(self._orders))
+    def _load_orders(self, events: list[tuple[OrderEvent, Position]]) -> dict[str, OrderRow]:
+        """The state of every order the batch names that has one: from the cache, else from
+        ClickHouse. The batch folds into this dict; the cache learns the results after."""
+        wanted = {event.order_id for event, _ in events}
+        cache = self._orders
+        states = {order_id: cache[order_id] for order_id in wanted if order_id in cache}
+        if self._complete(cache):
+            return states
+        ids = sorted(wanted - states.keys())
+        if ids:
+            self._settle()
         for start in range(0, len(ids), 1000):
             quoted = ", ".join(sql_string(order_id) for order_id in ids[start : start + 1000])
             rows = self.store.query(
@@ -378,14 +498,23 @@ class Projector:
                 f"WHERE order_id IN ({quoted})"
             )
             for row in rows:
-                self._orders.remember(row[0], dict(zip(ORDERS_COLUMNS, row, strict=True)))
+                state = dict(zip(ORDERS_COLUMNS, row, strict=True))
+                states[row[0]] = state
+                cache.remember(row[0], state)
+        return states
 
-    def _load_stock(self, events: list[tuple[StockEvent, Position]]) -> None:
-        if self._complete(self._stock):
-            return
-        keys = {(e.sku, e.location) for e, _ in events} - set(self._stock)
+    def _load_stock(
+        self, events: list[tuple[StockEvent, Position]]
+    ) -> dict[tuple[str, str], StockLevel]:
+        wanted = {(e.sku, e.location) for e, _ in events}
+        cache = self._stock
+        levels = {key: cache[key] for key in wanted if key in cache}
+        if self._complete(cache):
+            return levels
+        keys = wanted - levels.keys()
         if not keys:
-            return
+            return levels
+        self._settle()
         skus = ", ".join(sql_string(sku) for sku in sorted({sku for sku, _ in keys}))
         locations = ", ".join(sql_string(loc) for loc in sorted({loc for _, loc in keys}))
         rows = self.store.query(
@@ -394,8 +523,11 @@ class Projector:
         )
         for row in rows:
             level = dict(zip(STOCK_LEVELS_COLUMNS, row, strict=True))
-            if (level["sku"], level["location"]) in keys:
-                self._stock.remember((level["sku"], level["location"]), level)
+            key = (level["sku"], level["location"])
+            if key in keys:
+                levels[key] = level
+                cache.remember(key, level)
+        return levels
 
     # ------------------------------------------------------------ running
 
@@ -405,26 +537,79 @@ class Projector:
         until: Callable[[BatchStats], bool] | None = None,
         on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
-        """Project batches forever, or until `until(stats)` says stop (checked after each batch).
+        """Project batches forever, or until `until(stats)` says stop (checked after each batch
+        is written; a batch already read by then is written too before this returns).
 
         Holds the database's lease while it runs, and steps aside when a rebuild swaps."""
         if self.lease is not None:
             self.lease.acquire()
+        stop = False
+
+        def keep_going(stats: BatchStats) -> bool:
+            nonlocal stop
+            stop = until is not None and until(stats)
+            return not stop and not (self.lease is not None and self.lease.swap_requested())
+
         try:
             self.start()
             while True:
-                stats = self.apply_batch(self.poll_batch())
-                if on_batch is not None:
-                    on_batch(stats)
-                if until is not None and until(stats):
+                self.project(keep_going=keep_going, on_batch=on_batch)
+                if stop or self.lease is None:
                     return
-                if self.lease is not None and self.lease.swap_requested():
-                    self.lease.wait_for_swap()
-                    self._reset()
+                self.lease.wait_for_swap()  # a rebuild swaps its tables in
+                self._reset()
         finally:
             self.close()
             if self.lease is not None:
                 self.lease.release()
+
+    def project(
+        self,
+        *,
+        keep_going: Callable[[BatchStats], bool],
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
+        """Project batches while `keep_going(stats)` after each, pipelined: one thread writes a
+        batch while this one reads and folds the next, so the ClickHouse server's INSERT work
+        and Kafka's fetching overlap the projector's own. The writes stay strictly in order —
+        a batch's tables, then its ledger, then the next batch's — so what a crash leaves is
+        what the sequential projector would leave (a folded batch not yet written is only in
+        memory, which a restart forgets). When `keep_going` says stop, the batch already read
+        is written as well, so the consumer's position and the tables agree on return."""
+        pending: Future[BatchStats] | None = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="projector-write") as writer:
+            try:
+                while True:
+                    prepared = self._prepare(self.poll_batch())
+                    if pending is not None:
+                        stats = self._finish(pending)
+                        pending = None
+                        if on_batch is not None:
+                            on_batch(stats)
+                        if not keep_going(stats):
+                            last = self._write(prepared)
+                            if on_batch is not None and (last.events or last.stock_events
+                                                         or last.dead_lettered):  # fmt: skip
+                                on_batch(last)
+                            return
+                    pending = self._pending = writer.submit(self._write, prepared)
+            except BaseException:
+                if pending is not None:  # let the write in flight end before this one goes on
+                    self._pending = None
+                    pending.exception()
+                raise
+
+    def _finish(self, pending: Future[BatchStats]) -> BatchStats:
+        try:
+            return pending.result()
+        finally:
+            self._pending = None
+
+    def _settle(self) -> None:
+        """Wait for the batch being written (before reading fold states from ClickHouse)."""
+        pending = self._pending
+        if pending is not None:
+            self._finish(pending)
 
     def close(self) -> None:
         self._consumer.close()
@@ -436,6 +621,10 @@ class Projector:
         if self._publisher is None:
             self._publisher = Publisher(self.settings, codec=self.codec)
         self._publisher.dead_letter(letter)
+
+
+_order_values = itemgetter(*ORDERS_COLUMNS)  # an `orders` row (dict) as the INSERT's tuple
+_level_values = itemgetter(*STOCK_LEVELS_COLUMNS)
 
 
 def _at(where: Position) -> tuple[str, int, int]:

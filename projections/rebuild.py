@@ -60,12 +60,17 @@ def swap_in(store: ClickHouseStore, staging: str) -> str:
 
 
 def _catch_up(projector: Projector, on_batch: Callable[[BatchStats], None] | None) -> int:
+    """Project until nothing is left on the topics (pipelined: `Projector.project`)."""
     events = 0
-    while projector.lag() > 0:
-        stats = projector.apply_batch(projector.poll_batch())
+
+    def count(stats: BatchStats) -> None:
+        nonlocal events
         events += stats.events + stats.stock_events + stats.dead_lettered
         if on_batch is not None:
             on_batch(stats)
+
+    if projector.lag() > 0:
+        projector.project(keep_going=lambda _: projector.lag() > 0, on_batch=count)
     return events
 
 
