@@ -12,10 +12,16 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer
+from hypothesis import settings as hypothesis_settings
 
 from oms.settings import Settings, Topics
 from oms.stack import ClickHouseService, KafkaService
 from projections.store import ClickHouseStore, connect
+
+# No per-example time limit: on 2 shared cores (broker, ClickHouse, workers) an example can
+# take longer than hypothesis's default 200 ms, and a test must fail on behaviour, not time.
+hypothesis_settings.register_profile("orderstream", deadline=None)
+hypothesis_settings.load_profile("orderstream")
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # A separate package with its own tests, run by tests/connectors/test_third_party.py once installed.
