@@ -213,12 +213,22 @@ def connectors_list() -> None:
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes in one group; Kafka spreads the partitions over them.",
+)
 @click.pass_context
-def worker(ctx: click.Context) -> None:
+def worker(ctx: click.Context, processes: int) -> None:
     """Run the Faust stream processors (extra arguments go to the Faust worker)."""
-    from streams.app import run_worker
+    from streams.app import run_worker, run_workers
 
-    run_worker(ctx.args or None)
+    if processes > 1:
+        run_workers(processes, ctx.args or None)
+    else:
+        run_worker(ctx.args or None)
 
 
 @main.command()

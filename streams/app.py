@@ -6,20 +6,25 @@ than the outputs it led to). Instead each agent's state is the fold of its own o
 the order log for the order agent, the stock ledger for the inventory agent — read back
 from Kafka whenever a partition is (re)assigned (`streams.replay`). An input's batch is acked
 only after Kafka acknowledged every output it caused, so the log always holds at least what
-the committed inputs did, and every redelivered input is recognised by its event id.
+the committed inputs did, and every redelivered input is recognised by its event id. The agent
+does not wait for those acknowledgements before its next batch (`streams.sink.Acks`): the acks
+to Faust follow, in order, as Kafka confirms.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import timedelta
 from typing import Any, cast
 
+import aiokafka
 import faust
+from faust.transport.drivers import aiokafka as faust_kafka
 
 from events.codec import AvroCodec, CodecError, message_ref
 from events.models import (
@@ -38,12 +43,48 @@ from streams import capacity, inventory, orders
 from streams.catalogue import load_catalogue
 from streams.fraud import load_rules
 from streams.replay import read_partition
-from streams.sink import Sink
+from streams.sink import Acks, Outputs, Sink, checkpoint
 from streams.views import SharedViews
 
 log = logging.getLogger(__name__)
-BATCH = 500  # inputs per batch: outputs are awaited per batch, not per message
+BATCH = 500  # inputs per batch: outputs are confirmed per batch, not per message
 BATCH_WITHIN_S = 0.005
+# The agents' state (every order's fold) only grows, and a full collection walks all of it:
+# seconds of pause at a million orders, for next to no garbage (the state holds no cycles).
+# What has lived this long is moved out of the collector's sight (`gc.freeze`); it is still
+# freed by reference counting, and new objects are collected as usual (the freeze itself
+# costs nothing: it moves a list).
+FREEZE_EVERY_S = 1.0
+# How long the broker may hold a fetch that finds no new data. Faust fixes it at 1.5 s, and
+# aiokafka has one fetch in flight per broker, leaving out partitions whose last records are
+# still being processed: with one broker, a partition that runs dry waits for the others' long
+# poll — up to 1.5 s with no input at all (seen as gaps in the agents' batches).
+FETCH_MAX_WAIT_MS = 20
+
+
+class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when its fetcher starts
+        return consumer
+
+
+class _Consumer(faust_kafka.Consumer):
+    def _new_consumer_thread(self) -> faust_kafka.AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _Transport(faust_kafka.Transport):
+    Consumer = _Consumer
+
+
+class _App(faust.App):
+    """Faust's app on the aiokafka transport, with a short fetch wait (FETCH_MAX_WAIT_MS)."""
+
+    def _new_transport(self) -> Any:
+        return _Transport(self.conf.broker_consumer, self)
+
+
 Replay = Callable[[str, int], Iterable[Event]]
 
 
@@ -52,15 +93,19 @@ class PartitionStates:
     (re)assignment."""
 
     def __init__(self, *, topic: str, replay: Replay, fold: Callable[[dict[str, Any], Event],
-                 None]) -> None:  # fmt: skip
+                 None], settle: Callable[[], Awaitable[None]]) -> None:  # fmt: skip
         self.topic = topic
         self._replay = replay
         self._fold = fold
+        self._settle = settle
         self.states: dict[int, dict[str, Any]] = {}
 
     async def of(self, partition: int) -> dict[str, Any]:
         states = self.states.get(partition)
         if states is None:
+            # Outputs of earlier batches may still be on their way: the log is read once
+            # Kafka has them all, so the state is the fold of everything this worker wrote.
+            await self._settle()
             states = {}
             events = await asyncio.to_thread(lambda: list(self._replay(self.topic, partition)))
             for event in events:
@@ -77,14 +122,14 @@ class PartitionStates:
 
 def create_app(
     settings: Settings | None = None, *, replay: Replay | None = None, views: SharedViews |
-    None = None, sink: Sink | None = None,
+    None = None, sink: Outputs | None = None,
 ) -> faust.App:  # fmt: skip
     """The worker. `replay`, `views` and `sink` are for tests without a broker."""
     settings = settings or get_settings()
     codec = AvroCodec.for_registry(settings.schema_registry_url)
     topics = settings.topics
     (settings.home / "faust").mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    app = _App(
         settings.consumer_group,
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",
@@ -114,7 +159,7 @@ def create_app(
     order_inputs = app.topic(topics.intake, topics.order_commands, key_type=bytes,
                              value_type=bytes)  # fmt: skip
     stock_commands = app.topic(topics.stock_commands, key_type=bytes, value_type=bytes)
-    out = sink or Sink(settings.kafka_bootstrap)
+    out: Outputs = sink or Sink(settings.kafka_bootstrap)
 
     def fold_order(states: dict[str, Any], event: Event) -> None:
         if isinstance(event, OrderEvent):
@@ -126,8 +171,10 @@ def create_app(
             level = states.get(key) or inventory.empty(event.sku, event.location)
             states[key] = inventory.apply(level, event)
 
-    order_states = PartitionStates(topic=topics.orders, replay=replay, fold=fold_order)
-    stock_states = PartitionStates(topic=topics.inventory, replay=replay, fold=fold_stock)
+    order_states = PartitionStates(topic=topics.orders, replay=replay, fold=fold_order,
+                                   settle=out.confirmed)  # fmt: skip
+    stock_states = PartitionStates(topic=topics.inventory, replay=replay, fold=fold_stock,
+                                   settle=out.confirmed)  # fmt: skip
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust's stub is too strict
     async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
@@ -169,77 +216,87 @@ def create_app(
     async def run_orders(stream: faust.StreamT[Any]) -> AsyncIterator[list[str]]:
         """The order process (streams.orders): one writer per order; yields what it wrote."""
         await wait_for_views()
-        async for batch in cast(Any, stream).take_events(BATCH, within=BATCH_WITHIN_S):
-            written: list[str] = []
-            now = utc_now()
-            for event in batch:
-                ctx = orders.Context(
-                    catalogue=shared.catalogue, rules=rules, history=shared.history,
-                    available=shared.available, load=shared.load(now), now=now,
-                )  # fmt: skip
-                message = event.message
-                raw = event.value or b""
-                states = await order_states.of(message.partition)
-                try:
-                    received = decode(message, raw, (OrderEvent, StockEvent))
-                    assert isinstance(received, OrderEvent | StockEvent)
-                except CodecError as exc:
-                    dead_letter(message, raw, str(exc))
-                    written.append("DeadLetter")
-                    continue
-                order_id = getattr(received, "order_id", "")
-                state = states.get(order_id)
-                decision = orders.decide(state, received, ctx)
-                if decision.to_log:
-                    state = decision.after or orders.fold(decision.to_log, state)
-                for outcome in decision.to_log:
-                    shared.note(outcome)
-                    out.produce(topics.orders, key=order_id.encode(), value=codec.encode(outcome),
-                                partition=message.partition)  # fmt: skip
-                    written.append(outcome.event_type)
-                if state is not None:
-                    states[order_id] = state
-                for command in decision.commands:
-                    key = stock_key(command.sku, command.location).encode()
-                    out.produce(topics.stock_commands, key=key, value=codec.encode(command))
-                if decision.refusal is not None:
-                    dead_letter(message, raw, decision.refusal)
-                    written.append("DeadLetter")
-            await out.confirmed()
-            yield written
+        async with Acks.running(stream) as acks:
+            async for batch in cast(Any, stream).noack_take(BATCH, within=BATCH_WITHIN_S):
+                written = await order_batch(batch)
+                await acks.add(batch, checkpoint(out))  # acked once Kafka has its outputs
+                yield written
+
+    async def order_batch(batch: list[Any]) -> list[str]:
+        written: list[str] = []
+        now = utc_now()
+        ctx = orders.Context(
+            catalogue=shared.catalogue, rules=rules, history=shared.history,
+            available=shared.available, load=shared.load(now), now=now,
+        )  # fmt: skip
+        for event in batch:
+            message = event.message
+            raw = event.value or b""
+            states = await order_states.of(message.partition)
+            try:
+                received = decode(message, raw, (OrderEvent, StockEvent))
+                assert isinstance(received, OrderEvent | StockEvent)
+            except CodecError as exc:
+                dead_letter(message, raw, str(exc))
+                written.append("DeadLetter")
+                continue
+            order_id = getattr(received, "order_id", "")
+            state = states.get(order_id)
+            decision = orders.decide(state, received, ctx)
+            if decision.to_log:
+                state = decision.after or orders.fold(decision.to_log, state)
+            for outcome in decision.to_log:
+                shared.note(outcome)
+                out.produce(topics.orders, key=order_id.encode(), value=codec.encode(outcome),
+                            partition=message.partition)  # fmt: skip
+                written.append(outcome.event_type)
+            if state is not None:
+                states[order_id] = state
+            for command in decision.commands:
+                key = stock_key(command.sku, command.location).encode()
+                out.produce(topics.stock_commands, key=key, value=codec.encode(command))
+            if decision.refusal is not None:
+                dead_letter(message, raw, decision.refusal)
+                written.append("DeadLetter")
+        return written
 
     @app.agent(stock_commands, name="inventory")
     async def run_inventory(stream: faust.StreamT[Any]) -> AsyncIterator[list[str]]:
         """The stock ledger (streams.inventory): one writer per sku@location."""
         await wait_for_views()
-        async for batch in cast(Any, stream).take_events(BATCH, within=BATCH_WITHIN_S):
-            written: list[str] = []
-            now = utc_now()
-            for event in batch:
-                message = event.message
-                raw = event.value or b""
-                states = await stock_states.of(message.partition)
-                try:
-                    command = decode(message, raw, (StockEvent,))
-                    assert isinstance(command, StockEvent)
-                    key = stock_key(command.sku, command.location)
-                    level = states.get(key) or inventory.empty(command.sku, command.location)
-                    product = shared.catalogue.products.get(command.sku)
-                    outcomes = inventory.decide(level, command, product=product, now=now)
-                except (CodecError, inventory.StockCommandRefused) as exc:
-                    dead_letter(message, raw, str(exc))
-                    written.append("DeadLetter")
-                    continue
-                replies = list(outcomes)
-                if not outcomes:  # a redelivered request: answer it again, identically
-                    answered = inventory.outcome(level, getattr(command, "reservation_id", ""))
-                    replies = [answered] if answered is not None else []
-                write_ledger(states, key, level, outcomes, message.partition)
-                for reply in replies:
-                    send_reply(reply)
-                written += [e.event_type for e in outcomes]
-            await out.confirmed()
-            yield written
+        async with Acks.running(stream) as acks:
+            async for batch in cast(Any, stream).noack_take(BATCH, within=BATCH_WITHIN_S):
+                written = await stock_batch(batch)
+                await acks.add(batch, checkpoint(out))
+                yield written
+
+    async def stock_batch(batch: list[Any]) -> list[str]:
+        written: list[str] = []
+        now = utc_now()
+        for event in batch:
+            message = event.message
+            raw = event.value or b""
+            states = await stock_states.of(message.partition)
+            try:
+                command = decode(message, raw, (StockEvent,))
+                assert isinstance(command, StockEvent)
+                key = stock_key(command.sku, command.location)
+                level = states.get(key) or inventory.empty(command.sku, command.location)
+                product = shared.catalogue.products.get(command.sku)
+                outcomes = inventory.decide(level, command, product=product, now=now)
+            except (CodecError, inventory.StockCommandRefused) as exc:
+                dead_letter(message, raw, str(exc))
+                written.append("DeadLetter")
+                continue
+            replies = list(outcomes)
+            if not outcomes:  # a redelivered request: answer it again, identically
+                answered = inventory.outcome(level, getattr(command, "reservation_id", ""))
+                replies = [answered] if answered is not None else []
+            write_ledger(states, key, level, outcomes, message.partition)
+            for reply in replies:
+                send_reply(reply)
+            written += [e.event_type for e in outcomes]
+        return written
 
     def write_ledger(states: dict[str, Any], key: str, level: Any, outcomes: list[StockEvent],
                      partition: int) -> None:  # fmt: skip
@@ -257,6 +314,10 @@ def create_app(
         ):
             order_id = getattr(reply, "order_id", "")
             out.produce(topics.order_commands, key=order_id.encode(), value=codec.encode(reply))
+
+    @app.timer(interval=FREEZE_EVERY_S)
+    async def freeze_old_objects() -> None:
+        gc.freeze()
 
     @app.timer(interval=settings.expiry_check_s)
     async def expire_reservations() -> None:
@@ -288,9 +349,51 @@ def create_app(
     return app
 
 
+def run_workers(count: int, argv: list[str] | None = None) -> None:
+    """`oms worker --processes N`: N workers of one consumer group on this host, so the
+    partitions (4 by default: at most that many workers get any) are spread over several cores.
+    Each is a whole worker — its own views, its own states — so this is the same as starting N
+    `oms worker`s. SIGTERM / SIGINT go to all of them; when one exits, the others are stopped
+    and its exit code is returned, so whatever supervises this restarts them together."""
+    import signal
+    import subprocess
+    import time
+
+    profile = os.environ.get("OMS_PROFILE")
+    children: list[subprocess.Popen[bytes]] = []
+    for n in range(count):
+        env = dict(os.environ)
+        if profile and n:
+            env["OMS_PROFILE"] = f"{profile}.{n}"  # the first writes where it was asked to
+        children.append(subprocess.Popen(
+            [sys.executable, "-m", "oms.cli", "worker", *(argv or [])], env=env
+        ))  # fmt: skip
+
+    def stop(signum: int, frame: Any) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while not any(child.poll() is not None for child in children):
+        time.sleep(0.2)
+    first = next(child for child in children if child.poll() is not None)
+    code = first.returncode
+    stop(signal.SIGTERM, None)
+    for child in children:
+        try:
+            child.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    sys.exit(code)
+
+
 def run_worker(argv: list[str] | None = None) -> None:
     """`oms worker`: run the Faust worker with its own command line (e.g. `-l info`)."""
     app = create_app()
+    gc.freeze()  # everything imported and built so far lives as long as the worker
     # Faust's own web server is off (the worker command would turn it on whatever the app
     # says, and two workers on one host would fight over its port 6066).
     sys.argv = ["oms worker", "worker", "--without-web", *(argv or ["--loglevel", "warn"])]

@@ -11,6 +11,7 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -91,6 +92,7 @@ def load_catalogue(path: Path | None = None) -> Catalogue:
     )
 
 
+@lru_cache(maxsize=4096)  # one order asks for the same pairs in fraud and routing
 def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> int:
     """Great-circle distance in metres (haversine)."""
     r = 6_371_000.0

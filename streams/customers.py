@@ -12,6 +12,7 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Literal
 
 from events.models import OrderReceived
@@ -24,6 +25,7 @@ VIP_ORDERS = 10
 VIP_SPEND = 500_000
 
 
+@lru_cache(maxsize=1 << 16)  # pure, and asked several times per order (screening, history)
 def normalise_phone(phone: str) -> str:
     """Digits with a leading "+" kept: "+86 138-0000-0000" and "+8613800000000" are one phone.
 
@@ -33,6 +35,7 @@ def normalise_phone(phone: str) -> str:
     return f"+{digits}" if digits and text.startswith("+") else digits
 
 
+@lru_cache(maxsize=1 << 16)
 def normalise_address(text: str) -> str:
     """Casefolded, whitespace collapsed: how addresses are compared for velocity and blocking."""
     return " ".join(text.split()).casefold()

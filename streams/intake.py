@@ -61,7 +61,8 @@ def decide(
         if record is not None:
             # Same order id, different event id: a connector bug, or a re-numbered channel order.
             return IntakeDecision(None, [], f"order {event.order_id} was already received")
-        received = event.model_copy(update={"sequence": 1})
+        # Connectors number an order's receipt 1 already: then it goes on the log as it is.
+        received = event if event.sequence == 1 else event.model_copy(update={"sequence": 1})
         verdict = validation.verdict(
             received, previous=received, sequence=2, now=now, catalogue=catalogue
         )

@@ -211,7 +211,16 @@ def apply(state: OrderState | None, event: OrderEvent) -> OrderState:
         changes |= _give_back(state, state.held)
     elif isinstance(event, OrderPickedUp | ShipmentCreated):
         changes |= {"held": {}, "committed": {**state.committed, **state.held}}
-    return replace(state, **changes)
+    return _evolve(state, changes)
+
+
+def _evolve(state: OrderState, changes: dict[str, Any]) -> OrderState:
+    """`dataclasses.replace` without re-running the frozen `__init__` field by field (this runs
+    for every event of every order; the fields are copied as they are either way)."""
+    after = object.__new__(OrderState)
+    after.__dict__.update(state.__dict__)
+    after.__dict__.update(changes)
+    return after
 
 
 def _give_back(state: OrderState, lines: Mapping[str, Held]) -> dict[str, Any]:
@@ -329,7 +338,7 @@ def _then_advance(
             break
         to_log += step.to_log
         commands += step.commands
-        after = _fold_on(step.to_log, after)
+        after = step.after or _fold_on(step.to_log, after)
     # Whatever the logged events gave back or committed goes to the ledger — before any new
     # reservation, so a re-route to the same location finds the units free again.
     start = state or after
@@ -387,7 +396,7 @@ def _route(state: OrderState, ctx: Context, *, cause: str) -> Decision:
         causation_id=cause, attempt=state.attempt + 1, now=ctx.now,
     )  # fmt: skip
     after = apply(state, routed)
-    return Decision([routed], _reserve(after, now=ctx.now, only_unanswered=False))
+    return Decision([routed], _reserve(after, now=ctx.now, only_unanswered=False), after=after)
 
 
 def _mark_made_to_order(plan: routing.Route, catalogue: Catalogue) -> routing.Route:
@@ -397,13 +406,15 @@ def _mark_made_to_order(plan: routing.Route, catalogue: Catalogue) -> routing.Ro
         product = catalogue.products.get(sku)
         return product is not None and product.stock_tracked
 
-    groups = [
-        group.model_copy(update={"lines": [
-            line.model_copy(update={"location": group.location if tracked(line.sku) else None})
-            for line in group.lines
-        ]})
-        for group in plan.groups
-    ]  # fmt: skip
+    def marked(line: LineQuantity, location: str) -> LineQuantity:
+        wanted = location if tracked(line.sku) else None
+        return line if line.location == wanted else line.model_copy(update={"location": wanted})
+
+    groups = []
+    for group in plan.groups:
+        lines = [marked(line, group.location) for line in group.lines]
+        unchanged = all(new is old for new, old in zip(lines, group.lines, strict=True))
+        groups.append(group if unchanged else group.model_copy(update={"lines": lines}))
     return replace(plan, groups=groups)
 
 
