@@ -187,6 +187,19 @@ class OrderEvent(Event):
         return self.order_id
 
 
+def follow_up(
+    order: OrderEvent, *, sequence: int, causation_id: str, actor: Actor, now: datetime
+) -> dict[str, Any]:
+    """The envelope of an event that follows `order` in its history: same order, channel and
+    correlation, caused by `causation_id`, at `now` (the event id is the caller's to derive)."""
+    return {
+        "order_id": order.order_id, "sequence": sequence, "occurred_at": now,
+        "recorded_at": now, "correlation_id": order.correlation_id,
+        "causation_id": causation_id, "actor": actor, "channel": order.channel,
+        "external_id": order.external_id,
+    }  # fmt: skip
+
+
 class StockEvent(Event):
     """An event in one `sku@location` stock ledger, on `oms.inventory.v1`."""
 

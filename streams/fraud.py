@@ -26,6 +26,7 @@ from events.models import (
     OrderMode,
     OrderReceived,
     deterministic_id,
+    follow_up,
 )
 from streams.catalogue import Catalogue, distance_m
 from streams.customers import CustomerHistory, customer_key, normalise_address, normalise_phone
@@ -159,15 +160,7 @@ def hold(
     the order to screening); its id follows from that event, so re-processing is recognised."""
     return OrderHeld(
         event_id=deterministic_id(causation_id, "OrderHeld"),
-        order_id=order.order_id,
-        sequence=sequence,
-        occurred_at=now,
-        recorded_at=now,
-        correlation_id=order.correlation_id,
-        causation_id=causation_id,
-        actor=ACTOR,
-        channel=order.channel,
-        external_id=order.external_id,
+        **follow_up(order, sequence=sequence, causation_id=causation_id, actor=ACTOR, now=now),
         risk_score=screening.score,
         threshold=threshold,
         signals=screening.signals,

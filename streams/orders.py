@@ -67,6 +67,7 @@ from events.models import (
     StockReservationRefused,
     StockReserved,
     deterministic_id,
+    follow_up,
 )
 from streams import fraud, intake, priority, routing
 from streams.catalogue import Catalogue
@@ -528,9 +529,6 @@ def _line(held: Held) -> LineQuantity:
 def _envelope(
     order: OrderReceived, *, sequence: int, cause: str, kind: str, now: datetime
 ) -> dict[str, Any]:
-    return {
-        "event_id": deterministic_id(cause, kind, order.order_id), "sequence": sequence,
-        "occurred_at": now, "recorded_at": now, "correlation_id": order.correlation_id,
-        "causation_id": cause, "actor": ACTOR, "order_id": order.order_id,
-        "channel": order.channel, "external_id": order.external_id,
-    }  # fmt: skip
+    return {"event_id": deterministic_id(cause, kind, order.order_id)} | follow_up(
+        order, sequence=sequence, causation_id=cause, actor=ACTOR, now=now
+    )

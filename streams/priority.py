@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from events.models import (
     Actor,
@@ -18,6 +17,7 @@ from events.models import (
     OrderPrioritised,
     OrderReceived,
     deterministic_id,
+    follow_up,
 )
 
 ACTOR = Actor(kind=ActorKind.SYSTEM, id="priority")
@@ -103,17 +103,8 @@ def prioritise_event(
 ) -> OrderPrioritised:
     """`OrderPrioritised` for `p`; the id follows from the cause, so reprocessing it yields the
     identical event."""
-    envelope: dict[str, Any] = {
-        "order_id": order.order_id,
-        "sequence": sequence,
-        "occurred_at": now,
-        "recorded_at": now,
-        "correlation_id": order.correlation_id,
-        "causation_id": causation_id,
-        "actor": ACTOR,
-        "channel": order.channel,
-        "external_id": order.external_id,
-    }
+    envelope = follow_up(order, sequence=sequence, causation_id=causation_id, actor=ACTOR,
+                         now=now)  # fmt: skip
     return OrderPrioritised(
         event_id=deterministic_id(causation_id, "OrderPrioritised"),
         location=location,

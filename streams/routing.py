@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from itertools import combinations
-from typing import Any
 
 from events.models import (
     Actor,
@@ -25,6 +24,7 @@ from events.models import (
     OrderReceived,
     OrderRouted,
     deterministic_id,
+    follow_up,
 )
 from streams.catalogue import Catalogue, distance_m, is_open
 
@@ -190,17 +190,8 @@ def route_event(
 ) -> OrderRouted:
     """`OrderRouted` for `route`; the id follows from the cause and the routing attempt, so a
     redelivered input re-routes to the identical event while a re-route gets a new one."""
-    envelope: dict[str, Any] = {
-        "order_id": order.order_id,
-        "sequence": sequence,
-        "occurred_at": now,
-        "recorded_at": now,
-        "correlation_id": order.correlation_id,
-        "causation_id": causation_id,
-        "actor": ACTOR,
-        "channel": order.channel,
-        "external_id": order.external_id,
-    }
+    envelope = follow_up(order, sequence=sequence, causation_id=causation_id, actor=ACTOR,
+                         now=now)  # fmt: skip
     return OrderRouted(
         event_id=deterministic_id(causation_id, "OrderRouted", str(attempt)),
         location=route.location,

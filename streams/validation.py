@@ -7,7 +7,6 @@ produces the identical event, which every consumer downstream recognises as a du
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from events.models import (
     Actor,
@@ -20,6 +19,7 @@ from events.models import (
     PaymentStatus,
     RejectionReason,
     deterministic_id,
+    follow_up,
 )
 from streams.catalogue import Catalogue
 
@@ -178,17 +178,8 @@ def verdict(
     """`OrderAccepted` or `OrderRejected` for `order`, caused by `previous` (the event that
     brought it to validation: its receipt or a revision); the id follows from that event, so
     re-processing a redelivered input yields the identical verdict."""
-    envelope: dict[str, Any] = {
-        "order_id": order.order_id,
-        "sequence": sequence,
-        "occurred_at": now,
-        "recorded_at": now,
-        "correlation_id": order.correlation_id,
-        "causation_id": previous.event_id,
-        "actor": ACTOR,
-        "channel": order.channel,
-        "external_id": order.external_id,
-    }
+    envelope = follow_up(order, sequence=sequence, causation_id=previous.event_id, actor=ACTOR,
+                         now=now)  # fmt: skip
     reasons = rejection_reasons(order, catalogue)
     if reasons:
         return OrderRejected(
