@@ -482,6 +482,22 @@ def bench_projection(events: int, rate: float, seconds: float) -> None:
     click.echo(f"written to {write_result(settings.home, 'projection', figures)}")
 
 
+@bench.command("rebuild")
+@click.option("--events", default=1_000_000, show_default=True)
+def bench_rebuild(events: int) -> None:
+    """`oms project --rebuild` over EVENTS events (replay into staging, swap in)."""
+    from bench import projection
+    from bench.machine import describe, write_result
+
+    settings = get_settings()
+    figures = projection.rebuild_time(settings, events=events)
+    for line in projection.rebuild_report(figures):
+        click.echo(line)
+    machine = describe()
+    click.echo(f"machine: {machine['cpu']}, {machine['cores']} cores, python {machine['python']}")
+    click.echo(f"written to {write_result(settings.home, 'rebuild', figures)}")
+
+
 @bench.command("intake")
 @click.option("--orders", "order_count", default=100_000, show_default=True)
 @click.option("--rate", default=500.0, show_default=True, help="webhook requests per second")
