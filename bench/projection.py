@@ -138,7 +138,7 @@ def projector_rate(settings: Settings, *, events: int) -> dict[str, Any]:
             projector.run(until=done)
             elapsed = time.perf_counter() - started
             insert = bulk_insert_rate(store)
-            rebuilt = rebuild(settings=scratch, store=store, batch_size=20_000)
+            rebuilt = rebuild(settings=scratch, store=store)
         finally:
             store.execute(f"DROP DATABASE IF EXISTS {store.database}")
             store.execute(f"DROP DATABASE IF EXISTS {store.database}__rebuild")
@@ -159,7 +159,7 @@ def rebuild_time(settings: Settings, *, events: int) -> dict[str, Any]:
         produced = produce_history(scratch, events=events)
         store = _database(scratch, f"bench_{uuid.uuid4().hex[:8]}")
         try:
-            rebuilt = rebuild(settings=scratch, store=store, batch_size=50_000)
+            rebuilt = rebuild(settings=scratch, store=store)  # its own batch size (200k)
             rows = store.query(f"SELECT count() FROM {store.database}.order_events")[0][0]
         finally:
             store.execute(f"DROP DATABASE IF EXISTS {store.database}")

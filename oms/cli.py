@@ -298,7 +298,7 @@ def project(batch_size: int, batch_seconds: float, migrate_only: bool, rebuild: 
             done += stats.events + stats.stock_events + stats.dead_lettered
             click.echo(f"\rreplayed {done:,} messages", nl=False, err=True)
 
-        result = run_rebuild(settings=settings, store=store, batch_size=max(batch_size, 20_000),
+        result = run_rebuild(settings=settings, store=store, batch_size=max(batch_size, 200_000),
                              on_batch=progress)  # fmt: skip
         click.echo("", err=True)
         click.echo(

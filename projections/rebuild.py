@@ -78,7 +78,7 @@ def rebuild(
     *,
     settings: Settings,
     store: ClickHouseStore,
-    batch_size: int = 20_000,
+    batch_size: int = 200_000,
     batch_seconds: float = 1.0,
     on_batch: Callable[[BatchStats], None] | None = None,
 ) -> RebuildReport:
