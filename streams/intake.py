@@ -64,7 +64,7 @@ def decide(
         # Connectors number an order's receipt 1 already: then it goes on the log as it is.
         received = event if event.sequence == 1 else event.model_copy(update={"sequence": 1})
         verdict = validation.verdict(
-            received, previous=received, sequence=2, now=now, catalogue=catalogue
+            received, cause=received.event_id, sequence=2, now=now, catalogue=catalogue
         )
         return IntakeDecision(
             OrderRecord(order=received, version=2, status=_status(verdict), seen=[event.event_id]),
@@ -80,7 +80,7 @@ def decide(
         # payment): the revision is the order. Its original, if it still comes, is then a
         # redelivery of the same OrderReceived id and changes nothing.
         verdict = validation.verdict(
-            first_seen, previous=first_seen, sequence=2, now=now, catalogue=catalogue
+            first_seen, cause=first_seen.event_id, sequence=2, now=now, catalogue=catalogue
         )
         return IntakeDecision(
             OrderRecord(
@@ -103,7 +103,7 @@ def decide(
     modified = event.model_copy(update={"sequence": record.version + 1})
     merged = merge(record.order, event)
     verdict = validation.verdict(
-        merged, previous=modified, sequence=record.version + 2, now=now, catalogue=catalogue
+        merged, cause=modified.event_id, sequence=record.version + 2, now=now, catalogue=catalogue
     )
     return IntakeDecision(
         OrderRecord(

@@ -69,7 +69,7 @@ from events.models import (
     deterministic_id,
     follow_up,
 )
-from streams import fraud, intake, priority, routing
+from streams import fraud, intake, priority, routing, validation
 from streams.catalogue import Catalogue
 from streams.customers import CustomerHistory, customer_key
 
@@ -281,6 +281,14 @@ def decide(state: OrderState | None, received: OrderEvent | StockEvent, ctx: Con
 def advance(state: OrderState, ctx: Context, *, cause: str) -> Decision:
     """The steps an order takes on its own from where it stands (nothing when it waits)."""
     order = state.order
+    if state.status is S.RECEIVED:
+        # Received (or revised) and not yet judged: a crash came between the two. The verdict
+        # follows from the same cause, so it is the event that would have been written.
+        verdict = validation.verdict(
+            order, cause=state.last_event_id, sequence=state.version + 1, now=ctx.now,
+            catalogue=ctx.catalogue,
+        )  # fmt: skip
+        return Decision([verdict])
     if state.status is S.ACCEPTED:
         if not state.reviewed:
             screening = fraud.screen(

@@ -170,25 +170,24 @@ def catalogue_reasons(order: OrderReceived, catalogue: Catalogue) -> list[Reject
 def verdict(
     order: OrderReceived,
     *,
-    previous: OrderEvent,
+    cause: str,
     sequence: int,
     now: datetime,
     catalogue: Catalogue | None = None,
 ) -> OrderEvent:
-    """`OrderAccepted` or `OrderRejected` for `order`, caused by `previous` (the event that
-    brought it to validation: its receipt or a revision); the id follows from that event, so
+    """`OrderAccepted` or `OrderRejected` for `order`, caused by the event with id `cause` (the
+    one that brought it to validation: its receipt or a revision); the id follows from it, so
     re-processing a redelivered input yields the identical verdict."""
-    envelope = follow_up(order, sequence=sequence, causation_id=previous.event_id, actor=ACTOR,
-                         now=now)  # fmt: skip
+    envelope = follow_up(order, sequence=sequence, causation_id=cause, actor=ACTOR, now=now)
     reasons = rejection_reasons(order, catalogue)
     if reasons:
         return OrderRejected(
-            event_id=deterministic_id(previous.event_id, "OrderRejected"),
+            event_id=deterministic_id(cause, "OrderRejected"),
             reasons=reasons,
             **envelope,
         )
     return OrderAccepted(
-        event_id=deterministic_id(previous.event_id, "OrderAccepted"),
+        event_id=deterministic_id(cause, "OrderAccepted"),
         total=order.total,
         currency=order.currency,
         **envelope,
@@ -197,4 +196,4 @@ def verdict(
 
 def decide(order: OrderReceived, *, now: datetime) -> list[OrderEvent]:
     """The received order itself (into the order log) followed by the validation verdict."""
-    return [order, verdict(order, previous=order, sequence=order.sequence + 1, now=now)]
+    return [order, verdict(order, cause=order.event_id, sequence=order.sequence + 1, now=now)]

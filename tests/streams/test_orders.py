@@ -174,6 +174,14 @@ def test_a_redelivered_input_after_a_crash_finishes_what_was_cut_short() -> None
     assert [c.event_id for c in decision.commands] == [c.event_id for c in full_commands]
 
 
+def test_a_crash_between_the_receipt_and_its_verdict_is_finished_by_the_redelivery() -> None:
+    ctx = context({("KETTLE-IRON", "WH-BJ"): 5})
+    _, full_log, _ = run([teapots()], ctx)
+    cut = orders.fold(full_log[:1])  # only OrderReceived reached the log
+    decision = orders.decide(cut, teapots(), ctx)
+    assert decision.to_log == full_log[1:]  # the same verdict (same id), then the rest
+
+
 def test_a_redelivered_input_re_sends_the_reservations_still_unanswered() -> None:
     ctx = context({("KETTLE-IRON", "WH-BJ"): 5})
     state, _, (reserve,) = run([teapots()], ctx)
