@@ -187,49 +187,36 @@ class _Context:
         return previous + 1
 
 
-def _velocity_phone(c: _Context) -> FraudSignal | None:
-    phone = c.order.customer.phone
-    if not phone or not normalise_phone(phone):
+def _velocity(c: _Context, *, kind: str, value: str | None, what: str) -> FraudSignal | None:
+    """More orders with this phone / address / device in the window than the rules allow."""
+    if not value:
         return None
-    count, limit = c.orders_from(phone=phone), c.rules.velocity_phone_limit
+    count = c.orders_from(**{kind: value})
+    limit: int = getattr(c.rules, f"velocity_{kind}_limit")
     if count <= limit:
         return None
     return FraudSignal(
-        rule="VELOCITY_PHONE",
-        points=c.rules.velocity_phone_points,
-        detail=f"{count} orders from this phone within {c.rules.window_minutes} min "
-        f"(more than {limit})",
+        rule=f"VELOCITY_{kind.upper()}",
+        points=getattr(c.rules, f"velocity_{kind}_points"),
+        detail=f"{count} orders {what} within {c.rules.window_minutes} min (more than {limit})",
     )
+
+
+def _velocity_phone(c: _Context) -> FraudSignal | None:
+    phone = c.order.customer.phone
+    usable = phone if phone and normalise_phone(phone) else None
+    return _velocity(c, kind="phone", value=usable, what="from this phone")
 
 
 def _velocity_address(c: _Context) -> FraudSignal | None:
     address = c.order.address
-    if address is None or not normalise_address(address.text):
-        return None
-    count, limit = c.orders_from(address=address.text), c.rules.velocity_address_limit
-    if count <= limit:
-        return None
-    return FraudSignal(
-        rule="VELOCITY_ADDRESS",
-        points=c.rules.velocity_address_points,
-        detail=f"{count} orders to this address within {c.rules.window_minutes} min "
-        f"(more than {limit})",
-    )
+    usable = address.text if address is not None and normalise_address(address.text) else None
+    return _velocity(c, kind="address", value=usable, what="to this address")
 
 
 def _velocity_device(c: _Context) -> FraudSignal | None:
     device = (c.order.device_id or "").strip()
-    if not device:
-        return None
-    count, limit = c.orders_from(device=device), c.rules.velocity_device_limit
-    if count <= limit:
-        return None
-    return FraudSignal(
-        rule="VELOCITY_DEVICE",
-        points=c.rules.velocity_device_points,
-        detail=f"{count} orders from device {device} within {c.rules.window_minutes} min "
-        f"(more than {limit})",
-    )
+    return _velocity(c, kind="device", value=device, what=f"from device {device}")
 
 
 def _amount_outlier(c: _Context) -> FraudSignal | None:
