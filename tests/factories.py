@@ -29,6 +29,16 @@ def received(**overrides: object) -> OrderReceived:
     return OrderReceived.model_validate(fields)
 
 
+def numbered(n: int, *, minutes: float = 0, **overrides: object) -> OrderReceived:
+    """Order number `n`, placed `minutes` after T0; otherwise like `received()` (same phone,
+    same address, no device), for tests about a customer's history."""
+    fields: dict[str, object] = {
+        "event_id": f"e-{n}", "order_id": f"o-{n}", "placed_at": T0 + timedelta(minutes=minutes),
+    }  # fmt: skip
+    fields.update(overrides)
+    return received(**fields)
+
+
 _TIMES = st.integers(-(10**12), 10**12).map(lambda us: T0 + timedelta(microseconds=us))
 _SIMPLE: dict[Any, st.SearchStrategy[Any]] = {
     str: st.text(max_size=12),

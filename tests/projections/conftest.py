@@ -13,7 +13,7 @@ import pytest
 from oms.settings import Settings, Topics
 from oms.stack import ClickHouseService, KafkaService
 from projections.store import ClickHouseStore, connect
-from tests.projections.scenario import Scenario
+from tests.projections.scenario import Scenario, build
 
 
 def isolated(settings: Settings) -> Settings:
@@ -97,3 +97,25 @@ def project_all(settings: Settings, store: ClickHouseStore, *, batch_size: int =
         settings=settings, store=store, batch_size=batch_size, batch_seconds=0.2, lease=False
     )
     projector.run(until=lambda _: projector.lag() == 0)
+
+
+def publish_scenario(stack_settings: Settings, *, orders: int, stock_events: int,
+                     seed: int) -> tuple[Settings, Scenario]:  # fmt: skip
+    """A scenario built and published to topics of its own (module fixtures share it)."""
+    scenario = build(orders=orders, stock_events=stock_events, seed=seed)
+    settings = isolated(stack_settings)
+    scenario.publish(settings)
+    return settings, scenario
+
+
+def projected_on(
+    settings: Settings, backend: str, chdb_path: Path
+) -> Iterator[tuple[Settings, ClickHouseStore]]:
+    """The published scenario projected into a fresh database on `backend`; dropped after."""
+    settings = settings.model_copy(
+        update={"clickhouse_url": backend_url(settings, backend, chdb_path)}
+    )
+    store = connect(settings.resolved_clickhouse_url)
+    project_all(settings, store)
+    yield settings, store
+    drop(store)

@@ -17,14 +17,16 @@ from oms.api import create_app
 from oms.settings import Settings
 from projections.read_api import MAX_PAGE_SIZE, json_value
 from projections.reports import REPORTS, run_report
-from projections.store import ClickHouseStore, connect
-from tests.projections.conftest import backend_url, drop, isolated, project_all
+from projections.store import ClickHouseStore
+from tests.projections.conftest import (
+    projected_on,
+    publish_scenario,
+)
 from tests.projections.scenario import (
     T0,
     OrderFacts,
     Scenario,
     all_order_facts,
-    build,
     seconds,
 )
 
@@ -37,24 +39,14 @@ WINDOW = {"since": f"{SINCE:%Y-%m-%d %H:%M:%S}", "until": f"{UNTIL:%Y-%m-%d %H:%
 
 @pytest.fixture(scope="module")
 def published(stack_settings: Settings) -> tuple[Settings, Scenario]:
-    scenario = build(orders=150, stock_events=200, seed=33)
-    settings = isolated(stack_settings)
-    scenario.publish(settings)
-    return settings, scenario
+    return publish_scenario(stack_settings, orders=150, stock_events=200, seed=33)
 
 
 @pytest.fixture(scope="module", params=["server", "chdb"])
 def projected(
     request: pytest.FixtureRequest, published: tuple[Settings, Scenario], chdb_path: Path
 ) -> Iterator[tuple[Settings, ClickHouseStore]]:
-    settings, _ = published
-    settings = settings.model_copy(
-        update={"clickhouse_url": backend_url(settings, request.param, chdb_path)}
-    )
-    store = connect(settings.resolved_clickhouse_url)
-    project_all(settings, store)
-    yield settings, store
-    drop(store)
+    yield from projected_on(published[0], request.param, chdb_path)
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,12 @@ import pytest
 from oms.settings import Settings
 from projections.queries import fulfilment_queue
 from projections.reports import REPORTS, ReportError, run_report
-from projections.store import ClickHouseStore, connect
+from projections.store import ClickHouseStore
 from tests.conftest import settings_env
-from tests.projections.conftest import backend_url, drop, isolated, project_all
+from tests.projections.conftest import (
+    projected_on,
+    publish_scenario,
+)
 from tests.projections.scenario import (
     CHANNELS,
     STORES,
@@ -30,7 +33,6 @@ from tests.projections.scenario import (
     OrderFacts,
     Scenario,
     all_order_facts,
-    build,
     distinct_events,
     seconds,
     stock_facts,
@@ -46,24 +48,14 @@ AS_OF = START + timedelta(days=3)
 
 @pytest.fixture(scope="module")
 def published(stack_settings: Settings) -> tuple[Settings, Scenario]:
-    scenario = build(orders=320, stock_events=420, seed=21)
-    settings = isolated(stack_settings)
-    scenario.publish(settings)
-    return settings, scenario
+    return publish_scenario(stack_settings, orders=320, stock_events=420, seed=21)
 
 
 @pytest.fixture(scope="module", params=["server", "chdb"])
 def projected(
     request: pytest.FixtureRequest, published: tuple[Settings, Scenario], chdb_path: Path
 ) -> Iterator[tuple[Settings, ClickHouseStore]]:
-    settings, _ = published
-    settings = settings.model_copy(
-        update={"clickhouse_url": backend_url(settings, request.param, chdb_path)}
-    )
-    store = connect(settings.resolved_clickhouse_url)
-    project_all(settings, store)
-    yield settings, store
-    drop(store)
+    yield from projected_on(published[0], request.param, chdb_path)
 
 
 @pytest.fixture(scope="module")

@@ -16,20 +16,12 @@ from streams.customers import (
     normalise_address,
     normalise_phone,
 )
-from tests.factories import T0, received
+from tests.factories import T0, numbered, received
 
 PHONE = "+8613800000000"
 
 
-def order(n: int, *, minutes: float = 0, **overrides: object) -> OrderReceived:
-    """Order number `n`, placed `minutes` after T0."""
-    fields: dict[str, object] = {
-        "event_id": f"e-{n}",
-        "order_id": f"o-{n}",
-        "placed_at": T0 + timedelta(minutes=minutes),
-    }
-    fields.update(overrides)
-    return received(**fields)
+order = numbered
 
 
 def history_of(*orders: OrderReceived) -> CustomerHistory:

@@ -20,7 +20,7 @@ from events.models import (
 from streams.catalogue import Catalogue, distance_m, load_catalogue
 from streams.customers import CustomerHistory
 from streams.fraud import FraudRules, FraudRulesError, Screening, hold, load_rules, screen
-from tests.factories import T0, received
+from tests.factories import T0, numbered
 
 NOW = T0 + timedelta(minutes=1)
 CATALOGUE = load_catalogue()
@@ -28,16 +28,7 @@ DEFAULTS = FraudRules()
 BEIJING = Address(text="1 Chang'an Ave, Beijing", latitude=39.9, longitude=116.4)
 
 
-def order(n: int, *, minutes: float = 0, **overrides: object) -> OrderReceived:
-    """Order number `n`, placed `minutes` after T0; by default like every other (same phone,
-    same address, no device)."""
-    fields: dict[str, object] = {
-        "event_id": f"e-{n}",
-        "order_id": f"o-{n}",
-        "placed_at": T0 + timedelta(minutes=minutes),
-    }
-    fields.update(overrides)
-    return received(**fields)
+order = numbered
 
 
 def history_of(*orders: OrderReceived) -> CustomerHistory:
