@@ -212,3 +212,39 @@ def test_a_store_paused_by_hand_gets_no_orders(
     done = history(guarded, order.order_id, until="OrderRejected")
     assert done[-1].reasons[0].code == "ALL_PAUSED_OR_FULL", done[-1].reasons
     assert run_cli(guarded, "location", "resume", "S01").returncode == 0
+
+
+@pytest.mark.integration
+def test_the_read_side_commands_show_the_review_queue_a_store_queue_and_stock(
+    guarded: Settings, worker: subprocess.Popen[bytes]
+) -> None:
+    from projections.projector import Projector
+    from projections.schema import migrate
+    from projections.store import connect
+
+    assert run_cli(guarded, "stock", "receive", "MUG-CERAMIC", "WH-SH", "7").returncode == 0
+    publisher = Publisher(guarded)
+    risky = received(event_id="e-risky", order_id="o-risky",
+                     customer={"name": "王伟", "phone": "+8613900000000"})  # fmt: skip
+    near = {"text": "南京东路 100号", "latitude": 31.235, "longitude": 121.475}
+    lunch = received(event_id="e-lunch", order_id="o-lunch", location_hint="S01", address=near)
+    for order in (risky, lunch):
+        publisher.intake(order)
+    publisher.flush()
+    history(guarded, "o-risky", until="OrderHeld")
+    history(guarded, "o-lunch", until="OrderPrioritised")
+    store = connect(guarded.resolved_clickhouse_url)
+    try:
+        migrate(store)
+        projector = Projector(settings=guarded, store=store, batch_seconds=0.2, lease=False)
+        projector.run(until=lambda _: projector.lag() == 0)
+    finally:
+        store.close()
+
+    held = run_cli(guarded, "review", "list")
+    assert held.returncode == 0 and "o-risky" in held.stdout and "o-lunch" not in held.stdout
+    queue = run_cli(guarded, "queue", "S01")
+    assert queue.returncode == 0 and "o-lunch" in queue.stdout, queue.stdout + queue.stderr
+    assert "no open orders at S02" in run_cli(guarded, "queue", "S02").stdout
+    stock = run_cli(guarded, "stock", "show", "MUG-CERAMIC")
+    assert stock.returncode == 0 and "WH-SH" in stock.stdout and " 7 " in f" {stock.stdout} "
