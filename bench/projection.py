@@ -39,7 +39,7 @@ from oms.settings import Settings
 from projections.projector import Projector
 from projections.rebuild import rebuild
 from projections.schema import migrate
-from projections.store import ClickHouseStore, connect
+from projections.store import ClickHouseStore, connect, with_database_url
 
 PROJECTOR_TARGET_PER_S = 100_000
 REBUILD_TARGET_S = 60.0
@@ -203,7 +203,7 @@ def freshness(settings: Settings, *, rate: float, seconds: float) -> dict[str, A
     with tempfile.TemporaryDirectory() as tmp, scratch_topics(settings, "benchfresh") as scratch:
         catalogue = bench_catalogue(Path(tmp) / "catalogue.json")
         database = f"bench_{uuid.uuid4().hex[:8]}"
-        url = scratch.resolved_clickhouse_url.rsplit("/", 1)[0] + f"/{database}"
+        url = with_database_url(scratch.resolved_clickhouse_url, database)
         if not url.startswith("clickhouse://"):
             raise RuntimeError("freshness needs the ClickHouse server (worker, projector and "
                                "this process each read it)")  # fmt: skip

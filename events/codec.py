@@ -206,6 +206,12 @@ class AvroCodec:
         except (TypeError, ValueError, OverflowError) as exc:
             raise CodecError(f"cannot encode {type(value).__name__}: {exc}") from exc
 
+    def current_schema(self, model: type[BaseModel]) -> tuple[int, tuple[Any, ...]]:
+        """The model's current schema id and its plan for the native decoders
+        (`events.avro_compiler.native_plan`)."""
+        registered = self._compiled(model).registered
+        return registered.schema_id, native_plan(json.loads(registered.source), model)
+
     def event_type_of(self, data: bytes) -> str | None:
         """The type the wire header names, without decoding the body (None: not known here
         as a current schema — decode to find out)."""

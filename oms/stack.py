@@ -392,7 +392,11 @@ class ClickHouseService:
     def url(self) -> str:
         if self.binary is None:
             return f"chdb://{self.settings.home / 'chdb'}"
-        return f"clickhouse://127.0.0.1:{self.settings.clickhouse_port}/oms"
+        # The HTTP port is for inserts of rows already in RowBinary (ServerStore.insert_rowbinary).
+        return (
+            f"clickhouse://127.0.0.1:{self.settings.clickhouse_port}/oms"
+            f"?http_port={self.settings.clickhouse_http_port}"
+        )
 
     def answering(self) -> bool:
         from projections.store import connect

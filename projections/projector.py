@@ -40,6 +40,17 @@ from oms.publisher import Publisher
 from oms.settings import Settings
 from projections import orders, stock
 from projections.lease import ProjectorLease
+from projections.native_fold import (
+    AVAILABLE as NATIVE_FOLD,
+)
+from projections.native_fold import (
+    COLUMNS as NATIVE_COLUMNS,
+)
+from projections.native_fold import (
+    LEVEL_STATE_SELECT,
+    ORDER_STATE_SELECT,
+    native_fold,
+)
 from projections.orders import OrderRow, Position, event_row, seconds
 from projections.schema import (
     DEAD_LETTERS_COLUMNS,
@@ -62,6 +73,7 @@ __all__ = ["BatchStats", "Position", "Projector"]
 log = logging.getLogger(__name__)
 
 STATE_CACHE_SIZE = 50_000
+NATIVE_STATE_CACHE_SIZE = 200_000  # the native fold's states are compact (~1 KB an order)
 
 _PARTITION = tuple[str, int]  # (topic, partition)
 
@@ -112,6 +124,7 @@ class _Prepared:
     tables: dict[str, tuple[tuple[str, ...], list[Row]]]
     letters: list[DeadLetter]
     ledger: dict[_PARTITION, list[int]]
+    encoded: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # the native fold's
 
 
 class _Cache(OrderedDict[Any, dict[str, Any]]):
@@ -140,6 +153,7 @@ class Projector:
         batch_size: int = 5000,
         batch_seconds: float = 0.5,
         lease: bool = True,
+        native: bool = NATIVE_FOLD,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -154,6 +168,14 @@ class Projector:
         )
         self._orders = _Cache(STATE_CACHE_SIZE)
         self._stock = _Cache(STATE_CACHE_SIZE)
+        # The fold in native code when the extension is built (same rows, no Python object
+        # per event); else the Python fold with the caches above.
+        self._native = (
+            native_fold(codec=self.codec, orders_topic=self.topics[0],
+                        stock_topic=self.topics[1], capacity=NATIVE_STATE_CACHE_SIZE)
+            if native
+            else None
+        )  # fmt: skip
         self._high_water: dict[tuple[str, str, int], int] = {}
         self._next: dict[_PARTITION, int] = {}
         self._fresh = False
@@ -208,8 +230,12 @@ class Projector:
         """Forget everything in memory and continue from what ClickHouse holds."""
         self._orders = _Cache(STATE_CACHE_SIZE)
         self._stock = _Cache(STATE_CACHE_SIZE)
+        if self._native is not None:
+            self._native.reset()
         resume = self.resume_offsets()
         self._high_water = self._read_high_water(resume)
+        if self._native is not None:
+            self._native.complete = self._fresh
         assignment: list[TopicPartition] = []
         self._next = {}
         for topic in self.topics:
@@ -275,14 +301,69 @@ class Projector:
         sent (but a fold state missing from the cache is read from ClickHouse, after the batch
         being written, if any, is done)."""
         with _gc_paused():
+            if self._native is not None:
+                return self._prepare_native(list(messages))
             return self._prepare_batch(messages)
+
+    def _prepare_native(self, messages: list[Message]) -> _Prepared:
+        """The native fold's `_prepare_batch`: the same tables, as RowBinary."""
+        fold = self._native
+        missing_orders, missing_levels, rejected, ledger, n_orders, n_stock = fold.decode(messages)
+        # The states the batch names that ClickHouse may hold and the fold does not.
+        if missing_orders or missing_levels:
+            self._settle()
+        for start in range(0, len(missing_orders), 1000):
+            quoted = ", ".join(sql_string(i) for i in missing_orders[start : start + 1000])
+            fold.load_orders(self.store.query(
+                f"SELECT {ORDER_STATE_SELECT} FROM {self.store.database}.orders FINAL "
+                f"WHERE order_id IN ({quoted})"
+            ))  # fmt: skip
+        if missing_levels:
+            wanted = set(missing_levels)
+            skus = ", ".join(sql_string(sku) for sku in sorted({k[0] for k in wanted}))
+            places = ", ".join(sql_string(loc) for loc in sorted({k[1] for k in wanted}))
+            rows = self.store.query(
+                f"SELECT {LEVEL_STATE_SELECT} FROM {self.store.database}.stock_levels FINAL "
+                f"WHERE sku IN ({skus}) AND location IN ({places})"
+            )
+            fold.load_levels([row for row in rows if (row[0], row[1]) in wanted])
+        marks: dict[str, dict[_PARTITION, int]] = {}
+        for (table, topic, partition), mark in self._high_water.items():
+            marks.setdefault(table, {})[(topic, partition)] = mark
+        encoded, duplicates, orders_written = fold.fold(marks)
+        stats = BatchStats(events=n_orders, stock_events=n_stock, duplicates=duplicates,
+                           orders_written=orders_written)  # fmt: skip
+        letters, dead_letters = self._dead_letters(rejected, stats)
+        return _Prepared(
+            stats,
+            {"dead_letters": (DEAD_LETTERS_COLUMNS, dead_letters)},
+            letters,
+            {(topic, partition): [last, count] for topic, partition, last, count in ledger},
+            encoded,
+        )
+
+    def _dead_letters(
+        self, rejected: Iterable[tuple[str, int, int, bytes, str]], stats: BatchStats
+    ) -> tuple[list[DeadLetter], list[Row]]:
+        """Messages that could not be projected: a dead letter each (once) and its row."""
+        letters: list[DeadLetter] = []
+        rows: list[Row] = []
+        for topic, partition, offset, raw, reason in rejected:
+            where = Position(topic, partition, offset)
+            ref = message_ref(topic, partition, offset)
+            if not self._written("dead_letters", where):
+                named = str(CodecError(reason, where=ref))
+                letter = DeadLetter.of(source=topic, source_ref=ref, reason=named, raw=raw)
+                letters.append(letter)
+                rows.append((letter.dead_letter_id, letter.reason, len(raw), *_at(where)))
+            stats.dead_lettered += 1
+        return letters, rows
 
     def _prepare_batch(self, messages: Iterable[Message]) -> _Prepared:
         stats = BatchStats()
         order_events: list[tuple[OrderEvent, Position]] = []
         stock_events: list[tuple[StockEvent, Position]] = []
-        dead_letters: list[Row] = []
-        letters: list[DeadLetter] = []
+        rejected: list[tuple[str, int, int, bytes, str]] = []
         ledger: dict[_PARTITION, list[int]] = {}  # (topic, partition) -> [last offset, count]
         orders_topic, stock_topic = self.topics
         decode = self.codec.decode
@@ -306,17 +387,8 @@ class Projector:
                 else:
                     raise CodecError(f"{type(event).__name__} does not belong on {where.topic}")
             except CodecError as exc:
-                # Named here rather than for every message: the same error, with where it was.
-                ref = message_ref(where.topic, where.partition, where.offset)
-                reason = str(CodecError(exc.reason, where=ref))
-                if not self._written("dead_letters", where):
-                    letter = DeadLetter.of(source=where.topic, source_ref=ref, reason=reason,
-                                           raw=raw)  # fmt: skip
-                    letters.append(letter)
-                    dead_letters.append(
-                        (letter.dead_letter_id, letter.reason, len(raw), *_at(where))
-                    )
-                stats.dead_lettered += 1
+                rejected.append((*where, raw, exc.reason))
+        letters, dead_letters = self._dead_letters(rejected, stats)
         stats.events = len(order_events)
         stats.stock_events = len(stock_events)
         tables = self._fold_orders(order_events, stats)
@@ -336,6 +408,12 @@ class Projector:
         if self._publisher is not None:
             self._publisher.flush()  # a dead letter is on its topic before its row is written
         for table in READ_MODEL_NAMES[:-1]:
+            if table in prepared.encoded:
+                count, data = prepared.encoded[table]
+                if count:
+                    self.store.insert_rowbinary(table, NATIVE_COLUMNS[table], data)
+                stats.rows[table] = count
+                continue
             columns, rows = tables.get(table, ((), []))
             self.store.insert(table, columns, rows)
             stats.rows[table] = len(rows)
@@ -569,31 +647,42 @@ class Projector:
         keep_going: Callable[[BatchStats], bool],
         on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
-        """Project batches while `keep_going(stats)` after each, pipelined: one thread writes a
-        batch while this one reads and folds the next, so the ClickHouse server's INSERT work
-        and Kafka's fetching overlap the projector's own. The writes stay strictly in order —
-        a batch's tables, then its ledger, then the next batch's — so what a crash leaves is
-        what the sequential projector would leave (a folded batch not yet written is only in
-        memory, which a restart forgets). When `keep_going` says stop, the batch already read
-        is written as well, so the consumer's position and the tables agree on return."""
+        """Project batches while `keep_going(stats)` after each, pipelined over three threads:
+        one reads the next batch from Kafka and another writes the previous one to ClickHouse
+        while this one folds the current one (the native fold lets go of the GIL). The writes
+        stay strictly in order — a batch's tables, then its ledger, then the next batch's — so
+        what a crash leaves is what the sequential projector would leave (a batch read or
+        folded but not written is only in memory, which a restart forgets). When `keep_going`
+        says stop, the batches already read are written as well, so the consumer's position
+        and the tables agree on return."""
         pending: Future[BatchStats] | None = None
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="projector-write") as writer:
+        stopping = False
+        with (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="projector-read") as reader,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="projector-write") as writer,
+        ):
+            polled: Future[list[Message]] | None = reader.submit(self.poll_batch)
             try:
-                while True:
-                    prepared = self._prepare(self.poll_batch())
+                while polled is not None:
+                    messages = polled.result()
+                    polled = None if stopping else reader.submit(self.poll_batch)
+                    prepared = self._prepare(messages)
                     if pending is not None:
                         stats = self._finish(pending)
                         pending = None
-                        if on_batch is not None:
+                        if on_batch is not None and (not stopping or _has_content(stats)):
                             on_batch(stats)
-                        if not keep_going(stats):
-                            last = self._write(prepared)
-                            if on_batch is not None and (last.events or last.stock_events
-                                                         or last.dead_lettered):  # fmt: skip
-                                on_batch(last)
-                            return
+                        if not stopping and not keep_going(stats):
+                            stopping = True
                     pending = self._pending = writer.submit(self._write, prepared)
+                    if stopping and polled is None:
+                        last = self._finish(pending)
+                        pending = None
+                        if on_batch is not None and _has_content(last):
+                            on_batch(last)
             except BaseException:
+                if polled is not None:  # the consumer is not used by two threads at once
+                    polled.exception()
                 if pending is not None:  # let the write in flight end before this one goes on
                     self._pending = None
                     pending.exception()
@@ -625,6 +714,10 @@ class Projector:
 
 _order_values = itemgetter(*ORDERS_COLUMNS)  # an `orders` row (dict) as the INSERT's tuple
 _level_values = itemgetter(*STOCK_LEVELS_COLUMNS)
+
+
+def _has_content(stats: BatchStats) -> bool:
+    return bool(stats.events or stats.stock_events or stats.dead_lettered)
 
 
 def _at(where: Position) -> tuple[str, int, int]:

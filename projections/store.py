@@ -5,13 +5,16 @@ SQL sent through either must run on ClickHouse 18.16 and on current ClickHouse (
 
 from __future__ import annotations
 
+import http.client
 import json
+import os
 import re
+import tempfile
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, parse_qsl, quote, urlencode, urlparse, urlsplit, urlunsplit
 
 Row = tuple[Any, ...]
 
@@ -42,17 +45,27 @@ class ClickHouseStore(Protocol):
 
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Row]) -> None: ...
 
+    def insert_rowbinary(self, table: str, columns: Sequence[str], data: bytes) -> None:
+        """One INSERT of rows already in ClickHouse's RowBinary format (columns in this order)."""
+        ...
+
     def close(self) -> None: ...
 
 
 class ServerStore:
-    """A ClickHouse server over the native protocol; rows are passed as parameters (FACTS.md)."""
+    """A ClickHouse server over the native protocol; rows are passed as parameters (FACTS.md).
+    Rows already in RowBinary go over its HTTP interface (`http_port`), which takes raw bytes."""
 
-    def __init__(self, *, host: str, port: int, database: str) -> None:
+    def __init__(self, *, host: str, port: int, database: str, http_port: int = 8123) -> None:
         from clickhouse_driver import Client
 
         self.database = database
         self._address = (host, port)
+        self._http_port = http_port
+        # One keep-alive HTTP connection per thread: http.client connections are not shareable.
+        self._http = threading.local()
+        self._http_connections: list[http.client.HTTPConnection] = []
+        self._http_lock = threading.Lock()
         self._utc: bool | None = None  # whether the server's time zone is UTC (asked once)
         self._datetime_columns: dict[str, frozenset[str]] = {}
         self._client = Client(
@@ -75,7 +88,7 @@ class ServerStore:
 
     def with_database(self, database: str) -> ServerStore:
         host, port = self._address
-        return ServerStore(host=host, port=port, database=database)
+        return ServerStore(host=host, port=port, database=database, http_port=self._http_port)
 
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Row]) -> None:
         """One INSERT of `rows`, sent column by column: the rows are transposed here in C
@@ -94,6 +107,74 @@ class ServerStore:
             f"INSERT INTO {self.database}.{table} ({', '.join(columns)}) VALUES",
             data,
             columnar=True,
+        )
+
+    def insert_rowbinary(self, table: str, columns: Sequence[str], data: bytes) -> None:
+        """One INSERT of rows already in ClickHouse's RowBinary format (columns in this order),
+        POSTed as-is to the HTTP interface: the native protocol would want them as Python values."""
+        if not data:
+            return
+        sql = f"INSERT INTO {self.database}.{table} ({', '.join(columns)}) FORMAT RowBinary"
+        status, body = self._post(sql, data)
+        if status != 200:
+            # 18.16 appends the server's stack trace to every message; the reason is above it.
+            reason = body.decode(errors="replace").split("Stack trace:", 1)[0].strip()
+            raise StoreError(f"{reason or f'HTTP {status}'} -- in: {sql[:200]}")
+
+    def _post(self, sql: str, data: bytes) -> tuple[int, bytes]:
+        """The status and body of a POST of `data` with `sql` as its query, on this thread's
+        keep-alive connection. The server closes idle ones (after 3 s on 18.16): a reused
+        connection found closed is replaced once; a new one failing is not retried, since the
+        server may then have taken the INSERT and a retry would write its rows twice."""
+        path = "/?query=" + quote(sql, safe="")
+        headers = {"Content-Type": "application/octet-stream"}
+        while True:
+            reused = False
+            try:
+                connection, reused = self._http_connection()
+                connection.request("POST", path, body=data, headers=headers)
+                response = connection.getresponse()
+                result = response.status, response.read()
+                self._http.used = True
+                return result
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                self._drop_http_connection()
+                if not reused:
+                    raise self._http_error(exc, sql) from exc
+            except (OSError, http.client.HTTPException) as exc:
+                self._drop_http_connection()
+                raise self._http_error(exc, sql) from exc
+
+    def _http_connection(self) -> tuple[http.client.HTTPConnection, bool]:
+        """This thread's connection, and whether it has answered a request before."""
+        connection: http.client.HTTPConnection | None = getattr(self._http, "connection", None)
+        if connection is not None and connection.sock is not None:
+            return connection, bool(self._http.used)
+        if connection is not None:  # closed by http.client after a "Connection: close"
+            self._drop_http_connection()
+        host, _ = self._address
+        connection = http.client.HTTPConnection(host, self._http_port, timeout=3)
+        connection.connect()  # within 3 s, as the native client; then as long as a query may
+        assert connection.sock is not None
+        connection.sock.settimeout(120)
+        self._http.connection, self._http.used = connection, False
+        with self._http_lock:
+            self._http_connections.append(connection)
+        return connection, False
+
+    def _drop_http_connection(self) -> None:
+        connection = getattr(self._http, "connection", None)
+        self._http.connection = None
+        if connection is not None:
+            connection.close()
+            with self._http_lock:
+                if connection in self._http_connections:
+                    self._http_connections.remove(connection)
+
+    def _http_error(self, exc: Exception, sql: str) -> StoreError:
+        host, _ = self._address
+        return StoreError(
+            f"ClickHouse HTTP interface at {host}:{self._http_port}: {exc!r} -- in: {sql[:200]}"
         )
 
     def _datetimes_of(self, table: str) -> frozenset[str]:
@@ -133,6 +214,10 @@ class ServerStore:
 
     def close(self) -> None:
         self._client.disconnect()
+        with self._http_lock:
+            connections, self._http_connections = self._http_connections, []
+        for connection in connections:
+            connection.close()
 
 
 _EPOCH = datetime(1970, 1, 1)
@@ -192,6 +277,7 @@ class EmbeddedStore:
         self.database = database
         self._path = path
         self._session = _chdb_session(path)
+        self._column_types: dict[str, dict[str, str]] = {}
 
     def execute(self, sql: str) -> None:
         self._run(sql, "CSV")
@@ -235,6 +321,40 @@ class EmbeddedStore:
             "CSV",
         )
 
+    def insert_rowbinary(self, table: str, columns: Sequence[str], data: bytes) -> None:
+        """One INSERT of rows already in ClickHouse's RowBinary format (columns in this order).
+        chDB takes statements as text, so the bytes go through a file of this call only, read
+        by file() with the columns' types."""
+        if not data:
+            return
+        structure = ", ".join(f"{name} {kind}" for name, kind in self._types_of(table, columns))
+        with tempfile.TemporaryDirectory(prefix="oms-rowbinary-") as directory:
+            path = os.path.join(os.path.abspath(directory), "rows.bin")
+            with open(path, "wb") as file:
+                file.write(data)
+            self._run(
+                f"INSERT INTO {self.database}.{table} ({', '.join(columns)}) SELECT * FROM "
+                f"file({sql_string(path)}, 'RowBinary', {sql_string(structure)})",
+                "CSV",
+            )
+
+    def _types_of(self, table: str, columns: Sequence[str]) -> list[tuple[str, str]]:
+        """The ClickHouse type of each of `columns`, read from system.columns once per table
+        (again if a column is new to it, as after a migration that added one)."""
+        types = self._column_types.get(table)
+        if types is None or any(name not in types for name in columns):
+            rows = self.query(
+                "SELECT name, type FROM system.columns WHERE database = "
+                f"{sql_string(self.database)} AND table = {sql_string(table)}"
+            )
+            if not rows:
+                raise StoreError(f"Table {self.database}.{table} doesn't exist")
+            types = self._column_types[table] = {str(name): str(kind) for name, kind in rows}
+        missing = [name for name in columns if name not in types]
+        if missing:
+            raise StoreError(f"no column {', '.join(missing)} in table {self.database}.{table}")
+        return [(name, types[name]) for name in columns]
+
     def _run(self, sql: str, fmt: str) -> Any:
         try:
             return self._session.query(sql, fmt)
@@ -263,21 +383,46 @@ def _converter(ch_type: str) -> Any:
 
 
 def connect(url: str) -> ClickHouseStore:
-    """`clickhouse://host:port/db` → a server; `chdb:///path[?database=db]` → embedded.
+    """`clickhouse://host:port/db[?http_port=8123]` → a server (native protocol on `port`, its
+    HTTP interface on `http_port` for RowBinary inserts); `chdb:///path[?database=db]` →
+    embedded.
 
     chDB holds one data path per process, so several embedded stores share a path and differ
     by database.
     """
     parsed = urlparse(url)
     if parsed.scheme == "clickhouse":
+        http_port = parse_qs(parsed.query).get("http_port", ["8123"])[0]
+        if not http_port.isdigit():
+            raise StoreError(f"http_port in ClickHouse URL {url!r} is not a port number")
         return ServerStore(
             host=parsed.hostname or "localhost",
             port=parsed.port or 9000,
             database=parsed.path.strip("/") or "oms",
+            http_port=int(http_port),
         )
     if parsed.scheme == "chdb":
         database = parse_qs(parsed.query).get("database", ["oms"])[0]
         return EmbeddedStore(path=parsed.path, database=database)
-    raise StoreError(
+    raise _unsupported(url)
+
+
+def with_database_url(url: str, database: str) -> str:
+    """`url` with another database of the same ClickHouse; the rest (the server's HTTP port,
+    chDB's path) kept."""
+    parts = urlsplit(url)
+    if parts.scheme == "clickhouse":
+        return urlunsplit(parts._replace(path=f"/{database}"))
+    if parts.scheme == "chdb":
+        query = [
+            (k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "database"
+        ]
+        # Built by hand: urlunsplit would drop the empty host of chdb:///path.
+        return f"chdb://{parts.netloc}{parts.path}?{urlencode([*query, ('database', database)])}"
+    raise _unsupported(url)
+
+
+def _unsupported(url: str) -> StoreError:
+    return StoreError(
         f"unsupported ClickHouse URL {url!r}: use clickhouse://host:port/db or chdb:///path"
     )

@@ -16,7 +16,7 @@ from hypothesis import settings as hypothesis_settings
 
 from oms.settings import Settings, Topics
 from oms.stack import ClickHouseService, KafkaService
-from projections.store import ClickHouseStore, connect
+from projections.store import ClickHouseStore, connect, with_database_url
 
 # No per-example time limit: on 2 shared cores (broker, ClickHouse, workers) an example can
 # take longer than hypothesis's default 200 ms, and a test must fail on behaviour, not time.
@@ -50,7 +50,7 @@ def isolated_settings(stack_settings: Settings, chdb_path: Path) -> Iterator[Set
     topics = Topics(**{name: f"t{uid}.{name}" for name in Topics.model_fields})
     url = stack_settings.resolved_clickhouse_url
     if url.startswith("clickhouse://"):
-        url = url.rsplit("/", 1)[0] + f"/oms_test_{uid}"
+        url = with_database_url(url, f"oms_test_{uid}")
     else:
         url = f"chdb://{chdb_path}?database=oms_test_{uid}"
     settings = stack_settings.model_copy(
@@ -86,7 +86,7 @@ def any_store(
         service = ClickHouseService(stack_settings)
         if service.binary is None:
             pytest.fail("clickhouse-server is not installed; make test installs it (as root)")
-        store = connect(f"{service.url.rsplit('/', 1)[0]}/{database}")
+        store = connect(with_database_url(service.url, database))
     else:
         store = connect(f"chdb://{chdb_path}?database={database}")
     yield store

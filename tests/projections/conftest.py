@@ -12,7 +12,7 @@ import pytest
 
 from oms.settings import Settings, Topics
 from oms.stack import ClickHouseService, KafkaService
-from projections.store import ClickHouseStore, connect
+from projections.store import ClickHouseStore, connect, with_database_url
 from tests.projections.scenario import Scenario, build
 
 
@@ -34,7 +34,7 @@ def backend_url(settings: Settings, backend: str, chdb_path: Path) -> str:
         service = ClickHouseService(settings)
         if service.binary is None:
             pytest.fail("clickhouse-server is not installed; make test installs it (as root)")
-        return f"{service.url.rsplit('/', 1)[0]}/{database}"
+        return with_database_url(service.url, database)
     return f"chdb://{chdb_path}?database={database}"
 
 

@@ -11,6 +11,14 @@ use pyo3::types::{
 };
 use pyo3::{ffi, intern};
 
+mod projection;
+mod value;
+
+// Decoding and folding a batch makes and frees millions of small strings; mimalloc does that
+// several times faster than glibc's malloc (a third of the fold's time was malloc and free).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 enum Node {
     Boolean,
     Long,
@@ -125,7 +133,7 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146097 + doe - 719468
 }
 
-fn civil_from_days(z: i64) -> (i32, u8, u8) {
+pub(crate) fn civil_from_days(z: i64) -> (i32, u8, u8) {
     let z = z + 719468;
     let era = if z >= 0 { z } else { z - 146096 } / 146097;
     let doe = z - era * 146097;
@@ -456,5 +464,7 @@ impl CompiledSchema {
 #[pymodule]
 fn orderstream_avro(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<CompiledSchema>()?;
+    module.add_class::<projection::Projection>()?;
+    module.add_class::<projection::RowBinary>()?;
     Ok(())
 }
