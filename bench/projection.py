@@ -125,8 +125,8 @@ def projector_rate(settings: Settings, *, events: int) -> dict[str, Any]:
         store = _database(scratch, f"bench_{uuid.uuid4().hex[:8]}")
         try:
             migrate(store)
-            projector = Projector(settings=scratch, store=store, batch_size=20_000,
-                                  batch_seconds=1.0, lease=False)  # fmt: skip
+            # The projector as `oms project` runs it (batches of up to 100,000 events or 0.5 s).
+            projector = Projector(settings=scratch, store=store, lease=False)
             seen = 0
 
             def done(stats: Any) -> bool:

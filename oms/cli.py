@@ -243,7 +243,12 @@ def api(host: str, port: int) -> None:
 
 
 @main.command()
-@click.option("--batch-size", default=5000, show_default=True)
+@click.option(
+    "--batch-size",
+    default=100_000,
+    show_default=True,
+    help="most events a batch holds (a backlog is written in batches this big)",
+)
 @click.option(
     "--batch-seconds",
     default=0.5,
@@ -465,7 +470,7 @@ def bench_pipeline(order_count: int, rate: float, seconds: float) -> None:
 
 
 @bench.command("projection")
-@click.option("--events", default=200_000, show_default=True, help="events to project")
+@click.option("--events", default=1_000_000, show_default=True, help="events to project")
 @click.option("--rate", default=500.0, show_default=True, help="orders/s for freshness")
 @click.option("--seconds", default=10.0, show_default=True, help="freshness run length")
 def bench_projection(events: int, rate: float, seconds: float) -> None:

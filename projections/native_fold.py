@@ -16,7 +16,7 @@ from typing import Any
 from events.codec import AvroCodec, CodecError
 from events.lifecycle import OrderStatus
 from events.models import OrderEvent, StockEvent
-from projections.orders import END_STAGES, VOID, next_status
+from projections.orders import END_STAGES, VOID, status_after
 from projections.schema import (
     FULFILMENT_STAGES_COLUMNS,
     ORDER_ACTIVITY_COLUMNS,
@@ -28,11 +28,11 @@ from projections.schema import (
 )
 
 try:
-    from orderstream_avro import Projection
+    import orderstream_avro as _native
 except ImportError:  # pragma: no cover - exercised where the extension is not built
-    Projection = None
+    _native = None
 
-AVAILABLE = Projection is not None and hasattr(Projection, "fold")
+AVAILABLE = _native is not None and hasattr(_native, "Projection")
 
 # DateTime columns of the fold states, read back as epoch seconds (what the native fold keeps).
 _DATETIMES = frozenset({
@@ -67,6 +67,7 @@ def _event_models(base: type) -> list[type]:
 
 def _all_subclasses(base: type) -> list[type]:
     found: list[type] = []
+    sub: type
     for sub in base.__subclasses__():
         found.append(sub)
         found.extend(_all_subclasses(sub))
@@ -90,21 +91,21 @@ def _check_json_order(plan: tuple[Any, ...]) -> None:
 
 
 def transitions() -> tuple[dict[str, dict[str, str]], dict[str, str]]:
-    """Every (status, order event type) → next status, as `projections.orders.next_status`
+    """Every (status, order event type) → next status, as `projections.orders.status_after`
     answers, and the target of each event type from an unknown status."""
     models = _event_models(OrderEvent)
     table = {
-        status: {m.__name__: next_status(status, m) for m in models}  # type: ignore[arg-type]
+        status: {m.__name__: status_after(status, m) for m in models}
         for status in [s.value for s in OrderStatus]
     }
     unknown = "\x00not a status"
-    only = {m.__name__: next_status(unknown, m) for m in models}  # type: ignore[arg-type]
+    only = {m.__name__: status_after(unknown, m) for m in models}
     return table, {name: target for name, target in only.items() if target != unknown}
 
 
 def native_fold(*, codec: AvroCodec, orders_topic: str, stock_topic: str, capacity: int) -> Any:
     """A native fold for the two topics, or None where the extension is not built."""
-    if not AVAILABLE:
+    if not AVAILABLE or _native is None:
         return None
     schemas = []
     for kind, base in (("order", OrderEvent), ("stock", StockEvent)):
@@ -125,7 +126,7 @@ def native_fold(*, codec: AvroCodec, orders_topic: str, stock_topic: str, capaci
         except CodecError as exc:
             return exc.reason
 
-    fold = Projection(  # type: ignore[misc]
+    fold = _native.Projection(
         orders_topic=orders_topic,
         stock_topic=stock_topic,
         schemas=schemas,
@@ -137,6 +138,6 @@ def native_fold(*, codec: AvroCodec, orders_topic: str, stock_topic: str, capaci
         capacity=capacity,
         fallback=fallback,
     )
-    if {name: tuple(c) for name, c in Projection.columns().items()} != COLUMNS:  # type: ignore[union-attr]
+    if {name: tuple(c) for name, c in _native.Projection.columns().items()} != COLUMNS:
         raise ValueError("the native fold's columns are not projections/schema.py's")
     return fold

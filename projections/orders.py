@@ -99,11 +99,12 @@ def next_status(status: str, event: OrderEvent) -> str:
     key = (status, type(event))
     target = _NEXT.get(key)
     if target is None:
-        target = _NEXT[key] = _next_status(status, type(event))
+        target = _NEXT[key] = status_after(status, type(event))
     return target
 
 
-def _next_status(status: str, event_type: type[OrderEvent]) -> str:
+def status_after(status: str, event_type: type[OrderEvent]) -> str:
+    """`next_status` for an event type (the native fold takes the whole table of them)."""
     current = _STATUSES.get(status)
     target = TRANSITIONS[current].get(event_type) if current is not None else None
     if target is None:

@@ -150,7 +150,7 @@ class Projector:
         settings: Settings,
         store: ClickHouseStore,
         codec: AvroCodec | None = None,
-        batch_size: int = 5000,
+        batch_size: int = 100_000,
         batch_seconds: float = 0.5,
         lease: bool = True,
         native: bool = NATIVE_FOLD,
@@ -170,7 +170,7 @@ class Projector:
         self._stock = _Cache(STATE_CACHE_SIZE)
         # The fold in native code when the extension is built (same rows, no Python object
         # per event); else the Python fold with the caches above.
-        self._native = (
+        self._native: Any = (
             native_fold(codec=self.codec, orders_topic=self.topics[0],
                         stock_topic=self.topics[1], capacity=NATIVE_STATE_CACHE_SIZE)
             if native
@@ -189,6 +189,10 @@ class Projector:
                 "enable.auto.commit": False,
                 "enable.partition.eof": False,
                 "fetch.wait.max.ms": 100,
+                # Reading ahead stops when the local queue holds 64 MB; librdkafka then waits a
+                # whole second by default before it fetches again, which stalled the projector
+                # once per batch of 100,000 events.
+                "fetch.queue.backoff.ms": 10,
             }
         )
 
@@ -410,8 +414,7 @@ class Projector:
         for table in READ_MODEL_NAMES[:-1]:
             if table in prepared.encoded:
                 count, data = prepared.encoded[table]
-                if count:
-                    self.store.insert_rowbinary(table, NATIVE_COLUMNS[table], data)
+                self.store.insert_rowbinary(table, NATIVE_COLUMNS[table], data)  # empty: no-op
                 stats.rows[table] = count
                 continue
             columns, rows = tables.get(table, ((), []))

@@ -32,11 +32,18 @@ class CrashBeforeInsert:
         self.batches = 1
 
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Row]) -> None:
-        if table == self.table and self.batches == self.batch:
-            raise SimulatedCrash(f"before {table} in batch {self.batch}")
+        self._crash_before(table)
         self.store.insert(table, columns, rows)
         if table == "projector_offsets":
             self.batches += 1
+
+    def insert_rowbinary(self, table: str, columns: Sequence[str], data: bytes) -> None:
+        self._crash_before(table)  # the native fold's tables
+        self.store.insert_rowbinary(table, columns, data)
+
+    def _crash_before(self, table: str) -> None:
+        if table == self.table and self.batches == self.batch:
+            raise SimulatedCrash(f"before {table} in batch {self.batch}")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)

@@ -50,12 +50,13 @@ struct Table {
 
 /// Buffers of written batches, kept for the next ones: a batch writes ~100 MB of rows, and
 /// fresh memory costs a page fault and a cleared page per 4 KiB (a fifth of the fold's time).
-static SPARE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
-const SPARE_KEPT: usize = 16;
+/// One list per table (`TABLES`), as their sizes differ by orders of magnitude.
+static SPARE: Mutex<[Vec<Vec<u8>>; 7]> = Mutex::new([const { Vec::new() }; 7]);
+const SPARE_KEPT: usize = 3;
 
 impl Table {
-    fn with_capacity(capacity: usize) -> Self {
-        let spare = SPARE.lock().ok().and_then(|mut spare| spare.pop());
+    fn for_table(table: usize, capacity: usize) -> Self {
+        let spare = SPARE.lock().ok().and_then(|mut spare| spare[table].pop());
         let mut data = spare.unwrap_or_default();
         data.clear();
         data.reserve(capacity);
@@ -997,8 +998,9 @@ impl Projection {
         }
         let (tables, duplicates, orders_written) = py.allow_threads(|| self.fold_batch(by_table));
         let mut out = HashMap::new();
-        for (name, table) in TABLES.iter().zip(tables) {
-            out.insert(*name, (table.rows, Bound::new(py, RowBinary { data: table.data })?));
+        for (index, (name, table)) in TABLES.iter().zip(tables).enumerate() {
+            let rows = RowBinary { data: table.data, table: index };
+            out.insert(*name, (table.rows, Bound::new(py, rows)?));
         }
         Ok((out, duplicates, orders_written))
     }
@@ -1009,13 +1011,14 @@ impl Projection {
 #[pyclass(module = "orderstream_avro", frozen)]
 pub struct RowBinary {
     data: Vec<u8>,
+    table: usize,
 }
 
 impl Drop for RowBinary {
     fn drop(&mut self) {
         if let Ok(mut spare) = SPARE.lock() {
-            if spare.len() < SPARE_KEPT && self.data.capacity() >= 1 << 16 {
-                spare.push(std::mem::take(&mut self.data));
+            if spare[self.table].len() < SPARE_KEPT {
+                spare[self.table].push(std::mem::take(&mut self.data));
             }
         }
     }
@@ -1073,8 +1076,8 @@ impl Projection {
         let (m_events, m_orders, m_lines, m_stages, m_activity, m_stock, m_levels) =
             (next(), next(), next(), next(), next(), next(), next());
         let order_count = decoded.iter().filter(|d| d.schema.kind == ORDERS).count();
-        let mut events = Table::with_capacity(order_count * 900);
-        let mut history = Table::with_capacity(0);
+        let mut events = Table::for_table(0, order_count * 900);
+        let mut history = Table::for_table(5, 0);
         let mut lines: FxHashMap<(Arc<str>, i64), Made<LineRow>> = FxHashMap::default();
         let mut line_order: Vec<(Arc<str>, i64)> = Vec::new();
         let mut stages: FxHashMap<(Arc<str>, i64), Made<StageRow>> = FxHashMap::default();
@@ -1196,14 +1199,14 @@ impl Projection {
             self.orders.insert(id, Entry { state: row, used: batch });
         }
         // The tables, in the projector's write order.
-        let mut orders = Table::with_capacity(0);
+        let mut orders = Table::for_table(1, 0);
         for id in &changed {
             let at = changed_at[id];
             if needs(&m_orders, at) {
                 self.orders[id.as_ref()].state.write(&mut orders, &topics, at);
             }
         }
-        let mut line_table = Table::with_capacity(0);
+        let mut line_table = Table::for_table(2, 0);
         for key in &line_order {
             let Made { row: l, order: o, at } = &lines[key];
             let t = &mut line_table;
@@ -1226,7 +1229,7 @@ impl Projection {
             t.position(&topics, *at);
             t.rows += 1;
         }
-        let mut stage_table = Table::with_capacity(0);
+        let mut stage_table = Table::for_table(3, 0);
         for key in &stage_order {
             let Made { row: s, order: o, at } = &stages[key];
             let t = &mut stage_table;
@@ -1244,7 +1247,7 @@ impl Projection {
             t.position(&topics, *at);
             t.rows += 1;
         }
-        let mut activity_table = Table::with_capacity(0);
+        let mut activity_table = Table::for_table(4, 0);
         for a in &activity.rows {
             let t = &mut activity_table;
             t.u32(a.minute);
@@ -1256,7 +1259,7 @@ impl Projection {
             t.position(&topics, a.at);
             t.rows += 1;
         }
-        let mut level_table = Table::with_capacity(0);
+        let mut level_table = Table::for_table(6, 0);
         for key in &changed_levels {
             let at = levels_at[key];
             if needs(&m_levels, at) {

@@ -182,6 +182,12 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// 0001-01-01T00:00:00 and 9999-12-31T23:59:59.999999 in µs since 1970, and their days.
+const MIN_MICROS: i64 = -62_135_596_800_000_000;
+const MAX_MICROS: i64 = 253_402_300_799_999_999;
+const MIN_DAYS: i64 = -719_162;
+const MAX_DAYS: i64 = 2_932_896;
+
 pub fn decode(node: &Node, reader: &mut Reader<'_>) -> Result<Value, String> {
     Ok(match node {
         Node::Boolean => Value::Bool(reader.take(1)?[0] == 1),
@@ -196,8 +202,16 @@ pub fn decode(node: &Node, reader: &mut Reader<'_>) -> Result<Value, String> {
             let n = reader.long()?;
             Value::Bytes(reader.take(n)?.to_vec())
         }
-        Node::Micros => Value::Micros(reader.long()?),
-        Node::Date => Value::Date(reader.long()?),
+        // Times a Python datetime cannot hold (years 1–9999) are left to the Python codec,
+        // which rejects them with its own reason.
+        Node::Micros => match reader.long()? {
+            m @ MIN_MICROS..=MAX_MICROS => Value::Micros(m),
+            m => return Err(format!("timestamp {m} µs is outside years 1–9999")),
+        },
+        Node::Date => match reader.long()? {
+            d @ MIN_DAYS..=MAX_DAYS => Value::Date(d),
+            d => return Err(format!("date {d} days is outside years 1–9999")),
+        },
         Node::Enum(values) => {
             let index = reader.long()?;
             let value = usize::try_from(index)
@@ -245,9 +259,7 @@ pub fn json(value: &Value, out: &mut String) {
     match value {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Long(n) => {
-            let _ = write!(out, "{n}");
-        }
+        Value::Long(n) => integer(*n, out),
         Value::Double(f) => json_float(*f, out),
         Value::Str(s) => json_string(s, out),
         Value::Enum(e) => json_string(e, out),
@@ -259,7 +271,13 @@ pub fn json(value: &Value, out: &mut String) {
         }
         Value::Date(days) => {
             let (y, mo, d) = civil_from_days(*days);
-            let _ = write!(out, "\"{y:04}-{mo:02}-{d:02}\"");
+            out.push('"');
+            digits(y as i64, 4, out);
+            out.push('-');
+            digits(mo as i64, 2, out);
+            out.push('-');
+            digits(d as i64, 2, out);
+            out.push('"');
         }
         Value::Array(items) => {
             out.push('[');
@@ -297,17 +315,43 @@ fn datetime(micros: i64, out: &mut String) {
     let (y, mo, d) = civil_from_days(days);
     let secs = rest / 1_000_000;
     let frac = rest % 1_000_000;
-    let _ = write!(
-        out,
-        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    );
+    digits(y as i64, 4, out);
+    out.push('-');
+    digits(mo as i64, 2, out);
+    out.push('-');
+    digits(d as i64, 2, out);
+    out.push('T');
+    digits(secs / 3600, 2, out);
+    out.push(':');
+    digits(secs / 60 % 60, 2, out);
+    out.push(':');
+    digits(secs % 60, 2, out);
     if frac != 0 {
-        let _ = write!(out, ".{frac:06}");
+        out.push('.');
+        digits(frac, 6, out);
     }
     out.push('Z');
+}
+
+/// `n` (0 ≤ n) zero-padded to `width` digits (more when it needs them), as `{n:0width$}`.
+fn digits(n: i64, width: usize, out: &mut String) {
+    let mut buffer = [b'0'; 20];
+    let mut at = buffer.len();
+    let mut rest = n.unsigned_abs();
+    while rest > 0 {
+        at -= 1;
+        buffer[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    let start = at.min(buffer.len() - width);
+    if n < 0 {
+        out.push('-');
+    }
+    out.push_str(std::str::from_utf8(&buffer[start..]).unwrap_or_default());
+}
+
+fn integer(n: i64, out: &mut String) {
+    digits(n, 1, out);
 }
 
 fn json_float(f: f64, out: &mut String) {
