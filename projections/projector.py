@@ -73,7 +73,7 @@ __all__ = ["BatchStats", "Position", "Projector"]
 log = logging.getLogger(__name__)
 
 STATE_CACHE_SIZE = 50_000
-NATIVE_STATE_CACHE_SIZE = 200_000  # the native fold's states are compact (~1 KB an order)
+NATIVE_STATE_CACHE_SIZE = 50_000
 
 _PARTITION = tuple[str, int]  # (topic, partition)
 
@@ -176,6 +176,7 @@ class Projector:
             if native
             else None
         )  # fmt: skip
+        self._decoder: Any = self._native.decoder() if self._native is not None else None
         self._high_water: dict[tuple[str, str, int], int] = {}
         self._next: dict[_PARTITION, int] = {}
         self._fresh = False
@@ -274,6 +275,15 @@ class Projector:
         with _gc_paused():
             return self._poll_batch()
 
+    def read_batch(self) -> Any:
+        """The next batch from Kafka, decoded by the native fold's decoder if there is one (on
+        the reading thread, while the previous batch folds), else the messages."""
+        messages = self.poll_batch()
+        if self._decoder is None:
+            return messages
+        with _gc_paused():
+            return self._decoder.decode(messages)
+
     def _poll_batch(self) -> list[Message]:
         batch: list[Message] = []
         deadline = time.monotonic() + self.batch_seconds
@@ -296,23 +306,26 @@ class Projector:
         mark = self._high_water.get((table, where.topic, where.partition))
         return mark is not None and where.offset <= mark
 
-    def apply_batch(self, messages: Iterable[Message]) -> BatchStats:
+    def apply_batch(self, messages: list[Message]) -> BatchStats:
         """Decode, fold and write one batch (the tables, then the offset ledger)."""
-        return self._write(self._prepare(messages))
+        read = messages if self._decoder is None else self._decoder.decode(messages)
+        return self._write(self._prepare(read))
 
-    def _prepare(self, messages: Iterable[Message]) -> _Prepared:
+    def _prepare(self, messages: Any) -> _Prepared:
         """Decode and fold a batch, in memory: the fold states move on, nothing is written or
         sent (but a fold state missing from the cache is read from ClickHouse, after the batch
         being written, if any, is done)."""
         with _gc_paused():
             if self._native is not None:
-                return self._prepare_native(list(messages))
+                return self._prepare_native(messages)
             return self._prepare_batch(messages)
 
-    def _prepare_native(self, messages: list[Message]) -> _Prepared:
-        """The native fold's `_prepare_batch`: the same tables, as RowBinary."""
+    def _prepare_native(self, read: Any) -> _Prepared:
+        """The native fold's `_prepare_batch`: the same tables, as RowBinary. `read` is the
+        decoder's answer for the batch (`read_batch`)."""
         fold = self._native
-        missing_orders, missing_levels, rejected, ledger, n_orders, n_stock = fold.decode(messages)
+        batch, rejected, ledger, n_orders, n_stock = read
+        missing_orders, missing_levels = fold.missing(batch)
         # The states the batch names that ClickHouse may hold and the fold does not.
         if missing_orders or missing_levels:
             self._settle()
@@ -334,7 +347,7 @@ class Projector:
         marks: dict[str, dict[_PARTITION, int]] = {}
         for (table, topic, partition), mark in self._high_water.items():
             marks.setdefault(table, {})[(topic, partition)] = mark
-        encoded, duplicates, orders_written = fold.fold(marks)
+        encoded, duplicates, orders_written = fold.fold(batch, marks)
         stats = BatchStats(events=n_orders, stock_events=n_stock, duplicates=duplicates,
                            orders_written=orders_written)  # fmt: skip
         letters, dead_letters = self._dead_letters(rejected, stats)
@@ -664,11 +677,11 @@ class Projector:
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="projector-read") as reader,
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="projector-write") as writer,
         ):
-            polled: Future[list[Message]] | None = reader.submit(self.poll_batch)
+            polled: Future[Any] | None = reader.submit(self.read_batch)
             try:
                 while polled is not None:
                     messages = polled.result()
-                    polled = None if stopping else reader.submit(self.poll_batch)
+                    polled = None if stopping else reader.submit(self.read_batch)
                     prepared = self._prepare(messages)
                     if pending is not None:
                         stats = self._finish(pending)

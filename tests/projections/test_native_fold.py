@@ -794,17 +794,17 @@ class NativeFold:
         self.fold = native_fold(
             codec=CODEC, orders_topic=ORDERS_TOPIC, stock_topic=STOCK_TOPIC, capacity=capacity
         )
+        self.decoder = self.fold.decoder()
         self.column_types = column_types
 
     def batch(self, messages: Sequence[FakeMessage], reference: PythonFold) -> Batch:
-        missing_orders, missing_levels, rejected, _, n_orders, n_stock = self.fold.decode(
-            list(messages)
-        )
+        decoded, rejected, _, n_orders, n_stock = self.decoder.decode(list(messages))
+        missing_orders, missing_levels = self.fold.missing(decoded)
         states = [reference.order_state(order_id) for order_id in missing_orders]
         self.fold.load_orders([state for state in states if state is not None])
         levels = [reference.level_state(tuple(key)) for key in missing_levels]
         self.fold.load_levels([level for level in levels if level is not None])
-        encoded, duplicates, _ = self.fold.fold({})
+        encoded, duplicates, _ = self.fold.fold(decoded, {})
         tables = {}
         for table, (count, buffer) in encoded.items():
             tables[table] = read_rows(bytes(buffer), self.column_types[table], count)

@@ -475,5 +475,7 @@ fn orderstream_avro(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<CompiledSchema>()?;
     module.add_class::<projection::Projection>()?;
     module.add_class::<projection::RowBinary>()?;
+    module.add_class::<projection::Decoder>()?;
+    module.add_class::<projection::Batch>()?;
     Ok(())
 }

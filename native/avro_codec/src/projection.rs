@@ -790,7 +790,7 @@ fn key_hash<K: Hash + ?Sized>(key: &K) -> u64 {
 #[pyclass(module = "orderstream_avro")]
 pub struct Projection {
     topics: [String; 2],
-    schemas: HashMap<u32, Arc<EventSchema>>,
+    schemas: Arc<HashMap<u32, Arc<EventSchema>>>,
     rules: Rules,
     /// `fallback(raw, topic)`: current-schema bytes for a message this decoder does not take
     /// (an older schema version, a corrupt body), or the CodecError's reason as a str.
@@ -804,93 +804,28 @@ pub struct Projection {
     complete: bool,
     /// Hashes of the keys whose states were let go (a hash shared by chance costs a query).
     forgotten: FxHashSet<u64>,
-    decoded: Vec<Decoded>,
+}
+
+/// Decodes batches for a `Projection` (its `decoder()`), on another thread than the fold's.
+#[pyclass(module = "orderstream_avro", frozen)]
+pub struct Decoder {
+    topics: [String; 2],
+    schemas: Arc<HashMap<u32, Arc<EventSchema>>>,
+    fallback: PyObject,
 }
 
 #[pymethods]
-impl Projection {
-    #[new]
-    #[pyo3(signature = (*, orders_topic, stock_topic, schemas, transitions, only_target, received, void, end_stages, capacity, fallback))]
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        orders_topic: String,
-        stock_topic: String,
-        schemas: &Bound<'_, PyList>,
-        transitions: HashMap<String, HashMap<String, String>>,
-        only_target: HashMap<String, String>,
-        received: String,
-        void: HashSet<String>,
-        end_stages: HashSet<String>,
-        capacity: usize,
-        fallback: PyObject,
-    ) -> PyResult<Self> {
-        let mut by_id = HashMap::new();
-        for entry in schemas.iter() {
-            let (schema_id, type_name, kind, plan): (u32, String, String, Bound<'_, PyAny>) =
-                entry.extract()?;
-            let kind = match kind.as_str() {
-                "order" => ORDERS,
-                "stock" => STOCK,
-                other => return Err(PyValueError::new_err(format!("unknown event kind {other}"))),
-            };
-            by_id.insert(schema_id, Arc::new(EventSchema { type_name, kind, root: value::build(&plan)? }));
-        }
-        Ok(Projection {
-            topics: [orders_topic, stock_topic],
-            schemas: by_id,
-            rules: Rules { transitions, only_target, received, void, end_stages },
-            fallback,
-            orders: FxHashMap::default(),
-            levels: FxHashMap::default(),
-            capacity,
-            batch: 0,
-            complete: false,
-            forgotten: FxHashSet::default(),
-            decoded: Vec::new(),
-        })
-    }
-
-    /// The columns of each table's RowBinary, in order.
-    #[staticmethod]
-    fn columns() -> HashMap<&'static str, Vec<&'static str>> {
-        HashMap::from([
-            ("order_events", ORDER_EVENTS_COLUMNS.to_vec()),
-            ("orders", ORDERS_COLUMNS.to_vec()),
-            ("order_lines", ORDER_LINES_COLUMNS.to_vec()),
-            ("fulfilment_stages", FULFILMENT_STAGES_COLUMNS.to_vec()),
-            ("order_activity_per_minute", ORDER_ACTIVITY_COLUMNS.to_vec()),
-            ("stock", STOCK_COLUMNS.to_vec()),
-            ("stock_levels", STOCK_LEVELS_COLUMNS.to_vec()),
-        ])
-    }
-
-    /// Whether ClickHouse held no fold state when this fold began (see `complete`).
-    #[setter]
-    fn set_complete(&mut self, complete: bool) {
-        self.complete = complete;
-    }
-
-    /// Forget every fold state (the projector starts again from what ClickHouse holds).
-    fn reset(&mut self) {
-        self.orders.clear();
-        self.levels.clear();
-        self.complete = false;
-        self.forgotten.clear();
-        self.decoded.clear();
-    }
-
-    /// Decode a batch of Kafka messages and keep it for `fold`. Returns (order ids and
-    /// (sku, location) keys named by the batch without a state here, rejected messages as
-    /// (topic, partition, offset, raw, reason), the ledger as (topic, partition, last offset,
-    /// count), order events, stock events).
+impl Decoder {
+    /// Decode a batch of Kafka messages: (the batch for `Projection.fold`, rejected messages
+    /// as (topic, partition, offset, raw, reason), the ledger as (topic, partition, last
+    /// offset, count), order events, stock events).
     #[allow(clippy::type_complexity)]
     fn decode<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
         messages: &Bound<'py, PyList>,
     ) -> PyResult<(
-        Vec<String>,
-        Vec<(String, String)>,
+        Batch,
         Vec<(String, i32, i64, Bound<'py, PyAny>, String)>,
         Vec<(String, i32, i64, i64)>,
         usize,
@@ -937,11 +872,155 @@ impl Projection {
                 }
             }
         }
+        let ledger = ledger.into_iter().map(|((t, p), (last, n))| (t, p, last, n)).collect();
+        Ok((Batch { decoded }, rejected, ledger, order_events, stock_events))
+    }
+
+}
+
+impl Decoder {
+    /// One message: (the event, its schema) or the reason it is rejected.
+    fn decode_one(
+        &self,
+        py: Python<'_>,
+        raw: &[u8],
+        topic: &str,
+        index: u8,
+    ) -> PyResult<Result<(Value, Arc<EventSchema>), String>> {
+        if let Some(found) = self.decode_current(raw, topic, index) {
+            return Ok(found);
+        }
+        // Not a current schema, or not decodable here: the Python codec says what it is.
+        let answer = self.fallback.call1(py, (PyBytes::new(py, raw), topic))?;
+        let answer = answer.bind(py);
+        if let Ok(reason) = answer.downcast::<PyString>() {
+            return Ok(Err(reason.to_str()?.to_owned()));
+        }
+        let current = answer.downcast::<PyBytes>()?.as_bytes();
+        Ok(match self.decode_current(current, topic, index) {
+            Some(found) => found,
+            None => Err("the native projector could not decode the current schema's bytes".into()),
+        })
+    }
+
+    /// None unless the message is in a current schema this decoder knows and decodes whole.
+    fn decode_current(
+        &self,
+        raw: &[u8],
+        topic: &str,
+        index: u8,
+    ) -> Option<Result<(Value, Arc<EventSchema>), String>> {
+        if raw.len() < 5 || raw[0] != 0 {
+            return None;
+        }
+        let schema_id = u32::from_be_bytes(raw[1..5].try_into().unwrap());
+        let schema = self.schemas.get(&schema_id)?;
+        let mut reader = Reader { data: raw, pos: 5 };
+        let event = value::decode(&schema.root, &mut reader).ok()?;
+        if reader.pos != raw.len() {
+            return None;
+        }
+        if schema.kind != index {
+            return Some(Err(format!("{} does not belong on {}", schema.type_name, topic)));
+        }
+        Some(Ok((event, schema.clone())))
+    }
+
+}
+
+/// A decoded batch, waiting for `Projection.fold`.
+#[pyclass(module = "orderstream_avro")]
+pub struct Batch {
+    decoded: Vec<Decoded>,
+}
+
+#[pymethods]
+impl Projection {
+    #[new]
+    #[pyo3(signature = (*, orders_topic, stock_topic, schemas, transitions, only_target, received, void, end_stages, capacity, fallback))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        orders_topic: String,
+        stock_topic: String,
+        schemas: &Bound<'_, PyList>,
+        transitions: HashMap<String, HashMap<String, String>>,
+        only_target: HashMap<String, String>,
+        received: String,
+        void: HashSet<String>,
+        end_stages: HashSet<String>,
+        capacity: usize,
+        fallback: PyObject,
+    ) -> PyResult<Self> {
+        let mut by_id = HashMap::new();
+        for entry in schemas.iter() {
+            let (schema_id, type_name, kind, plan): (u32, String, String, Bound<'_, PyAny>) =
+                entry.extract()?;
+            let kind = match kind.as_str() {
+                "order" => ORDERS,
+                "stock" => STOCK,
+                other => return Err(PyValueError::new_err(format!("unknown event kind {other}"))),
+            };
+            by_id.insert(schema_id, Arc::new(EventSchema { type_name, kind, root: value::build(&plan)? }));
+        }
+        Ok(Projection {
+            topics: [orders_topic, stock_topic],
+            schemas: Arc::new(by_id),
+            rules: Rules { transitions, only_target, received, void, end_stages },
+            fallback,
+            orders: FxHashMap::default(),
+            levels: FxHashMap::default(),
+            capacity,
+            batch: 0,
+            complete: false,
+            forgotten: FxHashSet::default(),
+        })
+    }
+
+    /// The columns of each table's RowBinary, in order.
+    #[staticmethod]
+    fn columns() -> HashMap<&'static str, Vec<&'static str>> {
+        HashMap::from([
+            ("order_events", ORDER_EVENTS_COLUMNS.to_vec()),
+            ("orders", ORDERS_COLUMNS.to_vec()),
+            ("order_lines", ORDER_LINES_COLUMNS.to_vec()),
+            ("fulfilment_stages", FULFILMENT_STAGES_COLUMNS.to_vec()),
+            ("order_activity_per_minute", ORDER_ACTIVITY_COLUMNS.to_vec()),
+            ("stock", STOCK_COLUMNS.to_vec()),
+            ("stock_levels", STOCK_LEVELS_COLUMNS.to_vec()),
+        ])
+    }
+
+    /// Whether ClickHouse held no fold state when this fold began (see `complete`).
+    #[setter]
+    fn set_complete(&mut self, complete: bool) {
+        self.complete = complete;
+    }
+
+    /// Forget every fold state (the projector starts again from what ClickHouse holds).
+    fn reset(&mut self) {
+        self.orders.clear();
+        self.levels.clear();
+        self.complete = false;
+        self.forgotten.clear();
+    }
+
+    /// A decoder for this projection's topics and schemas.
+    fn decoder(&self, py: Python<'_>) -> Decoder {
+        Decoder {
+            topics: self.topics.clone(),
+            schemas: self.schemas.clone(),
+            fallback: self.fallback.clone_ref(py),
+        }
+    }
+
+    /// The order ids and (sku, location) keys the batch names whose state ClickHouse may hold
+    /// and this fold does not (`load_orders`, `load_levels` take them).
+    fn missing(&self, batch: &Batch) -> (Vec<String>, Vec<(String, String)>) {
         let mut missing_orders = Vec::new();
         let mut missing_levels = Vec::new();
         let mut seen_orders = FxHashSet::default();
         let mut seen_levels = FxHashSet::default();
-        for d in &decoded {
+        for d in &batch.decoded {
             if d.schema.kind == ORDERS {
                 let id = d.event.get("order_id").s();
                 if !self.orders.contains_key(id) && self.may_exist(key_hash(&id)) && seen_orders.insert(id) {
@@ -957,9 +1036,7 @@ impl Projection {
                 }
             }
         }
-        self.decoded = decoded;
-        let ledger = ledger.into_iter().map(|((t, p), (last, n))| (t, p, last, n)).collect();
-        Ok((missing_orders, missing_levels, rejected, ledger, order_events, stock_events))
+        (missing_orders, missing_levels)
     }
 
     /// Order states as ClickHouse holds them: rows of ORDERS_COLUMNS without the position,
@@ -990,13 +1067,16 @@ impl Projection {
     fn fold<'py>(
         &mut self,
         py: Python<'py>,
+        batch: &mut Batch,
         marks: &Bound<'py, PyDict>,
     ) -> PyResult<(HashMap<&'static str, (usize, Bound<'py, RowBinary>)>, usize, usize)> {
         let mut by_table = Vec::new();
         for table in TABLES {
             by_table.push(marks_of(marks, table, &self.topics)?);
         }
-        let (tables, duplicates, orders_written) = py.allow_threads(|| self.fold_batch(by_table));
+        let decoded = std::mem::take(&mut batch.decoded);
+        let (tables, duplicates, orders_written) =
+            py.allow_threads(|| self.fold_batch(decoded, by_table));
         let mut out = HashMap::new();
         for (index, (name, table)) in TABLES.iter().zip(tables).enumerate() {
             let rows = RowBinary { data: table.data, table: index };
@@ -1067,9 +1147,8 @@ const TABLES: [&str; 7] = [
 type Marks = Option<HashMap<(u8, i32), i64>>;
 
 impl Projection {
-    fn fold_batch(&mut self, marks: Vec<Marks>) -> (Vec<Table>, usize, usize) {
+    fn fold_batch(&mut self, decoded: Vec<Decoded>, marks: Vec<Marks>) -> (Vec<Table>, usize, usize) {
         self.batch += 1;
-        let decoded = std::mem::take(&mut self.decoded);
         let topics = self.topics.clone();
         let mut marks = marks.into_iter();
         let mut next = || marks.next().flatten();
@@ -1274,53 +1353,6 @@ impl Projection {
 }
 
 impl Projection {
-    /// One message: (the event, its schema) or the reason it is rejected.
-    fn decode_one(
-        &self,
-        py: Python<'_>,
-        raw: &[u8],
-        topic: &str,
-        index: u8,
-    ) -> PyResult<Result<(Value, Arc<EventSchema>), String>> {
-        if let Some(found) = self.decode_current(raw, topic, index) {
-            return Ok(found);
-        }
-        // Not a current schema, or not decodable here: the Python codec says what it is.
-        let answer = self.fallback.call1(py, (PyBytes::new(py, raw), topic))?;
-        let answer = answer.bind(py);
-        if let Ok(reason) = answer.downcast::<PyString>() {
-            return Ok(Err(reason.to_str()?.to_owned()));
-        }
-        let current = answer.downcast::<PyBytes>()?.as_bytes();
-        Ok(match self.decode_current(current, topic, index) {
-            Some(found) => found,
-            None => Err("the native projector could not decode the current schema's bytes".into()),
-        })
-    }
-
-    /// None unless the message is in a current schema this decoder knows and decodes whole.
-    fn decode_current(
-        &self,
-        raw: &[u8],
-        topic: &str,
-        index: u8,
-    ) -> Option<Result<(Value, Arc<EventSchema>), String>> {
-        if raw.len() < 5 || raw[0] != 0 {
-            return None;
-        }
-        let schema_id = u32::from_be_bytes(raw[1..5].try_into().unwrap());
-        let schema = self.schemas.get(&schema_id)?;
-        let mut reader = Reader { data: raw, pos: 5 };
-        let event = value::decode(&schema.root, &mut reader).ok()?;
-        if reader.pos != raw.len() {
-            return None;
-        }
-        if schema.kind != index {
-            return Some(Err(format!("{} does not belong on {}", schema.type_name, topic)));
-        }
-        Some(Ok((event, schema.clone())))
-    }
-
     /// Keep the fold states of the most recent batches within `capacity` (states not kept
     /// are read from ClickHouse again when named).
     fn forget_old(&mut self) {
