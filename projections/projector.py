@@ -273,32 +273,66 @@ class Projector:
 
     def poll_batch(self) -> list[Message]:
         with _gc_paused():
-            return self._poll_batch()
+            return [m for chunk in self._poll_chunks() for m in chunk]
 
     def read_batch(self) -> Any:
         """The next batch from Kafka, decoded by the native fold's decoder if there is one (on
-        the reading thread, while the previous batch folds), else the messages."""
-        messages = self.poll_batch()
-        if self._decoder is None:
-            return messages
-        with _gc_paused():
-            return self._decoder.decode(messages)
+        the reading thread, while the previous batch folds), else the messages.
 
-    def _poll_batch(self) -> list[Message]:
-        batch: list[Message] = []
+        The decoder takes the batch in the chunks Kafka hands out (at most 10,000 messages),
+        and each chunk's message objects are freed before the next is read: Python then
+        reuses the same memory for every chunk, where a whole batch of them would be handed
+        back to the OS and faulted in again for the next batch (a fifth of the projector's
+        time went to that)."""
+        if self._decoder is None:
+            return self.poll_batch()
+        with _gc_paused():
+            batch: Any = None
+            rejected: list[tuple[str, int, int, bytes, str]] = []
+            ledger: dict[_PARTITION, list[int]] = {}
+            orders = stock = 0
+            for chunk in self._poll_chunks(chunk=10_000):
+                part, rejects, marks, n_orders, n_stock = self._decoder.decode(chunk)
+                del chunk
+                if batch is None:
+                    batch = part
+                else:
+                    batch.extend(part)
+                rejected += rejects
+                for topic, partition, last, count in marks:
+                    entry = ledger.setdefault((topic, partition), [last, 0])
+                    entry[0] = max(entry[0], last)
+                    entry[1] += count
+                orders += n_orders
+                stock += n_stock
+            if batch is None:
+                batch, rejected, _, _, _ = self._decoder.decode([])
+            return batch, rejected, ledger, orders, stock
+
+    def _poll_chunks(self, *, chunk: int | None = None) -> Iterator[list[Message]]:
+        """One batch's messages, as Kafka hands them out: until `batch_size` messages, or
+        `batch_seconds` have passed."""
+        taken = 0
         deadline = time.monotonic() + self.batch_seconds
-        while len(batch) < self.batch_size:
+        while taken < self.batch_size:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            messages = self._consumer.consume(self.batch_size - len(batch), timeout=remaining)
+            wanted = (
+                self.batch_size - taken if chunk is None else min(chunk, self.batch_size - taken)
+            )
+            messages = self._consumer.consume(wanted, timeout=remaining)
+            kept = []
             for message in messages:
                 error = message.error()
                 if error is None:
-                    batch.append(message)
+                    kept.append(message)
                 elif error.code() != KafkaError._PARTITION_EOF:
                     raise RuntimeError(f"Kafka consumer error: {error}")
-        return batch
+            del messages
+            taken += len(kept)
+            if kept:
+                yield kept
 
     def _written(self, table: str, where: Position) -> bool:
         """Whether `table` already holds the rows of the message at `where` (see the module
@@ -325,6 +359,8 @@ class Projector:
         decoder's answer for the batch (`read_batch`)."""
         fold = self._native
         batch, rejected, ledger, n_orders, n_stock = read
+        if isinstance(ledger, list):  # one decoder answer (`apply_batch`)
+            ledger = {(topic, partition): [last, n] for topic, partition, last, n in ledger}
         missing_orders, missing_levels = fold.missing(batch)
         # The states the batch names that ClickHouse may hold and the fold does not.
         if missing_orders or missing_levels:
@@ -355,7 +391,7 @@ class Projector:
             stats,
             {"dead_letters": (DEAD_LETTERS_COLUMNS, dead_letters)},
             letters,
-            {(topic, partition): [last, count] for topic, partition, last, count in ledger},
+            ledger,
             encoded,
         )
 

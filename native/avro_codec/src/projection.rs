@@ -935,6 +935,18 @@ pub struct Batch {
 }
 
 #[pymethods]
+impl Batch {
+    /// Append another decoded part of the same batch (taking its events).
+    fn extend(&mut self, other: &mut Batch) {
+        self.decoded.append(&mut other.decoded);
+    }
+
+    fn __len__(&self) -> usize {
+        self.decoded.len()
+    }
+}
+
+#[pymethods]
 impl Projection {
     #[new]
     #[pyo3(signature = (*, orders_topic, stock_topic, schemas, transitions, only_target, received, void, end_stages, capacity, fallback))]
@@ -1168,6 +1180,7 @@ impl Projection {
         let mut levels_at: FxHashMap<(String, String), Position> = FxHashMap::default();
         let mut duplicates = 0;
         let mut payload = String::with_capacity(1024);
+        let mut replaced: Vec<Arc<OrderState>> = Vec::with_capacity(decoded.len());
         let batch = self.batch;
         for d in &decoded {
             let ev = &d.event;
@@ -1275,7 +1288,9 @@ impl Projection {
             if changed_at.insert(id.clone(), at).is_none() {
                 changed.push(id.clone());
             }
-            self.orders.insert(id, Entry { state: row, used: batch });
+            if let Some(old) = self.orders.insert(id, Entry { state: row, used: batch }) {
+                replaced.push(old.state);
+            }
         }
         // The tables, in the projector's write order.
         let mut orders = Table::for_table(1, 0);
@@ -1347,6 +1362,9 @@ impl Projection {
         }
         let orders_written = changed.len();
         self.forget_old();
+        // Freeing a batch's events and the states it replaced takes a tenth of the fold's time;
+        // another thread does it, while this one goes on to write and fold the next batch.
+        std::thread::spawn(move || drop((decoded, replaced, lines, stages)));
         let tables = vec![events, orders, line_table, stage_table, activity_table, history, level_table];
         (tables, duplicates, orders_written)
     }
