@@ -11,6 +11,7 @@ bytes — the Python codec names the reason, as it does for the Python fold).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from events.codec import AvroCodec, CodecError
@@ -32,7 +33,12 @@ try:
 except ImportError:  # pragma: no cover - exercised where the extension is not built
     _native = None
 
-AVAILABLE = _native is not None and hasattr(_native, "Projection")
+# OMS_NATIVE_FOLD=0 makes the projector use the Python fold even where the extension is built.
+AVAILABLE = (
+    _native is not None
+    and hasattr(_native, "Projection")
+    and os.environ.get("OMS_NATIVE_FOLD", "1") != "0"
+)
 
 # DateTime columns of the fold states, read back as epoch seconds (what the native fold keeps).
 _DATETIMES = frozenset({

@@ -9,6 +9,7 @@ import http.client
 import json
 import os
 import re
+import socket
 import tempfile
 import threading
 from collections.abc import Sequence
@@ -30,6 +31,8 @@ class StoreError(RuntimeError):
 
 class ClickHouseStore(Protocol):
     database: str
+    # Whether `insert_rowbinary` may be called from several threads at once.
+    parallel_inserts: bool
 
     def execute(self, sql: str) -> None: ...
 
@@ -55,6 +58,8 @@ class ClickHouseStore(Protocol):
 class ServerStore:
     """A ClickHouse server over the native protocol; rows are passed as parameters (FACTS.md).
     Rows already in RowBinary go over its HTTP interface (`http_port`), which takes raw bytes."""
+
+    parallel_inserts = True  # one HTTP connection per thread
 
     def __init__(self, *, host: str, port: int, database: str, http_port: int = 8123) -> None:
         from clickhouse_driver import Client
@@ -157,6 +162,10 @@ class ServerStore:
         connection.connect()  # within 3 s, as the native client; then as long as a query may
         assert connection.sock is not None
         connection.sock.settimeout(120)
+        # http.client sends the headers and a non-bytes body (the fold's RowBinary buffers) in
+        # two writes; with Nagle's algorithm the second waited for the server's delayed ACK,
+        # 40 ms per INSERT, which made a small batch take a quarter of a second.
+        connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._http.connection, self._http.used = connection, False
         with self._http_lock:
             self._http_connections.append(connection)
@@ -272,6 +281,8 @@ def _json_value(value: Any) -> Any:
 
 class EmbeddedStore:
     """ClickHouse in-process (chDB); data persists at `path`. Inserts go as JSONEachRow."""
+
+    parallel_inserts = False  # one chDB session per path, shared
 
     def __init__(self, *, path: str, database: str) -> None:
         self.database = database
