@@ -270,13 +270,8 @@ pub fn json(value: &Value, out: &mut String) {
             out.push('"');
         }
         Value::Date(days) => {
-            let (y, mo, d) = civil_from_days(*days);
             out.push('"');
-            digits(y as i64, 4, out);
-            out.push('-');
-            digits(mo as i64, 2, out);
-            out.push('-');
-            digits(d as i64, 2, out);
+            date(*days, out);
             out.push('"');
         }
         Value::Array(items) => {
@@ -310,16 +305,10 @@ pub fn json(value: &Value, out: &mut String) {
 }
 
 fn datetime(micros: i64, out: &mut String) {
-    let days = micros.div_euclid(86_400_000_000);
     let rest = micros.rem_euclid(86_400_000_000);
-    let (y, mo, d) = civil_from_days(days);
     let secs = rest / 1_000_000;
     let frac = rest % 1_000_000;
-    digits(y as i64, 4, out);
-    out.push('-');
-    digits(mo as i64, 2, out);
-    out.push('-');
-    digits(d as i64, 2, out);
+    date(micros.div_euclid(86_400_000_000), out);
     out.push('T');
     digits(secs / 3600, 2, out);
     out.push(':');
@@ -331,6 +320,16 @@ fn datetime(micros: i64, out: &mut String) {
         digits(frac, 6, out);
     }
     out.push('Z');
+}
+
+/// Days since 1970-01-01 as YYYY-MM-DD.
+fn date(days: i64, out: &mut String) {
+    let (y, mo, d) = civil_from_days(days);
+    digits(y as i64, 4, out);
+    out.push('-');
+    digits(mo as i64, 2, out);
+    out.push('-');
+    digits(d as i64, 2, out);
 }
 
 /// `n` (0 ≤ n) zero-padded to `width` digits (more when it needs them), as `{n:0width$}`.
