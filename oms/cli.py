@@ -806,7 +806,7 @@ def demo(order_count: int) -> None:
     click.echo("sales by store (report sales_by_store):")
     for row in s.sales:
         click.echo(
-            f"  {row.get('location', '')!s:<8} {row.get('orders')!s:>5} orders  "
+            f"  {row.get('store', '')!s:<8} {row.get('orders')!s:>5} orders  "
             f"{int(str(row.get('revenue') or 0)) / 100:>10.2f} {row.get('currency', '')}"
         )
     click.echo("next up at S01 (oms queue S01):")

@@ -80,3 +80,23 @@ def test_orders_show_and_list_read_from_clickhouse(isolated_settings: Settings) 
     assert "OrderReceived" in shown.stdout and "OrderRejected" in shown.stdout
     missing = oms("orders", "show", "no-such-order", env=env)
     assert missing.returncode == 1 and "no order 'no-such-order'" in missing.stderr
+
+
+def test_demo_summary_names_each_store_of_the_sales_report(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from click.testing import CliRunner
+
+    import oms.demo
+    from oms.cli import main
+
+    summary = oms.demo.DemoSummary(
+        generated=2, malformed=0, received=2, dead_lettered=0, accepted=2, rejected=0,
+        statuses={"prioritised": 2}, in_clickhouse=2, elapsed_s=1.0,
+        sales=[{"store": "S03", "currency": "CNY", "orders": 2, "units": 3, "revenue": 12345}],
+    )  # fmt: skip
+    monkeypatch.setattr(oms.demo, "run_demo", lambda *args, **kwargs: summary)
+    result = CliRunner().invoke(main, ["demo"])
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines() if "orders" in line and "CNY" in line)
+    assert line.split() == ["S03", "2", "orders", "123.45", "CNY"]
