@@ -14,6 +14,8 @@ use pyo3::{ffi, intern};
 mod projection;
 mod value;
 
+use value::Reader;
+
 // Decoding and folding a batch makes and frees millions of small strings; mimalloc does that
 // several times faster than glibc's malloc (a third of the fold's time was malloc and free).
 #[global_allocator]
@@ -257,44 +259,6 @@ fn encode_value(
     Ok(())
 }
 
-struct Reader<'a> {
-    data: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    #[inline]
-    fn long(&mut self) -> PyResult<i64> {
-        let mut result: u64 = 0;
-        let mut shift = 0;
-        loop {
-            let byte = *self
-                .data
-                .get(self.pos)
-                .ok_or_else(|| err("varint past the end".into()))?;
-            self.pos += 1;
-            result |= ((byte & 0x7F) as u64) << shift;
-            if byte < 0x80 {
-                return Ok(((result >> 1) as i64) ^ -((result & 1) as i64));
-            }
-            shift += 7;
-            if shift > 63 {
-                return Err(err("varint longer than 10 bytes".into()));
-            }
-        }
-    }
-
-    #[inline]
-    fn take(&mut self, n: i64) -> PyResult<&'a [u8]> {
-        if n < 0 || self.pos + n as usize > self.data.len() {
-            return Err(err(format!("length {n} past the end")));
-        }
-        let slice = &self.data[self.pos..self.pos + n as usize];
-        self.pos += n as usize;
-        Ok(slice)
-    }
-}
-
 fn decode_value(
     py: Python<'_>,
     node: &Node,
@@ -473,7 +437,8 @@ fn orderstream_avro(module: &Bound<'_, PyModule>) -> PyResult<()> {
     // mimalloc asks for transparent huge pages; memory a batch frees and the next one takes
     // again then comes back as fresh 2 MiB pages, each cleared whole on first touch: a quarter
     // of the projector's time went to that. Without them it took 25 % less CPU (what
-    // MIMALLOC_ALLOW_THP=0 does, for this process).
+    // MIMALLOC_ALLOW_THP=0 does, for the process that loads this module: the projector, and the
+    // worker through the codec).
     #[cfg(target_os = "linux")]
     unsafe {
         prctl(PR_SET_THP_DISABLE, 1, 0u64, 0u64, 0u64);

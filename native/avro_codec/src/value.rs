@@ -147,6 +147,22 @@ pub fn build(plan: &Bound<'_, PyAny>) -> PyResult<Node> {
     })
 }
 
+/// Why bytes do not decode (a ValueError when it reaches Python).
+pub struct DecodeError(pub String);
+
+impl From<String> for DecodeError {
+    fn from(reason: String) -> Self {
+        DecodeError(reason)
+    }
+}
+
+impl From<DecodeError> for PyErr {
+    fn from(error: DecodeError) -> Self {
+        pyo3::exceptions::PyValueError::new_err(error.0)
+    }
+}
+
+/// An Avro body being read; the model codec (`lib.rs`) and the value tree share it.
 pub struct Reader<'a> {
     pub data: &'a [u8],
     pub pos: usize,
@@ -154,11 +170,11 @@ pub struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     #[inline]
-    fn long(&mut self) -> Result<i64, String> {
+    pub fn long(&mut self) -> Result<i64, DecodeError> {
         let mut result: u64 = 0;
         let mut shift = 0;
         loop {
-            let byte = *self.data.get(self.pos).ok_or("varint past the end")?;
+            let byte = *self.data.get(self.pos).ok_or_else(|| DecodeError("varint past the end".into()))?;
             self.pos += 1;
             result |= ((byte & 0x7F) as u64) << shift;
             if byte < 0x80 {
@@ -166,15 +182,15 @@ impl<'a> Reader<'a> {
             }
             shift += 7;
             if shift > 63 {
-                return Err("varint longer than 10 bytes".into());
+                return Err(DecodeError("varint longer than 10 bytes".into()));
             }
         }
     }
 
     #[inline]
-    fn take(&mut self, n: i64) -> Result<&'a [u8], String> {
+    pub fn take(&mut self, n: i64) -> Result<&'a [u8], DecodeError> {
         if n < 0 || self.pos + n as usize > self.data.len() {
-            return Err(format!("length {n} past the end"));
+            return Err(DecodeError(format!("length {n} past the end")));
         }
         let slice = &self.data[self.pos..self.pos + n as usize];
         self.pos += n as usize;
@@ -188,7 +204,7 @@ const MAX_MICROS: i64 = 253_402_300_799_999_999;
 const MIN_DAYS: i64 = -719_162;
 const MAX_DAYS: i64 = 2_932_896;
 
-pub fn decode(node: &Node, reader: &mut Reader<'_>) -> Result<Value, String> {
+pub fn decode(node: &Node, reader: &mut Reader<'_>) -> Result<Value, DecodeError> {
     Ok(match node {
         Node::Boolean => Value::Bool(reader.take(1)?[0] == 1),
         Node::Long => Value::Long(reader.long()?),
@@ -196,7 +212,7 @@ pub fn decode(node: &Node, reader: &mut Reader<'_>) -> Result<Value, String> {
         Node::Str => {
             let n = reader.long()?;
             let raw = reader.take(n)?;
-            Value::Str(std::str::from_utf8(raw).map_err(|e| e.to_string())?.to_owned())
+            Value::Str(std::str::from_utf8(raw).map_err(|e| DecodeError(e.to_string()))?.to_owned())
         }
         Node::Bytes => {
             let n = reader.long()?;
@@ -206,24 +222,24 @@ pub fn decode(node: &Node, reader: &mut Reader<'_>) -> Result<Value, String> {
         // which rejects them with its own reason.
         Node::Micros => match reader.long()? {
             m @ MIN_MICROS..=MAX_MICROS => Value::Micros(m),
-            m => return Err(format!("timestamp {m} µs is outside years 1–9999")),
+            m => return Err(DecodeError(format!("timestamp {m} µs is outside years 1–9999"))),
         },
         Node::Date => match reader.long()? {
             d @ MIN_DAYS..=MAX_DAYS => Value::Date(d),
-            d => return Err(format!("date {d} days is outside years 1–9999")),
+            d => return Err(DecodeError(format!("date {d} days is outside years 1–9999"))),
         },
         Node::Enum(values) => {
             let index = reader.long()?;
             let value = usize::try_from(index)
                 .ok()
                 .and_then(|i| values.get(i))
-                .ok_or_else(|| format!("enum index {index} out of range"))?;
+                .ok_or_else(|| DecodeError(format!("enum index {index} out of range")))?;
             Value::Enum(value.clone())
         }
         Node::Optional(inner) => match reader.long()? {
             0 => Value::Null,
             1 => decode(inner, reader)?,
-            other => return Err(format!("union branch {other} of an optional")),
+            other => return Err(DecodeError(format!("union branch {other} of an optional"))),
         },
         Node::Array(inner) => {
             let mut items = Vec::new();
