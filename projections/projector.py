@@ -2,9 +2,10 @@
 batches, effectively once.
 
 Why a crash never double-counts (docs/read-models.md has the long version):
-- Each batch writes every table in one INSERT, in the order of `schema.READ_MODELS`, and the
-  offset ledger `projector_offsets` last. The projector never commits offsets to Kafka; on start
-  it resumes one past the ledger's offset of each partition.
+- Each batch writes every table in one INSERT: the tables derived from the fold states, then
+  the states (`WRITE_GROUPS`), and the offset ledger `projector_offsets` last. The projector
+  never commits offsets to Kafka; on start it resumes one past the ledger's offset of each
+  partition.
 - One INSERT is atomic, so after a crash each table holds, per partition, the rows of a prefix of
   the log. On start the projector reads each table's highest source offset per partition (its
   high-water mark) and, while it replays the unfinished batch, drops the rows a table already
@@ -73,7 +74,6 @@ __all__ = ["BatchStats", "Position", "Projector"]
 log = logging.getLogger(__name__)
 
 STATE_CACHE_SIZE = 50_000
-NATIVE_STATE_CACHE_SIZE = 50_000
 
 _PARTITION = tuple[str, int]  # (topic, partition)
 
@@ -183,7 +183,7 @@ class Projector:
         # per event); else the Python fold with the caches above.
         self._native: Any = (
             native_fold(codec=self.codec, orders_topic=self.topics[0],
-                        stock_topic=self.topics[1], capacity=NATIVE_STATE_CACHE_SIZE)
+                        stock_topic=self.topics[1], capacity=STATE_CACHE_SIZE)
             if native
             else None
         )  # fmt: skip
@@ -294,37 +294,38 @@ class Projector:
 
     def read_batch(self) -> Any:
         """The next batch from Kafka, decoded by the native fold's decoder if there is one (on
-        the reading thread, while the previous batch folds), else the messages.
-
-        The decoder takes the batch in the chunks Kafka hands out (at most 10,000 messages),
-        and each chunk's message objects are freed before the next is read: Python then
-        reuses the same memory for every chunk, where a whole batch of them would be handed
-        back to the OS and faulted in again for the next batch (a fifth of the projector's
-        time went to that)."""
+        the reading thread, while the previous batch folds), else the messages."""
         if self._decoder is None:
             return self.poll_batch()
-        with _gc_paused():
-            batch: Any = None
-            rejected: list[tuple[str, int, int, bytes, str]] = []
-            ledger: dict[_PARTITION, list[int]] = {}
-            orders = stock = 0
-            for chunk in self._poll_chunks(chunk=10_000):
-                part, rejects, marks, n_orders, n_stock = self._decoder.decode(chunk)
-                del chunk
-                if batch is None:
-                    batch = part
-                else:
-                    batch.extend(part)
-                rejected += rejects
-                for topic, partition, last, count in marks:
-                    entry = ledger.setdefault((topic, partition), [last, 0])
-                    entry[0] = max(entry[0], last)
-                    entry[1] += count
-                orders += n_orders
-                stock += n_stock
+        return self._decode(self._poll_chunks(chunk=10_000))
+
+    def _decode(self, chunks: Iterable[list[Message]]) -> Any:
+        """The native decoder's batch, from its messages in chunks: each chunk's message
+        objects are freed before the next is read, so Python reuses the same memory for every
+        chunk, where a whole batch of them would be handed back to the OS and faulted in again
+        for the next batch (a fifth of the projector's time went to that). The collector is
+        not paused here: the native fold keeps no Python objects for it to walk."""
+        batch: Any = None
+        rejected: list[tuple[str, int, int, bytes, str]] = []
+        ledger: dict[_PARTITION, list[int]] = {}
+        orders = stock = 0
+        for chunk in chunks:
+            part, rejects, marks, n_orders, n_stock = self._decoder.decode(chunk)
+            del chunk
             if batch is None:
-                batch, rejected, _, _, _ = self._decoder.decode([])
-            return batch, rejected, ledger, orders, stock
+                batch = part
+            else:
+                batch.extend(part)
+            rejected += rejects
+            for topic, partition, last, count in marks:
+                entry = ledger.setdefault((topic, partition), [last, 0])
+                entry[0] = max(entry[0], last)
+                entry[1] += count
+            orders += n_orders
+            stock += n_stock
+        if batch is None:
+            batch, rejected, _, _, _ = self._decoder.decode([])
+        return batch, rejected, ledger, orders, stock
 
     def _writing(self) -> bool:
         pending = self._pending
@@ -359,6 +360,7 @@ class Projector:
             taken += len(kept)
             if kept:
                 yield kept
+            del kept  # before the next chunk's messages are made
 
     def _written(self, table: str, where: Position) -> bool:
         """Whether `table` already holds the rows of the message at `where` (see the module
@@ -368,16 +370,16 @@ class Projector:
 
     def apply_batch(self, messages: list[Message]) -> BatchStats:
         """Decode, fold and write one batch (the tables, then the offset ledger)."""
-        read = messages if self._decoder is None else self._decoder.decode(messages)
+        read = messages if self._decoder is None else self._decode([messages])
         return self._write(self._prepare(read))
 
     def _prepare(self, messages: Any) -> _Prepared:
         """Decode and fold a batch, in memory: the fold states move on, nothing is written or
         sent (but a fold state missing from the cache is read from ClickHouse, after the batch
         being written, if any, is done)."""
+        if self._native is not None:
+            return self._prepare_native(messages)
         with _gc_paused():
-            if self._native is not None:
-                return self._prepare_native(messages)
             return self._prepare_batch(messages)
 
     def _prepare_native(self, read: Any) -> _Prepared:
@@ -385,8 +387,6 @@ class Projector:
         decoder's answer for the batch (`read_batch`)."""
         fold = self._native
         batch, rejected, ledger, n_orders, n_stock = read
-        if isinstance(ledger, list):  # one decoder answer (`apply_batch`)
-            ledger = {(topic, partition): [last, n] for topic, partition, last, n in ledger}
         missing_orders, missing_levels = fold.missing(batch)
         # The states the batch names that ClickHouse may hold and the fold does not.
         if missing_orders or missing_levels:
@@ -477,6 +477,8 @@ class Projector:
 
     def _write(self, prepared: _Prepared) -> BatchStats:
         """Send a prepared batch's dead letters, write its tables in order, the ledger last."""
+        if self._native is not None:
+            return self._write_batch(prepared)
         with _gc_paused():
             return self._write_batch(prepared)
 
