@@ -1283,3 +1283,16 @@ def test_native_and_python_projectors_write_the_same_read_models(
     finally:
         drop(native)
         python.close()
+
+
+def test_oms_native_fold_0_selects_the_python_fold() -> None:
+    import os
+    import subprocess
+    import sys
+
+    probe = "from projections.native_fold import AVAILABLE; print(AVAILABLE)"
+    for value, expected in (("0", "False"), ("1", "True")):
+        env = os.environ | {"OMS_NATIVE_FOLD": value}
+        out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                             text=True, check=True).stdout.strip()  # fmt: skip
+        assert out == expected, (value, out)

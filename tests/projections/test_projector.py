@@ -274,3 +274,57 @@ def test_corrupt_message_is_dead_lettered_once_and_skipped(
     assert "corrupt Avro body" in by_source[settings.topics.orders].reason
     assert status_counts(store) == {"accepted": 2, "rejected": 1}
     assert store.query(f"SELECT count() FROM {store.database}.dead_letters") == [(2,)]
+
+
+class FakeConsumer:
+    """A fake Kafka consumer (unit tests only): one message every 10 ms."""
+
+    def consume(self, num_messages: int, timeout: float) -> list[Any]:
+        import time
+
+        time.sleep(min(timeout, 0.01))
+        return [FakeMessage()]
+
+    def close(self) -> None:
+        return None
+
+
+class FakeMessage:
+    def error(self) -> None:
+        return None
+
+
+def _polling_projector() -> Any:
+    from projections.projector import Projector
+
+    projector = Projector(settings=Settings(), store=object(), batch_seconds=0.1,  # type: ignore[arg-type]
+                          lease=False, native=False)  # fmt: skip
+    projector._consumer.close()
+    projector._consumer = FakeConsumer()  # type: ignore[assignment]
+    return projector
+
+
+def test_a_batch_ends_after_batch_seconds_when_no_write_is_in_flight() -> None:
+    import time
+
+    projector = _polling_projector()
+    started = time.monotonic()
+    batch = projector.poll_batch()
+    assert time.monotonic() - started < 0.3
+    assert 1 <= len(batch) <= 15
+
+
+def test_a_batch_keeps_filling_while_the_one_before_is_being_written() -> None:
+    import threading
+    import time
+    from concurrent.futures import Future
+
+    projector = _polling_projector()
+    writing: Future[Any] = Future()
+    projector._pending = writing
+    threading.Timer(0.5, writing.set_result, args=(None,)).start()
+    started = time.monotonic()
+    batch = projector.poll_batch()
+    assert writing.done()  # it ended only once the write had
+    assert time.monotonic() - started >= 0.5
+    assert len(batch) > 15  # what arrived meanwhile, in this one batch
