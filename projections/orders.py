@@ -292,12 +292,17 @@ def _stage_rows(old: OrderRow | None, new: OrderRow, at: datetime, where: Positi
 def fold(
     state: OrderRow | None, event: OrderEvent, where: Position, at: datetime | None = None
 ) -> OrderChange | None:
-    """Apply one event to an order's row; None when it was applied before. `at` is
-    `seconds(event.occurred_at)` when the caller has it already."""
+    """Apply one event to an order's row; None when it was applied before.
+
+    The row's times (stages entered and left, the activity minute, accepted_at, updated_at ...)
+    are when OrderStream recorded each event: a channel's OrderReceived occurred when the
+    customer placed the order, which may be days before it arrived, and that time is kept in
+    `placed_at` only. `at` is `seconds(event.occurred_at)` when the caller has it already; it
+    is used when the event was recorded as it occurred, as every event the worker writes is."""
     if state is not None and event.sequence <= state["version"]:
         return None  # already applied: a replay, or the same event re-sent on the log
-    if at is None:
-        at = seconds(event.occurred_at)
+    if at is None or event.recorded_at != event.occurred_at:
+        at = seconds(event.recorded_at)
     old = state
     base = state if state is not None else empty_row(event.order_id, at)
     row = dict(base)

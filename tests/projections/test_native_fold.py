@@ -482,6 +482,33 @@ def outcomes_log() -> list[Out]:
     return log
 
 
+def arrival_log() -> list[Out]:
+    """Channel events recorded long after (and one before) the time they say they occurred:
+    the orders' stages and activity minutes follow when they were recorded."""
+    arrived = T1 + timedelta(hours=9, seconds=59, microseconds=999_999)
+    log: list[Out] = []
+    for n, late in enumerate([timedelta(days=9, hours=2), timedelta(seconds=1),
+                              timedelta(seconds=-30)]):  # fmt: skip
+        oid = f"ord-arrived-{n}"
+        placed = arrived - late
+        lines = [OrderLine(sku="A", name="a", quantity=1, unit_price=100)]
+        received = order_event(OrderReceived, oid, 1, placed, mode=OrderMode.PICKUP,
+                               currency="CNY", total=100, lines=lines,
+                               payment_status=PaymentStatus.PAID, customer=Customer(),
+                               placed_at=placed)  # fmt: skip
+        revised = order_event(OrderModified, oid, 3, placed + timedelta(minutes=1), revision=2,
+                              lines=lines * 2, total=200)  # fmt: skip
+        log += [
+            put(received.model_copy(update={"recorded_at": arrived})),
+            put(order_event(OrderAccepted, oid, 2, arrived + timedelta(seconds=5), total=100,
+                            currency="CNY")),
+            put(revised.model_copy(update={"recorded_at": arrived + timedelta(minutes=2)})),
+            put(order_event(OrderAccepted, oid, 4, arrived + timedelta(minutes=2, seconds=1),
+                            total=200, currency="CNY"), phase=2),
+        ]  # fmt: skip
+    return log
+
+
 def stock_log() -> list[Out]:
     """Every ledger event (and the stock commands, which are StockEvents too) for a key with
     tricky names; a second key that starts mid-ledger with gaps; re-sent and stale events."""
@@ -585,6 +612,7 @@ LOGS: dict[str, Callable[[], list[Out]]] = {
     "older-schemas": older_schema_log,
     "outcomes": outcomes_log,
     "stock": stock_log,
+    "arrived-late": arrival_log,
     "dead-letters": dead_letter_log,
     "out-of-range-times": out_of_range_log,
 }

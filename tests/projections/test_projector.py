@@ -144,6 +144,30 @@ def test_stages_close_with_the_seconds_spent_and_an_end_status_opens_none() -> N
     assert changes[3].row["is_sale"] == 0 and changes[3].row["cancelled"] == 1
 
 
+@pytest.mark.parametrize("given_at", [False, True], ids=["at-derived", "at-as-projector-passes"])
+def test_an_order_counts_and_waits_from_its_arrival_not_from_when_the_channel_placed_it(
+    given_at: bool,
+) -> None:
+    placed, arrived = NOW - timedelta(days=9, hours=2), NOW - timedelta(seconds=5)
+    order = received(occurred_at=placed, placed_at=placed, recorded_at=arrived)
+    events = decide(order, now=NOW)  # accepted at NOW
+    state = None
+    changes = []
+    for n, event in enumerate(events):
+        at = orders.seconds(event.occurred_at) if given_at else None
+        change = orders.fold(state, event, Position("oms.orders.v1", 0, n), at)
+        assert change is not None
+        changes.append(change)
+        state = change.row
+    received_change, accepted_change = changes
+    assert received_change.activity.minute == datetime(2026, 11, 25, 8, 59)
+    assert [(s[2], s[3]) for s in received_change.stages] == [
+        ("received", datetime(2026, 11, 25, 8, 59, 55))
+    ]
+    assert [(s[2], s[5]) for s in accepted_change.stages if s[4] is not None] == [("received", 5)]
+    assert accepted_change.row["placed_at"] == datetime(2026, 11, 16, 7, 0)
+
+
 def test_stock_fold_moves_levels_as_the_inventory_agents_ledger_does() -> None:
     def at(model: type[StockEvent], **fields: object) -> StockEvent:
         n = len(ledger) + 1

@@ -1232,6 +1232,7 @@ impl Projection {
                 continue;
             }
             let order_id = ev.get("order_id").s();
+            let recorded = ev.get("recorded_at").seconds().unwrap_or(0);
             if needs(&m_events, at) {
                 payload.clear();
                 json(ev, &mut payload);
@@ -1242,7 +1243,7 @@ impl Projection {
                 t.s(order_id);
                 t.u32(ev.get("sequence").int());
                 t.u32(occurred);
-                t.u32(ev.get("recorded_at").seconds().unwrap_or(0));
+                t.u32(recorded);
                 t.s(ev.get("channel").s());
                 let kind = actor.get("kind").s();
                 let id = actor.get("id").s();
@@ -1255,7 +1256,9 @@ impl Projection {
                 t.rows += 1;
             }
             let state = self.orders.get(order_id).map(|e| e.state.as_ref());
-            let Some(change) = fold_order(&self.rules, state, ev, event_type, occurred) else {
+            // The order's times are when OrderStream recorded each event, not when the channel
+            // says it occurred (projections/orders.py `fold`).
+            let Some(change) = fold_order(&self.rules, state, ev, event_type, recorded) else {
                 duplicates += 1;
                 continue;
             };
@@ -1283,7 +1286,7 @@ impl Projection {
                 }
             }
             if needs(&m_activity, at) {
-                activity.add(occurred.div_euclid(60) * 60, &row, event_type, amount(ev, event_type), at);
+                activity.add(recorded.div_euclid(60) * 60, &row, event_type, amount(ev, event_type), at);
             }
             if changed_at.insert(id.clone(), at).is_none() {
                 changed.push(id.clone());
