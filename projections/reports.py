@@ -148,7 +148,8 @@ REPORTS: dict[str, Report] = {
                 "Current on-hand, reserved, safety stock and available per sku@location.",
                 _LIMIT),
         _report("stock_alerts", "Stock alerts",
-                "Low-stock alerts with the suggested reorder quantity, newest first.",
+                "Low-stock alerts, one row per sku@location (its newest alert), with the "
+                "suggested reorder quantity and how often it was raised; newest first.",
                 {"since": _days_before(7), "until": _as_of} | _LIMIT),
     )
 }  # fmt: skip

@@ -336,13 +336,16 @@
   function drawStockAlerts(result) {
     const rows = objects(result).map((r) => ({ label: `${r.sku}@${r.location}`,
       series: r.location, value: r.available, item: r,
-      data: { alerted_at: r.alerted_at, reorder_quantity: r.reorder_quantity } }));
+      data: { alerted_at: r.alerted_at, reorder_quantity: r.reorder_quantity,
+        alerts: r.alerts } }));
+    // One row per sku@location (its newest alert), with how often it was raised in the window.
     replace("stock-alerts", table("stock-alerts", [
       { title: "sku", show: (r) => r.sku },
       { title: "location", show: (r) => r.location },
       { title: "alerted (UTC)", show: (r) => r.alerted_at.replace("T", " ").slice(0, 16) },
       { title: "available", show: (r) => r.available, numeric: true },
       { title: "reorder", show: (r) => r.reorder_quantity, numeric: true },
+      { title: "times", show: (r) => r.alerts, numeric: true },
     ], rows));
     return {};
   }
