@@ -2,10 +2,10 @@
 can copy, and an entry in `REPORTS`.
 
 The files name tables without a database (`FROM orders FINAL`) and write parameters the way
-ClickHouse's own query parameters are written, `{since:DateTime}`, so that a current
-`clickhouse-client --database oms --param_since='2026-11-01 00:00:00' ...` runs them as they
-are. `run_report` fills the parameters in as literals (ClickHouse 18.16 has no query
-parameters) and qualifies the tables with the store's database.
+ClickHouse's own query parameters are written, `{since:DateTime}`. `run_report` fills the
+parameters in as literals (ClickHouse 18.16, client and server, has no query parameters) and
+qualifies the tables with the store's database; docs/read-models.md shows how to do the same
+for `clickhouse-client` by hand.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import subprocess
 import sys
 from collections import Counter, defaultdict
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from oms.settings import Settings
+from oms.settings import PROJECT_ROOT, Settings
 from projections.queries import fulfilment_queue
 from projections.reports import REPORTS, ReportError, run_report
 from projections.store import ClickHouseStore
@@ -477,3 +478,33 @@ def test_oms_report_lists_the_reports_and_prints_one_as_a_table_or_csv(
     ]
     parsed = list(csv.reader(io.StringIO(oms("sales_by_channel", "--csv", *window))))
     assert parsed == [expected.columns, *[[str(v) for v in row] for row in expected.rows]]
+
+
+@pytest.mark.parametrize("projected", ["server"], indirect=True)
+def test_the_documented_clickhouse_client_command_runs_on_the_installed_client(
+    projected: tuple[Settings, ClickHouseStore],
+) -> None:
+    """docs/read-models.md's shell command, run as written with the stack's clickhouse-client
+    (18.16 in CI: no --param_*), against the test's database."""
+    settings, store = projected
+    docs = (PROJECT_ROOT / "docs" / "read-models.md").read_text(encoding="utf-8")
+    (command,) = [b for b in re.findall(r"```sh\n(.*?)```", docs, re.S) if "clickhouse-client" in b]
+    url = re.match(r"clickhouse://([^:/]+):(\d+)/", settings.resolved_clickhouse_url)
+    assert url is not None and command.count("--database oms") == 1
+    here = f"--host {url.group(1)} --port {url.group(2)} --database {store.database}"
+    done = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command.replace("--database oms", here)],
+        cwd=PROJECT_ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    expected = run_report(
+        store, "sales_by_product", since="2026-11-01", until="2026-12-01", limit=20
+    ).rows
+    assert expected
+    assert [line.split("\t") for line in done.stdout.splitlines()] == [
+        [str(v) for v in row] for row in expected
+    ]
