@@ -676,7 +676,9 @@ def stock_set(sku: str, location: str, counted: int, actor: str) -> None:
     _send_command(build, sku=sku, location=location, counted=counted, actor=actor)
 
 
-@stock.command("adjust")
+# A negative DELTA ("-3") is an argument, not an unknown option. (A mistyped option then shows
+# as an extra argument, which click still refuses.)
+@stock.command("adjust", context_settings={"ignore_unknown_options": True})
 @click.argument("sku")
 @click.argument("location")
 @click.argument("delta", type=int)
@@ -685,7 +687,7 @@ def stock_set(sku: str, location: str, counted: int, actor: str) -> None:
 @click.option("--by", "actor", default="operator", show_default=True)
 def stock_adjust(sku: str, location: str, delta: int, reason: str, note: str | None,
                  actor: str) -> None:  # fmt: skip
-    """Add (or with a negative DELTA remove) units, with a reason."""
+    """Add (or with a negative DELTA, e.g. -3, remove) units, with a reason."""
     from oms.operations import stock_adjust as build
 
     _send_command(build, sku=sku, location=location, delta=delta, reason=reason, note=note,

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from events.codec import AvroCodec
+from events.models import StockAdjusted
 from oms.settings import Settings
-from tests.conftest import settings_env
+from tests.conftest import read_topic, settings_env
 
 
 def oms(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -100,3 +102,23 @@ def test_demo_summary_names_each_store_of_the_sales_report(
     assert result.exit_code == 0, result.output
     line = next(line for line in result.output.splitlines() if "orders" in line and "CNY" in line)
     assert line.split() == ["S03", "2", "orders", "123.45", "CNY"]
+
+
+@pytest.mark.integration
+def test_stock_adjust_takes_a_negative_delta_as_its_argument(isolated_settings: Settings) -> None:
+    env = settings_env(isolated_settings)
+    removed = oms("stock", "adjust", "TEA-GIFT-M", "W1", "-3", "--reason", "damaged", env=env)
+    assert removed.returncode == 0, removed.stderr
+    added = oms("stock", "adjust", "--reason", "found", "TEA-GIFT-M", "W1", "2", env=env)
+    assert added.returncode == 0, added.stderr
+    mistyped = oms("stock", "adjust", "TEA-GIFT-M", "W1", "-3", "--reason", "lost", "--nte", "x",
+                   env=env)  # fmt: skip
+    assert mistyped.returncode == 2 and "--nte" in mistyped.stderr
+    sent = [
+        AvroCodec().decode(m.value())
+        for m in read_topic(isolated_settings, isolated_settings.topics.stock_commands, expect=2)
+    ]
+    assert [(type(e), e.sku, e.location, e.delta, e.reason) for e in sent] == [
+        (StockAdjusted, "TEA-GIFT-M", "W1", -3, "DAMAGED"),
+        (StockAdjusted, "TEA-GIFT-M", "W1", 2, "FOUND"),
+    ]
