@@ -125,6 +125,8 @@ class Connector(ABC):
         `revision` > 0 (the channel's revision number or update time, increasing)."""
         if placed_at.tzinfo is None:
             raise PayloadRejected("time has no timezone", field="placed_at")
+        _fit_longs(lines, total=total, delivery_fee=delivery_fee, packaging_fee=packaging_fee,
+                   discount=discount, tax=tax, revision=revision)  # fmt: skip
         order_id = self.order_id(external_id)
         envelope: dict[str, Any] = {
             "order_id": order_id, "occurred_at": occurred_at or placed_at,
@@ -178,6 +180,25 @@ class Connector(ABC):
             first = exc.errors()[0]
             location = ".".join(str(part) for part in first["loc"]) or None
             raise PayloadRejected(first["msg"], field=location) from None
+
+
+# The contract's integers travel as Avro longs: a channel's number outside 64 bits cannot be
+# sent on, so the payload is refused here, naming the field, instead of failing to encode.
+_LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
+
+
+def _fit_longs(lines: Sequence[OrderLine], **numbers: int) -> None:
+    """Refuse an order whose quantities, prices or amounts do not fit in 64 bits."""
+    for n, line in enumerate(lines):
+        for name, value in (("quantity", line.quantity), ("unit_price", line.unit_price)):
+            if not _LONG_MIN <= value <= _LONG_MAX:
+                raise PayloadRejected(
+                    f"{value} does not fit in 64 bits", field=f"lines[{n}].{name}"
+                )
+    for name, value in numbers.items():
+        # the revision also becomes the event's sequence, one above it
+        if not _LONG_MIN <= value <= (_LONG_MAX - 1 if name == "revision" else _LONG_MAX):
+            raise PayloadRejected(f"{value} does not fit in 64 bits", field=name)
 
 
 def minor_units(amount: Any, *, currency: str, field: str) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from connectors.base import Connector, PayloadRejected
+from events.codec import CodecError
 from events.models import DeadLetter, utc_now
 from oms.publisher import Publisher
 from oms.settings import Settings
@@ -109,7 +110,10 @@ def _publish(
         report.lines += 1
         try:
             event = connector.parse(payload.body, received_at=utc_now())
-        except PayloadRejected as exc:
+            # `intake` encodes before it queues: an event the contract cannot carry
+            # (CodecError) is this line's dead letter, not the end of the file.
+            publisher.intake(event)
+        except (PayloadRejected, CodecError) as exc:
             report.errors.append(LineError(payload.line, str(exc)))
             publisher.dead_letter(
                 DeadLetter.of(
@@ -121,7 +125,6 @@ def _publish(
             )
             report.dead_lettered += 1
         else:
-            publisher.intake(event)
             report.published += 1
         if on_line is not None:
             on_line(report)

@@ -178,6 +178,33 @@ _MODELS: dict[str, type[BaseModel]] = {model.__name__: model for model in CONTRA
 _ENVELOPE_ONLY = ("event_type", "schema_version")
 
 
+_LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
+
+
+def _unencodable(value: Any, path: str = "") -> str | None:
+    """The first field of `value` Avro cannot carry, and why — an int beyond 64 bits, text
+    that is not UTF-8 — as "lines[0].quantity: ..."; None if none is found. Only called once an
+    encode has failed, so that its error names the field (the encoders do not know it)."""
+    if isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            found = _unencodable(getattr(value, name), f"{path}.{name}" if path else name)
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for n, item in enumerate(value):
+            found = _unencodable(item, f"{path}[{n}]")
+            if found is not None:
+                return found
+    elif isinstance(value, int) and not _LONG_MIN <= value <= _LONG_MAX:
+        return f"{path}: {value} does not fit in 64 bits"
+    elif isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError as exc:
+            return f"{path}: not UTF-8 text ({exc.reason} at {exc.start})"
+    return None
+
+
 class AvroCodec:
     """Encodes contract models to framed Avro and back."""
 
@@ -204,7 +231,8 @@ class AvroCodec:
         try:
             return self._compiled(type(value)).encode(value)
         except (TypeError, ValueError, OverflowError) as exc:
-            raise CodecError(f"cannot encode {type(value).__name__}: {exc}") from exc
+            reason = _unencodable(value) or str(exc)
+            raise CodecError(f"cannot encode {type(value).__name__}: {reason}") from exc
 
     def current_schema(self, model: type[BaseModel]) -> tuple[int, tuple[Any, ...]]:
         """The model's current schema id and its plan for the native decoders

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,6 +12,7 @@ from connectors.intake import PARALLEL_FROM, import_file
 from connectors.phone import PhoneConnector
 from connectors.webshop import WebshopConnector
 from events.codec import AvroCodec
+from events.models import OrderModified, OrderReceived
 from oms.publisher import Publisher
 from oms.settings import Settings
 from tests.conftest import FIXTURES, read_topic
@@ -49,3 +51,69 @@ def test_csv_rows_become_the_channels_json_and_bad_rows_keep_their_header(
     assert report.dead_lettered == 0 and report.acknowledged == report.lines >= 3
     events = read_topic(isolated_settings, isolated_settings.topics.intake, expect=report.lines)
     assert all(AvroCodec().decode(m.value()).channel == "phone" for m in events)  # type: ignore[union-attr]
+
+
+def test_a_line_the_contract_cannot_carry_is_dead_lettered_and_the_rest_published(
+    isolated_settings: Settings, tmp_path: Path
+) -> None:
+    too_many = json.loads(json.dumps(ORDER))
+    too_many["line_items"][0]["quantity"] = 2**70  # more than 64 bits
+    lines = [ORDER | {"id": 1}, too_many | {"id": 2}, ORDER | {"id": 3}]
+    path = tmp_path / "orders.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    report = import_file(path, connector=WebshopConnector(), publisher=Publisher(isolated_settings))
+    assert (report.lines, report.acknowledged, report.dead_lettered) == (3, 2, 1)
+    assert [(e.line, e.reason) for e in report.errors] == [
+        (2, f"lines[0].quantity: {2**70} does not fit in 64 bits")
+    ]
+    assert published_and_dead_lettered(isolated_settings, published=2, dead=1) == (
+        ["1", "3"],
+        [("orders.jsonl:2", report.errors[0].reason)],
+    )
+
+
+class UncheckedConnector(WebshopConnector):
+    """A fake third-party connector that builds its events itself, without the SDK's checks
+    (`Connector.order`): every quantity it sends is `quantity`."""
+
+    quantity = 2**64
+
+    def parse(self, raw: bytes, **kwargs: Any) -> OrderReceived | OrderModified:
+        event = super().parse(raw, **kwargs)
+        if b"UNCHECKED" not in raw:
+            return event
+        lines = [line.model_copy(update={"quantity": self.quantity}) for line in event.lines]
+        return event.model_copy(update={"lines": lines})
+
+
+def test_an_event_that_cannot_be_encoded_is_that_lines_dead_letter(
+    isolated_settings: Settings, tmp_path: Path
+) -> None:
+    lines = [ORDER | {"id": 1}, ORDER | {"id": 2, "note": "UNCHECKED"}, ORDER | {"id": 3}]
+    path = tmp_path / "orders.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    report = import_file(path, connector=UncheckedConnector(),
+                         publisher=Publisher(isolated_settings))  # fmt: skip
+    assert (report.lines, report.acknowledged, report.dead_lettered) == (3, 2, 1)
+    assert [(e.line, e.reason) for e in report.errors] == [
+        (2, f"cannot encode OrderReceived: lines[0].quantity: {2**64} does not fit in 64 bits")
+    ]
+    assert published_and_dead_lettered(isolated_settings, published=2, dead=1) == (
+        ["1", "3"],
+        [("orders.jsonl:2", report.errors[0].reason)],
+    )
+
+
+def published_and_dead_lettered(
+    settings: Settings, *, published: int, dead: int
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """The external ids on the intake topic, and (source_ref, reason) of each dead letter."""
+    codec = AvroCodec()
+    orders = [codec.decode(m.value()) for m in read_topic(settings, settings.topics.intake,
+                                                           expect=published)]  # fmt: skip
+    letters = [codec.decode(m.value()) for m in read_topic(settings, settings.topics.dlq,
+                                                            expect=dead)]  # fmt: skip
+    return (
+        sorted(order.external_id for order in orders),  # type: ignore[union-attr]
+        sorted((letter.source_ref, letter.reason) for letter in letters),  # type: ignore[union-attr]
+    )

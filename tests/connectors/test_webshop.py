@@ -73,6 +73,9 @@ def test_redelivered_order_gets_the_same_order_and_event_ids() -> None:
         (lambda o: o.__setitem__("created_at", "2026-11-24T19:32:05"), "created_at"),
         (lambda o: o["line_items"][0].__setitem__("price", "abc"), "line_items.0.price"),
         (lambda o: o["line_items"][0].__setitem__("quantity", "two"), "line_items.0.quantity"),
+        # more than the contract's 64-bit integers hold
+        (lambda o: o["line_items"][1].__setitem__("quantity", 2**64), "lines[1].quantity"),
+        (lambda o: o["line_items"][0].__setitem__("quantity", -(2**63) - 1), "lines[0].quantity"),
     ],
 )
 def test_bad_payload_is_rejected_naming_the_field(mutate, field) -> None:  # type: ignore[no-untyped-def]

@@ -112,6 +112,29 @@ def test_bad_bytes_raise_a_typed_error_naming_where_they_came_from(
     assert "oms.orders.v1/2/41" in str(caught.value)
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+@pytest.mark.parametrize(
+    ("update", "reason"),
+    [
+        ({"total": -(2**63) - 1}, f"total: {-(2**63) - 1} does not fit in 64 bits"),
+        (
+            {"lines": [OrderLine(sku="A", name="a", quantity=1, unit_price=1),
+                       OrderLine(sku="B", name="b", quantity=2**70, unit_price=1)]},
+            f"lines[1].quantity: {2**70} does not fit in 64 bits",
+        ),
+        ({"notes": "ok \ud800"}, "notes: not UTF-8 text (surrogates not allowed at 3)"),
+    ],
+)  # fmt: skip
+def test_an_event_avro_cannot_carry_is_refused_naming_the_field(
+    update: dict[str, object], reason: str, native: bool
+) -> None:
+    # model_copy skips validation, as an event built without the connector SDK's checks may
+    event = received().model_copy(update=update)
+    with pytest.raises(CodecError) as caught:
+        AvroCodec(native=native).encode(event)
+    assert str(caught.value) == f"cannot encode OrderReceived: {reason}"
+
+
 @pytest.mark.parametrize("model", CONTRACT, ids=lambda m: m.__name__)
 @settings(max_examples=25, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
