@@ -118,7 +118,9 @@ def test_stock_adjust_takes_a_negative_delta_as_its_argument(isolated_settings: 
         AvroCodec().decode(m.value())
         for m in read_topic(isolated_settings, isolated_settings.topics.stock_commands, expect=2)
     ]
-    assert [(type(e), e.sku, e.location, e.delta, e.reason) for e in sent] == [
-        (StockAdjusted, "TEA-GIFT-M", "W1", -3, "DAMAGED"),
-        (StockAdjusted, "TEA-GIFT-M", "W1", 2, "FOUND"),
+    adjusted = [e for e in sent if isinstance(e, StockAdjusted)]
+    assert len(adjusted) == len(sent)
+    assert [(e.sku, e.location, e.delta, e.reason) for e in adjusted] == [
+        ("TEA-GIFT-M", "W1", -3, "DAMAGED"),
+        ("TEA-GIFT-M", "W1", 2, "FOUND"),
     ]
