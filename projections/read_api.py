@@ -4,7 +4,8 @@
   channel's external id); 404 when the read models do not hold it.
 - `GET /orders?status=&channel=&store=&page=&page_size=`: orders, newest first, a page at a time.
 - `GET /reports`: the reports and their parameters; `GET /reports/{name}?param=...`: columns
-  and rows. 400 names the parameter that is wrong; 404 for an unknown report.
+  and rows. 400 names the parameter that is wrong (a time ClickHouse cannot hold, an unknown
+  time zone, ...); 404 for an unknown report.
 - `GET /dashboard`: the page (projections/dashboard/), its assets under `/dashboard/static/`.
 
 Errors answer `{"error": reason, ...}` as the webhooks do; 503 when ClickHouse cannot answer.
@@ -31,7 +32,7 @@ from connectors.webhooks import _problem
 from events.lifecycle import OrderStatus
 from oms.settings import Settings
 from projections.queries import list_orders, order_history, order_state
-from projections.reports import REPORTS, Report, ReportError, literal, run_report
+from projections.reports import REPORTS, Report, ReportError, parameter_literal, run_report
 from projections.store import ClickHouseStore, StoreError, connect
 
 DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboard"
@@ -276,7 +277,7 @@ def report_query(report: Report, query: MultiMapping[str]) -> dict[str, str]:
                                    f"({ch_type})")  # fmt: skip
             continue
         try:
-            literal(value, ch_type)
+            parameter_literal(name, value, ch_type)
         except ReportError as exc:
             raise BadParameter(name, f"{name}: {exc}") from None
         params[name] = value

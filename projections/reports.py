@@ -14,8 +14,10 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from functools import cache
 from pathlib import Path
 from typing import Any
+from zoneinfo import available_timezones
 
 from projections.schema import READ_MODEL_NAMES
 from projections.store import ClickHouseStore, sql_string
@@ -173,10 +175,21 @@ def _parse_datetime(value: Any) -> datetime:
     return parsed.replace(microsecond=0)
 
 
+# The times a DateTime holds on both backends, UTC. ClickHouse takes a time outside them without
+# an error and reads it as something else (18.16: 0000-00-00), so they are refused here.
+EARLIEST, LATEST = datetime(1970, 1, 1), datetime(2105, 12, 31, 23, 59, 59)
+
+
 def literal(value: Any, ch_type: str) -> str:
     """A parameter value as a SQL literal of its ClickHouse type."""
     if ch_type == "DateTime":
-        return f"toDateTime('{_parse_datetime(value):%Y-%m-%d %H:%M:%S}')"
+        parsed = _parse_datetime(value)
+        if not EARLIEST <= parsed <= LATEST:
+            raise ReportError(
+                f"{parsed.isoformat(' ')} UTC is outside the times ClickHouse holds "
+                f"({EARLIEST:%Y-%m-%d %H:%M:%S} to {LATEST:%Y-%m-%d %H:%M:%S} UTC)"
+            )
+        return f"toDateTime('{parsed:%Y-%m-%d %H:%M:%S}')"
     if ch_type == "String":
         return sql_string(str(value))
     if ch_type.startswith(("UInt", "Int")):
@@ -193,6 +206,30 @@ def literal(value: Any, ch_type: str) -> str:
         except (TypeError, ValueError) as exc:
             raise ReportError(f"{value!r} is not a number") from exc
     raise ReportError(f"parameter type {ch_type} is not supported")
+
+
+@cache
+def _time_zones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+def _time_zone(value: Any) -> None:
+    """ClickHouse answers an unknown zone with an error for the whole query: refuse it first.
+    (Every zone of the system's tz database loads on both backends; a test checks that.)"""
+    if str(value) not in _time_zones():
+        raise ReportError(f"{value!r} is not a time zone (an IANA name: UTC, Asia/Shanghai, ...)")
+
+
+# Parameters whose name asks more than their ClickHouse type says.
+_CHECKS: dict[str, Callable[[Any], None]] = {"tz": _time_zone}
+
+
+def parameter_literal(name: str, value: Any, ch_type: str) -> str:
+    """Report parameter `name` as a SQL literal of its type; ReportError if it cannot be one."""
+    check = _CHECKS.get(name)
+    if check is not None:
+        check(value)
+    return literal(value, ch_type)
 
 
 def render(report: Report, database: str, params: dict[str, Any], *, as_of: datetime) -> str:
@@ -213,7 +250,7 @@ def render(report: Report, database: str, params: dict[str, Any], *, as_of: date
         else:
             raise ReportError(f"report {report.name} needs the parameter {name} ({ch_type})")
         try:
-            values[name] = literal(value, ch_type)
+            values[name] = parameter_literal(name, value, ch_type)
         except ReportError as exc:
             raise ReportError(f"{name}: {exc}") from None
     sql = _TABLE.sub(lambda m: f"{m.group(1)} {database}.{m.group(2)}", report.sql)

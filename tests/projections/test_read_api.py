@@ -267,6 +267,31 @@ async def test_a_report_answers_the_columns_and_rows_that_were_projected(
             "location",
             "location is given 2 times; give it once",
         ),
+        # times a ClickHouse DateTime cannot hold, and a time zone ClickHouse cannot load
+        (
+            "/reports/sales_by_channel?since=1969-12-31T23:59:59",
+            "since",
+            "since: 1969-12-31 23:59:59 UTC is outside the times ClickHouse holds "
+            "(1970-01-01 00:00:00 to 2105-12-31 23:59:59 UTC)",
+        ),
+        (
+            "/reports/sales_by_channel?until=2106-01-01",
+            "until",
+            "until: 2106-01-01 00:00:00 UTC is outside the times ClickHouse holds",
+        ),
+        (
+            "/reports/late_orders?as_of=2105-12-31T23:00:00-05:00",
+            "as_of",
+            "as_of: 2106-01-01 04:00:00 UTC is outside",
+        ),
+        ("/reports/stock_alerts?since=0001-01-01", "since", "since: 0001-01-01 00:00:00 UTC"),
+        (
+            "/reports/sales_by_hour?tz=Mars/Olympus",
+            "tz",
+            "tz: 'Mars/Olympus' is not a time zone (an IANA name: UTC, Asia/Shanghai, ...)",
+        ),
+        ("/reports/sales_by_hour?tz=utc", "tz", "tz: 'utc' is not a time zone"),
+        ("/reports/sales_by_hour?tz=", "tz", "tz: '' is not a time zone"),
     ],
 )
 async def test_a_bad_report_parameter_is_400_naming_it(

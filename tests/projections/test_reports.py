@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from itertools import combinations
 from pathlib import Path
 from typing import Any
+from zoneinfo import available_timezones
 
 import pytest
 
@@ -446,6 +447,19 @@ def test_a_parameter_the_report_does_not_take_or_cannot_read_is_refused(
         run_report(store, "fulfilment_queue")
     with pytest.raises(ReportError, match="no report 'nope'"):
         run_report(store, "nope")
+
+
+def test_every_time_zone_a_report_accepts_loads_on_the_backend(store: ClickHouseStore) -> None:
+    """`tz` is checked against the system's tz database before ClickHouse sees it: each of its
+    zones must load in ClickHouse too, or a report would fail with 503 instead of 400."""
+    zones = sorted(available_timezones())
+    assert "UTC" in zones and "Asia/Shanghai" in zones
+    (hours,) = store.query("SELECT " + ", ".join(f"toHour(toDateTime(0), '{z}')" for z in zones))
+    assert len(hours) == len(zones)
+    with pytest.raises(ReportError, match="'Mars/Olympus' is not a time zone"):
+        run_report(store, "sales_by_hour", tz="Mars/Olympus")
+    with pytest.raises(ReportError, match="until: 2106-02-07 06:28:15 UTC is outside"):
+        run_report(store, "sales_by_hour", until="2106-02-07 06:28:15")
 
 
 # The CLI runs in a second process, which can reach the server but not this process's chDB.
