@@ -75,7 +75,9 @@ _CANCELLABLE = (*_OPEN, S.ACCEPTED_BY_STORE, S.PREPARING, S.READY)
 TRANSITIONS: dict[OrderStatus, dict[type[OrderEvent], OrderStatus]] = {
     S.RECEIVED: {OrderAccepted: S.ACCEPTED, OrderRejected: S.REJECTED},
     S.ACCEPTED: {
+        # Rejected here when no location can take the order (closed, paused, out of range).
         OrderHeld: S.HELD, OrderRouted: S.ROUTED, OrderReserved: S.RESERVED,
+        OrderRejected: S.REJECTED,
         OrderPartiallyReserved: S.PARTIALLY_RESERVED,
         OrderReservationFailed: S.RESERVATION_FAILED,
     },

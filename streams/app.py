@@ -20,28 +20,19 @@ import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 import aiokafka
 import faust
 from faust.transport.drivers import aiokafka as faust_kafka
 
 from events.codec import AvroCodec, CodecError, message_ref
-from events.models import (
-    DeadLetter,
-    Event,
-    OrderEvent,
-    StockEvent,
-    StockReleased,
-    StockReservationRefused,
-    StockReserved,
-    stock_key,
-    utc_now,
-)
+from events.models import DeadLetter, Event, OrderEvent, StockEvent, stock_key, utc_now
 from oms.settings import Settings, get_settings
 from streams import capacity, inventory, orders
 from streams.catalogue import load_catalogue
 from streams.fraud import load_rules
+from streams.partitions import LedgerPartition, OrderPartition
 from streams.replay import read_partition
 from streams.sink import Acks, Outputs, Sink, checkpoint
 from streams.views import SharedViews
@@ -86,32 +77,32 @@ class _App(faust.App):
 
 
 Replay = Callable[[str, int], Iterable[Event]]
+P = TypeVar("P", OrderPartition, LedgerPartition)
 
 
-class PartitionStates:
+class PartitionStates(Generic[P]):
     """Per-partition agent state, rebuilt from the agent's output log on first use after each
     (re)assignment."""
 
-    def __init__(self, *, topic: str, replay: Replay, fold: Callable[[dict[str, Any], Event],
-                 None], settle: Callable[[], Awaitable[None]]) -> None:  # fmt: skip
+    def __init__(self, *, topic: str, replay: Replay, new: Callable[[], P],
+                 settle: Callable[[], Awaitable[None]]) -> None:  # fmt: skip
         self.topic = topic
         self._replay = replay
-        self._fold = fold
+        self._new: Callable[[], P] = new
         self._settle = settle
-        self.states: dict[int, dict[str, Any]] = {}
+        self.states: dict[int, P] = {}
 
-    async def of(self, partition: int) -> dict[str, Any]:
+    async def of(self, partition: int) -> P:
         states = self.states.get(partition)
         if states is None:
             # Outputs of earlier batches may still be on their way: the log is read once
             # Kafka has them all, so the state is the fold of everything this worker wrote.
             await self._settle()
-            states = {}
+            states = self._new()
             events = await asyncio.to_thread(lambda: list(self._replay(self.topic, partition)))
             for event in events:
-                self._fold(states, event)
-            log.info("rebuilt %s[%d]: %d keys from %d events", self.topic, partition,
-                     len(states), len(events))  # fmt: skip
+                states.fold(event)
+            log.info("rebuilt %s[%d] from %d events", self.topic, partition, len(events))
             self.states[partition] = states
         return states
 
@@ -161,24 +152,17 @@ def create_app(
     stock_commands = app.topic(topics.stock_commands, key_type=bytes, value_type=bytes)
     out: Outputs = sink or Sink(settings.kafka_bootstrap)
 
-    def fold_order(states: dict[str, Any], event: Event) -> None:
-        if isinstance(event, OrderEvent):
-            states[event.order_id] = orders.apply(states.get(event.order_id), event)
-
-    def fold_stock(states: dict[str, Any], event: Event) -> None:
-        if isinstance(event, StockEvent):
-            key = stock_key(event.sku, event.location)
-            level = states.get(key) or inventory.empty(event.sku, event.location)
-            states[key] = inventory.apply(level, event)
-
-    order_states = PartitionStates(topic=topics.orders, replay=replay, fold=fold_order,
+    order_states = PartitionStates(topic=topics.orders, replay=replay, new=OrderPartition,
                                    settle=out.confirmed)  # fmt: skip
-    stock_states = PartitionStates(topic=topics.inventory, replay=replay, fold=fold_stock,
+    stock_states = PartitionStates(topic=topics.inventory, replay=replay, new=LedgerPartition,
                                    settle=out.confirmed)  # fmt: skip
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust's stub is too strict
     async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
         (revoked,) = args
+        # Whoever takes these partitions over rebuilds from the logs: everything this worker
+        # wrote must be on them first (and commands must reach the ledger before theirs).
+        await out.confirmed()
         order_states.forget(tp.partition for tp in revoked)
         stock_states.forget(tp.partition for tp in revoked)
 
@@ -232,7 +216,7 @@ def create_app(
         for event in batch:
             message = event.message
             raw = event.value or b""
-            states = await order_states.of(message.partition)
+            partition = await order_states.of(message.partition)
             try:
                 received = decode(message, raw, (OrderEvent, StockEvent))
                 assert isinstance(received, OrderEvent | StockEvent)
@@ -240,23 +224,18 @@ def create_app(
                 dead_letter(message, raw, str(exc))
                 written.append("DeadLetter")
                 continue
+            step = partition.handle(received, ctx)
             order_id = getattr(received, "order_id", "")
-            state = states.get(order_id)
-            decision = orders.decide(state, received, ctx)
-            if decision.to_log:
-                state = decision.after or orders.fold(decision.to_log, state)
-            for outcome in decision.to_log:
+            for outcome in step.to_log:
                 shared.note(outcome)
                 out.produce(topics.orders, key=order_id.encode(), value=codec.encode(outcome),
                             partition=message.partition)  # fmt: skip
                 written.append(outcome.event_type)
-            if state is not None:
-                states[order_id] = state
-            for command in decision.commands:
+            for command in step.commands:
                 key = stock_key(command.sku, command.location).encode()
                 out.produce(topics.stock_commands, key=key, value=codec.encode(command))
-            if decision.refusal is not None:
-                dead_letter(message, raw, decision.refusal)
+            if step.refusal is not None:
+                dead_letter(message, raw, step.refusal)
                 written.append("DeadLetter")
         return written
 
@@ -276,60 +255,48 @@ def create_app(
         for event in batch:
             message = event.message
             raw = event.value or b""
-            states = await stock_states.of(message.partition)
+            partition = await stock_states.of(message.partition)
             try:
                 command = decode(message, raw, (StockEvent,))
                 assert isinstance(command, StockEvent)
-                key = stock_key(command.sku, command.location)
-                level = states.get(key) or inventory.empty(command.sku, command.location)
                 product = shared.catalogue.products.get(command.sku)
-                outcomes = inventory.decide(level, command, product=product, now=now)
+                step = partition.handle(command, product=product, now=now)
             except (CodecError, inventory.StockCommandRefused) as exc:
                 dead_letter(message, raw, str(exc))
                 written.append("DeadLetter")
                 continue
-            replies = list(outcomes)
-            if not outcomes:  # a redelivered request: answer it again, identically
-                answered = inventory.outcome(level, getattr(command, "reservation_id", ""))
-                replies = [answered] if answered is not None else []
-            write_ledger(states, key, level, outcomes, message.partition)
-            for reply in replies:
-                send_reply(reply)
-            written += [e.event_type for e in outcomes]
+            write_ledger(step.events, message.partition)
+            for answer in step.answers:
+                order_id = getattr(answer, "order_id", "")
+                out.produce(topics.order_commands, key=order_id.encode(),
+                            value=codec.encode(answer))  # fmt: skip
+            written += [e.event_type for e in step.events]
         return written
 
-    def write_ledger(states: dict[str, Any], key: str, level: Any, outcomes: list[StockEvent],
-                     partition: int) -> None:  # fmt: skip
-        for outcome in outcomes:
-            level = inventory.apply(level, outcome)
+    def write_ledger(events: list[StockEvent], partition: int) -> None:
+        for outcome in events:
             shared.note(outcome)
+            key = stock_key(outcome.sku, outcome.location)
             out.produce(topics.inventory, key=key.encode(), value=codec.encode(outcome),
                         partition=partition)  # fmt: skip
-        states[key] = level
-
-    def send_reply(reply: StockEvent) -> None:
-        """Ledger events the order's agent must hear about go to its inputs too."""
-        if isinstance(reply, StockReserved | StockReservationRefused) or (
-            isinstance(reply, StockReleased) and reply.reason == "EXPIRED"
-        ):
-            order_id = getattr(reply, "order_id", "")
-            out.produce(topics.order_commands, key=order_id.encode(), value=codec.encode(reply))
 
     @app.timer(interval=FREEZE_EVERY_S)
     async def freeze_old_objects() -> None:
         gc.freeze()
 
     @app.timer(interval=settings.expiry_check_s)
-    async def expire_reservations() -> None:
-        """Reservations past their time and perishable batches past their date leave."""
+    async def expire() -> None:
+        """Orders whose hold ran out get their expiry command (an input of their own agent);
+        perishable batches past their date leave the ledger."""
         now = utc_now()
-        for partition, states in list(stock_states.states.items()):
-            for key, level in list(states.items()):
-                product = shared.catalogue.products.get(level.sku)
-                lapsed = inventory.expire(level, now=now, product=product)
-                write_ledger(states, key, level, lapsed, partition)
-                for event in lapsed:
-                    send_reply(event)
+        for orders_of in list(order_states.states.values()):
+            for due in orders_of.expiries(now):
+                out.produce(topics.order_commands, key=due.order_id.encode(),
+                            value=codec.encode(due))  # fmt: skip
+        products = shared.catalogue.products
+        for partition, levels in list(stock_states.states.items()):
+            for _, lapsed in levels.expire(now=now, products=products):
+                write_ledger(lapsed, partition)
         await out.confirmed()
 
     @app.timer(interval=settings.capacity_check_s, on_leader=True)

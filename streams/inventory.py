@@ -1,7 +1,8 @@
 """The stock ledger of one `sku@location` (DESIGN.md §3, invariant 3), as pure functions.
 
 `decide` answers a stock command with ledger events for `oms.inventory.v1`, `expire` makes the
-events that the passing of time causes, and `apply` folds one ledger event into a `StockLevel`.
+events that the passing of time causes (perishable batches), and `apply` folds one ledger event
+into a `StockLevel`.
 A decision is computed by applying its own events one by one, so folding the ledger at start-up
 rebuilds exactly the level every decision assumed.
 
@@ -10,9 +11,16 @@ What always holds (the property tests prove it):
 - on_hand = received − committed + adjusted (counts and expired batches are adjustments);
 - reserved = the sum of the open reservations.
 
-Redelivery: every id derives from the command's id (or, for `expire`, from the reservation or
-batch), so a command processed again makes identical events; a reservation already answered, a
-release or commit of a reservation no longer open, and an operator command among the last
+The reservation protocol (docs/reservations.md): a `ReserveStock` gets exactly one answer,
+`StockReserved` or `StockReservationRefused`, which is the ledger event itself (sent again,
+identical, when the request is repeated); `ReleaseStock` and `CommitStock` close an open
+reservation and are never answered — one for a reservation that is not open changes nothing.
+The order process owns a reservation's life, expiry included: the ledger never closes one on
+its own, so a commit can never find its units already given back.
+
+Redelivery: every id derives from the command's id (or, for `expire`, from the batch), so a
+command processed again makes identical events; a reservation already answered, a release or
+commit of a reservation no longer open, and an operator command among the last
 `APPLIED_IDS_KEPT` make none at all.
 """
 
@@ -466,32 +474,14 @@ def _check_operator(level: StockLevel, command: StockEvent) -> None:
 
 
 def expire(level: StockLevel, *, now: datetime, product: Product | None = None) -> list[StockEvent]:
-    """What time did to the ledger by `now`: a StockReleased (reason EXPIRED) for every open
-    reservation past its `expires_at`, then an ExpiryBatchExpired for every batch whose
-    `expires_on` is before now's UTC date, and a low-stock alert if these leave ATP low.
+    """What time did to the ledger by `now`: an ExpiryBatchExpired for every perishable batch
+    whose `expires_on` is before now's UTC date, and a low-stock alert if these leave ATP low.
+    (Reservations do not lapse here: the order process releases them when its hold runs out.)
 
     Decision: a batch expires only as far as it leaves reserved ≤ on_hand − safety_stock, i.e.
     at most the ATP. The rest stays in the batch (the goods are spoken for) and expires at a
     later call once units are free again, or leaves when it is committed (FEFO)."""
     decision = _Decision(level, now)
-    due = sorted(
-        (held.expires_at, reservation_id)
-        for reservation_id, held in level.reservations.items()
-        if held.expires_at is not None and held.expires_at < now
-    )
-    for _, reservation_id in due:
-        held = level.reservations[reservation_id]
-        answered = level.outcomes[reservation_id]
-        decision.emit(
-            StockReleased,
-            event_id=deterministic_id(level.key, reservation_id, "EXPIRED"),
-            correlation_id=answered.correlation_id,
-            causation_id=answered.event_id,
-            order_id=held.order_id,
-            reservation_id=reservation_id,
-            quantity=held.quantity,
-            reason="EXPIRED",
-        )
     today = now.astimezone(UTC).date()
     for batch_id, batch in sorted(level.batches.items(), key=lambda i: (i[1].expires_on, i[0])):
         quantity = min(batch.quantity, decision.level.available_to_promise)

@@ -7,19 +7,27 @@ already answered: an input is *seen* when a logged event carries its id or names
 Inputs and what they lead to:
 - `OrderReceived` / `OrderModified` from connectors: dedup, sequencing, validation
   (`streams.intake`), then `advance`.
-- `StockReserved` / `StockReservationRefused` (replies of the inventory agent): the current
-  routing attempt's lines are answered one by one (`OrderPartiallyReserved`); when all are in,
-  `OrderReserved`, or `OrderReservationFailed` with the reserved lines released
-  (compensation) and the order re-routed without the locations that refused.
-- `StockReleased` with reason EXPIRED: the reservation lapsed; the order is routed again.
+- `StockReserved` / `StockReservationRefused` (the ledger's one answer to each `ReserveStock`):
+  the current routing attempt's lines are answered one by one (`OrderPartiallyReserved`); when
+  all are in, `OrderReserved`, or `OrderReservationFailed` and a new attempt without the
+  locations that refused. An answer for a reservation the order gave up is not answered: the
+  order released it when it gave it up, and the ledger takes commands per key in order.
+- `OrderReservationReleased` with reason EXPIRED, sent by the agent's own expiry timer when a
+  reserved order's hold runs out (`expiry_due`): logged, the units go back, routed again.
 - Decisions by people: `ReviewApproved` / `ReviewRejected`, `OrderCancelled`, and fulfilment
   updates from stores and carriers, checked against the lifecycle.
+
+The reservation protocol (docs/reservations.md): each reservation id belongs to one routing
+attempt; when the order gives an attempt up (a refusal, a revision, expiry, cancellation,
+rejection) it releases every reservation the attempt requested, answered or not; when the
+goods leave it commits what it holds. So every reservation ends released or committed, and no
+stock message is ever sent in reply to a stock answer.
 
 `advance` takes an order as far as it can go on its own: fraud screening (`OrderHeld` stops
 it), routing with stock reservation, priority. Its results depend on shared views (stock,
 load, customer history) and are written once; after a crash the redelivered input finds them
-in the log. Stock commands are not in the log: `recover` re-sends those an order still owes
-(the ledger ignores repeats), which the agent does for every redelivered input.
+in the log. Stock commands are not in the log: `recover` lists those an order still owes (the
+ledger ignores repeats); the agent re-sends them once per order after it rebuilt its state.
 """
 
 from __future__ import annotations
@@ -75,6 +83,8 @@ from streams.customers import CustomerHistory, customer_key
 
 S = OrderStatus
 ACTOR = Actor(kind=ActorKind.SYSTEM, id="orders")
+# Routing attempts an order may spend on stock refusals before it is rejected OUT_OF_STOCK.
+# Attempts started by a revision or by an expired hold do not count.
 MAX_ROUTING_ATTEMPTS = 3
 RESERVATION_TTL: dict[OrderMode, timedelta] = {
     OrderMode.DELIVERY: timedelta(hours=3),
@@ -82,6 +92,9 @@ RESERVATION_TTL: dict[OrderMode, timedelta] = {
     OrderMode.DINE_IN: timedelta(hours=3),
     OrderMode.SHIP: timedelta(days=3),
 }
+# Statuses in which a reserved order's hold can run out (before a store takes it on: from
+# then on the goods are being prepared, and the reservation stays until they leave).
+EXPIRABLE = frozenset({S.RESERVED, S.PRIORITISED})
 # Inputs people and stores send for an order, checked against the lifecycle and logged as is.
 RELAYED: tuple[type[OrderEvent], ...] = (
     ReviewApproved, ReviewRejected, OrderCancelled, OrderAcceptedByStore, OrderPreparing,
@@ -90,13 +103,15 @@ RELAYED: tuple[type[OrderEvent], ...] = (
 )  # fmt: skip
 
 
-def reservation_id(order_id: str, attempt: int, sku: str, location: str) -> str:
-    return deterministic_id(order_id, "reservation", str(attempt), sku, location)
+def reservation_id(order_id: str, attempt: int, sku: str, location: str, quantity: int) -> str:
+    """One request's id. It names everything the request asks for: a routing decided again
+    after a crash may split the same line differently, and must not pass for the first one."""
+    return deterministic_id(order_id, "reservation", str(attempt), sku, location, str(quantity))
 
 
 @dataclass(frozen=True)
 class Held:
-    """A unit count the ledger holds for this order."""
+    """A unit count the ledger holds (or may hold) for this order."""
 
     sku: str
     location: str
@@ -105,7 +120,11 @@ class Held:
 
 @dataclass(frozen=True)
 class OrderState:
-    """The fold of one order's log."""
+    """The fold of one order's log.
+
+    Reservations: `requested` are this attempt's (sent to the ledger), `answers` what the
+    ledger said of them, `held` those it reserved and the order still holds; a reservation
+    leaves for `released` (a release was or is to be sent) or `committed` (the goods left)."""
 
     order: OrderReceived
     status: OrderStatus
@@ -114,14 +133,25 @@ class OrderState:
     revision: int = 0
     seen: frozenset[str] = frozenset()
     reviewed: bool = False
-    attempt: int = 0
+    screened: bool = False  # passed fraud screening since the last receipt or revision
+    attempt: int = 0  # routing attempts so far (each names its own reservation ids)
+    failures: int = 0  # attempts given up because the ledger refused a line
+    routed_at: datetime | None = None  # when this attempt was routed: its hold runs from here
     requested: Mapping[str, Held] = field(default_factory=dict)  # this attempt's lines
     answers: Mapping[str, bool] = field(default_factory=dict)  # reservation id -> reserved?
     held: Mapping[str, Held] = field(default_factory=dict)  # reservations the ledger holds
     released: Mapping[str, Held] = field(default_factory=dict)  # every one given back
     committed: Mapping[str, Held] = field(default_factory=dict)  # taken out with the goods
     refused_at: frozenset[str] = frozenset()  # locations that refused a line
+    missing: tuple[LineQuantity, ...] = ()  # what the last refused attempt could not get
     location: str | None = None
+
+    @property
+    def hold_expires_at(self) -> datetime | None:
+        """When this attempt's reservations run out (None before routing)."""
+        if self.routed_at is None:
+            return None
+        return self.routed_at + RESERVATION_TTL[self.order.mode]
 
     def as_record(self) -> intake.OrderRecord:
         return intake.OrderRecord.model_construct(
@@ -148,6 +178,9 @@ class Decision:
     commands: list[StockEvent] = field(default_factory=list)  # to the inventory agent
     refusal: str | None = None  # why the input was not taken (dead-lettered)
     after: OrderState | None = None  # the state with `to_log` applied (saves a second fold)
+    # Stock commands the order may owe from before a crash (`recover`): for an input already
+    # seen, to be sent once per order after the agent rebuilt its state, never on every repeat.
+    recovery: list[StockEvent] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- fold
@@ -166,22 +199,26 @@ def apply(state: OrderState | None, event: OrderEvent) -> OrderState:
         "last_event_id": event.event_id,
     }  # fmt: skip
     if isinstance(event, OrderModified):
-        changes |= {"order": intake.merge(state.order, event), "revision": event.revision}
-        changes |= _give_back(state, state.held)
+        changes |= {"order": intake.merge(state.order, event), "revision": event.revision,
+                    "screened": False}  # fmt: skip
+        changes |= _give_back(state, _outstanding(state))
     elif isinstance(event, ReviewApproved):
         changes["reviewed"] = True
     elif isinstance(event, OrderRouted):
         attempt = state.attempt + 1
         requested = {
-            reservation_id(event.order_id, attempt, line.sku, group.location): Held(
+            reservation_id(event.order_id, attempt, line.sku, group.location, line.quantity): Held(
                 line.sku, group.location, line.quantity
             )
             for group in event.groups
             for line in group.lines
             if line.location is not None  # made to order: nothing to reserve
         }
+        # A new attempt: whatever an earlier one still had out goes back first.
+        changes |= _give_back(state, _outstanding(state))
         changes |= {"attempt": attempt, "requested": requested, "answers": {},
-                    "location": event.location}  # fmt: skip
+                    "location": event.location, "routed_at": event.occurred_at,
+                    "screened": True}  # fmt: skip
     elif isinstance(event, OrderPartiallyReserved | OrderReserved | OrderReservationFailed):
         reserved = event.reserved if isinstance(event, OrderPartiallyReserved) else (
             event.lines if isinstance(event, OrderReserved) else [])  # fmt: skip
@@ -189,27 +226,36 @@ def apply(state: OrderState | None, event: OrderEvent) -> OrderState:
         answers = dict(state.answers)
         held = dict(state.held)
         for line in reserved:
-            rid = reservation_id(event.order_id, state.attempt, line.sku, line.location or "")
+            rid = reservation_id(
+                event.order_id, state.attempt, line.sku, line.location or "", line.quantity
+            )
             answers[rid] = True
             held[rid] = Held(line.sku, line.location or "", line.quantity)
         for line in missing:
-            rid = reservation_id(event.order_id, state.attempt, line.sku, line.location or "")
+            rid = reservation_id(
+                event.order_id, state.attempt, line.sku, line.location or "", line.quantity
+            )
             answers[rid] = False
         changes |= {"answers": answers, "held": held}
         if isinstance(event, OrderReservationFailed):
-            # Compensation: everything this attempt reserved goes back.
-            attempt_held = {rid: h for rid, h in held.items() if rid in state.requested}
-            changes |= _give_back(replace(state, held=held), attempt_held)
+            # Compensation: the attempt is given up, every line it asked for goes back —
+            # answered or not, reserved or refused (releasing is idempotent on the ledger).
+            after = replace(state, held=held)
+            changes |= _give_back(after, _outstanding(after))
             changes["refused_at"] = state.refused_at | {
                 line.location for line in missing if line.location
             }
+            if missing:
+                changes |= {"failures": state.failures + 1, "missing": tuple(missing)}
     elif isinstance(event, OrderReservationReleased):
         released = {rid for rid, h in state.held.items()
                     if any(line.sku == h.sku and line.location == h.location
                            for line in event.lines)}  # fmt: skip
         changes |= _give_back(state, {rid: state.held[rid] for rid in released})
-    elif isinstance(event, OrderCancelled | ReviewRejected):
-        changes |= _give_back(state, state.held)
+        if status is S.ACCEPTED:  # routed again: the order was screened already
+            changes["screened"] = True
+    elif isinstance(event, OrderCancelled | ReviewRejected | OrderRejected):
+        changes |= _give_back(state, _outstanding(state))
     elif isinstance(event, OrderPickedUp | ShipmentCreated):
         changes |= {"held": {}, "committed": {**state.committed, **state.held}}
     return _evolve(state, changes)
@@ -224,17 +270,19 @@ def _evolve(state: OrderState, changes: dict[str, Any]) -> OrderState:
     return after
 
 
+def _outstanding(state: OrderState) -> dict[str, Held]:
+    """Reservations the ledger may hold for the order: what it holds, and every line of the
+    current attempt not yet given back (an unanswered one may be reserved any moment)."""
+    closed = state.released.keys() | state.committed.keys()
+    lines = {**state.requested, **state.held}
+    return {rid: held for rid, held in lines.items() if rid not in closed}
+
+
 def _give_back(state: OrderState, lines: Mapping[str, Held]) -> dict[str, Any]:
     return {
         "held": {rid: h for rid, h in state.held.items() if rid not in lines},
         "released": {**state.released, **lines},
     }
-
-
-def _fold_on(events: list[OrderEvent], state: OrderState) -> OrderState:
-    for event in events:
-        state = apply(state, event)
-    return state
 
 
 def fold(events: list[OrderEvent], state: OrderState | None = None) -> OrderState | None:
@@ -250,9 +298,9 @@ def decide(state: OrderState | None, received: OrderEvent | StockEvent, ctx: Con
     """What one input means for its order."""
     if state is not None and received.event_id in state.seen:
         # Answered before — but a crash may have cut the answer short: finish what the order
-        # can do on its own, and re-send the stock commands it owes.
+        # can do on its own, and list the stock commands it owes (sent once per rebuild).
         resumed = _then_advance(state, [], [], ctx)
-        return replace(resumed, commands=recover(state, now=ctx.now) + resumed.commands)
+        return replace(resumed, recovery=recover(state, now=ctx.now))
     if isinstance(received, OrderReceived | OrderModified):
         record = None if state is None else state.as_record()
         taken = intake.decide(record, received, now=ctx.now, catalogue=ctx.catalogue)
@@ -265,16 +313,13 @@ def decide(state: OrderState | None, received: OrderEvent | StockEvent, ctx: Con
         return _answer(state, received, ctx)
     if isinstance(received, StockReleased):
         return _lapsed(state, received, ctx)
+    if isinstance(received, OrderReservationReleased):
+        return _expired(state, received, ctx)
     if isinstance(received, OrderEvent) and isinstance(received, RELAYED):
         if type(received) not in TRANSITIONS[state.status]:
             return Decision(refusal=f"order {state.order.order_id} is {state.status.value}: "
                             f"{received.event_type} is not allowed")  # fmt: skip
-        order = state.order  # a command names the order; its details come from the history
-        relayed = received.model_copy(update={
-            "sequence": state.version + 1, "channel": order.channel,
-            "external_id": order.external_id, "correlation_id": order.correlation_id,
-        })  # fmt: skip
-        return _then_advance(state, [relayed], [], ctx)
+        return _then_advance(state, [_relayed(state, received)], [], ctx)
     return Decision(refusal=f"{received.event_type} is not an input of the order process")
 
 
@@ -290,7 +335,7 @@ def advance(state: OrderState, ctx: Context, *, cause: str) -> Decision:
         )  # fmt: skip
         return Decision([verdict])
     if state.status is S.ACCEPTED:
-        if not state.reviewed:
+        if not state.reviewed and not state.screened:
             screening = fraud.screen(
                 order, history=ctx.history, catalogue=ctx.catalogue, rules=ctx.rules,
                 now=ctx.now,
@@ -318,7 +363,8 @@ def advance(state: OrderState, ctx: Context, *, cause: str) -> Decision:
 
 
 def recover(state: OrderState, *, now: datetime) -> list[StockEvent]:
-    """Stock commands the order still owes the ledger (all idempotent there)."""
+    """Stock commands the order may still owe the ledger (all idempotent there): the
+    unanswered reservations of the attempt it waits on, every release and every commit."""
     commands: list[StockEvent] = []
     if state.status in (S.ROUTED, S.PARTIALLY_RESERVED):
         commands += _reserve(state, now=now, only_unanswered=True)
@@ -328,67 +374,96 @@ def recover(state: OrderState, *, now: datetime) -> list[StockEvent]:
     return commands
 
 
+def expiry_due(state: OrderState, *, now: datetime) -> OrderReservationReleased | None:
+    """The command that gives back a reserved order's units once its hold has run out (the
+    agent's timer sends it to the order's own inputs, so it is logged like any input)."""
+    expires_at = state.hold_expires_at
+    if state.status not in EXPIRABLE or not state.held or expires_at is None or now < expires_at:
+        return None
+    order = state.order
+    return OrderReservationReleased(
+        event_id=deterministic_id(order.order_id, "expired", str(state.attempt)),
+        **follow_up(order, sequence=state.version + 1, causation_id=state.last_event_id,
+                    actor=ACTOR, now=now),
+        lines=[_line(held) for held in state.held.values()], reason="EXPIRED",
+    )  # fmt: skip
+
+
 # ---------------------------------------------------------------- steps
+
+
+def _relayed(state: OrderState, received: OrderEvent) -> OrderEvent:
+    """A command, sequenced into the order's history; its details come from the history."""
+    order = state.order
+    return received.model_copy(update={
+        "sequence": state.version + 1, "channel": order.channel,
+        "external_id": order.external_id, "correlation_id": order.correlation_id,
+    })  # fmt: skip
 
 
 def _then_advance(
     state: OrderState | None, logged: list[OrderEvent], commands: list[StockEvent], ctx: Context
 ) -> Decision:
-    """Log `logged`, then let the order go on as far as it can."""
-    to_log = list(logged)
-    commands = list(commands)
-    folded = fold(logged, state)
-    assert folded is not None, "an order's first input is its receipt"
-    after: OrderState = folded
+    """Log `logged`, then let the order go on as far as it can. Whatever an event gives back
+    or commits goes to the ledger right after it (before a new attempt's reservations, so a
+    re-route to the same location finds the units free again), with that event's reason."""
+    to_log: list[OrderEvent] = []
+    sent = list(commands)
+    after = state
+
+    def log(events: list[OrderEvent]) -> None:
+        nonlocal after
+        for event in events:
+            before, after = after, apply(after, event)
+            to_log.append(event)
+            if before is None:
+                continue
+            if after.released is not before.released:
+                why = _why_released(event)
+                sent.extend(_release(after, rid, held, reason=why, now=ctx.now)
+                            for rid, held in after.released.items()
+                            if rid not in before.released)  # fmt: skip
+            if after.committed is not before.committed:
+                sent.extend(_commit(after, rid, held, now=ctx.now)
+                            for rid, held in after.committed.items()
+                            if rid not in before.committed)  # fmt: skip
+
+    log(logged)
+    assert after is not None, "an order's first input is its receipt"
     for _ in range(2 * MAX_ROUTING_ATTEMPTS + 4):  # each step moves the order; bounded anyway
         step = advance(after, ctx, cause=after.last_event_id)
+        log(step.to_log)
+        sent += step.commands
         if not step.to_log:
-            commands += step.commands
             break
-        to_log += step.to_log
-        commands += step.commands
-        after = step.after or _fold_on(step.to_log, after)
-    # Whatever the logged events gave back or committed goes to the ledger — before any new
-    # reservation, so a re-route to the same location finds the units free again.
-    start = state or after
-    why = _why_released(to_log)
-    settled = [
-        _release(after, rid, held, reason=why, now=ctx.now)
-        for rid, held in after.released.items()
-        if rid not in start.released
-    ]
-    settled += [
-        _commit(after, rid, held, now=ctx.now)
-        for rid, held in after.committed.items()
-        if rid not in start.committed
-    ]
-    return Decision(to_log, settled + commands, after=after)
+    return Decision(to_log, sent, after=after)
 
 
 def _route(state: OrderState, ctx: Context, *, cause: str) -> Decision:
     order = state.order
-    exclude = frozenset(state.refused_at)
-    plan = (
-        routing.route(
-            order,
-            catalogue=ctx.catalogue,
-            available=ctx.available,
-            load=ctx.load,
-            now=ctx.now,
-            exclude=exclude,
-        )  # fmt: skip
-        if state.attempt < MAX_ROUTING_ATTEMPTS
-        else routing.NoRoute(
+    if state.failures >= MAX_ROUTING_ATTEMPTS:
+        plan: routing.Route | routing.NoRoute = routing.NoRoute(
             code="OUT_OF_STOCK",
-            message=f"no stock after {state.attempt} routing attempts",
-            missing=[],
-            reasons=[],
+            message=f"no stock after {state.failures} routing attempts",
+            missing=list(state.missing),
+        )
+    else:
+        plan = routing.route(
+            order, catalogue=ctx.catalogue, available=ctx.available, load=ctx.load,
+            now=ctx.now, exclude=frozenset(state.refused_at),
         )  # fmt: skip
-    )
+    if isinstance(plan, routing.NoRoute) and state.failures and plan.code != "OUT_OF_STOCK":
+        # The locations left out are the ones that refused: stock is what stopped it.
+        plan = routing.NoRoute(
+            code="OUT_OF_STOCK",
+            message=f"no location left after {state.failures} refused ({plan.message})",
+            missing=list(state.missing),
+        )
     if isinstance(plan, routing.NoRoute):
         events: list[OrderEvent] = []
         sequence = state.version + 1
-        if state.status is not S.RESERVATION_FAILED:
+        if state.status is not S.RESERVATION_FAILED and plan.missing:
+            # Stock is what stopped it: say which lines, then reject.
             events.append(OrderReservationFailed(
                 **_envelope(order, sequence=sequence, cause=cause, kind="OrderReservationFailed",
                             now=ctx.now),
@@ -405,7 +480,7 @@ def _route(state: OrderState, ctx: Context, *, cause: str) -> Decision:
         causation_id=cause, attempt=state.attempt + 1, now=ctx.now,
     )  # fmt: skip
     after = apply(state, routed)
-    return Decision([routed], _reserve(after, now=ctx.now, only_unanswered=False), after=after)
+    return Decision([routed], _reserve(after, now=ctx.now, only_unanswered=False))
 
 
 def _mark_made_to_order(plan: routing.Route, catalogue: Catalogue) -> routing.Route:
@@ -433,11 +508,16 @@ def _answer(
     rid = reply.reservation_id
     current = rid in state.requested and rid not in state.answers
     if not current or state.status not in (S.ROUTED, S.PARTIALLY_RESERVED):
-        # A late answer (order cancelled, re-routed, or answered already): give units back.
-        if isinstance(reply, StockReserved) and rid not in state.held:
-            return Decision(commands=[_release_line(state, rid, reply.sku, reply.location,
-                                                    reason="STALE", now=ctx.now)])  # fmt: skip
-        return Decision()
+        known = rid in state.requested or rid in state.released or rid in state.committed
+        if known or not isinstance(reply, StockReserved):
+            # Late: the order answered it already or gave it up, and giving up released it
+            # (the ledger takes the release after the reservation). Nothing to say back.
+            return Decision()
+        # Units reserved for a request the log does not know: a crash cut the routing short
+        # after its ReserveStock left and before OrderRouted was logged. Give them back (a
+        # release is never answered, so this ends here).
+        return Decision(commands=[_release_line(state, rid, reply.sku, reply.location,
+                                                reason="STALE", now=ctx.now)])  # fmt: skip
     answers = {**state.answers, rid: isinstance(reply, StockReserved)}
     line = state.requested[rid]
     reserved = [_line(state.requested[r]) for r, ok in answers.items() if ok]
@@ -447,8 +527,7 @@ def _answer(
     if len(answers) < len(state.requested):
         event: OrderEvent = OrderPartiallyReserved(**envelope, reserved=reserved, missing=missing)
     elif not missing:
-        expires = ctx.now + RESERVATION_TTL[state.order.mode]
-        event = OrderReserved(**envelope, lines=reserved, expires_at=expires)
+        event = OrderReserved(**envelope, lines=reserved, expires_at=state.hold_expires_at)
     else:
         short = ", ".join(f"{m.sku}@{m.location}" for m in missing)
         event = OrderReservationFailed(**envelope, missing=missing,
@@ -457,6 +536,8 @@ def _answer(
 
 
 def _lapsed(state: OrderState, released: StockReleased, ctx: Context) -> Decision:
+    """The ledger released a reservation on its own (ledgers written before the order process
+    owned expiry did): the order records that it no longer holds it."""
     rid = released.reservation_id
     if rid not in state.held or OrderReservationReleased not in TRANSITIONS[state.status]:
         return Decision()  # not held (any more): nothing to record
@@ -468,12 +549,21 @@ def _lapsed(state: OrderState, released: StockReleased, ctx: Context) -> Decisio
     return _then_advance(state, [event], [], ctx)
 
 
+def _expired(state: OrderState, due: OrderReservationReleased, ctx: Context) -> Decision:
+    """The expiry timer's command: logged if the hold it names is still the order's and has
+    run out (by then the order may have moved on: then it is simply not needed)."""
+    current = expiry_due(state, now=ctx.now)
+    if current is None or current.event_id != due.event_id:
+        return Decision()
+    return _then_advance(state, [_relayed(state, due)], [], ctx)
+
+
 # ---------------------------------------------------------------- helpers
 
 
 def _reserve(state: OrderState, *, now: datetime, only_unanswered: bool) -> list[StockEvent]:
     order = state.order
-    expires = now + RESERVATION_TTL[order.mode]
+    expires = state.hold_expires_at or now + RESERVATION_TTL[order.mode]
     return [
         ReserveStock(
             event_id=deterministic_id(rid, "ReserveStock"),
@@ -517,17 +607,18 @@ def _commit(state: OrderState, rid: str, held: Held, *, now: datetime) -> StockE
     )  # fmt: skip
 
 
-def _why_released(logged: list[OrderEvent]) -> str:
-    for event in reversed(logged):
-        if isinstance(event, OrderCancelled | ReviewRejected):
-            return "CANCELLED"
-        if isinstance(event, OrderModified):
-            return "MODIFIED"
-        if isinstance(event, OrderReservationFailed):
-            return "COMPENSATION"
-        if isinstance(event, OrderReservationReleased):
-            return event.reason
-    return "RELEASED"
+def _why_released(event: OrderEvent) -> str:
+    if isinstance(event, OrderCancelled | ReviewRejected):
+        return "CANCELLED"
+    if isinstance(event, OrderModified):
+        return "MODIFIED"
+    if isinstance(event, OrderRejected):
+        return "REJECTED"
+    if isinstance(event, OrderReservationFailed):
+        return "COMPENSATION"
+    if isinstance(event, OrderReservationReleased):
+        return event.reason
+    return "REROUTED"
 
 
 def _line(held: Held) -> LineQuantity:

@@ -392,21 +392,15 @@ def test_ledger_event_sent_as_a_command_is_refused() -> None:
 # ---------------------------------------------------------------- expiry
 
 
-def test_reservation_past_its_time_is_released_as_expired() -> None:
+def test_the_ledger_never_releases_a_reservation_on_its_own() -> None:
+    # The order process owns a reservation's life: were the ledger to expire one while the
+    # goods are being packed, their commit would find nothing to take and on_hand would lie.
     ledger = stocked(5)
-    (reserved,) = ledger.send(reserve("r-1", 2, expires_at=NOW + timedelta(minutes=10)))
-    ledger.send(reserve("r-2", 1, expires_at=NOW + timedelta(hours=1)))
-    ledger.send(reserve("r-3", 1))  # no expiry: held until released or committed
-    assert ledger.expire(NOW + timedelta(minutes=10)) == []
-    (expired,) = ledger.expire(NOW + timedelta(minutes=11))
-    assert isinstance(expired, StockReleased)
-    assert (expired.reservation_id, expired.quantity, expired.reason) == ("r-1", 2, "EXPIRED")
-    assert expired.event_id == deterministic_id(f"{SKU}@{LOCATION}", "r-1", "EXPIRED")
-    assert (expired.causation_id, expired.correlation_id) == (
-        reserved.event_id, reserved.correlation_id)  # fmt: skip
-    assert ledger.expire(NOW + timedelta(minutes=12)) == []
-    assert set(ledger.level.reservations) == {"r-2", "r-3"}
-    assert ledger.send(release("r-1")) == [] and ledger.send(commit("r-1")) == []
+    ledger.send(reserve("r-1", 2, expires_at=NOW + timedelta(minutes=10)))
+    assert ledger.expire(NOW + timedelta(days=30)) == []
+    assert set(ledger.level.reservations) == {"r-1"}
+    (committed,) = ledger.send(commit("r-1"))
+    assert isinstance(committed, StockCommitted) and ledger.level.on_hand == 3
 
 
 def test_expiry_of_the_same_level_makes_the_same_events() -> None:
@@ -415,7 +409,7 @@ def test_expiry_of_the_same_level_makes_the_same_events() -> None:
     ledger.send(batch("B-1", 2, TODAY - timedelta(days=1)))
     later = NOW + timedelta(minutes=1)
     first = expire(ledger.level, now=later)
-    assert types(first) == ["StockReleased", "ExpiryBatchExpired"]
+    assert types(first) == ["ExpiryBatchExpired"]
     assert expire(ledger.level, now=later + timedelta(seconds=1))[0].event_id == first[0].event_id
 
 
@@ -717,9 +711,6 @@ class StockLedgerMachine(RuleBasedStateMachine):
         self.ledger.expire(self.now)
         level = self.ledger.level
         assert expire(level, now=self.now, product=DUMPLINGS) == []
-        assert all(
-            r.expires_at is None or r.expires_at >= self.now for r in level.reservations.values()
-        )
         if level.available_to_promise > 0:
             assert all(b.expires_on >= self.now.date() for b in level.batches.values())
 

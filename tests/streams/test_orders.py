@@ -138,7 +138,10 @@ def test_refused_reservation_re_routes_to_another_location() -> None:
     assert second.reservation_id != first.reservation_id
     state, log, _ = run([teapots(), answer(first, ok=False), answer(second, ok=True)], ctx)
     assert types(log)[-2:] == ["OrderReserved", "OrderPrioritised"]
-    assert state is not None and dict(state.held) and not state.released
+    # The refused attempt was given up whole: its line is released (a no-op on the ledger,
+    # which never reserved it), the second attempt's is held.
+    assert state is not None and set(state.held) == {second.reservation_id}
+    assert set(state.released) == {first.reservation_id}
 
 
 def test_partial_reservation_is_compensated_when_another_line_is_refused() -> None:
@@ -151,9 +154,10 @@ def test_partial_reservation_is_compensated_when_another_line_is_refused() -> No
     state, log, commands = run([order, answer(kettle, ok=True), answer(mug, ok=False)], ctx)
     assert types(log)[3:5] == ["OrderPartiallyReserved", "OrderReservationFailed"]
     released = [c for c in commands if isinstance(c, ReleaseStock)]
-    assert [(c.reservation_id, c.reason) for c in released] == [
-        (kettle.reservation_id, "COMPENSATION")
-    ]
+    # The whole attempt goes back: the reserved kettle and the refused mug alike.
+    assert sorted((c.reservation_id, c.reason) for c in released) == sorted([
+        (kettle.reservation_id, "COMPENSATION"), (mug.reservation_id, "COMPENSATION")
+    ])  # fmt: skip
     # Only WH-BJ had stock and it refused: nothing is left to try.
     assert types(log)[-1] == "OrderRejected" and log[-1].reasons[0].code == "OUT_OF_STOCK"
 
@@ -182,11 +186,12 @@ def test_a_crash_between_the_receipt_and_its_verdict_is_finished_by_the_redelive
     assert decision.to_log == full_log[1:]  # the same verdict (same id), then the rest
 
 
-def test_a_redelivered_input_re_sends_the_reservations_still_unanswered() -> None:
+def test_a_redelivered_input_lists_the_reservations_still_unanswered_for_recovery() -> None:
     ctx = context({("KETTLE-IRON", "WH-BJ"): 5})
     state, _, (reserve,) = run([teapots()], ctx)
     again = orders.decide(state, teapots(), ctx)
-    assert again.to_log == [] and [c.event_id for c in again.commands] == [reserve.event_id]
+    assert again.to_log == [] and again.commands == []
+    assert [c.event_id for c in again.recovery] == [reserve.event_id]
 
 
 def test_answers_are_taken_once() -> None:
@@ -316,3 +321,118 @@ def test_a_store_update_the_lifecycle_does_not_allow_is_refused() -> None:
     shipped = store_update(ShipmentCreated, 1, shipment_id="s", carrier="SF", tracking_number="1")
     decision = orders.decide(state, shipped.model_copy(update={"order_id": "o-1"}), context())
     assert decision.refusal is not None and "ShipmentCreated" in decision.refusal
+
+
+def revision(n: int, quantity: int = 2) -> Any:
+    from events.models import OrderModified
+
+    return OrderModified(
+        event_id=f"rev-{n}", order_id="o-ship", sequence=1, occurred_at=NOW, recorded_at=NOW,
+        correlation_id="o-ship", actor=Actor(kind=ActorKind.CHANNEL, id="webshop"),
+        channel="webshop", external_id="1001", revision=n,
+        lines=[OrderLine(sku="KETTLE-IRON", name="铸铁茶壶", quantity=quantity, unit_price=45900)],
+        total=45900 * quantity,
+    )  # fmt: skip
+
+
+def test_revisions_do_not_use_up_the_routing_attempts_of_stock_refusals() -> None:
+    ctx = context({("KETTLE-IRON", "WH-BJ"): 50})
+    inputs: list[Any] = [teapots()]
+    for n in range(1, 5):  # reserved in full, then revised, four times over
+        _, _, commands = run(inputs, ctx)
+        pending = [c for c in commands if isinstance(c, ReserveStock)]
+        inputs += [answer(pending[-1], ok=True), revision(n, quantity=n)]
+    state, log, commands = run(inputs, ctx)
+    reserve = [c for c in commands if isinstance(c, ReserveStock)][-1]
+    state, log, _ = run([*inputs, answer(reserve, ok=True)], ctx)
+    assert types(log)[-2:] == ["OrderReserved", "OrderPrioritised"]
+    assert "OrderRejected" not in types(log) and "OrderReservationFailed" not in types(log)
+    assert state is not None and state.attempt == 5 and state.failures == 0
+
+
+def test_the_rejection_after_the_last_refusal_names_what_was_missing() -> None:
+    stock = {("KETTLE-IRON", loc): 5 for loc in ("WH-BJ", "WH-SH", "WH-GZ")}
+    ctx = context(stock)
+    inputs: list[Any] = [teapots()]
+    for _ in range(orders.MAX_ROUTING_ATTEMPTS):
+        _, log, commands = run(inputs, ctx)
+        if types(log)[-1] == "OrderRejected":
+            break
+        inputs.append(answer([c for c in commands if isinstance(c, ReserveStock)][-1], ok=False))
+    _, log, _ = run(inputs, ctx)
+    assert types(log)[-1] == "OrderRejected" and log[-1].reasons[0].code == "OUT_OF_STOCK"
+    failures = [e for e in log if e.event_type == "OrderReservationFailed"]
+    assert failures and all(f.missing for f in failures)  # never `missing: []`
+
+
+def test_an_order_no_location_can_take_is_rejected_without_a_reservation_failure() -> None:
+    far = lunch(address=Address(text="拉萨", latitude=29.65, longitude=91.1), location_hint=None)
+    _, log, _ = run([far], context())
+    assert types(log)[-2:] == ["OrderAccepted", "OrderRejected"], types(log)
+    assert log[-1].reasons[0].code == "OUT_OF_RANGE"
+
+
+def test_a_reservation_answer_is_never_answered_for_a_request_the_order_gave_up() -> None:
+    ctx = context({("KETTLE-IRON", "WH-BJ"): 5, ("KETTLE-IRON", "WH-SH"): 5})
+    _, _, (first,) = run([teapots()], ctx)
+    # Refused, re-routed; then the first request's answer comes again (a redelivery).
+    state, _, _ = run([teapots(), answer(first, ok=False)], ctx)
+    late = answer(first, ok=True).model_copy(update={"event_id": "another-answer"})
+    decision = orders.decide(state, late, ctx)
+    assert decision.to_log == [] and decision.commands == [] and decision.refusal is None
+
+
+def test_units_reserved_for_a_request_the_log_never_recorded_are_given_back() -> None:
+    ctx = context({("KETTLE-IRON", "WH-BJ"): 5})
+    _, full_log, (reserve,) = run([teapots()], ctx)
+    # The ReserveStock left, OrderRouted did not reach the log; the ledger reserved it.
+    cut = orders.fold(full_log[:2])
+    stranger = answer(reserve, ok=True).model_copy(
+        update={"reservation_id": "from-a-routing-that-was-lost"})  # fmt: skip
+    decision = orders.decide(cut, stranger, ctx)
+    assert [(c.event_type, c.reservation_id, c.reason) for c in decision.commands] == [
+        ("ReleaseStock", "from-a-routing-that-was-lost", "STALE")]  # fmt: skip
+
+
+def test_a_hold_that_runs_out_is_released_by_the_order_and_routed_again() -> None:
+    ctx = context({("KETTLE-IRON", "WH-BJ"): 5})
+    _, _, (reserve,) = run([teapots()], ctx)
+    state, log, _ = run([teapots(), answer(reserve, ok=True)], ctx)
+    assert state is not None and types(log)[-1] == "OrderPrioritised"
+    assert state.hold_expires_at == log[2].occurred_at + orders.RESERVATION_TTL[OrderMode.SHIP]
+    assert orders.expiry_due(state, now=state.hold_expires_at - timedelta(seconds=1)) is None
+    later = state.hold_expires_at + timedelta(minutes=1)
+    due = orders.expiry_due(state, now=later)
+    assert due is not None and due.reason == "EXPIRED"
+    after_ctx = context({("KETTLE-IRON", "WH-BJ"): 5}, now=later)
+    decision = orders.decide(state, due, after_ctx)
+    assert types(decision.to_log)[:2] == ["OrderReservationReleased", "OrderRouted"]
+    released = [c for c in decision.commands if isinstance(c, ReleaseStock)]
+    assert [(c.reservation_id, c.reason) for c in released] == [
+        (reserve.reservation_id, "EXPIRED")]  # fmt: skip
+    after = decision.after
+    assert after is not None and after.failures == 0 and after.attempt == 2
+    # The same command again (the timer repeats until it is logged) changes nothing more.
+    assert orders.decide(after, due, after_ctx).to_log == []
+
+
+def test_a_store_that_took_the_order_keeps_its_reservation_past_the_hold() -> None:
+    ctx = context({("KETTLE-IRON", "WH-BJ"): 5})
+    _, _, (reserve,) = run([teapots()], ctx)
+    state, _, _ = run([teapots(), answer(reserve, ok=True),
+                       store_update(OrderAcceptedByStore, 1, location="WH-BJ")], ctx)  # fmt: skip
+    assert state is not None and state.hold_expires_at is not None
+    assert orders.expiry_due(state, now=state.hold_expires_at + timedelta(days=9)) is None
+
+
+def test_a_rejected_order_gives_back_everything_it_had_asked_for() -> None:
+    lines = [OrderLine(sku="KETTLE-IRON", name="壶", quantity=1, unit_price=45900),
+             OrderLine(sku="MUG-CERAMIC", name="杯", quantity=1, unit_price=6800)]  # fmt: skip
+    order = teapots(lines=lines, total=45900 + 6800)
+    ctx = context({("KETTLE-IRON", "WH-BJ"): 1, ("MUG-CERAMIC", "WH-BJ"): 1})
+    _, _, reserves = run([order], ctx)
+    kettle, mug = sorted(reserves, key=lambda c: c.sku)
+    state, log, _ = run([order, answer(kettle, ok=True), answer(mug, ok=False)], ctx)
+    assert types(log)[-1] == "OrderRejected"
+    assert state is not None and not state.held
+    assert set(state.released) == {kettle.reservation_id, mug.reservation_id}

@@ -1,0 +1,165 @@
+"""What each agent keeps for one partition, and what one input does to it. No Kafka here:
+the worker (`streams.app`) feeds inputs in and writes the outputs; the reservation protocol's
+model test (`tests/streams/test_reservation_protocol.py`) drives the very same objects through
+random interleavings, crashes and redeliveries.
+
+A partition's state is rebuilt from the agent's own output log after every (re)assignment —
+`fold` each logged event, in order — so whatever a crash cut short is recognised when its
+input comes again.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from events.models import (
+    Event,
+    OrderEvent,
+    OrderReservationReleased,
+    Product,
+    ReserveStock,
+    StockEvent,
+    StockReservationRefused,
+    StockReserved,
+    stock_key,
+)
+from streams import inventory, orders
+
+
+@dataclass(frozen=True)
+class OrderStep:
+    """What one input to the order agent writes: its log events, its stock commands, and the
+    reason it was not taken (dead-lettered) if it was not."""
+
+    to_log: list[OrderEvent] = field(default_factory=list)
+    commands: list[StockEvent] = field(default_factory=list)
+    refusal: str | None = None
+
+
+class OrderPartition:
+    """The order agent's state for one partition: each order's fold of the order log."""
+
+    def __init__(self) -> None:
+        self.orders: dict[str, orders.OrderState] = {}
+        # Orders whose owed stock commands were re-sent since the rebuild: once is enough
+        # (a crash can only have cut short what came before the rebuild), and re-sending on
+        # every repeat would answer duplicates with duplicates.
+        self._recovered: set[str] = set()
+        # Expiry commands sent since the rebuild (the timer would repeat them until logged).
+        self._expiry_sent: set[str] = set()
+
+    def fold(self, event: Event) -> None:
+        """One event of the order log, read back while rebuilding."""
+        if isinstance(event, OrderEvent):
+            self.orders[event.order_id] = orders.apply(self.orders.get(event.order_id), event)
+
+    def handle(self, received: OrderEvent | StockEvent, ctx: orders.Context) -> OrderStep:
+        order_id = getattr(received, "order_id", "")
+        state = self.orders.get(order_id)
+        decision = orders.decide(state, received, ctx)
+        if decision.to_log:
+            after = decision.after or orders.fold(decision.to_log, state)
+            assert after is not None
+            self.orders[order_id] = after
+        commands = list(decision.commands)
+        if decision.recovery and order_id not in self._recovered:
+            self._recovered.add(order_id)
+            commands = decision.recovery + commands
+        return OrderStep(decision.to_log, commands, decision.refusal)
+
+    def expiries(self, now: datetime) -> list[OrderReservationReleased]:
+        """Commands for the orders whose hold ran out, each sent once (the order agent takes
+        them as inputs, so a crash between logging and releasing is recovered like any)."""
+        due = []
+        for state in self.orders.values():
+            if state.status not in orders.EXPIRABLE:
+                continue
+            command = orders.expiry_due(state, now=now)
+            if command is not None and command.event_id not in self._expiry_sent:
+                self._expiry_sent.add(command.event_id)
+                due.append(command)
+        return due
+
+
+@dataclass(frozen=True)
+class LedgerStep:
+    """What one stock command writes: ledger events, and the answers the orders hear."""
+
+    events: list[StockEvent] = field(default_factory=list)
+    answers: list[StockEvent] = field(default_factory=list)
+
+
+class LedgerPartition:
+    """The inventory agent's state for one partition: each `sku@location` level, and the
+    commands behind the last `RECENT_COMMANDS` ledger writes.
+
+    The recent commands make redelivery exact: a batch of inputs is redelivered after a crash
+    only while it is unacknowledged, at most 8 batches of 500 (`streams.sink.Acks`), so every
+    redelivered command whose events reached the ledger is among them, whatever the levels
+    have forgotten of their closed reservations since."""
+
+    RECENT_COMMANDS = 10_000
+
+    def __init__(self) -> None:
+        self.levels: dict[str, inventory.StockLevel] = {}
+        self._recent: OrderedDict[str, list[StockEvent]] = OrderedDict()
+
+    def fold(self, event: Event) -> None:
+        """One event of the stock ledger, read back while rebuilding."""
+        if isinstance(event, StockEvent):
+            key = stock_key(event.sku, event.location)
+            level = self.levels.get(key) or inventory.empty(event.sku, event.location)
+            self.levels[key] = inventory.apply(level, event)
+            if event.causation_id is not None:
+                self._remember(event.causation_id, [event])
+
+    def handle(self, command: StockEvent, *, product: Product | None, now: datetime) -> LedgerStep:
+        """Raises `inventory.StockCommandRefused` for a command the ledger will not take."""
+        done = self._recent.get(command.event_id)
+        if done is not None:  # redelivered or repeated: answer as before, write nothing
+            return LedgerStep(answers=_answers(command, done))
+        key = stock_key(command.sku, command.location)
+        level = self.levels.get(key) or inventory.empty(command.sku, command.location)
+        events = inventory.decide(level, command, product=product, now=now)
+        answers = _answers(command, events)
+        if not events and isinstance(command, ReserveStock):
+            answered = inventory.outcome(level, command.reservation_id)
+            answers = [answered] if answered is not None else []
+        self._write(key, level, events)
+        if events:
+            self._remember(command.event_id, events)
+        return LedgerStep(events, answers)
+
+    def expire(
+        self, *, now: datetime, products: Mapping[str, Product]
+    ) -> Iterable[tuple[str, list[StockEvent]]]:
+        """What time did to each level (perishable batches): ledger events only."""
+        for key, level in list(self.levels.items()):
+            lapsed = inventory.expire(level, now=now, product=products.get(level.sku))
+            if lapsed:
+                self._write(key, level, lapsed)
+                yield key, lapsed
+
+    def _write(self, key: str, level: inventory.StockLevel, events: list[StockEvent]) -> None:
+        for event in events:
+            level = inventory.apply(level, event)
+        self.levels[key] = level
+
+    def _remember(self, command_id: str, events: list[StockEvent]) -> None:
+        known = self._recent.get(command_id)
+        if known is not None:
+            known.extend(events)
+            return
+        self._recent[command_id] = list(events)
+        if len(self._recent) > self.RECENT_COMMANDS:
+            self._recent.popitem(last=False)
+
+
+def _answers(command: StockEvent, events: list[StockEvent]) -> list[StockEvent]:
+    """A reservation request is answered on the order's inputs; nothing else is."""
+    if not isinstance(command, ReserveStock):
+        return []
+    return [e for e in events if isinstance(e, StockReserved | StockReservationRefused)]
