@@ -40,7 +40,7 @@ def order_file(path: Path, count: int, *, seed: int = 11) -> tuple[int, int]:
     avro_bytes = 0
     with path.open("wb") as out:
         for n in range(count):
-            order = _sample_order(rng, PROFILES["retail"], "webshop", n, day)
+            order = _sample_order(rng, PROFILES["retail"], "webshop", n, day, run_id="BENCH")
             body, _ = sample_payload(order)
             out.write(body + b"\n")
             if n < 1000:
@@ -112,7 +112,8 @@ def webhook_latency(settings: Settings, *, rate: float, seconds: float) -> dict[
     count = int(rate * seconds)
     rng = random.Random(5)
     day = datetime(2026, 11, 11, tzinfo=UTC)
-    bodies = [sample_payload(_sample_order(rng, PROFILES["retail"], "webshop", n, day))[0]
+    bodies = [sample_payload(_sample_order(rng, PROFILES["retail"], "webshop", n, day,
+                                           run_id="BENCH"))[0]
               for n in range(count + 200)]  # fmt: skip
     port = _free_port()
     with scratch_topics(settings, "bench") as scratch:

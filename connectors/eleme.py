@@ -173,7 +173,8 @@ class ElemeConnector(Connector):
 def sample_payload(
     order: SampleOrder, *, revision: int = 0, secret: str | None = None
 ) -> tuple[bytes, dict[str, str]]:
-    """`order` as an Ele.me type-10 push; revision r is a modification r minutes later."""
+    """`order` as an Ele.me type-10 push; revision r is a modification made at
+    `order.revised_at(r)`."""
     created = order.placed_at.astimezone(CHINA).strftime("%Y-%m-%dT%H:%M:%S")
     shop_id = zlib.crc32(order.store.encode()) % 10**9
     message: dict[str, Any] = {
@@ -194,7 +195,7 @@ def sample_payload(
         "shopPart": -_yuan(order.discount), "elemePart": 0.0,
         "orderBusinessType": _SELF_PICKUP if order.mode is OrderMode.PICKUP else 0,
     }  # fmt: skip
-    timestamp = int(order.placed_at.timestamp()) + 60 * revision
+    timestamp = int(order.revised_at(revision).timestamp())
     if revision:
         message["updateTime"] = timestamp
     envelope: dict[str, Any] = {

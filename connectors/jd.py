@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -182,8 +182,8 @@ def _beijing(moment: datetime) -> str:
 def sample_payload(
     order: SampleOrder, *, revision: int = 0, secret: str | None = None
 ) -> tuple[bytes, dict[str, str]]:
-    """`order` as a paid `jingdong.pop.order.get` response; revision n is the order as changed n
-    minutes after payment. JD ships or has it picked up (京配自提), in CNY, without packaging fee:
+    """`order` as a paid `jingdong.pop.order.get` response; revision n is the order as changed at
+    `order.revised_at(n)`. JD ships or has it picked up (京配自提), in CNY, without packaging fee:
     other orders raise ValueError. Unsigned, so `secret` is not used."""
     if order.mode not in (OrderMode.SHIP, OrderMode.PICKUP) or order.currency != CURRENCY:
         raise ValueError(f"jd orders are shipped or picked up, in {CURRENCY}: {order.external_id}")
@@ -204,7 +204,7 @@ def sample_payload(
         "freightPrice": _yuan(order.delivery_fee), "taxFee": _yuan(order.tax),
         "orderPayment": _yuan(order.total), "orderRemark": order.notes or "",
         "orderStartTime": created, "paymentConfirmTime": created,
-        "modified": _beijing(order.placed_at + timedelta(minutes=revision)),
+        "modified": _beijing(order.revised_at(revision)),
         "pin": order.extras.get("pin", f"jd_{zlib.crc32(order.customer_phone.encode()):x}"),
         "consigneeInfo": {"fullname": order.customer_name, "mobile": order.customer_phone,
                           "fullAddress": order.address_text or ""},

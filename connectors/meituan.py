@@ -156,8 +156,10 @@ class MeituanConnector(Connector):
 def sample_payload(
     order: SampleOrder, *, revision: int = 0, secret: str | None = None
 ) -> tuple[bytes, dict[str, str]]:
-    """`order` as Meituan's push parameters; revision r is a modification r minutes later."""
+    """`order` as Meituan's push parameters; revision r is a modification made at
+    `order.revised_at(r)`."""
     ctime = int(order.placed_at.timestamp())
+    utime = int(order.revised_at(revision).timestamp())
     detail = [
         {"app_food_code": line.sku, "sku_id": line.sku, "food_name": line.name,
          "quantity": line.quantity, "price": _yuan(line.unit_price), "unit": "份",
@@ -171,9 +173,9 @@ def sample_payload(
          "poi_charge": _yuan(order.discount), "remark": "满减优惠", "type": 2}
     ] if order.discount else []  # fmt: skip
     params = {
-        "app_id": "6231", "timestamp": str(ctime + 60 * revision + 2),
+        "app_id": "6231", "timestamp": str(utime + 2),
         "order_id": order.external_id, "wm_order_id_view": order.external_id,
-        "app_poi_code": order.store, "ctime": str(ctime), "utime": str(ctime + 60 * revision),
+        "app_poi_code": order.store, "ctime": str(ctime), "utime": str(utime),
         "status": "2", "pay_type": "2",
         "pick_type": str(_SELF_PICKUP if order.mode is OrderMode.PICKUP else 0),
         "delivery_time": "0", "recipient_name": order.customer_name,

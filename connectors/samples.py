@@ -45,11 +45,19 @@ class SampleOrder:
     longitude: float | None = None
     notes: str | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    modified_at: datetime | None = None  # UTC; when its latest revision was made
 
     @property
     def total(self) -> int:
         lines = sum(line.quantity * line.unit_price for line in self.lines)
         return lines + self.delivery_fee + self.packaging_fee + self.tax - self.discount
+
+    def revised_at(self, revision: int) -> datetime:
+        """When revision `revision` was made: `modified_at` if set (the simulator's clock),
+        else `revision` minutes after the order was placed (fixtures and tests)."""
+        if revision == 0:
+            return self.placed_at
+        return self.modified_at or self.placed_at + timedelta(minutes=revision)
 
 
 _DISHES = [
@@ -60,11 +68,22 @@ _DISHES = [
     ("BUN-PORK-4", "鲜肉包 4只", "10.00"),
     ("SOUP-HOTSOUR", "酸辣汤", "15.50"),
 ]
-_STREETS = ["88 Nanjing Rd", "12 Huaihai Rd", "300 Xujiahui Rd", "7 Wukang Rd"]
+# Addresses near four of the demo's stores, so the web shop's deliveries spread over them.
+_ADDRESSES = [
+    ("88 Nanjing East Rd", 31.2355, 121.4800),  # S01 People's Square
+    ("100 Century Ave", 31.2370, 121.5050),  # S03 Lujiazui
+    ("1686 West Nanjing Rd", 31.2236, 121.4464),  # S04 Jing'an Temple
+    ("1 Hongqiao Rd", 31.1960, 121.4380),  # S02 Xujiahui
+]
 
 
 def _money(cents: int) -> str:
     return f"{cents // 100}.{cents % 100:02d}"
+
+
+def _shipping_address(street: str, latitude: float, longitude: float) -> dict[str, Any]:
+    return {"address1": street, "city": "Shanghai", "zip": "200000", "country_code": "CN",
+            "latitude": latitude, "longitude": longitude}  # fmt: skip
 
 
 def web_order(
@@ -99,14 +118,7 @@ def web_order(
             "last_name": rng.choice(["Zhang", "Li", "Wang"]),
             "phone": f"+86 138{rng.randint(10_000_000, 99_999_999)}",
         },
-        "shipping_address": {
-            "address1": rng.choice(_STREETS),
-            "city": "Shanghai",
-            "zip": "200000",
-            "country_code": "CN",
-            "latitude": 31.23,
-            "longitude": 121.47,
-        },
+        "shipping_address": _shipping_address(*rng.choice(_ADDRESSES)),
         "note": rng.choice([None, "少辣", "no cutlery"]),
         "tags": "delivery",  # the restaurant's own web shop delivers from the nearest store
     }

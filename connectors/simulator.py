@@ -7,8 +7,11 @@ Profiles:
 - peak: retail on a Double-11 night: the rate climbs to 3.5x the average around midnight.
 
 The run compresses one day into `duration` seconds; the rate follows the profile's curve and
-averages `rate` orders/s. A share of the traffic is duplicated (a channel re-sending), revised
-(`OrderModified`) or malformed (dead-lettered), as real channels do.
+averages `rate` orders/s. The clock is not compressed: an order's times are the moment it is
+sent, never later. A share of the traffic is duplicated (a channel re-sending), revised
+(`OrderModified`) or malformed (dead-lettered), as real channels do. External ids carry the
+run's id, so a second run sends new orders; duplicates and revisions reuse the external id of
+an order sent earlier in the same run, as they are meant to.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ import importlib
 import math
 import random
 import time
+import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Literal
 
 from connectors.base import Connector, PayloadRejected
 from connectors.registry import available
@@ -116,8 +120,23 @@ PROFILES["peak"] = Profile(
 )
 
 
+SendKind = Literal["order", "duplicate", "revision", "malformed"]
+
+
+@dataclass(frozen=True)
+class Send:
+    """One payload a channel sends `due_s` seconds into the run; no time in it is later."""
+
+    due_s: float
+    channel: str
+    kind: SendKind
+    body: bytes
+    headers: dict[str, str]
+
+
 @dataclass
 class SimulationReport:
+    run_id: str = ""
     generated: int = 0
     published: int = 0
     duplicates: int = 0
@@ -130,12 +149,37 @@ class SimulationReport:
     peak_rate: float = 0.0
 
 
+@dataclass
+class _Sent:
+    """An order sent earlier in the run, as its channel last sent it."""
+
+    channel: str
+    order: SampleOrder
+    body: bytes
+    headers: dict[str, str]
+    revision: int = 0
+
+
+def new_run_id() -> str:
+    """A run's own part of the external ids: random, so runs never share one."""
+    return uuid.uuid4().hex[:8].upper()
+
+
 def _pick(rng: random.Random, shares: dict[Any, float]) -> Any:
     return rng.choices(list(shares), weights=list(shares.values()))[0]
 
 
+def _mean_shape(profile: Profile) -> float:
+    return sum(profile.curve(h / 10) for h in range(240)) / 240
+
+
+def peak_rate(profile: Profile, rate: float) -> float:
+    """Orders/s at the busiest moment of the profile's day when it averages `rate`."""
+    return rate * max(profile.curve(h / 10) for h in range(241)) / _mean_shape(profile)
+
+
 def _sample_order(rng: random.Random, profile: Profile, channel: str, number: int,
-                  placed_at: datetime) -> SampleOrder:  # fmt: skip
+                  placed_at: datetime, *, run_id: str) -> SampleOrder:  # fmt: skip
     mode = _pick(rng, profile.modes[channel])
     store_id, _, lat, lon = rng.choice(STORES)
     items = rng.sample(profile.catalogue, k=rng.randint(1, 4))
@@ -144,7 +188,7 @@ def _sample_order(rng: random.Random, profile: Profile, channel: str, number: in
     restaurant = profile.catalogue is DISHES
     subtotal = sum(line.quantity * line.unit_price for line in lines)
     return SampleOrder(
-        external_id=f"{channel[:2].upper()}{placed_at:%Y%m%d}{number:07d}",
+        external_id=f"{channel[:2].upper()}{run_id}{number:07d}",
         store=store_id,
         # the phone form has minutes only
         placed_at=placed_at.replace(microsecond=0, second=placed_at.second * (channel != "phone")),
@@ -163,83 +207,107 @@ def _sample_order(rng: random.Random, profile: Profile, channel: str, number: in
     )  # fmt: skip
 
 
+def traffic(
+    *, profile_name: str, rate: float, duration_s: float, start: datetime, run_id: str,
+    rng: random.Random,
+) -> Iterator[Send]:  # fmt: skip
+    """Every payload of a run, in the order they are due. Pure: the start, the run id and the
+    randomness are passed in, so the same three give the same traffic. A payload due at `t`
+    carries times no later than `start + t` (to the second, as the platforms write them)."""
+    if rate <= 0 or duration_s <= 0:
+        raise ValueError("rate and duration must be positive")
+    profile = PROFILES[profile_name]
+    samplers: dict[str, Callable[..., tuple[bytes, dict[str, str]]]] = {
+        channel: importlib.import_module(f"connectors.{channel}").sample_payload
+        for channel in profile.channels
+    }
+    mean_shape = _mean_shape(profile)
+    sent: list[_Sent] = []  # later duplicates and revisions pick from these
+    number = 0
+    due = 0.0
+    while True:
+        due += mean_shape / (rate * profile.curve(due / duration_s * 24))
+        if due >= duration_s:
+            return
+        at = (start + timedelta(seconds=due)).replace(microsecond=0)
+        roll = rng.random()
+        if roll < profile.duplicate_share and sent:
+            again = rng.choice(sent)  # the channel sends it again
+            yield Send(due, again.channel, "duplicate", again.body, again.headers)
+            continue
+        if roll < profile.duplicate_share + profile.revision_share and sent:
+            earlier = rng.choice(sent)
+            # Platforms write times to the second: a revision in the same second as the last
+            # change would not read as later, so that order is not revised this time.
+            if (earlier.order.modified_at or earlier.order.placed_at) < at:
+                first, *rest = earlier.order.lines  # the customer adds one more
+                more = replace(first, quantity=first.quantity + 1)
+                earlier.order = replace(earlier.order, lines=[more, *rest], modified_at=at)
+                earlier.revision += 1
+                earlier.body, earlier.headers = samplers[earlier.channel](
+                    earlier.order, revision=earlier.revision
+                )
+                yield Send(due, earlier.channel, "revision", earlier.body, earlier.headers)
+                continue
+        channel = _pick(rng, profile.channels)
+        order = _sample_order(rng, profile, channel, number, at, run_id=run_id)
+        number += 1
+        body, headers = samplers[channel](order)
+        if roll > 1 - profile.malformed_share:
+            # cut off mid-payload, as a broken proxy might
+            yield Send(due, channel, "malformed", body[: len(body) // 2], headers)
+            continue
+        if len(sent) < 5000:
+            sent.append(_Sent(channel, order, body, headers))
+        yield Send(due, channel, "order", body, headers)
+
+
 def simulate(
     *, profile_name: str, rate: float, duration_s: float, publisher: Publisher,
-    seed: int | None = None, on_tick: Callable[[SimulationReport], None] | None = None,
-    start: datetime | None = None,
+    seed: int | None = None, run_id: str | None = None,
+    on_tick: Callable[[SimulationReport], None] | None = None,
+    clock: Callable[[], datetime] = utc_now, sleep: Callable[[float], None] = time.sleep,
 ) -> SimulationReport:  # fmt: skip
-    """Send about `rate * duration_s` orders, shaped by the profile's day, then wait for acks."""
+    """Send about `rate * duration_s` orders, shaped by the profile's day, then wait for acks.
+    Each payload is sent no earlier than the times it carries. Without `run_id` the run draws
+    its own: `seed` repeats the traffic, `seed` and `run_id` together repeat it exactly."""
     profile = PROFILES[profile_name]
-    rng = random.Random(seed)
-    connectors: dict[str, Connector] = {}
-    samplers: dict[str, Callable[..., tuple[bytes, dict[str, str]]]] = {}
     installed = available()
-    for channel in profile.channels:
-        connectors[channel] = installed[channel]()
-        samplers[channel] = importlib.import_module(f"connectors.{channel}").sample_payload
-    day = (start or datetime.now(UTC)).replace(hour=0, minute=0, second=0, microsecond=0)
-    mean_shape = sum(profile.curve(h / 10) for h in range(240)) / 240
-    report = SimulationReport()
-    sent: list[tuple[str, SampleOrder, bytes, dict[str, str]]] = []
-    revision: Counter[str] = Counter()
-    began = time.monotonic()
-    credit = 0.0
-    last = began
-    while (now := time.monotonic()) - began < duration_s:
-        hour = (now - began) / duration_s * 24
-        current = rate * profile.curve(hour) / mean_shape
-        report.peak_rate = max(report.peak_rate, current)
-        credit += (now - last) * current
-        last = now
-        if credit < 1:
-            time.sleep(min(0.002, (1 - credit) / max(current, 1e-6)))
-            continue
-        for _ in range(int(credit)):
-            credit -= 1
-            channel = _pick(rng, profile.channels)
-            placed_at = day + timedelta(hours=hour)
-            roll = rng.random()
-            if roll < profile.duplicate_share and sent:
-                channel, _, body, headers = rng.choice(sent)  # the channel sends it again
-                report.duplicates += 1
-            elif roll < profile.duplicate_share + profile.revision_share and sent:
-                index = rng.randrange(len(sent))
-                channel, original, _, _ = sent[index]  # the customer adds one more
-                first = original.lines[0]
-                revised = replace(original, lines=[replace(first, quantity=first.quantity + 1),
-                                                   *original.lines[1:]])  # fmt: skip
-                revision[original.external_id] += 1
-                body, headers = samplers[channel](revised, revision=revision[original.external_id])
-                sent[index] = (channel, revised, body, headers)
-                report.revisions += 1
-            else:
-                order = _sample_order(rng, profile, channel, report.generated, placed_at)
-                body, headers = samplers[channel](order)
-                if roll > 1 - profile.malformed_share:
-                    body = body[: len(body) // 2]  # cut off mid-payload, as a broken proxy might
-                    report.malformed += 1
-                elif len(sent) < 5000:  # later duplicates and revisions pick from these
-                    sent.append((channel, order, body, headers))
-            report.generated += 1
-            report.by_channel[channel] += 1
-            _send(connectors[channel], body, headers, publisher, report)
+    connectors: dict[str, Connector] = {
+        channel: installed[channel]() for channel in profile.channels
+    }
+    report = SimulationReport(run_id=run_id or new_run_id(), peak_rate=peak_rate(profile, rate))
+    start = clock()
+    for send in traffic(profile_name=profile_name, rate=rate, duration_s=duration_s, start=start,
+                        run_id=report.run_id, rng=random.Random(seed)):  # fmt: skip
+        due = start + timedelta(seconds=send.due_s)
+        while (wait := (due - clock()).total_seconds()) > 0:
+            if on_tick is not None:
+                on_tick(report)  # a slow run still shows its progress
+            sleep(min(wait, 0.5))
+        report.generated += 1
+        report.by_channel[send.channel] += 1
+        report.duplicates += send.kind == "duplicate"
+        report.revisions += send.kind == "revision"
+        report.malformed += send.kind == "malformed"
+        _send(connectors[send.channel], send, publisher=publisher, report=report, clock=clock)
         if on_tick is not None:
             on_tick(report)
     delivered = publisher.flush()
     report.acknowledged = delivered.acknowledged[publisher.settings.topics.intake]
     report.dead_lettered = delivered.acknowledged[publisher.settings.topics.dlq]
-    report.elapsed_s = time.monotonic() - began
+    report.elapsed_s = (clock() - start).total_seconds()
     return report
 
 
-def _send(connector: Connector, body: bytes, headers: dict[str, str], publisher: Publisher,
-          report: SimulationReport) -> None:  # fmt: skip
+def _send(connector: Connector, send: Send, *, publisher: Publisher, report: SimulationReport,
+          clock: Callable[[], datetime]) -> None:  # fmt: skip
     try:
-        event = connector.parse(body, received_at=utc_now(), headers=headers)
+        event = connector.parse(send.body, received_at=clock(), headers=send.headers)
     except PayloadRejected as exc:
         publisher.dead_letter(DeadLetter.of(
-            source=connector.name, source_ref=f"simulate:{report.generated}", reason=str(exc),
-            raw=body,
+            source=connector.name, source_ref=f"simulate:{report.run_id}:{report.generated}",
+            reason=str(exc), raw=send.body,
         ))  # fmt: skip
         return
     publisher.intake(event)

@@ -19,7 +19,7 @@ import hmac
 import json
 import os
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt
@@ -270,8 +270,9 @@ def _signature(secret: str, notification_url: str, body: bytes) -> str:
 def sample_payload(
     order: SampleOrder, *, revision: int = 0, secret: str | None = None
 ) -> tuple[bytes, dict[str, str]]:
-    """`order` as a RetrieveOrder response at `version` revision + 1, updated `revision` minutes
-    after it was placed; signed for the configured notification URL when `secret` is given."""
+    """`order` as a RetrieveOrder response at `version` revision + 1, updated at
+    `order.revised_at(revision)`; signed for the configured notification URL when `secret` is
+    given."""
 
     def money(amount: int) -> dict[str, Any]:
         return {"amount": amount, "currency": order.currency}
@@ -315,7 +316,7 @@ def sample_payload(
         "tenders": [{"id": f"{order.external_id}-tender", "type": "CARD",
                      "amount_money": money(order.total), "card_details": {"status": "CAPTURED"}}],
         "created_at": _rfc3339(created),
-        "updated_at": _rfc3339(created + timedelta(minutes=revision)),
+        "updated_at": _rfc3339(order.revised_at(revision).astimezone(UTC)),
         "state": "OPEN", "version": revision + 1,
         "total_money": money(order.total), "total_tax_money": money(order.tax),
         "total_discount_money": money(order.discount), "total_tip_money": money(0),

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -190,7 +190,7 @@ def sample_payload(
     order: SampleOrder, *, revision: int = 0, secret: str | None = None
 ) -> tuple[bytes, dict[str, str]]:
     """`order` as a paid `taobao.trade.fullinfo.get` response; revision n is the trade as changed
-    n minutes after payment. Tmall ships, in CNY, without packaging fee or separate tax: other
+    at `order.revised_at(n)`. Tmall ships, in CNY, without packaging fee or separate tax: other
     orders raise ValueError. Unsigned, so `secret` is not used."""
     if order.mode is not OrderMode.SHIP or order.currency != CURRENCY:
         raise ValueError(f"tmall trades are shipped and in {CURRENCY}: {order.external_id}")
@@ -209,7 +209,7 @@ def sample_payload(
         "tid": int(order.external_id) if order.external_id.isdigit() else order.external_id,
         "tid_str": order.external_id, "type": "fixed", "status": "WAIT_SELLER_SEND_GOODS",
         "created": created, "pay_time": created,
-        "modified": _beijing(order.placed_at + timedelta(minutes=revision)),
+        "modified": _beijing(order.revised_at(revision)),
         "total_fee": _yuan(goods), "post_fee": _yuan(order.delivery_fee),
         "discount_fee": _yuan(order.discount), "adjust_fee": "0.00",
         "payment": _yuan(order.total),

@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -214,7 +214,7 @@ def sample_payload(
         "tags": {OrderMode.PICKUP: "pickup", OrderMode.DELIVERY: "delivery"}.get(order.mode, ""),
     }
     if revision:
-        document["updated_at"] = (local + timedelta(minutes=revision)).isoformat()
+        document["updated_at"] = order.revised_at(revision).astimezone(CHINA).isoformat()
     body = json.dumps(document, ensure_ascii=False).encode()
     headers = {"X-Shopify-Topic": "orders/updated" if revision else "orders/create"}
     if secret is not None:

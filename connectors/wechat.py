@@ -227,7 +227,8 @@ def sample_payload(
             "contact": {"name": order.customer_name, "phone": order.customer_phone},
             "address": address, "remark": order.notes, "create_time": placed_ms,
             "revision": revision,
-            "update_time": placed_ms + 60_000 * revision if revision else None,
+            "update_time": int(order.revised_at(revision).timestamp()) * 1000
+            if revision else None,
         },
         "payment": {
             "out_trade_no": order.external_id, "trade_type": "JSAPI", "trade_state": paid,

@@ -17,7 +17,7 @@ import hmac
 import json
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from functools import partial
 from typing import Annotated, Any
@@ -223,11 +223,11 @@ def sample_payload(
     order: SampleOrder, *, revision: int = 0, secret: str | None = None
 ) -> tuple[bytes, dict[str, str]]:
     """`order` as a WooCommerce webhook delivery: `order.created`, or with `revision` > 0 an
-    `order.updated` saved `revision` minutes later. WooCommerce has no dine-in: it is a pickup.
-    The store is the Local Pickup block's location, so only pickup orders carry it."""
+    `order.updated` saved at `order.revised_at(revision)`. WooCommerce has no dine-in: it is a
+    pickup. The store is the Local Pickup block's location, so only pickup orders carry it."""
     money = partial(_decimal, currency=order.currency)
     created = order.placed_at.astimezone(UTC).replace(microsecond=0)
-    modified = created + timedelta(minutes=revision)
+    modified = order.revised_at(revision).astimezone(UTC).replace(microsecond=0)
     first, _, last = order.customer_name.partition(" ")
     method = {OrderMode.SHIP: "flat_rate", OrderMode.DELIVERY: "local_delivery"}.get(
         order.mode, "pickup_location"

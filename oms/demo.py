@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ class DemoSummary:
     elapsed_s: float
     sales: list[dict[str, object]] = field(default_factory=list)  # the sales_by_store report
     queue: list[dict[str, object]] = field(default_factory=list)  # S01's fulfilment queue
+    rejections: dict[str, int] = field(default_factory=dict)  # rejected orders by reason code
 
     @property
     def settled(self) -> int:
@@ -78,8 +80,9 @@ def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
 
 def count_verdicts(
     settings: Settings, *, since: dict[int, int], order_ids: set[str], timeout_s: float = 60.0
-) -> tuple[int, int]:
-    """Accepted and rejected verdicts on the order log (the source of truth) for these orders."""
+) -> tuple[int, Counter[str]]:
+    """Accepted verdicts on the order log (the source of truth) for these orders, and the
+    rejected ones by reason code (the first the rejection names)."""
     topic = settings.topics.orders
     consumer = Consumer(
         {
@@ -89,7 +92,7 @@ def count_verdicts(
         }
     )
     codec = AvroCodec.for_registry(settings.schema_registry_url)
-    verdicts: dict[str, str] = {}
+    verdicts: dict[str, str] = {}  # order id -> "accepted" or the rejection's reason code
     end = end_offsets(settings, topic)
     consumer.assign([TopicPartition(topic, p, since.get(p, 0)) for p in end])
     remaining = {p for p, last in end.items() if last > since.get(p, 0)}
@@ -106,12 +109,15 @@ def count_verdicts(
                     event = codec.decode(message.value() or b"")
                 except CodecError:
                     continue
-                if isinstance(event, OrderAccepted | OrderRejected) and event.order_id in order_ids:
-                    verdicts[event.order_id] = type(event).__name__
+                # The last verdict stands: an accepted order may be rejected when routed.
+                if isinstance(event, OrderAccepted) and event.order_id in order_ids:
+                    verdicts[event.order_id] = "accepted"
+                elif isinstance(event, OrderRejected) and event.order_id in order_ids:
+                    verdicts[event.order_id] = next((r.code for r in event.reasons), "UNKNOWN")
     finally:
         consumer.close()
-    accepted = sum(1 for v in verdicts.values() if v == "OrderAccepted")
-    return accepted, len(verdicts) - accepted
+    rejections = Counter(v for v in verdicts.values() if v != "accepted")
+    return len(verdicts) - rejections.total(), rejections
 
 
 def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
@@ -192,7 +198,10 @@ def run_demo(
             return settled >= report.acknowledged or time.monotonic() > deadline
 
         projector.run(until=caught_up)
-        accepted, rejected = count_verdicts(settings, since=since, order_ids=order_ids)
+        accepted, rejections = count_verdicts(settings, since=since, order_ids=order_ids)
+        if rejections:
+            say("rejected by reason: " + ", ".join(
+                f"{count} {code}" for code, count in rejections.most_common()))  # fmt: skip
         counts = status_counts(store, order_ids=ids)
         return DemoSummary(
             generated=orders,
@@ -200,12 +209,13 @@ def run_demo(
             received=report.acknowledged,
             dead_lettered=report.dead_lettered,
             accepted=accepted,
-            rejected=rejected,
+            rejected=rejections.total(),
             statuses=counts,
             in_clickhouse=sum(counts.values()),
             elapsed_s=time.monotonic() - began,
             sales=run_report(store, "sales_by_store", limit=5).as_dicts(),
             queue=fulfilment_queue(store, "S01", limit=3),
+            rejections=dict(rejections),
         )
     finally:
         if worker is not None:
