@@ -157,8 +157,14 @@ def apply(level: StockLevel, event: StockEvent) -> StockLevel:
             f"({event.event_type} {event.event_id})"
         )
     after = replace(_effect(level, event), sequence=event.sequence)
-    if after.alerted and after.available_to_promise > after.alert_threshold:
-        after = replace(after, alerted=False, alert_threshold=0)  # re-armed
+    if (
+        after.alerted
+        and isinstance(event, OPERATOR_COMMANDS)
+        and after.available_to_promise > after.alert_threshold
+    ):
+        # Re-armed by stock coming back (a receipt, a count, a lower safety stock), not by a
+        # released reservation: that would alert again at the next order for one shortage.
+        after = replace(after, alerted=False, alert_threshold=0)
     return after
 
 
