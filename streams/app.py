@@ -24,6 +24,7 @@ from typing import Any, Generic, TypeVar, cast
 
 import aiokafka
 import faust
+import mode
 from faust.transport.drivers import aiokafka as faust_kafka
 
 from events.codec import AvroCodec, CodecError, message_ref
@@ -136,6 +137,10 @@ def create_app(
         # so its partitions move to the survivors (or its restart) quickly.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=3.0,
+        # An agent that raises stops the worker (Faust would restart the agent in the same
+        # process, with partition states that may be ahead of what reached Kafka): the
+        # supervisor restarts the process, which rebuilds from the logs.
+        agent_supervisor=mode.CrashingSupervisor,
         datadir=str(settings.home / "faust"),
     )
     shared = views or SharedViews(catalogue=load_catalogue(settings.catalogue_file), codec=codec)

@@ -8,11 +8,16 @@ which every redelivered input is recognised.
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 from events.codec import AvroCodec, CodecError, message_ref
 from events.models import DeadLetter, Event
+
+log = logging.getLogger(__name__)
 
 
 def read_partition(
@@ -27,7 +32,7 @@ def read_partition(
         "fetch.max.bytes": 52428800, "queued.max.messages.kbytes": 262144,
     })  # fmt: skip
     try:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+        low, high = _watermarks(consumer, TopicPartition(topic, partition))
         if high <= low:
             return
         consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
@@ -48,3 +53,20 @@ def read_partition(
                     return
     finally:
         consumer.close()
+
+
+def _watermarks(consumer: Any, partition: Any) -> tuple[int, int]:
+    """The partition's first and next offsets, asked again (backing off to 10 s) while the
+    broker is away: a rebuild waits for Kafka rather than failing the worker."""
+    from confluent_kafka import KafkaException
+
+    delay = 0.5
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(partition, timeout=30)
+            return int(low), int(high)
+        except KafkaException as exc:
+            log.warning("replay of %s[%d] waits for Kafka: %s", partition.topic,
+                        partition.partition, exc)  # fmt: skip
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from confluent_kafka import KafkaError, Message, Producer
 
 log = logging.getLogger(__name__)
+WAIT_NOTICE_S = 30  # how often a wait for Kafka's acknowledgements says it is still waiting
 
 
 class DeliveryFailed(RuntimeError):
@@ -68,7 +69,10 @@ class Sink:
         self._producer = Producer({
             "bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
             "linger.ms": 2, "compression.type": "lz4", "partitioner": "murmur2_random",
-            "message.timeout.ms": 60000,
+            # Kept until the broker takes it, however long it is away (a broker restart, a
+            # network partition): the worker waits rather than giving up on an output. With
+            # idempotence, order per partition survives the retries.
+            "message.timeout.ms": 0,
         })  # fmt: skip
         self._errors: list[str] = []
         self._lock = threading.Lock()
@@ -123,12 +127,16 @@ class Sink:
             self._producer.poll(0.1)
 
     async def confirmed(self) -> None:
-        """Wait until everything produced so far is acknowledged."""
-        remaining = await asyncio.to_thread(self._producer.flush, 60)
+        """Wait until everything produced so far is acknowledged (while the broker is away,
+        as long as it takes); raises DeliveryFailed if Kafka refused an output."""
+        waited = 0
+        while remaining := await asyncio.to_thread(self._producer.flush, WAIT_NOTICE_S):
+            waited += WAIT_NOTICE_S
+            log.warning("%d outputs still waiting for Kafka after %d s", remaining, waited)
         with self._lock:
             errors, self._errors = self._errors, []
-        if remaining or errors:
-            raise DeliveryFailed(f"{remaining} unconfirmed, errors: {errors[:3]}")
+        if errors:
+            raise DeliveryFailed(f"errors: {errors[:3]}")
 
     def close(self) -> None:
         self._producer.flush(30)
