@@ -7,12 +7,14 @@ the nemesis can restart them without touching the shared stack other tests use.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
 import socket
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -45,6 +47,7 @@ from tests.faults.workload import Load, Workload, WorkloadReport, write_catalogu
 ROOT = Path(__file__).resolve().parents[2]
 REQUIRED = (KILL_WORKER, KILL_PROJECTOR, RESTART_BROKER, RESTART_CLICKHOUSE)
 STARTUP_TIMEOUT_S = 180.0
+CATCH_UP_S = 60.0  # for the projector, once the workers are stopped
 
 
 class HarnessError(RuntimeError):
@@ -87,8 +90,9 @@ class PrivateStack:
         self.clickhouse = ClickHouseService(self.settings)
 
     def up(self) -> None:
-        self.kafka.up()
-        self.clickhouse.up()
+        with _detached():
+            self.kafka.up()
+            self.clickhouse.up()
 
     def down(self) -> None:
         self.clickhouse.down()
@@ -97,12 +101,14 @@ class PrivateStack:
     def restart_broker(self, pause_s: float) -> None:
         self.kafka.down()
         time.sleep(pause_s)
-        self.kafka.up()
+        with _detached():
+            self.kafka.up()
 
     def restart_clickhouse(self, pause_s: float) -> None:
         self.clickhouse.down()
         time.sleep(pause_s)
-        self.clickhouse.up()
+        with _detached():
+            self.clickhouse.up()
 
     def env(self) -> dict[str, str]:
         """What `oms worker` and `oms project` need to use this stack (and this source)."""
@@ -110,6 +116,15 @@ class PrivateStack:
             "OMS_CATALOGUE_FILE": str(self.settings.catalogue_file),
             "PYTHONPATH": str(ROOT),
         }
+
+
+@contextlib.contextmanager
+def _detached() -> Iterator[None]:
+    """`oms.stack` starts a server and keeps its pid file, not its `Popen`: the object is
+    dropped while the server runs, which warns (ResourceWarning). That is by design there."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        yield
 
 
 @dataclass(frozen=True)
@@ -306,6 +321,14 @@ def _observe(
     before = {t: _size(settings, t) for t in commands}
     time.sleep(scenario.quiet_s)
     growth = {t: _size(settings, t) - before[t] for t in commands}
+    lag = observe.worker_lag(settings)
+    # Freeze the system, so the logs and ClickHouse are read as one consistent picture: the
+    # workers stop writing, the projector gets a last chance to catch up with what they wrote.
+    supervisor.stop("worker")
+    behind = observe.caught_up(settings)
+    with contextlib.suppress(HarnessError):
+        _wait(lambda: behind() == 0, timeout_s=CATCH_UP_S, what="the projector")
+    supervisor.stop("projector")
     reader.read_to_end()
     order_log = [e for e in reader.events if isinstance(e, OrderEvent)]
     ledger_reader = observe.TopicReader(settings, settings.topics.inventory, codec)
@@ -328,7 +351,7 @@ def _observe(
         unexpected_exits=list(supervisor.unexpected),
         tails=[observe.tail(settings, t, codec) for t in commands],
         release_commands=observe.release_commands(settings, suspects, codec),
-        lag=observe.worker_lag(settings),
+        lag=lag,
         command_topics=commands,
     )
 

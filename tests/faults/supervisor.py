@@ -21,6 +21,7 @@ COMMANDS: dict[str, list[str]] = {
     "projector": ["project"],
 }
 BACKOFF_S = 2.0
+WAIT_FOR_VICTIM_S = 60.0
 
 
 @dataclass
@@ -84,16 +85,23 @@ class Supervisor:
         return [m for m in self._managed if m.kind == kind and not m.retired]
 
     def kill(self, kind: str, *, rng: random.Random, pause_s: float) -> str:
-        """kill -9 one process of `kind` (its whole process group); back after `pause_s`."""
-        with self._lock:
-            running = [m for m in self.live(kind) if m.restart_at is None]
-            if not running:
-                return f"no {kind} running to kill"
-            victim = rng.choice(sorted(running, key=lambda m: m.name))
-            _signal_group(victim.process, signal.SIGKILL)
-            victim.process.wait()
-            victim.restart_at = time.monotonic() + pause_s
-            return f"kill -9 {victim.name} (pid {victim.process.pid})"
+        """kill -9 one process of `kind` (its whole process group); back after `pause_s`. If
+        none runs just now (one is restarting), wait for one, so a planned kill happens."""
+        deadline = time.monotonic() + WAIT_FOR_VICTIM_S
+        while True:
+            with self._lock:
+                running = [
+                    m for m in self.live(kind) if m.restart_at is None and m.process.poll() is None
+                ]
+                if running:
+                    victim = rng.choice(sorted(running, key=lambda m: m.name))
+                    _signal_group(victim.process, signal.SIGKILL)
+                    victim.process.wait()
+                    victim.restart_at = time.monotonic() + pause_s
+                    return f"kill -9 {victim.name} (pid {victim.process.pid})"
+            if time.monotonic() > deadline:
+                return f"no {kind} came up within {WAIT_FOR_VICTIM_S:.0f} s to be killed"
+            time.sleep(0.2)
 
     def retire(self, kind: str, *, rng: random.Random) -> str:
         """Stop one process of `kind` for good (SIGTERM), as when a worker is removed."""
@@ -137,6 +145,15 @@ class Supervisor:
             managed.process = self._spawn(managed.kind, managed.log)
             managed.restart_at = None
             self.say(f"restarted {managed.name} (pid {managed.process.pid})")
+
+    def stop(self, kind: str) -> None:
+        """Stop every process of `kind` for good (SIGTERM, SIGKILL after 30 s)."""
+        with self._lock:
+            leaving = self.live(kind)
+            for managed in leaving:
+                managed.retired = True
+        for managed in leaving:
+            _stop(managed.process)
 
     def stop_all(self) -> None:
         self._stop.set()
