@@ -9,7 +9,7 @@ VENV := .venv
 OMS := $(VENV)/bin/oms
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck pytest system-deps browser-deps stack-up stack-down clean
+.PHONY: demo test chaos lint typecheck pytest system-deps browser-deps stack-up stack-down clean
 
 NATIVE_SRC := native/avro_codec/Cargo.toml native/avro_codec/Cargo.lock $(wildcard native/avro_codec/src/*.rs)
 
@@ -71,6 +71,15 @@ test: $(STAMP) system-deps browser-deps
 	elif [ $$rc -ne 0 ]; then status=1; fi; \
 	if [ $$was_up = 0 ]; then $(OMS) stack down; fi; \
 	exit $$status
+
+# Long randomized fault runs (docs/faults.md), each against a private broker and ClickHouse on
+# free ports: random seeds, random faults about every 12 s. A failure prints its seed and the
+# command that replays it. The Kafka jars are the local stack's (.oms/kafka/libs, fetched here
+# if missing); the shared stack itself is not needed.
+CHAOS_ARGS ?= --runs 3 --duration 120
+chaos: $(STAMP) system-deps
+	$(VENV)/bin/python -c 'from oms.settings import Settings; from oms.stack import KafkaService; KafkaService(Settings()).ensure_installed()'
+	$(VENV)/bin/python -m tests.faults $(CHAOS_ARGS)
 
 stack-up: $(STAMP) system-deps
 	$(OMS) stack up
