@@ -78,6 +78,7 @@ class _App(faust.App):
 
 
 Replay = Callable[[str, int], Iterable[Event]]
+Message = tuple[str, bytes, bytes]  # topic, key, value: for another agent, after the log
 P = TypeVar("P", OrderPartition, LedgerPartition)
 
 
@@ -207,11 +208,23 @@ def create_app(
         await wait_for_views()
         async with Acks.running(stream) as acks:
             async for batch in cast(Any, stream).noack_take(BATCH, within=BATCH_WITHIN_S):
-                written = await order_batch(batch)
-                await acks.add(batch, checkpoint(out))  # acked once Kafka has its outputs
+                messages: list[Message] = []
+                written = await order_batch(batch, messages)
+                await acks.add(batch, after_the_log(messages))
                 yield written
 
-    async def order_batch(batch: list[Any]) -> list[str]:
+    async def after_the_log(messages: list[Message]) -> None:
+        """Write-ahead: what a batch tells other agents leaves only once Kafka has the log
+        events it follows from (so a command or an answer never outlives a crash that lost
+        its cause); the batch is acked once Kafka has those too. Batches pass in order, so
+        commands to one key keep the order they were decided in."""
+        logged = checkpoint(out)
+        await logged
+        for topic, key, value in messages:
+            out.produce(topic, key=key, value=value)
+        await checkpoint(out)
+
+    async def order_batch(batch: list[Any], messages: list[Message]) -> list[str]:
         written: list[str] = []
         now = utc_now()
         ctx = orders.Context(
@@ -238,7 +251,7 @@ def create_app(
                 written.append(outcome.event_type)
             for command in step.commands:
                 key = stock_key(command.sku, command.location).encode()
-                out.produce(topics.stock_commands, key=key, value=codec.encode(command))
+                messages.append((topics.stock_commands, key, codec.encode(command)))
             if step.refusal is not None:
                 dead_letter(message, raw, step.refusal)
                 written.append("DeadLetter")
@@ -250,11 +263,12 @@ def create_app(
         await wait_for_views()
         async with Acks.running(stream) as acks:
             async for batch in cast(Any, stream).noack_take(BATCH, within=BATCH_WITHIN_S):
-                written = await stock_batch(batch)
-                await acks.add(batch, checkpoint(out))
+                messages: list[Message] = []
+                written = await stock_batch(batch, messages)
+                await acks.add(batch, after_the_log(messages))
                 yield written
 
-    async def stock_batch(batch: list[Any]) -> list[str]:
+    async def stock_batch(batch: list[Any], messages: list[Message]) -> list[str]:
         written: list[str] = []
         now = utc_now()
         for event in batch:
@@ -273,8 +287,7 @@ def create_app(
             write_ledger(step.events, message.partition)
             for answer in step.answers:
                 order_id = getattr(answer, "order_id", "")
-                out.produce(topics.order_commands, key=order_id.encode(),
-                            value=codec.encode(answer))  # fmt: skip
+                messages.append((topics.order_commands, order_id.encode(), codec.encode(answer)))
             written += [e.event_type for e in step.events]
         return written
 

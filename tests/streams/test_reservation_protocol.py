@@ -90,11 +90,15 @@ class Topic:
 
 @dataclass
 class Agent:
-    """An agent's read and acked positions on its inputs, and its unflushed outputs."""
+    """An agent's read and acked positions on its inputs, and its outputs on their way: log
+    events, messages for other agents that wait for those (write-ahead, as `streams.app`
+    does), and messages already sent."""
 
     read: dict[str, int]
     acked: dict[str, int]
-    pending: list[tuple[str, Any]] = field(default_factory=list)
+    pending: list[tuple[str, Any]] = field(default_factory=list)  # log events, unconfirmed
+    waiting: list[tuple[str, Any]] = field(default_factory=list)  # until `pending` lands
+    sent: list[tuple[str, Any]] = field(default_factory=list)  # produced, unconfirmed
 
 
 class ReservationProtocol(RuleBasedStateMachine):
@@ -114,8 +118,8 @@ class ReservationProtocol(RuleBasedStateMachine):
         self.ledger_partitions = {p: LedgerPartition() for p in range(STOCK_PARTITIONS)}
         self.placed: list[str] = []
         self.revisions: Counter[str] = Counter()
-        self.extra_inputs: Counter[str] = Counter()  # per order: revisions, cancels, expiries
         self.serial = 0
+        self.crashes = 0
 
     # ------------------------------------------------------------ the world outside
 
@@ -164,7 +168,6 @@ class ReservationProtocol(RuleBasedStateMachine):
     def revise(self, data: st.DataObject, quantity: int) -> None:
         order_id = data.draw(st.sampled_from(self.placed))
         self.revisions[order_id] += 1
-        self.extra_inputs[order_id] += 1
         revision = self.revisions[order_id]
         sku = data.draw(st.sampled_from(sorted(SKUS)))
         line = OrderLine(sku=sku, name=sku, quantity=quantity, unit_price=SKUS[sku])
@@ -180,7 +183,6 @@ class ReservationProtocol(RuleBasedStateMachine):
     @rule(data=st.data())
     def cancel(self, data: st.DataObject) -> None:
         order_id = data.draw(st.sampled_from(self.placed))
-        self.extra_inputs[order_id] += 1
         self.topics["order-commands"].messages.append(OrderCancelled(
             **self.command_envelope(order_id, "cancel"), cancelled_by=CancelledBy.CUSTOMER,
             reason_code="CHANGED_MIND", reason="no longer wanted",
@@ -192,7 +194,6 @@ class ReservationProtocol(RuleBasedStateMachine):
         """The warehouse takes the order on, packs it and hands it to a carrier (each step is
         refused, harmlessly, if the order is not where the step needs it)."""
         order_id = data.draw(st.sampled_from(self.placed))
-        self.extra_inputs[order_id] += 1
         state = self.order_partition.orders.get(order_id)
         location = (state.location if state else None) or "WH-BJ"
         inbox = self.topics["order-commands"].messages
@@ -229,8 +230,7 @@ class ReservationProtocol(RuleBasedStateMachine):
         """Time moves on and the order agent's expiry timer runs (ship holds last 3 days)."""
         self.now += timedelta(hours=hours)
         for due in self.order_partition.expiries(self.now):
-            self.extra_inputs[due.order_id] += 1
-            self.order_agent.pending.append(("order-commands", due))
+            self.order_agent.sent.append(("order-commands", due))
 
     # ------------------------------------------------------------ the agents
 
@@ -261,7 +261,7 @@ class ReservationProtocol(RuleBasedStateMachine):
         agent.read[source] += 1
         step = self.order_partition.handle(received, self.context())
         agent.pending += [("orders", event) for event in step.to_log]
-        agent.pending += [(f"stock-commands/{stock_partition(c)}", c) for c in step.commands]
+        agent.waiting += [(f"stock-commands/{stock_partition(c)}", c) for c in step.commands]
 
     def step_ledger_agent(self, source: str) -> None:
         agent = self.ledger_agent
@@ -275,7 +275,7 @@ class ReservationProtocol(RuleBasedStateMachine):
         except inventory.StockCommandRefused:
             return  # dead-lettered
         agent.pending += [(f"ledger/{partition}", event) for event in step.events]
-        agent.pending += [("order-commands", answer) for answer in step.answers]
+        agent.waiting += [("order-commands", answer) for answer in step.answers]
 
     @precondition(lambda self: bool(self.unread(self.order_agent)))
     @rule(data=st.data())
@@ -287,12 +287,29 @@ class ReservationProtocol(RuleBasedStateMachine):
     def ledger_agent_takes_a_command(self, data: st.DataObject) -> None:
         self.step_ledger_agent(data.draw(st.sampled_from(self.unread(self.ledger_agent))))
 
-    def flush(self, agent: Agent) -> None:
-        """Kafka acknowledged every output: they are on their topics, the inputs are acked."""
+    def log_confirmed(self, agent: Agent) -> None:
+        """Kafka has the log events: the messages that follow from them are sent."""
         for topic, message in agent.pending:
             self.topics[topic].messages.append(message)
         agent.pending.clear()
+        agent.sent += agent.waiting
+        agent.waiting.clear()
+
+    def flush(self, agent: Agent) -> None:
+        """Kafka acknowledged every output: they are on their topics, the inputs are acked."""
+        self.log_confirmed(agent)
+        for topic, message in agent.sent:
+            self.topics[topic].messages.append(message)
+        agent.sent.clear()
         agent.acked = dict(agent.read)
+
+    @rule()
+    def order_agent_log_confirmed(self) -> None:
+        self.log_confirmed(self.order_agent)
+
+    @rule()
+    def ledger_agent_log_confirmed(self) -> None:
+        self.log_confirmed(self.ledger_agent)
 
     @rule()
     def order_agent_flushes(self) -> None:
@@ -303,15 +320,18 @@ class ReservationProtocol(RuleBasedStateMachine):
         self.flush(self.ledger_agent)
 
     def crash(self, agent: Agent, data: st.DataObject) -> None:
-        """kill -9: of each partition's unflushed outputs some first ones had landed; the
-        inputs after the last ack come again."""
+        """kill -9: of each partition's unconfirmed outputs some first ones had landed (what
+        still waited for the log never left); the inputs after the last ack come again."""
+        self.crashes += 1
         by_topic: dict[str, list[Any]] = {}
-        for topic, message in agent.pending:
+        for topic, message in agent.pending + agent.sent:
             by_topic.setdefault(topic, []).append(message)
         for topic, messages in sorted(by_topic.items()):
             landed = data.draw(st.integers(0, len(messages)), label=f"landed on {topic}")
             self.topics[topic].messages += messages[:landed]
         agent.pending.clear()
+        agent.waiting.clear()
+        agent.sent.clear()
         agent.read = dict(agent.acked)
 
     @rule(data=st.data())
@@ -421,9 +441,8 @@ class ReservationProtocol(RuleBasedStateMachine):
             for c in self.topics[f"stock-commands/{p}"].messages
         )  # fmt: skip
         for order_id, state in states.items():
-            attempts = state.attempt + 1
-            crashes = 1 + self.extra_inputs[order_id]
-            bound = STOCK_MESSAGES_PER_ATTEMPT * attempts * crashes
+            # each attempt sends its own; each crash may make it re-send what it owes
+            bound = STOCK_MESSAGES_PER_ATTEMPT * (state.attempt + 1) * (1 + self.crashes)
             assert commands[order_id] <= bound, f"{order_id}: {commands[order_id]} messages"
 
 
