@@ -24,6 +24,7 @@ from events.models import (
     ExpiryBatchExpired,
     OrderEvent,
     OrderReceived,
+    OrderReservationFailed,
     OrderReservationReleased,
     OrderReserved,
     OrderRouted,
@@ -334,6 +335,24 @@ def lifecycle_obeyed(obs: Observation) -> list[Violation]:
     if not broken:
         return []
     return [_violation("lifecycle_obeyed", f"{len(broken)} orders break the lifecycle", broken)]
+
+
+def failures_name_what_is_missing(obs: Observation) -> list[Violation]:
+    """Every OrderReservationFailed names the lines that could not be reserved (issue 19: an
+    order revised and re-reserved until its routing attempts ran out failed with none)."""
+    empty = [e for e in obs.order_log if isinstance(e, OrderReservationFailed) and not e.missing]
+    if not empty:
+        return []
+    reasons = Counter(e.reason for e in empty)
+    return [
+        _violation(
+            "failures_name_what_is_missing",
+            f"{len(empty)} OrderReservationFailed events name no missing line ("
+            + ", ".join(f"{n} {reason}" for reason, n in reasons.most_common())
+            + ")",
+            (f"{e.order_id} seq {e.sequence}: {e.reason}" for e in empty),
+        )
+    ]
 
 
 def atp_never_negative(obs: Observation) -> list[Violation]:
@@ -652,6 +671,7 @@ SAFETY: tuple[Property, ...] = (
     no_event_twice,
     sequences_intact,
     lifecycle_obeyed,
+    failures_name_what_is_missing,
     atp_never_negative,
     stock_conserved,
     void_orders_hold_nothing,

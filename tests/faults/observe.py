@@ -233,7 +233,7 @@ def ledger_events(reader: TopicReader) -> list[StockEvent]:
 
 
 def release_commands(
-    settings: Settings, reservation_ids: Sequence[str], codec: AvroCodec, *, within_s: float = 180
+    settings: Settings, reservation_ids: Sequence[str], codec: AvroCodec, *, within_s: float = 120
 ) -> dict[str, int] | None:
     """How many ReleaseStock commands the stock-command topic holds for each reservation id
     (None if it could not be read within `within_s`). Messages are matched on their bytes

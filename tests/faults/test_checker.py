@@ -21,6 +21,7 @@ from events.models import (
     OrderEvent,
     OrderPrioritised,
     OrderRejected,
+    OrderReservationFailed,
     OrderReserved,
     OrderRouted,
     RejectionReason,
@@ -224,6 +225,17 @@ def illegal_transition(obs: Observation) -> Observation:
     return _log(obs, "o-1", [start("o-1")[0], prioritised("o-1", 2)])
 
 
+def failed_naming_nothing(obs: Observation) -> Observation:
+    reason = RejectionReason(code="OUT_OF_STOCK", message="no stock after 3 routing attempts")
+    events = [
+        *start("o-6"),
+        routed("o-6", 3, WIDGETS),
+        follow("o-6", 4, OrderReservationFailed, missing=[], reason="OUT_OF_STOCK"),
+        follow("o-6", 5, OrderRejected, reasons=[reason]),
+    ]
+    return replace(obs, order_log=[*obs.order_log, *events])
+
+
 def oversold(obs: Observation) -> Observation:
     return replace(obs, ledger=[*obs.ledger, reserve(5, "o-5", quantity=9)])
 
@@ -297,6 +309,7 @@ BREAKAGES: list[tuple[checker.Property, Callable[[Observation], Observation]]] =
     (checker.no_event_twice, written_twice),
     (checker.sequences_intact, sequence_gap),
     (checker.lifecycle_obeyed, illegal_transition),
+    (checker.failures_name_what_is_missing, failed_naming_nothing),
     (checker.atp_never_negative, oversold),
     (checker.stock_conserved, released_twice),
     (checker.stock_conserved, committed_more_than_reserved),

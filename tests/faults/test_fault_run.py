@@ -27,6 +27,7 @@ def test_the_short_schedule_has_every_required_fault() -> None:
     assert all(fault.at_s < SHORT.load.duration_s for fault in SHORT.faults())
 
 
+@pytest.mark.timeout(600)  # about 100 s; a run that goes wrong should fail on its report
 def test_orders_survive_kills_and_restarts_and_settle(tmp_path: Path) -> None:
     outcome = run(SHORT, home=tmp_path / "fault-run")
     print(outcome.report())

@@ -171,14 +171,13 @@ class Workload:
 
     # ------------------------------------------------------------ the run
 
-    def run(self, *, on_second: Callable[[float], None] | None = None) -> WorkloadReport:
+    def run(self) -> WorkloadReport:
         """Send the load for `duration_s`, then wait for Kafka's acknowledgements."""
         load = self.load
         timed = self.timetable()
         follow_ups: list[tuple[float, int]] = []  # (due, index into sent): another revision
         began = last = time.monotonic()
         credit = 0.0
-        tick = 0
         while (now := time.monotonic()) - began < load.duration_s:
             elapsed = now - began
             while timed and timed[0].at_s <= elapsed:
@@ -192,9 +191,6 @@ class Workload:
                 credit -= 1
                 self._act(elapsed, follow_ups)
             self.publisher.poll(0)
-            if on_second is not None and int(elapsed) > tick:
-                tick = int(elapsed)
-                on_second(elapsed)
             time.sleep(0.005)
         for item in sorted(timed):  # every paused location is resumed before the end
             if item.kind == "resume":
