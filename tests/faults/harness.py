@@ -241,7 +241,10 @@ def run(
         report = workload.run()
         note(f"load done: {report.describe()}")
         nemesis.join()
-        _wait(supervisor.all_up, timeout_s=60, what="every process up after the faults")
+        try:
+            _wait(supervisor.all_up, timeout_s=60, what="every process up after the faults")
+        except HarnessError as exc:  # processes_stay_up will say which, and why
+            note(str(exc))
         faults_over = time.monotonic()
         note("faults over; waiting for the orders to settle")
 
