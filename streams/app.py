@@ -242,7 +242,8 @@ def create_app(
                 dead_letter(message, raw, str(exc))
                 written.append("DeadLetter")
                 continue
-            step = partition.handle(received, ctx)
+            with shared.reading():
+                step = partition.handle(received, ctx)
             order_id = getattr(received, "order_id", "")
             for outcome in step.to_log:
                 shared.note(outcome)
@@ -321,9 +322,10 @@ def create_app(
     async def watch_capacity() -> None:
         """Pause a location whose capacity slot is full; resume it when a new slot starts."""
         now = utc_now()
-        changes = capacity.changes(
-            shared.catalogue, load=shared.load(now), auto_paused=shared.auto_paused, now=now
-        )
+        with shared.reading():
+            changes = capacity.changes(
+                shared.catalogue, load=shared.load(now), auto_paused=shared.auto_paused, now=now
+            )
         for change in changes:
             shared.note(change)
             out.produce(topics.catalogue, key=change.entity_id.encode(),

@@ -2,7 +2,10 @@
 promise per `sku@location`, orders per location and capacity slot, and customers' history.
 
 They are read in a background thread from all partitions of the catalogue, inventory and
-order topics. They are eventually consistent and used only where that is safe: routing may
+order topics. That thread and the event loop both change them (the worker notes its own
+decisions at once) and the event loop walks them while deciding, so every change and every
+decision that reads them holds the views' lock (`reading()`): the thread takes it per event,
+the worker per input. They are eventually consistent and used only where that is safe: routing may
 pick a location whose stock just went — the ledger, which is exact, then refuses the
 reservation and the order is re-routed; fraud velocity and capacity are soft limits. The
 worker also notes its own decisions at once, so it does not wait for them to come back.
@@ -15,7 +18,9 @@ import threading
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
 from datetime import datetime
+from typing import Any
 
 from events.codec import AvroCodec, CodecError
 from events.models import (
@@ -49,6 +54,7 @@ class SharedViews:
         self.routed: dict[tuple[str, datetime], set[str]] = defaultdict(set)
         self.auto_paused: set[str] = set()
         self.ready = threading.Event()
+        self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -65,8 +71,16 @@ class SharedViews:
 
     # ------------------------------------------------------------ what feeds them
 
+    def reading(self) -> AbstractContextManager[Any]:
+        """Hold while deciding with the views: nothing changes under the reader meanwhile."""
+        return self._lock
+
     def note(self, event: object) -> None:
         """Fold one event into the views (idempotent: each view dedups by id)."""
+        with self._lock:
+            self._note(event)
+
+    def _note(self, event: object) -> None:
         if isinstance(event, OrderReceived):
             self.history.record(event)
         elif isinstance(event, OrderRouted):
@@ -100,8 +114,9 @@ class SharedViews:
 
     def forget_before(self, now: datetime) -> None:
         """Drop capacity slots that have passed (memory stays bounded)."""
-        for key in [k for k in self.routed if k[1] < now.replace(minute=0, second=0)]:
-            del self.routed[key]
+        with self._lock:
+            for key in [k for k in self.routed if k[1] < now.replace(minute=0, second=0)]:
+                del self.routed[key]
 
     # ------------------------------------------------------------ the reading thread
 

@@ -27,3 +27,54 @@ def test_views_fold_stock_routes_and_customers_once_each() -> None:
     assert views.available("MUG-CERAMIC", "WH-BJ") == 0
     assert views.load(NOW)["S01"] == 1 and views.load(NOW)["S02"] == 0
     assert views.history.tracked_orders == 1
+
+
+def _routed(n: int, at: datetime) -> OrderRouted:
+    return OrderRouted(event_id=f"r{n}", sequence=3, occurred_at=at, recorded_at=at,
+                       correlation_id=f"o-{n}", actor=SYSTEM, order_id=f"o-{n}",
+                       channel="webshop", external_id=str(n), location="S01", reasons=[],
+                       groups=[FulfilmentGroup(location="S01", lines=[])])  # fmt: skip
+
+
+def test_the_reading_thread_and_the_event_loop_never_see_a_view_half_changed() -> None:
+    """The views thread folds while the agents read (fraud velocity walks a phone's orders,
+    the capacity timer forgets past slots): without the views' lock either side raised
+    "changed size during iteration" within a few hundred rounds."""
+    import threading
+    from datetime import timedelta
+
+    views = SharedViews(catalogue=load_catalogue(), codec=AvroCodec())
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def fold() -> None:  # what the views thread does
+        n = 0
+        while not stop.is_set():
+            n += 1
+            at = NOW + timedelta(minutes=15 * (n % 400))
+            try:
+                views.note(received(order_id=f"o-{n}", event_id=f"e-{n}", placed_at=NOW))
+                views.note(_routed(n, at))
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+                return
+
+    import sys
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # hand the GIL over as often as possible
+    thread = threading.Thread(target=fold)
+    thread.start()
+    try:
+        for round_ in range(3000):
+            with views.reading():
+                views.history.recent(phone="+8613800000000", since=NOW)
+                if round_ % 10 == 0:
+                    views.forget_before(NOW + timedelta(hours=round_ % 100))
+            if errors:
+                break
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(switch)
+    assert not errors, errors[0]
