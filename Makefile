@@ -72,12 +72,14 @@ test: $(STAMP) system-deps browser-deps
 	if [ $$was_up = 0 ]; then $(OMS) stack down; fi; \
 	exit $$status
 
-# Long randomized fault runs (docs/faults.md), each against a private broker and ClickHouse on
+# The reservation protocol's model test with 20,000 random runs (docs/reservations.md), then
+# long randomized fault runs (docs/faults.md), each against a private broker and ClickHouse on
 # free ports: random seeds, random faults about every 12 s. A failure prints its seed and the
 # command that replays it. The Kafka jars are the local stack's (.oms/kafka/libs, fetched here
 # if missing); the shared stack itself is not needed.
 CHAOS_ARGS ?= --runs 3 --duration 120
 chaos: $(STAMP) system-deps
+	OMS_PROTOCOL_EXAMPLES=20000 $(VENV)/bin/pytest -q -o timeout=3600 tests/streams/test_reservation_protocol.py
 	$(VENV)/bin/python -c 'from oms.settings import Settings; from oms.stack import KafkaService; KafkaService(Settings()).ensure_installed()'
 	$(VENV)/bin/python -m tests.faults $(CHAOS_ARGS)
 
