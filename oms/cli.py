@@ -271,11 +271,31 @@ def api(host: str, port: int) -> None:
     is_flag=True,
     help="Exit once every message on the topics is projected.",
 )
+@click.option(
+    "--retry-for",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help="Exit 75 once Kafka or ClickHouse has been unavailable this long (default: wait for "
+    "them however long it takes).",
+)
 def project(batch_size: int, batch_seconds: float, migrate_only: bool, rebuild: bool,
-            until_caught_up: bool) -> None:  # fmt: skip
+            until_caught_up: bool, retry_for: float | None) -> None:  # fmt: skip
     """Project the order log and the stock ledger into ClickHouse, resuming where ClickHouse
-    left off (docs/read-models.md)."""
+    left off (docs/read-models.md). Exit codes: docs/operations.md."""
+    from oms.exit_codes import run_until_stopped
+    from projections.reconnect import exit_code
+
+    def main() -> None:
+        _project(batch_size, batch_seconds, migrate_only, rebuild, until_caught_up, retry_for)
+
+    run_until_stopped("oms project", main, exit_code=exit_code)
+
+
+def _project(batch_size: int, batch_seconds: float, migrate_only: bool, rebuild: bool,
+             until_caught_up: bool, retry_for: float | None) -> None:  # fmt: skip
     from projections.projector import BatchStats, Projector
+    from projections.reconnect import Backoff
     from projections.store import connect
 
     settings = get_settings()
@@ -312,7 +332,8 @@ def project(batch_size: int, batch_seconds: float, migrate_only: bool, rebuild: 
         )
         return
     projector = Projector(settings=settings, store=store, batch_size=batch_size,
-                          batch_seconds=batch_seconds)  # fmt: skip
+                          batch_seconds=batch_seconds,
+                          retry=Backoff(give_up_after_s=retry_for))  # fmt: skip
     projector.run(until=(lambda _: projector.lag() == 0) if until_caught_up else None)
 
 

@@ -15,11 +15,18 @@ Why a crash never double-counts (docs/read-models.md has the long version):
   from it. A crash between them leaves the state behind the derived tables, never ahead; the
   fold re-derives the rows and the high-water marks drop the ones already there. A state that
   is ahead (crash after it, before the ledger) skips the replayed events by their sequence.
+
+When Kafka or ClickHouse goes away for a while (a restart, a timeout, an overloaded server),
+the projector does not exit: it treats the failure as a crash it survived. It waits (capped
+exponential backoff, projections/reconnect.py), waits also for any INSERT of the batch that
+the server may still be writing, and then starts again from what ClickHouse holds, exactly as
+a new process would: a batch cut half-way is replayed, and its rows already written dropped.
 """
 
 from __future__ import annotations
 
 import gc
+import itertools
 import logging
 import threading
 import time
@@ -33,7 +40,14 @@ from operator import itemgetter
 from typing import Any
 from urllib.parse import urlparse
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 from events.codec import AvroCodec, CodecError, message_ref
 from events.models import DeadLetter, OrderEvent, StockEvent
@@ -53,6 +67,7 @@ from projections.native_fold import (
     native_fold,
 )
 from projections.orders import OrderRow, Position, event_row, seconds
+from projections.reconnect import Backoff, GaveUp, KafkaUnavailable, transient
 from projections.schema import (
     DEAD_LETTERS_COLUMNS,
     FULFILMENT_STAGES_COLUMNS,
@@ -165,8 +180,10 @@ class Projector:
         batch_seconds: float = 0.5,
         lease: bool = True,
         native: bool = NATIVE_FOLD,
+        retry: Backoff | None = None,
     ) -> None:
         self.settings = settings
+        self.retry = retry or Backoff()
         self.store = store
         self.codec = codec or AvroCodec.for_registry(settings.schema_registry_url)
         self.batch_size = batch_size
@@ -200,6 +217,10 @@ class Projector:
         self._publisher: Publisher | None = None
         self._pending: Future[BatchStats] | None = None  # the batch being written, if any
         self._probe: Consumer | None = None
+        self._projected: set[str] = set()  # the topics assigned by the last (re)start
+        # Set by librdkafka's error callback, read between fetches (projections/reconnect.py).
+        self._kafka_down: KafkaError | None = None
+        self._kafka_fatal: KafkaError | None = None
         self._consumer = Consumer(
             {
                 "bootstrap.servers": settings.kafka_bootstrap,
@@ -211,8 +232,19 @@ class Projector:
                 # whole second by default before it fetches again, which stalled the projector
                 # once per batch of 100,000 events.
                 "fetch.queue.backoff.ms": 10,
+                "error_cb": self._kafka_error,
             }
         )
+
+    def _kafka_error(self, error: KafkaError) -> None:
+        """librdkafka's report of a client-wide error. It reconnects by itself; the projector
+        only needs to know when no broker at all answers, or the client cannot go on."""
+        if error.fatal():
+            self._kafka_fatal = error
+        elif error.code() == KafkaError._ALL_BROKERS_DOWN:
+            self._kafka_down = error
+        else:
+            log.debug("Kafka: %s", error.str())
 
     # ------------------------------------------------------------ where to resume
 
@@ -249,11 +281,14 @@ class Projector:
         self._reset()
 
     def _reset(self) -> None:
-        """Forget everything in memory and continue from what ClickHouse holds."""
+        """Forget everything in memory and continue from what ClickHouse holds (once no INSERT
+        the server may still be writing can change that)."""
+        self._pending = None
         self._orders = _Cache(STATE_CACHE_SIZE)
         self._stock = _Cache(STATE_CACHE_SIZE)
         if self._native is not None:
             self._native.reset()
+        self.store.settle()
         resume = self.resume_offsets()
         self._high_water = self._read_high_water(resume)
         if self._native is not None:
@@ -263,6 +298,8 @@ class Projector:
         for topic in self.topics:
             metadata = self._consumer.list_topics(topic, timeout=10).topics.get(topic)
             if metadata is None or metadata.error is not None or not metadata.partitions:
+                if topic in self._projected:  # a broker coming back that does not list it yet
+                    raise KafkaUnavailable(f"Kafka does not list topic {topic} (yet)")
                 log.warning("topic %s does not exist (yet); not projecting it", topic)
                 continue
             for partition in sorted(metadata.partitions):
@@ -270,7 +307,9 @@ class Projector:
                 assignment.append(TopicPartition(topic, partition, offset))
                 if offset != OFFSET_BEGINNING:
                     self._next[(topic, partition)] = offset
+        self._kafka_down = None  # it answered just now
         self._consumer.assign(assignment)
+        self._projected = {tp.topic for tp in assignment}
 
     def lag(self) -> int:
         """Messages on the topics not yet projected (0 = caught up)."""
@@ -337,6 +376,7 @@ class Projector:
         taken = 0
         deadline = time.monotonic() + self.batch_seconds
         while taken < self.batch_size:
+            self._check_kafka()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 if not self._writing():
@@ -355,12 +395,27 @@ class Projector:
                 if error is None:
                     kept.append(message)
                 elif error.code() != KafkaError._PARTITION_EOF:
-                    raise RuntimeError(f"Kafka consumer error: {error}")
+                    raise KafkaException(error)  # transient or not: projections/reconnect.py
             del messages
             taken += len(kept)
             if kept:
                 yield kept
             del kept  # before the next chunk's messages are made
+
+    def _check_kafka(self) -> None:
+        """Raise if the consumer reported that it cannot go on, or that no broker answers (and
+        none does now: the report may be older than the broker's return)."""
+        if self._kafka_fatal is not None:
+            raise KafkaException(self._kafka_fatal)
+        down = self._kafka_down
+        if down is None:
+            return
+        try:
+            self._consumer.list_topics(self.topics[0], timeout=2)
+        except KafkaException as exc:
+            where = self.settings.kafka_bootstrap
+            raise KafkaUnavailable(f"Kafka at {where}: {down.str()}") from exc
+        self._kafka_down = None
 
     def _written(self, table: str, where: Position) -> bool:
         """Whether `table` already holds the rows of the message at `where` (see the module
@@ -484,10 +539,13 @@ class Projector:
 
     def _write_batch(self, prepared: _Prepared) -> BatchStats:
         stats, ledger = prepared.stats, prepared.ledger
+        refused: list[KafkaError] = []
         for letter in prepared.letters:
-            self._dead_letter(letter)
+            self._dead_letter(letter, refused)
         if self._publisher is not None:
             self._publisher.flush()  # a dead letter is on its topic before its row is written
+        if refused:
+            raise KafkaException(refused[0])
         for group in WRITE_GROUPS:
             inserts = [self._inserter(table, prepared, stats) for table in group]
             if self._inserts is None:
@@ -711,7 +769,9 @@ class Projector:
         """Project batches forever, or until `until(stats)` says stop (checked after each batch
         is written; a batch already read by then is written too before this returns).
 
-        Holds the database's lease while it runs, and steps aside when a rebuild swaps."""
+        Holds the database's lease while it runs, and steps aside when a rebuild swaps. Rides
+        out Kafka and ClickHouse being away (see the module docstring); raises GaveUp when an
+        outage outlasts the retry budget, and any failure that is not transient as it is."""
         if self.lease is not None:
             self.lease.acquire()
         stop = False
@@ -722,13 +782,19 @@ class Projector:
             return not stop and not (self.lease is not None and self.lease.swap_requested())
 
         try:
-            self.start()
+            self._reconnecting(self.start)
             while True:
-                self.project(keep_going=keep_going, on_batch=on_batch)
+                try:
+                    self.project(keep_going=keep_going, on_batch=on_batch)
+                except Exception as exc:
+                    if not transient(exc):
+                        raise
+                    self._recover(exc)
+                    continue
                 if stop or self.lease is None:
                     return
                 self.lease.wait_for_swap()  # a rebuild swaps its tables in
-                self._reset()
+                self._reconnecting(self._reset)
         finally:
             self.close()
             if self.lease is not None:
@@ -781,6 +847,41 @@ class Projector:
                     pending.exception()
                 raise
 
+    def _reconnecting(self, step: Callable[[], None]) -> None:
+        """`step`, or if it fails for now, what `_recover` does."""
+        try:
+            step()
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            self._recover(exc)
+
+    def _recover(self, error: Exception) -> None:
+        """After a transient failure: wait, then start again from what ClickHouse holds, as
+        often as it takes, or until the outage outlasts the retry budget (GaveUp). Every thread
+        of the failed attempt has ended by now (`project` waits for them)."""
+        began = time.monotonic()
+        budget = self.retry.give_up_after_s
+        for attempt in itertools.count():
+            delay = self.retry.delay(attempt)
+            waited = time.monotonic() - began
+            if budget is not None and waited + delay > budget:
+                raise GaveUp(f"unavailable for {waited:.0f} s: {error}") from error
+            log.warning("projector: %s; reconnecting in %.1f s", _one_line(error), delay)
+            time.sleep(delay)
+            try:
+                self.start()
+            except Exception as exc:
+                if not transient(exc):
+                    raise
+                error = exc
+                continue
+            log.warning(
+                "projector: reconnected after %.1f s; resuming from what ClickHouse holds",
+                time.monotonic() - began,
+            )
+            return
+
     def _finish(self, pending: Future[BatchStats]) -> BatchStats:
         try:
             return pending.result()
@@ -801,14 +902,24 @@ class Projector:
             self._probe.close()
             self._probe = None
 
-    def _dead_letter(self, letter: DeadLetter) -> None:
+    def _dead_letter(self, letter: DeadLetter, refused: list[KafkaError]) -> None:
+        """Send `letter`; Kafka's refusal, if it comes, is added to `refused`."""
         if self._publisher is None:
             self._publisher = Publisher(self.settings, codec=self.codec)
-        self._publisher.dead_letter(letter)
+
+        def note(error: KafkaError | None) -> None:
+            if error is not None:
+                refused.append(error)
+
+        self._publisher.dead_letter(letter, then=note)
 
 
 _order_values = itemgetter(*ORDERS_COLUMNS)  # an `orders` row (dict) as the INSERT's tuple
 _level_values = itemgetter(*STOCK_LEVELS_COLUMNS)
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _has_content(stats: BatchStats) -> bool:

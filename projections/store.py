@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import os
 import re
+import select
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -26,7 +29,77 @@ def sql_string(value: str) -> str:
 
 
 class StoreError(RuntimeError):
-    """A ClickHouse statement failed; the message carries the server's reason."""
+    """A ClickHouse statement failed; the message carries the server's reason, `code` its
+    error code where it gave one. Neither of the subclasses: most likely a bug of ours."""
+
+    def __init__(self, message: str, *, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class StoreUnavailable(StoreError):
+    """ClickHouse could not be reached, or could not take the statement right now (restarting,
+    overloaded, out of memory): the same statement may work later. Whether a statement that
+    failed so took effect is not known (an INSERT may have landed before the connection broke)."""
+
+
+class StoreMisconfigured(StoreError):
+    """The URL, the credentials or the database's tables do not fit this program: trying again
+    will not help until someone changes them."""
+
+
+# ClickHouse error codes (src/Common/ErrorCodes.cpp) that mean "not now": the server is going
+# away or coming up, overloaded, or short of memory, disk or parts headroom.
+_UNAVAILABLE_CODES = frozenset({
+    159,  # TIMEOUT_EXCEEDED
+    202,  # TOO_MANY_SIMULTANEOUS_QUERIES
+    203,  # NO_FREE_CONNECTION
+    209,  # SOCKET_TIMEOUT
+    210,  # NETWORK_ERROR
+    225,  # NO_ZOOKEEPER
+    241,  # MEMORY_LIMIT_EXCEEDED
+    242,  # TABLE_IS_READ_ONLY
+    243,  # NOT_ENOUGH_SPACE
+    252,  # TOO_MANY_PARTS
+    285,  # TOO_FEW_LIVE_REPLICAS
+    319,  # UNKNOWN_STATUS_OF_INSERT
+    394,  # QUERY_WAS_CANCELLED (a server shutting down cancels what runs)
+    425,  # SYSTEM_ERROR
+    439,  # CANNOT_SCHEDULE_TASK
+    999,  # KEEPER_EXCEPTION
+})  # fmt: skip
+# Codes that mean the URL, the user or the schema is wrong: a table or column this program
+# writes is missing (the database is not the one `oms project --migrate` made), or the server
+# refuses the user.
+_MISCONFIGURED_CODES = frozenset({
+    8,    # THERE_IS_NO_COLUMN
+    10,   # NOT_FOUND_COLUMN_IN_BLOCK
+    16,   # NO_SUCH_COLUMN_IN_TABLE
+    60,   # UNKNOWN_TABLE
+    81,   # UNKNOWN_DATABASE
+    164,  # READONLY
+    192,  # UNKNOWN_USER
+    193,  # WRONG_PASSWORD
+    194,  # REQUIRED_PASSWORD
+    195,  # IP_ADDRESS_NOT_ALLOWED
+    291,  # DATABASE_ACCESS_DENIED
+    497,  # ACCESS_DENIED
+    516,  # AUTHENTICATION_FAILED
+})  # fmt: skip
+_CODE = re.compile(r"\bCode: (\d+)")
+
+
+def store_error(message: str, *, code: int | None = None) -> StoreError:
+    """The StoreError for a failure with ClickHouse's error `code` (read from `message` when
+    not given: "Code: 60. ..." from the driver, "Code: 60, e.displayText() = ..." over HTTP)."""
+    if code is None:
+        found = _CODE.search(message)
+        code = int(found.group(1)) if found else None
+    if code in _UNAVAILABLE_CODES:
+        return StoreUnavailable(message, code=code)
+    if code in _MISCONFIGURED_CODES:
+        return StoreMisconfigured(message, code=code)
+    return StoreError(message, code=code)
 
 
 class ClickHouseStore(Protocol):
@@ -52,6 +125,12 @@ class ClickHouseStore(Protocol):
         """One INSERT of rows already in ClickHouse's RowBinary format (columns in this order)."""
         ...
 
+    def settle(self) -> None:
+        """Return once no INSERT into the database is still running (a server may go on
+        writing what it received after the connection that sent it broke): only then do the
+        tables hold what they will hold. StoreUnavailable if one still runs after a while."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -64,6 +143,9 @@ class ServerStore:
     def __init__(self, *, host: str, port: int, database: str, http_port: int = 8123) -> None:
         from clickhouse_driver import Client
 
+        # The driver logs each failed connect with a traceback; the StoreUnavailable raised
+        # here says the same once, to whoever decides what to do about it.
+        logging.getLogger("clickhouse_driver").setLevel(logging.ERROR)
         self.database = database
         self._address = (host, port)
         self._http_port = http_port
@@ -124,38 +206,37 @@ class ServerStore:
         if status != 200:
             # 18.16 appends the server's stack trace to every message; the reason is above it.
             reason = body.decode(errors="replace").split("Stack trace:", 1)[0].strip()
-            raise StoreError(f"{reason or f'HTTP {status}'} -- in: {sql[:200]}")
+            error = store_error(f"{reason or f'HTTP {status}'} -- in: {sql[:200]}")
+            if status == 503 and not isinstance(error, StoreUnavailable):
+                error = StoreUnavailable(str(error), code=error.code)
+            raise error
 
     def _post(self, sql: str, data: bytes) -> tuple[int, bytes]:
         """The status and body of a POST of `data` with `sql` as its query, on this thread's
-        keep-alive connection. The server closes idle ones (after 3 s on 18.16): a reused
-        connection found closed is replaced once; a new one failing is not retried, since the
-        server may then have taken the INSERT and a retry would write its rows twice."""
+        keep-alive connection. Nothing is retried here: when the connection breaks, the server
+        may or may not have taken the INSERT, and only the caller can find out which (the
+        projector reads what the tables hold, docs/read-models.md)."""
         path = "/?query=" + quote(sql, safe="")
         headers = {"Content-Type": "application/octet-stream"}
-        while True:
-            reused = False
-            try:
-                connection, reused = self._http_connection()
-                connection.request("POST", path, body=data, headers=headers)
-                response = connection.getresponse()
-                result = response.status, response.read()
-                self._http.used = True
-                return result
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
-                self._drop_http_connection()
-                if not reused:
-                    raise self._http_error(exc, sql) from exc
-            except (OSError, http.client.HTTPException) as exc:
-                self._drop_http_connection()
-                raise self._http_error(exc, sql) from exc
+        try:
+            connection = self._http_connection()
+            connection.request("POST", path, body=data, headers=headers)
+            response = connection.getresponse()
+            return response.status, response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self._drop_http_connection()
+            host, _ = self._address
+            raise StoreUnavailable(
+                f"ClickHouse HTTP interface at {host}:{self._http_port}: {exc!r} -- in: {sql[:200]}"
+            ) from exc
 
-    def _http_connection(self) -> tuple[http.client.HTTPConnection, bool]:
-        """This thread's connection, and whether it has answered a request before."""
+    def _http_connection(self) -> http.client.HTTPConnection:
+        """This thread's connection: the one it had, unless the server has closed it since (it
+        closes a keep-alive connection idle for 3 s on 18.16), else a new one."""
         connection: http.client.HTTPConnection | None = getattr(self._http, "connection", None)
-        if connection is not None and connection.sock is not None:
-            return connection, bool(self._http.used)
-        if connection is not None:  # closed by http.client after a "Connection: close"
+        if connection is not None and connection.sock is not None and _open(connection.sock):
+            return connection
+        if connection is not None:  # closed by the server, or by http.client
             self._drop_http_connection()
         host, _ = self._address
         connection = http.client.HTTPConnection(host, self._http_port, timeout=3)
@@ -166,10 +247,10 @@ class ServerStore:
         # two writes; with Nagle's algorithm the second waited for the server's delayed ACK,
         # 40 ms per INSERT, which made a small batch take a quarter of a second.
         connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._http.connection, self._http.used = connection, False
+        self._http.connection = connection
         with self._http_lock:
             self._http_connections.append(connection)
-        return connection, False
+        return connection
 
     def _drop_http_connection(self) -> None:
         connection = getattr(self._http, "connection", None)
@@ -179,12 +260,6 @@ class ServerStore:
             with self._http_lock:
                 if connection in self._http_connections:
                     self._http_connections.remove(connection)
-
-    def _http_error(self, exc: Exception, sql: str) -> StoreError:
-        host, _ = self._address
-        return StoreError(
-            f"ClickHouse HTTP interface at {host}:{self._http_port}: {exc!r} -- in: {sql[:200]}"
-        )
 
     def _datetimes_of(self, table: str) -> frozenset[str]:
         """The table's columns of type DateTime without a time zone of their own."""
@@ -219,7 +294,28 @@ class ServerStore:
         except Error as exc:
             # 18.16 appends the server's stack trace to every message; the reason is above it.
             reason = str(exc).split("Stack trace:", 1)[0].strip()
-            raise StoreError(f"{reason} -- in: {sql[:200]}") from exc
+            raise store_error(f"{reason} -- in: {sql[:200]}", code=exc.code) from exc
+        except (OSError, EOFError) as exc:  # the connection broke mid-statement
+            host, port = self._address
+            raise StoreUnavailable(
+                f"ClickHouse at {host}:{port}: {exc!r} -- in: {sql[:200]}"
+            ) from exc
+
+    def settle(self, *, timeout_s: float = 10.0) -> None:
+        inserting = sql_string(f"INSERT INTO {self.database}.")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            ((running,),) = self._run(
+                f"SELECT count() FROM system.processes WHERE position(query, {inserting}) = 1"
+            )
+            if not running:
+                return
+            if time.monotonic() > deadline:
+                raise StoreUnavailable(
+                    f"{running} INSERT(s) into {self.database} still running on the server "
+                    f"after {timeout_s:.0f} s"
+                )
+            time.sleep(0.1)
 
     def close(self) -> None:
         self._client.disconnect()
@@ -227,6 +323,14 @@ class ServerStore:
             connections, self._http_connections = self._http_connections, []
         for connection in connections:
             connection.close()
+
+
+def _open(sock: socket.socket) -> bool:
+    """Whether the peer has not closed this idle connection: nothing to read on it (a closed
+    one reads as its end; an idle HTTP connection has nothing else to read)."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return not poller.poll(0)
 
 
 _EPOCH = datetime(1970, 1, 1)
@@ -370,7 +474,10 @@ class EmbeddedStore:
         try:
             return self._session.query(sql, fmt)
         except Exception as exc:  # chdb raises its own error types
-            raise StoreError(f"{exc} -- in: {sql[:200]}") from exc
+            raise store_error(f"{exc} -- in: {sql[:200]}") from exc
+
+    def settle(self) -> None:
+        return None  # in-process: every statement has ended when its call returns
 
     def close(self) -> None:
         # The session is shared per path and lives as long as the process.
@@ -405,7 +512,7 @@ def connect(url: str) -> ClickHouseStore:
     if parsed.scheme == "clickhouse":
         http_port = parse_qs(parsed.query).get("http_port", ["8123"])[0]
         if not http_port.isdigit():
-            raise StoreError(f"http_port in ClickHouse URL {url!r} is not a port number")
+            raise StoreMisconfigured(f"http_port in ClickHouse URL {url!r} is not a port number")
         return ServerStore(
             host=parsed.hostname or "localhost",
             port=parsed.port or 9000,
@@ -434,6 +541,6 @@ def with_database_url(url: str, database: str) -> str:
 
 
 def _unsupported(url: str) -> StoreError:
-    return StoreError(
+    return StoreMisconfigured(
         f"unsupported ClickHouse URL {url!r}: use clickhouse://host:port/db or chdb:///path"
     )
