@@ -3,9 +3,10 @@ what the log says.
 
 - In process, on both backends: the connection breaks at each INSERT of a batch in turn,
   before the INSERT reached the server or after the server took it.
-- `oms project` against a ClickHouse server of this test's own (own home and ports: the stack's
-  is shared), killed (SIGKILL) and stopped cleanly mid-run, each for a few seconds; then stopped
-  by SIGTERM, with exit 0.
+- `oms project` while its ClickHouse server, then its Kafka broker, is killed (SIGKILL) and
+  stopped cleanly mid-run, each for a few seconds; then stopped by SIGTERM, with exit 0. The
+  server and the broker that go away are this test's own (own home and ports): the stack's
+  are shared.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from confluent_kafka import Producer
 from events.models import Event
 from oms.publisher import Publisher
 from oms.settings import Settings
-from oms.stack import ClickHouseService, process_alive
+from oms.stack import ClickHouseService, KafkaService, process_alive
 from projections.projector import Projector
 from projections.reconnect import Backoff
 from projections.schema import READ_MODEL_NAMES
@@ -125,6 +126,37 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+Service = ClickHouseService | KafkaService
+
+
+def start(service: Service) -> None:
+    """`service.up()`, in a process of its own as `oms stack up` does: the server outlives the
+    process that started it, which a test process must not leave to its garbage collector."""
+    settings = service.settings
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMS_")} | {
+        "OMS_HOME": str(settings.home),
+        "OMS_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "OMS_KAFKA_CONTROLLER_PORT": str(settings.kafka_controller_port),
+        "OMS_KAFKA_LIBS": str(settings.kafka_libs_dir),
+        "OMS_KAFKA_PARTITIONS": str(settings.kafka_partitions),
+        "OMS_CLICKHOUSE_PORT": str(settings.clickhouse_port),
+        "OMS_CLICKHOUSE_HTTP_PORT": str(settings.clickhouse_http_port),
+    }
+    kind = type(service).__name__
+    script = (
+        f"from oms.settings import Settings; from oms.stack import {kind}; {kind}(Settings()).up()"
+    )
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=180)
+
+
+def kill(service: Service) -> None:
+    pid = service.process.pid()
+    assert pid is not None, f"the test's {service.name} is not running"
+    os.kill(pid, signal.SIGKILL)
+    while process_alive(pid):
+        time.sleep(0.05)
+
+
 @pytest.fixture
 def own_clickhouse(tmp_path: Path) -> Iterator[ClickHouseService]:
     """A ClickHouse server of this test only, started; stopped after it."""
@@ -142,28 +174,22 @@ def own_clickhouse(tmp_path: Path) -> Iterator[ClickHouseService]:
     service.down()
 
 
-def start(service: ClickHouseService) -> None:
-    """`service.up()`, in a process of its own, as `oms stack up` does (the server outlives the
-    process that started it, which a test process must not leave to its garbage collector)."""
-    settings = service.settings
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OMS_")} | {
-        "OMS_HOME": str(settings.home),
-        "OMS_CLICKHOUSE_PORT": str(settings.clickhouse_port),
-        "OMS_CLICKHOUSE_HTTP_PORT": str(settings.clickhouse_http_port),
-    }
-    script = (
-        "from oms.settings import Settings; from oms.stack import ClickHouseService; "
-        "ClickHouseService(Settings()).up()"
+@pytest.fixture
+def own_kafka(stack_settings: Settings, tmp_path: Path) -> Iterator[KafkaService]:
+    """A Kafka broker of this test only (the stack's jars), started with the topics; stopped
+    after it."""
+    service = KafkaService(
+        Settings(
+            home=tmp_path / "kafka-home",
+            kafka_bootstrap=f"localhost:{free_port()}",
+            kafka_controller_port=free_port(),
+            kafka_libs=stack_settings.kafka_libs_dir,
+            kafka_partitions=3,
+        )
     )
-    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=120)
-
-
-def kill(service: ClickHouseService) -> None:
-    pid = service.process.pid()
-    assert pid is not None, "the test's ClickHouse server is not running"
-    os.kill(pid, signal.SIGKILL)
-    while process_alive(pid):
-        time.sleep(0.05)
+    start(service)
+    yield service
+    service.down()
 
 
 def publish(settings: Settings, events: list[Event], topic: str) -> None:
@@ -173,14 +199,14 @@ def publish(settings: Settings, events: list[Event], topic: str) -> None:
     assert publisher.flush().acknowledged[topic] == len(events)
 
 
-@pytest.mark.parametrize("fold", ["native", "python"])
-def test_projector_rides_out_clickhouse_restarts_and_every_table_stays_exact(
-    stack_settings: Settings, own_clickhouse: ClickHouseService, tmp_path: Path, fold: str
+def project_through(
+    settings: Settings, service: Service, *, fold: str, log: Path, reconnects: int
 ) -> None:
-    url = own_clickhouse.url.replace("/oms?", "/oms_reconnect?")
-    settings = isolated(stack_settings).model_copy(
-        update={"clickhouse_url": url, "home": tmp_path / "projector-home"}
-    )
+    """Run `oms project` over a scenario while `service` is killed (SIGKILL) a third of the way
+    through its first two thirds and stopped cleanly at two thirds of them, each time for a
+    few seconds; publish the last third, stop the projector with SIGTERM, and check it never
+    exited before, exited 0 then, reconnected at least `reconnects` times, and left every
+    table exactly what the log says."""
     scenario = build(orders=300, stock_events=700, seed=19)
     orders_topic, stock_topic = settings.topics.orders, settings.topics.inventory
     first_orders = len(scenario.order_log) * 2 // 3
@@ -194,25 +220,24 @@ def test_projector_rides_out_clickhouse_restarts_and_every_table_stays_exact(
     first = first_orders + first_stock + len(CORRUPT)
 
     env = settings_env(settings) | {"OMS_NATIVE_FOLD": "1" if fold == "native" else "0"}
-    log = tmp_path / "projector.log"
     with open(log, "wb") as out:
         projector = subprocess.Popen(
             [sys.executable, "-m", "oms.cli", "project", "--batch-size", "200",
              "--batch-seconds", "0.1"],
             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-    store = connect(url)
+    store = connect(settings.resolved_clickhouse_url)
     try:
         for fault, at in (("SIGKILL", 0.3), ("clean stop", 0.6)):
             wait_for(lambda at=at: projected(store) >= at * first, timeout_s=60,
                      what=f"{at:.0%} projected before the {fault}")  # fmt: skip
             if fault == "SIGKILL":
-                kill(own_clickhouse)
+                kill(service)
             else:
-                own_clickhouse.down()
+                service.down()
             time.sleep(2)
-            assert projector.poll() is None, f"exited when ClickHouse went away ({fault})"
-            start(own_clickhouse)
+            assert projector.poll() is None, f"exited when {service.name} went away ({fault})"
+            start(service)
         publish(settings, scenario.order_log[first_orders:], orders_topic)
         publish(settings, scenario.stock_log[first_stock:], stock_topic)
         wait_for(lambda: projected(store) >= scenario.messages + len(CORRUPT), timeout_s=60,
@@ -220,11 +245,44 @@ def test_projector_rides_out_clickhouse_restarts_and_every_table_stays_exact(
         assert projector.poll() is None
         projector.send_signal(signal.SIGTERM)
         assert projector.wait(timeout=30) == 0, "SIGTERM is a stop on request: exit 0"
+        output = log.read_text(errors="replace")
+        assert output.count("reconnected after") >= reconnects, output
+        assert_tables_match_the_log(store, scenario, seed=19)
     finally:
         if projector.poll() is None:
             os.killpg(projector.pid, signal.SIGKILL)
             projector.wait()
-    output = log.read_text(errors="replace")
-    assert output.count("reconnected after") >= 2, output
-    assert_tables_match_the_log(store, scenario, seed=19)
-    store.close()
+        store.close()
+
+
+@pytest.mark.parametrize("fold", ["native", "python"])
+def test_projector_rides_out_clickhouse_restarts_and_every_table_stays_exact(
+    stack_settings: Settings, own_clickhouse: ClickHouseService, tmp_path: Path, fold: str
+) -> None:
+    settings = isolated(stack_settings).model_copy(
+        update={
+            "clickhouse_url": own_clickhouse.url.replace("/oms?", "/oms_reconnect?"),
+            "home": tmp_path / "projector-home",
+        }
+    )
+    project_through(
+        settings, own_clickhouse, fold=fold, log=tmp_path / "projector.log", reconnects=2
+    )
+
+
+def test_projector_rides_out_broker_restarts_and_every_table_stays_exact(
+    isolated_settings: Settings, own_kafka: KafkaService, tmp_path: Path
+) -> None:
+    broker = own_kafka.settings
+    settings = isolated_settings.model_copy(
+        update={
+            "kafka_bootstrap": broker.kafka_bootstrap,
+            "topics": broker.topics,
+            "home": tmp_path / "projector-home",
+        }
+    )
+    # No reconnect is required: librdkafka reconnects by itself, and the projector starts
+    # again from ClickHouse only when it finds no broker answering (see Projector._check_kafka).
+    project_through(
+        settings, own_kafka, fold="native", log=tmp_path / "projector.log", reconnects=0
+    )
