@@ -332,3 +332,42 @@ def test_with_database_url_keeps_the_rest_of_the_url() -> None:
     assert with_database_url("chdb:///tmp/p", "b") == "chdb:///tmp/p?database=b"
     with pytest.raises(StoreError, match="unsupported ClickHouse URL"):
         with_database_url("postgres://localhost/oms", "b")
+
+
+@pytest.mark.parametrize("any_store", ["server"], indirect=True)
+def test_server_settles_once_no_insert_into_the_database_is_running(
+    any_store: ClickHouseStore,
+) -> None:
+    """An INSERT whose sender is gone may still be running on the server (here: one whose body
+    has not all arrived; the server lists an INSERT once it has parsed its query, which takes
+    the body's first 256 KiB); `settle` waits for it, so what the tables hold is final after."""
+    import http.client
+    from urllib.parse import quote
+
+    from projections.store import ServerStore, StoreUnavailable
+
+    assert isinstance(any_store, ServerStore)
+    table = _rowbinary_table(any_store)
+    names = [name for name, _ in RB_COLUMNS]
+    rows = RB_ROWS * 10_000
+    data = rowbinary(RB_COLUMNS, rows)
+    assert len(data) > 2 * 256 * 1024
+    host, _ = any_store._address
+    sql = f"INSERT INTO {any_store.database}.{table} ({', '.join(names)}) FORMAT RowBinary"
+    slow = http.client.HTTPConnection(host, any_store._http_port, timeout=30)
+    slow.putrequest("POST", "/?query=" + quote(sql, safe=""))
+    slow.putheader("Transfer-Encoding", "chunked")
+    slow.endheaders()
+    half = len(data) // 2
+    slow.send(b"%x\r\n%s\r\n" % (half, data[:half]))
+    try:
+        with pytest.raises(StoreUnavailable, match="still running"):
+            any_store.settle(timeout_s=1)
+        slow.send(b"%x\r\n%s\r\n0\r\n\r\n" % (len(data) - half, data[half:]))
+        assert slow.getresponse().status == 200
+        any_store.settle(timeout_s=10)
+        assert any_store.query(f"SELECT count() FROM {any_store.database}.{table}") == [
+            (len(rows),)
+        ]
+    finally:
+        slow.close()
