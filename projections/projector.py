@@ -865,8 +865,10 @@ class Projector:
         for attempt in itertools.count():
             delay = self.retry.delay(attempt)
             waited = time.monotonic() - began
-            if budget is not None and waited + delay > budget:
-                raise GaveUp(f"unavailable for {waited:.0f} s: {error}") from error
+            if budget is not None:
+                if waited >= budget:
+                    raise GaveUp(f"unavailable for {waited:.0f} s: {error}") from error
+                delay = min(delay, budget - waited)  # the last attempt when the budget ends
             log.warning("projector: %s; reconnecting in %.1f s", _one_line(error), delay)
             time.sleep(delay)
             try:

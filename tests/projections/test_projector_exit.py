@@ -74,5 +74,5 @@ def test_clickhouse_away_longer_than_the_retry_budget_exits_75(
     began = time.monotonic()
     done = oms_project(env, "--retry-for", "2")
     assert done.returncode == ExitCode.TEMPFAIL, done.stderr
-    assert time.monotonic() - began >= 1.5, "gave up before the budget was spent"
+    assert time.monotonic() - began >= 2, "gave up before the budget was spent"
     assert "reconnecting in" in done.stderr and "Connection refused" in done.stderr
