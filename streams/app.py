@@ -18,17 +18,20 @@ import gc
 import logging
 import os
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import timedelta
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, NoReturn, TypeVar, cast
 
 import aiokafka
 import faust
 import mode
 from faust.transport.drivers import aiokafka as faust_kafka
+from pydantic import ValidationError
 
 from events.codec import AvroCodec, CodecError, message_ref
 from events.models import DeadLetter, Event, OrderEvent, StockEvent, stock_key, utc_now
+from oms.exit_codes import ExitCode
 from oms.settings import Settings, get_settings
 from streams import capacity, inventory, orders
 from streams.catalogue import load_catalogue
@@ -344,7 +347,6 @@ def run_workers(count: int, argv: list[str] | None = None) -> None:
     and its exit code is returned, so whatever supervises this restarts them together."""
     import signal
     import subprocess
-    import time
 
     profile = os.environ.get("OMS_PROFILE")
     children: list[subprocess.Popen[bytes]] = []
@@ -377,9 +379,42 @@ def run_workers(count: int, argv: list[str] | None = None) -> None:
     sys.exit(code)
 
 
+def missing_topics(settings: Settings) -> list[str]:
+    """The topics the worker needs that the cluster does not have, asked once the broker
+    answers (waiting for it as long as it takes, backing off to 10 s)."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    delay = 0.5
+    while True:
+        try:
+            existing = admin.list_topics(timeout=10).topics
+            break
+        except KafkaException as exc:
+            log.warning("waiting for Kafka at %s: %s", settings.kafka_bootstrap, exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+    topics = settings.topics
+    needed = [topics.intake, topics.order_commands, topics.stock_commands, topics.orders,
+              topics.inventory, topics.catalogue, topics.dlq]  # fmt: skip
+    return [topic for topic in needed if topic not in existing]
+
+
 def run_worker(argv: list[str] | None = None) -> None:
-    """`oms worker`: run the Faust worker with its own command line (e.g. `-l info`)."""
-    app = create_app()
+    """`oms worker`: run the Faust worker with its own command line (e.g. `-l info`).
+
+    Fails closed before it starts: a setting that is not valid, or a topic the cluster does
+    not have (a worker must not create topics with the broker's defaults), exits 78."""
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        _exit(ExitCode.CONFIG, f"a setting is not valid: {exc}")
+    missing = missing_topics(settings)
+    if missing:
+        _exit(ExitCode.CONFIG, f"topics missing on {settings.kafka_bootstrap}: "
+              f"{', '.join(missing)} (create them, e.g. with `oms stack up`)")  # fmt: skip
+    app = create_app(settings)
     gc.freeze()  # everything imported and built so far lives as long as the worker
     # Faust's own web server is off (the worker command would turn it on whatever the app
     # says, and two workers on one host would fight over its port 6066).
@@ -397,3 +432,9 @@ def run_worker(argv: list[str] | None = None) -> None:
     finally:
         profiler.disable()
         profiler.dump_stats(profile)
+
+
+def _exit(code: ExitCode, reason: str) -> NoReturn:
+    print(f"oms worker: configuration error (exit {int(code)}, restarting will not help): "
+          f"{reason}", file=sys.stderr)  # fmt: skip
+    sys.exit(code)
