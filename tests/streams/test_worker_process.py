@@ -48,9 +48,9 @@ def test_a_worker_whose_output_kafka_refuses_stops_instead_of_going_on(
     settings = isolated(stack_settings)
     KafkaService(settings).ensure_topics()
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    entry = ConfigEntry("max.message.bytes", "200",
-                        incremental_operation=AlterConfigOpType.SET)  # fmt: skip
-    tiny = ConfigResource(ConfigResource.Type.TOPIC, settings.topics.orders, incremental_configs=[entry])
+    entry = ConfigEntry("max.message.bytes", "200", incremental_operation=AlterConfigOpType.SET)
+    topic = ConfigResource.Type.TOPIC
+    tiny = ConfigResource(topic, settings.topics.orders, incremental_configs=[entry])
     for future in admin.incremental_alter_configs([tiny]).values():
         future.result(timeout=30)
     process = worker(settings)
