@@ -14,8 +14,8 @@ from typing import Any, cast
 
 import faust
 
-from streams.app import BATCH, BATCH_WITHIN_S
-from streams.sink import Sink
+from streams.worker.app import BATCH, BATCH_WITHIN_S
+from streams.worker.sink import Sink
 
 
 def create_app(source: str, sink: str, group: str, bootstrap: str) -> faust.App:

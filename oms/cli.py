@@ -223,7 +223,7 @@ def connectors_list() -> None:
 @click.pass_context
 def worker(ctx: click.Context, processes: int) -> None:
     """Run the Faust stream processors (extra arguments go to the Faust worker)."""
-    from streams.app import run_worker, run_workers
+    from streams.worker.process import run_worker, run_workers
 
     if processes > 1:
         run_workers(processes, ctx.args or None)

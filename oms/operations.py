@@ -127,7 +127,8 @@ def catalogue_updates(path: Any, *, actor: str) -> list[Event]:
     """Every product and location in a catalogue file as an update event (the file's errors
     name the file and the field)."""
     from events.models import LocationUpdated, ProductUpdated
-    from streams.catalogue import CatalogueError, load_catalogue
+    from streams.catalogue import CatalogueError
+    from streams.reference import load_catalogue
 
     try:
         catalogue = load_catalogue(path)

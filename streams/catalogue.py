@@ -1,5 +1,6 @@
-"""The product catalogue and the location registry: loaded from a JSON file, kept current by
-catalogue events (`ProductUpdated`, `LocationUpdated`, `LocationPaused`, `LocationResumed`).
+"""The product catalogue and the location registry: checked from a JSON document (read from
+its file by `streams.reference`), kept current by catalogue events (`ProductUpdated`,
+`LocationUpdated`, `LocationPaused`, `LocationResumed`).
 
 A `Catalogue` is an immutable value; `apply` returns the next one, so a decision always sees
 one consistent version of it.
@@ -7,12 +8,11 @@ one consistent version of it.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import lru_cache
-from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from pydantic import TypeAdapter, ValidationError
@@ -26,8 +26,6 @@ from events.models import (
     Product,
     ProductUpdated,
 )
-
-DEFAULT_FILE = Path(__file__).resolve().parent / "reference" / "demo.json"
 
 
 class CatalogueError(ValueError):
@@ -66,13 +64,10 @@ _PRODUCTS = TypeAdapter(list[Product])
 _LOCATIONS = TypeAdapter(list[Location])
 
 
-def load_catalogue(path: Path | None = None) -> Catalogue:
-    """Read `{"products": [...], "locations": [...]}`; errors name the file and the field."""
-    path = path or DEFAULT_FILE
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CatalogueError(f"{path}: {exc}") from exc
+def parse_catalogue(document: Any, *, source: str) -> Catalogue:
+    """Check `{"products": [...], "locations": [...]}`; errors name `source` and the field."""
+    if not isinstance(document, dict):
+        raise CatalogueError(f"{source}: expected an object with products and locations")
     section = "products"
     try:
         products = _PRODUCTS.validate_python(document.get("products", []))
@@ -81,12 +76,12 @@ def load_catalogue(path: Path | None = None) -> Catalogue:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in (section, *first["loc"]))
-        raise CatalogueError(f"{path}: {where}: {first['msg']}") from exc
+        raise CatalogueError(f"{source}: {where}: {first['msg']}") from exc
     for location in locations:
         ZoneInfo(location.timezone)  # an unknown zone fails here, not mid-stream
         for hours in location.opening_hours:
             if not 0 <= hours.weekday <= 6:
-                raise CatalogueError(f"{path}: {location.id}: weekday {hours.weekday} not 0-6")
+                raise CatalogueError(f"{source}: {location.id}: weekday {hours.weekday} not 0-6")
     return Catalogue(
         products={p.sku: p for p in products}, locations={loc.id: loc for loc in locations}
     )

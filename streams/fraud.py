@@ -8,7 +8,6 @@ order yields the identical `OrderHeld`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -92,23 +91,17 @@ class FraudRules(Frozen):
     first_order_high_value_points: _Points = 25
 
 
-def load_rules(path: Path | None = None) -> FraudRules:
-    """The rules in a JSON object of `FraudRules` fields (missing ones keep their default);
-    the defaults when `path` is None. Errors name the file and the field."""
-    if path is None:
-        return FraudRules()
-    try:
-        document: Any = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise FraudRulesError(path, None, str(exc)) from exc
+def parse_rules(document: Any, *, source: Path) -> FraudRules:
+    """The rules in a JSON object of `FraudRules` fields (missing ones keep their default).
+    Errors name `source` and the field."""
     if not isinstance(document, dict):
-        raise FraudRulesError(path, None, "expected a JSON object of rule fields")
+        raise FraudRulesError(source, None, "expected a JSON object of rule fields")
     try:
         return FraudRules.model_validate(document)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
-        raise FraudRulesError(path, where or None, first["msg"]) from exc
+        raise FraudRulesError(source, where or None, first["msg"]) from exc
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """What each agent keeps for one partition, and what one input does to it. No Kafka here:
-the worker (`streams.app`) feeds inputs in and writes the outputs; the reservation protocol's
+the worker (`streams.worker.app`) feeds inputs in and writes the outputs; the reservation protocol's
 model test (`tests/streams/test_reservation_protocol.py`) drives the very same objects through
 random interleavings, crashes and redeliveries.
 
@@ -97,7 +97,7 @@ class LedgerPartition:
     commands behind the last `RECENT_COMMANDS` ledger writes.
 
     The recent commands make redelivery exact: a batch of inputs is redelivered after a crash
-    only while it is unacknowledged, at most 8 batches of 500 (`streams.sink.Acks`), so every
+    only while it is unacknowledged, at most 8 batches of 500 (`streams.worker.sink.Acks`), so every
     redelivered command whose events reached the ledger is among them, whatever the levels
     have forgotten of their closed reservations since."""
 

@@ -25,7 +25,8 @@ from oms.cli import simulate as simulate_command
 from oms.publisher import DeliveryCount
 from oms.settings import Settings
 from streams import capacity
-from streams.catalogue import Catalogue, load_catalogue, slot_start
+from streams.catalogue import Catalogue, slot_start
+from streams.reference import load_catalogue
 from streams.routing import NoRoute, route
 from tests.conftest import read_topic, settings_env
 

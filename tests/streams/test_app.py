@@ -11,9 +11,9 @@ from events.codec import AvroCodec
 from events.models import DeadLetter, OrderAccepted, OrderReceived, OrderRejected, ReserveStock
 from oms import operations
 from oms.settings import Settings
-from streams.app import create_app
-from streams.catalogue import load_catalogue
-from streams.views import SharedViews
+from streams.reference import load_catalogue
+from streams.worker.app import create_app
+from streams.worker.views import SharedViews
 from tests.factories import T0, received
 
 CODEC = AvroCodec()

@@ -16,13 +16,8 @@ from events.models import (
     Product,
     ProductUpdated,
 )
-from streams.catalogue import (
-    CatalogueError,
-    distance_m,
-    is_open,
-    load_catalogue,
-    slot_start,
-)
+from streams.catalogue import CatalogueError, distance_m, is_open, slot_start
+from streams.reference import load_catalogue
 
 T = datetime(2026, 11, 25, 4, 7, tzinfo=UTC)  # Wednesday 12:07 in Shanghai
 SYSTEM = Actor(kind=ActorKind.SYSTEM, id="t")

@@ -17,9 +17,10 @@ from events.models import (
     OrderReceived,
     deterministic_id,
 )
-from streams.catalogue import Catalogue, distance_m, load_catalogue
+from streams.catalogue import Catalogue, distance_m
 from streams.customers import CustomerHistory
-from streams.fraud import FraudRules, FraudRulesError, Screening, hold, load_rules, screen
+from streams.fraud import FraudRules, FraudRulesError, Screening, hold, screen
+from streams.reference import load_catalogue, load_rules
 from tests.factories import T0, numbered
 
 NOW = T0 + timedelta(minutes=1)

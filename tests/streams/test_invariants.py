@@ -39,8 +39,8 @@ from oms import operations
 from oms.publisher import Publisher
 from oms.settings import Settings
 from streams import inventory
-from streams.catalogue import load_catalogue
-from streams.replay import read_partition
+from streams.reference import load_catalogue
+from streams.worker.replay import read_partition
 from tests.conftest import settings_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]

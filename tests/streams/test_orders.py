@@ -33,9 +33,9 @@ from events.models import (
     deterministic_id,
 )
 from streams import orders
-from streams.catalogue import load_catalogue
 from streams.customers import CustomerHistory
 from streams.fraud import FraudRules
+from streams.reference import load_catalogue
 from tests.factories import received
 
 NOW = datetime(2026, 11, 25, 4, 0, tzinfo=UTC)  # 12:00 in Shanghai: the stores are open

@@ -5,7 +5,7 @@ interleavings of orders, revisions, cancellations, shipments, stock receipts, th
 time (hold expiry) and crashes. The topics are modelled as Kafka keeps them: one FIFO per
 partition, an agent's outputs held back until it flushes (only then are its inputs acked), and
 a crash lands any prefix of each partition's unflushed outputs, then replays the inputs after
-the last ack into a state rebuilt from the agent's own log — exactly what `streams.app` does.
+the last ack into a state rebuilt from the agent's own log — exactly what `streams.worker.app` does.
 
 When the run ends the system is drained, and what must hold is checked
 (docs/reservations.md):
@@ -52,10 +52,10 @@ from events.models import (
     stock_key,
 )
 from streams import inventory, orders
-from streams.catalogue import load_catalogue
 from streams.customers import CustomerHistory
 from streams.fraud import FraudRules
 from streams.partitions import LedgerPartition, OrderPartition
+from streams.reference import load_catalogue
 from tests.factories import received
 
 CATALOGUE = load_catalogue()
@@ -91,7 +91,7 @@ class Topic:
 @dataclass
 class Agent:
     """An agent's read and acked positions on its inputs, and its outputs on their way: log
-    events, messages for other agents that wait for those (write-ahead, as `streams.app`
+    events, messages for other agents that wait for those (write-ahead, as `streams.worker.app`
     does), and messages already sent."""
 
     read: dict[str, int]

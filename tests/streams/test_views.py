@@ -4,8 +4,8 @@ from datetime import UTC, datetime
 
 from events.codec import AvroCodec
 from events.models import Actor, ActorKind, FulfilmentGroup, OrderRouted, StockReceived
-from streams.catalogue import load_catalogue
-from streams.views import SharedViews
+from streams.reference import load_catalogue
+from streams.worker.views import SharedViews
 from tests.factories import received
 
 NOW = datetime(2026, 11, 25, 4, 7, tzinfo=UTC)

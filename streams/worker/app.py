@@ -1,0 +1,363 @@
+"""The worker object and the Faust app that drives it. Agents are thin: decode, call a pure
+decision, write results.
+
+Correctness does not rest on Faust's `exactly_once` (open duplicate bugs) nor on its table
+changelogs (written behind the offsets they belong to, so a kill -9 can leave a table older
+than the outputs it led to). Instead each agent's state is the fold of its own output log —
+the order log for the order agent, the stock ledger for the inventory agent — read back from
+Kafka whenever a partition is (re)assigned (`PartitionStates`). A batch's log events go out
+first; what it tells the other agent follows once Kafka has them (write-ahead), and the batch
+is acked once Kafka has those too. So the logs always hold at least what the committed inputs
+did, a message never outlives a crash that lost its cause, and every redelivered input is
+recognised by its event id. The agent does not wait for those acknowledgements before its
+next batch (`streams.worker.sink.Acks`): the acks to Faust follow, in order, as Kafka confirms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from datetime import timedelta
+from typing import Any, Generic, TypeVar, cast
+
+import faust
+import mode
+
+from events.codec import AvroCodec, CodecError, message_ref
+from events.models import DeadLetter, Event, OrderEvent, StockEvent, stock_key, utc_now
+from oms.settings import Settings, get_settings
+from streams import capacity, inventory, orders
+from streams.partitions import LedgerPartition, OrderPartition
+from streams.reference import load_catalogue, load_rules
+from streams.worker.faust_compat import App
+from streams.worker.replay import read_partition
+from streams.worker.sink import Acks, Outputs, Sink, checkpoint
+from streams.worker.views import SharedViews
+
+log = logging.getLogger(__name__)
+BATCH = 500  # inputs per batch: outputs are confirmed per batch, not per message
+BATCH_WITHIN_S = 0.005
+# The agents' state (every order's fold) only grows, and a full collection walks all of it:
+# seconds of pause at a million orders, for next to no garbage (the state holds no cycles).
+# What has lived this long is moved out of the collector's sight (`gc.freeze`); it is still
+# freed by reference counting, and new objects are collected as usual (the freeze itself
+# costs nothing: it moves a list).
+FREEZE_EVERY_S = 1.0
+
+Replay = Callable[[str, int], Iterable[Event]]
+Message = tuple[str, bytes, bytes]  # topic, key, value: for another agent, after the log
+Decide = Callable[[list[Any], list[Message]], Awaitable[list[str]]]  # one agent's batch
+P = TypeVar("P", OrderPartition, LedgerPartition)
+
+
+class PartitionStates(Generic[P]):
+    """Per-partition agent state, rebuilt from the agent's output log on first use after each
+    (re)assignment."""
+
+    def __init__(
+        self, *, topic: str, replay: Replay, new: Callable[[], P],
+        settle: Callable[[], Awaitable[None]],
+    ) -> None:  # fmt: skip
+        self.topic = topic
+        self._replay = replay
+        self._new: Callable[[], P] = new
+        self._settle = settle
+        self.states: dict[int, P] = {}
+
+    async def of(self, partition: int) -> P:
+        states = self.states.get(partition)
+        if states is None:
+            # Outputs of earlier batches may still be on their way: the log is read once
+            # Kafka has them all, so the state is the fold of everything this worker wrote.
+            await self._settle()
+            states = self._new()
+            events = await asyncio.to_thread(lambda: list(self._replay(self.topic, partition)))
+            for event in events:
+                states.fold(event)
+            log.info("rebuilt %s[%d] from %d events", self.topic, partition, len(events))
+            self.states[partition] = states
+        return states
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        for partition in partitions:
+            self.states.pop(partition, None)
+
+
+class Worker:
+    """What one worker process keeps and does: the agents' partition states, the shared
+    views, the output sink; one method per thing the Faust app asks of it."""
+
+    def __init__(
+        self, settings: Settings, *, replay: Replay | None = None,
+        views: SharedViews | None = None, sink: Outputs | None = None,
+    ) -> None:  # fmt: skip
+        self.settings = settings
+        self.topics = settings.topics
+        self.codec = AvroCodec.for_registry(settings.schema_registry_url)
+        self.views = views or SharedViews(
+            catalogue=load_catalogue(settings.catalogue_file), codec=self.codec
+        )
+        self._reads_views = views is None  # views given by a test are already filled
+        if self._reads_views:
+            self.views.ready.clear()
+        self.rules = load_rules(settings.fraud_rules_file)
+        self.out: Outputs = sink or Sink(settings.kafka_bootstrap)
+        replay = replay or (
+            lambda topic, partition: read_partition(
+                settings.kafka_bootstrap, topic, partition, codec=self.codec
+            )  # fmt: skip
+        )
+        self.order_states = PartitionStates(
+            topic=self.topics.orders, replay=replay, new=OrderPartition,
+            settle=self.out.confirmed,
+        )  # fmt: skip
+        self.stock_states = PartitionStates(
+            topic=self.topics.inventory, replay=replay, new=LedgerPartition,
+            settle=self.out.confirmed,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------ partitions and views
+
+    async def partitions_revoked(self, partitions: Iterable[int]) -> None:
+        # Whoever takes these partitions over rebuilds from the logs: everything this worker
+        # wrote must be on them first (and commands must reach the ledger before theirs).
+        await self.out.confirmed()
+        self.forget(partitions)
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Someone else may write these partitions meanwhile: read them again when needed."""
+        partitions = list(partitions)
+        self.order_states.forget(partitions)
+        self.stock_states.forget(partitions)
+
+    def start_views(self) -> None:
+        if self._reads_views:
+            topics = self.topics
+            self.views.start(
+                bootstrap=self.settings.kafka_bootstrap,
+                topics=[topics.catalogue, topics.inventory, topics.orders],
+            )
+
+    async def views_ready(self) -> None:
+        while not self.views.ready.is_set():
+            await asyncio.sleep(0.05)
+
+    # ------------------------------------------------------------ the order agent
+
+    async def order_batch(self, batch: list[Any], messages: list[Message]) -> list[str]:
+        """Decide each input of a batch; log events are produced now, stock commands are
+        added to `messages` (sent after the log). Returns what it wrote, by type."""
+        written: list[str] = []
+        views = self.views
+        now = utc_now()
+        ctx = orders.Context(
+            catalogue=views.catalogue, rules=self.rules, history=views.history,
+            available=views.available, load=views.load(now), now=now,
+        )  # fmt: skip
+        for event in batch:
+            message = event.message
+            raw = event.value or b""
+            partition = await self.order_states.of(message.partition)
+            try:
+                received = self.decode(message, raw, (OrderEvent, StockEvent))
+                assert isinstance(received, OrderEvent | StockEvent)
+            except CodecError as exc:
+                self.dead_letter(message, raw, str(exc))
+                written.append("DeadLetter")
+                continue
+            with views.reading():
+                step = partition.handle(received, ctx)
+            order_id = getattr(received, "order_id", "")
+            for outcome in step.to_log:
+                views.note(outcome)
+                self.out.produce(self.topics.orders, key=order_id.encode(),
+                                 value=self.codec.encode(outcome),
+                                 partition=message.partition)  # fmt: skip
+                written.append(outcome.event_type)
+            for command in step.commands:
+                key = stock_key(command.sku, command.location).encode()
+                messages.append((self.topics.stock_commands, key, self.codec.encode(command)))
+            if step.refusal is not None:
+                self.dead_letter(message, raw, step.refusal)
+                written.append("DeadLetter")
+        return written
+
+    # ------------------------------------------------------------ the inventory agent
+
+    async def stock_batch(self, batch: list[Any], messages: list[Message]) -> list[str]:
+        """Apply each stock command of a batch; ledger events are produced now, answers to
+        the orders are added to `messages` (sent after the log)."""
+        written: list[str] = []
+        now = utc_now()
+        for event in batch:
+            message = event.message
+            raw = event.value or b""
+            partition = await self.stock_states.of(message.partition)
+            try:
+                command = self.decode(message, raw, (StockEvent,))
+                assert isinstance(command, StockEvent)
+                product = self.views.catalogue.products.get(command.sku)
+                step = partition.handle(command, product=product, now=now)
+            except (CodecError, inventory.StockCommandRefused) as exc:
+                self.dead_letter(message, raw, str(exc))
+                written.append("DeadLetter")
+                continue
+            self.write_ledger(step.events, message.partition)
+            for answer in step.answers:
+                order_id = getattr(answer, "order_id", "")
+                value = self.codec.encode(answer)
+                messages.append((self.topics.order_commands, order_id.encode(), value))
+            written += [e.event_type for e in step.events]
+        return written
+
+    def write_ledger(self, events: list[StockEvent], partition: int) -> None:
+        for outcome in events:
+            self.views.note(outcome)
+            key = stock_key(outcome.sku, outcome.location)
+            self.out.produce(self.topics.inventory, key=key.encode(),
+                             value=self.codec.encode(outcome), partition=partition)  # fmt: skip
+
+    # ------------------------------------------------------------ both agents
+
+    async def after_the_log(self, messages: list[Message]) -> None:
+        """Write-ahead: what a batch tells other agents leaves only once Kafka has the log
+        events it follows from (so a command or an answer never outlives a crash that lost
+        its cause); the batch is acked once Kafka has those too. Batches pass in order, so
+        commands to one key keep the order they were decided in."""
+        await checkpoint(self.out)
+        for topic, key, value in messages:
+            self.out.produce(topic, key=key, value=value)
+        await checkpoint(self.out)
+
+    def dead_letter(self, message: Any, raw: bytes, reason: str) -> None:
+        where = message_ref(message.topic, message.partition, message.offset)
+        letter = DeadLetter.of(source=message.topic, source_ref=where, reason=reason, raw=raw)
+        self.out.produce(self.topics.dlq, key=where.encode(), value=self.codec.encode(letter))
+
+    def decode(self, message: Any, raw: bytes, kinds: tuple[type, ...]) -> Event:
+        where = message_ref(message.topic, message.partition, message.offset)
+        event = self.codec.decode(raw, where=where)
+        if not isinstance(event, kinds):
+            raise CodecError(f"{type(event).__name__} does not belong on {message.topic}",
+                             where=where)  # fmt: skip
+        return event  # type: ignore[return-value]
+
+    # ------------------------------------------------------------ timers
+
+    async def expire(self) -> None:
+        """Orders whose hold ran out get their expiry command (an input of their own agent);
+        perishable batches past their date leave the ledger."""
+        now = utc_now()
+        for orders_of in list(self.order_states.states.values()):
+            for due in orders_of.expiries(now):
+                self.out.produce(self.topics.order_commands, key=due.order_id.encode(),
+                                 value=self.codec.encode(due))  # fmt: skip
+        products = self.views.catalogue.products
+        for partition, levels in list(self.stock_states.states.items()):
+            for _, lapsed in levels.expire(now=now, products=products):
+                self.write_ledger(lapsed, partition)
+        await self.out.confirmed()
+
+    async def watch_capacity(self) -> None:
+        """Pause a location whose capacity slot is full; resume it when a new slot starts."""
+        now = utc_now()
+        views = self.views
+        with views.reading():
+            changes = capacity.changes(
+                views.catalogue, load=views.load(now), auto_paused=views.auto_paused, now=now
+            )
+        for change in changes:
+            views.note(change)
+            self.out.produce(self.topics.catalogue, key=change.entity_id.encode(),
+                             value=self.codec.encode(change))  # fmt: skip
+        views.forget_before(now - timedelta(hours=2))
+        await self.out.confirmed()
+
+
+def create_app(
+    settings: Settings | None = None, *, replay: Replay | None = None,
+    views: SharedViews | None = None, sink: Outputs | None = None,
+) -> faust.App:  # fmt: skip
+    """The Faust app around one `Worker`. `replay`, `views` and `sink` are for tests without
+    a broker."""
+    settings = settings or get_settings()
+    worker = Worker(settings, replay=replay, views=views, sink=sink)
+    topics = settings.topics
+    (settings.home / "faust").mkdir(parents=True, exist_ok=True)
+    app = App(
+        settings.consumer_group,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        store="memory://",
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_partitions=settings.kafka_partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        producer_linger=0.002,
+        web_enabled=False,
+        # A worker that died (kill -9) leaves the group after 10 s, not Faust's default 60 s,
+        # so its partitions move to the survivors (or its restart) quickly.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=3.0,
+        # An agent that raises stops the worker (Faust would restart the agent in the same
+        # process, with partition states that may be ahead of what reached Kafka): the
+        # supervisor restarts the process, which rebuilds from the logs.
+        agent_supervisor=mode.CrashingSupervisor,
+        datadir=str(settings.home / "faust"),
+    )
+    app.worker = worker  # type: ignore[attr-defined]  # tests reach the worker through the app
+    order_inputs = app.topic(topics.intake, topics.order_commands, key_type=bytes,
+                             value_type=bytes)  # fmt: skip
+    stock_commands = app.topic(topics.stock_commands, key_type=bytes, value_type=bytes)
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust's stub is too strict
+    async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
+        (revoked,) = args
+        await worker.partitions_revoked(tp.partition for tp in revoked)
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
+        (assigned,) = args
+        worker.forget(tp.partition for tp in assigned)
+
+    @app.task
+    async def start_views() -> None:
+        worker.start_views()
+
+    async def batches(stream: faust.StreamT[Any], decide: Decide) -> AsyncIterator[list[str]]:
+        await worker.views_ready()
+        async with Acks.running(stream) as acks:
+            async for batch in cast(Any, stream).noack_take(BATCH, within=BATCH_WITHIN_S):
+                messages: list[Message] = []
+                written = await decide(batch, messages)
+                await acks.add(batch, worker.after_the_log(messages))
+                yield written
+
+    @app.agent(order_inputs, name="orders")
+    async def run_orders(stream: faust.StreamT[Any]) -> AsyncIterator[list[str]]:
+        """The order process (streams.orders): one writer per order; yields what it wrote."""
+        async for written in batches(stream, worker.order_batch):
+            yield written
+
+    @app.agent(stock_commands, name="inventory")
+    async def run_inventory(stream: faust.StreamT[Any]) -> AsyncIterator[list[str]]:
+        """The stock ledger (streams.inventory): one writer per sku@location."""
+        async for written in batches(stream, worker.stock_batch):
+            yield written
+
+    @app.timer(interval=FREEZE_EVERY_S)
+    async def freeze_old_objects() -> None:
+        gc.freeze()
+
+    @app.timer(interval=settings.expiry_check_s)
+    async def expire() -> None:
+        await worker.expire()
+
+    @app.timer(interval=settings.capacity_check_s, on_leader=True)
+    async def watch_capacity() -> None:
+        await worker.watch_capacity()
+
+    return app

@@ -1,0 +1,120 @@
+"""`oms worker` as a process: it checks what it needs before it starts (failing closed), runs
+the Faust worker, and ends with an exit code a supervisor can act on (docs/operations.md)."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import sys
+import time
+from typing import Any, NoReturn
+
+from pydantic import ValidationError
+
+from oms.exit_codes import ExitCode
+from oms.settings import Settings, get_settings
+from streams.worker.app import create_app
+
+log = logging.getLogger(__name__)
+
+
+def run_workers(count: int, argv: list[str] | None = None) -> None:
+    """`oms worker --processes N`: N workers of one consumer group on this host, so the
+    partitions (4 by default: at most that many workers get any) are spread over several cores.
+    Each is a whole worker — its own views, its own states — so this is the same as starting N
+    `oms worker`s. SIGTERM / SIGINT go to all of them; when one exits, the others are stopped
+    and its exit code is returned, so whatever supervises this restarts them together."""
+    import signal
+    import subprocess
+
+    profile = os.environ.get("OMS_PROFILE")
+    children: list[subprocess.Popen[bytes]] = []
+    for n in range(count):
+        env = dict(os.environ)
+        if profile and n:
+            env["OMS_PROFILE"] = f"{profile}.{n}"  # the first writes where it was asked to
+        children.append(subprocess.Popen(
+            [sys.executable, "-m", "oms.cli", "worker", *(argv or [])], env=env
+        ))  # fmt: skip
+
+    def stop(signum: int, frame: Any) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while not any(child.poll() is not None for child in children):
+        time.sleep(0.2)
+    first = next(child for child in children if child.poll() is not None)
+    code = first.returncode
+    stop(signal.SIGTERM, None)
+    for child in children:
+        try:
+            child.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    sys.exit(code)
+
+
+def missing_topics(settings: Settings) -> list[str]:
+    """The topics the worker needs that the cluster does not have, asked once the broker
+    answers (waiting for it as long as it takes, backing off to 10 s)."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    delay = 0.5
+    while True:
+        try:
+            existing = admin.list_topics(timeout=10).topics
+            break
+        except KafkaException as exc:
+            log.warning("waiting for Kafka at %s: %s", settings.kafka_bootstrap, exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+    topics = settings.topics
+    needed = [topics.intake, topics.order_commands, topics.stock_commands, topics.orders,
+              topics.inventory, topics.catalogue, topics.dlq]  # fmt: skip
+    return [topic for topic in needed if topic not in existing]
+
+
+def run_worker(argv: list[str] | None = None) -> None:
+    """`oms worker`: run the Faust worker with its own command line (e.g. `-l info`).
+
+    Fails closed before it starts: a setting that is not valid, or a topic the cluster does
+    not have (a worker must not create topics with the broker's defaults), exits 78."""
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        _exit(ExitCode.CONFIG, f"a setting is not valid: {exc}")
+    missing = missing_topics(settings)
+    if missing:
+        _exit(ExitCode.CONFIG, f"topics missing on {settings.kafka_bootstrap}: "
+              f"{', '.join(missing)} (create them, e.g. with `oms stack up`)")  # fmt: skip
+    app = create_app(settings)
+    gc.freeze()  # everything imported and built so far lives as long as the worker
+    # Faust's own web server is off (the worker command would turn it on whatever the app
+    # says, and two workers on one host would fight over its port 6066).
+    sys.argv = ["oms worker", "worker", "--without-web", *(argv or ["--loglevel", "warn"])]
+    profile = os.environ.get("OMS_PROFILE")  # `oms bench pipeline`: where the time goes
+    if not profile:
+        app.main()
+        return
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        app.main()
+    finally:
+        profiler.disable()
+        profiler.dump_stats(profile)
+
+
+def _exit(code: ExitCode, reason: str) -> NoReturn:
+    print(f"oms worker: configuration error (exit {int(code)}, restarting will not help): "
+          f"{reason}", file=sys.stderr)  # fmt: skip
+    sys.exit(code)
