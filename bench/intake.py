@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 
 from bench.kafka_tools import producer_perf_test, scratch_topics
-from connectors.simulator import PROFILES, _sample_order
+from connectors.simulator import PROFILES, sample_order
 from connectors.webshop import WebshopConnector, sample_payload
 from events.codec import AvroCodec
 from oms.publisher import Publisher
@@ -40,7 +40,9 @@ def order_file(path: Path, count: int, *, seed: int = 11) -> tuple[int, int]:
     avro_bytes = 0
     with path.open("wb") as out:
         for n in range(count):
-            order = _sample_order(rng, PROFILES["retail"], "webshop", n, day, run_id="BENCH")
+            order = sample_order(
+                rng, PROFILES["retail"], channel="webshop", number=n, placed_at=day, run_id="BENCH"
+            )
             body, _ = sample_payload(order)
             out.write(body + b"\n")
             if n < 1000:
@@ -112,9 +114,12 @@ def webhook_latency(settings: Settings, *, rate: float, seconds: float) -> dict[
     count = int(rate * seconds)
     rng = random.Random(5)
     day = datetime(2026, 11, 11, tzinfo=UTC)
-    bodies = [sample_payload(_sample_order(rng, PROFILES["retail"], "webshop", n, day,
-                                           run_id="BENCH"))[0]
-              for n in range(count + 200)]  # fmt: skip
+    retail = PROFILES["retail"]
+    orders = (
+        sample_order(rng, retail, channel="webshop", number=n, placed_at=day, run_id="BENCH")
+        for n in range(count + 200)
+    )
+    bodies = [sample_payload(order)[0] for order in orders]
     port = _free_port()
     with scratch_topics(settings, "bench") as scratch:
         env = os.environ | {

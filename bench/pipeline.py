@@ -91,7 +91,10 @@ def orders(count: int, *, run: str, seed: int = 3) -> list[OrderReceived]:
     return made
 
 
-def _env(settings: Settings, catalogue: Path) -> dict[str, str]:
+def worker_env(settings: Settings, catalogue: Path) -> dict[str, str]:
+    """The environment of a process a bench starts (`oms worker`, `oms project`): the caller's,
+    with no OMS_ variable of its own, pointed at `settings`' broker, group and topics and at
+    `catalogue`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMS_")}
     env |= {"OMS_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "OMS_HOME": str(settings.home),
             "OMS_CONSUMER_GROUP": settings.consumer_group,
@@ -102,10 +105,11 @@ def _env(settings: Settings, catalogue: Path) -> dict[str, str]:
 
 
 @contextmanager
-def _process(
+def bench_process(
     args: list[str], env: dict[str, str], *, log: Path
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A worker for the bench; its output goes to `log` (kept for a look afterwards)."""
+    """`args` running in its own session while the block runs, then stopped with SIGTERM (killed
+    after 60 s); its output goes to `log` (kept for a look afterwards)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
         process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -185,7 +189,7 @@ def _wait_for_group(settings: Settings, *, members: int, timeout_s: float) -> No
     raise RuntimeError(f"group {settings.consumer_group} not stable with {members} members")
 
 
-def _publish(settings: Settings, topic: str, batch: list[OrderReceived], *, rate: float | None
+def publish_orders(settings: Settings, topic: str, batch: list[OrderReceived], *, rate: float | None
              ) -> dict[str, float]:  # fmt: skip
     """Publish, paced at `rate` per second (None: as fast as possible); returns send times."""
     from confluent_kafka import Producer
@@ -207,7 +211,8 @@ def _publish(settings: Settings, topic: str, batch: list[OrderReceived], *, rate
     return sent
 
 
-def _percentile(values: list[float], p: float) -> float:
+def percentile(values: list[float], p: float) -> float:
+    """The `p`th percentile of `values` (nearest rank, no interpolation)."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
@@ -216,7 +221,7 @@ def pipeline(settings: Settings, *, count: int, rate: float, seconds: float,
              profile: Path) -> dict[str, Any]:  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp, scratch_topics(settings, "benchpipe") as scratch:
         catalogue = bench_catalogue(Path(tmp) / "catalogue.json")
-        env = _env(scratch, catalogue) | {"OMS_PROFILE": str(profile)}
+        env = worker_env(scratch, catalogue) | {"OMS_PROFILE": str(profile)}
         operations.send(
             scratch, operations.stock_receive("TEA-GIFT-M", "WH-SH", quantity=10**7, actor="bench")
         )
@@ -231,18 +236,18 @@ def pipeline(settings: Settings, *, count: int, rate: float, seconds: float,
         log = settings.home / "bench" / "pipeline-worker.log"
         processes = os.environ.get("OMS_BENCH_PROCESSES", "1")
         worker = [sys.executable, "-m", "oms.cli", "worker", "--processes", processes]
-        with _process(worker, env, log=log):
+        with bench_process(worker, env, log=log):
             _wait_for_group(scratch, members=int(processes), timeout_s=120)
             stocked.follow(None, until=1, timeout_s=120)
             stocked.close()
             warm = orders(50, run="warm")
-            _publish(scratch, scratch.topics.intake, warm, rate=None)
+            publish_orders(scratch, scratch.topics.intake, warm, rate=None)
             routed_want = "OrderRouted"
             routed.follow(routed_want, until=len(warm), timeout_s=120)
 
             load = orders(count, run="sustained")
             started = time.time()
-            _publish(scratch, scratch.topics.intake, load, rate=None)
+            publish_orders(scratch, scratch.topics.intake, load, rate=None)
             routed.follow(routed_want, until=len(warm) + count, timeout_s=600)
             last = max(routed.seen[o.order_id] for o in load)
             sustained = count / (last - started)
@@ -250,7 +255,7 @@ def pipeline(settings: Settings, *, count: int, rate: float, seconds: float,
             routed.follow(routed_want, until=len(warm) + count, timeout_s=600, kind=done)
 
             paced = orders(int(rate * seconds), run="paced")
-            sent = _publish(scratch, scratch.topics.intake, paced, rate=rate)
+            sent = publish_orders(scratch, scratch.topics.intake, paced, rate=rate)
             routed.follow(routed_want, until=len(warm) + count + len(paced), timeout_s=300)
             latencies = [(routed.seen[o.order_id] - sent[o.order_id]) * 1000 for o in paced]
         routed.close()
@@ -260,10 +265,10 @@ def pipeline(settings: Settings, *, count: int, rate: float, seconds: float,
         "target_orders_per_s": THROUGHPUT_TARGET_PER_S,
         "meets_throughput_target": sustained >= THROUGHPUT_TARGET_PER_S,
         "rate_per_s": rate, "paced_orders": len(latencies),
-        "p50_ms": _percentile(latencies, 50), "p90_ms": _percentile(latencies, 90),
-        "p99_ms": _percentile(latencies, 99), "max_ms": max(latencies),
+        "p50_ms": percentile(latencies, 50), "p90_ms": percentile(latencies, 90),
+        "p99_ms": percentile(latencies, 99), "max_ms": max(latencies),
         "target_p99_ms": P99_TARGET_MS, "meets_latency_target":
-            _percentile(latencies, 99) <= P99_TARGET_MS,
+            percentile(latencies, 99) <= P99_TARGET_MS,
     }  # fmt: skip
 
 
@@ -275,13 +280,13 @@ def passthrough(settings: Settings, *, count: int) -> dict[str, Any]:
                 scratch.consumer_group, scratch.kafka_bootstrap]  # fmt: skip
         out = Watcher(scratch, sink)
         log = settings.home / "bench" / "passthrough-worker.log"
-        with _process(args, dict(os.environ), log=log):
+        with bench_process(args, dict(os.environ), log=log):
             warm = orders(50, run="warm")
-            _publish(scratch, source, warm, rate=None)
+            publish_orders(scratch, source, warm, rate=None)
             out.follow(None, until=len(warm), timeout_s=120)
             load = orders(count, run="load")
             started = time.time()
-            _publish(scratch, source, load, rate=None)
+            publish_orders(scratch, source, load, rate=None)
             out.follow(None, until=len(warm) + count, timeout_s=600)
             last = max(out.seen.values())
         out.close()

@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.kafka_tools import scratch_topics
-from bench.pipeline import _env, _percentile, _process, _publish, bench_catalogue, orders
+from bench.pipeline import (
+    bench_catalogue,
+    bench_process,
+    orders,
+    percentile,
+    publish_orders,
+    worker_env,
+)
 from events.codec import AvroCodec
 from events.models import (
     Actor,
@@ -209,33 +216,35 @@ def freshness(settings: Settings, *, rate: float, seconds: float) -> dict[str, A
                                "this process each read it)")  # fmt: skip
         store = _database(scratch, database)
         migrate(store)
-        env = _env(scratch, catalogue) | {"OMS_CLICKHOUSE_URL": url}
+        env = worker_env(scratch, catalogue) | {"OMS_CLICKHOUSE_URL": url}
         home = settings.home / "bench"
         try:
-            with _process([sys.executable, "-m", "oms.cli", "worker"], env,
-                          log=home / "freshness-worker.log"), \
-                 _process([sys.executable, "-m", "oms.cli", "project", "--batch-seconds", "0.1"],
-                          env, log=home / "freshness-projector.log"):  # fmt: skip
+            worker = [sys.executable, "-m", "oms.cli", "worker"]
+            projector = [sys.executable, "-m", "oms.cli", "project", "--batch-seconds", "0.1"]
+            with (
+                bench_process(worker, env, log=home / "freshness-worker.log"),
+                bench_process(projector, env, log=home / "freshness-projector.log"),
+            ):
                 warm = orders(20, run="warm")
-                _publish(scratch, scratch.topics.intake, warm, rate=None)
+                publish_orders(scratch, scratch.topics.intake, warm, rate=None)
                 _wait_visible(store, {o.order_id for o in warm}, timeout_s=120)
                 paced = orders(int(rate * seconds), run="fresh")
                 visible: dict[str, float] = {}
                 watcher = threading.Thread(target=_watch, args=(store, paced, visible),
                                            daemon=True)  # fmt: skip
                 watcher.start()
-                sent = _publish(scratch, scratch.topics.intake, paced, rate=rate)
+                sent = publish_orders(scratch, scratch.topics.intake, paced, rate=rate)
                 watcher.join(timeout=seconds + 120)
         finally:
             store.execute(f"DROP DATABASE IF EXISTS {database}")
     latencies = [visible[o.order_id] - sent[o.order_id] for o in paced if o.order_id in visible]
     return {
         "rate_per_s": rate, "orders": len(paced), "visible": len(latencies),
-        "p50_s": _percentile(latencies, 50), "p90_s": _percentile(latencies, 90),
-        "p99_s": _percentile(latencies, 99), "max_s": max(latencies),
+        "p50_s": percentile(latencies, 50), "p90_s": percentile(latencies, 90),
+        "p99_s": percentile(latencies, 99), "max_s": max(latencies),
         "target_p99_s": FRESHNESS_P99_TARGET_S,
         "meets_target": len(latencies) == len(paced)
-        and _percentile(latencies, 99) <= FRESHNESS_P99_TARGET_S,
+        and percentile(latencies, 99) <= FRESHNESS_P99_TARGET_S,
     }  # fmt: skip
 
 

@@ -2,8 +2,10 @@
 
 A connector is small: `name`, `parse` (raw bytes → `OrderReceived`, or `OrderModified` for a
 channel's revision of an order it sent before) and, for signed channels, `verify`. Everything
-else — deterministic ids, the envelope, money and time conversions, turning validation errors
-into `PayloadRejected` naming the field — is here.
+else — deterministic ids, the envelope, the lenient base of payload models (`ChannelPayload`),
+money and time conversions, turning validation errors into `PayloadRejected` naming the field —
+is here; this module is the one import a connector needs (`__all__`). The money helpers live in
+`connectors.money`, the exceptions in `connectors.rejections`.
 
 Ids are deterministic: the same channel order always gets the same order id, and the same
 payload the same event id, so a redelivery is recognised downstream instead of becoming a
@@ -15,16 +17,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
 from typing import Any, ClassVar, TypeVar
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
+from connectors.money import LONG_MAX, LONG_MIN, decimal_number, decimal_text, minor_units
+from connectors.rejections import PayloadRejected, SignatureRejected
 from events.models import (
     Actor,
     ActorKind,
@@ -38,26 +40,33 @@ from events.models import (
     deterministic_id,
 )
 
-# ISO-4217 minor-unit exponents that differ from 2 (the rest use 2).
-_EXPONENTS = {"JPY": 0, "KRW": 0, "VND": 0, "CLP": 0, "ISK": 0, "BHD": 3, "KWD": 3, "OMR": 3,
-              "JOD": 3, "TND": 3}  # fmt: skip
+__all__ = [
+    "CHINA",
+    "ChannelEvent",
+    "ChannelPayload",
+    "Connector",
+    "PayloadRejected",
+    "SignatureRejected",
+    "decimal_number",
+    "decimal_text",
+    "from_epoch",
+    "local_time",
+    "minor_units",
+]
+
 CHINA = ZoneInfo("Asia/Shanghai")
-_PLAIN_AMOUNT = re.compile(r"-?(\d{1,15})(?:\.(\d{1,6}))?")
 Model = TypeVar("Model", bound=BaseModel)
 ChannelEvent = OrderReceived | OrderModified
 
 
-class PayloadRejected(ValueError):
-    """A channel payload that cannot become an order; `field` names the offending field."""
+class ChannelPayload(BaseModel):
+    """The base of a connector's payload models: the channel's own shape, read leniently.
 
-    def __init__(self, reason: str, *, field: str | None = None) -> None:
-        self.reason = reason
-        self.field = field
-        super().__init__(f"{field}: {reason}" if field else reason)
+    Fields the model does not name are ignored, so a platform adding fields to its payload
+    does not break the connector; the fields it does name are validated as declared.
+    """
 
-
-class SignatureRejected(PayloadRejected):
-    """The payload's signature or token does not match: it may not come from the channel."""
+    model_config = ConfigDict(extra="ignore")
 
 
 class Connector(ABC):
@@ -182,64 +191,22 @@ class Connector(ABC):
             raise PayloadRejected(first["msg"], field=location) from None
 
 
-# The contract's integers travel as Avro longs: a channel's number outside 64 bits cannot be
-# sent on, so the payload is refused here, naming the field, instead of failing to encode.
-_LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
-
-
 def _fit_longs(lines: Sequence[OrderLine], **numbers: int) -> None:
-    """Refuse an order whose quantities, prices or amounts do not fit in 64 bits."""
+    """Refuse an order whose quantities, prices or amounts do not fit in 64 bits.
+
+    The contract's integers travel as Avro longs: a channel's number outside 64 bits cannot be
+    sent on, so the payload is refused here, naming the field, instead of failing to encode.
+    """
     for n, line in enumerate(lines):
         for name, value in (("quantity", line.quantity), ("unit_price", line.unit_price)):
-            if not _LONG_MIN <= value <= _LONG_MAX:
+            if not LONG_MIN <= value <= LONG_MAX:
                 raise PayloadRejected(
                     f"{value} does not fit in 64 bits", field=f"lines[{n}].{name}"
                 )
     for name, value in numbers.items():
         # the revision also becomes the event's sequence, one above it
-        if not _LONG_MIN <= value <= (_LONG_MAX - 1 if name == "revision" else _LONG_MAX):
+        if not LONG_MIN <= value <= (LONG_MAX - 1 if name == "revision" else LONG_MAX):
             raise PayloadRejected(f"{value} does not fit in 64 bits", field=name)
-
-
-def minor_units(amount: Any, *, currency: str, field: str) -> int:
-    """A decimal amount ("12.34", 12.34) in the currency's minor units, refusing lost precision."""
-    exponent = (
-        _EXPONENTS.get(currency, 2) if currency.isupper() else _EXPONENTS.get(currency.upper(), 2)
-    )
-    if isinstance(amount, str):
-        # Menus and catalogues repeat their prices: remember recent conversions.
-        key = (amount, exponent)
-        cached = _AMOUNTS.get(key)
-        if cached is None:
-            cached = _AMOUNTS[key] = _convert(amount, exponent, currency, field)
-            if len(_AMOUNTS) > 4096:
-                _AMOUNTS.clear()
-        return cached
-    return _convert(amount, exponent, currency, field)
-
-
-_AMOUNTS: dict[tuple[str, int], int] = {}
-
-
-def _convert(amount: Any, exponent: int, currency: str, field: str) -> int:
-    if isinstance(amount, str) and (match := _PLAIN_AMOUNT.fullmatch(amount)):
-        # The common case without Decimal: "128", "128.5", "128.50", "-3.00".
-        whole, fraction = match.group(1), match.group(2) or ""
-        if len(fraction) <= exponent:
-            units = int(whole + fraction.ljust(exponent, "0"))
-            return -units if amount.startswith("-") else units
-    try:
-        value = Decimal(str(amount))
-    except (InvalidOperation, ValueError):
-        raise PayloadRejected(f"{amount!r} is not a decimal amount", field=field) from None
-    if not value.is_finite():
-        raise PayloadRejected(f"{amount!r} is not a finite amount", field=field)
-    scaled = value.scaleb(exponent)
-    if scaled != scaled.to_integral_value():
-        raise PayloadRejected(
-            f"{amount!r} has more decimals than {currency} allows ({exponent})", field=field
-        )
-    return int(scaled)
 
 
 def from_epoch(seconds: int | float | str, *, field: str) -> datetime:

@@ -23,38 +23,38 @@ import zlib
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
+from functools import partial
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Json
+from pydantic import Json
 
 from connectors.base import (
     CHINA,
     ChannelEvent,
+    ChannelPayload,
     Connector,
     PayloadRejected,
     SignatureRejected,
+    decimal_number,
     from_epoch,
     local_time,
     minor_units,
 )
-from connectors.samples import SampleOrder
+from connectors.samples import SampleOrder, payload_json
 from events.models import Address, Customer, OrderLine, OrderMode, PaymentStatus
 
+CURRENCY = "CNY"
 ORDER_EFFECTIVE = 10  # message type 订单生效: the order, once paid (or placed, if cash)
 _SELF_PICKUP = 1  # orderBusinessType of a 到店自取 order
 _PAYMENT = {True: PaymentStatus.PAID, False: PaymentStatus.CASH_ON_DELIVERY}  # onlinePaid
 
 
-class _Loose(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class _Spec(_Loose):
+class _Spec(ChannelPayload):
     name: str = ""
     value: str = ""
 
 
-class _Item(_Loose):
+class _Item(ChannelPayload):
     name: str
     price: Decimal
     quantity: int
@@ -63,12 +63,12 @@ class _Item(_Loose):
     attributes: list[_Spec] | None = None
 
 
-class _Group(_Loose):
+class _Group(ChannelPayload):
     type: str = "normal"
     items: list[_Item]
 
 
-class _ElemeOrder(_Loose):
+class _ElemeOrder(ChannelPayload):
     id: int | str
     createdAt: str
     updateTime: int | None = None
@@ -92,7 +92,7 @@ class _ElemeOrder(_Loose):
     openId: str | None = None  # the merchant's own code for the store
 
 
-class _Envelope(_Loose):
+class _Envelope(ChannelPayload):
     type: Literal[10, "10"]  # 订单生效; other message types are not orders
     message: Json[_ElemeOrder]
 
@@ -132,7 +132,9 @@ class ElemeConnector(Connector):
                 sku=item.extendCode or item.name,
                 name=item.name,
                 quantity=item.quantity,
-                unit_price=_fen(item.price, f"groups.{g}.items.{i}.price"),
+                unit_price=minor_units(
+                    item.price, currency=CURRENCY, field=f"message.groups.{g}.items.{i}.price"
+                ),
                 options=[s.value for s in (*(item.newSpecs or []), *(item.attributes or []))],
             )
             for g, group in enumerate(order.groups)
@@ -147,12 +149,22 @@ class ElemeConnector(Connector):
             received_at=received_at,
             revision=int(changed_at.timestamp()) if changed_at else 0,
             mode=OrderMode.PICKUP if pickup else OrderMode.DELIVERY,
-            currency="CNY",
+            currency=CURRENCY,
             lines=lines,
-            delivery_fee=_fen(order.deliverFee - order.vipDeliveryFeeDiscount, "deliverFee"),
-            packaging_fee=_fen(order.packageFee, "packageFee"),
-            discount=_fen(abs(order.shopPart) + abs(order.elemePart), "shopPart"),
-            total=_fen(order.totalPrice, "totalPrice"),
+            delivery_fee=minor_units(
+                order.deliverFee - order.vipDeliveryFeeDiscount,
+                currency=CURRENCY,
+                field="message.deliverFee",
+            ),
+            packaging_fee=minor_units(
+                order.packageFee, currency=CURRENCY, field="message.packageFee"
+            ),
+            discount=minor_units(
+                abs(order.shopPart) + abs(order.elemePart),
+                currency=CURRENCY,
+                field="message.shopPart",
+            ),
+            total=minor_units(order.totalPrice, currency=CURRENCY, field="message.totalPrice"),
             payment_status=_PAYMENT[order.onlinePaid],
             customer=Customer(
                 name=order.consignee or None, phone=next(iter(order.phoneList or []), None)
@@ -174,25 +186,27 @@ def sample_payload(
     order: SampleOrder, *, revision: int = 0, secret: str | None = None
 ) -> tuple[bytes, dict[str, str]]:
     """`order` as an Ele.me type-10 push; revision r is a modification made at
-    `order.revised_at(r)`."""
+    `order.revised_at(r)`. Yuan are written as Ele.me writes them: 28.0, 15.5."""
+    as_number = partial(decimal_number, currency=CURRENCY)
     created = order.placed_at.astimezone(CHINA).strftime("%Y-%m-%dT%H:%M:%S")
     shop_id = zlib.crc32(order.store.encode()) % 10**9
     message: dict[str, Any] = {
         "id": order.external_id, "orderId": order.external_id, "createdAt": created,
-        "activeAt": created, "deliverFee": _yuan(order.delivery_fee), "deliverTime": None,
-        "vipDeliveryFeeDiscount": 0.0, "description": order.notes or "",
+        "activeAt": created, "deliverFee": as_number(order.delivery_fee), "deliverTime": None,
+        "vipDeliveryFeeDiscount": as_number(0), "description": order.notes or "",
         "groups": [{"name": "1号篮子", "type": "normal", "items": [
             {"id": i + 1, "name": line.name, "extendCode": line.sku, "categoryId": 1,
-             "price": _yuan(line.unit_price), "quantity": line.quantity,
-             "total": _yuan(line.unit_price * line.quantity), "newSpecs": [], "attributes": []}
+             "price": as_number(line.unit_price), "quantity": line.quantity,
+             "total": as_number(line.unit_price * line.quantity), "newSpecs": [], "attributes": []}
             for i, line in enumerate(order.lines)]}],
         "book": False, "onlinePaid": True, "phoneList": [order.customer_phone],
         "shopId": shop_id, "openId": order.store, "status": "unprocessed",
-        "totalPrice": _yuan(order.total), "originalPrice": _yuan(order.total + order.discount),
+        "totalPrice": as_number(order.total),
+        "originalPrice": as_number(order.total + order.discount),
         "consignee": order.customer_name, "address": order.address_text or "",
         "deliveryGeo": "" if order.latitude is None else f"{order.longitude},{order.latitude}",
-        "packageFee": _yuan(order.packaging_fee), "activityTotal": -_yuan(order.discount),
-        "shopPart": -_yuan(order.discount), "elemePart": 0.0,
+        "packageFee": as_number(order.packaging_fee), "activityTotal": as_number(-order.discount),
+        "shopPart": as_number(-order.discount), "elemePart": as_number(0),
         "orderBusinessType": _SELF_PICKUP if order.mode is OrderMode.PICKUP else 0,
     }  # fmt: skip
     timestamp = int(order.revised_at(revision).timestamp())
@@ -200,16 +214,12 @@ def sample_payload(
         message["updateTime"] = timestamp
     envelope: dict[str, Any] = {
         "requestId": f"{order.external_id}{revision:04d}", "type": ORDER_EFFECTIVE,
-        "appId": 20261125, "message": json.dumps(message, ensure_ascii=False),
+        "appId": 20261125, "message": payload_json(message),
         "shopId": shop_id, "timestamp": timestamp * 1000 + 512, "userId": 286451379,
     }  # fmt: skip
     if secret is not None:
         envelope["signature"] = signature(envelope, secret=secret)
     return json.dumps(envelope, ensure_ascii=False).encode(), {}
-
-
-def _fen(amount: Decimal, field: str) -> int:
-    return minor_units(amount, currency="CNY", field=f"message.{field}")
 
 
 def _geo(text: str | None) -> tuple[float | None, float | None]:
@@ -226,7 +236,3 @@ def _geo(text: str | None) -> tuple[float | None, float | None]:
 
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-
-
-def _yuan(fen: int) -> float:
-    return fen / 100

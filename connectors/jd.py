@@ -20,12 +20,19 @@ import json
 import zlib
 from collections.abc import Mapping
 from datetime import datetime
-from decimal import Decimal
+from functools import partial
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
-from connectors.base import CHINA, ChannelEvent, Connector, PayloadRejected, local_time, minor_units
+from connectors.base import (
+    CHINA,
+    ChannelEvent,
+    ChannelPayload,
+    Connector,
+    PayloadRejected,
+    decimal_text,
+    local_time,
+    minor_units,
+)
 from connectors.samples import SampleOrder
 from events.models import Address, Customer, OrderLine, OrderMode, PaymentStatus
 
@@ -39,11 +46,7 @@ _STORE_PICKUP = "69"  # idSopShipmenttype: 68 京配, 69 京配自提
 _NEVER = ("0001-01-01", "1970-01-01")  # JD's "no such time"
 
 
-class _Loose(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class _Item(_Loose):
+class _Item(ChannelPayload):
     skuId: int | str
     outerSkuId: str | None = None
     skuName: str
@@ -51,7 +54,7 @@ class _Item(_Loose):
     itemTotal: int
 
 
-class _Consignee(_Loose):
+class _Consignee(ChannelPayload):
     fullname: str | None = None
     mobile: str | None = None
     telephone: str | None = None
@@ -59,7 +62,7 @@ class _Consignee(_Loose):
     city: str | None = None
 
 
-class _OrderInfo(_Loose):
+class _OrderInfo(ChannelPayload):
     orderId: int | str
     payType: str = "4-在线支付"
     orderState: str
@@ -96,19 +99,24 @@ class JdConnector(Connector):
                 sku=item.outerSkuId or str(item.skuId),
                 name=item.skuName,
                 quantity=item.itemTotal,
-                unit_price=_fen(item.jdPrice, field=f"itemInfoList.{i}.jdPrice"),
+                unit_price=minor_units(
+                    item.jdPrice, currency=CURRENCY, field=f"itemInfoList.{i}.jdPrice"
+                ),
             )
             for i, item in enumerate(order.itemInfoList)
         ]
         goods = sum(line.quantity * line.unit_price for line in lines)
         listed = order.orderTotalPrice
-        if listed is not None and _fen(listed, field="orderTotalPrice") != goods:
+        if (
+            listed is not None
+            and minor_units(listed, currency=CURRENCY, field="orderTotalPrice") != goods
+        ):
             raise PayloadRejected(
                 f"is not Σ jdPrice × itemTotal ({goods} fen)", field="orderTotalPrice"
             )
-        delivery_fee = _fen(order.freightPrice, field="freightPrice")
-        tax = _fen(order.taxFee, field="taxFee")
-        total = _fen(order.orderPayment, field="orderPayment")
+        delivery_fee = minor_units(order.freightPrice, currency=CURRENCY, field="freightPrice")
+        tax = minor_units(order.taxFee, currency=CURRENCY, field="taxFee")
+        total = minor_units(order.orderPayment, currency=CURRENCY, field="orderPayment")
         consignee = order.consigneeInfo or _Consignee()
         return self.order(
             external_id=str(order.orderId),
@@ -155,10 +163,6 @@ def _time(text: str | None, *, field: str) -> datetime | None:
     return None if not text or text.startswith(_NEVER) else local_time(text, field=field)
 
 
-def _fen(amount: str, *, field: str) -> int:
-    return minor_units(amount, currency=CURRENCY, field=field)
-
-
 def _payment_status(order: _OrderInfo, *, paid: bool) -> PaymentStatus:
     if order.payType.split("-")[0] == _CASH_ON_DELIVERY:
         return (
@@ -169,10 +173,6 @@ def _payment_status(order: _OrderInfo, *, paid: bool) -> PaymentStatus:
     if paid or order.orderState in _PAID:
         return PaymentStatus.PAID
     return PaymentStatus.PENDING  # TRADE_CANCELED, LOCKED, POP_ORDER_PAUSE before payment
-
-
-def _yuan(fen: int) -> str:
-    return f"{Decimal(fen).scaleb(-2):.2f}"
 
 
 def _beijing(moment: datetime) -> str:
@@ -189,20 +189,21 @@ def sample_payload(
         raise ValueError(f"jd orders are shipped or picked up, in {CURRENCY}: {order.external_id}")
     if order.packaging_fee:
         raise ValueError(f"jd orders have no packaging fee: {order.external_id}")
+    as_text = partial(decimal_text, currency=CURRENCY)
     created = _beijing(order.placed_at)
     goods = sum(line.quantity * line.unit_price for line in order.lines)
     items = [
         {"skuId": str(100_000_000_000 + zlib.crc32(line.sku.encode())), "outerSkuId": line.sku,
-         "skuName": line.name, "jdPrice": _yuan(line.unit_price), "itemTotal": str(line.quantity)}
+         "skuName": line.name, "jdPrice": as_text(line.unit_price), "itemTotal": str(line.quantity)}
         for line in order.lines
     ]  # fmt: skip
     info = {
         "orderId": order.external_id, "orderType": "22", "payType": "4-在线支付",
         "orderState": "WAIT_SELLER_STOCK_OUT", "orderStateRemark": "等待出库",
-        "orderTotalPrice": _yuan(goods), "sellerDiscount": _yuan(order.discount),
-        "orderSellerPrice": _yuan(goods - order.discount), "balanceUsed": "0.00",
-        "freightPrice": _yuan(order.delivery_fee), "taxFee": _yuan(order.tax),
-        "orderPayment": _yuan(order.total), "orderRemark": order.notes or "",
+        "orderTotalPrice": as_text(goods), "sellerDiscount": as_text(order.discount),
+        "orderSellerPrice": as_text(goods - order.discount), "balanceUsed": "0.00",
+        "freightPrice": as_text(order.delivery_fee), "taxFee": as_text(order.tax),
+        "orderPayment": as_text(order.total), "orderRemark": order.notes or "",
         "orderStartTime": created, "paymentConfirmTime": created,
         "modified": _beijing(order.revised_at(revision)),
         "pin": order.extras.get("pin", f"jd_{zlib.crc32(order.customer_phone.encode()):x}"),

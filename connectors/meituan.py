@@ -23,25 +23,31 @@ import os
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Json
+from pydantic import Json
 
-from connectors.base import ChannelEvent, Connector, SignatureRejected, from_epoch, minor_units
-from connectors.samples import SampleOrder
+from connectors.base import (
+    ChannelEvent,
+    ChannelPayload,
+    Connector,
+    SignatureRejected,
+    decimal_number,
+    from_epoch,
+    minor_units,
+)
+from connectors.samples import SampleOrder, payload_json
 from events.models import Address, Customer, OrderLine, OrderMode, PaymentStatus
 
+CURRENCY = "CNY"
 PUSH_URL = "http://127.0.0.1:8080/webhooks/meituan"  # `oms api` on its default address
 # pay_type 1 货到付款, 2 在线支付
 _PAYMENT = {1: PaymentStatus.CASH_ON_DELIVERY, 2: PaymentStatus.PAID}
 _SELF_PICKUP = 1  # pick_type: 0 delivery, 1 到店自取
 
 
-class _Loose(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class _Dish(_Loose):
+class _Dish(ChannelPayload):
     app_food_code: str = ""
     sku_id: str = ""
     food_name: str
@@ -56,12 +62,12 @@ class _Dish(_Loose):
         return [o.strip() for o in (self.spec, *self.food_property.split(",")) if o.strip()]
 
 
-class _Activity(_Loose):
+class _Activity(ChannelPayload):
     mt_charge: Decimal = Decimal(0)
     poi_charge: Decimal = Decimal(0)
 
 
-class _MeituanOrder(_Loose):
+class _MeituanOrder(ChannelPayload):
     order_id: int | str
     app_poi_code: str
     ctime: int
@@ -117,7 +123,7 @@ class MeituanConnector(Connector):
                 sku=dish.sku_id or dish.app_food_code or dish.food_name,
                 name=dish.food_name,
                 quantity=dish.quantity,
-                unit_price=_fen(dish.price, field=f"detail.{i}.price"),
+                unit_price=minor_units(dish.price, currency=CURRENCY, field=f"detail.{i}.price"),
                 options=dish.options(),
             )
             for i, dish in enumerate(order.detail)
@@ -136,12 +142,13 @@ class MeituanConnector(Connector):
             received_at=received_at,
             revision=order.utime if changed_at else 0,
             mode=OrderMode.PICKUP if pickup else OrderMode.DELIVERY,
-            currency="CNY",
+            currency=CURRENCY,
             lines=lines,
-            delivery_fee=_fen(order.shipping_fee, field="shipping_fee"),
-            packaging_fee=_fen(boxes, field="detail") + order.package_bag_money,
-            discount=_fen(charges, field="extras"),
-            total=_fen(order.total, field="total"),
+            delivery_fee=minor_units(order.shipping_fee, currency=CURRENCY, field="shipping_fee"),
+            packaging_fee=minor_units(boxes, currency=CURRENCY, field="detail")
+            + order.package_bag_money,
+            discount=minor_units(charges, currency=CURRENCY, field="extras"),
+            total=minor_units(order.total, currency=CURRENCY, field="total"),
             payment_status=_PAYMENT.get(order.pay_type, PaymentStatus.PENDING),
             customer=Customer(
                 name=order.recipient_name or None, phone=order.recipient_phone or None
@@ -157,20 +164,21 @@ def sample_payload(
     order: SampleOrder, *, revision: int = 0, secret: str | None = None
 ) -> tuple[bytes, dict[str, str]]:
     """`order` as Meituan's push parameters; revision r is a modification made at
-    `order.revised_at(r)`."""
+    `order.revised_at(r)`. Yuan are written as Meituan writes them: 28.0, 15.5."""
+    as_number = partial(decimal_number, currency=CURRENCY)
     ctime = int(order.placed_at.timestamp())
     utime = int(order.revised_at(revision).timestamp())
     detail = [
         {"app_food_code": line.sku, "sku_id": line.sku, "food_name": line.name,
-         "quantity": line.quantity, "price": _yuan(line.unit_price), "unit": "份",
+         "quantity": line.quantity, "price": as_number(line.unit_price), "unit": "份",
          "box_num": 1 if i == 0 and order.packaging_fee else 0,
-         "box_price": _yuan(order.packaging_fee) if i == 0 else 0, "spec": "",
+         "box_price": as_number(order.packaging_fee) if i == 0 else 0, "spec": "",
          "food_property": ""}
         for i, line in enumerate(order.lines)
     ]  # fmt: skip
     extras = [
-        {"reduce_fee": _yuan(order.discount), "mt_charge": 0,
-         "poi_charge": _yuan(order.discount), "remark": "满减优惠", "type": 2}
+        {"reduce_fee": as_number(order.discount), "mt_charge": 0,
+         "poi_charge": as_number(order.discount), "remark": "满减优惠", "type": 2}
     ] if order.discount else []  # fmt: skip
     params = {
         "app_id": "6231", "timestamp": str(utime + 2),
@@ -181,10 +189,11 @@ def sample_payload(
         "delivery_time": "0", "recipient_name": order.customer_name,
         "recipient_phone": order.customer_phone, "recipient_address": order.address_text or "",
         "latitude": str(order.latitude or 0), "longitude": str(order.longitude or 0),
-        "shipping_fee": str(_yuan(order.delivery_fee)), "total": str(_yuan(order.total)),
-        "original_price": str(_yuan(order.total + order.discount)), "caution": order.notes or "",
-        "detail": json.dumps(detail, ensure_ascii=False, separators=(",", ":")),
-        "extras": json.dumps(extras, ensure_ascii=False, separators=(",", ":")),
+        "shipping_fee": str(as_number(order.delivery_fee)), "total": str(as_number(order.total)),
+        "original_price": str(as_number(order.total + order.discount)),
+        "caution": order.notes or "",
+        "detail": payload_json(detail, compact=True),
+        "extras": payload_json(extras, compact=True),
     }  # fmt: skip
     if secret is not None:
         url = os.environ.get("OMS_MEITUAN_PUSH_URL", PUSH_URL)
@@ -194,11 +203,3 @@ def sample_payload(
 
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-
-
-def _fen(amount: Decimal, *, field: str) -> int:
-    return minor_units(amount, currency="CNY", field=field)
-
-
-def _yuan(fen: int) -> float:
-    return fen / 100

@@ -23,15 +23,18 @@ import json
 import re
 from collections.abc import Mapping
 from datetime import datetime
+from functools import partial
 from typing import Annotated, TypeVar
 
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import StringConstraints
 
 from connectors.base import (
     CHINA,
     ChannelEvent,
+    ChannelPayload,
     Connector,
     PayloadRejected,
+    decimal_text,
     local_time,
     minor_units,
 )
@@ -60,9 +63,7 @@ Text = Annotated[str, StringConstraints(strip_whitespace=True)]
 Required = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 
 
-class _Ticket(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class _Ticket(ChannelPayload):
     ticket: Required
     store: Required
     placed_at: Required
@@ -108,10 +109,10 @@ class PhoneConnector(Connector):
             mode=_word(_MODES, ticket.mode, field="mode"),
             currency=CURRENCY,
             lines=parse_items(ticket.items),
-            delivery_fee=_yuan(ticket.delivery_fee, field="delivery_fee"),
-            packaging_fee=_yuan(ticket.packaging_fee, field="packaging_fee"),
-            discount=_yuan(ticket.discount, field="discount"),
-            total=_yuan(ticket.total, field="total"),
+            delivery_fee=_typed_amount(ticket.delivery_fee, field="delivery_fee"),
+            packaging_fee=_typed_amount(ticket.packaging_fee, field="packaging_fee"),
+            discount=_typed_amount(ticket.discount, field="discount"),
+            total=_typed_amount(ticket.total, field="total"),
             payment_status=_word(_PAYMENTS, ticket.payment or "unpaid", field="payment"),
             customer=Customer(name=ticket.customer_name or None, phone=ticket.phone),
             address=Address(text=ticket.address) if ticket.address else None,
@@ -160,7 +161,9 @@ def _word(words: Mapping[str, Choice], text: str, *, field: str) -> Choice:
     return words[text.lower()]
 
 
-def _yuan(text: str, *, field: str) -> int:
+def _typed_amount(text: str, *, field: str) -> int:
+    """An amount as staff type it ("26", "26.5", "¥26.00"; blank for none) in fen, never
+    negative."""
     amount = minor_units(text.lstrip("¥￥") or "0", currency=CURRENCY, field=field)
     if amount < 0:
         raise PayloadRejected(f"{text!r} is negative", field=field)
@@ -174,17 +177,14 @@ def _requested(text: str, *, placed_at: datetime) -> datetime | None:
     return local_time(text, field="requested_at") if text else None
 
 
-def _money(fen: int) -> str:
-    return f"{fen // 100}.{fen % 100:02d}"
-
-
 def sample_payload(
     order: SampleOrder, *, revision: int = 0, secret: str | None = None
 ) -> tuple[bytes, dict[str, str]]:
     """`order` as staff would enter it (times to the minute); phone orders are unsigned, so
     `secret` is ignored. Delivery is cash on delivery, others unpaid (`extras["payment"]`)."""
+    as_text = partial(decimal_text, currency=CURRENCY)
     items = "; ".join(
-        f"[{line.sku}] {line.name} x{line.quantity} @{_money(line.unit_price)}"
+        f"[{line.sku}] {line.name} x{line.quantity} @{as_text(line.unit_price)}"
         for line in order.lines
     )
     placed = order.placed_at.astimezone(CHINA)
@@ -193,8 +193,8 @@ def sample_payload(
         "ticket": order.external_id, "store": order.store, "placed_at": f"{placed:%Y-%m-%d %H:%M}",
         "mode": order.mode.value, "customer_name": order.customer_name,
         "phone": order.customer_phone, "address": order.address_text or "", "items": items,
-        "delivery_fee": _money(order.delivery_fee), "packaging_fee": _money(order.packaging_fee),
-        "discount": _money(order.discount), "total": _money(order.total),
+        "delivery_fee": as_text(order.delivery_fee), "packaging_fee": as_text(order.packaging_fee),
+        "discount": as_text(order.discount), "total": as_text(order.total),
         "payment": order.extras.get("payment", due), "requested_at": "",
         "notes": order.notes or "", "revision": str(revision), "updated_at": "",
     }  # fmt: skip

@@ -11,8 +11,11 @@ import json
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from functools import partial
 from typing import Any
 
+from connectors.money import decimal_text
 from events.models import OrderMode
 
 
@@ -77,10 +80,6 @@ _ADDRESSES = [
 ]
 
 
-def _money(cents: int) -> str:
-    return f"{cents // 100}.{cents % 100:02d}"
-
-
 def _shipping_address(street: str, latitude: float, longitude: float) -> dict[str, Any]:
     return {"address1": street, "city": "Shanghai", "zip": "200000", "country_code": "CN",
             "latitude": latitude, "longitude": longitude}  # fmt: skip
@@ -90,6 +89,7 @@ def web_order(
     *, external_id: str, rng: random.Random, placed_at: datetime, defect: str | None = None
 ) -> dict[str, Any]:
     """One Shopify-shaped order; `defect` makes it fail validation in a known way."""
+    as_text = partial(decimal_text, currency="CNY")
     items = rng.sample(_DISHES, k=rng.randint(1, 3))
     quantities = [rng.randint(1, 3) for _ in items]
     line_items: list[dict[str, Any]] = [
@@ -108,11 +108,11 @@ def web_order(
         "name": f"#{external_id}",
         "created_at": placed_at.isoformat(),
         "currency": "CNY",
-        "total_price": _money(total),
-        "subtotal_price": _money(subtotal),
-        "total_discounts": _money(discount),
+        "total_price": as_text(total),
+        "subtotal_price": as_text(subtotal),
+        "total_discounts": as_text(discount),
         "line_items": line_items,
-        "shipping_lines": [{"title": "Standard", "price": _money(shipping)}],
+        "shipping_lines": [{"title": "Standard", "price": as_text(shipping)}],
         "customer": {
             "first_name": "Wei",
             "last_name": rng.choice(["Zhang", "Li", "Wang"]),
@@ -123,7 +123,7 @@ def web_order(
         "tags": "delivery",  # the restaurant's own web shop delivers from the nearest store
     }
     if defect == "total_mismatch":
-        order["total_price"] = _money(total + 100)
+        order["total_price"] = as_text(total + 100)
     elif defect == "zero_quantity":
         order["line_items"][0]["quantity"] = 0
     elif defect == "unknown_currency":
@@ -159,3 +159,28 @@ def sample_lines(
         lines.append(json.dumps(order, ensure_ascii=False).encode())
         planted[external_id] = defect
     return lines, planted
+
+
+def payload_json(document: Any, *, compact: bool = False) -> str:
+    """`document` as JSON text as `json.dumps(document, ensure_ascii=False)` writes it, except
+    that a `Decimal` is written as a JSON number exactly as it reads (`decimal_number(2800,
+    currency="CNY")` → 28.0). Meituan and Ele.me send money as JSON numbers; `json` writes
+    numbers only from floats, and money does not go through float. `compact` writes no spaces
+    after "," and ":"."""
+    comma, colon = (",", ":") if compact else (", ", ": ")
+
+    def write(value: Any) -> str:
+        if isinstance(value, Decimal):
+            if not value.is_finite():
+                raise ValueError(f"{value} is not a JSON number")
+            return str(value)
+        if isinstance(value, dict):
+            if not all(isinstance(key, str) for key in value):
+                raise TypeError("payload keys must be strings")
+            members = (f"{write(key)}{colon}{write(item)}" for key, item in value.items())
+            return "{" + comma.join(members) + "}"
+        if isinstance(value, list | tuple):
+            return "[" + comma.join(write(item) for item in value) + "]"
+        return json.dumps(value, ensure_ascii=False)
+
+    return write(document)

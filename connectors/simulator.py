@@ -178,8 +178,18 @@ def peak_rate(profile: Profile, rate: float) -> float:
     return rate * max(profile.curve(h / 10) for h in range(241)) / _mean_shape(profile)
 
 
-def _sample_order(rng: random.Random, profile: Profile, channel: str, number: int,
-                  placed_at: datetime, *, run_id: str) -> SampleOrder:  # fmt: skip
+def sample_order(
+    rng: random.Random,
+    profile: Profile,
+    *,
+    channel: str,
+    number: int,
+    placed_at: datetime,
+    run_id: str,
+) -> SampleOrder:
+    """The `number`th order of a run for `channel`: lines from the profile's catalogue, a store,
+    a customer, fees and a discount, drawn from `rng` (the same `rng` state gives the same
+    order). The external id is the channel's prefix, the run id and `number`."""
     mode = _pick(rng, profile.modes[channel])
     store_id, _, lat, lon = rng.choice(STORES)
     items = rng.sample(profile.catalogue, k=rng.randint(1, 4))
@@ -250,7 +260,9 @@ def traffic(
                 yield Send(due, earlier.channel, "revision", earlier.body, earlier.headers)
                 continue
         channel = _pick(rng, profile.channels)
-        order = _sample_order(rng, profile, channel, number, at, run_id=run_id)
+        order = sample_order(
+            rng, profile, channel=channel, number=number, placed_at=at, run_id=run_id
+        )
         number += 1
         body, headers = samplers[channel](order)
         if roll > 1 - profile.malformed_share:

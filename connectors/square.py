@@ -22,9 +22,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt
+from pydantic import AwareDatetime, Field, StrictInt
 
-from connectors.base import ChannelEvent, Connector, SignatureRejected
+from connectors.base import ChannelEvent, ChannelPayload, Connector, SignatureRejected
 from connectors.samples import SampleOrder
 from events.models import Address, Customer, OrderLine, OrderMode, PaymentStatus
 
@@ -34,11 +34,7 @@ _MODES = {"PICKUP": OrderMode.PICKUP, "SHIPMENT": OrderMode.SHIP, "DELIVERY": Or
 _DELIVERY_WORDS = ("deliver", "shipping")
 
 
-class _Loose(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class _Money(_Loose):
+class _Money(ChannelPayload):
     amount: StrictInt  # minor units; "3.00" or 3.5 is a mistake, not 3
     currency: str | None = None
 
@@ -50,13 +46,13 @@ class _Total(_Money):
     currency: str
 
 
-class _Modifier(_Loose):
+class _Modifier(ChannelPayload):
     name: str = ""
     quantity: int = Field(default=1, ge=0)  # per unit of the line item
     base_price_money: _Money = _ZERO
 
 
-class _LineItem(_Loose):
+class _LineItem(ChannelPayload):
     name: str = "Custom amount"
     quantity: int = Field(gt=0)  # a string in Square's JSON; weighed (fractional) items fail
     catalog_object_id: str | None = None
@@ -65,18 +61,18 @@ class _LineItem(_Loose):
     modifiers: list[_Modifier] = []
 
 
-class _Tax(_Loose):
+class _Tax(ChannelPayload):
     type: str = "ADDITIVE"
     applied_money: _Money = _ZERO
 
 
-class _ServiceCharge(_Loose):
+class _ServiceCharge(ChannelPayload):
     name: str = ""
     applied_money: _Money | None = None
     amount_money: _Money = _ZERO
 
 
-class _Address(_Loose):
+class _Address(ChannelPayload):
     address_line_1: str | None = None
     address_line_2: str | None = None
     locality: str | None = None
@@ -84,7 +80,7 @@ class _Address(_Loose):
     country: str | None = None
 
 
-class _Recipient(_Loose):
+class _Recipient(ChannelPayload):
     customer_id: str | None = None
     display_name: str | None = None
     email_address: str | None = None
@@ -92,7 +88,7 @@ class _Recipient(_Loose):
     address: _Address | None = None
 
 
-class _Details(_Loose):
+class _Details(ChannelPayload):
     """pickup_details, delivery_details or shipment_details: what this connector reads of them."""
 
     recipient: _Recipient = _Recipient()
@@ -102,24 +98,24 @@ class _Details(_Loose):
     shipping_note: str | None = None
 
 
-class _Fulfillment(_Loose):
+class _Fulfillment(ChannelPayload):
     type: Literal["PICKUP", "SHIPMENT", "DELIVERY"]
     pickup_details: _Details | None = None
     delivery_details: _Details | None = None
     shipment_details: _Details | None = None
 
 
-class _CardDetails(_Loose):
+class _CardDetails(ChannelPayload):
     status: str | None = None  # AUTHORIZED, CAPTURED, VOIDED, FAILED
 
 
-class _Tender(_Loose):
+class _Tender(ChannelPayload):
     type: str
     amount_money: _Money  # includes the tender's tip
     card_details: _CardDetails | None = None
 
 
-class _SquareOrder(_Loose):
+class _SquareOrder(ChannelPayload):
     id: str
     location_id: str
     customer_id: str | None = None

@@ -12,6 +12,13 @@ fixture's order and parse to `OrderModified`. `bad_payloads` adds payloads that 
 rejected, as (bytes, field the rejection must name or None). `sample_orders` (with the
 connector module's `sample_payload`, signed with `sample_secret`) are checked to parse back
 to the order they describe, and their revision to an `OrderModified` of it.
+
+The kit checks what `connectors.base` gives a connector to get right: payload models derived
+from `ChannelPayload` (the SDK's lenient base) validated with `Connector.validate`, so that
+every rejection names its field; amounts through `minor_units` (exact integer minor units,
+refusing lost precision and amounts beyond 64 bits); and, in `sample_payload`, money written
+back with `decimal_text` ("12.50") or `decimal_number` (28.0, for channels that send JSON
+numbers), never through float. docs/connectors.md has the details.
 """
 
 from __future__ import annotations
@@ -121,7 +128,9 @@ class ConnectorConformance:
             amounts = [event.total, event.delivery_fee, event.packaging_fee, event.discount,
                        event.tax]  # fmt: skip
             amounts += [line.unit_price for line in event.lines]
-            assert all(isinstance(a, int) and not isinstance(a, bool) for a in amounts), name
+            assert all(isinstance(a, int) and not isinstance(a, bool) for a in amounts), (
+                f"{name}: amounts must be int minor units (connectors.base.minor_units)"
+            )
             assert all(line.quantity > 0 for line in event.lines), name
 
     def test_bad_payloads_are_rejected_with_a_reason(self) -> None:

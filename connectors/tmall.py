@@ -19,12 +19,19 @@ import json
 import zlib
 from collections.abc import Mapping
 from datetime import datetime
-from decimal import Decimal
+from functools import partial
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
-from connectors.base import CHINA, ChannelEvent, Connector, PayloadRejected, local_time, minor_units
+from connectors.base import (
+    CHINA,
+    ChannelEvent,
+    ChannelPayload,
+    Connector,
+    PayloadRejected,
+    decimal_text,
+    local_time,
+    minor_units,
+)
 from connectors.samples import SampleOrder
 from events.models import Address, Customer, OrderLine, OrderMode, PaymentStatus
 
@@ -43,11 +50,7 @@ _UNPAID = {"WAIT_BUYER_PAY", "TRADE_NO_CREATE_PAY", "TRADE_CLOSED_BY_TAOBAO"}  #
 _COD_SETTLED = {"TRADE_BUYER_SIGNED", "TRADE_FINISHED"}  # cash on delivery collected
 
 
-class _Loose(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class _Order(_Loose):
+class _Order(ChannelPayload):
     num_iid: int | str
     outer_sku_id: str | None = None
     outer_iid: str | None = None
@@ -58,11 +61,11 @@ class _Order(_Loose):
     store_code: str | None = None
 
 
-class _Orders(_Loose):
+class _Orders(ChannelPayload):
     order: list[_Order]
 
 
-class _Trade(_Loose):
+class _Trade(ChannelPayload):
     tid: int | str
     status: str
     type: str | None = None
@@ -103,16 +106,21 @@ class TmallConnector(Connector):
                 sku=item.outer_sku_id or item.outer_iid or str(item.num_iid),
                 name=item.title,
                 quantity=item.num,
-                unit_price=_fen(item.price, field=f"orders.order.{i}.price"),
+                unit_price=minor_units(
+                    item.price, currency=CURRENCY, field=f"orders.order.{i}.price"
+                ),
                 options=[p for p in (item.sku_properties_name or "").split(";") if p],
             )
             for i, item in enumerate(trade.orders.order)
         ]
         goods = sum(line.quantity * line.unit_price for line in lines)
-        if trade.total_fee is not None and _fen(trade.total_fee, field="total_fee") != goods:
+        if (
+            trade.total_fee is not None
+            and minor_units(trade.total_fee, currency=CURRENCY, field="total_fee") != goods
+        ):
             raise PayloadRejected(f"is not the sum of price × num ({goods} fen)", field="total_fee")
-        delivery_fee = _fen(trade.post_fee, field="post_fee")
-        total = _fen(trade.payment, field="payment")
+        delivery_fee = minor_units(trade.post_fee, currency=CURRENCY, field="post_fee")
+        total = minor_units(trade.payment, currency=CURRENCY, field="payment")
         place = [trade.receiver_state, trade.receiver_city, trade.receiver_district,
                  trade.receiver_town, trade.receiver_address]  # fmt: skip
         return self.order(
@@ -157,10 +165,6 @@ def _unwrap(document: Any) -> Any:
     return document
 
 
-def _fen(amount: str, *, field: str) -> int:
-    return minor_units(amount, currency=CURRENCY, field=field)
-
-
 def _payment_status(trade: _Trade) -> PaymentStatus:
     if trade.step_trade_status == "FRONT_PAID_FINAL_NOPAID":  # presale: deposit paid
         return PaymentStatus.PARTIALLY_PAID
@@ -171,10 +175,6 @@ def _payment_status(trade: _Trade) -> PaymentStatus:
     if trade.status in _UNPAID:
         return PaymentStatus.UNPAID
     return PaymentStatus.PENDING  # PAY_PENDING, WAIT_PRE_AUTH_CONFIRM, statuses TOP adds later
-
-
-def _yuan(fen: int) -> str:
-    return f"{Decimal(fen).scaleb(-2):.2f}"
 
 
 def _number(text: str, *, base: int = 0) -> int:
@@ -196,12 +196,13 @@ def sample_payload(
         raise ValueError(f"tmall trades are shipped and in {CURRENCY}: {order.external_id}")
     if order.packaging_fee or order.tax:
         raise ValueError(f"tmall trades have no packaging fee or tax: {order.external_id}")
+    as_text = partial(decimal_text, currency=CURRENCY)
     created = _beijing(order.placed_at)
     goods = sum(line.quantity * line.unit_price for line in order.lines)
     orders = [
         {"oid": f"{order.external_id}{n:02d}", "num_iid": _number(line.sku, base=600_000_000_000),
          "outer_sku_id": line.sku, "title": line.name, "num": line.quantity,
-         "price": _yuan(line.unit_price), "total_fee": _yuan(line.quantity * line.unit_price),
+         "price": as_text(line.unit_price), "total_fee": as_text(line.quantity * line.unit_price),
          "status": "WAIT_SELLER_SEND_GOODS", "store_code": order.store}
         for n, line in enumerate(order.lines, start=1)
     ]  # fmt: skip
@@ -210,9 +211,9 @@ def sample_payload(
         "tid_str": order.external_id, "type": "fixed", "status": "WAIT_SELLER_SEND_GOODS",
         "created": created, "pay_time": created,
         "modified": _beijing(order.revised_at(revision)),
-        "total_fee": _yuan(goods), "post_fee": _yuan(order.delivery_fee),
-        "discount_fee": _yuan(order.discount), "adjust_fee": "0.00",
-        "payment": _yuan(order.total),
+        "total_fee": as_text(goods), "post_fee": as_text(order.delivery_fee),
+        "discount_fee": as_text(order.discount), "adjust_fee": "0.00",
+        "payment": as_text(order.total),
         "shipping_type": "express" if order.delivery_fee else "free",
         "buyer_nick": order.extras.get("buyer_nick", f"tb{_number(order.customer_phone)}"),
         "receiver_name": order.customer_name, "receiver_mobile": order.customer_phone,

@@ -15,11 +15,11 @@ from __future__ import annotations
 import html
 import json
 import uuid
-from typing import Any
 
 from aiohttp import web
 
 from connectors.base import Connector, PayloadRejected, SignatureRejected
+from connectors.problems import problem
 from connectors.registry import UnknownChannel, connector_for
 from events.models import DeadLetter, utc_now
 from oms.publisher import AsyncPublisher, PublishError
@@ -27,10 +27,6 @@ from oms.publisher import AsyncPublisher, PublishError
 MAX_BODY_BYTES = 1 << 20
 PUBLISHER = web.AppKey("publisher", AsyncPublisher)
 CONNECTORS = web.AppKey("connectors", dict)
-
-
-def _problem(status: int, error: str, **details: Any) -> web.Response:
-    return web.json_response({"error": error, **details}, status=status)
 
 
 async def _body(request: web.Request) -> bytes:
@@ -66,7 +62,7 @@ async def _receive(request: web.Request) -> web.Response:
     try:
         connector = _connector(request.app, channel)
     except UnknownChannel as exc:
-        return _problem(404, str(exc))
+        return problem(404, str(exc))
     raw = await _body(request)
     publisher = request.app[PUBLISHER]
     request_id = request.headers.get("X-Request-Id") or str(uuid.uuid4())
@@ -81,12 +77,12 @@ async def _receive(request: web.Request) -> web.Response:
         try:
             await publisher.dead_letter(letter)
         except PublishError as kafka:
-            return _problem(503, f"rejected, and the dead-letter topic is unavailable: {kafka}")
-        return _problem(status, exc.reason, field=exc.field, dead_letter_id=letter.dead_letter_id)
+            return problem(503, f"rejected, and the dead-letter topic is unavailable: {kafka}")
+        return problem(status, exc.reason, field=exc.field, dead_letter_id=letter.dead_letter_id)
     try:
         await publisher.intake(event)
     except PublishError as exc:
-        return _problem(503, f"Kafka did not acknowledge the order: {exc}")
+        return problem(503, f"Kafka did not acknowledge the order: {exc}")
     return web.json_response(
         {"order_id": event.order_id, "event_id": event.event_id, "event_type": event.event_type}
     )

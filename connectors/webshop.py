@@ -12,16 +12,17 @@ import hmac
 import json
 from collections.abc import Mapping
 from datetime import datetime
+from functools import partial
 from typing import Any
-
-from pydantic import BaseModel, ConfigDict
 
 from connectors.base import (
     CHINA,
     ChannelEvent,
+    ChannelPayload,
     Connector,
     PayloadRejected,
     SignatureRejected,
+    decimal_text,
     minor_units,
 )
 from connectors.samples import SampleOrder
@@ -38,11 +39,7 @@ _PAYMENT = {
 }
 
 
-class _Loose(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class _LineItem(_Loose):
+class _LineItem(ChannelPayload):
     sku: str | None = None
     title: str
     variant_title: str | None = None
@@ -50,11 +47,11 @@ class _LineItem(_Loose):
     price: str
 
 
-class _Price(_Loose):
+class _Price(ChannelPayload):
     price: str = "0.00"
 
 
-class _Customer(_Loose):
+class _Customer(ChannelPayload):
     id: int | str | None = None
     first_name: str | None = None
     last_name: str | None = None
@@ -62,7 +59,7 @@ class _Customer(_Loose):
     email: str | None = None
 
 
-class _Address(_Loose):
+class _Address(ChannelPayload):
     address1: str | None = None
     address2: str | None = None
     city: str | None = None
@@ -73,7 +70,7 @@ class _Address(_Loose):
     longitude: float | None = None
 
 
-class _WebshopOrder(_Loose):
+class _WebshopOrder(ChannelPayload):
     id: int | str
     created_at: datetime
     updated_at: datetime | None = None
@@ -182,6 +179,7 @@ def sample_payload(
     order: SampleOrder, *, revision: int = 0, secret: str | None = None
 ) -> tuple[bytes, dict[str, str]]:
     """A Shopify-shaped `orders/create` (or, with `revision`, `orders/updated`) webhook."""
+    as_text = partial(decimal_text, currency=order.currency)
     local = order.placed_at.astimezone(CHINA)
     document: dict[str, Any] = {
         "id": order.external_id,
@@ -189,19 +187,19 @@ def sample_payload(
         "created_at": local.isoformat(),
         "currency": order.currency,
         "financial_status": "paid",
-        "total_price": _yuan(order.total),
-        "total_discounts": _yuan(order.discount),
-        "total_tax": _yuan(order.tax),
+        "total_price": as_text(order.total),
+        "total_discounts": as_text(order.discount),
+        "total_tax": as_text(order.tax),
         "line_items": [
             {
                 "sku": line.sku,
                 "title": line.name,
                 "quantity": line.quantity,
-                "price": _yuan(line.unit_price),
+                "price": as_text(line.unit_price),
             }
             for line in order.lines
         ],  # fmt: skip
-        "shipping_lines": [{"title": "Standard", "price": _yuan(order.delivery_fee)}],
+        "shipping_lines": [{"title": "Standard", "price": as_text(order.delivery_fee)}],
         "customer": {"first_name": order.customer_name, "phone": order.customer_phone},
         "shipping_address": None
         if order.address_text is None
@@ -221,7 +219,3 @@ def sample_payload(
         digest = hmac.new(secret.encode(), body, hashlib.sha256).digest()
         headers["X-Shopify-Hmac-Sha256"] = base64.b64encode(digest).decode()
     return body, headers
-
-
-def _yuan(minor: int) -> str:
-    return f"{minor // 100}.{minor % 100:02d}"

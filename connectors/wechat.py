@@ -23,11 +23,12 @@ from typing import Annotated, Any, Literal
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from connectors.base import (
     CHINA,
     ChannelEvent,
+    ChannelPayload,
     Connector,
     PayloadRejected,
     SignatureRejected,
@@ -47,11 +48,7 @@ TradeState = Literal["SUCCESS", "REFUND", "NOTPAY", "USERPAYING", "CLOSED", "REV
 Fen = Annotated[int, Field(ge=0)]
 
 
-class _Loose(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class _Item(_Loose):
+class _Item(ChannelPayload):
     goods_id: str | None = None
     name: str
     specs: list[str] = []
@@ -59,12 +56,14 @@ class _Item(_Loose):
     price: Fen
 
 
-class _Contact(_Loose):
+class _Contact(ChannelPayload):
     name: str | None = None
     phone: str | None = None
 
 
-class _Location(_Loose):  # wx.chooseLocation's name/address/latitude/longitude + house number
+class _Location(ChannelPayload):
+    """wx.chooseLocation's name/address/latitude/longitude, and the house number."""
+
     name: str | None = None
     address: str
     detail: str | None = None
@@ -72,7 +71,7 @@ class _Location(_Loose):  # wx.chooseLocation's name/address/latitude/longitude 
     longitude: float | None = None
 
 
-class _Order(_Loose):
+class _Order(ChannelPayload):
     order_no: str = Field(min_length=1)
     openid: str
     store_id: str = Field(min_length=1)
@@ -92,18 +91,18 @@ class _Order(_Loose):
     update_time: int | None = None
 
 
-class _Amount(_Loose):
+class _Amount(ChannelPayload):
     total: Fen
     currency: Literal["CNY"] = "CNY"
 
 
-class _Transaction(_Loose):
+class _Transaction(ChannelPayload):
     out_trade_no: str
     trade_state: TradeState
     amount: _Amount
 
 
-class _Document(_Loose):
+class _Document(ChannelPayload):
     order: _Order
     payment: _Transaction | None = None
 

@@ -22,9 +22,17 @@ from decimal import Decimal
 from functools import partial
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, Field
 
-from connectors.base import ChannelEvent, Connector, PayloadRejected, SignatureRejected, minor_units
+from connectors.base import (
+    ChannelEvent,
+    ChannelPayload,
+    Connector,
+    PayloadRejected,
+    SignatureRejected,
+    decimal_text,
+    minor_units,
+)
 from connectors.samples import SampleOrder
 from events.models import Address, Customer, OrderLine, OrderMode, PaymentStatus
 
@@ -53,18 +61,14 @@ def _as_utc(value: datetime) -> datetime:
 GmtTime = Annotated[datetime, AfterValidator(_as_utc)]
 
 
-class _Loose(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class _Meta(_Loose):
+class _Meta(ChannelPayload):
     key: str
     value: Any = None
     display_key: str | None = None
     display_value: Any = None
 
 
-class _LineItem(_Loose):
+class _LineItem(ChannelPayload):
     name: str
     sku: str | None = None
     quantity: int = Field(gt=0)
@@ -72,17 +76,17 @@ class _LineItem(_Loose):
     meta_data: list[_Meta] = []
 
 
-class _ShippingLine(_Loose):
+class _ShippingLine(ChannelPayload):
     method_id: str = ""
     meta_data: list[_Meta] = []
 
 
-class _FeeLine(_Loose):
+class _FeeLine(ChannelPayload):
     name: str = ""
     total: str
 
 
-class _Contact(_Loose):
+class _Contact(ChannelPayload):
     first_name: str = ""
     last_name: str = ""
     address_1: str = ""
@@ -94,7 +98,7 @@ class _Contact(_Loose):
     phone: str | None = None
 
 
-class _WooOrder(_Loose):
+class _WooOrder(ChannelPayload):
     id: int | str
     status: str = "pending"
     currency: str
@@ -213,19 +217,13 @@ def _signature(secret: str, body: bytes) -> str:
     return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
 
 
-def _decimal(amount: int, currency: str) -> str:
-    """Minor units as the decimal string WooCommerce writes ("12.50", "1200" for JPY)."""
-    exponent = len(str(minor_units(1, currency=currency, field="currency"))) - 1
-    return str(Decimal(amount).scaleb(-exponent))
-
-
 def sample_payload(
     order: SampleOrder, *, revision: int = 0, secret: str | None = None
 ) -> tuple[bytes, dict[str, str]]:
     """`order` as a WooCommerce webhook delivery: `order.created`, or with `revision` > 0 an
     `order.updated` saved at `order.revised_at(revision)`. WooCommerce has no dine-in: it is a
     pickup. The store is the Local Pickup block's location, so only pickup orders carry it."""
-    money = partial(_decimal, currency=order.currency)
+    as_text = partial(decimal_text, currency=order.currency)  # "12.50", "1200" for JPY
     created = order.placed_at.astimezone(UTC).replace(microsecond=0)
     modified = order.revised_at(revision).astimezone(UTC).replace(microsecond=0)
     first, _, last = order.customer_name.partition(" ")
@@ -238,30 +236,34 @@ def sample_payload(
         subtotal = line.unit_price * line.quantity
         share = min(remaining_discount, subtotal)  # WooCommerce spreads coupons over the lines
         remaining_discount -= share
+        # `price` is WooCommerce's own float: PHP divides the line total by the quantity and the
+        # API writes the result as a JSON number (3.3333333333333335). The connector never
+        # reads it; it is here so the payload has the shape WooCommerce sends.
         line_items.append({
             "id": n, "name": line.name, "product_id": 100 + n, "quantity": line.quantity,
-            "subtotal": money(subtotal), "total": money(subtotal - share), "meta_data": [],
-            "sku": line.sku, "price": float(Decimal(money(subtotal - share)) / line.quantity),
+            "subtotal": as_text(subtotal), "total": as_text(subtotal - share), "meta_data": [],
+            "sku": line.sku, "price": float(Decimal(as_text(subtotal - share)) / line.quantity),
         })  # fmt: skip
     body: dict[str, Any] = {
         "id": int(order.external_id) if re.fullmatch(r"[1-9]\d*", order.external_id)
         else order.external_id,
         "number": order.external_id, "status": "processing", "currency": order.currency,
         "date_created_gmt": _gmt(created), "date_modified_gmt": _gmt(modified),
-        "discount_total": money(order.discount), "shipping_total": money(order.delivery_fee),
-        "cart_tax": money(order.tax), "total_tax": money(order.tax), "total": money(order.total),
+        "discount_total": as_text(order.discount), "shipping_total": as_text(order.delivery_fee),
+        "cart_tax": as_text(order.tax), "total_tax": as_text(order.tax),
+        "total": as_text(order.total),
         "prices_include_tax": False, "customer_id": 0, "customer_note": order.notes or "",
         "billing": {"first_name": first, "last_name": last, "phone": order.customer_phone},
         "shipping": {"first_name": first, "last_name": last,
                      "address_1": order.address_text or "", "phone": order.customer_phone},
         "payment_method": "stripe", "date_paid_gmt": _gmt(created), "line_items": line_items,
         "tax_lines": [{"id": 90, "rate_code": "TAX-1", "label": "Tax",
-                       "tax_total": money(order.tax)}] if order.tax else [],
-        "shipping_lines": [{"id": 91, "method_id": method, "total": money(order.delivery_fee),
+                       "tax_total": as_text(order.tax)}] if order.tax else [],
+        "shipping_lines": [{"id": 91, "method_id": method, "total": as_text(order.delivery_fee),
                             "meta_data": pickup if method == "pickup_location" else []}],
-        "fee_lines": [{"id": 92, "name": "Packaging", "total": money(order.packaging_fee)}]
+        "fee_lines": [{"id": 92, "name": "Packaging", "total": as_text(order.packaging_fee)}]
         if order.packaging_fee else [],
-        "coupon_lines": [{"id": 93, "code": "sample", "discount": money(order.discount)}]
+        "coupon_lines": [{"id": 93, "code": "sample", "discount": as_text(order.discount)}]
         if order.discount else [],
     }  # fmt: skip
     raw = json.dumps(body, ensure_ascii=False).encode()

@@ -28,7 +28,7 @@ from urllib.parse import urlencode, urlparse
 from aiohttp import web
 from multidict import MultiMapping
 
-from connectors.webhooks import _problem
+from connectors.problems import problem as _problem
 from events.lifecycle import OrderStatus
 from oms.settings import Settings
 from projections.queries import list_orders, order_history, order_state

@@ -5,19 +5,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
-from pydantic import BaseModel
-
-from connectors.base import ChannelEvent, Connector, local_time, minor_units
+from connectors.base import ChannelEvent, ChannelPayload, Connector, local_time, minor_units
 from events.models import Customer, OrderLine, OrderMode, PaymentStatus
 
 
-class _Line(BaseModel):
+class _Line(ChannelPayload):
     item: str
     qty: int
     price: str
 
 
-class _Fax(BaseModel):
+class _Fax(ChannelPayload):
     fax_id: str
     received: str
     sender: str

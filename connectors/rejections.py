@@ -1,0 +1,20 @@
+"""Why a channel payload was refused: the SDK's two exceptions, with the field to blame.
+
+They live below `connectors.base` and `connectors.money` so both can raise them; connectors
+import them from `connectors.base`, the SDK's one import.
+"""
+
+from __future__ import annotations
+
+
+class PayloadRejected(ValueError):
+    """A channel payload that cannot become an order; `field` names the offending field."""
+
+    def __init__(self, reason: str, *, field: str | None = None) -> None:
+        self.reason = reason
+        self.field = field
+        super().__init__(f"{field}: {reason}" if field else reason)
+
+
+class SignatureRejected(PayloadRejected):
+    """The payload's signature or token does not match: it may not come from the channel."""
