@@ -42,7 +42,7 @@ from events.models import (
 )
 from oms import operations
 from oms.settings import Settings
-from streams.catalogue import DEFAULT_FILE, load_catalogue
+from streams.reference import DEFAULT_FILE, load_catalogue
 
 THROUGHPUT_TARGET_PER_S = 2000
 P99_TARGET_MS = 200.0
