@@ -1,12 +1,14 @@
 """The order pipeline, intake → routed: sustained orders/s and latency at a fixed rate, next to a
-pass-through Faust agent on the same broker in the same run, and a profile of the worker.
+pass-through Faust agent on the same broker in the same run; with `profile`, where the worker's
+main thread spends its time.
 
 Targets (DESIGN.md §7): >= 2,000 orders/s sustained; p99 <= 200 ms at 500 orders/s.
 Times are Kafka's CreateTime stamps of the intake message and of the order's `OrderRouted`
 (both written on this machine, so one clock). The paced run starts once the worker has finished
 the sustained run's orders (all prioritised), so its latencies are not the backlog's.
-`OMS_BENCH_PROFILE=0` runs the worker without the profiler (it slows the main thread);
-`OMS_BENCH_PROCESSES=N` runs `oms worker --processes N`.
+`oms bench pipeline --profile` runs the worker under cProfile (it costs about half the
+throughput, so a profiled run's figures are not the worker's); `OMS_BENCH_PROCESSES=N` runs
+`oms worker --processes N`.
 """
 
 from __future__ import annotations
@@ -218,15 +220,17 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def pipeline(settings: Settings, *, count: int, rate: float, seconds: float,
-             profile: Path) -> dict[str, Any]:  # fmt: skip
+             profile: Path | None) -> dict[str, Any]:  # fmt: skip
+    """The sustained and paced runs through `oms worker`; with `profile`, the worker writes its
+    cProfile statistics there."""
     with tempfile.TemporaryDirectory() as tmp, scratch_topics(settings, "benchpipe") as scratch:
         catalogue = bench_catalogue(Path(tmp) / "catalogue.json")
-        env = worker_env(scratch, catalogue) | {"OMS_PROFILE": str(profile)}
+        env = worker_env(scratch, catalogue)
+        if profile is not None:
+            env["OMS_PROFILE"] = str(profile)
         operations.send(
             scratch, operations.stock_receive("TEA-GIFT-M", "WH-SH", quantity=10**7, actor="bench")
         )
-        if os.environ.get("OMS_BENCH_PROFILE") == "0":
-            del env["OMS_PROFILE"]
         # The stock the shipped orders need is in the ledger before they come (else some are
         # rightly out of stock and never routed).
         stocked = Watcher(scratch, scratch.topics.inventory)
@@ -310,12 +314,17 @@ def where_time_goes(profile: Path, *, top: int = 12) -> list[dict[str, Any]]:
     return rows[:top]
 
 
-def run(settings: Settings, *, orders_count: int, rate: float, seconds: float) -> dict[str, Any]:
+def run(settings: Settings, *, orders_count: int, rate: float, seconds: float,
+        profile: bool = False) -> dict[str, Any]:  # fmt: skip
+    """The pipeline's figures next to the pass-through agent's; `profile` runs the worker under
+    cProfile (slower: for where the time goes, not for the figures)."""
     with tempfile.TemporaryDirectory() as tmp:
-        profile = Path(tmp) / "worker.prof"
+        stats = Path(tmp) / "worker.prof" if profile else None
         figures = pipeline(settings, count=orders_count, rate=rate, seconds=seconds,
-                           profile=profile)  # fmt: skip
-        figures["profile_top"] = where_time_goes(profile) if profile.exists() else []
+                           profile=stats)  # fmt: skip
+        figures["profile_top"] = (
+            where_time_goes(stats) if stats is not None and stats.exists() else []
+        )
     figures["passthrough"] = passthrough(settings, count=orders_count)
     figures["ratio_to_passthrough"] = (
         figures["orders_per_s"] / figures["passthrough"]["events_per_s"]
@@ -336,8 +345,10 @@ def report(figures: dict[str, Any]) -> list[str]:
         f"p50 {f['p50_ms']:.0f} ms, p90 {f['p90_ms']:.0f} ms, p99 {f['p99_ms']:.0f} ms, "
         f"max {f['max_ms']:.0f} ms  {'meets' if f['meets_latency_target'] else 'BELOW'} "
         f"target p99 <= {P99_TARGET_MS:.0f} ms",
-        "where the worker's main thread spends its time (own time):",
     ]
+    if not f["profiled"]:
+        return [*lines, "(--profile shows where the worker's main thread spends its time)"]
+    lines.append("where the worker's main thread spends its time (own time):")
     lines += [f"  {r['share']:>5.1%}  {r['own_s']:>7.2f} s  {r['calls']:>9,}  {r['function']}"
               for r in f["profile_top"]]  # fmt: skip
     return lines

@@ -21,7 +21,7 @@ from connectors.registry import available
 from connectors.simulator import PROFILES, Send, simulate, traffic
 from events.codec import AvroCodec
 from events.models import DeadLetter, LocationPaused, OrderModified, OrderReceived
-from oms.cli import simulate as simulate_command
+from oms.cli.intake import simulate as simulate_command
 from oms.publisher import DeliveryCount
 from oms.settings import Settings
 from streams import capacity

@@ -124,3 +124,53 @@ def test_stock_adjust_takes_a_negative_delta_as_its_argument(isolated_settings: 
         ("TEA-GIFT-M", "W1", -3, "DAMAGED"),
         ("TEA-GIFT-M", "W1", 2, "FOUND"),
     ]
+
+
+def test_help_lists_every_command_group() -> None:
+    result = oms("--help")
+    assert result.returncode == 0, result.stderr
+    listed = result.stdout.split("Commands:", 1)[1].split()
+    commands = {word for word in listed if word.islower() and word.isalpha()}
+    assert {"stack", "demo", "connect", "simulate", "connectors", "dlq", "worker", "project",
+            "api", "orders", "review", "stock", "queue", "catalogue", "location", "report",
+            "schemas", "bench"} <= commands  # fmt: skip
+
+
+PIPELINE_FIGURES = {
+    "orders": 20_000, "orders_per_s": 2_069.0, "processes": 1, "profiled": False,
+    "target_orders_per_s": 2_000, "meets_throughput_target": True, "rate_per_s": 500.0,
+    "paced_orders": 5_000, "p50_ms": 9.0, "p90_ms": 13.0, "p99_ms": 22.0, "max_ms": 35.0,
+    "target_p99_ms": 200.0, "meets_latency_target": True, "profile_top": [],
+    "passthrough": {"events": 20_000, "events_per_s": 8_309.0}, "ratio_to_passthrough": 0.249,
+}  # fmt: skip
+
+
+def test_bench_prints_its_figure_and_ratio_once_and_runs_unprofiled_unless_asked(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    import bench.machine
+    import bench.pipeline
+    from oms.cli import main
+
+    asked: list[bool] = []
+
+    def fake_run(settings: Settings, **kwargs: object) -> dict[str, object]:
+        asked.append(bool(kwargs["profile"]))
+        return PIPELINE_FIGURES | {"profiled": kwargs["profile"]}
+
+    monkeypatch.setattr(bench.pipeline, "run", fake_run)
+    monkeypatch.setattr(bench.machine, "write_result", lambda home, name, f: tmp_path / name)
+    result = CliRunner().invoke(main, ["bench", "pipeline"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert sum("2,069 orders/s" in line for line in lines) == 1
+    assert sum("(ours = 25% of it)" in line for line in lines) == 1
+    assert sum(line.startswith("machine: ") for line in lines) == 1
+    assert lines[-1] == f"written to {tmp_path / 'pipeline'}"
+    assert "profiled" not in lines[0] and "--profile shows" in result.output
+    profiled = CliRunner().invoke(main, ["bench", "pipeline", "--profile"])
+    assert profiled.exit_code == 0, profiled.output
+    assert asked == [False, True]
+    assert "profiled" in profiled.output.splitlines()[0]

@@ -1,0 +1,36 @@
+"""The `oms` command line: one verb per job, one module per group of verbs. This module only
+assembles them; `python -m oms.cli` runs it (oms/cli/__main__.py)."""
+
+from __future__ import annotations
+
+import click
+
+from oms.cli import bench, demo, intake, operators, processes, report, schemas, stack
+
+
+@click.group()
+def main() -> None:
+    """OrderStream: an event-sourced order management system on Kafka, Faust and ClickHouse."""
+
+
+for command in (
+    stack.stack,
+    demo.demo,
+    intake.connect,
+    intake.simulate,
+    intake.connectors,
+    intake.dlq,
+    processes.worker,
+    processes.project,
+    processes.api,
+    operators.orders,
+    operators.review,
+    operators.stock,
+    operators.queue,
+    operators.catalogue,
+    operators.location,
+    report.report,
+    schemas.schemas,
+    bench.bench,
+):
+    main.add_command(command)

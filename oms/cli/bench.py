@@ -1,0 +1,102 @@
+"""`oms bench NAME`: run a benchmark, then one epilogue for all of them: its figures (each
+against its target and the limit it is compared to), the machine, and where the JSON went."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from oms.settings import get_settings
+
+Figures = dict[str, Any]
+
+
+def epilogue(report: list[str], *, machine: dict[str, Any], written_to: Path) -> list[str]:
+    """What a bench prints once it has run: the lines of its report, then the machine the
+    figures came from and the file they were written to."""
+    return [
+        *report,
+        f"machine: {machine['cpu']}, {machine['cores']} cores, python {machine['python']}",
+        f"written to {written_to}",
+    ]
+
+
+def _finish(name: str, figures: Figures, report: Callable[[Figures], list[str]]) -> None:
+    """Write `figures` to HOME/bench/NAME.json and print the epilogue."""
+    from bench.machine import describe, write_result
+
+    written_to = write_result(get_settings().home, name, figures)
+    for line in epilogue(report(figures), machine=describe(), written_to=written_to):
+        click.echo(line)
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks: print figures and write them to HOME/bench/NAME.json."""
+
+
+@bench.command("codec")
+@click.option("--seconds", default=3.0, show_default=True, help="time per measurement")
+def bench_codec(seconds: float) -> None:
+    """Avro encode+decode of a 5-line order event on one core (target >= 100,000/s)."""
+    from bench import codec
+
+    _finish("codec", codec.run(seconds=seconds), codec.report)
+
+
+@bench.command("pipeline")
+@click.option("--orders", "order_count", default=20_000, show_default=True)
+@click.option("--rate", default=500.0, show_default=True, help="orders per second, for latency")
+@click.option("--seconds", default=10.0, show_default=True, help="duration of the paced run")
+@click.option(
+    "--profile",
+    is_flag=True,
+    help="Run the worker under cProfile and show where its main thread spends its time (the "
+    "profiler costs about half the throughput, so the figures are not the worker's).",
+)
+def bench_pipeline(order_count: int, rate: float, seconds: float, profile: bool) -> None:
+    """Intake -> routed orders/s (vs a pass-through Faust agent), p50/p99 at a rate; with
+    --profile, where the worker's time goes."""
+    from bench import pipeline
+
+    figures = pipeline.run(
+        get_settings(), orders_count=order_count, rate=rate, seconds=seconds, profile=profile
+    )
+    _finish("pipeline", figures, pipeline.report)
+
+
+@bench.command("projection")
+@click.option("--events", default=1_000_000, show_default=True, help="events to project")
+@click.option("--rate", default=500.0, show_default=True, help="orders/s for freshness")
+@click.option("--seconds", default=10.0, show_default=True, help="freshness run length")
+def bench_projection(events: int, rate: float, seconds: float) -> None:
+    """Projector events/s (vs a bulk INSERT), rebuild time, freshness p99 at a rate."""
+    from bench import projection
+
+    figures = projection.run(get_settings(), events=events, rate=rate, seconds=seconds)
+    _finish("projection", figures, projection.report)
+
+
+@bench.command("rebuild")
+@click.option("--events", default=1_000_000, show_default=True)
+def bench_rebuild(events: int) -> None:
+    """`oms project --rebuild` over EVENTS events (replay into staging, swap in)."""
+    from bench import projection
+
+    figures = projection.rebuild_time(get_settings(), events=events)
+    _finish("rebuild", figures, projection.rebuild_report)
+
+
+@bench.command("intake")
+@click.option("--orders", "order_count", default=100_000, show_default=True)
+@click.option("--rate", default=500.0, show_default=True, help="webhook requests per second")
+@click.option("--seconds", default=10.0, show_default=True, help="webhook load duration")
+def bench_intake(order_count: int, rate: float, seconds: float) -> None:
+    """File import orders/s (vs kafka-producer-perf-test) and webhook p50/p99 at a rate."""
+    from bench import intake
+
+    figures = intake.run(get_settings(), orders=order_count, rate=rate, seconds=seconds)
+    _finish("intake", figures, intake.report)

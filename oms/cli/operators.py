@@ -1,0 +1,284 @@
+"""What operators read and do: `oms orders`, `oms review`, `oms stock`, `oms queue`,
+`oms catalogue`, `oms location`. Reads come from ClickHouse; every change is a command event
+sent to Kafka (oms.operations), which the workers act on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from oms.settings import get_settings
+
+
+def _send_command(build: Any, **kwargs: Any) -> None:
+    """Build an operator command (errors name the field) and send it; say where it went."""
+    from oms.operations import CommandRejected, send, topic_for
+
+    settings = get_settings()
+    try:
+        event = build(**kwargs)
+    except CommandRejected as exc:
+        raise click.BadParameter(str(exc), param_hint=exc.field) from exc
+    send(settings, event)
+    click.echo(f"{event.event_type} {event.event_id} -> {topic_for(settings, event)}")
+
+
+def _print_rows(rows: list[dict[str, Any]], columns: list[str], empty: str) -> None:
+    if not rows:
+        click.echo(empty)
+        return
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    click.echo("  ".join(f"{c:<{widths[c]}}" for c in columns))
+    for row in rows:
+        click.echo("  ".join(f"{row.get(c, '')!s:<{widths[c]}}" for c in columns))
+
+
+def _read_report(name: str, **params: Any) -> list[dict[str, Any]]:
+    from projections.reports import run_report
+    from projections.store import connect
+
+    return run_report(connect(get_settings().resolved_clickhouse_url), name, **params).as_dicts()
+
+
+@click.group()
+def orders() -> None:
+    """Read orders from ClickHouse."""
+
+
+@orders.command("show")
+@click.argument("order_id")
+def orders_show(order_id: str) -> None:
+    """An order's current state and its event history (ORDER_ID or the channel's external id)."""
+    from projections.queries import order_history, order_state
+    from projections.store import connect
+
+    store = connect(get_settings().resolved_clickhouse_url)
+    state = order_state(store, order_id)
+    if state is None:
+        raise click.ClickException(f"no order {order_id!r} in ClickHouse")
+    for key, value in state.items():
+        if not key.startswith("_"):
+            click.echo(f"{key:<18} {value}")
+    click.echo("history:")
+    for event in order_history(store, state["order_id"]):
+        click.echo(
+            f"  {event['sequence']:>3} {event['event_type']:<16} {event['occurred_at']} "
+            f"{event['actor']}"
+        )
+
+
+@orders.command("list")
+@click.option("--status", default=None)
+@click.option("--channel", default=None)
+@click.option("--limit", default=20, show_default=True)
+def orders_list(status: str | None, channel: str | None, limit: int) -> None:
+    """The most recent orders."""
+    from projections.queries import list_orders
+    from projections.store import connect
+
+    store = connect(get_settings().resolved_clickhouse_url)
+    rows = list_orders(store, status=status, channel=channel, limit=limit)
+    click.echo(
+        f"{'order_id':<36}  {'channel':<8} {'external_id':<16} {'status':<9} "
+        f"{'total':>10} placed_at"
+    )
+    for row in rows:
+        click.echo(
+            f"{row['order_id']:<36}  {row['channel']:<8} {row['external_id']:<16} "
+            f"{row['status']:<9} {row['total'] / 100:>10.2f} {row['placed_at']}"
+        )
+
+
+@orders.command("cancel")
+@click.argument("order_id")
+@click.option("--by", "actor", required=True, help="who cancels (recorded as the actor)")
+@click.option("--code", "reason_code", default="MERCHANT_CANCELLED", show_default=True)
+@click.option("--reason", required=True)
+def orders_cancel(order_id: str, actor: str, reason_code: str, reason: str) -> None:
+    """Cancel an order that has not left the store; its reservations are released."""
+    from oms.operations import cancel
+
+    _send_command(cancel, order_id=order_id, by=actor, reason_code=reason_code, reason=reason)
+
+
+@click.group()
+def review() -> None:
+    """The manual review queue: orders held by fraud screening."""
+
+
+@review.command("list")
+@click.option("--limit", default=50, show_default=True)
+def review_list(limit: int) -> None:
+    """Held orders, longest waiting first (from ClickHouse: run `oms project`)."""
+    rows = _read_report("held_orders", limit=limit)
+    _print_rows(rows, list(rows[0]) if rows else [], "no orders waiting for review")
+
+
+@review.command("approve")
+@click.argument("order_id")
+@click.option("--reviewer", required=True, help="who decides (recorded as the actor)")
+@click.option("--note", default=None)
+def review_approve(order_id: str, reviewer: str, note: str | None) -> None:
+    """Release a held order into routing."""
+    from oms.operations import review as build
+
+    _send_command(build, order_id=order_id, approve=True, reviewer=reviewer, reason=note)
+
+
+@review.command("reject")
+@click.argument("order_id")
+@click.option("--reviewer", required=True, help="who decides (recorded as the actor)")
+@click.option("--reason", required=True)
+def review_reject(order_id: str, reviewer: str, reason: str) -> None:
+    """Cancel a held order."""
+    from oms.operations import review as build
+
+    _send_command(build, order_id=order_id, approve=False, reviewer=reviewer, reason=reason)
+
+
+@click.group()
+def stock() -> None:
+    """Stock per sku@location, managed through ledger events."""
+
+
+@stock.command("show")
+@click.argument("sku", required=False)
+@click.option("--location", default=None)
+@click.option("--limit", default=100, show_default=True)
+def stock_show(sku: str | None, location: str | None, limit: int) -> None:
+    """On hand, reserved, safety stock and available per sku@location (from ClickHouse)."""
+    rows = [
+        r
+        for r in _read_report("stock_levels", limit=10_000)
+        if (sku is None or r.get("sku") == sku)
+        and (location is None or r.get("location") == location)
+    ][:limit]
+    _print_rows(rows, list(rows[0]) if rows else [], "no stock recorded")
+
+
+@stock.command("set")
+@click.argument("sku")
+@click.argument("location")
+@click.argument("counted", type=int)
+@click.option("--by", "actor", default="operator", show_default=True)
+def stock_set(sku: str, location: str, counted: int, actor: str) -> None:
+    """A stock count: on hand becomes COUNTED."""
+    from oms.operations import stock_set as build
+
+    _send_command(build, sku=sku, location=location, counted=counted, actor=actor)
+
+
+# A negative DELTA ("-3") is an argument, not an unknown option. (A mistyped option then shows
+# as an extra argument, which click still refuses.)
+@stock.command("adjust", context_settings={"ignore_unknown_options": True})
+@click.argument("sku")
+@click.argument("location")
+@click.argument("delta", type=int)
+@click.option("--reason", required=True, help="DAMAGED, LOST, FOUND, CORRECTION, ...")
+@click.option("--note", default=None)
+@click.option("--by", "actor", default="operator", show_default=True)
+def stock_adjust(
+    sku: str, location: str, delta: int, reason: str, note: str | None, actor: str
+) -> None:
+    """Add (or with a negative DELTA, e.g. -3, remove) units, with a reason."""
+    from oms.operations import stock_adjust as build
+
+    _send_command(
+        build, sku=sku, location=location, delta=delta, reason=reason, note=note, actor=actor
+    )
+
+
+@stock.command("receive")
+@click.argument("sku")
+@click.argument("location")
+@click.argument("quantity", type=int)
+@click.option("--reference", default=None, help="purchase order or transfer id")
+@click.option("--by", "actor", default="operator", show_default=True)
+def stock_receive(
+    sku: str, location: str, quantity: int, reference: str | None, actor: str
+) -> None:
+    """Goods in: QUANTITY more on hand."""
+    from oms.operations import stock_receive as build
+
+    _send_command(
+        build, sku=sku, location=location, quantity=quantity, reference=reference, actor=actor
+    )
+
+
+@stock.command("safety")
+@click.argument("sku")
+@click.argument("location")
+@click.argument("quantity", type=int)
+@click.option("--by", "actor", default="operator", show_default=True)
+def stock_safety(sku: str, location: str, quantity: int, actor: str) -> None:
+    """Units kept back from promising (ATP = on hand - reserved - safety stock)."""
+    from oms.operations import safety_stock as build
+
+    _send_command(build, sku=sku, location=location, quantity=quantity, actor=actor)
+
+
+@click.command()
+@click.argument("location_id")
+@click.option("--limit", default=50, show_default=True)
+def queue(location_id: str, limit: int) -> None:
+    """A location's fulfilment queue: open prioritised orders, highest priority first."""
+    from projections.queries import fulfilment_queue
+    from projections.store import connect
+
+    store = connect(get_settings().resolved_clickhouse_url)
+    rows = fulfilment_queue(store, location_id, limit=limit)
+    columns = ["order_id", "channel", "mode", "status", "priority_score", "promised_at",
+               "item_count", "total"]  # fmt: skip
+    _print_rows(rows, columns, f"no open orders at {location_id}")
+
+
+@click.group()
+def catalogue() -> None:
+    """Products and locations: the catalogue file, kept current by events."""
+
+
+@catalogue.command("publish")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--by", "actor", default="operator", show_default=True)
+def catalogue_publish(file: Path, actor: str) -> None:
+    """Send every product and location in FILE as an update; running workers take them."""
+    from oms.operations import CommandRejected, catalogue_updates, topic_for
+    from oms.publisher import Publisher
+
+    settings = get_settings()
+    try:
+        updates = catalogue_updates(file, actor=actor)
+    except CommandRejected as exc:
+        raise click.BadParameter(str(exc), param_hint="FILE") from exc
+    publisher = Publisher(settings)
+    for event in updates:
+        publisher.publish(topic_for(settings, event), event)
+    publisher.flush(60)
+    click.echo(f"{len(updates)} updates -> {settings.topics.catalogue}")
+
+
+@click.group()
+def location() -> None:
+    """Fulfilment locations: pause one by hand (routing skips it) or resume it."""
+
+
+@location.command("pause")
+@click.argument("location_id")
+@click.option("--reason", required=True)
+@click.option("--by", "actor", default="operator", show_default=True)
+def location_pause(location_id: str, reason: str, actor: str) -> None:
+    from oms.operations import location_pause as build
+
+    _send_command(build, location=location_id, paused=True, reason=reason, actor=actor)
+
+
+@location.command("resume")
+@click.argument("location_id")
+@click.option("--reason", default="resumed by hand", show_default=True)
+@click.option("--by", "actor", default="operator", show_default=True)
+def location_resume(location_id: str, reason: str, actor: str) -> None:
+    from oms.operations import location_pause as build
+
+    _send_command(build, location=location_id, paused=False, reason=reason, actor=actor)

@@ -1,0 +1,153 @@
+"""The long-running processes: `oms worker` (the stream processors), `oms project` (the
+projector into ClickHouse) and `oms api` (HTTP). Their exit codes: docs/operations.md."""
+
+from __future__ import annotations
+
+import click
+
+from oms.settings import get_settings
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes in one group; Kafka spreads the partitions over them.",
+)
+@click.pass_context
+def worker(ctx: click.Context, processes: int) -> None:
+    """Run the Faust stream processors (extra arguments go to the Faust worker)."""
+    from streams.worker.process import run_worker, run_workers
+
+    if processes > 1:
+        run_workers(processes, ctx.args or None)
+    else:
+        run_worker(ctx.args or None)
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True)
+def api(host: str, port: int) -> None:
+    """Serve the HTTP API: webhooks, operators' commands, the read API and the dashboard."""
+    from oms.api import serve
+
+    click.echo(f"OrderStream API on http://{host}:{port}")
+    serve(get_settings(), host=host, port=port)
+
+
+@click.command()
+@click.option(
+    "--batch-size",
+    default=100_000,
+    show_default=True,
+    help="most events a batch holds (a backlog is written in batches this big)",
+)
+@click.option(
+    "--batch-seconds",
+    default=0.5,
+    show_default=True,
+    help="longest wait for a batch to fill: the freshness of the read models",
+)
+@click.option(
+    "--migrate",
+    "migrate_only",
+    is_flag=True,
+    help="Apply the pending DDL migrations, say which, and exit.",
+)
+@click.option(
+    "--rebuild",
+    is_flag=True,
+    help="Replay both topics into fresh tables, swap them in atomically, and exit.",
+)
+@click.option(
+    "--until-caught-up",
+    is_flag=True,
+    help="Exit once every message on the topics is projected.",
+)
+@click.option(
+    "--retry-for",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help="Exit 75 once Kafka or ClickHouse has been unavailable this long (default: wait for "
+    "them however long it takes).",
+)
+def project(
+    batch_size: int,
+    batch_seconds: float,
+    migrate_only: bool,
+    rebuild: bool,
+    until_caught_up: bool,
+    retry_for: float | None,
+) -> None:
+    """Project the order log and the stock ledger into ClickHouse, resuming where ClickHouse
+    left off (docs/read-models.md). Exit codes: docs/operations.md."""
+    from oms.exit_codes import run_until_stopped
+    from projections.reconnect import exit_code
+
+    def main() -> None:
+        _project(batch_size, batch_seconds, migrate_only, rebuild, until_caught_up, retry_for)
+
+    run_until_stopped("oms project", main, exit_code=exit_code)
+
+
+def _project(
+    batch_size: int,
+    batch_seconds: float,
+    migrate_only: bool,
+    rebuild: bool,
+    until_caught_up: bool,
+    retry_for: float | None,
+) -> None:
+    from projections.projector import BatchStats, Projector
+    from projections.reconnect import Backoff
+    from projections.store import connect
+
+    settings = get_settings()
+    store = connect(settings.resolved_clickhouse_url)
+    if migrate_only:
+        from projections.schema import migrate
+
+        report = migrate(store)
+        for label in report.applied:
+            click.echo(f"applied  {label}")
+        for label in report.changed_since_applied:
+            click.echo(f"warning  {label} was edited after it was applied", err=True)
+        click.echo(
+            f"{store.database}: {len(report.applied)} migration(s) applied, "
+            f"{len(report.already)} already in place"
+        )
+        return
+    if rebuild:
+        from projections.rebuild import rebuild as run_rebuild
+
+        done = 0
+
+        def progress(stats: BatchStats) -> None:
+            nonlocal done
+            done += stats.events + stats.stock_events + stats.dead_lettered
+            click.echo(f"\rreplayed {done:,} messages", nl=False, err=True)
+
+        result = run_rebuild(
+            settings=settings,
+            store=store,
+            batch_size=max(batch_size, 200_000),
+            on_batch=progress,
+        )
+        click.echo("", err=True)
+        click.echo(
+            f"rebuilt {store.database} from {result.events:,} messages in "
+            f"{result.elapsed_s:.1f} s; swapped in with {result.swap}"
+        )
+        return
+    projector = Projector(
+        settings=settings,
+        store=store,
+        batch_size=batch_size,
+        batch_seconds=batch_seconds,
+        retry=Backoff(give_up_after_s=retry_for),
+    )
+    projector.run(until=(lambda _: projector.lag() == 0) if until_caught_up else None)
