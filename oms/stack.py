@@ -280,7 +280,31 @@ class KafkaService:
         )
         _wait_until(self.answering, timeout_s=START_TIMEOUT_S, what="Kafka", log=self.log)
         self.ensure_topics()
+        _wait_until(
+            self.topics_readable, timeout_s=START_TIMEOUT_S, what="Kafka's topics", log=self.log
+        )
         return "started"
+
+    def topics_readable(self) -> bool:
+        """Every partition of the stack's topics answers for its offsets. A broker that has just
+        started names a leader in its metadata a moment before that leader serves the partition
+        (a client asking then gets NOT_LEADER_FOR_PARTITION)."""
+        from confluent_kafka import KafkaException, TopicPartition
+        from confluent_kafka.admin import AdminClient, OffsetSpec
+
+        admin = AdminClient({"bootstrap.servers": self.address})
+        try:
+            topics = admin.list_topics(timeout=10).topics
+            wanted = {
+                TopicPartition(topic, partition): OffsetSpec.latest()
+                for topic in self.settings.topics.all()
+                for partition in topics[topic].partitions
+            }
+            for future in admin.list_offsets(wanted, request_timeout=5).values():
+                future.result()
+        except KafkaException:
+            return False
+        return True
 
     def ensure_topics(self) -> None:
         from confluent_kafka.admin import AdminClient, NewTopic

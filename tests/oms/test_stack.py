@@ -80,3 +80,34 @@ def test_missing_java_gives_a_clear_message(stack_settings: Settings, tmp_path: 
     assert result.returncode != 0
     assert "java and mvn not found" in result.stderr
     assert "docker compose -f docker-compose.kafka.yml up -d" in result.stderr
+
+
+# The broker outlives the Popen that started it (as under `oms stack up`), which Python flags.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_every_topic_answers_for_its_offsets_once_up_returns(
+    stack_settings: Settings, tmp_path: Path
+) -> None:
+    """A broker that has just started names partition leaders a moment before they serve: the
+    demo's first read (right after `up`) failed with NOT_LEADER_FOR_PARTITION."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    private = Settings(
+        home=tmp_path / "home",
+        kafka_bootstrap="localhost:19292",
+        kafka_controller_port=19293,
+        kafka_libs=stack_settings.kafka_libs_dir,
+        clickhouse_port=19200,
+        clickhouse_http_port=18323,
+    )
+    kafka = KafkaService(private)
+    try:
+        assert kafka.up() == "started"
+        consumer = Consumer({"bootstrap.servers": kafka.address, "group.id": "offsets"})
+        try:
+            for topic in private.topics.all():
+                for partition in range(private.kafka_partitions):
+                    consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        finally:
+            consumer.close()
+    finally:
+        kafka.down()
