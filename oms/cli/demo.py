@@ -3,6 +3,8 @@ adds up."""
 
 from __future__ import annotations
 
+import logging
+
 import click
 
 from oms.settings import get_settings
@@ -15,6 +17,10 @@ def demo(order_count: int) -> None:
     from oms.demo import DemoFailed, run_demo
     from oms.stack import StackError
 
+    # The Kafka clients log through the `librdkafka` logger. Its warnings are about what it
+    # recovers from by itself (a producer's retries while a broker that has just started loads
+    # its coordinator: GETPID), which is not the demo's news; its errors still show.
+    logging.getLogger("librdkafka").setLevel(logging.ERROR)
     try:
         s = run_demo(get_settings(), orders=order_count, say=click.echo)
     except (StackError, DemoFailed) as exc:
