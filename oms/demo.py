@@ -21,7 +21,7 @@ from connectors.samples import MALFORMED_LINES, sample_lines
 from connectors.webshop import WebshopConnector
 from events.codec import AvroCodec, CodecError
 from events.models import OrderAccepted, OrderRejected
-from oms.publisher import Publisher
+from oms.publisher import LIBRDKAFKA_LOG, Publisher
 from oms.settings import Settings
 from oms.stack import Stack
 from projections.projector import Projector
@@ -67,7 +67,13 @@ class DemoSummary:
 
 
 def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "oms-demo"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": "oms-demo",
+            "logger": LIBRDKAFKA_LOG,
+        }
+    )
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         return {
@@ -89,6 +95,7 @@ def count_verdicts(
             "bootstrap.servers": settings.kafka_bootstrap,
             "group.id": "oms-demo",
             "enable.auto.commit": False,
+            "logger": LIBRDKAFKA_LOG,
         }
     )
     codec = AvroCodec.for_registry(settings.schema_registry_url)

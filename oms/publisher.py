@@ -8,6 +8,7 @@ of its own message before it answers.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -20,6 +21,11 @@ from events.models import DeadLetter, Event, OrderModified, OrderReceived
 from oms.settings import Settings
 
 Delivered = Callable[[KafkaError | None], None]
+
+# Every Kafka client's `logger`: librdkafka's own log lines (a retry while a broker that has just
+# started loads its coordinator, a broker that went away) go through Python's logging instead of
+# raw `%4|...` lines on stderr, so the program decides what shows.
+LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
 
 
 class PublishError(RuntimeError):
@@ -51,6 +57,7 @@ class Publisher:
                 # Java's (and aiokafka's, so Faust's) partitioner: a key lands on the same
                 # partition whoever writes it, which the order agent's state relies on.
                 "partitioner": "murmur2_random",
+                "logger": LIBRDKAFKA_LOG,
             }
         )
 

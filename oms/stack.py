@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from oms.settings import PROJECT_ROOT, Settings
 
@@ -141,6 +142,11 @@ class KafkaService:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    def _admin_config(self) -> dict[str, Any]:
+        from oms.publisher import LIBRDKAFKA_LOG
+
+        return {"bootstrap.servers": self.address, "logger": LIBRDKAFKA_LOG}
+
     def ensure_installed(self) -> None:
         libs = self.settings.kafka_libs_dir
         stamp = libs / ".pom-stamp"
@@ -245,7 +251,7 @@ class KafkaService:
         from confluent_kafka.admin import AdminClient
 
         try:
-            metadata = AdminClient({"bootstrap.servers": self.address}).list_topics(timeout=3)
+            metadata = AdminClient(self._admin_config()).list_topics(timeout=3)
         except Exception:  # noqa: BLE001 - any client error just means "not answering yet"
             return False
         return len(metadata.brokers) > 0
@@ -292,7 +298,7 @@ class KafkaService:
         from confluent_kafka import KafkaException, TopicPartition
         from confluent_kafka.admin import AdminClient, OffsetSpec
 
-        admin = AdminClient({"bootstrap.servers": self.address})
+        admin = AdminClient(self._admin_config())
         try:
             topics = admin.list_topics(timeout=10).topics
             wanted = {
@@ -309,7 +315,7 @@ class KafkaService:
     def ensure_topics(self) -> None:
         from confluent_kafka.admin import AdminClient, NewTopic
 
-        admin = AdminClient({"bootstrap.servers": self.address})
+        admin = AdminClient(self._admin_config())
         existing = admin.list_topics(timeout=10).topics
         wanted = [
             NewTopic(t, num_partitions=self.settings.kafka_partitions, replication_factor=1)

@@ -70,6 +70,27 @@ def test_demo_adds_up_and_leaves_the_shared_stack_running(isolated_settings: Set
 
 
 @pytest.mark.integration
+def test_a_first_demo_on_a_stack_it_starts_prints_no_library_log_lines(
+    stack_settings: Settings, tmp_path: Path
+) -> None:
+    """A newcomer's first run: the demo starts a fresh broker (own home and ports), whose first
+    moments made librdkafka print `%4|...|GETPID|...` lines and the first read fail."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMS_")} | {
+        "OMS_HOME": str(tmp_path / "home"),
+        "OMS_KAFKA_BOOTSTRAP": "localhost:19392",
+        "OMS_KAFKA_CONTROLLER_PORT": "19393",
+        "OMS_KAFKA_LIBS": str(stack_settings.kafka_libs_dir),
+        "OMS_CLICKHOUSE_PORT": "19300",
+        "OMS_CLICKHOUSE_HTTP_PORT": "18423",
+    }
+    result = oms("demo", "--orders", "20", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    output = (result.stdout + result.stderr).splitlines()
+    assert [line for line in output if line.startswith("%") or "rdkafka" in line] == []
+    assert oms("stack", "status", env=env).returncode == 1, "the demo left its stack running"
+
+
+@pytest.mark.integration
 def test_orders_show_and_list_read_from_clickhouse(isolated_settings: Settings) -> None:
     env = settings_env(isolated_settings)
     assert oms("demo", "--orders", "20", env=env).returncode == 0
