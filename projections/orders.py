@@ -12,7 +12,7 @@ from datetime import datetime
 from operator import itemgetter
 from typing import Any, NamedTuple
 
-from events.lifecycle import TRANSITIONS, OrderStatus
+from events.lifecycle import OrderStatus, next_status
 from events.models import (
     ActorKind,
     OrderAccepted,
@@ -78,42 +78,8 @@ END_STAGES = frozenset(
 )  # fmt: skip
 
 
-def _only_target() -> dict[type[OrderEvent], OrderStatus]:
-    """Event types that lead to the same status from wherever they are allowed."""
-    targets: dict[type[OrderEvent], set[OrderStatus]] = {}
-    for moves in TRANSITIONS.values():
-        for event_type, target in moves.items():
-            targets.setdefault(event_type, set()).add(target)
-    return {e: next(iter(t)) for e, t in targets.items() if len(t) == 1}
-
-
-_ONLY_TARGET = _only_target()
 _ACTOR_KINDS = {kind: kind.value for kind in ActorKind}
 _STATUSES = {s.value: s for s in OrderStatus}
-
-
-def next_status(status: str, event: OrderEvent) -> str:
-    """The status the event leads to (events/lifecycle.py). The log is the worker's output and
-    should hold only legal moves; if one is not, the read model still follows it where the
-    target is unambiguous rather than dropping it."""
-    key = (status, type(event))
-    target = _NEXT.get(key)
-    if target is None:
-        target = _NEXT[key] = status_after(status, type(event))
-    return target
-
-
-def status_after(status: str, event_type: type[OrderEvent]) -> str:
-    """`next_status` for an event type (the native fold takes the whole table of them)."""
-    current = _STATUSES.get(status)
-    target = TRANSITIONS[current].get(event_type) if current is not None else None
-    if target is None:
-        target = _ONLY_TARGET.get(event_type)
-    return target.value if target is not None else status
-
-
-# (status, event type) -> next status, filled as met (a few dozen pairs).
-_NEXT: dict[tuple[str, type[OrderEvent]], str] = {}
 
 
 def seconds(when: datetime) -> datetime:
@@ -308,15 +274,10 @@ def fold(
     row = dict(base)
     row.update(channel=event.channel or row["channel"], external_id=event.external_id)
     row.update(_event_changes(event, row, at))
-    if state is not None:
-        status = next_status(base["status"], event)
-    elif isinstance(event, OrderReceived | OrderModified):
-        status = OrderStatus.RECEIVED.value
-    else:
-        # A history that does not start with the order (cannot happen in a well-formed log):
-        # keep the order visible with what this event says rather than dropping it.
-        status = next_status("", event) or OrderStatus.RECEIVED.value
-    row["status"] = status
+    # The lifecycle's move (a history that does not start with the order cannot happen in a
+    # well-formed log: the order stays visible with what this event says).
+    current = _STATUSES.get(base["status"]) if state is not None else None
+    row["status"] = status = next_status(current, type(event)).value
     row["region"] = row["city"] or row["location"]
     if status in VOID:
         row["is_sale"] = 0

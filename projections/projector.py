@@ -21,22 +21,21 @@ the projector does not exit: it treats the failure as a crash it survived. It wa
 exponential backoff, projections/reconnect.py), waits also for any INSERT of the batch that
 the server may still be writing, and then starts again from what ClickHouse holds, exactly as
 a new process would: a batch cut half-way is replayed, and its rows already written dropped.
+
+The fold itself — messages to fold states to rows — is a `BatchFold` (projections/fold.py),
+chosen once when the projector is built: the native fold where the extension is built, else the
+Python reference. This class owns consuming, the offsets, the threads and the lease.
 """
 
 from __future__ import annotations
 
-import gc
 import itertools
 import logging
-import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from operator import itemgetter
 from typing import Any
 from urllib.parse import urlparse
 
@@ -50,47 +49,38 @@ from confluent_kafka import (
 )
 
 from events.codec import AvroCodec, CodecError, message_ref
-from events.models import DeadLetter, OrderEvent, StockEvent
+from events.models import DeadLetter
 from oms.publisher import Publisher
 from oms.settings import Settings
-from projections import orders, stock
+from projections.fold import (
+    BatchFold,
+    DecodedBatch,
+    HighWater,
+    Partition,
+    Rejected,
+    Rows,
+    ValueRows,
+)
 from projections.lease import ProjectorLease
-from projections.native_fold import (
-    AVAILABLE as NATIVE_FOLD,
-)
-from projections.native_fold import (
-    COLUMNS as NATIVE_COLUMNS,
-)
-from projections.native_fold import (
-    LEVEL_STATE_SELECT,
-    ORDER_STATE_SELECT,
-    native_fold,
-)
-from projections.orders import OrderRow, Position, event_row, seconds
+from projections.native_fold import AVAILABLE as NATIVE_FOLD
+from projections.native_fold import NativeFold
+from projections.orders import Position
+from projections.python_fold import PythonFold
 from projections.reconnect import Backoff, GaveUp, KafkaUnavailable, transient
 from projections.schema import (
     DEAD_LETTERS_COLUMNS,
-    FULFILMENT_STAGES_COLUMNS,
-    ORDER_ACTIVITY_COLUMNS,
-    ORDER_EVENTS_COLUMNS,
-    ORDER_LINES_COLUMNS,
-    ORDERS_COLUMNS,
     PROJECTOR_OFFSETS_COLUMNS,
     READ_MODEL_NAMES,
-    STOCK_COLUMNS,
-    STOCK_LEVELS_COLUMNS,
     migrate,
 )
-from projections.stock import StockLevel
 from projections.store import ClickHouseStore, Row, sql_string
 
 __all__ = ["BatchStats", "Position", "Projector"]
 
 log = logging.getLogger(__name__)
 
-STATE_CACHE_SIZE = 50_000
-
-_PARTITION = tuple[str, int]  # (topic, partition)
+STATE_CACHE_SIZE = 50_000  # fold states a fold keeps (per kind: orders, stock levels)
+READ_CHUNK = 10_000  # messages asked of Kafka at a time (see `NativeFold.decode`)
 
 # The order of a batch's INSERTs (see the module docstring): the tables derived from the fold
 # states, then the states, then (by itself) the offset ledger. Within a group, any order.
@@ -114,59 +104,57 @@ class BatchStats:
     rows: dict[str, int] = field(default_factory=dict)
 
 
-_gc_lock = threading.Lock()
-_gc_holders = 0  # batches (of any thread) running with the collector paused
-_gc_was_enabled = False
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """The cyclic garbage collector off while a batch runs. A batch allocates hundreds of
-    thousands of containers (events, rows, states), nearly all freed by reference counting when
-    it ends; with the collector on, those allocations set off collections that each walk the
-    fold caches as well, which cost more than the batch's own work. Cycles a batch leaves
-    are collected after it, as usual. Counted, as the reading and the writing thread of a
-    pipelined run overlap: the collector is back on when the last of them is done."""
-    global _gc_holders, _gc_was_enabled
-    with _gc_lock:
-        if _gc_holders == 0:
-            _gc_was_enabled = gc.isenabled()
-            gc.disable()
-        _gc_holders += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_holders -= 1
-            if _gc_holders == 0 and _gc_was_enabled:
-                gc.enable()
-
-
 @dataclass
 class _Prepared:
     """A batch decoded and folded, its rows not yet written (`Projector._write`)."""
 
     stats: BatchStats
-    tables: dict[str, tuple[tuple[str, ...], list[Row]]]
+    tables: dict[str, Rows]
     letters: list[DeadLetter]
-    ledger: dict[_PARTITION, list[int]]
-    encoded: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # the native fold's
+    ledger: dict[Partition, list[int]]
 
 
-class _Cache(OrderedDict[Any, dict[str, Any]]):
-    """Most recently used fold states; remembers whether it ever had to forget one."""
+def batch_fold(
+    *, native: bool, codec: AvroCodec, orders_topic: str, stock_topic: str
+) -> BatchFold[Any]:
+    """The fold a projector uses: native where asked for and the extension is built (same
+    rows, no Python object per event), else the Python reference."""
+    fold = NativeFold if native and NATIVE_FOLD else PythonFold
+    return fold(
+        codec=codec, orders_topic=orders_topic, stock_topic=stock_topic,
+        capacity=STATE_CACHE_SIZE,
+    )  # fmt: skip
 
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.size = size
-        self.evicted = False
 
-    def remember(self, key: Any, state: dict[str, Any]) -> None:
-        self[key] = state
-        self.move_to_end(key)
-        if len(self) > self.size:
-            self.popitem(last=False)
-            self.evicted = True
+class _StoredStates:
+    """The fold states ClickHouse holds (`StoredStates`), read once the batch being written,
+    if any, is in."""
+
+    def __init__(self, store: ClickHouseStore, settle: Callable[[], None]) -> None:
+        self.store = store
+        self.settle = settle
+
+    def orders(self, order_ids: Sequence[str], columns: str) -> list[Row]:
+        self.settle()
+        rows: list[Row] = []
+        for start in range(0, len(order_ids), 1000):
+            quoted = ", ".join(sql_string(i) for i in order_ids[start : start + 1000])
+            rows += self.store.query(
+                f"SELECT {columns} FROM {self.store.database}.orders FINAL "
+                f"WHERE order_id IN ({quoted})"
+            )
+        return rows
+
+    def levels(self, keys: Collection[tuple[str, str]], columns: str) -> list[Row]:
+        self.settle()
+        wanted = set(keys)
+        skus = ", ".join(sql_string(sku) for sku in sorted({sku for sku, _ in wanted}))
+        places = ", ".join(sql_string(loc) for loc in sorted({loc for _, loc in wanted}))
+        rows = self.store.query(
+            f"SELECT {columns} FROM {self.store.database}.stock_levels FINAL "
+            f"WHERE sku IN ({skus}) AND location IN ({places})"
+        )
+        return [row for row in rows if (row[0], row[1]) in wanted]
 
 
 class Projector:
@@ -194,26 +182,19 @@ class Projector:
             if lease
             else None
         )
-        self._orders = _Cache(STATE_CACHE_SIZE)
-        self._stock = _Cache(STATE_CACHE_SIZE)
-        # The fold in native code when the extension is built (same rows, no Python object
-        # per event); else the Python fold with the caches above.
-        self._native: Any = (
-            native_fold(codec=self.codec, orders_topic=self.topics[0],
-                        stock_topic=self.topics[1], capacity=STATE_CACHE_SIZE)
-            if native
-            else None
+        self.fold = batch_fold(
+            native=native, codec=self.codec, orders_topic=self.topics[0],
+            stock_topic=self.topics[1],
         )  # fmt: skip
-        self._decoder: Any = self._native.decoder() if self._native is not None else None
         # A group's INSERTs go together where the store takes them from several threads.
         self._inserts = (
             ThreadPoolExecutor(max_workers=6, thread_name_prefix="projector-insert")
-            if self._native is not None and store.parallel_inserts
+            if self.fold.inserts_in_parallel and store.parallel_inserts
             else None
         )
-        self._high_water: dict[tuple[str, str, int], int] = {}
-        self._next: dict[_PARTITION, int] = {}
-        self._fresh = False
+        self._states = _StoredStates(store, self._settle)
+        self._high_water = HighWater()
+        self._next: dict[Partition, int] = {}
         self._publisher: Publisher | None = None
         self._pending: Future[BatchStats] | None = None  # the batch being written, if any
         self._probe: Consumer | None = None
@@ -248,7 +229,7 @@ class Projector:
 
     # ------------------------------------------------------------ where to resume
 
-    def resume_offsets(self) -> dict[_PARTITION, int]:
+    def resume_offsets(self) -> dict[Partition, int]:
         """Next offset per (topic, partition): one past what the offset ledger holds."""
         topics = ", ".join(sql_string(t) for t in self.topics)
         rows = self.store.query(
@@ -257,12 +238,13 @@ class Projector:
         )
         return {(str(t), int(p)): int(o) + 1 for t, p, o in rows}
 
-    def _read_high_water(self, resume: dict[_PARTITION, int]) -> dict[tuple[str, str, int], int]:
+    def _read_high_water(self, resume: dict[Partition, int]) -> tuple[HighWater, bool]:
         """Per table and partition, the highest source offset it holds beyond the ledger: rows a
-        crash left behind, which the replay must not write again."""
+        crash left behind, which the replay must not write again; and whether every table is
+        empty (then no fold state is in ClickHouse either)."""
         topics = ", ".join(sql_string(t) for t in self.topics)
         marks: dict[tuple[str, str, int], int] = {}
-        self._fresh = not resume
+        empty = not resume
         for table in READ_MODEL_NAMES:
             if table == "projector_offsets":
                 continue
@@ -271,10 +253,10 @@ class Projector:
                 f"WHERE _topic IN ({topics}) GROUP BY _topic, _partition"
             )
             for topic, partition, offset in rows:
-                self._fresh = False
+                empty = False
                 if int(offset) >= resume.get((str(topic), int(partition)), 0):
                     marks[(table, str(topic), int(partition))] = int(offset)
-        return marks
+        return HighWater(marks), empty
 
     def start(self) -> None:
         migrate(self.store)
@@ -284,15 +266,10 @@ class Projector:
         """Forget everything in memory and continue from what ClickHouse holds (once no INSERT
         the server may still be writing can change that)."""
         self._pending = None
-        self._orders = _Cache(STATE_CACHE_SIZE)
-        self._stock = _Cache(STATE_CACHE_SIZE)
-        if self._native is not None:
-            self._native.reset()
         self.store.settle()
         resume = self.resume_offsets()
-        self._high_water = self._read_high_water(resume)
-        if self._native is not None:
-            self._native.complete = self._fresh
+        self._high_water, empty = self._read_high_water(resume)
+        self.fold.reset(complete=empty)
         assignment: list[TopicPartition] = []
         self._next = {}
         for topic in self.topics:
@@ -327,52 +304,14 @@ class Projector:
 
     # ------------------------------------------------------------ one batch
 
-    def poll_batch(self) -> list[Message]:
-        with _gc_paused():
-            return [m for chunk in self._poll_chunks() for m in chunk]
+    def read_batch(self) -> DecodedBatch[Any]:
+        """The next batch from Kafka, decoded (on the reading thread, while the previous batch
+        folds)."""
+        return self.fold.decode(self.poll())
 
-    def read_batch(self) -> Any:
-        """The next batch from Kafka, decoded by the native fold's decoder if there is one (on
-        the reading thread, while the previous batch folds), else the messages."""
-        if self._decoder is None:
-            return self.poll_batch()
-        return self._decode(self._poll_chunks(chunk=10_000))
-
-    def _decode(self, chunks: Iterable[list[Message]]) -> Any:
-        """The native decoder's batch, from its messages in chunks: each chunk's message
-        objects are freed before the next is read, so Python reuses the same memory for every
-        chunk, where a whole batch of them would be handed back to the OS and faulted in again
-        for the next batch (a fifth of the projector's time went to that). The collector is
-        not paused here: the native fold keeps no Python objects for it to walk."""
-        batch: Any = None
-        rejected: list[tuple[str, int, int, bytes, str]] = []
-        ledger: dict[_PARTITION, list[int]] = {}
-        orders = stock = 0
-        for chunk in chunks:
-            part, rejects, marks, n_orders, n_stock = self._decoder.decode(chunk)
-            del chunk
-            if batch is None:
-                batch = part
-            else:
-                batch.extend(part)
-            rejected += rejects
-            for topic, partition, last, count in marks:
-                entry = ledger.setdefault((topic, partition), [last, 0])
-                entry[0] = max(entry[0], last)
-                entry[1] += count
-            orders += n_orders
-            stock += n_stock
-        if batch is None:
-            batch, rejected, _, _, _ = self._decoder.decode([])
-        return batch, rejected, ledger, orders, stock
-
-    def _writing(self) -> bool:
-        pending = self._pending
-        return pending is not None and not pending.done()
-
-    def _poll_chunks(self, *, chunk: int | None = None) -> Iterator[list[Message]]:
-        """One batch's messages, as Kafka hands them out: until `batch_size` messages, or
-        `batch_seconds` have passed and the batch before is written."""
+    def poll(self) -> Iterator[list[Message]]:
+        """One batch's messages in chunks, as Kafka hands them out: until `batch_size`
+        messages, or `batch_seconds` have passed and the batch before is written."""
         taken = 0
         deadline = time.monotonic() + self.batch_seconds
         while taken < self.batch_size:
@@ -385,9 +324,7 @@ class Projector:
                 # meanwhile rather than queue up behind it (fewer, larger INSERTs when
                 # ClickHouse is slow to take them, and no backlog of small batches).
                 remaining = 0.01
-            wanted = (
-                self.batch_size - taken if chunk is None else min(chunk, self.batch_size - taken)
-            )
+            wanted = min(READ_CHUNK, self.batch_size - taken)
             messages = self._consumer.consume(wanted, timeout=remaining)
             kept = []
             for message in messages:
@@ -401,6 +338,10 @@ class Projector:
             if kept:
                 yield kept
             del kept  # before the next chunk's messages are made
+
+    def _writing(self) -> bool:
+        pending = self._pending
+        return pending is not None and not pending.done()
 
     def _check_kafka(self) -> None:
         """Raise if the consumer reported that it cannot go on, or that no broker answers (and
@@ -417,67 +358,21 @@ class Projector:
             raise KafkaUnavailable(f"Kafka at {where}: {down.str()}") from exc
         self._kafka_down = None
 
-    def _written(self, table: str, where: Position) -> bool:
-        """Whether `table` already holds the rows of the message at `where` (see the module
-        docstring); only ever true while replaying the batch a crash interrupted."""
-        mark = self._high_water.get((table, where.topic, where.partition))
-        return mark is not None and where.offset <= mark
-
-    def apply_batch(self, messages: list[Message]) -> BatchStats:
-        """Decode, fold and write one batch (the tables, then the offset ledger)."""
-        read = messages if self._decoder is None else self._decode([messages])
-        return self._write(self._prepare(read))
-
-    def _prepare(self, messages: Any) -> _Prepared:
-        """Decode and fold a batch, in memory: the fold states move on, nothing is written or
-        sent (but a fold state missing from the cache is read from ClickHouse, after the batch
-        being written, if any, is done)."""
-        if self._native is not None:
-            return self._prepare_native(messages)
-        with _gc_paused():
-            return self._prepare_batch(messages)
-
-    def _prepare_native(self, read: Any) -> _Prepared:
-        """The native fold's `_prepare_batch`: the same tables, as RowBinary. `read` is the
-        decoder's answer for the batch (`read_batch`)."""
-        fold = self._native
-        batch, rejected, ledger, n_orders, n_stock = read
-        missing_orders, missing_levels = fold.missing(batch)
-        # The states the batch names that ClickHouse may hold and the fold does not.
-        if missing_orders or missing_levels:
-            self._settle()
-        for start in range(0, len(missing_orders), 1000):
-            quoted = ", ".join(sql_string(i) for i in missing_orders[start : start + 1000])
-            fold.load_orders(self.store.query(
-                f"SELECT {ORDER_STATE_SELECT} FROM {self.store.database}.orders FINAL "
-                f"WHERE order_id IN ({quoted})"
-            ))  # fmt: skip
-        if missing_levels:
-            wanted = set(missing_levels)
-            skus = ", ".join(sql_string(sku) for sku in sorted({k[0] for k in wanted}))
-            places = ", ".join(sql_string(loc) for loc in sorted({k[1] for k in wanted}))
-            rows = self.store.query(
-                f"SELECT {LEVEL_STATE_SELECT} FROM {self.store.database}.stock_levels FINAL "
-                f"WHERE sku IN ({skus}) AND location IN ({places})"
-            )
-            fold.load_levels([row for row in rows if (row[0], row[1]) in wanted])
-        marks: dict[str, dict[_PARTITION, int]] = {}
-        for (table, topic, partition), mark in self._high_water.items():
-            marks.setdefault(table, {})[(topic, partition)] = mark
-        encoded, duplicates, orders_written = fold.fold(batch, marks)
-        stats = BatchStats(events=n_orders, stock_events=n_stock, duplicates=duplicates,
-                           orders_written=orders_written)  # fmt: skip
-        letters, dead_letters = self._dead_letters(rejected, stats)
-        return _Prepared(
-            stats,
-            {"dead_letters": (DEAD_LETTERS_COLUMNS, dead_letters)},
-            letters,
-            ledger,
-            encoded,
-        )
+    def _prepare(self, batch: DecodedBatch[Any]) -> _Prepared:
+        """Fold a decoded batch, in memory: the fold states move on, nothing is written or sent
+        (but a fold state the fold lacks is read from ClickHouse, after the batch being
+        written, if any, is in)."""
+        folded = self.fold.fold(batch, states=self._states, high_water=self._high_water)
+        stats = BatchStats(
+            events=batch.order_events, stock_events=batch.stock_events,
+            duplicates=folded.duplicates, orders_written=folded.orders_written,
+        )  # fmt: skip
+        letters, dead_letters = self._dead_letters(batch.rejected, stats)
+        tables = {**folded.tables, "dead_letters": ValueRows(DEAD_LETTERS_COLUMNS, dead_letters)}
+        return _Prepared(stats, tables, letters, batch.ledger)
 
     def _dead_letters(
-        self, rejected: Iterable[tuple[str, int, int, bytes, str]], stats: BatchStats
+        self, rejected: list[Rejected], stats: BatchStats
     ) -> tuple[list[DeadLetter], list[Row]]:
         """Messages that could not be projected: a dead letter each (once) and its row."""
         letters: list[DeadLetter] = []
@@ -485,59 +380,16 @@ class Projector:
         for topic, partition, offset, raw, reason in rejected:
             where = Position(topic, partition, offset)
             ref = message_ref(topic, partition, offset)
-            if not self._written("dead_letters", where):
+            if not self._high_water.written("dead_letters", where):
                 named = str(CodecError(reason, where=ref))
                 letter = DeadLetter.of(source=topic, source_ref=ref, reason=named, raw=raw)
                 letters.append(letter)
-                rows.append((letter.dead_letter_id, letter.reason, len(raw), *_at(where)))
+                rows.append((letter.dead_letter_id, letter.reason, len(raw), *where))
             stats.dead_lettered += 1
         return letters, rows
 
-    def _prepare_batch(self, messages: Iterable[Message]) -> _Prepared:
-        stats = BatchStats()
-        order_events: list[tuple[OrderEvent, Position]] = []
-        stock_events: list[tuple[StockEvent, Position]] = []
-        rejected: list[tuple[str, int, int, bytes, str]] = []
-        ledger: dict[_PARTITION, list[int]] = {}  # (topic, partition) -> [last offset, count]
-        orders_topic, stock_topic = self.topics
-        decode = self.codec.decode
-        for message in messages:
-            where = Position(message.topic() or "", message.partition() or 0, message.offset() or 0)
-            key = (where.topic, where.partition)
-            entry = ledger.get(key)
-            if entry is None:
-                ledger[key] = [where.offset, 1]
-            else:
-                entry[1] += 1
-                if where.offset > entry[0]:
-                    entry[0] = where.offset
-            raw = message.value() or b""
-            try:
-                event = decode(raw)
-                if where.topic == orders_topic and isinstance(event, OrderEvent):
-                    order_events.append((event, where))
-                elif where.topic == stock_topic and isinstance(event, StockEvent):
-                    stock_events.append((event, where))
-                else:
-                    raise CodecError(f"{type(event).__name__} does not belong on {where.topic}")
-            except CodecError as exc:
-                rejected.append((*where, raw, exc.reason))
-        letters, dead_letters = self._dead_letters(rejected, stats)
-        stats.events = len(order_events)
-        stats.stock_events = len(stock_events)
-        tables = self._fold_orders(order_events, stats)
-        tables.update(self._fold_stock(stock_events, stats))
-        tables["dead_letters"] = (DEAD_LETTERS_COLUMNS, dead_letters)
-        return _Prepared(stats, tables, letters, ledger)
-
     def _write(self, prepared: _Prepared) -> BatchStats:
         """Send a prepared batch's dead letters, write its tables in order, the ledger last."""
-        if self._native is not None:
-            return self._write_batch(prepared)
-        with _gc_paused():
-            return self._write_batch(prepared)
-
-    def _write_batch(self, prepared: _Prepared) -> BatchStats:
         stats, ledger = prepared.stats, prepared.ledger
         refused: list[KafkaError] = []
         for letter in prepared.letters:
@@ -547,7 +399,7 @@ class Projector:
         if refused:
             raise KafkaException(refused[0])
         for group in WRITE_GROUPS:
-            inserts = [self._inserter(table, prepared, stats) for table in group]
+            inserts = [self._inserter(table, prepared.tables[table], stats) for table in group]
             if self._inserts is None:
                 for insert in inserts:
                     insert()
@@ -567,196 +419,13 @@ class Projector:
         )  # fmt: skip
         for (topic, partition), (last, _) in ledger.items():
             self._next[(topic, partition)] = last + 1
-        self._forget_passed_marks(ledger)
+        self._high_water = self._high_water.passed(ledger)
         return stats
 
-    def _inserter(self, table: str, prepared: _Prepared, stats: BatchStats) -> Callable[[], None]:
+    def _inserter(self, table: str, rows: Rows, stats: BatchStats) -> Callable[[], None]:
         """The INSERT of one table's rows of a batch (none: a no-op)."""
-        if table in prepared.encoded:
-            count, data = prepared.encoded[table]
-            stats.rows[table] = count
-            return lambda: self.store.insert_rowbinary(table, NATIVE_COLUMNS[table], data)
-        columns, rows = prepared.tables.get(table, ((), []))
-        stats.rows[table] = len(rows)
-        return lambda: self.store.insert(table, columns, rows)
-
-    def _forget_passed_marks(self, ledger: dict[_PARTITION, list[int]]) -> None:
-        if self._high_water:
-            self._high_water = {
-                (table, topic, partition): mark
-                for (table, topic, partition), mark in self._high_water.items()
-                if mark > ledger.get((topic, partition), (-1, 0))[0]
-            }
-
-    def _unwritten(self, table: str) -> Callable[[Position], bool] | None:
-        """None when `table` takes the rows of every message of this batch (no crash left rows
-        of it behind: the usual case, checked once per batch rather than once per message);
-        else a test of whether it still needs a message's rows."""
-        if not any(key[0] == table for key in self._high_water):
-            return None
-        return lambda where: not self._written(table, where)
-
-    def _fold_orders(
-        self, events: list[tuple[OrderEvent, Position]], stats: BatchStats
-    ) -> dict[str, tuple[tuple[str, ...], list[Row]]]:
-        states = self._load_orders(events)
-        need_event = self._unwritten("order_events")
-        need_lines = self._unwritten("order_lines")
-        need_stages = self._unwritten("fulfilment_stages")
-        need_activity = self._unwritten("order_activity_per_minute")
-        event_rows: list[Row] = []
-        # order_lines and fulfilment_stages are ReplacingMergeTree tables by (order_id, line_no)
-        # and (order_id, entered_seq), read with FINAL: of the rows the batch makes for one key,
-        # only the last (highest version) would ever be read, so only that one is written. The
-        # tables' high-water marks stay those of the full rows: a row is dropped only for a
-        # later one of the same batch.
-        line_rows: dict[tuple[str, int], Row] = {}
-        stage_rows: dict[tuple[str, int], Row] = {}
-        activity: dict[tuple[Any, ...], list[int]] = {}
-        changed: dict[str, tuple[dict[str, Any], Position]] = {}
-        fold = orders.fold
-        for event, where in events:
-            at = seconds(event.occurred_at)
-            if need_event is None or need_event(where):
-                event_rows.append(event_row(event, where, at))
-            order_id = event.order_id
-            change = fold(states.get(order_id), event, where, at)
-            if change is None:
-                stats.duplicates += 1
-                continue
-            row = change.row
-            states[order_id] = row
-            changed[order_id] = (row, where)
-            if change.lines and (need_lines is None or need_lines(where)):
-                for line in change.lines:
-                    line_rows[(order_id, line[1])] = line
-            if change.stages and (need_stages is None or need_stages(where)):
-                for stage in change.stages:
-                    stage_rows[(order_id, stage[1])] = stage
-            if need_activity is None or need_activity(where):
-                a = change.activity
-                key = (*a[:4], where.topic, where.partition)
-                total = activity.get(key)
-                if total is None:
-                    activity[key] = [1, a.amount, where.offset]
-                else:
-                    total[0] += 1
-                    total[1] += a.amount
-                    if where.offset > total[2]:
-                        total[2] = where.offset
-        for order_id, (row, _) in changed.items():
-            self._orders.remember(order_id, row)
-        stats.orders_written = len(changed)
-        need_orders = self._unwritten("orders")
-        return {
-            "order_events": (ORDER_EVENTS_COLUMNS, event_rows),
-            "order_lines": (ORDER_LINES_COLUMNS, list(line_rows.values())),
-            "fulfilment_stages": (FULFILMENT_STAGES_COLUMNS, list(stage_rows.values())),
-            "order_activity_per_minute": (
-                ORDER_ACTIVITY_COLUMNS,
-                [
-                    (*key[:4], n, amount, key[4], key[5], offset)
-                    for key, (n, amount, offset) in activity.items()
-                ],
-            ),  # fmt: skip
-            "orders": (
-                ORDERS_COLUMNS,
-                [
-                    _order_values(row)
-                    for row, where in changed.values()
-                    if need_orders is None or need_orders(where)
-                ],
-            ),  # fmt: skip
-        }
-
-    def _fold_stock(
-        self, events: list[tuple[StockEvent, Position]], stats: BatchStats
-    ) -> dict[str, tuple[tuple[str, ...], list[Row]]]:
-        levels = self._load_stock(events)
-        need_history = self._unwritten("stock")
-        history: list[Row] = []
-        changed: dict[tuple[str, str], tuple[dict[str, Any], Position]] = {}
-        fold = stock.fold
-        for event, where in events:
-            key = (event.sku, event.location)
-            change = fold(levels.get(key), event, where)
-            if change is None:
-                stats.duplicates += 1
-                continue
-            levels[key] = change.level
-            changed[key] = (change.level, where)
-            if need_history is None or need_history(where):
-                history.append(change.history)
-        for key, (level, _) in changed.items():
-            self._stock.remember(key, level)
-        need_levels = self._unwritten("stock_levels")
-        return {
-            "stock": (STOCK_COLUMNS, history),
-            "stock_levels": (
-                STOCK_LEVELS_COLUMNS,
-                [
-                    _level_values(level)
-                    for level, where in changed.values()
-                    if need_levels is None or need_levels(where)
-                ],
-            ),  # fmt: skip
-        }
-
-    # ------------------------------------------------------------ fold state from ClickHouse
-
-    def _complete(self, cache: _Cache) -> bool:
-        """The cache holds every state there is: the tables were empty at start and nothing has
-        been forgotten since, so a miss is a new order or key (saves a query per batch)."""
-        return self._fresh and not cache.evicted
-
-    def _load_orders(self, events: list[tuple[OrderEvent, Position]]) -> dict[str, OrderRow]:
-        """The state of every order the batch names that has one: from the cache, else from
-        ClickHouse. The batch folds into this dict; the cache learns the results after."""
-        wanted = {event.order_id for event, _ in events}
-        cache = self._orders
-        states = {order_id: cache[order_id] for order_id in wanted if order_id in cache}
-        if self._complete(cache):
-            return states
-        ids = sorted(wanted - states.keys())
-        if ids:
-            self._settle()
-        for start in range(0, len(ids), 1000):
-            quoted = ", ".join(sql_string(order_id) for order_id in ids[start : start + 1000])
-            rows = self.store.query(
-                f"SELECT {', '.join(ORDERS_COLUMNS)} FROM {self.store.database}.orders FINAL "
-                f"WHERE order_id IN ({quoted})"
-            )
-            for row in rows:
-                state = dict(zip(ORDERS_COLUMNS, row, strict=True))
-                states[row[0]] = state
-                cache.remember(row[0], state)
-        return states
-
-    def _load_stock(
-        self, events: list[tuple[StockEvent, Position]]
-    ) -> dict[tuple[str, str], StockLevel]:
-        wanted = {(e.sku, e.location) for e, _ in events}
-        cache = self._stock
-        levels = {key: cache[key] for key in wanted if key in cache}
-        if self._complete(cache):
-            return levels
-        keys = wanted - levels.keys()
-        if not keys:
-            return levels
-        self._settle()
-        skus = ", ".join(sql_string(sku) for sku in sorted({sku for sku, _ in keys}))
-        locations = ", ".join(sql_string(loc) for loc in sorted({loc for _, loc in keys}))
-        rows = self.store.query(
-            f"SELECT {', '.join(STOCK_LEVELS_COLUMNS)} FROM {self.store.database}.stock_levels "
-            f"FINAL WHERE sku IN ({skus}) AND location IN ({locations})"
-        )
-        for row in rows:
-            level = dict(zip(STOCK_LEVELS_COLUMNS, row, strict=True))
-            key = (level["sku"], level["location"])
-            if key in keys:
-                levels[key] = level
-                cache.remember(key, level)
-        return levels
+        stats.rows[table] = rows.count
+        return lambda: rows.insert(self.store, table)
 
     # ------------------------------------------------------------ running
 
@@ -820,12 +489,12 @@ class Projector:
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="projector-read") as reader,
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="projector-write") as writer,
         ):
-            polled: Future[Any] | None = reader.submit(self.read_batch)
+            polled: Future[DecodedBatch[Any]] | None = reader.submit(self.read_batch)
             try:
                 while polled is not None:
-                    messages = polled.result()
+                    batch = polled.result()
                     polled = None if stopping else reader.submit(self.read_batch)
-                    prepared = self._prepare(messages)
+                    prepared = self._prepare(batch)
                     if pending is not None:
                         stats = self._finish(pending)
                         pending = None
@@ -916,20 +585,12 @@ class Projector:
         self._publisher.dead_letter(letter, then=note)
 
 
-_order_values = itemgetter(*ORDERS_COLUMNS)  # an `orders` row (dict) as the INSERT's tuple
-_level_values = itemgetter(*STOCK_LEVELS_COLUMNS)
-
-
 def _one_line(error: Exception) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
 def _has_content(stats: BatchStats) -> bool:
     return bool(stats.events or stats.stock_events or stats.dead_lettered)
-
-
-def _at(where: Position) -> tuple[str, int, int]:
-    return where.topic, where.partition, where.offset
 
 
 def lease_key(settings: Settings, store: ClickHouseStore) -> str:

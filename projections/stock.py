@@ -1,22 +1,9 @@
 """The stock ledger folded into levels per sku@location: pure functions, no I/O.
 
-How each ledger event moves the levels (ATP = on_hand − reserved − safety_stock):
-
-| event | on_hand | reserved | safety_stock |
-|---|---|---|---|
-| StockReceived, ExpiryBatchAdded | + quantity | | |
-| StockAdjusted | + delta | | |
-| StockCounted | = counted | | |
-| StockReserved | | + quantity | |
-| StockReleased | | − quantity | |
-| StockCommitted | − quantity | − quantity | |
-| SafetyStockSet | | | = quantity |
-| ExpiryBatchExpired | − quantity | | |
-| LowStockAlerted, StockReservationRefused | | | |
-
-The same rules as the inventory agent's ledger (`streams.inventory.apply`, which a test holds
-this to); an ExpiryBatchAdded is a receipt of perishable units with their date. The read model
-keeps only the levels, so it resumes from `stock_levels` alone.
+The levels move as `events.stock_levels.next_levels` says (the inventory agent's ledger moves
+them with the same function). The read model keeps only the levels, so it resumes from
+`stock_levels` alone; each event's row in `stock` also shows the event's own quantity and
+what it moved.
 """
 
 from __future__ import annotations
@@ -38,6 +25,7 @@ from events.models import (
     StockReservationRefused,
     StockReserved,
 )
+from events.stock_levels import Levels, next_levels
 from projections.orders import Position, seconds
 from projections.store import Row
 
@@ -50,31 +38,25 @@ class StockChange:
     history: Row
 
 
-def movement(event: StockEvent, on_hand: int) -> tuple[int, int, int, int | None]:
-    """(the event's own quantity, change of on_hand, change of reserved, new safety stock)."""
-    if isinstance(event, StockReceived):
-        return event.quantity, event.quantity, 0, None
+_WITH_QUANTITY = (
+    StockReceived, ExpiryBatchAdded, StockReserved, StockReleased, StockCommitted,
+    SafetyStockSet, ExpiryBatchExpired,
+)  # fmt: skip
+
+
+def _quantity(event: StockEvent) -> int:
+    """The event's own figure, as the `stock` table shows it."""
     if isinstance(event, StockAdjusted):
-        return event.delta, event.delta, 0, None
+        return event.delta
     if isinstance(event, StockCounted):
-        return event.counted, event.counted - on_hand, 0, None
-    if isinstance(event, StockReserved):
-        return event.quantity, 0, event.quantity, None
-    if isinstance(event, StockReleased):
-        return event.quantity, 0, -event.quantity, None
-    if isinstance(event, StockCommitted):
-        return event.quantity, -event.quantity, -event.quantity, None
-    if isinstance(event, SafetyStockSet):
-        return event.quantity, 0, 0, event.quantity
-    if isinstance(event, ExpiryBatchExpired):
-        return event.quantity, -event.quantity, 0, None
-    if isinstance(event, ExpiryBatchAdded):
-        return event.quantity, event.quantity, 0, None
+        return event.counted
     if isinstance(event, StockReservationRefused):
-        return event.requested, 0, 0, None
+        return event.requested
     if isinstance(event, LowStockAlerted):
-        return event.reorder_quantity, 0, 0, None
-    return 0, 0, 0, None
+        return event.reorder_quantity
+    if isinstance(event, _WITH_QUANTITY):
+        return event.quantity
+    return 0
 
 
 def _order_and_reason(event: StockEvent) -> tuple[str, str]:
@@ -91,14 +73,13 @@ def fold(state: StockLevel | None, event: StockEvent, where: Position) -> StockC
     """Apply one ledger event; None when its sequence was applied already."""
     if state is not None and event.sequence <= state["sequence"]:
         return None
-    on_hand = state["on_hand"] if state else 0
-    reserved = state["reserved"] if state else 0
-    safety = state["safety_stock"] if state else 0
-    quantity, on_hand_change, reserved_change, new_safety = movement(event, on_hand)
-    on_hand += on_hand_change
-    reserved += reserved_change
-    safety = safety if new_safety is None else new_safety
-    available = on_hand - reserved - safety
+    before = (
+        Levels(state["on_hand"], state["reserved"], state["safety_stock"]) if state else Levels()
+    )
+    on_hand, reserved, safety = after = next_levels(before, event)
+    on_hand_change, reserved_change = on_hand - before.on_hand, reserved - before.reserved
+    available = after.available_to_promise
+    quantity = _quantity(event)
     at = seconds(event.occurred_at)
     event_type = type(event).__name__
     order_id, reason = _order_and_reason(event)

@@ -54,6 +54,7 @@ from events.models import (
     deterministic_id,
     stock_key,
 )
+from events.stock_levels import Levels, next_levels
 
 ACTOR = Actor(kind=ActorKind.SYSTEM, id="inventory")
 
@@ -156,7 +157,8 @@ def apply(level: StockLevel, event: StockEvent) -> StockLevel:
             f"{level.key}: expected sequence {level.sequence + 1}, got {event.sequence} "
             f"({event.event_type} {event.event_id})"
         )
-    after = replace(_effect(level, event), sequence=event.sequence)
+    levels = next_levels(Levels(level.on_hand, level.reserved, level.safety_stock), event)
+    after = replace(_effect(level, event), sequence=event.sequence, **levels._asdict())
     if (
         after.alerted
         and isinstance(event, OPERATOR_COMMANDS)
@@ -178,18 +180,16 @@ def fold(events: Iterable[StockEvent], level: StockLevel | None = None) -> Stock
 
 
 def _effect(level: StockLevel, event: StockEvent) -> StockLevel:
+    """What the event changes besides on_hand, reserved and safety stock (`next_levels`)."""
     match event:
         case StockReceived(quantity=quantity):
-            return _operator(
-                level, event, on_hand=level.on_hand + quantity, received=level.received + quantity
-            )
+            return _operator(level, event, received=level.received + quantity)
         case ExpiryBatchAdded(batch_id=batch_id, quantity=quantity, expires_on=expires_on):
             if batch_id in level.batches:
                 raise LedgerInconsistent(f"{level.key}: batch {batch_id} added twice")
             return _operator(
                 level,
                 event,
-                on_hand=level.on_hand + quantity,
                 received=level.received + quantity,
                 batches={**level.batches, batch_id: Batch(quantity, expires_on)},
             )
@@ -197,8 +197,8 @@ def _effect(level: StockLevel, event: StockEvent) -> StockLevel:
             return _operator(level, event, **_adjustment(level, delta))
         case StockCounted(counted=counted):
             return _operator(level, event, **_adjustment(level, counted - level.on_hand))
-        case SafetyStockSet(quantity=quantity):
-            return _operator(level, event, safety_stock=quantity)
+        case SafetyStockSet():
+            return _operator(level, event)
         case ExpiryBatchExpired(batch_id=batch_id, quantity=quantity):
             batch = level.batches.get(batch_id)
             if batch is None or quantity > batch.quantity:
@@ -208,19 +208,13 @@ def _effect(level: StockLevel, event: StockEvent) -> StockLevel:
                 del batches[batch_id]
             else:
                 batches[batch_id] = replace(batch, quantity=batch.quantity - quantity)
-            return replace(
-                level,
-                on_hand=level.on_hand - quantity,
-                adjusted=level.adjusted - quantity,
-                batches=batches,
-            )
+            return replace(level, adjusted=level.adjusted - quantity, batches=batches)
         case StockReserved(reservation_id=reservation_id, quantity=quantity):
             if reservation_id in level.reservations:
                 raise LedgerInconsistent(f"{level.key}: {reservation_id} reserved twice")
             held = Reservation(event.order_id, quantity, event.expires_at)
             return replace(
                 level,
-                reserved=level.reserved + quantity,
                 reservations={**level.reservations, reservation_id: held},
                 outcomes={**level.outcomes, reservation_id: event},
             )
@@ -232,7 +226,6 @@ def _effect(level: StockLevel, event: StockEvent) -> StockLevel:
         case StockCommitted(reservation_id=reservation_id, quantity=quantity):
             return replace(
                 _closed(level, reservation_id, quantity),
-                on_hand=level.on_hand - quantity,
                 committed=level.committed + quantity,
                 batches=_consumed(level.batches, quantity),
             )
@@ -250,7 +243,6 @@ def _operator(level: StockLevel, event: StockEvent, **changes: Any) -> StockLeve
 
 def _adjustment(level: StockLevel, delta: int) -> dict[str, Any]:
     return {
-        "on_hand": level.on_hand + delta,
         "adjusted": level.adjusted + delta,
         "batches": _consumed(level.batches, -delta),
     }
@@ -286,7 +278,6 @@ def _closed(level: StockLevel, reservation_id: str, quantity: int) -> StockLevel
     outcomes[reservation_id] = outcomes.pop(reservation_id)
     return replace(
         level,
-        reserved=level.reserved - quantity,
         reservations=reservations,
         outcomes=_trimmed(outcomes, reservations),
     )

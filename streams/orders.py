@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from events.lifecycle import TRANSITIONS, OrderStatus
+from events.lifecycle import TRANSITIONS, OrderStatus, next_status
 from events.models import (
     Actor,
     ActorKind,
@@ -193,7 +193,7 @@ def apply(state: OrderState | None, event: OrderEvent) -> OrderState:
         assert isinstance(event, OrderReceived), "an order's log starts with OrderReceived"
         return OrderState(order=event, status=S.RECEIVED, version=event.sequence,
                           last_event_id=event.event_id, seen=seen)  # fmt: skip
-    status = TRANSITIONS[state.status].get(type(event), state.status)
+    status = next_status(state.status, type(event))
     changes: dict[str, Any] = {
         "status": status, "version": event.sequence, "seen": state.seen | seen,
         "last_event_id": event.event_id,

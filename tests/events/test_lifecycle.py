@@ -1,4 +1,5 @@
-"""Property tests of the order state machine (hypothesis)."""
+"""The order state machine: the table held strictly (tests/events/lifecycle_checker.py) and
+`next_status`, the one function the worker and the read model fold an order's status with."""
 
 from __future__ import annotations
 
@@ -8,8 +9,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from events.lifecycle import TRANSITIONS, InvalidTransition, OrderStatus, apply, fold
-from events.models import ORDER_EVENTS, OrderCancelled, OrderEvent, ShipmentCreated
+from events.lifecycle import TRANSITIONS, OrderStatus, next_status
+from events.models import (
+    ORDER_EVENTS,
+    OrderCancelled,
+    OrderEvent,
+    OrderModified,
+    OrderReceived,
+    OrderRouted,
+    ShipmentCreated,
+)
+from projections import orders as read_model
+from projections.orders import Position
+from streams import orders as streams_orders
+from tests.events.lifecycle_checker import InvalidTransition, apply, fold
 from tests.factories import received, strategy_for
 
 ORDER = "o-1"
@@ -161,3 +174,42 @@ def test_shipping_a_cancelled_order_is_refused_with_the_reason() -> None:
     with pytest.raises(InvalidTransition) as refused:
         fold([order, cancelled, shipped])
     assert "ShipmentCreated" in str(refused.value) and "when cancelled" in str(refused.value)
+
+
+# ---------------------------------------------------------------- next_status: the one fold
+
+
+def test_next_status_makes_every_move_the_table_allows() -> None:
+    for status, moves in TRANSITIONS.items():
+        for event_type, target in moves.items():
+            assert next_status(status, event_type) is target, (status, event_type)
+
+
+def test_a_move_the_lifecycle_does_not_allow_goes_where_its_type_always_leads_or_nowhere() -> None:
+    # OrderCancelled leads to cancelled from wherever it is allowed; OrderRouted to several.
+    assert next_status(OrderStatus.DELIVERED, OrderCancelled) is OrderStatus.CANCELLED
+    assert next_status(OrderStatus.REFUNDED, OrderRouted) is OrderStatus.REFUNDED
+
+
+def test_an_order_with_no_history_yet_starts_received() -> None:
+    assert next_status(None, OrderReceived) is OrderStatus.RECEIVED
+    assert next_status(None, OrderModified) is OrderStatus.RECEIVED
+    assert next_status(None, OrderRouted) is OrderStatus.RECEIVED
+    assert next_status(None, OrderCancelled) is OrderStatus.CANCELLED
+
+
+@PROPERTY
+@given(data=st.data())
+def test_the_worker_and_the_read_model_fold_an_order_to_the_same_status(
+    data: st.DataObject,
+) -> None:
+    events, statuses = legal_history(data)
+    worker: Any = None
+    row: Any = None
+    for n, (event, status) in enumerate(zip(events, statuses, strict=True)):
+        worker = streams_orders.apply(worker, event)
+        change = read_model.fold(row, event, Position("oms.orders.v1", 0, n))
+        assert change is not None
+        row = change.row
+        assert worker.status is status
+        assert row["status"] == status.value

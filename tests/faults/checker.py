@@ -3,9 +3,9 @@ the topics as read back, ClickHouse's tables, what the workload sent and was ack
 
 Pure functions over plain values: each property is a function `Observation -> list[Violation]`
 in `PROPERTIES`, so each can be fed a small hand-made log (tests/faults/test_checker.py). The
-order lifecycle is `events.lifecycle` (the specification); the stock ledger is folded here, in
-plain Python, and once more with `streams.inventory.apply` to hold the code's own fold to the
-conservation law. Expected read models come from `tests.projections.scenario`, never from the
+order lifecycle is `events.lifecycle.TRANSITIONS` (the specification, held strictly by
+`tests.events.lifecycle_checker`); the stock ledger is folded here, in plain Python, and once
+more with `streams.inventory.apply` to hold the code's own fold to the conservation law. Expected read models come from `tests.projections.scenario`, never from the
 projector's code.
 """
 
@@ -16,8 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from events.lifecycle import InvalidTransition, OrderStatus
-from events.lifecycle import fold as lifecycle_fold
+from events.lifecycle import OrderStatus
 from events.models import (
     DeadLetter,
     ExpiryBatchAdded,
@@ -38,6 +37,8 @@ from events.models import (
     StockReserved,
     stock_key,
 )
+from tests.events.lifecycle_checker import InvalidTransition
+from tests.events.lifecycle_checker import fold as lifecycle_fold
 
 S = OrderStatus
 # Statuses the system itself must move an order on from; every other status is at rest

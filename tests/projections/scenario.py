@@ -1,6 +1,6 @@
 """A business's order log and stock ledger, built with the event models, and the facts a test
-expects from it — computed here in plain Python (and `events.lifecycle`), never with the
-projector's code.
+expects from it — computed here in plain Python (and `tests.events.lifecycle_checker`), never
+with the projector's code.
 
 `build(orders=..., stock_events=..., seed=...)` makes deterministic histories: orders from seven
 channels in two currencies that are rejected, held and reviewed, modified, routed (some split
@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from events.lifecycle import apply
 from events.models import (
     Actor,
     ActorKind,
@@ -67,6 +66,7 @@ from events.models import (
 )
 from oms.publisher import Publisher
 from oms.settings import Settings
+from tests.events.lifecycle_checker import apply
 
 T0 = datetime(2026, 11, 20, 0, 0, tzinfo=UTC)
 DAYS = 2

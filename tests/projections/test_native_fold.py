@@ -1,4 +1,4 @@
-"""The native fold (native/avro_codec/src/projection.rs, wired by projections/native_fold.py)
+"""The native fold (native/avro_codec/src/projection/, wired by projections/native_fold.py)
 against the Python reference (`projections.orders.fold`, `projections.stock.fold`).
 
 - Without Kafka or ClickHouse: messages go straight to a native fold, its RowBinary is parsed.
@@ -38,6 +38,8 @@ import projections.projector as projector_module
 from events.codec import AvroCodec, CodecError, LocalSchemaIds
 from events.models import (
     ORDER_EVENTS,
+    STOCK_COMMANDS,
+    STOCK_EVENTS,
     Actor,
     ActorKind,
     Address,
@@ -98,8 +100,8 @@ from events.models import (
     StockReserved,
 )
 from oms.settings import Settings
-from projections import orders, stock
-from projections.native_fold import AVAILABLE, COLUMNS, native_fold
+from projections import native_fold, orders, stock
+from projections.native_fold import AVAILABLE, COLUMNS, native_projection
 from projections.orders import OrderRow, Position, event_row, seconds
 from projections.projector import BatchStats, Projector
 from projections.schema import MIGRATIONS, ORDERS_COLUMNS, READ_MODEL_NAMES, READ_MODELS
@@ -682,7 +684,7 @@ def _epoch(value: Any) -> Any:
 
 @dataclass
 class PythonFold:
-    """The reference: what `Projector._prepare_batch` does with a batch on fresh tables — the
+    """The reference: what `PythonFold` does with a batch on fresh tables — the
     Python codec, `orders.fold` and `stock.fold`, one row per key and batch for the tables
     read with FINAL, the activity summed per minute and partition."""
 
@@ -759,12 +761,12 @@ class PythonFold:
         return tuple(_epoch(row[c]) for c in ORDERS_COLUMNS if not c.startswith("_"))
 
     def level_state(self, key: tuple[str, str]) -> tuple[Any, ...] | None:
+        """The level as the projector reads it back (`LEVEL_STATE_SELECT`)."""
         level = self.levels.get(key)
         if level is None:
             return None
-        names = ("sku", "location", "on_hand", "reserved", "safety_stock", "sequence",
-                 "last_event_type", "updated_at")  # fmt: skip
-        return tuple(_epoch(level[n]) for n in names)
+        columns = COLUMNS["stock_levels"]
+        return tuple(_epoch(level[c]) for c in columns if not c.startswith("_"))
 
 
 class RowBinaryReader:
@@ -819,7 +821,7 @@ class NativeFold:
 
     def __init__(self, column_types: dict[str, list[str]], capacity: int) -> None:
         require_native()
-        self.fold = native_fold(
+        self.fold = native_projection(
             codec=CODEC, orders_topic=ORDERS_TOPIC, stock_topic=STOCK_TOPIC, capacity=capacity
         )
         self.decoder = self.fold.decoder()
@@ -1217,6 +1219,88 @@ def test_any_order_histories_fold_the_same_both_ways(
     assert not found, report(found)
 
 
+@st.composite
+def stock_ledger(draw: st.DrawFn, sku: str, location: str) -> list[StockEvent]:
+    """A sku@location's ledger events of any types (the stock commands too) in any order,
+    quantities of either sign, sequences mostly rising, some repeated."""
+    small = st.integers(-50, 500)
+    overrides: dict[str, st.SearchStrategy[Any]] = {
+        "quantity": small, "delta": small, "counted": small, "requested": small,
+        "available": small, "threshold": small, "reorder_quantity": small,
+        "reservation_id": st.sampled_from(["r1", "r2"]), "order_id": st.sampled_from(["o1", ""]),
+        "batch_id": st.sampled_from(["b1", "b2"]), "reason": st.sampled_from(["", "WHY"]),
+        "reference": st.none() | st.just("PO"),
+    }  # fmt: skip
+    models = st.sampled_from([*STOCK_EVENTS, *STOCK_COMMANDS])
+    events: list[StockEvent] = []
+    sequence, at = 0, T1
+    for model in draw(st.lists(models, min_size=1, max_size=12)):
+        sequence = max(
+            draw(st.sampled_from([sequence + 1, sequence + 1, sequence + 3, sequence])), 1
+        )
+        at += timedelta(seconds=draw(st.integers(-120, 3600)))
+        fields = {
+            n: draw(overrides.get(n, tricky(f.annotation)))
+            for n, f in model.model_fields.items()
+            if n not in Event.model_fields and n not in StockEvent.model_fields
+        }
+        events.append(stock_event(model, sku, location, sequence, at, **fields))
+    return events
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_any_stock_ledgers_fold_the_same_both_ways(
+    data: st.DataObject, column_types: dict[str, list[str]]
+) -> None:
+    """The native fold moves the levels as `events.stock_levels.next_levels` says (which the
+    Python fold uses), for every ledger event type."""
+    keys = [("A", "W1"), ("A", "S1"), ("B", "W1")][: data.draw(st.integers(1, 3))]
+    ledgers = [data.draw(stock_ledger(sku, location)) for sku, location in keys]
+    labels = data.draw(st.permutations([n for n, ledger in enumerate(ledgers) for _ in ledger]))
+    pending = [iter(ledger) for ledger in ledgers]
+    mixed = [put(next(pending[n])) for n in labels]
+    found, rows = fold_both(
+        mixed,
+        column_types,
+        batch_size=data.draw(st.integers(1, 8)),
+        capacity=data.draw(st.sampled_from([1, 100])),
+    )
+    assert not found, report(found)
+    assert rows["stock"] > 0
+
+
+def test_a_column_the_native_fold_cannot_write_is_refused_when_it_is_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    require_native()
+    columns = {**COLUMNS, "orders": (*COLUMNS["orders"], "loyalty_tier")}
+    monkeypatch.setattr(native_fold, "COLUMNS", columns)
+    with pytest.raises(ValueError, match='gives orders a column "loyalty_tier"'):
+        native_projection(codec=CODEC, orders_topic=ORDERS_TOPIC, stock_topic=STOCK_TOPIC,
+                          capacity=10)  # fmt: skip
+
+
+def test_the_native_fold_writes_the_columns_it_is_given_in_their_order(
+    monkeypatch: pytest.MonkeyPatch, column_types: dict[str, list[str]]
+) -> None:
+    """projections/schema.py is the one source of the columns: given them in another order,
+    the native fold's rows follow it."""
+    reversed_columns = {table: tuple(reversed(columns)) for table, columns in COLUMNS.items()}
+    monkeypatch.setattr(native_fold, "COLUMNS", reversed_columns)
+    native = NativeFold({t: list(reversed(kinds)) for t, kinds in column_types.items()}, 100)
+    reference = PythonFold()
+    messages = on_partitions(LOGS["lifecycle"]() + LOGS["stock"]())
+    theirs = native.batch(messages, reference)
+    ours = reference.batch(messages)
+    found = []
+    for table, columns in reversed_columns.items():
+        expected = [tuple(reversed(row)) for row in ours.tables[table]]
+        found += differences(table, columns, expected, theirs.tables[table])
+        assert theirs.tables[table], table
+    assert not found, report(found)
+
+
 # ---------------------------------------------------------------- both projectors, for real
 
 
@@ -1246,7 +1330,7 @@ def project(settings: Settings, store: ClickHouseStore, *, native: bool) -> Coun
         native=native,
     )  # fmt: skip
     # The projector falls back to the Python fold silently where the extension is missing.
-    assert (projector._native is not None) == native
+    assert isinstance(projector.fold, native_fold.NativeFold) == native
     totals: Counter[str] = Counter()
 
     def count(stats: BatchStats) -> None:

@@ -333,7 +333,7 @@ def test_a_batch_ends_after_batch_seconds_when_no_write_is_in_flight() -> None:
 
     projector = _polling_projector()
     started = time.monotonic()
-    batch = projector.poll_batch()
+    batch = [message for chunk in projector.poll() for message in chunk]
     assert time.monotonic() - started < 0.3
     assert 1 <= len(batch) <= 15
 
@@ -348,7 +348,7 @@ def test_a_batch_keeps_filling_while_the_one_before_is_being_written() -> None:
     projector._pending = writing
     threading.Timer(0.5, writing.set_result, args=(None,)).start()
     started = time.monotonic()
-    batch = projector.poll_batch()
+    batch = [message for chunk in projector.poll() for message in chunk]
     assert writing.done()  # it ended only once the write had
     assert time.monotonic() - started >= 0.5
     assert len(batch) > 15  # what arrived meanwhile, in this one batch

@@ -56,6 +56,7 @@ from streams.customers import CustomerHistory
 from streams.fraud import FraudRules
 from streams.partitions import LedgerPartition, OrderPartition
 from streams.reference import load_catalogue
+from tests.events import lifecycle_checker
 from tests.factories import received
 
 CATALOGUE = load_catalogue()
@@ -399,7 +400,7 @@ class ReservationProtocol(RuleBasedStateMachine):
         for order_id, events in log.items():
             ids = [e.event_id for e in events]
             assert len(ids) == len(set(ids)), f"{order_id}: an event written twice"
-            lifecycle.fold(events)  # raises on a gap or an illegal transition
+            lifecycle_checker.fold(events)  # raises on a gap or an illegal transition
             assert orders.fold(events) == states[order_id], f"{order_id}: state != fold of log"
 
         # Every order settled, and the ledger holds exactly what the orders hold.

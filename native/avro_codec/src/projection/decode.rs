@@ -1,0 +1,235 @@
+//! Kafka messages → decoded events, on the projector's reading thread (`Decoder`): the Avro
+//! body of a message in a current schema is decoded here; anything else (an older schema
+//! version, corrupt bytes, an event on the wrong topic) goes through the Python codec, which
+//! re-encodes an older event in the current schema or names why the message is rejected.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyString};
+
+use crate::value::{self, Node, Reader, Value};
+
+/// Which log a message is on: the order log, the stock ledger (or neither).
+pub(crate) const ORDERS: u8 = 0;
+pub(crate) const STOCK: u8 = 1;
+const OTHER: u8 = 2;
+
+/// Where a message sits on Kafka; every row carries the position of the event it came from.
+#[derive(Clone, Copy)]
+pub(crate) struct Position {
+    pub(crate) topic: u8,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+}
+
+/// A current schema: the event type it encodes, its log, how to decode it.
+pub(crate) struct EventSchema {
+    pub(crate) type_name: String,
+    pub(crate) kind: u8,
+    root: Node,
+}
+
+/// One event of a batch, decoded.
+pub(crate) struct Decoded {
+    pub(crate) event: Value,
+    pub(crate) schema: Arc<EventSchema>,
+    pub(crate) at: Position,
+}
+
+pub(crate) type Schemas = Arc<HashMap<u32, Arc<EventSchema>>>;
+
+/// The current schemas by id, from (schema id, event type, "order" or "stock", plan).
+pub(crate) fn schemas(entries: &Bound<'_, PyList>) -> PyResult<Schemas> {
+    let mut by_id = HashMap::new();
+    for entry in entries.iter() {
+        let (schema_id, type_name, kind, plan): (u32, String, String, Bound<'_, PyAny>) =
+            entry.extract()?;
+        let kind = match kind.as_str() {
+            "order" => ORDERS,
+            "stock" => STOCK,
+            other => return Err(PyValueError::new_err(format!("unknown event kind {other}"))),
+        };
+        by_id.insert(
+            schema_id,
+            Arc::new(EventSchema {
+                type_name,
+                kind,
+                root: value::build(&plan)?,
+            }),
+        );
+    }
+    Ok(Arc::new(by_id))
+}
+
+/// Decodes batches for a `Projection` (its `decoder()`), on another thread than the fold's.
+#[pyclass(module = "orderstream_avro", frozen)]
+pub struct Decoder {
+    pub(crate) topics: [String; 2],
+    pub(crate) schemas: Schemas,
+    /// `fallback(raw, topic)`: current-schema bytes for a message this decoder does not take
+    /// (an older schema version, a corrupt body), or the CodecError's reason as a str.
+    pub(crate) fallback: PyObject,
+}
+
+/// A decoded batch, waiting for `Projection.fold`.
+#[pyclass(module = "orderstream_avro")]
+pub struct Batch {
+    pub(crate) decoded: Vec<Decoded>,
+}
+
+#[pymethods]
+impl Batch {
+    /// Append another decoded part of the same batch (taking its events).
+    fn extend(&mut self, other: &mut Batch) {
+        self.decoded.append(&mut other.decoded);
+    }
+
+    fn __len__(&self) -> usize {
+        self.decoded.len()
+    }
+}
+
+#[pymethods]
+impl Decoder {
+    /// Decode a batch of Kafka messages: (the batch for `Projection.fold`, rejected messages
+    /// as (topic, partition, offset, raw, reason), the ledger as (topic, partition, last
+    /// offset, count), order events, stock events).
+    #[allow(clippy::type_complexity)]
+    fn decode<'py>(
+        &self,
+        py: Python<'py>,
+        messages: &Bound<'py, PyList>,
+    ) -> PyResult<(
+        Batch,
+        Vec<(String, i32, i64, Bound<'py, PyAny>, String)>,
+        Vec<(String, i32, i64, i64)>,
+        usize,
+        usize,
+    )> {
+        let mut decoded = Vec::with_capacity(messages.len());
+        let mut rejected = Vec::new();
+        let mut ledger: Vec<((String, i32), (i64, i64))> = Vec::new();
+        let mut ledger_index: HashMap<(u8, i32), usize> = HashMap::new();
+        let (mut order_events, mut stock_events) = (0, 0);
+        for message in messages.iter() {
+            let topic_obj = message.call_method0("topic")?;
+            let topic = topic_obj.downcast::<PyString>()?.to_str()?;
+            let partition: i32 = message.call_method0("partition")?.extract()?;
+            let offset: i64 = message.call_method0("offset")?.extract()?;
+            let raw = message.call_method0("value")?;
+            let index = if topic == self.topics[0] {
+                ORDERS
+            } else if topic == self.topics[1] {
+                STOCK
+            } else {
+                OTHER
+            };
+            let key = (index, partition);
+            match ledger_index.get(&key) {
+                Some(&i) => {
+                    let entry = &mut ledger[i].1;
+                    entry.0 = entry.0.max(offset);
+                    entry.1 += 1;
+                }
+                None => {
+                    ledger_index.insert(key, ledger.len());
+                    ledger.push(((topic.to_owned(), partition), (offset, 1)));
+                }
+            }
+            let at = Position {
+                topic: index,
+                partition,
+                offset,
+            };
+            let bytes: &[u8] = if raw.is_none() {
+                &[]
+            } else {
+                raw.downcast::<PyBytes>()?.as_bytes()
+            };
+            match self.decode_one(py, bytes, topic, index)? {
+                Ok((event, schema)) => {
+                    if schema.kind == ORDERS {
+                        order_events += 1;
+                    } else {
+                        stock_events += 1;
+                    }
+                    decoded.push(Decoded { event, schema, at });
+                }
+                Err(reason) => {
+                    let raw = if raw.is_none() {
+                        PyBytes::new(py, b"").into_any()
+                    } else {
+                        raw
+                    };
+                    rejected.push((topic.to_owned(), partition, offset, raw, reason));
+                }
+            }
+        }
+        let ledger = ledger
+            .into_iter()
+            .map(|((t, p), (last, n))| (t, p, last, n))
+            .collect();
+        Ok((
+            Batch { decoded },
+            rejected,
+            ledger,
+            order_events,
+            stock_events,
+        ))
+    }
+}
+
+impl Decoder {
+    /// One message: (the event, its schema) or the reason it is rejected.
+    fn decode_one(
+        &self,
+        py: Python<'_>,
+        raw: &[u8],
+        topic: &str,
+        index: u8,
+    ) -> PyResult<Result<(Value, Arc<EventSchema>), String>> {
+        if let Some(found) = self.decode_current(raw, topic, index) {
+            return Ok(found);
+        }
+        // Not a current schema, or not decodable here: the Python codec says what it is.
+        let answer = self.fallback.call1(py, (PyBytes::new(py, raw), topic))?;
+        let answer = answer.bind(py);
+        if let Ok(reason) = answer.downcast::<PyString>() {
+            return Ok(Err(reason.to_str()?.to_owned()));
+        }
+        let current = answer.downcast::<PyBytes>()?.as_bytes();
+        Ok(match self.decode_current(current, topic, index) {
+            Some(found) => found,
+            None => Err("the native projector could not decode the current schema's bytes".into()),
+        })
+    }
+
+    /// None unless the message is in a current schema this decoder knows and decodes whole.
+    fn decode_current(
+        &self,
+        raw: &[u8],
+        topic: &str,
+        index: u8,
+    ) -> Option<Result<(Value, Arc<EventSchema>), String>> {
+        if raw.len() < 5 || raw[0] != 0 {
+            return None;
+        }
+        let schema_id = u32::from_be_bytes(raw[1..5].try_into().unwrap());
+        let schema = self.schemas.get(&schema_id)?;
+        let mut reader = Reader { data: raw, pos: 5 };
+        let event = value::decode(&schema.root, &mut reader).ok()?;
+        if reader.pos != raw.len() {
+            return None;
+        }
+        if schema.kind != index {
+            return Some(Err(format!(
+                "{} does not belong on {}",
+                schema.type_name, topic
+            )));
+        }
+        Some(Ok((event, schema.clone())))
+    }
+}
