@@ -25,8 +25,8 @@ from bench.kafka_tools import producer_perf_test, scratch_topics
 from connectors.simulator import PROFILES, sample_order
 from connectors.webshop import WebshopConnector, sample_payload
 from events.codec import AvroCodec
-from oms.publisher import Publisher
-from oms.settings import Settings
+from infra.publisher import Publisher
+from infra.settings import Settings
 
 IMPORT_TARGET_PER_S = 20_000
 WEBHOOK_P99_TARGET_MS = 20.0

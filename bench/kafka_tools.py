@@ -10,7 +10,8 @@ from contextlib import contextmanager
 
 from confluent_kafka.admin import AdminClient
 
-from oms.settings import Settings, Topics
+from infra.kafka import admin_config
+from infra.settings import Settings, Topics
 from oms.stack import KafkaService
 
 
@@ -41,6 +42,6 @@ def scratch_topics(settings: Settings, prefix: str) -> Iterator[Settings]:
     try:
         yield scratch
     finally:
-        admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+        admin = AdminClient(admin_config(settings.kafka_bootstrap))
         for future in admin.delete_topics(topics.all(), operation_timeout=30).values():
             future.result(timeout=60)

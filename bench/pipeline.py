@@ -42,8 +42,9 @@ from events.models import (
     deterministic_id,
     utc_now,
 )
+from infra.kafka import admin_config, consumer_config, producer_config
+from infra.settings import Settings
 from oms import operations
-from oms.settings import Settings
 from streams.reference import DEFAULT_FILE, load_catalogue
 
 THROUGHPUT_TARGET_PER_S = 2000
@@ -135,10 +136,10 @@ class Watcher:
     def __init__(self, settings: Settings, topic: str) -> None:
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-        self.consumer = Consumer({
-            "bootstrap.servers": settings.kafka_bootstrap, "group.id": f"watch-{time.time_ns()}",
-            "enable.auto.commit": False, "fetch.wait.max.ms": 10,
-        })  # fmt: skip
+        self.consumer = Consumer(consumer_config(
+            settings.kafka_bootstrap, group_id=f"watch-{time.time_ns()}",
+            **{"fetch.wait.max.ms": 10},
+        ))  # fmt: skip
         partitions = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
         self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         self.seen: dict[str, float] = {}  # key -> Kafka timestamp (s)
@@ -180,7 +181,7 @@ def _wait_for_group(settings: Settings, *, members: int, timeout_s: float) -> No
     from confluent_kafka import ConsumerGroupState
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(admin_config(settings.kafka_bootstrap))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         group = settings.consumer_group
@@ -196,8 +197,11 @@ def publish_orders(settings: Settings, topic: str, batch: list[OrderReceived], *
     """Publish, paced at `rate` per second (None: as fast as possible); returns send times."""
     from confluent_kafka import Producer
 
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 1,
-                         "partitioner": "murmur2_random", "acks": "all"})  # fmt: skip
+    # As the channels' publisher, without idempotence or compression (as measured before).
+    producer = Producer(producer_config(
+        settings.kafka_bootstrap,
+        **{"linger.ms": 1, "enable.idempotence": False, "compression.type": "none"},
+    ))  # fmt: skip
     encoded = [(o.order_id, CODEC.encode(o)) for o in batch]
     sent: dict[str, float] = {}
     begin = time.perf_counter()

@@ -42,7 +42,8 @@ from events.models import (
     deterministic_id,
     utc_now,
 )
-from oms.settings import Settings
+from infra.kafka import producer_config
+from infra.settings import Settings
 from projections.projector import Projector
 from projections.rebuild import rebuild
 from projections.schema import migrate
@@ -60,11 +61,11 @@ def produce_history(settings: Settings, *, events: int) -> int:
     from confluent_kafka import Producer
 
     codec = AvroCodec()
-    producer = Producer({
-        "bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 20,
-        "batch.num.messages": 10000, "partitioner": "murmur2_random", "compression.type": "lz4",
-        "queue.buffering.max.messages": 500000,
-    })  # fmt: skip
+    producer = Producer(producer_config(
+        settings.kafka_bootstrap,
+        **{"linger.ms": 20, "batch.num.messages": 10000, "enable.idempotence": False,
+           "acks": 1, "queue.buffering.max.messages": 500000},
+    ))  # fmt: skip
     count = 0
     ledger_sequence = 1
 

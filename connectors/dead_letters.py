@@ -13,15 +13,15 @@ from connectors.intake import csv_row_as_json
 from connectors.registry import available
 from events.codec import AvroCodec, CodecError
 from events.models import DeadLetter, utc_now
-from oms.publisher import Publisher
-from oms.settings import Settings
+from infra.kafka import consumer_config
+from infra.publisher import Publisher
+from infra.settings import Settings
 
 
 def read_dead_letters(settings: Settings, *, timeout_s: float = 30.0) -> Iterator[DeadLetter]:
     """Every dead letter on the topic, oldest first per partition (reads up to the end)."""
     topic = settings.topics.dlq
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
-                         "group.id": "oms-dlq-reader", "enable.auto.commit": False})  # fmt: skip
+    consumer = Consumer(consumer_config(settings.kafka_bootstrap, group_id="oms-dlq-reader"))
     codec = AvroCodec.for_registry(settings.schema_registry_url)
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions

@@ -17,8 +17,8 @@ from typing import Any
 from connectors.base import Connector, PayloadRejected
 from events.codec import CodecError
 from events.models import DeadLetter, utc_now
-from oms.publisher import Publisher
-from oms.settings import Settings
+from infra.publisher import Publisher
+from infra.settings import Settings
 
 
 @dataclass(frozen=True)

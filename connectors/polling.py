@@ -15,7 +15,7 @@ from pathlib import Path
 
 from connectors.base import Connector, PayloadRejected
 from events.models import DeadLetter, utc_now
-from oms.publisher import Publisher, PublishError
+from infra.publisher import Publisher, PublishError
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from connectors.base import Connector, PayloadRejected
 from connectors.registry import available
 from connectors.samples import SampleLine, SampleOrder
 from events.models import DeadLetter, OrderMode, utc_now
-from oms.publisher import Publisher
+from infra.publisher import Publisher
 
 # (id, name, latitude, longitude)
 STORES = [

@@ -19,10 +19,10 @@ import uuid
 from aiohttp import web
 
 from connectors.base import Connector, PayloadRejected, SignatureRejected
-from connectors.problems import problem
 from connectors.registry import UnknownChannel, connector_for
 from events.models import DeadLetter, utc_now
-from oms.publisher import AsyncPublisher, PublishError
+from infra.http import problem
+from infra.publisher import AsyncPublisher, PublishError
 
 MAX_BODY_BYTES = 1 << 20
 PUBLISHER = web.AppKey("publisher", AsyncPublisher)

@@ -6,9 +6,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from connectors import webhooks
+from infra.publisher import AsyncPublisher
+from infra.settings import Settings
 from oms import operations
-from oms.publisher import AsyncPublisher
-from oms.settings import Settings
 from projections import read_api
 
 

@@ -21,8 +21,9 @@ from connectors.samples import MALFORMED_LINES, sample_lines
 from connectors.webshop import WebshopConnector
 from events.codec import AvroCodec, CodecError
 from events.models import OrderAccepted, OrderRejected
-from oms.publisher import LIBRDKAFKA_LOG, Publisher
-from oms.settings import Settings
+from infra.kafka import consumer_config
+from infra.publisher import Publisher
+from infra.settings import Settings
 from oms.stack import Stack
 from projections.projector import Projector
 from projections.queries import fulfilment_queue, status_counts
@@ -67,13 +68,7 @@ class DemoSummary:
 
 
 def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": "oms-demo",
-            "logger": LIBRDKAFKA_LOG,
-        }
-    )
+    consumer = Consumer(consumer_config(settings.kafka_bootstrap, group_id="oms-demo"))
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         return {
@@ -90,14 +85,7 @@ def count_verdicts(
     """Accepted verdicts on the order log (the source of truth) for these orders, and the
     rejected ones by reason code (the first the rejection names)."""
     topic = settings.topics.orders
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": "oms-demo",
-            "enable.auto.commit": False,
-            "logger": LIBRDKAFKA_LOG,
-        }
-    )
+    consumer = Consumer(consumer_config(settings.kafka_bootstrap, group_id="oms-demo"))
     codec = AvroCodec.for_registry(settings.schema_registry_url)
     verdicts: dict[str, str] = {}  # order id -> "accepted" or the rejection's reason code
     end = end_offsets(settings, topic)

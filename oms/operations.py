@@ -28,7 +28,7 @@ from events.models import (
     StockReceived,
     utc_now,
 )
-from oms.settings import Settings
+from infra.settings import Settings
 
 
 class CommandRejected(ValueError):
@@ -160,7 +160,7 @@ def topic_for(settings: Settings, event: Event) -> str:
 
 def send(settings: Settings, event: Event) -> None:
     """Publish one command and wait for Kafka's ack."""
-    from oms.publisher import Publisher
+    from infra.publisher import Publisher
 
     publisher = Publisher(settings)
     publisher.publish(topic_for(settings, event), event)
@@ -200,7 +200,7 @@ def add_routes(app: Any, publisher: Any, settings: Settings) -> None:
     from aiohttp import web
 
     from events.models import DeadLetter
-    from oms.publisher import PublishError
+    from infra.publisher import PublishError
 
     async def accept(request: web.Request, build: Any) -> web.Response:
         raw = await request.read()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from oms.settings import PROJECT_ROOT, Settings
+from infra.settings import PROJECT_ROOT, Settings
 
 KAFKA_POM = PROJECT_ROOT / "kafka" / "pom.xml"
 START_TIMEOUT_S = 90.0
@@ -143,9 +143,9 @@ class KafkaService:
         return f"{self.host}:{self.port}"
 
     def _admin_config(self) -> dict[str, Any]:
-        from oms.publisher import LIBRDKAFKA_LOG
+        from infra.kafka import admin_config
 
-        return {"bootstrap.servers": self.address, "logger": LIBRDKAFKA_LOG}
+        return admin_config(self.address)
 
     def ensure_installed(self) -> None:
         libs = self.settings.kafka_libs_dir

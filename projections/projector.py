@@ -50,8 +50,8 @@ from confluent_kafka import (
 
 from events.codec import AvroCodec, CodecError, message_ref
 from events.models import DeadLetter
-from oms.publisher import Publisher
-from oms.settings import Settings
+from infra.publisher import Publisher
+from infra.settings import Settings
 from projections.fold import (
     BatchFold,
     DecodedBatch,

@@ -28,9 +28,9 @@ from urllib.parse import urlencode, urlparse
 from aiohttp import web
 from multidict import MultiMapping
 
-from connectors.problems import problem as _problem
 from events.lifecycle import OrderStatus
-from oms.settings import Settings
+from infra.http import problem as _problem
+from infra.settings import Settings
 from projections.queries import list_orders, order_history, order_state
 from projections.reports import REPORTS, Report, ReportError, parameter_literal, run_report
 from projections.store import ClickHouseStore, StoreError, connect

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from oms.settings import Settings
+from infra.settings import Settings
 from projections.lease import ProjectorLease
 from projections.projector import BatchStats, Projector, lease_key
 from projections.schema import READ_MODEL_NAMES, migrate

@@ -1,6 +1,6 @@
 """When the projector reconnects: which failures are transient (Kafka or ClickHouse away for a
 while: wait and resume), how long it waits between attempts (capped exponential backoff with
-jitter), and the exit code of a failure that is not (oms/exit_codes.py).
+jitter), and the exit code of a failure that is not (infra/exit_codes.py).
 
 A transient failure never ends the projector: it resumes as a start does, from what ClickHouse
 holds (projections/projector.py), whatever the failure cut short. Only a retry budget, when one
@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaError, KafkaException
 from pydantic import ValidationError
 
-from oms.exit_codes import ExitCode
-from oms.publisher import PublishError
+from infra.exit_codes import ExitCode
+from infra.publisher import PublishError
 from projections.store import StoreMisconfigured, StoreUnavailable
 
 

@@ -14,7 +14,7 @@ import pytest
 from confluent_kafka import Consumer
 from hypothesis import settings as hypothesis_settings
 
-from oms.settings import Settings, Topics
+from infra.settings import Settings, Topics
 from oms.stack import ClickHouseService, KafkaService
 from projections.store import ClickHouseStore, connect, with_database_url
 

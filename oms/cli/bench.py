@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from oms.settings import get_settings
+from infra.settings import get_settings
 
 Figures = dict[str, Any]
 

@@ -7,7 +7,7 @@ import logging
 
 import click
 
-from oms.settings import get_settings
+from infra.settings import get_settings
 
 
 @click.command()

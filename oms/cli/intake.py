@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from oms.settings import get_settings
+from infra.settings import get_settings
 
 
 @click.command()
@@ -21,7 +21,7 @@ def connect(channel: str, file: Path, progress: bool) -> None:
     """Publish a channel's orders from FILE (JSON lines, or CSV with a header row)."""
     from connectors.intake import count_payloads, import_file
     from connectors.registry import UnknownChannel, connector_for
-    from oms.publisher import Publisher
+    from infra.publisher import Publisher
 
     try:
         connector = connector_for(channel)
@@ -66,7 +66,7 @@ def connect(channel: str, file: Path, progress: bool) -> None:
 def simulate(profile_name: str, rate: float, duration: float, seed: int | None) -> None:
     """Realistic channel traffic through the real connectors into the intake topic."""
     from connectors.simulator import simulate as run
-    from oms.publisher import Publisher
+    from infra.publisher import Publisher
 
     if rate <= 0 or duration <= 0:
         raise click.BadParameter("must be positive", param_hint="--rate/--duration")

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from oms.settings import get_settings
+from infra.settings import get_settings
 
 
 def _send_command(build: Any, **kwargs: Any) -> None:
@@ -244,8 +244,8 @@ def catalogue() -> None:
 @click.option("--by", "actor", default="operator", show_default=True)
 def catalogue_publish(file: Path, actor: str) -> None:
     """Send every product and location in FILE as an update; running workers take them."""
+    from infra.publisher import Publisher
     from oms.operations import CommandRejected, catalogue_updates, topic_for
-    from oms.publisher import Publisher
 
     settings = get_settings()
     try:

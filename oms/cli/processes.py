@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from oms.settings import get_settings
+from infra.settings import get_settings
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -85,7 +85,7 @@ def project(
 ) -> None:
     """Project the order log and the stock ledger into ClickHouse, resuming where ClickHouse
     left off (docs/read-models.md). Exit codes: docs/operations.md."""
-    from oms.exit_codes import run_until_stopped
+    from infra.exit_codes import run_until_stopped
     from projections.reconnect import exit_code
 
     def main() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from oms.settings import get_settings
+from infra.settings import get_settings
 
 
 class _ReportGroup(click.Group):

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from oms.settings import get_settings
+from infra.settings import get_settings
 
 
 @click.group()

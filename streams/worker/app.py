@@ -27,12 +27,12 @@ import mode
 
 from events.codec import AvroCodec, CodecError, message_ref
 from events.models import DeadLetter, Event, OrderEvent, StockEvent, stock_key, utc_now
-from oms.settings import Settings, get_settings
+from infra.replay import read_partition
+from infra.settings import Settings, get_settings
 from streams import capacity, inventory, orders
 from streams.partitions import LedgerPartition, OrderPartition
 from streams.reference import load_catalogue, load_rules
 from streams.worker.faust_compat import App
-from streams.worker.replay import read_partition
 from streams.worker.sink import Acks, Outputs, Sink, checkpoint
 from streams.worker.views import SharedViews
 

@@ -12,8 +12,9 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
-from oms.exit_codes import ExitCode
-from oms.settings import Settings, get_settings
+from infra.exit_codes import ExitCode
+from infra.kafka import admin_config
+from infra.settings import Settings, get_settings
 from streams.worker.app import create_app
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def missing_topics(settings: Settings) -> list[str]:
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(admin_config(settings.kafka_bootstrap))
     delay = 0.5
     while True:
         try:

@@ -22,6 +22,8 @@ from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from infra.kafka import producer_config
+
 log = logging.getLogger(__name__)
 WAIT_NOTICE_S = 30  # how often a wait for Kafka's acknowledgements says it is still waiting
 
@@ -66,14 +68,11 @@ class _Batch:
 
 class Sink:
     def __init__(self, bootstrap: str) -> None:
-        self._producer = Producer({
-            "bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
-            "linger.ms": 2, "compression.type": "lz4", "partitioner": "murmur2_random",
-            # Kept until the broker takes it, however long it is away (a broker restart, a
-            # network partition): the worker waits rather than giving up on an output. With
-            # idempotence, order per partition survives the retries.
-            "message.timeout.ms": 0,
-        })  # fmt: skip
+        # An output is kept until the broker takes it, however long it is away (a broker
+        # restart, a network partition): the worker waits rather than giving up on it. With
+        # idempotence, order per partition survives the retries.
+        config = producer_config(bootstrap, **{"linger.ms": 2, "message.timeout.ms": 0})
+        self._producer = Producer(config)
         self._errors: list[str] = []
         self._lock = threading.Lock()
         self._open = _Batch(self)

@@ -34,6 +34,7 @@ from events.models import (
     StockEvent,
     stock_key,
 )
+from infra.kafka import consumer_config
 from streams import inventory
 from streams.catalogue import Catalogue, slot_start
 from streams.customers import CustomerHistory
@@ -134,10 +135,10 @@ class SharedViews:
     def _run(self, bootstrap: str, topics: list[str]) -> None:
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-        consumer = Consumer({
-            "bootstrap.servers": bootstrap, "group.id": f"views-{uuid.uuid4().hex}",
-            "enable.auto.commit": False, "fetch.wait.max.ms": 20,
-        })  # fmt: skip
+        config = consumer_config(
+            bootstrap, group_id=f"views-{uuid.uuid4().hex}", **{"fetch.wait.max.ms": 20}
+        )
+        consumer = Consumer(config)
         try:
             ends: dict[tuple[str, int], int] = {}
             assignment = []

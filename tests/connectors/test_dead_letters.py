@@ -10,8 +10,8 @@ import pytest
 from connectors.dead_letters import read_dead_letters, replay
 from events.codec import AvroCodec
 from events.models import DeadLetter
-from oms.publisher import Publisher
-from oms.settings import Settings
+from infra.publisher import Publisher
+from infra.settings import Settings
 from tests.conftest import FIXTURES, read_topic, settings_env
 
 pytestmark = pytest.mark.integration

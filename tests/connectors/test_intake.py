@@ -13,8 +13,8 @@ from connectors.phone import PhoneConnector
 from connectors.webshop import WebshopConnector
 from events.codec import AvroCodec
 from events.models import OrderModified, OrderReceived
-from oms.publisher import Publisher
-from oms.settings import Settings
+from infra.publisher import Publisher
+from infra.settings import Settings
 from tests.conftest import FIXTURES, read_topic
 
 pytestmark = pytest.mark.integration

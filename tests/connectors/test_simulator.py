@@ -21,9 +21,9 @@ from connectors.registry import available
 from connectors.simulator import PROFILES, Send, simulate, traffic
 from events.codec import AvroCodec
 from events.models import DeadLetter, LocationPaused, OrderModified, OrderReceived
+from infra.publisher import DeliveryCount
+from infra.settings import Settings
 from oms.cli.intake import simulate as simulate_command
-from oms.publisher import DeliveryCount
-from oms.settings import Settings
 from streams import capacity
 from streams.catalogue import Catalogue, slot_start
 from streams.reference import load_catalogue

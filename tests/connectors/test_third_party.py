@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from events.codec import AvroCodec
-from oms.settings import Settings
+from infra.settings import Settings
 from tests.conftest import read_topic, settings_env
 
 EXAMPLE = Path(__file__).parent.parent / "example_connector"

@@ -14,8 +14,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from events.codec import AvroCodec
 from events.models import DeadLetter, OrderReceived
+from infra.settings import Settings
 from oms.api import create_app
-from oms.settings import Settings
 from tests.conftest import FIXTURES, read_topic
 
 pytestmark = pytest.mark.integration

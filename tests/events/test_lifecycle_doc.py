@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from events.lifecycle import lifecycle_markdown
-from oms.settings import PROJECT_ROOT
+from infra.settings import PROJECT_ROOT
 
 
 def test_the_documented_table_and_diagram_match_the_code() -> None:

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from events.avro_schema import CONTRACT, SCHEMA_DIR
 from events.models import DeadLetter, Event, OrderEvent
-from oms.publisher import Publisher
-from oms.settings import Settings
+from infra.publisher import Publisher
+from infra.settings import Settings
 from tests.factories import strategy_for
 
 pytestmark = pytest.mark.integration

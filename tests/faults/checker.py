@@ -5,8 +5,8 @@ Pure functions over plain values: each property is a function `Observation -> li
 in `PROPERTIES`, so each can be fed a small hand-made log (tests/faults/test_checker.py). The
 order lifecycle is `events.lifecycle.TRANSITIONS` (the specification, held strictly by
 `tests.events.lifecycle_checker`); the stock ledger is folded here, in plain Python, and once
-more with `streams.inventory.apply` to hold the code's own fold to the conservation law. Expected read models come from `tests.projections.scenario`, never from the
-projector's code.
+more with `streams.inventory.apply` to hold the code's own fold to the conservation law.
+Expected read models come from `tests.projections.scenario`, never from the projector's code.
 """
 
 from __future__ import annotations

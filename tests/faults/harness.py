@@ -20,7 +20,7 @@ from pathlib import Path
 
 from events.codec import AvroCodec
 from events.models import Event, OrderEvent, StockEvent
-from oms.settings import Settings
+from infra.settings import Settings
 from oms.stack import ClickHouseService, KafkaService
 from tests.conftest import settings_env
 from tests.faults import observe

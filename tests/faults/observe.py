@@ -13,7 +13,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from events.codec import AvroCodec, CodecError, message_ref
 from events.models import Event, OrderEvent, StockEvent, stock_key
-from oms.settings import Settings
+from infra.settings import Settings
 from tests.faults.checker import ClickHouseSnapshot, TailSample, at_rest
 
 TAIL = 3000  # messages of a command topic's busiest partition sampled for the report

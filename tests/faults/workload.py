@@ -30,9 +30,9 @@ from connectors.registry import available
 from connectors.samples import SampleLine, SampleOrder
 from connectors.simulator import DISHES, NAMES, PRODUCTS, PROFILES, STORES, STREETS
 from events.models import DeadLetter, Event, OrderMode, OrderReceived, utc_now
+from infra.publisher import Publisher, PublishError
+from infra.settings import Settings
 from oms import operations
-from oms.publisher import Publisher, PublishError
-from oms.settings import Settings
 
 WAREHOUSES = ("WH-SH", "WH-BJ")
 ACTOR = "fault-harness"

@@ -9,7 +9,7 @@ import pytest
 
 from events.codec import AvroCodec
 from events.models import StockAdjusted
-from oms.settings import Settings
+from infra.settings import Settings
 from tests.conftest import read_topic, settings_env
 
 

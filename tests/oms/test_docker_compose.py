@@ -4,7 +4,7 @@ from typing import Any
 
 import yaml
 
-from oms.settings import PROJECT_ROOT
+from infra.settings import PROJECT_ROOT
 
 
 def compose() -> dict[str, Any]:

@@ -16,10 +16,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from events.codec import AvroCodec
 from events.models import DeadLetter
+from infra.publisher import Publisher
+from infra.settings import Settings
 from oms import operations
 from oms.api import create_app
-from oms.publisher import Publisher
-from oms.settings import Settings
 from tests.conftest import read_topic, settings_env
 from tests.factories import received
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from oms.settings import Settings
+from infra.settings import Settings
 from oms.stack import ClickHouseService, KafkaService, process_alive
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from oms.settings import Settings, Topics
+from infra.settings import Settings, Topics
 from oms.stack import ClickHouseService, KafkaService
 from projections.store import ClickHouseStore, connect, with_database_url
 from tests.projections.scenario import Scenario, build

@@ -64,8 +64,8 @@ from events.models import (
     StockReservationRefused,
     StockReserved,
 )
-from oms.publisher import Publisher
-from oms.settings import Settings
+from infra.publisher import Publisher
+from infra.settings import Settings
 from tests.events.lifecycle_checker import apply
 
 T0 = datetime(2026, 11, 20, 0, 0, tzinfo=UTC)

@@ -29,8 +29,8 @@ import aiohttp
 import pytest
 
 from events.models import OrderLine
-from oms.publisher import Publisher
-from oms.settings import PROJECT_ROOT, Settings
+from infra.publisher import Publisher
+from infra.settings import PROJECT_ROOT, Settings
 from projections.reports import run_report
 from projections.store import ClickHouseStore, connect
 from streams.validation import decide

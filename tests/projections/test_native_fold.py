@@ -99,7 +99,7 @@ from events.models import (
     StockReservationRefused,
     StockReserved,
 )
-from oms.settings import Settings
+from infra.settings import Settings
 from projections import native_fold, orders, stock
 from projections.native_fold import AVAILABLE, COLUMNS, native_projection
 from projections.orders import OrderRow, Position, event_row, seconds

@@ -32,8 +32,8 @@ from events.models import (
     StockReservationRefused,
     StockReserved,
 )
-from oms.publisher import Publisher
-from oms.settings import Settings
+from infra.publisher import Publisher
+from infra.settings import Settings
 from projections import orders, stock
 from projections.orders import Position
 from projections.projector import Projector

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from oms.settings import Settings
+from infra.settings import Settings
 from projections.projector import Projector
 from projections.schema import READ_MODEL_NAMES
 from projections.store import ClickHouseStore, Row, connect

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from oms.exit_codes import ExitCode
-from oms.settings import Settings
+from infra.exit_codes import ExitCode
+from infra.settings import Settings
 from projections.schema import migrate
 from projections.store import ClickHouseStore
 from tests.conftest import settings_env

@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka import Producer
 
 from events.models import StockCommitted
-from oms.settings import Settings
+from infra.settings import Settings
 from projections.store import ClickHouseStore
 from tests.conftest import settings_env
 from tests.projections.scenario import (

@@ -25,8 +25,8 @@ import pytest
 from confluent_kafka import Producer
 
 from events.models import Event
-from oms.publisher import Publisher
-from oms.settings import Settings
+from infra.publisher import Publisher
+from infra.settings import Settings
 from oms.stack import ClickHouseService, KafkaService, process_alive
 from projections.projector import Projector
 from projections.reconnect import Backoff
@@ -144,7 +144,8 @@ def start(service: Service) -> None:
     }
     kind = type(service).__name__
     script = (
-        f"from oms.settings import Settings; from oms.stack import {kind}; {kind}(Settings()).up()"
+        "from infra.settings import Settings; "
+        f"from oms.stack import {kind}; {kind}(Settings()).up()"
     )
     subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=180)
 

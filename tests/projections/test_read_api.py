@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from infra.settings import Settings
 from oms.api import create_app
-from oms.settings import Settings
 from projections.read_api import MAX_PAGE_SIZE, json_value
 from projections.reports import REPORTS, run_report
 from projections.store import ClickHouseStore

@@ -11,7 +11,7 @@ import time
 import pytest
 from confluent_kafka import Producer
 
-from oms.settings import Settings
+from infra.settings import Settings
 from projections.rebuild import rebuild, staging_database
 from projections.schema import READ_MODEL_NAMES
 from projections.store import ClickHouseStore, connect, sql_string

@@ -8,8 +8,8 @@ import random
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from oms.exit_codes import ExitCode
-from oms.publisher import PublishError
+from infra.exit_codes import ExitCode
+from infra.publisher import PublishError
 from projections.reconnect import Backoff, GaveUp, KafkaUnavailable, exit_code, transient
 from projections.store import StoreError, StoreMisconfigured, StoreUnavailable, store_error
 

@@ -18,7 +18,7 @@ from zoneinfo import available_timezones
 
 import pytest
 
-from oms.settings import PROJECT_ROOT, Settings
+from infra.settings import PROJECT_ROOT, Settings
 from projections.queries import fulfilment_queue
 from projections.reports import REPORTS, ReportError, run_report
 from projections.store import ClickHouseStore

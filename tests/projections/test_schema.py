@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from oms.settings import Settings
+from infra.settings import Settings
 from projections.schema import (
     MIGRATIONS,
     READ_MODELS,

@@ -35,12 +35,12 @@ from events.models import (
     stock_key,
     utc_now,
 )
+from infra.publisher import Publisher
+from infra.replay import read_partition
+from infra.settings import Settings
 from oms import operations
-from oms.publisher import Publisher
-from oms.settings import Settings
 from streams import inventory
 from streams.reference import load_catalogue
-from streams.worker.replay import read_partition
 from tests.conftest import settings_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]

@@ -18,8 +18,8 @@ from connectors.samples import MALFORMED_LINES, sample_lines
 from connectors.webshop import WebshopConnector
 from events.codec import AvroCodec
 from events.models import DeadLetter
+from infra.settings import Settings
 from oms import operations
-from oms.settings import Settings
 from projections.projector import Projector
 from projections.queries import event_count, order_state, status_counts
 from projections.store import ClickHouseStore

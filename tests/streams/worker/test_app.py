@@ -9,8 +9,8 @@ import pytest
 
 from events.codec import AvroCodec
 from events.models import DeadLetter, OrderAccepted, OrderReceived, OrderRejected, ReserveStock
+from infra.settings import Settings
 from oms import operations
-from oms.settings import Settings
 from streams.reference import load_catalogue
 from streams.worker.app import create_app
 from streams.worker.views import SharedViews

@@ -9,9 +9,9 @@ import uuid
 import pytest
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
-from oms.exit_codes import ExitCode
-from oms.publisher import Publisher
-from oms.settings import Settings, Topics
+from infra.exit_codes import ExitCode
+from infra.publisher import Publisher
+from infra.settings import Settings, Topics
 from oms.stack import KafkaService
 from tests.conftest import settings_env
 from tests.factories import received

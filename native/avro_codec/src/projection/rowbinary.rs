@@ -32,6 +32,7 @@ impl Table {
         Table { rows: 0, data }
     }
 
+    #[inline]
     pub(crate) fn varint(&mut self, mut n: u64) {
         while n >= 0x80 {
             self.data.push((n as u8 & 0x7F) | 0x80);
@@ -39,28 +40,36 @@ impl Table {
         }
         self.data.push(n as u8);
     }
+    #[inline]
     pub(crate) fn s(&mut self, s: &str) {
         self.varint(s.len() as u64);
         self.data.extend_from_slice(s.as_bytes());
     }
+    #[inline]
     pub(crate) fn u8(&mut self, n: u8) {
         self.data.push(n);
     }
+    #[inline]
     pub(crate) fn u16(&mut self, n: i64) {
         self.data.extend_from_slice(&(n as u16).to_le_bytes());
     }
+    #[inline]
     pub(crate) fn u32(&mut self, n: i64) {
         self.data.extend_from_slice(&(n as u32).to_le_bytes());
     }
+    #[inline]
     pub(crate) fn u64(&mut self, n: i64) {
         self.data.extend_from_slice(&(n as u64).to_le_bytes());
     }
+    #[inline]
     pub(crate) fn i32(&mut self, n: i64) {
         self.data.extend_from_slice(&(n as i32).to_le_bytes());
     }
+    #[inline]
     pub(crate) fn i64(&mut self, n: i64) {
         self.data.extend_from_slice(&n.to_le_bytes());
     }
+    #[inline]
     pub(crate) fn opt_u32(&mut self, n: Option<i64>) {
         match n {
             None => self.u8(1),
@@ -70,18 +79,21 @@ impl Table {
             }
         }
     }
+    #[inline]
     pub(crate) fn strings(&mut self, items: &[String]) {
         self.varint(items.len() as u64);
         for item in items {
             self.s(item);
         }
     }
+    #[inline]
     pub(crate) fn i32s(&mut self, items: &[i64]) {
         self.varint(items.len() as u64);
         for item in items {
             self.i32(*item);
         }
     }
+    #[inline]
     pub(crate) fn i64s(&mut self, items: &[i64]) {
         self.varint(items.len() as u64);
         for item in items {
@@ -89,12 +101,15 @@ impl Table {
         }
     }
     /// `_topic`, `_partition`, `_offset`: where the row's message sits on Kafka.
+    #[inline]
     pub(crate) fn topic(&mut self, topics: &[String; 2], at: Position) {
         self.s(&topics[at.topic as usize]);
     }
+    #[inline]
     pub(crate) fn partition(&mut self, at: Position) {
         self.u16(at.partition as i64);
     }
+    #[inline]
     pub(crate) fn offset(&mut self, at: Position) {
         self.u64(at.offset);
     }

@@ -1,4 +1,5 @@
-"""The one producer wrapper: an idempotent confluent-kafka producer (acks=all) for the intake side.
+"""The publisher: the intake side's producer (channels, operators' commands, the simulator),
+configured like every other client by `infra.kafka`.
 
 A channel gets an acknowledgement only for what Kafka acknowledged: `Publisher` counts delivery
 reports for batch work (file imports), `AsyncPublisher` lets an HTTP handler await the report
@@ -8,7 +9,6 @@ of its own message before it answers.
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -18,14 +18,10 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from events.codec import AvroCodec
 from events.models import DeadLetter, Event, OrderModified, OrderReceived
-from oms.settings import Settings
+from infra.kafka import producer_config
+from infra.settings import Settings
 
 Delivered = Callable[[KafkaError | None], None]
-
-# Every Kafka client's `logger`: librdkafka's own log lines (a retry while a broker that has just
-# started loads its coordinator, a broker that went away) go through Python's logging instead of
-# raw `%4|...` lines on stderr, so the program decides what shows.
-LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
 
 
 class PublishError(RuntimeError):
@@ -46,19 +42,9 @@ class Publisher:
         self.settings = settings
         self.codec = codec or AvroCodec.for_registry(settings.schema_registry_url)
         self.count = DeliveryCount()
+        # A channel waits for its acknowledgement: 30 s, then it is told to try again.
         self._producer = Producer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 5,
-                "compression.type": "lz4",
-                "message.timeout.ms": 30000,
-                # Java's (and aiokafka's, so Faust's) partitioner: a key lands on the same
-                # partition whoever writes it, which the order agent's state relies on.
-                "partitioner": "murmur2_random",
-                "logger": LIBRDKAFKA_LOG,
-            }
+            producer_config(settings.kafka_bootstrap, **{"message.timeout.ms": 30000})
         )
 
     def _count(self, err: KafkaError | None, msg: Message) -> None:

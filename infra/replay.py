@@ -16,6 +16,7 @@ from typing import Any
 
 from events.codec import AvroCodec, CodecError, message_ref
 from events.models import DeadLetter, Event
+from infra.kafka import consumer_config
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +27,12 @@ def read_partition(
     """Every event in `topic`/`partition` up to its end at the time of the call."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap, "group.id": f"replay-{uuid.uuid4().hex}",
-        "enable.auto.commit": False, "enable.partition.eof": True,
-        "fetch.max.bytes": 52428800, "queued.max.messages.kbytes": 262144,
-    })  # fmt: skip
+    config = consumer_config(
+        bootstrap, group_id=f"replay-{uuid.uuid4().hex}",
+        **{"enable.partition.eof": True, "fetch.max.bytes": 52428800,
+           "queued.max.messages.kbytes": 262144},
+    )  # fmt: skip
+    consumer = Consumer(config)
     try:
         low, high = _watermarks(consumer, TopicPartition(topic, partition))
         if high <= low:
