@@ -1,6 +1,6 @@
 """Avro encode + decode of a 5-line order event on one core, next to fastavro and JSON.
 
-Target (DESIGN.md §7): >= 100,000 encode+decode per second per core.
+Target (docs/architecture.md, "Performance targets"): >= 100,000 encode+decode per second per core.
 """
 
 from __future__ import annotations

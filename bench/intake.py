@@ -1,7 +1,7 @@
 """Connector intake into Kafka: file import orders/s next to kafka-producer-perf-test, and
 webhook latency at a fixed request rate.
 
-Targets (DESIGN.md §7): file import >= 20,000 orders/s; webhook p99 <= 20 ms at 500 req/s.
+Targets (docs/architecture.md): file import >= 20,000 orders/s; webhook p99 <= 20 ms at 500 req/s.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 pass-through Faust agent on the same broker in the same run; with `profile`, where the worker's
 main thread spends its time.
 
-Targets (DESIGN.md §7): >= 2,000 orders/s sustained; p99 <= 200 ms at 500 orders/s.
+Targets (docs/architecture.md): >= 2,000 orders/s sustained; p99 <= 200 ms at 500 orders/s.
 Times are Kafka's CreateTime stamps of the intake message and of the order's `OrderRouted`
 (both written on this machine, so one clock). The paced run starts once the worker has finished
 the sustained run's orders (all prioritised), so its latencies are not the backlog's.

@@ -2,7 +2,7 @@
 the same run, a rebuild of N events, and freshness — channel → visible in ClickHouse — at a
 fixed order rate through the real worker and projector.
 
-Targets (DESIGN.md §7): projector >= 100,000 events/s; rebuild of 1M events <= 60 s;
+Targets (docs/architecture.md): projector >= 100,000 events/s; rebuild of 1M events <= 60 s;
 freshness p99 <= 1 s at 500 orders/s.
 """
 

@@ -1,4 +1,5 @@
-"""The event contract as frozen pydantic models (DESIGN.md §2).
+"""The event contract as frozen pydantic models (docs/architecture.md, "Events"; every
+event in docs/events.md).
 
 Money is an int in minor units (fen, cents) of the order's ISO-4217 currency; times are UTC.
 The Avro schemas in schemas/ are generated from these models (`events.avro_schema`), and

@@ -12,7 +12,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class Topics(BaseSettings):
-    """Kafka topic names (DESIGN.md §2); overridable so tests can run in isolation."""
+    """Kafka topic names (docs/architecture.md, "Topics"); overridable so tests can run in
+    isolation."""
 
     model_config = SettingsConfigDict(env_prefix="OMS_TOPIC_", frozen=True)
 

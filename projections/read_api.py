@@ -29,7 +29,7 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from events.lifecycle import OrderStatus
-from infra.http import problem as _problem
+from infra.http import problem
 from infra.settings import Settings
 from projections.queries import list_orders, order_history, order_state
 from projections.reports import REPORTS, Report, ReportError, parameter_literal, run_report
@@ -121,7 +121,7 @@ def _json(body: dict[str, Any], *, status: int = 200) -> web.Response:
 def _unavailable(exc: StoreError) -> web.Response:
     reason = " ".join(str(exc).split(" -- in:", 1)[0].split())
     details = {"hint": "run `oms project --migrate`"} if "exist" in reason else {}
-    return _problem(503, f"ClickHouse could not answer: {reason}", **details)
+    return problem(503, f"ClickHouse could not answer: {reason}", **details)
 
 
 def _single(query: MultiMapping[str], name: str) -> str | None:
@@ -204,7 +204,7 @@ async def get_order(request: web.Request) -> web.Response:
     except StoreError as exc:
         return _unavailable(exc)
     if document is None:
-        return _problem(
+        return problem(
             404,
             f"no order {order_id!r} in the read models (unknown, or not projected yet)",
             order_id=order_id,
@@ -216,7 +216,7 @@ async def get_orders(request: web.Request) -> web.Response:
     try:
         wanted = orders_query(request.query)
     except BadParameter as exc:
-        return _problem(400, str(exc), parameter=exc.parameter)
+        return problem(400, str(exc), parameter=exc.parameter)
     page, size = wanted["page"], wanted["page_size"]
     filters = {k: wanted[k] for k in ("status", "channel", "store") if wanted[k]}
 
@@ -292,15 +292,15 @@ async def get_report(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     report = REPORTS.get(name)
     if report is None:
-        return _problem(404, f"no report {name!r}", report=name, reports=sorted(REPORTS))
+        return problem(404, f"no report {name!r}", report=name, reports=sorted(REPORTS))
     try:
         params = report_query(report, request.query)
     except BadParameter as exc:
-        return _problem(400, str(exc), parameter=exc.parameter, report=name)
+        return problem(400, str(exc), parameter=exc.parameter, report=name)
     try:
         result = await request.app[READ_MODELS].run(lambda store: run_report(store, name, **params))
     except ReportError as exc:
-        return _problem(400, str(exc), report=name)
+        return problem(400, str(exc), report=name)
     except StoreError as exc:
         return _unavailable(exc)
     return _json({

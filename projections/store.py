@@ -1,6 +1,7 @@
 """One ClickHouse interface with two backends: a server (clickhouse-driver) and embedded chDB.
 
-SQL sent through either must run on ClickHouse 18.16 and on current ClickHouse (DESIGN.md §4).
+SQL sent through either must run on ClickHouse 18.16 and on current ClickHouse
+(docs/architecture.md, "ClickHouse: one interface, two backends").
 """
 
 from __future__ import annotations

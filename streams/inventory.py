@@ -1,4 +1,4 @@
-"""The stock ledger of one `sku@location` (DESIGN.md §3, invariant 3), as pure functions.
+"""The stock ledger of one `sku@location` (invariant 3 of docs/architecture.md), as pure functions.
 
 `decide` answers a stock command with ledger events for `oms.inventory.v1`, `expire` makes the
 events that the passing of time causes (perishable batches), and `apply` folds one ledger event

@@ -1,4 +1,5 @@
-"""DESIGN.md §6 on the real broker: scarce stock, a worker killed with SIGKILL, redelivery.
+"""The invariants of docs/architecture.md on the real broker: scarce stock, a worker killed
+with SIGKILL, redelivery.
 
 The checks read the topics themselves (the order log and the stock ledger), not a read model.
 """

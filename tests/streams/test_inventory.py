@@ -568,7 +568,7 @@ def test_fold_of_nothing_needs_a_level() -> None:
 
 
 def assert_invariants(level: StockLevel) -> None:
-    """DESIGN.md invariant 3, and the bookkeeping behind it."""
+    """Invariant 3 (no oversell, docs/architecture.md), and the bookkeeping behind it."""
     assert level.available_to_promise >= 0
     assert level.reserved <= level.on_hand - level.safety_stock
     assert level.on_hand == level.received - level.committed + level.adjusted
