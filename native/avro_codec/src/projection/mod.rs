@@ -22,7 +22,7 @@ mod rowbinary;
 mod rows;
 mod stock;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -88,9 +88,9 @@ impl Projection {
         stock_topic: String,
         schemas: &Bound<'_, PyList>,
         columns: HashMap<String, Vec<String>>,
-        transitions: HashMap<String, HashMap<String, String>>,
-        void: HashSet<String>,
-        end_stages: HashSet<String>,
+        transitions: FxHashMap<String, FxHashMap<String, String>>,
+        void: FxHashSet<String>,
+        end_stages: FxHashSet<String>,
         capacity: usize,
         fallback: PyObject,
     ) -> PyResult<Self> {

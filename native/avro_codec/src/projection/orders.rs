@@ -2,7 +2,7 @@
 //! gives the next state, and the `order_lines` and `fulfilment_stages` rows it makes; the
 //! status moves by `events.lifecycle.next_status`, handed in as a table (`Rules`).
 
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::value::Value;
 
@@ -60,11 +60,11 @@ pub(crate) struct OrderState {
 pub(crate) struct Rules {
     /// `events.lifecycle.next_status` as a table: status -> event type -> next status, with
     /// the moves of an order that has no history yet under "".
-    pub(crate) transitions: HashMap<String, HashMap<String, String>>,
+    pub(crate) transitions: FxHashMap<String, FxHashMap<String, String>>,
     /// Statuses that undo a sale (rejected, cancelled).
-    pub(crate) void: HashSet<String>,
+    pub(crate) void: FxHashSet<String>,
     /// Statuses that end the order's flow: entering one closes the last stage, opens none.
-    pub(crate) end_stages: HashSet<String>,
+    pub(crate) end_stages: FxHashSet<String>,
 }
 
 impl Rules {
@@ -349,7 +349,7 @@ fn apply_event(row: &mut OrderState, ev: &Value, event_type: &str, at: i64) {
         }
         "OrderRouted" => {
             let location = ev.get("location").s();
-            let mut by_sku: HashMap<&str, &str> = HashMap::new();
+            let mut by_sku: FxHashMap<&str, &str> = FxHashMap::default();
             for group in ev.get("groups").items() {
                 for line in group.get("lines").items() {
                     let at = line.get("location").s();
