@@ -24,7 +24,7 @@ a new process would: a batch cut half-way is replayed, and its rows already writ
 
 The fold itself — messages to fold states to rows — is a `BatchFold` (projections/fold.py),
 chosen once when the projector is built: the native fold where the extension is built, else the
-Python reference. This class owns consuming, the offsets, the threads and the lease.
+Python reference. `Projector` owns consuming, the offsets, the threads and the lease.
 """
 
 from __future__ import annotations
