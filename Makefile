@@ -64,6 +64,7 @@ test: $(STAMP) system-deps browser-deps
 	$(OMS) stack up || exit 1; \
 	status=0; \
 	echo "== ruff"; $(VENV)/bin/ruff check . || status=1; \
+	echo "== ruff format"; $(VENV)/bin/ruff format --check . || status=1; \
 	echo "== mypy"; $(VENV)/bin/mypy || status=1; \
 	echo "== schemas"; $(OMS) schemas check || status=1; \
 	echo "== pytest"; $(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \

@@ -32,25 +32,51 @@ ORDER_ID = "5c2b05c0-44d4-5a8e-8916-9bf944b7e361"
 def five_line_order() -> OrderReceived:
     now = datetime(2026, 11, 25, 11, 30, 5, 123456, tzinfo=UTC)
     lines = [
-        OrderLine(sku=f"DISH-{i:03d}", name=name, quantity=i + 1, unit_price=price,
-                  options=["少辣"] if i % 2 else [])
-        for i, (name, price) in enumerate([("红烧牛肉面", 3250), ("猪肉白菜水饺 12只", 2800),
-                                           ("宫保鸡丁饭", 2600), ("酸辣汤", 1550),
-                                           ("冻顶乌龙茶", 1200)])
-    ]  # fmt: skip
+        OrderLine(
+            sku=f"DISH-{i:03d}",
+            name=name,
+            quantity=i + 1,
+            unit_price=price,
+            options=["少辣"] if i % 2 else [],
+        )
+        for i, (name, price) in enumerate(
+            [
+                ("红烧牛肉面", 3250),
+                ("猪肉白菜水饺 12只", 2800),
+                ("宫保鸡丁饭", 2600),
+                ("酸辣汤", 1550),
+                ("冻顶乌龙茶", 1200),
+            ]
+        )
+    ]
     return OrderReceived(
-        event_id="0b4c3f14-4ff9-56bb-a562-a4c4c669568f", order_id=ORDER_ID,
-        sequence=1, occurred_at=now, recorded_at=now, correlation_id=ORDER_ID,
-        actor=Actor(kind=ActorKind.CHANNEL, id="meituan"), channel="meituan",
-        external_id="27061900123456789", mode=OrderMode.DELIVERY, currency="CNY", lines=lines,
-        delivery_fee=500, packaging_fee=200, discount=300,
+        event_id="0b4c3f14-4ff9-56bb-a562-a4c4c669568f",
+        order_id=ORDER_ID,
+        sequence=1,
+        occurred_at=now,
+        recorded_at=now,
+        correlation_id=ORDER_ID,
+        actor=Actor(kind=ActorKind.CHANNEL, id="meituan"),
+        channel="meituan",
+        external_id="27061900123456789",
+        mode=OrderMode.DELIVERY,
+        currency="CNY",
+        lines=lines,
+        delivery_fee=500,
+        packaging_fee=200,
+        discount=300,
         total=sum(line.quantity * line.unit_price for line in lines) + 400,
         payment_status=PaymentStatus.PAID,
         customer=Customer(id="u-1881", name="王伟", phone="+86 13812345678"),
-        address=Address(text="上海市黄浦区南京东路88号 1203室", city="上海", latitude=31.2397,
-                        longitude=121.4998),
-        notes="不要香菜", placed_at=now,
-    )  # fmt: skip
+        address=Address(
+            text="上海市黄浦区南京东路88号 1203室",
+            city="上海",
+            latitude=31.2397,
+            longitude=121.4998,
+        ),
+        notes="不要香菜",
+        placed_at=now,
+    )
 
 
 def rate(operation: Callable[[], Any], *, seconds: float) -> float:

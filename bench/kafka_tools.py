@@ -18,13 +18,32 @@ from oms.stack import KafkaService
 def producer_perf_test(settings: Settings, *, topic: str, records: int, record_size: int) -> float:
     """records/s of `kafka-producer-perf-test` (ProducerPerformance) with our producer settings."""
     result = subprocess.run(
-        ["java", "-Xmx512m", "-cp", f"{settings.kafka_libs_dir}/*",
-         "org.apache.kafka.tools.ProducerPerformance", "--topic", topic,
-         "--num-records", str(records), "--record-size", str(record_size), "--throughput", "-1",
-         "--producer-props", f"bootstrap.servers={settings.kafka_bootstrap}", "acks=all",
-         "enable.idempotence=true", "compression.type=lz4", "linger.ms=5"],
-        capture_output=True, text=True, timeout=600, check=True,
-    )  # fmt: skip
+        [
+            "java",
+            "-Xmx512m",
+            "-cp",
+            f"{settings.kafka_libs_dir}/*",
+            "org.apache.kafka.tools.ProducerPerformance",
+            "--topic",
+            topic,
+            "--num-records",
+            str(records),
+            "--record-size",
+            str(record_size),
+            "--throughput",
+            "-1",
+            "--producer-props",
+            f"bootstrap.servers={settings.kafka_bootstrap}",
+            "acks=all",
+            "enable.idempotence=true",
+            "compression.type=lz4",
+            "linger.ms=5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
     final = [line for line in result.stdout.splitlines() if "records sent" in line][-1]
     match = re.search(r"([\d.]+) records/sec", final)
     if match is None:

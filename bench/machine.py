@@ -39,7 +39,11 @@ def write_result(home: Path, name: str, figures: dict[str, Any]) -> Path:
     """Write figures + machine + time to HOME/bench/NAME.json; returns the path."""
     target = home / "bench" / f"{name}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
-    document = {"bench": name, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "machine": describe(), "figures": figures}  # fmt: skip
+    document = {
+        "bench": name,
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": describe(),
+        "figures": figures,
+    }
     target.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
     return target

@@ -20,10 +20,17 @@ from streams.worker.sink import Sink
 
 def create_app(source: str, sink: str, group: str, bootstrap: str) -> faust.App:
     app = faust.App(
-        group, broker=f"kafka://{bootstrap}", store="memory://", key_serializer="raw",
-        value_serializer="raw", consumer_auto_offset_reset="earliest", producer_acks=-1,
-        producer_linger=0.002, web_enabled=False, topic_replication_factor=1,
-    )  # fmt: skip
+        group,
+        broker=f"kafka://{bootstrap}",
+        store="memory://",
+        key_serializer="raw",
+        value_serializer="raw",
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        producer_linger=0.002,
+        web_enabled=False,
+        topic_replication_factor=1,
+    )
     inbound = app.topic(source, key_type=bytes, value_type=bytes)
     out = Sink(bootstrap)
 
@@ -31,8 +38,9 @@ def create_app(source: str, sink: str, group: str, bootstrap: str) -> faust.App:
     async def forward(stream: faust.StreamT[Any]) -> AsyncIterator[int]:
         async for batch in cast(Any, stream).take_events(BATCH, within=BATCH_WITHIN_S):
             for event in batch:
-                out.produce(sink, key=event.key, value=event.value,
-                            partition=event.message.partition)  # fmt: skip
+                out.produce(
+                    sink, key=event.key, value=event.value, partition=event.message.partition
+                )
             await out.confirmed()
             yield len(batch)
 

@@ -73,24 +73,38 @@ def orders(count: int, *, run: str, seed: int = 3) -> list[OrderReceived]:
         ship = n % 5 == 0
         store = stores[n % len(stores)]
         pool = [catalogue.products["TEA-GIFT-M"]] if ship else dishes
-        lines = [OrderLine(sku=p.sku, name=p.name, quantity=rng.randint(1, 2),
-                           unit_price=p.unit_price or 0)
-                 for p in rng.sample(pool, k=1 if ship else rng.randint(1, 3))]  # fmt: skip
+        lines = [
+            OrderLine(
+                sku=p.sku, name=p.name, quantity=rng.randint(1, 2), unit_price=p.unit_price or 0
+            )
+            for p in rng.sample(pool, k=1 if ship else rng.randint(1, 3))
+        ]
         fee = 0 if ship else 500
-        made.append(OrderReceived(
-            event_id=deterministic_id(run, str(n)), order_id=f"{run}-{n}", sequence=1,
-            occurred_at=now, recorded_at=now, correlation_id=f"{run}-{n}",
-            actor=Actor(kind=ActorKind.CHANNEL, id="meituan"), channel="meituan",
-            external_id=f"{run}-{n}", mode=OrderMode.SHIP if ship else OrderMode.DELIVERY,
-            currency="CNY", lines=lines, delivery_fee=fee,
-            total=sum(line.quantity * line.unit_price for line in lines) + fee,
-            payment_status=PaymentStatus.PAID,
-            customer=Customer(name="顾客", phone=f"+86137{n:08d}"),
-            address=Address(text=f"{n} 南京东路", latitude=store.latitude + 0.004,
-                            longitude=store.longitude),
-            location_hint=None if ship else store.id,
-            placed_at=now - timedelta(seconds=5),
-        ))  # fmt: skip
+        made.append(
+            OrderReceived(
+                event_id=deterministic_id(run, str(n)),
+                order_id=f"{run}-{n}",
+                sequence=1,
+                occurred_at=now,
+                recorded_at=now,
+                correlation_id=f"{run}-{n}",
+                actor=Actor(kind=ActorKind.CHANNEL, id="meituan"),
+                channel="meituan",
+                external_id=f"{run}-{n}",
+                mode=OrderMode.SHIP if ship else OrderMode.DELIVERY,
+                currency="CNY",
+                lines=lines,
+                delivery_fee=fee,
+                total=sum(line.quantity * line.unit_price for line in lines) + fee,
+                payment_status=PaymentStatus.PAID,
+                customer=Customer(name="顾客", phone=f"+86137{n:08d}"),
+                address=Address(
+                    text=f"{n} 南京东路", latitude=store.latitude + 0.004, longitude=store.longitude
+                ),
+                location_hint=None if ship else store.id,
+                placed_at=now - timedelta(seconds=5),
+            )
+        )
     return made
 
 
@@ -99,10 +113,13 @@ def worker_env(settings: Settings, catalogue: Path) -> dict[str, str]:
     with no OMS_ variable of its own, pointed at `settings`' broker, group and topics and at
     `catalogue`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMS_")}
-    env |= {"OMS_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "OMS_HOME": str(settings.home),
-            "OMS_CONSUMER_GROUP": settings.consumer_group,
-            "OMS_KAFKA_PARTITIONS": str(settings.kafka_partitions),
-            "OMS_CATALOGUE_FILE": str(catalogue)}  # fmt: skip
+    env |= {
+        "OMS_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "OMS_HOME": str(settings.home),
+        "OMS_CONSUMER_GROUP": settings.consumer_group,
+        "OMS_KAFKA_PARTITIONS": str(settings.kafka_partitions),
+        "OMS_CATALOGUE_FILE": str(catalogue),
+    }
     env |= {f"OMS_TOPIC_{k.upper()}": v for k, v in settings.topics.model_dump().items()}
     return env
 
@@ -115,8 +132,9 @@ def bench_process(
     after 60 s); its output goes to `log` (kept for a look afterwards)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
-        process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(
+            args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         yield process
     finally:
@@ -136,17 +154,21 @@ class Watcher:
     def __init__(self, settings: Settings, topic: str) -> None:
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-        self.consumer = Consumer(consumer_config(
-            settings.kafka_bootstrap, group_id=f"watch-{time.time_ns()}",
-            **{"fetch.wait.max.ms": 10},
-        ))  # fmt: skip
+        self.consumer = Consumer(
+            consumer_config(
+                settings.kafka_bootstrap,
+                group_id=f"watch-{time.time_ns()}",
+                **{"fetch.wait.max.ms": 10},
+            )
+        )
         partitions = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
         self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         self.seen: dict[str, float] = {}  # key -> Kafka timestamp (s)
         self.also: dict[str, dict[str, float]] = {}  # other event types: key -> timestamp
 
-    def follow(self, want: str | None, *, until: int, timeout_s: float, kind: str | None = None
-               ) -> None:  # fmt: skip
+    def follow(
+        self, want: str | None, *, until: int, timeout_s: float, kind: str | None = None
+    ) -> None:
         """Until `until` keys are seen with `want` (any message when None), or — with `kind` —
         with that other event type."""
         seen = self.seen if kind is None else self.also.setdefault(kind, {})
@@ -192,16 +214,19 @@ def _wait_for_group(settings: Settings, *, members: int, timeout_s: float) -> No
     raise RuntimeError(f"group {settings.consumer_group} not stable with {members} members")
 
 
-def publish_orders(settings: Settings, topic: str, batch: list[OrderReceived], *, rate: float | None
-             ) -> dict[str, float]:  # fmt: skip
+def publish_orders(
+    settings: Settings, topic: str, batch: list[OrderReceived], *, rate: float | None
+) -> dict[str, float]:
     """Publish, paced at `rate` per second (None: as fast as possible); returns send times."""
     from confluent_kafka import Producer
 
     # As the channels' publisher, without idempotence or compression (as measured before).
-    producer = Producer(producer_config(
-        settings.kafka_bootstrap,
-        **{"linger.ms": 1, "enable.idempotence": False, "compression.type": "none"},
-    ))  # fmt: skip
+    producer = Producer(
+        producer_config(
+            settings.kafka_bootstrap,
+            **{"linger.ms": 1, "enable.idempotence": False, "compression.type": "none"},
+        )
+    )
     encoded = [(o.order_id, CODEC.encode(o)) for o in batch]
     sent: dict[str, float] = {}
     begin = time.perf_counter()
@@ -223,8 +248,9 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
-def pipeline(settings: Settings, *, count: int, rate: float, seconds: float,
-             profile: Path | None) -> dict[str, Any]:  # fmt: skip
+def pipeline(
+    settings: Settings, *, count: int, rate: float, seconds: float, profile: Path | None
+) -> dict[str, Any]:
     """The sustained and paced runs through `oms worker`; with `profile`, the worker writes its
     cProfile statistics there."""
     with tempfile.TemporaryDirectory() as tmp, scratch_topics(settings, "benchpipe") as scratch:
@@ -268,24 +294,36 @@ def pipeline(settings: Settings, *, count: int, rate: float, seconds: float,
             latencies = [(routed.seen[o.order_id] - sent[o.order_id]) * 1000 for o in paced]
         routed.close()
     return {
-        "orders": count, "orders_per_s": sustained, "processes": int(processes),
+        "orders": count,
+        "orders_per_s": sustained,
+        "processes": int(processes),
         "profiled": "OMS_PROFILE" in env,
         "target_orders_per_s": THROUGHPUT_TARGET_PER_S,
         "meets_throughput_target": sustained >= THROUGHPUT_TARGET_PER_S,
-        "rate_per_s": rate, "paced_orders": len(latencies),
-        "p50_ms": percentile(latencies, 50), "p90_ms": percentile(latencies, 90),
-        "p99_ms": percentile(latencies, 99), "max_ms": max(latencies),
-        "target_p99_ms": P99_TARGET_MS, "meets_latency_target":
-            percentile(latencies, 99) <= P99_TARGET_MS,
-    }  # fmt: skip
+        "rate_per_s": rate,
+        "paced_orders": len(latencies),
+        "p50_ms": percentile(latencies, 50),
+        "p90_ms": percentile(latencies, 90),
+        "p99_ms": percentile(latencies, 99),
+        "max_ms": max(latencies),
+        "target_p99_ms": P99_TARGET_MS,
+        "meets_latency_target": percentile(latencies, 99) <= P99_TARGET_MS,
+    }
 
 
 def passthrough(settings: Settings, *, count: int) -> dict[str, Any]:
     """The same broker's floor: a Faust agent that forwards each message and decides nothing."""
     with scratch_topics(settings, "benchpass") as scratch:
         source, sink = scratch.topics.intake, scratch.topics.orders
-        args = [sys.executable, "-m", "bench.passthrough", source, sink,
-                scratch.consumer_group, scratch.kafka_bootstrap]  # fmt: skip
+        args = [
+            sys.executable,
+            "-m",
+            "bench.passthrough",
+            source,
+            sink,
+            scratch.consumer_group,
+            scratch.kafka_bootstrap,
+        ]
         out = Watcher(scratch, sink)
         log = settings.home / "bench" / "passthrough-worker.log"
         with bench_process(args, dict(os.environ), log=log):
@@ -307,10 +345,14 @@ def where_time_goes(profile: Path, *, top: int = 12) -> list[dict[str, Any]]:
     rows = []
     entries = stats.stats.items()  # type: ignore[attr-defined]
     for (file, line, name), (_, calls, own, cumulative, _) in entries:
-        rows.append({
-            "function": f"{Path(file).parent.name}/{Path(file).name}:{line} {name}",
-            "calls": calls, "own_s": round(own, 3), "cumulative_s": round(cumulative, 3),
-        })  # fmt: skip
+        rows.append(
+            {
+                "function": f"{Path(file).parent.name}/{Path(file).name}:{line} {name}",
+                "calls": calls,
+                "own_s": round(own, 3),
+                "cumulative_s": round(cumulative, 3),
+            }
+        )
     rows.sort(key=lambda r: r["own_s"], reverse=True)
     total = sum(r["own_s"] for r in rows) or 1.0
     for row in rows:
@@ -318,14 +360,14 @@ def where_time_goes(profile: Path, *, top: int = 12) -> list[dict[str, Any]]:
     return rows[:top]
 
 
-def run(settings: Settings, *, orders_count: int, rate: float, seconds: float,
-        profile: bool = False) -> dict[str, Any]:  # fmt: skip
+def run(
+    settings: Settings, *, orders_count: int, rate: float, seconds: float, profile: bool = False
+) -> dict[str, Any]:
     """The pipeline's figures next to the pass-through agent's; `profile` runs the worker under
     cProfile (slower: for where the time goes, not for the figures)."""
     with tempfile.TemporaryDirectory() as tmp:
         stats = Path(tmp) / "worker.prof" if profile else None
-        figures = pipeline(settings, count=orders_count, rate=rate, seconds=seconds,
-                           profile=stats)  # fmt: skip
+        figures = pipeline(settings, count=orders_count, rate=rate, seconds=seconds, profile=stats)
         figures["profile_top"] = (
             where_time_goes(stats) if stats is not None and stats.exists() else []
         )
@@ -353,6 +395,8 @@ def report(figures: dict[str, Any]) -> list[str]:
     if not f["profiled"]:
         return [*lines, "(--profile shows where the worker's main thread spends its time)"]
     lines.append("where the worker's main thread spends its time (own time):")
-    lines += [f"  {r['share']:>5.1%}  {r['own_s']:>7.2f} s  {r['calls']:>9,}  {r['function']}"
-              for r in f["profile_top"]]  # fmt: skip
+    lines += [
+        f"  {r['share']:>5.1%}  {r['own_s']:>7.2f} s  {r['calls']:>9,}  {r['function']}"
+        for r in f["profile_top"]
+    ]
     return lines

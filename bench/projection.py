@@ -61,11 +61,18 @@ def produce_history(settings: Settings, *, events: int) -> int:
     from confluent_kafka import Producer
 
     codec = AvroCodec()
-    producer = Producer(producer_config(
-        settings.kafka_bootstrap,
-        **{"linger.ms": 20, "batch.num.messages": 10000, "enable.idempotence": False,
-           "acks": 1, "queue.buffering.max.messages": 500000},
-    ))  # fmt: skip
+    producer = Producer(
+        producer_config(
+            settings.kafka_bootstrap,
+            **{
+                "linger.ms": 20,
+                "batch.num.messages": 10000,
+                "enable.idempotence": False,
+                "acks": 1,
+                "queue.buffering.max.messages": 500000,
+            },
+        )
+    )
     count = 0
     ledger_sequence = 1
 
@@ -80,40 +87,76 @@ def produce_history(settings: Settings, *, events: int) -> int:
         count += 1
 
     now = utc_now()
-    receipt = StockReceived(event_id=str(uuid.uuid4()), sequence=1, occurred_at=now,
-                            recorded_at=now, correlation_id="bench", actor=SYSTEM,
-                            sku="TEA-GIFT-M", location="WH-SH", quantity=10**9)  # fmt: skip
+    receipt = StockReceived(
+        event_id=str(uuid.uuid4()),
+        sequence=1,
+        occurred_at=now,
+        recorded_at=now,
+        correlation_id="bench",
+        actor=SYSTEM,
+        sku="TEA-GIFT-M",
+        location="WH-SH",
+        quantity=10**9,
+    )
     send(settings.topics.inventory, "TEA-GIFT-M@WH-SH", codec.encode(receipt))
     for n, order in enumerate(orders(events // 4, run=f"hist{uuid.uuid4().hex[:6]}")):
         common: dict[str, Any] = dict(
-            occurred_at=now, recorded_at=now, correlation_id=order.correlation_id,
-            actor=SYSTEM, order_id=order.order_id, channel=order.channel,
+            occurred_at=now,
+            recorded_at=now,
+            correlation_id=order.correlation_id,
+            actor=SYSTEM,
+            order_id=order.order_id,
+            channel=order.channel,
             external_id=order.external_id,
-        )  # fmt: skip
+        )
         location = order.location_hint or "WH-SH"
-        lines = [LineQuantity(sku=line.sku, quantity=line.quantity, location=location)
-                 for line in order.lines]  # fmt: skip
+        lines = [
+            LineQuantity(sku=line.sku, quantity=line.quantity, location=location)
+            for line in order.lines
+        ]
         history = [
             order,
-            OrderAccepted(event_id=deterministic_id(order.event_id, "a"), sequence=2,
-                          total=order.total, currency=order.currency, **common),
-            OrderRouted(event_id=deterministic_id(order.event_id, "r"), sequence=3,
-                        location=location, reasons=["bench"],
-                        groups=[FulfilmentGroup(location=location, lines=lines)], **common),
-            OrderPrioritised(event_id=deterministic_id(order.event_id, "p"), sequence=4,
-                             location=location, score=100, **common),
-        ]  # fmt: skip
+            OrderAccepted(
+                event_id=deterministic_id(order.event_id, "a"),
+                sequence=2,
+                total=order.total,
+                currency=order.currency,
+                **common,
+            ),
+            OrderRouted(
+                event_id=deterministic_id(order.event_id, "r"),
+                sequence=3,
+                location=location,
+                reasons=["bench"],
+                groups=[FulfilmentGroup(location=location, lines=lines)],
+                **common,
+            ),
+            OrderPrioritised(
+                event_id=deterministic_id(order.event_id, "p"),
+                sequence=4,
+                location=location,
+                score=100,
+                **common,
+            ),
+        ]
         for event in history:
             send(settings.topics.orders, order.order_id, codec.encode(event))
         if n % 5 == 0:
             ledger_sequence += 1
             reserved = StockReserved(
-                event_id=deterministic_id(order.event_id, "s"), sequence=ledger_sequence,
-                occurred_at=now, recorded_at=now, correlation_id=order.order_id, actor=SYSTEM,
-                sku="TEA-GIFT-M", location="WH-SH", order_id=order.order_id,
-                reservation_id=deterministic_id(order.event_id, "res"), quantity=1,
+                event_id=deterministic_id(order.event_id, "s"),
+                sequence=ledger_sequence,
+                occurred_at=now,
+                recorded_at=now,
+                correlation_id=order.order_id,
+                actor=SYSTEM,
+                sku="TEA-GIFT-M",
+                location="WH-SH",
+                order_id=order.order_id,
+                reservation_id=deterministic_id(order.event_id, "res"),
+                quantity=1,
                 expires_at=now + timedelta(days=3),
-            )  # fmt: skip
+            )
             send(settings.topics.inventory, "TEA-GIFT-M@WH-SH", codec.encode(reserved))
         producer.poll(0)
     producer.flush(120)
@@ -152,13 +195,19 @@ def projector_rate(settings: Settings, *, events: int) -> dict[str, Any]:
             store.execute(f"DROP DATABASE IF EXISTS {store.database}__rebuild")
     rate = produced / elapsed
     return {
-        "events": produced, "events_per_s": rate, "elapsed_s": elapsed,
+        "events": produced,
+        "events_per_s": rate,
+        "elapsed_s": elapsed,
         "target_events_per_s": PROJECTOR_TARGET_PER_S,
         "meets_target": rate >= PROJECTOR_TARGET_PER_S,
-        "bulk_insert": insert, "ratio_to_bulk_insert": rate / insert["rows_per_s"],
-        "rebuild": {"events": rebuilt.events, "elapsed_s": rebuilt.elapsed_s,
-                    "events_per_s": rebuilt.events / rebuilt.elapsed_s},
-    }  # fmt: skip
+        "bulk_insert": insert,
+        "ratio_to_bulk_insert": rate / insert["rows_per_s"],
+        "rebuild": {
+            "events": rebuilt.events,
+            "elapsed_s": rebuilt.elapsed_s,
+            "events_per_s": rebuilt.events / rebuilt.elapsed_s,
+        },
+    }
 
 
 def rebuild_time(settings: Settings, *, events: int) -> dict[str, Any]:
@@ -173,13 +222,16 @@ def rebuild_time(settings: Settings, *, events: int) -> dict[str, Any]:
             store.execute(f"DROP DATABASE IF EXISTS {store.database}")
             store.execute(f"DROP DATABASE IF EXISTS {store.database}__rebuild")
     return {
-        "events": produced, "replayed": rebuilt.events, "order_events_rows": rows,
-        "elapsed_s": rebuilt.elapsed_s, "events_per_s": rebuilt.events / rebuilt.elapsed_s,
-        "swap": rebuilt.swap, "target_s_per_million": REBUILD_TARGET_S,
+        "events": produced,
+        "replayed": rebuilt.events,
+        "order_events_rows": rows,
+        "elapsed_s": rebuilt.elapsed_s,
+        "events_per_s": rebuilt.events / rebuilt.elapsed_s,
+        "swap": rebuilt.swap,
+        "target_s_per_million": REBUILD_TARGET_S,
         "seconds_per_million": rebuilt.elapsed_s * 1_000_000 / max(rebuilt.events, 1),
-        "meets_target": rebuilt.elapsed_s * 1_000_000 / max(rebuilt.events, 1)
-        <= REBUILD_TARGET_S,
-    }  # fmt: skip
+        "meets_target": rebuilt.elapsed_s * 1_000_000 / max(rebuilt.events, 1) <= REBUILD_TARGET_S,
+    }
 
 
 def rebuild_report(figures: dict[str, Any]) -> list[str]:
@@ -213,8 +265,10 @@ def freshness(settings: Settings, *, rate: float, seconds: float) -> dict[str, A
         database = f"bench_{uuid.uuid4().hex[:8]}"
         url = with_database_url(scratch.resolved_clickhouse_url, database)
         if not url.startswith("clickhouse://"):
-            raise RuntimeError("freshness needs the ClickHouse server (worker, projector and "
-                               "this process each read it)")  # fmt: skip
+            raise RuntimeError(
+                "freshness needs the ClickHouse server (worker, projector and "
+                "this process each read it)"
+            )
         store = _database(scratch, database)
         migrate(store)
         env = worker_env(scratch, catalogue) | {"OMS_CLICKHOUSE_URL": url}
@@ -231,8 +285,7 @@ def freshness(settings: Settings, *, rate: float, seconds: float) -> dict[str, A
                 _wait_visible(store, {o.order_id for o in warm}, timeout_s=120)
                 paced = orders(int(rate * seconds), run="fresh")
                 visible: dict[str, float] = {}
-                watcher = threading.Thread(target=_watch, args=(store, paced, visible),
-                                           daemon=True)  # fmt: skip
+                watcher = threading.Thread(target=_watch, args=(store, paced, visible), daemon=True)
                 watcher.start()
                 sent = publish_orders(scratch, scratch.topics.intake, paced, rate=rate)
                 watcher.join(timeout=seconds + 120)
@@ -240,20 +293,26 @@ def freshness(settings: Settings, *, rate: float, seconds: float) -> dict[str, A
             store.execute(f"DROP DATABASE IF EXISTS {database}")
     latencies = [visible[o.order_id] - sent[o.order_id] for o in paced if o.order_id in visible]
     return {
-        "rate_per_s": rate, "orders": len(paced), "visible": len(latencies),
-        "p50_s": percentile(latencies, 50), "p90_s": percentile(latencies, 90),
-        "p99_s": percentile(latencies, 99), "max_s": max(latencies),
+        "rate_per_s": rate,
+        "orders": len(paced),
+        "visible": len(latencies),
+        "p50_s": percentile(latencies, 50),
+        "p90_s": percentile(latencies, 90),
+        "p99_s": percentile(latencies, 99),
+        "max_s": max(latencies),
         "target_p99_s": FRESHNESS_P99_TARGET_S,
         "meets_target": len(latencies) == len(paced)
         and percentile(latencies, 99) <= FRESHNESS_P99_TARGET_S,
-    }  # fmt: skip
+    }
 
 
 def _wait_visible(store: ClickHouseStore, ids: set[str], *, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        rows = store.query(f"SELECT count() FROM {store.database}.orders WHERE order_id IN "
-                           f"({', '.join(repr(i) for i in ids)})")  # fmt: skip
+        rows = store.query(
+            f"SELECT count() FROM {store.database}.orders WHERE order_id IN "
+            f"({', '.join(repr(i) for i in ids)})"
+        )
         if rows[0][0] >= len(ids):
             return
         time.sleep(0.2)
@@ -265,8 +324,9 @@ def _watch(store: ClickHouseStore, wanted: list[Any], visible: dict[str, float])
     prefix = wanted[0].order_id.rsplit("-", 1)[0]
     deadline = time.monotonic() + 600
     while len(visible) < len(wanted) and time.monotonic() < deadline:
-        rows = store.query(f"SELECT order_id FROM {store.database}.orders "
-                           f"WHERE order_id LIKE '{prefix}-%'")  # fmt: skip
+        rows = store.query(
+            f"SELECT order_id FROM {store.database}.orders WHERE order_id LIKE '{prefix}-%'"
+        )
         now = time.time()
         for (order_id,) in rows:
             visible.setdefault(order_id, now)

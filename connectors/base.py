@@ -134,27 +134,51 @@ class Connector(ABC):
         `revision` > 0 (the channel's revision number or update time, increasing)."""
         if placed_at.tzinfo is None:
             raise PayloadRejected("time has no timezone", field="placed_at")
-        _fit_longs(lines, total=total, delivery_fee=delivery_fee, packaging_fee=packaging_fee,
-                   discount=discount, tax=tax, revision=revision)  # fmt: skip
+        _fit_longs(
+            lines,
+            total=total,
+            delivery_fee=delivery_fee,
+            packaging_fee=packaging_fee,
+            discount=discount,
+            tax=tax,
+            revision=revision,
+        )
         order_id = self.order_id(external_id)
         envelope: dict[str, Any] = {
-            "order_id": order_id, "occurred_at": occurred_at or placed_at,
-            "recorded_at": received_at, "correlation_id": order_id, "actor": self.actor(),
-            "channel": self.name, "external_id": external_id, "lines": list(lines),
-            "delivery_fee": delivery_fee, "packaging_fee": packaging_fee, "discount": discount,
-            "tax": tax, "total": total, "address": address, "requested_at": requested_at,
+            "order_id": order_id,
+            "occurred_at": occurred_at or placed_at,
+            "recorded_at": received_at,
+            "correlation_id": order_id,
+            "actor": self.actor(),
+            "channel": self.name,
+            "external_id": external_id,
+            "lines": list(lines),
+            "delivery_fee": delivery_fee,
+            "packaging_fee": packaging_fee,
+            "discount": discount,
+            "tax": tax,
+            "total": total,
+            "address": address,
+            "requested_at": requested_at,
             "notes": notes,
-        }  # fmt: skip
+        }
         order_fields: dict[str, Any] = {
-            "mode": mode, "currency": currency, "payment_status": payment_status,
-            "customer": customer, "location_hint": location_hint, "device_id": device_id,
+            "mode": mode,
+            "currency": currency,
+            "payment_status": payment_status,
+            "customer": customer,
+            "location_hint": location_hint,
+            "device_id": device_id,
             "placed_at": placed_at,
-        }  # fmt: skip
+        }
         if revision > 0:
             return OrderModified(
-                event_id=self.modified_event_id(external_id, revision), sequence=revision + 1,
-                revision=revision, **envelope, **order_fields,
-            )  # fmt: skip
+                event_id=self.modified_event_id(external_id, revision),
+                sequence=revision + 1,
+                revision=revision,
+                **envelope,
+                **order_fields,
+            )
         return OrderReceived(
             event_id=self.received_event_id(external_id), sequence=1, **envelope, **order_fields
         )

@@ -191,32 +191,63 @@ def sample_payload(
     created = order.placed_at.astimezone(CHINA).strftime("%Y-%m-%dT%H:%M:%S")
     shop_id = zlib.crc32(order.store.encode()) % 10**9
     message: dict[str, Any] = {
-        "id": order.external_id, "orderId": order.external_id, "createdAt": created,
-        "activeAt": created, "deliverFee": as_number(order.delivery_fee), "deliverTime": None,
-        "vipDeliveryFeeDiscount": as_number(0), "description": order.notes or "",
-        "groups": [{"name": "1号篮子", "type": "normal", "items": [
-            {"id": i + 1, "name": line.name, "extendCode": line.sku, "categoryId": 1,
-             "price": as_number(line.unit_price), "quantity": line.quantity,
-             "total": as_number(line.unit_price * line.quantity), "newSpecs": [], "attributes": []}
-            for i, line in enumerate(order.lines)]}],
-        "book": False, "onlinePaid": True, "phoneList": [order.customer_phone],
-        "shopId": shop_id, "openId": order.store, "status": "unprocessed",
+        "id": order.external_id,
+        "orderId": order.external_id,
+        "createdAt": created,
+        "activeAt": created,
+        "deliverFee": as_number(order.delivery_fee),
+        "deliverTime": None,
+        "vipDeliveryFeeDiscount": as_number(0),
+        "description": order.notes or "",
+        "groups": [
+            {
+                "name": "1号篮子",
+                "type": "normal",
+                "items": [
+                    {
+                        "id": i + 1,
+                        "name": line.name,
+                        "extendCode": line.sku,
+                        "categoryId": 1,
+                        "price": as_number(line.unit_price),
+                        "quantity": line.quantity,
+                        "total": as_number(line.unit_price * line.quantity),
+                        "newSpecs": [],
+                        "attributes": [],
+                    }
+                    for i, line in enumerate(order.lines)
+                ],
+            }
+        ],
+        "book": False,
+        "onlinePaid": True,
+        "phoneList": [order.customer_phone],
+        "shopId": shop_id,
+        "openId": order.store,
+        "status": "unprocessed",
         "totalPrice": as_number(order.total),
         "originalPrice": as_number(order.total + order.discount),
-        "consignee": order.customer_name, "address": order.address_text or "",
+        "consignee": order.customer_name,
+        "address": order.address_text or "",
         "deliveryGeo": "" if order.latitude is None else f"{order.longitude},{order.latitude}",
-        "packageFee": as_number(order.packaging_fee), "activityTotal": as_number(-order.discount),
-        "shopPart": as_number(-order.discount), "elemePart": as_number(0),
+        "packageFee": as_number(order.packaging_fee),
+        "activityTotal": as_number(-order.discount),
+        "shopPart": as_number(-order.discount),
+        "elemePart": as_number(0),
         "orderBusinessType": _SELF_PICKUP if order.mode is OrderMode.PICKUP else 0,
-    }  # fmt: skip
+    }
     timestamp = int(order.revised_at(revision).timestamp())
     if revision:
         message["updateTime"] = timestamp
     envelope: dict[str, Any] = {
-        "requestId": f"{order.external_id}{revision:04d}", "type": ORDER_EFFECTIVE,
-        "appId": 20261125, "message": payload_json(message),
-        "shopId": shop_id, "timestamp": timestamp * 1000 + 512, "userId": 286451379,
-    }  # fmt: skip
+        "requestId": f"{order.external_id}{revision:04d}",
+        "type": ORDER_EFFECTIVE,
+        "appId": 20261125,
+        "message": payload_json(message),
+        "shopId": shop_id,
+        "timestamp": timestamp * 1000 + 512,
+        "userId": 286451379,
+    }
     if secret is not None:
         envelope["signature"] = signature(envelope, secret=secret)
     return json.dumps(envelope, ensure_ascii=False).encode(), {}

@@ -161,8 +161,9 @@ def _publish_share(
             with _done.get_lock():
                 _done.value += 500
 
-    report = _publish(mine, file_name=path.name, connector=connector, publisher=publisher,
-                      on_line=count)  # fmt: skip
+    report = _publish(
+        mine, file_name=path.name, connector=connector, publisher=publisher, on_line=count
+    )
     with _done.get_lock():
         _done.value += report.lines % 500
     return report
@@ -186,8 +187,13 @@ def import_file(
     """
     total_payloads = count_payloads(path) if workers > 1 else 0
     if total_payloads < PARALLEL_FROM:
-        return _publish(payloads(path), file_name=path.name, connector=connector,
-                        publisher=publisher, on_line=on_line)  # fmt: skip
+        return _publish(
+            payloads(path),
+            file_name=path.name,
+            connector=connector,
+            publisher=publisher,
+            on_line=on_line,
+        )
     context = multiprocessing.get_context("spawn")  # librdkafka's threads do not survive fork
     done = context.Value("q", 0)
     total = ImportReport()

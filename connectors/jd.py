@@ -38,9 +38,16 @@ from events.models import Address, Customer, OrderLine, OrderMode, PaymentStatus
 
 CURRENCY = "CNY"
 _RESPONSE = "jingdong_pop_order_get_responce"
-_PAID = {"WAIT_SELLER_STOCK_OUT", "WAIT_SELLER_DELIVERY", "WAIT_GOODS_RECEIVE_CONFIRM",
-         "SEND_TO_DISTRIBUTION_CENER", "DISTRIBUTION_CENTER_RECEIVED", "RECEIPTS_CONFIRM",
-         "FINISHED_L", "WAIT_SEND_CODE"}  # fmt: skip
+_PAID = {
+    "WAIT_SELLER_STOCK_OUT",
+    "WAIT_SELLER_DELIVERY",
+    "WAIT_GOODS_RECEIVE_CONFIRM",
+    "SEND_TO_DISTRIBUTION_CENER",
+    "DISTRIBUTION_CENTER_RECEIVED",
+    "RECEIPTS_CONFIRM",
+    "FINISHED_L",
+    "WAIT_SEND_CODE",
+}
 _CASH_ON_DELIVERY = "1"  # payType "1-货到付款"
 _STORE_PICKUP = "69"  # idSopShipmenttype: 68 京配, 69 京配自提
 _NEVER = ("0001-01-01", "1970-01-01")  # JD's "no such time"
@@ -193,24 +200,41 @@ def sample_payload(
     created = _beijing(order.placed_at)
     goods = sum(line.quantity * line.unit_price for line in order.lines)
     items = [
-        {"skuId": str(100_000_000_000 + zlib.crc32(line.sku.encode())), "outerSkuId": line.sku,
-         "skuName": line.name, "jdPrice": as_text(line.unit_price), "itemTotal": str(line.quantity)}
+        {
+            "skuId": str(100_000_000_000 + zlib.crc32(line.sku.encode())),
+            "outerSkuId": line.sku,
+            "skuName": line.name,
+            "jdPrice": as_text(line.unit_price),
+            "itemTotal": str(line.quantity),
+        }
         for line in order.lines
-    ]  # fmt: skip
+    ]
     info = {
-        "orderId": order.external_id, "orderType": "22", "payType": "4-在线支付",
-        "orderState": "WAIT_SELLER_STOCK_OUT", "orderStateRemark": "等待出库",
-        "orderTotalPrice": as_text(goods), "sellerDiscount": as_text(order.discount),
-        "orderSellerPrice": as_text(goods - order.discount), "balanceUsed": "0.00",
-        "freightPrice": as_text(order.delivery_fee), "taxFee": as_text(order.tax),
-        "orderPayment": as_text(order.total), "orderRemark": order.notes or "",
-        "orderStartTime": created, "paymentConfirmTime": created,
+        "orderId": order.external_id,
+        "orderType": "22",
+        "payType": "4-在线支付",
+        "orderState": "WAIT_SELLER_STOCK_OUT",
+        "orderStateRemark": "等待出库",
+        "orderTotalPrice": as_text(goods),
+        "sellerDiscount": as_text(order.discount),
+        "orderSellerPrice": as_text(goods - order.discount),
+        "balanceUsed": "0.00",
+        "freightPrice": as_text(order.delivery_fee),
+        "taxFee": as_text(order.tax),
+        "orderPayment": as_text(order.total),
+        "orderRemark": order.notes or "",
+        "orderStartTime": created,
+        "paymentConfirmTime": created,
         "modified": _beijing(order.revised_at(revision)),
         "pin": order.extras.get("pin", f"jd_{zlib.crc32(order.customer_phone.encode()):x}"),
-        "consigneeInfo": {"fullname": order.customer_name, "mobile": order.customer_phone,
-                          "fullAddress": order.address_text or ""},
-        "itemInfoList": items, "storeId": order.store,
+        "consigneeInfo": {
+            "fullname": order.customer_name,
+            "mobile": order.customer_phone,
+            "fullAddress": order.address_text or "",
+        },
+        "itemInfoList": items,
+        "storeId": order.store,
         "idSopShipmenttype": _STORE_PICKUP if order.mode is OrderMode.PICKUP else "68",
-    }  # fmt: skip
+    }
     body = {_RESPONSE: {"code": "0", "orderDetailInfo": {"orderInfo": info}}}
     return json.dumps(body, ensure_ascii=False).encode(), {}

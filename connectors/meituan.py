@@ -131,8 +131,16 @@ class MeituanConnector(Connector):
         boxes = sum((d.box_num * d.box_price for d in order.detail), Decimal(0))
         charges = sum((a.mt_charge + a.poi_charge for a in order.extras), Decimal(0))
         text = order.recipient_address.replace("@#", " ").strip()  # "门牌@#地址"
-        address = Address(text=text, country="CN", latitude=order.latitude or None,
-                          longitude=order.longitude or None) if text else None  # fmt: skip
+        address = (
+            Address(
+                text=text,
+                country="CN",
+                latitude=order.latitude or None,
+                longitude=order.longitude or None,
+            )
+            if text
+            else None
+        )
         pickup = order.pick_type == _SELF_PICKUP
         wanted = order.delivery_time  # 0: as soon as possible
         return self.order(
@@ -169,32 +177,57 @@ def sample_payload(
     ctime = int(order.placed_at.timestamp())
     utime = int(order.revised_at(revision).timestamp())
     detail = [
-        {"app_food_code": line.sku, "sku_id": line.sku, "food_name": line.name,
-         "quantity": line.quantity, "price": as_number(line.unit_price), "unit": "份",
-         "box_num": 1 if i == 0 and order.packaging_fee else 0,
-         "box_price": as_number(order.packaging_fee) if i == 0 else 0, "spec": "",
-         "food_property": ""}
+        {
+            "app_food_code": line.sku,
+            "sku_id": line.sku,
+            "food_name": line.name,
+            "quantity": line.quantity,
+            "price": as_number(line.unit_price),
+            "unit": "份",
+            "box_num": 1 if i == 0 and order.packaging_fee else 0,
+            "box_price": as_number(order.packaging_fee) if i == 0 else 0,
+            "spec": "",
+            "food_property": "",
+        }
         for i, line in enumerate(order.lines)
-    ]  # fmt: skip
-    extras = [
-        {"reduce_fee": as_number(order.discount), "mt_charge": 0,
-         "poi_charge": as_number(order.discount), "remark": "满减优惠", "type": 2}
-    ] if order.discount else []  # fmt: skip
+    ]
+    extras = (
+        [
+            {
+                "reduce_fee": as_number(order.discount),
+                "mt_charge": 0,
+                "poi_charge": as_number(order.discount),
+                "remark": "满减优惠",
+                "type": 2,
+            }
+        ]
+        if order.discount
+        else []
+    )
     params = {
-        "app_id": "6231", "timestamp": str(utime + 2),
-        "order_id": order.external_id, "wm_order_id_view": order.external_id,
-        "app_poi_code": order.store, "ctime": str(ctime), "utime": str(utime),
-        "status": "2", "pay_type": "2",
+        "app_id": "6231",
+        "timestamp": str(utime + 2),
+        "order_id": order.external_id,
+        "wm_order_id_view": order.external_id,
+        "app_poi_code": order.store,
+        "ctime": str(ctime),
+        "utime": str(utime),
+        "status": "2",
+        "pay_type": "2",
         "pick_type": str(_SELF_PICKUP if order.mode is OrderMode.PICKUP else 0),
-        "delivery_time": "0", "recipient_name": order.customer_name,
-        "recipient_phone": order.customer_phone, "recipient_address": order.address_text or "",
-        "latitude": str(order.latitude or 0), "longitude": str(order.longitude or 0),
-        "shipping_fee": str(as_number(order.delivery_fee)), "total": str(as_number(order.total)),
+        "delivery_time": "0",
+        "recipient_name": order.customer_name,
+        "recipient_phone": order.customer_phone,
+        "recipient_address": order.address_text or "",
+        "latitude": str(order.latitude or 0),
+        "longitude": str(order.longitude or 0),
+        "shipping_fee": str(as_number(order.delivery_fee)),
+        "total": str(as_number(order.total)),
         "original_price": str(as_number(order.total + order.discount)),
         "caution": order.notes or "",
         "detail": payload_json(detail, compact=True),
         "extras": payload_json(extras, compact=True),
-    }  # fmt: skip
+    }
     if secret is not None:
         url = os.environ.get("OMS_MEITUAN_PUSH_URL", PUSH_URL)
         params["sig"] = signature(params, secret=secret, url=url)

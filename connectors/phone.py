@@ -42,18 +42,41 @@ from connectors.samples import SampleOrder
 from events.models import Address, Customer, OrderLine, OrderMode, PaymentStatus
 
 CSV_COLUMNS: tuple[str, ...] = (
-    "ticket", "store", "placed_at", "mode", "customer_name", "phone", "address", "items",
-    "delivery_fee", "packaging_fee", "discount", "total", "payment", "requested_at", "notes",
-    "revision", "updated_at",
-)  # fmt: skip
+    "ticket",
+    "store",
+    "placed_at",
+    "mode",
+    "customer_name",
+    "phone",
+    "address",
+    "items",
+    "delivery_fee",
+    "packaging_fee",
+    "discount",
+    "total",
+    "payment",
+    "requested_at",
+    "notes",
+    "revision",
+    "updated_at",
+)
 CURRENCY = "CNY"
-_MODES = {"delivery": OrderMode.DELIVERY, "外卖": OrderMode.DELIVERY,
-          "pickup": OrderMode.PICKUP, "自取": OrderMode.PICKUP,
-          "dine_in": OrderMode.DINE_IN, "堂食": OrderMode.DINE_IN}  # fmt: skip
-_PAYMENTS = {"paid": PaymentStatus.PAID, "已付": PaymentStatus.PAID,
-             "cash_on_delivery": PaymentStatus.CASH_ON_DELIVERY,
-             "货到付款": PaymentStatus.CASH_ON_DELIVERY,
-             "unpaid": PaymentStatus.UNPAID, "未付": PaymentStatus.UNPAID}  # fmt: skip
+_MODES = {
+    "delivery": OrderMode.DELIVERY,
+    "外卖": OrderMode.DELIVERY,
+    "pickup": OrderMode.PICKUP,
+    "自取": OrderMode.PICKUP,
+    "dine_in": OrderMode.DINE_IN,
+    "堂食": OrderMode.DINE_IN,
+}
+_PAYMENTS = {
+    "paid": PaymentStatus.PAID,
+    "已付": PaymentStatus.PAID,
+    "cash_on_delivery": PaymentStatus.CASH_ON_DELIVERY,
+    "货到付款": PaymentStatus.CASH_ON_DELIVERY,
+    "unpaid": PaymentStatus.UNPAID,
+    "未付": PaymentStatus.UNPAID,
+}
 _ITEM = re.compile(
     r"(?:\[(?P<sku>[^\]]+)\])?\s*(?P<name>.+?)\s*[x×X*]\s*(?P<quantity>\d+)\s*"
     r"@\s*[¥￥]?(?P<price>\d+(?:\.\d+)?)\s*(?:[(（](?P<options>[^)）]*)[)）])?"
@@ -190,12 +213,22 @@ def sample_payload(
     placed = order.placed_at.astimezone(CHINA)
     due = "cash_on_delivery" if order.mode is OrderMode.DELIVERY else "unpaid"
     ticket = {
-        "ticket": order.external_id, "store": order.store, "placed_at": f"{placed:%Y-%m-%d %H:%M}",
-        "mode": order.mode.value, "customer_name": order.customer_name,
-        "phone": order.customer_phone, "address": order.address_text or "", "items": items,
-        "delivery_fee": as_text(order.delivery_fee), "packaging_fee": as_text(order.packaging_fee),
-        "discount": as_text(order.discount), "total": as_text(order.total),
-        "payment": order.extras.get("payment", due), "requested_at": "",
-        "notes": order.notes or "", "revision": str(revision), "updated_at": "",
-    }  # fmt: skip
+        "ticket": order.external_id,
+        "store": order.store,
+        "placed_at": f"{placed:%Y-%m-%d %H:%M}",
+        "mode": order.mode.value,
+        "customer_name": order.customer_name,
+        "phone": order.customer_phone,
+        "address": order.address_text or "",
+        "items": items,
+        "delivery_fee": as_text(order.delivery_fee),
+        "packaging_fee": as_text(order.packaging_fee),
+        "discount": as_text(order.discount),
+        "total": as_text(order.total),
+        "payment": order.extras.get("payment", due),
+        "requested_at": "",
+        "notes": order.notes or "",
+        "revision": str(revision),
+        "updated_at": "",
+    }
     return json.dumps(ticket, ensure_ascii=False).encode(), {}

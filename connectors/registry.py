@@ -35,8 +35,15 @@ def registered() -> list[Registered]:
             found.append(Registered(entry.name, entry.value, distribution, None, repr(exc)))
             continue
         if not (isinstance(loaded, type) and issubclass(loaded, Connector)):
-            found.append(Registered(entry.name, entry.value, distribution, None,
-                                    "not a connectors.base.Connector subclass"))  # fmt: skip
+            found.append(
+                Registered(
+                    entry.name,
+                    entry.value,
+                    distribution,
+                    None,
+                    "not a connectors.base.Connector subclass",
+                )
+            )
         else:
             found.append(Registered(entry.name, entry.value, distribution, loaded))
     return sorted(found, key=lambda r: r.name)

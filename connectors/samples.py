@@ -81,8 +81,14 @@ _ADDRESSES = [
 
 
 def _shipping_address(street: str, latitude: float, longitude: float) -> dict[str, Any]:
-    return {"address1": street, "city": "Shanghai", "zip": "200000", "country_code": "CN",
-            "latitude": latitude, "longitude": longitude}  # fmt: skip
+    return {
+        "address1": street,
+        "city": "Shanghai",
+        "zip": "200000",
+        "country_code": "CN",
+        "latitude": latitude,
+        "longitude": longitude,
+    }
 
 
 def web_order(

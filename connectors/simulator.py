@@ -94,7 +94,7 @@ PROFILES: dict[str, Profile] = {
             "eleme": _DELIVERY_PICKUP,
             "wechat": {OrderMode.DINE_IN: 0.45, OrderMode.PICKUP: 0.3, OrderMode.DELIVERY: 0.25},
             "phone": {OrderMode.DELIVERY: 0.6, OrderMode.PICKUP: 0.4},
-        },  # fmt: skip
+        },
         catalogue=DISHES,
         curve=_restaurant_curve,
     ),
@@ -106,7 +106,7 @@ PROFILES: dict[str, Profile] = {
             "webshop": _ONLINE,
             "woocommerce": _ONLINE,
             "square": {OrderMode.DINE_IN: 0.7, OrderMode.PICKUP: 0.3},
-        },  # fmt: skip
+        },
         catalogue=PRODUCTS,
         curve=_retail_curve,
     ),
@@ -207,20 +207,26 @@ def sample_order(
         customer_name=rng.choice(NAMES),
         customer_phone=f"138{rng.randint(10_000_000, 99_999_999)}",
         delivery_fee=(rng.choice([0, 300, 500]) if restaurant else rng.choice([0, 0, 1000]))
-        if delivery else 0,
+        if delivery
+        else 0,
         packaging_fee=rng.choice([100, 200]) if restaurant and mode != OrderMode.DINE_IN else 0,
         discount=min(rng.choice([0, 0, 0, 300, 500, 1000]), subtotal // 2),
         address_text=f"上海市{rng.choice(STREETS)}{rng.randint(1, 999)}号" if delivery else None,
         latitude=round(lat + rng.uniform(-0.03, 0.03), 6) if delivery else None,
         longitude=round(lon + rng.uniform(-0.03, 0.03), 6) if delivery else None,
         notes=rng.choice([None, None, "少辣", "不要香菜", "请尽快送达", "放门口"]),
-    )  # fmt: skip
+    )
 
 
 def traffic(
-    *, profile_name: str, rate: float, duration_s: float, start: datetime, run_id: str,
+    *,
+    profile_name: str,
+    rate: float,
+    duration_s: float,
+    start: datetime,
+    run_id: str,
     rng: random.Random,
-) -> Iterator[Send]:  # fmt: skip
+) -> Iterator[Send]:
     """Every payload of a run, in the order they are due. Pure: the start, the run id and the
     randomness are passed in, so the same three give the same traffic. A payload due at `t`
     carries times no later than `start + t` (to the second, as the platforms write them)."""
@@ -275,11 +281,17 @@ def traffic(
 
 
 def simulate(
-    *, profile_name: str, rate: float, duration_s: float, publisher: Publisher,
-    seed: int | None = None, run_id: str | None = None,
+    *,
+    profile_name: str,
+    rate: float,
+    duration_s: float,
+    publisher: Publisher,
+    seed: int | None = None,
+    run_id: str | None = None,
     on_tick: Callable[[SimulationReport], None] | None = None,
-    clock: Callable[[], datetime] = utc_now, sleep: Callable[[float], None] = time.sleep,
-) -> SimulationReport:  # fmt: skip
+    clock: Callable[[], datetime] = utc_now,
+    sleep: Callable[[float], None] = time.sleep,
+) -> SimulationReport:
     """Send about `rate * duration_s` orders, shaped by the profile's day, then wait for acks.
     Each payload is sent no earlier than the times it carries. Without `run_id` the run draws
     its own: `seed` repeats the traffic, `seed` and `run_id` together repeat it exactly."""
@@ -290,8 +302,14 @@ def simulate(
     }
     report = SimulationReport(run_id=run_id or new_run_id(), peak_rate=peak_rate(profile, rate))
     start = clock()
-    for send in traffic(profile_name=profile_name, rate=rate, duration_s=duration_s, start=start,
-                        run_id=report.run_id, rng=random.Random(seed)):  # fmt: skip
+    for send in traffic(
+        profile_name=profile_name,
+        rate=rate,
+        duration_s=duration_s,
+        start=start,
+        run_id=report.run_id,
+        rng=random.Random(seed),
+    ):
         due = start + timedelta(seconds=send.due_s)
         while (wait := (due - clock()).total_seconds()) > 0:
             if on_tick is not None:
@@ -312,15 +330,25 @@ def simulate(
     return report
 
 
-def _send(connector: Connector, send: Send, *, publisher: Publisher, report: SimulationReport,
-          clock: Callable[[], datetime]) -> None:  # fmt: skip
+def _send(
+    connector: Connector,
+    send: Send,
+    *,
+    publisher: Publisher,
+    report: SimulationReport,
+    clock: Callable[[], datetime],
+) -> None:
     try:
         event = connector.parse(send.body, received_at=clock(), headers=send.headers)
     except PayloadRejected as exc:
-        publisher.dead_letter(DeadLetter.of(
-            source=connector.name, source_ref=f"simulate:{report.run_id}:{report.generated}",
-            reason=str(exc), raw=send.body,
-        ))  # fmt: skip
+        publisher.dead_letter(
+            DeadLetter.of(
+                source=connector.name,
+                source_ref=f"simulate:{report.run_id}:{report.generated}",
+                reason=str(exc),
+                raw=send.body,
+            )
+        )
         return
     publisher.intake(event)
     report.published += 1

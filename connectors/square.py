@@ -235,9 +235,11 @@ def _line(item: _LineItem) -> OrderLine:
         quantity=item.quantity,
         unit_price=item.base_price_money.amount
         + sum(m.base_price_money.amount * m.quantity for m in chosen),
-        options=[*variation, *(m.name if m.quantity == 1 else f"{m.name} x{m.quantity}"
-                               for m in chosen)],
-    )  # fmt: skip
+        options=[
+            *variation,
+            *(m.name if m.quantity == 1 else f"{m.name} x{m.quantity}" for m in chosen),
+        ],
+    )
 
 
 def _payment(order: _SquareOrder) -> PaymentStatus:
@@ -274,8 +276,10 @@ def sample_payload(
         return {"amount": amount, "currency": order.currency}
 
     created = order.placed_at.astimezone(UTC)
-    recipient: dict[str, Any] = {"display_name": order.customer_name,
-                                 "phone_number": order.customer_phone}  # fmt: skip
+    recipient: dict[str, Any] = {
+        "display_name": order.customer_name,
+        "phone_number": order.customer_phone,
+    }
     if order.address_text and order.mode in (OrderMode.DELIVERY, OrderMode.SHIP):
         recipient["address"] = {"address_line_1": order.address_text}
     kind, key, note = {
@@ -288,40 +292,85 @@ def sample_payload(
     )
     charges = [("Delivery fee", order.delivery_fee), ("Packaging", order.packaging_fee)]
     body: dict[str, Any] = {
-        "id": order.external_id, "location_id": order.store, "source": {"name": "OrderStream"},
+        "id": order.external_id,
+        "location_id": order.store,
+        "source": {"name": "OrderStream"},
         "line_items": [
-            {"uid": f"line-{n}", "catalog_object_id": line.sku, "name": line.name,
-             "quantity": str(line.quantity), "item_type": "ITEM",
-             "base_price_money": money(line.unit_price),
-             "gross_sales_money": money(line.unit_price * line.quantity)}
+            {
+                "uid": f"line-{n}",
+                "catalog_object_id": line.sku,
+                "name": line.name,
+                "quantity": str(line.quantity),
+                "item_type": "ITEM",
+                "base_price_money": money(line.unit_price),
+                "gross_sales_money": money(line.unit_price * line.quantity),
+            }
             for n, line in enumerate(order.lines, start=1)
         ],
-        "taxes": [{"uid": "tax", "name": "Sales tax", "type": "ADDITIVE", "scope": "ORDER",
-                   "applied_money": money(order.tax)}] if order.tax else [],
-        "discounts": [{"uid": "discount", "name": "Promotion", "type": "FIXED_AMOUNT",
-                       "scope": "ORDER", "amount_money": money(order.discount),
-                       "applied_money": money(order.discount)}] if order.discount else [],
+        "taxes": [
+            {
+                "uid": "tax",
+                "name": "Sales tax",
+                "type": "ADDITIVE",
+                "scope": "ORDER",
+                "applied_money": money(order.tax),
+            }
+        ]
+        if order.tax
+        else [],
+        "discounts": [
+            {
+                "uid": "discount",
+                "name": "Promotion",
+                "type": "FIXED_AMOUNT",
+                "scope": "ORDER",
+                "amount_money": money(order.discount),
+                "applied_money": money(order.discount),
+            }
+        ]
+        if order.discount
+        else [],
         "service_charges": [
-            {"uid": name.lower().replace(" ", "-"), "name": name, "amount_money": money(amount),
-             "applied_money": money(amount), "total_money": money(amount),
-             "calculation_phase": "SUBTOTAL_PHASE", "taxable": False}
-            for name, amount in charges if amount
+            {
+                "uid": name.lower().replace(" ", "-"),
+                "name": name,
+                "amount_money": money(amount),
+                "applied_money": money(amount),
+                "total_money": money(amount),
+                "calculation_phase": "SUBTOTAL_PHASE",
+                "taxable": False,
+            }
+            for name, amount in charges
+            if amount
         ],
         "fulfillments": [{"uid": "fulfillment", "type": kind, "state": "PROPOSED", key: details}]
-        if kind else [],
-        "tenders": [{"id": f"{order.external_id}-tender", "type": "CARD",
-                     "amount_money": money(order.total), "card_details": {"status": "CAPTURED"}}],
+        if kind
+        else [],
+        "tenders": [
+            {
+                "id": f"{order.external_id}-tender",
+                "type": "CARD",
+                "amount_money": money(order.total),
+                "card_details": {"status": "CAPTURED"},
+            }
+        ],
         "created_at": _rfc3339(created),
         "updated_at": _rfc3339(order.revised_at(revision).astimezone(UTC)),
-        "state": "OPEN", "version": revision + 1,
-        "total_money": money(order.total), "total_tax_money": money(order.tax),
-        "total_discount_money": money(order.discount), "total_tip_money": money(0),
+        "state": "OPEN",
+        "version": revision + 1,
+        "total_money": money(order.total),
+        "total_tax_money": money(order.tax),
+        "total_discount_money": money(order.discount),
+        "total_tip_money": money(0),
         "total_service_charge_money": money(order.delivery_fee + order.packaging_fee),
-    }  # fmt: skip
+    }
     if not kind:  # an in-store sale: the ticket and the ordering app's metadata say who
         body["ticket_name"] = order.customer_name[:30]
-        extra = {"customer_name": order.customer_name, "customer_phone": order.customer_phone,
-                 "note": order.notes}  # fmt: skip
+        extra = {
+            "customer_name": order.customer_name,
+            "customer_phone": order.customer_phone,
+            "note": order.notes,
+        }
         body["metadata"] = {k: v for k, v in extra.items() if v}
     raw = json.dumps({"order": body}, ensure_ascii=False).encode()
     headers = {"content-type": "application/json"}

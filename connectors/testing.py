@@ -110,8 +110,7 @@ class ConnectorConformance:
         for name, raw, headers in self.payloads():
             event = self.parse(raw, headers)
             lines = sum(line.quantity * line.unit_price for line in event.lines)
-            expected = (lines + event.delivery_fee + event.packaging_fee + event.tax
-                        - event.discount)  # fmt: skip
+            expected = lines + event.delivery_fee + event.packaging_fee + event.tax - event.discount
             assert expected == event.total, (
                 f"{name}: lines {lines} + delivery {event.delivery_fee} + packaging "
                 f"{event.packaging_fee} + tax {event.tax} - discount {event.discount} = "
@@ -125,8 +124,13 @@ class ConnectorConformance:
             if isinstance(event, OrderReceived):
                 assert event.placed_at.utcoffset() == timedelta(0), name
                 assert len(event.currency) == 3 and event.currency.isupper(), name
-            amounts = [event.total, event.delivery_fee, event.packaging_fee, event.discount,
-                       event.tax]  # fmt: skip
+            amounts = [
+                event.total,
+                event.delivery_fee,
+                event.packaging_fee,
+                event.discount,
+                event.tax,
+            ]
             amounts += [line.unit_price for line in event.lines]
             assert all(isinstance(a, int) and not isinstance(a, bool) for a in amounts), (
                 f"{name}: amounts must be int minor units (connectors.base.minor_units)"
@@ -167,17 +171,32 @@ class ConnectorConformance:
             order = self.parse(raw, headers)
             assert isinstance(order, OrderReceived), sample.external_id
             assert (order.external_id, order.mode, order.notes) == (
-                sample.external_id, sample.mode, sample.notes)  # fmt: skip
+                sample.external_id,
+                sample.mode,
+                sample.notes,
+            )
             # Most platforms carry times to the second.
             assert order.placed_at.replace(microsecond=0) == sample.placed_at.replace(microsecond=0)
             assert [(x.sku, x.name, x.quantity, x.unit_price) for x in order.lines] == [
                 (x.sku, x.name, x.quantity, x.unit_price) for x in sample.lines
             ]
-            assert (order.delivery_fee, order.packaging_fee, order.discount, order.tax,
-                    order.total) == (sample.delivery_fee, sample.packaging_fee,
-                                     sample.discount, sample.tax, sample.total)  # fmt: skip
+            assert (
+                order.delivery_fee,
+                order.packaging_fee,
+                order.discount,
+                order.tax,
+                order.total,
+            ) == (
+                sample.delivery_fee,
+                sample.packaging_fee,
+                sample.discount,
+                sample.tax,
+                sample.total,
+            )
             assert (order.customer.name, order.customer.phone) == (
-                sample.customer_name, sample.customer_phone)  # fmt: skip
+                sample.customer_name,
+                sample.customer_phone,
+            )
             assert (order.address.text if order.address else None) == sample.address_text
             revised = self.parse(*self.sample_payload(sample, revision=1))
             assert isinstance(revised, OrderModified) and revised.order_id == order.order_id

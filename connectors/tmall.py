@@ -46,7 +46,7 @@ _PAID = {
     "TRADE_CLOSED",
     "PAID_FORBID_CONSIGN",
 }
-_UNPAID = {"WAIT_BUYER_PAY", "TRADE_NO_CREATE_PAY", "TRADE_CLOSED_BY_TAOBAO"}  # fmt: skip
+_UNPAID = {"WAIT_BUYER_PAY", "TRADE_NO_CREATE_PAY", "TRADE_CLOSED_BY_TAOBAO"}
 _COD_SETTLED = {"TRADE_BUYER_SIGNED", "TRADE_FINISHED"}  # cash on delivery collected
 
 
@@ -121,8 +121,13 @@ class TmallConnector(Connector):
             raise PayloadRejected(f"is not the sum of price × num ({goods} fen)", field="total_fee")
         delivery_fee = minor_units(trade.post_fee, currency=CURRENCY, field="post_fee")
         total = minor_units(trade.payment, currency=CURRENCY, field="payment")
-        place = [trade.receiver_state, trade.receiver_city, trade.receiver_district,
-                 trade.receiver_town, trade.receiver_address]  # fmt: skip
+        place = [
+            trade.receiver_state,
+            trade.receiver_city,
+            trade.receiver_district,
+            trade.receiver_town,
+            trade.receiver_address,
+        ]
         return self.order(
             external_id=str(trade.tid),
             placed_at=placed_at,
@@ -200,25 +205,39 @@ def sample_payload(
     created = _beijing(order.placed_at)
     goods = sum(line.quantity * line.unit_price for line in order.lines)
     orders = [
-        {"oid": f"{order.external_id}{n:02d}", "num_iid": _number(line.sku, base=600_000_000_000),
-         "outer_sku_id": line.sku, "title": line.name, "num": line.quantity,
-         "price": as_text(line.unit_price), "total_fee": as_text(line.quantity * line.unit_price),
-         "status": "WAIT_SELLER_SEND_GOODS", "store_code": order.store}
+        {
+            "oid": f"{order.external_id}{n:02d}",
+            "num_iid": _number(line.sku, base=600_000_000_000),
+            "outer_sku_id": line.sku,
+            "title": line.name,
+            "num": line.quantity,
+            "price": as_text(line.unit_price),
+            "total_fee": as_text(line.quantity * line.unit_price),
+            "status": "WAIT_SELLER_SEND_GOODS",
+            "store_code": order.store,
+        }
         for n, line in enumerate(order.lines, start=1)
-    ]  # fmt: skip
+    ]
     trade = {
         "tid": int(order.external_id) if order.external_id.isdigit() else order.external_id,
-        "tid_str": order.external_id, "type": "fixed", "status": "WAIT_SELLER_SEND_GOODS",
-        "created": created, "pay_time": created,
+        "tid_str": order.external_id,
+        "type": "fixed",
+        "status": "WAIT_SELLER_SEND_GOODS",
+        "created": created,
+        "pay_time": created,
         "modified": _beijing(order.revised_at(revision)),
-        "total_fee": as_text(goods), "post_fee": as_text(order.delivery_fee),
-        "discount_fee": as_text(order.discount), "adjust_fee": "0.00",
+        "total_fee": as_text(goods),
+        "post_fee": as_text(order.delivery_fee),
+        "discount_fee": as_text(order.discount),
+        "adjust_fee": "0.00",
         "payment": as_text(order.total),
         "shipping_type": "express" if order.delivery_fee else "free",
         "buyer_nick": order.extras.get("buyer_nick", f"tb{_number(order.customer_phone)}"),
-        "receiver_name": order.customer_name, "receiver_mobile": order.customer_phone,
-        "receiver_address": order.address_text, "buyer_message": order.notes,
+        "receiver_name": order.customer_name,
+        "receiver_mobile": order.customer_phone,
+        "receiver_address": order.address_text,
+        "buyer_message": order.notes,
         "orders": {"order": orders},
-    }  # fmt: skip
+    }
     body = {_RESPONSE: {"trade": {k: v for k, v in trade.items() if v is not None}}}
     return json.dumps(body, ensure_ascii=False).encode(), {}

@@ -96,10 +96,12 @@ label{{display:block;margin:.4rem 0}}input,textarea{{width:100%}}</style></head>
 <form method="post" action="/webhooks/phone">{fields}
 <button type="submit">Submit 提交</button></form></body></html>"""
 _FORM_HINTS = {
-    "placed_at": "2026-11-25 11:32", "mode": "delivery / pickup / dine_in (外卖 / 自取 / 堂食)",
+    "placed_at": "2026-11-25 11:32",
+    "mode": "delivery / pickup / dine_in (外卖 / 自取 / 堂食)",
     "items": "[SKU] 宫保鸡丁饭 x2 @26.00 (少辣); 酸辣汤 x1 @15.50",
-    "payment": "paid / cash_on_delivery / unpaid", "revision": "0",
-}  # fmt: skip
+    "payment": "paid / cash_on_delivery / unpaid",
+    "revision": "0",
+}
 
 
 def _form_page(message: str = "") -> str:

@@ -198,7 +198,7 @@ def sample_payload(
                 "price": as_text(line.unit_price),
             }
             for line in order.lines
-        ],  # fmt: skip
+        ],
         "shipping_lines": [{"title": "Standard", "price": as_text(order.delivery_fee)}],
         "customer": {"first_name": order.customer_name, "phone": order.customer_phone},
         "shipping_address": None
@@ -207,7 +207,7 @@ def sample_payload(
             "address1": order.address_text,
             "latitude": order.latitude,
             "longitude": order.longitude,
-        },  # fmt: skip
+        },
         "note": order.notes,
         "tags": {OrderMode.PICKUP: "pickup", OrderMode.DELIVERY: "delivery"}.get(order.mode, ""),
     }

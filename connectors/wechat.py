@@ -40,10 +40,15 @@ from events.models import Address, Customer, OrderLine, OrderMode, PaymentStatus
 CURRENCY = "CNY"  # WeChat Pay inside mainland China settles in fen of CNY
 _SIGNED_HEADERS = ("Wechatpay-Timestamp", "Wechatpay-Nonce", "Wechatpay-Signature")
 # trade_state → payment status; REFUND was paid (the refund is an event of its own).
-_PAYMENT = {"SUCCESS": PaymentStatus.PAID, "REFUND": PaymentStatus.PAID,
-            "NOTPAY": PaymentStatus.PENDING, "USERPAYING": PaymentStatus.PENDING,
-            "CLOSED": PaymentStatus.UNPAID, "REVOKED": PaymentStatus.UNPAID,
-            "PAYERROR": PaymentStatus.UNPAID}  # fmt: skip
+_PAYMENT = {
+    "SUCCESS": PaymentStatus.PAID,
+    "REFUND": PaymentStatus.PAID,
+    "NOTPAY": PaymentStatus.PENDING,
+    "USERPAYING": PaymentStatus.PENDING,
+    "CLOSED": PaymentStatus.UNPAID,
+    "REVOKED": PaymentStatus.UNPAID,
+    "PAYERROR": PaymentStatus.UNPAID,
+}
 TradeState = Literal["SUCCESS", "REFUND", "NOTPAY", "USERPAYING", "CLOSED", "REVOKED", "PAYERROR"]
 Fen = Annotated[int, Field(ge=0)]
 
@@ -208,32 +213,47 @@ def sample_payload(
     placed_ms = int(order.placed_at.timestamp()) * 1000
     paid = order.extras.get("trade_state", "SUCCESS")
     items = [
-        {"goods_id": line.sku, "name": line.name, "quantity": line.quantity,
-         "price": line.unit_price}
+        {
+            "goods_id": line.sku,
+            "name": line.name,
+            "quantity": line.quantity,
+            "price": line.unit_price,
+        }
         for line in order.lines
-    ]  # fmt: skip
+    ]
     address = None
     if order.address_text:
-        address = {"address": order.address_text, "latitude": order.latitude,
-                   "longitude": order.longitude}  # fmt: skip
+        address = {
+            "address": order.address_text,
+            "latitude": order.latitude,
+            "longitude": order.longitude,
+        }
     document: dict[str, Any] = {
         "order": {
-            "order_no": order.external_id, "openid": _openid(order.customer_phone),
-            "store_id": order.store, "mode": order.mode.value,
-            "table_no": order.extras.get("table_no"), "items": items,
-            "delivery_fee": order.delivery_fee, "packing_fee": order.packaging_fee,
-            "discount": order.discount, "total_fee": order.total,
+            "order_no": order.external_id,
+            "openid": _openid(order.customer_phone),
+            "store_id": order.store,
+            "mode": order.mode.value,
+            "table_no": order.extras.get("table_no"),
+            "items": items,
+            "delivery_fee": order.delivery_fee,
+            "packing_fee": order.packaging_fee,
+            "discount": order.discount,
+            "total_fee": order.total,
             "contact": {"name": order.customer_name, "phone": order.customer_phone},
-            "address": address, "remark": order.notes, "create_time": placed_ms,
+            "address": address,
+            "remark": order.notes,
+            "create_time": placed_ms,
             "revision": revision,
-            "update_time": int(order.revised_at(revision).timestamp()) * 1000
-            if revision else None,
+            "update_time": int(order.revised_at(revision).timestamp()) * 1000 if revision else None,
         },
         "payment": {
-            "out_trade_no": order.external_id, "trade_type": "JSAPI", "trade_state": paid,
+            "out_trade_no": order.external_id,
+            "trade_type": "JSAPI",
+            "trade_state": paid,
             "amount": {"total": order.total, "payer_total": order.total, "currency": CURRENCY},
         },
-    }  # fmt: skip
+    }
     if paid == "SUCCESS":
         paid_at = order.placed_at + timedelta(seconds=20)
         document["payment"]["success_time"] = paid_at.astimezone(CHINA).isoformat()

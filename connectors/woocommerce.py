@@ -200,9 +200,12 @@ def _line(item: _LineItem, index: int, currency: str) -> OrderLine:
         if not meta.key.startswith("_") and isinstance(meta.value, str | int | float)
     ]
     return OrderLine(
-        sku=item.sku or item.name, name=item.name, quantity=item.quantity,
-        unit_price=unit_price, options=options,
-    )  # fmt: skip
+        sku=item.sku or item.name,
+        name=item.name,
+        quantity=item.quantity,
+        unit_price=unit_price,
+        options=options,
+    )
 
 
 def _payment(order: _WooOrder) -> PaymentStatus:
@@ -239,37 +242,73 @@ def sample_payload(
         # `price` is WooCommerce's own float: PHP divides the line total by the quantity and the
         # API writes the result as a JSON number (3.3333333333333335). The connector never
         # reads it; it is here so the payload has the shape WooCommerce sends.
-        line_items.append({
-            "id": n, "name": line.name, "product_id": 100 + n, "quantity": line.quantity,
-            "subtotal": as_text(subtotal), "total": as_text(subtotal - share), "meta_data": [],
-            "sku": line.sku, "price": float(Decimal(as_text(subtotal - share)) / line.quantity),
-        })  # fmt: skip
+        line_items.append(
+            {
+                "id": n,
+                "name": line.name,
+                "product_id": 100 + n,
+                "quantity": line.quantity,
+                "subtotal": as_text(subtotal),
+                "total": as_text(subtotal - share),
+                "meta_data": [],
+                "sku": line.sku,
+                "price": float(Decimal(as_text(subtotal - share)) / line.quantity),
+            }
+        )
     body: dict[str, Any] = {
-        "id": int(order.external_id) if re.fullmatch(r"[1-9]\d*", order.external_id)
+        "id": int(order.external_id)
+        if re.fullmatch(r"[1-9]\d*", order.external_id)
         else order.external_id,
-        "number": order.external_id, "status": "processing", "currency": order.currency,
-        "date_created_gmt": _gmt(created), "date_modified_gmt": _gmt(modified),
-        "discount_total": as_text(order.discount), "shipping_total": as_text(order.delivery_fee),
-        "cart_tax": as_text(order.tax), "total_tax": as_text(order.tax),
+        "number": order.external_id,
+        "status": "processing",
+        "currency": order.currency,
+        "date_created_gmt": _gmt(created),
+        "date_modified_gmt": _gmt(modified),
+        "discount_total": as_text(order.discount),
+        "shipping_total": as_text(order.delivery_fee),
+        "cart_tax": as_text(order.tax),
+        "total_tax": as_text(order.tax),
         "total": as_text(order.total),
-        "prices_include_tax": False, "customer_id": 0, "customer_note": order.notes or "",
+        "prices_include_tax": False,
+        "customer_id": 0,
+        "customer_note": order.notes or "",
         "billing": {"first_name": first, "last_name": last, "phone": order.customer_phone},
-        "shipping": {"first_name": first, "last_name": last,
-                     "address_1": order.address_text or "", "phone": order.customer_phone},
-        "payment_method": "stripe", "date_paid_gmt": _gmt(created), "line_items": line_items,
-        "tax_lines": [{"id": 90, "rate_code": "TAX-1", "label": "Tax",
-                       "tax_total": as_text(order.tax)}] if order.tax else [],
-        "shipping_lines": [{"id": 91, "method_id": method, "total": as_text(order.delivery_fee),
-                            "meta_data": pickup if method == "pickup_location" else []}],
+        "shipping": {
+            "first_name": first,
+            "last_name": last,
+            "address_1": order.address_text or "",
+            "phone": order.customer_phone,
+        },
+        "payment_method": "stripe",
+        "date_paid_gmt": _gmt(created),
+        "line_items": line_items,
+        "tax_lines": [
+            {"id": 90, "rate_code": "TAX-1", "label": "Tax", "tax_total": as_text(order.tax)}
+        ]
+        if order.tax
+        else [],
+        "shipping_lines": [
+            {
+                "id": 91,
+                "method_id": method,
+                "total": as_text(order.delivery_fee),
+                "meta_data": pickup if method == "pickup_location" else [],
+            }
+        ],
         "fee_lines": [{"id": 92, "name": "Packaging", "total": as_text(order.packaging_fee)}]
-        if order.packaging_fee else [],
+        if order.packaging_fee
+        else [],
         "coupon_lines": [{"id": 93, "code": "sample", "discount": as_text(order.discount)}]
-        if order.discount else [],
-    }  # fmt: skip
+        if order.discount
+        else [],
+    }
     raw = json.dumps(body, ensure_ascii=False).encode()
     event = "updated" if revision else "created"
-    headers = {"X-WC-Webhook-Topic": f"order.{event}", "X-WC-Webhook-Resource": "order",
-               "X-WC-Webhook-Event": event}  # fmt: skip
+    headers = {
+        "X-WC-Webhook-Topic": f"order.{event}",
+        "X-WC-Webhook-Resource": "order",
+        "X-WC-Webhook-Event": event,
+    }
     if secret is not None:
         headers["X-WC-Webhook-Signature"] = _signature(secret, raw)
     return raw, headers

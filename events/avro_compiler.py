@@ -102,11 +102,20 @@ _FIELDS_SET = _FieldsSets()
 
 
 _RUNTIME = {
-    "RAW": _RAW, "SMALL": _SMALL, "uvarint": _uvarint, "read_long": _read_long,
-    "micros": _micros, "EPOCH": EPOCH, "EPOCH_ORDINAL": EPOCH_ORDINAL, "timedelta": timedelta,
-    "date": date, "pack_double": _DOUBLE.pack, "unpack_double": _DOUBLE.unpack_from,
-    "construct": _construct, "AvroDecodeError": AvroDecodeError,
-}  # fmt: skip
+    "RAW": _RAW,
+    "SMALL": _SMALL,
+    "uvarint": _uvarint,
+    "read_long": _read_long,
+    "micros": _micros,
+    "EPOCH": EPOCH,
+    "EPOCH_ORDINAL": EPOCH_ORDINAL,
+    "timedelta": timedelta,
+    "date": date,
+    "pack_double": _DOUBLE.pack,
+    "unpack_double": _DOUBLE.unpack_from,
+    "construct": _construct,
+    "AvroDecodeError": AvroDecodeError,
+}
 
 
 class _Source:

@@ -28,8 +28,12 @@ from events.models import (
 NAMESPACE = "io.orderstream.events"
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 CONTRACT: tuple[type[BaseModel], ...] = (
-    *ORDER_EVENTS, *STOCK_EVENTS, *STOCK_COMMANDS, *CATALOGUE_EVENTS, DeadLetter,
-)  # fmt: skip
+    *ORDER_EVENTS,
+    *STOCK_EVENTS,
+    *STOCK_COMMANDS,
+    *CATALOGUE_EVENTS,
+    DeadLetter,
+)
 
 _PRIMITIVES: dict[Any, Any] = {
     str: "string",

@@ -194,11 +194,16 @@ def follow_up(
     """The envelope of an event that follows `order` in its history: same order, channel and
     correlation, caused by `causation_id`, at `now` (the event id is the caller's to derive)."""
     return {
-        "order_id": order.order_id, "sequence": sequence, "occurred_at": now,
-        "recorded_at": now, "correlation_id": order.correlation_id,
-        "causation_id": causation_id, "actor": actor, "channel": order.channel,
+        "order_id": order.order_id,
+        "sequence": sequence,
+        "occurred_at": now,
+        "recorded_at": now,
+        "correlation_id": order.correlation_id,
+        "causation_id": causation_id,
+        "actor": actor,
+        "channel": order.channel,
         "external_id": order.external_id,
-    }  # fmt: skip
+    }
 
 
 class StockEvent(Event):
@@ -587,25 +592,55 @@ class LocationResumed(CatalogueEvent):
 
 
 ORDER_EVENTS: tuple[type[OrderEvent], ...] = (
-    OrderReceived, OrderModified, OrderAccepted, OrderRejected, OrderHeld, ReviewApproved,
-    ReviewRejected, OrderReserved, OrderPartiallyReserved, OrderReservationFailed,
-    OrderReservationReleased, OrderRouted, OrderPrioritised, OrderAcceptedByStore,
-    OrderPreparing, OrderReady, OrderPickedUp, ShipmentCreated, ShipmentStatusUpdated,
-    OrderDelivered, OrderCompleted, OrderCancelled, ReturnRequested, ReturnReceived,
+    OrderReceived,
+    OrderModified,
+    OrderAccepted,
+    OrderRejected,
+    OrderHeld,
+    ReviewApproved,
+    ReviewRejected,
+    OrderReserved,
+    OrderPartiallyReserved,
+    OrderReservationFailed,
+    OrderReservationReleased,
+    OrderRouted,
+    OrderPrioritised,
+    OrderAcceptedByStore,
+    OrderPreparing,
+    OrderReady,
+    OrderPickedUp,
+    ShipmentCreated,
+    ShipmentStatusUpdated,
+    OrderDelivered,
+    OrderCompleted,
+    OrderCancelled,
+    ReturnRequested,
+    ReturnReceived,
     OrderRefunded,
-)  # fmt: skip
+)
 
 STOCK_EVENTS: tuple[type[StockEvent], ...] = (
-    StockReceived, StockAdjusted, StockCounted, StockReserved, StockReleased, StockCommitted,
-    SafetyStockSet, ExpiryBatchAdded, ExpiryBatchExpired, LowStockAlerted,
+    StockReceived,
+    StockAdjusted,
+    StockCounted,
+    StockReserved,
+    StockReleased,
+    StockCommitted,
+    SafetyStockSet,
+    ExpiryBatchAdded,
+    ExpiryBatchExpired,
+    LowStockAlerted,
     StockReservationRefused,
-)  # fmt: skip
+)
 
 STOCK_COMMANDS: tuple[type[StockEvent], ...] = (ReserveStock, ReleaseStock, CommitStock)
 
 CATALOGUE_EVENTS: tuple[type[CatalogueEvent], ...] = (
-    ProductUpdated, LocationUpdated, LocationPaused, LocationResumed,
-)  # fmt: skip
+    ProductUpdated,
+    LocationUpdated,
+    LocationPaused,
+    LocationResumed,
+)
 
 
 class DeadLetter(Frozen):

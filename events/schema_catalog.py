@@ -71,8 +71,9 @@ class Catalog:
         target = self.directory / file
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(schema, indent=2, ensure_ascii=False) + "\n")
-        added = SchemaVersion(max((v.schema_id for v in self.versions), default=0) + 1, name,
-                              version, file)  # fmt: skip
+        added = SchemaVersion(
+            max((v.schema_id for v in self.versions), default=0) + 1, name, version, file
+        )
         self.versions.append(added)
         return added
 

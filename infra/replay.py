@@ -28,10 +28,14 @@ def read_partition(
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
     config = consumer_config(
-        bootstrap, group_id=f"replay-{uuid.uuid4().hex}",
-        **{"enable.partition.eof": True, "fetch.max.bytes": 52428800,
-           "queued.max.messages.kbytes": 262144},
-    )  # fmt: skip
+        bootstrap,
+        group_id=f"replay-{uuid.uuid4().hex}",
+        **{
+            "enable.partition.eof": True,
+            "fetch.max.bytes": 52428800,
+            "queued.max.messages.kbytes": 262144,
+        },
+    )
     consumer = Consumer(config)
     try:
         low, high = _watermarks(consumer, TopicPartition(topic, partition))
@@ -68,7 +72,8 @@ def _watermarks(consumer: Any, partition: Any) -> tuple[int, int]:
             low, high = consumer.get_watermark_offsets(partition, timeout=30)
             return int(low), int(high)
         except KafkaException as exc:
-            log.warning("replay of %s[%d] waits for Kafka: %s", partition.topic,
-                        partition.partition, exc)  # fmt: skip
+            log.warning(
+                "replay of %s[%d] waits for Kafka: %s", partition.topic, partition.partition, exc
+            )
             time.sleep(delay)
             delay = min(delay * 2, 10.0)

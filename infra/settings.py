@@ -30,8 +30,16 @@ class Topics(BaseSettings):
     catalogue: str = "oms.catalogue.v1"
 
     def all(self) -> list[str]:
-        return [self.intake, self.orders, self.inventory, self.notifications, self.dlq,
-                self.order_commands, self.stock_commands, self.catalogue]  # fmt: skip
+        return [
+            self.intake,
+            self.orders,
+            self.inventory,
+            self.notifications,
+            self.dlq,
+            self.order_commands,
+            self.stock_commands,
+            self.catalogue,
+        ]
 
 
 class Settings(BaseSettings):

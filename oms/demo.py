@@ -195,8 +195,10 @@ def run_demo(
         projector.run(until=caught_up)
         accepted, rejections = count_verdicts(settings, since=since, order_ids=order_ids)
         if rejections:
-            say("rejected by reason: " + ", ".join(
-                f"{count} {code}" for code, count in rejections.most_common()))  # fmt: skip
+            say(
+                "rejected by reason: "
+                + ", ".join(f"{count} {code}" for code, count in rejections.most_common())
+            )
         counts = status_counts(store, order_ids=ids)
         return DemoSummary(
             generated=orders,

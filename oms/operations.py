@@ -42,9 +42,13 @@ class CommandRejected(ValueError):
 def _envelope(actor: str, correlation: str) -> dict[str, Any]:
     now = utc_now()
     return {
-        "event_id": str(uuid.uuid4()), "sequence": 1, "occurred_at": now, "recorded_at": now,
-        "correlation_id": correlation, "actor": Actor(kind=ActorKind.USER, id=actor),
-    }  # fmt: skip
+        "event_id": str(uuid.uuid4()),
+        "sequence": 1,
+        "occurred_at": now,
+        "recorded_at": now,
+        "correlation_id": correlation,
+        "actor": Actor(kind=ActorKind.USER, id=actor),
+    }
 
 
 def _order(order_id: str, actor: str) -> dict[str, Any]:
@@ -67,8 +71,12 @@ def review(order_id: str, *, approve: bool, reviewer: str, reason: str | None) -
 def cancel(order_id: str, *, by: str, reason_code: str, reason: str) -> Event:
     if not reason_code.strip():
         raise CommandRejected("reason_code", "must not be empty")
-    return OrderCancelled(**_order(order_id, by), cancelled_by=CancelledBy.MERCHANT,
-                          reason_code=reason_code, reason=reason)  # fmt: skip
+    return OrderCancelled(
+        **_order(order_id, by),
+        cancelled_by=CancelledBy.MERCHANT,
+        reason_code=reason_code,
+        reason=reason,
+    )
 
 
 def _stock(sku: str, location: str, actor: str) -> dict[str, Any]:
@@ -85,18 +93,21 @@ def stock_set(sku: str, location: str, *, counted: int, actor: str) -> Event:
     return StockCounted(**_stock(sku, location, actor), counted=counted)
 
 
-def stock_adjust(sku: str, location: str, *, delta: int, reason: str, actor: str,
-                 note: str | None = None) -> Event:  # fmt: skip
+def stock_adjust(
+    sku: str, location: str, *, delta: int, reason: str, actor: str, note: str | None = None
+) -> Event:
     if delta == 0:
         raise CommandRejected("delta", "must not be 0")
     if not reason.strip():
         raise CommandRejected("reason", "say why (DAMAGED, LOST, FOUND, CORRECTION, ...)")
-    return StockAdjusted(**_stock(sku, location, actor), delta=delta, reason=reason.upper(),
-                         note=note)  # fmt: skip
+    return StockAdjusted(
+        **_stock(sku, location, actor), delta=delta, reason=reason.upper(), note=note
+    )
 
 
-def stock_receive(sku: str, location: str, *, quantity: int, actor: str,
-                  reference: str | None = None) -> Event:  # fmt: skip
+def stock_receive(
+    sku: str, location: str, *, quantity: int, actor: str, reference: str | None = None
+) -> Event:
     if quantity <= 0:
         raise CommandRejected("quantity", f"{quantity} must be positive")
     return StockReceived(**_stock(sku, location, actor), quantity=quantity, reference=reference)
@@ -108,12 +119,14 @@ def safety_stock(sku: str, location: str, *, quantity: int, actor: str) -> Event
     return SafetyStockSet(**_stock(sku, location, actor), quantity=quantity)
 
 
-def batch_received(sku: str, location: str, *, batch_id: str, quantity: int,
-                   expires_on: date, actor: str) -> Event:  # fmt: skip
+def batch_received(
+    sku: str, location: str, *, batch_id: str, quantity: int, expires_on: date, actor: str
+) -> Event:
     if quantity <= 0:
         raise CommandRejected("quantity", f"{quantity} must be positive")
-    return ExpiryBatchAdded(**_stock(sku, location, actor), batch_id=batch_id,
-                            quantity=quantity, expires_on=expires_on)  # fmt: skip
+    return ExpiryBatchAdded(
+        **_stock(sku, location, actor), batch_id=batch_id, quantity=quantity, expires_on=expires_on
+    )
 
 
 def location_pause(location: str, *, paused: bool, reason: str, actor: str) -> Event:
@@ -222,11 +235,17 @@ def add_routes(app: Any, publisher: Any, settings: Settings) -> None:
         )
 
     async def reject(request: web.Request, raw: bytes, exc: CommandRejected) -> web.Response:
-        letter = DeadLetter.of(source="api", source_ref=f"{request.method} {request.path}:"
-                               f"{uuid.uuid4()}", reason=str(exc), raw=raw)  # fmt: skip
+        letter = DeadLetter.of(
+            source="api",
+            source_ref=f"{request.method} {request.path}:{uuid.uuid4()}",
+            reason=str(exc),
+            raw=raw,
+        )
         await publisher.dead_letter(letter)
-        return web.json_response({"error": str(exc), "field": exc.field,
-                                  "dead_letter_id": letter.dead_letter_id}, status=400)  # fmt: skip
+        return web.json_response(
+            {"error": str(exc), "field": exc.field, "dead_letter_id": letter.dead_letter_id},
+            status=400,
+        )
 
     async def review_order(request: web.Request) -> web.Response:
         order_id = request.match_info["order_id"]
@@ -235,31 +254,44 @@ def add_routes(app: Any, publisher: Any, settings: Settings) -> None:
             decision = _field(body, "decision", str)
             if decision not in ("approve", "reject"):
                 raise CommandRejected("decision", f"{decision!r}: say approve or reject")
-            return review(order_id, approve=decision == "approve",
-                          reviewer=_field(body, "reviewer", str),
-                          reason=_field(body, "reason", (str, None)))  # fmt: skip
+            return review(
+                order_id,
+                approve=decision == "approve",
+                reviewer=_field(body, "reviewer", str),
+                reason=_field(body, "reason", (str, None)),
+            )
 
         return await accept(request, build)
 
     async def cancel_order(request: web.Request) -> web.Response:
         order_id = request.match_info["order_id"]
-        return await accept(request, lambda body: cancel(
-            order_id, by=_field(body, "by", str),
-            reason_code=_field(body, "reason_code", (str, "MERCHANT_CANCELLED")),
-            reason=_field(body, "reason", str),
-        ))  # fmt: skip
+        return await accept(
+            request,
+            lambda body: cancel(
+                order_id,
+                by=_field(body, "by", str),
+                reason_code=_field(body, "reason_code", (str, "MERCHANT_CANCELLED")),
+                reason=_field(body, "reason", str),
+            ),
+        )
 
     async def stock_command(request: web.Request) -> web.Response:
         sku, location = request.match_info["sku"], request.match_info["location"]
         action = request.match_info["action"]
         if action not in _BUILDERS:
-            return web.json_response({"error": f"unknown action {action!r}", "field": "action"},
-                                     status=404)  # fmt: skip
+            return web.json_response(
+                {"error": f"unknown action {action!r}", "field": "action"}, status=404
+            )
         builder, fields = _BUILDERS[action]
-        return await accept(request, lambda body: builder(
-            sku, location, actor=_field(body, "by", (str, "api")),
-            **{name: _field(body, name, kind) for name, kind in fields.items()},
-        ))  # fmt: skip
+        return await accept(
+            request,
+            lambda body: builder(
+                sku,
+                location,
+                actor=_field(body, "by", (str, "api")),
+                **{name: _field(body, name, kind) for name, kind in fields.items()},
+            ),
+        )
 
     app.router.add_post("/orders/{order_id}/review", review_order)
     app.router.add_post("/orders/{order_id}/cancel", cancel_order)

@@ -114,11 +114,13 @@ class HighWater:
 
     def passed(self, ledger: dict[Partition, list[int]]) -> HighWater:
         """The marks the ledger of a batch just written has not passed yet."""
-        return HighWater({
-            (table, topic, partition): mark
-            for (table, topic, partition), mark in self.marks.items()
-            if mark > ledger.get((topic, partition), (-1, 0))[0]
-        })  # fmt: skip
+        return HighWater(
+            {
+                (table, topic, partition): mark
+                for (table, topic, partition), mark in self.marks.items()
+                if mark > ledger.get((topic, partition), (-1, 0))[0]
+            }
+        )
 
 
 class StoredStates(Protocol):

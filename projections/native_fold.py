@@ -71,10 +71,19 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 # DateTime columns of the fold states, read back as epoch seconds (what the native fold keeps).
-_DATETIMES = frozenset({
-    "promised_at", "accepted_at", "held_at", "reviewed_at", "handed_over_at", "delivered_at",
-    "stage_entered_at", "placed_at", "updated_at",
-})  # fmt: skip
+_DATETIMES = frozenset(
+    {
+        "promised_at",
+        "accepted_at",
+        "held_at",
+        "reviewed_at",
+        "handed_over_at",
+        "delivered_at",
+        "stage_entered_at",
+        "placed_at",
+        "updated_at",
+    }
+)
 _POSITION = ("_topic", "_partition", "_offset")
 
 

@@ -91,13 +91,36 @@ def seconds(when: datetime) -> datetime:
 def empty_row(order_id: str, at: datetime) -> OrderRow:
     row: OrderRow = {column: "" for column in ORDERS_COLUMNS}
     row.update(
-        order_id=order_id, total=0, line_count=0, item_count=0, priority_score=0,
-        promised_at=None, accepted_at=None, risk_score=0, held=0, held_at=None, reviewed_at=None,
-        cancelled=0, rejection_codes=[], handed_over_at=None, delivered_at=None, refunded=0,
-        is_sale=0, stage_entered_at=at, stage_seq=0, line_skus=[], line_names=[],
-        line_quantities=[], line_prices=[], line_locations=[], placed_at=at, updated_at=at,
-        version=0, _partition=0, _offset=0,
-    )  # fmt: skip
+        order_id=order_id,
+        total=0,
+        line_count=0,
+        item_count=0,
+        priority_score=0,
+        promised_at=None,
+        accepted_at=None,
+        risk_score=0,
+        held=0,
+        held_at=None,
+        reviewed_at=None,
+        cancelled=0,
+        rejection_codes=[],
+        handed_over_at=None,
+        delivered_at=None,
+        refunded=0,
+        is_sale=0,
+        stage_entered_at=at,
+        stage_seq=0,
+        line_skus=[],
+        line_names=[],
+        line_quantities=[],
+        line_prices=[],
+        line_locations=[],
+        placed_at=at,
+        updated_at=at,
+        version=0,
+        _partition=0,
+        _offset=0,
+    )
     return row
 
 
@@ -149,8 +172,11 @@ def _event_changes(event: OrderEvent, row: OrderRow, at: datetime) -> dict[str, 
     if isinstance(event, OrderReceived | OrderModified):
         return _order_details(event, row)
     if isinstance(event, OrderAccepted):
-        return {"total": event.total, "currency": event.currency,
-                "accepted_at": row["accepted_at"] or at}  # fmt: skip
+        return {
+            "total": event.total,
+            "currency": event.currency,
+            "accepted_at": row["accepted_at"] or at,
+        }
     if isinstance(event, OrderRejected):
         return {
             "rejection_codes": [r.code for r in event.reasons],
@@ -161,11 +187,19 @@ def _event_changes(event: OrderEvent, row: OrderRow, at: datetime) -> dict[str, 
     if isinstance(event, ReviewApproved):
         return {"review_outcome": "approved", "reviewed_at": at}
     if isinstance(event, ReviewRejected):
-        return {"review_outcome": "rejected", "reviewed_at": at, "cancelled": 1,
-                "cancelled_by": "reviewer", "cancel_reason": "REVIEW_REJECTED"}  # fmt: skip
+        return {
+            "review_outcome": "rejected",
+            "reviewed_at": at,
+            "cancelled": 1,
+            "cancelled_by": "reviewer",
+            "cancel_reason": "REVIEW_REJECTED",
+        }
     if isinstance(event, OrderCancelled):
-        return {"cancelled": 1, "cancelled_by": event.cancelled_by.value,
-                "cancel_reason": event.reason_code}  # fmt: skip
+        return {
+            "cancelled": 1,
+            "cancelled_by": event.cancelled_by.value,
+            "cancel_reason": event.reason_code,
+        }
     if isinstance(event, OrderRouted):
         by_sku: dict[str, str] = {}
         for group in event.groups:
@@ -177,8 +211,7 @@ def _event_changes(event: OrderEvent, row: OrderRow, at: datetime) -> dict[str, 
         }
     if isinstance(event, OrderPrioritised):
         promised = seconds(event.promised_at) if event.promised_at else None
-        return {"location": event.location, "priority_score": event.score,
-                "promised_at": promised}  # fmt: skip
+        return {"location": event.location, "priority_score": event.score, "promised_at": promised}
     if isinstance(event, OrderAcceptedByStore | OrderPreparing | OrderReady):
         return {"location": event.location}
     if isinstance(event, OrderPickedUp):
@@ -227,11 +260,29 @@ def _line_rows(old: OrderRow | None, new: OrderRow, where: Position) -> list[Row
             assert old is not None
             sku, name, quantity, price = old["line_skus"][n], old["line_names"][n], 0, 0
             location, is_sale = new["location"], 0
-        rows.append((
-            new["order_id"], n, sku, name, quantity, price, quantity * price, new["currency"],
-            new["channel"], location, new["region"], new["mode"], new["customer_key"],
-            new["placed_at"], is_sale, new["version"], where.topic, where.partition, where.offset,
-        ))  # fmt: skip
+        rows.append(
+            (
+                new["order_id"],
+                n,
+                sku,
+                name,
+                quantity,
+                price,
+                quantity * price,
+                new["currency"],
+                new["channel"],
+                location,
+                new["region"],
+                new["mode"],
+                new["customer_key"],
+                new["placed_at"],
+                is_sale,
+                new["version"],
+                where.topic,
+                where.partition,
+                where.offset,
+            )
+        )
     return rows
 
 
@@ -239,14 +290,31 @@ def _stage_rows(old: OrderRow | None, new: OrderRow, at: datetime, where: Positi
     """Close the stage the order leaves and open the one it enters (none for an end status)."""
     if old is not None and old["status"] == new["status"]:
         return []
-    common = (new["channel"], new["mode"], new["location"], new["version"],
-              where.topic, where.partition, where.offset)  # fmt: skip
+    common = (
+        new["channel"],
+        new["mode"],
+        new["location"],
+        new["version"],
+        where.topic,
+        where.partition,
+        where.offset,
+    )
     rows: list[Row] = []
     if old is not None and old["stage"]:
         entered = old["stage_entered_at"]
         spent = max(int((at - entered).total_seconds()), 0)
-        rows.append((new["order_id"], old["stage_seq"], old["stage"], entered, at, spent,
-                     new["status"], *common))  # fmt: skip
+        rows.append(
+            (
+                new["order_id"],
+                old["stage_seq"],
+                old["stage"],
+                entered,
+                at,
+                spent,
+                new["status"],
+                *common,
+            )
+        )
     if new["status"] not in END_STAGES:
         rows.append((new["order_id"], new["version"], new["status"], at, None, None, "", *common))
         new.update(stage=new["status"], stage_entered_at=at, stage_seq=new["version"])
@@ -283,8 +351,13 @@ def fold(
         row["is_sale"] = 0
     elif base["status"] not in VOID:
         row["is_sale"] = int(row["accepted_at"] is not None)
-    row.update(version=event.sequence, updated_at=at, _topic=where.topic,
-               _partition=where.partition, _offset=where.offset)  # fmt: skip
+    row.update(
+        version=event.sequence,
+        updated_at=at,
+        _topic=where.topic,
+        _partition=where.partition,
+        _offset=where.offset,
+    )
     stages = _stage_rows(old, row, at, where)
     activity = Activity(
         datetime(at.year, at.month, at.day, at.hour, at.minute),

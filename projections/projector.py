@@ -121,9 +121,11 @@ def batch_fold(
     rows, no Python object per event), else the Python reference."""
     fold = NativeFold if native and NATIVE_FOLD else PythonFold
     return fold(
-        codec=codec, orders_topic=orders_topic, stock_topic=stock_topic,
+        codec=codec,
+        orders_topic=orders_topic,
+        stock_topic=stock_topic,
         capacity=STATE_CACHE_SIZE,
-    )  # fmt: skip
+    )
 
 
 class _StoredStates:
@@ -183,9 +185,11 @@ class Projector:
             else None
         )
         self.fold = batch_fold(
-            native=native, codec=self.codec, orders_topic=self.topics[0],
+            native=native,
+            codec=self.codec,
+            orders_topic=self.topics[0],
             stock_topic=self.topics[1],
-        )  # fmt: skip
+        )
         # A group's INSERTs go together where the store takes them from several threads.
         self._inserts = (
             ThreadPoolExecutor(max_workers=6, thread_name_prefix="projector-insert")
@@ -364,9 +368,11 @@ class Projector:
         written, if any, is in)."""
         folded = self.fold.fold(batch, states=self._states, high_water=self._high_water)
         stats = BatchStats(
-            events=batch.order_events, stock_events=batch.stock_events,
-            duplicates=folded.duplicates, orders_written=folded.orders_written,
-        )  # fmt: skip
+            events=batch.order_events,
+            stock_events=batch.stock_events,
+            duplicates=folded.duplicates,
+            orders_written=folded.orders_written,
+        )
         letters, dead_letters = self._dead_letters(batch.rejected, stats)
         tables = {**folded.tables, "dead_letters": ValueRows(DEAD_LETTERS_COLUMNS, dead_letters)}
         return _Prepared(stats, tables, letters, batch.ledger)
@@ -414,9 +420,11 @@ class Projector:
         self.store.insert(
             "projector_offsets",
             PROJECTOR_OFFSETS_COLUMNS,
-            [(topic, partition, last, count, now)
-             for (topic, partition), (last, count) in sorted(ledger.items())],
-        )  # fmt: skip
+            [
+                (topic, partition, last, count, now)
+                for (topic, partition), (last, count) in sorted(ledger.items())
+            ],
+        )
         for (topic, partition), (last, _) in ledger.items():
             self._next[(topic, partition)] = last + 1
         self._high_water = self._high_water.passed(ledger)

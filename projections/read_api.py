@@ -39,8 +39,13 @@ DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboard"
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 200
 _ORDERS_PARAMETERS = ("status", "channel", "store", "page", "page_size")
-_LINE_COLUMNS = {"line_skus": "sku", "line_names": "name", "line_quantities": "quantity",
-                 "line_prices": "unit_price", "line_locations": "location"}  # fmt: skip
+_LINE_COLUMNS = {
+    "line_skus": "sku",
+    "line_names": "name",
+    "line_quantities": "quantity",
+    "line_prices": "unit_price",
+    "line_locations": "location",
+}
 
 T = TypeVar("T")
 
@@ -237,14 +242,16 @@ async def get_orders(request: web.Request) -> web.Response:
         return _unavailable(exc)
     more = len(rows) > size
     following = urlencode(filters | {"page": page + 1, "page_size": size})
-    return _json({
-        "orders": [{k: json_value(v) for k, v in row.items()} for row in rows[:size]],
-        "page": page,
-        "page_size": size,
-        "filters": filters,
-        "has_more": more,
-        "next": f"/orders?{following}" if more else None,
-    })  # fmt: skip
+    return _json(
+        {
+            "orders": [{k: json_value(v) for k, v in row.items()} for row in rows[:size]],
+            "page": page,
+            "page_size": size,
+            "filters": filters,
+            "has_more": more,
+            "next": f"/orders?{following}" if more else None,
+        }
+    )
 
 
 # ------------------------------------------------------------------ reports
@@ -273,8 +280,9 @@ def report_query(report: Report, query: MultiMapping[str]) -> dict[str, str]:
         value = _single(query, name)
         if value is None:
             if name not in report.defaults:
-                raise BadParameter(name, f"report {report.name} needs the parameter {name} "
-                                   f"({ch_type})")  # fmt: skip
+                raise BadParameter(
+                    name, f"report {report.name} needs the parameter {name} ({ch_type})"
+                )
             continue
         try:
             parameter_literal(name, value, ch_type)
@@ -303,13 +311,15 @@ async def get_report(request: web.Request) -> web.Response:
         return problem(400, str(exc), report=name)
     except StoreError as exc:
         return _unavailable(exc)
-    return _json({
-        "report": name,
-        "title": report.title,
-        "parameters": params,
-        "columns": result.columns,
-        "rows": [[json_value(v) for v in row] for row in result.rows],
-    })  # fmt: skip
+    return _json(
+        {
+            "report": name,
+            "title": report.title,
+            "parameters": params,
+            "columns": result.columns,
+            "rows": [[json_value(v) for v in row] for row in result.rows],
+        }
+    )
 
 
 # ------------------------------------------------------------------ dashboard

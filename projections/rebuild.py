@@ -89,9 +89,12 @@ def rebuild(
     staging = store.with_database(staging_name)
     staging.execute(f"DROP DATABASE IF EXISTS {staging_name}")
     projector = Projector(
-        settings=settings, store=staging, batch_size=batch_size, batch_seconds=batch_seconds,
+        settings=settings,
+        store=staging,
+        batch_size=batch_size,
+        batch_seconds=batch_seconds,
         lease=False,
-    )  # fmt: skip
+    )
     lease = ProjectorLease(home=settings.home, clickhouse_url=lease_key(settings, store))
     try:
         projector.start()

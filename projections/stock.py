@@ -39,9 +39,14 @@ class StockChange:
 
 
 _WITH_QUANTITY = (
-    StockReceived, ExpiryBatchAdded, StockReserved, StockReleased, StockCommitted,
-    SafetyStockSet, ExpiryBatchExpired,
-)  # fmt: skip
+    StockReceived,
+    ExpiryBatchAdded,
+    StockReserved,
+    StockReleased,
+    StockCommitted,
+    SafetyStockSet,
+    ExpiryBatchExpired,
+)
 
 
 def _quantity(event: StockEvent) -> int:
@@ -84,14 +89,37 @@ def fold(state: StockLevel | None, event: StockEvent, where: Position) -> StockC
     event_type = type(event).__name__
     order_id, reason = _order_and_reason(event)
     level: StockLevel = {
-        "sku": event.sku, "location": event.location, "on_hand": on_hand, "reserved": reserved,
-        "safety_stock": safety, "available": available, "sequence": event.sequence,
-        "last_event_type": event_type, "updated_at": at, "_topic": where.topic,
-        "_partition": where.partition, "_offset": where.offset,
-    }  # fmt: skip
+        "sku": event.sku,
+        "location": event.location,
+        "on_hand": on_hand,
+        "reserved": reserved,
+        "safety_stock": safety,
+        "available": available,
+        "sequence": event.sequence,
+        "last_event_type": event_type,
+        "updated_at": at,
+        "_topic": where.topic,
+        "_partition": where.partition,
+        "_offset": where.offset,
+    }
     history = (
-        event.sku, event.location, event.sequence, event.event_id, event_type, at, quantity,
-        on_hand_change, reserved_change, on_hand, reserved, safety, available, order_id, reason,
-        where.topic, where.partition, where.offset,
-    )  # fmt: skip
+        event.sku,
+        event.location,
+        event.sequence,
+        event.event_id,
+        event_type,
+        at,
+        quantity,
+        on_hand_change,
+        reserved_change,
+        on_hand,
+        reserved,
+        safety,
+        available,
+        order_id,
+        reason,
+        where.topic,
+        where.partition,
+        where.offset,
+    )
     return StockChange(level=level, history=history)

@@ -25,22 +25,32 @@ def changes(
         orders = load.get(location.id, 0)
         slot = slot_start(location, now).isoformat()
         common: dict[str, Any] = {
-            "sequence": 1, "occurred_at": now, "recorded_at": now,
-            "correlation_id": location.id, "actor": ACTOR, "entity_id": location.id,
+            "sequence": 1,
+            "occurred_at": now,
+            "recorded_at": now,
+            "correlation_id": location.id,
+            "actor": ACTOR,
+            "entity_id": location.id,
             "automatic": True,
-        }  # fmt: skip
+        }
         if orders >= location.capacity_per_slot and not location.paused:
-            due.append(LocationPaused(
-                event_id=deterministic_id(location.id, "LocationPaused", slot),
-                reason=f"{orders} orders in the slot from {slot}, capacity "
-                f"{location.capacity_per_slot}", **common,
-            ))  # fmt: skip
+            due.append(
+                LocationPaused(
+                    event_id=deterministic_id(location.id, "LocationPaused", slot),
+                    reason=f"{orders} orders in the slot from {slot}, capacity "
+                    f"{location.capacity_per_slot}",
+                    **common,
+                )
+            )
         elif (
             orders < location.capacity_per_slot and location.paused and (location.id in auto_paused)
         ):
-            due.append(LocationResumed(
-                event_id=deterministic_id(location.id, "LocationResumed", slot),
-                reason=f"room again in the slot from {slot} ({orders} of "
-                f"{location.capacity_per_slot})", **common,
-            ))  # fmt: skip
+            due.append(
+                LocationResumed(
+                    event_id=deterministic_id(location.id, "LocationResumed", slot),
+                    reason=f"room again in the slot from {slot} ({orders} of "
+                    f"{location.capacity_per_slot})",
+                    **common,
+                )
+            )
     return due

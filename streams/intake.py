@@ -89,7 +89,7 @@ def decide(
                 status=_status(verdict),
                 revision=event.revision,
                 seen=[first_seen.event_id, event.event_id],
-            ),  # fmt: skip
+            ),
             [first_seen, verdict],
         )
     if event.revision <= record.revision:
@@ -112,7 +112,7 @@ def decide(
             status=_status(verdict),
             revision=event.revision,
             seen=[*record.seen, event.event_id][-SEEN_KEPT:],
-        ),  # fmt: skip
+        ),
         [modified, verdict],
     )
 
@@ -131,8 +131,7 @@ def merge(order: OrderReceived, revision: OrderModified) -> OrderReceived:
 
 def as_received(event: OrderModified) -> OrderReceived | None:
     """The order a revision describes, when it carries the whole order (contract v3)."""
-    if None in (event.mode, event.currency, event.payment_status, event.customer,
-                event.placed_at):  # fmt: skip
+    if None in (event.mode, event.currency, event.payment_status, event.customer, event.placed_at):
         return None
     fields = event.model_dump(exclude={"event_id", "sequence", "revision"})
     return OrderReceived.model_validate(
@@ -140,7 +139,7 @@ def as_received(event: OrderModified) -> OrderReceived | None:
         | {
             "event_id": deterministic_id(event.channel, "OrderReceived", event.external_id),
             "sequence": 1,
-        }  # fmt: skip
+        }
     )
 
 

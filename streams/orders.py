@@ -155,9 +155,12 @@ class OrderState:
 
     def as_record(self) -> intake.OrderRecord:
         return intake.OrderRecord.model_construct(
-            order=self.order, version=self.version, status=self.status,
-            revision=self.revision, seen=list(self.seen),
-        )  # fmt: skip
+            order=self.order,
+            version=self.version,
+            status=self.status,
+            revision=self.revision,
+            seen=list(self.seen),
+        )
 
 
 @dataclass(frozen=True)
@@ -191,16 +194,26 @@ def apply(state: OrderState | None, event: OrderEvent) -> OrderState:
     seen = frozenset({event.event_id} | ({event.causation_id} if event.causation_id else set()))
     if state is None:
         assert isinstance(event, OrderReceived), "an order's log starts with OrderReceived"
-        return OrderState(order=event, status=S.RECEIVED, version=event.sequence,
-                          last_event_id=event.event_id, seen=seen)  # fmt: skip
+        return OrderState(
+            order=event,
+            status=S.RECEIVED,
+            version=event.sequence,
+            last_event_id=event.event_id,
+            seen=seen,
+        )
     status = next_status(state.status, type(event))
     changes: dict[str, Any] = {
-        "status": status, "version": event.sequence, "seen": state.seen | seen,
+        "status": status,
+        "version": event.sequence,
+        "seen": state.seen | seen,
         "last_event_id": event.event_id,
-    }  # fmt: skip
+    }
     if isinstance(event, OrderModified):
-        changes |= {"order": intake.merge(state.order, event), "revision": event.revision,
-                    "screened": False}  # fmt: skip
+        changes |= {
+            "order": intake.merge(state.order, event),
+            "revision": event.revision,
+            "screened": False,
+        }
         changes |= _give_back(state, _outstanding(state))
     elif isinstance(event, ReviewApproved):
         changes["reviewed"] = True
@@ -216,12 +229,20 @@ def apply(state: OrderState | None, event: OrderEvent) -> OrderState:
         }
         # A new attempt: whatever an earlier one still had out goes back first.
         changes |= _give_back(state, _outstanding(state))
-        changes |= {"attempt": attempt, "requested": requested, "answers": {},
-                    "location": event.location, "routed_at": event.occurred_at,
-                    "screened": True}  # fmt: skip
+        changes |= {
+            "attempt": attempt,
+            "requested": requested,
+            "answers": {},
+            "location": event.location,
+            "routed_at": event.occurred_at,
+            "screened": True,
+        }
     elif isinstance(event, OrderPartiallyReserved | OrderReserved | OrderReservationFailed):
-        reserved = event.reserved if isinstance(event, OrderPartiallyReserved) else (
-            event.lines if isinstance(event, OrderReserved) else [])  # fmt: skip
+        reserved = (
+            event.reserved
+            if isinstance(event, OrderPartiallyReserved)
+            else (event.lines if isinstance(event, OrderReserved) else [])
+        )
         missing = event.missing if not isinstance(event, OrderReserved) else []
         answers = dict(state.answers)
         held = dict(state.held)
@@ -248,9 +269,11 @@ def apply(state: OrderState | None, event: OrderEvent) -> OrderState:
             if missing:
                 changes |= {"failures": state.failures + 1, "missing": tuple(missing)}
     elif isinstance(event, OrderReservationReleased):
-        released = {rid for rid, h in state.held.items()
-                    if any(line.sku == h.sku and line.location == h.location
-                           for line in event.lines)}  # fmt: skip
+        released = {
+            rid
+            for rid, h in state.held.items()
+            if any(line.sku == h.sku and line.location == h.location for line in event.lines)
+        }
         changes |= _give_back(state, {rid: state.held[rid] for rid in released})
         if status is S.ACCEPTED:  # routed again: the order was screened already
             changes["screened"] = True
@@ -317,8 +340,10 @@ def decide(state: OrderState | None, received: OrderEvent | StockEvent, ctx: Con
         return _expired(state, received, ctx)
     if isinstance(received, OrderEvent) and isinstance(received, RELAYED):
         if type(received) not in TRANSITIONS[state.status]:
-            return Decision(refusal=f"order {state.order.order_id} is {state.status.value}: "
-                            f"{received.event_type} is not allowed")  # fmt: skip
+            return Decision(
+                refusal=f"order {state.order.order_id} is {state.status.value}: "
+                f"{received.event_type} is not allowed"
+            )
         return _then_advance(state, [_relayed(state, received)], [], ctx)
     return Decision(refusal=f"{received.event_type} is not an input of the order process")
 
@@ -330,21 +355,31 @@ def advance(state: OrderState, ctx: Context, *, cause: str) -> Decision:
         # Received (or revised) and not yet judged: a crash came between the two. The verdict
         # follows from the same cause, so it is the event that would have been written.
         verdict = validation.verdict(
-            order, cause=state.last_event_id, sequence=state.version + 1, now=ctx.now,
+            order,
+            cause=state.last_event_id,
+            sequence=state.version + 1,
+            now=ctx.now,
             catalogue=ctx.catalogue,
-        )  # fmt: skip
+        )
         return Decision([verdict])
     if state.status is S.ACCEPTED:
         if not state.reviewed and not state.screened:
             screening = fraud.screen(
-                order, history=ctx.history, catalogue=ctx.catalogue, rules=ctx.rules,
+                order,
+                history=ctx.history,
+                catalogue=ctx.catalogue,
+                rules=ctx.rules,
                 now=ctx.now,
-            )  # fmt: skip
+            )
             if screening.held:
                 held = fraud.hold(
-                    order, screening, threshold=ctx.rules.threshold,
-                    sequence=state.version + 1, causation_id=cause, now=ctx.now,
-                )  # fmt: skip
+                    order,
+                    screening,
+                    threshold=ctx.rules.threshold,
+                    sequence=state.version + 1,
+                    causation_id=cause,
+                    now=ctx.now,
+                )
                 return Decision([held])
         return _route(state, ctx, cause=cause)
     if state.status is S.RESERVATION_FAILED:
@@ -355,9 +390,13 @@ def advance(state: OrderState, ctx: Context, *, cause: str) -> Decision:
         tier = ctx.history.tier(customer) if customer else "new"
         rank = priority.priority(order, tier=tier, now=ctx.now)
         event = priority.prioritise_event(
-            order, rank, location=location, sequence=state.version + 1, causation_id=cause,
+            order,
+            rank,
+            location=location,
+            sequence=state.version + 1,
+            causation_id=cause,
             now=ctx.now,
-        )  # fmt: skip
+        )
         return Decision([event])
     return Decision()
 
@@ -368,8 +407,10 @@ def recover(state: OrderState, *, now: datetime) -> list[StockEvent]:
     commands: list[StockEvent] = []
     if state.status in (S.ROUTED, S.PARTIALLY_RESERVED):
         commands += _reserve(state, now=now, only_unanswered=True)
-    commands += [_release(state, rid, held, reason="RECOVERY", now=now)
-                 for rid, held in state.released.items()]  # fmt: skip
+    commands += [
+        _release(state, rid, held, reason="RECOVERY", now=now)
+        for rid, held in state.released.items()
+    ]
     commands += [_commit(state, rid, held, now=now) for rid, held in state.committed.items()]
     return commands
 
@@ -383,10 +424,16 @@ def expiry_due(state: OrderState, *, now: datetime) -> OrderReservationReleased 
     order = state.order
     return OrderReservationReleased(
         event_id=deterministic_id(order.order_id, "expired", str(state.attempt)),
-        **follow_up(order, sequence=state.version + 1, causation_id=state.last_event_id,
-                    actor=ACTOR, now=now),
-        lines=[_line(held) for held in state.held.values()], reason="EXPIRED",
-    )  # fmt: skip
+        **follow_up(
+            order,
+            sequence=state.version + 1,
+            causation_id=state.last_event_id,
+            actor=ACTOR,
+            now=now,
+        ),
+        lines=[_line(held) for held in state.held.values()],
+        reason="EXPIRED",
+    )
 
 
 # ---------------------------------------------------------------- steps
@@ -395,10 +442,14 @@ def expiry_due(state: OrderState, *, now: datetime) -> OrderReservationReleased 
 def _relayed(state: OrderState, received: OrderEvent) -> OrderEvent:
     """A command, sequenced into the order's history; its details come from the history."""
     order = state.order
-    return received.model_copy(update={
-        "sequence": state.version + 1, "channel": order.channel,
-        "external_id": order.external_id, "correlation_id": order.correlation_id,
-    })  # fmt: skip
+    return received.model_copy(
+        update={
+            "sequence": state.version + 1,
+            "channel": order.channel,
+            "external_id": order.external_id,
+            "correlation_id": order.correlation_id,
+        }
+    )
 
 
 def _then_advance(
@@ -420,13 +471,17 @@ def _then_advance(
                 continue
             if after.released is not before.released:
                 why = _why_released(event)
-                sent.extend(_release(after, rid, held, reason=why, now=ctx.now)
-                            for rid, held in after.released.items()
-                            if rid not in before.released)  # fmt: skip
+                sent.extend(
+                    _release(after, rid, held, reason=why, now=ctx.now)
+                    for rid, held in after.released.items()
+                    if rid not in before.released
+                )
             if after.committed is not before.committed:
-                sent.extend(_commit(after, rid, held, now=ctx.now)
-                            for rid, held in after.committed.items()
-                            if rid not in before.committed)  # fmt: skip
+                sent.extend(
+                    _commit(after, rid, held, now=ctx.now)
+                    for rid, held in after.committed.items()
+                    if rid not in before.committed
+                )
 
     log(logged)
     assert after is not None, "an order's first input is its receipt"
@@ -449,9 +504,13 @@ def _route(state: OrderState, ctx: Context, *, cause: str) -> Decision:
         )
     else:
         plan = routing.route(
-            order, catalogue=ctx.catalogue, available=ctx.available, load=ctx.load,
-            now=ctx.now, exclude=frozenset(state.refused_at),
-        )  # fmt: skip
+            order,
+            catalogue=ctx.catalogue,
+            available=ctx.available,
+            load=ctx.load,
+            now=ctx.now,
+            exclude=frozenset(state.refused_at),
+        )
     if isinstance(plan, routing.NoRoute) and state.failures and plan.code != "OUT_OF_STOCK":
         # The locations left out are the ones that refused: stock is what stopped it.
         plan = routing.NoRoute(
@@ -464,21 +523,37 @@ def _route(state: OrderState, ctx: Context, *, cause: str) -> Decision:
         sequence = state.version + 1
         if state.status is not S.RESERVATION_FAILED and plan.missing:
             # Stock is what stopped it: say which lines, then reject.
-            events.append(OrderReservationFailed(
-                **_envelope(order, sequence=sequence, cause=cause, kind="OrderReservationFailed",
-                            now=ctx.now),
-                missing=plan.missing, reason=plan.code,
-            ))  # fmt: skip
+            events.append(
+                OrderReservationFailed(
+                    **_envelope(
+                        order,
+                        sequence=sequence,
+                        cause=cause,
+                        kind="OrderReservationFailed",
+                        now=ctx.now,
+                    ),
+                    missing=plan.missing,
+                    reason=plan.code,
+                )
+            )
             sequence += 1
-        events.append(OrderRejected(
-            **_envelope(order, sequence=sequence, cause=cause, kind="OrderRejected", now=ctx.now),
-            reasons=[RejectionReason(code=plan.code, message=plan.message)],
-        ))  # fmt: skip
+        events.append(
+            OrderRejected(
+                **_envelope(
+                    order, sequence=sequence, cause=cause, kind="OrderRejected", now=ctx.now
+                ),
+                reasons=[RejectionReason(code=plan.code, message=plan.message)],
+            )
+        )
         return Decision(events)
     routed = routing.route_event(
-        order, _mark_made_to_order(plan, ctx.catalogue), sequence=state.version + 1,
-        causation_id=cause, attempt=state.attempt + 1, now=ctx.now,
-    )  # fmt: skip
+        order,
+        _mark_made_to_order(plan, ctx.catalogue),
+        sequence=state.version + 1,
+        causation_id=cause,
+        attempt=state.attempt + 1,
+        now=ctx.now,
+    )
     after = apply(state, routed)
     return Decision([routed], _reserve(after, now=ctx.now, only_unanswered=False))
 
@@ -516,22 +591,31 @@ def _answer(
         # Units reserved for a request the log does not know: a crash cut the routing short
         # after its ReserveStock left and before OrderRouted was logged. Give them back (a
         # release is never answered, so this ends here).
-        return Decision(commands=[_release_line(state, rid, reply.sku, reply.location,
-                                                reason="STALE", now=ctx.now)])  # fmt: skip
+        return Decision(
+            commands=[
+                _release_line(state, rid, reply.sku, reply.location, reason="STALE", now=ctx.now)
+            ]
+        )
     answers = {**state.answers, rid: isinstance(reply, StockReserved)}
     line = state.requested[rid]
     reserved = [_line(state.requested[r]) for r, ok in answers.items() if ok]
     missing = [_line(state.requested[r]) for r, ok in answers.items() if not ok]
-    envelope = _envelope(state.order, sequence=state.version + 1, cause=reply.event_id,
-                         kind=f"answer:{line.sku}@{line.location}", now=ctx.now)  # fmt: skip
+    envelope = _envelope(
+        state.order,
+        sequence=state.version + 1,
+        cause=reply.event_id,
+        kind=f"answer:{line.sku}@{line.location}",
+        now=ctx.now,
+    )
     if len(answers) < len(state.requested):
         event: OrderEvent = OrderPartiallyReserved(**envelope, reserved=reserved, missing=missing)
     elif not missing:
         event = OrderReserved(**envelope, lines=reserved, expires_at=state.hold_expires_at)
     else:
         short = ", ".join(f"{m.sku}@{m.location}" for m in missing)
-        event = OrderReservationFailed(**envelope, missing=missing,
-                                       reason=f"INSUFFICIENT_STOCK: {short}")  # fmt: skip
+        event = OrderReservationFailed(
+            **envelope, missing=missing, reason=f"INSUFFICIENT_STOCK: {short}"
+        )
     return _then_advance(state, [event], [], ctx)
 
 
@@ -542,10 +626,16 @@ def _lapsed(state: OrderState, released: StockReleased, ctx: Context) -> Decisio
     if rid not in state.held or OrderReservationReleased not in TRANSITIONS[state.status]:
         return Decision()  # not held (any more): nothing to record
     event = OrderReservationReleased(
-        **_envelope(state.order, sequence=state.version + 1, cause=released.event_id,
-                    kind="OrderReservationReleased", now=ctx.now),
-        lines=[_line(state.held[rid])], reason=released.reason,
-    )  # fmt: skip
+        **_envelope(
+            state.order,
+            sequence=state.version + 1,
+            cause=released.event_id,
+            kind="OrderReservationReleased",
+            now=ctx.now,
+        ),
+        lines=[_line(state.held[rid])],
+        reason=released.reason,
+    )
     return _then_advance(state, [event], [], ctx)
 
 
@@ -579,7 +669,7 @@ def _reserve(state: OrderState, *, now: datetime, only_unanswered: bool) -> list
             reservation_id=rid,
             quantity=held.quantity,
             expires_at=expires,
-        )  # fmt: skip
+        )
         for rid, held in state.requested.items()
         if not (only_unanswered and rid in state.answers)
     ]
@@ -593,18 +683,33 @@ def _release_line(
     state: OrderState, rid: str, sku: str, location: str, *, reason: str, now: datetime
 ) -> StockEvent:
     return ReleaseStock(
-        event_id=deterministic_id(rid, "ReleaseStock"), sequence=1, occurred_at=now,
-        recorded_at=now, correlation_id=state.order.correlation_id, actor=ACTOR, sku=sku,
-        location=location, order_id=state.order.order_id, reservation_id=rid, reason=reason,
-    )  # fmt: skip
+        event_id=deterministic_id(rid, "ReleaseStock"),
+        sequence=1,
+        occurred_at=now,
+        recorded_at=now,
+        correlation_id=state.order.correlation_id,
+        actor=ACTOR,
+        sku=sku,
+        location=location,
+        order_id=state.order.order_id,
+        reservation_id=rid,
+        reason=reason,
+    )
 
 
 def _commit(state: OrderState, rid: str, held: Held, *, now: datetime) -> StockEvent:
     return CommitStock(
-        event_id=deterministic_id(rid, "CommitStock"), sequence=1, occurred_at=now,
-        recorded_at=now, correlation_id=state.order.correlation_id, actor=ACTOR, sku=held.sku,
-        location=held.location, order_id=state.order.order_id, reservation_id=rid,
-    )  # fmt: skip
+        event_id=deterministic_id(rid, "CommitStock"),
+        sequence=1,
+        occurred_at=now,
+        recorded_at=now,
+        correlation_id=state.order.correlation_id,
+        actor=ACTOR,
+        sku=held.sku,
+        location=held.location,
+        order_id=state.order.order_id,
+        reservation_id=rid,
+    )
 
 
 def _why_released(event: OrderEvent) -> str:

@@ -103,8 +103,7 @@ def prioritise_event(
 ) -> OrderPrioritised:
     """`OrderPrioritised` for `p`; the id follows from the cause, so reprocessing it yields the
     identical event."""
-    envelope = follow_up(order, sequence=sequence, causation_id=causation_id, actor=ACTOR,
-                         now=now)  # fmt: skip
+    envelope = follow_up(order, sequence=sequence, causation_id=causation_id, actor=ACTOR, now=now)
     return OrderPrioritised(
         event_id=deterministic_id(causation_id, "OrderPrioritised"),
         location=location,

@@ -190,8 +190,7 @@ def route_event(
 ) -> OrderRouted:
     """`OrderRouted` for `route`; the id follows from the cause and the routing attempt, so a
     redelivered input re-routes to the identical event while a re-route gets a new one."""
-    envelope = follow_up(order, sequence=sequence, causation_id=causation_id, actor=ACTOR,
-                         now=now)  # fmt: skip
+    envelope = follow_up(order, sequence=sequence, causation_id=causation_id, actor=ACTOR, now=now)
     return OrderRouted(
         event_id=deterministic_id(causation_id, "OrderRouted", str(attempt)),
         location=route.location,

@@ -142,28 +142,40 @@ def rejection_reasons(
 
 def catalogue_reasons(order: OrderReceived, catalogue: Catalogue) -> list[RejectionReason]:
     reasons = [
-        RejectionReason(code="UNKNOWN_SKU", field=f"lines.{i}.sku",
-                        message=f"{line.sku!r} is not in the product catalogue")
+        RejectionReason(
+            code="UNKNOWN_SKU",
+            field=f"lines.{i}.sku",
+            message=f"{line.sku!r} is not in the product catalogue",
+        )
         for i, line in enumerate(order.lines)
         if line.sku not in catalogue.products
-    ]  # fmt: skip
+    ]
     if order.mode in (OrderMode.PICKUP, OrderMode.DINE_IN):
         location = catalogue.location_for(order.location_hint)
         if order.location_hint is None:
-            reasons.append(RejectionReason(
-                code="MISSING_LOCATION", field="location_hint",
-                message=f"a {order.mode.value} order must name its store",
-            ))  # fmt: skip
+            reasons.append(
+                RejectionReason(
+                    code="MISSING_LOCATION",
+                    field="location_hint",
+                    message=f"a {order.mode.value} order must name its store",
+                )
+            )
         elif location is None:
-            reasons.append(RejectionReason(
-                code="UNKNOWN_LOCATION", field="location_hint",
-                message=f"{order.location_hint!r} is not in the location registry",
-            ))  # fmt: skip
+            reasons.append(
+                RejectionReason(
+                    code="UNKNOWN_LOCATION",
+                    field="location_hint",
+                    message=f"{order.location_hint!r} is not in the location registry",
+                )
+            )
         elif order.mode not in location.capabilities:
-            reasons.append(RejectionReason(
-                code="LOCATION_CANNOT_SERVE", field="location_hint",
-                message=f"{location.id} does not do {order.mode.value}",
-            ))  # fmt: skip
+            reasons.append(
+                RejectionReason(
+                    code="LOCATION_CANNOT_SERVE",
+                    field="location_hint",
+                    message=f"{location.id} does not do {order.mode.value}",
+                )
+            )
     return reasons
 
 

@@ -229,8 +229,16 @@ def queue(location_id: str, limit: int) -> None:
 
     store = connect(get_settings().resolved_clickhouse_url)
     rows = fulfilment_queue(store, location_id, limit=limit)
-    columns = ["order_id", "channel", "mode", "status", "priority_score", "promised_at",
-               "item_count", "total"]  # fmt: skip
+    columns = [
+        "order_id",
+        "channel",
+        "mode",
+        "status",
+        "priority_score",
+        "promised_at",
+        "item_count",
+        "total",
+    ]
     _print_rows(rows, columns, f"no open orders at {location_id}")
 
 

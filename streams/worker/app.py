@@ -57,9 +57,13 @@ class PartitionStates(Generic[P]):
     (re)assignment."""
 
     def __init__(
-        self, *, topic: str, replay: Replay, new: Callable[[], P],
+        self,
+        *,
+        topic: str,
+        replay: Replay,
+        new: Callable[[], P],
         settle: Callable[[], Awaitable[None]],
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.topic = topic
         self._replay = replay
         self._new: Callable[[], P] = new
@@ -90,9 +94,13 @@ class Worker:
     views, the output sink; one method per thing the Faust app asks of it."""
 
     def __init__(
-        self, settings: Settings, *, replay: Replay | None = None,
-        views: SharedViews | None = None, sink: Outputs | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        settings: Settings,
+        *,
+        replay: Replay | None = None,
+        views: SharedViews | None = None,
+        sink: Outputs | None = None,
+    ) -> None:
         self.settings = settings
         self.topics = settings.topics
         self.codec = AvroCodec.for_registry(settings.schema_registry_url)
@@ -107,16 +115,20 @@ class Worker:
         replay = replay or (
             lambda topic, partition: read_partition(
                 settings.kafka_bootstrap, topic, partition, codec=self.codec
-            )  # fmt: skip
+            )
         )
         self.order_states = PartitionStates(
-            topic=self.topics.orders, replay=replay, new=OrderPartition,
+            topic=self.topics.orders,
+            replay=replay,
+            new=OrderPartition,
             settle=self.out.confirmed,
-        )  # fmt: skip
+        )
         self.stock_states = PartitionStates(
-            topic=self.topics.inventory, replay=replay, new=LedgerPartition,
+            topic=self.topics.inventory,
+            replay=replay,
+            new=LedgerPartition,
             settle=self.out.confirmed,
-        )  # fmt: skip
+        )
 
     # ------------------------------------------------------------ partitions and views
 
@@ -153,9 +165,13 @@ class Worker:
         views = self.views
         now = utc_now()
         ctx = orders.Context(
-            catalogue=views.catalogue, rules=self.rules, history=views.history,
-            available=views.available, load=views.load(now), now=now,
-        )  # fmt: skip
+            catalogue=views.catalogue,
+            rules=self.rules,
+            history=views.history,
+            available=views.available,
+            load=views.load(now),
+            now=now,
+        )
         for event in batch:
             message = event.message
             raw = event.value or b""
@@ -172,9 +188,12 @@ class Worker:
             order_id = getattr(received, "order_id", "")
             for outcome in step.to_log:
                 views.note(outcome)
-                self.out.produce(self.topics.orders, key=order_id.encode(),
-                                 value=self.codec.encode(outcome),
-                                 partition=message.partition)  # fmt: skip
+                self.out.produce(
+                    self.topics.orders,
+                    key=order_id.encode(),
+                    value=self.codec.encode(outcome),
+                    partition=message.partition,
+                )
                 written.append(outcome.event_type)
             for command in step.commands:
                 key = stock_key(command.sku, command.location).encode()
@@ -216,8 +235,12 @@ class Worker:
         for outcome in events:
             self.views.note(outcome)
             key = stock_key(outcome.sku, outcome.location)
-            self.out.produce(self.topics.inventory, key=key.encode(),
-                             value=self.codec.encode(outcome), partition=partition)  # fmt: skip
+            self.out.produce(
+                self.topics.inventory,
+                key=key.encode(),
+                value=self.codec.encode(outcome),
+                partition=partition,
+            )
 
     # ------------------------------------------------------------ both agents
 
@@ -240,8 +263,9 @@ class Worker:
         where = message_ref(message.topic, message.partition, message.offset)
         event = self.codec.decode(raw, where=where)
         if not isinstance(event, kinds):
-            raise CodecError(f"{type(event).__name__} does not belong on {message.topic}",
-                             where=where)  # fmt: skip
+            raise CodecError(
+                f"{type(event).__name__} does not belong on {message.topic}", where=where
+            )
         return event  # type: ignore[return-value]
 
     # ------------------------------------------------------------ timers
@@ -252,8 +276,11 @@ class Worker:
         now = utc_now()
         for orders_of in list(self.order_states.states.values()):
             for due in orders_of.expiries(now):
-                self.out.produce(self.topics.order_commands, key=due.order_id.encode(),
-                                 value=self.codec.encode(due))  # fmt: skip
+                self.out.produce(
+                    self.topics.order_commands,
+                    key=due.order_id.encode(),
+                    value=self.codec.encode(due),
+                )
         products = self.views.catalogue.products
         for partition, levels in list(self.stock_states.states.items()):
             for _, lapsed in levels.expire(now=now, products=products):
@@ -270,16 +297,22 @@ class Worker:
             )
         for change in changes:
             views.note(change)
-            self.out.produce(self.topics.catalogue, key=change.entity_id.encode(),
-                             value=self.codec.encode(change))  # fmt: skip
+            self.out.produce(
+                self.topics.catalogue,
+                key=change.entity_id.encode(),
+                value=self.codec.encode(change),
+            )
         views.forget_before(now - timedelta(hours=2))
         await self.out.confirmed()
 
 
 def create_app(
-    settings: Settings | None = None, *, replay: Replay | None = None,
-    views: SharedViews | None = None, sink: Outputs | None = None,
-) -> faust.App:  # fmt: skip
+    settings: Settings | None = None,
+    *,
+    replay: Replay | None = None,
+    views: SharedViews | None = None,
+    sink: Outputs | None = None,
+) -> faust.App:
     """The Faust app around one `Worker`. `replay`, `views` and `sink` are for tests without
     a broker."""
     settings = settings or get_settings()
@@ -309,8 +342,7 @@ def create_app(
         datadir=str(settings.home / "faust"),
     )
     app.worker = worker  # type: ignore[attr-defined]  # tests reach the worker through the app
-    order_inputs = app.topic(topics.intake, topics.order_commands, key_type=bytes,
-                             value_type=bytes)  # fmt: skip
+    order_inputs = app.topic(topics.intake, topics.order_commands, key_type=bytes, value_type=bytes)
     stock_commands = app.topic(topics.stock_commands, key_type=bytes, value_type=bytes)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust's stub is too strict

@@ -35,9 +35,9 @@ def run_workers(count: int, argv: list[str] | None = None) -> None:
         env = dict(os.environ)
         if profile and n:
             env["OMS_PROFILE"] = f"{profile}.{n}"  # the first writes where it was asked to
-        children.append(subprocess.Popen(
-            [sys.executable, "-m", "oms.cli", "worker", *(argv or [])], env=env
-        ))  # fmt: skip
+        children.append(
+            subprocess.Popen([sys.executable, "-m", "oms.cli", "worker", *(argv or [])], env=env)
+        )
 
     def stop(signum: int, frame: Any) -> None:
         for child in children:
@@ -77,8 +77,15 @@ def missing_topics(settings: Settings) -> list[str]:
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
     topics = settings.topics
-    needed = [topics.intake, topics.order_commands, topics.stock_commands, topics.orders,
-              topics.inventory, topics.catalogue, topics.dlq]  # fmt: skip
+    needed = [
+        topics.intake,
+        topics.order_commands,
+        topics.stock_commands,
+        topics.orders,
+        topics.inventory,
+        topics.catalogue,
+        topics.dlq,
+    ]
     return [topic for topic in needed if topic not in existing]
 
 
@@ -93,8 +100,11 @@ def run_worker(argv: list[str] | None = None) -> None:
         _exit(ExitCode.CONFIG, f"a setting is not valid: {exc}")
     missing = missing_topics(settings)
     if missing:
-        _exit(ExitCode.CONFIG, f"topics missing on {settings.kafka_bootstrap}: "
-              f"{', '.join(missing)} (create them, e.g. with `oms stack up`)")  # fmt: skip
+        _exit(
+            ExitCode.CONFIG,
+            f"topics missing on {settings.kafka_bootstrap}: "
+            f"{', '.join(missing)} (create them, e.g. with `oms stack up`)",
+        )
     app = create_app(settings)
     gc.freeze()  # everything imported and built so far lives as long as the worker
     # Faust's own web server is off (the worker command would turn it on whatever the app
@@ -116,6 +126,8 @@ def run_worker(argv: list[str] | None = None) -> None:
 
 
 def _exit(code: ExitCode, reason: str) -> NoReturn:
-    print(f"oms worker: configuration error (exit {int(code)}, restarting will not help): "
-          f"{reason}", file=sys.stderr)  # fmt: skip
+    print(
+        f"oms worker: configuration error (exit {int(code)}, restarting will not help): {reason}",
+        file=sys.stderr,
+    )
     sys.exit(code)

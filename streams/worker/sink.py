@@ -83,13 +83,19 @@ class Sink:
         self._poller = threading.Thread(target=self._poll, name="oms-sink", daemon=True)
         self._poller.start()
 
-    def produce(self, topic: str, *, key: bytes, value: bytes, partition: int | None = None
-                ) -> None:  # fmt: skip
+    def produce(
+        self, topic: str, *, key: bytes, value: bytes, partition: int | None = None
+    ) -> None:
         batch = self._open
         while True:
             try:
-                self._producer.produce(topic, value, key, -1 if partition is None else partition,
-                                       on_delivery=batch.delivered)  # fmt: skip
+                self._producer.produce(
+                    topic,
+                    value,
+                    key,
+                    -1 if partition is None else partition,
+                    on_delivery=batch.delivered,
+                )
                 batch.produced += 1
                 return
             except BufferError:  # local queue full: let deliveries drain
@@ -164,8 +170,9 @@ class Outputs(Protocol):
     """What the agents write through: `Sink`, or a fake in unit tests (`checkpoint` is
     optional there; without it a batch waits for `confirmed()`)."""
 
-    def produce(self, topic: str, *, key: bytes, value: bytes, partition: int | None = None
-                ) -> None: ...  # fmt: skip
+    def produce(
+        self, topic: str, *, key: bytes, value: bytes, partition: int | None = None
+    ) -> None: ...
 
     async def confirmed(self) -> None: ...
 
