@@ -81,7 +81,7 @@ test: $(STAMP) system-deps browser-deps
 CHAOS_ARGS ?= --runs 3 --duration 120
 chaos: $(STAMP) system-deps
 	OMS_PROTOCOL_EXAMPLES=20000 $(VENV)/bin/pytest -q -o timeout=3600 tests/streams/test_reservation_protocol.py
-	$(VENV)/bin/python -c 'from oms.settings import Settings; from oms.stack import KafkaService; KafkaService(Settings()).ensure_installed()'
+	$(VENV)/bin/python -c 'from infra.settings import Settings; from oms.stack import KafkaService; KafkaService(Settings()).ensure_installed()'
 	$(VENV)/bin/python -m tests.faults $(CHAOS_ARGS)
 
 stack-up: $(STAMP) system-deps
