@@ -9,7 +9,7 @@ VENV := .venv
 OMS := $(VENV)/bin/oms
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test chaos lint typecheck pytest system-deps browser-deps stack-up stack-down clean
+.PHONY: demo test chaos fuzz lint typecheck pytest system-deps browser-deps stack-up stack-down clean
 
 NATIVE_SRC := native/avro_codec/Cargo.toml native/avro_codec/Cargo.lock $(wildcard native/avro_codec/src/*.rs)
 
@@ -83,6 +83,17 @@ chaos: $(STAMP) system-deps
 	OMS_PROTOCOL_EXAMPLES=20000 $(VENV)/bin/pytest -q -o timeout=3600 tests/streams/test_reservation_protocol.py
 	$(VENV)/bin/python -c 'from infra.settings import Settings; from oms.stack import KafkaService; KafkaService(Settings()).ensure_installed()'
 	$(VENV)/bin/python -m tests.faults $(CHAOS_ARGS)
+
+# Fuzzing at length: the same fuzz tests `make test` runs with fixed seeds and a few hundred
+# examples each (marker `fuzz`), here with random seeds and OMS_FUZZ_EXAMPLES examples each,
+# against the local stack. A failure prints the example and the seed that replays it.
+OMS_FUZZ_EXAMPLES ?= 20000
+fuzz: $(STAMP) system-deps
+	@was_up=0; $(OMS) stack status >/dev/null 2>&1 && was_up=1; \
+	$(OMS) stack up || exit 1; \
+	OMS_FUZZ_EXAMPLES=$(OMS_FUZZ_EXAMPLES) OMS_FUZZ_RANDOM=1 $(VENV)/bin/pytest -q -m fuzz -o timeout=7200 tests; rc=$$?; \
+	if [ $$was_up = 0 ]; then $(OMS) stack down; fi; \
+	exit $$rc
 
 stack-up: $(STAMP) system-deps
 	$(OMS) stack up
