@@ -18,6 +18,11 @@ import logging
 from typing import Any
 
 LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
+# The largest message any OrderStream producer sends: librdkafka's `message.max.bytes`
+# (its default, set explicitly so it cannot drift), below the broker's own limit (1,048,588
+# by default). A larger `produce` raises at once (MSG_SIZE_TOO_LARGE): whatever could be that
+# large — a channel's body, a dead letter carrying one — is bounded before it gets here.
+MAX_MESSAGE_BYTES = 1_000_000
 
 
 def producer_config(bootstrap: str, **overrides: Any) -> dict[str, Any]:
@@ -29,6 +34,7 @@ def producer_config(bootstrap: str, **overrides: Any) -> dict[str, Any]:
         "linger.ms": 5,
         "compression.type": "lz4",
         "partitioner": "murmur2_random",
+        "message.max.bytes": MAX_MESSAGE_BYTES,
         "logger": LIBRDKAFKA_LOG,
     } | overrides
 
