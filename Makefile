@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo test chaos fuzz lint typecheck pytest system-deps browser-deps stack-up stack-down clean
 
-NATIVE_SRC := native/avro_codec/Cargo.toml native/avro_codec/Cargo.lock $(wildcard native/avro_codec/src/*.rs)
+NATIVE_SRC := native/avro_codec/Cargo.toml native/avro_codec/Cargo.lock $(shell find native/avro_codec/src -name "*.rs")
 
 $(STAMP): pyproject.toml $(NATIVE_SRC)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed (found " + sys.version.split()[0] + ")")'
