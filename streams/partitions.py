@@ -32,15 +32,23 @@ from streams import inventory, orders
 @dataclass(frozen=True)
 class OrderStep:
     """What one input to the order agent writes: its log events, its stock commands, and the
-    reason it was not taken (dead-lettered) if it was not."""
+    reason it was not taken (dead-lettered) if it was not. `after` is the order's state once
+    the step is committed (None: unchanged)."""
 
     to_log: list[OrderEvent] = field(default_factory=list)
     commands: list[StockEvent] = field(default_factory=list)
     refusal: str | None = None
+    order_id: str = ""
+    after: orders.OrderState | None = None
+    recovers: bool = False  # the commands include the order's recovery (sent once)
 
 
 class OrderPartition:
-    """The order agent's state for one partition: each order's fold of the order log."""
+    """The order agent's state for one partition: each order's fold of the order log.
+
+    An input is taken in two steps, `decide` (which changes nothing) and `commit`: the worker
+    encodes the step's outputs in between, so an input whose decision or outputs fail (a
+    poison message, dead-lettered) leaves the state exactly as it was."""
 
     def __init__(self) -> None:
         self.orders: dict[str, orders.OrderState] = {}
@@ -57,18 +65,29 @@ class OrderPartition:
             self.orders[event.order_id] = orders.apply(self.orders.get(event.order_id), event)
 
     def handle(self, received: OrderEvent | StockEvent, ctx: orders.Context) -> OrderStep:
+        step = self.decide(received, ctx)
+        self.commit(step)
+        return step
+
+    def decide(self, received: OrderEvent | StockEvent, ctx: orders.Context) -> OrderStep:
         order_id = getattr(received, "order_id", "")
         state = self.orders.get(order_id)
         decision = orders.decide(state, received, ctx)
+        after = None
         if decision.to_log:
             after = decision.after or orders.fold(decision.to_log, state)
             assert after is not None
-            self.orders[order_id] = after
         commands = list(decision.commands)
-        if decision.recovery and order_id not in self._recovered:
-            self._recovered.add(order_id)
+        recovers = bool(decision.recovery) and order_id not in self._recovered
+        if recovers:
             commands = decision.recovery + commands
-        return OrderStep(decision.to_log, commands, decision.refusal)
+        return OrderStep(decision.to_log, commands, decision.refusal, order_id, after, recovers)
+
+    def commit(self, step: OrderStep) -> None:
+        if step.after is not None:
+            self.orders[step.order_id] = step.after
+        if step.recovers:
+            self._recovered.add(step.order_id)
 
     def expiries(self, now: datetime) -> list[OrderReservationReleased]:
         """Commands for the orders whose hold ran out, each sent once (the order agent takes
@@ -86,15 +105,20 @@ class OrderPartition:
 
 @dataclass(frozen=True)
 class LedgerStep:
-    """What one stock command writes: ledger events, and the answers the orders hear."""
+    """What one stock command writes: ledger events, and the answers the orders hear.
+    `key`/`after` are the level it changes and its value once committed."""
 
     events: list[StockEvent] = field(default_factory=list)
     answers: list[StockEvent] = field(default_factory=list)
+    command_id: str = ""
+    key: str = ""
+    after: inventory.StockLevel | None = None
 
 
 class LedgerPartition:
     """The inventory agent's state for one partition: each `sku@location` level, and the
-    commands behind the last `RECENT_COMMANDS` ledger writes.
+    commands behind the last `RECENT_COMMANDS` ledger writes. Like `OrderPartition`, a
+    command is taken by `decide` (no change) then `commit`.
 
     The recent commands make redelivery exact: a batch of inputs is redelivered after a crash
     only while it is unacknowledged, at most 8 batches of 500 (`streams.worker.sink.Acks`), so every
@@ -117,6 +141,11 @@ class LedgerPartition:
                 self._remember(event.causation_id, [event])
 
     def handle(self, command: StockEvent, *, product: Product | None, now: datetime) -> LedgerStep:
+        step = self.decide(command, product=product, now=now)
+        self.commit(step)
+        return step
+
+    def decide(self, command: StockEvent, *, product: Product | None, now: datetime) -> LedgerStep:
         """Raises `inventory.StockCommandRefused` for a command the ledger will not take."""
         done = self._recent.get(command.event_id)
         if done is not None:  # redelivered or repeated: answer as before, write nothing
@@ -128,10 +157,13 @@ class LedgerPartition:
         if not events and isinstance(command, ReserveStock):
             answered = inventory.outcome(level, command.reservation_id)
             answers = [answered] if answered is not None else []
-        self._write(key, level, events)
-        if events:
-            self._remember(command.event_id, events)
-        return LedgerStep(events, answers)
+        after = _applied(level, events) if events else None
+        return LedgerStep(events, answers, command.event_id, key, after)
+
+    def commit(self, step: LedgerStep) -> None:
+        if step.after is not None:
+            self.levels[step.key] = step.after
+            self._remember(step.command_id, step.events)
 
     def expire(
         self, *, now: datetime, products: Mapping[str, Product]
@@ -140,13 +172,8 @@ class LedgerPartition:
         for key, level in list(self.levels.items()):
             lapsed = inventory.expire(level, now=now, product=products.get(level.sku))
             if lapsed:
-                self._write(key, level, lapsed)
+                self.levels[key] = _applied(level, lapsed)
                 yield key, lapsed
-
-    def _write(self, key: str, level: inventory.StockLevel, events: list[StockEvent]) -> None:
-        for event in events:
-            level = inventory.apply(level, event)
-        self.levels[key] = level
 
     def _remember(self, command_id: str, events: list[StockEvent]) -> None:
         known = self._recent.get(command_id)
@@ -156,6 +183,12 @@ class LedgerPartition:
         self._recent[command_id] = list(events)
         if len(self._recent) > self.RECENT_COMMANDS:
             self._recent.popitem(last=False)
+
+
+def _applied(level: inventory.StockLevel, events: list[StockEvent]) -> inventory.StockLevel:
+    for event in events:
+        level = inventory.apply(level, event)
+    return level
 
 
 def _answers(command: StockEvent, events: list[StockEvent]) -> list[StockEvent]:

@@ -27,6 +27,8 @@ import mode
 
 from events.codec import AvroCodec, CodecError, message_ref
 from events.models import DeadLetter, Event, OrderEvent, StockEvent, stock_key, utc_now
+from infra.kafka import MAX_MESSAGE_BYTES
+from infra.poison import describe
 from infra.replay import read_partition
 from infra.settings import Settings, get_settings
 from streams import capacity, inventory, orders
@@ -50,6 +52,10 @@ Replay = Callable[[str, int], Iterable[Event]]
 Message = tuple[str, bytes, bytes]  # topic, key, value: for another agent, after the log
 Decide = Callable[[list[Any], list[Message]], Awaitable[list[str]]]  # one agent's batch
 P = TypeVar("P", OrderPartition, LedgerPartition)
+
+
+class OutputTooLarge(ValueError):
+    """An input would make an event larger than Kafka takes: the input is dead-lettered."""
 
 
 class PartitionStates(Generic[P]):
@@ -78,9 +84,23 @@ class PartitionStates(Generic[P]):
             await self._settle()
             states = self._new()
             events = await asyncio.to_thread(lambda: list(self._replay(self.topic, partition)))
+            skipped = 0
             for event in events:
-                states.fold(event)
-            log.info("rebuilt %s[%d] from %d events", self.topic, partition, len(events))
+                try:
+                    states.fold(event)
+                except Exception:
+                    # An event on the log that this version cannot fold (a bug, either in the
+                    # version that wrote it or in this one): the rest of the partition is still
+                    # rebuilt, rather than the worker stopping on every start.
+                    skipped += 1
+                    log.exception("%s[%d]: cannot fold %s", self.topic, partition, event.event_id)
+            log.info(
+                "rebuilt %s[%d] from %d events (%d not folded)",
+                self.topic,
+                partition,
+                len(events),
+                skipped,
+            )
             self.states[partition] = states
         return states
 
@@ -183,21 +203,26 @@ class Worker:
                 self.dead_letter(message, raw, str(exc))
                 written.append("DeadLetter")
                 continue
-            with views.reading():
-                step = partition.handle(received, ctx)
-            order_id = getattr(received, "order_id", "")
-            for outcome in step.to_log:
+            try:  # decided and encoded before anything is written or the state changes
+                with views.reading():
+                    step = partition.decide(received, ctx)
+                to_log = [(outcome, self.encoded(outcome)) for outcome in step.to_log]
+                commands = [
+                    (stock_key(c.sku, c.location).encode(), self.encoded(c)) for c in step.commands
+                ]
+            except Exception as exc:
+                self.poisoned(message, raw, exc)
+                written.append("DeadLetter")
+                continue
+            partition.commit(step)
+            key = step.order_id.encode()
+            for outcome, value in to_log:
                 views.note(outcome)
                 self.out.produce(
-                    self.topics.orders,
-                    key=order_id.encode(),
-                    value=self.codec.encode(outcome),
-                    partition=message.partition,
+                    self.topics.orders, key=key, value=value, partition=message.partition
                 )
                 written.append(outcome.event_type)
-            for command in step.commands:
-                key = stock_key(command.sku, command.location).encode()
-                messages.append((self.topics.stock_commands, key, self.codec.encode(command)))
+            messages += [(self.topics.stock_commands, k, value) for k, value in commands]
             if step.refusal is not None:
                 self.dead_letter(message, raw, step.refusal)
                 written.append("DeadLetter")
@@ -218,29 +243,35 @@ class Worker:
                 command = self.decode(message, raw, (StockEvent,))
                 assert isinstance(command, StockEvent)
                 product = self.views.catalogue.products.get(command.sku)
-                step = partition.handle(command, product=product, now=now)
+                step = partition.decide(command, product=product, now=now)
             except (CodecError, inventory.StockCommandRefused) as exc:
                 self.dead_letter(message, raw, str(exc))
                 written.append("DeadLetter")
                 continue
-            self.write_ledger(step.events, message.partition)
-            for answer in step.answers:
-                order_id = getattr(answer, "order_id", "")
-                value = self.codec.encode(answer)
-                messages.append((self.topics.order_commands, order_id.encode(), value))
+            except Exception as exc:
+                self.poisoned(message, raw, exc)
+                written.append("DeadLetter")
+                continue
+            try:
+                ledger = [(e, self.encoded(e)) for e in step.events]
+                answers = [
+                    (getattr(a, "order_id", "").encode(), self.encoded(a)) for a in step.answers
+                ]
+            except Exception as exc:
+                self.poisoned(message, raw, exc)
+                written.append("DeadLetter")
+                continue
+            partition.commit(step)
+            self.write_ledger(ledger, message.partition)
+            messages += [(self.topics.order_commands, key, value) for key, value in answers]
             written += [e.event_type for e in step.events]
         return written
 
-    def write_ledger(self, events: list[StockEvent], partition: int) -> None:
-        for outcome in events:
+    def write_ledger(self, events: list[tuple[StockEvent, bytes]], partition: int) -> None:
+        for outcome, value in events:
             self.views.note(outcome)
-            key = stock_key(outcome.sku, outcome.location)
-            self.out.produce(
-                self.topics.inventory,
-                key=key.encode(),
-                value=self.codec.encode(outcome),
-                partition=partition,
-            )
+            key = stock_key(outcome.sku, outcome.location).encode()
+            self.out.produce(self.topics.inventory, key=key, value=value, partition=partition)
 
     # ------------------------------------------------------------ both agents
 
@@ -253,6 +284,25 @@ class Worker:
         for topic, key, value in messages:
             self.out.produce(topic, key=key, value=value)
         await checkpoint(self.out)
+
+    def encoded(self, event: Event) -> bytes:
+        """An output as it goes on Kafka; one Kafka would refuse is the input's fault."""
+        value = self.codec.encode(event)
+        if len(value) > MAX_MESSAGE_BYTES:
+            raise OutputTooLarge(
+                f"{event.event_type} {event.event_id} would be {len(value):,} bytes, over "
+                f"Kafka's {MAX_MESSAGE_BYTES:,}"
+            )
+        return value
+
+    def poisoned(self, message: Any, raw: bytes, exc: Exception) -> None:
+        """One input whose decision failed (a bug, or input no check foresaw): it goes to the
+        dead-letter topic with what failed and where, and the partition goes on. Only
+        decisions and encoding are caught so: Kafka's and the rebuild's own failures stop the
+        worker, which is restarted and waits for them (docs/operations.md)."""
+        where = message_ref(message.topic, message.partition, message.offset)
+        log.error("dead-lettered %s: deciding it failed", where, exc_info=exc)
+        self.dead_letter(message, raw, f"deciding {where} failed: {describe(exc)}")
 
     def dead_letter(self, message: Any, raw: bytes, reason: str) -> None:
         where = message_ref(message.topic, message.partition, message.offset)
@@ -284,7 +334,7 @@ class Worker:
         products = self.views.catalogue.products
         for partition, levels in list(self.stock_states.states.items()):
             for _, lapsed in levels.expire(now=now, products=products):
-                self.write_ledger(lapsed, partition)
+                self.write_ledger([(e, self.codec.encode(e)) for e in lapsed], partition)
         await self.out.confirmed()
 
     async def watch_capacity(self) -> None:

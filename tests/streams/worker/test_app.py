@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -119,3 +120,120 @@ async def test_a_redelivered_order_is_written_once(app_and_sent: Any) -> None:
         assert agent.results[first.message.offset] == FLOW
         assert agent.results[second.message.offset] == []
     assert len(sent) == len(FLOW)
+
+
+# ------------------------------------------------------------ poison messages
+
+
+def letters(sent: list[Any]) -> list[DeadLetter]:
+    decoded = [CODEC.decode(value) for topic, _, value in sent if topic == "oms.dlq.v1"]
+    return [letter for letter in decoded if isinstance(letter, DeadLetter)]
+
+
+@pytest.mark.parametrize(
+    "placed_at", [datetime(9999, 12, 31, 23, 59, tzinfo=UTC), datetime(1, 1, 1, tzinfo=UTC)]
+)
+async def test_an_order_whose_decision_raises_is_dead_lettered_and_the_next_one_flows(
+    app_and_sent: Any, placed_at: datetime
+) -> None:
+    """Such a date passes the contract; deciding it overflows (priority, fraud windows)."""
+    app, sent = app_and_sent
+    poison = CODEC.encode(received(placed_at=placed_at))
+    async with app.agents["orders"].test_context() as agent:
+        bad = await agent.put(poison)
+        good = await agent.put(CODEC.encode(received(event_id="e-2", order_id="o-2")))
+        assert agent.results[bad.message.offset] == ["DeadLetter"]
+        assert agent.results[good.message.offset] == FLOW
+    [letter] = letters(sent)
+    assert letter.raw == poison
+    assert "OverflowError" in letter.reason and "streams/" in letter.reason
+    # Nothing of the poisoned order was written, nor kept: it is not an order the agent knows.
+    logged = [CODEC.decode(value) for topic, _, value in sent if topic == "oms.orders.v1"]
+    assert {event.order_id for event in logged} == {"o-2"}  # type: ignore[union-attr]
+
+
+async def test_a_poison_message_changes_no_state_so_a_good_redelivery_is_decided_afresh(
+    app_and_sent: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decision ran, its output could not be written: the order must stay unknown, or the
+    same order arriving well-formed would be taken for a redelivery and dropped."""
+    app, sent = app_and_sent
+    worker = app.worker
+    real = worker.encoded
+    calls = {"n": 0}
+
+    def fails_once(event: Any) -> bytes:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the verdict, after the receipt encoded fine
+            raise ValueError("cannot encode")
+        return real(event)
+
+    monkeypatch.setattr(worker, "encoded", fails_once)
+    async with app.agents["orders"].test_context() as agent:
+        first = await agent.put(CODEC.encode(received()))
+        again = await agent.put(CODEC.encode(received()))
+        assert agent.results[first.message.offset] == ["DeadLetter"]
+        assert agent.results[again.message.offset] == FLOW
+
+
+async def test_an_output_larger_than_kafka_takes_dead_letters_its_input(app_and_sent: Any) -> None:
+    app, sent = app_and_sent
+    huge = received(notes="辣" * 400_000)  # 1.2 MB of UTF-8 in one field
+    async with app.agents["orders"].test_context() as agent:
+        bad = await agent.put(CODEC.encode(huge))
+        good = await agent.put(CODEC.encode(received(event_id="e-2", order_id="o-2")))
+        assert agent.results[bad.message.offset] == ["DeadLetter"]
+        assert agent.results[good.message.offset] == FLOW
+    [letter] = letters(sent)
+    assert "OutputTooLarge" in letter.reason and "over Kafka's 1,000,000" in letter.reason
+
+
+async def test_a_stock_command_whose_decision_raises_is_dead_lettered(
+    app_and_sent: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, sent = app_and_sent
+    receipt = operations.stock_receive("KETTLE-IRON", "WH-SH", quantity=30, actor="test")
+    other = operations.stock_receive("KETTLE-IRON", "WH-BJ", quantity=5, actor="test")
+    from streams import inventory
+
+    real = inventory.decide
+
+    def raises_for_wh_sh(level: Any, command: Any, **kw: Any) -> Any:
+        if command.location == "WH-SH":
+            raise ZeroDivisionError("a bug")
+        return real(level, command, **kw)
+
+    monkeypatch.setattr(inventory, "decide", raises_for_wh_sh)
+    async with app.agents["inventory"].test_context() as agent:
+        bad = await agent.put(CODEC.encode(receipt))
+        good = await agent.put(CODEC.encode(other))
+        assert agent.results[bad.message.offset] == ["DeadLetter"]
+        assert agent.results[good.message.offset][0] == "StockReceived"
+    [letter] = letters(sent)
+    assert "ZeroDivisionError: a bug" in letter.reason and "raises_for_wh_sh" in letter.reason
+
+
+async def test_a_log_event_the_fold_cannot_take_is_skipped_and_the_rest_rebuilt() -> None:
+    """Otherwise one such event would stop the worker at every start, for good."""
+    from streams.partitions import OrderPartition
+    from streams.worker.app import PartitionStates
+
+    class Brittle(OrderPartition):
+        def fold(self, event: Any) -> None:
+            if event.order_id == "o-bad":
+                raise KeyError("cannot fold")
+            super().fold(event)
+
+    async def settled() -> None:
+        return None
+
+    log = [
+        received(),
+        received(event_id="e-9", order_id="o-bad"),
+        received(event_id="e-2", order_id="o-2"),
+    ]
+    states = PartitionStates(
+        topic="oms.orders.v1", replay=lambda t, p: log, new=Brittle, settle=settled
+    )
+    rebuilt = await states.of(0)
+    assert set(rebuilt.orders) == {"o-1", "o-2"}
