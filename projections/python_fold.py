@@ -18,6 +18,7 @@ from typing import Any
 
 from confluent_kafka import Message
 
+from events.bounds import out_of_bounds
 from events.codec import AvroCodec, CodecError
 from events.models import OrderEvent, StockEvent
 from projections import orders, stock
@@ -151,6 +152,9 @@ class PythonFold:
                 raw = message.value() or b""
                 try:
                     event = decode(raw)
+                    unstorable = out_of_bounds(event)
+                    if unstorable is not None:
+                        raise CodecError(f"{type(event).__name__}: {unstorable}")
                     if where.topic == orders_topic and isinstance(event, OrderEvent):
                         order_events.append((event, where))
                     elif where.topic == stock_topic and isinstance(event, StockEvent):

@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar, cast
 import faust
 import mode
 
+from events.bounds import out_of_bounds
 from events.codec import AvroCodec, CodecError, message_ref
 from events.models import DeadLetter, Event, OrderEvent, StockEvent, stock_key, utc_now
 from infra.kafka import MAX_MESSAGE_BYTES
@@ -316,6 +317,9 @@ class Worker:
             raise CodecError(
                 f"{type(event).__name__} does not belong on {message.topic}", where=where
             )
+        unstorable = out_of_bounds(event)
+        if unstorable is not None:
+            raise CodecError(f"{type(event).__name__}: {unstorable}", where=where)
         return event  # type: ignore[return-value]
 
     # ------------------------------------------------------------ timers

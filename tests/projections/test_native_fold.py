@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 from pydantic import AwareDatetime, BaseModel
 
 import projections.projector as projector_module
+from events.bounds import out_of_bounds
 from events.codec import AvroCodec, CodecError, LocalSchemaIds
 from events.models import (
     ORDER_EVENTS,
@@ -609,6 +610,29 @@ def out_of_range_log() -> list[Out]:
     ]
 
 
+def unstorable_log() -> list[Out]:
+    """Events a Python datetime can hold but the read models cannot (events/bounds.py): both
+    folds dead-letter each for the same reason, and the orders around them are projected."""
+    at = T1 + timedelta(hours=8)
+    line = OrderLine(sku="S", name="n", quantity=1, unit_price=100)
+
+    def order(order_id: str, **fields: Any) -> OrderEvent:
+        fields = {"lines": [line], "placed_at": at, "total": 100, **fields}
+        return order_event(OrderReceived, order_id, 1, at, **fields)
+
+    return [
+        put(order("ord-ok-1")),
+        put(order("ord-9999", placed_at=datetime(9999, 12, 31, tzinfo=UTC))),
+        put(order("ord-0001", requested_at=datetime(1, 1, 1, tzinfo=UTC))),
+        put(order("ord-2106", placed_at=datetime(2106, 2, 7, 6, 28, 16, tzinfo=UTC))),
+        put(order("ord-qty", lines=[line, line.model_copy(update={"quantity": 3_000_000_000})])),
+        put(order("ord-neg", lines=[line.model_copy(update={"quantity": -1_000_001})])),
+        put(order("ord-many", lines=[line] * 4_001)),
+        put(order_event(OrderAccepted, "ord-seq", 2**32, at)),
+        put(order("ord-ok-2", placed_at=datetime(2106, 2, 7, 6, 28, 15, tzinfo=UTC))),
+    ]
+
+
 LOGS: dict[str, Callable[[], list[Out]]] = {
     "lifecycle": lifecycle_log,
     "older-schemas": older_schema_log,
@@ -617,6 +641,7 @@ LOGS: dict[str, Callable[[], list[Out]]] = {
     "arrived-late": arrival_log,
     "dead-letters": dead_letter_log,
     "out-of-range-times": out_of_range_log,
+    "unstorable": unstorable_log,
 }
 
 
@@ -700,6 +725,8 @@ class PythonFold:
             raw = message.value() or b""
             try:
                 event = CODEC.decode(raw)
+                if (unstorable := out_of_bounds(event)) is not None:
+                    raise CodecError(f"{type(event).__name__}: {unstorable}")
                 if where.topic == ORDERS_TOPIC and isinstance(event, OrderEvent):
                     order_events.append((event, where))
                 elif where.topic == STOCK_TOPIC and isinstance(event, StockEvent):
@@ -1041,7 +1068,15 @@ def check_order_events(events: Sequence[OrderEvent], column_types: dict[str, lis
         FakeMessage(ORDERS_TOPIC, n % 65536, 2**63 - 1 - n, out.value) for n, out in enumerate(log)
     ]
     batch = native.batch(messages, PythonFold())
-    assert batch.rejected == []
+    # What the read models cannot store is rejected, for the reason events/bounds.py gives.
+    unstorable = {
+        m.offset(): f"{type(e).__name__}: {why}"
+        for e, m in zip(events, messages, strict=True)
+        if (why := out_of_bounds(e)) is not None
+    }
+    assert {r[2]: r[4] for r in batch.rejected} == unstorable
+    events = [e for e, m in zip(events, messages, strict=True) if m.offset() not in unstorable]
+    messages = [m for m in messages if m.offset() not in unstorable]
     rows = batch.tables["order_events"]
     assert len(rows) == len(events)
     columns = COLUMNS["order_events"]
@@ -1132,6 +1167,25 @@ def test_every_table_of_every_batch_is_what_the_python_fold_makes(
     found, rows = fold_both(log, column_types, batch_size=batch_size, capacity=capacity)
     assert not found, report(found)
     assert sum(rows.values()) > 0
+
+
+def test_what_the_read_models_cannot_store_is_rejected_by_both_folds_and_the_rest_projected(
+    column_types: dict[str, list[str]],
+) -> None:
+    messages = on_partitions(unstorable_log())
+    native = NativeFold(column_types, capacity=100).batch(messages, PythonFold())
+    reasons = sorted(reason for *_, reason in native.rejected)
+    assert reasons == [
+        "OrderAccepted: sequence 4294967296 is outside 0..4294967295",
+        "OrderReceived: 4001 lines: at most 4000 are stored",
+        "OrderReceived: lines[0].quantity -1000001 is outside ±1000000",
+        "OrderReceived: lines[1].quantity 3000000000 is outside ±1000000",
+        "OrderReceived: placed_at is outside the times stored (1970 to 2106)",
+        "OrderReceived: placed_at is outside the times stored (1970 to 2106)",
+        "OrderReceived: requested_at is outside the times stored (1970 to 2106)",
+    ]
+    projected = {row[0] for row in native.tables["orders"]}
+    assert projected == {"ord-ok-1", "ord-ok-2"}
 
 
 @pytest.mark.parametrize("capacity", [5, 100_000], ids=["states-forgotten", "states-kept"])

@@ -133,10 +133,11 @@ def letters(sent: list[Any]) -> list[DeadLetter]:
 @pytest.mark.parametrize(
     "placed_at", [datetime(9999, 12, 31, 23, 59, tzinfo=UTC), datetime(1, 1, 1, tzinfo=UTC)]
 )
-async def test_an_order_whose_decision_raises_is_dead_lettered_and_the_next_one_flows(
+async def test_an_order_with_a_time_outside_what_is_stored_is_dead_lettered_before_deciding(
     app_and_sent: Any, placed_at: datetime
 ) -> None:
-    """Such a date passes the contract; deciding it overflows (priority, fraud windows)."""
+    """Such a date passes the contract; deciding it would overflow (priority, fraud windows)
+    and ClickHouse's DateTime could not hold it."""
     app, sent = app_and_sent
     poison = CODEC.encode(received(placed_at=placed_at))
     async with app.agents["orders"].test_context() as agent:
@@ -146,7 +147,32 @@ async def test_an_order_whose_decision_raises_is_dead_lettered_and_the_next_one_
         assert agent.results[good.message.offset] == FLOW
     [letter] = letters(sent)
     assert letter.raw == poison
-    assert "OverflowError" in letter.reason and "streams/" in letter.reason
+    assert "placed_at" in letter.reason and "outside the times stored" in letter.reason
+
+
+async def test_an_order_whose_decision_raises_is_dead_lettered_and_the_next_one_flows(
+    app_and_sent: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, sent = app_and_sent
+    from streams import orders
+
+    real = orders.decide
+
+    def raises_for_o_1(state: Any, received: Any, ctx: Any) -> Any:
+        if received.order_id == "o-1":
+            return {}["a bug"]
+        return real(state, received, ctx)
+
+    monkeypatch.setattr(orders, "decide", raises_for_o_1)
+    poison = CODEC.encode(received())
+    async with app.agents["orders"].test_context() as agent:
+        bad = await agent.put(poison)
+        good = await agent.put(CODEC.encode(received(event_id="e-2", order_id="o-2")))
+        assert agent.results[bad.message.offset] == ["DeadLetter"]
+        assert agent.results[good.message.offset] == FLOW
+    [letter] = letters(sent)
+    assert letter.raw == poison
+    assert "KeyError: 'a bug'" in letter.reason and "raises_for_o_1" in letter.reason
     # Nothing of the poisoned order was written, nor kept: it is not an order the agent knows.
     logged = [CODEC.decode(value) for topic, _, value in sent if topic == "oms.orders.v1"]
     assert {event.order_id for event in logged} == {"o-2"}  # type: ignore[union-attr]

@@ -230,6 +230,82 @@ impl Decoder {
                 schema.type_name, topic
             )));
         }
+        if let Some(why) = out_of_bounds(&event) {
+            return Some(Err(format!("{}: {}", schema.type_name, why)));
+        }
         Some(Ok((event, schema.clone())))
+    }
+}
+
+// The ranges the read models store: events/bounds.py, which says why (same checks, same
+// order, same reasons, so both folds dead-letter the same events alike).
+const TIME_HIGH_MICROS: i64 = (1i64 << 32) * 1_000_000; // exclusive: 2106-02-07 06:28:16 UTC
+const SEQUENCE_MAX: i64 = u32::MAX as i64;
+const LINES_MAX: usize = 4_000;
+const LINE_QUANTITY_MAX: i64 = 1_000_000;
+
+/// Why an event cannot be stored as it is (`events.bounds.out_of_bounds`), or None.
+fn out_of_bounds(event: &Value) -> Option<String> {
+    let sequence = event.get("sequence").int();
+    if !(0..=SEQUENCE_MAX).contains(&sequence) {
+        return Some(format!("sequence {sequence} is outside 0..{SEQUENCE_MAX}"));
+    }
+    if let Value::Array(lines) = event.get("lines") {
+        if lines.len() > LINES_MAX {
+            return Some(format!(
+                "{} lines: at most {LINES_MAX} are stored",
+                lines.len()
+            ));
+        }
+        for (n, line) in lines.iter().enumerate() {
+            let quantity = line.get("quantity").int();
+            if !(-LINE_QUANTITY_MAX..=LINE_QUANTITY_MAX).contains(&quantity) {
+                return Some(format!(
+                    "lines[{n}].quantity {quantity} is outside ±{LINE_QUANTITY_MAX}"
+                ));
+            }
+        }
+    }
+    time_out_of_bounds(event)
+}
+
+fn time_out_of_bounds(value: &Value) -> Option<String> {
+    let mut path = out_of_range_time(value)?;
+    path.reverse();
+    let mut text = String::new();
+    for step in path {
+        match step {
+            Step::Field(name) if text.is_empty() => text.push_str(name),
+            Step::Field(name) => {
+                text.push('.');
+                text.push_str(name);
+            }
+            Step::Item(n) => text.push_str(&format!("[{n}]")),
+        }
+    }
+    Some(format!("{text} is outside the times stored (1970 to 2106)"))
+}
+
+enum Step<'a> {
+    Field(&'a str),
+    Item(usize),
+}
+
+/// The path (innermost step first) to the first time outside what is stored; allocates
+/// nothing unless there is one.
+fn out_of_range_time(value: &Value) -> Option<Vec<Step<'_>>> {
+    match value {
+        Value::Micros(micros) if !(0..TIME_HIGH_MICROS).contains(micros) => Some(Vec::new()),
+        Value::Record(schema, fields) => schema.names.iter().zip(fields).find_map(|(name, v)| {
+            let mut path = out_of_range_time(v)?;
+            path.push(Step::Field(name));
+            Some(path)
+        }),
+        Value::Array(items) => items.iter().enumerate().find_map(|(n, item)| {
+            let mut path = out_of_range_time(item)?;
+            path.push(Step::Item(n));
+            Some(path)
+        }),
+        _ => None,
     }
 }
