@@ -8,6 +8,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -198,4 +199,66 @@ def test_worker_dead_letters_corrupt_and_unknown_schema_messages_and_keeps_going
         assert reason in letter.reason
         where = f"topic {settings.topics.intake} partition 0 offset {offset}"
         assert letter.source_ref == where and where in letter.reason
+    assert worker.poll() is None
+
+
+def _long_overflow() -> bytes:
+    """An OrderReceived whose sequence is a varint longer than 64 bits."""
+    raw = AvroCodec().encode(received(event_id="e-ovf", order_id="o-ovf", sequence=2**62))
+    varint = b"\x80" * 9 + b"\x01"  # zigzag(2**62)
+    assert raw.count(varint) == 1
+    return raw.replace(varint, b"\xff" * 10 + b"\x7f")
+
+
+def test_crafted_inputs_each_reach_the_dlq_once_and_the_partition_keeps_flowing(
+    isolated_settings: Settings, worker: subprocess.Popen[bytes]
+) -> None:
+    """Issue 16's crafted inputs, past the edge (written to the intake topic directly, as a
+    buggy or hostile producer would): each is dead-lettered once with its reason, the orders
+    after them on the same partition are decided, and the worker keeps running."""
+    settings = isolated_settings
+    codec = AvroCodec()
+    line = received().lines[0]
+    crafted = {
+        "year 9999": codec.encode(
+            received(
+                event_id="e-9999", order_id="o-9999", placed_at=datetime(9999, 12, 31, tzinfo=UTC)
+            )
+        ),
+        "year 1": codec.encode(
+            received(event_id="e-0001", order_id="o-0001", placed_at=datetime(1, 1, 1, tzinfo=UTC))
+        ),
+        "quantity 3e9": codec.encode(
+            received(
+                event_id="e-qty",
+                order_id="o-qty",
+                lines=[line.model_copy(update={"quantity": 3_000_000_000})],
+                total=3_000_000_000 * line.unit_price + 500,
+            )
+        ),
+        "long overflow": _long_overflow(),
+    }
+    reasons = {
+        "year 9999": "placed_at is outside the times stored",
+        "year 1": "placed_at is outside the times stored",
+        "quantity 3e9": "lines[0].quantity 3000000000 is outside",
+        "long overflow": "varint longer than 10 bytes",
+    }
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    for n, raw in enumerate(crafted.values()):
+        producer.produce(settings.topics.intake, key=b"k", value=raw, partition=0)
+        good = received(event_id=f"e-good-{n}", order_id=f"o-good-{n}")
+        producer.produce(settings.topics.intake, key=b"k", value=codec.encode(good), partition=0)
+    assert producer.flush(10) == 0
+
+    wait_consumed(settings, settings.topics.intake)
+    log = [codec.decode(m.value()) for m in read_topic(settings, settings.topics.orders, expect=8)]
+    decided = {e.order_id for e in log if e.event_type == "OrderAccepted"}  # type: ignore[union-attr]
+    assert decided == {f"o-good-{n}" for n in range(len(crafted))}
+    letters = [codec.decode(m.value()) for m in read_topic(settings, settings.topics.dlq, expect=4)]
+    by_raw = Counter(letter.raw for letter in letters if isinstance(letter, DeadLetter))
+    assert by_raw == Counter(crafted.values())  # each exactly once
+    for name, raw in crafted.items():
+        [letter] = [x for x in letters if isinstance(x, DeadLetter) and x.raw == raw]
+        assert reasons[name] in letter.reason, (name, letter.reason)
     assert worker.poll() is None

@@ -143,7 +143,11 @@ pub fn build(plan: &Bound<'_, PyAny>) -> PyResult<Node> {
                 in_json,
             }))
         }
-        other => return Err(pyo3::exceptions::PyValueError::new_err(format!("unknown plan node {other}"))),
+        other => {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "unknown plan node {other}"
+            )))
+        }
     })
 }
 
@@ -174,7 +178,10 @@ impl<'a> Reader<'a> {
         let mut result: u64 = 0;
         let mut shift = 0;
         loop {
-            let byte = *self.data.get(self.pos).ok_or_else(|| DecodeError("varint past the end".into()))?;
+            let byte = *self
+                .data
+                .get(self.pos)
+                .ok_or_else(|| DecodeError("varint past the end".into()))?;
             self.pos += 1;
             result |= ((byte & 0x7F) as u64) << shift;
             if byte < 0x80 {
@@ -212,7 +219,11 @@ pub fn decode(node: &Node, reader: &mut Reader<'_>) -> Result<Value, DecodeError
         Node::Str => {
             let n = reader.long()?;
             let raw = reader.take(n)?;
-            Value::Str(std::str::from_utf8(raw).map_err(|e| DecodeError(e.to_string()))?.to_owned())
+            Value::Str(
+                std::str::from_utf8(raw)
+                    .map_err(|e| DecodeError(e.to_string()))?
+                    .to_owned(),
+            )
         }
         Node::Bytes => {
             let n = reader.long()?;
@@ -222,11 +233,19 @@ pub fn decode(node: &Node, reader: &mut Reader<'_>) -> Result<Value, DecodeError
         // which rejects them with its own reason.
         Node::Micros => match reader.long()? {
             m @ MIN_MICROS..=MAX_MICROS => Value::Micros(m),
-            m => return Err(DecodeError(format!("timestamp {m} µs is outside years 1–9999"))),
+            m => {
+                return Err(DecodeError(format!(
+                    "timestamp {m} µs is outside years 1–9999"
+                )))
+            }
         },
         Node::Date => match reader.long()? {
             d @ MIN_DAYS..=MAX_DAYS => Value::Date(d),
-            d => return Err(DecodeError(format!("date {d} days is outside years 1–9999"))),
+            d => {
+                return Err(DecodeError(format!(
+                    "date {d} days is outside years 1–9999"
+                )))
+            }
         },
         Node::Enum(values) => {
             let index = reader.long()?;
