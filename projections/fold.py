@@ -84,6 +84,9 @@ class FoldedBatch:
     tables: dict[str, Rows]
     duplicates: int  # events skipped: their sequence was applied before
     orders_written: int
+    # Events the fold raised on (a bug, or an event no check foresaw): dead-lettered like
+    # undecodable messages, so one event never stops the projection (infra/poison.py).
+    rejected: list[Rejected] = field(default_factory=list)
 
 
 @dataclass

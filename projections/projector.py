@@ -373,7 +373,7 @@ class Projector:
             duplicates=folded.duplicates,
             orders_written=folded.orders_written,
         )
-        letters, dead_letters = self._dead_letters(batch.rejected, stats)
+        letters, dead_letters = self._dead_letters(batch.rejected + folded.rejected, stats)
         tables = {**folded.tables, "dead_letters": ValueRows(DEAD_LETTERS_COLUMNS, dead_letters)}
         return _Prepared(stats, tables, letters, batch.ledger)
 

@@ -9,6 +9,7 @@ it, table by table (tests/projections/test_native_fold.py).
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -20,7 +21,8 @@ from confluent_kafka import Message
 
 from events.bounds import out_of_bounds
 from events.codec import AvroCodec, CodecError
-from events.models import OrderEvent, StockEvent
+from events.models import Event, OrderEvent, StockEvent
+from infra.poison import describe
 from projections import orders, stock
 from projections.fold import (
     DecodedBatch,
@@ -76,6 +78,9 @@ def _gc_paused() -> Iterator[None]:
             _gc_holders -= 1
             if _gc_holders == 0 and _gc_was_enabled:
                 gc.enable()
+
+
+log = logging.getLogger(__name__)
 
 
 class _Rows(ValueRows):
@@ -174,16 +179,22 @@ class PythonFold:
     ) -> FoldedBatch:
         order_events, stock_events = batch.events
         with _gc_paused():
-            tables, duplicates, orders_written = self._fold_orders(order_events, states, high_water)
-            stock_tables, stock_duplicates = self._fold_stock(stock_events, states, high_water)
+            rejected: list[Rejected] = []
+            tables, duplicates, orders_written = self._fold_orders(
+                order_events, states, high_water, rejected
+            )
+            stock_tables, stock_duplicates = self._fold_stock(
+                stock_events, states, high_water, rejected
+            )
         tables.update(stock_tables)
-        return FoldedBatch(tables, duplicates + stock_duplicates, orders_written)
+        return FoldedBatch(tables, duplicates + stock_duplicates, orders_written, rejected)
 
     def _fold_orders(
         self,
         events: list[tuple[OrderEvent, Position]],
         stored: StoredStates,
         high_water: HighWater,
+        rejected: list[Rejected],
     ) -> tuple[dict[str, Rows], int, int]:
         states = self._load_orders(events, stored)
         need_event = high_water.unwritten("order_events")
@@ -204,10 +215,14 @@ class PythonFold:
         fold = orders.fold
         for event, where in events:
             at = seconds(event.occurred_at)
-            if need_event is None or need_event(where):
-                event_rows.append(event_row(event, where, at))
             order_id = event.order_id
-            change = fold(states.get(order_id), event, where, at)
+            try:
+                change = fold(states.get(order_id), event, where, at)
+                if need_event is None or need_event(where):
+                    event_rows.append(event_row(event, where, at))
+            except Exception as exc:
+                rejected.append(self._poisoned(event, where, exc))
+                continue
             if change is None:
                 duplicates += 1
                 continue
@@ -261,6 +276,7 @@ class PythonFold:
         events: list[tuple[StockEvent, Position]],
         stored: StoredStates,
         high_water: HighWater,
+        rejected: list[Rejected],
     ) -> tuple[dict[str, Rows], int]:
         levels = self._load_stock(events, stored)
         need_history = high_water.unwritten("stock")
@@ -270,7 +286,11 @@ class PythonFold:
         fold = stock.fold
         for event, where in events:
             key = (event.sku, event.location)
-            change = fold(levels.get(key), event, where)
+            try:
+                change = fold(levels.get(key), event, where)
+            except Exception as exc:
+                rejected.append(self._poisoned(event, where, exc))
+                continue
             if change is None:
                 duplicates += 1
                 continue
@@ -293,6 +313,12 @@ class PythonFold:
             ),
         }
         return tables, duplicates
+
+    def _poisoned(self, event: Event, where: Position, exc: Exception) -> Rejected:
+        """An event the fold raised on, as a rejected message: its bytes as the codec writes
+        them (the batch keeps decoded events, not their bytes), and what failed where."""
+        log.error("cannot fold %s at %s", event.event_id, where, exc_info=exc)
+        return (*where, self.codec.encode(event), f"folding failed: {describe(exc)}")
 
     # ------------------------------------------------------------ fold states
 

@@ -300,6 +300,37 @@ def test_corrupt_message_is_dead_lettered_once_and_skipped(
     assert store.query(f"SELECT count() FROM {store.database}.dead_letters") == [(2,)]
 
 
+@pytest.mark.integration
+def test_an_event_the_fold_raises_on_is_dead_lettered_and_the_rest_projected(
+    isolated_settings: Settings, store: ClickHouseStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fold bug (or an event no check foresaw) must not stop the projection: that event is
+    dead-lettered with what failed, every other one is projected (the Python fold; the native
+    fold has no failure of its own per event: it is total over what bounds.py lets through)."""
+    settings = isolated_settings
+    publish_orders(settings, 3)
+    real = orders.fold
+
+    def raises_for_p_o1(state: Any, event: Any, *args: Any) -> Any:
+        if event.order_id == "p-o1":
+            raise ArithmeticError("a fold bug")
+        return real(state, event, *args)
+
+    monkeypatch.setattr(orders, "fold", raises_for_p_o1)
+    projector = Projector(settings=settings, store=store, batch_seconds=0.3, native=False)
+    projector.run(until=lambda _: projector.lag() == 0)
+    letters = [
+        AvroCodec().decode(m.value()) for m in read_topic(settings, settings.topics.dlq, expect=2)
+    ]
+    assert {letter.raw for letter in letters if isinstance(letter, DeadLetter)} == {
+        AvroCodec().encode(e) for e in decide(received(event_id="p-e1", order_id="p-o1",
+                                                       external_id="p-1", total=6100), now=NOW)
+    }  # fmt: skip
+    assert all("ArithmeticError: a fold bug" in letter.reason for letter in letters)  # type: ignore[union-attr]
+    assert status_counts(store) == {"accepted": 1, "rejected": 1}  # p-o0 (total 1), p-o2
+    assert store.query(f"SELECT count() FROM {store.database}.dead_letters") == [(2,)]
+
+
 class FakeConsumer:
     """A fake Kafka consumer (unit tests only): one message every 10 ms."""
 
