@@ -20,10 +20,40 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infra.settings import PROJECT_ROOT, Settings
+from infra.settings import PROJECT_ROOT, Settings, Topics
 
 KAFKA_POM = PROJECT_ROOT / "kafka" / "pom.xml"
 START_TIMEOUT_S = 90.0
+
+
+DAY_MS = 24 * 3600 * 1000
+
+
+def topic_configs(topics: Topics) -> dict[str, dict[str, str]]:
+    """How long each topic keeps what it holds (docs/operations.md, "Retention").
+
+    - The order log and the stock ledger are the record, and the agents rebuild their state
+      from them: kept forever (`retention.ms=-1`). So is the catalogue, whose updates are
+      changes to a location or a product, not whole values a compaction could keep the last
+      of.
+    - Intake and the agents' command topics hold inputs on their way: 7 days, longer than
+      any outage a worker is expected to be restarted within (an input older than that,
+      unconsumed, is lost: its channel resends it, or the operator replays the DLQ).
+    - Dead letters: 30 days to look at them and replay; notifications: 30 days.
+    """
+    forever = {"retention.ms": "-1", "cleanup.policy": "delete"}
+    week = {"retention.ms": str(7 * DAY_MS), "cleanup.policy": "delete"}
+    month = {"retention.ms": str(30 * DAY_MS), "cleanup.policy": "delete"}
+    return {
+        topics.orders: forever,
+        topics.inventory: forever,
+        topics.catalogue: forever,
+        topics.intake: week,
+        topics.order_commands: week,
+        topics.stock_commands: week,
+        topics.dlq: month,
+        topics.notifications: month,
+    }
 
 
 class StackError(RuntimeError):
@@ -313,12 +343,26 @@ class KafkaService:
         return True
 
     def ensure_topics(self) -> None:
-        from confluent_kafka.admin import AdminClient, NewTopic
+        """Every topic, with its retention (`topic_configs`): created if missing; set again
+        on topics that exist (a stack started before the policy, or one changed by hand)."""
+        from confluent_kafka.admin import (
+            AdminClient,
+            AlterConfigOpType,
+            ConfigEntry,
+            ConfigResource,
+            NewTopic,
+        )
 
         admin = AdminClient(self._admin_config())
         existing = admin.list_topics(timeout=10).topics
+        configs = topic_configs(self.settings.topics)
         wanted = [
-            NewTopic(t, num_partitions=self.settings.kafka_partitions, replication_factor=1)
+            NewTopic(
+                t,
+                num_partitions=self.settings.kafka_partitions,
+                replication_factor=1,
+                config=configs[t],
+            )
             for t in self.settings.topics.all()
             if t not in existing
         ]
@@ -328,6 +372,23 @@ class KafkaService:
             except Exception as exc:  # noqa: BLE001 - TOPIC_ALREADY_EXISTS from a racing start
                 if "already exists" not in str(exc).lower():
                     raise StackError(f"could not create topic {topic}: {exc}") from exc
+        kept = [
+            ConfigResource(
+                ConfigResource.Type.TOPIC,
+                topic,
+                incremental_configs=[
+                    ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)
+                    for name, value in configs[topic].items()
+                ],
+            )
+            for topic in self.settings.topics.all()
+            if topic in existing
+        ]
+        for resource, future in admin.incremental_alter_configs(kept).items() if kept else []:
+            try:
+                future.result(timeout=30)
+            except Exception as exc:  # noqa: BLE001 - named in the error
+                raise StackError(f"could not set the retention of {resource.name}: {exc}") from exc
 
     def down(self) -> bool:
         return self.process.stop(timeout_s=45)

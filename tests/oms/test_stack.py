@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -111,3 +113,64 @@ def test_every_topic_answers_for_its_offsets_once_up_returns(
             consumer.close()
     finally:
         kafka.down()
+
+
+def _eventually(read: Any, wanted: Any = ("1000", "delete"), timeout_s: float = 15) -> Any:
+    """What `read()` gives once it is `wanted`, or at the timeout: a config change reaches
+    the broker's view of the topic a moment after the admin call returns."""
+    deadline = time.monotonic() + timeout_s
+    while (found := read()) != wanted and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return found
+
+
+def _retention(settings: Settings) -> dict[str, tuple[str, str]]:
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, t) for t in settings.topics.all()]
+    found = {}
+    for resource, future in admin.describe_configs(resources).items():
+        config = future.result(timeout=30)
+        found[resource.name] = (config["retention.ms"].value, config["cleanup.policy"].value)
+    return found
+
+
+@pytest.mark.integration
+def test_topics_are_created_with_their_retention_and_a_changed_one_is_set_back(
+    isolated_settings: Settings,
+) -> None:
+    from confluent_kafka.admin import (
+        AdminClient,
+        AlterConfigOpType,
+        ConfigEntry,
+        ConfigResource,
+    )
+
+    topics = isolated_settings.topics
+    day = 24 * 3600 * 1000
+    expected = {
+        topics.orders: ("-1", "delete"),
+        topics.inventory: ("-1", "delete"),
+        topics.catalogue: ("-1", "delete"),
+        topics.intake: (str(7 * day), "delete"),
+        topics.order_commands: (str(7 * day), "delete"),
+        topics.stock_commands: (str(7 * day), "delete"),
+        topics.dlq: (str(30 * day), "delete"),
+        topics.notifications: (str(30 * day), "delete"),
+    }
+    assert _retention(isolated_settings) == expected
+
+    admin = AdminClient({"bootstrap.servers": isolated_settings.kafka_bootstrap})
+    changed = ConfigResource(
+        ConfigResource.Type.TOPIC,
+        topics.orders,
+        incremental_configs=[
+            ConfigEntry("retention.ms", "1000", incremental_operation=AlterConfigOpType.SET)
+        ],
+    )
+    for future in admin.incremental_alter_configs([changed]).values():
+        future.result(timeout=30)
+    assert _eventually(lambda: _retention(isolated_settings)[topics.orders]) == ("1000", "delete")
+    KafkaService(isolated_settings).ensure_topics()
+    assert _eventually(lambda: _retention(isolated_settings), expected) == expected
