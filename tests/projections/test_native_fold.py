@@ -1313,7 +1313,8 @@ def test_any_stock_ledgers_fold_the_same_both_ways(
     ledgers = [data.draw(stock_ledger(sku, location)) for sku, location in keys]
     labels = data.draw(st.permutations([n for n, ledger in enumerate(ledgers) for _ in ledger]))
     pending = [iter(ledger) for ledger in ledgers]
-    mixed = [put(next(pending[n])) for n in labels]
+    ordered = [next(pending[n]) for n in labels]
+    mixed = [put(event) for event in ordered]
     found, rows = fold_both(
         mixed,
         column_types,
@@ -1321,7 +1322,9 @@ def test_any_stock_ledgers_fold_the_same_both_ways(
         capacity=data.draw(st.sampled_from([1, 100])),
     )
     assert not found, report(found)
-    assert rows["stock"] > 0
+    # Times the tricky strategy draws may be beyond what is stored: those are rejected alike.
+    if any(out_of_bounds(event) is None for event in ordered):
+        assert rows["stock"] > 0
 
 
 def test_a_column_the_native_fold_cannot_write_is_refused_when_it_is_made(
