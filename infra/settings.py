@@ -67,6 +67,12 @@ class Settings(BaseSettings):
         default=None, description="fraud rules and threshold (JSON); default: built-in rules"
     )
     expiry_check_s: float = Field(default=30.0, description="how often reservations expire")
+    orders_in_memory: int = Field(
+        default=50_000,
+        ge=100,
+        description="orders the order agent keeps in memory per partition; the oldest settled "
+        "ones beyond are spilled to a local file and read back when needed",
+    )
     capacity_check_s: float = Field(default=5.0, description="how often capacity is checked")
     catalogue_file: Path | None = Field(
         default=None, description="products and locations (JSON); default: the demo's"

@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 
 from events.models import (
     Event,
@@ -43,26 +44,82 @@ class OrderStep:
     recovers: bool = False  # the commands include the order's recovery (sent once)
 
 
+class SpilledOrders(Protocol):
+    """Where an `OrderPartition` keeps the orders it holds no more in memory: exactly their
+    state, read back when an input for one of them comes (a late refund, a channel re-sending
+    an old order). The worker's is a file of its own per partition (streams.worker.spill)."""
+
+    def get(self, order_id: str) -> orders.OrderState | None: ...
+
+    def put(self, states: Mapping[str, orders.OrderState]) -> None: ...
+
+
+class KeptInMemory(dict[str, orders.OrderState]):
+    """`SpilledOrders` in a dict: for tests, and where memory does not matter."""
+
+    def put(self, states: Mapping[str, orders.OrderState]) -> None:
+        self.update(states)
+
+
 class OrderPartition:
     """The order agent's state for one partition: each order's fold of the order log.
 
     An input is taken in two steps, `decide` (which changes nothing) and `commit`: the worker
     encodes the step's outputs in between, so an input whose decision or outputs fail (a
-    poison message, dead-lettered) leaves the state exactly as it was."""
+    poison message, dead-lettered) leaves the state exactly as it was.
 
-    def __init__(self) -> None:
+    Memory is bounded: past `max_in_memory` orders, `spill` moves the oldest settled ones
+    (nothing held, no reservation awaiting its answer) to `spilled`, from where `decide` and
+    `fold` read them back exactly. An order in flight is never spilled, so the expiry timer
+    sees every order it may have to expire."""
+
+    def __init__(
+        self, *, spilled: SpilledOrders | None = None, max_in_memory: int | None = None
+    ) -> None:
         self.orders: dict[str, orders.OrderState] = {}
+        self.spilled: SpilledOrders = spilled if spilled is not None else KeptInMemory()
+        self.max_in_memory = max_in_memory
         # Orders whose owed stock commands were re-sent since the rebuild: once is enough
         # (a crash can only have cut short what came before the rebuild), and re-sending on
         # every repeat would answer duplicates with duplicates.
         self._recovered: set[str] = set()
-        # Expiry commands sent since the rebuild (the timer would repeat them until logged).
-        self._expiry_sent: set[str] = set()
+        # The expiry command sent for each order since the rebuild (the timer would repeat it
+        # until it is logged; the order's next hold, if any, has a command of its own).
+        self._expiry_sent: dict[str, str] = {}
 
     def fold(self, event: Event) -> None:
         """One event of the order log, read back while rebuilding."""
         if isinstance(event, OrderEvent):
-            self.orders[event.order_id] = orders.apply(self.orders.get(event.order_id), event)
+            self.orders[event.order_id] = orders.apply(self.state_of(event.order_id), event)
+
+    def close(self) -> None:
+        close = getattr(self.spilled, "close", None)
+        if close is not None:
+            close()
+
+    def state_of(self, order_id: str) -> orders.OrderState | None:
+        state = self.orders.get(order_id)
+        return state if state is not None else self.spilled.get(order_id)
+
+    def spill(self) -> int:
+        """Move the oldest settled orders out of memory until a tenth below the bound (so
+        spilling runs now and then, not on every order); how many moved."""
+        if self.max_in_memory is None or len(self.orders) <= self.max_in_memory:
+            return 0
+        target = self.max_in_memory - self.max_in_memory // 10
+        moved: dict[str, orders.OrderState] = {}
+        excess = len(self.orders) - target
+        for order_id, state in self.orders.items():
+            if len(moved) >= excess:
+                break
+            if _settled(state):
+                moved[order_id] = state
+        self.spilled.put(moved)
+        for order_id in moved:
+            del self.orders[order_id]
+            self._recovered.discard(order_id)
+            self._expiry_sent.pop(order_id, None)
+        return len(moved)
 
     def handle(self, received: OrderEvent | StockEvent, ctx: orders.Context) -> OrderStep:
         step = self.decide(received, ctx)
@@ -71,7 +128,7 @@ class OrderPartition:
 
     def decide(self, received: OrderEvent | StockEvent, ctx: orders.Context) -> OrderStep:
         order_id = getattr(received, "order_id", "")
-        state = self.orders.get(order_id)
+        state = self.state_of(order_id)
         decision = orders.decide(state, received, ctx)
         after = None
         if decision.to_log:
@@ -97,10 +154,16 @@ class OrderPartition:
             if state.status not in orders.EXPIRABLE:
                 continue
             command = orders.expiry_due(state, now=now)
-            if command is not None and command.event_id not in self._expiry_sent:
-                self._expiry_sent.add(command.event_id)
+            order_id = state.order.order_id
+            if command is not None and self._expiry_sent.get(order_id) != command.event_id:
+                self._expiry_sent[order_id] = command.event_id
                 due.append(command)
         return due
+
+
+def _settled(state: orders.OrderState) -> bool:
+    """Nothing in flight: no reservation held, none awaiting the ledger's answer."""
+    return not state.held and all(rid in state.answers for rid in state.requested)
 
 
 @dataclass(frozen=True)

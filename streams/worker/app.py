@@ -19,7 +19,7 @@ import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar, cast
 
 import faust
@@ -37,11 +37,13 @@ from streams.partitions import LedgerPartition, OrderPartition
 from streams.reference import load_catalogue, load_rules
 from streams.worker.faust_compat import App
 from streams.worker.sink import Acks, Outputs, Sink, checkpoint
+from streams.worker.spill import SpillFile
 from streams.worker.views import SharedViews
 
 log = logging.getLogger(__name__)
 BATCH = 500  # inputs per batch: outputs are confirmed per batch, not per message
 BATCH_WITHIN_S = 0.005
+SPILL_EVERY = 10_000  # log events folded between two `spill`s while rebuilding
 # The agents' state (every order's fold) only grows, and a full collection walks all of it:
 # seconds of pause at a million orders, for next to no garbage (the state holds no cycles).
 # What has lived this long is moved out of the collector's sight (`gc.freeze`); it is still
@@ -68,12 +70,12 @@ class PartitionStates(Generic[P]):
         *,
         topic: str,
         replay: Replay,
-        new: Callable[[], P],
+        new: Callable[[int], P],
         settle: Callable[[], Awaitable[None]],
     ) -> None:
         self.topic = topic
         self._replay = replay
-        self._new: Callable[[], P] = new
+        self._new: Callable[[int], P] = new
         self._settle = settle
         self.states: dict[int, P] = {}
 
@@ -83,10 +85,12 @@ class PartitionStates(Generic[P]):
             # Outputs of earlier batches may still be on their way: the log is read once
             # Kafka has them all, so the state is the fold of everything this worker wrote.
             await self._settle()
-            states = self._new()
+            states = self._new(partition)
             events = await asyncio.to_thread(lambda: list(self._replay(self.topic, partition)))
             skipped = 0
-            for event in events:
+            for n, event in enumerate(events, 1):
+                if n % SPILL_EVERY == 0 and isinstance(states, OrderPartition):
+                    states.spill()
                 try:
                     states.fold(event)
                 except Exception:
@@ -107,7 +111,9 @@ class PartitionStates(Generic[P]):
 
     def forget(self, partitions: Iterable[int]) -> None:
         for partition in partitions:
-            self.states.pop(partition, None)
+            states = self.states.pop(partition, None)
+            if isinstance(states, OrderPartition):
+                states.close()
 
 
 class Worker:
@@ -138,16 +144,20 @@ class Worker:
                 settings.kafka_bootstrap, topic, partition, codec=self.codec
             )
         )
+        spill_dir = settings.home / "worker" / "spilled"
         self.order_states = PartitionStates(
             topic=self.topics.orders,
             replay=replay,
-            new=OrderPartition,
+            new=lambda partition: OrderPartition(
+                spilled=SpillFile(spill_dir, partition),
+                max_in_memory=settings.orders_in_memory,
+            ),
             settle=self.out.confirmed,
         )
         self.stock_states = PartitionStates(
             topic=self.topics.inventory,
             replay=replay,
-            new=LedgerPartition,
+            new=lambda _: LedgerPartition(),
             settle=self.out.confirmed,
         )
 
@@ -227,6 +237,8 @@ class Worker:
             if step.refusal is not None:
                 self.dead_letter(message, raw, step.refusal)
                 written.append("DeadLetter")
+        for partition in {event.message.partition for event in batch}:
+            self.order_states.states[partition].spill()
         return written
 
     # ------------------------------------------------------------ the inventory agent
@@ -339,7 +351,17 @@ class Worker:
         for partition, levels in list(self.stock_states.states.items()):
             for _, lapsed in levels.expire(now=now, products=products):
                 self.write_ledger([(e, self.codec.encode(e)) for e in lapsed], partition)
+        self.forget_the_past(now)
         await self.out.confirmed()
+
+    def forget_the_past(self, now: datetime) -> None:
+        """What the views keep of the past stays bounded: customers' velocity entries older
+        than any screening looks back (twice the window, and an hour for orders that arrive
+        late; their norms and tiers stay), capacity slots gone by."""
+        window = timedelta(minutes=self.rules.window_minutes)
+        with self.views.reading():
+            self.views.history.prune(now - 2 * window - timedelta(hours=1))
+        self.views.forget_before(now - timedelta(hours=2))
 
     async def watch_capacity(self) -> None:
         """Pause a location whose capacity slot is full; resume it when a new slot starts."""

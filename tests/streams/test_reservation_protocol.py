@@ -54,7 +54,7 @@ from events.models import (
 from streams import inventory, orders
 from streams.customers import CustomerHistory
 from streams.fraud import FraudRules
-from streams.partitions import LedgerPartition, OrderPartition
+from streams.partitions import KeptInMemory, LedgerPartition, OrderPartition
 from streams.reference import load_catalogue
 from tests.events import lifecycle_checker
 from tests.factories import received
@@ -65,6 +65,9 @@ SKUS = {"KETTLE-IRON": 45900, "MUG-CERAMIC": 6800}
 WAREHOUSES = ("WH-BJ", "WH-SH")
 ORDER_IDS = [f"o-{n}" for n in range(4)]
 STOCK_PARTITIONS = 2
+# Orders the order agent keeps in memory: so few that settled ones are spilled and read back
+# all the time (streams.partitions.OrderPartition.spill).
+IN_MEMORY = 2
 OPERATOR = Actor(kind=ActorKind.USER, id="ops")
 STORE = Actor(kind=ActorKind.USER, id="store")
 RESTING = {
@@ -115,7 +118,7 @@ class ReservationProtocol(RuleBasedStateMachine):
                                  acked={"intake": 0, "order-commands": 0})  # fmt: skip
         stock_inputs = {f"stock-commands/{p}": 0 for p in range(STOCK_PARTITIONS)}
         self.ledger_agent = Agent(read=dict(stock_inputs), acked=dict(stock_inputs))
-        self.order_partition = OrderPartition()
+        self.order_partition = OrderPartition(max_in_memory=IN_MEMORY)
         self.ledger_partitions = {p: LedgerPartition() for p in range(STOCK_PARTITIONS)}
         self.placed: list[str] = []
         self.revisions: Counter[str] = Counter()
@@ -195,7 +198,7 @@ class ReservationProtocol(RuleBasedStateMachine):
         """The warehouse takes the order on, packs it and hands it to a carrier (each step is
         refused, harmlessly, if the order is not where the step needs it)."""
         order_id = data.draw(st.sampled_from(self.placed))
-        state = self.order_partition.orders.get(order_id)
+        state = self.order_partition.state_of(order_id)
         location = (state.location if state else None) or "WH-BJ"
         inbox = self.topics["order-commands"].messages
         inbox.append(OrderAcceptedByStore(**self.command_envelope(order_id, "accept"),
@@ -261,6 +264,7 @@ class ReservationProtocol(RuleBasedStateMachine):
         received = self.topics[source].messages[agent.read[source]]
         agent.read[source] += 1
         step = self.order_partition.handle(received, self.context())
+        self.order_partition.spill()  # settled orders leave memory, and come back when needed
         agent.pending += [("orders", event) for event in step.to_log]
         agent.waiting += [(f"stock-commands/{stock_partition(c)}", c) for c in step.commands]
 
@@ -338,9 +342,10 @@ class ReservationProtocol(RuleBasedStateMachine):
     @rule(data=st.data())
     def order_agent_crashes(self, data: st.DataObject) -> None:
         self.crash(self.order_agent, data)
-        self.order_partition = OrderPartition()
+        self.order_partition = OrderPartition(max_in_memory=IN_MEMORY)
         for event in self.topics["orders"].messages:
             self.order_partition.fold(event)
+            self.order_partition.spill()
 
     @rule(data=st.data())
     def ledger_agent_crashes(self, data: st.DataObject) -> None:
@@ -389,7 +394,9 @@ class ReservationProtocol(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         self.drain()
-        states = self.order_partition.orders
+        spilled = self.order_partition.spilled
+        assert isinstance(spilled, KeptInMemory)
+        states = {**spilled, **self.order_partition.orders}
         levels = self.ledger_levels()
         log: dict[str, list[OrderEvent]] = {}
         for event in self.topics["orders"].messages:

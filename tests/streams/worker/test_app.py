@@ -259,7 +259,7 @@ async def test_a_log_event_the_fold_cannot_take_is_skipped_and_the_rest_rebuilt(
         received(event_id="e-2", order_id="o-2"),
     ]
     states = PartitionStates(
-        topic="oms.orders.v1", replay=lambda t, p: log, new=Brittle, settle=settled
+        topic="oms.orders.v1", replay=lambda t, p: log, new=lambda _: Brittle(), settle=settled
     )
     rebuilt = await states.of(0)
     assert set(rebuilt.orders) == {"o-1", "o-2"}

@@ -1,0 +1,51 @@
+"""Where the order agent keeps the orders it holds no more in memory (`SpilledOrders`, see
+streams/partitions.py): an SQLite file per partition and worker, a cache of the order log.
+
+The file is this process's alone — named with a token of its own, made empty when the
+partition is rebuilt and deleted when it is forgotten — so nothing depends on it across
+processes or hosts: a worker that takes the partition over rebuilds from the log, as always.
+It is written without a journal or fsync (a crash loses nothing the log does not hold).
+
+States are pickled: they are this version's own objects, read back by the same process.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sqlite3
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+
+from streams.orders import OrderState
+
+
+class SpillFile:
+    def __init__(self, directory: Path, partition: int) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / f"orders-p{partition}-{uuid.uuid4().hex[:12]}.sqlite"
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode = OFF")
+        self._db.execute("PRAGMA synchronous = OFF")
+        self._db.execute(
+            "CREATE TABLE orders (order_id TEXT PRIMARY KEY, state BLOB) WITHOUT ROWID"
+        )
+        self.count = 0  # states written (a state written again counts again)
+
+    def get(self, order_id: str) -> OrderState | None:
+        query = "SELECT state FROM orders WHERE order_id = ?"
+        row = self._db.execute(query, (order_id,)).fetchone()
+        return None if row is None else pickle.loads(row[0])  # noqa: S301 - our own bytes
+
+    def put(self, states: Mapping[str, OrderState]) -> None:
+        if not states:
+            return
+        rows = [(oid, pickle.dumps(s, pickle.HIGHEST_PROTOCOL)) for oid, s in states.items()]
+        self._db.execute("BEGIN")
+        self._db.executemany("INSERT OR REPLACE INTO orders VALUES (?, ?)", rows)
+        self._db.execute("COMMIT")
+        self.count += len(rows)
+
+    def close(self) -> None:
+        self._db.close()
+        self.path.unlink(missing_ok=True)
