@@ -1,23 +1,42 @@
 """`oms api`: the HTTP side of OrderStream — channel webhooks, operators' commands (reviews,
-cancellations, stock), the read API and the live dashboard."""
+cancellations, stock), the read API and the live dashboard, and the OpenAPI document that
+describes them all (`GET /openapi.json`, oms/openapi.py)."""
 
 from __future__ import annotations
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from connectors import webhooks
+from infra.http import problem
 from infra.publisher import AsyncPublisher
 from infra.settings import Settings
-from oms import operations
+from oms import openapi, operations
 from projections import read_api
 
 
+@web.middleware
+async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """What aiohttp itself refuses (no route: 404, a method the route does not take: 405, a
+    body over the app's limit: 413) is answered in the same form as every other error."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        answer = problem(exc.status, exc.reason)
+        if "Allow" in exc.headers:
+            answer.headers["Allow"] = exc.headers["Allow"]
+        return answer
+
+
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=webhooks.MAX_BODY_BYTES)
+    app = web.Application(client_max_size=webhooks.MAX_BODY_BYTES, middlewares=[problems])
     publisher = AsyncPublisher(settings)
     webhooks.add_routes(app, publisher)
     operations.add_routes(app, publisher, settings)
     read_api.add_routes(app, settings)
+    openapi.add_routes(app)
 
     async def close_publisher(_: web.Application) -> None:
         publisher.close()

@@ -7,9 +7,15 @@ not held), with the reason.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic_core import ErrorDetails
 
 from events.models import (
     Actor,
@@ -29,6 +35,11 @@ from events.models import (
     utc_now,
 )
 from infra.settings import Settings
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from infra.publisher import AsyncPublisher
 
 
 class CommandRejected(ValueError):
@@ -182,57 +193,193 @@ def send(settings: Settings, event: Event) -> None:
 
 # ---------------------------------------------------------------- over HTTP (`oms api`)
 
-_BUILDERS: dict[str, Any] = {
-    "set": (stock_set, {"counted": int}),
-    "adjust": (stock_adjust, {"delta": int, "reason": str, "note": (str, None)}),
-    "receive": (stock_receive, {"quantity": int, "reference": (str, None)}),
-    "safety": (safety_stock, {"quantity": int}),
-}
+MAX_COMMAND_BYTES = 64 * 1024
+"""A command is a few short fields: a bigger body is refused (413) before it is parsed."""
+QUANTITY_MAX = 1_000_000_000
+"""The most units one stock command names (either sign): more than any shelf holds, and the
+ledger's 64-bit levels hold billions of such commands."""
+
+Name = Annotated[str, StringConstraints(pattern=r"\S", max_length=200)]
+Reason = Annotated[str, StringConstraints(pattern=r"\S", max_length=2000)]
+Note = Annotated[str, StringConstraints(max_length=2000)]
 
 
-def _field(body: dict[str, Any], name: str, kind: Any) -> Any:
-    """A JSON field of the expected type (a `(type, default)` pair makes it optional)."""
-    expected, default = kind if isinstance(kind, tuple) else (kind, ...)
-    if name not in body or body[name] is None:
-        if default is ...:
-            raise CommandRejected(name, "is required")
-        return default
-    value = body[name]
-    if expected is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise CommandRejected(name, f"must be an integer, got {value!r}")
-    if expected is str and not isinstance(value, str):
-        raise CommandRejected(name, f"must be a string, got {value!r}")
-    return value
+class CommandTooLarge(CommandRejected):
+    """A body over MAX_COMMAND_BYTES; only its first MAX_COMMAND_BYTES are kept."""
 
 
-def add_routes(app: Any, publisher: Any, settings: Settings) -> None:
-    """POST /orders/{id}/review, /orders/{id}/cancel and /stock/{sku}/{location}/{action}:
-    202 once Kafka took the command; 400 naming the field (and the body in the DLQ)."""
-    import json
+class CommandBody(BaseModel):
+    """The JSON body of an operator's command: exactly these fields, each of its JSON type
+    (strict: `"3"` is not 3). Its JSON schema is the body's in the OpenAPI document."""
 
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Self:
+        """The body from the request's bytes (none is `{}`), or CommandRejected naming the
+        first field that is wrong and saying what is wrong with each."""
+        try:
+            return cls.model_validate_json(raw or b"{}")
+        except ValidationError as exc:
+            errors = [
+                (".".join(str(part) for part in error["loc"]) or "body", _explain(error))
+                for error in exc.errors(include_url=False, include_input=False)
+            ]
+        field, message = errors[0]
+        raise CommandRejected(field, "; ".join([message] + [f"{f}: {m}" for f, m in errors[1:]]))
+
+
+def _explain(error: ErrorDetails) -> str:
+    if error["type"] == "missing":
+        return "is required"
+    if error["type"] == "string_pattern_mismatch":  # the one pattern used: r"\S"
+        return "must not be blank"
+    return str(error["msg"])
+
+
+class ReviewCommand(CommandBody):
+    """A reviewer's decision on a held order."""
+
+    decision: Literal["approve", "reject"]
+    reviewer: Name = Field(description="who decides (the event's actor)")
+    reason: Reason | None = Field(default=None, description="why; a rejection needs one")
+
+
+class CancelCommand(CommandBody):
+    """The merchant cancels an order; what it holds is released."""
+
+    by: Name = Field(description="who cancels (the event's actor)")
+    reason: Reason
+    reason_code: Name = "MERCHANT_CANCELLED"
+
+
+class StockCount(CommandBody):
+    """A physical count: on hand becomes `counted`."""
+
+    counted: int = Field(ge=0, le=QUANTITY_MAX)
+    by: Name = "api"
+
+
+class StockAdjustment(CommandBody):
+    """A correction of on hand by `delta` (negative for damage, loss, kitchen use)."""
+
+    delta: int = Field(ge=-QUANTITY_MAX, le=QUANTITY_MAX, json_schema_extra={"not": {"const": 0}})
+    reason: Name = Field(description="DAMAGED, LOST, FOUND, CORRECTION, CONSUMED, ...")
+    note: Note | None = None
+    by: Name = "api"
+
+
+class StockReceipt(CommandBody):
+    """Goods in: on hand grows by `quantity`."""
+
+    quantity: int = Field(ge=1, le=QUANTITY_MAX)
+    reference: Note | None = Field(default=None, description="purchase order, transfer id")
+    by: Name = "api"
+
+
+class SafetyStock(CommandBody):
+    """The units kept back from what is available to promise."""
+
+    quantity: int = Field(ge=0, le=QUANTITY_MAX)
+    by: Name = "api"
+
+
+@dataclass(frozen=True)
+class HttpCommand:
+    """One operator's command over HTTP: the route it is posted to, its body, and the event it
+    becomes (from the route's variables and the body)."""
+
+    path: str
+    body: type[CommandBody]
+    build: Callable[[Mapping[str, str], Any], Event]
+
+
+COMMANDS: tuple[HttpCommand, ...] = (
+    HttpCommand(
+        "/orders/{order_id}/review",
+        ReviewCommand,
+        lambda at, body: review(
+            at["order_id"],
+            approve=body.decision == "approve",
+            reviewer=body.reviewer,
+            reason=body.reason,
+        ),
+    ),
+    HttpCommand(
+        "/orders/{order_id}/cancel",
+        CancelCommand,
+        lambda at, body: cancel(
+            at["order_id"], by=body.by, reason_code=body.reason_code, reason=body.reason
+        ),
+    ),
+    HttpCommand(
+        "/stock/{sku}/{location}/set",
+        StockCount,
+        lambda at, body: stock_set(at["sku"], at["location"], counted=body.counted, actor=body.by),
+    ),
+    HttpCommand(
+        "/stock/{sku}/{location}/adjust",
+        StockAdjustment,
+        lambda at, body: stock_adjust(
+            at["sku"],
+            at["location"],
+            delta=body.delta,
+            reason=body.reason,
+            note=body.note,
+            actor=body.by,
+        ),
+    ),
+    HttpCommand(
+        "/stock/{sku}/{location}/receive",
+        StockReceipt,
+        lambda at, body: stock_receive(
+            at["sku"],
+            at["location"],
+            quantity=body.quantity,
+            reference=body.reference,
+            actor=body.by,
+        ),
+    ),
+    HttpCommand(
+        "/stock/{sku}/{location}/safety",
+        SafetyStock,
+        lambda at, body: safety_stock(
+            at["sku"], at["location"], quantity=body.quantity, actor=body.by
+        ),
+    ),
+)
+
+
+async def _read_body(request: web.Request) -> bytes:
+    """The body, read no further than one byte past MAX_COMMAND_BYTES."""
+    kept = bytearray()
+    while len(kept) <= MAX_COMMAND_BYTES:
+        chunk = await request.content.read(MAX_COMMAND_BYTES + 1 - len(kept))
+        if not chunk:
+            break
+        kept += chunk
+    return bytes(kept)
+
+
+def _too_large(request: web.Request, kept: bytes) -> CommandTooLarge:
+    size = f"{request.content_length:,} bytes" if request.content_length else "unknown size"
+    return CommandTooLarge(
+        "body",
+        f"{size} is over the {MAX_COMMAND_BYTES:,} bytes a command may have; its first "
+        f"{MAX_COMMAND_BYTES:,} bytes are in the dead letter (sha256 "
+        f"{hashlib.sha256(kept).hexdigest()})",
+    )
+
+
+def add_routes(app: web.Application, publisher: AsyncPublisher, settings: Settings) -> None:
+    """Each of COMMANDS at its route: 202 once Kafka took the event; 400 naming the field (413
+    for a body over MAX_COMMAND_BYTES), with the body in the DLQ; 503 when Kafka did not."""
     from aiohttp import web
 
+    from events.codec import CodecError
     from events.models import DeadLetter
+    from infra.http import problem
     from infra.publisher import PublishError
-
-    async def accept(request: web.Request, build: Any) -> web.Response:
-        raw = await request.read()
-        try:
-            body = json.loads(raw or b"{}")
-            if not isinstance(body, dict):
-                raise CommandRejected("body", "must be a JSON object")
-            event = build(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return await reject(request, raw, CommandRejected("body", f"not JSON: {exc}"))
-        except CommandRejected as exc:
-            return await reject(request, raw, exc)
-        try:
-            await publisher.publish(topic_for(settings, event), event)
-        except PublishError as exc:
-            return web.json_response({"error": f"Kafka did not take it: {exc}"}, status=503)
-        return web.json_response(
-            {"event_id": event.event_id, "event_type": event.event_type}, status=202
-        )
 
     async def reject(request: web.Request, raw: bytes, exc: CommandRejected) -> web.Response:
         letter = DeadLetter.of(
@@ -241,58 +388,34 @@ def add_routes(app: Any, publisher: Any, settings: Settings) -> None:
             reason=str(exc),
             raw=raw,
         )
-        await publisher.dead_letter(letter)
-        return web.json_response(
-            {"error": str(exc), "field": exc.field, "dead_letter_id": letter.dead_letter_id},
-            status=400,
-        )
+        try:
+            await publisher.dead_letter(letter)
+        except PublishError as kafka:
+            return problem(503, f"{exc}; and the dead-letter topic did not take it: {kafka}")
+        status = 413 if isinstance(exc, CommandTooLarge) else 400
+        return problem(status, str(exc), field=exc.field, dead_letter_id=letter.dead_letter_id)
 
-    async def review_order(request: web.Request) -> web.Response:
-        order_id = request.match_info["order_id"]
-
-        def build(body: dict[str, Any]) -> Event:
-            decision = _field(body, "decision", str)
-            if decision not in ("approve", "reject"):
-                raise CommandRejected("decision", f"{decision!r}: say approve or reject")
-            return review(
-                order_id,
-                approve=decision == "approve",
-                reviewer=_field(body, "reviewer", str),
-                reason=_field(body, "reason", (str, None)),
-            )
-
-        return await accept(request, build)
-
-    async def cancel_order(request: web.Request) -> web.Response:
-        order_id = request.match_info["order_id"]
-        return await accept(
-            request,
-            lambda body: cancel(
-                order_id,
-                by=_field(body, "by", str),
-                reason_code=_field(body, "reason_code", (str, "MERCHANT_CANCELLED")),
-                reason=_field(body, "reason", str),
-            ),
-        )
-
-    async def stock_command(request: web.Request) -> web.Response:
-        sku, location = request.match_info["sku"], request.match_info["location"]
-        action = request.match_info["action"]
-        if action not in _BUILDERS:
+    def route(command: HttpCommand) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def accept(request: web.Request) -> web.Response:
+            raw = await _read_body(request)
+            if len(raw) > MAX_COMMAND_BYTES:
+                kept = raw[:MAX_COMMAND_BYTES]
+                return await reject(request, kept, _too_large(request, kept))
+            try:
+                event = command.build(request.match_info, command.body.parse(raw))
+            except CommandRejected as exc:
+                return await reject(request, raw, exc)
+            try:
+                await publisher.publish(topic_for(settings, event), event)
+            except CodecError as exc:  # a field the contract cannot carry: the command's fault
+                return await reject(request, raw, CommandRejected("body", str(exc)))
+            except PublishError as exc:
+                return problem(503, f"Kafka did not take it: {exc}")
             return web.json_response(
-                {"error": f"unknown action {action!r}", "field": "action"}, status=404
+                {"event_id": event.event_id, "event_type": event.event_type}, status=202
             )
-        builder, fields = _BUILDERS[action]
-        return await accept(
-            request,
-            lambda body: builder(
-                sku,
-                location,
-                actor=_field(body, "by", (str, "api")),
-                **{name: _field(body, name, kind) for name, kind in fields.items()},
-            ),
-        )
 
-    app.router.add_post("/orders/{order_id}/review", review_order)
-    app.router.add_post("/orders/{order_id}/cancel", cancel_order)
-    app.router.add_post("/stock/{sku}/{location}/{action}", stock_command)
+        return accept
+
+    for command in COMMANDS:
+        app.router.add_post(command.path, route(command))

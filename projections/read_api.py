@@ -38,7 +38,8 @@ from projections.store import ClickHouseStore, StoreError, connect
 DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboard"
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 200
-_ORDERS_PARAMETERS = ("status", "channel", "store", "page", "page_size")
+MAX_PAGE = 1_000_000
+ORDERS_PARAMETERS = ("status", "channel", "store", "page", "page_size")
 _LINE_COLUMNS = {
     "line_skus": "sku",
     "line_names": "name",
@@ -178,7 +179,7 @@ def _whole_number(query: MultiMapping[str], name: str, *, default: int, highest:
 
 def orders_query(query: MultiMapping[str]) -> dict[str, Any]:
     """The filters and page of `GET /orders`, checked; BadParameter names what is wrong."""
-    _refuse_unknown(query, _ORDERS_PARAMETERS, what="/orders")
+    _refuse_unknown(query, ORDERS_PARAMETERS, what="/orders")
     status = _single(query, "status") or None
     if status is not None and status not in {s.value for s in OrderStatus}:
         raise BadParameter(
@@ -188,7 +189,7 @@ def orders_query(query: MultiMapping[str]) -> dict[str, Any]:
         "status": status,
         "channel": _single(query, "channel") or None,
         "store": _single(query, "store") or None,
-        "page": _whole_number(query, "page", default=1, highest=1_000_000),
+        "page": _whole_number(query, "page", default=1, highest=MAX_PAGE),
         "page_size": _whole_number(
             query, "page_size", default=DEFAULT_PAGE_SIZE, highest=MAX_PAGE_SIZE
         ),
@@ -270,9 +271,21 @@ def report_entry(report: Report) -> dict[str, Any]:
     }
 
 
+def integer_range(ch_type: str) -> tuple[int, int] | None:
+    """The values a ClickHouse integer type holds (`UInt32`: 0 to 4294967295); None for a type
+    that is not an integer. ClickHouse refuses a literal outside them for the whole query."""
+    for prefix, signed in (("UInt", False), ("Int", True)):
+        bits = ch_type.removeprefix(prefix)
+        if bits != ch_type and bits in ("8", "16", "32", "64"):
+            size = 1 << int(bits)
+            return (-(size >> 1), (size >> 1) - 1) if signed else (0, size - 1)
+    return None
+
+
 def report_query(report: Report, query: MultiMapping[str]) -> dict[str, str]:
     """The report's parameters from the query string, each checked against its ClickHouse type
-    (the check `run_report` makes, done here to name the parameter in the answer)."""
+    (the check `run_report` makes, done here to name the parameter in the answer, and the
+    range of an integer type, which it leaves to ClickHouse)."""
     wanted = report.parameters
     _refuse_unknown(query, tuple(wanted), what=f"report {report.name}")
     params: dict[str, str] = {}
@@ -285,9 +298,14 @@ def report_query(report: Report, query: MultiMapping[str]) -> dict[str, str]:
                 )
             continue
         try:
-            parameter_literal(name, value, ch_type)
+            literal = parameter_literal(name, value, ch_type)
         except ReportError as exc:
             raise BadParameter(name, f"{name}: {exc}") from None
+        bounds = integer_range(ch_type)
+        if bounds is not None and not bounds[0] <= int(literal) <= bounds[1]:
+            raise BadParameter(
+                name, f"{name}: {literal} is outside {bounds[0]} to {bounds[1]} ({ch_type})"
+            )
         params[name] = value
     return params
 

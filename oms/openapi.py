@@ -1,0 +1,519 @@
+"""The OpenAPI 3.1 document of `oms api`, served at `GET /openapi.json`.
+
+It is built from the code that serves the routes, so that it says what the app does: the
+operators' command bodies are their pydantic models' JSON schemas (`oms.operations.COMMANDS`),
+the channels are the connector registry's, each report and its parameters come from
+`projections.reports.REPORTS`, the order statuses from the lifecycle, the error body and its
+media type from `infra.http.problem`. What is written here by hand is what code cannot say: the
+summaries and the shapes of the successful answers. `tests/oms/test_openapi.py` holds its paths
+equal to the app's routes; `tests/oms/test_api.py` runs schemathesis against it. HEAD, which
+aiohttp answers for every GET, is left implied.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import re
+from importlib.metadata import version
+from typing import Any
+
+from aiohttp import web
+
+from connectors.registry import available
+from events.lifecycle import OrderStatus
+from infra.http import problem
+from oms.operations import COMMANDS, MAX_COMMAND_BYTES, HttpCommand
+from projections.read_api import (
+    DASHBOARD_DIR,
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE,
+    MAX_PAGE_SIZE,
+    ORDERS_PARAMETERS,
+    integer_range,
+)
+from projections.reports import EARLIEST, LATEST, REPORTS, Report
+
+_VARIABLE = re.compile(r"\{(\w+)\}")
+_JSON = "application/json"
+_HTML = "text/html"
+_FORM = "application/x-www-form-urlencoded"
+
+Json = dict[str, Any]
+
+
+def _ref(kind: str, name: str) -> Json:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _json_body(schema: Json, description: str) -> Json:
+    return {"description": description, "content": {_JSON: {"schema": schema}}}
+
+
+def _html(description: str) -> Json:
+    return {"description": description, "content": {_HTML: {"schema": {"type": "string"}}}}
+
+
+def _path_parameters(path: str, described: dict[str, Json] | None = None) -> list[Json]:
+    return [
+        {
+            "name": name,
+            "in": "path",
+            "required": True,
+            "schema": (described or {}).get(name, {"type": "string", "minLength": 1}),
+        }
+        for name in _VARIABLE.findall(path)
+    ]
+
+
+def _query(name: str, schema: Json, description: str, *, required: bool = False) -> Json:
+    return {
+        "name": name,
+        "in": "query",
+        "required": required,
+        "schema": schema,
+        "description": description,
+    }
+
+
+def _errors(*statuses: int) -> dict[str, Json]:
+    return {str(status): _ref("responses", _ERROR_RESPONSES[status][0]) for status in statuses}
+
+
+_ERROR_RESPONSES = {
+    400: ("BadRequest", "the input is wrong: `field` or `parameter` names what"),
+    401: ("Unauthorized", "the channel's signature or token is wrong"),
+    403: ("Forbidden", "outside what the route serves"),
+    404: ("NotFound", "nothing here by that name"),
+    413: ("TooLarge", "the body is over the limit"),
+    503: ("Unavailable", "Kafka or ClickHouse did not answer; nothing was taken: try again"),
+}
+
+
+# ------------------------------------------------------------------ channel webhooks
+
+
+def _webhooks() -> dict[str, Json]:
+    channels = sorted(available())
+    form_aware = {
+        str(status): {
+            "description": _ERROR_RESPONSES[status][1] + " (the form page for a form post)",
+            "content": {
+                _problem_media_type(): {"schema": _ref("schemas", "Problem")},
+                _HTML: {"schema": {"type": "string"}},
+            },
+        }
+        for status in (400, 401, 404, 413, 503)
+    }
+    return {
+        "/webhooks/{channel}": {
+            "post": {
+                "operationId": "receiveChannelOrder",
+                "tags": ["intake"],
+                "summary": "A sales channel's order, answered once Kafka has it",
+                "description": (
+                    "The body is the channel's own payload, read by its connector "
+                    "(docs/connectors.md). 200 means the event is on the intake topic; a "
+                    "payload that cannot become an order is dead-lettered before it is "
+                    "answered 400 (401: bad signature). A form post (the phone form) is "
+                    "answered with the form page, whatever the status."
+                ),
+                "parameters": _path_parameters(
+                    "/webhooks/{channel}",
+                    {"channel": {"type": "string", "enum": channels}},
+                ),
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        _JSON: {"schema": {"type": "object"}},
+                        _FORM: {
+                            "schema": {
+                                "type": "object",
+                                "additionalProperties": {"type": "string"},
+                            }
+                        },
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "the order's event is on the intake topic",
+                        "content": {
+                            _JSON: {"schema": _ref("schemas", "Received")},
+                            _HTML: {"schema": {"type": "string"}},
+                        },
+                    },
+                }
+                | form_aware,
+            }
+        },
+        "/healthz": {
+            "get": {
+                "operationId": "health",
+                "tags": ["intake"],
+                "summary": "The API process answers",
+                "responses": {
+                    "200": _json_body(
+                        {
+                            "type": "object",
+                            "required": ["status"],
+                            "properties": {"status": {"const": "ok"}},
+                        },
+                        "up",
+                    )
+                },
+            }
+        },
+        "/phone": {
+            "get": {
+                "operationId": "phoneForm",
+                "tags": ["intake"],
+                "summary": "The form staff type phone orders into (posts to /webhooks/phone)",
+                "responses": {"200": _html("the form")},
+            }
+        },
+    }
+
+
+# ------------------------------------------------------------------ operators' commands
+
+
+def _command(command: HttpCommand) -> Json:
+    body = command.body
+    summary = (body.__doc__ or body.__name__).strip().splitlines()[0]
+    return {
+        "post": {
+            "operationId": command.body.__name__[0].lower() + command.body.__name__[1:],
+            "tags": ["commands"],
+            "summary": summary,
+            "description": (
+                "202 once Kafka has the command; the agent that owns the aggregate judges it "
+                "(what its state does not allow is dead-lettered with the reason). A command "
+                "wrong on its face is answered 400 naming the field, a body over "
+                f"{MAX_COMMAND_BYTES:,} bytes 413, both after the body is on the dead-letter "
+                "topic."
+            ),
+            "parameters": _path_parameters(command.path),
+            "requestBody": {
+                "required": True,
+                "content": {_JSON: {"schema": _ref("schemas", body.__name__)}},
+            },
+            "responses": {
+                "202": _json_body(_ref("schemas", "Accepted"), "Kafka has the command"),
+            }
+            | _errors(400, 413, 503),
+        }
+    }
+
+
+# ------------------------------------------------------------------ the read API
+
+
+def _order_statuses() -> list[str]:
+    return [status.value for status in OrderStatus]
+
+
+def _orders_parameters() -> list[Json]:
+    described = {
+        "status": _query("status", {"enum": _order_statuses()}, "orders in this status"),
+        "channel": _query("channel", {"type": "string"}, "orders from this sales channel"),
+        "store": _query("store", {"type": "string"}, "orders fulfilled at this location"),
+        "page": _query(
+            "page", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "1 is the newest"
+        ),
+        "page_size": _query(
+            "page_size",
+            {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE},
+            f"orders per page ({DEFAULT_PAGE_SIZE} when not given)",
+        ),
+    }
+    return [described[name] for name in ORDERS_PARAMETERS]
+
+
+def report_parameter_schema(name: str, ch_type: str) -> Json:
+    """A report parameter's JSON schema, from its ClickHouse type."""
+    bounds = integer_range(ch_type)
+    if bounds is not None:
+        return {"type": "integer", "minimum": bounds[0], "maximum": bounds[1]}
+    if ch_type == "DateTime":
+        return {
+            "type": "string",
+            "description": (
+                f"a date or time, YYYY-MM-DD[ HH:MM:SS] (UTC) or ISO 8601 with an offset, "
+                f"from {EARLIEST:%Y-%m-%d %H:%M:%S} to {LATEST:%Y-%m-%d %H:%M:%S} UTC"
+            ),
+            "examples": ["2026-11-01", "2026-11-25 11:32:00", "2026-11-25T11:32:00+08:00"],
+        }
+    if name == "tz":
+        return {"type": "string", "description": "an IANA time zone", "examples": ["UTC"]}
+    if ch_type.startswith("Float"):
+        return {"type": "number"}
+    return {"type": "string"}
+
+
+def _report(report: Report) -> Json:
+    return {
+        "get": {
+            "operationId": f"report_{report.name}",
+            "tags": ["reports"],
+            "summary": report.title,
+            "description": report.description + f" (projections/sql/{report.sql_file})",
+            "parameters": [
+                _query(
+                    name,
+                    report_parameter_schema(name, ch_type),
+                    f"{ch_type}" + ("" if name in report.defaults else "; required"),
+                    required=name not in report.defaults,
+                )
+                for name, ch_type in report.parameters.items()
+            ],
+            "responses": {
+                "200": _json_body(_ref("schemas", "ReportResult"), "the report's columns and rows")
+            }
+            | _errors(400, 503),
+        }
+    }
+
+
+def _read_api() -> dict[str, Json]:
+    static = sorted(p.name for p in DASHBOARD_DIR.iterdir() if p.is_file())
+    static_types = sorted(
+        {mimetypes.guess_type(name)[0] or "application/octet-stream" for name in static}
+    )
+    page = _html("the live dashboard (docs/dashboard.md)")
+    paths: dict[str, Json] = {
+        "/orders": {
+            "get": {
+                "operationId": "listOrders",
+                "tags": ["read"],
+                "summary": "Orders, newest first, a page at a time",
+                "parameters": _orders_parameters(),
+                "responses": {"200": _json_body(_ref("schemas", "OrdersPage"), "one page")}
+                | _errors(400, 503),
+            }
+        },
+        "/orders/{order_id}": {
+            "get": {
+                "operationId": "getOrder",
+                "tags": ["read"],
+                "summary": "An order's current state and its events in sequence",
+                "description": "By order id or the channel's external id.",
+                "parameters": _path_parameters("/orders/{order_id}"),
+                "responses": {"200": _json_body(_ref("schemas", "Order"), "the order")}
+                | _errors(404, 503),
+            }
+        },
+        "/reports": {
+            "get": {
+                "operationId": "listReports",
+                "tags": ["reports"],
+                "summary": "The reports and their parameters",
+                "responses": {
+                    "200": _json_body(
+                        {
+                            "type": "object",
+                            "required": ["reports"],
+                            "properties": {
+                                "reports": {
+                                    "type": "array",
+                                    "items": _ref("schemas", "ReportEntry"),
+                                }
+                            },
+                        },
+                        "every report",
+                    )
+                },
+            }
+        },
+    }
+    paths |= {f"/reports/{report.name}": _report(report) for report in REPORTS.values()}
+    paths |= {
+        "/reports/{name}": {
+            "get": {
+                "operationId": "unknownReport",
+                "tags": ["reports"],
+                "summary": "Any other name: there is no such report",
+                "parameters": _path_parameters(
+                    "/reports/{name}",
+                    {"name": {"type": "string", "minLength": 1, "not": {"enum": list(REPORTS)}}},
+                ),
+                "responses": _errors(404),
+            }
+        },
+        "/dashboard": {"get": _page("dashboard", page)},
+        "/dashboard/": {"get": _page("dashboardSlash", page)},
+        "/dashboard/static/{filename}": {
+            "get": {
+                "operationId": "dashboardAsset",
+                "tags": ["read"],
+                "summary": "The dashboard's scripts and styles",
+                "parameters": _path_parameters(
+                    "/dashboard/static/{filename}", {"filename": {"enum": static}}
+                ),
+                "responses": {
+                    "200": {
+                        "description": "the file",
+                        "content": {kind: {"schema": {"type": "string"}} for kind in static_types},
+                    }
+                }
+                | _errors(403, 404),
+            }
+        },
+    }
+    return paths
+
+
+def _page(operation_id: str, page: Json) -> Json:
+    return {
+        "operationId": operation_id,
+        "tags": ["read"],
+        "summary": "The dashboard",
+        "responses": {"200": page},
+    }
+
+
+# ------------------------------------------------------------------ the document
+
+
+def _problem_media_type() -> str:
+    return problem(400, "").content_type
+
+
+def _components() -> Json:
+    problem_type = _problem_media_type()
+    string = {"type": "string"}
+    schemas: dict[str, Json] = {
+        "Problem": {
+            "type": "object",
+            "description": "Every error: `error` says what went wrong (infra/http.py).",
+            "required": ["error"],
+            "properties": {
+                "error": string,
+                "field": {"type": ["string", "null"], "description": "the body's field"},
+                "parameter": {"type": "string", "description": "the query parameter"},
+                "dead_letter_id": {"type": "string", "description": "where the input went"},
+                "hint": string,
+            },
+        },
+        "Received": {
+            "type": "object",
+            "required": ["order_id", "event_id", "event_type"],
+            "properties": {"order_id": string, "event_id": string, "event_type": string},
+        },
+        "Accepted": {
+            "type": "object",
+            "required": ["event_id", "event_type"],
+            "properties": {"event_id": string, "event_type": string},
+        },
+        "OrdersPage": {
+            "type": "object",
+            "required": ["orders", "page", "page_size", "filters", "has_more", "next"],
+            "properties": {
+                "orders": {"type": "array", "items": {"type": "object"}},
+                "page": {"type": "integer", "minimum": 1},
+                "page_size": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE},
+                "filters": {"type": "object", "additionalProperties": string},
+                "has_more": {"type": "boolean"},
+                "next": {"type": ["string", "null"]},
+            },
+        },
+        "Order": {
+            "type": "object",
+            "required": ["order", "history"],
+            "properties": {
+                "order": {
+                    "type": "object",
+                    "required": ["order_id", "status"],
+                    "properties": {"order_id": string, "status": {"enum": _order_statuses()}},
+                },
+                "history": {"type": "array", "items": {"type": "object"}},
+            },
+        },
+        "ReportEntry": {
+            "type": "object",
+            "required": ["name", "title", "description", "parameters", "href"],
+            "properties": {
+                "name": {"enum": list(REPORTS)},
+                "title": string,
+                "description": string,
+                "parameters": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "type", "required"],
+                        "properties": {
+                            "name": string,
+                            "type": string,
+                            "required": {"type": "boolean"},
+                        },
+                    },
+                },
+                "href": string,
+            },
+        },
+        "ReportResult": {
+            "type": "object",
+            "required": ["report", "title", "parameters", "columns", "rows"],
+            "properties": {
+                "report": {"enum": list(REPORTS)},
+                "title": string,
+                "parameters": {"type": "object", "additionalProperties": string},
+                "columns": {"type": "array", "items": string},
+                "rows": {"type": "array", "items": {"type": "array"}},
+            },
+        },
+    }
+    for command in COMMANDS:
+        schemas[command.body.__name__] = command.body.model_json_schema()
+    responses = {
+        name: {
+            "description": description,
+            "content": {problem_type: {"schema": _ref("schemas", "Problem")}},
+        }
+        for name, description in _ERROR_RESPONSES.values()
+    }
+    return {"schemas": schemas, "responses": responses}
+
+
+def document() -> Json:
+    """The whole document, built from the code as it is now."""
+    paths = _webhooks()
+    for command in COMMANDS:
+        paths[command.path] = _command(command)
+    paths |= _read_api()
+    paths["/openapi.json"] = {
+        "get": {
+            "operationId": "openapi",
+            "tags": ["read"],
+            "summary": "This document",
+            "responses": {"200": _json_body({"type": "object"}, "OpenAPI 3.1")},
+        }
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "OrderStream (oms api)",
+            "version": version("orderstream"),
+            "description": (
+                "Channel webhooks, operators' commands, the read API and the dashboard. "
+                "Every error answers a JSON body whose `error` says why (Problem); bad input "
+                "is a 4xx, never a 5xx, and what was posted is on the dead-letter topic. A "
+                "path no route serves is answered 404, a method it does not take 405, in the "
+                "same form. Where no status is listed for a case, the case cannot happen."
+            ),
+        },
+        "paths": paths,
+        "components": _components(),
+    }
+
+
+OPENAPI = web.AppKey("openapi", bytes)
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI], content_type=_JSON)
+
+
+def add_routes(app: web.Application) -> None:
+    """`GET /openapi.json`, the document as it was when the app was made."""
+    app[OPENAPI] = json.dumps(document(), ensure_ascii=False).encode()
+    app.router.add_get("/openapi.json", get_openapi)
