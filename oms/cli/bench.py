@@ -100,3 +100,23 @@ def bench_intake(order_count: int, rate: float, seconds: float) -> None:
 
     figures = intake.run(get_settings(), orders=order_count, rate=rate, seconds=seconds)
     _finish("intake", figures, intake.report)
+
+
+@bench.command("memory")
+@click.option("--orders", "order_count", default=1_000_000, show_default=True)
+@click.option(
+    "--in-memory", default=50_000, show_default=True, help="the order agent's bound (orders)"
+)
+@click.option("--sample-every", default=50_000, show_default=True, help="orders between samples")
+@click.option("--unbounded", is_flag=True, help="no bound and no pruning, for comparison")
+def bench_memory(order_count: int, in_memory: int, sample_every: int, unbounded: bool) -> None:
+    """The worker's resident memory over ORDERS orders of a simulated day (flat when bounded)."""
+    from bench import memory
+
+    figures = memory.run(
+        orders_count=order_count,
+        in_memory=in_memory,
+        sample_every=sample_every,
+        bounded=not unbounded,
+    )
+    _finish("memory" if not unbounded else "memory-unbounded", figures, memory.report)
