@@ -84,6 +84,8 @@ class _Builder:
         aliases = extra.get("avro_aliases")
         if isinstance(aliases, list) and aliases:
             field["aliases"] = [str(a) for a in aliases]  # former names: a rename
+        if extra.get("pii"):
+            field["pii"] = True  # personal data: sealed on the log (events/privacy.py)
         if not info.is_required():
             default = info.get_default(call_default_factory=True)
             if isinstance(avro_type, list):  # nullable: null comes first, default must be null

@@ -99,20 +99,40 @@ class OrderLine(Frozen):
     options: list[str] = Field(default_factory=list, description="e.g. 少辣, no ice")
 
 
+def personal(description: str | None = None, *, required: bool = False) -> Any:
+    """A field that holds personal data: the Avro contract marks it `"pii": true`, and the
+    codec seals it under the customer's data key on the log (events/privacy.py)."""
+    extra = {"pii": True}
+    if required:
+        return Field(description=description, json_schema_extra=extra)
+    return Field(default=None, description=description, json_schema_extra=extra)
+
+
+SEALED_DOC = (
+    "the personal fields, encrypted under the customer's data key (events/privacy.py); "
+    "those fields are then empty"
+)
+
+
 class Address(Frozen):
-    text: str
+    text: str = personal("street address; empty on the log where it is sealed", required=True)
     city: str | None = None
-    postal_code: str | None = None
+    postal_code: str | None = personal()
     country: str | None = None
-    latitude: float | None = None
-    longitude: float | None = None
+    latitude: float | None = personal()
+    longitude: float | None = personal()
 
 
 class Customer(Frozen):
-    id: str | None = Field(default=None, description="the channel's customer id")
-    name: str | None = None
-    phone: str | None = None
-    email: str | None = None
+    id: str | None = personal("the channel's customer id")
+    name: str | None = personal()
+    phone: str | None = personal()
+    email: str | None = personal()
+    key: str | None = Field(
+        default=None,
+        description="the customer's pseudonymous key (a keyed hash of who they are), set "
+        "where personal fields are sealed; what ClickHouse stores as customer_key",
+    )
 
 
 class RejectionReason(Frozen):
@@ -235,10 +255,11 @@ class OrderReceived(OrderEvent):
     customer: Customer
     address: Address | None = None
     location_hint: str | None = Field(default=None, description="store the channel placed it at")
-    device_id: str | None = None
+    device_id: str | None = personal()
     requested_at: UtcDatetime | None = Field(default=None, description="wanted for, UTC")
-    notes: str | None = None
+    notes: str | None = personal("free text: may hold anything")
     placed_at: UtcDatetime
+    sealed: str | None = Field(default=None, description=SEALED_DOC)
 
 
 class OrderModified(OrderEvent):
@@ -253,7 +274,7 @@ class OrderModified(OrderEvent):
     tax: int = Field(default=0, description="tax not included in line prices, minor units")
     address: Address | None = None
     requested_at: UtcDatetime | None = None
-    notes: str | None = None
+    notes: str | None = personal("free text: may hold anything")
     # The rest of the order as the channel sent it with this revision (v3). A channel whose
     # revision counter also moves on payment can show an order first as a revision; intake
     # then takes these as the order itself.
@@ -262,8 +283,9 @@ class OrderModified(OrderEvent):
     payment_status: PaymentStatus | None = None
     customer: Customer | None = None
     location_hint: str | None = None
-    device_id: str | None = None
+    device_id: str | None = personal()
     placed_at: UtcDatetime | None = None
+    sealed: str | None = Field(default=None, description=SEALED_DOC)
 
 
 class OrderAccepted(OrderEvent):

@@ -19,6 +19,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from events.codec import AvroCodec
 from events.models import DeadLetter, Event, OrderModified, OrderReceived
 from infra.kafka import producer_config
+from infra.keystore import private_codec
 from infra.settings import Settings
 
 Delivered = Callable[[KafkaError | None], None]
@@ -40,7 +41,7 @@ class DeliveryCount:
 class Publisher:
     def __init__(self, settings: Settings, *, codec: AvroCodec | None = None) -> None:
         self.settings = settings
-        self.codec = codec or AvroCodec.for_registry(settings.schema_registry_url)
+        self.codec = codec or private_codec(settings)
         self.count = DeliveryCount()
         # A channel waits for its acknowledgement: 30 s, then it is told to try again.
         self._producer = Producer(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +28,8 @@ class Topics(BaseSettings):
     order_commands: str = "oms.order-commands.v1"
     stock_commands: str = "oms.stock-commands.v1"
     catalogue: str = "oms.catalogue.v1"
+    # The data keys of personal data (infra/keystore.py): compacted, kept forever.
+    privacy_keys: str = "oms.privacy-keys.v1"
 
     def all(self) -> list[str]:
         return [
@@ -39,6 +41,7 @@ class Topics(BaseSettings):
             self.order_commands,
             self.stock_commands,
             self.catalogue,
+            self.privacy_keys,
         ]
 
 
@@ -61,6 +64,11 @@ class Settings(BaseSettings):
     clickhouse_port: int = Field(default=9000, description="native port of the local server")
     clickhouse_http_port: int = 8123
     schema_registry_url: str | None = None
+    master_key: SecretStr | None = Field(
+        default=None,
+        description="32 bytes, base64: wraps the data keys of personal data; default: the "
+        "local stack's HOME/master.key (infra/keystore.py)",
+    )
     topics: Topics = Field(default_factory=Topics)
     consumer_group: str = "oms-worker"
     fraud_rules_file: Path | None = Field(
@@ -72,6 +80,12 @@ class Settings(BaseSettings):
         ge=100,
         description="orders the order agent keeps in memory per partition; the oldest settled "
         "ones beyond are spilled to a local file and read back when needed",
+    )
+    payload_retention_days: int = Field(
+        default=90,
+        ge=1,
+        description="days ClickHouse keeps order_events.payload (statuses, amounts and times "
+        "stay in their columns)",
     )
     capacity_check_s: float = Field(default=5.0, description="how often capacity is checked")
     catalogue_file: Path | None = Field(

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from infra.keystore import TOPIC_CONFIG as KEY_TOPIC_CONFIG
+from infra.keystore import ensure_local_master_key
 from infra.settings import PROJECT_ROOT, Settings, Topics
 
 KAFKA_POM = PROJECT_ROOT / "kafka" / "pom.xml"
@@ -40,6 +42,7 @@ def topic_configs(topics: Topics) -> dict[str, dict[str, str]]:
       any outage a worker is expected to be restarted within (an input older than that,
       unconsumed, is lost: its channel resends it, or the operator replays the DLQ).
     - Dead letters: 30 days to look at them and replay; notifications: 30 days.
+    - The data keys of personal data: compacted (infra/keystore.py, `TOPIC_CONFIG`).
     """
     forever = {"retention.ms": "-1", "cleanup.policy": "delete"}
     week = {"retention.ms": str(7 * DAY_MS), "cleanup.policy": "delete"}
@@ -53,6 +56,7 @@ def topic_configs(topics: Topics) -> dict[str, dict[str, str]]:
         topics.stock_commands: week,
         topics.dlq: month,
         topics.notifications: month,
+        topics.privacy_keys: KEY_TOPIC_CONFIG,
     }
 
 
@@ -558,13 +562,22 @@ class Stack:
 
     def __init__(self, settings: Settings) -> None:
         settings.home.mkdir(parents=True, exist_ok=True)
+        self.settings = settings
         self.services: list[KafkaService | ClickHouseService] = [
             KafkaService(settings),
             ClickHouseService(settings),
         ]
 
     def up(self) -> list[tuple[str, str]]:
-        return [(service.name, service.up()) for service in self.services]
+        """Starts the services; a development master key for personal data is made once,
+        unless OMS_MASTER_KEY is set (infra/keystore.py)."""
+        started = [(service.name, service.up()) for service in self.services]
+        if not (self.settings.master_key and self.settings.master_key.get_secret_value()):
+            path = ensure_local_master_key(self.settings.home)
+            started.append(
+                ("master key", f"{path} (development; set OMS_MASTER_KEY in production)")
+            )
+        return started
 
     def down(self) -> list[tuple[str, bool]]:
         return [(service.name, service.down()) for service in reversed(self.services)]

@@ -125,7 +125,9 @@ def empty_row(order_id: str, at: datetime) -> OrderRow:
 
 
 def _customer_key(phone: str | None, channel: str, customer_id: str | None) -> str:
-    """Who the customer is across orders: the phone number, else the channel's customer id."""
+    """Who the customer is across orders, for events without the pseudonymous `Customer.key`
+    (which the projector sets on everything it reads: projections/privacy.py): the phone
+    number, else the channel's customer id."""
     if phone:
         return phone
     return f"{channel}:{customer_id}" if customer_id else ""
@@ -157,7 +159,7 @@ def _order_details(event: OrderReceived | OrderModified, row: OrderRow) -> dict[
     if event.customer is not None:
         changes["customer_name"] = event.customer.name or ""
         changes["customer_phone"] = event.customer.phone or ""
-        changes["customer_key"] = _customer_key(
+        changes["customer_key"] = event.customer.key or _customer_key(
             event.customer.phone, event.channel, event.customer.id
         )
     if event.location_hint and not row["location"]:

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlparse
 
@@ -50,6 +50,8 @@ from confluent_kafka import (
 
 from events.codec import AvroCodec, CodecError, message_ref
 from events.models import DeadLetter
+from events.privacy import DataKeys
+from infra.keystore import KafkaKeys
 from infra.publisher import Publisher
 from infra.settings import Settings
 from projections.fold import (
@@ -65,6 +67,7 @@ from projections.lease import ProjectorLease
 from projections.native_fold import AVAILABLE as NATIVE_FOLD
 from projections.native_fold import NativeFold
 from projections.orders import Position
+from projections.privacy import AnalystView, erase, expire_payloads, wait_for_mutations
 from projections.python_fold import PythonFold
 from projections.reconnect import Backoff, GaveUp, KafkaUnavailable, transient
 from projections.schema import (
@@ -80,6 +83,7 @@ __all__ = ["BatchStats", "Position", "Projector"]
 log = logging.getLogger(__name__)
 
 STATE_CACHE_SIZE = 50_000  # fold states a fold keeps (per kind: orders, stock levels)
+PAYLOAD_EXPIRY_EVERY_S = 6 * 3600  # how often old event payloads are emptied
 READ_CHUNK = 10_000  # messages asked of Kafka at a time (see `NativeFold.decode`)
 
 # The order of a batch's INSERTs (see the module docstring): the tables derived from the fold
@@ -171,11 +175,17 @@ class Projector:
         lease: bool = True,
         native: bool = NATIVE_FOLD,
         retry: Backoff | None = None,
+        keys: DataKeys | None = None,
     ) -> None:
         self.settings = settings
         self.retry = retry or Backoff()
         self.store = store
         self.codec = codec or AvroCodec.for_registry(settings.schema_registry_url)
+        # Personal data reaches ClickHouse opened and masked, never clear (projections/privacy.py).
+        self.keys = keys or KafkaKeys(settings)
+        self._analyst_view = AnalystView(self.codec, self.keys)
+        self._erase_again: list[str] = []
+        self._payloads_expired_at = 0.0
         self.batch_size = batch_size
         self.batch_seconds = batch_seconds
         self.topics = (settings.topics.orders, settings.topics.inventory)
@@ -340,7 +350,7 @@ class Projector:
             del messages
             taken += len(kept)
             if kept:
-                yield kept
+                yield self._analyst_view.chunk(kept)
             del kept  # before the next chunk's messages are made
 
     def _writing(self) -> bool:
@@ -366,6 +376,7 @@ class Projector:
         """Fold a decoded batch, in memory: the fold states move on, nothing is written or sent
         (but a fold state the fold lacks is read from ClickHouse, after the batch being
         written, if any, is in)."""
+        self._housekeeping()
         folded = self.fold.fold(batch, states=self._states, high_water=self._high_water)
         stats = BatchStats(
             events=batch.order_events,
@@ -376,6 +387,30 @@ class Projector:
         letters, dead_letters = self._dead_letters(batch.rejected + folded.rejected, stats)
         tables = {**folded.tables, "dead_letters": ValueRows(DEAD_LETTERS_COLUMNS, dead_letters)}
         return _Prepared(stats, tables, letters, batch.ledger)
+
+    def _housekeeping(self) -> None:
+        """Between batches: erase customers forgotten since the last batch (and again at the
+        next, for a batch read ahead before their keys went), and expire old payloads."""
+        forgotten = [s for s in self.keys.forgotten() if not s.startswith("order:")]
+        subjects, self._erase_again = [*self._erase_again, *forgotten], forgotten
+        expire = time.monotonic() - self._payloads_expired_at > PAYLOAD_EXPIRY_EVERY_S
+        if not subjects and not expire:
+            return
+        self._settle()
+        self.store.settle()
+        for subject in dict.fromkeys(subjects):
+            erase(self.store, subject)
+            log.info("erased customer %s from the read models", subject)
+        if expire:
+            expire_payloads(
+                self.store,
+                older_than=timedelta(days=self.settings.payload_retention_days),
+                now=datetime.now(UTC),
+            )
+            self._payloads_expired_at = time.monotonic()
+        wait_for_mutations(self.store)
+        if subjects:  # fold states may hold what was just erased: read them again
+            self.fold.reset(complete=False)
 
     def _dead_letters(
         self, rejected: list[Rejected], stats: BatchStats

@@ -9,13 +9,13 @@ counting against itself.
 
 from __future__ import annotations
 
-import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import Literal
 
 from events.models import OrderReceived
+from events.privacy import customer_identity, normalise_phone
 
 Tier = Literal["new", "regular", "vip"]
 
@@ -25,16 +25,6 @@ VIP_ORDERS = 10
 VIP_SPEND = 500_000
 
 
-@lru_cache(maxsize=1 << 16)  # pure, and asked several times per order (screening, history)
-def normalise_phone(phone: str) -> str:
-    """Digits with a leading "+" kept: "+86 138-0000-0000" and "+8613800000000" are one phone.
-
-    NFKC first, so full-width digits typed on a Chinese keyboard count as digits."""
-    text = unicodedata.normalize("NFKC", phone).strip()
-    digits = "".join(ch for ch in text if "0" <= ch <= "9")
-    return f"+{digits}" if digits and text.startswith("+") else digits
-
-
 @lru_cache(maxsize=1 << 16)
 def normalise_address(text: str) -> str:
     """Casefolded, whitespace collapsed: how addresses are compared for velocity and blocking."""
@@ -42,14 +32,9 @@ def normalise_address(text: str) -> str:
 
 
 def customer_key(order: OrderReceived) -> str | None:
-    """`channel:customer id` when the channel names its customer, else the phone, else None.
-
-    The channel is part of the key because customer ids are only unique within a channel."""
-    if order.customer.id:
-        return f"{order.channel}:{order.customer.id}"
-    if order.customer.phone:
-        return normalise_phone(order.customer.phone) or None
-    return None
+    """Who placed the order (`events.privacy.customer_identity`): the channel's customer id,
+    else the phone, else None."""
+    return customer_identity(order.customer, order.channel)
 
 
 @dataclass(frozen=True)

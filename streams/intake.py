@@ -100,7 +100,11 @@ def decide(
         return IntakeDecision(
             None, [], f"order {event.order_id} is {record.status.value}: too late to modify"
         )
-    modified = event.model_copy(update={"sequence": record.version + 1})
+    # On the log a revision names its customer, so it is sealed under their key
+    # (events/privacy.py): forgetting them forgets it too.
+    modified = event.model_copy(
+        update={"sequence": record.version + 1, "customer": event.customer or record.order.customer}
+    )
     merged = merge(record.order, event)
     verdict = validation.verdict(
         merged, cause=modified.event_id, sequence=record.version + 2, now=now, catalogue=catalogue

@@ -23,6 +23,12 @@ from projections.store import ClickHouseStore, connect, with_database_url
 hypothesis_settings.register_profile("orderstream", deadline=None)
 hypothesis_settings.load_profile("orderstream")
 
+# Every process a test starts seals personal data under this master key (infra/keystore.py);
+# the suite's own, so a stale local stack key never matters. Tests of a missing or wrong key
+# take it away explicitly.
+TEST_MASTER_KEY = "b3JkZXJzdHJlYW0gdGVzdCBtYXN0ZXIga2V5IDMyISE="
+os.environ.setdefault("OMS_MASTER_KEY", TEST_MASTER_KEY)
+
 FIXTURES = Path(__file__).parent / "fixtures"
 # A separate package with its own tests, run by tests/connectors/test_third_party.py once installed.
 collect_ignore = ["example_connector"]
@@ -104,6 +110,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "OMS_KAFKA_PARTITIONS": str(settings.kafka_partitions),
             "OMS_CONSUMER_GROUP": settings.consumer_group,
             "OMS_CLICKHOUSE_URL": settings.resolved_clickhouse_url,
+            "OMS_MASTER_KEY": (
+                settings.master_key.get_secret_value() if settings.master_key else TEST_MASTER_KEY
+            ),
         }
     )
     env.update({f"OMS_TOPIC_{k.upper()}": v for k, v in settings.topics.model_dump().items()})

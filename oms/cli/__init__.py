@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from oms.cli import bench, demo, intake, operators, processes, report, schemas, stack
+from oms.cli import bench, demo, intake, operators, privacy, processes, report, schemas, stack
 
 
 @click.group()
@@ -30,6 +30,7 @@ for command in (
     operators.catalogue,
     operators.location,
     report.report,
+    privacy.privacy,
     schemas.schemas,
     bench.bench,
 ):

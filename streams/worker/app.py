@@ -29,6 +29,7 @@ from events.bounds import out_of_bounds
 from events.codec import AvroCodec, CodecError, message_ref
 from events.models import DeadLetter, Event, OrderEvent, StockEvent, stock_key, utc_now
 from infra.kafka import MAX_MESSAGE_BYTES
+from infra.keystore import private_codec
 from infra.poison import describe
 from infra.replay import read_partition
 from infra.settings import Settings, get_settings
@@ -130,7 +131,7 @@ class Worker:
     ) -> None:
         self.settings = settings
         self.topics = settings.topics
-        self.codec = AvroCodec.for_registry(settings.schema_registry_url)
+        self.codec: AvroCodec = private_codec(settings)
         self.views = views or SharedViews(
             catalogue=load_catalogue(settings.catalogue_file), codec=self.codec
         )

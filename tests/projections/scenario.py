@@ -11,6 +11,7 @@ sku@location. A few events appear twice on the log, as a restarted worker re-sen
 
 from __future__ import annotations
 
+import base64
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -64,8 +65,11 @@ from events.models import (
     StockReservationRefused,
     StockReserved,
 )
+from events.privacy import customer_identity, customer_key
+from infra.keystore import MasterKey
 from infra.publisher import Publisher
 from infra.settings import Settings
+from tests.conftest import TEST_MASTER_KEY
 from tests.events.lifecycle_checker import apply
 
 T0 = datetime(2026, 11, 20, 0, 0, tzinfo=UTC)
@@ -479,6 +483,14 @@ class OrderFacts:
 END = {"rejected", "cancelled", "completed", "refunded"}
 
 
+def _customer_key(order: OrderReceived) -> str:
+    """The pseudonymous key the projector stores (events/privacy.py), under the suite's
+    master key."""
+    identity = customer_identity(order.customer, order.channel)
+    pepper = MasterKey(base64.b64decode(TEST_MASTER_KEY)).pepper
+    return customer_key(identity, pepper) if identity else ""
+
+
 def order_facts(events: list[OrderEvent]) -> OrderFacts:
     first = events[0]
     assert isinstance(first, OrderReceived)
@@ -488,7 +500,7 @@ def order_facts(events: list[OrderEvent]) -> OrderFacts:
         mode=first.mode.value,
         currency=first.currency,
         placed_at=seconds(first.placed_at),
-        customer_key=first.customer.phone or "",
+        customer_key=_customer_key(first),
         city=first.address.city or "" if first.address else "",
         status="received",
         total=first.total,

@@ -289,9 +289,14 @@ fn apply_event(row: &mut OrderState, ev: &Value, event_type: &str, at: i64) {
             if !customer.is_null() {
                 let phone = customer.get("phone").s();
                 let id = customer.get("id").s();
+                let key = customer.get("key").s();
                 row.customer_name = customer.get("name").s().to_owned();
                 row.customer_phone = phone.to_owned();
-                row.customer_key = if !phone.is_empty() {
+                // The pseudonymous key the projector sets (projections/privacy.py), else as
+                // before it existed: the phone, else the channel's customer id.
+                row.customer_key = if !key.is_empty() {
+                    key.to_owned()
+                } else if !phone.is_empty() {
                     phone.to_owned()
                 } else if !id.is_empty() {
                     format!("{}:{}", ev.get("channel").s(), id)

@@ -1,0 +1,316 @@
+"""Personal data on the log: sealed per customer, so deleting a key erases them (crypto-shredding).
+
+The contract marks personal fields with the Avro field property `"pii": true` (a customer's
+id, name, phone and e-mail; the address text, postal code and coordinates; the device id and
+free-text notes). On the log those fields are empty and `sealed` holds them, encrypted with
+AES-256-GCM under the customer's own data key:
+
+    pii1:<key id>:<subject>:<base64url(nonce ‖ ciphertext)>
+
+The subject is the customer's pseudonymous key, `Customer.key`: a keyed hash of who the
+customer is (the channel's customer id, else the phone number), so the same person has one
+key across orders and no reader can turn it back into a phone number. An event that names no
+customer (a revision on the intake topic) is sealed under its order (`order:<order id>`);
+forgetting the customer forgets the keys of their orders too. The associated data binds the
+ciphertext to its event id, subject and key id.
+
+`PrivateCodec` is the codec of readers and writers with keys: it seals on the way out and
+opens on the way in. Without the key (never had it, or the customer was forgotten) an event
+decodes with its personal fields empty and `sealed` left as it is, and re-encoding it keeps
+it so. `for_analysts` is what ClickHouse gets: opened, then masked (`张*`, `138****5678`),
+never the clear values.
+
+Keys come from a `DataKeys` store (infra/keystore.py keeps them on a compacted topic, wrapped
+under a master key; a KMS can implement the same interface).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import unicodedata
+from collections.abc import Iterator
+from functools import cache, lru_cache
+from typing import Any, Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from pydantic import BaseModel
+
+from events.avro_schema import avro_schema
+from events.codec import NATIVE, AvroCodec, SchemaIds
+from events.models import Customer, DeadLetter, Event, OrderModified, OrderReceived
+
+PREFIX = "pii1"
+SEALABLE: tuple[type[Event], ...] = (OrderReceived, OrderModified)
+Path = tuple[str, ...]
+
+
+class DataKeys(Protocol):
+    """Per-subject AES-256 data keys. `current` creates one when the subject has none (and
+    stores it durably before returning it); `find` is None for a key that never existed or
+    was forgotten; `pepper` keys the hash that names customers; `forgotten` tells a reader
+    (the projector) whom to erase from what it derived."""
+
+    pepper: bytes
+
+    def current(self, subject: str) -> tuple[str, bytes]: ...
+
+    def find(self, subject: str, key_id: str) -> bytes | None: ...
+
+    def forgotten(self) -> list[str]:
+        """Subjects whose keys were all forgotten since the last call (anywhere), after
+        catching up with the store if that is due."""
+        ...
+
+
+class SealError(ValueError):
+    """A `sealed` value that is not ours, or a ciphertext its key does not open (tampered)."""
+
+
+@cache
+def personal_paths(model: type[BaseModel]) -> tuple[Path, ...]:
+    """The fields the Avro contract marks `"pii": true` in `model`, as paths into the event."""
+    return tuple(_marked(avro_schema(model)))
+
+
+def _marked(record: dict[str, Any], prefix: Path = ()) -> Iterator[Path]:
+    for field in record["fields"]:
+        path = (*prefix, field["name"])
+        if field.get("pii"):
+            yield path
+        kinds = field["type"] if isinstance(field["type"], list) else [field["type"]]
+        for kind in kinds:
+            if isinstance(kind, dict) and kind.get("type") == "record":
+                yield from _marked(kind, path)
+
+
+@lru_cache(maxsize=1 << 16)
+def normalise_phone(phone: str) -> str:
+    """Digits with a leading "+" kept: "+86 138-0000-0000" and "+8613800000000" are one phone.
+
+    NFKC first, so full-width digits typed on a Chinese keyboard count as digits."""
+    text = unicodedata.normalize("NFKC", phone).strip()
+    digits = "".join(ch for ch in text if "0" <= ch <= "9")
+    return f"+{digits}" if digits and text.startswith("+") else digits
+
+
+def customer_identity(customer: Customer | None, channel: str) -> str | None:
+    """Who the customer is: `channel:customer id` when the channel names its customer (ids are
+    unique only within a channel), else the normalised phone, else None."""
+    if customer is None:
+        return None
+    if customer.id:
+        return f"{channel}:{customer.id}"
+    if customer.phone:
+        return normalise_phone(customer.phone) or None
+    return None
+
+
+def customer_key(identity: str, pepper: bytes) -> str:
+    """The pseudonymous key of a customer identity: "c" and 24 hex digits of HMAC-SHA256."""
+    return "c" + hmac.new(pepper, identity.encode(), hashlib.sha256).hexdigest()[:24]
+
+
+def order_subject(order_id: str) -> str:
+    """The subject of an event that names no customer."""
+    return f"order:{order_id}"
+
+
+def subject_of(event: OrderReceived | OrderModified, pepper: bytes) -> str:
+    customer = event.customer
+    if customer is not None and customer.key:
+        return customer.key
+    identity = customer_identity(customer, event.channel)
+    return customer_key(identity, pepper) if identity else order_subject(event.order_id)
+
+
+def parse_sealed(sealed: str) -> tuple[str, str, bytes]:
+    """(key id, subject, nonce ‖ ciphertext) of a `sealed` value."""
+    try:
+        prefix, key_id, rest = sealed.split(":", 2)
+        subject, blob = rest.rsplit(":", 1)
+        data = base64.urlsafe_b64decode(blob + "=" * (-len(blob) % 4))
+    except ValueError as exc:
+        raise SealError(f"not a sealed value: {exc}") from None
+    if prefix != PREFIX or len(data) < 12 + 16:
+        raise SealError(f"not a {PREFIX} sealed value")
+    return key_id, subject, data
+
+
+def seal(event: Event, keys: DataKeys) -> Event:
+    """The event with its personal fields encrypted into `sealed` and emptied; the customer's
+    key set. Events without personal fields, and events already sealed, are left as they are."""
+    if not isinstance(event, SEALABLE) or event.sealed is not None:
+        return event
+    paths = personal_paths(type(event))
+    values = {".".join(path): value for path in paths if (value := _get(event, path))}
+    subject = subject_of(event, keys.pepper)
+    changes: dict[str, Any] = {}
+    if event.customer is not None and not subject.startswith("order:"):
+        changes["customer"] = event.customer.model_copy(update={"key": subject})
+    if values:
+        key_id, key = keys.current(subject)
+        nonce = os.urandom(12)
+        plain = json.dumps(values, ensure_ascii=False, separators=(",", ":")).encode()
+        secret = AESGCM(key).encrypt(nonce, plain, _associated(event.event_id, subject, key_id))
+        blob = base64.urlsafe_b64encode(nonce + secret).decode().rstrip("=")
+        changes["sealed"] = f"{PREFIX}:{key_id}:{subject}:{blob}"
+    if not changes:
+        return event
+    sealed = event.model_copy(update=changes)
+    return _with(sealed, {path: _blank(type(event), path) for path in paths if _get(event, path)})
+
+
+def unseal(event: Event, keys: DataKeys) -> Event:
+    """The event with its personal fields back and `sealed` cleared, when the key is there;
+    else the event as it is (personal fields empty: erased, or not ours to read)."""
+    if not isinstance(event, SEALABLE) or event.sealed is None:
+        return event
+    key_id, subject, data = parse_sealed(event.sealed)
+    key = keys.find(subject, key_id)
+    if key is None:
+        return event
+    try:
+        plain = AESGCM(key).decrypt(
+            data[:12], data[12:], _associated(event.event_id, subject, key_id)
+        )
+    except InvalidTag:
+        raise SealError(
+            f"the personal data of {event.event_id} does not open with its key"
+        ) from None
+    values = json.loads(plain)
+    opened = event.model_copy(update={"sealed": None})
+    return _with(opened, {tuple(name.split(".")): value for name, value in values.items()})
+
+
+def erased(event: Event) -> bool:
+    """Whether the event still holds sealed personal data its reader could not open."""
+    return isinstance(event, SEALABLE) and event.sealed is not None
+
+
+# ---------------------------------------------------------------- what analysts see
+
+
+def for_analysts(event: Event, keys: DataKeys) -> Event:
+    """What ClickHouse stores: opened if the key is there, then masked; the customer's key set
+    (computed for events written before sealing) and `sealed` dropped."""
+    if not isinstance(event, SEALABLE):
+        return event
+    opened = unseal(event, keys)
+    subject = subject_of(opened, keys.pepper) if opened.sealed is None else _sealed_subject(opened)
+    changes: dict[str, Any] = {"sealed": None}
+    if opened.customer is not None:
+        key = None if subject.startswith("order:") else subject
+        changes["customer"] = opened.customer.model_copy(update={"key": key})
+    masked = opened.model_copy(update=changes)
+    paths = personal_paths(type(event))
+    return _with(masked, {path: _mask(path, _get(opened, path), type(event)) for path in paths})
+
+
+def _sealed_subject(event: OrderReceived | OrderModified) -> str:
+    assert event.sealed is not None
+    return parse_sealed(event.sealed)[1]
+
+
+def mask_name(name: str) -> str:
+    """The first character and a star: 张三 → 张*, Jane Doe → J*."""
+    return f"{name[0]}*" if name else ""
+
+
+def mask_phone(phone: str) -> str:
+    """The first three and last four digits: 13812345678 → 138****5678; short numbers → ****."""
+    digits = normalise_phone(phone).lstrip("+")
+    if len(digits) == 13 and digits.startswith("86"):  # +86 and a mainland mobile number
+        digits = digits[2:]
+    return f"{digits[:3]}****{digits[-4:]}" if len(digits) >= 8 else "****"
+
+
+def mask_email(email: str) -> str:
+    """The first character and the domain: jane@example.com → j***@example.com."""
+    local, at, domain = email.partition("@")
+    return f"{local[:1]}***@{domain}" if at else "***"
+
+
+_MASKS = {"name": mask_name, "phone": mask_phone, "email": mask_email}
+
+
+def _mask(path: Path, value: Any, model: type[BaseModel]) -> Any:
+    """Names, phones and e-mails masked; everything else personal (ids, addresses,
+    coordinates, devices, notes) emptied: a city stays, in its own field."""
+    if value in (None, ""):
+        return _blank(model, path)
+    mask = _MASKS.get(path[-1]) if path[0] == "customer" else None
+    return mask(str(value)) if mask else _blank(model, path)
+
+
+# ---------------------------------------------------------------- the codec
+
+
+class PrivateCodec(AvroCodec):
+    """The codec of a reader and writer with keys: personal fields sealed on encode, opened on
+    decode. A reader without the codec (or without the key) sees them empty and `sealed`."""
+
+    def __init__(
+        self, keys: DataKeys, schema_ids: SchemaIds | None = None, *, native: bool = NATIVE
+    ) -> None:
+        super().__init__(schema_ids, native=native)
+        self.keys = keys
+
+    def encode(self, value: Event | DeadLetter) -> bytes:
+        if isinstance(value, SEALABLE):
+            value = seal(value, self.keys)
+        return super().encode(value)
+
+    def decode(self, data: bytes, *, where: str = "") -> Event | DeadLetter:
+        event = super().decode(data, where=where)
+        if isinstance(event, SEALABLE) and event.sealed is not None:
+            try:
+                return unseal(event, self.keys)
+            except SealError:
+                return event  # tampered or foreign: it stays sealed, as if erased
+        return event
+
+
+# ---------------------------------------------------------------- paths into models
+
+
+def _associated(event_id: str, subject: str, key_id: str) -> bytes:
+    return f"{PREFIX}|{event_id}|{subject}|{key_id}".encode()
+
+
+def _get(model: BaseModel | None, path: Path) -> Any:
+    for name in path:
+        if model is None:
+            return None
+        model = getattr(model, name)
+    return model
+
+
+def _blank(model: type[BaseModel], path: Path) -> Any:
+    """What an emptied field holds: "" where the contract requires a value, else None."""
+    for name in path[:-1]:
+        annotation = model.model_fields[name].annotation
+        model = next(
+            a for a in getattr(annotation, "__args__", (annotation,)) if a is not type(None)
+        )
+    return "" if model.model_fields[path[-1]].is_required() else None
+
+
+def _with(event: Event, values: dict[Path, Any]) -> Event:
+    """`event` with the fields at `values`' paths replaced (missing parents are left missing)."""
+    nested: dict[str, dict[str, Any]] = {}
+    top: dict[str, Any] = {}
+    for path, value in values.items():
+        if len(path) == 1:
+            top[path[0]] = value
+        else:
+            nested.setdefault(path[0], {})[path[1]] = value
+    for name, fields in nested.items():
+        parent = getattr(event, name)
+        if parent is not None:
+            top[name] = parent.model_copy(update=fields)
+    return event.model_copy(update=top) if top else event

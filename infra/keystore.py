@@ -1,0 +1,362 @@
+"""The data keys of personal data (events/privacy.py): a compacted Kafka topic, each key
+wrapped (AES-256-GCM) under a master key that only the environment holds.
+
+- A record per data key, keyed `<subject>/<key id>`; its value the wrapped key as JSON. A
+  customer is forgotten by a tombstone (a null value) for each of their keys; compaction then
+  removes the key for good, and whatever it sealed, on every topic, can no longer be read.
+- The master key comes from `OMS_MASTER_KEY` (32 bytes, base64), else from the local stack's
+  `HOME/master.key` (written by `oms stack up`, mode 0600, for development). Without one,
+  nothing that reads or writes personal data starts: it fails closed.
+- Each process reads the whole topic when it starts, creates a key for a subject it has none
+  for (written with acks=all and flushed before it is used: an unstored key would make data
+  unreadable), and catches up with the topic again on a miss or every `REFRESH_S`, so a key
+  another process created is found and a forgotten one is dropped everywhere.
+- Losing the topic (or the master key) loses every key: personal data becomes unreadable, as
+  if every customer were forgotten, while orders, amounts and statuses stay whole. That is the
+  failure mode to back up against (docs/operations.md, "Privacy").
+
+`DataKeys` (events/privacy.py) is the interface: a KMS-backed store implements `current`,
+`find` and `pepper` the same way.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, NewTopic
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from events.codec import LocalSchemaIds, RegistrySchemaIds, SchemaIds
+from events.privacy import DataKeys, PrivateCodec
+from infra.kafka import admin_config, consumer_config, producer_config
+from infra.settings import Settings
+
+REFRESH_S = 2.0  # at most this stale: a key forgotten elsewhere is dropped within it
+DAY_MS = 24 * 3600 * 1000
+# Compacted, so a forgotten key's tombstone replaces it; a rolled segment is compacted within
+# a day (`max.compaction.lag.ms`), after which the key is gone from the broker's disks too.
+# The tombstone itself stays a day, for every process to see it.
+TOPIC_CONFIG = {
+    "cleanup.policy": "compact",
+    "retention.ms": "-1",
+    "segment.ms": str(DAY_MS // 24),
+    "max.compaction.lag.ms": str(DAY_MS),
+    "delete.retention.ms": str(DAY_MS),
+}
+
+
+class KeyStoreError(RuntimeError):
+    """No master key, a master key that does not open the stored keys, or Kafka refusing."""
+
+
+@dataclass(frozen=True)
+class MasterKey:
+    """The key that wraps every data key, and (through HKDF) keys the customer hash."""
+
+    secret: bytes
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MasterKey:
+        """`OMS_MASTER_KEY`, else the local stack's key file; else `KeyStoreError`."""
+        text = settings.master_key.get_secret_value() if settings.master_key else None
+        path = settings.home / "master.key"
+        if not text and path.exists():
+            text = path.read_text().strip()
+        if not text:
+            raise KeyStoreError(
+                "OMS_MASTER_KEY is not set (and there is no local stack key at "
+                f"{path}): personal data cannot be sealed or read. Set it to 32 random "
+                "bytes in base64 (`oms privacy master-key` prints one)."
+            )
+        try:
+            secret = base64.b64decode(text, validate=True)
+        except ValueError:
+            raise KeyStoreError("OMS_MASTER_KEY is not base64") from None
+        if len(secret) != 32:
+            raise KeyStoreError(f"OMS_MASTER_KEY is {len(secret)} bytes; it must be 32")
+        return cls(secret)
+
+    @staticmethod
+    def generate() -> str:
+        return base64.b64encode(secrets.token_bytes(32)).decode()
+
+    @property
+    def pepper(self) -> bytes:
+        return HKDF(hashes.SHA256(), 32, salt=None, info=b"orderstream customer key").derive(
+            self.secret
+        )
+
+    def wrap(self, record: str, key: bytes) -> str:
+        nonce = os.urandom(12)
+        return base64.b64encode(
+            nonce + AESGCM(self.secret).encrypt(nonce, key, record.encode())
+        ).decode()
+
+    def unwrap(self, record: str, wrapped: str) -> bytes:
+        data = base64.b64decode(wrapped)
+        try:
+            return AESGCM(self.secret).decrypt(data[:12], data[12:], record.encode())
+        except InvalidTag:
+            raise KeyStoreError(
+                f"the master key does not open data key {record}: is OMS_MASTER_KEY the one "
+                "the keys were stored under?"
+            ) from None
+
+
+def ensure_local_master_key(home: Path) -> Path:
+    """The local stack's master key file (development only), created once."""
+    path = home / "master.key"
+    if not path.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(MasterKey.generate() + "\n")
+    return path
+
+
+class MemoryKeys:
+    """Data keys in memory: for tests and tools that must not touch Kafka."""
+
+    def __init__(self, pepper: bytes = b"test pepper") -> None:
+        self.pepper = pepper
+        self.keys: dict[str, dict[str, bytes]] = {}
+        self._forgotten: list[str] = []
+
+    def current(self, subject: str) -> tuple[str, bytes]:
+        held = self.keys.setdefault(subject, {})
+        if not held:
+            held[secrets.token_hex(8)] = AESGCM.generate_key(256)
+        key_id = next(iter(held))
+        return key_id, held[key_id]
+
+    def find(self, subject: str, key_id: str) -> bytes | None:
+        return self.keys.get(subject, {}).get(key_id)
+
+    def forget(self, subjects: Iterable[str]) -> int:
+        gone = [(subject, self.keys.pop(subject, {})) for subject in subjects]
+        self._forgotten += [subject for subject, keys in gone if keys]
+        return sum(len(keys) for _, keys in gone)
+
+    def forgotten(self) -> list[str]:
+        subjects, self._forgotten = self._forgotten, []
+        return subjects
+
+
+class KafkaKeys:
+    """Data keys on the compacted key topic, wrapped under the master key."""
+
+    def __init__(self, settings: Settings, *, master: MasterKey | None = None) -> None:
+        self.master = master or MasterKey.from_settings(settings)
+        self.pepper = self.master.pepper
+        self.topic = settings.topics.privacy_keys
+        self._bootstrap = settings.kafka_bootstrap
+        self._keys: dict[str, dict[str, bytes]] = {}
+        self._forgotten: list[str] = []
+        self._lock = threading.Lock()
+        self._consumer = Consumer(
+            consumer_config(
+                settings.kafka_bootstrap,
+                group_id="oms-keys",  # never commits: `assign` reads from the beginning
+                **{"enable.partition.eof": True, "auto.offset.reset": "earliest"},
+            )
+        )
+        self._producer: Producer | None = None
+        self._caught_up_at = 0.0
+        self._assigned = False
+        self.refresh()
+
+    # -- DataKeys
+
+    def current(self, subject: str) -> tuple[str, bytes]:
+        with self._lock:
+            self._maybe_refresh()
+            held = self._keys.get(subject)
+            if held:
+                key_id = next(reversed(held))
+                return key_id, held[key_id]
+            key_id, key = secrets.token_hex(8), AESGCM.generate_key(256)
+            self._store(f"{subject}/{key_id}", self.master.wrap(f"{subject}/{key_id}", key))
+            self._keys.setdefault(subject, {})[key_id] = key
+            return key_id, key
+
+    def find(self, subject: str, key_id: str) -> bytes | None:
+        with self._lock:
+            key = self._keys.get(subject, {}).get(key_id)
+            if key is None and time.monotonic() - self._caught_up_at > 0.2:
+                self._catch_up()  # made elsewhere a moment ago?
+                key = self._keys.get(subject, {}).get(key_id)
+            else:
+                self._maybe_refresh()
+            return key
+
+    # -- the rest
+
+    def subjects(self) -> dict[str, list[str]]:
+        """Each subject with its key ids."""
+        with self._lock:
+            self._catch_up()
+            return {subject: list(held) for subject, held in self._keys.items() if held}
+
+    def forget(self, subjects: Iterable[str]) -> int:
+        """Tombstones every key of `subjects`; how many keys were forgotten."""
+        with self._lock:
+            self._catch_up()
+            records = [
+                f"{subject}/{key_id}"
+                for subject in subjects
+                for key_id in self._keys.get(subject, {})
+            ]
+            for record in records:
+                self._store(record, None)
+            for subject in subjects:
+                if self._keys.pop(subject, None):
+                    self._forgotten.append(subject)
+            return len(records)
+
+    def forgotten(self) -> list[str]:
+        with self._lock:
+            self._maybe_refresh()
+            subjects, self._forgotten = self._forgotten, []
+            return subjects
+
+    def refresh(self) -> None:
+        with self._lock:
+            self._catch_up()
+
+    def close(self) -> None:
+        self._consumer.close()
+        if self._producer is not None:
+            self._producer.flush(10)
+
+    def _maybe_refresh(self) -> None:
+        if time.monotonic() - self._caught_up_at > REFRESH_S:
+            self._catch_up()
+
+    def _catch_up(self) -> None:
+        """Reads the key topic up to its end as of now (riding out a partition that has no
+        leader yet, as just after the topic is made)."""
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                return self._read_to_end()
+            except KeyStoreError as exc:
+                kafka = isinstance(exc.__cause__, KafkaException)
+                if not kafka or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def _read_to_end(self) -> None:
+        try:
+            if not self._assigned:
+                metadata = self._consumer.list_topics(self.topic, timeout=10)
+                topic = metadata.topics.get(self.topic)
+                if topic is None or topic.error is not None or not topic.partitions:
+                    self._create_topic()
+                    metadata = self._consumer.list_topics(self.topic, timeout=10)
+                    topic = metadata.topics[self.topic]
+                self._partitions = [
+                    TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in topic.partitions
+                ]
+                self._consumer.assign(self._partitions)
+                self._assigned = True
+            ends = {
+                p.partition: self._consumer.get_watermark_offsets(p, timeout=10)[1]
+                for p in self._partitions
+            }
+            positions = {p.partition: p.offset for p in self._consumer.position(self._partitions)}
+            pending = {
+                partition
+                for partition, end in ends.items()
+                if end > 0 and max(positions.get(partition, 0), 0) < end
+            }
+            deadline = time.monotonic() + 30
+            while pending and time.monotonic() < deadline:
+                for message in self._consumer.consume(500, timeout=0.5):
+                    if message.error() is not None:
+                        if message.error().code() == KafkaError._PARTITION_EOF:
+                            pending.discard(message.partition())
+                        continue
+                    self._take(message.key().decode(), message.value())
+                    if message.offset() + 1 >= ends[message.partition()]:
+                        pending.discard(message.partition())
+            if pending:
+                raise KeyStoreError(f"could not read the key topic {self.topic} to its end")
+        except KafkaException as exc:
+            raise KeyStoreError(f"the key topic {self.topic}: {exc}") from exc
+        self._caught_up_at = time.monotonic()
+
+    def _create_topic(self) -> None:
+        admin = AdminClient(admin_config(self._bootstrap))
+        wanted = NewTopic(self.topic, num_partitions=1, config=TOPIC_CONFIG)
+        for future in admin.create_topics([wanted]).values():
+            try:
+                future.result(timeout=30)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+        deadline = time.monotonic() + 30  # until its partition has a leader
+        while time.monotonic() < deadline:
+            topic = self._consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
+            if topic is not None and topic.partitions and all(
+                p.leader >= 0 for p in topic.partitions.values()
+            ):
+                return
+            time.sleep(0.1)
+
+    def _take(self, record: str, value: bytes | None) -> None:
+        subject, _, key_id = record.rpartition("/")
+        if value is None:
+            held = self._keys.get(subject, {})
+            held.pop(key_id, None)
+            if not held:  # (its record may already be compacted away: erasing is idempotent)
+                self._keys.pop(subject, None)
+                self._forgotten.append(subject)
+            return
+        wrapped = json.loads(value)["wrapped"]
+        self._keys.setdefault(subject, {})[key_id] = self.master.unwrap(record, wrapped)
+
+    def _store(self, record: str, wrapped: str | None) -> None:
+        if self._producer is None:
+            self._producer = Producer(producer_config(self._bootstrap, **{"linger.ms": 0}))
+        value = None if wrapped is None else json.dumps({"wrapped": wrapped}).encode()
+        failed: list[str] = []
+        self._producer.produce(
+            self.topic,
+            key=record.encode(),
+            value=value,
+            on_delivery=lambda err, _msg: failed.append(str(err)) if err else None,
+        )
+        if self._producer.flush(10) or failed:
+            raise KeyStoreError(
+                f"Kafka did not store data key {record}: {failed[0] if failed else 'timed out'}"
+            )
+
+
+def private_codec(settings: Settings, keys: DataKeys | None = None) -> PrivateCodec:
+    """The codec of a process that reads and writes personal data: the schema registry's (or
+    the local) ids, the key topic's data keys."""
+    ids: SchemaIds = (
+        RegistrySchemaIds(settings.schema_registry_url)
+        if settings.schema_registry_url
+        else LocalSchemaIds()
+    )
+    return PrivateCodec(keys or KafkaKeys(settings), ids)

@@ -1,0 +1,198 @@
+"""Personal data sealed per customer on the log (events/privacy.py), without Kafka: the keys
+live in memory here (infra/keystore.py `MemoryKeys`); tests/infra/test_keystore.py has the
+Kafka key store."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from events.avro_schema import avro_schema
+from events.codec import AvroCodec
+from events.models import Address, Customer, OrderModified, OrderReceived
+from events.privacy import (
+    PrivateCodec,
+    customer_identity,
+    customer_key,
+    for_analysts,
+    mask_email,
+    mask_name,
+    mask_phone,
+    personal_paths,
+    seal,
+    unseal,
+)
+from infra.keystore import MemoryKeys
+from tests.factories import T0, received
+from tests.fuzzing import fuzz_settings
+
+PERSONAL = dict(
+    customer=Customer(id="u-42", name="王伟", phone="+8613812345678", email="wang.wei@example.com"),
+    address=Address(text="上海市静安区南京西路 1266 号", city="上海", postal_code="200040",
+                    latitude=31.2291, longitude=121.4541),
+    device_id="device-7f3a9c", notes="门口放着, 别按门铃",
+)  # fmt: skip
+CLEAR_TEXTS = [
+    "王伟", "+8613812345678", "13812345678", "wang.wei@example.com", "u-42", "南京西路",
+    "200040", "device-7f3a9c", "别按门铃",
+]  # fmt: skip
+
+
+def an_order(**overrides: object) -> OrderReceived:
+    return received(**{**PERSONAL, **overrides})
+
+
+def modified(**overrides: object) -> OrderModified:
+    fields: dict[str, object] = dict(
+        event_id="e-2", order_id="o-1", sequence=3, occurred_at=T0, recorded_at=T0,
+        correlation_id="o-1", actor=received().actor, channel="webshop", external_id="1001",
+        revision=2, lines=received().lines, total=6100, address=PERSONAL["address"],
+        notes="改成送到前台",
+    )  # fmt: skip
+    fields.update(overrides)
+    return OrderModified.model_validate(fields)
+
+
+def test_the_contract_marks_the_personal_fields_and_only_those() -> None:
+    paths = {".".join(path) for path in personal_paths(OrderReceived)}
+    assert paths == {
+        "customer.id", "customer.name", "customer.phone", "customer.email", "address.text",
+        "address.postal_code", "address.latitude", "address.longitude", "device_id", "notes",
+    }  # fmt: skip
+    schema = json.dumps(avro_schema(OrderReceived))
+    assert schema.count('"pii": true') == len(paths)
+    assert "customer.key" not in paths and "address.city" not in paths
+
+
+def test_sealed_bytes_hold_no_personal_text_and_open_with_the_key() -> None:
+    keys = MemoryKeys()
+    codec, plain = PrivateCodec(keys), AvroCodec()
+    order = an_order()
+    data = codec.encode(order)
+    for text in CLEAR_TEXTS:
+        assert text.encode() not in data, text
+    # A reader without keys: the personal fields are empty, the rest intact.
+    seen = plain.decode(data)
+    assert isinstance(seen, OrderReceived)
+    assert seen.customer.name is None and seen.customer.phone is None
+    assert seen.address is not None and seen.address.text == "" and seen.address.latitude is None
+    assert seen.address.city == "上海" and seen.total == order.total and seen.lines == order.lines
+    assert seen.sealed is not None and seen.sealed.startswith("pii1:")
+    # A reader with keys: everything back, and the customer's key set.
+    opened = codec.decode(data)
+    expected_key = customer_key("webshop:u-42", keys.pepper)
+    assert opened == order.model_copy(
+        update={"customer": order.customer.model_copy(update={"key": expected_key})}
+    )
+
+
+def test_one_customer_has_one_key_across_orders_and_the_key_depends_on_the_pepper() -> None:
+    keys = MemoryKeys()
+    first = seal(an_order(), keys)
+    second = seal(an_order(event_id="e-9", order_id="o-9", external_id="9"), keys)
+    assert isinstance(first, OrderReceived) and isinstance(second, OrderReceived)
+    assert first.customer.key == second.customer.key
+    assert first.customer.key != customer_key("webshop:u-42", b"another pepper")
+    assert len(keys.keys) == 1  # one subject, one data key
+    # Without a channel customer id, the phone (normalised) names the customer.
+    by_phone = Customer(phone="+86 138 1234 5678")
+    assert customer_identity(by_phone, "meituan") == "+8613812345678"
+
+
+def test_after_forgetting_the_customer_nothing_opens_and_re_encoding_keeps_it_sealed() -> None:
+    keys = MemoryKeys()
+    codec = PrivateCodec(keys)
+    data = codec.encode(an_order())
+    subject = customer_key("webshop:u-42", keys.pepper)
+    assert keys.forget([subject]) == 1
+    after = codec.decode(data)
+    assert isinstance(after, OrderReceived)
+    assert after.customer.phone is None and after.address is not None and after.address.text == ""
+    assert after.sealed is not None  # still sealed: nobody can open it now
+    assert after.total == 6100 and after.lines == an_order().lines  # the order stays whole
+    again = codec.encode(after)
+    assert again == data  # passed on as it is, never "re-sealed" empty
+    assert keys.forgotten() == [subject]
+
+
+def test_a_tampered_or_moved_ciphertext_does_not_open() -> None:
+    keys = MemoryKeys()
+    sealed = seal(an_order(), keys)
+    assert isinstance(sealed, OrderReceived) and sealed.sealed is not None
+    # The same ciphertext on another event: the associated data (event id) no longer matches.
+    moved = sealed.model_copy(update={"event_id": "e-other"})
+    with pytest.raises(ValueError, match="does not open"):
+        unseal(moved, keys)
+    # Through the codec a tampered seal decodes as sealed (as if erased), never in clear.
+    flipped = sealed.sealed[:-3] + ("A" if sealed.sealed[-3] != "A" else "B") + sealed.sealed[-2:]
+    tampered = PrivateCodec(keys).decode(
+        AvroCodec().encode(sealed.model_copy(update={"sealed": flipped}))
+    )
+    assert isinstance(tampered, OrderReceived) and tampered.customer.name is None
+
+
+def test_a_revision_without_its_customer_is_sealed_under_its_order() -> None:
+    keys = MemoryKeys()
+    revision = seal(modified(), keys)
+    assert isinstance(revision, OrderModified) and revision.sealed is not None
+    assert ":order:o-1:" in revision.sealed and revision.notes is None
+    with_customer = seal(modified(customer=PERSONAL["customer"]), keys)
+    assert isinstance(with_customer, OrderModified) and with_customer.sealed is not None
+    assert f":{customer_key('webshop:u-42', keys.pepper)}:" in with_customer.sealed
+    assert unseal(revision, keys) == modified()
+
+
+def test_analysts_see_masked_values_and_nothing_after_erasure() -> None:
+    keys = MemoryKeys()
+    sealed = seal(an_order(), keys)
+    view = for_analysts(sealed, keys)
+    assert isinstance(view, OrderReceived) and view.sealed is None
+    assert view.customer == Customer(
+        name="王*", phone="138****5678", email="w***@example.com",
+        key=customer_key("webshop:u-42", keys.pepper),
+    )  # fmt: skip
+    assert view.address == Address(text="", city="上海")
+    assert view.device_id is None and view.notes is None
+    keys.forget([customer_key("webshop:u-42", keys.pepper)])
+    erased = for_analysts(sealed, keys)
+    assert isinstance(erased, OrderReceived)
+    assert erased.customer == Customer(key=customer_key("webshop:u-42", keys.pepper))
+    assert erased.total == 6100 and erased.lines == sealed.lines
+    # Events written before sealing existed are masked the same way, key computed.
+    assert for_analysts(an_order(), keys).customer == view.customer
+
+
+def test_masks() -> None:
+    assert mask_name("王伟") == "王*" and mask_name("Jane Doe") == "J*"
+    assert mask_phone("13812345678") == "138****5678" and mask_phone("12345") == "****"
+    assert mask_phone("+86 138 1234 5678") == "138****5678"
+    assert mask_email("jane@example.com") == "j***@example.com" and mask_email("x") == "***"
+
+
+@pytest.mark.fuzz
+@fuzz_settings(100)
+@given(
+    name=st.text(min_size=4, max_size=20).filter(str.strip),
+    phone=st.text(alphabet="0123456789", min_size=8, max_size=15),
+    street=st.text(min_size=6, max_size=60).filter(str.strip),
+    notes=st.text(min_size=6, max_size=200).filter(str.strip),
+)
+def test_any_personal_text_is_absent_from_the_sealed_bytes_and_comes_back_exactly(
+    name: str, phone: str, street: str, notes: str
+) -> None:
+    keys = MemoryKeys()
+    codec = PrivateCodec(keys)
+    order = received(
+        customer=Customer(name=name, phone=phone), address=Address(text=street), notes=notes
+    )
+    data = codec.encode(order)
+    for text in (name, phone, street, notes):
+        assert text.encode() not in data
+    opened = codec.decode(data)
+    assert isinstance(opened, OrderReceived)
+    assert (opened.customer.name, opened.customer.phone) == (name, phone)
+    assert opened.address is not None and opened.address.text == street
+    assert opened.notes == notes
