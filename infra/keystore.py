@@ -316,8 +316,10 @@ class KafkaKeys:
         deadline = time.monotonic() + 30  # until its partition has a leader
         while time.monotonic() < deadline:
             topic = self._consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
-            if topic is not None and topic.partitions and all(
-                p.leader >= 0 for p in topic.partitions.values()
+            if (
+                topic is not None
+                and topic.partitions
+                and all(p.leader >= 0 for p in topic.partitions.values())
             ):
                 return
             time.sleep(0.1)
