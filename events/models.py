@@ -102,7 +102,7 @@ class OrderLine(Frozen):
 def personal(description: str | None = None, *, required: bool = False) -> Any:
     """A field that holds personal data: the Avro contract marks it `"pii": true`, and the
     codec seals it under the customer's data key on the log (events/privacy.py)."""
-    extra = {"pii": True}
+    extra: dict[str, Any] = {"pii": True}
     if required:
         return Field(description=description, json_schema_extra=extra)
     return Field(default=None, description=description, json_schema_extra=extra)

@@ -291,13 +291,14 @@ class KafkaKeys:
             deadline = time.monotonic() + 30
             while pending and time.monotonic() < deadline:
                 for message in self._consumer.consume(500, timeout=0.5):
-                    if message.error() is not None:
-                        if message.error().code() == KafkaError._PARTITION_EOF:
-                            pending.discard(message.partition())
+                    error, partition = message.error(), message.partition() or 0
+                    if error is not None:
+                        if error.code() == KafkaError._PARTITION_EOF:
+                            pending.discard(partition)
                         continue
-                    self._take(message.key().decode(), message.value())
-                    if message.offset() + 1 >= ends[message.partition()]:
-                        pending.discard(message.partition())
+                    self._take((message.key() or b"").decode(), message.value())
+                    if (message.offset() or 0) + 1 >= ends[partition]:
+                        pending.discard(partition)
             if pending:
                 raise KeyStoreError(f"could not read the key topic {self.topic} to its end")
         except KafkaException as exc:

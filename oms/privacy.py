@@ -17,8 +17,8 @@ from typing import Any
 
 from confluent_kafka import Consumer
 
+from events.models import OrderModified, OrderReceived
 from events.privacy import (
-    SEALABLE,
     customer_key,
     normalise_phone,
     order_subject,
@@ -91,7 +91,7 @@ def export(settings: Settings, customer: str) -> dict[str, Any]:
             ):
                 order_id = getattr(event, "order_id", None)
                 if (
-                    isinstance(event, SEALABLE)
+                    isinstance(event, OrderReceived | OrderModified)
                     and event.customer is not None
                     and event.customer.key == subject
                 ):

@@ -23,6 +23,7 @@ from typing import Any
 from confluent_kafka import Message
 
 from events.codec import AvroCodec, CodecError
+from events.models import Event
 from events.privacy import SEALABLE, DataKeys, SealError, for_analysts
 from projections.store import ClickHouseStore, sql_string
 
@@ -61,7 +62,8 @@ class AnalystView:
         if not raw or len(raw) < 5 or raw[0] != 0 or not self._carries(raw):
             return message
         try:
-            event = for_analysts(self.codec.decode(raw), self.keys)
+            decoded = self.codec.decode(raw)
+            event = for_analysts(decoded, self.keys) if isinstance(decoded, Event) else decoded
             return _Rewritten(message, self.codec.encode(event))
         except (CodecError, SealError):
             return message  # the fold rejects what does not decode; a tampered seal stays shut
