@@ -4,6 +4,8 @@ describes them all (`GET /openapi.json`, oms/openapi.py)."""
 
 from __future__ import annotations
 
+import logging
+
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
@@ -14,11 +16,14 @@ from infra.settings import Settings
 from oms import openapi, operations
 from projections import read_api
 
+log = logging.getLogger(__name__)
+
 
 @web.middleware
 async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
     """What aiohttp itself refuses (no route: 404, a method the route does not take: 405, a
-    body over the app's limit: 413) is answered in the same form as every other error."""
+    body over the app's limit: 413, a body its Content-Encoding does not decode: 400) is
+    answered in the same form as every other error; so is a bug (500, the traceback logged)."""
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -28,6 +33,14 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         if "Allow" in exc.headers:
             answer.headers["Allow"] = exc.headers["Allow"]
         return answer
+    except web.RequestPayloadError as exc:
+        # Raised while the body is read (a gzip body that is not gzip): nothing readable to
+        # keep or dead-letter, and the client's fault.
+        reason = getattr(exc.__cause__, "message", None) or str(exc)
+        return problem(400, f"the body cannot be read: {reason}")
+    except Exception as exc:
+        log.exception("%s %s failed", request.method, request.path)
+        return problem(500, f"internal error ({type(exc).__name__}); the log has the details")
 
 
 def create_app(settings: Settings) -> web.Application:

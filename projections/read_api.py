@@ -6,7 +6,8 @@
 - `GET /reports`: the reports and their parameters; `GET /reports/{name}?param=...`: columns
   and rows. 400 names the parameter that is wrong (a time ClickHouse cannot hold, an unknown
   time zone, ...); 404 for an unknown report.
-- `GET /dashboard`: the page (projections/dashboard/), its assets under `/dashboard/static/`.
+- `GET /dashboard`: the page (projections/dashboard/), its assets (DASHBOARD_ASSETS) under
+  `/dashboard/static/`.
 
 Errors answer `{"error": reason, ...}` as the webhooks do; 503 when ClickHouse cannot answer.
 """
@@ -36,6 +37,9 @@ from projections.reports import REPORTS, Report, ReportError, parameter_literal,
 from projections.store import ClickHouseStore, StoreError, connect
 
 DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboard"
+DASHBOARD_ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
+"""What `/dashboard/static/` serves, with the media type each is served as (named here, not
+guessed from the platform's MIME tables, so the OpenAPI document and the answer agree)."""
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 200
 MAX_PAGE = 1_000_000
@@ -347,6 +351,15 @@ async def dashboard(_: web.Request) -> web.FileResponse:
     return web.FileResponse(DASHBOARD_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
 
+async def dashboard_asset(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["filename"]
+    media_type = DASHBOARD_ASSETS.get(name)
+    if media_type is None:
+        return problem(404, f"no dashboard asset {name!r}", assets=sorted(DASHBOARD_ASSETS))
+    headers = {"Content-Type": f"{media_type}; charset=utf-8", "Cache-Control": "no-cache"}
+    return web.FileResponse(DASHBOARD_DIR / name, headers=headers)
+
+
 def add_routes(app: web.Application, settings: Settings) -> None:
     """The read API and the dashboard, over the settings' ClickHouse (one store per app)."""
     read_models = ReadModels(settings.resolved_clickhouse_url)
@@ -357,7 +370,7 @@ def add_routes(app: web.Application, settings: Settings) -> None:
     app.router.add_get("/reports/{name}", get_report)
     app.router.add_get("/dashboard", dashboard)
     app.router.add_get("/dashboard/", dashboard)
-    app.router.add_static("/dashboard/static/", DASHBOARD_DIR, append_version=False)
+    app.router.add_get("/dashboard/static/{filename}", dashboard_asset)
 
     async def close_read_models(_: web.Application) -> None:
         read_models.close()

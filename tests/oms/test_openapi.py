@@ -37,11 +37,7 @@ def served(app: web.Application) -> set[tuple[str, str]]:
         if route.method == "HEAD":
             continue
         info = route.resource.get_info() if route.resource else {}
-        if "prefix" in info:  # a static directory: one path variable for the file
-            path = info["prefix"] + "/{filename}"
-        else:
-            path = info.get("path") or info["formatter"]
-        routes.add((route.method, path))
+        routes.add((route.method, info.get("path") or info["formatter"]))
     return routes
 
 
@@ -116,3 +112,17 @@ async def test_a_path_no_route_serves_is_404_in_the_problem_form(
     wrong_method = await client.delete("/orders")
     assert wrong_method.status == 405 and "GET" in wrong_method.headers["Allow"]
     assert (await wrong_method.json())["error"] == "Method Not Allowed"
+
+
+async def test_a_body_its_content_encoding_does_not_decode_is_400_in_the_problem_form(
+    client: TestClient[Any, Any],
+) -> None:
+    response = await client.post(
+        "/stock/MUG/WH-SH/set",
+        data=b'{"counted": 3}',
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
+    assert response.status == 400
+    assert (await response.json())["error"] == (
+        "the body cannot be read: Can not decode content-encoding: gzip"
+    )
