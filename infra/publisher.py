@@ -126,7 +126,11 @@ class AsyncPublisher:
         await future
 
     async def intake(self, event: OrderReceived | OrderModified) -> None:
-        await self._delivered(lambda then: self.publisher.intake(event, then=then))
+        # Sealing a new customer's data first stores their data key in Kafka (a round trip,
+        # infra/keystore.py): off the event loop, so other requests go on meanwhile.
+        value = await asyncio.to_thread(self.publisher.codec.encode, event)
+        topic, key = self.publisher.settings.topics.intake, event.aggregate_id
+        await self._delivered(lambda then: self.publisher.produce(topic, key, value, then=then))
 
     async def dead_letter(self, letter: DeadLetter) -> None:
         await self._delivered(lambda then: self.publisher.dead_letter(letter, then=then))
