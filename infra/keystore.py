@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import secrets
 import threading
@@ -50,6 +51,7 @@ from events.privacy import DataKeys, PrivateCodec
 from infra.kafka import admin_config, consumer_config, producer_config
 from infra.settings import Settings
 
+log = logging.getLogger(__name__)
 REFRESH_S = 2.0  # at most this stale: a key forgotten elsewhere is dropped within it
 DAY_MS = 24 * 3600 * 1000
 # Compacted, so a forgotten key's tombstone replaces it; a rolled segment is compacted within
@@ -66,6 +68,10 @@ TOPIC_CONFIG = {
 
 class KeyStoreError(RuntimeError):
     """No master key, a master key that does not open the stored keys, or Kafka refusing."""
+
+
+class KeyStoreUnavailable(KeyStoreError):
+    """The key topic cannot be read or written now (Kafka away): try again later."""
 
 
 @dataclass(frozen=True)
@@ -248,8 +254,14 @@ class KafkaKeys:
             self._producer.flush(10)
 
     def _maybe_refresh(self) -> None:
+        """Catch up when due; while Kafka is away the keys held stay in use (a forgotten key
+        goes a little later) and the next call tries again."""
         if time.monotonic() - self._caught_up_at > REFRESH_S:
-            self._catch_up()
+            try:
+                self._read_to_end()
+            except KeyStoreUnavailable as exc:
+                log.warning("key store not refreshed: %s", exc)
+                self._caught_up_at = time.monotonic()
 
     def _catch_up(self) -> None:
         """Reads the key topic up to its end as of now (riding out a partition that has no
@@ -300,9 +312,9 @@ class KafkaKeys:
                     if (message.offset() or 0) + 1 >= ends[partition]:
                         pending.discard(partition)
             if pending:
-                raise KeyStoreError(f"could not read the key topic {self.topic} to its end")
+                raise KeyStoreUnavailable(f"could not read the key topic {self.topic} to its end")
         except KafkaException as exc:
-            raise KeyStoreError(f"the key topic {self.topic}: {exc}") from exc
+            raise KeyStoreUnavailable(f"the key topic {self.topic}: {exc}") from exc
         self._caught_up_at = time.monotonic()
 
     def _create_topic(self) -> None:
@@ -349,7 +361,7 @@ class KafkaKeys:
             on_delivery=lambda err, _msg: failed.append(str(err)) if err else None,
         )
         if self._producer.flush(10) or failed:
-            raise KeyStoreError(
+            raise KeyStoreUnavailable(
                 f"Kafka did not store data key {record}: {failed[0] if failed else 'timed out'}"
             )
 

@@ -19,7 +19,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from events.codec import AvroCodec
 from events.models import DeadLetter, Event, OrderModified, OrderReceived
 from infra.kafka import producer_config
-from infra.keystore import private_codec
+from infra.keystore import KeyStoreError, private_codec
 from infra.settings import Settings
 
 Delivered = Callable[[KafkaError | None], None]
@@ -75,8 +75,19 @@ class Publisher:
         self._producer.poll(0)
 
     def publish(self, topic: str, event: Event, *, then: Delivered | None = None) -> None:
-        """An event keyed by its aggregate, so one aggregate's events stay in order."""
-        self.produce(topic, event.aggregate_id, self.codec.encode(event), then=then)
+        """An event keyed by its aggregate, so one aggregate's events stay in order. When
+        its personal data cannot be sealed (the key topic is away with the broker), that is
+        a failed delivery: reported to `then`, else raised as `PublishError`."""
+        try:
+            value = self.codec.encode(event)
+        except KeyStoreError as exc:
+            if then is None:
+                raise PublishError(str(exc)) from exc
+            self.count.failed[topic] += 1
+            self.count.errors.append(str(exc))
+            then(KafkaError(KafkaError._MSG_TIMED_OUT, str(exc)))
+            return
+        self.produce(topic, event.aggregate_id, value, then=then)
 
     def intake(
         self, event: OrderReceived | OrderModified, *, then: Delivered | None = None
@@ -128,7 +139,10 @@ class AsyncPublisher:
     async def intake(self, event: OrderReceived | OrderModified) -> None:
         # Sealing a new customer's data first stores their data key in Kafka (a round trip,
         # infra/keystore.py): off the event loop, so other requests go on meanwhile.
-        value = await asyncio.to_thread(self.publisher.codec.encode, event)
+        try:
+            value = await asyncio.to_thread(self.publisher.codec.encode, event)
+        except KeyStoreError as exc:
+            raise PublishError(str(exc)) from exc
         topic, key = self.publisher.settings.topics.intake, event.aggregate_id
         await self._delivered(lambda then: self.publisher.produce(topic, key, value, then=then))
 

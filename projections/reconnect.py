@@ -16,6 +16,7 @@ from confluent_kafka import KafkaError, KafkaException
 from pydantic import ValidationError
 
 from infra.exit_codes import ExitCode
+from infra.keystore import KeyStoreUnavailable
 from infra.publisher import PublishError
 from projections.store import StoreMisconfigured, StoreUnavailable
 
@@ -61,7 +62,7 @@ def kafka_transient(error: KafkaError) -> bool:
 
 def transient(exc: BaseException) -> bool:
     """Whether `exc` means "not now" (wait and resume) rather than "never" (stop)."""
-    if isinstance(exc, StoreUnavailable | KafkaUnavailable | PublishError):
+    if isinstance(exc, StoreUnavailable | KafkaUnavailable | PublishError | KeyStoreUnavailable):
         return True  # PublishError: Kafka did not confirm a dead letter in time
     if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
         return kafka_transient(exc.args[0])

@@ -29,7 +29,7 @@ from events.bounds import out_of_bounds
 from events.codec import AvroCodec, CodecError, message_ref
 from events.models import DeadLetter, Event, OrderEvent, StockEvent, stock_key, utc_now
 from infra.kafka import MAX_MESSAGE_BYTES
-from infra.keystore import private_codec
+from infra.keystore import KeyStoreError, private_codec
 from infra.poison import describe
 from infra.replay import read_partition
 from infra.settings import Settings, get_settings
@@ -222,6 +222,8 @@ class Worker:
                 commands = [
                     (stock_key(c.sku, c.location).encode(), self.encoded(c)) for c in step.commands
                 ]
+            except KeyStoreError:
+                raise  # the key topic is away, like Kafka: the worker stops and is restarted
             except Exception as exc:
                 self.poisoned(message, raw, exc)
                 written.append("DeadLetter")
@@ -271,6 +273,8 @@ class Worker:
                 answers = [
                     (getattr(a, "order_id", "").encode(), self.encoded(a)) for a in step.answers
                 ]
+            except KeyStoreError:
+                raise
             except Exception as exc:
                 self.poisoned(message, raw, exc)
                 written.append("DeadLetter")
