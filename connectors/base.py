@@ -5,7 +5,8 @@ channel's revision of an order it sent before) and, for signed channels, `verify
 else — deterministic ids, the envelope, the lenient base of payload models (`ChannelPayload`),
 money and time conversions, turning validation errors into `PayloadRejected` naming the field —
 is here; this module is the one import a connector needs (`__all__`). The money helpers live in
-`connectors.money`, the exceptions in `connectors.rejections`.
+`connectors.money`, the exceptions in `connectors.rejections`, the bounds of a payload (depth,
+digits, text length) in `connectors.limits`.
 
 Ids are deterministic: the same channel order always gets the same order id, and the same
 payload the same event id, so a redelivery is recognised downstream instead of becoming a
@@ -15,18 +16,22 @@ second order. On the intake topic an event's `sequence` is 1 for the original or
 
 from __future__ import annotations
 
-import json
+import hmac
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, ClassVar, TypeVar
+from decimal import Decimal
+from typing import Annotated, Any, ClassVar, TypeVar
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import from_json
 
+from connectors.limits import MAX_TEXT_CHARS, check_json
 from connectors.money import LONG_MAX, LONG_MIN, decimal_number, decimal_text, minor_units
 from connectors.rejections import PayloadRejected, SignatureRejected
+from events.bounds import LINE_QUANTITY_MAX, LINES_MAX
 from events.models import (
     Actor,
     ActorKind,
@@ -42,6 +47,9 @@ from events.models import (
 
 __all__ = [
     "CHINA",
+    "Amount",
+    "AwareChannelTime",
+    "ChannelTime",
     "ChannelEvent",
     "ChannelPayload",
     "Connector",
@@ -52,21 +60,44 @@ __all__ = [
     "from_epoch",
     "local_time",
     "minor_units",
+    "same_signature",
 ]
 
 CHINA = ZoneInfo("Asia/Shanghai")
 Model = TypeVar("Model", bound=BaseModel)
 ChannelEvent = OrderReceived | OrderModified
 
+Amount = Annotated[Decimal, Field(allow_inf_nan=False, gt=-(10**19), lt=10**19)]
+"""A decimal amount (or count) as a payload model reads it where a connector adds or multiplies
+before `minor_units`: finite and under 10**19 either way, so that sums and products stay far
+inside Decimal's range ("9e999999" × 2 raises decimal.Overflow) and what is refused is named."""
+
+
+def _utc(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        return moment  # the connector says whether a time without an offset is usable
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59:59-14:00 is in the year 10000 in UTC
+        raise ValueError("is out of range in UTC") from None
+
+
+ChannelTime = Annotated[datetime, AfterValidator(_utc)]
+"""A time as a payload model reads it: converted to UTC when it has an offset, refused (naming
+the field) when that falls outside the years 1 to 9999, where comparing or converting it would
+raise OverflowError later. `AwareChannelTime` also refuses a time without an offset."""
+AwareChannelTime = Annotated[AwareDatetime, AfterValidator(_utc)]
+
 
 class ChannelPayload(BaseModel):
     """The base of a connector's payload models: the channel's own shape, read leniently.
 
     Fields the model does not name are ignored, so a platform adding fields to its payload
-    does not break the connector; the fields it does name are validated as declared.
+    does not break the connector; the fields it does name are validated as declared, a text
+    at most `MAX_TEXT_CHARS` long unless its field says otherwise.
     """
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", str_max_length=MAX_TEXT_CHARS)
 
 
 class Connector(ABC):
@@ -187,14 +218,19 @@ class Connector(ABC):
 
     @staticmethod
     def load_json(raw: bytes) -> Any:
+        """`raw` JSON as Python values, bounded (`connectors.limits.check_json`). Parsed in
+        pydantic's core, as `validate_json` parses: text that is not UTF-8 or holds a lone
+        surrogate escape ("\\ud800") is refused here, not when the event cannot be encoded."""
+        check_json(raw)
         try:
-            return json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return from_json(raw)
+        except ValueError as exc:
             raise PayloadRejected(f"not JSON: {exc}") from None
 
     @staticmethod
     def validate_json(model: type[Model], raw: bytes) -> Model:
         """`raw` JSON straight into the channel's payload model (parsed in pydantic's core)."""
+        check_json(raw)
         try:
             return model.model_validate_json(raw)
         except ValidationError as exc:
@@ -216,12 +252,19 @@ class Connector(ABC):
 
 
 def _fit_longs(lines: Sequence[OrderLine], **numbers: int) -> None:
-    """Refuse an order whose quantities, prices or amounts do not fit in 64 bits.
+    """Refuse an order whose quantities, prices or amounts do not fit in 64 bits, or whose lines
+    are more, or quantities larger, than the read models store (`events.bounds`).
 
     The contract's integers travel as Avro longs: a channel's number outside 64 bits cannot be
     sent on, so the payload is refused here, naming the field, instead of failing to encode.
     """
+    if len(lines) > LINES_MAX:
+        raise PayloadRejected(f"{len(lines)} lines: at most {LINES_MAX}", field="lines")
     for n, line in enumerate(lines):
+        if abs(line.quantity) > LINE_QUANTITY_MAX:
+            raise PayloadRejected(
+                f"{line.quantity} is more than {LINE_QUANTITY_MAX:,}", field=f"lines[{n}].quantity"
+            )
         for name, value in (("quantity", line.quantity), ("unit_price", line.unit_price)):
             if not LONG_MIN <= value <= LONG_MAX:
                 raise PayloadRejected(
@@ -237,7 +280,7 @@ def from_epoch(seconds: int | float | str, *, field: str) -> datetime:
     """Unix seconds (or milliseconds, when the number is that large) as UTC."""
     try:
         value = float(seconds)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: 10**400
         raise PayloadRejected(f"{seconds!r} is not a Unix time", field=field) from None
     if value > 1e11:  # milliseconds
         value /= 1000
@@ -245,6 +288,14 @@ def from_epoch(seconds: int | float | str, *, field: str) -> datetime:
         return datetime.fromtimestamp(value, UTC)
     except (OverflowError, OSError, ValueError):
         raise PayloadRejected(f"{seconds!r} is out of range", field=field) from None
+
+
+def same_signature(expected: str, given: object) -> bool:
+    """Whether a signature a channel sent (`given`: a header, a payload field, anything) is
+    `expected`, compared in constant time as bytes. A non-ASCII signature, or a header whose
+    bytes are not UTF-8 (aiohttp hands them over as surrogates), is a mismatch, not an error."""
+    text = given if isinstance(given, str) else ""
+    return hmac.compare_digest(expected.encode(), text.encode("utf-8", "surrogatepass"))
 
 
 def local_time(text: str, *, field: str, zone: ZoneInfo = CHINA) -> datetime:

@@ -17,7 +17,6 @@ discount = totalPrice.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import zlib
 from collections.abc import Mapping
@@ -30,6 +29,7 @@ from pydantic import Json
 
 from connectors.base import (
     CHINA,
+    Amount,
     ChannelEvent,
     ChannelPayload,
     Connector,
@@ -39,6 +39,7 @@ from connectors.base import (
     from_epoch,
     local_time,
     minor_units,
+    same_signature,
 )
 from connectors.samples import SampleOrder, payload_json
 from events.models import Address, Customer, OrderLine, OrderMode, PaymentStatus
@@ -56,7 +57,7 @@ class _Spec(ChannelPayload):
 
 class _Item(ChannelPayload):
     name: str
-    price: Decimal
+    price: Amount
     quantity: int
     extendCode: str | None = None  # the merchant's own dish code
     newSpecs: list[_Spec] | None = None
@@ -73,12 +74,12 @@ class _ElemeOrder(ChannelPayload):
     createdAt: str
     updateTime: int | None = None
     groups: list[_Group]
-    totalPrice: Decimal
-    deliverFee: Decimal = Decimal(0)
-    vipDeliveryFeeDiscount: Decimal = Decimal(0)
-    packageFee: Decimal = Decimal(0)
-    shopPart: Decimal = Decimal(0)
-    elemePart: Decimal = Decimal(0)
+    totalPrice: Amount
+    deliverFee: Amount = Decimal(0)
+    vipDeliveryFeeDiscount: Amount = Decimal(0)
+    packageFee: Amount = Decimal(0)
+    shopPart: Amount = Decimal(0)
+    elemePart: Amount = Decimal(0)
     onlinePaid: bool = True
     book: bool = False
     deliverTime: str | None = None
@@ -114,7 +115,8 @@ class ElemeConnector(Connector):
         if not isinstance(envelope, dict) or not body.rstrip(b"\r\n").endswith(b"}"):
             raise SignatureRejected("not exactly one signed message", field="signature")
         expected = signature(envelope, secret=self.secret)
-        if not hmac.compare_digest(expected, str(envelope.get("signature", "")).upper()):
+        given = envelope.get("signature")
+        if not same_signature(expected, given.upper() if isinstance(given, str) else given):
             raise SignatureRejected("signature does not match", field="signature")
 
     def parse(

@@ -17,7 +17,6 @@ Discount = poi_charge (merchant) + mt_charge (Meituan) of every activity; packag
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import os
 from collections.abc import Mapping
@@ -29,6 +28,7 @@ from typing import Any
 from pydantic import Json
 
 from connectors.base import (
+    Amount,
     ChannelEvent,
     ChannelPayload,
     Connector,
@@ -36,6 +36,7 @@ from connectors.base import (
     decimal_number,
     from_epoch,
     minor_units,
+    same_signature,
 )
 from connectors.samples import SampleOrder, payload_json
 from events.models import Address, Customer, OrderLine, OrderMode, PaymentStatus
@@ -52,9 +53,9 @@ class _Dish(ChannelPayload):
     sku_id: str = ""
     food_name: str
     quantity: int
-    price: Decimal
-    box_num: Decimal = Decimal(0)  # boxes for the whole line, not per portion
-    box_price: Decimal = Decimal(0)
+    price: Amount
+    box_num: Amount = Decimal(0)  # boxes for the whole line, not per portion
+    box_price: Amount = Decimal(0)
     spec: str = ""
     food_property: str = ""  # "少辣,不要香菜"
 
@@ -63,8 +64,8 @@ class _Dish(ChannelPayload):
 
 
 class _Activity(ChannelPayload):
-    mt_charge: Decimal = Decimal(0)
-    poi_charge: Decimal = Decimal(0)
+    mt_charge: Amount = Decimal(0)
+    poi_charge: Amount = Decimal(0)
 
 
 class _MeituanOrder(ChannelPayload):
@@ -74,8 +75,8 @@ class _MeituanOrder(ChannelPayload):
     utime: int = 0
     detail: Json[list[_Dish]]
     extras: Json[list[_Activity]] = []
-    total: Decimal
-    shipping_fee: Decimal = Decimal(0)
+    total: Amount
+    shipping_fee: Amount = Decimal(0)
     package_bag_money: int = 0
     pay_type: int = 2
     pick_type: int = 0
@@ -109,7 +110,8 @@ class MeituanConnector(Connector):
         if not isinstance(params, dict) or not body.rstrip(b"\r\n").endswith(b"}"):
             raise SignatureRejected("not exactly one signed parameter object", field="sig")
         expected = signature(params, secret=self.secret, url=self.push_url)
-        if not hmac.compare_digest(expected, str(params.get("sig", "")).lower()):
+        given = params.get("sig")
+        if not same_signature(expected, given.lower() if isinstance(given, str) else given):
             raise SignatureRejected("signature does not match", field="sig")
 
     def parse(

@@ -15,6 +15,11 @@ where the SKU in brackets and the options in parentheses are optional, `x` may b
 and options are separated by "," "，" or "、":
 
     [RICE-CHICKEN] 宫保鸡丁饭 x2 @26.00 (少辣); 酸辣汤 x1 @15.50
+
+An item is read from its end: the options in the last parentheses, the price after the last
+"@", the quantity before it, the name what is left. Each step is one pass over the text with a
+string method, and numbers are read from at most `_NUMBER_CHARS` characters, so a body of
+1 MiB is read in milliseconds (a backtracking regex took about an hour).
 """
 
 from __future__ import annotations
@@ -77,10 +82,11 @@ _PAYMENTS = {
     "unpaid": PaymentStatus.UNPAID,
     "未付": PaymentStatus.UNPAID,
 }
-_ITEM = re.compile(
-    r"(?:\[(?P<sku>[^\]]+)\])?\s*(?P<name>.+?)\s*[x×X*]\s*(?P<quantity>\d+)\s*"
-    r"@\s*[¥￥]?(?P<price>\d+(?:\.\d+)?)\s*(?:[(（](?P<options>[^)）]*)[)）])?"
-)
+_QUANTITY_MARKS = "x×X*"
+_NUMBER_CHARS = 40  # a quantity or price is read from at most this many characters
+_DIGITS = re.compile(r"\d+")
+_PRICE = re.compile(r"\d+(?:\.\d+)?")
+_REVISION = re.compile(r"[0-9]+")
 Choice = TypeVar("Choice", OrderMode, PaymentStatus)
 Text = Annotated[str, StringConstraints(strip_whitespace=True)]
 Required = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
@@ -118,7 +124,7 @@ class PhoneConnector(Connector):
                 f"row has {document['_columns']} cells, the header {document.get('_expected')}"
             )
         ticket = self.validate(_Ticket, document)
-        if ticket.revision and not ticket.revision.isdigit():
+        if ticket.revision and not _REVISION.fullmatch(ticket.revision):
             raise PayloadRejected(f"{ticket.revision!r} is not a whole number", field="revision")
         placed_at = local_time(ticket.placed_at, field="placed_at")
         changed = ticket.updated_at
@@ -154,28 +160,64 @@ def parse_items(text: str) -> list[OrderLine]:
 
 
 def _line(number: int, text: str) -> OrderLine:
-    match = _ITEM.fullmatch(text)
-    where = f"item {number} {text!r}"
-    if match is None:
-        if "@" not in text:
-            why = "has no price; write it as @26.00"
-        elif not re.search(r"[x×X*]\s*\d", text):
-            why = "has no quantity; write it as x2"
-        else:
-            why = "is not 'name x2 @26.00 (options)'"
-        raise PayloadRejected(f"{where} {why}", field="items")
-    if int(match["quantity"]) < 1:
+    shown = text if len(text) <= 60 else f"{text[:59]}…"
+    where = f"item {number} {shown!r}"
+    item = _item(text)
+    if isinstance(item, str):
+        raise PayloadRejected(f"{where} {item}", field="items")
+    sku, name, quantity, price, options = item
+    if int(quantity) < 1:
         raise PayloadRejected(f"{where}: quantity must be at least 1", field="items")
-    if len(match["price"].partition(".")[2]) > 2:
+    if len(price.partition(".")[2]) > 2:
         raise PayloadRejected(f"{where}: price has more than 2 decimals", field="items")
-    options = re.split(r"[,，、]", match["options"] or "")
     return OrderLine(
-        sku=(match["sku"] or match["name"]).strip(),
-        name=match["name"],
-        quantity=int(match["quantity"]),
-        unit_price=minor_units(match["price"], currency=CURRENCY, field="items"),
-        options=[option.strip() for option in options if option.strip()],
+        sku=sku or name,
+        name=name,
+        quantity=int(quantity),
+        unit_price=minor_units(price, currency=CURRENCY, field="items"),
+        options=[option.strip() for option in re.split(r"[,，、]", options) if option.strip()],
     )
+
+
+def _item(text: str) -> tuple[str, str, str, str, str] | str:
+    """(sku, name, quantity, price, options) of one item as typed, or why it is not one. Read
+    from the end, in passes of string methods (module docstring): linear in the text."""
+    no_match = "is not 'name x2 @26.00 (options)'"
+    rest, options = text.strip(), ""
+    if rest.endswith((")", "）")):
+        opening = max(rest.rfind("("), rest.rfind("（"))
+        if opening < 0:
+            return no_match
+        rest, options = rest[:opening].rstrip(), rest[opening + 1 : -1]
+        if ")" in options or "）" in options:
+            return no_match
+    before, at, price = rest.rpartition("@")
+    if not at:
+        return "has no price; write it as @26.00"
+    price = price.strip().lstrip("¥￥").lstrip()
+    before = before.rstrip()
+    quantity = _trailing_digits(before)
+    head = before[: len(before) - len(quantity)].rstrip()
+    if not quantity or not head.endswith(tuple(_QUANTITY_MARKS)):
+        return "has no quantity; write it as x2"
+    if len(price) > _NUMBER_CHARS or not _PRICE.fullmatch(price):
+        return no_match
+    head, sku = head[:-1].strip(), ""
+    closing = head.find("]") if head.startswith("[") else -1
+    if closing > 1:
+        head, sku = head[closing + 1 :].strip(), head[1:closing]
+    if not head:
+        return no_match
+    return sku, head, quantity, price, options
+
+
+def _trailing_digits(text: str) -> str:
+    """The decimal digits `text` ends with ("" for none, or for more than `_NUMBER_CHARS`)."""
+    tail = text[-_NUMBER_CHARS - 1 :][::-1]
+    digits = _DIGITS.match(tail)
+    if digits is None or len(digits.group()) > _NUMBER_CHARS:
+        return ""
+    return digits.group()[::-1]
 
 
 def _word(words: Mapping[str, Choice], text: str, *, field: str) -> Choice:

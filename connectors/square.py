@@ -22,9 +22,16 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, Field, StrictInt
+from pydantic import Field, StrictInt
 
-from connectors.base import ChannelEvent, ChannelPayload, Connector, SignatureRejected
+from connectors.base import (
+    AwareChannelTime,
+    ChannelEvent,
+    ChannelPayload,
+    Connector,
+    SignatureRejected,
+    same_signature,
+)
 from connectors.samples import SampleOrder
 from events.models import Address, Customer, OrderLine, OrderMode, PaymentStatus
 
@@ -92,8 +99,8 @@ class _Details(ChannelPayload):
     """pickup_details, delivery_details or shipment_details: what this connector reads of them."""
 
     recipient: _Recipient = _Recipient()
-    pickup_at: AwareDatetime | None = None
-    deliver_at: AwareDatetime | None = None
+    pickup_at: AwareChannelTime | None = None
+    deliver_at: AwareChannelTime | None = None
     note: str | None = None
     shipping_note: str | None = None
 
@@ -119,8 +126,8 @@ class _SquareOrder(ChannelPayload):
     id: str
     location_id: str
     customer_id: str | None = None
-    created_at: AwareDatetime
-    updated_at: AwareDatetime | None = None
+    created_at: AwareChannelTime
+    updated_at: AwareChannelTime | None = None
     version: int | None = None
     state: str = "OPEN"
     ticket_name: str | None = None
@@ -149,7 +156,7 @@ class SquareConnector(Connector):
             return
         given = {k.lower(): v for k, v in headers.items()}.get("x-square-hmacsha256-signature")
         expected = _signature(self.secret, self.notification_url, body)
-        if not hmac.compare_digest(expected.encode(), (given or "").encode()):
+        if not same_signature(expected, given):
             raise SignatureRejected(
                 "signature does not match", field="x-square-hmacsha256-signature"
             )

@@ -19,11 +19,13 @@ from connectors.base import (
     CHINA,
     ChannelEvent,
     ChannelPayload,
+    ChannelTime,
     Connector,
     PayloadRejected,
     SignatureRejected,
     decimal_text,
     minor_units,
+    same_signature,
 )
 from connectors.samples import SampleOrder
 from events.models import Address, Customer, OrderLine, OrderMode, PaymentStatus
@@ -72,8 +74,8 @@ class _Address(ChannelPayload):
 
 class _WebshopOrder(ChannelPayload):
     id: int | str
-    created_at: datetime
-    updated_at: datetime | None = None
+    created_at: ChannelTime
+    updated_at: ChannelTime | None = None
     currency: str
     total_price: str
     total_discounts: str = "0.00"
@@ -98,7 +100,7 @@ class WebshopConnector(Connector):
             return
         given = {k.lower(): v for k, v in headers.items()}.get("x-shopify-hmac-sha256", "")
         digest = hmac.new(self.secret.encode(), body, hashlib.sha256).digest()
-        if not hmac.compare_digest(base64.b64encode(digest), given.encode(errors="replace")):
+        if not same_signature(base64.b64encode(digest).decode(), given):
             raise SignatureRejected("signature does not match", field="X-Shopify-Hmac-Sha256")
 
     def parse(

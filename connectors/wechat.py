@@ -123,6 +123,10 @@ class WechatConnector(Connector):
         for header in _SIGNED_HEADERS:
             if not given.get(header.lower()):
                 raise SignatureRejected("header missing", field=header)
+            # WeChat writes digits, letters and base64: other text (or bytes that are not
+            # UTF-8, which aiohttp hands over as surrogates) cannot be signed or decoded.
+            if not given[header.lower()].isascii():
+                raise SignatureRejected("not ASCII", field=header)
         key = serialization.load_pem_public_key(self.secret.encode())
         if not isinstance(key, rsa.RSAPublicKey):
             raise TypeError("the WeChat Pay platform key must be an RSA public key")

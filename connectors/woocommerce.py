@@ -27,11 +27,13 @@ from pydantic import AfterValidator, Field
 from connectors.base import (
     ChannelEvent,
     ChannelPayload,
+    ChannelTime,
     Connector,
     PayloadRejected,
     SignatureRejected,
     decimal_text,
     minor_units,
+    same_signature,
 )
 from connectors.samples import SampleOrder
 from events.models import Address, Customer, OrderLine, OrderMode, PaymentStatus
@@ -58,7 +60,7 @@ def _as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
-GmtTime = Annotated[datetime, AfterValidator(_as_utc)]
+GmtTime = Annotated[ChannelTime, AfterValidator(_as_utc)]
 
 
 class _Meta(ChannelPayload):
@@ -128,7 +130,7 @@ class WoocommerceConnector(Connector):
         if self.secret is None:
             return
         given = {k.lower(): v for k, v in headers.items()}.get("x-wc-webhook-signature", "")
-        if not hmac.compare_digest(_signature(self.secret, body).encode(), given.encode()):
+        if not same_signature(_signature(self.secret, body), given):
             raise SignatureRejected("signature does not match", field="X-WC-Webhook-Signature")
 
     def parse(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 
@@ -90,6 +91,11 @@ class Settings(BaseSettings):
     capacity_check_s: float = Field(default=5.0, description="how often capacity is checked")
     catalogue_file: Path | None = Field(
         default=None, description="products and locations (JSON); default: the demo's"
+    )
+    intake_window: tuple[timedelta, timedelta] = Field(
+        default=(timedelta(days=30), timedelta(days=1)),
+        description="how long before and after its receipt a channel's order may be placed or "
+        'changed (webhooks refuse it otherwise); JSON, e.g. ["P30D", "PT24H"] or seconds',
     )
 
     @property
