@@ -22,7 +22,7 @@ from aiohttp import web
 from connectors.registry import available
 from events.lifecycle import OrderStatus
 from infra.http import problem
-from oms.operations import COMMANDS, MAX_COMMAND_BYTES, HttpCommand
+from oms.operations import COMMANDS, MAX_COMMAND_BYTES, PATH_VARIABLES, HttpCommand
 from projections.read_api import (
     DASHBOARD_ASSETS,
     DEFAULT_PAGE_SIZE,
@@ -190,7 +190,7 @@ def _command(command: HttpCommand) -> Json:
                 f"{MAX_COMMAND_BYTES:,} bytes 413, both after the body is on the dead-letter "
                 "topic."
             ),
-            "parameters": _path_parameters(command.path),
+            "parameters": _path_parameters(command.path, PATH_VARIABLES),
             "requestBody": {
                 "required": True,
                 "content": {_JSON: {"schema": _ref("schemas", body.__name__)}},

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
 from pydantic_core import ErrorDetails
 
 from events.models import (
@@ -199,9 +206,30 @@ QUANTITY_MAX = 1_000_000_000
 """The most units one stock command names (either sign): more than any shelf holds, and the
 ledger's 64-bit levels hold billions of such commands."""
 
-Name = Annotated[str, StringConstraints(pattern=r"\S", max_length=200)]
-Reason = Annotated[str, StringConstraints(pattern=r"\S", max_length=2000)]
+NOT_BLANK = r"[^\t\n\x0b\x0c\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+"""A character str.strip() keeps, spelt out: a regex's `\\s` means other characters in JSON
+Schema's dialect (ECMA-262), which the OpenAPI document is read in (\\ufeff, not \\x1c-\\x1f or
+\\x85), and in pydantic's (Rust)."""
+
+Name = Annotated[str, StringConstraints(pattern=NOT_BLANK, max_length=200)]
+Reason = Annotated[str, StringConstraints(pattern=NOT_BLANK, max_length=2000)]
 Note = Annotated[str, StringConstraints(max_length=2000)]
+
+
+def _whole(value: Any) -> Any:
+    """JSON has one kind of number: 3.0 is the integer 3, as JSON Schema's `integer` says."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Units = Annotated[int, BeforeValidator(_whole)]
+
+PATH_VARIABLES: dict[str, dict[str, Any]] = {
+    # What `_order` and `_stock` refuse, as JSON Schema.
+    "order_id": {"type": "string", "pattern": NOT_BLANK},
+    "sku": {"type": "string", "pattern": NOT_BLANK, "not": {"pattern": "@"}},
+    "location": {"type": "string", "pattern": NOT_BLANK, "not": {"pattern": "@"}},
+}
+"""The route variables of COMMANDS, as the OpenAPI document describes them."""
 
 
 class CommandTooLarge(CommandRejected):
@@ -232,13 +260,21 @@ class CommandBody(BaseModel):
 def _explain(error: ErrorDetails) -> str:
     if error["type"] == "missing":
         return "is required"
-    if error["type"] == "string_pattern_mismatch":  # the one pattern used: r"\S"
+    if error["type"] == "string_pattern_mismatch":  # the one pattern used: NOT_BLANK
         return "must not be blank"
     return str(error["msg"])
 
 
 class ReviewCommand(CommandBody):
     """A reviewer's decision on a held order."""
+
+    # `review` refuses a rejection without a reason; the schema says so.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"decision": {"const": "reject"}}, "required": ["decision"]},
+            "then": {"required": ["reason"], "properties": {"reason": {"type": "string"}}},
+        }
+    )
 
     decision: Literal["approve", "reject"]
     reviewer: Name = Field(description="who decides (the event's actor)")
@@ -256,14 +292,14 @@ class CancelCommand(CommandBody):
 class StockCount(CommandBody):
     """A physical count: on hand becomes `counted`."""
 
-    counted: int = Field(ge=0, le=QUANTITY_MAX)
+    counted: Units = Field(ge=0, le=QUANTITY_MAX)
     by: Name = "api"
 
 
 class StockAdjustment(CommandBody):
     """A correction of on hand by `delta` (negative for damage, loss, kitchen use)."""
 
-    delta: int = Field(ge=-QUANTITY_MAX, le=QUANTITY_MAX, json_schema_extra={"not": {"const": 0}})
+    delta: Units = Field(ge=-QUANTITY_MAX, le=QUANTITY_MAX, json_schema_extra={"not": {"const": 0}})
     reason: Name = Field(description="DAMAGED, LOST, FOUND, CORRECTION, CONSUMED, ...")
     note: Note | None = None
     by: Name = "api"
@@ -272,7 +308,7 @@ class StockAdjustment(CommandBody):
 class StockReceipt(CommandBody):
     """Goods in: on hand grows by `quantity`."""
 
-    quantity: int = Field(ge=1, le=QUANTITY_MAX)
+    quantity: Units = Field(ge=1, le=QUANTITY_MAX)
     reference: Note | None = Field(default=None, description="purchase order, transfer id")
     by: Name = "api"
 
@@ -280,7 +316,7 @@ class StockReceipt(CommandBody):
 class SafetyStock(CommandBody):
     """The units kept back from what is available to promise."""
 
-    quantity: int = Field(ge=0, le=QUANTITY_MAX)
+    quantity: Units = Field(ge=0, le=QUANTITY_MAX)
     by: Name = "api"
 
 

@@ -5,6 +5,7 @@ OpenAPI 3.1, and it is built from the code (commands, channels, reports) it desc
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,7 +18,7 @@ from connectors.registry import available
 from infra.settings import Settings
 from oms.api import create_app
 from oms.openapi import document
-from oms.operations import COMMANDS
+from oms.operations import COMMANDS, NOT_BLANK
 from projections.reports import REPORTS
 
 DOCUMENT = document()
@@ -81,6 +82,16 @@ def test_the_command_bodies_are_their_models_json_schemas() -> None:
     assert review["properties"]["decision"]["enum"] == ["approve", "reject"]
     assert review["required"] == ["decision", "reviewer"]
     assert review["additionalProperties"] is False
+
+
+def test_a_name_is_blank_in_the_document_exactly_when_the_command_finds_it_blank() -> None:
+    not_blank = re.compile(NOT_BLANK)
+    disagree = [
+        hex(point)
+        for point in range(sys.maxunicode + 1)
+        if (not_blank.search(chr(point)) is None) != (not chr(point).strip())
+    ]
+    assert not disagree
 
 
 def test_the_channels_are_the_connector_registrys_and_each_report_has_its_path() -> None:
