@@ -1,8 +1,9 @@
 """Schemathesis against `oms api` (issue 16): every operation of its OpenAPI document
 (oms/openapi.py) is sent inputs that fit the document and inputs that do not, on the real broker
 and a ClickHouse holding a small projected scenario. No input may be answered 5xx; every answer's
-status, media type, headers and body are ones the document gives for that operation; every
-error says why.
+status, media type, headers and body are ones the document gives for that operation; input the
+document refuses is refused, and for the commands and the orders any input it allows is taken;
+every error says why.
 
 `make test` runs a few examples per operation from a fixed seed (plus schemathesis's explicit
 examples and boundary cases), `make fuzz` many from a new seed each run (tests/fuzzing.py). The
@@ -105,7 +106,7 @@ CHECKS = [
 EXACT = ("commands", "listOrders", "getOrder")
 """Operations whose document says all that they refuse, so that any input it allows is taken
 (tags or operation ids). Not a channel's payload (the connector's to judge), nor a report's
-times and time zones (strings that ClickHouse judges), nor a dashboard file name."""
+times and time zones (strings that ClickHouse judges)."""
 
 
 def answer(case: Case, base_url: str) -> None:
