@@ -43,6 +43,7 @@ from connectors.base import (
     local_time,
     minor_units,
 )
+from connectors.limits import MAX_TEXT_CHARS
 from connectors.samples import SampleOrder
 from events.models import Address, Customer, OrderLine, OrderMode, PaymentStatus
 
@@ -90,6 +91,9 @@ _REVISION = re.compile(r"[0-9]+")
 Choice = TypeVar("Choice", OrderMode, PaymentStatus)
 Text = Annotated[str, StringConstraints(strip_whitespace=True)]
 Required = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+# Every dish of an order in one field: longer than other texts (the parser is linear), each
+# dish's name and options within the text cap.
+Items = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100_000)]
 
 
 class _Ticket(ChannelPayload):
@@ -100,7 +104,7 @@ class _Ticket(ChannelPayload):
     customer_name: Text = ""
     phone: Required
     address: Text = ""
-    items: Required
+    items: Items
     delivery_fee: Text = ""
     packaging_fee: Text = ""
     discount: Text = ""
@@ -166,6 +170,8 @@ def _line(number: int, text: str) -> OrderLine:
     if isinstance(item, str):
         raise PayloadRejected(f"{where} {item}", field="items")
     sku, name, quantity, price, options = item
+    if max(len(sku), len(name), len(options)) > MAX_TEXT_CHARS:
+        raise PayloadRejected(f"{where}: longer than {MAX_TEXT_CHARS} characters", field="items")
     if int(quantity) < 1:
         raise PayloadRejected(f"{where}: quantity must be at least 1", field="items")
     if len(price.partition(".")[2]) > 2:

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import gc
 import json
+import re
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from connectors import phone
 from connectors.base import PayloadRejected
 from connectors.intake import payloads
 from connectors.phone import CSV_COLUMNS, PhoneConnector, parse_items, sample_payload
@@ -74,7 +78,7 @@ def test_cash_on_delivery_ticket_is_mapped_field_by_field() -> None:
     assert order.total == 10650
     assert order.payment_status is PaymentStatus.CASH_ON_DELIVERY
     assert order.customer.model_dump() == {
-        "id": None, "name": "张阿姨", "phone": "13764829105", "email": None,
+        "id": None, "name": "张阿姨", "phone": "13764829105", "email": None, "key": None,
     }  # fmt: skip
     assert order.address is not None and order.address.text == "上海市静安区常德路800弄12号302室"
     assert order.location_hint == "SH-JINGAN"
@@ -248,3 +252,95 @@ def test_sample_payload_parses_back_to_the_same_order(sample: SampleOrder, revis
     assert (event.customer.name, event.customer.phone) == (
         sample.customer_name, sample.customer_phone,
     )  # fmt: skip
+
+
+# ---- reading items is linear in their length (issue 16: the old regex took an hour on 1 MiB)
+
+# Shapes the backtracking item regex was quadratic or worse on: 32 KB of "[x1 @1 (" took it
+# 1 s, twice as much 5 s.
+HOSTILE_ITEMS = ["[x1 @1 (", "x1@1(", "宫保 x1 @", "x1 ", "a", "(", ")", "@", "1", "[", "x1 @1.5 "]
+
+
+def python_steps(text: str) -> int:
+    """How many lines of Python run to read `text` as items (refused or not)."""
+    steps = 0
+
+    def count(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal steps
+        steps += event == "line"
+        return count
+
+    gc.collect()
+    gc.disable()  # no finaliser of another test's objects runs, and is counted, meanwhile
+    sys.settrace(count)
+    try:
+        parse_items(text)
+    except PayloadRejected:
+        pass
+    finally:
+        sys.settrace(None)
+        gc.enable()
+    return steps
+
+
+class Recorded:
+    """A compiled pattern that remembers the longest text it was applied to."""
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        self.pattern, self.longest = pattern, 0
+
+    def match(self, text: str) -> re.Match[str] | None:
+        self.longest = max(self.longest, len(text))
+        return self.pattern.match(text)
+
+    def fullmatch(self, text: str) -> re.Match[str] | None:
+        self.longest = max(self.longest, len(text))
+        return self.pattern.fullmatch(text)
+
+
+@pytest.mark.parametrize("unit", HOSTILE_ITEMS)
+def test_one_item_takes_the_same_python_steps_whatever_its_length(
+    unit: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The work per item is a fixed number of string-method passes (linear in C, whatever the
+    text), and its patterns only ever see a number's few characters, where backtracking has
+    nothing to be quadratic in: no step depends on the length."""
+    patterns = [Recorded(phone._DIGITS), Recorded(phone._PRICE)]
+    monkeypatch.setattr(phone, "_DIGITS", patterns[0])
+    monkeypatch.setattr(phone, "_PRICE", patterns[1])
+    python_steps(unit)  # the amount cache warm, so each count is of the same work
+    assert python_steps(unit * 2_000) == python_steps(unit * 200_000)
+    assert max(pattern.longest for pattern in patterns) <= phone._NUMBER_CHARS + 1
+
+
+@pytest.mark.parametrize("item", ["宫保鸡丁饭 x2 @26.00 (少辣)", "[A] a x1 @1", "x1@"])
+def test_many_items_take_python_steps_in_proportion_to_their_number(item: str) -> None:
+    python_steps(item)  # the amount cache warm, so each count is of the same work
+    hundred, two_hundred, three_hundred = (
+        python_steps(";".join([item] * n)) for n in (100, 200, 300)
+    )
+    assert three_hundred - two_hundred == two_hundred - hundred
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("unit", HOSTILE_ITEMS)
+def test_a_mebibyte_of_hostile_items_is_read_within_a_minute(unit: str) -> None:
+    """The backstop of the structural tests above: the old regex needed hours for this."""
+    text = unit * ((1 << 20) // len(unit.encode()) + 1)
+    with pytest.raises(PayloadRejected):
+        parse_items(text)
+
+
+def test_items_longer_than_their_cap_or_a_dish_longer_than_a_text_are_refused() -> None:
+    for items in ("宫保鸡丁饭 x1 @26; " * 8000, "宫" * 1001 + " x1 @26"):
+        with pytest.raises(PayloadRejected) as caught:
+            parse(ticket(items=items))
+        assert caught.value.field == "items"
+    assert len(parse(ticket(items="宫保鸡丁饭 x1 @26; " * 3000)).lines) == 3000
+
+
+@pytest.mark.parametrize("revision", ["²", "١", "1.0", "-1", "9" * 40])
+def test_a_revision_that_is_not_ascii_digits_within_64_bits_is_refused(revision: str) -> None:
+    with pytest.raises(PayloadRejected) as caught:
+        parse(ticket(revision=revision))
+    assert caught.value.field == "revision"
