@@ -261,15 +261,15 @@ def _fit_longs(lines: Sequence[OrderLine], **numbers: int) -> None:
     if len(lines) > LINES_MAX:
         raise PayloadRejected(f"{len(lines)} lines: at most {LINES_MAX}", field="lines")
     for n, line in enumerate(lines):
-        if abs(line.quantity) > LINE_QUANTITY_MAX:
-            raise PayloadRejected(
-                f"{line.quantity} is more than {LINE_QUANTITY_MAX:,}", field=f"lines[{n}].quantity"
-            )
         for name, value in (("quantity", line.quantity), ("unit_price", line.unit_price)):
             if not LONG_MIN <= value <= LONG_MAX:
                 raise PayloadRejected(
                     f"{value} does not fit in 64 bits", field=f"lines[{n}].{name}"
                 )
+        if abs(line.quantity) > LINE_QUANTITY_MAX:
+            raise PayloadRejected(
+                f"{line.quantity} is more than {LINE_QUANTITY_MAX:,}", field=f"lines[{n}].quantity"
+            )
     for name, value in numbers.items():
         # the revision also becomes the event's sequence, one above it
         if not LONG_MIN <= value <= (LONG_MAX - 1 if name == "revision" else LONG_MAX):

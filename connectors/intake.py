@@ -14,9 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import KafkaException
+
+from connectors import limits
 from connectors.base import Connector, PayloadRejected
 from events.codec import CodecError
-from events.models import DeadLetter, utc_now
+from events.models import utc_now
 from infra.publisher import Publisher
 from infra.settings import Settings
 
@@ -109,14 +112,18 @@ def _publish(
     for payload in batch:
         report.lines += 1
         try:
+            limits.check_size(payload.raw, what="line")
             event = connector.parse(payload.body, received_at=utc_now())
             # `intake` encodes before it queues: an event the contract cannot carry
-            # (CodecError) is this line's dead letter, not the end of the file.
+            # (CodecError), or larger than a message (MSG_SIZE_TOO_LARGE), is this line's
+            # dead letter, not the end of the file.
             publisher.intake(event)
-        except (PayloadRejected, CodecError) as exc:
+        except (PayloadRejected, CodecError, KafkaException) as exc:
+            if isinstance(exc, KafkaException) and not limits.too_large_for_kafka(exc):
+                raise
             report.errors.append(LineError(payload.line, str(exc)))
             publisher.dead_letter(
-                DeadLetter.of(
+                limits.dead_letter(
                     source=connector.name,
                     source_ref=f"{file_name}:{payload.line}",
                     reason=str(exc),

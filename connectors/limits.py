@@ -20,6 +20,8 @@ import re
 from datetime import datetime, timedelta
 from itertools import accumulate
 
+from confluent_kafka import KafkaError, KafkaException
+
 from connectors.rejections import PayloadRejected
 from events.models import DeadLetter, OrderModified, OrderReceived
 from infra.kafka import MAX_MESSAGE_BYTES
@@ -109,6 +111,22 @@ def dead_letter(
         reason=shorten(reason, MAX_REASON_CHARS - len(note)) + note,
         raw=raw,
     )
+
+
+def too_large_for_kafka(exc: KafkaException) -> bool:
+    """Whether a `produce` was refused because the message is over `MAX_MESSAGE_BYTES`: the
+    event a connector made of a body within the limit can still be larger than the body."""
+    error = exc.args[0] if exc.args else None
+    return isinstance(error, KafkaError) and error.code() == KafkaError.MSG_SIZE_TOO_LARGE
+
+
+def check_size(raw: bytes, *, what: str = "body") -> None:
+    """Refuse a payload over `MAX_BODY_BYTES` (a file's line, a polled page's order), which
+    could not be kept on the dead-letter topic whole."""
+    if len(raw) > MAX_BODY_BYTES:
+        raise PayloadRejected(
+            f"a {what} of {len(raw):,} bytes: at most {MAX_BODY_BYTES:,} are taken"
+        )
 
 
 def shorten(text: str, size: int) -> str:

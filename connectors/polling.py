@@ -13,8 +13,12 @@ from abc import abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from confluent_kafka import KafkaException
+
+from connectors import limits
 from connectors.base import Connector, PayloadRejected
-from events.models import DeadLetter, utc_now
+from events.codec import CodecError
+from events.models import utc_now
 from infra.publisher import Publisher, PublishError
 
 
@@ -72,12 +76,17 @@ def poll_once(
         page = connector.fetch(report.cursor)
         for number, raw in enumerate(page.payloads):
             try:
+                limits.check_size(raw, what="payload")
                 publisher.intake(connector.parse(raw, received_at=utc_now()))
                 report.published += 1
-            except PayloadRejected as exc:
+            except (PayloadRejected, CodecError, KafkaException) as exc:
+                if isinstance(exc, KafkaException) and not limits.too_large_for_kafka(exc):
+                    raise
                 ref = f"poll:{report.cursor}:{number}"
                 publisher.dead_letter(
-                    DeadLetter.of(source=connector.name, source_ref=ref, reason=str(exc), raw=raw)
+                    limits.dead_letter(
+                        source=connector.name, source_ref=ref, reason=str(exc), raw=raw
+                    )
                 )
                 report.dead_lettered += 1
                 report.errors.append(f"{ref}: {exc}")

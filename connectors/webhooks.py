@@ -35,7 +35,7 @@ from functools import partial
 from urllib.parse import parse_qsl
 
 from aiohttp import web
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaException
 
 from connectors import limits
 from connectors.base import ChannelEvent, Connector, PayloadRejected, SignatureRejected
@@ -160,7 +160,7 @@ async def _receive(request: web.Request) -> web.Response:
     except CodecError as exc:  # the contract cannot carry what the connector made of it
         return await refuse(400, f"the order cannot be encoded: {exc}", raw=payload)
     except KafkaException as exc:
-        if exc.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE:
+        if limits.too_large_for_kafka(exc):
             return await refuse(413, "the order is larger than a Kafka message", raw=payload)
         return problem(503, f"Kafka did not take the order: {exc}")
     except PublishError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -117,3 +118,25 @@ def published_and_dead_lettered(
         sorted(order.external_id for order in orders),  # type: ignore[union-attr]
         sorted((letter.source_ref, letter.reason) for letter in letters),  # type: ignore[union-attr]
     )
+
+
+def test_a_line_too_large_for_a_message_is_dead_lettered_cut_and_the_rest_published(
+    isolated_settings: Settings, tmp_path: Path
+) -> None:
+    """A line over the body limit is refused before it is parsed and kept cut, with its size
+    and digest; a line within it whose event is larger than a message (each dish's name is its
+    SKU too) is refused when Kafka's producer says so. Neither ends the file."""
+    huge = json.dumps(ORDER | {"id": 2, "note": "x" * (1 << 20)}).encode()
+    dishes = [{"title": "宫" * 1000, "quantity": 1, "price": "1.00"} for _ in range(180)]
+    bulky = json.dumps(ORDER | {"id": 3, "line_items": dishes}, ensure_ascii=False).encode()
+    path = tmp_path / "orders.jsonl"
+    path.write_bytes(b"\n".join([json.dumps(ORDER | {"id": 1}).encode(), huge, bulky,
+                                 json.dumps(ORDER | {"id": 4}).encode()]) + b"\n")  # fmt: skip
+    report = import_file(path, connector=WebshopConnector(), publisher=Publisher(isolated_settings))
+    assert (report.lines, report.acknowledged, report.dead_lettered) == (4, 2, 2)
+    assert [error.line for error in report.errors] == [2, 3]
+    assert "MSG_SIZE_TOO_LARGE" in report.errors[1].reason
+    ids, letters = published_and_dead_lettered(isolated_settings, published=2, dead=2)
+    assert ids == ["1", "4"]
+    assert [ref for ref, _ in letters] == ["orders.jsonl:2", "orders.jsonl:3"]
+    assert hashlib.sha256(huge).hexdigest() in letters[0][1]
