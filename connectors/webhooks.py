@@ -143,9 +143,8 @@ async def _receive(request: web.Request) -> web.Response:
     )
     loop = asyncio.get_running_loop()
     try:
-        payload, outcome = await asyncio.wait_for(
-            loop.run_in_executor(request.app[PARSERS], judge), request.app[PARSE_BUDGET]
-        )
+        async with asyncio.timeout(request.app[PARSE_BUDGET]):
+            payload, outcome = await loop.run_in_executor(request.app[PARSERS], judge)
     except TimeoutError:
         budget = request.app[PARSE_BUDGET]
         return await refuse(503, f"not parsed within {budget:g} s: try again", raw=body.kept)
