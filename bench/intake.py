@@ -132,6 +132,8 @@ def webhook_latency(settings: Settings, *, rate: float, seconds: float) -> dict[
     with scratch_topics(settings, "bench") as scratch:
         env = os.environ | {
             "OMS_KAFKA_BOOTSTRAP": scratch.kafka_bootstrap,
+            # the sample orders are placed on 2026-11-11; let the edge take them whatever today is
+            "OMS_INTAKE_WINDOW": '["P36500D", "P1D"]',
             **{
                 f"OMS_TOPIC_{name.upper()}": topic
                 for name, topic in scratch.topics.model_dump().items()

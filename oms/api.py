@@ -46,7 +46,7 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=webhooks.MAX_BODY_BYTES, middlewares=[problems])
     publisher = AsyncPublisher(settings)
-    webhooks.add_routes(app, publisher)
+    webhooks.add_routes(app, publisher, settings)
     operations.add_routes(app, publisher, settings)
     read_api.add_routes(app, settings)
     openapi.add_routes(app)
