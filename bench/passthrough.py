@@ -3,7 +3,7 @@
 It reads raw bytes from one topic and writes them to another the way the OMS agents do —
 batches from `take_events`, outputs through the same `Sink`, the batch acked after Kafka's
 acks — but decodes and decides nothing.
-Run as `python -m bench.passthrough SOURCE SINK GROUP BOOTSTRAP`.
+Run as `python -m bench.passthrough SOURCE SINK GROUP BOOTSTRAP DATADIR`.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ from streams.worker.app import BATCH, BATCH_WITHIN_S
 from streams.worker.sink import Sink
 
 
-def create_app(source: str, sink: str, group: str, bootstrap: str) -> faust.App:
+def create_app(source: str, sink: str, group: str, bootstrap: str, datadir: str) -> faust.App:
     app = faust.App(
         group,
         broker=f"kafka://{bootstrap}",
         store="memory://",
+        datadir=datadir,  # Faust's default is "<group>-data" in the working directory
         key_serializer="raw",
         value_serializer="raw",
         consumer_auto_offset_reset="earliest",
@@ -48,7 +49,7 @@ def create_app(source: str, sink: str, group: str, bootstrap: str) -> faust.App:
 
 
 if __name__ == "__main__":
-    source, sink, group, bootstrap = sys.argv[1:5]
-    passthrough = create_app(source, sink, group, bootstrap)
+    source, sink, group, bootstrap, datadir = sys.argv[1:6]
+    passthrough = create_app(source, sink, group, bootstrap, datadir)
     sys.argv = ["passthrough", "worker", "--loglevel", "warn"]
     passthrough.main()

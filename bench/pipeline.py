@@ -323,6 +323,7 @@ def passthrough(settings: Settings, *, count: int) -> dict[str, Any]:
             sink,
             scratch.consumer_group,
             scratch.kafka_bootstrap,
+            str(settings.home / "bench" / "passthrough-data"),
         ]
         out = Watcher(scratch, sink)
         log = settings.home / "bench" / "passthrough-worker.log"

@@ -136,7 +136,8 @@ class ClickHouseStore(Protocol):
 
 
 class ServerStore:
-    """A ClickHouse server over the native protocol; rows are passed as parameters (FACTS.md).
+    """A ClickHouse server over the native protocol; rows are passed as parameters, never
+    formatted into SQL text.
     Rows already in RowBinary go over its HTTP interface (`http_port`), which takes raw bytes."""
 
     parallel_inserts = True  # one HTTP connection per thread

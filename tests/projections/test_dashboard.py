@@ -39,7 +39,7 @@ from tests.factories import received
 from tests.projections.conftest import backend_url, drop, isolated, project_all
 from tests.projections.scenario import T0, OrderFacts, all_order_facts, build, seconds
 
-# The `browser` layer (STYLE.md) has no marker in pyproject yet; integration until it does.
+# Headless Chromium against the real stack: integration, and `browser` to select or skip it.
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
 SINCE = seconds(T0)

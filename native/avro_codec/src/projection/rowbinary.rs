@@ -6,7 +6,6 @@ use std::sync::Mutex;
 use pyo3::prelude::*;
 
 use super::decode::Position;
-use super::rows::TABLES;
 
 /// One table's rows of a batch, being written.
 #[derive(Default)]
@@ -15,15 +14,17 @@ pub(crate) struct Table {
     pub(crate) data: Vec<u8>,
 }
 
+/// How many tables the fold writes (`rows::TABLES` names them).
+pub(crate) const TABLE_COUNT: usize = 7;
+
 /// Buffers of written batches, kept for the next ones: a batch writes ~100 MB of rows, and
 /// fresh memory costs a page fault and a cleared page per 4 KiB (a fifth of the fold's time).
-/// One list per table (`TABLES`), as their sizes differ by orders of magnitude.
-static SPARE: Mutex<[Vec<Vec<u8>>; TABLES.len()]> =
-    Mutex::new([const { Vec::new() }; TABLES.len()]);
+/// One list per table (`rows::TABLES`), as their sizes differ by orders of magnitude.
+static SPARE: Mutex<[Vec<Vec<u8>>; TABLE_COUNT]> = Mutex::new([const { Vec::new() }; TABLE_COUNT]);
 const SPARE_KEPT: usize = 3;
 
 impl Table {
-    /// An empty buffer for table number `table` (in `TABLES`), a spare one if there is one.
+    /// An empty buffer for table number `table` (in `rows::TABLES`), a spare one if there is one.
     pub(crate) fn for_table(table: usize, capacity: usize) -> Self {
         let spare = SPARE.lock().ok().and_then(|mut spare| spare[table].pop());
         let mut data = spare.unwrap_or_default();

@@ -12,12 +12,12 @@ use pyo3::types::PyTuple;
 
 use super::decode::Position;
 use super::orders::{LineRow, OrderState, StageRow};
-use super::rowbinary::Table;
+use super::rowbinary::{Table, TABLE_COUNT};
 use super::stock::{Level, StockChange};
 use crate::value::Value;
 
 /// The tables the fold writes, in the order `Projection.fold_batch` makes them.
-pub(crate) const TABLES: [&str; 7] = [
+pub(crate) const TABLES: [&str; TABLE_COUNT] = [
     "order_events",
     "orders",
     "order_lines",
