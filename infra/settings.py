@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +32,8 @@ class Topics(BaseSettings):
     catalogue: str = "oms.catalogue.v1"
     # The data keys of personal data (infra/keystore.py): compacted, kept forever.
     privacy_keys: str = "oms.privacy-keys.v1"
+    # The audit trail (infra/audit.py): one hash chain per partition, kept forever.
+    audit: str = "oms.audit.v1"
 
     def all(self) -> list[str]:
         return [
@@ -43,6 +46,7 @@ class Topics(BaseSettings):
             self.stock_commands,
             self.catalogue,
             self.privacy_keys,
+            self.audit,
         ]
 
 
@@ -58,12 +62,30 @@ class Settings(BaseSettings):
         default=None, description="Kafka jars; defaults to HOME/kafka/libs (filled by mvn)"
     )
     kafka_partitions: int = 4
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        description="how every Kafka client talks to the brokers (infra/kafka.py); SASL_SSL "
+        "in production",
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None, description="required with a SASL_* protocol: a missing one stops startup"
+    )
+    kafka_ssl_ca_file: Path | None = Field(
+        default=None, description="PEM CA(s) the brokers' certificates chain to; default: system's"
+    )
     clickhouse_url: str | None = Field(
         default=None,
         description="clickhouse://host:9000/db or chdb:///path; default: the local stack's",
     )
     clickhouse_port: int = Field(default=9000, description="native port of the local server")
     clickhouse_http_port: int = 8123
+    clickhouse_read_url: str | None = Field(
+        default=None,
+        description="the URL the read API queries with (a read-only user); default: "
+        "OMS_CLICKHOUSE_URL, else the local stack's reader",
+    )
     schema_registry_url: str | None = None
     master_key: SecretStr | None = Field(
         default=None,
@@ -97,6 +119,49 @@ class Settings(BaseSettings):
         description="how long before and after its receipt a channel's order may be placed or "
         'changed (webhooks refuse it otherwise); JSON, e.g. ["P30D", "PT24H"] or seconds',
     )
+    # -- who may call `oms api` (infra/principals.py, infra/oidc.py, oms/access.py)
+    access_file: Path | None = Field(
+        default=None, description="API key hashes and users; default: HOME/access.json"
+    )
+    session_secret: SecretStr | None = Field(
+        default=None,
+        description="signs browser sessions (32+ characters); default: HOME/session.key",
+    )
+    oidc_jwks_url: str | None = Field(
+        default=None, description="the identity provider's JWKS; unset: no bearer JWTs"
+    )
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_role_claim: str = "oms_role"
+    oidc_stores_claim: str = "oms_stores"
+    secure_cookies: bool = Field(
+        default=True, description="session cookies only over HTTPS (browsers exempt localhost)"
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="proxy addresses whose X-Forwarded-For names the client (rate limits, audit)",
+    )
+    rate_per_ip: float = Field(default=50.0, gt=0, description="requests/s one client address")
+    rate_per_principal: float = Field(
+        default=100.0, gt=0, description="requests/s one API key, user or token subject"
+    )
+    read_max_execution_s: int = Field(
+        default=10, ge=1, description="ClickHouse max_execution_time of a read API query"
+    )
+    read_max_rows: int = Field(
+        default=50_000_000, ge=1, description="ClickHouse max_rows_to_read of a read API query"
+    )
+
+    # -- the audit trail (infra/audit.py)
+    audit_partition: int | None = Field(
+        default=None,
+        ge=0,
+        description="the audit topic partition this process writes; default: the first one no "
+        "other process on this host writes (one per process across hosts)",
+    )
+    audit_timeout_s: float = Field(
+        default=5.0, gt=0, description="longest wait for an audit entry to be written"
+    )
 
     @property
     def kafka_libs_dir(self) -> Path:
@@ -111,6 +176,19 @@ class Settings(BaseSettings):
         if marker.exists():
             return marker.read_text().strip()
         return f"chdb://{self.home / 'chdb'}"
+
+    @property
+    def resolved_clickhouse_read_url(self) -> str:
+        """OMS_CLICKHOUSE_READ_URL, else OMS_CLICKHOUSE_URL, else the local stack's read-only
+        user if it runs a server (oms/stack.py), else what `resolved_clickhouse_url` says."""
+        if self.clickhouse_read_url:
+            return self.clickhouse_read_url
+        if self.clickhouse_url:
+            return self.clickhouse_url
+        marker = self.home / "clickhouse" / "read_url"
+        if marker.exists():
+            return marker.read_text().strip()
+        return self.resolved_clickhouse_url
 
 
 @lru_cache(maxsize=1)

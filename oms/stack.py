@@ -43,6 +43,8 @@ def topic_configs(topics: Topics) -> dict[str, dict[str, str]]:
       unconsumed, is lost: its channel resends it, or the operator replays the DLQ).
     - Dead letters: 30 days to look at them and replay; notifications: 30 days.
     - The data keys of personal data: compacted (infra/keystore.py, `TOPIC_CONFIG`).
+    - The audit trail: kept forever and never compacted, since a chain with an entry gone
+      no longer verifies (infra/audit.py).
     """
     forever = {"retention.ms": "-1", "cleanup.policy": "delete"}
     week = {"retention.ms": str(7 * DAY_MS), "cleanup.policy": "delete"}
@@ -57,6 +59,7 @@ def topic_configs(topics: Topics) -> dict[str, dict[str, str]]:
         topics.dlq: month,
         topics.notifications: month,
         topics.privacy_keys: KEY_TOPIC_CONFIG,
+        topics.audit: forever,
     }
 
 
@@ -159,13 +162,31 @@ def process_alive(pid: int) -> bool:
     return state != "Z"
 
 
+@dataclass(frozen=True)
+class BrokerTls:
+    """The broker's side of TLS: its key and certificate (PKCS12) and the CAs it trusts (PEM)
+    when it connects to itself (the single node is its own inter-broker peer)."""
+
+    keystore: Path
+    keystore_password: str
+    truststore: Path
+
+
 class KafkaService:
-    """Single-node KRaft Kafka (broker + controller) run with `java -cp libs/* kafka.Kafka`."""
+    """Single-node KRaft Kafka (broker + controller) run with `java -cp libs/* kafka.Kafka`.
+
+    Its client listener speaks `OMS_KAFKA_SECURITY_PROTOCOL`: PLAINTEXT for the development
+    stack; with SASL, the SCRAM user of the settings is written into the metadata when the
+    storage is formatted (`--add-scram`) and the broker talks to itself as that user; with
+    TLS, `tls` gives the broker its keystore. There is then no PLAINTEXT client listener (the
+    KRaft controller listener stays PLAINTEXT, on this host only: clients never use it).
+    """
 
     name = "kafka"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, tls: BrokerTls | None = None) -> None:
         self.settings = settings
+        self.tls = tls
         self.dir = settings.home / "kafka"
         self.host, self.port = _host_port(settings.kafka_bootstrap)
         self.log = self.dir / "logs" / "server.out"
@@ -177,9 +198,63 @@ class KafkaService:
         return f"{self.host}:{self.port}"
 
     def _admin_config(self) -> dict[str, Any]:
-        from infra.kafka import admin_config
+        from infra.kafka import admin_config, client_security
 
-        return admin_config(self.address)
+        return admin_config(self.address) | client_security(self.settings)
+
+    def _listener_config(self) -> list[str]:
+        """The client listener (also the inter-broker one) in the settings' protocol."""
+        protocol = self.settings.kafka_security_protocol
+        lines = [
+            f"inter.broker.listener.name={protocol}",
+            f"listener.security.protocol.map=CONTROLLER:PLAINTEXT,{protocol}:{protocol}",
+        ]
+        if protocol.endswith("SSL"):
+            if self.tls is None:
+                raise StackError(
+                    f"OMS_KAFKA_SECURITY_PROTOCOL={protocol}: the local broker needs a keystore "
+                    "(KafkaService(tls=BrokerTls(...))); `oms stack` runs PLAINTEXT or "
+                    "SASL_PLAINTEXT, or point OMS_KAFKA_BOOTSTRAP at your TLS brokers"
+                )
+            lines += [
+                "ssl.keystore.type=PKCS12",
+                f"ssl.keystore.location={self.tls.keystore}",
+                f"ssl.keystore.password={self.tls.keystore_password}",
+                f"ssl.key.password={self.tls.keystore_password}",
+                "ssl.truststore.type=PEM",
+                f"ssl.truststore.location={self.tls.truststore}",
+                "ssl.client.auth=none",
+            ]
+        if protocol.startswith("SASL_"):
+            mechanism = self.settings.kafka_sasl_mechanism
+            username, password = self._scram_user()
+            jaas = (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required "
+                f'username="{username}" password="{password}";'
+            )
+            lines += [
+                f"sasl.enabled.mechanisms={mechanism}",
+                f"sasl.mechanism.inter.broker.protocol={mechanism}",
+                f"listener.name.{protocol.lower()}.{mechanism.lower()}.sasl.jaas.config={jaas}",
+            ]
+        return lines
+
+    def _scram_user(self) -> tuple[str, str]:
+        """The SCRAM user the broker is formatted with (and connects to itself as)."""
+        from infra.kafka import sasl_credentials
+
+        try:
+            username, password = sasl_credentials(self.settings)
+        except ValueError as exc:
+            raise StackError(str(exc)) from exc
+        if self.settings.kafka_sasl_mechanism == "PLAIN":
+            raise StackError("the local broker's SASL is SCRAM: set OMS_KAFKA_SASL_MECHANISM")
+        if any(c in username + password for c in '"\\,=[]\n'):
+            raise StackError(
+                "the local broker's SCRAM user name and password may not hold "
+                'any of " \\ , = [ ] or a line break'
+            )
+        return username, password
 
     def ensure_installed(self) -> None:
         libs = self.settings.kafka_libs_dir
@@ -217,17 +292,17 @@ class KafkaService:
         data = self.dir / "data"
         (self.dir / "logs").mkdir(parents=True, exist_ok=True)
         controller = self.settings.kafka_controller_port
+        protocol = self.settings.kafka_security_protocol
         self.config.write_text(
             "\n".join(
                 [
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.voters=1@{self.host}:{controller}",
-                    f"listeners=PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{controller}",
-                    f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
+                    f"listeners={protocol}://{self.host}:{self.port},CONTROLLER://{self.host}:{controller}",
+                    f"advertised.listeners={protocol}://{self.host}:{self.port}",
                     "controller.listener.names=CONTROLLER",
-                    "inter.broker.listener.name=PLAINTEXT",
-                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                    *self._listener_config(),
                     f"log.dirs={data}",
                     f"num.partitions={self.settings.kafka_partitions}",
                     "offsets.topic.replication.factor=1",
@@ -243,6 +318,7 @@ class KafkaService:
                 ]
             )
         )
+        self.config.chmod(0o600)  # it may hold the SCRAM password and the keystore's
         (self.dir / "log4j.properties").write_text(
             "\n".join(
                 [
@@ -260,8 +336,19 @@ class KafkaService:
             )
         )
         if not (data / "meta.properties").exists():
+            scram: list[str] = []
+            if protocol.startswith("SASL_"):
+                username, password = self._scram_user()
+                mechanism = self.settings.kafka_sasl_mechanism
+                scram = ["--add-scram", f"{mechanism}=[name={username},password={password}]"]
             self._java(
-                "kafka.tools.StorageTool", "format", "-t", str(uuid.uuid4()), "-c", str(self.config)
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                str(uuid.uuid4()),
+                "-c",
+                str(self.config),
+                *scram,
             )
 
     def _java(self, *args: str) -> None:
@@ -277,7 +364,8 @@ class KafkaService:
             text=True,
         )
         if result.returncode != 0:
-            raise StackError(f"java {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+            shown = " ".join("SCRAM-…" if arg.startswith("SCRAM-") else arg for arg in args)
+            raise StackError(f"java {shown} failed:\n{result.stdout}{result.stderr}")
 
     def answering(self) -> bool:
         if not _port_open(self.host, self.port):

@@ -51,6 +51,7 @@ from confluent_kafka import (
 from events.codec import AvroCodec, CodecError, message_ref
 from events.models import DeadLetter
 from events.privacy import DataKeys
+from infra.kafka import client_security
 from infra.keystore import KafkaKeys
 from infra.publisher import Publisher
 from infra.settings import Settings
@@ -229,6 +230,7 @@ class Projector:
                 "fetch.queue.backoff.ms": 10,
                 "error_cb": self._kafka_error,
             }
+            | client_security(settings)
         )
 
     def _kafka_error(self, error: KafkaError) -> None:
@@ -309,6 +311,7 @@ class Projector:
             # (~100 ms); a consumer that never fetches answers in well under a millisecond.
             self._probe = Consumer(
                 {"bootstrap.servers": self.settings.kafka_bootstrap, "group.id": "oms-projector"}
+                | client_security(self.settings)
             )
         behind = 0
         for tp in self._consumer.assignment():

@@ -24,11 +24,12 @@ from typing import Any, Generic, TypeVar, cast
 
 import faust
 import mode
+from faust.types.auth import CredentialsT
 
 from events.bounds import out_of_bounds
 from events.codec import AvroCodec, CodecError, message_ref
 from events.models import DeadLetter, Event, OrderEvent, StockEvent, stock_key, utc_now
-from infra.kafka import MAX_MESSAGE_BYTES
+from infra.kafka import MAX_MESSAGE_BYTES, sasl_credentials, ssl_context
 from infra.keystore import KeyStoreError, private_codec
 from infra.poison import describe
 from infra.replay import read_partition
@@ -387,6 +388,24 @@ class Worker:
         await self.out.confirmed()
 
 
+def broker_credentials(settings: Settings) -> CredentialsT | None:
+    """Faust's (aiokafka's) side of `OMS_KAFKA_SECURITY_PROTOCOL`: the same SASL user and
+    CAs as the librdkafka clients (infra/kafka.py), missing secrets refused the same way."""
+    protocol = settings.kafka_security_protocol
+    context = ssl_context(settings)
+    if protocol.startswith("SASL_"):
+        username, password = sasl_credentials(settings)
+        return faust.SASLCredentials(
+            username=username,
+            password=password,
+            ssl_context=context,
+            mechanism=settings.kafka_sasl_mechanism,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -403,6 +422,7 @@ def create_app(
     app = App(
         settings.consumer_group,
         broker=f"kafka://{settings.kafka_bootstrap}",
+        broker_credentials=broker_credentials(settings),
         store="memory://",
         key_serializer="raw",
         value_serializer="raw",
