@@ -9,6 +9,7 @@ The Avro schemas in schemas/ are generated from these models (`events.avro_schem
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from hashlib import sha1 as _sha1
@@ -665,10 +666,22 @@ CATALOGUE_EVENTS: tuple[type[CatalogueEvent], ...] = (
 )
 
 
-class DeadLetter(Frozen):
-    """Anything rejected: the original bytes, where they came from and why. Nothing is dropped."""
+class KeptHeader(Frozen):
+    """One HTTP request header a dead letter keeps (a webhook's signature, its timestamp)."""
 
-    schema_version: ClassVar[int] = 1
+    name: str
+    value: str
+
+
+class DeadLetter(Frozen):
+    """Anything rejected: the original bytes, where they came from and why. Nothing is dropped.
+
+    Version 2 adds `headers` (those the channel's connector reads to verify a webhook, so that
+    a replay verifies again) and `replayable` (false for a message refused as not authentic:
+    a forged, unsigned or replayed webhook is never sent on, whatever is fixed later).
+    """
+
+    schema_version: ClassVar[int] = 2
 
     dead_letter_id: str
     source: str = Field(description="connector name or `topic` the bytes were read from")
@@ -676,9 +689,24 @@ class DeadLetter(Frozen):
     reason: str
     raw: bytes
     failed_at: UtcDatetime
+    headers: list[KeptHeader] = Field(
+        default_factory=list, description="the request headers the connector verifies"
+    )
+    replayable: bool = Field(
+        default=True, description="false: refused as not authentic; `oms dlq replay` refuses it"
+    )
 
     @classmethod
-    def of(cls, *, source: str, source_ref: str, reason: str, raw: bytes) -> DeadLetter:
+    def of(
+        cls,
+        *,
+        source: str,
+        source_ref: str,
+        reason: str,
+        raw: bytes,
+        headers: Mapping[str, str] | None = None,
+        replayable: bool = True,
+    ) -> DeadLetter:
         """A dead letter whose id is derived from where the bytes came from (re-sends dedup)."""
         return cls(
             dead_letter_id=deterministic_id("dead-letter", source, source_ref, reason),
@@ -687,4 +715,6 @@ class DeadLetter(Frozen):
             reason=reason,
             raw=raw,
             failed_at=utc_now(),
+            headers=[KeptHeader(name=k, value=v) for k, v in (headers or {}).items()],
+            replayable=replayable,
         )
