@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import available_timezones
 
-from projections.schema import READ_MODEL_NAMES
+from projections.schema import AUDIT_LOG, READ_MODEL_NAMES
 from projections.store import ClickHouseStore, sql_string
 
 SQL_DIR = Path(__file__).resolve().parent / "sql"
@@ -153,11 +153,18 @@ REPORTS: dict[str, Report] = {
                 "Low-stock alerts, one row per sku@location (its newest alert), with the "
                 "suggested reorder quantity and how often it was raised; newest first.",
                 {"since": _days_before(7), "until": _as_of} | _LIMIT),
+        _report("audit", "Audit trail",
+                "Who did what, when and from where, newest first; by principal, action "
+                "(a prefix) and outcome.",
+                {"since": _days_before(7), "until": _as_of, "principal": _constant(""),
+                 "action": _constant(""), "outcome": _constant(""), "limit": _constant(100)}),
     )
 }  # fmt: skip
 
 _PARAMETER = re.compile(r"\{(\w+):(\w+)\}")
-_TABLE = re.compile(r"\b(FROM|JOIN)\s+(" + "|".join(READ_MODEL_NAMES) + r")\b", re.IGNORECASE)
+# The tables a report may name: the read models, and the audit trail's.
+REPORT_TABLES = (*READ_MODEL_NAMES, AUDIT_LOG)
+_TABLE = re.compile(r"\b(FROM|JOIN)\s+(" + "|".join(REPORT_TABLES) + r")\b", re.IGNORECASE)
 
 
 def _parse_datetime(value: Any) -> datetime:

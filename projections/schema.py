@@ -174,6 +174,31 @@ DEAD_LETTERS_COLUMNS = ("dead_letter_id", "reason", "size", "_topic", "_partitio
 
 PROJECTOR_OFFSETS_COLUMNS = ("_topic", "_partition", "_offset", "events", "projected_at")
 
+# The audit trail's table (migration 007), written by projections/audit.py, not by the
+# projector: it is no read model of the order log, and a rebuild leaves it where it is.
+AUDIT_LOG = "audit_log"
+AUDIT_LOG_COLUMNS = (
+    "at",
+    "principal",
+    "principal_kind",
+    "role",
+    "action",
+    "resource",
+    "outcome",
+    "status",
+    "reason",
+    "client_ip",
+    "user_agent",
+    "request_id",
+    "writer",
+    "seq",
+    "prev_hash",
+    "hash",
+    "_topic",
+    "_partition",
+    "_offset",
+)
+
 
 @dataclass(frozen=True)
 class ReadModel:

@@ -5,7 +5,18 @@ from __future__ import annotations
 
 import click
 
-from oms.cli import bench, demo, intake, operators, privacy, processes, report, schemas, stack
+from oms.cli import (
+    audit,
+    bench,
+    demo,
+    intake,
+    operators,
+    privacy,
+    processes,
+    report,
+    schemas,
+    stack,
+)
 
 
 @click.group()
@@ -31,6 +42,7 @@ for command in (
     operators.location,
     report.report,
     privacy.privacy,
+    audit.audit,
     schemas.schemas,
     bench.bench,
 ):

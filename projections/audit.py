@@ -1,0 +1,179 @@
+"""The audit projection: the audit topic (infra/audit.py) → ClickHouse's `audit_log`, exactly
+once across restarts, for the `audit` report (who did what, by principal, action and time).
+
+The projector's idea, for one table: every row carries its topic, partition and offset, and a
+batch is one INSERT, which ClickHouse writes whole or not at all. So the table is its own
+offset ledger — on start the projection resumes one past the highest offset it holds per
+partition, and a batch cut short by a crash is read again and written once. Offsets are never
+committed to Kafka. One projection writes a database at a time (the projector's host-local
+lease, under a key of its own).
+
+It reads `read_committed`, so an audit transaction that was aborted (a writer that failed
+closed) never reaches the table. Bytes on the topic that are not an entry become a row with
+outcome `unreadable` and the reason, so nothing on the trail is skipped silently; whether the
+chain holds is `oms audit verify`'s to say, from the topic itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+
+from infra.audit import NotAnEntry, parse
+from infra.kafka import client_security, consumer_config
+from infra.settings import Settings
+from projections.lease import ProjectorLease
+from projections.schema import AUDIT_LOG, AUDIT_LOG_COLUMNS, migrate
+from projections.store import ClickHouseStore, Row, sql_string
+
+log = logging.getLogger(__name__)
+
+_ENTRY_FIELDS = AUDIT_LOG_COLUMNS[: AUDIT_LOG_COLUMNS.index("_topic")]
+
+
+def audit_row(
+    topic: str, partition: int, offset: int, value: bytes | None, *, timestamp_ms: int
+) -> Row:
+    """The `audit_log` row of one record of the audit topic."""
+    try:
+        fields = dict(parse(value).fields)
+        at = datetime.strptime(str(fields["at"]), "%Y-%m-%dT%H:%M:%S.%fZ")
+    except (NotAnEntry, KeyError, ValueError) as exc:
+        fields = {
+            "seq": 0,
+            "outcome": "unreadable",
+            "reason": f"not an audit entry: {exc}"[:1000],
+        }
+        at = datetime.fromtimestamp(max(timestamp_ms, 0) / 1000, UTC).replace(tzinfo=None)
+    fields["at"] = at.replace(microsecond=0)
+    status = fields.get("status")
+    fields["status"] = status if isinstance(status, int) and 0 < status < 1000 else 0
+    values = tuple(_text(fields.get(name)) for name in _ENTRY_FIELDS)
+    return (*values, topic, partition, offset)
+
+
+def _text(value: Any) -> Any:
+    """A column value: datetimes and numbers as they are, anything else as text ('' for
+    none), so an entry written by a later format still fits the row."""
+    if isinstance(value, datetime | int) and not isinstance(value, bool):
+        return value
+    return "" if value is None else str(value)
+
+
+def lease_for(settings: Settings, store: ClickHouseStore) -> ProjectorLease:
+    """The lease one audit projection per database holds (beside the projector's own)."""
+    url = settings.resolved_clickhouse_url.split("?", 1)[0]
+    return ProjectorLease(home=settings.home, clickhouse_url=f"audit:{url}#{store.database}")
+
+
+class AuditProjection:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: ClickHouseStore,
+        batch_size: int = 10_000,
+        batch_seconds: float = 0.5,
+        lease: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.topic = settings.topics.audit
+        self.batch_size = batch_size
+        self.batch_seconds = batch_seconds
+        self.lease = lease_for(settings, store) if lease else None
+        self._consumer = Consumer(
+            consumer_config(
+                settings.kafka_bootstrap,
+                group_id="oms-audit-projection",
+                **{"isolation.level": "read_committed", "enable.partition.eof": True},
+            )
+            | client_security(settings)
+        )
+        self._partitions: list[int] = []
+        self._at_end: set[int] = set()
+
+    def resume_offsets(self) -> dict[int, int]:
+        """Next offset per partition: one past the highest `audit_log` holds."""
+        rows = self.store.query(
+            f"SELECT _partition, max(_offset) FROM {self.store.database}.{AUDIT_LOG} "
+            f"WHERE _topic = {sql_string(self.topic)} GROUP BY _partition"
+        )
+        return {int(partition): int(offset) + 1 for partition, offset in rows}
+
+    def start(self) -> None:
+        """Create the table if needed and take up each partition after what the table holds."""
+        migrate(self.store)
+        self.store.settle()
+        resume = self.resume_offsets()
+        metadata = self._consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
+        if metadata is None or metadata.error is not None or not metadata.partitions:
+            raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, self.topic))
+        self._partitions = sorted(metadata.partitions)
+        self._at_end = set()
+        self._consumer.assign(
+            [
+                TopicPartition(self.topic, p, resume.get(p, OFFSET_BEGINNING))
+                for p in self._partitions
+            ]
+        )
+
+    def caught_up(self) -> bool:
+        """Every partition read to its (committed) end since its last entry."""
+        return bool(self._partitions) and self._at_end.issuperset(self._partitions)
+
+    def step(self) -> int:
+        """Read one batch (up to `batch_size` records, or `batch_seconds`, or the end of every
+        partition) and write it in one INSERT; the number of rows written."""
+        rows: list[Row] = []
+        deadline = time.monotonic() + self.batch_seconds
+        while len(rows) < self.batch_size and not self.caught_up():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            wanted = min(1000, self.batch_size - len(rows))
+            for message in self._consumer.consume(wanted, timeout=min(remaining, 0.1)):
+                error = message.error()
+                partition = int(message.partition() or 0)
+                if error is not None:
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        raise KafkaException(error)
+                    self._at_end.add(partition)
+                    continue
+                self._at_end.discard(partition)
+                rows.append(
+                    audit_row(
+                        self.topic,
+                        partition,
+                        int(message.offset() or 0),
+                        message.value(),
+                        timestamp_ms=message.timestamp()[1],
+                    )
+                )
+        if rows:
+            self.store.insert(AUDIT_LOG, AUDIT_LOG_COLUMNS, rows)
+        return len(rows)
+
+    def run(self, *, until: Callable[[AuditProjection], bool] | None = None) -> int:
+        """Project until `until(self)` says stop (checked after every batch), or forever; the
+        number of rows written. Holds the lease while it runs."""
+        if self.lease is not None:
+            self.lease.acquire()
+        written = 0
+        try:
+            self.start()
+            while True:
+                written += self.step()
+                if until is not None and until(self):
+                    return written
+        finally:
+            if self.lease is not None:
+                self.lease.release()
+
+    def close(self) -> None:
+        self._consumer.close()
