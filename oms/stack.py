@@ -7,8 +7,11 @@ Everything lives under `Settings.home`; `down` only stops processes whose pid fi
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -19,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from infra.keystore import TOPIC_CONFIG as KEY_TOPIC_CONFIG
 from infra.keystore import ensure_local_master_key
@@ -528,6 +532,10 @@ _CLICKHOUSE_CONFIG = """<?xml version="1.0"?>
 </yandex>
 """
 
+# Users of the local server: `oms` writes (the projector, migrations), `oms_reader` may only
+# read (readonly=1: no INSERT, no DDL, no changing that setting) and is what the read API
+# uses; both from this host only, with passwords kept as SHA-256 (CLICKHOUSE_PASSWORDS).
+# `default` stays password-less on this host for the development tools that predate them.
 _CLICKHOUSE_USERS = """<?xml version="1.0"?>
 <yandex>
     <profiles>
@@ -535,6 +543,11 @@ _CLICKHOUSE_USERS = """<?xml version="1.0"?>
             <max_memory_usage>4000000000</max_memory_usage>
             <load_balancing>random</load_balancing>
         </default>
+        <readonly>
+            <max_memory_usage>4000000000</max_memory_usage>
+            <load_balancing>random</load_balancing>
+            <readonly>1</readonly>
+        </readonly>
     </profiles>
     <users>
         <default>
@@ -543,6 +556,18 @@ _CLICKHOUSE_USERS = """<?xml version="1.0"?>
             <profile>default</profile>
             <quota>default</quota>
         </default>
+        <oms>
+            <password_sha256_hex>{writer_sha256}</password_sha256_hex>
+            <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+            <profile>default</profile>
+            <quota>default</quota>
+        </oms>
+        <oms_reader>
+            <password_sha256_hex>{reader_sha256}</password_sha256_hex>
+            <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+            <profile>readonly</profile>
+            <quota>default</quota>
+        </oms_reader>
     </users>
     <quotas>
         <default>
@@ -557,6 +582,11 @@ _CLICKHOUSE_USERS = """<?xml version="1.0"?>
 """
 
 
+WRITER, READER = "oms", "oms_reader"
+USERS = (WRITER, READER)
+CLICKHOUSE_PASSWORDS = "passwords.json"
+
+
 class ClickHouseService:
     """A local `clickhouse-server` when installed (CI and production-like), else embedded chDB."""
 
@@ -568,18 +598,60 @@ class ClickHouseService:
         self.config = self.dir / "config.xml"
         self.log = self.dir / "logs" / "server.out"
         self.url_marker = self.dir / "url"
+        self.read_url_marker = self.dir / "read_url"
         self.process = _Process(pid_file=self.dir / "clickhouse.pid", marker=str(self.config))
         self.binary = shutil.which("clickhouse-server")
 
     @property
     def url(self) -> str:
+        """The writer's URL (user `oms`)."""
+        return self._url_as(WRITER)
+
+    @property
+    def read_url(self) -> str:
+        """The read-only user's URL (`oms_reader`), for the read API."""
+        return self._url_as(READER)
+
+    def _url_as(self, user: str) -> str:
         if self.binary is None:
             return f"chdb://{self.settings.home / 'chdb'}"
+        password = quote(self.passwords()[user], safe="")
         # The HTTP port is for inserts of rows already in RowBinary (ServerStore.insert_rowbinary).
         return (
-            f"clickhouse://127.0.0.1:{self.settings.clickhouse_port}/oms"
+            f"clickhouse://{user}:{password}@127.0.0.1:{self.settings.clickhouse_port}/oms"
             f"?http_port={self.settings.clickhouse_http_port}"
         )
+
+    def passwords(self) -> dict[str, str]:
+        """The users' passwords, made once (random) and kept beside the data, owner-only."""
+        path = self.dir / CLICKHOUSE_PASSWORDS
+        if path.exists():
+            kept = json.loads(path.read_text())
+            if isinstance(kept, dict) and all(isinstance(kept.get(u), str) for u in USERS):
+                return {user: str(kept[user]) for user in USERS}
+        self.dir.mkdir(parents=True, exist_ok=True)
+        made = {user: secrets.token_urlsafe(24) for user in USERS}
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            json.dump(made, file)
+        return made
+
+    def _write_users(self) -> None:
+        """users.xml with the users' password hashes; a running server reloads it by itself."""
+        digests = {
+            user: hashlib.sha256(password.encode()).hexdigest()
+            for user, password in self.passwords().items()
+        }
+        (self.dir / "users.xml").write_text(
+            _CLICKHOUSE_USERS.format(writer_sha256=digests[WRITER], reader_sha256=digests[READER])
+        )
+
+    def _write_urls(self) -> None:
+        for marker, url in ((self.url_marker, self.url), (self.read_url_marker, self.read_url)):
+            descriptor = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w") as file:
+                file.write(url)
+            marker.chmod(0o600)  # made before it held a password, it may be readable by all
 
     def answering(self) -> bool:
         from projections.store import connect
@@ -603,8 +675,11 @@ class ClickHouseService:
                     "embedded chDB does not answer SELECT 1; is the chdb package installed?"
                 )
             return "embedded chDB (no clickhouse-server installed)"
-        if self.process.pid() is not None and self.answering():
-            self.url_marker.write_text(self.url)
+        if self.process.pid() is not None:
+            # A server started before its users: it reads the new users.xml within seconds.
+            self._write_users()
+            _wait_until(self.answering, timeout_s=30, what="ClickHouse's users", log=self.log)
+            self._write_urls()
             return "already running"
         if _port_open("127.0.0.1", self.settings.clickhouse_port):
             raise StackError(
@@ -620,25 +695,28 @@ class ClickHouseService:
                 http_port=self.settings.clickhouse_http_port,
             )
         )
-        (self.dir / "users.xml").write_text(_CLICKHOUSE_USERS)
+        self._write_users()
         self.process.start(
             [self.binary, f"--config-file={self.config}"], log=self.log, cwd=self.dir
         )
         _wait_until(self.answering, timeout_s=START_TIMEOUT_S, what="ClickHouse", log=self.log)
-        self.url_marker.write_text(self.url)
+        self._write_urls()
         return "started"
 
     def down(self) -> bool:
         self.url_marker.unlink(missing_ok=True)
+        self.read_url_marker.unlink(missing_ok=True)
         return self.process.stop(timeout_s=30)
 
     def status(self) -> ServiceStatus:
+        from projections.store import redacted
+
         if self.binary is None:
             return ServiceStatus(self.name, self.url, True, self.answering(), "embedded")
         running = self.process.pid() is not None
         return ServiceStatus(
             self.name,
-            self.url,
+            redacted(self.url),
             running,
             self.answering(),
             "" if running else "not started by oms stack",

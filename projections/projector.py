@@ -643,5 +643,6 @@ def lease_key(settings: Settings, store: ClickHouseStore) -> str:
     """What names the database for the lease: the ClickHouse (server address or chDB path) and
     the database."""
     url = urlparse(settings.resolved_clickhouse_url)
-    where = url.netloc if url.scheme == "clickhouse" else url.path
+    # The server's address without the user: every user of one database shares its lease.
+    where = url.netloc.rsplit("@", 1)[-1] if url.scheme == "clickhouse" else url.path
     return f"{url.scheme}://{where}#{store.database}"

@@ -6,6 +6,7 @@ SQL sent through either must run on ClickHouse 18.16 and on current ClickHouse
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import logging
@@ -13,13 +14,24 @@ import os
 import re
 import select
 import socket
+import ssl
 import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
-from urllib.parse import parse_qs, parse_qsl, quote, urlencode, urlparse, urlsplit, urlunsplit
+from urllib.parse import (
+    parse_qs,
+    parse_qsl,
+    quote,
+    unquote,
+    urlencode,
+    urlparse,
+    urlsplit,
+    urlunsplit,
+)
 
 Row = tuple[Any, ...]
 
@@ -135,6 +147,31 @@ class ClickHouseStore(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """Who a server store connects as, and whether over TLS: from the URL's user, password,
+    `secure=1` and `ca_certs=/path` (trust those CAs instead of the system's). The same user
+    and password go to the native protocol and, as HTTP basic authentication (which 18.16
+    reads, as current servers do), to the HTTP interface; TLS to both or neither."""
+
+    user: str = "default"
+    password: str = field(default="", repr=False)
+    secure: bool = False
+    ca_certs: str | None = None
+
+    def http_headers(self) -> dict[str, str]:
+        if self.user == "default" and not self.password:
+            return {}
+        token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+
+    def http_connection(self, host: str, port: int) -> http.client.HTTPConnection:
+        if not self.secure:
+            return http.client.HTTPConnection(host, port, timeout=3)
+        context = ssl.create_default_context(cafile=self.ca_certs)
+        return http.client.HTTPSConnection(host, port, timeout=3, context=context)
+
+
 class ServerStore:
     """A ClickHouse server over the native protocol; rows are passed as parameters, never
     formatted into SQL text.
@@ -142,7 +179,15 @@ class ServerStore:
 
     parallel_inserts = True  # one HTTP connection per thread
 
-    def __init__(self, *, host: str, port: int, database: str, http_port: int = 8123) -> None:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        database: str,
+        http_port: int = 8123,
+        credentials: Credentials | None = None,
+    ) -> None:
         from clickhouse_driver import Client
 
         # The driver logs each failed connect with a traceback; the StoreUnavailable raised
@@ -151,6 +196,7 @@ class ServerStore:
         self.database = database
         self._address = (host, port)
         self._http_port = http_port
+        self._credentials = credentials or Credentials()
         # One keep-alive HTTP connection per thread: http.client connections are not shareable.
         self._http = threading.local()
         self._http_connections: list[http.client.HTTPConnection] = []
@@ -160,6 +206,11 @@ class ServerStore:
         self._client = Client(
             host=host,
             port=port,
+            user=self._credentials.user,
+            password=self._credentials.password,
+            secure=self._credentials.secure,
+            verify=True,
+            ca_certs=self._credentials.ca_certs,
             connect_timeout=3,
             send_receive_timeout=120,
             settings={"use_numpy": False},
@@ -177,7 +228,13 @@ class ServerStore:
 
     def with_database(self, database: str) -> ServerStore:
         host, port = self._address
-        return ServerStore(host=host, port=port, database=database, http_port=self._http_port)
+        return ServerStore(
+            host=host,
+            port=port,
+            database=database,
+            http_port=self._http_port,
+            credentials=self._credentials,
+        )
 
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Row]) -> None:
         """One INSERT of `rows`, sent column by column: the rows are transposed here in C
@@ -219,7 +276,7 @@ class ServerStore:
         may or may not have taken the INSERT, and only the caller can find out which (the
         projector reads what the tables hold, docs/read-models.md)."""
         path = "/?query=" + quote(sql, safe="")
-        headers = {"Content-Type": "application/octet-stream"}
+        headers = {"Content-Type": "application/octet-stream"} | self._credentials.http_headers()
         try:
             connection = self._http_connection()
             connection.request("POST", path, body=data, headers=headers)
@@ -241,7 +298,7 @@ class ServerStore:
         if connection is not None:  # closed by the server, or by http.client
             self._drop_http_connection()
         host, _ = self._address
-        connection = http.client.HTTPConnection(host, self._http_port, timeout=3)
+        connection = self._credentials.http_connection(host, self._http_port)
         connection.connect()  # within 3 s, as the native client; then as long as a query may
         assert connection.sock is not None
         connection.sock.settimeout(120)
@@ -512,19 +569,55 @@ def connect(url: str) -> ClickHouseStore:
     """
     parsed = urlparse(url)
     if parsed.scheme == "clickhouse":
-        http_port = parse_qs(parsed.query).get("http_port", ["8123"])[0]
+        query = parse_qs(parsed.query)
+        credentials = _credentials(parsed.username, parsed.password, query, shown=redacted(url))
+        default_http_port = "8443" if credentials.secure else "8123"
+        http_port = query.get("http_port", [default_http_port])[0]
         if not http_port.isdigit():
-            raise StoreMisconfigured(f"http_port in ClickHouse URL {url!r} is not a port number")
+            raise StoreMisconfigured(
+                f"http_port in ClickHouse URL {redacted(url)!r} is not a port number"
+            )
         return ServerStore(
             host=parsed.hostname or "localhost",
-            port=parsed.port or 9000,
+            port=parsed.port or (9440 if credentials.secure else 9000),
             database=parsed.path.strip("/") or "oms",
             http_port=int(http_port),
+            credentials=credentials,
         )
     if parsed.scheme == "chdb":
+        if parsed.username or parsed.password:
+            # Refused, not ignored: whoever put a (read-only) user in the URL expects its
+            # limits, and chDB, inside this process, has no users to apply them.
+            raise StoreMisconfigured(
+                f"{redacted(url)!r}: embedded chDB has no users; a user and password in its URL "
+                "would not be checked (use a clickhouse:// server for read-only access)"
+            )
         database = parse_qs(parsed.query).get("database", ["oms"])[0]
         return EmbeddedStore(path=parsed.path, database=database)
     raise _unsupported(url)
+
+
+def _credentials(
+    user: str | None, password: str | None, query: dict[str, list[str]], *, shown: str
+) -> Credentials:
+    secure = query.get("secure", ["0"])[0].lower()
+    if secure not in ("0", "1", "true", "false"):
+        raise StoreMisconfigured(f"secure in ClickHouse URL {shown!r} must be 1 or 0")
+    return Credentials(
+        user=unquote(user) if user else "default",
+        password=unquote(password) if password else "",
+        secure=secure in ("1", "true"),
+        ca_certs=query.get("ca_certs", [None])[0],
+    )
+
+
+def redacted(url: str) -> str:
+    """`url` without its password, for messages and status lines."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def with_database_url(url: str, database: str) -> str:
@@ -544,5 +637,6 @@ def with_database_url(url: str, database: str) -> str:
 
 def _unsupported(url: str) -> StoreError:
     return StoreMisconfigured(
-        f"unsupported ClickHouse URL {url!r}: use clickhouse://host:port/db or chdb:///path"
+        f"unsupported ClickHouse URL {redacted(url)!r}: use clickhouse://host:port/db or "
+        "chdb:///path"
     )

@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -28,7 +31,7 @@ from infra.audit import (
     seal,
     verify,
 )
-from infra.settings import Settings
+from infra.settings import PROJECT_ROOT, Settings
 
 
 def entry(n: int, **changes: object) -> AuditEntry:
@@ -291,3 +294,71 @@ def test_a_trail_without_kafka_fails_closed(isolated_settings: Settings) -> None
             await trail.record(entry(1))
 
     asyncio.run(scenario())
+
+
+WRITE_FOREVER = """
+import sys
+from datetime import UTC, datetime
+from infra.audit import AuditEntry, AuditWriter
+from infra.settings import Settings
+writer = AuditWriter(Settings(), partition=0)
+n = 0
+while True:
+    n += 1
+    writer.write([AuditEntry(principal="system:killed", principal_kind="system", role="admin",
+                             action="tick", resource=str(n), outcome="allowed")] * 3)
+"""
+
+
+@pytest.mark.integration
+def test_a_writer_killed_mid_stream_is_continued_by_its_successor(
+    isolated_settings: Settings,
+) -> None:
+    from tests.conftest import settings_env
+
+    settings = isolated_settings
+    process = subprocess.Popen(
+        [sys.executable, "-c", WRITE_FOREVER], env=settings_env(settings), cwd=PROJECT_ROOT
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(entries_on(settings, 0)) < 30:
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        process.kill()
+        process.wait()
+    successor = AuditWriter(settings, partition=0)
+    successor.open()
+    written_before = successor.tail.seq
+    successor.record(entry(1))
+    successor.close()
+
+    on_topic = entries_on(settings, 0)
+    assert written_before >= 30 and written_before % 3 == 0  # whole transactions only
+    assert [e["seq"] for e in on_topic] == list(range(1, written_before + 2))
+    assert on_topic[-1]["resource"] == "order-1"
+    assert verify(settings, partitions=[0])[0].intact
+
+
+@pytest.mark.integration
+def test_the_tail_is_found_behind_many_records_that_are_not_entries(
+    isolated_settings: Settings,
+) -> None:
+    settings = isolated_settings
+    first = AuditWriter(settings, partition=1)
+    first.write([entry(1), entry(2)])
+    first.close()
+    junk = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    for n in range(200):
+        junk.produce(settings.topics.audit, value=b"junk %d" % n, partition=1)
+    assert junk.flush(10) == 0
+
+    second = AuditWriter(settings, partition=1)
+    second.record(entry(3))
+    second.close()
+
+    (report,) = verify(settings, partitions=[1])
+    assert report.entries == 3 and report.tail.seq == 3
+    assert len(report.breaks) == 200
+    assert all(b.problem.startswith("not an audit entry") for b in report.breaks)
