@@ -11,13 +11,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka import KafkaException
 
 from connectors import limits
-from connectors.base import Connector, PayloadRejected
+from connectors.base import ChannelEvent, Connector, PayloadRejected
 from events.codec import CodecError
 from events.models import utc_now
 from infra.publisher import Publisher
@@ -96,6 +97,57 @@ def count_payloads(path: Path) -> int:
     return sum(1 for _ in payloads(path))
 
 
+KEYS_CHUNK = 500  # payloads parsed before they are published: their new data keys go together
+
+
+def _chunks(payloads: Iterable[Payload], size: int) -> Iterator[list[Payload]]:
+    iterator = iter(payloads)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def _parse(connector: Connector, payload: Payload) -> ChannelEvent | PayloadRejected:
+    try:
+        limits.check_size(payload.raw, what="line")
+        return connector.parse(payload.body, received_at=utc_now())
+    except PayloadRejected as exc:
+        return exc
+
+
+def _publish_one(
+    payload: Payload,
+    event: ChannelEvent | PayloadRejected,
+    report: ImportReport,
+    file_name: str,
+    connector: Connector,
+    publisher: Publisher,
+) -> None:
+    """One line: its event onto the intake topic, or its bytes onto the DLQ with the reason."""
+    report.lines += 1
+    try:
+        if isinstance(event, PayloadRejected):
+            raise event
+        # `intake` encodes before it queues: an event the contract cannot carry (CodecError),
+        # or larger than a message (MSG_SIZE_TOO_LARGE), is this line's dead letter, not the
+        # end of the file.
+        publisher.intake(event)
+    except (PayloadRejected, CodecError, KafkaException) as exc:
+        if isinstance(exc, KafkaException) and not limits.too_large_for_kafka(exc):
+            raise
+        report.errors.append(LineError(payload.line, str(exc)))
+        publisher.dead_letter(
+            limits.dead_letter(
+                source=connector.name,
+                source_ref=f"{file_name}:{payload.line}",
+                reason=str(exc),
+                raw=payload.raw,
+            )
+        )
+        report.dead_lettered += 1
+    else:
+        report.published += 1
+
+
 def _publish(
     batch: Iterable[Payload],
     *,
@@ -109,32 +161,15 @@ def _publish(
     topics = publisher.settings.topics
     acked_before = publisher.count.acknowledged[topics.intake]
     failed_before = publisher.count.failed[topics.intake] + publisher.count.failed[topics.dlq]
-    for payload in batch:
-        report.lines += 1
-        try:
-            limits.check_size(payload.raw, what="line")
-            event = connector.parse(payload.body, received_at=utc_now())
-            # `intake` encodes before it queues: an event the contract cannot carry
-            # (CodecError), or larger than a message (MSG_SIZE_TOO_LARGE), is this line's
-            # dead letter, not the end of the file.
-            publisher.intake(event)
-        except (PayloadRejected, CodecError, KafkaException) as exc:
-            if isinstance(exc, KafkaException) and not limits.too_large_for_kafka(exc):
-                raise
-            report.errors.append(LineError(payload.line, str(exc)))
-            publisher.dead_letter(
-                limits.dead_letter(
-                    source=connector.name,
-                    source_ref=f"{file_name}:{payload.line}",
-                    reason=str(exc),
-                    raw=payload.raw,
-                )
-            )
-            report.dead_lettered += 1
-        else:
-            report.published += 1
-        if on_line is not None:
-            on_line(report)
+    for chunk in _chunks(batch, KEYS_CHUNK):
+        # Parsed a chunk at a time, so that the chunk's new customers get their data keys
+        # with one round trip to the key store, not one each.
+        parsed = [(payload, _parse(connector, payload)) for payload in chunk]
+        publisher.prepare(event for _, event in parsed if not isinstance(event, PayloadRejected))
+        for payload, event in parsed:
+            _publish_one(payload, event, report, file_name, connector, publisher)
+            if on_line is not None:
+                on_line(report)
     delivered = publisher.flush()
     report.acknowledged = delivered.acknowledged[topics.intake] - acked_before
     failed = delivered.failed[topics.intake] + delivered.failed[topics.dlq] - failed_before

@@ -32,7 +32,7 @@ import hmac
 import json
 import os
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from functools import cache, lru_cache
 from typing import Any, Protocol
 
@@ -263,6 +263,20 @@ class PrivateCodec(AvroCodec):
     ) -> None:
         super().__init__(schema_ids, native=native)
         self.keys = keys
+
+    def prepare(self, events: Iterable[Event]) -> None:
+        """Makes sure the customers of `events` have data keys, in one go where the key store
+        can (KafkaKeys stores many new keys with one round trip), before they are encoded."""
+        prepare = getattr(self.keys, "prepare", None)
+        if prepare is None:
+            return
+        subjects = {
+            subject_of(event, self.keys.pepper)
+            for event in events
+            if isinstance(event, OrderReceived | OrderModified) and event.sealed is None
+        }
+        if subjects:
+            prepare(subjects)
 
     def encode(self, value: Event | DeadLetter) -> bytes:
         if isinstance(value, OrderReceived | OrderModified):

@@ -8,12 +8,18 @@ wrapped (AES-256-GCM) under a master key that only the environment holds.
   `HOME/master.key` (written by `oms stack up`, mode 0600, for development). Without one,
   nothing that reads or writes personal data starts: it fails closed.
 - Each process reads the whole topic when it starts, creates a key for a subject it has none
-  for (written with acks=all and flushed before it is used: an unstored key would make data
-  unreadable), and catches up with the topic again on a miss or every `REFRESH_S`, so a key
-  another process created is found and a forgotten one is dropped everywhere.
+  for (written with acks=all and confirmed before it is used: an unstored key would make data
+  unreadable, and a reader could meet the data before the key), and catches up with the topic
+  again on a miss or every `REFRESH_S`, so a key another process created is found and a
+  forgotten one is dropped everywhere.
 - Losing the topic (or the master key) loses every key: personal data becomes unreadable, as
   if every customer were forgotten, while orders, amounts and statuses stay whole. That is the
   failure mode to back up against (docs/operations.md, "Privacy").
+- New keys are confirmed in groups: `prepare(subjects)` writes the keys of every new subject
+  and waits for them all with one flush (a file import prepares a chunk of orders at once),
+  and threads that each need a key at the same moment (webhook requests) share a flush. One
+  key confirmed alone costs a round trip to the broker (~3 ms here); a thousand together,
+  about the same.
 
 `DataKeys` (events/privacy.py) is the interface: a KMS-backed store implements `current`,
 `find` and `pepper` the same way.
@@ -52,6 +58,7 @@ from infra.kafka import admin_config, consumer_config, producer_config
 from infra.settings import Settings
 
 log = logging.getLogger(__name__)
+ABSENT_KEPT = 100_000  # forgotten keys remembered as such (a replay meets each many times)
 REFRESH_S = 2.0  # at most this stale: a key forgotten elsewhere is dropped within it
 DAY_MS = 24 * 3600 * 1000
 # Compacted, so a forgotten key's tombstone replaces it; a rolled segment is compacted within
@@ -186,6 +193,9 @@ class KafkaKeys:
             )
         )
         self._producer: Producer | None = None
+        self._pending: dict[str, tuple[str, bytes]] = {}  # new keys, written, not confirmed
+        self._refused: dict[str, str] = {}  # subject: why Kafka did not store its new key
+        self._absent: dict[str, None] = {}  # keys a catch-up did not find (oldest first)
         self._caught_up_at = 0.0
         self._assigned = False
         self.refresh()
@@ -193,25 +203,49 @@ class KafkaKeys:
     # -- DataKeys
 
     def current(self, subject: str) -> tuple[str, bytes]:
+        return self.prepare([subject])[subject]
+
+    def prepare(self, subjects: Iterable[str]) -> dict[str, tuple[str, bytes]]:
+        """The current key of each subject; those without one get a new key, all stored with
+        one flush (shared with other threads storing keys at the same time)."""
+        wanted = set(subjects)
         with self._lock:
             self._maybe_refresh()
-            held = self._keys.get(subject)
-            if held:
+            for subject in wanted:
+                if not self._keys.get(subject) and subject not in self._pending:
+                    key_id, key = secrets.token_hex(8), AESGCM.generate_key(256)
+                    record = f"{subject}/{key_id}"
+                    self._pending[subject] = (key_id, key)
+                    self._send(record, self.master.wrap(record, key), subject)
+            waiting = wanted & self._pending.keys()
+        if waiting:
+            self._confirm(waiting)
+        with self._lock:
+            current = {}
+            for subject in wanted:
+                held = self._keys[subject]
                 key_id = next(reversed(held))
-                return key_id, held[key_id]
-            key_id, key = secrets.token_hex(8), AESGCM.generate_key(256)
-            self._store(f"{subject}/{key_id}", self.master.wrap(f"{subject}/{key_id}", key))
-            self._keys.setdefault(subject, {})[key_id] = key
-            return key_id, key
+                current[subject] = (key_id, held[key_id])
+            return current
 
     def find(self, subject: str, key_id: str) -> bytes | None:
+        """The key, or None when it is not on the topic. A key is confirmed before anything
+        sealed with it is written, so one catch-up after the data was read finds it; a key that
+        catch-up did not find was forgotten (or is not ours) and is not looked for again."""
         with self._lock:
             key = self._keys.get(subject, {}).get(key_id)
-            if key is None and time.monotonic() - self._caught_up_at > 0.2:
-                self._catch_up()  # made elsewhere a moment ago?
-                key = self._keys.get(subject, {}).get(key_id)
-            else:
+            if key is not None:
                 self._maybe_refresh()
+                return key
+            record = f"{subject}/{key_id}"
+            if record in self._absent:
+                return None
+            self._catch_up()  # made elsewhere a moment ago?
+            key = self._keys.get(subject, {}).get(key_id)
+            if key is None:
+                self._absent[record] = None
+                if len(self._absent) > ABSENT_KEPT:
+                    del self._absent[next(iter(self._absent))]
             return key
 
     # -- the rest
@@ -349,18 +383,55 @@ class KafkaKeys:
         wrapped = json.loads(value)["wrapped"]
         self._keys.setdefault(subject, {})[key_id] = self.master.unwrap(record, wrapped)
 
-    def _store(self, record: str, wrapped: str | None) -> None:
+    def _key_producer(self) -> Producer:
         if self._producer is None:
-            self._producer = Producer(producer_config(self._bootstrap, **{"linger.ms": 0}))
+            # linger 1 ms: keys that threads create at the same moment go in one request.
+            self._producer = Producer(producer_config(self._bootstrap, **{"linger.ms": 1}))
+        return self._producer
+
+    def _send(self, record: str, wrapped: str, subject: str) -> None:
+        """Queues a new key (under the lock); its delivery settles `_pending[subject]`."""
+
+        def delivered(err: KafkaError | None, _msg: object) -> None:
+            with self._lock:
+                key_id, key = self._pending.pop(subject)
+                if err is None:
+                    self._keys.setdefault(subject, {})[key_id] = key
+                else:
+                    self._refused[subject] = str(err)
+
+        value = json.dumps({"wrapped": wrapped}).encode()
+        self._key_producer().produce(
+            self.topic, key=record.encode(), value=value, on_delivery=delivered
+        )
+
+    def _confirm(self, subjects: set[str]) -> None:
+        """Waits (outside the lock) until Kafka stored or refused the new keys of `subjects`."""
+        producer = self._key_producer()
+        deadline = time.monotonic() + 10
+        while True:
+            producer.flush(max(0.1, deadline - time.monotonic()))  # until the queue is empty
+            with self._lock:
+                if not subjects & self._pending.keys():
+                    refused = {s: self._refused.pop(s) for s in subjects if s in self._refused}
+                    break
+            if time.monotonic() > deadline:
+                raise KeyStoreUnavailable(f"Kafka did not confirm {len(subjects)} new data keys")
+        if refused:
+            subject, why = next(iter(refused.items()))
+            raise KeyStoreUnavailable(f"Kafka did not store the data key of {subject}: {why}")
+
+    def _store(self, record: str, wrapped: str | None) -> None:
+        producer = self._key_producer()
         value = None if wrapped is None else json.dumps({"wrapped": wrapped}).encode()
         failed: list[str] = []
-        self._producer.produce(
+        producer.produce(
             self.topic,
             key=record.encode(),
             value=value,
             on_delivery=lambda err, _msg: failed.append(str(err)) if err else None,
         )
-        if self._producer.flush(10) or failed:
+        if producer.flush(10) or failed:
             raise KeyStoreUnavailable(
                 f"Kafka did not store data key {record}: {failed[0] if failed else 'timed out'}"
             )

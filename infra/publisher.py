@@ -9,9 +9,10 @@ of its own message before it answers.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -22,6 +23,7 @@ from infra.kafka import producer_config
 from infra.keystore import KeyStoreError, private_codec
 from infra.settings import Settings
 
+log = logging.getLogger(__name__)
 Delivered = Callable[[KafkaError | None], None]
 
 
@@ -88,6 +90,16 @@ class Publisher:
             then(KafkaError(KafkaError._MSG_TIMED_OUT, str(exc)))
             return
         self.produce(topic, event.aggregate_id, value, then=then)
+
+    def prepare(self, events: Iterable[Event]) -> None:
+        """Stores the data keys `events` will need in one go (a bulk publisher calls it per
+        chunk). A key store that is away is left for `publish` to report, event by event."""
+        prepare = getattr(self.codec, "prepare", None)
+        if prepare is not None:
+            try:
+                prepare(events)
+            except KeyStoreError as exc:
+                log.warning("data keys not prepared: %s", exc)
 
     def intake(
         self, event: OrderReceived | OrderModified, *, then: Delivered | None = None
