@@ -1,1 +1,2 @@
-"""Composition root of OrderStream: the `oms` CLI, the local stack, the API's assembly and the demo."""
+"""Composition root of OrderStream: the `oms` CLI, the local stack, the API's assembly and
+the demo."""

@@ -1,9 +1,11 @@
 """`oms api`: the HTTP side of OrderStream — channel webhooks, operators' commands (reviews,
-cancellations, stock), the read API and the live dashboard, and the OpenAPI document that
-describes them all (`GET /openapi.json`, oms/openapi.py)."""
+cancellations, stock), the read API and the live dashboard, customers' data for access
+requests, and the OpenAPI document that describes them all (`GET /openapi.json`,
+oms/openapi.py). Who may call what is oms/access.py's: every route has a rule there."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import web
@@ -13,8 +15,9 @@ from connectors import webhooks
 from infra.http import problem
 from infra.publisher import AsyncPublisher
 from infra.settings import Settings
-from oms import openapi, operations
+from oms import access, openapi, operations
 from projections import read_api
+from projections.queries import order_state
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +46,52 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         return problem(500, f"internal error ({type(exc).__name__}); the log has the details")
 
 
-def create_app(settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=webhooks.MAX_BODY_BYTES, middlewares=[problems])
+async def _order_place(request: web.Request, order_id: str) -> tuple[str, str] | None:
+    """The store and channel of an order, from the read models (for store-scoped callers)."""
+    state = await request.app[read_api.READ_MODELS].run(lambda store: order_state(store, order_id))
+    if state is None:
+        return None
+    return str(state.get("location") or ""), str(state.get("channel") or "")
+
+
+async def export_customer(request: web.Request) -> web.Response:
+    """Everything held about a customer (an access request under PIPL/GDPR), unsealed."""
+    from oms.privacy import UnknownCustomer, export
+
+    settings: Settings = request.app[SETTINGS]
+    customer = request.match_info["customer"]
+    try:
+        document = await asyncio.to_thread(export, settings, customer)
+    except UnknownCustomer as exc:
+        return problem(404, str(exc), customer=customer)
+    response = web.json_response(document)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+SETTINGS = web.AppKey("settings", Settings)
+
+
+def create_app(settings: Settings, *, audit: access.AuditSink | None = None) -> web.Application:
+    """The whole API. AccessMisconfigured when access cannot be enforced (fail closed)."""
+    app = web.Application(
+        client_max_size=webhooks.MAX_BODY_BYTES,
+        middlewares=[access.security_headers, problems, access.enforce],
+    )
+    app[SETTINGS] = settings
     publisher = AsyncPublisher(settings)
+    trail = audit or access.TrailAudit(settings)
+    access.add_routes(app, settings, audit=trail, order_place=_order_place)
     webhooks.add_routes(app, publisher, settings)
     operations.add_routes(app, publisher, settings)
     read_api.add_routes(app, settings)
     openapi.add_routes(app)
+    app.router.add_get("/customers/{customer}/export", export_customer)
 
     async def close_publisher(_: web.Application) -> None:
         publisher.close()
+        if isinstance(trail, access.TrailAudit):
+            await trail.close()
 
     app.on_cleanup.append(close_publisher)
     return app

@@ -22,6 +22,7 @@ from aiohttp import web
 from connectors.registry import available
 from events.lifecycle import OrderStatus
 from infra.http import problem
+from oms.access import POLICY, Rule
 from oms.operations import COMMANDS, MAX_COMMAND_BYTES, PATH_VARIABLES, HttpCommand
 from projections.read_api import (
     DASHBOARD_ASSETS,
@@ -81,7 +82,13 @@ def _errors(*statuses: int) -> dict[str, Json]:
 
 _ERROR_RESPONSES = {
     400: ("BadRequest", "the input is wrong: `field` or `parameter` names what"),
-    401: ("Unauthorized", "the channel's signature or token is wrong"),
+    401: (
+        "Unauthorized",
+        "no credentials, or a signature, key, token or session that proves nothing",
+    ),
+    403: ("Forbidden", "the caller's role or scope does not allow this, or a cross-site request"),
+    415: ("UnsupportedMediaType", "a command's body is JSON: Content-Type application/json"),
+    429: ("TooManyRequests", "over the rate limit of the caller or its address; see Retry-After"),
     404: ("NotFound", "nothing here by that name"),
     413: ("TooLarge", "the body is over the limit"),
     503: ("Unavailable", "Kafka or ClickHouse did not answer; nothing was taken: try again"),
@@ -489,6 +496,8 @@ def document() -> Json:
             "responses": {"200": _json_body({"type": "object"}, "OpenAPI 3.1")},
         }
     }
+    paths |= _access_paths()
+    _secure(paths)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -503,8 +512,122 @@ def document() -> Json:
             ),
         },
         "paths": paths,
-        "components": _components(),
+        "components": _components() | {"securitySchemes": _SECURITY_SCHEMES},
     }
+
+
+# ------------------------------------------------------------------ access (oms/access.py)
+
+_SECURITY_SCHEMES = {
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "an API key (`oms keys create`) or an OIDC access token (JWT)",
+    },
+    "session": {
+        "type": "apiKey",
+        "in": "cookie",
+        "name": "oms_session",
+        "description": "a browser session (POST /login); unsafe requests also need "
+        "X-CSRF-Token (GET /me) or a form post from this site",
+    },
+}
+
+
+def _access_paths() -> dict[str, Json]:
+    form = {
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": {
+                    "type": "object",
+                    "required": ["user", "password"],
+                    "properties": {
+                        "user": {"type": "string"},
+                        "password": {"type": "string"},
+                        "next": {"type": "string"},
+                    },
+                }
+            }
+        }
+    }
+    return {
+        "/login": {
+            "get": {
+                "operationId": "loginPage",
+                "tags": ["access"],
+                "summary": "The sign-in page",
+                "responses": {"200": _html("the form")},
+            },
+            "post": {
+                "operationId": "login",
+                "tags": ["access"],
+                "summary": "Sign in: a session cookie, and on to `next`",
+                "requestBody": form,
+                "responses": {"303": {"description": "signed in"}, "401": _html("refused")},
+            },
+        },
+        "/logout": {
+            "post": {
+                "operationId": "logout",
+                "tags": ["access"],
+                "summary": "Sign out",
+                "responses": {"303": {"description": "to the sign-in page"}},
+            }
+        },
+        "/me": {
+            "get": {
+                "operationId": "me",
+                "tags": ["access"],
+                "summary": "The caller: id, role, scope (and a session's CSRF token)",
+                "responses": {"200": _json_body({"type": "object"}, "the caller")},
+            }
+        },
+        "/customers/{customer}/export": {
+            "get": {
+                "operationId": "exportCustomer",
+                "tags": ["privacy"],
+                "summary": "Everything held about a customer (an access request), unsealed",
+                "parameters": _path_parameters("/customers/{customer}/export"),
+                "responses": {"200": _json_body({"type": "object"}, "the customer's data")}
+                | _errors(404),
+            }
+        },
+    }
+
+
+def _rule(method: str, path: str) -> Rule | None:
+    """The rule of a documented path: its own, or that of the route template it is one of
+    (each report is documented at its own path, served by `/reports/{name}`)."""
+    if (method, path) in POLICY:
+        return POLICY[(method, path)]
+    for (rule_method, template), rule in POLICY.items():
+        pattern = re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template))
+        if rule_method == method and re.fullmatch(pattern, path):
+            return rule
+    return None
+
+
+def _secure(paths: dict[str, Json]) -> None:
+    """Each operation's security and the answers access adds, from its rule in POLICY."""
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            rule = _rule(method.upper(), path)
+            if rule is None:
+                raise RuntimeError(f"{method.upper()} {path} has no access rule")
+            added = [429]
+            if rule.kind == "roles":
+                operation["security"] = [{"bearer": []}, {"session": []}]
+                added += [401, 403]
+            elif method != "get":
+                added.append(403)  # cross-site
+            if path in {c.path for c in COMMANDS}:
+                added.append(415)
+            for status in added:
+                operation["responses"].setdefault(
+                    str(status), _ref("responses", _ERROR_RESPONSES[status][0])
+                )
+            if rule.kind == "public":
+                operation["security"] = []
 
 
 OPENAPI = web.AppKey("openapi", bytes)

@@ -260,9 +260,14 @@ class CommandBody(BaseModel):
 def _explain(error: ErrorDetails) -> str:
     if error["type"] == "missing":
         return "is required"
+    if error["type"] == "extra_forbidden" and error["loc"] and error["loc"][0] in ACTOR_FIELDS:
+        return "is not taken: who acts is who signed the request (its API key, token or session)"
     if error["type"] == "string_pattern_mismatch":  # the one pattern used: NOT_BLANK
         return "must not be blank"
     return str(error["msg"])
+
+
+ACTOR_FIELDS = frozenset({"by", "reviewer", "actor"})
 
 
 class ReviewCommand(CommandBody):
@@ -277,14 +282,12 @@ class ReviewCommand(CommandBody):
     )
 
     decision: Literal["approve", "reject"]
-    reviewer: Name = Field(description="who decides (the event's actor)")
     reason: Reason | None = Field(default=None, description="why; a rejection needs one")
 
 
 class CancelCommand(CommandBody):
     """The merchant cancels an order; what it holds is released."""
 
-    by: Name = Field(description="who cancels (the event's actor)")
     reason: Reason
     reason_code: Name = "MERCHANT_CANCELLED"
 
@@ -293,7 +296,6 @@ class StockCount(CommandBody):
     """A physical count: on hand becomes `counted`."""
 
     counted: Units = Field(ge=0, le=QUANTITY_MAX)
-    by: Name = "api"
 
 
 class StockAdjustment(CommandBody):
@@ -302,7 +304,6 @@ class StockAdjustment(CommandBody):
     delta: Units = Field(ge=-QUANTITY_MAX, le=QUANTITY_MAX, json_schema_extra={"not": {"const": 0}})
     reason: Name = Field(description="DAMAGED, LOST, FOUND, CORRECTION, CONSUMED, ...")
     note: Note | None = None
-    by: Name = "api"
 
 
 class StockReceipt(CommandBody):
@@ -310,14 +311,12 @@ class StockReceipt(CommandBody):
 
     quantity: Units = Field(ge=1, le=QUANTITY_MAX)
     reference: Note | None = Field(default=None, description="purchase order, transfer id")
-    by: Name = "api"
 
 
 class SafetyStock(CommandBody):
     """The units kept back from what is available to promise."""
 
     quantity: Units = Field(ge=0, le=QUANTITY_MAX)
-    by: Name = "api"
 
 
 @dataclass(frozen=True)
@@ -327,60 +326,62 @@ class HttpCommand:
 
     path: str
     body: type[CommandBody]
-    build: Callable[[Mapping[str, str], Any], Event]
+    build: Callable[[Mapping[str, str], Any, str], Event]  # route variables, body, actor
 
 
 COMMANDS: tuple[HttpCommand, ...] = (
     HttpCommand(
         "/orders/{order_id}/review",
         ReviewCommand,
-        lambda at, body: review(
+        lambda at, body, actor: review(
             at["order_id"],
             approve=body.decision == "approve",
-            reviewer=body.reviewer,
+            reviewer=actor,
             reason=body.reason,
         ),
     ),
     HttpCommand(
         "/orders/{order_id}/cancel",
         CancelCommand,
-        lambda at, body: cancel(
-            at["order_id"], by=body.by, reason_code=body.reason_code, reason=body.reason
+        lambda at, body, actor: cancel(
+            at["order_id"], by=actor, reason_code=body.reason_code, reason=body.reason
         ),
     ),
     HttpCommand(
         "/stock/{sku}/{location}/set",
         StockCount,
-        lambda at, body: stock_set(at["sku"], at["location"], counted=body.counted, actor=body.by),
+        lambda at, body, actor: stock_set(
+            at["sku"], at["location"], counted=body.counted, actor=actor
+        ),
     ),
     HttpCommand(
         "/stock/{sku}/{location}/adjust",
         StockAdjustment,
-        lambda at, body: stock_adjust(
+        lambda at, body, actor: stock_adjust(
             at["sku"],
             at["location"],
             delta=body.delta,
             reason=body.reason,
             note=body.note,
-            actor=body.by,
+            actor=actor,
         ),
     ),
     HttpCommand(
         "/stock/{sku}/{location}/receive",
         StockReceipt,
-        lambda at, body: stock_receive(
+        lambda at, body, actor: stock_receive(
             at["sku"],
             at["location"],
             quantity=body.quantity,
             reference=body.reference,
-            actor=body.by,
+            actor=actor,
         ),
     ),
     HttpCommand(
         "/stock/{sku}/{location}/safety",
         SafetyStock,
-        lambda at, body: safety_stock(
-            at["sku"], at["location"], quantity=body.quantity, actor=body.by
+        lambda at, body, actor: safety_stock(
+            at["sku"], at["location"], quantity=body.quantity, actor=actor
         ),
     ),
 )
@@ -416,6 +417,7 @@ def add_routes(app: web.Application, publisher: AsyncPublisher, settings: Settin
     from events.models import DeadLetter
     from infra.http import problem
     from infra.publisher import PublishError
+    from oms.access import principal_of
 
     async def reject(request: web.Request, raw: bytes, exc: CommandRejected) -> web.Response:
         letter = DeadLetter.of(
@@ -433,12 +435,20 @@ def add_routes(app: web.Application, publisher: AsyncPublisher, settings: Settin
 
     def route(command: HttpCommand) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def accept(request: web.Request) -> web.Response:
+            if request.content_type != "application/json":
+                # A form post from another site cannot send this type without a CORS preflight.
+                return problem(
+                    415,
+                    f"a command is JSON: send Content-Type application/json, not "
+                    f"{request.content_type or 'none'}",
+                )
             raw = await _read_body(request)
             if len(raw) > MAX_COMMAND_BYTES:
                 kept = raw[:MAX_COMMAND_BYTES]
                 return await reject(request, kept, _too_large(request, kept))
             try:
-                event = command.build(request.match_info, command.body.parse(raw))
+                actor = principal_of(request).id
+                event = command.build(request.match_info, command.body.parse(raw), actor)
             except CommandRejected as exc:
                 return await reject(request, raw, exc)
             try:

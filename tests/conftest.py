@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import pytest
 from confluent_kafka import Consumer
 from hypothesis import settings as hypothesis_settings
 
+from infra.principals import AccessFile, Role
 from infra.settings import Settings, Topics
 from oms.stack import ClickHouseService, KafkaService
 from projections.store import ClickHouseStore, connect, with_database_url
@@ -28,6 +30,16 @@ hypothesis_settings.load_profile("orderstream")
 # take it away explicitly.
 TEST_MASTER_KEY = "b3JkZXJzdHJlYW0gdGVzdCBtYXN0ZXIga2V5IDMyISE="
 os.environ.setdefault("OMS_MASTER_KEY", TEST_MASTER_KEY)
+
+# `oms api` admits nobody without credentials (oms/access.py). The suite has its own access
+# file (never the local stack's) and session secret, and an admin key every API test may send
+# as ADMIN; tests of access itself make their own keys, users and tokens.
+os.environ.setdefault(
+    "OMS_ACCESS_FILE", str(Path(tempfile.mkdtemp(prefix="oms-access-")) / "a.json")
+)
+os.environ.setdefault("OMS_SESSION_SECRET", "orderstream test suite session secret, not for use")
+_, ADMIN_KEY = AccessFile(Path(os.environ["OMS_ACCESS_FILE"])).create_key(Role.ADMIN, name="tests")
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # A separate package with its own tests, run by tests/connectors/test_third_party.py once installed.

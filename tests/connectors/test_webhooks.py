@@ -17,7 +17,7 @@ from events.codec import AvroCodec
 from events.models import DeadLetter, OrderReceived
 from infra.settings import Settings, get_settings
 from oms.api import create_app
-from tests.conftest import FIXTURES, read_topic
+from tests.conftest import ADMIN, FIXTURES, read_topic
 
 pytestmark = pytest.mark.integration
 BODY = (FIXTURES / "webshop" / "ship_order.json").read_bytes()
@@ -36,7 +36,7 @@ async def client(
     settings = isolated_settings.model_copy(update={"intake_window": Settings().intake_window})
     app = create_app(settings)
     get_settings.cache_clear()
-    async with TestClient(TestServer(app)) as test_client:
+    async with TestClient(TestServer(app), headers=ADMIN) as test_client:
         yield test_client
 
 

@@ -20,13 +20,14 @@ from oms.api import create_app
 from oms.openapi import document
 from oms.operations import COMMANDS, NOT_BLANK
 from projections.reports import REPORTS
+from tests.conftest import ADMIN
 
 DOCUMENT = document()
 
 
 @pytest.fixture
 async def client() -> AsyncIterator[TestClient[Any, Any]]:
-    async with TestClient(TestServer(create_app(Settings()))) as test_client:
+    async with TestClient(TestServer(create_app(Settings())), headers=ADMIN) as test_client:
         yield test_client
 
 
@@ -80,7 +81,7 @@ def test_the_command_bodies_are_their_models_json_schemas() -> None:
         assert schemas[command.body.__name__] == command.body.model_json_schema()
     review = schemas["ReviewCommand"]
     assert review["properties"]["decision"]["enum"] == ["approve", "reject"]
-    assert review["required"] == ["decision", "reviewer"]
+    assert review["required"] == ["decision"]
     assert review["additionalProperties"] is False
 
 

@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from events.codec import AvroCodec
 from events.models import DeadLetter
+from infra.principals import AccessFile, Role
 from infra.publisher import Publisher
 from infra.settings import Settings
 from oms import operations
@@ -78,8 +79,15 @@ def worker(guarded: Settings, tmp_path: Path) -> Iterator[subprocess.Popen[bytes
 
 
 @pytest.fixture
-async def client(guarded: Settings) -> AsyncIterator[TestClient]:
-    async with TestClient(TestServer(create_app(guarded))) as test_client:
+def reviewer_key(guarded: Settings) -> tuple[str, str]:
+    """A reviewer's API key: (its id, the key)."""
+    return AccessFile.of(guarded).create_key(Role.REVIEWER, name="li.na")
+
+
+@pytest.fixture
+async def client(guarded: Settings, reviewer_key: tuple[str, str]) -> AsyncIterator[TestClient]:
+    headers = {"Authorization": f"Bearer {reviewer_key[1]}"}
+    async with TestClient(TestServer(create_app(guarded)), headers=headers) as test_client:
         yield test_client
 
 
@@ -101,7 +109,10 @@ def history(settings: Settings, order_id: str, *, until: str, timeout_s: float =
 
 @pytest.mark.integration
 async def test_a_held_order_is_released_by_a_reviewer_over_http(
-    guarded: Settings, worker: subprocess.Popen[bytes], client: TestClient
+    guarded: Settings,
+    worker: subprocess.Popen[bytes],
+    client: TestClient,
+    reviewer_key: tuple[str, str],
 ) -> None:
     publisher = Publisher(guarded)
     order = received(customer={"name": "王伟", "phone": "+8613900000000"})
@@ -110,14 +121,22 @@ async def test_a_held_order_is_released_by_a_reviewer_over_http(
     held = history(guarded, order.order_id, until="OrderHeld")
     assert held[-1].signals[0].rule == "BLOCKED_PHONE"
 
-    bad = await client.post(f"/orders/{order.order_id}/review", data=b'{"decision": "maybe"}')
+    bad = await client.post(
+        f"/orders/{order.order_id}/review",
+        data=b'{"decision": "maybe"}',
+        headers={"Content-Type": "application/json"},
+    )
     assert bad.status == 400 and (await bad.json())["field"] == "decision"
-    response = await client.post(f"/orders/{order.order_id}/review",
-                                 json={"decision": "approve", "reviewer": "li.na"})  # fmt: skip
+    # Who decides is who signed the request: a name in the body is refused, not recorded.
+    forged = await client.post(
+        f"/orders/{order.order_id}/review", json={"decision": "approve", "reviewer": "boss"}
+    )
+    assert forged.status == 400 and (await forged.json())["field"] == "reviewer"
+    response = await client.post(f"/orders/{order.order_id}/review", json={"decision": "approve"})
     assert response.status == 202, await response.text()
     done = history(guarded, order.order_id, until="OrderPrioritised")
     approved = next(e for e in done if e.event_type == "ReviewApproved")
-    assert (approved.actor.kind.value, approved.actor.id) == ("user", "li.na")
+    assert (approved.actor.kind.value, approved.actor.id) == ("user", f"key:{reviewer_key[0]}")
     assert [e.event_type for e in done][-3:] == ["ReviewApproved", "OrderRouted",
                                                   "OrderPrioritised"]  # fmt: skip
     letters = [CODEC.decode(m.value()) for m in read_topic(guarded, guarded.topics.dlq, expect=1)]

@@ -18,6 +18,7 @@ from oms.api import create_app
 from projections.read_api import MAX_PAGE_SIZE, json_value
 from projections.reports import REPORTS, run_report
 from projections.store import ClickHouseStore
+from tests.conftest import ADMIN
 from tests.projections.conftest import (
     projected_on,
     publish_scenario,
@@ -60,7 +61,7 @@ def store(projected: tuple[Settings, ClickHouseStore]) -> ClickHouseStore:
 
 
 async def api_client(settings: Settings) -> TestClient[Any, Any]:
-    client: TestClient[Any, Any] = TestClient(TestServer(create_app(settings)))
+    client: TestClient[Any, Any] = TestClient(TestServer(create_app(settings)), headers=ADMIN)
     await client.start_server()
     return client
 

@@ -31,7 +31,7 @@ from oms.privacy import export
 from projections.projector import Projector
 from projections.reports import REPORTS, run_report
 from projections.store import ClickHouseStore, connect
-from tests.conftest import settings_env
+from tests.conftest import ADMIN, settings_env
 from tests.factories import received
 from tests.streams.test_pipeline import worker  # noqa: F401  (the fixture)
 
@@ -188,7 +188,7 @@ async def test_the_api_shows_a_forgotten_customer_s_orders_without_them(
         publisher.publish(settings.topics.orders, order)
     assert not publisher.flush().failed
     wait_for(lambda: len(orders_in(store)) == 2, "2 orders in ClickHouse")
-    async with TestClient(TestServer(create_app(settings))) as client:
+    async with TestClient(TestServer(create_app(settings)), headers=ADMIN) as client:
         shown = await (await client.get("/orders/po-0")).text()
         assert "B*" in shown and "Keepme" not in shown and "Lethe" not in shown
         forgot = subprocess.run(
@@ -243,3 +243,46 @@ def test_losing_the_key_store_is_forgetting_everyone_and_a_wrong_master_key_fail
     stored = everything_in(store)
     for text in ERIN_TEXTS:
         assert text not in stored, text
+
+
+def test_new_keys_are_stored_together_and_found_by_a_reader_that_meets_their_data(
+    isolated_settings: Settings,
+) -> None:
+    """A chunk's new customers get their keys with one flush; data sealed with a key written
+    a moment ago is opened by another process at once (no 'recently caught up' window in
+    which it would read as erased); a key that is not there is looked for once."""
+    writer, reader = KafkaKeys(isolated_settings), KafkaKeys(isolated_settings)
+    flushes = 0
+    producer_flush = writer._key_producer().flush
+
+    def counted(timeout: float = -1) -> int:
+        nonlocal flushes
+        flushes += 1
+        return producer_flush(timeout)
+
+    produce = writer._key_producer().produce
+    methods = {"flush": staticmethod(counted), "produce": produce}
+    writer._producer = type("Counted", (), methods)()
+    subjects = [f"subject-{n}" for n in range(300)]
+    made = writer.prepare(subjects)
+    assert len(made) == 300 and flushes <= 3  # one wait for all, not one each
+    assert writer.prepare(subjects) == made and flushes <= 3  # held: nothing written again
+
+    for subject in subjects[:50]:  # each one a moment after it was stored
+        key_id, key = writer.current(subject)
+        assert reader.find(subject, key_id) == key
+    fresh = writer.current("subject-new")
+    assert reader.find("subject-new", fresh[0]) == fresh[1]
+
+    catch_ups = 0
+    real = reader._catch_up
+
+    def counting() -> None:
+        nonlocal catch_ups
+        catch_ups += 1
+        real()
+
+    reader._catch_up = counting  # type: ignore[method-assign]
+    assert reader.find("subject-0", "0123456789abcdef") is None
+    assert reader.find("subject-0", "0123456789abcdef") is None
+    assert catch_ups == 1
