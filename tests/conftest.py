@@ -125,8 +125,11 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "OMS_MASTER_KEY": (
                 settings.master_key.get_secret_value() if settings.master_key else TEST_MASTER_KEY
             ),
+            "OMS_ACCESS_FILE": str(settings.access_file or settings.home / "access.json"),
         }
     )
+    if settings.session_secret:
+        env["OMS_SESSION_SECRET"] = settings.session_secret.get_secret_value()
     env.update({f"OMS_TOPIC_{k.upper()}": v for k, v in settings.topics.model_dump().items()})
     return env
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from oms.cli import (
+    access,
     audit,
     bench,
     demo,
@@ -42,6 +43,8 @@ for command in (
     operators.location,
     report.report,
     privacy.privacy,
+    access.keys,
+    access.users,
     audit.audit,
     schemas.schemas,
     bench.bench,

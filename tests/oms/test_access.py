@@ -454,3 +454,33 @@ async def test_over_the_limit_is_429_with_retry_after_and_answers_carry_security
         assert health.headers["X-Content-Type-Options"] == "nosniff"
         assert health.headers["X-Frame-Options"] == "DENY"
         assert "frame-ancestors 'none'" in health.headers["Content-Security-Policy"]
+
+
+def test_the_command_line_makes_lists_rotates_and_revokes_keys_and_users(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from infra.settings import get_settings
+    from oms.cli import main
+
+    env = {"OMS_ACCESS_FILE": str(tmp_path / "a.json"), "OMS_NEW_PASSWORD": "long enough pass"}
+    runner = CliRunner(env=env)
+    get_settings.cache_clear()
+    try:
+        made = runner.invoke(main, ["keys", "create", "--role", "stock_clerk", "--store", "S01"])
+        assert made.exit_code == 0, made.output
+        key_id, key = made.output.split()[1], made.output.split()[-1]
+        assert key.startswith("oms_") and key not in (tmp_path / "a.json").read_text()
+        unscoped = runner.invoke(main, ["keys", "create", "--role", "stock_clerk"])
+        assert unscoped.exit_code != 0 and "--store" in unscoped.output
+        rotated = runner.invoke(main, ["keys", "rotate", key_id])
+        assert rotated.exit_code == 0 and f"replaces {key_id}" in rotated.output
+        listed = runner.invoke(main, ["keys", "list"]).output
+        assert f"{key_id}  stock_clerk" in listed and "revoked" in listed and key not in listed
+        assert runner.invoke(main, ["keys", "revoke", "nope"]).exit_code != 0
+        user = runner.invoke(main, ["users", "create", "li.na", "--role", "analyst"])
+        assert user.exit_code == 0, user.output
+        who = AccessFile(tmp_path / "a.json").user_principal("li.na", "long enough pass")
+        assert who.role is Role.ANALYST
+        assert runner.invoke(main, ["users", "remove", "li.na"]).exit_code == 0
+    finally:
+        get_settings.cache_clear()

@@ -14,10 +14,12 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from html.parser import HTMLParser
@@ -27,8 +29,10 @@ from urllib.parse import urlencode
 
 import aiohttp
 import pytest
+from aiohttp import ClientSession, web
 
 from events.models import OrderLine
+from infra.principals import AccessFile, Role
 from infra.publisher import Publisher
 from infra.settings import PROJECT_ROOT, Settings
 from projections.reports import run_report
@@ -173,7 +177,16 @@ def stack(stack_settings: Settings, chdb_path: Path) -> Iterator[Stack]:
         log = Path(logs) / "api.log"
         with log.open("wb") as output:
             api = subprocess.Popen(
-                [sys.executable, "-m", "oms.cli", "api", "--port", str(port)],
+                # no webhook is posted: the channels may refuse for want of their secrets
+                [
+                    sys.executable,
+                    "-m",
+                    "oms.cli",
+                    "api",
+                    "--port",
+                    str(port),
+                    "--allow-missing-webhook-secrets",
+                ],
                 env=settings_env(settings),
                 cwd=PROJECT_ROOT,
                 stdout=output,
@@ -181,7 +194,9 @@ def stack(stack_settings: Settings, chdb_path: Path) -> Iterator[Stack]:
             )
         try:
             wait_answering(f"http://127.0.0.1:{port}/healthz", api, log)
-            yield Stack(settings, store, f"http://127.0.0.1:{port}", all_order_facts(scenario))
+            _, key = AccessFile.of(settings).create_key(Role.ANALYST, name="dashboard test")
+            with signed_in_proxy(f"http://127.0.0.1:{port}", key) as url:
+                yield Stack(settings, store, url, all_order_facts(scenario))
         finally:
             api.terminate()
             try:
@@ -190,6 +205,39 @@ def stack(stack_settings: Settings, chdb_path: Path) -> Iterator[Stack]:
                 api.kill()
                 api.wait()
             drop(store)
+
+
+@contextmanager
+def signed_in_proxy(upstream: str, key: str) -> Iterator[str]:
+    """A local proxy that adds an analyst's API key to every request the page makes: headless
+    Chromium's --dump-dom cannot sign in, and the dashboard admits only signed-in analysts."""
+
+    async def forward(request: web.Request) -> web.Response:
+        async with (
+            ClientSession() as session,
+            session.get(
+                f"{upstream}{request.path_qs}", headers={"Authorization": f"Bearer {key}"}
+            ) as answer,
+        ):
+            body = await answer.read()
+            return web.Response(body=body, status=answer.status, content_type=answer.content_type)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", forward)
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
+    host, port = runner.addresses[0][:2]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
 
 
 # ------------------------------------------------------------ what the page drew
