@@ -305,6 +305,26 @@ def partitions_of(settings: Settings, topic: str, *, timeout_s: float = 10.0) ->
         consumer.close()
 
 
+def _watermarks(consumer: Any, topic: str, partition: int, timeout_s: float) -> tuple[int, int]:
+    """The partition's first and next offsets, asked again for `timeout_s` while the broker
+    refuses (a partition just created has no leader for a moment)."""
+    from confluent_kafka import KafkaException, TopicPartition
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=timeout_s
+            )
+            return int(low), int(high)
+        except KafkaException as exc:
+            # librdkafka does not mark NOT_LEADER_FOR_PARTITION retriable here: every error
+            # is asked again until the deadline.
+            if time.monotonic() > deadline:
+                raise AuditUnavailable(f"Kafka does not answer: {exc}") from exc
+        time.sleep(0.2)
+
+
 def read_records(
     settings: Settings,
     topic: str,
@@ -315,16 +335,11 @@ def read_records(
 ) -> Iterator[tuple[int, bytes | None]]:
     """The committed (offset, value) records of a partition from `start` (default: its first)
     to its end at the time of the call."""
-    from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
+    from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
     consumer = _consumer(settings)
     try:
-        try:
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=timeout_s
-            )
-        except KafkaException as exc:
-            raise AuditUnavailable(f"Kafka does not answer: {exc}") from exc
+        low, high = _watermarks(consumer, topic, partition, timeout_s)
         first = OFFSET_BEGINNING if start is None or start <= low else start
         if high <= max(low, start or 0):
             return
@@ -341,7 +356,12 @@ def read_records(
                 if error.code() == KafkaError._PARTITION_EOF:
                     return
                 raise AuditUnavailable(f"reading {topic}[{partition}]: {error}")
-            yield int(message.offset()), message.value()
+            offset = int(message.offset())
+            if offset >= high:
+                return  # written after the call: not this read's
+            yield offset, message.value()
+            if offset == high - 1:
+                return
         raise AuditUnavailable(f"{topic}[{partition}] gave nothing for {timeout_s:.0f}s")
     finally:
         consumer.close()
@@ -350,13 +370,9 @@ def read_records(
 def read_tail(settings: Settings, topic: str, partition: int) -> Tail:
     """The last entry of the partition's chain, read back from its end (widening the window
     while only control records, aborted writes or non-entries are found there)."""
-    from confluent_kafka import KafkaException, TopicPartition
-
     consumer = _consumer(settings)
     try:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-    except KafkaException as exc:
-        raise AuditUnavailable(f"Kafka does not answer: {exc}") from exc
+        low, high = _watermarks(consumer, topic, partition, 10.0)
     finally:
         consumer.close()
     window = TAIL_WINDOW
@@ -382,13 +398,9 @@ def read_last(
 ) -> list[tuple[int, bytes | None]]:
     """About the last `count` records of a partition (each transaction's commit marker takes
     an offset too, so twice as many offsets are read back)."""
-    from confluent_kafka import KafkaException, TopicPartition
-
     consumer = _consumer(settings)
     try:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-    except KafkaException as exc:
-        raise AuditUnavailable(f"Kafka does not answer: {exc}") from exc
+        low, high = _watermarks(consumer, topic, partition, 10.0)
     finally:
         consumer.close()
     start = max(low, high - 2 * count)
