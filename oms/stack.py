@@ -427,6 +427,8 @@ class KafkaService:
         admin = AdminClient(self._admin_config())
         try:
             topics = admin.list_topics(timeout=10).topics
+            if any(topic not in topics for topic in self.settings.topics.all()):
+                return False  # created a moment ago: not in the metadata yet
             wanted = {
                 TopicPartition(topic, partition): OffsetSpec.latest()
                 for topic in self.settings.topics.all()
