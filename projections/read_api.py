@@ -70,8 +70,9 @@ class ReadModels:
     chDB holds one session per process, so embedded queries run one at a time (one worker).
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, max_execution_s: int = 10, max_rows_to_read: int = 0) -> None:
         self.url = url
+        self.limits = {"max_execution_s": max_execution_s, "max_rows_to_read": max_rows_to_read}
         workers = 1 if urlparse(url).scheme == "chdb" else 4
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="read-api")
         self._local = threading.local()
@@ -82,6 +83,7 @@ class ReadModels:
         store: ClickHouseStore | None = getattr(self._local, "store", None)
         if store is None:
             store = connect(self.url)
+            store.limit_queries(**self.limits)
             self._local.store = store
             with self._lock:
                 self._opened.append(store)
@@ -362,7 +364,11 @@ async def dashboard_asset(request: web.Request) -> web.StreamResponse:
 
 def add_routes(app: web.Application, settings: Settings) -> None:
     """The read API and the dashboard, over the settings' ClickHouse (one store per app)."""
-    read_models = ReadModels(settings.resolved_clickhouse_url)
+    read_models = ReadModels(
+        settings.resolved_clickhouse_read_url,
+        max_execution_s=settings.read_max_execution_s,
+        max_rows_to_read=settings.read_max_rows,
+    )
     app[READ_MODELS] = read_models
     app.router.add_get("/orders", get_orders)
     app.router.add_get("/orders/{order_id}", get_order)

@@ -132,6 +132,11 @@ class ClickHouseStore(Protocol):
         """The same ClickHouse, another database (rebuilds write into a staging one)."""
         ...
 
+    def limit_queries(self, *, max_execution_s: int, max_rows_to_read: int) -> None:
+        """Every later query of this store stops (an error) past these limits: for stores
+        that answer callers (the read API), so one request cannot hold the server."""
+        ...
+
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Row]) -> None: ...
 
     def insert_rowbinary(self, table: str, columns: Sequence[str], data: bytes) -> None:
@@ -376,6 +381,11 @@ class ServerStore:
                 )
             time.sleep(0.1)
 
+    def limit_queries(self, *, max_execution_s: int, max_rows_to_read: int) -> None:
+        self._client.settings.update(
+            {"max_execution_time": max_execution_s, "max_rows_to_read": max_rows_to_read}
+        )
+
     def close(self) -> None:
         self._client.disconnect()
         with self._http_lock:
@@ -537,6 +547,10 @@ class EmbeddedStore:
 
     def settle(self) -> None:
         return None  # in-process: every statement has ended when its call returns
+
+    def limit_queries(self, *, max_execution_s: int, max_rows_to_read: int) -> None:
+        """Not applied: chDB runs inside the calling process, whose own limits bound it; a
+        read API that faces users reads a server (OMS_CLICKHOUSE_READ_URL)."""
 
     def close(self) -> None:
         # The session is shared per path and lives as long as the process.

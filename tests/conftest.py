@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer
+from confluent_kafka.admin import AdminClient
 from hypothesis import settings as hypothesis_settings
 
+from infra.kafka import admin_config
 from infra.principals import AccessFile, Role
 from infra.settings import Settings, Topics
 from oms.stack import ClickHouseService, KafkaService
@@ -84,6 +86,8 @@ def isolated_settings(stack_settings: Settings, chdb_path: Path) -> Iterator[Set
     store = connect(url)
     store.execute(f"DROP DATABASE IF EXISTS {store.database}")
     store.close()
+    # Its topics go too: a broker that keeps every test's partitions runs out of file handles.
+    AdminClient(admin_config(settings.kafka_bootstrap)).delete_topics(topics.all())
 
 
 @pytest.fixture

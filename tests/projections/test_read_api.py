@@ -336,3 +336,27 @@ async def test_read_models_that_are_not_there_answer_503_with_a_hint(
             assert body["hint"] == "run `oms project --migrate`"
     finally:
         await client.close()
+
+
+async def test_a_read_past_the_query_limits_is_refused_not_left_running(
+    projected: tuple[Settings, ClickHouseStore],
+) -> None:
+    settings = projected[0]
+    if not settings.resolved_clickhouse_url.startswith("clickhouse://"):
+        pytest.skip("the limits are the server's: embedded chDB runs inside the API's process")
+    limited = settings.model_copy(update={"read_max_rows": 10})
+    client = await api_client(limited)
+    try:
+        # A report over the per-minute activity reads all of it. (18.16 does not count the
+        # rows a `FINAL` query reads, measured: the orders listing passes under 10 rows.)
+        refused = await client.get("/reports/orders_per_minute", params=WINDOW)
+        assert refused.status == 503
+        assert "limit for rows to read" in (await refused.json())["error"].lower()
+    finally:
+        await client.close()
+    client = await api_client(settings)
+    try:
+        allowed = await client.get("/reports/orders_per_minute", params=WINDOW)
+        assert allowed.status == 200
+    finally:
+        await client.close()
