@@ -26,6 +26,7 @@ from urllib.parse import quote
 
 from infra.keystore import TOPIC_CONFIG as KEY_TOPIC_CONFIG
 from infra.keystore import ensure_local_master_key
+from infra.principals import ensure_local_session_secret
 from infra.settings import PROJECT_ROOT, Settings, Topics
 
 KAFKA_POM = PROJECT_ROOT / "kafka" / "pom.xml"
@@ -738,12 +739,18 @@ class Stack:
 
     def up(self) -> list[tuple[str, str]]:
         """Starts the services; a development master key for personal data is made once,
-        unless OMS_MASTER_KEY is set (infra/keystore.py)."""
+        unless OMS_MASTER_KEY is set (infra/keystore.py), and a session key unless
+        OMS_SESSION_SECRET is (infra/principals.py)."""
         started = [(service.name, service.up()) for service in self.services]
         if not (self.settings.master_key and self.settings.master_key.get_secret_value()):
             path = ensure_local_master_key(self.settings.home)
             started.append(
                 ("master key", f"{path} (development; set OMS_MASTER_KEY in production)")
+            )
+        if not (self.settings.session_secret and self.settings.session_secret.get_secret_value()):
+            path = ensure_local_session_secret(self.settings.home)
+            started.append(
+                ("session key", f"{path} (development; set OMS_SESSION_SECRET in production)")
             )
         return started
 

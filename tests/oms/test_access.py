@@ -484,3 +484,13 @@ def test_the_command_line_makes_lists_rotates_and_revokes_keys_and_users(tmp_pat
         assert runner.invoke(main, ["users", "remove", "li.na"]).exit_code == 0
     finally:
         get_settings.cache_clear()
+
+
+def test_a_development_session_key_is_made_once_owner_only(tmp_path: Path) -> None:
+    from infra.principals import ensure_local_session_secret, session_secret
+
+    path = ensure_local_session_secret(tmp_path)
+    first = path.read_bytes()
+    assert ensure_local_session_secret(tmp_path).read_bytes() == first  # kept, not replaced
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert session_secret(Settings(home=tmp_path, session_secret=None)) == first.strip()
