@@ -30,7 +30,12 @@ from pydantic_core import from_json
 
 from connectors.limits import MAX_TEXT_CHARS, check_json
 from connectors.money import LONG_MAX, LONG_MIN, decimal_number, decimal_text, minor_units
-from connectors.rejections import PayloadRejected, SignatureRejected
+from connectors.rejections import (
+    PayloadRejected,
+    SecretMissing,
+    SignatureRejected,
+    StaleSignature,
+)
 from events.bounds import LINE_QUANTITY_MAX, LINES_MAX
 from events.models import (
     Actor,
@@ -54,13 +59,16 @@ __all__ = [
     "ChannelPayload",
     "Connector",
     "PayloadRejected",
+    "SecretMissing",
     "SignatureRejected",
+    "StaleSignature",
     "decimal_number",
     "decimal_text",
     "from_epoch",
     "local_time",
     "minor_units",
     "same_signature",
+    "signed_epoch",
 ]
 
 CHINA = ZoneInfo("Asia/Shanghai")
@@ -101,17 +109,49 @@ class ChannelPayload(BaseModel):
 
 
 class Connector(ABC):
-    """One sales channel. Subclasses set `name` and implement `parse`; `verify` if signed."""
+    """One sales channel. Subclasses set `name` and implement `parse`; `verify` if signed.
+
+    `delivery` says how its orders arrive, and so whether `POST /webhooks/{name}` serves it:
+    "webhook" (the platform pushes signed messages: served, its secret required), "polled" (we
+    fetch them from the platform's API: not served, 404) or "staff" (typed in by staff: served
+    to a staff login only, `connectors.webhooks.STAFF_ONLY_CHANNELS`). `kept_headers` are the
+    headers `verify` and `parse` read: a webhook's dead letter keeps them (and no others), so
+    that a replay verifies again.
+    """
 
     name: ClassVar[str]
     signed: ClassVar[bool] = False
+    delivery: ClassVar[str] = "webhook"
+    kept_headers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, secret: str | None = None) -> None:
-        # The channel's signing secret or token; OMS_<NAME>_SECRET when not given. Without
-        # one, a signed channel's `verify` accepts everything (local development).
-        self.secret = (
-            secret if secret is not None else os.environ.get(f"OMS_{self.name.upper()}_SECRET")
-        )
+        # The channel's signing secret or key; OMS_<NAME>_SECRET when not given. Without one
+        # (or with an empty one) a signed channel's `verify` refuses everything: fail closed.
+        self.secret = secret if secret is not None else os.environ.get(self.secret_variable())
+
+    @classmethod
+    def secret_variable(cls) -> str:
+        return f"OMS_{cls.name.upper()}_SECRET"
+
+    def missing_settings(self) -> list[str]:
+        """The environment variables a signed channel needs and does not have (for `oms api`'s
+        start check); a connector needing more than its secret adds them."""
+        return [self.secret_variable()] if self.signed and not self.secret else []
+
+    def require_secret(self) -> str:
+        """The secret, or `SecretMissing`: an unset or empty secret verifies nothing (an HMAC
+        keyed with nothing is a checksum anyone can compute)."""
+        if not self.secret:
+            raise SecretMissing(
+                f"{self.secret_variable()} is not set: every {self.name} message is refused "
+                "until it is"
+            )
+        return self.secret
+
+    def signed_at(self, headers: Mapping[str, str], body: bytes) -> datetime | None:
+        """The time the platform's signature covers, for channels whose signature covers one
+        (read after `verify` passed); None for those whose signature covers no time."""
+        return None
 
     @abstractmethod
     def parse(
@@ -288,6 +328,18 @@ def from_epoch(seconds: int | float | str, *, field: str) -> datetime:
         return datetime.fromtimestamp(value, UTC)
     except (OverflowError, OSError, ValueError):
         raise PayloadRejected(f"{seconds!r} is out of range", field=field) from None
+
+
+def signed_epoch(value: object, *, field: str = "timestamp") -> datetime:
+    """A signed Unix time (seconds, or milliseconds when that large) as UTC; a message whose
+    signature should cover one and does not is refused as unsigned."""
+    text = str(value) if isinstance(value, int | str) and not isinstance(value, bool) else ""
+    if not (text.isascii() and text.isdigit()):
+        raise SignatureRejected("no signed time", field=field)
+    try:
+        return from_epoch(text, field=field)
+    except PayloadRejected as rejected:
+        raise SignatureRejected(rejected.reason, field=field) from None
 
 
 def same_signature(expected: str, given: object) -> bool:

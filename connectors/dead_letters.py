@@ -1,5 +1,12 @@
 """The dead-letter topic, read back: list what was rejected, and replay it through its
-connector once the cause is fixed (a connector bug, a missing mapping)."""
+connector once the cause is fixed (a connector bug, a missing mapping).
+
+A replay is not a way round a webhook's signature. A letter refused as not authentic (forged,
+unsigned, or replayed outside its window: `replayable` false) is refused, never sent on. Any
+other letter that came through a webhook is verified again, with the headers it kept, against
+the channel's current secret, before it is parsed; its signed time is not held to the window
+again (the letter was received in time, or was refused for that and is not replayable).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, TopicPartition
 
-from connectors.base import PayloadRejected
+from connectors.base import ChannelEvent, Connector, PayloadRejected
 from connectors.intake import csv_row_as_json
 from connectors.registry import available
 from events.codec import AvroCodec, CodecError
@@ -53,6 +60,7 @@ class ReplayReport:
     replayed: list[str] = field(default_factory=list)  # dead letter ids now on the intake topic
     still_rejected: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (id, why)
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (id, reason): not authentic
 
 
 def replay(
@@ -71,10 +79,11 @@ def replay(
         if connector_class is None:
             report.skipped.append((letter.dead_letter_id, f"no connector named {letter.source!r}"))
             continue
-        connector = connector_class()
+        if not letter.replayable:
+            report.refused.append((letter.dead_letter_id, letter.reason))
+            continue
         try:
-            body = csv_row_as_json(letter.raw) if ".csv:" in letter.source_ref else letter.raw
-            event = connector.parse(body, received_at=utc_now())
+            event = _again(connector_class(), letter)
         except PayloadRejected as exc:
             report.still_rejected.append((letter.dead_letter_id, str(exc)))
             continue
@@ -82,3 +91,12 @@ def replay(
         report.replayed.append(letter.dead_letter_id)
     publisher.flush()
     return report
+
+
+def _again(connector: Connector, letter: DeadLetter) -> ChannelEvent:
+    """What the connector makes of a letter now: a webhook's verified first, with its headers."""
+    headers = {header.name: header.value for header in letter.headers}
+    if letter.source_ref.startswith("webhook:"):
+        connector.verify(headers, letter.raw)
+    body = csv_row_as_json(letter.raw) if ".csv:" in letter.source_ref else letter.raw
+    return connector.parse(body, received_at=utc_now(), headers=headers)

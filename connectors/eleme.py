@@ -40,6 +40,7 @@ from connectors.base import (
     local_time,
     minor_units,
     same_signature,
+    signed_epoch,
 )
 from connectors.samples import SampleOrder, payload_json
 from events.models import Address, Customer, OrderLine, OrderMode, PaymentStatus
@@ -108,16 +109,20 @@ class ElemeConnector(Connector):
     signed = True
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> None:
-        if self.secret is None:
-            return
+        secret = self.require_secret()
         envelope = self.load_json(body)
         # The signature covers the fields, not the bytes: nothing may follow the signed object.
         if not isinstance(envelope, dict) or not body.rstrip(b"\r\n").endswith(b"}"):
             raise SignatureRejected("not exactly one signed message", field="signature")
-        expected = signature(envelope, secret=self.secret)
+        expected = signature(envelope, secret=secret)
         given = envelope.get("signature")
         if not same_signature(expected, given.upper() if isinstance(given, str) else given):
             raise SignatureRejected("signature does not match", field="signature")
+
+    def signed_at(self, headers: Mapping[str, str], body: bytes) -> datetime:
+        """The envelope's `timestamp` (milliseconds), a signed field: when Ele.me sent it."""
+        envelope = self.load_json(body)
+        return signed_epoch(envelope.get("timestamp") if isinstance(envelope, dict) else None)
 
     def parse(
         self, raw: bytes, *, received_at: datetime, headers: Mapping[str, str] | None = None

@@ -90,6 +90,7 @@ class _OrderInfo(ChannelPayload):
 
 class JdConnector(Connector):
     name = "jd"
+    delivery = "polled"
 
     def parse(
         self, raw: bytes, *, received_at: datetime, headers: Mapping[str, str] | None = None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from itertools import accumulate
 
@@ -33,6 +34,9 @@ DEAD_LETTER_ROOM = 16_384
 MAX_BODY_BYTES = MAX_MESSAGE_BYTES - DEAD_LETTER_ROOM
 MAX_REASON_CHARS = 2_000  # at most 4 bytes each in UTF-8: 8,000 bytes
 MAX_SOURCE_REF_CHARS = 200
+# A kept header (a signature: 684 characters for RSA-4096 in base64, a timestamp), kept as
+# ASCII (what is not becomes "?"); at most four are kept (Connector.kept_headers): 2,800 bytes.
+MAX_HEADER_CHARS = 700
 MAX_DEPTH = 32
 MAX_DIGITS = 40  # a 64-bit amount has 19; a double printed in full 17 significant digits
 MAX_TEXT_CHARS = 1_000
@@ -94,11 +98,14 @@ def dead_letter(
     raw: bytes,
     size: int | None = None,
     sha256: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    replayable: bool = True,
 ) -> DeadLetter:
     """A dead letter that fits on the dead-letter topic whatever it was given. A body over
     `MAX_BODY_BYTES` is cut to that size, its full size and SHA-256 digest in the reason; a
     caller that did not keep all of a body (an HTTP request read in chunks) gives the `size`
-    and `sha256` of all of it. The reason and the source reference are cut to their bounds."""
+    and `sha256` of all of it. The reason, the source reference and each kept header are cut to
+    their bounds."""
     note = ""
     if size is not None and size > len(raw) or len(raw) > MAX_BODY_BYTES:
         size = len(raw) if size is None else size
@@ -110,7 +117,15 @@ def dead_letter(
         source_ref=shorten(source_ref, MAX_SOURCE_REF_CHARS),
         reason=shorten(reason, MAX_REASON_CHARS - len(note)) + note,
         raw=raw,
+        headers={name: _ascii(value, MAX_HEADER_CHARS) for name, value in (headers or {}).items()},
+        replayable=replayable,
     )
+
+
+def _ascii(text: str, most: int) -> str:
+    """A header value as kept: ASCII, what is not (aiohttp's surrogates for bytes that are not
+    UTF-8, too) as "?", cut to `most` characters."""
+    return shorten(text.encode("ascii", "replace").decode(), most)
 
 
 def too_large_for_kafka(exc: KafkaException) -> bool:

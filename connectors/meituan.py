@@ -37,6 +37,7 @@ from connectors.base import (
     from_epoch,
     minor_units,
     same_signature,
+    signed_epoch,
 )
 from connectors.samples import SampleOrder, payload_json
 from events.models import Address, Customer, OrderLine, OrderMode, PaymentStatus
@@ -103,16 +104,20 @@ class MeituanConnector(Connector):
         self.push_url = push_url or os.environ.get("OMS_MEITUAN_PUSH_URL", PUSH_URL)
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> None:
-        if self.secret is None:
-            return
+        secret = self.require_secret()
         params = self.load_json(body)
         # `sig` covers the parameters, not the bytes: nothing may follow the signed object.
         if not isinstance(params, dict) or not body.rstrip(b"\r\n").endswith(b"}"):
             raise SignatureRejected("not exactly one signed parameter object", field="sig")
-        expected = signature(params, secret=self.secret, url=self.push_url)
+        expected = signature(params, secret=secret, url=self.push_url)
         given = params.get("sig")
         if not same_signature(expected, given.lower() if isinstance(given, str) else given):
             raise SignatureRejected("signature does not match", field="sig")
+
+    def signed_at(self, headers: Mapping[str, str], body: bytes) -> datetime:
+        """`timestamp`, one of the signed parameters: when Meituan sent the push."""
+        params = self.load_json(body)
+        return signed_epoch(params.get("timestamp") if isinstance(params, dict) else None)
 
     def parse(
         self, raw: bytes, *, received_at: datetime, headers: Mapping[str, str] | None = None

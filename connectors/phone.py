@@ -118,6 +118,7 @@ class _Ticket(ChannelPayload):
 
 class PhoneConnector(Connector):
     name = "phone"
+    delivery = "staff"
 
     def parse(
         self, raw: bytes, *, received_at: datetime, headers: Mapping[str, str] | None = None

@@ -18,3 +18,14 @@ class PayloadRejected(ValueError):
 
 class SignatureRejected(PayloadRejected):
     """The payload's signature or token does not match: it may not come from the channel."""
+
+
+class SecretMissing(SignatureRejected):
+    """The channel's secret is not configured (or empty): nothing can be verified, so every
+    payload is refused (fail closed). Not a verdict on the payload: once the secret is set, a
+    dead letter refused for this verifies again on replay."""
+
+
+class StaleSignature(SignatureRejected):
+    """The signature is right but the time it signs is outside the window around receipt: a
+    replay of an old message (or a clock far off)."""

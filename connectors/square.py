@@ -146,16 +146,16 @@ class _SquareOrder(ChannelPayload):
 class SquareConnector(Connector):
     name = "square"
     signed = True
+    kept_headers = ("x-square-hmacsha256-signature",)
 
     def __init__(self, *, secret: str | None = None, notification_url: str | None = None) -> None:
         super().__init__(secret=secret)
         self.notification_url = notification_url or _notification_url()
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> None:
-        if self.secret is None:
-            return
+        secret = self.require_secret()
         given = {k.lower(): v for k, v in headers.items()}.get("x-square-hmacsha256-signature")
-        expected = _signature(self.secret, self.notification_url, body)
+        expected = _signature(secret, self.notification_url, body)
         if not same_signature(expected, given):
             raise SignatureRejected(
                 "signature does not match", field="x-square-hmacsha256-signature"

@@ -92,6 +92,7 @@ class _Trade(ChannelPayload):
 
 class TmallConnector(Connector):
     name = "tmall"
+    delivery = "polled"
 
     def parse(
         self, raw: bytes, *, received_at: datetime, headers: Mapping[str, str] | None = None

@@ -7,9 +7,32 @@
   body over `MAX_BODY_BYTES`, or an order too large for a Kafka message. Each after the raw
   bytes are on the dead-letter topic (a body over the limit cut to it, with its full size and
   SHA-256 digest in the reason), so nothing is lost;
-- 404: no connector for that channel; 503: Kafka did not acknowledge, or verifying and parsing
-  took longer than `PARSE_BUDGET_S` (the bytes are on the dead-letter topic; the channel should
-  retry; nothing was acknowledged).
+- 404: no connector for that channel, or a channel that is not pushed (Tmall and JD orders are
+  polled: `oms poll`); 503: Kafka did not acknowledge, or verifying and parsing took longer
+  than `PARSE_BUDGET_S` (the bytes are on the dead-letter topic; the channel should retry;
+  nothing was acknowledged).
+
+Authenticity (docs/connectors.md, "Signatures"). Every pushed channel verifies its platform's
+signature with its secret, `OMS_<CHANNEL>_SECRET`; unset or empty, everything is refused (401,
+and `oms api` will not start without `--allow-missing-webhook-secrets`). The phone channel is
+staff typing: it is in `STAFF_ONLY_CHANNELS`, which the app's access middleware reads to demand
+a staff login for `POST /webhooks/phone` (this module checks no logins). A message refused as
+not authentic — forged, unsigned, or replayed — is dead-lettered `replayable: false`, with the
+headers its connector verifies, and `oms dlq replay` never sends it on.
+
+Replays. Where the signature covers a time (Meituan's `timestamp`, Ele.me's `timestamp`, WeChat
+Pay's `Wechatpay-Timestamp`: `Connector.signed_at`), a message signed more than
+`SIGNATURE_WINDOW` (5 minutes) before or after its receipt is refused: 401, a replay (or a clock
+far off). Within the window the platforms retry what they think was not received, so an exact
+re-send is not an attack: a message verified and acknowledged is remembered (`Recent`: its
+channel, kept headers and body digest) until its window closes, and the same message again is
+answered 200 with the first answer and `"duplicate": true`, without publishing it twice (until
+its signed time, or its receipt where no time is signed, is a window old). The memory is the
+process's own: a re-send reaching another `oms api` process is published again, and the
+pipeline takes it once by its deterministic event id. The
+web shop (Shopify), WooCommerce and Square sign no time: a captured message of theirs verifies
+forever, and is harmless because the same body makes the same event id, which the pipeline
+takes once (connectors/base.py).
 
 The body is read here, in chunks, not by aiohttp, whose `client_max_size` would answer a bare
 413 and keep nothing. Verifying and parsing run in a small pool of threads (`PARSER_THREADS`),
@@ -27,6 +50,7 @@ import html
 import json
 import logging
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,8 +62,15 @@ from aiohttp import web
 from confluent_kafka import KafkaException
 
 from connectors import limits
-from connectors.base import ChannelEvent, Connector, PayloadRejected, SignatureRejected
-from connectors.registry import UnknownChannel, connector_for
+from connectors.base import (
+    ChannelEvent,
+    Connector,
+    PayloadRejected,
+    SecretMissing,
+    SignatureRejected,
+    StaleSignature,
+)
+from connectors.registry import UnknownChannel, available, connector_for
 from events.codec import CodecError
 from events.models import utc_now
 from infra.http import problem
@@ -58,7 +89,60 @@ CONNECTORS = web.AppKey("connectors", dict)
 PARSERS = web.AppKey("parsers", ThreadPoolExecutor)
 PARSE_BUDGET = web.AppKey("parse_budget_s", float)
 WINDOW = web.AppKey("intake_window", tuple)
+SIGNATURE_WINDOW_S = 300.0
+SIGNATURE_WINDOW = web.AppKey("signature_window", timedelta)
 _FORM = "application/x-www-form-urlencoded"
+# Channels whose orders staff type in: served to a staff login only (the app's access
+# middleware reads these; a platform has no login, and this module checks none).
+STAFF_ONLY_CHANNELS = frozenset({"phone"})
+STAFF_ONLY_PATHS = frozenset(f"/webhooks/{channel}" for channel in STAFF_ONLY_CHANNELS)
+
+
+class Recent:
+    """The messages acknowledged within the signature window: an exact re-send (a platform's
+    retry) is answered as the first time was, not published twice. At most `size` are kept, the
+    oldest forgotten first; each is forgotten when its window closes."""
+
+    def __init__(self, size: int = 100_000) -> None:
+        self.size = size
+        self._answers: OrderedDict[str, tuple[datetime, dict[str, object]]] = OrderedDict()
+
+    def get(self, key: str, *, now: datetime) -> dict[str, object] | None:
+        kept = self._answers.get(key)
+        if kept is None or kept[0] < now:
+            return None
+        return kept[1]
+
+    def remember(self, key: str, answer: dict[str, object], *, until: datetime) -> None:
+        self._answers[key] = (until, answer)
+        self._answers.move_to_end(key)
+        while len(self._answers) > self.size:
+            self._answers.popitem(last=False)
+
+
+RECENT = web.AppKey("recent", Recent)
+
+
+def kept_headers(connector: Connector, headers: Mapping[str, str]) -> dict[str, str]:
+    """The request headers the connector verifies and reads, as a dead letter keeps them."""
+    wanted = {name.lower() for name in connector.kept_headers}
+    return {name: value for name, value in headers.items() if name.lower() in wanted}
+
+
+def _message_key(channel: str, kept: Mapping[str, str], digest: str) -> str:
+    signed = "\n".join(f"{k.lower()}:{v}" for k, v in sorted(kept.items()))
+    return hashlib.sha256(f"{channel}\n{signed}\n{digest}".encode(errors="replace")).hexdigest()
+
+
+def missing_secrets() -> dict[str, list[str]]:
+    """Each pushed, signed channel's settings that are not set (`oms api`'s start check)."""
+    missing = {}
+    for name, connector_class in sorted(available().items()):
+        if connector_class.delivery != "webhook" or not connector_class.signed:
+            continue
+        if needed := connector_class().missing_settings():
+            missing[name] = needed
+    return missing
 
 
 @dataclass(frozen=True)
@@ -116,12 +200,16 @@ async def _receive(request: web.Request) -> web.Response:
         connector = _connector(request.app, channel)
     except UnknownChannel as exc:
         return problem(404, str(exc))
+    if connector.delivery == "polled":
+        return problem(404, f"{channel} orders are polled from the platform, never pushed here")
     body = await _read(request)
+    kept = kept_headers(connector, request.headers)
     refuse = partial(
         _refuse,
         request.app[PUBLISHER],
         source=channel,
         source_ref=f"webhook:{request.headers.get('X-Request-Id') or uuid.uuid4()}",
+        headers=kept,
     )
     if not body.whole:
         at_least = "at least " if body.size > READ_AT_MOST else ""
@@ -132,19 +220,25 @@ async def _receive(request: web.Request) -> web.Response:
             size=body.size,
             sha256=body.sha256,
         )
+    received_at = utc_now()
+    recent = request.app[RECENT]
+    key = _message_key(channel, kept, body.sha256)
+    if connector.signed and (first := recent.get(key, now=received_at)) is not None:
+        return web.json_response(first | {"duplicate": True})
     judge = partial(
         _judge,
         connector,
         body.kept,
         form_charset=(request.charset or "utf-8") if request.content_type == _FORM else None,
         headers=request.headers,
-        received_at=utc_now(),
+        received_at=received_at,
         window=request.app[WINDOW],
+        signature_window=request.app[SIGNATURE_WINDOW],
     )
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(request.app[PARSE_BUDGET]):
-            payload, outcome = await loop.run_in_executor(request.app[PARSERS], judge)
+            payload, outcome, good_until = await loop.run_in_executor(request.app[PARSERS], judge)
     except TimeoutError:
         budget = request.app[PARSE_BUDGET]
         return await refuse(503, f"not parsed within {budget:g} s: try again", raw=body.kept)
@@ -153,7 +247,13 @@ async def _receive(request: web.Request) -> web.Response:
         return await refuse(500, f"the {channel} connector failed: {exc!r}", raw=body.kept)
     if isinstance(outcome, PayloadRejected):
         status = 401 if isinstance(outcome, SignatureRejected) else 400
-        return await refuse(status, outcome.reason, field=outcome.field, raw=payload)
+        return await refuse(
+            status,
+            outcome.reason,
+            field=outcome.field,
+            raw=payload,
+            replayable=not_forged(outcome),
+        )
     try:
         await request.app[PUBLISHER].intake(outcome)
     except CodecError as exc:  # the contract cannot carry what the connector made of it
@@ -164,13 +264,21 @@ async def _receive(request: web.Request) -> web.Response:
         return problem(503, f"Kafka did not take the order: {exc}")
     except PublishError as exc:
         return problem(503, f"Kafka did not acknowledge the order: {exc}")
-    return web.json_response(
-        {
-            "order_id": outcome.order_id,
-            "event_id": outcome.event_id,
-            "event_type": outcome.event_type,
-        }
-    )
+    answer: dict[str, object] = {
+        "order_id": outcome.order_id,
+        "event_id": outcome.event_id,
+        "event_type": outcome.event_type,
+    }
+    if connector.signed:
+        recent.remember(key, answer, until=good_until)
+    return web.json_response(answer)
+
+
+def not_forged(rejected: PayloadRejected) -> bool:
+    """Whether a refused message may be replayed from the dead-letter topic: anything but a
+    signature that failed (forged, unsigned, or outside its window). A message refused only
+    because the channel's secret was not set is verified again when replayed."""
+    return not isinstance(rejected, SignatureRejected) or isinstance(rejected, SecretMissing)
 
 
 def _judge(
@@ -181,19 +289,43 @@ def _judge(
     headers: Mapping[str, str],
     received_at: datetime,
     window: tuple[timedelta, timedelta],
-) -> tuple[bytes, ChannelEvent | PayloadRejected]:
+    signature_window: timedelta,
+) -> tuple[bytes, ChannelEvent | PayloadRejected, datetime]:
     """In a parser thread: the payload the connector reads (a form post as its JSON object),
-    and the event it makes of it, or why it was refused."""
-    payload = body
+    the event it makes of it, or why it was refused, and until when the same message would be
+    taken (a window after its signed time, or after its receipt where no time is signed)."""
+    payload, good_until = body, received_at + signature_window
     try:
         if form_charset is not None:
             payload = _form_as_json(body, form_charset)
         connector.verify(headers, payload)
+        good_until = check_signed_time(connector, headers, payload, received_at, signature_window)
         event = connector.parse(payload, received_at=received_at, headers=headers)
         limits.check_times(event, received_at=received_at, window=window)
     except PayloadRejected as rejected:
-        return payload, rejected
-    return payload, event
+        return payload, rejected, good_until
+    return payload, event, good_until
+
+
+def check_signed_time(
+    connector: Connector,
+    headers: Mapping[str, str],
+    payload: bytes,
+    received_at: datetime,
+    window: timedelta,
+) -> datetime:
+    """Refuse a verified message whose signed time is further than `window` from its receipt;
+    else until when it would be taken: a window after its signed time (or its receipt)."""
+    signed_at = connector.signed_at(headers, payload)
+    if signed_at is None:
+        return received_at + window
+    if abs(received_at - signed_at) > window:
+        raise StaleSignature(
+            f"signed at {signed_at:%Y-%m-%d %H:%M:%S} UTC, received {received_at:%H:%M:%S}: "
+            f"more than {window.total_seconds() / 60:g} minutes apart (a replay?)",
+            field="timestamp",
+        )
+    return signed_at + window
 
 
 def _form_as_json(body: bytes, charset: str) -> bytes:
@@ -216,8 +348,11 @@ async def _refuse(
     field: str | None = None,
     size: int | None = None,
     sha256: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    replayable: bool = True,
 ) -> web.Response:
-    """Dead-letter `raw` with why, then answer `status` with the reason and the letter's id."""
+    """Dead-letter `raw` with why (and the headers to verify it again), then answer `status`
+    with the reason and the letter's id."""
     letter = limits.dead_letter(
         source=source,
         source_ref=source_ref,
@@ -225,6 +360,8 @@ async def _refuse(
         raw=raw,
         size=size,
         sha256=sha256,
+        headers=headers,
+        replayable=replayable,
     )
     try:
         await publisher.dead_letter(letter)
@@ -277,6 +414,8 @@ def add_routes(
     app[CONNECTORS] = {}
     app[WINDOW] = (settings or get_settings()).intake_window
     app[PARSE_BUDGET] = PARSE_BUDGET_S
+    app[SIGNATURE_WINDOW] = timedelta(seconds=SIGNATURE_WINDOW_S)
+    app[RECENT] = Recent()
     parsers = app[PARSERS] = ThreadPoolExecutor(PARSER_THREADS, thread_name_prefix="webhook")
 
     async def stop_parsers(_: web.Application) -> None:

@@ -94,12 +94,12 @@ class _WebshopOrder(ChannelPayload):
 class WebshopConnector(Connector):
     name = "webshop"
     signed = True
+    kept_headers = ("X-Shopify-Hmac-Sha256", "X-Shopify-Topic")
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> None:
-        if self.secret is None:
-            return
+        secret = self.require_secret()
         given = {k.lower(): v for k, v in headers.items()}.get("x-shopify-hmac-sha256", "")
-        digest = hmac.new(self.secret.encode(), body, hashlib.sha256).digest()
+        digest = hmac.new(secret.encode(), body, hashlib.sha256).digest()
         if not same_signature(base64.b64encode(digest).decode(), given):
             raise SignatureRejected("signature does not match", field="X-Shopify-Hmac-Sha256")
 

@@ -1,13 +1,26 @@
 """Orders from the restaurant's own WeChat mini-program, with their WeChat Pay payment.
 
 The mini-program backend forwards one JSON document: `order` as the mini-program submitted it
-(amounts in fen, times in Unix milliseconds, the address picked with `wx.chooseLocation`),
-`payment` — the decrypted `resource` of the WeChat Pay API v3 payment notification, or the
-query-order result (same object) while unpaid, absent when a dine-in table pays after the meal —
-and `notification`, that notification's envelope (kept for audit, not read). Signed in the WeChat
-Pay v3 scheme: base64 RSA-SHA256 (PKCS#1 v1.5) over "timestamp\\nnonce\\nbody\\n"; the connector's
-secret is the platform public key (PEM). `revision` > 0: the customer changed an unpaid or
-not-yet-accepted order.
+(amounts in fen, times in Unix milliseconds, the address picked with `wx.chooseLocation`), and
+the payment: `notification`, the WeChat Pay API v3 payment notification as it arrived, whose
+`resource` is still encrypted, or `payment`, a transaction in the clear (the query-order result
+while unpaid), or neither when a dine-in table pays after the meal. `revision` > 0: the customer
+changed an unpaid or not-yet-accepted order.
+
+Authenticity, as WeChat Pay v3 publishes it (pay.weixin.qq.com/docs/merchant/development/
+interface-rules/signature-verification.html; .../products/notification/decryption.html):
+
+- the signature: `Wechatpay-Signature`, base64 RSA-SHA256 (PKCS#1 v1.5) over
+  "Wechatpay-Timestamp\\nWechatpay-Nonce\\nbody\\n", verified with the platform public key
+  (PEM, `OMS_WECHAT_SECRET`). The timestamp is signed: `signed_at`, held to the webhooks'
+  window of five minutes around receipt (connectors/webhooks.py);
+- the payment: `resource` is AEAD_AES_256_GCM (RFC 5116) under the merchant's APIv3 key (32
+  bytes, `OMS_WECHAT_APIV3_KEY`): base64 `ciphertext` (the tag is its last 16 bytes), the
+  12-character `nonce` and `associated_data` (may be empty), all as their UTF-8 bytes. A
+  resource that does not decrypt was not written by WeChat Pay: refused like a bad signature.
+  The decrypted transaction is the payment; a `payment` in the clear beside it must agree.
+
+Both keys fail closed: without them every message is refused (`oms api` will not start).
 """
 
 from __future__ import annotations
@@ -16,13 +29,15 @@ import base64
 import binascii
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import Field
 
 from connectors.base import (
@@ -31,13 +46,17 @@ from connectors.base import (
     ChannelPayload,
     Connector,
     PayloadRejected,
+    SecretMissing,
     SignatureRejected,
     from_epoch,
+    signed_epoch,
 )
 from connectors.samples import SampleOrder
 from events.models import Address, Customer, OrderLine, OrderMode, PaymentStatus
 
 CURRENCY = "CNY"  # WeChat Pay inside mainland China settles in fen of CNY
+APIV3_KEY_VARIABLE = "OMS_WECHAT_APIV3_KEY"
+_AEAD = "AEAD_AES_256_GCM"
 _SIGNED_HEADERS = ("Wechatpay-Timestamp", "Wechatpay-Nonce", "Wechatpay-Signature")
 # trade_state → payment status; REFUND was paid (the refund is an event of its own).
 _PAYMENT = {
@@ -107,18 +126,42 @@ class _Transaction(ChannelPayload):
     amount: _Amount
 
 
+class _Resource(ChannelPayload):
+    """A notification's encrypted `resource`."""
+
+    algorithm: str
+    ciphertext: str = Field(max_length=1 << 20)
+    nonce: str
+    associated_data: str = ""
+    original_type: str | None = None
+
+
+class _Notification(ChannelPayload):
+    id: str | None = None
+    event_type: str | None = None
+    resource: _Resource | None = None
+
+
 class _Document(ChannelPayload):
     order: _Order
     payment: _Transaction | None = None
+    notification: _Notification | None = None
 
 
 class WechatConnector(Connector):
     name = "wechat"
     signed = True
+    kept_headers = (*_SIGNED_HEADERS, "Wechatpay-Serial")
+
+    def __init__(self, *, secret: str | None = None, apiv3_key: str | None = None) -> None:
+        super().__init__(secret=secret)
+        self.apiv3_key = apiv3_key if apiv3_key is not None else os.environ.get(APIV3_KEY_VARIABLE)
+
+    def missing_settings(self) -> list[str]:
+        return [*super().missing_settings(), *([] if self.apiv3_key else [APIV3_KEY_VARIABLE])]
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> None:
-        if self.secret is None:
-            return
+        secret = self.require_secret()
         given = {k.lower(): v for k, v in headers.items()}
         for header in _SIGNED_HEADERS:
             if not given.get(header.lower()):
@@ -127,7 +170,7 @@ class WechatConnector(Connector):
             # UTF-8, which aiohttp hands over as surrogates) cannot be signed or decoded.
             if not given[header.lower()].isascii():
                 raise SignatureRejected("not ASCII", field=header)
-        key = serialization.load_pem_public_key(self.secret.encode())
+        key = serialization.load_pem_public_key(secret.encode())
         if not isinstance(key, rsa.RSAPublicKey):
             raise TypeError("the WeChat Pay platform key must be an RSA public key")
         message = _message(given["wechatpay-timestamp"], given["wechatpay-nonce"], body)
@@ -139,11 +182,49 @@ class WechatConnector(Connector):
                 "signature does not match", field="Wechatpay-Signature"
             ) from None
 
+    def signed_at(self, headers: Mapping[str, str], body: bytes) -> datetime:
+        given = {k.lower(): v for k, v in headers.items()}
+        return signed_epoch(given.get("wechatpay-timestamp"), field="Wechatpay-Timestamp")
+
+    def decrypt(self, resource: _Resource) -> _Transaction:
+        """The transaction in a notification's `resource`, decrypted with the APIv3 key."""
+        key = (self.apiv3_key or "").encode()
+        if len(key) != 32:
+            raise SecretMissing(
+                f"{APIV3_KEY_VARIABLE} is not set (or not 32 bytes): no payment notification "
+                "can be read until it is",
+                field="notification.resource",
+            )
+        where = "notification.resource"
+        if resource.algorithm != _AEAD:
+            raise SignatureRejected(f"{resource.algorithm!r} is not {_AEAD}", field=where)
+        try:
+            ciphertext = base64.b64decode(resource.ciphertext, validate=True)
+            plain = AESGCM(key).decrypt(
+                resource.nonce.encode(), ciphertext, resource.associated_data.encode()
+            )
+        except (InvalidTag, binascii.Error, ValueError):
+            raise SignatureRejected("does not decrypt with the APIv3 key", field=where) from None
+        try:
+            return self.validate(_Transaction, self.load_json(plain))
+        except PayloadRejected as rejected:
+            raise PayloadRejected(
+                rejected.reason, field=f"{where}.{rejected.field or 'plaintext'}"
+            ) from None
+
     def parse(
         self, raw: bytes, *, received_at: datetime, headers: Mapping[str, str] | None = None
     ) -> ChannelEvent:
         document = self.validate(_Document, self.load_json(raw))
         order, payment = document.order, document.payment
+        notification = document.notification
+        if notification is not None and notification.resource is not None:
+            paid = self.decrypt(notification.resource)
+            if payment is not None and payment != paid:
+                raise PayloadRejected(
+                    "is not the transaction the notification holds", field="payment"
+                )
+            payment = paid
         if payment is not None and payment.out_trade_no != order.order_no:
             raise PayloadRejected(
                 f"{payment.out_trade_no!r} is not order {order.order_no!r}",
@@ -209,11 +290,18 @@ def _openid(phone: str) -> str:
 
 
 def sample_payload(
-    order: SampleOrder, *, revision: int = 0, secret: str | None = None
+    order: SampleOrder,
+    *,
+    revision: int = 0,
+    secret: str | None = None,
+    apiv3_key: str | None = None,
+    signed_at: datetime | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     """`order` as the mini-program backend forwards it, paid (`extras["trade_state"]` to change
     that); signed when `secret` is a PEM RSA *private* key — the platform's side of the key pair
-    whose public half the connector takes as its secret. `extras["table_no"]` seats a dine-in."""
+    whose public half the connector takes as its secret — at `signed_at` (default: 21 s after
+    the order was placed). With `apiv3_key` the payment travels as WeChat Pay sends it: the
+    notification, its `resource` encrypted. `extras["table_no"]` seats a dine-in."""
     placed_ms = int(order.placed_at.timestamp()) * 1000
     paid = order.extras.get("trade_state", "SUCCESS")
     items = [
@@ -261,6 +349,8 @@ def sample_payload(
     if paid == "SUCCESS":
         paid_at = order.placed_at + timedelta(seconds=20)
         document["payment"]["success_time"] = paid_at.astimezone(CHINA).isoformat()
+    if apiv3_key is not None:
+        document["notification"] = _notification(document.pop("payment"), apiv3_key)
     body = json.dumps(document, ensure_ascii=False).encode()
     if secret is None:
         return body, {}
@@ -268,7 +358,8 @@ def sample_payload(
     if not isinstance(key, rsa.RSAPrivateKey):
         raise TypeError("the sample signer needs an RSA private key")
     # WeChat's nonce is random; this one is derived from the body so a sample repeats exactly.
-    timestamp, nonce = str(placed_ms // 1000 + 21), hashlib.sha256(body).hexdigest()[:32]
+    at = signed_at or order.placed_at + timedelta(seconds=21)
+    timestamp, nonce = str(int(at.timestamp())), hashlib.sha256(body).hexdigest()[:32]
     signature = key.sign(_message(timestamp, nonce, body), padding.PKCS1v15(), hashes.SHA256())
     return body, {
         "Wechatpay-Timestamp": timestamp,
@@ -276,4 +367,27 @@ def sample_payload(
         "Wechatpay-Signature": base64.b64encode(signature).decode(),
         "Wechatpay-Serial": "PUB_KEY_ID_SAMPLE",
         "Wechatpay-Signature-Type": "WECHATPAY2-SHA256-RSA2048",
+    }
+
+
+def _notification(transaction: dict[str, Any], apiv3_key: str) -> dict[str, Any]:
+    """A WeChat Pay v3 payment notification carrying `transaction`, encrypted as WeChat Pay
+    encrypts it (the resource's nonce, like the signing nonce, derived to repeat exactly)."""
+    plain = json.dumps(transaction, ensure_ascii=False).encode()
+    nonce = hashlib.sha256(b"resource" + plain).hexdigest()[:12]
+    sealed = AESGCM(apiv3_key.encode()).encrypt(nonce.encode(), plain, b"transaction")
+    number = hashlib.sha256(plain).hexdigest()
+    return {
+        "id": f"{number[:8]}-{number[8:12]}-{number[12:16]}-{number[16:20]}-{number[20:32]}",
+        "create_time": transaction.get("success_time"),
+        "resource_type": "encrypt-resource",
+        "event_type": "TRANSACTION.SUCCESS",
+        "summary": "支付成功",
+        "resource": {
+            "original_type": "transaction",
+            "algorithm": _AEAD,
+            "ciphertext": base64.b64encode(sealed).decode(),
+            "associated_data": "transaction",
+            "nonce": nonce,
+        },
     }

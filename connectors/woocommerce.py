@@ -125,12 +125,12 @@ class _WooOrder(ChannelPayload):
 class WoocommerceConnector(Connector):
     name = "woocommerce"
     signed = True
+    kept_headers = ("X-WC-Webhook-Signature", "X-WC-Webhook-Topic")
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> None:
-        if self.secret is None:
-            return
+        secret = self.require_secret()
         given = {k.lower(): v for k, v in headers.items()}.get("x-wc-webhook-signature", "")
-        if not same_signature(_signature(self.secret, body), given):
+        if not same_signature(_signature(secret, body), given):
             raise SignatureRejected("signature does not match", field="X-WC-Webhook-Signature")
 
     def parse(

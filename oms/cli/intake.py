@@ -162,7 +162,10 @@ def dlq_list(source: str | None, limit: int) -> None:
 @click.option("--id", "ids", multiple=True, help="a dead letter id (repeatable)")
 @click.option("--source", default=None, help="every dead letter of this connector")
 def dlq_replay(ids: tuple[str, ...], source: str | None) -> None:
-    """Send dead letters through their connector again (after a fix); prints what happened."""
+    """Send dead letters through their connector again (after a fix); prints what happened.
+    A webhook's letter is verified again against the current secret; one refused as not
+    authentic (a bad signature, unsigned, a replay) is never sent on. Exit 1 when any letter
+    was still rejected or refused."""
     from connectors.dead_letters import replay
 
     if not ids and source is None:
@@ -174,9 +177,11 @@ def dlq_replay(ids: tuple[str, ...], source: str | None) -> None:
         click.echo(f"still rejected  {letter_id}: {reason}")
     for letter_id, why in report.skipped:
         click.echo(f"skipped         {letter_id}: {why}")
+    for letter_id, reason in report.refused:
+        click.echo(f"refused         {letter_id}: not authentic, never replayed ({reason})")
     click.echo(
         f"{len(report.replayed)} replayed, {len(report.still_rejected)} still rejected, "
-        f"{len(report.skipped)} skipped"
+        f"{len(report.skipped)} skipped, {len(report.refused)} refused as not authentic"
     )
-    if report.still_rejected:
+    if report.still_rejected or report.refused:
         sys.exit(1)

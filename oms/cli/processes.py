@@ -30,12 +30,47 @@ def worker(ctx: click.Context, processes: int) -> None:
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True)
-def api(host: str, port: int) -> None:
-    """Serve the HTTP API: webhooks, operators' commands, the read API and the dashboard."""
+@click.option(
+    "--allow-missing-webhook-secrets",
+    is_flag=True,
+    help="Start even if channels' webhook secrets are not set (development): those channels "
+    "refuse every message (401) until they are.",
+)
+def api(host: str, port: int, allow_missing_webhook_secrets: bool) -> None:
+    """Serve the HTTP API: webhooks, operators' commands, the read API and the dashboard.
+    Refuses to start (exit 1) while a pushed channel's secret is not set."""
     from oms.api import serve
 
+    _check_webhook_secrets(allow_missing=allow_missing_webhook_secrets)
     click.echo(f"OrderStream API on http://{host}:{port}")
     serve(get_settings(), host=host, port=port)
+
+
+def _check_webhook_secrets(*, allow_missing: bool) -> None:
+    """Every pushed channel verifies its platform's signature: without its secret it would
+    refuse every order, so the API does not start that way unless told to."""
+    import logging
+
+    from connectors.webhooks import missing_secrets
+
+    missing = missing_secrets()
+    if not missing:
+        return
+    variables = ", ".join(sorted({name for names in missing.values() for name in names}))
+    channels = ", ".join(missing)
+    if not allow_missing:
+        raise click.ClickException(
+            f"not starting: {variables} not set, so the {channels} webhooks could verify "
+            'nothing. Set them (docs/operations.md, "Webhook secrets"), or pass '
+            "--allow-missing-webhook-secrets to start anyway with those channels refusing "
+            "every message."
+        )
+    warning = (
+        f"DEVELOPMENT: --allow-missing-webhook-secrets: {variables} not set; the {channels} "
+        "webhooks refuse every message (401) until they are"
+    )
+    logging.getLogger("oms.api").warning(warning)
+    click.secho(f"WARNING {warning}", err=True, fg="red", bold=True)
 
 
 @click.command()

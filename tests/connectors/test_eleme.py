@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from connectors.base import PayloadRejected, SignatureRejected
-from connectors.eleme import ElemeConnector, sample_payload
+from connectors.base import PayloadRejected, SecretMissing, SignatureRejected
+from connectors.eleme import ElemeConnector, sample_payload, signature
 from connectors.samples import SampleLine, SampleOrder
 from connectors.testing import ConnectorConformance
 from events.models import OrderLine, OrderMode, OrderModified, OrderReceived, PaymentStatus
@@ -121,8 +121,13 @@ def test_a_wrong_secret_or_a_changed_order_fails_the_signature() -> None:
         ElemeConnector(secret=SECRET).verify({}, mutated(lambda o: o.update(totalPrice=0.01)))
 
 
-def test_without_a_secret_any_message_is_accepted() -> None:
-    ElemeConnector(secret=None).verify({}, enveloped(lambda e: e.pop("signature")))
+def test_without_a_secret_every_message_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset or empty: an md5 "signed" with an empty secret is a checksum anyone computes."""
+    monkeypatch.delenv("OMS_ELEME_SECRET", raising=False)
+    signed_with_nothing = enveloped(lambda e: e.update(signature=signature(e, secret="")))
+    for connector in (ElemeConnector(), ElemeConnector(secret="")):
+        with pytest.raises(SecretMissing, match="OMS_ELEME_SECRET is not set"):
+            connector.verify({}, signed_with_nothing)
 
 
 SAMPLES = [

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from connectors.base import PayloadRejected, SignatureRejected
+from connectors.base import PayloadRejected, SecretMissing, SignatureRejected
 from connectors.meituan import MeituanConnector, sample_payload
 from connectors.samples import SampleLine, SampleOrder
 from connectors.testing import ConnectorConformance
@@ -114,8 +114,11 @@ def test_a_wrong_secret_or_a_changed_parameter_fails_the_signature() -> None:
         MeituanConnector(secret=SECRET, push_url="https://elsewhere.example/cb").verify({}, body)
 
 
-def test_without_a_secret_any_push_is_accepted() -> None:
-    MeituanConnector(secret=None).verify({}, mutated(lambda p: p.pop("sig")))
+def test_without_a_secret_every_push_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMS_MEITUAN_SECRET", raising=False)
+    for connector in (MeituanConnector(), MeituanConnector(secret="")):
+        with pytest.raises(SecretMissing, match="OMS_MEITUAN_SECRET is not set"):
+            connector.verify({}, mutated(lambda p: p.pop("sig")))
 
 
 SAMPLES = [

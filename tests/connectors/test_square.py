@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from connectors.base import PayloadRejected, SignatureRejected
+from connectors.base import PayloadRejected, SecretMissing, SignatureRejected
 from connectors.samples import SampleLine, SampleOrder
 from connectors.square import SquareConnector, sample_payload
 from connectors.testing import ConnectorConformance
@@ -183,7 +183,8 @@ def test_the_signature_covers_the_notification_url_and_the_body() -> None:
         )
     with pytest.raises(SignatureRejected):
         SquareConnector(secret="another-key").verify(headers, body)
-    SquareConnector(secret=None).verify({}, body)  # no key: local development
+    with pytest.raises(SecretMissing):  # no key: nothing is taken, not even locally
+        SquareConnector(secret="").verify(headers, body)
 
 
 def test_the_notification_url_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from connectors.base import PayloadRejected, SignatureRejected
+from connectors.base import PayloadRejected, SecretMissing, SignatureRejected
 from connectors.samples import SampleLine, SampleOrder
 from connectors.testing import ConnectorConformance
 from connectors.wechat import WechatConnector, sample_payload
@@ -227,9 +227,11 @@ def test_signature_by_another_key_is_rejected() -> None:
         WechatConnector(secret=PUBLIC_KEY).verify(signed, body)
 
 
-def test_without_a_platform_key_verification_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_a_platform_key_every_message_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OMS_WECHAT_SECRET", raising=False)
-    WechatConnector().verify({}, b"anything")
+    body, signed = sample_payload(SAMPLES[0], secret=PRIVATE_KEY)
+    with pytest.raises(SecretMissing, match="OMS_WECHAT_SECRET is not set"):
+        WechatConnector().verify(signed, body)
 
 
 @pytest.mark.parametrize("revision", [0, 2])

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from connectors.base import PayloadRejected, SignatureRejected
+from connectors.base import PayloadRejected, SecretMissing, SignatureRejected
 from connectors.samples import SampleLine, SampleOrder
 from connectors.testing import ConnectorConformance
 from connectors.woocommerce import WoocommerceConnector, sample_payload
@@ -168,7 +168,8 @@ def test_a_tampered_body_or_missing_signature_fails_verification() -> None:
         connector.verify(headers, body.replace(b'"73.37"', b'"7.37"'))
     with pytest.raises(SignatureRejected):
         connector.verify({}, body)
-    WoocommerceConnector(secret=None).verify({}, body)  # no secret: local development
+    with pytest.raises(SecretMissing):  # no secret: nothing is taken, not even locally
+        WoocommerceConnector(secret="").verify(headers, body)
 
 
 SAMPLES = [
