@@ -2,8 +2,14 @@
 whose `message` is the order (the OOrder of eleme.order.getOrder) as a JSON string.
 
 `signature` is upper-case md5 of the envelope's other fields as "key=value" strings, sorted and
-joined with nothing, then the app secret. Money is yuan; `createdAt`/`deliverTime` are Beijing
-local times; `deliveryGeo` is "longitude,latitude".
+joined with nothing, then the app secret. The envelope's `timestamp` (Unix milliseconds, when
+Ele.me sent it; e.g. `{"requestId": ..., "type": 100, "appId": ..., "message": "...",
+"shopId": ..., "timestamp": 1508323694030, "signature": "81B0...", "userId": ...}` in the
+open platform's push documentation, mirrored at dianj.com.cn/News/Detail/21265) is one of
+those fields: `signed_at`, held to the webhooks' five minutes around receipt.
+
+Money is yuan; `createdAt`/`deliverTime` are Beijing local times; `deliveryGeo` is
+"longitude,latitude".
 
 Simplified: Ele.me publishes no full-order modification message, so an order message carrying
 an `updateTime` (Unix seconds, as its status messages do) later than `createdAt` is the

@@ -6,6 +6,9 @@ strings (what `POST /webhooks/meituan` makes of the form), `detail` (dishes) and
 being the JSON strings Meituan sends. Money is yuan, times Unix seconds. `sig` is md5(push URL
 + "?" + the other parameters sorted by name as k=v joined by "&" + app secret), the URL being
 the one configured in Meituan's console (`OMS_MEITUAN_PUSH_URL`, default `oms api` locally).
+`timestamp`, a system parameter (Unix seconds, when Meituan sent the push), is among the signed
+parameters: `signed_at`, held to the webhooks' five minutes around receipt, so that a captured
+push cannot be posted again later. A push without it is refused as unsigned.
 
 Simplified: the order re-pushed with a `utime` later than its `ctime` is the revision
 (`OrderModified`, revision = utime), as the fields of 推送订单信息修改消息 are not public.

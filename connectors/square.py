@@ -7,6 +7,8 @@ Signed like Square's webhooks: `x-square-hmacsha256-signature` is the base64 HMA
 notification URL followed by the body, keyed with the subscription's signature key (the
 secret). The URL must be exactly the one registered with Square: `notification_url`, else
 OMS_SQUARE_NOTIFICATION_URL, else where `oms api` listens by default (NOTIFICATION_URL).
+The signature covers no time (developer.squareup.com/docs/webhooks: duplicates are expected
+and recognised by their id): a re-sent order is recognised by its deterministic event id.
 Square bumps `version` on every committed update: version N > 1 is `OrderModified` with
 revision N - 1, so its intake sequence is N.
 """

@@ -7,10 +7,10 @@
   body over `MAX_BODY_BYTES`, or an order too large for a Kafka message. Each after the raw
   bytes are on the dead-letter topic (a body over the limit cut to it, with its full size and
   SHA-256 digest in the reason), so nothing is lost;
-- 404: no connector for that channel, or a channel that is not pushed (Tmall and JD orders are
-  polled: `oms poll`); 503: Kafka did not acknowledge, or verifying and parsing took longer
-  than `PARSE_BUDGET_S` (the bytes are on the dead-letter topic; the channel should retry;
-  nothing was acknowledged).
+- 404: no connector for that channel, a channel that is not pushed (Tmall and JD orders are
+  polled: `oms poll`), or a pushed one that verifies no signature (fail closed); 503: Kafka did
+  not acknowledge, or verifying and parsing took longer than `PARSE_BUDGET_S` (the bytes are on
+  the dead-letter topic; the channel should retry; nothing was acknowledged).
 
 Authenticity (docs/connectors.md, "Signatures"). Every pushed channel verifies its platform's
 signature with its secret, `OMS_<CHANNEL>_SECRET`; unset or empty, everything is refused (401,
@@ -202,6 +202,8 @@ async def _receive(request: web.Request) -> web.Response:
         return problem(404, str(exc))
     if connector.delivery == "polled":
         return problem(404, f"{channel} orders are polled from the platform, never pushed here")
+    if connector.delivery == "webhook" and not connector.signed:
+        return problem(404, f"{channel} verifies no signature: it is not served as a webhook")
     body = await _read(request)
     kept = kept_headers(connector, request.headers)
     refuse = partial(

@@ -1,6 +1,9 @@
 """Web-shop orders in the shape of Shopify's order webhooks (`orders/create`, `orders/updated`).
 
-Signed with `X-Shopify-Hmac-Sha256` (base64 HMAC-SHA256 of the body) when a secret is set.
+Signed with `X-Shopify-Hmac-Sha256`: base64 HMAC-SHA256 of the raw body, keyed with the app's
+client secret (`OMS_WEBSHOP_SECRET`, required; shopify.dev/docs/apps/build/webhooks/
+verify-deliveries). The signature covers no time (`X-Shopify-Triggered-At` is not signed), so
+a re-sent delivery verifies whenever it comes: the deterministic event id makes it harmless.
 An order whose `updated_at` is later than its `created_at` is a revision: `OrderModified`.
 """
 

@@ -7,8 +7,10 @@ the payment: `notification`, the WeChat Pay API v3 payment notification as it ar
 while unpaid), or neither when a dine-in table pays after the meal. `revision` > 0: the customer
 changed an unpaid or not-yet-accepted order.
 
-Authenticity, as WeChat Pay v3 publishes it (pay.weixin.qq.com/docs/merchant/development/
-interface-rules/signature-verification.html; .../products/notification/decryption.html):
+Authenticity, as WeChat Pay v3 publishes it (签名验证: pay.weixin.qq.com/wiki/doc/api_external/
+ch/wechatpay/wechatpay4_1.shtml; 回调报文解密: .../wechatpay4_2.shtml and
+pay.weixin.qq.com/docs/partner/products/notification/decryption.html). WeChat Pay holds its
+own API's signed timestamps to 5 minutes; the notifications' are held to the same here:
 
 - the signature: `Wechatpay-Signature`, base64 RSA-SHA256 (PKCS#1 v1.5) over
   "Wechatpay-Timestamp\\nWechatpay-Nonce\\nbody\\n", verified with the platform public key

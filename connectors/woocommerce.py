@@ -2,11 +2,12 @@
 webhooks deliver it.
 
 Signed with `X-WC-Webhook-Signature` (base64 HMAC-SHA256 of the body, keyed with the webhook's
-secret) when a secret is set. Money is decimal strings; `*_gmt` times are UTC without an offset.
-An order whose `date_modified_gmt` is later than its `date_created_gmt` is a revision
-(`OrderModified`, revision = the modification's Unix time) unless the delivery's
-`X-WC-Webhook-Topic` is `order.created`: WooCommerce saves a new order again within seconds
-(payment, stock), so it often arrives already "modified".
+secret, `OMS_WOOCOMMERCE_SECRET`, required); it covers no time, so a re-sent delivery verifies
+whenever it comes and is recognised by its deterministic event id. Money is decimal strings;
+`*_gmt` times are UTC without an offset. An order whose `date_modified_gmt` is later than its
+`date_created_gmt` is a revision (`OrderModified`, revision = the modification's Unix time)
+unless the delivery's `X-WC-Webhook-Topic` is `order.created`: WooCommerce saves a new order
+again within seconds (payment, stock), so it often arrives already "modified".
 """
 
 from __future__ import annotations

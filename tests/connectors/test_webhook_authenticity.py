@@ -13,8 +13,8 @@ import importlib
 import json
 import logging
 import random
-from collections.abc import AsyncIterator
-from datetime import timedelta
+from collections.abc import AsyncIterator, Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -25,7 +25,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from connectors import eleme, meituan, webhooks
-from connectors.base import PayloadRejected, SecretMissing, SignatureRejected
+from connectors.base import (
+    ChannelEvent,
+    Connector,
+    PayloadRejected,
+    SecretMissing,
+    SignatureRejected,
+)
 from connectors.dead_letters import read_dead_letters, replay
 from connectors.simulator import PROFILES, sample_order
 from connectors.webshop import WebshopConnector
@@ -274,6 +280,27 @@ async def test_polled_channels_are_not_served(
 ) -> None:
     status, answer = await post(client, channel, b"{}", {})
     assert status == 404 and "polled" in answer["error"]
+    assert not list(read_dead_letters(isolated_settings))
+
+
+class Unsigned(Connector):
+    """A plug-in that pushes but verifies nothing."""
+
+    name = "unsigned"
+
+    def parse(
+        self, raw: bytes, *, received_at: datetime, headers: Mapping[str, str] | None = None
+    ) -> ChannelEvent:
+        raise AssertionError("never parsed")
+
+
+@pytest.mark.integration
+async def test_a_pushed_channel_that_verifies_no_signature_is_not_served(
+    client: TestClient[Any, Any], isolated_settings: Settings
+) -> None:
+    client.app[webhooks.CONNECTORS]["unsigned"] = Unsigned()  # type: ignore[index]
+    status, answer = await post(client, "unsigned", b"{}", {})
+    assert status == 404 and "verifies no signature" in answer["error"]
     assert not list(read_dead_letters(isolated_settings))
 
 

@@ -331,9 +331,14 @@ async def test_the_window_is_read_from_the_environment() -> None:
 
 
 class HeldConnector(Connector):
-    """A fake connector whose parse waits until the test lets it go (then refuses)."""
+    """A fake connector whose parse waits until the test lets it go (then refuses); it takes
+    any signature (an unsigned pushed channel is not served)."""
 
     name = "held"
+    signed = True
+
+    def verify(self, headers: Mapping[str, str], body: bytes) -> None:
+        return None
 
     def __init__(self) -> None:
         super().__init__(secret=None)
@@ -396,9 +401,13 @@ class MakesWhatCannotBeEncoded(WebshopConnector):
 
 
 class Crashes(Connector):
-    """A fake connector with a bug that raises."""
+    """A fake connector with a bug that raises (taking any signature)."""
 
     name = "crashes"
+    signed = True
+
+    def verify(self, headers: Mapping[str, str], body: bytes) -> None:
+        return None
 
     def parse(
         self, raw: bytes, *, received_at: datetime, headers: Mapping[str, str] | None = None
