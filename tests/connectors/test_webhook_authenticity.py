@@ -43,7 +43,7 @@ from infra.settings import Settings, get_settings
 from oms.api import create_app
 from oms.cli import main as oms_cli
 from oms.cli.processes import _check_webhook_secrets
-from tests.conftest import ADMIN, read_topic
+from tests.conftest import ADMIN, read_topic, settings_env
 from tests.connectors.conftest import APIV3_KEY, TEST_SECRETS, sign
 
 PUSHED = ["webshop", "woocommerce", "square", "meituan", "eleme", "wechat"]
@@ -251,6 +251,17 @@ async def test_without_its_secret_a_channel_refuses_all_and_the_letter_replays_o
     event = AvroCodec().decode(message.value())
     expected = WebshopConnector().parse(letter.raw, received_at=utc_now())
     assert isinstance(event, OrderReceived) and event.event_id == expected.event_id
+
+    # The CLI says the same, and exits 1 for the refused one.
+    env = settings_env(isolated_settings) | {
+        "OMS_WEBSHOP_SECRET": TEST_SECRETS["OMS_WEBSHOP_SECRET"]
+    }
+    get_settings.cache_clear()
+    result = CliRunner().invoke(oms_cli, ["dlq", "replay", "--source", "webshop"], env=env)
+    get_settings.cache_clear()
+    assert result.exit_code == 1, result.output
+    assert f"refused         {refused['dead_letter_id']}: not authentic" in result.output
+    assert "1 replayed, 0 still rejected, 0 skipped, 1 refused as not authentic" in result.output
 
 
 @pytest.mark.integration
