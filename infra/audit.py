@@ -267,14 +267,25 @@ def check_chain(partition: int, records: Iterable[tuple[int, bytes | None]]) -> 
 # -- reading the topic ---------------------------------------------------------------------------
 
 
-def _consumer(settings: Settings) -> Any:
+def _consumer(settings: Settings, *, committed: bool = True) -> Any:
+    """A reader of committed records only (aborted entries of a failed writer are never
+    seen); `committed=False` for asking where a partition ends: a `read_committed` consumer
+    is told the last stable offset, which stays short of a transaction just committed until
+    its markers are written."""
     from confluent_kafka import Consumer
 
+    isolation = "read_committed" if committed else "read_uncommitted"
     return Consumer(
         consumer_config(
             settings.kafka_bootstrap,
             group_id=f"oms-audit-reader-{uuid.uuid4().hex}",
-            **{"isolation.level": "read_committed", "enable.partition.eof": True},
+            # Short-lived readers that stop at the end: the broker is not to hold a fetch
+            # there for its default half second waiting for more.
+            **{
+                "isolation.level": isolation,
+                "enable.partition.eof": True,
+                "fetch.wait.max.ms": 20,
+            },
         )
         | client_security(settings)
     )
@@ -325,6 +336,16 @@ def _watermarks(consumer: Any, topic: str, partition: int, timeout_s: float) -> 
         time.sleep(0.2)
 
 
+def _end_of(settings: Settings, topic: str, partition: int, timeout_s: float) -> tuple[int, int]:
+    """The partition's first offset and its end (the high watermark, past every record
+    written, committed or not)."""
+    probe = _consumer(settings, committed=False)
+    try:
+        return _watermarks(probe, topic, partition, timeout_s)
+    finally:
+        probe.close()
+
+
 def read_records(
     settings: Settings,
     topic: str,
@@ -334,12 +355,13 @@ def read_records(
     timeout_s: float = 30.0,
 ) -> Iterator[tuple[int, bytes | None]]:
     """The committed (offset, value) records of a partition from `start` (default: its first)
-    to its end at the time of the call."""
+    to its end at the time of the call, once every transaction in that range has ended
+    (committed or aborted: at most the transaction timeout)."""
     from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
+    low, high = _end_of(settings, topic, partition, timeout_s)
     consumer = _consumer(settings)
     try:
-        low, high = _watermarks(consumer, topic, partition, timeout_s)
         first = OFFSET_BEGINNING if start is None or start <= low else start
         if high <= max(low, start or 0):
             return
@@ -353,16 +375,22 @@ def read_records(
             idle = 0.0
             error = message.error()
             if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    raise AuditUnavailable(f"reading {topic}[{partition}]: {error}")
+                if (message.offset() or 0) >= high:
                     return
-                raise AuditUnavailable(f"reading {topic}[{partition}]: {error}")
+                # The end of what is committed, short of the end as of the call: a transaction
+                # whose commit markers are still on their way (or that will be aborted).
+                continue
             offset = int(message.offset())
             if offset >= high:
                 return  # written after the call: not this read's
             yield offset, message.value()
             if offset == high - 1:
                 return
-        raise AuditUnavailable(f"{topic}[{partition}] gave nothing for {timeout_s:.0f}s")
+        raise AuditUnavailable(
+            f"{topic}[{partition}] gave nothing for {timeout_s:.0f}s (a transaction left open?)"
+        )
     finally:
         consumer.close()
 
@@ -370,11 +398,7 @@ def read_records(
 def read_tail(settings: Settings, topic: str, partition: int) -> Tail:
     """The last entry of the partition's chain, read back from its end (widening the window
     while only control records, aborted writes or non-entries are found there)."""
-    consumer = _consumer(settings)
-    try:
-        low, high = _watermarks(consumer, topic, partition, 10.0)
-    finally:
-        consumer.close()
+    low, high = _end_of(settings, topic, partition, 10.0)
     window = TAIL_WINDOW
     while True:
         start = max(low, high - window)
@@ -398,11 +422,7 @@ def read_last(
 ) -> list[tuple[int, bytes | None]]:
     """About the last `count` records of a partition (each transaction's commit marker takes
     an offset too, so twice as many offsets are read back)."""
-    consumer = _consumer(settings)
-    try:
-        low, high = _watermarks(consumer, topic, partition, 10.0)
-    finally:
-        consumer.close()
+    low, high = _end_of(settings, topic, partition, 10.0)
     start = max(low, high - 2 * count)
     return list(read_records(settings, topic, partition, start=start))[-count:]
 
