@@ -141,7 +141,17 @@ class Settings(BaseSettings):
         default_factory=list,
         description="proxy addresses whose X-Forwarded-For names the client (rate limits, audit)",
     )
-    rate_per_ip: float = Field(default=50.0, gt=0, description="requests/s one client address")
+    rate_per_ip: float = Field(
+        default=100.0, gt=0, description="requests/s one client address (operators' routes)"
+    )
+    webhook_rate_per_ip: float = Field(
+        default=2000.0,
+        gt=0,
+        description="webhook requests/s one address (a platform pushes from few addresses)",
+    )
+    sign_ins_per_ip_minute: float = Field(
+        default=10.0, gt=0, description="sign-in attempts a minute one address may make"
+    )
     rate_per_principal: float = Field(
         default=100.0, gt=0, description="requests/s one API key, user or token subject"
     )

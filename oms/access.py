@@ -273,6 +273,8 @@ class Access:
     oidc: OidcVerifier | None
     audit: AuditSink
     per_ip: RateLimiter
+    webhooks_per_ip: RateLimiter
+    sign_ins_per_ip: RateLimiter
     per_principal: RateLimiter
     order_place: Callable[[web.Request, str], Awaitable[tuple[str, str] | None]]
 
@@ -290,6 +292,13 @@ class Access:
             oidc=OidcVerifier.of(settings),
             audit=audit,
             per_ip=RateLimiter(settings.rate_per_ip),
+            webhooks_per_ip=RateLimiter(settings.webhook_rate_per_ip),
+            # A burst of a few tries, then one every few seconds: guessing passwords is slow,
+            # and so is each guess's scrypt, which the limit keeps from tying up the CPU.
+            sign_ins_per_ip=RateLimiter(
+                settings.sign_ins_per_ip_minute / 60,
+                burst=max(1.0, settings.sign_ins_per_ip_minute / 2),
+            ),
             per_principal=RateLimiter(settings.rate_per_principal),
             order_place=order_place,
         )
@@ -394,9 +403,9 @@ async def enforce(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Authentication, the route's rule, cross-site checks, rate limits and the audit entry."""
     access = request.app[ACCESS]
     address = client_address(request, access.settings.trusted_proxies)
-    if request.path != "/healthz" and (wait := access.per_ip.wait_s(f"ip:{address}")):
-        return _too_many(wait, "address")
     rule = rule_for(request)
+    if request.path != "/healthz" and (wait := _address_wait(access, request, rule, address)):
+        return _too_many(wait, "address")
     if rule is None:
         log.error("no access rule for %s %s: refused", request.method, request.path)
         return problem(403, "this route has no access rule, so nobody may call it")
@@ -429,6 +438,16 @@ async def enforce(request: web.Request, handler: Handler) -> web.StreamResponse:
         except AuditUnavailable as exc:
             return problem(503, f"the audit trail is unavailable, so nothing was done: {exc}")
     return await handler(request)
+
+
+def _address_wait(access: Access, request: web.Request, rule: Rule | None, address: str) -> float:
+    """Seconds the address must wait, by the limit of what it calls: platforms push webhooks
+    from a few addresses at their own pace, people sign in rarely, the rest is in between."""
+    if rule is not None and rule.kind == "platform":
+        return access.webhooks_per_ip.wait_s(address)
+    if request.path == "/login" and request.method == "POST":
+        return access.sign_ins_per_ip.wait_s(address)
+    return access.per_ip.wait_s(address)
 
 
 async def _audit(

@@ -494,3 +494,20 @@ def test_a_development_session_key_is_made_once_owner_only(tmp_path: Path) -> No
     assert ensure_local_session_secret(tmp_path).read_bytes() == first  # kept, not replaced
     assert path.stat().st_mode & 0o777 == 0o600
     assert session_secret(Settings(home=tmp_path, session_secret=None)) == first.strip()
+
+
+async def test_sign_ins_and_webhooks_have_limits_of_their_own(
+    settings: Settings, audit: LogAudit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tight = settings.model_copy(
+        update={"rate_per_ip": 1.0, "sign_ins_per_ip_minute": 4.0, "webhook_rate_per_ip": 1000.0}
+    )
+    async with TestClient(TestServer(make_app(tight, audit, monkeypatch))) as client:
+        tries = [
+            (await client.post("/login", data={"user": "x", "password": "y"})).status
+            for _ in range(3)
+        ]
+        assert tries == [401, 401, 429]  # a burst of 2, then one every 15 s
+        # A platform pushing 20 webhooks at once is not held to the operators' limit of 1/s.
+        hooks = [(await client.post("/webhooks/webshop", data=b"{}")).status for _ in range(20)]
+        assert 429 not in hooks
