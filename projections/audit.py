@@ -91,12 +91,17 @@ class AuditProjection:
             consumer_config(
                 settings.kafka_bootstrap,
                 group_id="oms-audit-projection",
-                **{"isolation.level": "read_committed", "enable.partition.eof": True},
+                **{
+                    "isolation.level": "read_committed",
+                    "enable.partition.eof": True,
+                    "fetch.wait.max.ms": 100,
+                },
             )
             | client_security(settings)
         )
         self._partitions: list[int] = []
-        self._at_end: set[int] = set()
+        self._at_end: dict[int, int] = {}  # partition → offset of the end it last reached
+        self._probe: Consumer | None = None
 
     def resume_offsets(self) -> dict[int, int]:
         """Next offset per partition: one past the highest `audit_log` holds."""
@@ -115,7 +120,7 @@ class AuditProjection:
         if metadata is None or metadata.error is not None or not metadata.partitions:
             raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, self.topic))
         self._partitions = sorted(metadata.partitions)
-        self._at_end = set()
+        self._at_end = {}
         self._consumer.assign(
             [
                 TopicPartition(self.topic, p, resume.get(p, OFFSET_BEGINNING))
@@ -124,15 +129,30 @@ class AuditProjection:
         )
 
     def caught_up(self) -> bool:
-        """Every partition read to its (committed) end since its last entry."""
-        return bool(self._partitions) and self._at_end.issuperset(self._partitions)
+        """Every partition read to its end. The end a `read_committed` reader reaches is the
+        last stable offset, which trails a commit whose markers are still being written; so
+        it counts only once it is the partition's high watermark too."""
+        if not self._partitions or len(self._at_end) < len(self._partitions):
+            return False
+        if self._probe is None:
+            self._probe = Consumer(
+                consumer_config(self.settings.kafka_bootstrap, group_id="oms-audit-projection")
+                | client_security(self.settings)
+            )
+        for partition, reached in list(self._at_end.items()):
+            _, high = self._probe.get_watermark_offsets(
+                TopicPartition(self.topic, partition), timeout=10
+            )
+            if reached < high:
+                del self._at_end[partition]  # more to come once it is decided
+        return len(self._at_end) == len(self._partitions)
 
     def step(self) -> int:
         """Read one batch (up to `batch_size` records, or `batch_seconds`, or the end of every
         partition) and write it in one INSERT; the number of rows written."""
         rows: list[Row] = []
         deadline = time.monotonic() + self.batch_seconds
-        while len(rows) < self.batch_size and not self.caught_up():
+        while len(rows) < self.batch_size:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -143,9 +163,9 @@ class AuditProjection:
                 if error is not None:
                     if error.code() != KafkaError._PARTITION_EOF:
                         raise KafkaException(error)
-                    self._at_end.add(partition)
+                    self._at_end[partition] = int(message.offset() or 0)
                     continue
-                self._at_end.discard(partition)
+                self._at_end.pop(partition, None)
                 rows.append(
                     audit_row(
                         self.topic,
@@ -155,6 +175,8 @@ class AuditProjection:
                         timestamp_ms=message.timestamp()[1],
                     )
                 )
+            if len(self._at_end) == len(self._partitions):
+                break  # at the end of every partition (as far as this reader can tell)
         if rows:
             self.store.insert(AUDIT_LOG, AUDIT_LOG_COLUMNS, rows)
         return len(rows)
@@ -177,3 +199,5 @@ class AuditProjection:
 
     def close(self) -> None:
         self._consumer.close()
+        if self._probe is not None:
+            self._probe.close()

@@ -4,6 +4,8 @@ over it, filtered by principal, action, outcome and time."""
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -13,6 +15,7 @@ from infra.audit import AuditEntry, AuditWriter
 from infra.settings import Settings
 from projections.audit import AuditProjection
 from projections.reports import run_report
+from projections.schema import migrate
 from projections.store import ClickHouseStore, connect
 
 pytestmark = pytest.mark.integration
@@ -129,4 +132,37 @@ def test_the_audit_report_filters_by_principal_action_outcome_and_time(
     ).as_dicts()
     assert everything[0]["resource"] == "order-70" and everything[0]["status"] == 0
     assert everything[0]["at"] == datetime(2026, 12, 5, 8, 1, 10)
+    store.close()
+
+
+def test_a_running_projection_takes_entries_as_they_are_written(
+    backend_settings: Settings,
+) -> None:
+    settings = backend_settings
+    store = connect(settings.resolved_clickhouse_url)
+    reader = connect(settings.resolved_clickhouse_url)  # a connection is not for two threads
+    migrate(reader)  # the table is there before the thread makes it: the test reads it at once
+    projection = AuditProjection(settings=settings, store=store, batch_seconds=0.1, lease=False)
+    stop = threading.Event()
+    running = threading.Thread(target=projection.run, kwargs={"until": lambda _: stop.is_set()})
+    running.start()
+    writer = AuditWriter(settings, partition=0)
+    try:
+        for n in range(3):
+            writer.record(entry(n))
+            deadline = time.monotonic() + 30
+            while len(audit_rows(reader)) < n + 1:
+                assert time.monotonic() < deadline, f"entry {n} not projected within 30 s"
+                time.sleep(0.05)
+    finally:
+        stop.set()
+        running.join(30)
+        projection.close()
+        writer.close()
+    assert [row[1:3] for row in audit_rows(reader)] == [
+        (1, "order-0"),
+        (2, "order-1"),
+        (3, "order-2"),
+    ]
+    reader.close()
     store.close()
