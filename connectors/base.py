@@ -136,17 +136,18 @@ class Connector(ABC):
     def missing_settings(self) -> list[str]:
         """The environment variables a signed channel needs and does not have (for `oms api`'s
         start check); a connector needing more than its secret adds them."""
-        return [self.secret_variable()] if self.signed and not self.secret else []
+        return [self.secret_variable()] if self.signed and not (self.secret or "").strip() else []
 
     def require_secret(self) -> str:
         """The secret, or `SecretMissing`: an unset or empty secret verifies nothing (an HMAC
-        keyed with nothing is a checksum anyone can compute)."""
-        if not self.secret:
+        keyed with nothing is a checksum anyone can compute); blanks alone are empty."""
+        secret = self.secret or ""
+        if not secret.strip():
             raise SecretMissing(
                 f"{self.secret_variable()} is not set: every {self.name} message is refused "
                 "until it is"
             )
-        return self.secret
+        return secret
 
     def signed_at(self, headers: Mapping[str, str], body: bytes) -> datetime | None:
         """The time the platform's signature covers, for channels whose signature covers one

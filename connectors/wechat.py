@@ -160,10 +160,27 @@ class WechatConnector(Connector):
         self.apiv3_key = apiv3_key if apiv3_key is not None else os.environ.get(APIV3_KEY_VARIABLE)
 
     def missing_settings(self) -> list[str]:
-        return [*super().missing_settings(), *([] if self.apiv3_key else [APIV3_KEY_VARIABLE])]
+        """The platform key and the APIv3 key, each unset or not usable."""
+        missing = []
+        if self.secret and self._platform_key() is None:
+            missing.append(f"{self.secret_variable()} (not an RSA public key in PEM)")
+        if self.apiv3_key and len(self.apiv3_key.encode()) != 32:
+            missing.append(f"{APIV3_KEY_VARIABLE} (not 32 bytes)")
+        return [
+            *super().missing_settings(),
+            *missing,
+            *([] if self.apiv3_key else [APIV3_KEY_VARIABLE]),
+        ]
+
+    def _platform_key(self) -> rsa.RSAPublicKey | None:
+        try:
+            key = serialization.load_pem_public_key((self.secret or "").encode())
+        except (ValueError, TypeError):
+            return None
+        return key if isinstance(key, rsa.RSAPublicKey) else None
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> None:
-        secret = self.require_secret()
+        self.require_secret()
         given = {k.lower(): v for k, v in headers.items()}
         for header in _SIGNED_HEADERS:
             if not given.get(header.lower()):
@@ -172,9 +189,9 @@ class WechatConnector(Connector):
             # UTF-8, which aiohttp hands over as surrogates) cannot be signed or decoded.
             if not given[header.lower()].isascii():
                 raise SignatureRejected("not ASCII", field=header)
-        key = serialization.load_pem_public_key(secret.encode())
-        if not isinstance(key, rsa.RSAPublicKey):
-            raise TypeError("the WeChat Pay platform key must be an RSA public key")
+        key = self._platform_key()
+        if key is None:  # configured, but nothing can be verified with it: fail closed
+            raise SecretMissing(f"{self.secret_variable()} is not an RSA public key in PEM")
         message = _message(given["wechatpay-timestamp"], given["wechatpay-nonce"], body)
         try:
             signature = base64.b64decode(given["wechatpay-signature"], validate=True)

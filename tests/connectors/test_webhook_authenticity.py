@@ -382,3 +382,19 @@ def test_a_message_is_remembered_until_its_signed_time_is_a_window_old() -> None
     for key in ("b", "c"):  # the oldest is forgotten first past `size`
         recent.remember(key, {}, until=good_until)
     assert recent.get("a", now=received) is None and recent.get("c", now=received) == {}
+
+
+def test_wechat_keys_that_cannot_be_used_are_named_and_refuse_everything(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OMS_WECHAT_SECRET", "-----BEGIN PUBLIC KEY-----\nnot a key")
+    monkeypatch.setenv("OMS_WECHAT_APIV3_KEY", "too short")
+    assert webhooks.missing_secrets() == {
+        "wechat": [
+            "OMS_WECHAT_SECRET (not an RSA public key in PEM)",
+            "OMS_WECHAT_APIV3_KEY (not 32 bytes)",
+        ]
+    }
+    body, headers = sign("wechat", order_body("wechat", "AUTH-wechat-badkey"))
+    with pytest.raises(SecretMissing, match="not an RSA public key"):
+        WechatConnector().verify(headers, body)
