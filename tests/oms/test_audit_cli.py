@@ -118,3 +118,10 @@ def test_project_fills_the_table_the_audit_report_reads(
     rows = report.stdout.splitlines()
     assert rows[0].startswith("at,principal,principal_kind,role,action,resource,outcome,status")
     assert [row.split(",")[5] for row in rows[1:]] == [f"SKU-{n}@S1" for n in (4, 3, 2, 1, 0)]
+
+
+def test_verify_without_kafka_says_so_and_exits_75(isolated_settings: Settings) -> None:
+    env = settings_env(isolated_settings) | {"OMS_KAFKA_BOOTSTRAP": "127.0.0.1:1"}
+    result = oms("audit", "verify", env=env)
+    assert result.returncode == 75, result.stdout + result.stderr
+    assert "oms audit verify: Kafka does not answer" in result.stderr
