@@ -115,6 +115,8 @@ POLICY: dict[tuple[str, str], Rule] = {
     ),
 }
 PHONE_WEBHOOK = Rule("roles", PHONE_TAKERS)
+# Who did what from where is the owner's to read, and reading it is itself audited.
+AUDIT_REPORT = Rule("roles", frozenset({Role.ADMIN}), personal_data=True)
 
 
 def rule_for(request: web.Request) -> Rule | None:
@@ -126,6 +128,8 @@ def rule_for(request: web.Request) -> Rule | None:
     rule = POLICY.get((method, route.resource.canonical))
     if rule is not None and rule.kind == "platform" and request.match_info["channel"] == "phone":
         return PHONE_WEBHOOK
+    if route.resource.canonical == "/reports/{name}" and request.match_info["name"] == "audit":
+        return AUDIT_REPORT
     return rule
 
 

@@ -52,6 +52,7 @@ EXPECTED: dict[tuple[str, str], set[Role]] = {
     ("GET", "/orders/O-IN"): STAFF | {R.ANALYST, R.INTEGRATION},
     ("GET", "/reports"): {R.ADMIN, R.ANALYST},
     ("GET", "/reports/sales_by_channel"): {R.ADMIN, R.ANALYST},
+    ("GET", "/reports/audit"): {R.ADMIN},
     ("GET", "/dashboard"): {R.ADMIN, R.ANALYST},
     ("GET", "/dashboard/"): {R.ADMIN, R.ANALYST},
     ("GET", "/customers/+8613900000000/export"): {R.ADMIN, R.CUSTOMER_SERVICE},
