@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import shlex
 import subprocess
 import sys
 from collections import Counter, defaultdict
@@ -14,6 +15,7 @@ from datetime import datetime, timedelta
 from itertools import combinations
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 from zoneinfo import available_timezones
 
 import pytest
@@ -503,9 +505,12 @@ def test_the_documented_clickhouse_client_command_runs_on_the_installed_client(
     settings, store = projected
     docs = (PROJECT_ROOT / "docs" / "read-models.md").read_text(encoding="utf-8")
     (command,) = [b for b in re.findall(r"```sh\n(.*?)```", docs, re.S) if "clickhouse-client" in b]
-    url = re.match(r"clickhouse://([^:/]+):(\d+)/", settings.resolved_clickhouse_url)
-    assert url is not None and command.count("--database oms") == 1
-    here = f"--host {url.group(1)} --port {url.group(2)} --database {store.database}"
+    url = urlparse(settings.resolved_clickhouse_url)
+    assert url.scheme == "clickhouse" and command.count("--database oms") == 1
+    here = f"--host {url.hostname} --port {url.port or 9000} --database {store.database}"
+    if url.username:  # the stack's writer (oms stack up makes its users with passwords)
+        here += f" --user {shlex.quote(unquote(url.username))}"
+        here += f" --password {shlex.quote(unquote(url.password or ''))}"
     done = subprocess.run(
         ["bash", "-o", "pipefail", "-c", command.replace("--database oms", here)],
         cwd=PROJECT_ROOT,
