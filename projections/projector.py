@@ -235,8 +235,9 @@ class Projector:
 
     def _kafka_error(self, error: KafkaError) -> None:
         """librdkafka's report of a client-wide error. It reconnects by itself; the projector
-        only needs to know when no broker at all answers, or the client cannot go on."""
-        if error.fatal():
+        only needs to know when no broker at all answers, or the client cannot go on — as when
+        the brokers refuse its SASL user: waiting will not change its password."""
+        if error.fatal() or error.code() == KafkaError._AUTHENTICATION:
             self._kafka_fatal = error
         elif error.code() == KafkaError._ALL_BROKERS_DOWN:
             self._kafka_down = error
@@ -278,6 +279,18 @@ class Projector:
         migrate(self.store)
         self._reset()
 
+    def _list_topic(self, topic: str) -> Any:
+        """The topic's metadata; when the brokers do not answer, whether they refused the
+        SASL user (a report served by `poll`) is asked first: that is not an outage."""
+        try:
+            return self._consumer.list_topics(topic, timeout=10).topics.get(topic)
+        except KafkaException:
+            if not self._consumer.assignment():  # so no message can be taken and dropped here
+                self._consumer.poll(0)  # runs `_kafka_error` for what librdkafka reported
+            if self._kafka_fatal is not None:
+                raise KafkaException(self._kafka_fatal) from None
+            raise
+
     def _reset(self) -> None:
         """Forget everything in memory and continue from what ClickHouse holds (once no INSERT
         the server may still be writing can change that)."""
@@ -289,7 +302,7 @@ class Projector:
         assignment: list[TopicPartition] = []
         self._next = {}
         for topic in self.topics:
-            metadata = self._consumer.list_topics(topic, timeout=10).topics.get(topic)
+            metadata = self._list_topic(topic)
             if metadata is None or metadata.error is not None or not metadata.partitions:
                 if topic in self._projected:  # a broker coming back that does not list it yet
                     raise KafkaUnavailable(f"Kafka does not list topic {topic} (yet)")

@@ -16,6 +16,7 @@ from confluent_kafka import KafkaError, KafkaException
 from pydantic import ValidationError
 
 from infra.exit_codes import ExitCode
+from infra.kafka import KafkaSecurityError
 from infra.keystore import KeyStoreUnavailable
 from infra.publisher import PublishError
 from projections.store import StoreMisconfigured, StoreUnavailable
@@ -73,13 +74,15 @@ def exit_code(exc: Exception) -> ExitCode:
     """What `oms project` exits with after `exc` (docs/operations.md)."""
     if isinstance(exc, GaveUp) or transient(exc):
         return ExitCode.TEMPFAIL
-    if isinstance(exc, StoreMisconfigured | ValidationError):  # ValidationError: OMS_* settings
+    # ValidationError: OMS_* settings; KafkaSecurityError: a SASL protocol without its secret.
+    if isinstance(exc, StoreMisconfigured | ValidationError | KafkaSecurityError):
         return ExitCode.CONFIG
     if (
         isinstance(exc, KafkaException)
         and exc.args
         and isinstance(exc.args[0], KafkaError)
-        and exc.args[0].code() == KafkaError._INVALID_ARG  # a consumer setting Kafka refused
+        # a consumer setting Kafka refused, or the brokers refused the SASL user
+        and exc.args[0].code() in (KafkaError._INVALID_ARG, KafkaError._AUTHENTICATION)
     ):
         return ExitCode.CONFIG
     return ExitCode.BUG

@@ -39,11 +39,13 @@ from connectors.samples import MALFORMED_LINES, sample_lines
 from connectors.webshop import WebshopConnector
 from events.codec import AvroCodec
 from events.models import DeadLetter
+from infra.exit_codes import ExitCode
 from infra.kafka import admin_config, client_security, consumer_config
 from infra.settings import Settings, get_settings
 from oms.stack import BrokerTls, ClickHouseService, KafkaService
 from projections.projector import Projector
 from projections.queries import event_count, order_state, status_counts
+from projections.reconnect import exit_code
 from projections.store import connect, with_database_url
 from streams.worker.app import broker_credentials
 from tests.conftest import settings_env
@@ -292,3 +294,19 @@ def test_faust_s_aiokafka_clients_use_the_credentials(sasl_settings: Settings) -
     wrong = sasl_settings.model_copy(update={"kafka_sasl_password": SecretStr("wrong")})
     with pytest.raises(AIOKafkaError):
         asyncio.run(send(wrong))
+
+
+def test_a_projector_whose_password_is_refused_stops_as_misconfigured(
+    sasl_settings: Settings, this_process_on: None
+) -> None:
+    """It does not wait for the brokers to come back, as it would for an outage: they are up,
+    and refuse its user."""
+    wrong = sasl_settings.model_copy(update={"kafka_sasl_password": SecretStr("wrong")})
+    store = connect(sasl_settings.resolved_clickhouse_url)
+    try:
+        with pytest.raises(KafkaException) as stopped:
+            Projector(settings=wrong, store=store, batch_seconds=0.3).run(until=lambda _: False)
+    finally:
+        store.close()
+    assert stopped.value.args[0].code() == KafkaError._AUTHENTICATION
+    assert exit_code(stopped.value) == ExitCode.CONFIG

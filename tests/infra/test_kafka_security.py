@@ -10,8 +10,10 @@ from pathlib import Path
 
 import faust
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 from pydantic import SecretStr
 
+from infra.exit_codes import ExitCode
 from infra.kafka import (
     KafkaSecurityError,
     admin_config,
@@ -20,6 +22,7 @@ from infra.kafka import (
     producer_config,
 )
 from infra.settings import Settings, get_settings
+from projections.reconnect import exit_code, transient
 from streams.worker.app import broker_credentials
 from tests.conftest import TEST_MASTER_KEY
 
@@ -116,3 +119,11 @@ def test_a_worker_without_its_sasl_password_does_not_start(tmp_path: Path) -> No
     )
     assert result.returncode != 0
     assert "OMS_KAFKA_SASL_PASSWORD" in result.stderr
+
+
+def test_missing_secrets_and_a_refused_user_are_configuration_errors() -> None:
+    """`oms project` exits 78 (fix the settings; a supervisor does not restart it), not 1."""
+    assert exit_code(KafkaSecurityError("needs OMS_KAFKA_SASL_PASSWORD")) == ExitCode.CONFIG
+    refused = KafkaException(KafkaError(KafkaError._AUTHENTICATION, "invalid credentials"))
+    assert exit_code(refused) == ExitCode.CONFIG
+    assert not transient(refused)
