@@ -5,7 +5,9 @@ A replay is not a way round a webhook's signature. A letter refused as not authe
 unsigned, or replayed outside its window: `replayable` false) is refused, never sent on. Any
 other letter that came through a webhook is verified again, with the headers it kept, against
 the channel's current secret, before it is parsed; its signed time is not held to the window
-again (the letter was received in time, or was refused for that and is not replayable).
+again (the letter was received in time, or was refused for that and is not replayable). A
+letter that came through the webhook of a channel not served there any more — polled, or
+verifying no signature — is refused too: nothing vouches for it.
 """
 
 from __future__ import annotations
@@ -82,6 +84,10 @@ def replay(
         if not letter.replayable:
             report.refused.append((letter.dead_letter_id, letter.reason))
             continue
+        if letter.source_ref.startswith("webhook:") and not _verifiable(connector_class):
+            why = f"came through a webhook {letter.source} is not served on (nothing verified)"
+            report.refused.append((letter.dead_letter_id, why))
+            continue
         try:
             event = _again(connector_class(), letter)
         except PayloadRejected as exc:
@@ -91,6 +97,15 @@ def replay(
         report.replayed.append(letter.dead_letter_id)
     publisher.flush()
     return report
+
+
+def _verifiable(connector_class: type[Connector]) -> bool:
+    """Whether a webhook's letter of this channel can be verified again: a signed pushed
+    channel, or staff typing (whose login the API checked). A polled or unsigned channel's
+    webhook letters are from before those were closed: nobody vouches for them."""
+    if connector_class.delivery == "staff":
+        return True
+    return connector_class.delivery == "webhook" and connector_class.signed
 
 
 def _again(connector: Connector, letter: DeadLetter) -> ChannelEvent:

@@ -39,11 +39,12 @@ from connectors.wechat import WechatConnector
 from events.codec import AvroCodec
 from events.models import DeadLetter, OrderReceived, PaymentStatus, utc_now
 from infra.kafka import consumer_config
+from infra.publisher import Publisher
 from infra.settings import Settings, get_settings
 from oms.api import create_app
 from oms.cli import main as oms_cli
 from oms.cli.processes import _check_webhook_secrets
-from tests.conftest import ADMIN, read_topic, settings_env
+from tests.conftest import ADMIN, FIXTURES, read_topic, settings_env
 from tests.connectors.conftest import APIV3_KEY, TEST_SECRETS, sign
 
 PUSHED = ["webshop", "woocommerce", "square", "meituan", "eleme", "wechat"]
@@ -398,3 +399,18 @@ def test_wechat_keys_that_cannot_be_used_are_named_and_refuse_everything(
     body, headers = sign("wechat", order_body("wechat", "AUTH-wechat-badkey"))
     with pytest.raises(SecretMissing, match="not an RSA public key"):
         WechatConnector().verify(headers, body)
+
+
+@pytest.mark.integration
+def test_a_polled_channels_letter_from_its_old_open_webhook_is_never_replayed(
+    isolated_settings: Settings,
+) -> None:
+    """Tmall was once served unsigned: such a letter is vouched for by nobody."""
+    raw = (FIXTURES / "tmall" / "paid_multi_item.json").read_bytes()
+    letter = DeadLetter.of(source="tmall", source_ref="webhook:old", reason="why", raw=raw)
+    publisher = Publisher(isolated_settings)
+    publisher.dead_letter(letter)
+    publisher.flush()
+    report = replay(isolated_settings, source="tmall")
+    assert (report.replayed, [i for i, _ in report.refused]) == ([], [letter.dead_letter_id])
+    assert "nothing verified" in report.refused[0][1]
