@@ -108,6 +108,8 @@ def store_error(message: str, *, code: int | None = None) -> StoreError:
     if code is None:
         found = _CODE.search(message)
         code = int(found.group(1)) if found else None
+    if "CERTIFICATE_VERIFY_FAILED" in message:  # the driver's NETWORK_ERROR: not a passing one
+        return StoreMisconfigured(message, code=code)
     if code in _UNAVAILABLE_CODES:
         return StoreUnavailable(message, code=code)
     if code in _MISCONFIGURED_CODES:
@@ -287,6 +289,13 @@ class ServerStore:
             connection.request("POST", path, body=data, headers=headers)
             response = connection.getresponse()
             return response.status, response.read()
+        except ssl.SSLCertVerificationError as exc:
+            self._drop_http_connection()
+            host, _ = self._address
+            raise StoreMisconfigured(
+                f"ClickHouse HTTPS interface at {host}:{self._http_port}: {exc} (ca_certs in "
+                f"the URL names the CAs to trust) -- in: {sql[:200]}"
+            ) from exc
         except (OSError, http.client.HTTPException) as exc:
             self._drop_http_connection()
             host, _ = self._address

@@ -10,8 +10,6 @@ no SASL are refused.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import ipaddress
 import secrets
 import signal
 import socket
@@ -27,11 +25,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError as AIOKafkaError
 from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
-from cryptography.x509.oid import NameOID
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from pydantic import SecretStr
 
@@ -49,6 +44,7 @@ from projections.reconnect import exit_code
 from projections.store import connect, with_database_url
 from streams.worker.app import broker_credentials
 from tests.conftest import settings_env
+from tests.tls import make_server_certificate
 
 pytestmark = pytest.mark.integration
 ORDERS = 30
@@ -60,47 +56,20 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
 def make_tls(directory: Path, password: str) -> BrokerTls:
-    """A CA of this test, and the broker's key and certificate (for localhost) signed by it."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(_name("orderstream test CA"))
-        .issuer_name(_name("orderstream test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("localhost"))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    truststore = directory / "ca.pem"
-    truststore.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    """The broker's key and certificate in a PKCS12 keystore, and the CA that signed them."""
+    made = make_server_certificate(directory)
     keystore = directory / "broker.p12"
     keystore.write_bytes(
         pkcs12.serialize_key_and_certificates(
-            b"broker", key, cert, [ca], serialization.BestAvailableEncryption(password.encode())
+            b"broker",
+            made.key,
+            made.certificate,
+            [made.ca],
+            serialization.BestAvailableEncryption(password.encode()),
         )
     )
-    return BrokerTls(keystore=keystore, keystore_password=password, truststore=truststore)
+    return BrokerTls(keystore=keystore, keystore_password=password, truststore=made.ca_file)
 
 
 @pytest.fixture(scope="module")

@@ -3,15 +3,18 @@ reach both the native protocol and the HTTP interface; the stack's reader may on
 
 from __future__ import annotations
 
+import socket
 import struct
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
 from infra.settings import Settings
-from oms.stack import READER, WRITER, ClickHouseService
+from oms.stack import _CLICKHOUSE_CONFIG, READER, WRITER, ClickHouseService
 from projections.store import (
     ClickHouseStore,
     Credentials,
@@ -21,6 +24,7 @@ from projections.store import (
     redacted,
     with_database_url,
 )
+from tests.tls import make_server_certificate
 
 
 def test_the_url_s_user_password_and_tls_reach_the_store() -> None:
@@ -125,3 +129,79 @@ def test_a_wrong_password_is_refused_on_both_interfaces(
     assert "wrong" not in str(native.value) + str(http.value)
     for user in (WRITER, READER):
         assert service.passwords()[user] not in str(native.value)
+
+
+_TLS = """    <tcp_port_secure>{tcp_secure}</tcp_port_secure>
+    <https_port>{https}</https_port>
+    <openSSL>
+        <server>
+            <certificateFile>{cert}</certificateFile>
+            <privateKeyFile>{key}</privateKeyFile>
+            <verificationMode>none</verificationMode>
+            <loadDefaultCAFile>false</loadDefaultCAFile>
+            <disableProtocols>sslv2,sslv3,tlsv1,tlsv1_1</disableProtocols>
+        </server>
+    </openSSL>
+</yandex>
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[ClickHouseService, int, int, Path]]:
+    """A second local server (the stack's config.xml and users.xml) that also listens with TLS
+    on its own ports: native (`tcp_port_secure`) and HTTPS, with a certificate of this test."""
+    settings = Settings(
+        home=tmp_path, clickhouse_port=_free_port(), clickhouse_http_port=_free_port()
+    )
+    service = ClickHouseService(settings)
+    if service.binary is None:
+        pytest.fail("clickhouse-server is not installed; make test installs it (as root)")
+    made = make_server_certificate(tmp_path)
+    cert, key = made.write_pem(tmp_path)
+    tcp_secure, https = _free_port(), _free_port()
+    for sub in ("data", "tmp", "user_files", "format_schemas", "logs"):
+        (service.dir / sub).mkdir(parents=True, exist_ok=True)
+    config = _CLICKHOUSE_CONFIG.format(
+        dir=service.dir, tcp_port=settings.clickhouse_port, http_port=settings.clickhouse_http_port
+    )
+    tls = _TLS.format(tcp_secure=tcp_secure, https=https, cert=cert, key=key)
+    service.config.write_text(config.replace("</yandex>\n", tls))
+    service._write_users()
+    service.process.start(
+        [service.binary, f"--config-file={service.config}"], log=service.log, cwd=service.dir
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not service.answering():
+            assert time.monotonic() < deadline, service.log.read_text()[-2000:]
+            time.sleep(0.2)
+        yield service, tcp_secure, https, made.ca_file
+    finally:
+        service.down()
+
+
+@pytest.mark.integration
+def test_both_interfaces_speak_tls_and_check_the_server_s_certificate(
+    tls_server: tuple[ClickHouseService, int, int, Path],
+) -> None:
+    service, tcp_secure, https, ca_file = tls_server
+    password = quote(service.passwords()[WRITER], safe="")
+    base = f"clickhouse://{WRITER}:{password}@localhost:{tcp_secure}/oms_tls?secure=1&http_port={https}"
+    store = connect(f"{base}&ca_certs={ca_file}")
+    store.execute("CREATE DATABASE oms_tls")
+    store.execute("CREATE TABLE oms_tls.t (x UInt32) ENGINE = Memory")
+    store.insert_rowbinary("t", ["x"], struct.pack("<I", 7))  # HTTPS
+    assert store.query("SELECT x FROM oms_tls.t") == [(7,)]  # native over TLS
+    store.close()
+    untrusting = connect(base)  # the system's CAs do not include this test's
+    with pytest.raises(StoreMisconfigured, match="CERTIFICATE_VERIFY_FAILED"):
+        untrusting.query("SELECT 1")
+    with pytest.raises(StoreMisconfigured, match="(?i)certificate verify failed"):
+        untrusting.insert_rowbinary("t", ["x"], struct.pack("<I", 8))
+    untrusting.close()
