@@ -40,7 +40,6 @@ from infra.settings import Settings
 KEY_PREFIX = "oms_"
 SESSION_COOKIE = "oms_session"
 SESSION_SECONDS = 8 * 3600
-PRINCIPAL = "oms.principal"  # where the access middleware puts the caller on the request
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
 
 

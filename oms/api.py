@@ -79,9 +79,10 @@ def create_app(settings: Settings, *, audit: access.AuditSink | None = None) -> 
         middlewares=[access.security_headers, problems, access.enforce],
     )
     app[SETTINGS] = settings
-    publisher = AsyncPublisher(settings)
     trail = audit or access.TrailAudit(settings)
+    # Access first: an API that could not enforce it stops before it connects to anything.
     access.add_routes(app, settings, audit=trail, order_place=_order_place)
+    publisher = AsyncPublisher(settings)
     webhooks.add_routes(app, publisher, settings)
     operations.add_routes(app, publisher, settings)
     read_api.add_routes(app, settings)

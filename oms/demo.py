@@ -29,7 +29,7 @@ from projections.projector import Projector
 from projections.queries import fulfilment_queue, status_counts
 from projections.reports import run_report
 from projections.schema import migrate
-from projections.store import connect
+from projections.store import connect, redacted
 
 
 class DemoFailed(RuntimeError):
@@ -149,7 +149,7 @@ def run_demo(
     started = [name for name, outcome in stack.up() if outcome == "started"]
     say(
         f"stack: Kafka at {settings.kafka_bootstrap}, ClickHouse at "
-        f"{settings.resolved_clickhouse_url}"
+        f"{redacted(settings.resolved_clickhouse_url)}"
     )
     worker = None
     began = time.monotonic()

@@ -563,7 +563,15 @@ def _access_paths() -> dict[str, Json]:
                 "tags": ["access"],
                 "summary": "Sign in: a session cookie, and on to `next`",
                 "requestBody": form,
-                "responses": {"303": {"description": "signed in"}, "401": _html("refused")},
+                "responses": {
+                    "303": {"description": "signed in"},
+                    # The form again for a browser (Accept: text/html), a Problem for a script.
+                    "401": {
+                        "description": "refused",
+                        "content": _html("")["content"]
+                        | {_problem_media_type(): {"schema": _ref("schemas", "Problem")}},
+                    },
+                },
             },
         },
         "/logout": {

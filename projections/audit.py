@@ -27,7 +27,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from infra.audit import NotAnEntry, parse
 from infra.kafka import client_security, consumer_config
 from infra.settings import Settings
-from projections.lease import ProjectorLease
+from projections.lease import ProjectorLease, lease_key
 from projections.schema import AUDIT_LOG, AUDIT_LOG_COLUMNS, migrate
 from projections.store import ClickHouseStore, Row, sql_string
 
@@ -67,8 +67,8 @@ def _text(value: Any) -> Any:
 
 def lease_for(settings: Settings, store: ClickHouseStore) -> ProjectorLease:
     """The lease one audit projection per database holds (beside the projector's own)."""
-    url = settings.resolved_clickhouse_url.split("?", 1)[0]
-    return ProjectorLease(home=settings.home, clickhouse_url=f"audit:{url}#{store.database}")
+    # The database's lease key without the user, as the projector's: every user shares it.
+    return ProjectorLease(home=settings.home, clickhouse_url=f"audit:{lease_key(settings, store)}")
 
 
 class AuditProjection:

@@ -19,7 +19,12 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
+from urllib.parse import urlparse
+
+if TYPE_CHECKING:
+    from infra.settings import Settings
+    from projections.store import ClickHouseStore
 
 log = logging.getLogger(__name__)
 
@@ -92,3 +97,12 @@ class ProjectorLease:
             fcntl.flock(self._swap, fcntl.LOCK_UN)
             self._swap.close()
             self._swap = None
+
+
+def lease_key(settings: Settings, store: ClickHouseStore) -> str:
+    """What names the database for the lease: the ClickHouse (server address or chDB path) and
+    the database."""
+    url = urlparse(settings.resolved_clickhouse_url)
+    # The server's address without the user: every user of one database shares its lease.
+    where = url.netloc.rsplit("@", 1)[-1] if url.scheme == "clickhouse" else url.path
+    return f"{url.scheme}://{where}#{store.database}"

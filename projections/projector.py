@@ -37,7 +37,6 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlparse
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -64,7 +63,7 @@ from projections.fold import (
     Rows,
     ValueRows,
 )
-from projections.lease import ProjectorLease
+from projections.lease import ProjectorLease, lease_key
 from projections.native_fold import AVAILABLE as NATIVE_FOLD
 from projections.native_fold import NativeFold
 from projections.orders import Position
@@ -650,12 +649,3 @@ def _one_line(error: Exception) -> str:
 
 def _has_content(stats: BatchStats) -> bool:
     return bool(stats.events or stats.stock_events or stats.dead_lettered)
-
-
-def lease_key(settings: Settings, store: ClickHouseStore) -> str:
-    """What names the database for the lease: the ClickHouse (server address or chDB path) and
-    the database."""
-    url = urlparse(settings.resolved_clickhouse_url)
-    # The server's address without the user: every user of one database shares its lease.
-    where = url.netloc.rsplit("@", 1)[-1] if url.scheme == "clickhouse" else url.path
-    return f"{url.scheme}://{where}#{store.database}"

@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from infra.settings import Settings
-from projections.lease import ProjectorLease
-from projections.projector import BatchStats, Projector, lease_key
+from projections.lease import ProjectorLease, lease_key
+from projections.projector import BatchStats, Projector
 from projections.schema import READ_MODEL_NAMES, migrate
 from projections.store import ClickHouseStore, sql_string
 

@@ -91,12 +91,12 @@ def scope_of(role: Role) -> dict[str, Any]:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(tmp_path: Path, chdb_path: Path) -> Settings:
     return Settings(
         home=tmp_path,
         access_file=tmp_path / "access.json",
         session_secret="a session secret of the access tests, long enough",  # type: ignore[arg-type]
-        clickhouse_url=f"chdb://{tmp_path / 'chdb'}",
+        clickhouse_url=f"chdb://{chdb_path}?database=access_test",
     )
 
 
@@ -339,7 +339,10 @@ def test_sessions_cannot_be_forged_or_kept_past_expiry() -> None:
         read_session(secret, issue_session(secret, "li.na", seconds=-1))
 
 
-def test_the_api_does_not_start_without_a_session_secret(tmp_path: Path) -> None:
+def test_the_api_does_not_start_without_a_session_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(oms.api, "AsyncPublisher", FakePublisher)
     settings = Settings(home=tmp_path, access_file=tmp_path / "a.json", session_secret=None)
     with pytest.raises(AccessMisconfigured, match="OMS_SESSION_SECRET"):
         oms.api.create_app(settings)

@@ -14,6 +14,7 @@ import schemathesis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 
+import oms.api
 from connectors.registry import available
 from infra.settings import Settings
 from oms.api import create_app
@@ -21,12 +22,15 @@ from oms.openapi import document
 from oms.operations import COMMANDS, NOT_BLANK
 from projections.reports import REPORTS
 from tests.conftest import ADMIN
+from tests.connectors.conftest import FakePublisher
 
 DOCUMENT = document()
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[TestClient[Any, Any]]:
+async def client(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[TestClient[Any, Any]]:
+    # The document and the answers of the app itself: no broker (nor its key topic) needed.
+    monkeypatch.setattr(oms.api, "AsyncPublisher", FakePublisher)
     async with TestClient(TestServer(create_app(Settings())), headers=ADMIN) as test_client:
         yield test_client
 
