@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 from pydantic import ValidationError
 
 from infra.exit_codes import ExitCode
-from infra.kafka import admin_config
+from infra.kafka import KafkaSecurityError, admin_config
 from infra.settings import Settings, get_settings
 from streams.worker.app import create_app
 
@@ -60,19 +60,32 @@ def run_workers(count: int, argv: list[str] | None = None) -> None:
     sys.exit(code)
 
 
+class KafkaRefusedCredentials(Exception):
+    """The broker refused the worker's SASL user or password."""
+
+
 def missing_topics(settings: Settings) -> list[str]:
     """The topics the worker needs that the cluster does not have, asked once the broker
     answers (waiting for it as long as it takes, backing off to 10 s)."""
-    from confluent_kafka import KafkaException
+    from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient(admin_config(settings.kafka_bootstrap))
+    refused: list[str] = []
+
+    def on_error(error: KafkaError) -> None:
+        # A broker that refuses our credentials will refuse them again: not worth waiting for.
+        if error.code() == KafkaError._AUTHENTICATION:
+            refused.append(error.str())
+
+    admin = AdminClient(admin_config(settings.kafka_bootstrap) | {"error_cb": on_error})
     delay = 0.5
     while True:
         try:
             existing = admin.list_topics(timeout=10).topics
             break
         except KafkaException as exc:
+            if refused:
+                raise KafkaRefusedCredentials(refused[-1]) from exc
             log.warning("waiting for Kafka at %s: %s", settings.kafka_bootstrap, exc)
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
@@ -98,7 +111,12 @@ def run_worker(argv: list[str] | None = None) -> None:
         settings = get_settings()
     except ValidationError as exc:
         _exit(ExitCode.CONFIG, f"a setting is not valid: {exc}")
-    missing = missing_topics(settings)
+    try:
+        missing = missing_topics(settings)
+    except KafkaSecurityError as exc:  # a SASL protocol without its user or password
+        _exit(ExitCode.CONFIG, str(exc))
+    except KafkaRefusedCredentials as exc:
+        _exit(ExitCode.CONFIG, f"Kafka at {settings.kafka_bootstrap} refused the login: {exc}")
     if missing:
         _exit(
             ExitCode.CONFIG,

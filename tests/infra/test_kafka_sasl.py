@@ -279,3 +279,20 @@ def test_a_projector_whose_password_is_refused_stops_as_misconfigured(
         store.close()
     assert stopped.value.args[0].code() == KafkaError._AUTHENTICATION
     assert exit_code(stopped.value) == ExitCode.CONFIG
+
+
+def test_a_worker_whose_password_is_refused_stops_as_misconfigured(
+    sasl_settings: Settings,
+) -> None:
+    """`oms worker` against brokers that refuse its login exits 78 naming the refusal, rather
+    than wait for Kafka forever as it would through an outage."""
+    env = security_env(sasl_settings) | {"OMS_KAFKA_SASL_PASSWORD": "not-the-password"}
+    done = subprocess.run(
+        [sys.executable, "-m", "oms.cli", "worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == ExitCode.CONFIG, done.stderr[-2000:]
+    assert "refused the login" in done.stderr
