@@ -84,6 +84,7 @@ def missing_topics(settings: Settings) -> list[str]:
             existing = admin.list_topics(timeout=10).topics
             break
         except KafkaException as exc:
+            admin.poll(1)  # error callbacks are served by poll
             if refused:
                 raise KafkaRefusedCredentials(refused[-1]) from exc
             log.warning("waiting for Kafka at %s: %s", settings.kafka_bootstrap, exc)
