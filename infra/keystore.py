@@ -124,8 +124,7 @@ class MasterKey:
             nonce + AESGCM(self.secret).encrypt(nonce, key, record.encode())
         ).decode()
 
-    def unwrap(self, record: str, wrapped: str) -> bytes:
-        data = base64.b64decode(wrapped)
+    def unwrap(self, record: str, data: bytes) -> bytes:
         try:
             return AESGCM(self.secret).decrypt(data[:12], data[12:], record.encode())
         except InvalidTag:
@@ -197,6 +196,7 @@ class KafkaKeys:
         self._refused: dict[str, str] = {}  # subject: why Kafka did not store its new key
         self._absent: dict[str, None] = {}  # keys a catch-up did not find (oldest first)
         self._caught_up_at = 0.0
+        self._skipped, self._skip_reason = 0, ""  # records that are no wrapped keys
         self._assigned = False
         self.refresh()
 
@@ -345,6 +345,10 @@ class KafkaKeys:
                     self._take((message.key() or b"").decode(), message.value())
                     if (message.offset() or 0) + 1 >= ends[partition]:
                         pending.discard(partition)
+            if self._skipped:
+                what = "%d records on %s are no wrapped keys, skipped (the last: %s)"
+                log.error(what, self._skipped, self.topic, self._skip_reason)
+                self._skipped = 0
             if pending:
                 raise KeyStoreUnavailable(f"could not read the key topic {self.topic} to its end")
         except KafkaException as exc:
@@ -380,8 +384,18 @@ class KafkaKeys:
                 self._keys.pop(subject, None)
                 self._forgotten.append(subject)
             return
-        wrapped = json.loads(value)["wrapped"]
-        self._keys.setdefault(subject, {})[key_id] = self.master.unwrap(record, wrapped)
+        try:
+            wrapped = json.loads(value)["wrapped"]
+            data = base64.b64decode(wrapped, validate=True)
+            if len(data) < 12 + 32 + 16:
+                raise ValueError(f"{len(data)} bytes is no wrapped key")
+        except (ValueError, KeyError, TypeError) as exc:
+            # Not a key this store wrote: skipped, so one bad record cannot stop every reader.
+            # (A key the master key does not open still stops it: that is the wrong master.)
+            self._skipped += 1
+            self._skip_reason = f"{record!r}: {exc}"
+            return
+        self._keys.setdefault(subject, {})[key_id] = self.master.unwrap(record, data)
 
     def _key_producer(self) -> Producer:
         if self._producer is None:

@@ -286,3 +286,21 @@ def test_new_keys_are_stored_together_and_found_by_a_reader_that_meets_their_dat
     assert reader.find("subject-0", "0123456789abcdef") is None
     assert reader.find("subject-0", "0123456789abcdef") is None
     assert catch_ups == 1
+
+
+def test_a_record_on_the_key_topic_that_is_no_wrapped_key_is_skipped(
+    isolated_settings: Settings,
+) -> None:
+    """Somebody's stray record on the key topic stops no reader: it is skipped, and the keys
+    around it are found."""
+    writer = KafkaKeys(isolated_settings)
+    before = writer.current("subject-before")
+    publisher = Publisher(isolated_settings, codec=AvroCodec())
+    for junk in (b'{"wrapped":"x"}', b"not json", b'{"other":1}', b'{"wrapped":"AAAA"}'):
+        publisher.produce(isolated_settings.topics.privacy_keys, "stray/0123", junk)
+    assert not publisher.flush().failed
+    after = writer.current("subject-after")
+    reader = KafkaKeys(isolated_settings)
+    assert reader.find("subject-before", before[0]) == before[1]
+    assert reader.find("subject-after", after[0]) == after[1]
+    assert reader.find("stray", "0123") is None
