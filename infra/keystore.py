@@ -188,7 +188,14 @@ class KafkaKeys:
             consumer_config(
                 settings.kafka_bootstrap,
                 group_id="oms-keys",  # never commits: `assign` reads from the beginning
-                **{"enable.partition.eof": True, "auto.offset.reset": "earliest"},
+                # Between catch-ups the partitions are paused, so no fetch is parked at the
+                # broker when a catch-up asks for the end offsets: a broker answers one request
+                # of a connection at a time, and a parked fetch held every catch-up 0.5 s.
+                **{
+                    "enable.partition.eof": True,
+                    "auto.offset.reset": "earliest",
+                    "fetch.wait.max.ms": 50,
+                },
             )
         )
         self._producer: Producer | None = None
@@ -323,6 +330,7 @@ class KafkaKeys:
                     TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in topic.partitions
                 ]
                 self._consumer.assign(self._partitions)
+                self._consumer.pause(self._partitions)
                 self._assigned = True
             ends = {
                 p.partition: self._consumer.get_watermark_offsets(p, timeout=10)[1]
@@ -334,17 +342,12 @@ class KafkaKeys:
                 for partition, end in ends.items()
                 if end > 0 and max(positions.get(partition, 0), 0) < end
             }
-            deadline = time.monotonic() + 30
-            while pending and time.monotonic() < deadline:
-                for message in self._consumer.consume(500, timeout=0.5):
-                    error, partition = message.error(), message.partition() or 0
-                    if error is not None:
-                        if error.code() == KafkaError._PARTITION_EOF:
-                            pending.discard(partition)
-                        continue
-                    self._take((message.key() or b"").decode(), message.value())
-                    if (message.offset() or 0) + 1 >= ends[partition]:
-                        pending.discard(partition)
+            if pending:
+                self._consumer.resume(self._partitions)
+                try:
+                    self._consume_to(ends, pending)
+                finally:
+                    self._consumer.pause(self._partitions)
             if self._skipped:
                 what = "%d records on %s are no wrapped keys, skipped (the last: %s)"
                 log.error(what, self._skipped, self.topic, self._skip_reason)
@@ -354,6 +357,22 @@ class KafkaKeys:
         except KafkaException as exc:
             raise KeyStoreUnavailable(f"the key topic {self.topic}: {exc}") from exc
         self._caught_up_at = time.monotonic()
+
+    def _consume_to(self, ends: dict[int, int], pending: set[int]) -> None:
+        """Takes every record up to `ends` of the `pending` partitions (emptied as each is
+        read to its end), for at most 30 s."""
+        deadline = time.monotonic() + 30
+        while pending and time.monotonic() < deadline:
+            # (`consume` waits for all 500 or its timeout: a short timeout ends at the end)
+            for message in self._consumer.consume(500, timeout=0.02):
+                error, partition = message.error(), message.partition() or 0
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(partition)
+                    continue
+                self._take((message.key() or b"").decode(), message.value())
+                if (message.offset() or 0) + 1 >= ends[partition]:
+                    pending.discard(partition)
 
     def _create_topic(self) -> None:
         admin = AdminClient(admin_config(self._bootstrap))
