@@ -33,6 +33,7 @@ import json
 import os
 import unicodedata
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from functools import cache, lru_cache
 from typing import Any, Protocol
 
@@ -146,23 +147,23 @@ def seal(event: Event, keys: DataKeys) -> Event:
     key set. Events without personal fields, and events already sealed, are left as they are."""
     if not isinstance(event, OrderReceived | OrderModified) or event.sealed is not None:
         return event
-    paths = personal_paths(type(event))
-    values = {".".join(path): value for path in paths if (value := _get(event, path))}
+    values: dict[str, Any] = {}
+    changes: dict[Path, Any] = {}
+    for field in _plan(type(event)):
+        if value := _get(event, field.path):
+            values[field.name] = value
+            changes[field.path] = field.blank
     subject = subject_of(event, keys.pepper)
-    changes: dict[str, Any] = {}
     if event.customer is not None and not subject.startswith("order:"):
-        changes["customer"] = event.customer.model_copy(update={"key": subject})
+        changes[("customer", "key")] = subject
     if values:
         key_id, key = keys.current(subject)
         nonce = os.urandom(12)
         plain = json.dumps(values, ensure_ascii=False, separators=(",", ":")).encode()
-        secret = AESGCM(key).encrypt(nonce, plain, _associated(event.event_id, subject, key_id))
+        secret = _aead(key).encrypt(nonce, plain, _associated(event.event_id, subject, key_id))
         blob = base64.urlsafe_b64encode(nonce + secret).decode().rstrip("=")
-        changes["sealed"] = f"{PREFIX}:{key_id}:{subject}:{blob}"
-    if not changes:
-        return event
-    sealed = event.model_copy(update=changes)
-    return _with(sealed, {path: _blank(type(event), path) for path in paths if _get(event, path)})
+        changes[("sealed",)] = f"{PREFIX}:{key_id}:{subject}:{blob}"
+    return _with(event, changes)
 
 
 def unseal(event: Event, keys: DataKeys) -> Event:
@@ -170,21 +171,30 @@ def unseal(event: Event, keys: DataKeys) -> Event:
     else the event as it is (personal fields empty: erased, or not ours to read)."""
     if not isinstance(event, OrderReceived | OrderModified) or event.sealed is None:
         return event
+    values = _opened(event, keys)
+    if values is None:
+        return event
+    paths = _paths_by_name(type(event))
+    return _with(event, {("sealed",): None} | {paths[name]: v for name, v in values.items()})
+
+
+def _opened(event: OrderReceived | OrderModified, keys: DataKeys) -> dict[str, Any] | None:
+    """The sealed values by dotted name; None without the key; SealError if tampered."""
+    assert event.sealed is not None
     key_id, subject, data = parse_sealed(event.sealed)
     key = keys.find(subject, key_id)
     if key is None:
-        return event
+        return None
     try:
-        plain = AESGCM(key).decrypt(
+        plain = _aead(key).decrypt(
             data[:12], data[12:], _associated(event.event_id, subject, key_id)
         )
     except InvalidTag:
         raise SealError(
             f"the personal data of {event.event_id} does not open with its key"
         ) from None
-    values = json.loads(plain)
-    opened = event.model_copy(update={"sealed": None})
-    return _with(opened, {tuple(name.split(".")): value for name, value in values.items()})
+    names = _paths_by_name(type(event))  # (a field a later version added is not this one's)
+    return {name: value for name, value in json.loads(plain).items() if name in names}
 
 
 def erased(event: Event) -> bool:
@@ -200,19 +210,21 @@ def for_analysts(event: Event, keys: DataKeys) -> Event:
     (computed for events written before sealing) and `sealed` dropped."""
     if not isinstance(event, OrderReceived | OrderModified):
         return event
-    try:
-        opened = unseal(event, keys)
-    except SealError:
-        opened = event  # tampered: it stays shut, as if erased
-    assert isinstance(opened, OrderReceived | OrderModified)
-    subject = subject_of(opened, keys.pepper) if opened.sealed is None else _sealed_subject(opened)
-    changes: dict[str, Any] = {"sealed": None}
-    if opened.customer is not None:
-        key = None if subject.startswith("order:") else subject
-        changes["customer"] = opened.customer.model_copy(update={"key": key})
-    masked = opened.model_copy(update=changes)
-    paths = personal_paths(type(event))
-    return _with(masked, {path: _mask(path, _get(opened, path), type(event)) for path in paths})
+    values: dict[str, Any] | None = None
+    if event.sealed is not None:
+        try:
+            values = _opened(event, keys)
+        except SealError:
+            values = None  # tampered: it stays shut, as if erased
+    subject = subject_of(event, keys.pepper) if event.sealed is None else _sealed_subject(event)
+    model = type(event)
+    changes: dict[Path, Any] = {("sealed",): None}
+    if event.customer is not None:
+        changes[("customer", "key")] = None if subject.startswith("order:") else subject
+    for field in _plan(model):
+        value = values.get(field.name) if values is not None else _get(event, field.path)
+        changes[field.path] = _mask(field, value)
+    return _with(event, changes)
 
 
 def _sealed_subject(event: OrderReceived | OrderModified) -> str:
@@ -242,13 +254,13 @@ def mask_email(email: str) -> str:
 _MASKS = {"name": mask_name, "phone": mask_phone, "email": mask_email}
 
 
-def _mask(path: Path, value: Any, model: type[BaseModel]) -> Any:
+def _mask(field: _Field, value: Any) -> Any:
     """Names, phones and e-mails masked; everything else personal (ids, addresses,
     coordinates, devices, notes) emptied: a city stays, in its own field."""
     if value in (None, ""):
-        return _blank(model, path)
-    mask = _MASKS.get(path[-1]) if path[0] == "customer" else None
-    return mask(str(value)) if mask else _blank(model, path)
+        return field.blank
+    mask = _MASKS.get(field.path[-1]) if field.path[0] == "customer" else None
+    return mask(str(value)) if mask else field.blank
 
 
 # ---------------------------------------------------------------- the codec
@@ -298,6 +310,32 @@ class PrivateCodec(AvroCodec):
 
 def _associated(event_id: str, subject: str, key_id: str) -> bytes:
     return f"{PREFIX}|{event_id}|{subject}|{key_id}".encode()
+
+
+@dataclass(frozen=True)
+class _Field:
+    """A personal field: its path into the event, its dotted name in `sealed`, its blank."""
+
+    path: Path
+    name: str
+    blank: Any
+
+
+@cache
+def _plan(model: type[BaseModel]) -> tuple[_Field, ...]:
+    return tuple(
+        _Field(path, ".".join(path), _blank(model, path)) for path in personal_paths(model)
+    )
+
+
+@cache
+def _paths_by_name(model: type[BaseModel]) -> dict[str, Path]:
+    return {field.name: field.path for field in _plan(model)}
+
+
+@lru_cache(maxsize=4096)
+def _aead(key: bytes) -> AESGCM:
+    return AESGCM(key)
 
 
 def _get(model: BaseModel | None, path: Path) -> Any:

@@ -7,11 +7,12 @@ wrapped (AES-256-GCM) under a master key that only the environment holds.
 - The master key comes from `OMS_MASTER_KEY` (32 bytes, base64), else from the local stack's
   `HOME/master.key` (written by `oms stack up`, mode 0600, for development). Without one,
   nothing that reads or writes personal data starts: it fails closed.
-- Each process reads the whole topic when it starts, creates a key for a subject it has none
-  for (written with acks=all and confirmed before it is used: an unstored key would make data
-  unreadable, and a reader could meet the data before the key), and catches up with the topic
-  again on a miss or every `REFRESH_S`, so a key another process created is found and a
-  forgotten one is dropped everywhere.
+- Each process reads the whole topic when it starts and then follows it (a thread), so a key
+  another process created is found and a forgotten one is dropped everywhere within a fetch.
+  It creates a key for a subject it has none for (written with acks=all and confirmed before
+  it is used: an unstored key would make data unreadable, and a reader could meet the data
+  before the key); a reader that meets a key it does not hold waits until it has followed
+  the topic to where it ends now.
 - Losing the topic (or the master key) loses every key: personal data becomes unreadable, as
   if every customer were forgotten, while orders, amounts and statuses stay whole. That is the
   failure mode to back up against (docs/operations.md, "Privacy").
@@ -27,6 +28,7 @@ wrapped (AES-256-GCM) under a master key that only the environment holds.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import json
 import logging
@@ -34,15 +36,17 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
     KafkaError,
     KafkaException,
+    Message,
     Producer,
     TopicPartition,
 )
@@ -59,7 +63,7 @@ from infra.settings import Settings
 
 log = logging.getLogger(__name__)
 ABSENT_KEPT = 100_000  # forgotten keys remembered as such (a replay meets each many times)
-REFRESH_S = 2.0  # at most this stale: a key forgotten elsewhere is dropped within it
+T = TypeVar("T")
 DAY_MS = 24 * 3600 * 1000
 # Compacted, so a forgotten key's tombstone replaces it; a rolled segment is compacted within
 # a day (`max.compaction.lag.ms`), after which the key is gone from the broker's disks too.
@@ -174,7 +178,13 @@ class MemoryKeys:
 
 
 class KafkaKeys:
-    """Data keys on the compacted key topic, wrapped under the master key."""
+    """Data keys on the compacted key topic, wrapped under the master key.
+
+    A thread follows the topic from its beginning and takes every record as it comes, so keys
+    made and forgotten elsewhere arrive within one fetch. A reader that meets a key it does
+    not hold asks a second consumer (which never fetches, so a fetch parked at the broker
+    does not hold the question up) where the topic ends now, and waits until the thread got
+    there: a key confirmed before the data it sealed is then found."""
 
     def __init__(self, settings: Settings, *, master: MasterKey | None = None) -> None:
         self.master = master or MasterKey.from_settings(settings)
@@ -184,28 +194,32 @@ class KafkaKeys:
         self._keys: dict[str, dict[str, bytes]] = {}
         self._forgotten: list[str] = []
         self._lock = threading.Lock()
-        self._consumer = Consumer(
+        self._taken = threading.Condition(self._lock)  # the tail took records
+        self._tail = Consumer(
             consumer_config(
                 settings.kafka_bootstrap,
                 group_id="oms-keys",  # never commits: `assign` reads from the beginning
-                # Between catch-ups the partitions are paused, so no fetch is parked at the
-                # broker when a catch-up asks for the end offsets: a broker answers one request
-                # of a connection at a time, and a parked fetch held every catch-up 0.5 s.
-                **{
-                    "enable.partition.eof": True,
-                    "auto.offset.reset": "earliest",
-                    "fetch.wait.max.ms": 50,
-                },
+                **{"enable.partition.eof": True, "auto.offset.reset": "earliest"},
             )
         )
+        self._probe = Consumer(consumer_config(settings.kafka_bootstrap, group_id="oms-keys"))
         self._producer: Producer | None = None
         self._pending: dict[str, tuple[str, bytes]] = {}  # new keys, written, not confirmed
         self._refused: dict[str, str] = {}  # subject: why Kafka did not store its new key
         self._absent: dict[str, None] = {}  # keys a catch-up did not find (oldest first)
-        self._caught_up_at = 0.0
+        self._positions: dict[int, int] = {}  # per partition: the next offset the tail takes
+        self._broken: KeyStoreError | None = None  # a record the master key does not open
         self._skipped, self._skip_reason = 0, ""  # records that are no wrapped keys
-        self._assigned = False
-        self.refresh()
+        self._stop = threading.Event()
+        self._partitions = self._retrying(self._assign)
+        self._follower = threading.Thread(target=self._follow, name="oms-keys", daemon=True)
+        self._follower.start()
+        atexit.register(self._stop.set)
+        try:
+            self.refresh()
+        except KeyStoreError:
+            self.close()
+            raise
 
     # -- DataKeys
 
@@ -217,7 +231,7 @@ class KafkaKeys:
         one flush (shared with other threads storing keys at the same time)."""
         wanted = set(subjects)
         with self._lock:
-            self._maybe_refresh()
+            self._check()
             for subject in wanted:
                 if not self._keys.get(subject) and subject not in self._pending:
                     key_id, key = secrets.token_hex(8), AESGCM.generate_key(256)
@@ -237,17 +251,18 @@ class KafkaKeys:
 
     def find(self, subject: str, key_id: str) -> bytes | None:
         """The key, or None when it is not on the topic. A key is confirmed before anything
-        sealed with it is written, so one catch-up after the data was read finds it; a key that
-        catch-up did not find was forgotten (or is not ours) and is not looked for again."""
+        sealed with it is written, so it is found once the tail reached where the topic ends
+        after the data was read; a key it did not find then was forgotten (or is not ours) and
+        is not looked for again."""
+        record = f"{subject}/{key_id}"
         with self._lock:
+            self._check()
             key = self._keys.get(subject, {}).get(key_id)
-            if key is not None:
-                self._maybe_refresh()
+            if key is not None or record in self._absent:
                 return key
-            record = f"{subject}/{key_id}"
-            if record in self._absent:
-                return None
-            self._catch_up()  # made elsewhere a moment ago?
+        ends = self._ends()  # made elsewhere a moment ago?
+        with self._lock:
+            self._wait_for(ends)
             key = self._keys.get(subject, {}).get(key_id)
             if key is None:
                 self._absent[record] = None
@@ -259,120 +274,151 @@ class KafkaKeys:
 
     def subjects(self) -> dict[str, list[str]]:
         """Each subject with its key ids."""
+        self.refresh()
         with self._lock:
-            self._catch_up()
             return {subject: list(held) for subject, held in self._keys.items() if held}
 
     def forget(self, subjects: Iterable[str]) -> int:
         """Tombstones every key of `subjects`; how many keys were forgotten."""
+        subjects = list(subjects)
+        self.refresh()
         with self._lock:
-            self._catch_up()
             records = [
                 f"{subject}/{key_id}"
                 for subject in subjects
                 for key_id in self._keys.get(subject, {})
             ]
-            for record in records:
-                self._store(record, None)
+        for record in records:
+            self._store(record, None)
+        with self._lock:
             for subject in subjects:
                 if self._keys.pop(subject, None):
                     self._forgotten.append(subject)
-            return len(records)
+        return len(records)
 
     def forgotten(self) -> list[str]:
+        """Subjects whose keys were all forgotten since the last call (the tail takes
+        tombstones as they come)."""
         with self._lock:
-            self._maybe_refresh()
+            self._check()
             subjects, self._forgotten = self._forgotten, []
             return subjects
 
     def refresh(self) -> None:
+        """Until everything on the key topic as of now is taken."""
+        ends = self._ends()
         with self._lock:
-            self._catch_up()
+            self._wait_for(ends)
 
     def close(self) -> None:
-        self._consumer.close()
+        self._stop.set()
+        if self._follower.is_alive() and self._follower is not threading.current_thread():
+            self._follower.join(timeout=5)
+        self._probe.close()
         if self._producer is not None:
             self._producer.flush(10)
 
-    def _maybe_refresh(self) -> None:
-        """Catch up when due; while Kafka is away the keys held stay in use (a forgotten key
-        goes a little later) and the next call tries again."""
-        if time.monotonic() - self._caught_up_at > REFRESH_S:
-            try:
-                self._read_to_end()
-            except KeyStoreUnavailable as exc:
-                log.warning("key store not refreshed: %s", exc)
-                self._caught_up_at = time.monotonic()
+    # -- following the topic
 
-    def _catch_up(self) -> None:
-        """Reads the key topic up to its end as of now (riding out a partition that has no
+    def _assign(self) -> list[int]:
+        """The key topic's partitions (the topic made if there is none), assigned to the tail
+        from their beginnings."""
+        try:
+            metadata = self._probe.list_topics(self.topic, timeout=10)
+            topic = metadata.topics.get(self.topic)
+            if topic is None or topic.error is not None or not topic.partitions:
+                self._create_topic()
+                topic = self._probe.list_topics(self.topic, timeout=10).topics[self.topic]
+        except KafkaException as exc:
+            raise KeyStoreUnavailable(f"the key topic {self.topic}: {exc}") from exc
+        partitions = sorted(topic.partitions)
+        self._positions = dict.fromkeys(partitions, 0)
+        self._tail.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
+        return partitions
+
+    def _follow(self) -> None:
+        """The tail thread: takes records as they come until `close`."""
+        try:
+            while not self._stop.is_set():
+                first = self._tail.poll(0.2)
+                if first is None:
+                    continue
+                messages = [first, *self._tail.consume(999, timeout=0)]
+                with self._lock:
+                    self._take_all(messages)
+                    self._taken.notify_all()
+        except Exception as exc:  # never silently: every reader is told on its next call
+            log.exception("the key store stopped following %s", self.topic)
+            with self._lock:
+                self._broken = KeyStoreError(f"the key store stopped following the topic: {exc}")
+                self._taken.notify_all()
+        finally:
+            self._tail.close()
+
+    def _take_all(self, messages: list[Message]) -> None:
+        """Under the lock."""
+        for message in messages:
+            error, partition = message.error(), message.partition() or 0
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    self._positions[partition] = max(
+                        self._positions.get(partition, 0), message.offset() or 0
+                    )
+                continue  # (other errors: librdkafka retries; a catch-up times out meanwhile)
+            try:
+                self._take((message.key() or b"").decode(), message.value())
+            except KeyStoreError as exc:  # a key the master key does not open
+                self._broken = exc
+            self._positions[partition] = (message.offset() or 0) + 1
+        if self._skipped:
+            what = "%d records on %s are no wrapped keys, skipped (the last: %s)"
+            log.error(what, self._skipped, self.topic, self._skip_reason)
+            self._skipped = 0
+
+    def _ends(self) -> dict[int, int]:
+        """Where each partition of the key topic ends now (riding out a partition with no
         leader yet, as just after the topic is made)."""
+
+        def ask() -> dict[int, int]:
+            try:
+                return {
+                    p: self._probe.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)[
+                        1
+                    ]
+                    for p in self._partitions
+                }
+            except KafkaException as exc:
+                raise KeyStoreUnavailable(f"the key topic {self.topic}: {exc}") from exc
+
+        return self._retrying(ask)
+
+    def _wait_for(self, ends: dict[int, int], timeout_s: float = 30.0) -> None:
+        """Under the lock: until the tail took everything before `ends`."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._check()
+            if all(self._positions.get(p, 0) >= end for p, end in ends.items()):
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise KeyStoreUnavailable(f"could not read the key topic {self.topic} to its end")
+            self._taken.wait(min(left, 1.0))
+
+    def _check(self) -> None:
+        """Under the lock: fails closed once a record did not open (the wrong master key)."""
+        if self._broken is not None:
+            raise self._broken
+
+    @staticmethod
+    def _retrying(call: Callable[[], T]) -> T:
         deadline = time.monotonic() + 30
         while True:
             try:
-                return self._read_to_end()
-            except KeyStoreError as exc:
-                kafka = isinstance(exc.__cause__, KafkaException)
-                if not kafka or time.monotonic() > deadline:
+                return call()
+            except KeyStoreUnavailable as exc:
+                if not isinstance(exc.__cause__, KafkaException) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-
-    def _read_to_end(self) -> None:
-        try:
-            if not self._assigned:
-                metadata = self._consumer.list_topics(self.topic, timeout=10)
-                topic = metadata.topics.get(self.topic)
-                if topic is None or topic.error is not None or not topic.partitions:
-                    self._create_topic()
-                    metadata = self._consumer.list_topics(self.topic, timeout=10)
-                    topic = metadata.topics[self.topic]
-                self._partitions = [
-                    TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in topic.partitions
-                ]
-                self._consumer.assign(self._partitions)
-                self._consumer.pause(self._partitions)
-                self._assigned = True
-            ends = {
-                p.partition: self._consumer.get_watermark_offsets(p, timeout=10)[1]
-                for p in self._partitions
-            }
-            positions = {p.partition: p.offset for p in self._consumer.position(self._partitions)}
-            pending = {
-                partition
-                for partition, end in ends.items()
-                if end > 0 and max(positions.get(partition, 0), 0) < end
-            }
-            if pending:
-                self._consumer.resume(self._partitions)
-                try:
-                    self._consume_to(ends, pending)
-                finally:
-                    self._consumer.pause(self._partitions)
-            if self._skipped:
-                what = "%d records on %s are no wrapped keys, skipped (the last: %s)"
-                log.error(what, self._skipped, self.topic, self._skip_reason)
-                self._skipped = 0
-            if pending:
-                raise KeyStoreUnavailable(f"could not read the key topic {self.topic} to its end")
-        except KafkaException as exc:
-            raise KeyStoreUnavailable(f"the key topic {self.topic}: {exc}") from exc
-        self._caught_up_at = time.monotonic()
-
-    def _consume_to(self, ends: dict[int, int], pending: set[int]) -> None:
-        """Takes every record up to `ends` of the `pending` partitions (emptied as each is
-        read to its end), for at most 30 s."""
-        deadline = time.monotonic() + 30
-        while pending and time.monotonic() < deadline:
-            # (`consume` waits for all 500 or its timeout: a short timeout ends at the end)
-            for message in self._consumer.consume(500, timeout=0.02):
-                error, partition = message.error(), message.partition() or 0
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(partition)
-                    continue
-                self._take((message.key() or b"").decode(), message.value())
-                if (message.offset() or 0) + 1 >= ends[partition]:
-                    pending.discard(partition)
 
     def _create_topic(self) -> None:
         admin = AdminClient(admin_config(self._bootstrap))
@@ -385,7 +431,7 @@ class KafkaKeys:
                     raise
         deadline = time.monotonic() + 30  # until its partition has a leader
         while time.monotonic() < deadline:
-            topic = self._consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
+            topic = self._probe.list_topics(self.topic, timeout=10).topics.get(self.topic)
             if (
                 topic is not None
                 and topic.partitions
@@ -403,6 +449,8 @@ class KafkaKeys:
                 self._keys.pop(subject, None)
                 self._forgotten.append(subject)
             return
+        if key_id in self._keys.get(subject, ()):
+            return  # this process made it (or took it before): ids are random, it is the same
         try:
             wrapped = json.loads(value)["wrapped"]
             data = base64.b64decode(wrapped, validate=True)

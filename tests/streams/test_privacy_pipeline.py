@@ -275,14 +275,14 @@ def test_new_keys_are_stored_together_and_found_by_a_reader_that_meets_their_dat
     assert reader.find("subject-new", fresh[0]) == fresh[1]
 
     catch_ups = 0
-    real = reader._catch_up
+    real = reader._ends
 
-    def counting() -> None:
+    def counting() -> dict[int, int]:
         nonlocal catch_ups
         catch_ups += 1
-        real()
+        return real()
 
-    reader._catch_up = counting  # type: ignore[method-assign]
+    reader._ends = counting  # type: ignore[method-assign]
     assert reader.find("subject-0", "0123456789abcdef") is None
     assert reader.find("subject-0", "0123456789abcdef") is None
     assert catch_ups == 1
