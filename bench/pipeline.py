@@ -43,6 +43,7 @@ from events.models import (
     utc_now,
 )
 from infra.kafka import admin_config, consumer_config, producer_config
+from infra.keystore import private_codec
 from infra.settings import Settings
 from oms import operations
 from streams.reference import DEFAULT_FILE, load_catalogue
@@ -217,7 +218,8 @@ def _wait_for_group(settings: Settings, *, members: int, timeout_s: float) -> No
 def publish_orders(
     settings: Settings, topic: str, batch: list[OrderReceived], *, rate: float | None
 ) -> dict[str, float]:
-    """Publish, paced at `rate` per second (None: as fast as possible); returns send times."""
+    """Publish, paced at `rate` per second (None: as fast as possible); returns send times.
+    Orders are encoded before the clock starts."""
     from confluent_kafka import Producer
 
     # As the channels' publisher, without idempotence or compression (as measured before).
@@ -227,7 +229,11 @@ def publish_orders(
             **{"linger.ms": 1, "enable.idempotence": False, "compression.type": "none"},
         )
     )
-    encoded = [(o.order_id, CODEC.encode(o)) for o in batch]
+    # Sealed under each customer's data key, as a channel's publisher writes them (keys made
+    # together first): the worker opens them as it would in production.
+    codec = private_codec(settings)
+    codec.prepare(batch)
+    encoded = [(o.order_id, codec.encode(o)) for o in batch]
     sent: dict[str, float] = {}
     begin = time.perf_counter()
     for n, (order_id, value) in enumerate(encoded):

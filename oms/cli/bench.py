@@ -17,19 +17,31 @@ Figures = dict[str, Any]
 def epilogue(report: list[str], *, machine: dict[str, Any], written_to: Path) -> list[str]:
     """What a bench prints once it has run: the lines of its report, then the machine the
     figures came from and the file they were written to."""
-    return [
+    from bench.machine import CLUTTERED_BROKER
+
+    lines = [
         *report,
-        f"machine: {machine['cpu']}, {machine['cores']} cores, python {machine['python']}",
-        f"written to {written_to}",
+        f"machine: {machine['cpu']}, {machine['cores']} cores, python {machine['python']}, "
+        f"load {machine.get('load_1min', '?')} after the run",
     ]
+    partitions = machine.get("broker_partitions")
+    if partitions is not None:
+        lines.append(f"broker: {partitions:,} partitions")
+        if partitions > CLUTTERED_BROKER:
+            lines.append(
+                "  (a broker this cluttered is slower: delete leftover topics before comparing)"
+            )
+    return [*lines, f"written to {written_to}"]
 
 
 def _finish(name: str, figures: Figures, report: Callable[[Figures], list[str]]) -> None:
     """Write `figures` to HOME/bench/NAME.json and print the epilogue."""
     from bench.machine import describe, write_result
 
-    written_to = write_result(get_settings().home, name, figures)
-    for line in epilogue(report(figures), machine=describe(), written_to=written_to):
+    settings = get_settings()
+    machine = describe(settings.kafka_bootstrap)
+    written_to = write_result(settings.home, name, figures, machine)
+    for line in epilogue(report(figures), machine=machine, written_to=written_to):
         click.echo(line)
 
 
