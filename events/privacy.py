@@ -35,7 +35,7 @@ import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache, lru_cache
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -368,5 +368,22 @@ def _with(event: Event, values: dict[Path, Any]) -> Event:
     for name, fields in nested.items():
         parent = getattr(event, name)
         if parent is not None:
-            top[name] = parent.model_copy(update=fields)
-    return event.model_copy(update=top) if top else event
+            top[name] = _replaced(parent, fields)
+    return _replaced(event, top) if top else event
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _replaced(model: M, update: dict[str, Any]) -> M:
+    """`model.model_copy(update=update)` for the contract's models (no extra fields, no private
+    attributes): a third of its cost, which sealing pays three times an order. A test holds it
+    equal to `model_copy`."""
+    new = object.__new__(type(model))
+    object.__setattr__(new, "__dict__", {**model.__dict__, **update})
+    object.__setattr__(
+        new, "__pydantic_fields_set__", model.__pydantic_fields_set__ | update.keys()
+    )
+    object.__setattr__(new, "__pydantic_extra__", None)
+    object.__setattr__(new, "__pydantic_private__", None)
+    return new
