@@ -86,6 +86,10 @@ class CustomerHistory:
         """Orders held in the velocity indexes (what `prune` bounds)."""
         return len(self._recent)
 
+    def holds(self, order_id: str) -> bool:
+        """Whether the order is recorded (and still within the prune horizon)."""
+        return order_id in self._recent
+
     def record(self, order: OrderReceived) -> None:
         """Add the order; recording an order id that is already held changes nothing."""
         if order.order_id in self._recent:

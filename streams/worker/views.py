@@ -102,10 +102,14 @@ class SharedViews:
             elif isinstance(event, LocationResumed):
                 self.auto_paused.discard(event.entity_id)
 
-    def _fold(self, raw: bytes) -> None:
+    def _fold(self, raw: bytes, key: bytes | None = None) -> None:
         kind = self.codec.event_type_of(raw)
         if kind is not None and kind not in FOLDED:
             return  # most of the order log: not needed here, so not decoded
+        if kind == "OrderReceived" and key is not None:
+            with self._lock:  # noted already (this worker wrote it): not opened again
+                if self.history.holds(key.decode(errors="replace")):
+                    return
         try:
             self.note(self.codec.decode(raw))
         except CodecError:
@@ -156,7 +160,7 @@ class SharedViews:
             while not self._stop.is_set():
                 for message in consumer.consume(num_messages=5000, timeout=0.2):
                     if message.error() is None:
-                        self._fold(message.value() or b"")
+                        self._fold(message.value() or b"", message.key())
                         where = (message.topic() or "", message.partition() or 0)
                         if where in ends and (message.offset() or 0) >= ends[where] - 1:
                             del ends[where]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from events.codec import AvroCodec
 from events.models import Actor, ActorKind, FulfilmentGroup, OrderRouted, StockReceived
@@ -78,3 +79,26 @@ def test_the_reading_thread_and_the_event_loop_never_see_a_view_half_changed() -
         thread.join()
         sys.setswitchinterval(switch)
     assert not errors, errors[0]
+
+
+def test_an_order_this_worker_noted_is_not_opened_again_when_the_log_brings_it() -> None:
+    """The reading thread meets the worker's own outputs on the log: an `OrderReceived` it
+    holds already is skipped before it is decoded (and its personal data opened); another
+    is decoded and folded."""
+    decoded: list[str] = []
+
+    class Counting(AvroCodec):
+        def decode(self, data: bytes, *, where: str = "") -> Any:
+            event = super().decode(data, where=where)
+            decoded.append(event.event_type)
+            return event
+
+    codec = Counting()
+    views = SharedViews(catalogue=load_catalogue(), codec=codec)
+    mine = received(order_id="o-mine", event_id="e-mine")
+    views.note(mine)
+    views._fold(codec.encode(mine), b"o-mine")
+    assert decoded == []
+    other = received(order_id="o-other", event_id="e-other")
+    views._fold(codec.encode(other), b"o-other")
+    assert decoded == ["OrderReceived"] and views.history.tracked_orders == 2
