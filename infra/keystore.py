@@ -487,17 +487,20 @@ class KafkaKeys:
         )
 
     def _confirm(self, subjects: set[str]) -> None:
-        """Waits (outside the lock) until Kafka stored or refused the new keys of `subjects`."""
+        """Waits (outside the lock) until Kafka stored or refused the new keys of `subjects`:
+        polling, which serves every thread's deliveries and returns at the first, not
+        flushing, which under a steady stream of requests would wait for every key queued
+        after these too."""
         producer = self._key_producer()
         deadline = time.monotonic() + 10
         while True:
-            producer.flush(max(0.1, deadline - time.monotonic()))  # until the queue is empty
             with self._lock:
                 if not subjects & self._pending.keys():
                     refused = {s: self._refused.pop(s) for s in subjects if s in self._refused}
                     break
             if time.monotonic() > deadline:
                 raise KeyStoreUnavailable(f"Kafka did not confirm {len(subjects)} new data keys")
+            producer.poll(0.005)
         if refused:
             subject, why = next(iter(refused.items()))
             raise KeyStoreUnavailable(f"Kafka did not store the data key of {subject}: {why}")
