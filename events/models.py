@@ -109,6 +109,23 @@ def personal(description: str | None = None, *, required: bool = False) -> Any:
     return Field(default=None, description=description, json_schema_extra=extra)
 
 
+class PlatformCiphertext(Frozen):
+    """(v2) The buyer's details as a platform encrypted them (JD, Taobao/Tmall, Douyin,
+    Pinduoduo return the receiver's name, phone and street only as ciphertext, which the
+    merchant decrypts through the platform; connectors/platform_pii.py). Kept whole so it
+    can be decrypted later; never taken for clear text. The masks are the platform's own
+    display values (张**, 138****5678), shown where the clear value is not held."""
+
+    platform: str = Field(description="jd, tmall, douyin or pinduoduo")
+    name: str | None = personal("ciphertext of the receiver's name")
+    phone: str | None = personal("ciphertext of the receiver's phone")
+    address: str | None = personal("ciphertext of the street address")
+    open_id: str | None = personal("the platform's id for the receiver data (Taobao OAID)")
+    name_mask: str | None = None
+    phone_mask: str | None = None
+    address_mask: str | None = None
+
+
 SEALED_DOC = (
     "the personal fields, encrypted under the customer's data key (events/privacy.py); "
     "those fields are then empty"
@@ -122,6 +139,10 @@ class Address(Frozen):
     country: str | None = None
     latitude: float | None = personal()
     longitude: float | None = personal()
+    # (v2) What a platform sends in clear when it encrypts the street (JD, Taobao, Douyin,
+    # Pinduoduo): enough to route, rate a carrier and report by region.
+    province: str | None = None
+    district: str | None = Field(default=None, description="区/县 (county or district)")
 
 
 class Customer(Frozen):
@@ -129,6 +150,10 @@ class Customer(Frozen):
     name: str | None = personal()
     phone: str | None = personal()
     email: str | None = personal()
+    phone_extension: str | None = personal(
+        "(v2) with a virtual number (隐私号 13012345678_8421): `phone` is the platform's relay "
+        "number, shared by many buyers, and this the buyer's extension on it"
+    )
     key: str | None = Field(
         default=None,
         description="the customer's pseudonymous key (a keyed hash of who they are), set "
@@ -261,6 +286,9 @@ class OrderReceived(OrderEvent):
     notes: str | None = personal("free text: may hold anything")
     placed_at: UtcDatetime
     sealed: str | None = Field(default=None, description=SEALED_DOC)
+    platform_ciphertext: PlatformCiphertext | None = Field(
+        default=None, description="(v4) the buyer's details as the platform encrypted them"
+    )
 
 
 class OrderModified(OrderEvent):
@@ -287,6 +315,9 @@ class OrderModified(OrderEvent):
     device_id: str | None = personal()
     placed_at: UtcDatetime | None = None
     sealed: str | None = Field(default=None, description=SEALED_DOC)
+    platform_ciphertext: PlatformCiphertext | None = Field(
+        default=None, description="(v5) the buyer's details as the platform encrypted them"
+    )
 
 
 class OrderAccepted(OrderEvent):

@@ -62,10 +62,13 @@ def test_the_contract_marks_the_personal_fields_and_only_those() -> None:
     assert paths == {
         "customer.id", "customer.name", "customer.phone", "customer.email", "address.text",
         "address.postal_code", "address.latitude", "address.longitude", "device_id", "notes",
+        "customer.phone_extension", "platform_ciphertext.name", "platform_ciphertext.phone",
+        "platform_ciphertext.address", "platform_ciphertext.open_id",
     }  # fmt: skip
     schema = json.dumps(avro_schema(OrderReceived))
     assert schema.count('"pii": true') == len(paths)
     assert "customer.key" not in paths and "address.city" not in paths
+    assert "address.district" not in paths and "platform_ciphertext.name_mask" not in paths
 
 
 def test_sealed_bytes_hold_no_personal_text_and_open_with_the_key() -> None:
