@@ -101,13 +101,17 @@ def normalise_phone(phone: str) -> str:
 
 def customer_identity(customer: Customer | None, channel: str) -> str | None:
     """Who the customer is: `channel:customer id` when the channel names its customer (ids are
-    unique only within a channel), else the normalised phone, else None."""
+    unique only within a channel), else the normalised phone (with its extension, for a
+    virtual number), else None."""
     if customer is None:
         return None
     if customer.id:
         return f"{channel}:{customer.id}"
     if customer.phone:
-        return normalise_phone(customer.phone) or None
+        phone = normalise_phone(customer.phone)
+        if phone and customer.phone_extension:  # a relay many buyers share: this buyer on it
+            return f"{phone}_{customer.phone_extension}"
+        return phone or None
     return None
 
 

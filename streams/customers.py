@@ -96,7 +96,9 @@ class CustomerHistory:
             return
         entry = _Recent(
             placed_at=order.placed_at,
-            phone=normalise_phone(order.customer.phone or "") or None,
+            phone=None  # a virtual number's relay is many buyers' (streams/fraud.py)
+            if order.customer.phone_extension
+            else normalise_phone(order.customer.phone or "") or None,
             address=(normalise_address(order.address.text) or None) if order.address else None,
             device=(order.device_id or "").strip() or None,
             customer=customer_key(order),

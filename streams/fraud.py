@@ -197,7 +197,9 @@ def _velocity(c: _Context, *, kind: str, value: str | None, what: str) -> FraudS
 
 def _velocity_phone(c: _Context) -> FraudSignal | None:
     phone = c.order.customer.phone
-    usable = phone if phone and normalise_phone(phone) else None
+    # A virtual number (隐私号) is the platform's relay, shared by many buyers: no velocity.
+    virtual = bool(c.order.customer.phone_extension)
+    usable = phone if phone and normalise_phone(phone) and not virtual else None
     return _velocity(c, kind="phone", value=usable, what="from this phone")
 
 
@@ -258,7 +260,7 @@ def _far_from_stores(c: _Context) -> FraudSignal | None:
 
 def _blocked_phone(c: _Context) -> FraudSignal | None:
     phone = normalise_phone(c.order.customer.phone or "")
-    if not phone or phone not in c.rules.blocked_phones:
+    if not phone or phone not in c.rules.blocked_phones or c.order.customer.phone_extension:
         return None
     return FraudSignal(
         rule="BLOCKED_PHONE",

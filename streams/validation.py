@@ -112,7 +112,12 @@ def rejection_reasons(
                 f"not fulfilled (accepted: {allowed})",
             )
         )
-    if not order.customer.phone and order.mode in (OrderMode.DELIVERY, OrderMode.PICKUP):
+    cipher = order.platform_ciphertext  # held encrypted by the platform: held all the same
+    if (
+        not order.customer.phone
+        and not (cipher and cipher.phone)
+        and order.mode in (OrderMode.DELIVERY, OrderMode.PICKUP)
+    ):
         reasons.append(
             RejectionReason(
                 code="MISSING_PHONE",
@@ -121,7 +126,9 @@ def rejection_reasons(
             )
         )
     if order.mode in (OrderMode.DELIVERY, OrderMode.SHIP):
-        if order.address is None or not order.address.text.strip():
+        if (order.address is None or not order.address.text.strip()) and not (
+            cipher and cipher.address
+        ):
             reasons.append(
                 RejectionReason(
                     code="MISSING_ADDRESS",
@@ -129,7 +136,7 @@ def rejection_reasons(
                     message=f"a {order.mode.value} order needs an address",
                 )
             )
-        if not order.customer.name:
+        if not order.customer.name and not (cipher and cipher.name):
             reasons.append(
                 RejectionReason(
                     code="MISSING_NAME",

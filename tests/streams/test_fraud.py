@@ -18,7 +18,7 @@ from events.models import (
     deterministic_id,
 )
 from streams.catalogue import Catalogue, distance_m
-from streams.customers import CustomerHistory
+from streams.customers import CustomerHistory, customer_key
 from streams.fraud import FraudRules, FraudRulesError, Screening, hold, screen
 from streams.reference import load_catalogue, load_rules
 from tests.factories import T0, numbered
@@ -431,3 +431,22 @@ def test_more_history_never_lowers_the_velocity_score(
     assert velocity(screened(subject, *previous, extra, rules=rules)) >= velocity(
         screened(subject, *previous, rules=rules)
     )
+
+
+def test_orders_through_one_virtual_number_are_different_buyers_not_velocity() -> None:
+    """A platform's relay number (隐私号 13012345678_8421) is shared by many buyers, each
+    with an extension: many orders through it are no phone velocity, a blocklisted relay
+    holds nobody, and each buyer on it is their own customer."""
+    relay = "13012345678"
+
+    def via_relay(n: int) -> OrderReceived:
+        customer = Customer(name=f"buyer {n}", phone=relay, phone_extension=f"{8400 + n}")
+        return order(n, minutes=-n, customer=customer, address=elsewhere(n))
+
+    previous = [via_relay(n) for n in (1, 2, 3, 4, 5)]
+    assert "VELOCITY_PHONE" not in rules_of(screened(via_relay(6), *previous))
+    blocked = FraudRules(blocked_phones=frozenset({relay}))
+    assert "BLOCKED_PHONE" not in rules_of(screened(via_relay(6), rules=blocked))
+    assert customer_key(via_relay(1)) != customer_key(via_relay(2))
+    same_phone = [order(n, minutes=-n, address=elsewhere(n)) for n in (1, 2, 3)]
+    assert "VELOCITY_PHONE" in rules_of(screened(order(4), *same_phone))  # a real phone still

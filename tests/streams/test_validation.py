@@ -4,7 +4,15 @@ from datetime import UTC, datetime
 
 import pytest
 
-from events.models import Address, Customer, OrderAccepted, OrderLine, OrderMode, OrderRejected
+from events.models import (
+    Address,
+    Customer,
+    OrderAccepted,
+    OrderLine,
+    OrderMode,
+    OrderRejected,
+    PlatformCiphertext,
+)
 from streams.validation import decide, rejection_reasons
 from tests.factories import received
 
@@ -77,3 +85,32 @@ def test_goods_leave_only_paid_or_cash_on_delivery(
 def test_dine_in_order_needs_neither_address_nor_phone() -> None:
     order = received(mode=OrderMode.DINE_IN, address=None, customer=Customer())
     assert rejection_reasons(order) == []
+
+
+def test_details_the_platform_encrypted_count_as_given_and_a_mask_alone_does_not() -> None:
+    """A JD or Taobao order names its receiver only as ciphertext: held, not missing. The
+    platform's masks are for display: without a ciphertext they are not the details."""
+    cipher = PlatformCiphertext(
+        platform="jd", name="~cipher-name~", phone="~cipher-phone~", address="~cipher-addr~"
+    )
+    encrypted = received(
+        mode=OrderMode.SHIP,
+        customer=Customer(),
+        address=Address(text="", province="北京", city="北京市", district="朝阳区"),
+        platform_ciphertext=cipher,
+    )
+    assert rejection_reasons(encrypted) == []
+    masked_only = encrypted.model_copy(
+        update={
+            "platform_ciphertext": PlatformCiphertext(
+                platform="jd", name_mask="张**", phone_mask="138****5678", address_mask="北京***"
+            )
+        }
+    )
+    codes = {reason.code for reason in rejection_reasons(masked_only)}
+    assert codes == {"MISSING_ADDRESS", "MISSING_NAME"}
+    delivered = encrypted.model_copy(update={"mode": OrderMode.DELIVERY})
+    assert rejection_reasons(delivered) == []
+    delivered_masked = masked_only.model_copy(update={"mode": OrderMode.DELIVERY})
+    codes = {reason.code for reason in rejection_reasons(delivered_masked)}
+    assert codes == {"MISSING_ADDRESS", "MISSING_NAME", "MISSING_PHONE"}
