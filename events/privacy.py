@@ -212,7 +212,9 @@ def erased(event: Event) -> bool:
 
 def for_analysts(event: Event, keys: DataKeys) -> Event:
     """What ClickHouse stores: opened if the key is there, then masked; the customer's key set
-    (computed for events written before sealing) and `sealed` dropped."""
+    (computed for events written before sealing) and `sealed` dropped. A name or phone held
+    only as the platform's ciphertext shows as the platform's mask (张**, 138****5678); the
+    ciphertexts themselves are emptied like any other personal field."""
     if not isinstance(event, OrderReceived | OrderModified):
         return event
     values: dict[str, Any] | None = None
@@ -229,6 +231,11 @@ def for_analysts(event: Event, keys: DataKeys) -> Event:
     for field in _plan(model):
         value = values.get(field.name) if values is not None else _get(event, field.path)
         changes[field.path] = _mask(field, value)
+    cipher = event.platform_ciphertext
+    if cipher is not None and event.customer is not None:  # the platform's own masks instead
+        for name, mask in (("name", cipher.name_mask), ("phone", cipher.phone_mask)):
+            if mask and not changes[("customer", name)]:
+                changes[("customer", name)] = mask
     return _with(event, changes)
 
 

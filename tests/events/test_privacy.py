@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from events.avro_schema import avro_schema
 from events.codec import AvroCodec
-from events.models import Address, Customer, OrderModified, OrderReceived
+from events.models import Address, Customer, OrderModified, OrderReceived, PlatformCiphertext
 from events.privacy import (
     PrivateCodec,
     _replaced,
@@ -216,3 +216,25 @@ def test_the_fast_copy_is_model_copy(update: dict[str, object]) -> None:
     assert fast.model_copy(update={"total": 1}) == slow.model_copy(update={"total": 1})
     assert AvroCodec().encode(fast) == AvroCodec().encode(slow)
     assert order.notes == PERSONAL["notes"]  # the original is untouched
+
+
+def test_a_platform_encrypted_buyer_is_sealed_and_analysts_see_the_platform_s_masks() -> None:
+    cipher = PlatformCiphertext(
+        platform="jd", name="~AgAAAAname~", phone="~AgAAAAphone~", address="~AgAAAAaddr~",
+        name_mask="张**", phone_mask="138****5678", address_mask="北京市朝阳区***",
+    )  # fmt: skip
+    order = received(
+        customer=Customer(id="jd_pin_1"),
+        address=Address(text="", province="北京", city="北京市", district="朝阳区"),
+        platform_ciphertext=cipher,
+    )
+    keys = MemoryKeys()
+    data = PrivateCodec(keys).encode(order)
+    assert b"AgAAAA" not in data and "朝阳区".encode() in data  # the district stays clear
+    shown = for_analysts(PrivateCodec(keys).decode(data), keys)
+    assert isinstance(shown, OrderReceived) and shown.platform_ciphertext is not None
+    assert (shown.customer.name, shown.customer.phone) == ("张**", "138****5678")
+    assert shown.platform_ciphertext.name is None and shown.platform_ciphertext.address is None
+    assert "AgAAAA" not in shown.model_dump_json()
+    opened = PrivateCodec(keys).decode(data)
+    assert isinstance(opened, OrderReceived) and opened.platform_ciphertext == cipher
