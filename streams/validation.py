@@ -115,7 +115,7 @@ def rejection_reasons(
     cipher = order.platform_ciphertext  # held encrypted by the platform: held all the same
     if (
         not order.customer.phone
-        and not (cipher and cipher.phone)
+        and not (cipher and (cipher.phone or cipher.open_id))
         and order.mode in (OrderMode.DELIVERY, OrderMode.PICKUP)
     ):
         reasons.append(
@@ -127,7 +127,7 @@ def rejection_reasons(
         )
     if order.mode in (OrderMode.DELIVERY, OrderMode.SHIP):
         if (order.address is None or not order.address.text.strip()) and not (
-            cipher and cipher.address
+            cipher and (cipher.address or cipher.open_id)
         ):
             reasons.append(
                 RejectionReason(
@@ -136,7 +136,7 @@ def rejection_reasons(
                     message=f"a {order.mode.value} order needs an address",
                 )
             )
-        if not order.customer.name and not (cipher and cipher.name):
+        if not order.customer.name and not (cipher and (cipher.name or cipher.open_id)):
             reasons.append(
                 RejectionReason(
                     code="MISSING_NAME",
