@@ -47,6 +47,7 @@ from events.models import (
     OrderModified,
     OrderReceived,
     PaymentStatus,
+    PlatformCiphertext,
     deterministic_id,
 )
 
@@ -201,6 +202,7 @@ class Connector(ABC):
         requested_at: datetime | None = None,
         notes: str | None = None,
         occurred_at: datetime | None = None,
+        platform_ciphertext: PlatformCiphertext | None = None,
     ) -> ChannelEvent:
         """The event for a normalised channel order: `OrderReceived`, or `OrderModified` when
         `revision` > 0 (the channel's revision number or update time, increasing)."""
@@ -233,6 +235,7 @@ class Connector(ABC):
             "address": address,
             "requested_at": requested_at,
             "notes": notes,
+            "platform_ciphertext": platform_ciphertext,
         }
         order_fields: dict[str, Any] = {
             "mode": mode,

@@ -33,8 +33,9 @@ from connectors.base import (
     local_time,
     minor_units,
 )
+from connectors.platform_pii import receiver
 from connectors.samples import SampleOrder
-from events.models import Address, Customer, OrderLine, OrderMode, PaymentStatus
+from events.models import OrderLine, OrderMode, PaymentStatus
 
 CURRENCY = "CNY"
 _RESPONSE = "jingdong_pop_order_get_responce"
@@ -62,11 +63,19 @@ class _Item(ChannelPayload):
 
 
 class _Consignee(ChannelPayload):
+    """Since JD's order encryption (数据加解密), `fullname`, `mobile`, `telephone` and
+    `fullAddress` come as TDE ciphertext; the region (province, city, county, town) stays in
+    clear."""
+
     fullname: str | None = None
     mobile: str | None = None
     telephone: str | None = None
     fullAddress: str | None = None
+    province: str | None = None
     city: str | None = None
+    county: str | None = None
+    town: str | None = None
+    desen_mobile: str | None = None  # the masked mobile JD gives for display
 
 
 class _OrderInfo(ChannelPayload):
@@ -86,6 +95,7 @@ class _OrderInfo(ChannelPayload):
     itemInfoList: list[_Item]
     storeId: int | str | None = None
     idSopShipmenttype: int | str | None = None
+    oaid: str | None = None  # what `jingdong.jos.order.oaid.decrypt` opens the receiver by
 
 
 class JdConnector(Connector):
@@ -126,6 +136,20 @@ class JdConnector(Connector):
         tax = minor_units(order.taxFee, currency=CURRENCY, field="taxFee")
         total = minor_units(order.orderPayment, currency=CURRENCY, field="orderPayment")
         consignee = order.consigneeInfo or _Consignee()
+        buyer = receiver(
+            "jd",
+            customer_id=order.pin,
+            name=consignee.fullname,
+            phone=consignee.mobile or consignee.telephone,
+            street=consignee.fullAddress,
+            province=consignee.province,
+            city=consignee.city,
+            district=consignee.county,
+            town=consignee.town,
+            open_id=order.oaid,
+            phone_mask=consignee.desen_mobile,
+            street_names_region=True,  # fullAddress is the whole address
+        )
         return self.order(
             external_id=str(order.orderId),
             placed_at=placed_at,
@@ -142,14 +166,9 @@ class JdConnector(Connector):
             discount=goods + delivery_fee + tax - total,
             total=total,
             payment_status=_payment_status(order, paid=paid_at is not None),
-            customer=Customer(
-                id=order.pin or None,
-                name=consignee.fullname or None,
-                phone=consignee.mobile or consignee.telephone or None,
-            ),
-            address=None
-            if not consignee.fullAddress
-            else Address(text=consignee.fullAddress, city=consignee.city or None),
+            customer=buyer.customer,
+            address=buyer.address,
+            platform_ciphertext=buyer.ciphertext,
             location_hint=None if str(order.storeId or "0") == "0" else str(order.storeId),
             notes=order.orderRemark or None,
         )

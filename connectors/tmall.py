@@ -32,8 +32,9 @@ from connectors.base import (
     local_time,
     minor_units,
 )
+from connectors.platform_pii import receiver
 from connectors.samples import SampleOrder
-from events.models import Address, Customer, OrderLine, OrderMode, PaymentStatus
+from events.models import OrderLine, OrderMode, PaymentStatus
 
 CURRENCY = "CNY"
 _RESPONSE = "trade_fullinfo_get_response"
@@ -88,6 +89,10 @@ class _Trade(ChannelPayload):
     receiver_zip: str | None = None
     buyer_message: str | None = None
     orders: _Orders
+    # Since Taobao's receiver protection: the receiver_* fields come masked (张**), and the
+    # OAID is what `taobao.top.oaid.decrypt` opens them by; buyer_open_uid replaces the nick.
+    oaid: str | None = None
+    buyer_open_uid: str | None = None
 
 
 class TmallConnector(Connector):
@@ -122,13 +127,19 @@ class TmallConnector(Connector):
             raise PayloadRejected(f"is not the sum of price × num ({goods} fen)", field="total_fee")
         delivery_fee = minor_units(trade.post_fee, currency=CURRENCY, field="post_fee")
         total = minor_units(trade.payment, currency=CURRENCY, field="payment")
-        place = [
-            trade.receiver_state,
-            trade.receiver_city,
-            trade.receiver_district,
-            trade.receiver_town,
-            trade.receiver_address,
-        ]
+        buyer = receiver(
+            "tmall",
+            customer_id=trade.buyer_nick or trade.buyer_open_uid,
+            name=trade.receiver_name,
+            phone=trade.receiver_mobile or trade.receiver_phone,
+            street=trade.receiver_address,
+            province=trade.receiver_state,
+            city=trade.receiver_city,
+            district=trade.receiver_district,
+            town=trade.receiver_town,
+            postal_code=trade.receiver_zip,
+            open_id=trade.oaid,
+        )
         return self.order(
             external_id=str(trade.tid),
             placed_at=placed_at,
@@ -142,19 +153,9 @@ class TmallConnector(Connector):
             discount=goods + delivery_fee - total,
             total=total,
             payment_status=_payment_status(trade),
-            customer=Customer(
-                id=trade.buyer_nick or None,
-                name=trade.receiver_name or None,
-                phone=trade.receiver_mobile or trade.receiver_phone or None,
-            ),
-            address=None
-            if not trade.receiver_address
-            else Address(
-                text=" ".join(p for p in place if p),
-                # TOP keeps a county-level city (省直辖县) in receiver_district
-                city=trade.receiver_city or trade.receiver_district or None,
-                postal_code=trade.receiver_zip or None,
-            ),
+            customer=buyer.customer,
+            address=buyer.address,
+            platform_ciphertext=buyer.ciphertext,
             location_hint=next((o.store_code for o in trade.orders.order if o.store_code), None),
             notes=trade.buyer_message or None,
         )

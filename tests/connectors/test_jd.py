@@ -12,6 +12,7 @@ from connectors.jd import JdConnector, sample_payload
 from connectors.samples import SampleLine, SampleOrder
 from connectors.testing import ConnectorConformance
 from events.models import OrderMode, OrderModified, OrderReceived, PaymentStatus
+from streams.validation import rejection_reasons
 from tests.conftest import FIXTURES
 
 NOW = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
@@ -209,3 +210,27 @@ TestJdConformance.sample_orders = [
     sample(mode=OrderMode.PICKUP, delivery_fee=0, notes=None),
     sample(tax=2300, discount=0, lines=[SampleLine("SERUM-50", "修护精华 50ml", 1, 65000)]),
 ]
+
+
+def test_an_encrypted_receiver_is_held_as_ciphertext_with_its_region_in_clear() -> None:
+    """JD returns the consignee's name, phones and address as TDE ciphertext (its order
+    encryption); the region stays in clear. Nothing encrypted may pass for a name, a phone
+    or a street, and the county (JD's district) is kept."""
+    order = JdConnector().parse(fixture("encrypted_receiver.json"), received_at=NOW)
+    assert isinstance(order, OrderReceived)
+    consignee = order_info_of("encrypted_receiver.json")["consigneeInfo"]
+    assert order.customer.name is None and order.customer.phone is None
+    assert order.address is not None and order.address.text == ""
+    assert (order.address.province, order.address.city, order.address.district) == (
+        "北京", "朝阳区", "三环到四环之间"
+    )  # fmt: skip
+    cipher = order.platform_ciphertext
+    assert cipher is not None and cipher.platform == "jd"
+    assert (cipher.name, cipher.phone, cipher.address) == (
+        consignee["fullname"], consignee["mobile"], consignee["fullAddress"]
+    )  # fmt: skip
+    assert cipher.open_id == order_info_of("encrypted_receiver.json")["oaid"]
+    assert rejection_reasons(order) == []  # held, though encrypted: not missing
+    clear = JdConnector().parse(fixture("online_paid.json"), received_at=NOW)
+    assert isinstance(clear, OrderReceived) and clear.platform_ciphertext is None
+    assert clear.address is not None and clear.address.district == "三环到四环之间"

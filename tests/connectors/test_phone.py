@@ -79,6 +79,7 @@ def test_cash_on_delivery_ticket_is_mapped_field_by_field() -> None:
     assert order.payment_status is PaymentStatus.CASH_ON_DELIVERY
     assert order.customer.model_dump() == {
         "id": None, "name": "张阿姨", "phone": "13764829105", "email": None, "key": None,
+        "phone_extension": None,
     }  # fmt: skip
     assert order.address is not None and order.address.text == "上海市静安区常德路800弄12号302室"
     assert order.location_hint == "SH-JINGAN"

@@ -12,6 +12,7 @@ from connectors.samples import SampleLine, SampleOrder
 from connectors.testing import ConnectorConformance
 from connectors.tmall import TmallConnector, sample_payload
 from events.models import OrderMode, OrderModified, OrderReceived, PaymentStatus
+from streams.validation import rejection_reasons
 from tests.conftest import FIXTURES
 
 NOW = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
@@ -231,3 +232,23 @@ TestTmallConformance.sample_orders = [
     sample(external_id="run7-00042", delivery_fee=0, discount=0, notes=None),
     sample(lines=[SampleLine("NUT-DAILY-750", "每日坚果 750g", 3, 12900)], address_text=None),
 ]
+
+
+def test_a_protected_receiver_keeps_the_masks_apart_with_its_oaid_and_region() -> None:
+    """Under Taobao's receiver protection the receiver_* fields are the platform's masks and
+    the OAID is what `taobao.top.oaid.decrypt` opens them by: no mask is taken for a name,
+    a phone or a street, the region stays, and the order is not missing its receiver."""
+    order = TmallConnector().parse(fixture("receiver_protected_oaid.json"), received_at=NOW)
+    assert isinstance(order, OrderReceived)
+    assert order.customer.name is None and order.customer.phone is None
+    assert order.customer.id == "AAHJ1oJvAE6j4UdD0n3xPK8L"  # buyer_open_uid
+    assert order.address is not None and order.address.text == ""
+    assert (order.address.province, order.address.city, order.address.district) == (
+        "浙江省", "杭州市", "西湖区"
+    )  # fmt: skip
+    cipher = order.platform_ciphertext
+    assert cipher is not None and cipher.platform == "tmall" and cipher.open_id
+    assert (cipher.name_mask, cipher.phone_mask, cipher.address_mask) == (
+        "王**", "*******5678", "文**路***号"
+    )  # fmt: skip
+    assert rejection_reasons(order) == []
