@@ -19,7 +19,6 @@ Formats: see `FORMATS` and docs/connectors.md ("Encrypted buyer details") for th
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -47,14 +46,27 @@ def split_virtual(phone: str) -> Phone:
     return Phone(found.group(2), found.group(3))
 
 
+@dataclass(frozen=True)
+class Opened:
+    """A receiver as the platform decrypted it."""
+
+    name: str | None = None
+    phone: str | None = None
+    phone_extension: str | None = None
+    street: str | None = None
+
+
+class DecryptError(RuntimeError):
+    """The platform did not decrypt (refused, out of quota, not the merchant's order)."""
+
+
 class Decrypter(Protocol):
-    """A merchant's way to open a platform's ciphertexts (the platform's decrypt API, called
-    with the merchant's credentials). Returns each ciphertext's clear text; one it could not
-    open is absent from the answer."""
+    """A merchant's way to open what a platform encrypted, through the platform's decrypt
+    API with the merchant's credentials (connectors/platform_decrypt.py has the clients)."""
 
     platform: str
 
-    def decrypt(self, order_id: str, ciphertexts: Sequence[str]) -> Mapping[str, str]: ...
+    def open(self, external_id: str, cipher: PlatformCiphertext) -> Opened: ...
 
 
 # ---------------------------------------------------------------- telling ciphertext apart
