@@ -17,9 +17,20 @@
   receiver` gives `name`, `mobile` (a virtual number `18877771111-123` when
   `privacy_protection` is true), `phone`, `address_detail` and `matched`.
 
+- Douyin (抖店) `order.batchDecrypt` (POST https://openapi-fxg.jinritemai.com/order/batchDecrypt,
+  the method's dots as slashes): `app_key`, `method`, `access_token`, `param_json` (JSON with
+  its keys sorted, no spaces: `{"cipher_infos": [{"auth_id": <order id>, "cipher_text": ...}]}`),
+  `timestamp` ("yyyy-MM-dd HH:mm:ss", Beijing), `v=2` and `sign`: the lowercase MD5 of
+  `secret + "app_key" + app_key + "method" + method + "param_json" + param_json +
+  "timestamp" + timestamp + "v" + v + secret`. The answer (`code` 10000 when accepted)
+  gives `data.decrypt_infos[]` with `decrypt_text`, `err_no` and, for a virtual number,
+  `is_virtual_tel` with the relay `phone_no_a` and extension `phone_no_b`.
+
 Sources: open.pinduoduo.com API docs for pdd.open.decrypt.batch (and the public SDKs
 Cherrs/pdd-rs `src/requests/pdd_open_decrypt_batch.rs`); developer.alibaba.com apiId=54714
-(taobao.top.oaid.decrypt) and bububa/opentaobao `model/topoaid/`. Tests run both against
+(taobao.top.oaid.decrypt) and bububa/opentaobao `model/topoaid/`; the doudian SDK's
+`order_batchDecrypt` request and response models (westng/doudian-sdk
+`src/Api/order_batchDecrypt/`). Tests run both against
 local fakes that check the signature and the required fields (tests/connectors/
 test_platform_decrypt.py); nothing here can reach the platforms from CI.
 """
@@ -43,6 +54,7 @@ from events.models import PlatformCiphertext
 BEIJING = timezone(timedelta(hours=8))
 PDD_URL = "https://gw-api.pinduoduo.com/api/router"
 TOP_URL = "https://eco.taobao.com/router/rest"
+DOUYIN_URL = "https://openapi-fxg.jinritemai.com"
 
 
 def _concatenated(params: Mapping[str, str]) -> str:
@@ -61,6 +73,13 @@ def top_sign(params: Mapping[str, str], secret: str, method: str = "md5") -> str
     if method == "hmac-sha256":
         return hmac.new(secret.encode(), text.encode(), hashlib.sha256).hexdigest().upper()
     raise ValueError(f"unknown TOP sign_method {method!r}")
+
+
+def douyin_sign(params: Mapping[str, str], secret: str) -> str:
+    text = "".join(
+        f"{key}{params[key]}" for key in ("app_key", "method", "param_json", "timestamp", "v")
+    )
+    return hashlib.md5(f"{secret}{text}{secret}".encode()).hexdigest()
 
 
 def _post(url: str, params: Mapping[str, str], timeout_s: float) -> Any:
@@ -201,4 +220,66 @@ class TaobaoOaidDecrypter:
             phone=phone.number if phone else mine.get("phone"),
             phone_extension=phone.extension if phone else None,
             street=mine.get("address_detail"),
+        )
+
+
+class DouyinDecrypter:
+    """`order.batchDecrypt` for the ciphertexts of one order."""
+
+    platform = "douyin"
+    method = "order.batchDecrypt"
+
+    def __init__(
+        self,
+        *,
+        app_key: str,
+        app_secret: str,
+        access_token: str,
+        url: str = DOUYIN_URL,
+        timeout_s: float = 10.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.app_key = _required(app_key, "the Douyin app_key")
+        self.app_secret = _required(app_secret, "the Douyin app secret")
+        self.access_token = _required(access_token, "the shop's Douyin access_token")
+        self.url, self.timeout_s, self.clock = url, timeout_s, clock
+
+    def open(self, external_id: str, cipher: PlatformCiphertext) -> Opened:
+        wanted = {f: v for f in ("name", "phone", "address") if (v := getattr(cipher, f))}
+        if not wanted:
+            return Opened()
+        infos = [{"auth_id": external_id, "cipher_text": text} for text in wanted.values()]
+        now = datetime.fromtimestamp(self.clock(), UTC).astimezone(BEIJING)
+        params = {
+            "app_key": self.app_key,
+            "method": self.method,
+            "access_token": self.access_token,
+            "param_json": json.dumps(
+                {"cipher_infos": infos}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+            ),
+            "timestamp": now.strftime("%Y-%m-%d %H:%M:%S"),
+            "v": "2",
+        }
+        params["sign"] = douyin_sign(params, self.app_secret)
+        answer = _post(f"{self.url}/{self.method.replace('.', '/')}", params, self.timeout_s)
+        if answer.get("code") != 10000:
+            raise DecryptError(f"order.batchDecrypt refused: {answer.get('msg', answer)}")
+        try:
+            results = answer["data"]["decrypt_infos"]
+        except (KeyError, TypeError) as exc:
+            raise DecryptError(f"order.batchDecrypt answered without {exc}") from None
+        opened = {r["cipher_text"]: r for r in results if r.get("err_no", 0) == 0}
+        name, phone, street = (opened.get(wanted.get(f, "")) for f in ("name", "phone", "address"))
+        number = extension = None
+        if phone is not None:
+            if phone.get("is_virtual_tel") and phone.get("phone_no_a"):
+                number, extension = phone["phone_no_a"], phone.get("phone_no_b") or None
+            else:
+                split = split_virtual(phone.get("decrypt_text") or "")
+                number, extension = split.number or None, split.extension
+        return Opened(
+            name=name.get("decrypt_text") if name else None,
+            phone=number,
+            phone_extension=extension,
+            street=street.get("decrypt_text") if street else None,
         )

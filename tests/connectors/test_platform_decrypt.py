@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 
 from connectors.platform_decrypt import (
+    DouyinDecrypter,
     PinduoduoDecrypter,
     TaobaoOaidDecrypter,
+    douyin_sign,
     pdd_sign,
     top_sign,
 )
@@ -51,6 +53,38 @@ def _pdd(params: dict[str, str]) -> dict[str, Any]:
     return {"open_decrypt_batch_response": {"data_decrypt_list": answers}}
 
 
+DOUYIN_SECRET = "douyin-app-secret"
+DOUYIN_PHONE = "$c0qBj0QrZm9qae50eoBTInPj8PWvCjUyafxWt5cELI0=$pExhpmm6cJ5VuSkv*CgkIARCtHCAB$1$$"
+DOUYIN_NAME = "#ML3B#0BB1W4adLHYf+1s8VI3eLeeK0Kq0kc8zLLZ0B9W*CgkIARCtHCABKAESPgo8YToG#1##"
+
+
+def _douyin(params: dict[str, str]) -> dict[str, Any]:
+    required = {"app_key", "method", "access_token", "param_json", "timestamp", "v", "sign"}
+    if missing := required - set(params):
+        return {"code": 40001, "msg": f"缺少参数 {sorted(missing)}", "data": {}}
+    if params["sign"] != douyin_sign(params, DOUYIN_SECRET):
+        return {"code": 40004, "msg": "签名校验失败", "data": {}}
+    body = json.loads(params["param_json"])
+    if params["param_json"] != json.dumps(body, sort_keys=True, separators=(",", ":"),
+                                          ensure_ascii=False):  # fmt: skip
+        return {"code": 40003, "msg": "param_json 需按键排序且无空格", "data": {}}
+    answers = []
+    for info in body["cipher_infos"]:
+        text = info["cipher_text"]
+        virtual = text == DOUYIN_PHONE
+        clear = "18400913965-7576" if virtual else ("李雷" if text == DOUYIN_NAME else "")
+        answers.append({
+            "auth_id": info["auth_id"], "cipher_text": text,
+            "decrypt_text": clear,
+            "err_no": 0 if text in (DOUYIN_PHONE, DOUYIN_NAME) else 300008,
+            "err_msg": "", "data_type": 3 if virtual else 2, "is_virtual_tel": virtual,
+            "phone_no_a": "18400913965" if virtual else "", "phone_no_b": "7576" if virtual else "",
+            "expire_time": 1765000000,
+        })  # fmt: skip
+    return {"code": 10000, "msg": "success", "data": {"decrypt_infos": answers,
+            "custom_err": {"err_code": 0, "err_msg": ""}}}  # fmt: skip
+
+
 def _top(params: dict[str, str]) -> dict[str, Any]:
     required = {"method", "app_key", "session", "timestamp", "format", "v", "sign_method", "sign"}
     if missing := required - set(params):
@@ -75,7 +109,9 @@ def _top(params: dict[str, str]) -> dict[str, Any]:
 def platform() -> Iterator[tuple[str, list[dict[str, str]]]]:
     """A local server answering as PDD's router (/pdd) and TOP's (/top); the requests it got."""
     seen: list[dict[str, str]] = []
-    answer: dict[str, Callable[[dict[str, str]], dict[str, Any]]] = {"/pdd": _pdd, "/top": _top}
+    answer: dict[str, Callable[[dict[str, str]], dict[str, Any]]] = {
+        "/pdd": _pdd, "/top": _top, "/order/batchDecrypt": _douyin,
+    }  # fmt: skip
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -171,3 +207,22 @@ def test_taobao_refuses_a_wrong_signature_and_a_stale_oaid_is_not_taken(
         right.open("1", PlatformCiphertext(platform="tmall", open_id="an-old-oaid"))
     with pytest.raises(DecryptError, match="no OAID"):
         right.open("1", PlatformCiphertext(platform="tmall", name_mask="王**"))
+
+
+def test_douyin_opens_a_virtual_number_and_a_name_with_a_signed_call(
+    platform: tuple[str, list[dict[str, str]]],
+) -> None:
+    url, seen = platform
+    client = DouyinDecrypter(
+        app_key="7001", app_secret=DOUYIN_SECRET, access_token="shop-token", url=url
+    )
+    cipher = PlatformCiphertext(platform="douyin", name=DOUYIN_NAME, phone=DOUYIN_PHONE)
+    opened = client.open("4962566906438436758", cipher)
+    assert opened == Opened(name="李雷", phone="18400913965", phone_extension="7576")
+    sent = seen[-1]
+    assert sent["method"] == "order.batchDecrypt" and sent["v"] == "2"
+    infos = json.loads(sent["param_json"])["cipher_infos"]
+    assert {info["auth_id"] for info in infos} == {"4962566906438436758"}
+    wrong = DouyinDecrypter(app_key="7001", app_secret="nope", access_token="t", url=url)
+    with pytest.raises(DecryptError, match="签名校验失败"):
+        wrong.open("1", cipher)
