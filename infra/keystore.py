@@ -36,10 +36,11 @@ import os
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -186,6 +187,8 @@ class KafkaKeys:
     does not hold the question up) where the topic ends now, and waits until the thread got
     there: a key confirmed before the data it sealed is then found."""
 
+    open: ClassVar[weakref.WeakSet[KafkaKeys]] = weakref.WeakSet()  # not closed yet
+
     def __init__(self, settings: Settings, *, master: MasterKey | None = None) -> None:
         self.master = master or MasterKey.from_settings(settings)
         self.pepper = self.master.pepper
@@ -211,6 +214,8 @@ class KafkaKeys:
         self._broken: KeyStoreError | None = None  # a record the master key does not open
         self._skipped, self._skip_reason = 0, ""  # records that are no wrapped keys
         self._stop = threading.Event()
+        self._closed = False
+        KafkaKeys.open.add(self)
         self._partitions = self._retrying(self._assign)
         self._follower = threading.Thread(target=self._follow, name="oms-keys", daemon=True)
         self._follower.start()
@@ -311,12 +316,23 @@ class KafkaKeys:
             self._wait_for(ends)
 
     def close(self) -> None:
+        """Stops following the topic and lets go of the clients (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        KafkaKeys.open.discard(self)
         self._stop.set()
         if self._follower.is_alive() and self._follower is not threading.current_thread():
             self._follower.join(timeout=5)
         self._probe.close()
         if self._producer is not None:
             self._producer.flush(10)
+
+    @classmethod
+    def close_all(cls, topic: str) -> None:
+        """Close every store of this process on `topic` (a test's, before its topics go)."""
+        for keys in [k for k in cls.open if k.topic == topic]:
+            keys.close()
 
     # -- following the topic
 

@@ -22,6 +22,7 @@ from connectors.webshop import WebshopConnector
 from events.codec import AvroCodec, CodecError
 from events.models import OrderAccepted, OrderRejected
 from infra.kafka import consumer_config
+from infra.keystore import KafkaKeys
 from infra.publisher import Publisher
 from infra.settings import Settings
 from oms.stack import Stack
@@ -217,6 +218,8 @@ def run_demo(
     finally:
         if worker is not None:
             stop_process(worker)
+        # This process's key stores stop following the key topic before its broker goes.
+        KafkaKeys.close_all(settings.topics.privacy_keys)
         for service in reversed(stack.services):
             if service.name in started:
                 service.down()

@@ -182,6 +182,7 @@ class Projector:
         self.store = store
         self.codec = codec or AvroCodec.for_registry(settings.schema_registry_url)
         # Personal data reaches ClickHouse opened and masked, never clear (projections/privacy.py).
+        self._own_keys = keys is None
         self.keys = keys or KafkaKeys(settings)
         self._analyst_view = AnalystView(self.codec, self.keys)
         self._erase_again: list[str] = []
@@ -627,6 +628,8 @@ class Projector:
         if self._inserts is not None:
             self._inserts.shutdown()
         self._consumer.close()
+        if self._own_keys:
+            self.keys.close()  # type: ignore[attr-defined]
         if self._probe is not None:
             self._probe.close()
             self._probe = None
