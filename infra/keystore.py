@@ -329,9 +329,11 @@ class KafkaKeys:
             self._producer.flush(10)
 
     @classmethod
-    def close_all(cls, topic: str) -> None:
-        """Close every store of this process on `topic` (a test's, before its topics go)."""
-        for keys in [k for k in cls.open if k.topic == topic]:
+    def close_all(cls, settings: Settings) -> None:
+        """Close every store of this process on the key topic of `settings` (before the topic
+        or its broker goes: a test's, the demo's)."""
+        topic, bootstrap = settings.topics.privacy_keys, settings.kafka_bootstrap
+        for keys in [k for k in cls.open if (k.topic, k._bootstrap) == (topic, bootstrap)]:
             keys.close()
 
     # -- following the topic

@@ -219,7 +219,7 @@ def run_demo(
         if worker is not None:
             stop_process(worker)
         # This process's key stores stop following the key topic before its broker goes.
-        KafkaKeys.close_all(settings.topics.privacy_keys)
+        KafkaKeys.close_all(settings)
         for service in reversed(stack.services):
             if service.name in started:
                 service.down()

@@ -88,7 +88,7 @@ def isolated_settings(stack_settings: Settings, chdb_path: Path) -> Iterator[Set
     store = connect(url)
     store.execute(f"DROP DATABASE IF EXISTS {store.database}")
     store.close()
-    KafkaKeys.close_all(topics.privacy_keys)  # its key stores stop following the topic
+    KafkaKeys.close_all(settings)  # its key stores stop following the topic
     # Its topics go too: a broker that keeps every test's partitions runs out of file handles.
     # Waited for: a request left to an admin client that is then collected is never sent, and
     # thousands of leftover partitions halved the broker's throughput for the benchmarks.

@@ -36,6 +36,7 @@ from events.codec import AvroCodec
 from events.models import DeadLetter
 from infra.exit_codes import ExitCode
 from infra.kafka import admin_config, client_security, consumer_config
+from infra.keystore import KafkaKeys
 from infra.settings import Settings, get_settings
 from oms.stack import BrokerTls, ClickHouseService, KafkaService
 from projections.projector import Projector
@@ -99,6 +100,7 @@ def sasl_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings
         broker.up()
         yield settings
     finally:
+        KafkaKeys.close_all(settings)  # before their broker goes
         broker.down()
         store = connect(settings.resolved_clickhouse_url)
         store.execute(f"DROP DATABASE IF EXISTS {store.database}")

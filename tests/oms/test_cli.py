@@ -182,7 +182,10 @@ def test_bench_prints_its_figure_and_ratio_once_and_runs_unprofiled_unless_asked
         return PIPELINE_FIGURES | {"profiled": kwargs["profile"]}
 
     monkeypatch.setattr(bench.pipeline, "run", fake_run)
-    monkeypatch.setattr(bench.machine, "write_result", lambda home, name, f: tmp_path / name)
+    monkeypatch.setattr(
+        bench.machine, "write_result", lambda home, name, f, machine=None: tmp_path / name
+    )
+    monkeypatch.setattr(bench.machine, "broker_partitions", lambda bootstrap: 5_000)
     result = CliRunner().invoke(main, ["bench", "pipeline"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
@@ -190,6 +193,7 @@ def test_bench_prints_its_figure_and_ratio_once_and_runs_unprofiled_unless_asked
     assert sum("(ours = 25% of it)" in line for line in lines) == 1
     assert sum(line.startswith("machine: ") for line in lines) == 1
     assert lines[-1] == f"written to {tmp_path / 'pipeline'}"
+    assert "broker: 5,000 partitions" in lines and any("cluttered" in line for line in lines)
     assert "profiled" not in lines[0] and "--profile shows" in result.output
     profiled = CliRunner().invoke(main, ["bench", "pipeline", "--profile"])
     assert profiled.exit_code == 0, profiled.output

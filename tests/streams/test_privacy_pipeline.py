@@ -260,8 +260,8 @@ def test_new_keys_are_stored_together_and_found_by_a_reader_that_meets_their_dat
         polls += 1
         return producer_poll(timeout)
 
-    produce = writer._key_producer().produce
-    methods = {"poll": staticmethod(counted), "produce": produce}
+    produce, flush = writer._key_producer().produce, writer._key_producer().flush
+    methods = {"poll": staticmethod(counted), "produce": produce, "flush": flush}
     writer._producer = type("Counted", (), methods)()
     subjects = [f"subject-{n}" for n in range(300)]
     made = writer.prepare(subjects)
