@@ -203,6 +203,7 @@ class Connector(ABC):
         notes: str | None = None,
         occurred_at: datetime | None = None,
         platform_ciphertext: PlatformCiphertext | None = None,
+        table: str | None = None,
     ) -> ChannelEvent:
         """The event for a normalised channel order: `OrderReceived`, or `OrderModified` when
         `revision` > 0 (the channel's revision number or update time, increasing)."""
@@ -236,6 +237,7 @@ class Connector(ABC):
             "requested_at": requested_at,
             "notes": notes,
             "platform_ciphertext": platform_ciphertext,
+            "table": table,
         }
         order_fields: dict[str, Any] = {
             "mode": mode,

@@ -256,8 +256,7 @@ class WechatConnector(Connector):
             )
         placed_at = from_epoch(order.create_time, field="order.create_time")
         place = order.address
-        # The contract has no table number; it leads the notes, where the floor staff read.
-        table = f"桌号 {order.table_no}" if order.mode == "dine_in" and order.table_no else None
+        table = order.table_no if order.mode == "dine_in" and order.table_no else None
         return self.order(
             external_id=order.order_no,
             placed_at=placed_at,
@@ -291,7 +290,8 @@ class WechatConnector(Connector):
             ),
             location_hint=order.store_id,
             requested_at=_at(order.expected_time, field="order.expected_time"),
-            notes="；".join(p for p in (table, order.remark) if p) or None,
+            notes=order.remark or None,
+            table=table,
         )
 
 

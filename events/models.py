@@ -289,6 +289,7 @@ class OrderReceived(OrderEvent):
     platform_ciphertext: PlatformCiphertext | None = Field(
         default=None, description="(v4) the buyer's details as the platform encrypted them"
     )
+    table: str | None = Field(default=None, description="(v4) a dine-in order's table")
 
 
 class OrderModified(OrderEvent):
@@ -318,6 +319,7 @@ class OrderModified(OrderEvent):
     platform_ciphertext: PlatformCiphertext | None = Field(
         default=None, description="(v5) the buyer's details as the platform encrypted them"
     )
+    table: str | None = Field(default=None, description="(v5) a dine-in order's table")
 
 
 class OrderAccepted(OrderEvent):

@@ -123,13 +123,14 @@ def test_paid_delivery_is_mapped_field_by_field() -> None:
     assert order.notes == "不要香菜，放前台即可"
 
 
-def test_dine_in_paying_after_the_meal_is_unpaid_and_its_table_leads_the_notes() -> None:
+def test_dine_in_paying_after_the_meal_is_unpaid_and_seated_at_its_table() -> None:
     order = parse(fixture("dine_in_table.json"))
     assert isinstance(order, OrderReceived)
     assert order.mode is OrderMode.DINE_IN
     assert order.payment_status is PaymentStatus.UNPAID
     assert order.address is None
-    assert order.notes == "桌号 B07；有一位小朋友，请加一副儿童餐具"
+    assert order.notes == "有一位小朋友，请加一副儿童餐具"
+    assert order.table == "B07"
 
 
 def test_dishes_added_at_the_table_modify_the_same_order() -> None:
