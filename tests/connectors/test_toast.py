@@ -1,0 +1,209 @@
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from connectors.base import PayloadRejected
+from connectors.samples import SampleLine, SampleOrder
+from connectors.testing import ConnectorConformance
+from connectors.toast import ToastConnector, sample_payload
+from events.models import OrderLine, OrderMode, OrderModified, OrderReceived, PaymentStatus
+from tests.conftest import FIXTURES
+
+NOW = datetime(2026, 11, 26, 2, 0, tzinfo=UTC)
+
+
+def fixture(name: str) -> bytes:
+    return (FIXTURES / "toast" / name).read_bytes()
+
+
+def parse(raw: bytes) -> OrderReceived | OrderModified:
+    return ToastConnector().parse(raw, received_at=NOW)
+
+
+def edited(name: str, change: Any) -> bytes:
+    document = json.loads(fixture(name))
+    change(document)
+    return json.dumps(document).encode()
+
+
+_CHECK = (
+    b'"checks": [{"guid": "c1", "totalAmount": 5.0, "selections": [{"displayName": "Tea", '
+    b'"quantity": 1.0, "price": 5.0}]}]'
+)
+
+
+class TestToastConformance(ConnectorConformance):
+    connector = ToastConnector()
+    fixtures = FIXTURES / "toast"
+    bad_payloads = [
+        (b'{"entityType": "Order", "openedDate": "2026-11-25T10:00:00.000+0000", ' + _CHECK + b"}",
+         "guid"),
+        (b'{"guid": "o1", "openedDate": "2026-11-25T10:00:00.000", ' + _CHECK + b"}",
+         "openedDate"),
+        (b'{"guid": "o1", "openedDate": "2026-11-25T10:00:00.000+0000", "voided": true, '
+         + _CHECK + b"}", "voided"),
+        (b'{"guid": "o1", "openedDate": "2026-11-25T10:00:00.000+0000", "checks": [{"guid": '
+         b'"c1", "totalAmount": 7.5, "selections": [{"displayName": "Brisket", "quantity": 1.5,'
+         b' "price": 7.5}]}]}', "checks.0.selections.0.quantity"),
+        (b'{"guid": "o1", "openedDate": "2026-11-25T10:00:00.000+0000", "checks": [{"guid": '
+         b'"c1", "totalAmount": 5.001, "selections": [{"displayName": "Tea", "quantity": 1.0, '
+         b'"price": 5.0}]}]}', "checks.0.totalAmount"),
+        (b'{"guid": "o1", "openedDate": "2026-11-25T10:00:00.000+0000", "checks": [{"guid": '
+         b'"c1", "totalAmount": 6.0, "selections": [{"displayName": "Tea", "quantity": 1.0, '
+         b'"price": 5.0}]}]}', "checks.0.totalAmount"),
+        (b'{"guid": "o1", "openedDate": "2026-11-25T10:00:00.000+0000", "checks": [{"guid": '
+         b'"c1", "totalAmount": 10.0, "selections": [{"displayName": "Tea", "quantity": 3.0, '
+         b'"price": 10.0}]}]}', "checks.0.selections.0.price"),
+    ]  # fmt: skip
+    sample_orders = [
+        SampleOrder(
+            external_id="tt-pickup-1", store="R-BOSTON-1", currency="USD",
+            placed_at=datetime(2026, 11, 25, 17, 45, 30, 250000, tzinfo=UTC),
+            mode=OrderMode.PICKUP, customer_name="Maya Okafor", customer_phone="6175550142",
+            lines=[SampleLine("BOWL", "Chicken Bowl", 1, 1425),
+                   SampleLine("LEMON", "Lemonade", 2, 350)],
+            discount=200, tax=154,
+        ),
+        SampleOrder(
+            external_id="tt-delivery-2", store="R-BOSTON-1", currency="USD",
+            placed_at=datetime(2026, 11, 26, 0, 18, 44, tzinfo=UTC), mode=OrderMode.DELIVERY,
+            customer_name="Daniel Costa", customer_phone="8575550117",
+            lines=[SampleLine("PIZZA", "Margherita Pizza", 1, 1600)],
+            delivery_fee=499, tax=142, address_text="210 Hanover St", notes="Buzz 3R",
+        ),
+        SampleOrder(
+            external_id="tt-table-3", store="R-BOSTON-2", currency="USD",
+            placed_at=datetime(2026, 11, 25, 19, 2, 11, tzinfo=UTC), mode=OrderMode.DINE_IN,
+            customer_name="Prince", customer_phone="6175550100",
+            lines=[SampleLine("BURGER", "Smash Burger", 2, 1550)], packaging_fee=300, tax=275,
+        ),
+    ]  # fmt: skip
+
+
+def test_dine_in_order_skips_voided_selections_and_puts_the_tip_with_the_fees() -> None:
+    order = parse(fixture("dine_in_order.json"))
+    assert isinstance(order, OrderReceived)
+    assert (order.mode, order.table) == (OrderMode.DINE_IN, "6b8d0f21-3c4e-4a5b-9d7e-2f4a6c8e0b13")
+    assert order.lines == [
+        OrderLine(sku="4c6e8a0b-2d4f-4a6c-9e1b-3d5f7b9d1f3a", name="Smash Burger", quantity=2,
+                  unit_price=1550, options=["Add Bacon"]),
+        OrderLine(sku="6e8a0c2d-4f1b-4d3e-b5a7-1c3e5a7c9e1b", name="House IPA Draft",
+                  quantity=1, unit_price=750),
+    ]  # fmt: skip
+    # 38.65 on the check + a 7.00 tip on the payment; Happy Hour 3.00 off
+    assert (order.packaging_fee, order.discount, order.tax, order.total) == (700, 300, 315, 4565)
+    assert order.payment_status == PaymentStatus.UNPAID  # the check is still OPEN
+
+
+def test_pickup_order_maps_guest_item_discount_and_promised_time() -> None:
+    order = parse(fixture("pickup_order.json"))
+    assert isinstance(order, OrderReceived)
+    assert (order.external_id, order.mode, order.currency) == (
+        "7a3e9c15-2b4d-4f6a-8c0e-1d3f5b7d9f2a", OrderMode.PICKUP, "USD",
+    )  # fmt: skip
+    assert order.placed_at == datetime(2026, 11, 25, 17, 45, 30, tzinfo=UTC)
+    assert order.requested_at == datetime(2026, 11, 25, 18, 5, tzinfo=UTC)
+    assert (order.customer.name, order.customer.phone, order.customer.email) == (
+        "Maya Okafor", "6175550142", "maya.okafor@example.com",
+    )  # fmt: skip
+    assert order.lines[0].unit_price == 1425  # before the item's 2.00 discount
+    assert order.lines[0].options == ["Brown Rice", "Extra Guacamole"]
+    assert (order.discount, order.tax, order.total) == (200, 154, 2079)
+
+
+def test_delivery_order_maps_address_fee_and_notes() -> None:
+    order = parse(fixture("delivery_order.json"))
+    assert order.mode == OrderMode.DELIVERY
+    assert order.address is not None
+    assert (order.address.text, order.address.city, order.address.province) == (
+        "210 Hanover St, Apt 3R", "Boston", "MA",
+    )  # fmt: skip
+    assert (order.address.postal_code, order.notes) == ("02113", "Buzz 3R, leave at the door")
+    assert (order.delivery_fee, order.packaging_fee, order.total) == (499, 500, 3939)
+    assert order.payment_status == PaymentStatus.PAID
+
+
+def test_a_later_modified_date_is_a_revision_in_unix_milliseconds() -> None:
+    original = parse(fixture("pickup_order.json"))
+    revised = parse(fixture("pickup_order_modified.json"))
+    assert isinstance(revised, OrderModified)
+    assert revised.order_id == original.order_id
+    assert revised.revision == 1795629062318  # 2026-11-25T17:51:02.318Z
+    assert revised.occurred_at == datetime(2026, 11, 25, 17, 51, 2, 318000, tzinfo=UTC)
+    assert revised.lines[1].quantity == 3 and revised.total == 2457
+
+
+@pytest.mark.parametrize(
+    ("behavior", "mode"),
+    [("DINE_IN", OrderMode.DINE_IN), ("TAKE_OUT", OrderMode.PICKUP),
+     ("DELIVERY", OrderMode.DELIVERY)],
+)  # fmt: skip
+def test_the_dining_behavior_wins_over_table_and_delivery_info(
+    behavior: str, mode: OrderMode
+) -> None:
+    def change(document: dict[str, Any]) -> None:
+        document["diningOption"]["behavior"] = behavior
+
+    assert parse(edited("dine_in_order.json", change)).mode == mode
+
+
+def test_an_unknown_behavior_is_refused() -> None:
+    def change(document: dict[str, Any]) -> None:
+        document["diningOption"]["behavior"] = "TELEPORT"
+
+    with pytest.raises(PayloadRejected) as caught:
+        parse(edited("pickup_order.json", change))
+    assert caught.value.field == "diningOption.behavior"
+
+
+def test_a_deleted_order_and_all_voided_checks_are_refused() -> None:
+    def delete(document: dict[str, Any]) -> None:
+        document["deleted"] = True
+
+    def void_checks(document: dict[str, Any]) -> None:
+        document["checks"][0]["voided"] = True
+
+    with pytest.raises(PayloadRejected) as caught:
+        parse(edited("pickup_order.json", delete))
+    assert caught.value.field == "deleted"
+    with pytest.raises(PayloadRejected) as caught:
+        parse(edited("pickup_order.json", void_checks))
+    assert caught.value.field == "checks"
+
+
+def test_money_is_read_from_the_numbers_text_not_float_arithmetic() -> None:
+    def change(document: dict[str, Any]) -> None:
+        check = document["checks"][0]
+        check["selections"] = [dict(check["selections"][1], quantity=3.0, preDiscountPrice=0.3,
+                                    price=0.3)]  # fmt: skip
+        check.update(amount=0.3, taxAmount=0.0, totalAmount=0.3)
+
+    order = parse(edited("pickup_order.json", change))
+    assert (order.lines[0].unit_price, order.total, order.discount) == (10, 30, 0)
+
+
+def test_the_webhook_wrapper_is_unwrapped_and_the_restaurant_header_kept() -> None:
+    wrapped = json.dumps(
+        {
+            "eventType": "order_updated",
+            "details": {"order": json.loads(fixture("pickup_order.json"))},
+        }
+    ).encode()
+    order = ToastConnector().parse(
+        wrapped, received_at=NOW, headers={"toast-restaurant-external-id": "R-1"}
+    )
+    assert (order.external_id, order.location_hint) == (
+        "7a3e9c15-2b4d-4f6a-8c0e-1d3f5b7d9f2a",
+        "R-1",
+    )
+
+
+def test_sample_payload_refuses_what_toast_cannot_express() -> None:
+    base = TestToastConformance.sample_orders[0]
+    for change in ({"currency": "CNY"}, {"mode": OrderMode.SHIP}, {"notes": "extra napkins"}):
+        with pytest.raises(ValueError):
+            sample_payload(SampleOrder(**{**base.__dict__, **change}))
