@@ -361,6 +361,14 @@ def test_server_settles_once_no_insert_into_the_database_is_running(
     half = len(data) // 2
     slow.send(b"%x\r\n%s\r\n" % (half, data[:half]))
     try:
+        # The server lists the INSERT only once it has read and parsed the query; on a busy
+        # machine that can come after this line, so wait to see it listed first.
+        insert = f"INSERT INTO {any_store.database}.{table}"
+        listed = f"SELECT count() FROM system.processes WHERE position(query, '{insert}') = 1"
+        deadline = time.monotonic() + 20
+        while any_store.query(listed) == [(0,)]:
+            assert time.monotonic() < deadline, "the server never listed the slow INSERT"
+            time.sleep(0.05)
         with pytest.raises(StoreUnavailable, match="still running"):
             any_store.settle(timeout_s=1)
         slow.send(b"%x\r\n%s\r\n0\r\n\r\n" % (len(data) - half, data[half:]))

@@ -12,6 +12,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -255,9 +256,16 @@ def test_worker_killed_mid_run_loses_no_order_and_reserves_no_unit_twice(
     try:
         receive_stock(scarce, {"WH-A": 1000, "WH-B": 1000, "WH-C": 600})  # 2,500 wanted
         publisher = Publisher(scarce)
-        for n in range(orders):
-            publisher.intake(ship_order(n, run="kill") if n % 2 else dish_order(n, run="kill"))
-        publisher.flush()
+
+        def publish() -> None:
+            for n in range(orders):
+                publisher.intake(ship_order(n, run="kill") if n % 2 else dish_order(n, run="kill"))
+            publisher.flush()
+
+        # The orders go out while the worker runs and is watched: a worker faster than the
+        # publisher would otherwise be done before the first look.
+        sending = threading.Thread(target=publish)
+        sending.start()
         deadline = time.monotonic() + 120
         expected = 4 * orders + orders // 2  # ship orders also get OrderReserved
         while log_size(scarce) < expected // 3:
@@ -267,6 +275,7 @@ def test_worker_killed_mid_run_loses_no_order_and_reserves_no_unit_twice(
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
         assert log_size(scarce) < expected, "the worker finished before it could be killed"
+        sending.join()
 
         worker = start_worker(scarce, log)
         by_order = wait_until_settled(scarce, orders, timeout_s=300, worker=worker, log=log)
