@@ -307,6 +307,10 @@ def _fit_longs(lines: Sequence[OrderLine], **numbers: int) -> None:
     if len(lines) > LINES_MAX:
         raise PayloadRejected(f"{len(lines)} lines: at most {LINES_MAX}", field="lines")
     for n, line in enumerate(lines):
+        if -LINE_QUANTITY_MAX <= line.quantity <= LINE_QUANTITY_MAX and (
+            LONG_MIN <= line.unit_price <= LONG_MAX
+        ):
+            continue  # (LINE_QUANTITY_MAX is well inside 64 bits)
         for name, value in (("quantity", line.quantity), ("unit_price", line.unit_price)):
             if not LONG_MIN <= value <= LONG_MAX:
                 raise PayloadRejected(

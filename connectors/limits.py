@@ -45,6 +45,10 @@ MAX_TEXT_CHARS = 1_000
 # a quote, and consumes what it matched, so removing strings is one pass over the bytes.
 _STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)', re.DOTALL)
 _LONG_NUMBER = re.compile(rb"\d{%d,}" % (MAX_DIGITS + 1))
+# Digits to "0", the rest to " ": a run of too many digits is then one substring search
+# (a tenth of the regular expression's time on a 600-byte order).
+_DIGITS_ONLY = bytes(48 if 48 <= b <= 57 else 32 for b in range(256))
+_DIGIT_RUN = b"0" * (MAX_DIGITS + 1)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _DEPTH_STEP = [0] * 256
 _DEPTH_STEP[ord("[")] = _DEPTH_STEP[ord("{")] = 1
@@ -54,7 +58,9 @@ _DEPTH_STEP[ord("]")] = _DEPTH_STEP[ord("}")] = -1
 def check_json(raw: bytes) -> None:
     """Refuse JSON nested deeper than `MAX_DEPTH` or holding a number of more than
     `MAX_DIGITS` digits, in time linear in its size and before it is parsed."""
-    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH and not _LONG_NUMBER.search(raw):
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH and _DIGIT_RUN not in raw.translate(
+        _DIGITS_ONLY
+    ):
         return  # fewer with the strings counted, fewer without them: most payloads stop here
     bare = _STRING.sub(b'""', raw)  # brackets and digits inside strings are text
     if long_number := _LONG_NUMBER.search(bare):

@@ -254,7 +254,10 @@ def traffic(
         if roll < profile.duplicate_share + profile.revision_share and sent:
             earlier = rng.choice(sent)
             # Platforms write times to the second: a revision in the same second as the last
-            # change would not read as later, so that order is not revised this time.
+            # change would not read as later, so the oldest order is revised instead (none
+            # when that one is as recent: the run's first second).
+            if (earlier.order.modified_at or earlier.order.placed_at) >= at:
+                earlier = sent[0]
             if (earlier.order.modified_at or earlier.order.placed_at) < at:
                 first, *rest = earlier.order.lines  # the customer adds one more
                 more = replace(first, quantity=first.quantity + 1)

@@ -164,8 +164,8 @@ def seal(event: Event, keys: DataKeys) -> Event:
     if values:
         key_id, key = keys.current(subject)
         nonce = os.urandom(12)
-        plain = json.dumps(values, ensure_ascii=False, separators=(",", ":")).encode()
-        secret = _aead(key).encrypt(nonce, plain, _associated(event.event_id, subject, key_id))
+        plain = _COMPACT_JSON.encode(values).encode()
+        secret = aes_gcm(key).encrypt(nonce, plain, _associated(event.event_id, subject, key_id))
         blob = base64.urlsafe_b64encode(nonce + secret).decode().rstrip("=")
         changes[("sealed",)] = f"{PREFIX}:{key_id}:{subject}:{blob}"
     return _with(event, changes)
@@ -191,7 +191,7 @@ def _opened(event: OrderReceived | OrderModified, keys: DataKeys) -> dict[str, A
     if key is None:
         return None
     try:
-        plain = _aead(key).decrypt(
+        plain = aes_gcm(key).decrypt(
             data[:12], data[12:], _associated(event.event_id, subject, key_id)
         )
     except InvalidTag:
@@ -345,8 +345,13 @@ def _paths_by_name(model: type[BaseModel]) -> dict[str, Path]:
     return {field.name: field.path for field in _plan(model)}
 
 
+# json.dumps with arguments makes an encoder per call; sealing keeps one.
+_COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 @lru_cache(maxsize=4096)
-def _aead(key: bytes) -> AESGCM:
+def aes_gcm(key: bytes) -> AESGCM:
+    """The AES-GCM cipher of `key`, kept: making one costs as much as sealing a small value."""
     return AESGCM(key)
 
 
@@ -393,9 +398,10 @@ def _replaced(model: M, update: dict[str, Any]) -> M:
     equal to `model_copy`."""
     new = object.__new__(type(model))
     object.__setattr__(new, "__dict__", {**model.__dict__, **update})
-    object.__setattr__(
-        new, "__pydantic_fields_set__", model.__pydantic_fields_set__ | update.keys()
-    )
+    fields_set = model.__pydantic_fields_set__
+    if not fields_set.issuperset(update):  # (frozen models never change the set they share)
+        fields_set = fields_set.union(update)
+    object.__setattr__(new, "__pydantic_fields_set__", fields_set)
     object.__setattr__(new, "__pydantic_extra__", None)
     object.__setattr__(new, "__pydantic_private__", None)
     return new

@@ -58,7 +58,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from events.codec import LocalSchemaIds, RegistrySchemaIds, SchemaIds
-from events.privacy import DataKeys, PrivateCodec
+from events.privacy import DataKeys, PrivateCodec, aes_gcm
 from infra.kafka import admin_config, consumer_config, producer_config
 from infra.settings import Settings
 
@@ -126,12 +126,12 @@ class MasterKey:
     def wrap(self, record: str, key: bytes) -> str:
         nonce = os.urandom(12)
         return base64.b64encode(
-            nonce + AESGCM(self.secret).encrypt(nonce, key, record.encode())
+            nonce + aes_gcm(self.secret).encrypt(nonce, key, record.encode())
         ).decode()
 
     def unwrap(self, record: str, data: bytes) -> bytes:
         try:
-            return AESGCM(self.secret).decrypt(data[:12], data[12:], record.encode())
+            return aes_gcm(self.secret).decrypt(data[:12], data[12:], record.encode())
         except InvalidTag:
             raise KeyStoreError(
                 f"the master key does not open data key {record}: is OMS_MASTER_KEY the one "
