@@ -8,6 +8,7 @@ Run as `python -m bench.passthrough SOURCE SINK GROUP BOOTSTRAP DATADIR`.
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import AsyncIterator
 from typing import Any, cast
@@ -51,5 +52,6 @@ def create_app(source: str, sink: str, group: str, bootstrap: str, datadir: str)
 if __name__ == "__main__":
     source, sink, group, bootstrap, datadir = sys.argv[1:6]
     passthrough = create_app(source, sink, group, bootstrap, datadir)
+    gc.freeze()  # as the worker does once it is built: the floor pays the same collector
     sys.argv = ["passthrough", "worker", "--loglevel", "warn"]
     passthrough.main()

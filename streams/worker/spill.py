@@ -33,6 +33,8 @@ class SpillFile:
         self.count = 0  # states written (a state written again counts again)
 
     def get(self, order_id: str) -> OrderState | None:
+        if not self.count:
+            return None  # nothing spilled yet: every new order asks, and the answer is known
         query = "SELECT state FROM orders WHERE order_id = ?"
         row = self._db.execute(query, (order_id,)).fetchone()
         return None if row is None else pickle.loads(row[0])  # noqa: S301 - our own bytes
