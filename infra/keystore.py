@@ -58,7 +58,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from events.codec import LocalSchemaIds, RegistrySchemaIds, SchemaIds
-from events.privacy import DataKeys, PrivateCodec, aes_gcm
+from events.privacy import DataKeys, PrivateCodec, aes_gcm, random_bytes
 from infra.kafka import admin_config, consumer_config, producer_config
 from infra.settings import Settings
 
@@ -124,7 +124,7 @@ class MasterKey:
         )
 
     def wrap(self, record: str, key: bytes) -> str:
-        nonce = os.urandom(12)
+        nonce = random_bytes(12)
         return base64.b64encode(
             nonce + aes_gcm(self.secret).encrypt(nonce, key, record.encode())
         ).decode()
@@ -239,7 +239,7 @@ class KafkaKeys:
             self._check()
             for subject in wanted:
                 if not self._keys.get(subject) and subject not in self._pending:
-                    key_id, key = secrets.token_hex(8), AESGCM.generate_key(256)
+                    key_id, key = random_bytes(8).hex(), random_bytes(32)
                     record = f"{subject}/{key_id}"
                     self._pending[subject] = (key_id, key)
                     self._send(record, self.master.wrap(record, key), subject)

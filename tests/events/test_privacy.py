@@ -238,3 +238,32 @@ def test_a_platform_encrypted_buyer_is_sealed_and_analysts_see_the_platform_s_ma
     assert "AgAAAA" not in shown.model_dump_json()
     opened = PrivateCodec(keys).decode(data)
     assert isinstance(opened, OrderReceived) and opened.platform_ciphertext == cipher
+
+
+def test_random_bytes_never_repeat_across_threads_or_a_fork() -> None:
+    import os
+    import threading
+
+    from events.privacy import random_bytes
+
+    taken: list[bytes] = []
+
+    def take() -> None:
+        taken.extend(random_bytes(12) for _ in range(3000))  # several 4 KiB refills
+
+    threads = [threading.Thread(target=take) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(taken) == 12_000 and {len(b) for b in taken} == {12}
+    assert len(set(taken)) == len(taken)
+    assert len(random_bytes(10_000)) == 10_000  # more than a chunk at once
+    # A forked child must not hand out what its parent would hand out next.
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child
+        os.write(write, random_bytes(32))
+        os._exit(0)
+    os.waitpid(child, 0)
+    assert os.read(read, 32) != random_bytes(32)
