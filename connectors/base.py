@@ -22,6 +22,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
+from fractions import Fraction
 from typing import Annotated, Any, ClassVar, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -70,6 +71,7 @@ __all__ = [
     "minor_units",
     "same_signature",
     "signed_epoch",
+    "unit_price_of",
 ]
 
 CHINA = ZoneInfo("Asia/Shanghai")
@@ -204,9 +206,16 @@ class Connector(ABC):
         occurred_at: datetime | None = None,
         platform_ciphertext: PlatformCiphertext | None = None,
         table: str | None = None,
+        rounding_tolerance: int = 0,
     ) -> ChannelEvent:
         """The event for a normalised channel order: `OrderReceived`, or `OrderModified` when
-        `revision` > 0 (the channel's revision number or update time, increasing)."""
+        `revision` > 0 (the channel's revision number or update time, increasing).
+
+        The parts (lines' amounts, fees, tax, less the discount) should come to `total`; a
+        channel that rounds where the parts do not show it (tax per line, a unit price of many
+        decimals) gives the `rounding_tolerance` its documented rule allows, in minor units,
+        and a difference within it is carried as the order's `rounding`. A larger one is
+        left for validation to reject (TOTAL_MISMATCH)."""
         if placed_at.tzinfo is None:
             raise PayloadRejected("time has no timezone", field="placed_at")
         _fit_longs(
@@ -218,6 +227,10 @@ class Connector(ABC):
             tax=tax,
             revision=revision,
         )
+        difference = total - (
+            sum(line.amount for line in lines) + delivery_fee + packaging_fee + tax - discount
+        )
+        rounding = difference if abs(difference) <= rounding_tolerance else 0
         order_id = self.order_id(external_id)
         envelope: dict[str, Any] = {
             "order_id": order_id,
@@ -238,6 +251,7 @@ class Connector(ABC):
             "notes": notes,
             "platform_ciphertext": platform_ciphertext,
             "table": table,
+            "rounding": rounding,
         }
         order_fields: dict[str, Any] = {
             "mode": mode,
@@ -297,6 +311,12 @@ class Connector(ABC):
             raise PayloadRejected(first["msg"], field=location) from None
 
 
+def unit_price_of(gross: int, quantity: int) -> int:
+    """The unit price a line's amount implies: gross ÷ quantity, rounded half to even (2101
+    for 2 → 1050). Informational: the line's amount is `gross`, never this times quantity."""
+    return round(Fraction(gross, quantity)) if quantity else gross
+
+
 def _fit_longs(lines: Sequence[OrderLine], **numbers: int) -> None:
     """Refuse an order whose quantities, prices or amounts do not fit in 64 bits, or whose lines
     are more, or quantities larger, than the read models store (`events.bounds`).
@@ -307,11 +327,13 @@ def _fit_longs(lines: Sequence[OrderLine], **numbers: int) -> None:
     if len(lines) > LINES_MAX:
         raise PayloadRejected(f"{len(lines)} lines: at most {LINES_MAX}", field="lines")
     for n, line in enumerate(lines):
+        amounts = (line.unit_price, line.gross or 0, line.discount, line.tax, line.total or 0)
         if -LINE_QUANTITY_MAX <= line.quantity <= LINE_QUANTITY_MAX and (
-            LONG_MIN <= line.unit_price <= LONG_MAX
+            min(amounts) >= LONG_MIN and max(amounts) <= LONG_MAX
         ):
             continue  # (LINE_QUANTITY_MAX is well inside 64 bits)
-        for name, value in (("quantity", line.quantity), ("unit_price", line.unit_price)):
+        for name in ("quantity", "unit_price", "gross", "discount", "tax", "total"):
+            value = getattr(line, name) or 0
             if not LONG_MIN <= value <= LONG_MAX:
                 raise PayloadRejected(
                     f"{value} does not fit in 64 bits", field=f"lines[{n}].{name}"

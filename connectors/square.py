@@ -33,6 +33,7 @@ from connectors.base import (
     Connector,
     SignatureRejected,
     same_signature,
+    unit_price_of,
 )
 from connectors.samples import SampleOrder
 from events.models import Address, Customer, OrderLine, OrderMode, PaymentStatus
@@ -61,6 +62,11 @@ class _Modifier(ChannelPayload):
     base_price_money: _Money = _ZERO
 
 
+class _AppliedTax(ChannelPayload):
+    tax_uid: str = ""
+    applied_money: _Money = _ZERO
+
+
 class _LineItem(ChannelPayload):
     name: str = "Custom amount"
     quantity: int = Field(gt=0)  # a string in Square's JSON; weighed (fractional) items fail
@@ -68,9 +74,15 @@ class _LineItem(ChannelPayload):
     variation_name: str | None = None
     base_price_money: _Money
     modifiers: list[_Modifier] = []
+    gross_sales_money: _Money | None = None  # base and modifiers times the quantity
+    total_discount_money: _Money = _ZERO
+    total_tax_money: _Money = _ZERO  # inclusive and additive
+    total_money: _Money | None = None  # gross - discounts + additive taxes
+    applied_taxes: list[_AppliedTax] = []
 
 
 class _Tax(ChannelPayload):
+    uid: str = ""
     type: str = "ADDITIVE"
     applied_money: _Money = _ZERO
 
@@ -176,6 +188,7 @@ class SquareConnector(Connector):
         recipient, extra = details.recipient, order.metadata
         delivery_fee, service_fee = _fees(order)
         inclusive = sum(t.applied_money.amount for t in order.taxes if t.type == "INCLUSIVE")
+        inclusive_taxes = {t.uid for t in order.taxes if t.type == "INCLUSIVE"}
         address = recipient.address
         return self.order(
             external_id=order.id,
@@ -185,7 +198,7 @@ class SquareConnector(Connector):
             revision=revision,
             mode=_MODES[fulfillment.type] if fulfillment else OrderMode.DINE_IN,
             currency=order.total_money.currency.upper(),
-            lines=[_line(item) for item in order.line_items],
+            lines=[_line(item, inclusive_taxes) for item in order.line_items],
             delivery_fee=delivery_fee,
             packaging_fee=service_fee,
             discount=order.total_discount_money.amount,
@@ -235,19 +248,41 @@ def _fees(order: _SquareOrder) -> tuple[int, int]:
     return delivery_fee, service_fee
 
 
-def _line(item: _LineItem) -> OrderLine:
+def _line(item: _LineItem, inclusive_taxes: set[str]) -> OrderLine:
+    """A line's amounts as Square states them: `gross_sales_money` before discounts (else the
+    unit price with its modifiers times the quantity), its discounts and taxes. Its prices
+    include its tax when every tax applied to it is an INCLUSIVE one; with additive taxes
+    beside inclusive ones (rare), `tax` is the additive part and the rest is inside gross."""
     chosen = [m for m in item.modifiers if m.quantity > 0]
     variation = [item.variation_name] if item.variation_name not in (None, "", "Regular") else []
+    unit_price = item.base_price_money.amount + sum(
+        m.base_price_money.amount * m.quantity for m in chosen
+    )
+    gross = (
+        item.gross_sales_money.amount
+        if item.gross_sales_money is not None
+        else unit_price * item.quantity
+    )
+    inside = sum(t.applied_money.amount for t in item.applied_taxes if t.tax_uid in inclusive_taxes)
+    included = bool(item.applied_taxes) and inside == item.total_tax_money.amount
+    tax = item.total_tax_money.amount if included else item.total_tax_money.amount - inside
+    discount = item.total_discount_money.amount
     return OrderLine(
         sku=item.catalog_object_id or item.name,
         name=item.name,
         quantity=item.quantity,
-        unit_price=item.base_price_money.amount
-        + sum(m.base_price_money.amount * m.quantity for m in chosen),
+        unit_price=unit_price_of(gross, item.quantity),
         options=[
             *variation,
             *(m.name if m.quantity == 1 else f"{m.name} x{m.quantity}" for m in chosen),
         ],
+        gross=gross,
+        discount=discount,
+        tax=tax,
+        total=item.total_money.amount
+        if item.total_money is not None
+        else gross - discount + (0 if included else tax),
+        prices_include_tax=included,
     )
 
 

@@ -109,13 +109,24 @@ class ConnectorConformance:
     def test_totals_reconcile(self) -> None:
         for name, raw, headers in self.payloads():
             event = self.parse(raw, headers)
-            lines = sum(line.quantity * line.unit_price for line in event.lines)
+            lines = sum(line.amount for line in event.lines)
             expected = lines + event.delivery_fee + event.packaging_fee + event.tax - event.discount
-            assert expected == event.total, (
+            assert expected + event.rounding == event.total, (
                 f"{name}: lines {lines} + delivery {event.delivery_fee} + packaging "
-                f"{event.packaging_fee} + tax {event.tax} - discount {event.discount} = "
-                f"{expected}, total {event.total}"
+                f"{event.packaging_fee} + tax {event.tax} - discount {event.discount} + "
+                f"rounding {event.rounding} = {expected + event.rounding}, total {event.total}"
             )
+            for n, line in enumerate(event.lines):
+                if line.gross is not None:  # the unit price is the amount's, rounded
+                    assert 2 * abs(line.gross - line.quantity * line.unit_price) <= abs(
+                        line.quantity
+                    ), f"{name}: line {n}: unit price {line.unit_price} is not {line.gross} ÷ qty"
+                if line.total is not None:
+                    added = 0 if line.prices_include_tax else line.tax
+                    assert line.total == line.amount - line.discount + added, (
+                        f"{name}: line {n}: total {line.total} is not amount {line.amount} - "
+                        f"discount {line.discount}" + (f" + tax {line.tax}" if added else "")
+                    )
 
     def test_times_are_utc_and_money_is_in_minor_units(self) -> None:
         for name, raw, headers in self.payloads():
@@ -132,6 +143,7 @@ class ConnectorConformance:
                 event.tax,
             ]
             amounts += [line.unit_price for line in event.lines]
+            amounts += [line.amount for line in event.lines]
             assert all(isinstance(a, int) and not isinstance(a, bool) for a in amounts), (
                 f"{name}: amounts must be int minor units (connectors.base.minor_units)"
             )

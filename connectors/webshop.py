@@ -44,16 +44,23 @@ _PAYMENT = {
 }
 
 
+class _Price(ChannelPayload):
+    price: str = "0.00"
+
+
+class _Amount(ChannelPayload):
+    amount: str = "0.00"
+
+
 class _LineItem(ChannelPayload):
     sku: str | None = None
     title: str
     variant_title: str | None = None
     quantity: int
-    price: str
-
-
-class _Price(ChannelPayload):
-    price: str = "0.00"
+    price: str  # a unit, with its tax when the order's taxes_included
+    total_discount: str = "0.00"  # (deprecated by Shopify for discount_allocations)
+    discount_allocations: list[_Amount] = []
+    tax_lines: list[_Price] = []
 
 
 class _Customer(ChannelPayload):
@@ -94,6 +101,36 @@ class _WebshopOrder(ChannelPayload):
     tags: str = ""
 
 
+def _line(item: _LineItem, at: str, currency: str, taxes_included: bool) -> OrderLine:
+    """A Shopify line: its unit `price` times its quantity, before the discounts allocated to
+    it; the tax of its `tax_lines`, inside the price when the order's `taxes_included`."""
+    unit_price = minor_units(item.price, currency=currency, field=f"{at}.price")
+    gross = unit_price * item.quantity
+    if item.discount_allocations:
+        discount = sum(
+            minor_units(a.amount, currency=currency, field=f"{at}.discount_allocations.{n}")
+            for n, a in enumerate(item.discount_allocations)
+        )
+    else:
+        discount = minor_units(item.total_discount, currency=currency, field=f"{at}.total_discount")
+    tax = sum(
+        minor_units(t.price, currency=currency, field=f"{at}.tax_lines.{n}.price")
+        for n, t in enumerate(item.tax_lines)
+    )
+    return OrderLine(
+        sku=item.sku or item.title,
+        name=item.title,
+        quantity=item.quantity,
+        unit_price=unit_price,
+        options=[item.variant_title] if item.variant_title else [],
+        gross=gross,
+        discount=discount,
+        tax=tax,
+        total=gross - discount + (0 if taxes_included else tax),
+        prices_include_tax=taxes_included,
+    )
+
+
 class WebshopConnector(Connector):
     name = "webshop"
     signed = True
@@ -115,15 +152,7 @@ class WebshopConnector(Connector):
                 raise PayloadRejected("needs a UTC offset", field=name)
         currency = order.currency.upper()
         lines = [
-            OrderLine(
-                sku=item.sku or item.title,
-                name=item.title,
-                quantity=item.quantity,
-                unit_price=minor_units(
-                    item.price, currency=currency, field=f"line_items.{i}.price"
-                ),
-                options=[item.variant_title] if item.variant_title else [],
-            )
+            _line(item, f"line_items.{i}", currency, order.taxes_included)
             for i, item in enumerate(order.line_items)
         ]
         customer = order.customer or _Customer()

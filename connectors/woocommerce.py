@@ -30,11 +30,11 @@ from connectors.base import (
     ChannelPayload,
     ChannelTime,
     Connector,
-    PayloadRejected,
     SignatureRejected,
     decimal_text,
     minor_units,
     same_signature,
+    unit_price_of,
 )
 from connectors.samples import SampleOrder
 from events.models import Address, Customer, OrderLine, OrderMode, PaymentStatus
@@ -76,6 +76,8 @@ class _LineItem(ChannelPayload):
     sku: str | None = None
     quantity: int = Field(gt=0)
     subtotal: str  # before discounts, without tax
+    total: str | None = None  # after discounts, without tax
+    total_tax: str | None = None  # the line's tax, after discounts
     meta_data: list[_Meta] = []
 
 
@@ -160,6 +162,12 @@ class WoocommerceConnector(Connector):
             mode=_MODES.get(shipping.method_id, OrderMode.SHIP),
             currency=currency,
             lines=[_line(item, i, currency) for i, item in enumerate(order.line_items)],
+            # WooCommerce rounds each line's amounts and taxes to the currency's decimals on
+            # their own (from tax-inclusive prices, 12.50 with 19 % is 10.504201… a unit):
+            # the parts may miss the total by a minor unit for each line, shipping and fee.
+            rounding_tolerance=len(order.line_items)
+            + len(order.shipping_lines)
+            + len(order.fee_lines),
             delivery_fee=minor_units(
                 order.shipping_total, currency=currency, field="shipping_total"
             ),
@@ -190,13 +198,23 @@ class WoocommerceConnector(Connector):
 
 
 def _line(item: _LineItem, index: int, currency: str) -> OrderLine:
-    field = f"line_items.{index}.subtotal"
-    # `price` is after discounts; the subtotal is before them, as `discount_total` expects.
-    unit_price, rest = divmod(
-        minor_units(item.subtotal, currency=currency, field=field), item.quantity
+    """The line's amounts as WooCommerce states them, all without tax (whatever the shop's
+    `prices_include_tax`: the API splits the tax out): `subtotal` before discounts, `total`
+    after them, `total_tax` the tax on that. `price` (a float) is not read: the unit price is
+    derived from the subtotal, and a subtotal that does not divide by the quantity (21.01 for
+    2 at a tax-inclusive 12.50) is no reason to refuse a paid order."""
+    at = f"line_items.{index}"
+    gross = minor_units(item.subtotal, currency=currency, field=f"{at}.subtotal")
+    after = (
+        None
+        if item.total is None
+        else minor_units(item.total, currency=currency, field=f"{at}.total")
     )
-    if rest:
-        raise PayloadRejected(f"does not divide by quantity {item.quantity}", field=field)
+    tax = (
+        0
+        if item.total_tax is None
+        else minor_units(item.total_tax, currency=currency, field=f"{at}.total_tax")
+    )
     options = [
         f"{meta.display_key or meta.key}: {meta.display_value or meta.value}"
         for meta in item.meta_data
@@ -206,8 +224,12 @@ def _line(item: _LineItem, index: int, currency: str) -> OrderLine:
         sku=item.sku or item.name,
         name=item.name,
         quantity=item.quantity,
-        unit_price=unit_price,
+        unit_price=unit_price_of(gross, item.quantity),
         options=options,
+        gross=gross,
+        discount=0 if after is None else gross - after,
+        tax=tax,
+        total=None if after is None else after + tax,
     )
 
 

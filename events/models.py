@@ -93,11 +93,39 @@ class CancelledBy(StrEnum):
 
 
 class OrderLine(Frozen):
+    """One line. Its amounts are the channel's own (v4/v5 of OrderReceived/OrderModified):
+    `gross` is what the line costs before its discounts, as the channel states it, and the
+    order's arithmetic uses it; `unit_price` is derived from it (gross ÷ quantity, rounded
+    half to even) and never a reason to refuse an order. A line without `gross` (earlier
+    versions, channels that state no line amount) costs quantity × unit_price."""
+
     sku: str = Field(description="SKU, or the dish name where the channel has no SKU")
     name: str
     quantity: int
     unit_price: int = Field(description="minor units of the order's currency")
     options: list[str] = Field(default_factory=list, description="e.g. 少辣, no ice")
+    gross: int | None = Field(
+        default=None,
+        description="(v4/v5) the line before its discounts as the channel states it, minor "
+        "units; its tax inside when prices_include_tax; absent: quantity × unit_price",
+    )
+    discount: int = Field(default=0, description="(v4/v5) the line's share of the discounts")
+    tax: int = Field(
+        default=0, description="(v4/v5) the line's tax, inside gross when prices_include_tax"
+    )
+    total: int | None = Field(
+        default=None,
+        description="(v4/v5) what the line comes to as the channel states it: gross - "
+        "discount, plus tax unless prices_include_tax",
+    )
+    prices_include_tax: bool = Field(
+        default=False, description="(v4/v5) whether gross and total hold the line's tax"
+    )
+
+    @property
+    def amount(self) -> int:
+        """What the line costs before its discounts: `gross`, else quantity × unit_price."""
+        return self.gross if self.gross is not None else self.quantity * self.unit_price
 
 
 def personal(description: str | None = None, *, required: bool = False) -> Any:
@@ -290,6 +318,11 @@ class OrderReceived(OrderEvent):
         default=None, description="(v4) the buyer's details as the platform encrypted them"
     )
     table: str | None = Field(default=None, description="(v4) a dine-in order's table")
+    rounding: int = Field(
+        default=0,
+        description="(v4) total minus (lines + fees + tax - discount): the channel's own "
+        "rounding, within the rule its connector documents",
+    )
 
 
 class OrderModified(OrderEvent):
@@ -320,6 +353,11 @@ class OrderModified(OrderEvent):
         default=None, description="(v5) the buyer's details as the platform encrypted them"
     )
     table: str | None = Field(default=None, description="(v5) a dine-in order's table")
+    rounding: int = Field(
+        default=0,
+        description="(v5) total minus (lines + fees + tax - discount): the channel's own "
+        "rounding, within the rule its connector documents",
+    )
 
 
 class OrderAccepted(OrderEvent):

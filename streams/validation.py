@@ -72,7 +72,7 @@ def rejection_reasons(
                     message=f"quantity of {line.sku!r} is {line.quantity}, must be positive",
                 )
             )
-        if line.unit_price < 0:
+        if line.unit_price < 0 or (line.gross is not None and line.gross < 0):
             reasons.append(
                 RejectionReason(
                     code="NEGATIVE_PRICE",
@@ -88,18 +88,20 @@ def rejection_reasons(
                 )
             )
     expected = (
-        sum(line.quantity * line.unit_price for line in order.lines)
+        sum(line.amount for line in order.lines)
         + order.delivery_fee
         + order.packaging_fee
         + order.tax
         - order.discount
+        + order.rounding
     )
     if expected != order.total:
+        parts = "lines + fees + tax - discount" + (" + rounding" if order.rounding else "")
         reasons.append(
             RejectionReason(
                 code="TOTAL_MISMATCH",
                 field="total",
-                message=f"lines + fees + tax - discount = {expected}, but total is {order.total}",
+                message=f"{parts} = {expected}, but total is {order.total}",
             )
         )
     if order.payment_status not in ACCEPTED_PAYMENT[order.mode]:

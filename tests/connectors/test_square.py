@@ -71,9 +71,10 @@ def test_pickup_order_maps_modifiers_discount_tax_and_pickup_time() -> None:
     )  # fmt: skip
     assert order.lines == [
         OrderLine(sku="W62UWFY35CWMYGVWK6TWJDNI", name="Latte", quantity=2, unit_price=725,
-                  options=["Large", "Oat Milk", "Extra Shot"]),
+                  options=["Large", "Oat Milk", "Extra Shot"], gross=1450, discount=159,
+                  tax=114, total=1405),
         OrderLine(sku="HK3GFZCSGRAQBPEWTFYVQPGA", name="Blueberry Muffin", quantity=1,
-                  unit_price=375),
+                  unit_price=375, gross=375, discount=41, tax=30, total=364),
     ]  # fmt: skip
     assert (order.delivery_fee, order.packaging_fee, order.discount, order.tax, order.total) == (
         0, 0, 200, 144, 1769,
@@ -262,3 +263,11 @@ def test_sample_payload_parses_back_to_the_sample_order(sample: SampleOrder, rev
             sample.customer_name, sample.customer_phone,
         )  # fmt: skip
         assert event.payment_status is PaymentStatus.PAID
+
+
+def test_inclusive_tax_stays_inside_each_lines_gross() -> None:
+    order = parse(fixture("dine_in_order.json"))
+    assert [(li.gross, li.tax, li.total, li.prices_include_tax) for li in order.lines] == [
+        (680, 113, 680, True), (1400, 233, 1400, True), (295, 50, 295, True),
+    ]  # fmt: skip
+    assert (order.tax, order.total, sum(li.amount for li in order.lines)) == (0, 2675, 2375)

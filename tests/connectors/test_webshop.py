@@ -53,6 +53,15 @@ def test_zero_decimal_currency_uses_whole_units() -> None:
     assert order.total == 2400
 
 
+def test_tax_included_lines_carry_their_tax_and_allocated_discounts() -> None:
+    order = WebshopConnector().parse(fixture("tax_included_order.json"), received_at=NOW)
+    assert [
+        (line.gross, line.discount, line.tax, line.total, line.prices_include_tax)
+        for line in order.lines
+    ] == [(2500, 0, 399, 2500, True), (999, 100, 144, 899, True)]
+    assert (order.tax, order.discount, order.total, order.rounding) == (0, 100, 3399, 0)
+
+
 def test_redelivered_order_gets_the_same_order_and_event_ids() -> None:
     first = WebshopConnector().parse(fixture("ship_order.json"), received_at=NOW)
     again = WebshopConnector().parse(fixture("ship_order.json"), received_at=datetime.now(UTC))

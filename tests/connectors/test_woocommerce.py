@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from connectors.base import PayloadRejected, SecretMissing, SignatureRejected
+from connectors.base import SecretMissing, SignatureRejected
 from connectors.samples import SampleLine, SampleOrder
 from connectors.testing import ConnectorConformance
 from connectors.woocommerce import WoocommerceConnector, sample_payload
@@ -19,6 +19,7 @@ from events.models import (
     OrderReceived,
     PaymentStatus,
 )
+from streams.validation import rejection_reasons
 from tests.conftest import FIXTURES
 
 NOW = datetime(2026, 11, 25, 20, 0, tzinfo=UTC)
@@ -70,9 +71,11 @@ def test_shipped_order_maps_every_field_in_minor_units_and_utc() -> None:
     assert order.currency == "USD"
     assert order.lines == [
         OrderLine(sku="DRIP-02-WHT", name="Ceramic Pour-Over Dripper - White", quantity=1,
-                  unit_price=3200, options=["Color: White"]),
+                  unit_price=3200, options=["Color: White"], gross=3200, discount=320, tax=173,
+                  total=3053),
         OrderLine(sku="BEAN-ETH-250", name="Single Origin Beans 250g - Whole bean", quantity=2,
-                  unit_price=1800, options=["Grind: Whole bean"]),
+                  unit_price=1800, options=["Grind: Whole bean"], gross=3600, discount=360,
+                  tax=194, total=3434),
     ]  # fmt: skip
     assert (order.delivery_fee, order.packaging_fee, order.discount, order.tax, order.total) == (
         850, 0, 680, 367, 7337,
@@ -152,11 +155,40 @@ def test_the_shipping_method_decides_the_mode(
     assert order.mode is mode
 
 
-def test_a_subtotal_that_does_not_split_evenly_over_the_quantity_is_rejected() -> None:
-    raw = edited("pickup_order.json", lambda o: o["line_items"][1].__setitem__("subtotal", "4.01"))
-    with pytest.raises(PayloadRejected) as rejected:
-        parse(raw)
-    assert rejected.value.field == "line_items.1.subtotal"
+def test_a_tax_inclusive_line_keeps_its_stated_amounts_and_derives_its_unit_price() -> None:
+    # The shop enters 12.50 with 19 % tax included: WooCommerce states 2 at 10.504201680672,
+    # subtotal 21.01 and 3.99 tax. A paid order is never refused over that rounding.
+    order = parse(fixture("tax_inclusive_order.json"))
+    assert isinstance(order, OrderReceived)
+    (line,) = order.lines
+    assert (line.quantity, line.gross, line.discount, line.tax, line.total) == (
+        2,
+        2101,
+        0,
+        399,
+        2500,
+    )
+    assert line.unit_price == 1050  # 1050.5 rounded half to even
+    assert not line.prices_include_tax  # the API states amounts without their tax
+    assert (order.tax, order.total, order.rounding) == (399, 2500, 0)
+    assert isinstance(order, OrderReceived) and rejection_reasons(order) == []
+
+
+def test_a_penny_off_total_from_tax_rounding_is_carried_as_rounding_and_accepted() -> None:
+    # Three 0.99 items with tax included: 3 × 0.83 without tax, 0.47 tax rounded over the
+    # whole order, total 2.97: the parts come to 2.96.
+    order = parse(fixture("tax_inclusive_rounding.json"))
+    assert isinstance(order, OrderReceived)
+    assert sum(line.amount for line in order.lines) + order.tax == 296
+    assert (order.total, order.rounding) == (297, 1)
+    assert isinstance(order, OrderReceived) and rejection_reasons(order) == []
+
+
+def test_a_difference_beyond_a_minor_unit_per_line_is_not_rounding() -> None:
+    raw = edited("tax_inclusive_rounding.json", lambda o: o.__setitem__("total", "3.07"))
+    order = parse(raw)
+    assert isinstance(order, OrderReceived) and order.rounding == 0
+    assert [r.code for r in rejection_reasons(order)] == ["TOTAL_MISMATCH"]
 
 
 def test_a_tampered_body_or_missing_signature_fails_verification() -> None:
