@@ -12,14 +12,25 @@ the same fields in the official Go SDK and a C# port), and agiso's rendering of 
 (open.agiso.com aldsDoudian/api/orderList), whose `shop_order_list` items have the same shape.
 
 Money: every amount is an integer in fen (分) as a JSON number, used as it is (never scaled,
-never a float). A line is `origin_amount` (商品现价, per unit) × `item_num`; `sum_amount`, when
-sent, must be that product. Delivery is `post_amount` (运费, already net of
+never a float). A line costs `sum_amount` (商品现价*件数), else `origin_amount` (商品现价, per
+unit) × `item_num`; the unit price is derived from it and never refuses an order.
+`goods_price` (商品原价) is the crossed-out list price before the item's campaign price and is
+not an amount of the order. Delivery is `post_amount` (运费, already net of
 `post_promotion_amount`), packing is `packing_amount` (打包费), tax is `tax_amount` (跨境税费,
 0 elsewhere), the total is `pay_amount` — what the buyer pays. The discount is everything
 between: Σ lines + post_amount + packing_amount + tax_amount − pay_amount, i.e. the shop,
 platform and 达人 promotions and red packets (`promotion_amount`, its breakdown in
 `promotion_detail`) plus the seller's manual price change (`modify_amount`, 改价变化量). A net
 upward change would make a negative discount, which validation rejects.
+
+Each sku order states its own share of these, and a line carries them: `gross` as above, `tax`
+its `tax_amount` (added on top, as the order's is: not inside the price), `total` its
+`pay_amount` less its `post_amount` (a sku's pay_amount holds its share of the freight), and
+`discount` what lies between, `gross + tax - total` (its `promotion_amount` less its
+`modify_amount`, and whatever else Douyin took off that line). A sku order without `pay_amount`
+has no total, and its discount is `promotion_amount - modify_amount`. Every amount is whole fen
+and the order reconciles from the order's own fields, so nothing is rounded that the parts do
+not show: no rounding tolerance.
 
 Times are Unix seconds (UTC by definition, converted with `from_epoch`); 0 means unset
 (`pay_time` of an unpaid order). `update_time` moves on every change, payment included: an
@@ -60,6 +71,7 @@ from connectors.base import (
     Connector,
     PayloadRejected,
     from_epoch,
+    unit_price_of,
 )
 from connectors.money import LONG_MAX
 from connectors.platform_pii import receiver
@@ -92,8 +104,13 @@ class _SkuOrder(ChannelPayload):
     code: str | None = None
     product_name: str
     item_num: Annotated[StrictInt, Field(gt=0)]
-    origin_amount: Fen
-    sum_amount: Fen | None = None
+    origin_amount: Fen  # 商品现价, per unit
+    sum_amount: Fen | None = None  # 商品现价*件数
+    pay_amount: Fen | None = None  # what the buyer pays for it, its freight share included
+    post_amount: Fen = 0  # its share of the freight
+    promotion_amount: Fen = 0  # its shop, platform and 达人 promotions
+    modify_amount: SignedFen = 0  # the seller's price change, negative for a cut
+    tax_amount: Fen = 0  # 跨境税费
     spec: list[_Spec] | None = None
 
 
@@ -150,23 +167,8 @@ class DouyinConnector(Connector):
         paid_at = from_epoch(order.pay_time, field="pay_time") if order.pay_time else None
         updated = from_epoch(order.update_time, field="update_time") if order.update_time else None
         revised = updated if updated and updated > max(placed_at, paid_at or placed_at) else None
-        lines = []
-        for i, sku in enumerate(order.sku_order_list):
-            if sku.sum_amount is not None and sku.sum_amount != sku.origin_amount * sku.item_num:
-                raise PayloadRejected(
-                    f"is not origin_amount × item_num ({sku.origin_amount * sku.item_num} fen)",
-                    field=f"sku_order_list.{i}.sum_amount",
-                )
-            lines.append(
-                OrderLine(
-                    sku=sku.out_sku_id or sku.code or str(sku.sku_id),
-                    name=sku.product_name,
-                    quantity=sku.item_num,
-                    unit_price=sku.origin_amount,
-                    options=[f"{s.name}:{s.value}" for s in sku.spec or [] if s.name or s.value],
-                )
-            )
-        goods = sum(line.quantity * line.unit_price for line in lines)
+        lines = [_line(sku) for sku in order.sku_order_list]
+        goods = sum(line.amount for line in lines)
         charges = order.post_amount + order.packing_amount + order.tax_amount
         address = order.post_addr or _PostAddr()
         masked = order.mask_post_addr or _PostAddr()
@@ -204,6 +206,28 @@ class DouyinConnector(Connector):
             platform_ciphertext=buyer.ciphertext,
             notes=order.buyer_words or None,
         )
+
+
+def _line(sku: _SkuOrder) -> OrderLine:
+    """A sku order with its amounts as Douyin states them (module docstring)."""
+    gross = sku.sum_amount if sku.sum_amount is not None else sku.origin_amount * sku.item_num
+    total: int | None
+    if sku.pay_amount is None:
+        total, discount = None, sku.promotion_amount - sku.modify_amount
+    else:
+        total = sku.pay_amount - sku.post_amount
+        discount = gross + sku.tax_amount - total
+    return OrderLine(
+        sku=sku.out_sku_id or sku.code or str(sku.sku_id),
+        name=sku.product_name,
+        quantity=sku.item_num,
+        unit_price=unit_price_of(gross, sku.item_num),
+        options=[f"{s.name}:{s.value}" for s in sku.spec or [] if s.name or s.value],
+        gross=gross,
+        discount=discount,
+        tax=sku.tax_amount,
+        total=total,
+    )
 
 
 def _unwrap(document: Any) -> Any:

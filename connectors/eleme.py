@@ -18,6 +18,13 @@ Discount = |shopPart| (merchant) + |elemePart| (Ele.me), the shares of activityT
 Ele.me gives as negative amounts; delivery = deliverFee less 会员减配送费; dishes come from the
 "normal" groups (the "extra" group repeats packageFee). Lines + delivery + packageFee -
 discount = totalPrice.
+
+A line's amounts (`_line`): an item states its `price` (商品单价), `quantity` and `total` (总价,
+the line before the order's activities), all in yuan; `total` is the line's gross, and its
+unit price is derived from it. Without `total`, the gross is price x quantity (exact in
+yuan). The activities (满减, 红包: shopPart, elemePart) are the order's, not shared out to
+items: a line's discount is 0 and its total its gross. A consumer price in China includes its
+VAT and Ele.me states none: tax 0, inside the price. Everything is in whole fen: no rounding.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from connectors.base import (
     minor_units,
     same_signature,
     signed_epoch,
+    unit_price_of,
 )
 from connectors.samples import SampleOrder, payload_json
 from events.models import Address, Customer, OrderLine, OrderMode, PaymentStatus
@@ -64,8 +72,9 @@ class _Spec(ChannelPayload):
 
 class _Item(ChannelPayload):
     name: str
-    price: Amount
+    price: Amount  # 商品单价, yuan
     quantity: int
+    total: Amount | None = None  # 总价: the line before the order's activities, yuan
     extendCode: str | None = None  # the merchant's own dish code
     newSpecs: list[_Spec] | None = None
     attributes: list[_Spec] | None = None
@@ -141,15 +150,7 @@ class ElemeConnector(Connector):
             changed_at = None  # an update time no later than creation: the original order
         pickup = order.orderBusinessType == _SELF_PICKUP
         lines = [
-            OrderLine(
-                sku=item.extendCode or item.name,
-                name=item.name,
-                quantity=item.quantity,
-                unit_price=minor_units(
-                    item.price, currency=CURRENCY, field=f"message.groups.{g}.items.{i}.price"
-                ),
-                options=[s.value for s in (*(item.newSpecs or []), *(item.attributes or []))],
-            )
+            _line(item, f"message.groups.{g}.items.{i}")
             for g, group in enumerate(order.groups)
             if group.type == "normal"  # the "extra" group repeats packageFee as a dish
             for i, item in enumerate(group.items)
@@ -193,6 +194,29 @@ class ElemeConnector(Connector):
             else None,
             notes=order.description or None,
         )
+
+
+def _line(item: _Item, at: str) -> OrderLine:
+    """An item as Ele.me states it: `total` (总价) is the line's gross, else `price` x
+    `quantity` multiplied in decimal; the unit price is derived from the gross, so that a
+    `price` finer than a fen or a total that does not divide by the quantity is no reason to
+    refuse the order. Prices include VAT; Ele.me shares no activity out to an item."""
+    if item.total is not None:
+        gross = minor_units(item.total, currency=CURRENCY, field=f"{at}.total")
+    else:
+        gross = minor_units(item.price * item.quantity, currency=CURRENCY, field=f"{at}.price")
+    return OrderLine(
+        sku=item.extendCode or item.name,
+        name=item.name,
+        quantity=item.quantity,
+        unit_price=unit_price_of(gross, item.quantity),
+        options=[s.value for s in (*(item.newSpecs or []), *(item.attributes or []))],
+        gross=gross,
+        discount=0,
+        tax=0,
+        total=gross,
+        prices_include_tax=True,
+    )
 
 
 def sample_payload(

@@ -10,8 +10,16 @@ is `freightPrice`, tax `taxFee`, the total is `orderPayment` — what the buyer 
 defines as `orderTotalPrice - sellerDiscount - user discounts - balanceUsed + freightPrice + taxFee
 + serviceFee`. The discount is therefore `orderTotalPrice + freightPrice + taxFee - orderPayment`:
 the seller's discount plus what JD funds (京券, 京豆, balance); `serviceFee` is not modelled.
+
 `modified` moves on every change, payment included: an order is a revision (`OrderModified`)
 only when `modified` is later than both `orderStartTime` and `paymentConfirmTime`.
+
+A line's amounts, in fen and exact: `gross` is `jdPrice` × `itemTotal` (JD states no other line
+amount); its `discount` is the `couponPrice` of the `couponDetailList` entries whose `skuId` is
+the line's (单品促销, 套装, 闪团, 团购: the discounts JD gives per SKU). Order-wide ones (店铺优惠,
+京东券, 满返, whose `skuId` is empty) and `balanceUsed` are not split over the lines by JD, so
+they stay in the order's discount only, and a line states no `total`. JD states no tax per line:
+`taxFee` stays the order's. Nothing is rounded that the parts do not show: no rounding tolerance.
 """
 
 from __future__ import annotations
@@ -62,6 +70,14 @@ class _Item(ChannelPayload):
     itemTotal: int
 
 
+class _Coupon(ChannelPayload):
+    """A `couponDetailList` entry: a discount of `couponPrice`, for one SKU when `skuId` is set
+    (empty for the order-wide types 35 满返满送 and 100 店铺优惠)."""
+
+    skuId: int | str | None = None
+    couponPrice: str
+
+
 class _Consignee(ChannelPayload):
     """Since JD's order encryption (数据加解密), `fullname`, `mobile`, `telephone` and
     `fullAddress` come as TDE ciphertext; the region (province, city, county, town) stays in
@@ -93,6 +109,7 @@ class _OrderInfo(ChannelPayload):
     pin: str | None = None
     consigneeInfo: _Consignee | None = None
     itemInfoList: list[_Item]
+    couponDetailList: list[_Coupon] = []
     storeId: int | str | None = None
     idSopShipmenttype: int | str | None = None
     oaid: str | None = None  # what `jingdong.jos.order.oaid.decrypt` opens the receiver by
@@ -112,18 +129,12 @@ class JdConnector(Connector):
         paid_at = _time(order.paymentConfirmTime, field="paymentConfirmTime")
         modified = _time(order.modified, field="modified")
         revised = modified if modified and modified > max(placed_at, paid_at or placed_at) else None
+        discounts = _sku_discounts(order)
         lines = [
-            OrderLine(
-                sku=item.outerSkuId or str(item.skuId),
-                name=item.skuName,
-                quantity=item.itemTotal,
-                unit_price=minor_units(
-                    item.jdPrice, currency=CURRENCY, field=f"itemInfoList.{i}.jdPrice"
-                ),
-            )
+            _line(item, i, discounts.get(str(item.skuId), 0))
             for i, item in enumerate(order.itemInfoList)
         ]
-        goods = sum(line.quantity * line.unit_price for line in lines)
+        goods = sum(line.amount for line in lines)
         listed = order.orderTotalPrice
         if (
             listed is not None
@@ -172,6 +183,35 @@ class JdConnector(Connector):
             location_hint=None if str(order.storeId or "0") == "0" else str(order.storeId),
             notes=order.orderRemark or None,
         )
+
+
+def _line(item: _Item, index: int, discount: int) -> OrderLine:
+    price = minor_units(item.jdPrice, currency=CURRENCY, field=f"itemInfoList.{index}.jdPrice")
+    return OrderLine(
+        sku=item.outerSkuId or str(item.skuId),
+        name=item.skuName,
+        quantity=item.itemTotal,
+        unit_price=price,
+        gross=price * item.itemTotal,
+        discount=discount,
+    )
+
+
+def _sku_discounts(order: _OrderInfo) -> dict[str, int]:
+    """Fen of the per-SKU coupons (`couponDetailList` entries naming a `skuId`), by skuId. A SKU
+    on more than one line gets none: JD does not say which of its lines a coupon is for."""
+    lines_of: dict[str, int] = {}
+    for item in order.itemInfoList:
+        lines_of[str(item.skuId)] = lines_of.get(str(item.skuId), 0) + 1
+    discounts: dict[str, int] = {}
+    for n, coupon in enumerate(order.couponDetailList):
+        sku = str(coupon.skuId or "")
+        if lines_of.get(sku) == 1:
+            price = minor_units(
+                coupon.couponPrice, currency=CURRENCY, field=f"couponDetailList.{n}.couponPrice"
+            )
+            discounts[sku] = discounts.get(sku, 0) + price
+    return discounts
 
 
 def _unwrap(document: Any) -> Any:

@@ -15,6 +15,14 @@ Simplified: the order re-pushed with a `utime` later than its `ctime` is the rev
 Discount = poi_charge (merchant) + mt_charge (Meituan) of every activity; packaging = 餐盒
 (box_num x box_price per dish) + 打包袋 (package_bag_money, fen). Lines + shipping + packaging
 - discount = total. Values are taken as delivered once URL-decoded.
+
+A line's amounts (`_line`): a dish states its unit `price` (菜品价格, yuan; by default the price
+after the dish's own 折扣 activity, the original price when the merchant subscribes to 订阅字段
+18) and its `quantity`, and no line amount of its own, so its gross is price x quantity, exact
+in yuan. Its boxes are the order's packaging, not the line's. `food_discount` is a ratio that
+Meituan documents as not entering the total (折扣值不参与总价计算, default 1): never an amount.
+The activities in `extras` are the order's, not shared out to dishes: a line's discount is 0.
+A consumer price in China includes its VAT and Meituan states none: tax 0, inside the price.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from connectors.base import (
     minor_units,
     same_signature,
     signed_epoch,
+    unit_price_of,
 )
 from connectors.samples import SampleOrder, payload_json
 from events.models import Address, Customer, OrderLine, OrderMode, PaymentStatus
@@ -57,9 +66,10 @@ class _Dish(ChannelPayload):
     sku_id: str = ""
     food_name: str
     quantity: int
-    price: Amount
+    price: Amount  # per portion, yuan
     box_num: Amount = Decimal(0)  # boxes for the whole line, not per portion
     box_price: Amount = Decimal(0)
+    # `food_discount` (a ratio, 0.8) is not read: Meituan documents it as not in the total.
     spec: str = ""
     food_property: str = ""  # "少辣,不要香菜"
 
@@ -128,16 +138,7 @@ class MeituanConnector(Connector):
         order = self.validate(_MeituanOrder, self.load_json(raw))
         placed_at = from_epoch(order.ctime, field="ctime")
         changed_at = from_epoch(order.utime, field="utime") if order.utime > order.ctime else None
-        lines = [
-            OrderLine(
-                sku=dish.sku_id or dish.app_food_code or dish.food_name,
-                name=dish.food_name,
-                quantity=dish.quantity,
-                unit_price=minor_units(dish.price, currency=CURRENCY, field=f"detail.{i}.price"),
-                options=dish.options(),
-            )
-            for i, dish in enumerate(order.detail)
-        ]
+        lines = [_line(dish, i) for i, dish in enumerate(order.detail)]
         boxes = sum((d.box_num * d.box_price for d in order.detail), Decimal(0))
         charges = sum((a.mt_charge + a.poi_charge for a in order.extras), Decimal(0))
         text = order.recipient_address.replace("@#", " ").strip()  # "门牌@#地址"
@@ -176,6 +177,29 @@ class MeituanConnector(Connector):
             requested_at=from_epoch(wanted, field="delivery_time") if wanted else None,
             notes=order.caution or None,
         )
+
+
+def _line(dish: _Dish, index: int) -> OrderLine:
+    """A dish as Meituan states it: `price` (yuan, per portion) times `quantity` is the line's
+    gross, multiplied in decimal and converted once (exact: no rounding), so that a unit price
+    finer than a fen is no reason to refuse an order whose line comes to whole fen; the unit
+    price is derived from that gross. The price includes VAT and Meituan states no tax; the
+    activities in `extras` are the order's discount, not shared out to dishes."""
+    gross = minor_units(
+        dish.price * dish.quantity, currency=CURRENCY, field=f"detail.{index}.price"
+    )
+    return OrderLine(
+        sku=dish.sku_id or dish.app_food_code or dish.food_name,
+        name=dish.food_name,
+        quantity=dish.quantity,
+        unit_price=unit_price_of(gross, dish.quantity),
+        options=dish.options(),
+        gross=gross,
+        discount=0,
+        tax=0,
+        total=gross,
+        prices_include_tax=True,
+    )
 
 
 def sample_payload(

@@ -16,6 +16,12 @@ and options are separated by "," "，" or "、":
 
     [RICE-CHICKEN] 宫保鸡丁饭 x2 @26.00 (少辣); 酸辣汤 x1 @15.50
 
+The price after "@" is the unit price, never a line total: a line costs quantity × unit price
+(its `gross`, exact in fen: 2 × 26.00 = 52.00). The format states nothing else per line: the
+`discount` column is the whole ticket's, shared to no dish, and phone orders state no tax, so
+a line has no discount, tax or total of its own. The ticket's `total` is typed by staff, and
+the parts (lines, fees, less the discount) must come to it exactly: nothing is rounded.
+
 An item is read from its end: the options in the last parentheses, the price after the last
 "@", the quantity before it, the name what is left. Each step is one pass over the text with a
 string method, and numbers are read from at most `_NUMBER_CHARS` characters, so a body of
@@ -177,12 +183,14 @@ def _line(number: int, text: str) -> OrderLine:
         raise PayloadRejected(f"{where}: quantity must be at least 1", field="items")
     if len(price.partition(".")[2]) > 2:
         raise PayloadRejected(f"{where}: price has more than 2 decimals", field="items")
+    unit_price = minor_units(price, currency=CURRENCY, field="items")
     return OrderLine(
         sku=sku or name,
         name=name,
         quantity=int(quantity),
-        unit_price=minor_units(price, currency=CURRENCY, field="items"),
+        unit_price=unit_price,
         options=[option.strip() for option in re.split(r"[,，、]", options) if option.strip()],
+        gross=int(quantity) * unit_price,  # the format states a unit price (module docstring)
     )
 
 

@@ -12,10 +12,12 @@ public front-end code.
 
 Money is yuan as JSON numbers (29.9; text is read too): each goes through the payload model's
 `Amount` (a Decimal from the number's shortest text, never float arithmetic) and `minor_units`.
-A line is `goods_price` × `goods_count`. PDD defines `goods_amount = Σ goods_price × goods_count
-- order_change_amount` (the seller's 改价), `discount_amount = platform_discount +
-seller_discount + capital_free_discount` and `pay_amount = goods_amount - discount_amount +
-postage + 服务费` (`service_fee_detail`: 顺丰加价, installation). So delivery is `postage` plus the
+A line's `gross` is `goods_price` (the unit price) × `goods_count`; PDD states no per-item
+discount, tax or total, so those stay unset (its discounts are the order's, and it states no
+tax). PDD defines `goods_amount = Σ goods_price × goods_count - order_change_amount` (the
+seller's 改价), `discount_amount = platform_discount + seller_discount + capital_free_discount`
+and `pay_amount = goods_amount - discount_amount + postage + 服务费` (`service_fee_detail`:
+顺丰加价, installation), all exact in fen: no rounding is carried. So delivery is `postage` plus the
 service fees (OrderStream has no service-fee field), the total is `pay_amount` and the discount
 is what lies between: `Σ lines + delivery - pay_amount`, i.e. `order_change_amount +
 discount_amount` (platform coupons included: the total is what the buyer pays). A
@@ -154,19 +156,8 @@ class PinduoduoConnector(Connector):
         ]
         updated = _time(order.updated_at, field="updated_at")
         revised = updated if updated and updated > max(moves) else None
-        lines = [
-            OrderLine(
-                sku=item.outer_id or item.outer_goods_id or str(item.sku_id),
-                name=item.goods_name,
-                quantity=item.goods_count,
-                unit_price=minor_units(
-                    item.goods_price, currency=CURRENCY, field=f"item_list.{i}.goods_price"
-                ),
-                options=[s.strip() for s in (item.goods_spec or "").split(",") if s.strip()],
-            )
-            for i, item in enumerate(order.item_list)
-        ]
-        goods = sum(line.quantity * line.unit_price for line in lines)
+        lines = [_line(item, i) for i, item in enumerate(order.item_list)]
+        goods = sum(line.amount for line in lines)
         changed = minor_units(
             order.order_change_amount, currency=CURRENCY, field="order_change_amount"
         )
@@ -224,6 +215,25 @@ class PinduoduoConnector(Connector):
             else None,
             notes=order.buyer_memo or None,
         )
+
+
+def _line(item: _Item, index: int) -> OrderLine:
+    """A line as `item_list[]` states it: `goods_price` (商品销售价格, the unit price, in yuan
+    to the fen) times `goods_count`, exactly the product PDD's own `goods_amount` formula
+    multiplies. PDD states nothing else per item: its discounts (改价, platform, seller, 团长免单)
+    and service fees are the order's, allocated to no item, and it states no tax (the price is
+    what the buyer pays). So the line has no discount or tax of its own and no stated total."""
+    unit_price = minor_units(
+        item.goods_price, currency=CURRENCY, field=f"item_list.{index}.goods_price"
+    )
+    return OrderLine(
+        sku=item.outer_id or item.outer_goods_id or str(item.sku_id),
+        name=item.goods_name,
+        quantity=item.goods_count,
+        unit_price=unit_price,
+        options=[s.strip() for s in (item.goods_spec or "").split(",") if s.strip()],
+        gross=unit_price * item.goods_count,
+    )
 
 
 def _unwrap(document: Any) -> Any:

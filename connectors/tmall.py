@@ -9,8 +9,19 @@ is `post_fee`, the total is `payment` — what the buyer pays. The discount is e
 `total_fee + post_fee - payment`, i.e. shop and platform promotions (`discount_fee` of the trade
 and of its orders, coupons, points) and the seller's manual `adjust_fee` (negative when the seller
 cut the price; a net upward adjustment makes a negative discount, which validation rejects).
+
 `modified` moves on every change, payment included: a trade is a revision (`OrderModified`) only
 when `modified` is later than both `created` and `pay_time`.
+
+A line (an `order`) carries its amounts as TOP states them, all in fen and exact: `gross` is
+`price` × `num`; `total` is `divide_order_fee` (分摊之后的实付金额: after the order's own
+`discount_fee` and `adjust_fee` and its `part_mjz_discount` share of the trade's discounts,
+without postage), else `total_fee` (应付金额 = price × num + adjust_fee - discount_fee, before the
+trade's discounts); the line's `discount` is `gross - total`. Without either, the discount is
+`discount_fee - adjust_fee + part_mjz_discount` and the total is not known. The order's
+`payment` is not read: for a trade of one order it is the trade's payment, postage included.
+Trades state no tax (a Tmall Global line's `sub_order_tax_fee` is not modelled): a line's tax is
+0. Nothing is rounded that the parts do not show, so there is no rounding tolerance.
 """
 
 from __future__ import annotations
@@ -58,6 +69,11 @@ class _Order(ChannelPayload):
     title: str
     num: int
     price: str
+    total_fee: str | None = None  # price × num + adjust_fee - discount_fee
+    discount_fee: str | None = None  # the order's own promotions
+    adjust_fee: str | None = None  # the seller's manual change, negative for a cut
+    part_mjz_discount: str | None = None  # its share of the trade's discounts
+    divide_order_fee: str | None = None  # total_fee less that share: what it was paid
     sku_properties_name: str | None = None
     store_code: str | None = None
 
@@ -107,19 +123,8 @@ class TmallConnector(Connector):
         paid_at = local_time(trade.pay_time, field="pay_time") if trade.pay_time else None
         modified = local_time(trade.modified, field="modified") if trade.modified else None
         revised = modified if modified and modified > max(placed_at, paid_at or placed_at) else None
-        lines = [
-            OrderLine(
-                sku=item.outer_sku_id or item.outer_iid or str(item.num_iid),
-                name=item.title,
-                quantity=item.num,
-                unit_price=minor_units(
-                    item.price, currency=CURRENCY, field=f"orders.order.{i}.price"
-                ),
-                options=[p for p in (item.sku_properties_name or "").split(";") if p],
-            )
-            for i, item in enumerate(trade.orders.order)
-        ]
-        goods = sum(line.quantity * line.unit_price for line in lines)
+        lines = [_line(item, i) for i, item in enumerate(trade.orders.order)]
+        goods = sum(line.amount for line in lines)
         if (
             trade.total_fee is not None
             and minor_units(trade.total_fee, currency=CURRENCY, field="total_fee") != goods
@@ -159,6 +164,40 @@ class TmallConnector(Connector):
             location_hint=next((o.store_code for o in trade.orders.order if o.store_code), None),
             notes=trade.buyer_message or None,
         )
+
+
+def _line(item: _Order, index: int) -> OrderLine:
+    """An `order` with its amounts as TOP states them (module docstring): gross `price` × `num`,
+    total `divide_order_fee` else `total_fee`, the discount between them."""
+    at = f"orders.order.{index}"
+    price = minor_units(item.price, currency=CURRENCY, field=f"{at}.price")
+    gross = price * item.num
+    paid = _fen(item.divide_order_fee, field=f"{at}.divide_order_fee")
+    if paid is None:
+        paid = _fen(item.total_fee, field=f"{at}.total_fee")
+    if paid is not None:
+        discount = gross - paid
+    else:
+        discount = (
+            (_fen(item.discount_fee, field=f"{at}.discount_fee") or 0)
+            - (_fen(item.adjust_fee, field=f"{at}.adjust_fee") or 0)
+            + (_fen(item.part_mjz_discount, field=f"{at}.part_mjz_discount") or 0)
+        )
+    return OrderLine(
+        sku=item.outer_sku_id or item.outer_iid or str(item.num_iid),
+        name=item.title,
+        quantity=item.num,
+        unit_price=price,
+        options=[p for p in (item.sku_properties_name or "").split(";") if p],
+        gross=gross,
+        discount=discount,
+        total=paid,
+    )
+
+
+def _fen(amount: str | None, *, field: str) -> int | None:
+    """An optional yuan amount in fen; absent or empty (TOP leaves some blank) is None."""
+    return None if not amount else minor_units(amount, currency=CURRENCY, field=field)
 
 
 def _unwrap(document: Any) -> Any:

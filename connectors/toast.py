@@ -24,9 +24,18 @@ restaurants this connector serves). Per check, `amount` is after discounts and s
 before tax; `totalAmount` adds `taxAmount` and excludes tips. So:
 
 - a line is a non-voided selection: sku = `item.guid` (else `displayName`), name =
-  `displayName`, options = its modifiers' names ("Name xN" for N > 1), unit price =
-  `preDiscountPrice` (modifiers included; `price` when absent) / `quantity`, refused when that
-  is not a whole number of cents;
+  `displayName`, options = its modifiers' names ("Name xN" for N > 1). Its amounts are the
+  selection's, each already for the whole quantity, modifiers included, and without tax (the
+  Selection reference: `preDiscountPrice` "gross sale price ... excludes tax", `price` the net
+  price "after considering discounts (including discounts at the check level), quantity
+  adjustments, and modifier prices", `tax` "the total tax amount for this selection"): gross =
+  `preDiscountPrice`, discount = gross - `price` (its item discounts and its share of the
+  check's), tax = `tax`, total = `price` + `tax`. Toast prices are tax-exclusive in the US; a
+  menu item priced with tax included (`taxInclusion` INCLUDED) is split by Toast into a price
+  without tax and its tax, so the amounts are without tax either way (`prices_include_tax`
+  false). Without `preDiscountPrice`, gross is `price` plus the selection's own discounts; without
+  `tax`, the line states no total. The unit price is gross / `quantity` rounded half to even
+  (10.00 for 3 → 3.33), for information: it never refuses an order;
 - delivery fee = service charges marked `delivery`; packaging fee = the other service charges
   (gratuities included) plus tips (the contract has neither a service-charge nor a tip field,
   as in connectors/square.py); tips are the sum of the check's payments' `tipAmount` (voided,
@@ -34,11 +43,14 @@ before tax; `totalAmount` adds `taxAmount` and excludes tips. So:
   payments;
 - discount = Σ `appliedDiscounts.discountAmount` of the checks and of their non-voided
   selections; tax = Σ `taxAmount`; total = Σ (`totalAmount` + tips), what the guests pay;
-- an order whose lines, fees, tax and discounts do not add up to that total is refused, naming
-  the first check's `totalAmount`.
+- an order whose lines' gross, fees, tax and discounts do not add up to that total is refused,
+  naming the first check's `totalAmount`: every part is stated in cents and Toast's check
+  arithmetic (`totalAmount` = `amount` + `taxAmount`, `amount` = Σ `price` + service charges)
+  leaves no rounding the parts do not show, so no rounding tolerance is given.
 
 Quantities are whole: the contract's line quantity is an integer (until issue 18 item 1), so a
-selection sold by weight (`quantity` 1.5) is refused naming its `quantity`, not rounded.
+selection sold by weight (`unitOfMeasure` LB, `quantity` 1.5) is refused naming its `quantity`,
+not rounded; a whole measured quantity (2 LB) is a line of 2, its unit price per pound.
 
 Times are ISO 8601 with an offset ("2026-11-25T11:32:05.000+0000"), converted to UTC. The order
 was placed at `openedDate` (else `createdDate`); `promisedDate` is the requested time. Toast
@@ -80,6 +92,7 @@ from connectors.base import (
     PayloadRejected,
     decimal_number,
     minor_units,
+    unit_price_of,
 )
 from connectors.samples import SampleOrder, payload_json
 from events.models import Address, Customer, OrderLine, OrderMode, PaymentStatus
@@ -122,8 +135,10 @@ class _Selection(ChannelPayload):
     displayName: str  # noqa: N815
     item: _Reference | None = None
     quantity: Amount
-    price: Amount = _ZERO
-    preDiscountPrice: Amount | None = None  # noqa: N815
+    unitOfMeasure: str | None = None  # noqa: N815 (NONE, LB, OZ, KG, G, ...: sold by measure)
+    price: Amount = _ZERO  # after every discount, times the quantity, without tax
+    preDiscountPrice: Amount | None = None  # noqa: N815 (before discounts, without tax)
+    tax: Amount | None = None  # the selection's tax
     modifiers: list[_Modifier] = []
     appliedDiscounts: list[_Discount] = []  # noqa: N815
     voided: bool = False
@@ -254,7 +269,7 @@ class ToastConnector(Connector):
             packaging_fee += tips
             tax += cents(check.taxAmount, f"{at}.taxAmount")
             total += cents(check.totalAmount, f"{at}.totalAmount") + tips
-        goods = sum(line.quantity * line.unit_price for line in lines)
+        goods = sum(line.amount for line in lines)
         if goods + delivery_fee + packaging_fee + tax - discount != total:
             raise PayloadRejected(
                 f"selections {goods} + service charges and tips {delivery_fee + packaging_fee} "
@@ -312,26 +327,33 @@ def _unwrap(document: Any) -> Any:
     return document
 
 
-def _whole(amount: Decimal, field: str) -> int:
+def _whole(amount: Decimal, field: str, unit: str | None = None) -> int:
     if amount != amount.to_integral_value() or amount <= 0:
+        measure = f" {unit}" if unit and unit != "NONE" else ""
         raise PayloadRejected(
-            f"{amount} is not a whole positive quantity (the contract counts whole items)",
+            f"{amount}{measure} is not a whole positive quantity (the contract counts whole items)",
             field=field,
         )
     return int(amount)
 
 
 def _line(selection: _Selection, at: str) -> OrderLine:
-    quantity = _whole(selection.quantity, f"{at}.quantity")
-    gross, field = (
-        (selection.price, f"{at}.price")
-        if selection.preDiscountPrice is None
-        else (selection.preDiscountPrice, f"{at}.preDiscountPrice")
-    )
-    line_cents = minor_units(gross, currency=CURRENCY, field=field)
-    unit, rest = divmod(line_cents, quantity)
-    if rest:
-        raise PayloadRejected(f"{gross} is not {quantity} × a whole number of cents", field=field)
+    """A selection's amounts as Toast states them (module docstring): all for the whole
+    quantity and without tax, so the unit price is derived and never refuses the order."""
+    quantity = _whole(selection.quantity, f"{at}.quantity", selection.unitOfMeasure)
+
+    def cents(amount: Decimal, field: str) -> int:
+        return minor_units(amount, currency=CURRENCY, field=f"{at}.{field}")
+
+    net = cents(selection.price, "price")
+    if selection.preDiscountPrice is not None:
+        gross = cents(selection.preDiscountPrice, "preDiscountPrice")
+    else:  # the price is after the selection's own discounts: add them back
+        gross = net + sum(
+            cents(d.discountAmount, f"appliedDiscounts.{k}.discountAmount")
+            for k, d in enumerate(selection.appliedDiscounts)
+        )
+    tax = None if selection.tax is None else cents(selection.tax, "tax")
     options = []
     for k, modifier in enumerate(selection.modifiers):
         if modifier.voided:
@@ -342,8 +364,12 @@ def _line(selection: _Selection, at: str) -> OrderLine:
         sku=(selection.item.guid if selection.item else None) or selection.displayName,
         name=selection.displayName,
         quantity=quantity,
-        unit_price=unit,
+        unit_price=unit_price_of(gross, quantity),
         options=options,
+        gross=gross,
+        discount=gross - net,
+        tax=tax or 0,
+        total=None if tax is None else net + tax,
     )
 
 
@@ -384,6 +410,19 @@ def _guid(*parts: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, "toast:" + ":".join(parts)))
 
 
+def _shares(amount: int, weights: list[int]) -> list[int]:
+    """`amount` split in proportion to `weights`, the cents left over going to the largest
+    remainders, so that the shares add up to it exactly."""
+    whole = sum(weights)
+    if not whole:
+        return [amount] + [0] * (len(weights) - 1) if weights else []
+    shares = [amount * w // whole for w in weights]
+    by_remainder = sorted(range(len(weights)), key=lambda i: -(amount * weights[i] % whole))
+    for i in by_remainder[: amount - sum(shares)]:
+        shares[i] += 1
+    return shares
+
+
 def sample_payload(
     order: SampleOrder, *, revision: int = 0, secret: str | None = None
 ) -> tuple[bytes, dict[str, str]]:
@@ -416,6 +455,10 @@ def sample_payload(
         ("Packaging", order.packaging_fee, False),
     ]
     amount = order.total - order.tax
+    # Each selection's price is after its share of the check's discount, and its tax is its
+    # share of the check's, as Toast states them (shared in proportion to the selections' gross).
+    grosses = [line.unit_price * line.quantity for line in order.lines]
+    discounts, taxes = _shares(order.discount, grosses), _shares(order.tax, grosses)
     check: dict[str, Any] = {
         "guid": _guid(guid, "check"),
         "entityType": "Check",
@@ -440,14 +483,16 @@ def sample_payload(
                 "item": {"guid": line.sku, "entityType": "MenuItem"},
                 "displayName": line.name,
                 "quantity": Decimal(f"{line.quantity}.0"),
-                "price": money(line.unit_price * line.quantity),
-                "preDiscountPrice": money(line.unit_price * line.quantity),
-                "tax": money(0),
+                "price": money(gross - off),
+                "preDiscountPrice": money(gross),
+                "tax": money(tax),
                 "modifiers": [],
                 "appliedDiscounts": [],
                 "voided": False,
             }
-            for n, line in enumerate(order.lines, start=1)
+            for n, (line, gross, off, tax) in enumerate(
+                zip(order.lines, grosses, discounts, taxes, strict=True), start=1
+            )
         ],
         "appliedDiscounts": [
             {"guid": _guid(guid, "discount"), "name": "Promotion",

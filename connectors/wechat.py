@@ -7,6 +7,12 @@ the payment: `notification`, the WeChat Pay API v3 payment notification as it ar
 while unpaid), or neither when a dine-in table pays after the meal. `revision` > 0: the customer
 changed an unpaid or not-yet-accepted order.
 
+A line's amounts (`_line`): an item states its unit `price` and `quantity` (integers: fen and
+portions) and no line amount of its own, so its gross is price x quantity, exact. The order's
+`discount` (a coupon, 满减) is not shared out to items: a line's discount is 0 and its total
+its gross. What a consumer pays in China includes its VAT and the order states none: tax 0,
+inside the price. All in fen: nothing is rounded.
+
 Authenticity, as WeChat Pay v3 publishes it (签名验证: pay.weixin.qq.com/wiki/doc/api_external/
 ch/wechatpay/wechatpay4_1.shtml; 回调报文解密: .../wechatpay4_2.shtml and
 pay.weixin.qq.com/docs/partner/products/notification/decryption.html). WeChat Pay holds its
@@ -79,7 +85,7 @@ class _Item(ChannelPayload):
     name: str
     specs: list[str] = []
     quantity: int
-    price: Fen
+    price: Fen  # per portion
 
 
 class _Contact(ChannelPayload):
@@ -265,16 +271,7 @@ class WechatConnector(Connector):
             revision=order.revision,
             mode=OrderMode(order.mode),
             currency=CURRENCY,
-            lines=[
-                OrderLine(
-                    sku=item.goods_id or item.name,
-                    name=item.name,
-                    quantity=item.quantity,
-                    unit_price=item.price,
-                    options=item.specs,
-                )
-                for item in order.items
-            ],
+            lines=[_line(item) for item in order.items],
             delivery_fee=order.delivery_fee,
             packaging_fee=order.packing_fee,
             discount=order.discount,
@@ -293,6 +290,24 @@ class WechatConnector(Connector):
             notes=order.remark or None,
             table=table,
         )
+
+
+def _line(item: _Item) -> OrderLine:
+    """An item as the mini-program states it: `price` (fen, per portion) times `quantity` is
+    its gross. The price includes VAT; the order's discount is not shared out to items."""
+    gross = item.price * item.quantity
+    return OrderLine(
+        sku=item.goods_id or item.name,
+        name=item.name,
+        quantity=item.quantity,
+        unit_price=item.price,
+        options=item.specs,
+        gross=gross,
+        discount=0,
+        tax=0,
+        total=gross,
+        prices_include_tax=True,
+    )
 
 
 def _at(milliseconds: int | None, *, field: str) -> datetime | None:

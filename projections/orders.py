@@ -115,6 +115,7 @@ def empty_row(order_id: str, at: datetime) -> OrderRow:
         line_quantities=[],
         line_prices=[],
         line_locations=[],
+        line_amounts=[],
         placed_at=at,
         updated_at=at,
         version=0,
@@ -140,6 +141,7 @@ def _lines(lines: list[OrderLine]) -> dict[str, Any]:
         "line_quantities": [line.quantity for line in lines],
         "line_prices": [line.unit_price for line in lines],
         "line_locations": ["" for _ in lines],
+        "line_amounts": [line.amount for line in lines],
         "line_count": len(lines),
         "item_count": sum(max(line.quantity, 0) for line in lines),
     }
@@ -238,6 +240,7 @@ def _amount(event: OrderEvent) -> int:
 _LINE_FACTS = (
     "line_skus", "line_names", "line_quantities", "line_prices", "line_locations", "location",
     "region", "currency", "channel", "mode", "customer_key", "placed_at", "is_sale",
+    "line_amounts",
 )  # fmt: skip
 
 
@@ -256,12 +259,14 @@ def _line_rows(old: OrderRow | None, new: OrderRow, where: Position) -> list[Row
         if n < count:
             sku, name = new["line_skus"][n], new["line_names"][n]
             quantity, price = new["line_quantities"][n], new["line_prices"][n]
+            amounts = new["line_amounts"]  # (a row stored before v4 has none)
+            amount = amounts[n] if n < len(amounts) else quantity * price
             location = new["line_locations"][n] or new["location"]
             is_sale = new["is_sale"]
         else:
             assert old is not None
             sku, name, quantity, price = old["line_skus"][n], old["line_names"][n], 0, 0
-            location, is_sale = new["location"], 0
+            amount, location, is_sale = 0, new["location"], 0
         rows.append(
             (
                 new["order_id"],
@@ -270,7 +275,7 @@ def _line_rows(old: OrderRow | None, new: OrderRow, where: Position) -> list[Row
                 name,
                 quantity,
                 price,
-                quantity * price,
+                amount,  # the line as the channel states it (quantity × price without one)
                 new["currency"],
                 new["channel"],
                 location,

@@ -160,10 +160,15 @@ def order_document(state: dict[str, Any], history: list[dict[str, Any]]) -> dict
     order = {k: json_value(v) for k, v in state.items() if not k.startswith("_")}
     if all(column in order for column in _LINE_COLUMNS):
         columns = [order.pop(column) for column in _LINE_COLUMNS]
+        amounts = order.pop("line_amounts", None) or []  # (none in rows stored before v4)
         order["lines"] = [
             dict(zip(_LINE_COLUMNS.values(), line, strict=True))
             for line in zip(*columns, strict=True)
         ]
+        for n, line in enumerate(order["lines"]):
+            line["amount"] = (
+                amounts[n] if n < len(amounts) else line["quantity"] * line["unit_price"]
+            )
     return {
         "order": order,
         "history": [{k: json_value(v) for k, v in event.items()} for event in history],

@@ -75,6 +75,7 @@ ORDERS_COLUMNS = (
     "line_quantities",
     "line_prices",
     "line_locations",
+    "line_amounts",
     "placed_at",
     "updated_at",
     "version",

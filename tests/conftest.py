@@ -191,3 +191,13 @@ def wait_consumed(settings: Settings, topic: str, *, timeout_s: float = 60.0) ->
     finally:
         probe.close()
     pytest.fail(f"the worker did not consume {topic} to its end within {timeout_s}s")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Every key store still open stops following its topic before the interpreter ends: a
+    store left on a test's private broker that is gone kept librdkafka threads calling back
+    into Python during finalization, which crashed the process (SIGSEGV) after all passed."""
+    from infra.keystore import KafkaKeys
+
+    for keys in list(KafkaKeys.open):
+        keys.close()

@@ -11,7 +11,7 @@ from connectors.base import PayloadRejected
 from connectors.douyin import DouyinConnector, sample_payload
 from connectors.samples import SampleLine, SampleOrder
 from connectors.testing import ConnectorConformance
-from events.models import OrderMode, OrderModified, OrderReceived, PaymentStatus
+from events.models import OrderLine, OrderMode, OrderModified, OrderReceived, PaymentStatus
 from streams.validation import rejection_reasons
 from tests.conftest import FIXTURES
 
@@ -54,8 +54,11 @@ class TestDouyinConformance(ConnectorConformance):
         (b'{' + _BASE + b'"sku_order_list": [{"sku_id": 9, "product_name": "x", '
          b'"item_num": 0, "origin_amount": 100}]}', "sku_order_list.0.item_num"),
         (b'{' + _BASE + b'"sku_order_list": [{"sku_id": 9, "product_name": "x", '
-         b'"item_num": 2, "origin_amount": 50, "sum_amount": 90}]}',
-         "sku_order_list.0.sum_amount"),
+         b'"item_num": 2, "origin_amount": 50, "pay_amount": "1.00"}]}',
+         "sku_order_list.0.pay_amount"),
+        (b'{' + _BASE + b'"sku_order_list": [{"sku_id": 9, "product_name": "x", '
+         b'"item_num": 2, "origin_amount": 50, "modify_amount": 1.5}]}',
+         "sku_order_list.0.modify_amount"),
         (b'{"code": 30002, "msg": "\xe6\x9d\x83\xe9\x99\x90\xe4\xb8\x8d\xe8\xb6\xb3", '
          b'"data": {}}', "code"),
         (b'{"code": 10000, "msg": "success", "data": {}}', "data.shop_order_detail"),
@@ -67,12 +70,18 @@ def test_paid_order_with_several_skus_is_mapped_to_fen_lines_and_utc_time() -> N
     assert isinstance(order, OrderReceived)
     assert (order.channel, order.external_id) == ("douyin", "6924578312345678901")
     assert (order.mode, order.currency) == (OrderMode.SHIP, "CNY")
-    assert [(li.sku, li.name, li.quantity, li.unit_price) for li in order.lines] == [
-        ("CUP-500-BLK", "316不锈钢保温杯 500ml 大容量", 2, 8900),  # out_sku_id
-        ("TOWEL-3", "纯棉毛巾 3条装", 1, 2990),  # no out_sku_id: the merchant's code
-        ("1749912345670003", "Type-C 快充数据线 1m", 3, 1590),  # neither: Douyin's sku_id
-    ]
-    assert order.lines[0].options == ["颜色:黑色", "容量:500ml"]
+    # gross sum_amount (origin_amount 商品现价 × item_num, not goods_price 商品原价); total the
+    # sku's pay_amount less its post_amount; no promotion, so no discount
+    assert order.lines == [
+        OrderLine(sku="CUP-500-BLK", name="316不锈钢保温杯 500ml 大容量", quantity=2,  # out_sku_id
+                  unit_price=8900, options=["颜色:黑色", "容量:500ml"], gross=17800, discount=0,
+                  tax=0, total=17800),
+        OrderLine(sku="TOWEL-3", name="纯棉毛巾 3条装", quantity=1,  # no out_sku_id: its code
+                  unit_price=2990, options=["颜色:混色"], gross=2990, discount=0, tax=0,
+                  total=2990),
+        OrderLine(sku="1749912345670003", name="Type-C 快充数据线 1m", quantity=3,  # sku_id
+                  unit_price=1590, gross=4770, discount=0, tax=0, total=4770),
+    ]  # fmt: skip
     assert (order.delivery_fee, order.discount, order.total) == (0, 0, 25560)
     assert order.placed_at == datetime(2026, 11, 24, 2, 12, 33, tzinfo=UTC)  # 10:12:33 Beijing
     assert order.payment_status is PaymentStatus.PAID
@@ -95,6 +104,59 @@ def test_promotions_coupons_and_a_price_cut_are_the_discount_and_post_amount_the
     assert sum(li.quantity * li.unit_price for li in order.lines) == 17970
     assert (order.delivery_fee, order.discount, order.total) == (800, 2500, 16270)
     assert order.notes == "请尽快发货，周末家里有人"
+
+
+def test_each_line_carries_its_sku_orders_share_of_promotions_price_cut_and_freight() -> None:
+    detail = detail_of("promotion_freight.json")
+    order = parse(detail)
+    # snacks: 13980 - promotion 1556 + modify -389 = pay 12657 - its freight 622;
+    # nuts: 3990 - promotion 444 + modify -111 = pay 3613 - its freight 178
+    assert [(li.gross, li.discount, li.tax, li.total) for li in order.lines] == [
+        (13980, 1945, 0, 12035), (3990, 555, 0, 3435)]  # fmt: skip
+    for line, sku in zip(order.lines, detail["sku_order_list"], strict=True):
+        assert line.gross == sku["sum_amount"]
+        assert line.discount == sku["promotion_amount"] - sku["modify_amount"]
+        assert line.total == sku["pay_amount"] - sku["post_amount"]
+        assert not line.prices_include_tax
+    assert sum(li.discount for li in order.lines) == order.discount
+    assert sum(li.total or 0 for li in order.lines) + order.delivery_fee == order.total
+
+
+def test_a_sku_order_without_pay_amount_has_its_promotions_as_discount_and_no_total() -> None:
+    detail = detail_of("promotion_freight.json")
+    del detail["sku_order_list"][0]["pay_amount"]
+    line = parse(detail).lines[0]
+    assert (line.gross, line.discount, line.total) == (13980, 1945, None)
+
+
+def test_cross_border_tax_is_the_lines_and_added_on_top() -> None:
+    detail = detail_of("paid_multi_sku.json")
+    del detail["sku_order_list"][1:]
+    sku = detail["sku_order_list"][0]
+    sku.update(tax_amount=1620, pay_amount=17800 + 1620)
+    detail.update(tax_amount=1620, order_amount=19420, pay_amount=19420)
+    order = parse(detail)
+    line = order.lines[0]
+    assert (line.gross, line.discount, line.tax, line.total) == (17800, 0, 1620, 19420)
+    assert not line.prices_include_tax
+    assert (order.tax, order.discount, order.total, order.rounding) == (1620, 0, 19420, 0)
+    assert rejection_reasons(order) == []
+
+
+def test_sum_amount_is_the_lines_amount_and_the_unit_price_never_refuses_it() -> None:
+    detail = detail_of("paid_multi_sku.json")
+    del detail["sku_order_list"][1:]
+    sku = detail["sku_order_list"][0]
+    sku.update(origin_amount=1050, item_num=2, sum_amount=2101, pay_amount=2101)
+    detail.update(order_amount=2101, pay_amount=2101)
+    order = parse(detail)
+    line = order.lines[0]
+    assert (line.quantity, line.unit_price, line.gross, line.total) == (2, 1050, 2101, 2101)
+    assert (order.discount, order.total) == (0, 2101)
+    assert rejection_reasons(order) == []
+    del sku["sum_amount"]  # without it: origin_amount × item_num
+    sku["pay_amount"] = detail["pay_amount"] = 2100
+    assert (parse(detail).lines[0].gross, parse(detail).total) == (2100, 2100)
 
 
 def test_an_encrypted_receiver_is_held_as_ciphertext_with_masks_and_its_region_in_clear() -> None:

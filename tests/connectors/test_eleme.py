@@ -64,9 +64,10 @@ def test_order_message_maps_dishes_specs_fees_and_activities_in_fen() -> None:
     assert order.location_hint == "SH-XUJIAHUI"  # the store's openId, not Ele.me's shopId
     assert order.lines == [
         OrderLine(sku="NOODLE-BEEF", name="红烧牛肉面-大碗[少辣]", quantity=1, unit_price=3250,
-                  options=["大碗", "少辣"]),
+                  options=["大碗", "少辣"], gross=3250, total=3250, prices_include_tax=True),
         OrderLine(sku="RICE-CHICKEN", name="宫保鸡丁饭[微辣+多花生]", quantity=2,
-                  unit_price=2600, options=["微辣", "多花生"]),
+                  unit_price=2600, options=["微辣", "多花生"], gross=5200, total=5200,
+                  prices_include_tax=True),
     ]  # fmt: skip
     # 餐盒 once (packageFee; the "extra" group repeats it); 满60减10 (shop) + 红包 3 (Ele.me)
     assert (order.delivery_fee, order.packaging_fee, order.discount) == (400, 200, 1300)
@@ -79,6 +80,30 @@ def test_order_message_maps_dishes_specs_fees_and_activities_in_fen() -> None:
     assert order.placed_at == datetime(2026, 11, 25, 4, 5, 41, tzinfo=UTC)  # 12:05:41 北京
     assert order.requested_at is None
     assert order.notes == "不要辣椒油，多放葱花"
+
+
+def test_an_items_stated_total_is_its_gross_and_its_unit_price_is_derived() -> None:
+    """Ele.me's 总价 (`total`) is the line before the order's activities: a 3-for-25.00 item
+    priced 8.333 is a line of 25.00, its unit price 833 (2500 ÷ 3) and no reason to refuse."""
+
+    def three_for_25(order: dict[str, Any]) -> None:
+        order["groups"][0]["items"][1].update(price=8.333, quantity=3, total=25.0)
+        order["totalPrice"] = 50.5  # 32.50 + 25.00 + 4.00 + 2.00 - 13.00
+
+    order = parse(mutated(three_for_25))
+    second = order.lines[1]
+    assert (second.quantity, second.unit_price, second.gross, second.total) == (3, 833, 2500, 2500)
+    assert (second.discount, second.tax, second.prices_include_tax) == (0, 0, True)
+    assert (order.discount, order.total, order.rounding) == (1300, 5050, 0)
+
+
+def test_without_a_stated_total_an_items_gross_is_price_times_quantity() -> None:
+    order = parse(mutated(lambda o: o["groups"][0]["items"][1].pop("total")))
+    assert [(line.gross, line.total) for line in order.lines] == [(3250, 3250), (5200, 5200)]
+    assert order.lines[1].unit_price == 2600
+    with pytest.raises(PayloadRejected) as refused:
+        parse(mutated(lambda o: o["groups"][0]["items"][0].update(total=32.505)))
+    assert refused.value.field == "message.groups.0.items.0.total"
 
 
 def test_self_pickup_order_is_pickup_mode_at_its_pickup_time() -> None:

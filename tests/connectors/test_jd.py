@@ -11,7 +11,7 @@ from connectors.base import PayloadRejected
 from connectors.jd import JdConnector, sample_payload
 from connectors.samples import SampleLine, SampleOrder
 from connectors.testing import ConnectorConformance
-from events.models import OrderMode, OrderModified, OrderReceived, PaymentStatus
+from events.models import OrderLine, OrderMode, OrderModified, OrderReceived, PaymentStatus
 from streams.validation import rejection_reasons
 from tests.conftest import FIXTURES
 
@@ -61,10 +61,14 @@ def test_online_paid_order_is_mapped_to_fen_lines_and_utc_time() -> None:
     assert isinstance(order, OrderReceived)
     assert (order.channel, order.external_id) == ("jd", "285412345678")
     assert (order.mode, order.currency) == (OrderMode.SHIP, "CNY")
-    assert [(li.sku, li.name, li.quantity, li.unit_price) for li in order.lines] == [
-        ("RICECOOKER-FB40", "智能电饭煲 4L 家用多功能 预约定时 MB-FB40", 1, 29900),
-        ("100023456789", "A4复印纸 70g 500张/包 5包/箱", 2, 11990),  # no outerSkuId: JD's skuId
-    ]
+    # gross jdPrice × itemTotal; the coupons name no skuId (店铺优惠, 京东券): no line's discount,
+    # and JD states no line total
+    assert order.lines == [
+        OrderLine(sku="RICECOOKER-FB40", name="智能电饭煲 4L 家用多功能 预约定时 MB-FB40",
+                  quantity=1, unit_price=29900, gross=29900, discount=0, tax=0, total=None),
+        OrderLine(sku="100023456789", name="A4复印纸 70g 500张/包 5包/箱",  # no outerSkuId
+                  quantity=2, unit_price=11990, gross=23980, discount=0, tax=0, total=None),
+    ]  # fmt: skip
     # orderTotalPrice 538.80 + freight 0.00 - orderPayment 498.80: 30.00 seller + 10.00 京券
     assert (order.delivery_fee, order.tax, order.discount, order.total) == (0, 0, 4000, 49880)
     assert order.placed_at == datetime(2026, 11, 24, 2, 12, 33, tzinfo=UTC)  # 10:12:33 Beijing
@@ -84,6 +88,32 @@ def test_store_pickup_order_is_picked_up_at_its_store_with_balance_counted_as_di
     assert (order.mode, order.location_hint) == (OrderMode.PICKUP, "5823")
     # 899.00 - orderPayment 829.00: sellerDiscount 50.00 + balanceUsed 20.00
     assert (order.discount, order.total) == (7000, 82900)
+    # the 单品促销 coupon names the line's skuId: the line's discount; the balance is the order's
+    line = order.lines[0]
+    assert (line.gross, line.discount, line.tax, line.total) == (89900, 5000, 0, None)
+
+
+def test_a_coupon_naming_a_lines_sku_is_that_lines_discount() -> None:
+    info = order_info_of("online_paid.json")
+    info["couponDetailList"] = [
+        {"orderId": "285412345678", "skuId": "100023456789", "couponType": "30-单品促销优惠",
+         "couponPrice": "10.00"},
+        {"orderId": "285412345678", "skuId": 100023456789, "couponType": "20-套装优惠",
+         "couponPrice": "5.50"},
+        {"orderId": "285412345678", "skuId": "", "couponType": "100-店铺优惠",
+         "couponPrice": "14.50"},
+    ]  # fmt: skip
+    order = parse(info)
+    assert [(li.gross, li.discount) for li in order.lines] == [(29900, 0), (23980, 1550)]
+    assert (order.discount, order.total) == (4000, 49880)  # the order's, as before
+    info["couponDetailList"][0]["couponPrice"] = "ten"
+    with pytest.raises(PayloadRejected) as caught:
+        parse(info)
+    assert caught.value.field == "couponDetailList.0.couponPrice"
+    # a SKU on two lines: JD does not say which one its coupon is for
+    info["couponDetailList"][0]["couponPrice"] = "10.00"
+    info["itemInfoList"][0]["skuId"] = "100023456789"
+    assert [li.discount for li in parse(info).lines] == [0, 0]
 
 
 def test_cash_on_delivery_order_has_freight_and_no_notes() -> None:

@@ -54,11 +54,12 @@ def test_delivery_push_maps_dishes_specs_fees_and_activities_in_fen() -> None:
     assert order.location_hint == "SH-JINGAN"
     assert order.lines == [
         OrderLine(sku="DUMPLING-12", name="猪肉白菜水饺", quantity=2, unit_price=2800,
-                  options=["12只", "加醋"]),
+                  options=["12只", "加醋"], gross=5600, total=5600, prices_include_tax=True),
         OrderLine(sku="SOUP-HOTSOUR-L", name="酸辣汤", quantity=1, unit_price=1550,
-                  options=["大份", "少辣", "不要香菜"]),
+                  options=["大份", "少辣", "不要香菜"], gross=1550, total=1550,
+                  prices_include_tax=True),
         OrderLine(sku="TEA-OOLONG", name="冻顶乌龙茶", quantity=1, unit_price=1200,
-                  options=["去冰"]),
+                  options=["去冰"], gross=1200, total=1200, prices_include_tax=True),
     ]  # fmt: skip
     # 餐盒 2 + 1 boxes at 1.00; 满80减12 = 10.00 merchant + 2.00 Meituan
     assert (order.delivery_fee, order.packaging_fee, order.discount) == (500, 300, 1200)
@@ -71,6 +72,40 @@ def test_delivery_push_maps_dishes_specs_fees_and_activities_in_fen() -> None:
     assert order.placed_at == datetime(2026, 11, 25, 3, 32, 5, tzinfo=UTC)  # 11:32:05 北京
     assert order.requested_at is None  # delivery_time 0: as soon as possible
     assert order.notes == "请放前台，谢谢"
+
+
+def test_line_amounts_are_price_times_quantity_without_boxes_or_activities() -> None:
+    """Each dish's gross is its `price` times its `quantity` (boxes are the order's packaging,
+    the 满减 in `extras` the order's discount), tax-inclusive with no tax stated."""
+    order = parse(fixture("reserved_cash_order.json"))
+    assert [
+        (line.gross, line.discount, line.tax, line.total, line.prices_include_tax)
+        for line in order.lines
+    ] == [(7800, 0, 0, 7800, True), (2800, 0, 0, 2800, True), (2400, 0, 0, 2400, True)]
+    # 26.0 x 3 + 28.0 x 1 + 12.0 x 2; + 6.00 shipping + 7.00 packaging - 19.00 = 124.0
+    assert sum(line.amount for line in order.lines) == 13000
+    assert (order.delivery_fee, order.packaging_fee, order.discount, order.total) == (
+        600, 700, 1900, 12400,
+    )  # fmt: skip
+    assert (order.tax, order.rounding) == (0, 0)
+
+
+def test_a_price_finer_than_a_fen_is_no_reason_to_refuse_and_food_discount_is_no_amount() -> None:
+    """A 10.125 price for 4 is a line of 40.50 (the unit price its gross ÷ 4, half to even);
+    `food_discount` 0.8 is a ratio Meituan keeps out of the total, not a discount."""
+
+    def repriced(params: dict[str, Any]) -> None:
+        detail = json.loads(params["detail"])
+        detail[0].update(price=10.125, quantity=4, food_discount=0.8)
+        params["detail"] = json.dumps(detail, ensure_ascii=False)
+        params["total"] = "64.0"  # 40.50 + 15.50 + 12.00 + 5.00 + 3.00 - 12.00
+
+    order = parse(mutated(repriced))
+    first = order.lines[0]
+    assert (first.quantity, first.unit_price, first.gross, first.discount, first.total) == (
+        4, 1012, 4050, 0, 4050,
+    )  # fmt: skip
+    assert (order.discount, order.total, order.rounding) == (1200, 6400, 0)
 
 
 def test_self_pickup_is_pickup_mode_with_its_pickup_time_and_no_address() -> None:

@@ -65,9 +65,10 @@ def test_cash_on_delivery_ticket_is_mapped_field_by_field() -> None:
     assert order.currency == "CNY"
     assert order.lines == [
         OrderLine(sku="NOODLE-BEEF", name="红烧牛肉面", quantity=2, unit_price=3250,
-                  options=["少辣", "面硬一点"]),
-        OrderLine(sku="猪肉白菜水饺 12只", name="猪肉白菜水饺 12只", quantity=1, unit_price=2800),
-        OrderLine(sku="酸辣汤", name="酸辣汤", quantity=1, unit_price=1550),
+                  options=["少辣", "面硬一点"], gross=6500),
+        OrderLine(sku="猪肉白菜水饺 12只", name="猪肉白菜水饺 12只", quantity=1, unit_price=2800,
+                  gross=2800),
+        OrderLine(sku="酸辣汤", name="酸辣汤", quantity=1, unit_price=1550, gross=1550),
     ]  # fmt: skip
     assert (order.delivery_fee, order.packaging_fee, order.discount, order.tax) == (
         500,
@@ -154,6 +155,20 @@ def test_items_grammar_reads_what_staff_type(text: str, lines: list[tuple[Any, .
         (line.sku, line.name, line.quantity, line.unit_price, line.options)
         for line in parse_items(text)
     ] == lines
+
+
+def test_a_line_costs_its_typed_quantity_times_its_typed_unit_price() -> None:
+    """The price after "@" is the unit price, not the line's total: 鲜肉包 x5 @10 is 50.00.
+    The ticket's discount is the whole order's, so no line has a discount, tax or total."""
+    order = parse(fixture("pickup_paid_by_transfer.json"))
+    assert [(li.quantity, li.unit_price, li.gross) for li in order.lines] == [
+        (5, 1000, 5000), (2, 1200, 2400),
+    ]  # fmt: skip
+    assert all((li.discount, li.tax, li.total) == (0, 0, None) for li in order.lines)
+    assert sum(li.amount for li in order.lines) + order.packaging_fee == order.total == 7600
+    assert order.rounding == 0
+    (line,) = parse_items("宫保鸡丁饭 x3 @26.35")
+    assert (line.gross, line.unit_price, line.amount) == (7905, 2635, 3 * 2635)
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -78,6 +79,10 @@ def test_json_number_yuan_become_exact_fen_and_the_discount_is_what_lies_between
         ("DETERGENT-3KG", "薰衣草香洗衣液 3kg 持久留香", 1, 3990, ["3kg"]),  # outer_goods_id
         ("1038841296504", "软毛牙刷 成人家庭装 10支", 2, 990, ["10支装", "混色"]),  # sku_id
     ]
+    # each line costs goods_price × goods_count; the discounts are the order's, no line's
+    assert [(li.gross, li.discount, li.tax, li.total) for li in order.lines] == [
+        (8970, 0, 0, None), (3990, 0, 0, None), (1980, 0, 0, None),
+    ]  # fmt: skip
     # goods 149.40 + postage 0 - pay_amount 136.40: platform 3.00 + seller 10.00
     assert (order.delivery_fee, order.discount, order.total) == (0, 1300, 13640)
     assert order.placed_at == datetime(2026, 11, 23, 3, 2, 44, tzinfo=UTC)  # 11:02:44 Beijing
@@ -87,12 +92,30 @@ def test_json_number_yuan_become_exact_fen_and_the_discount_is_what_lies_between
 def test_price_change_platform_and_seller_discounts_and_postage_reconcile() -> None:
     order = received("discounts_and_postage.json")
     # Σ lines 264.00 + postage 12.00 - pay_amount 248.50 = 改价 4.00 + platform 8.50 + seller 15.00
-    assert sum(li.quantity * li.unit_price for li in order.lines) == 26400
+    assert sum(li.amount for li in order.lines) == 26400
     assert (order.delivery_fee, order.discount, order.total) == (1200, 2750, 24850)
     info = order_info_of("discounts_and_postage.json")
     assert order.discount == round(
         100 * (info["order_change_amount"] + info["discount_amount"])
     )  # fmt: skip
+
+
+def test_each_lines_gross_is_its_stated_goods_price_times_goods_count() -> None:
+    info = json.loads(fixture("discounts_and_postage.json"), parse_float=Decimal)[WRAPPER][
+        "order_info"
+    ]
+    items = info["item_list"]
+    order = received("discounts_and_postage.json")
+    assert [li.gross for li in order.lines] == [
+        100 * item["goods_price"] * item["goods_count"] for item in items
+    ]
+    assert all(li.gross == li.quantity * li.unit_price for li in order.lines)
+    assert all((li.discount, li.tax, li.total) == (0, 0, None) for li in order.lines)
+    assert not any(li.prices_include_tax for li in order.lines)
+    # Σ gross - order_change_amount (改价 4.00) is PDD's goods_amount
+    changed, goods_amount = info["order_change_amount"], info["goods_amount"]
+    assert sum(li.amount for li in order.lines) == 100 * (goods_amount + changed) == 26400
+    assert order.rounding == 0 and rejection_reasons(order) == []
 
 
 def test_service_fees_are_charged_with_the_postage() -> None:

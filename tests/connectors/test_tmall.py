@@ -11,7 +11,7 @@ from connectors.base import PayloadRejected
 from connectors.samples import SampleLine, SampleOrder
 from connectors.testing import ConnectorConformance
 from connectors.tmall import TmallConnector, sample_payload
-from events.models import OrderMode, OrderModified, OrderReceived, PaymentStatus
+from events.models import OrderLine, OrderMode, OrderModified, OrderReceived, PaymentStatus
 from streams.validation import rejection_reasons
 from tests.conftest import FIXTURES
 
@@ -60,10 +60,14 @@ def test_paid_trade_is_mapped_to_fen_lines_with_sku_properties_and_utc_time() ->
     assert isinstance(order, OrderReceived)
     assert (order.channel, order.external_id) == ("tmall", "2986451203357719842")
     assert (order.mode, order.currency) == (OrderMode.SHIP, "CNY")
-    assert [(li.sku, li.name, li.quantity, li.unit_price, li.options) for li in order.lines] == [
-        ("NUT-DAILY-750", "每日坚果大礼包 混合坚果 750g/30袋 年货送礼", 2, 12900,
-         ["净含量:750g", "口味:混合装"]),
-        ("TEA-OOLONG", "冻顶乌龙茶 台湾高山乌龙 礼盒装 250g", 1, 8800, []),
+    # gross price × num; total divide_order_fee: after the order's own discount_fee (20.00 on
+    # the nuts) and its part_mjz_discount share of the shop's 满300减15 (10.95 and 4.05)
+    assert order.lines == [
+        OrderLine(sku="NUT-DAILY-750", name="每日坚果大礼包 混合坚果 750g/30袋 年货送礼",
+                  quantity=2, unit_price=12900, options=["净含量:750g", "口味:混合装"],
+                  gross=25800, discount=3095, tax=0, total=22705),
+        OrderLine(sku="TEA-OOLONG", name="冻顶乌龙茶 台湾高山乌龙 礼盒装 250g", quantity=1,
+                  unit_price=8800, gross=8800, discount=405, tax=0, total=8395),
     ]  # fmt: skip
     # total_fee 346.00 + post_fee 0.00 - payment 311.00: 20.00 item and 15.00 shop discount
     assert (order.delivery_fee, order.discount, order.total) == (0, 3500, 31100)
@@ -89,6 +93,36 @@ def test_seller_price_cut_counts_as_discount_on_top_of_postage() -> None:
     # 99.00 + post 8.00 - payment 102.00: the seller's adjust_fee of -5.00
     assert (order.lines[0].unit_price, order.delivery_fee, order.discount, order.total) == (
         9900, 800, 500, 10200)  # fmt: skip
+    # The line's total_fee 94.00 (99.00 + adjust_fee -5.00); not the order's payment 102.00,
+    # which in a trade of one order is the trade's, postage included.
+    line = order.lines[0]
+    assert (line.gross, line.discount, line.tax, line.total) == (9900, 500, 0, 9400)
+
+
+def test_line_amounts_are_the_orders_stated_fees() -> None:
+    trade = trade_of("paid_multi_item.json")
+    nuts = trade["orders"]["order"][0]
+    order = parse(trade)
+    assert [(li.gross, li.discount, li.total) for li in order.lines] == [
+        (25800, 3095, 22705), (8800, 405, 8395)]  # fmt: skip
+    # the lines' discounts are the order's, their totals what the buyer paid less postage
+    assert sum(li.discount for li in order.lines) == order.discount == 3500
+    assert sum(li.total or 0 for li in order.lines) == order.total - order.delivery_fee
+
+    nuts["divide_order_fee"] = "230.00"  # divide_order_fee is the line's total
+    assert (parse(trade).lines[0].discount, parse(trade).lines[0].total) == (2800, 23000)
+    del nuts["divide_order_fee"]  # else total_fee: 258.00 - discount_fee 20.00
+    assert (parse(trade).lines[0].discount, parse(trade).lines[0].total) == (2000, 23800)
+    del nuts["total_fee"]  # else no total: discount_fee - adjust_fee + part_mjz_discount
+    nuts["adjust_fee"] = "-1.00"
+    assert (parse(trade).lines[0].discount, parse(trade).lines[0].total) == (3195, None)
+    for name in ("discount_fee", "adjust_fee", "part_mjz_discount"):
+        nuts[name] = ""  # TOP's blanks are absent amounts
+    assert (parse(trade).lines[0].discount, parse(trade).lines[0].total) == (0, None)
+    nuts["discount_fee"] = "20.001"
+    with pytest.raises(PayloadRejected) as caught:
+        parse(trade)
+    assert caught.value.field == "orders.order.0.discount_fee"
 
 
 def test_trade_changed_after_payment_becomes_order_modified_of_the_same_order() -> None:

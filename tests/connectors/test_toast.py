@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from connectors.samples import SampleLine, SampleOrder
 from connectors.testing import ConnectorConformance
 from connectors.toast import ToastConnector, sample_payload
 from events.models import OrderLine, OrderMode, OrderModified, OrderReceived, PaymentStatus
+from streams.validation import rejection_reasons
 from tests.conftest import FIXTURES
 
 NOW = datetime(2026, 11, 26, 2, 0, tzinfo=UTC)
@@ -56,8 +58,8 @@ class TestToastConformance(ConnectorConformance):
          b'"c1", "totalAmount": 6.0, "selections": [{"displayName": "Tea", "quantity": 1.0, '
          b'"price": 5.0}]}]}', "checks.0.totalAmount"),
         (b'{"guid": "o1", "openedDate": "2026-11-25T10:00:00.000+0000", "checks": [{"guid": '
-         b'"c1", "totalAmount": 10.0, "selections": [{"displayName": "Tea", "quantity": 3.0, '
-         b'"price": 10.0}]}]}', "checks.0.selections.0.price"),
+         b'"c1", "totalAmount": 10.0, "selections": [{"displayName": "Tea", "quantity": 1.0, '
+         b'"price": 10.0, "tax": 0.005}]}]}', "checks.0.selections.0.tax"),
     ]  # fmt: skip
     sample_orders = [
         SampleOrder(
@@ -88,12 +90,15 @@ def test_dine_in_order_skips_voided_selections_and_puts_the_tip_with_the_fees() 
     order = parse(fixture("dine_in_order.json"))
     assert isinstance(order, OrderReceived)
     assert (order.mode, order.table) == (OrderMode.DINE_IN, "6b8d0f21-3c4e-4a5b-9d7e-2f4a6c8e0b13")
+    # Each selection's price is after its share of the check's Happy Hour 3.00 (2.42 + 0.58)
     assert order.lines == [
         OrderLine(sku="4c6e8a0b-2d4f-4a6c-9e1b-3d5f7b9d1f3a", name="Smash Burger", quantity=2,
-                  unit_price=1550, options=["Add Bacon"]),
+                  unit_price=1550, options=["Add Bacon"], gross=3100, discount=242, tax=275,
+                  total=3133),
         OrderLine(sku="6e8a0c2d-4f1b-4d3e-b5a7-1c3e5a7c9e1b", name="House IPA Draft",
-                  quantity=1, unit_price=750),
+                  quantity=1, unit_price=750, gross=750, discount=58, tax=40, total=732),
     ]  # fmt: skip
+    assert sum(line.discount for line in order.lines) == order.discount
     # 38.65 on the check + a 7.00 tip on the payment; Happy Hour 3.00 off
     assert (order.packaging_fee, order.discount, order.tax, order.total) == (700, 300, 315, 4565)
     assert order.payment_status == PaymentStatus.UNPAID  # the check is still OPEN
@@ -111,6 +116,13 @@ def test_pickup_order_maps_guest_item_discount_and_promised_time() -> None:
         "Maya Okafor", "6175550142", "maya.okafor@example.com",
     )  # fmt: skip
     assert order.lines[0].unit_price == 1425  # before the item's 2.00 discount
+    assert order.lines == [
+        OrderLine(sku="2b4d6f8a-0c1e-4a3c-b5d7-9f1b3d5f7b9d", name="Chicken Burrito Bowl",
+                  quantity=1, unit_price=1425, options=["Brown Rice", "Extra Guacamole"],
+                  gross=1425, discount=200, tax=98, total=1323),
+        OrderLine(sku="4b6d8f0a-2c1e-4a3c-9e5b-1b3d5f7b9d1f", name="Fresh Lemonade", quantity=2,
+                  unit_price=350, gross=700, discount=0, tax=56, total=756),
+    ]  # fmt: skip
     assert order.lines[0].options == ["Brown Rice", "Extra Guacamole"]
     assert (order.discount, order.tax, order.total) == (200, 154, 2079)
 
@@ -207,3 +219,73 @@ def test_sample_payload_refuses_what_toast_cannot_express() -> None:
     for change in ({"currency": "CNY"}, {"mode": OrderMode.SHIP}, {"notes": "extra napkins"}):
         with pytest.raises(ValueError):
             sample_payload(SampleOrder(**{**base.__dict__, **change}))
+
+
+def test_line_amounts_are_the_selections_stated_pre_discount_price_price_and_tax() -> None:
+    raw = fixture("pickup_order.json")
+    order = parse(raw)
+    selections = json.loads(raw, parse_float=Decimal)["checks"][0]["selections"]
+    for line, selection in zip(order.lines, selections, strict=True):
+        gross, net, tax = (100 * selection[k] for k in ("preDiscountPrice", "price", "tax"))
+        assert (line.gross, line.discount, line.tax, line.total) == (
+            gross,
+            gross - net,
+            tax,
+            net + tax,
+        )
+        assert not line.prices_include_tax
+
+
+def test_a_tax_included_item_is_stated_without_its_tax_and_its_unit_price_is_derived() -> None:
+    """Three pints at a tax-included 10.00 (7 %): Toast states 28.04 before discounts and 1.96
+    tax for the three, so the line is 28.04 + 1.96 and its unit price 9.35 (9.346… rounded); a
+    gross that does not divide by the quantity is no reason to refuse the order."""
+    order = parse(fixture("bar_tax_included.json"))
+    assert isinstance(order, OrderReceived)
+    assert [
+        (li.quantity, li.unit_price, li.gross, li.discount, li.tax, li.total, li.prices_include_tax)
+        for li in order.lines
+    ] == [(3, 935, 2804, 0, 196, 3000, False), (1, 1400, 1400, 0, 98, 1498, False)]
+    assert (order.packaging_fee, order.tax, order.total, order.rounding) == (800, 294, 5298, 0)
+    assert rejection_reasons(order) == []
+
+
+def test_a_price_that_does_not_divide_by_the_quantity_keeps_its_stated_amount() -> None:
+    raw = (
+        b'{"guid": "o1", "openedDate": "2026-11-25T10:00:00.000+0000", "checks": [{"guid": '
+        b'"c1", "totalAmount": 10.0, "selections": [{"displayName": "Tea", "quantity": 3.0, '
+        b'"preDiscountPrice": 10.0, "price": 10.0, "tax": 0.0}]}]}'
+    )
+    (line,) = parse(raw).lines
+    assert (line.quantity, line.unit_price, line.gross, line.total) == (3, 333, 1000, 1000)
+
+
+def test_without_pre_discount_price_or_tax_the_line_states_what_it_can() -> None:
+    def change(document: dict[str, Any]) -> None:
+        for selection in document["checks"][0]["selections"]:
+            del selection["preDiscountPrice"], selection["tax"]
+
+    order = parse(edited("pickup_order.json", change))
+    # the price is after the item's own 2.00 discount: added back for its gross
+    assert [(li.gross, li.discount, li.tax, li.total) for li in order.lines] == [
+        (1425, 200, 0, None), (700, 0, 0, None),
+    ]  # fmt: skip
+    assert (order.discount, order.tax, order.total) == (200, 154, 2079)
+
+
+def test_a_weighed_selection_is_refused_naming_its_quantity_and_unit() -> None:
+    def change(document: dict[str, Any]) -> None:
+        document["checks"][0]["selections"][1].update(quantity=1.5, unitOfMeasure="LB")
+
+    with pytest.raises(PayloadRejected, match="1.5 LB") as caught:
+        parse(edited("pickup_order.json", change))
+    assert caught.value.field == "checks.0.selections.1.quantity"
+
+
+def test_sample_payload_states_each_selections_share_of_the_discount_and_tax() -> None:
+    sample = TestToastConformance.sample_orders[0]  # 14.25 + 2 × 3.50, 2.00 off, 1.54 tax
+    order = parse(sample_payload(sample)[0])
+    assert [(li.gross, li.discount, li.tax) for li in order.lines] == [
+        (1425, 134, 103), (700, 66, 51),
+    ]  # fmt: skip
+    assert sum(li.total or 0 for li in order.lines) == order.total

@@ -99,10 +99,11 @@ def test_paid_delivery_is_mapped_field_by_field() -> None:
     assert order.currency == "CNY"
     assert order.lines == [
         OrderLine(sku="RICE-CHICKEN", name="宫保鸡丁饭", quantity=2, unit_price=2600,
-                  options=["少辣"]),
-        OrderLine(sku="SOUP-HOTSOUR", name="酸辣汤", quantity=1, unit_price=1550),
+                  options=["少辣"], gross=5200, total=5200, prices_include_tax=True),
+        OrderLine(sku="SOUP-HOTSOUR", name="酸辣汤", quantity=1, unit_price=1550, gross=1550,
+                  total=1550, prices_include_tax=True),
         OrderLine(sku="TEA-OOLONG", name="冻顶乌龙茶", quantity=2, unit_price=1200,
-                  options=["少冰", "三分糖"]),
+                  options=["少冰", "三分糖"], gross=2400, total=2400, prices_include_tax=True),
     ]  # fmt: skip
     assert (order.delivery_fee, order.packaging_fee, order.discount, order.tax) == (
         600,
@@ -121,6 +122,21 @@ def test_paid_delivery_is_mapped_field_by_field() -> None:
     assert order.placed_at == datetime(2026, 11, 25, 3, 32, 5, tzinfo=UTC)
     assert order.requested_at == datetime(2026, 11, 25, 4, 15, tzinfo=UTC)
     assert order.notes == "不要香菜，放前台即可"
+
+
+def test_line_amounts_are_price_times_quantity_and_the_coupon_stays_the_orders() -> None:
+    """Each item's gross is its `price` (fen) times its `quantity`; the 满80减10 coupon is the
+    order's `discount`, not shared out to items; prices include VAT and no tax is stated."""
+    order = parse(fixture("delivery_paid.json"))
+    assert [
+        (line.gross, line.discount, line.tax, line.total, line.prices_include_tax)
+        for line in order.lines
+    ] == [(5200, 0, 0, 5200, True), (1550, 0, 0, 1550, True), (2400, 0, 0, 2400, True)]
+    # 91.50 of dishes + 6.00 delivery + 3.00 packing - 10.00 coupon = 90.50, exactly
+    assert sum(line.amount for line in order.lines) == 9150
+    assert (order.discount, order.tax, order.total, order.rounding) == (1000, 0, 9050, 0)
+    raw = mutated(lambda d: d["order"]["items"][2].update(price=1250, quantity=3))
+    assert [line.gross for line in parse(raw).lines] == [5200, 1550, 3750]
 
 
 def test_dine_in_paying_after_the_meal_is_unpaid_and_seated_at_its_table() -> None:

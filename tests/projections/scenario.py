@@ -167,10 +167,16 @@ class _History:
 
 def _lines(rng: random.Random, products: list[tuple[str, str, int]]) -> list[OrderLine]:
     chosen = rng.sample(products, rng.randint(1, min(4, len(products))))
-    return [
-        OrderLine(sku=sku, name=name, quantity=rng.randint(1, 3), unit_price=price)
-        for sku, name, price in chosen
-    ]
+    lines = []
+    for sku, name, price in chosen:
+        quantity = rng.randint(1, 3)
+        line = OrderLine(sku=sku, name=name, quantity=quantity, unit_price=price)
+        if quantity > 1 and rng.random() < 0.3:
+            # A channel's own line amount, a minor unit off the unit price times the quantity
+            # (tax-inclusive prices): reports must count what the channel states.
+            line = line.model_copy(update={"gross": quantity * price + rng.choice((-1, 1))})
+        lines.append(line)
+    return lines
 
 
 def _order(rng: random.Random, n: int, customers: list[str]) -> list[OrderEvent]:
@@ -181,7 +187,7 @@ def _order(rng: random.Random, n: int, customers: list[str]) -> list[OrderEvent]
     history = _History(rng, f"ord-{n:05d}", channel, f"{channel}-{n}", placed)
     lines = _lines(rng, products)
     fee = 500 if mode in (OrderMode.DELIVERY, OrderMode.SHIP) else 0
-    total = sum(line.quantity * line.unit_price for line in lines) + fee
+    total = sum(line.amount for line in lines) + fee
     city = rng.choice(CITIES)
     address = (
         Address(text=f"{n} Nanjing Rd", city=city)
@@ -206,8 +212,12 @@ def _order(rng: random.Random, n: int, customers: list[str]) -> list[OrderEvent]
         return history.events
     history.add(OrderAccepted, total=total, currency=currency)
     if rng.random() < 0.10:  # the channel revises the order: validated again
-        lines = lines[:-1] if len(lines) > 1 else [lines[0].model_copy(update={"quantity": 5})]
-        total = sum(line.quantity * line.unit_price for line in lines) + fee
+        lines = (
+            lines[:-1]
+            if len(lines) > 1
+            else [lines[0].model_copy(update={"quantity": 5, "gross": None})]
+        )
+        total = sum(line.amount for line in lines) + fee
         history.add(
             OrderModified,
             actor=Actor(kind=ActorKind.CHANNEL, id=channel),
@@ -456,6 +466,7 @@ class OrderFacts:
     status: str
     total: int
     lines: list[tuple[str, str, int, int]]  # sku, name, quantity, unit price
+    line_amounts: list[int]  # each line's stated amount, else quantity × unit price
     line_locations: list[str]
     location: str
     accepted: bool
@@ -505,6 +516,7 @@ def order_facts(events: list[OrderEvent]) -> OrderFacts:
         status="received",
         total=first.total,
         lines=[],
+        line_amounts=[],
         line_locations=[],
         location="",
         accepted=False,
@@ -526,6 +538,9 @@ def order_facts(events: list[OrderEvent]) -> OrderFacts:
         state = apply(state, event)
         if isinstance(event, OrderReceived | OrderModified):
             facts.lines = [(x.sku, x.name, x.quantity, x.unit_price) for x in event.lines]
+            facts.line_amounts = [
+                x.quantity * x.unit_price if x.gross is None else x.gross for x in event.lines
+            ]
             facts.line_locations = ["" for _ in event.lines]
             facts.total = event.total
         if isinstance(event, OrderAccepted):

@@ -137,7 +137,7 @@ class Stack:
         revenue: Counter[str] = Counter()
         for f in self.facts:
             if f.is_sale:
-                revenue[f"{f.channel} · {f.currency}"] += sum(q * p for _, _, q, p in f.lines)
+                revenue[f"{f.channel} · {f.currency}"] += sum(f.line_amounts)
         for channel in self.added:
             revenue[f"{channel} · CNY"] += LINE.quantity * LINE.unit_price
         return {

@@ -80,14 +80,16 @@ def in_window(f: OrderFacts, since: datetime = SINCE, until: datetime = UNTIL) -
     return since <= f.placed_at < until
 
 
-SaleLine = tuple[OrderFacts, str, str, int, int, str]  # order, sku, name, quantity, price, store
+# order, sku, name, quantity, price, the line's amount, store
+SaleLine = tuple[OrderFacts, str, str, int, int, int, str]
 
 
 def sale_lines(facts: list[OrderFacts], **window: datetime) -> Iterator[SaleLine]:
     for f in facts:
         if f.is_sale and in_window(f, **window):
             for n, (sku, name, quantity, price) in enumerate(f.lines):
-                yield f, sku, name, quantity, price, f.line_locations[n] or f.location
+                store = f.line_locations[n] or f.location
+                yield f, sku, name, quantity, price, f.line_amounts[n], store
 
 
 def sales_by(facts: list[OrderFacts], key: Any, **window: datetime) -> dict[Any, tuple[int, ...]]:
@@ -98,7 +100,7 @@ def sales_by(facts: list[OrderFacts], key: Any, **window: datetime) -> dict[Any,
         k = key(*line)
         orders[k].add(line[0].order_id)
         units[k] += line[3]
-        revenue[k] += line[3] * line[4]
+        revenue[k] += line[5]  # what the channel states the line costs
     return {k: (len(orders[k]), units[k], revenue[k]) for k in orders}
 
 

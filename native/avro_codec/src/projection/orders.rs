@@ -51,6 +51,9 @@ pub(crate) struct OrderState {
     pub(crate) line_quantities: Vec<i64>,
     pub(crate) line_prices: Vec<i64>,
     pub(crate) line_locations: Vec<String>,
+    /// What each line costs as its channel states it (`OrderLine.gross`, else quantity ×
+    /// unit price); empty in a row stored before contract v4/v5.
+    pub(crate) line_amounts: Vec<i64>,
     pub(crate) placed_at: i64,
     pub(crate) updated_at: i64,
     pub(crate) version: i64,
@@ -88,6 +91,7 @@ pub(crate) struct LineRow {
     pub(crate) name: String,
     pub(crate) quantity: i64,
     pub(crate) price: i64,
+    pub(crate) amount: i64,
     pub(crate) location: String,
     pub(crate) is_sale: u8,
 }
@@ -209,12 +213,15 @@ fn line_rows(old: Option<&OrderState>, row: &OrderState) -> Vec<LineRow> {
     for n in 0..count.max(before) {
         lines.push(if n < count {
             let location = row.line_locations.get(n).map_or("", String::as_str);
+            let quantity = row.line_quantities.get(n).copied().unwrap_or(0);
+            let price = row.line_prices.get(n).copied().unwrap_or(0);
             LineRow {
                 line_no: n as i64,
                 sku: row.line_skus[n].clone(),
                 name: row.line_names.get(n).cloned().unwrap_or_default(),
-                quantity: row.line_quantities.get(n).copied().unwrap_or(0),
-                price: row.line_prices.get(n).copied().unwrap_or(0),
+                quantity,
+                price,
+                amount: row.line_amounts.get(n).copied().unwrap_or(quantity * price),
                 location: if location.is_empty() {
                     row.location.clone()
                 } else {
@@ -230,6 +237,7 @@ fn line_rows(old: Option<&OrderState>, row: &OrderState) -> Vec<LineRow> {
                 name: old.line_names.get(n).cloned().unwrap_or_default(),
                 quantity: 0,
                 price: 0,
+                amount: 0,
                 location: row.location.clone(),
                 is_sale: 0,
             }
@@ -252,6 +260,7 @@ fn same_line_facts(a: &OrderState, b: &OrderState) -> bool {
         && a.customer_key == b.customer_key
         && a.placed_at == b.placed_at
         && a.is_sale == b.is_sale
+        && a.line_amounts == b.line_amounts
 }
 
 fn or_at(current: Option<i64>, at: i64) -> Option<i64> {
@@ -270,6 +279,13 @@ fn apply_event(row: &mut OrderState, ev: &Value, event_type: &str, at: i64) {
             row.line_quantities = lines.iter().map(|l| l.get("quantity").int()).collect();
             row.line_prices = lines.iter().map(|l| l.get("unit_price").int()).collect();
             row.line_locations = vec![String::new(); lines.len()];
+            row.line_amounts = lines
+                .iter()
+                .map(|l| match l.get("gross") {
+                    gross if gross.is_null() => l.get("quantity").int() * l.get("unit_price").int(),
+                    gross => gross.int(),
+                })
+                .collect();
             row.line_count = lines.len() as i64;
             row.item_count = row.line_quantities.iter().map(|q| (*q).max(0)).sum();
             let address = ev.get("address");
