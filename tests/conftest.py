@@ -180,9 +180,8 @@ def wait_consumed(settings: Settings, topic: str, *, timeout_s: float = 60.0) ->
     )  # fmt: skip
     try:
         partitions = probe.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = {p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                for p in partitions}  # fmt: skip
         deadline = time.monotonic() + timeout_s
+        ends = {p: _high_watermark(probe, TopicPartition(topic, p), deadline) for p in partitions}
         while time.monotonic() < deadline:
             committed = probe.committed([TopicPartition(topic, p) for p in ends], timeout=10)
             if all(tp.offset >= ends[tp.partition] for tp in committed if ends[tp.partition]):
@@ -191,6 +190,23 @@ def wait_consumed(settings: Settings, topic: str, *, timeout_s: float = 60.0) ->
     finally:
         probe.close()
     pytest.fail(f"the worker did not consume {topic} to its end within {timeout_s}s")
+
+
+def _high_watermark(probe: Consumer, partition: Any, deadline: float) -> int:
+    """The partition's end offset, asked again while the broker answers with a retriable
+    error (a leader still being elected after a broker restart says NOT_LEADER_FOR_PARTITION)."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    settling = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                KafkaError._TIMED_OUT, KafkaError._TRANSPORT}  # fmt: skip
+    while True:
+        try:
+            return int(probe.get_watermark_offsets(partition, timeout=10)[1])
+        except KafkaException as error:
+            fault = error.args[0]
+            if not (fault.retriable() or fault.code() in settling) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
