@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -39,6 +40,7 @@ from connectors.rejections import (
 )
 from events.bounds import LINE_QUANTITY_MAX, LINES_MAX
 from events.models import (
+    MILLIONTHS,
     Actor,
     ActorKind,
     Address,
@@ -72,6 +74,7 @@ __all__ = [
     "same_signature",
     "signed_epoch",
     "unit_price_of",
+    "exact_quantity",
 ]
 
 CHINA = ZoneInfo("Asia/Shanghai")
@@ -311,10 +314,32 @@ class Connector(ABC):
             raise PayloadRejected(first["msg"], field=location) from None
 
 
-def unit_price_of(gross: int, quantity: int) -> int:
+def unit_price_of(gross: int, quantity: int | Fraction) -> int:
     """The unit price a line's amount implies: gross ÷ quantity, rounded half to even (2101
-    for 2 → 1050). Informational: the line's amount is `gross`, never this times quantity."""
-    return round(Fraction(gross, quantity)) if quantity else gross
+    for 2 → 1050; 1499 for 1.5 lb → 999). Informational: the line's amount is `gross`, never
+    this times quantity."""
+    return round(Fraction(gross) / quantity) if quantity else gross
+
+
+_QUANTITY_TEXT = re.compile(r"\d{1,15}(?:\.\d{1,15})?")
+
+
+def exact_quantity(text: str | int, *, field: str) -> tuple[int, int | None]:
+    """A channel's quantity, a whole number or a decimal string ("1.5", "0.25000"), as the
+    contract carries it: (the quantity rounded up to whole units, the exact measure in
+    millionths of its unit, or None when it is whole). A quantity finer than a millionth,
+    negative, or not a plain decimal is refused, naming `field`."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text, None
+    if not isinstance(text, str) or _QUANTITY_TEXT.fullmatch(text.strip()) is None:
+        raise PayloadRejected(f"quantity {text!r} is not a plain decimal number", field=field)
+    exact = Fraction(text.strip())
+    millionths = exact * MILLIONTHS
+    if millionths.denominator != 1:
+        raise PayloadRejected(f"quantity {text} is finer than a millionth of its unit", field=field)
+    if exact.denominator == 1:
+        return int(exact), None
+    return -(-millionths.numerator // MILLIONTHS), millionths.numerator
 
 
 def _fit_longs(lines: Sequence[OrderLine], **numbers: int) -> None:

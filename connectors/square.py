@@ -22,6 +22,7 @@ import json
 import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from fractions import Fraction
 from typing import Any, Literal
 
 from pydantic import Field, StrictInt
@@ -31,12 +32,14 @@ from connectors.base import (
     ChannelEvent,
     ChannelPayload,
     Connector,
+    PayloadRejected,
     SignatureRejected,
+    exact_quantity,
     same_signature,
     unit_price_of,
 )
 from connectors.samples import SampleOrder
-from events.models import Address, Customer, OrderLine, OrderMode, PaymentStatus
+from events.models import MILLIONTHS, Address, Customer, OrderLine, OrderMode, PaymentStatus
 
 NOTIFICATION_URL = "http://127.0.0.1:8080/webhooks/square"
 _MODES = {"PICKUP": OrderMode.PICKUP, "SHIPMENT": OrderMode.SHIP, "DELIVERY": OrderMode.DELIVERY}
@@ -67,9 +70,25 @@ class _AppliedTax(ChannelPayload):
     applied_money: _Money = _ZERO
 
 
+class _MeasurementUnit(ChannelPayload):
+    weight_unit: str | None = None
+    volume_unit: str | None = None
+    generic_unit: str | None = None  # "UNIT"
+    custom_unit: dict[str, Any] | None = None
+    length_unit: str | None = None
+    area_unit: str | None = None
+    time_unit: str | None = None
+
+
+class _QuantityUnit(ChannelPayload):
+    measurement_unit: _MeasurementUnit | None = None
+    precision: int | None = None  # digits after the point, 0 to 5
+
+
 class _LineItem(ChannelPayload):
     name: str = "Custom amount"
-    quantity: int = Field(gt=0)  # a string in Square's JSON; weighed (fractional) items fail
+    quantity: str | StrictInt  # a decimal string: "2", or "1.50" of a weighed item
+    quantity_unit: _QuantityUnit | None = None
     catalog_object_id: str | None = None
     variation_name: str | None = None
     base_price_money: _Money
@@ -198,7 +217,7 @@ class SquareConnector(Connector):
             revision=revision,
             mode=_MODES[fulfillment.type] if fulfillment else OrderMode.DINE_IN,
             currency=order.total_money.currency.upper(),
-            lines=[_line(item, inclusive_taxes) for item in order.line_items],
+            lines=[_line(item, inclusive_taxes, n) for n, item in enumerate(order.line_items)],
             delivery_fee=delivery_fee,
             packaging_fee=service_fee,
             discount=order.total_discount_money.amount,
@@ -248,11 +267,41 @@ def _fees(order: _SquareOrder) -> tuple[int, int]:
     return delivery_fee, service_fee
 
 
-def _line(item: _LineItem, inclusive_taxes: set[str]) -> OrderLine:
+_UNITS = {
+    "IMPERIAL_POUND": "lb",
+    "IMPERIAL_WEIGHT_OUNCE": "oz",
+    "METRIC_GRAM": "g",
+    "METRIC_KILOGRAM": "kg",
+    "METRIC_LITER": "l",
+    "METRIC_MILLILITER": "ml",
+    "UNIT": "each",
+}
+"""Square's measurement units the contract counts in (a standard unit with an exact
+equivalent, such as a stone, is not sold by the stores we serve; it is refused, named)."""
+
+
+def _unit(item: _LineItem, n: int) -> str:
+    measured = item.quantity_unit.measurement_unit if item.quantity_unit else None
+    if measured is None:
+        return "each"
+    named = measured.weight_unit or measured.volume_unit or measured.generic_unit
+    if named in _UNITS:
+        return _UNITS[named]
+    other = named or ("custom_unit" if measured.custom_unit else "length, area or time unit")
+    raise PayloadRejected(
+        f"measurement unit {other} is not one of {', '.join(sorted(_UNITS))}",
+        field=f"line_items.{n}.quantity_unit.measurement_unit",
+    )
+
+
+def _line(item: _LineItem, inclusive_taxes: set[str], n: int) -> OrderLine:
     """A line's amounts as Square states them: `gross_sales_money` before discounts (else the
     unit price with its modifiers times the quantity), its discounts and taxes. Its prices
     include its tax when every tax applied to it is an INCLUSIVE one; with additive taxes
     beside inclusive ones (rare), `tax` is the additive part and the rest is inside gross."""
+    quantity, millionths = exact_quantity(item.quantity, field=f"line_items.{n}.quantity")
+    measure = Fraction(millionths, MILLIONTHS) if millionths is not None else quantity
+    unit = _unit(item, n)
     chosen = [m for m in item.modifiers if m.quantity > 0]
     variation = [item.variation_name] if item.variation_name not in (None, "", "Regular") else []
     unit_price = item.base_price_money.amount + sum(
@@ -261,7 +310,7 @@ def _line(item: _LineItem, inclusive_taxes: set[str]) -> OrderLine:
     gross = (
         item.gross_sales_money.amount
         if item.gross_sales_money is not None
-        else unit_price * item.quantity
+        else round(unit_price * measure)
     )
     inside = sum(t.applied_money.amount for t in item.applied_taxes if t.tax_uid in inclusive_taxes)
     included = bool(item.applied_taxes) and inside == item.total_tax_money.amount
@@ -270,8 +319,10 @@ def _line(item: _LineItem, inclusive_taxes: set[str]) -> OrderLine:
     return OrderLine(
         sku=item.catalog_object_id or item.name,
         name=item.name,
-        quantity=item.quantity,
-        unit_price=unit_price_of(gross, item.quantity),
+        quantity=quantity,
+        unit_price=unit_price_of(gross, measure),
+        unit=unit,
+        quantity_millionths=millionths,
         options=[
             *variation,
             *(m.name if m.quantity == 1 else f"{m.name} x{m.quantity}" for m in chosen),

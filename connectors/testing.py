@@ -33,7 +33,7 @@ import pytest
 
 from connectors.base import ChannelEvent, Connector, PayloadRejected
 from connectors.samples import SampleOrder
-from events.models import OrderModified, OrderReceived
+from events.models import MILLIONTHS, OrderModified, OrderReceived
 
 RECEIVED_AT = datetime(2026, 11, 25, 4, 0, tzinfo=UTC)
 
@@ -118,9 +118,16 @@ class ConnectorConformance:
             )
             for n, line in enumerate(event.lines):
                 if line.gross is not None:  # the unit price is the amount's, rounded
-                    assert 2 * abs(line.gross - line.quantity * line.unit_price) <= abs(
-                        line.quantity
+                    assert 2 * abs(line.gross - line.measure * line.unit_price) <= abs(
+                        line.measure
                     ), f"{name}: line {n}: unit price {line.unit_price} is not {line.gross} ÷ qty"
+                if line.quantity_millionths is not None:  # a measure, exact; quantity its ceiling
+                    assert line.quantity_millionths > 0 and line.quantity == -(
+                        -line.quantity_millionths // MILLIONTHS
+                    ), f"{name}: line {n}: quantity {line.quantity} is not its measure rounded up"
+                    assert line.quantity_millionths % MILLIONTHS, (
+                        f"{name}: line {n}: a whole quantity travels in `quantity` alone"
+                    )
                 if line.total is not None:
                     added = 0 if line.prices_include_tax else line.tax
                     assert line.total == line.amount - line.discount + added, (

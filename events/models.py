@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from enum import StrEnum
+from fractions import Fraction
 from hashlib import sha1 as _sha1
 from typing import Annotated, Any, ClassVar
 
@@ -84,6 +85,21 @@ class PaymentStatus(StrEnum):
     PARTIALLY_PAID = "partially_paid"
 
 
+MILLIONTHS = 1_000_000
+"""A line's exact quantity travels in millionths of its unit (Square records up to 5 decimals)."""
+
+UNITS = ("each", "kg", "g", "lb", "oz", "l", "ml")
+"""What a line's quantity counts: whole items, or a measure of weight or volume (validation
+rejects an order with any other unit, as it does an unknown currency)."""
+
+
+def measure_text(millionths: int) -> str:
+    """A measure in millionths as exact decimal text: 1500000 → "1.5", 2000000 → "2"."""
+    whole, part = divmod(abs(millionths), MILLIONTHS)
+    sign = "-" if millionths < 0 else ""
+    return f"{sign}{whole}.{part:06d}".rstrip("0").rstrip(".") if part else f"{sign}{whole}"
+
+
 class CancelledBy(StrEnum):
     CUSTOMER = "customer"
     MERCHANT = "merchant"
@@ -121,11 +137,32 @@ class OrderLine(Frozen):
     prices_include_tax: bool = Field(
         default=False, description="(v4/v5) whether gross and total hold the line's tax"
     )
+    unit: str = Field(
+        default="each",
+        description="(v5/v6) what the quantity counts: each, or a measure (kg, g, lb, oz, l, ml)",
+    )
+    quantity_millionths: int | None = Field(
+        default=None,
+        description="(v5/v6) the exact quantity in millionths of `unit` when it is not a whole "
+        "number (1.5 lb: 1500000); `quantity` is then that measure rounded up to whole units",
+    )
+
+    @property
+    def measure(self) -> Fraction:
+        """The exact quantity in `unit`: 3/2 for 1.5 lb; `quantity` when it is whole."""
+        if self.quantity_millionths is None:
+            return Fraction(self.quantity)
+        return Fraction(self.quantity_millionths, MILLIONTHS)
 
     @property
     def amount(self) -> int:
-        """What the line costs before its discounts: `gross`, else quantity × unit_price."""
-        return self.gross if self.gross is not None else self.quantity * self.unit_price
+        """What the line costs before its discounts: `gross`, else the measure × unit_price
+        (rounded half to even when the measure is fractional)."""
+        if self.gross is not None:
+            return self.gross
+        if self.quantity_millionths is None:
+            return self.quantity * self.unit_price
+        return round(self.measure * self.unit_price)
 
 
 def personal(description: str | None = None, *, required: bool = False) -> Any:

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 from events.lifecycle import OrderStatus, next_status
 from events.models import (
+    MILLIONTHS,
     ActorKind,
     OrderAccepted,
     OrderAcceptedByStore,
@@ -116,6 +117,8 @@ def empty_row(order_id: str, at: datetime) -> OrderRow:
         line_prices=[],
         line_locations=[],
         line_amounts=[],
+        line_units=[],
+        line_millionths=[],
         placed_at=at,
         updated_at=at,
         version=0,
@@ -142,9 +145,17 @@ def _lines(lines: list[OrderLine]) -> dict[str, Any]:
         "line_prices": [line.unit_price for line in lines],
         "line_locations": ["" for _ in lines],
         "line_amounts": [line.amount for line in lines],
+        "line_units": [line.unit for line in lines],
+        "line_millionths": [_millionths(line) for line in lines],
         "line_count": len(lines),
         "item_count": sum(max(line.quantity, 0) for line in lines),
     }
+
+
+def _millionths(line: OrderLine) -> int:
+    """The line's exact quantity in millionths of its unit (whole quantities too)."""
+    measured = line.quantity_millionths
+    return measured if measured is not None else line.quantity * MILLIONTHS
 
 
 def _order_details(event: OrderReceived | OrderModified, row: OrderRow) -> dict[str, Any]:
@@ -240,7 +251,7 @@ def _amount(event: OrderEvent) -> int:
 _LINE_FACTS = (
     "line_skus", "line_names", "line_quantities", "line_prices", "line_locations", "location",
     "region", "currency", "channel", "mode", "customer_key", "placed_at", "is_sale",
-    "line_amounts",
+    "line_amounts", "line_units", "line_millionths",
 )  # fmt: skip
 
 
@@ -261,12 +272,17 @@ def _line_rows(old: OrderRow | None, new: OrderRow, where: Position) -> list[Row
             quantity, price = new["line_quantities"][n], new["line_prices"][n]
             amounts = new["line_amounts"]  # (a row stored before v4 has none)
             amount = amounts[n] if n < len(amounts) else quantity * price
+            units, measures = new["line_units"], new["line_millionths"]  # (none before v5)
+            unit = units[n] if n < len(units) else "each"
+            millionths = measures[n] if n < len(measures) else quantity * MILLIONTHS
             location = new["line_locations"][n] or new["location"]
             is_sale = new["is_sale"]
         else:
             assert old is not None
             sku, name, quantity, price = old["line_skus"][n], old["line_names"][n], 0, 0
             amount, location, is_sale = 0, new["location"], 0
+            units = old["line_units"]
+            unit, millionths = (units[n] if n < len(units) else "each"), 0
         rows.append(
             (
                 new["order_id"],
@@ -285,6 +301,8 @@ def _line_rows(old: OrderRow | None, new: OrderRow, where: Position) -> list[Row
                 new["placed_at"],
                 is_sale,
                 new["version"],
+                unit,
+                millionths,
                 where.topic,
                 where.partition,
                 where.offset,

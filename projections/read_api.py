@@ -30,6 +30,7 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from events.lifecycle import OrderStatus
+from events.models import MILLIONTHS, measure_text
 from infra.http import problem
 from infra.settings import Settings
 from projections.queries import list_orders, order_history, order_state
@@ -165,9 +166,15 @@ def order_document(state: dict[str, Any], history: list[dict[str, Any]]) -> dict
             dict(zip(_LINE_COLUMNS.values(), line, strict=True))
             for line in zip(*columns, strict=True)
         ]
+        units = order.pop("line_units", None) or []  # (none in rows stored before v5)
+        measures = order.pop("line_millionths", None) or []
         for n, line in enumerate(order["lines"]):
             line["amount"] = (
                 amounts[n] if n < len(amounts) else line["quantity"] * line["unit_price"]
+            )
+            line["unit"] = units[n] if n < len(units) else "each"
+            line["measure"] = measure_text(
+                measures[n] if n < len(measures) else line["quantity"] * MILLIONTHS
             )
     return {
         "order": order,

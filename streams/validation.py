@@ -9,6 +9,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from events.models import (
+    MILLIONTHS,
+    UNITS,
     Actor,
     ActorKind,
     OrderAccepted,
@@ -70,6 +72,24 @@ def rejection_reasons(
                     code="NON_POSITIVE_QUANTITY",
                     field=f"lines.{i}.quantity",
                     message=f"quantity of {line.sku!r} is {line.quantity}, must be positive",
+                )
+            )
+        if line.unit not in UNITS:
+            reasons.append(
+                RejectionReason(
+                    code="UNKNOWN_UNIT",
+                    field=f"lines.{i}.unit",
+                    message=f"unit {line.unit!r} of {line.sku!r} is not one of {', '.join(UNITS)}",
+                )
+            )
+        measured = line.quantity_millionths
+        if measured is not None and (measured <= 0 or line.quantity != -(-measured // MILLIONTHS)):
+            reasons.append(
+                RejectionReason(
+                    code="MEASURE_MISMATCH",
+                    field=f"lines.{i}.quantity_millionths",
+                    message=f"{line.sku!r} measures {measured} millionths of {line.unit}; "
+                    f"quantity {line.quantity} must be that rounded up to whole units",
                 )
             )
         if line.unit_price < 0 or (line.gross is not None and line.gross < 0):

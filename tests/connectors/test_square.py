@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from events.models import (
     OrderReceived,
     PaymentStatus,
 )
+from streams.validation import rejection_reasons
 from tests.conftest import FIXTURES
 
 NOW = datetime(2026, 11, 25, 20, 0, tzinfo=UTC)
@@ -47,9 +49,14 @@ class TestSquareConformance(ConnectorConformance):
         (b'{"id": "A", "location_id": "L1", "created_at": "2026-11-25T10:00:00", '
          b'"line_items": [], "total_money": {"amount": 0, "currency": "USD"}}', "created_at"),
         (b'{"id": "A", "location_id": "L1", "created_at": "2026-11-25T10:00:00Z", '
-         b'"line_items": [{"name": "Coffee", "quantity": "1.5", "base_price_money": '
+         b'"line_items": [{"name": "Coffee", "quantity": "1.5.0", "base_price_money": '
          b'{"amount": 300, "currency": "USD"}}], "total_money": {"amount": 450, '
          b'"currency": "USD"}}', "line_items.0.quantity"),
+        (b'{"id": "A", "location_id": "L1", "created_at": "2026-11-25T10:00:00Z", '
+         b'"line_items": [{"name": "Rope", "quantity": "2", "quantity_unit": {'
+         b'"measurement_unit": {"length_unit": "IMPERIAL_FOOT"}}, "base_price_money": '
+         b'{"amount": 300, "currency": "USD"}}], "total_money": {"amount": 600, '
+         b'"currency": "USD"}}', "line_items.0.quantity_unit.measurement_unit"),
         (b'{"id": "A", "location_id": "L1", "created_at": "2026-11-25T10:00:00Z", '
          b'"line_items": [{"name": "Coffee", "quantity": "1", "base_price_money": '
          b'{"amount": "3.00", "currency": "USD"}}], "total_money": {"amount": 300, '
@@ -198,11 +205,12 @@ def test_the_notification_url_comes_from_the_environment(monkeypatch: pytest.Mon
         )
 
 
-def test_a_weighed_item_with_a_fractional_quantity_is_rejected() -> None:
-    raw = edited("pickup_order.json", lambda o: o["line_items"][1].update(quantity="0.5"))
+def test_a_quantity_finer_than_a_millionth_is_rejected_naming_the_line() -> None:
+    raw = edited("pickup_order.json", lambda o: o["line_items"][1].update(quantity="0.0000005"))
     with pytest.raises(PayloadRejected) as rejected:
         parse(raw)
     assert rejected.value.field == "line_items.1.quantity"
+    assert "finer than a millionth" in str(rejected.value)
 
 
 SAMPLES = [
@@ -271,3 +279,22 @@ def test_inclusive_tax_stays_inside_each_lines_gross() -> None:
         (680, 113, 680, True), (1400, 233, 1400, True), (295, 50, 295, True),
     ]  # fmt: skip
     assert (order.tax, order.total, sum(li.amount for li in order.lines)) == (0, 2675, 2375)
+
+
+def test_weighed_items_keep_their_exact_quantity_and_unit() -> None:
+    """1.50 lb of beans at $14.99/lb and 0.250 kg of tea: the measure travels exact, in
+    millionths of its unit, `quantity` is it rounded up, and the amounts are Square's own."""
+    order = parse(fixture("by_weight_order.json"))
+    assert isinstance(order, OrderReceived)
+    beans, tea, croissants = order.lines
+    assert (beans.unit, beans.quantity_millionths, beans.quantity) == ("lb", 1_500_000, 2)
+    assert (beans.measure, beans.amount, beans.unit_price) == (Fraction(3, 2), 2249, 1499)
+    assert (tea.unit, tea.quantity_millionths, tea.quantity) == ("kg", 250_000, 1)
+    assert (tea.measure, tea.amount, tea.unit_price) == (Fraction(1, 4), 1000, 4000)
+    assert (croissants.unit, croissants.quantity_millionths, croissants.quantity) == (
+        "each",
+        None,
+        2,
+    )
+    assert order.total == 3999 == sum(line.amount for line in order.lines)
+    assert rejection_reasons(order) == []

@@ -165,7 +165,11 @@ class _History:
         return event
 
 
-def _lines(rng: random.Random, products: list[tuple[str, str, int]]) -> list[OrderLine]:
+def _lines(
+    rng: random.Random, products: list[tuple[str, str, int]], weigh: random.Random
+) -> list[OrderLine]:
+    """An order's lines; `weigh` (its own stream, so the rest of a seed's log is unchanged)
+    picks the lines sold by weight."""
     chosen = rng.sample(products, rng.randint(1, min(4, len(products))))
     lines = []
     for sku, name, price in chosen:
@@ -175,6 +179,14 @@ def _lines(rng: random.Random, products: list[tuple[str, str, int]]) -> list[Ord
             # A channel's own line amount, a minor unit off the unit price times the quantity
             # (tax-inclusive prices): reports must count what the channel states.
             line = line.model_copy(update={"gross": quantity * price + rng.choice((-1, 1))})
+        elif weigh.random() < 0.1:
+            # Sold by weight without a stated amount: an exact measure (0.25 to 2.5 kg), a
+            # quantity rounded up, and an amount the measure × price rounded half to even.
+            millionths = weigh.randrange(250_000, 2_500_001, 125_000)
+            line = line.model_copy(
+                update={"unit": "kg", "quantity_millionths": millionths,
+                        "quantity": -(-millionths // 1_000_000)}
+            )  # fmt: skip
         lines.append(line)
     return lines
 
@@ -185,7 +197,7 @@ def _order(rng: random.Random, n: int, customers: list[str]) -> list[OrderEvent]
     mode = rng.choice(modes)
     placed = T0 + timedelta(seconds=rng.randint(0, DAYS * 86400 - 7200))
     history = _History(rng, f"ord-{n:05d}", channel, f"{channel}-{n}", placed)
-    lines = _lines(rng, products)
+    lines = _lines(rng, products, random.Random(n))
     fee = 500 if mode in (OrderMode.DELIVERY, OrderMode.SHIP) else 0
     total = sum(line.amount for line in lines) + fee
     city = rng.choice(CITIES)
@@ -215,7 +227,11 @@ def _order(rng: random.Random, n: int, customers: list[str]) -> list[OrderEvent]
         lines = (
             lines[:-1]
             if len(lines) > 1
-            else [lines[0].model_copy(update={"quantity": 5, "gross": None})]
+            else [
+                lines[0].model_copy(
+                    update={"quantity": 5, "gross": None, "quantity_millionths": None}
+                )
+            ]
         )
         total = sum(line.amount for line in lines) + fee
         history.add(
@@ -467,6 +483,7 @@ class OrderFacts:
     total: int
     lines: list[tuple[str, str, int, int]]  # sku, name, quantity, unit price
     line_amounts: list[int]  # each line's stated amount, else quantity × unit price
+    line_measures: list[tuple[str, int]]  # unit, exact quantity in millionths of it
     line_locations: list[str]
     location: str
     accepted: bool
@@ -517,6 +534,7 @@ def order_facts(events: list[OrderEvent]) -> OrderFacts:
         total=first.total,
         lines=[],
         line_amounts=[],
+        line_measures=[],
         line_locations=[],
         location="",
         accepted=False,
@@ -538,8 +556,9 @@ def order_facts(events: list[OrderEvent]) -> OrderFacts:
         state = apply(state, event)
         if isinstance(event, OrderReceived | OrderModified):
             facts.lines = [(x.sku, x.name, x.quantity, x.unit_price) for x in event.lines]
-            facts.line_amounts = [
-                x.quantity * x.unit_price if x.gross is None else x.gross for x in event.lines
+            facts.line_amounts = [x.amount for x in event.lines]
+            facts.line_measures = [
+                (x.unit, x.quantity_millionths or x.quantity * 1_000_000) for x in event.lines
             ]
             facts.line_locations = ["" for _ in event.lines]
             facts.total = event.total

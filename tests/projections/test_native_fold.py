@@ -936,7 +936,7 @@ def _short(value: Any, limit: int = 300) -> str:
 
 
 _CREATE = re.compile(r"CREATE TABLE IF NOT EXISTS \{database\}\.(\w+) \((.*?)\n\) ENGINE", re.S)
-_ADD = re.compile(r"ALTER TABLE \{database\}\.(\w+) ADD COLUMN (\w+) (\S+?);?$")
+_ADD = re.compile(r"ALTER TABLE \{database\}\.(\w+) ADD COLUMN (\w+) (\S+?)(?: DEFAULT .*)?;?$")
 
 
 @pytest.fixture(scope="module")
@@ -1211,7 +1211,11 @@ def order_history(draw: st.DrawFn, order_id: str) -> list[OrderEvent]:
     rising, some repeated; times that can go back; a few SKUs and locations."""
     small = st.integers(-5, 2000)
     line = st.builds(OrderLine, sku=st.sampled_from(SKUS), name=st.sampled_from(["n", "名"]),
-                     quantity=st.integers(-2, 5), unit_price=small)  # fmt: skip
+                     quantity=st.integers(-2, 5), unit_price=small,
+                     unit=st.sampled_from(["each", "kg", "lb"]),
+                     # a measure: amounts round half to even alike in both folds
+                     quantity_millionths=st.none() | st.integers(1, 5_000_000)
+                     | st.sampled_from([500_000, 1_500_000, 250_000]))  # fmt: skip
     quantity = st.builds(LineQuantity, sku=st.sampled_from(SKUS), quantity=small,
                          location=st.none() | st.sampled_from(LOCATIONS))  # fmt: skip
     overrides: dict[str, st.SearchStrategy[Any]] = {

@@ -165,11 +165,14 @@ def assert_tables_match_the_log(store: ClickHouseStore, scenario: Scenario, seed
     ), why
     assert one(
         store,
-        "SELECT sum(quantity), sum(revenue), count() FROM DB.order_lines FINAL WHERE is_sale = 1",
+        "SELECT sum(quantity), sum(revenue), count(), sum(quantity_millionths), "
+        "countIf(unit = 'kg') FROM DB.order_lines FINAL WHERE is_sale = 1",
     ) == (
         sum(q for f in sales for _, _, q, _ in f.lines),
         sum(sum(f.line_amounts) for f in sales),  # what the channels state the lines cost
         sum(len(f.lines) for f in sales),
+        sum(m for f in sales for _, m in f.line_measures),  # exact, by weight or each
+        sum(unit == "kg" for f in sales for unit, _ in f.line_measures),
     ), why
     stages = [s for f in facts for s in f.stages]
     closed = [(entered, left) for _, entered, left in stages if left is not None]

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from events.models import measure_text
 from infra.settings import Settings
 from oms.api import create_app
 from projections.read_api import MAX_PAGE_SIZE, json_value
@@ -115,6 +116,10 @@ async def test_an_order_answers_its_current_state_and_every_event_in_sequence(
     ] == expected.lines
     assert not [key for key in order if key.startswith("_") or key.endswith("s") and "line_" in key]
     assert order["line_count"] == len(expected.lines)
+    assert [line["amount"] for line in order["lines"]] == expected.line_amounts
+    assert [(line["unit"], line["measure"]) for line in order["lines"]] == [
+        (unit, measure_text(millionths)) for unit, millionths in expected.line_measures
+    ]
     assert [
         (e["sequence"], e["event_type"], e["event_id"], e["occurred_at"]) for e in body["history"]
     ] == [
@@ -360,3 +365,20 @@ async def test_a_read_past_the_query_limits_is_refused_not_left_running(
         assert allowed.status == 200
     finally:
         await client.close()
+
+
+async def test_a_line_sold_by_weight_shows_its_exact_measure_and_unit(
+    client: TestClient[Any, Any], facts: dict[str, OrderFacts]
+) -> None:
+    weighed = next(
+        (f, n)
+        for f in facts.values()
+        for n, (unit, millionths) in enumerate(f.line_measures)
+        if unit == "kg" and millionths % 1_000_000
+    )
+    order = (await get(client, f"/orders/{weighed[0].order_id}"))["order"]
+    line = order["lines"][weighed[1]]
+    unit, millionths = weighed[0].line_measures[weighed[1]]
+    assert (line["unit"], line["measure"]) == ("kg", measure_text(millionths))
+    assert "." in line["measure"] and line["quantity"] == -(-millionths // 1_000_000)
+    assert line["amount"] == weighed[0].line_amounts[weighed[1]]

@@ -53,6 +53,48 @@ def test_verdict_id_is_deterministic_so_reprocessing_is_recognised() -> None:
             "customer.name",
         ),
         ({"discount": -1, "total": 6101}, "NEGATIVE_AMOUNT", "discount"),
+        (
+            {
+                "lines": [OrderLine(sku="A", name="a", quantity=1, unit_price=100, unit="stone")],
+                "total": 100,
+            },
+            "UNKNOWN_UNIT",
+            "lines.0.unit",
+        ),
+        (
+            {
+                "lines": [
+                    OrderLine(
+                        sku="A",
+                        name="a",
+                        quantity=1,
+                        unit_price=100,
+                        unit="lb",
+                        quantity_millionths=1_500_000,
+                    )
+                ],
+                "total": 150,
+            },
+            "MEASURE_MISMATCH",
+            "lines.0.quantity_millionths",
+        ),
+        (
+            {
+                "lines": [
+                    OrderLine(
+                        sku="A",
+                        name="a",
+                        quantity=1,
+                        unit_price=100,
+                        unit="kg",
+                        quantity_millionths=0,
+                    )
+                ],
+                "total": 0,
+            },
+            "MEASURE_MISMATCH",
+            "lines.0.quantity_millionths",
+        ),
     ],
 )
 def test_each_defect_is_rejected_with_its_reason_code(
@@ -114,3 +156,15 @@ def test_details_the_platform_encrypted_count_as_given_and_a_mask_alone_does_not
     delivered_masked = masked_only.model_copy(update={"mode": OrderMode.DELIVERY})
     codes = {reason.code for reason in rejection_reasons(delivered_masked)}
     assert codes == {"MISSING_ADDRESS", "MISSING_NAME", "MISSING_PHONE"}
+
+
+def test_a_measured_line_is_accepted_and_costs_its_exact_measure() -> None:
+    """1.5 lb at 999 a pound without a stated amount costs 1498.5, half to even: 1498."""
+    line = OrderLine(
+        sku="BEANS", name="beans", quantity=2, unit_price=999, unit="lb",
+        quantity_millionths=1_500_000,
+    )  # fmt: skip
+    assert line.amount == 1498
+    order = received(lines=[line], total=1498 + 500, delivery_fee=500)
+    assert rejection_reasons(order) == []
+    assert not isinstance(decide(order, now=NOW)[1], OrderRejected)

@@ -54,6 +54,10 @@ pub(crate) struct OrderState {
     /// What each line costs as its channel states it (`OrderLine.gross`, else quantity ×
     /// unit price); empty in a row stored before contract v4/v5.
     pub(crate) line_amounts: Vec<i64>,
+    /// What each line's quantity counts (`OrderLine.unit`); empty before contract v5/v6.
+    pub(crate) line_units: Vec<String>,
+    /// Each line's exact quantity in millionths of its unit; empty before contract v5/v6.
+    pub(crate) line_millionths: Vec<i64>,
     pub(crate) placed_at: i64,
     pub(crate) updated_at: i64,
     pub(crate) version: i64,
@@ -92,6 +96,8 @@ pub(crate) struct LineRow {
     pub(crate) quantity: i64,
     pub(crate) price: i64,
     pub(crate) amount: i64,
+    pub(crate) unit: String,
+    pub(crate) millionths: i64,
     pub(crate) location: String,
     pub(crate) is_sale: u8,
 }
@@ -222,6 +228,12 @@ fn line_rows(old: Option<&OrderState>, row: &OrderState) -> Vec<LineRow> {
                 quantity,
                 price,
                 amount: row.line_amounts.get(n).copied().unwrap_or(quantity * price),
+                unit: row.line_units.get(n).cloned().unwrap_or_else(|| EACH.to_owned()),
+                millionths: row
+                    .line_millionths
+                    .get(n)
+                    .copied()
+                    .unwrap_or(quantity * MILLIONTHS),
                 location: if location.is_empty() {
                     row.location.clone()
                 } else {
@@ -238,6 +250,8 @@ fn line_rows(old: Option<&OrderState>, row: &OrderState) -> Vec<LineRow> {
                 quantity: 0,
                 price: 0,
                 amount: 0,
+                unit: old.line_units.get(n).cloned().unwrap_or_else(|| EACH.to_owned()),
+                millionths: 0,
                 location: row.location.clone(),
                 is_sale: 0,
             }
@@ -261,10 +275,36 @@ fn same_line_facts(a: &OrderState, b: &OrderState) -> bool {
         && a.placed_at == b.placed_at
         && a.is_sale == b.is_sale
         && a.line_amounts == b.line_amounts
+        && a.line_units == b.line_units
+        && a.line_millionths == b.line_millionths
 }
 
 fn or_at(current: Option<i64>, at: i64) -> Option<i64> {
     Some(current.unwrap_or(at))
+}
+
+/// `OrderLine.unit` when a line has none (contract before v5/v6).
+const EACH: &str = "each";
+/// `events.models.MILLIONTHS`: a line's exact quantity travels in millionths of its unit.
+const MILLIONTHS: i64 = 1_000_000;
+
+/// `OrderLine.amount`: `gross`, else the quantity × unit price, where a measured quantity
+/// (millionths of its unit) is rounded half to even as Python's `round(Fraction)` does.
+fn line_amount(line: &Value) -> i64 {
+    let gross = line.get("gross");
+    if !gross.is_null() {
+        return gross.int();
+    }
+    let price = line.get("unit_price").int();
+    let measured = line.get("quantity_millionths");
+    if measured.is_null() {
+        return line.get("quantity").int() * price;
+    }
+    let exact = i128::from(measured.int()) * i128::from(price);
+    let millionths = i128::from(MILLIONTHS);
+    let (whole, rest) = (exact.div_euclid(millionths), exact.rem_euclid(millionths));
+    let up = rest * 2 > millionths || (rest * 2 == millionths && whole % 2 != 0);
+    (whole + i128::from(up)) as i64
 }
 
 /// The columns an event sets besides status, version and position
@@ -279,11 +319,19 @@ fn apply_event(row: &mut OrderState, ev: &Value, event_type: &str, at: i64) {
             row.line_quantities = lines.iter().map(|l| l.get("quantity").int()).collect();
             row.line_prices = lines.iter().map(|l| l.get("unit_price").int()).collect();
             row.line_locations = vec![String::new(); lines.len()];
-            row.line_amounts = lines
+            row.line_amounts = lines.iter().map(|l| line_amount(l)).collect();
+            row.line_units = lines
                 .iter()
-                .map(|l| match l.get("gross") {
-                    gross if gross.is_null() => l.get("quantity").int() * l.get("unit_price").int(),
-                    gross => gross.int(),
+                .map(|l| match l.get("unit") {
+                    unit if unit.is_null() || unit.s().is_empty() => EACH.to_owned(),
+                    unit => unit.s().to_owned(),
+                })
+                .collect();
+            row.line_millionths = lines
+                .iter()
+                .map(|l| match l.get("quantity_millionths") {
+                    measured if measured.is_null() => l.get("quantity").int() * MILLIONTHS,
+                    measured => measured.int(),
                 })
                 .collect();
             row.line_count = lines.len() as i64;
