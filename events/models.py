@@ -8,6 +8,7 @@ The Avro schemas in schemas/ are generated from these models (`events.avro_schem
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
@@ -93,6 +94,21 @@ UNITS = ("each", "kg", "g", "lb", "oz", "l", "ml")
 rejects an order with any other unit, as it does an unknown currency)."""
 
 
+_MEASURE = re.compile(r"\s*(-?\d{1,12}(?:\.\d{1,6})?)\s*(kg|g|lb|oz|l|ml)?\s*")
+
+
+def parse_amount(text: str) -> tuple[Fraction, str | None]:
+    """An operator's quantity: "3" is (3, None), "2.5" (5/2, None), "12.5kg" or "12.5 kg"
+    (25/2, "kg"). ValueError says what is wrong."""
+    measured = _MEASURE.fullmatch(text)
+    if measured is None:
+        raise ValueError(
+            f"{text!r} is neither a whole number nor a measure such as 12.5kg "
+            f"(units: {', '.join(UNITS[1:])}; at most 6 decimals)"
+        )
+    return Fraction(measured.group(1)), measured.group(2)
+
+
 def measure_text(millionths: int) -> str:
     """A measure in millionths as exact decimal text: 1500000 → "1.5", 2000000 → "2"."""
     whole, part = divmod(abs(millionths), MILLIONTHS)
@@ -153,6 +169,16 @@ class OrderLine(Frozen):
         if self.quantity_millionths is None:
             return Fraction(self.quantity)
         return Fraction(self.quantity_millionths, MILLIONTHS)
+
+    @property
+    def stock_quantity(self) -> int:
+        """What the line draws from its SKU's stock ledger: whole items for `each`, and for a
+        measure its millionths (the ledger of a product sold by weight or volume counts those,
+        so 1.5 kg reserves 1500000 and nothing is rounded)."""
+        if self.unit == "each":
+            return self.quantity
+        measured = self.quantity_millionths
+        return measured if measured is not None else self.quantity * MILLIONTHS
 
     @property
     def amount(self) -> int:
@@ -674,6 +700,11 @@ class Product(Frozen):
     )
     reorder_point: int = Field(default=0, description="alert when ATP falls to this")
     reorder_quantity: int = 0
+    unit: str = Field(
+        default="each",
+        description="(v2) what it is sold and stocked in: each, or a measure (kg, g, lb, oz, l, "
+        "ml) whose stock ledger counts millionths of the unit",
+    )
 
 
 class Location(Frozen):

@@ -25,6 +25,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from events.models import (
+    MILLIONTHS,
     Actor,
     ActorKind,
     CancelledBy,
@@ -39,6 +40,7 @@ from events.models import (
     StockAdjusted,
     StockCounted,
     StockReceived,
+    parse_amount,
     utc_now,
 )
 from infra.settings import Settings
@@ -102,6 +104,25 @@ def _stock(sku: str, location: str, actor: str) -> dict[str, Any]:
         if not value.strip() or "@" in value:
             raise CommandRejected(name, f"{value!r} is not a valid {name}")
     return _envelope(actor, f"{sku}@{location}") | {"sku": sku, "location": location}
+
+
+def stock_units(sku: str, text: str, *, field: str, unit: str | None) -> int:
+    """An operator's quantity of `sku` as its stock ledger counts it: items for a product sold
+    each, millionths of the unit for one sold by weight or volume (`unit`, the catalogue's; None
+    when the catalogue does not know the SKU). "3" is 3 of the product's unit, "12.5kg" must
+    name that unit; a fraction of an item, or of a millionth, is refused naming `field`."""
+    try:
+        amount, named = parse_amount(text)
+    except ValueError as exc:
+        raise CommandRejected(field, str(exc)) from None
+    measure = named or unit or "each"
+    if unit is not None and measure != unit:
+        raise CommandRejected(field, f"{sku} is stocked in {unit}, not {measure}")
+    if measure == "each":
+        if amount.denominator != 1:
+            raise CommandRejected(field, f"{text.strip()} is not a whole number of items")
+        return int(amount)
+    return int(amount * MILLIONTHS)  # (at most 6 decimals: whole millionths)
 
 
 def stock_set(sku: str, location: str, *, counted: int, actor: str) -> Event:

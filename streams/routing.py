@@ -351,12 +351,13 @@ def _allocate(need: int, stock: list[tuple[str, int]]) -> dict[str, int]:
 
 
 def _wanted(order: OrderReceived) -> dict[str, int]:
-    """Units per SKU, in order of first appearance: lines of one SKU that differ only in options
-    draw on the same stock."""
+    """Units per SKU in its stock ledger's terms (items, or millionths of a measure:
+    `OrderLine.stock_quantity`), in order of first appearance: lines of one SKU that differ
+    only in options draw on the same stock."""
     wanted: dict[str, int] = {}
     for line in order.lines:
         if line.quantity > 0:
-            wanted[line.sku] = wanted.get(line.sku, 0) + line.quantity
+            wanted[line.sku] = wanted.get(line.sku, 0) + line.stock_quantity
     return wanted
 
 

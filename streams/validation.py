@@ -179,6 +179,17 @@ def catalogue_reasons(order: OrderReceived, catalogue: Catalogue) -> list[Reject
         for i, line in enumerate(order.lines)
         if line.sku not in catalogue.products
     ]
+    reasons += [
+        RejectionReason(
+            code="UNIT_MISMATCH",
+            field=f"lines.{i}.unit",
+            message=f"{line.sku!r} is sold in {product.unit}, the line counts {line.unit}",
+        )
+        for i, line in enumerate(order.lines)
+        if (product := catalogue.products.get(line.sku)) is not None
+        # (its stock ledger counts in the product's unit: a line in another cannot draw on it)
+        and product.unit != line.unit
+    ]
     if order.mode in (OrderMode.PICKUP, OrderMode.DINE_IN):
         location = catalogue.location_for(order.location_hint)
         if order.location_hint is None:

@@ -4,12 +4,16 @@ sent to Kafka (oms.operations), which the workers act on."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from infra.settings import get_settings
+
+if TYPE_CHECKING:
+    from events.models import Product
 
 
 def _send_command(build: Any, **kwargs: Any) -> None:
@@ -23,6 +27,19 @@ def _send_command(build: Any, **kwargs: Any) -> None:
         raise click.BadParameter(str(exc), param_hint=exc.field) from exc
     send(settings, event)
     click.echo(f"{event.event_type} {event.event_id} -> {topic_for(settings, event)}")
+
+
+def _ledger_units(sku: str, text: str, field: str) -> int:
+    """QUANTITY as the SKU's stock ledger counts it (items, or millionths of the unit of a
+    product sold by weight or volume, by the catalogue file); a bad one names the argument."""
+    from oms.operations import CommandRejected, stock_units
+    from streams.reference import load_catalogue
+
+    product = load_catalogue(get_settings().catalogue_file).products.get(sku)
+    try:
+        return stock_units(sku, text, field=field, unit=product.unit if product else None)
+    except CommandRejected as exc:
+        raise click.BadParameter(str(exc), param_hint=exc.field) from exc
 
 
 def _print_rows(rows: list[dict[str, Any]], columns: list[str], empty: str) -> None:
@@ -148,26 +165,48 @@ def stock() -> None:
 @click.option("--location", default=None)
 @click.option("--limit", default=100, show_default=True)
 def stock_show(sku: str | None, location: str | None, limit: int) -> None:
-    """On hand, reserved, safety stock and available per sku@location (from ClickHouse)."""
+    """On hand, reserved, safety stock and available per sku@location (from ClickHouse); a
+    product the catalogue file sells by weight or volume shows its measure (12.5kg)."""
+    from streams.reference import load_catalogue
+
+    products = load_catalogue(get_settings().catalogue_file).products
     rows = [
         r
         for r in _read_report("stock_levels", limit=10_000)
         if (sku is None or r.get("sku") == sku)
         and (location is None or r.get("location") == location)
     ][:limit]
-    _print_rows(rows, list(rows[0]) if rows else [], "no stock recorded")
+    shown = [in_units(row, products) for row in rows]
+    _print_rows(shown, list(shown[0]) if shown else [], "no stock recorded")
+
+
+def in_units(row: dict[str, Any], products: Mapping[str, Product]) -> dict[str, Any]:
+    """A stock_levels row as an operator reads it: a product sold by weight or volume, whose
+    ledger counts millionths of its unit, shows its measure (12500000 of a kg product: 12.5kg)."""
+    from events.models import measure_text
+
+    product = products.get(row.get("sku", ""))
+    if product is None or product.unit == "each":
+        return row
+    return {
+        column: f"{measure_text(value)}{product.unit}"
+        if column in ("on_hand", "reserved", "safety_stock", "available") and isinstance(value, int)
+        else value
+        for column, value in row.items()
+    }
 
 
 @stock.command("set")
 @click.argument("sku")
 @click.argument("location")
-@click.argument("counted", type=int)
+@click.argument("counted")
 @click.option("--by", "actor", default="operator", show_default=True)
-def stock_set(sku: str, location: str, counted: int, actor: str) -> None:
-    """A stock count: on hand becomes COUNTED."""
+def stock_set(sku: str, location: str, counted: str, actor: str) -> None:
+    """A stock count: on hand becomes COUNTED (items, or a measure: 12.5kg)."""
     from oms.operations import stock_set as build
 
-    _send_command(build, sku=sku, location=location, counted=counted, actor=actor)
+    units = _ledger_units(sku, counted, "counted")
+    _send_command(build, sku=sku, location=location, counted=units, actor=actor)
 
 
 # A negative DELTA ("-3") is an argument, not an unknown option. (A mistyped option then shows
@@ -175,48 +214,51 @@ def stock_set(sku: str, location: str, counted: int, actor: str) -> None:
 @stock.command("adjust", context_settings={"ignore_unknown_options": True})
 @click.argument("sku")
 @click.argument("location")
-@click.argument("delta", type=int)
+@click.argument("delta")
 @click.option("--reason", required=True, help="DAMAGED, LOST, FOUND, CORRECTION, ...")
 @click.option("--note", default=None)
 @click.option("--by", "actor", default="operator", show_default=True)
 def stock_adjust(
-    sku: str, location: str, delta: int, reason: str, note: str | None, actor: str
+    sku: str, location: str, delta: str, reason: str, note: str | None, actor: str
 ) -> None:
-    """Add (or with a negative DELTA, e.g. -3, remove) units, with a reason."""
+    """Add (or with a negative DELTA, e.g. -3 or -0.5kg, remove) units, with a reason."""
     from oms.operations import stock_adjust as build
 
+    units = _ledger_units(sku, delta, "delta")
     _send_command(
-        build, sku=sku, location=location, delta=delta, reason=reason, note=note, actor=actor
+        build, sku=sku, location=location, delta=units, reason=reason, note=note, actor=actor
     )
 
 
 @stock.command("receive")
 @click.argument("sku")
 @click.argument("location")
-@click.argument("quantity", type=int)
+@click.argument("quantity")
 @click.option("--reference", default=None, help="purchase order or transfer id")
 @click.option("--by", "actor", default="operator", show_default=True)
 def stock_receive(
-    sku: str, location: str, quantity: int, reference: str | None, actor: str
+    sku: str, location: str, quantity: str, reference: str | None, actor: str
 ) -> None:
-    """Goods in: QUANTITY more on hand."""
+    """Goods in: QUANTITY more on hand (items, or a measure: 12.5kg)."""
     from oms.operations import stock_receive as build
 
+    units = _ledger_units(sku, quantity, "quantity")
     _send_command(
-        build, sku=sku, location=location, quantity=quantity, reference=reference, actor=actor
+        build, sku=sku, location=location, quantity=units, reference=reference, actor=actor
     )
 
 
 @stock.command("safety")
 @click.argument("sku")
 @click.argument("location")
-@click.argument("quantity", type=int)
+@click.argument("quantity")
 @click.option("--by", "actor", default="operator", show_default=True)
-def stock_safety(sku: str, location: str, quantity: int, actor: str) -> None:
+def stock_safety(sku: str, location: str, quantity: str, actor: str) -> None:
     """Units kept back from promising (ATP = on hand - reserved - safety stock)."""
     from oms.operations import safety_stock as build
 
-    _send_command(build, sku=sku, location=location, quantity=quantity, actor=actor)
+    units = _ledger_units(sku, quantity, "quantity")
+    _send_command(build, sku=sku, location=location, quantity=units, actor=actor)
 
 
 @click.command()

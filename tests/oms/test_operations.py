@@ -267,3 +267,65 @@ def test_the_read_side_commands_show_the_review_queue_a_store_queue_and_stock(
     assert "no open orders at S02" in run_cli(guarded, "queue", "S02").stdout
     stock = run_cli(guarded, "stock", "show", "MUG-CERAMIC")
     assert stock.returncode == 0 and "WH-SH" in stock.stdout and " 7 " in f" {stock.stdout} "
+
+
+@pytest.mark.parametrize(
+    ("text", "unit", "units"),
+    [
+        ("3", None, 3),
+        ("3", "each", 3),
+        ("12.5kg", None, 12_500_000),  # a SKU the catalogue does not know: as typed
+        ("12.5 kg", "kg", 12_500_000),
+        ("12.5", "kg", 12_500_000),  # in the product's own unit
+        ("2", "lb", 2_000_000),
+        ("-0.25lb", "lb", -250_000),
+        ("0.000001l", "l", 1),
+    ],
+)
+def test_an_operator_quantity_becomes_the_units_its_stock_ledger_counts(
+    text: str, unit: str | None, units: int
+) -> None:
+    assert operations.stock_units("SKU", text, field="quantity", unit=unit) == units
+
+
+@pytest.mark.parametrize(
+    ("text", "unit", "says"),
+    [
+        ("2.5", "each", "not a whole number of items"),
+        ("2.5", None, "not a whole number of items"),
+        ("500g", "kg", "stocked in kg, not g"),
+        ("3kg", "each", "stocked in each, not kg"),
+        ("1.1234567kg", "kg", "at most 6 decimals"),
+        ("lots", None, "neither a whole number nor a measure"),
+    ],
+)
+def test_an_operator_quantity_the_ledger_cannot_count_is_refused_naming_the_field(
+    text: str, unit: str | None, says: str
+) -> None:
+    with pytest.raises(operations.CommandRejected) as caught:
+        operations.stock_units("SKU", text, field="delta", unit=unit)
+    assert caught.value.field == "delta" and says in str(caught.value)
+
+
+def test_the_cli_refuses_a_fraction_of_an_item_before_sending_anything() -> None:
+    refused = run_cli(Settings(), "stock", "receive", "MUG-CERAMIC", "WH-SH", "2.5")
+    assert refused.returncode == 2
+    assert "quantity" in refused.stderr and "not a whole number of items" in refused.stderr
+
+
+def test_stock_of_a_product_sold_by_weight_shows_in_its_unit() -> None:
+    from events.models import Product
+    from oms.cli.operators import in_units
+
+    products = {
+        "TEA": Product(sku="TEA", name="tea", unit="kg"),
+        "MUG": Product(sku="MUG", name="m"),
+    }
+    row = {"sku": "TEA", "location": "S1", "on_hand": 12_500_000, "reserved": 250_000,
+           "safety_stock": 0, "available": 12_250_000}  # fmt: skip
+    assert in_units(row, products) == {
+        "sku": "TEA", "location": "S1", "on_hand": "12.5kg", "reserved": "0.25kg",
+        "safety_stock": "0kg", "available": "12.25kg",
+    }  # fmt: skip
+    mugs = {**row, "sku": "MUG"}
+    assert in_units(mugs, products) == mugs

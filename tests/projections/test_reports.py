@@ -114,7 +114,6 @@ def test_sales_by_product_channel_store_and_region(
 ) -> None:
     later = {"since": SINCE + timedelta(hours=20), "until": UNTIL}
     for name, column, key in [
-        ("sales_by_product", "sku", lambda f, sku, *_: sku),
         ("sales_by_channel", "channel", lambda f, *_: f.channel),
         ("sales_by_store", "store", lambda f, *rest: rest[-1]),
         ("sales_by_region", "region", lambda f, *_: f.region),
@@ -129,6 +128,33 @@ def test_sales_by_product_channel_store_and_region(
             assert len(expected) > 2, name
     names = {r["sku"]: r["product_name"] for r in report(store, "sales_by_product", **WINDOW)}
     assert names["DUMPLING-12"] == "猪肉白菜水饺 12只"
+
+
+def test_sales_by_product_count_each_unit_exactly(
+    store: ClickHouseStore, facts: list[OrderFacts]
+) -> None:
+    """Per SKU and the unit it was sold in: whole units (a measure rounded up) and the exact
+    measure in millionths (1.25 kg and 0.5 kg of a dish sold by weight: 1750000)."""
+    rows = report(store, "sales_by_product", limit=1000, **WINDOW)
+    got = {
+        (r["sku"], r["unit"], r["currency"]): (
+            r["orders"], r["units"], r["revenue"], r["quantity_millionths"]
+        )
+        for r in rows
+    }  # fmt: skip
+    orders: dict[Any, set[str]] = defaultdict(set)
+    sums: dict[Any, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for f in facts:
+        if f.is_sale and in_window(f):
+            for n, (sku, _, quantity, _) in enumerate(f.lines):
+                unit, millionths = f.line_measures[n]
+                k = (sku, unit, f.currency)
+                orders[k].add(f.order_id)
+                sums[k][0] += quantity
+                sums[k][1] += f.line_amounts[n]
+                sums[k][2] += millionths
+    assert got == {k: (len(orders[k]), *sums[k]) for k in orders}
+    assert len(got) == len(rows) and any(unit == "kg" for _, unit, _ in got)
 
 
 def test_sales_by_hour_counts_hours_in_the_time_zone_asked_for(

@@ -412,3 +412,22 @@ def test_a_route_covers_the_order_exactly_within_stock_over_fewest_nearest_locat
 
     chosen = total(tuple(g.location for g in result.groups))
     assert all(total(c) >= chosen for c in combinations(ids, used) if covers(c, need, table))
+
+
+def test_a_line_sold_by_weight_wants_its_exact_measure_from_the_stock_ledger() -> None:
+    """1.5 kg of loose tea draws 1500000 millionths of a kilogram: a warehouse with 1.4 kg is
+    passed over for one with 1.5 kg, though both hold 2 whole kilograms' worth when rounded."""
+    tea = OrderLine(
+        sku="TEA-LOOSE", name="散茶", quantity=2, unit_price=20_000, unit="kg",
+        quantity_millionths=1_500_000,
+    )  # fmt: skip
+    order = at_home(mode="ship", lines=[tea], total=30_000, delivery_fee=0)
+    base = catalogue(warehouse("WH-1", 10), warehouse("WH-2", 20))
+    loose = Product(sku="TEA-LOOSE", name="散茶", unit="kg")
+    cat = Catalogue(products={**base.products, loose.sku: loose}, locations=base.locations)
+    table = {("TEA-LOOSE", "WH-1"): 1_400_000, ("TEA-LOOSE", "WH-2"): 1_500_000}
+    result = routed(order, cat, available=stock(table))
+    assert placement(result) == [("WH-2", [("TEA-LOOSE", 1_500_000)])]
+    assert refused(order, cat, available=stock({("TEA-LOOSE", "WH-1"): 1_499_999})).code == (
+        NoRouteCode.OUT_OF_STOCK
+    )

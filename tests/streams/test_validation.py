@@ -168,3 +168,19 @@ def test_a_measured_line_is_accepted_and_costs_its_exact_measure() -> None:
     order = received(lines=[line], total=1498 + 500, delivery_fee=500)
     assert rejection_reasons(order) == []
     assert not isinstance(decide(order, now=NOW)[1], OrderRejected)
+
+
+def test_a_line_in_another_unit_than_its_product_is_stocked_in_is_rejected() -> None:
+    from events.models import Product
+    from streams.catalogue import Catalogue
+
+    catalogue = Catalogue(products={"TEA": Product(sku="TEA", name="tea", unit="kg")})
+    grams = OrderLine(sku="TEA", name="tea", quantity=250, unit_price=10, unit="g")
+    kilos = OrderLine(sku="TEA", name="tea", quantity=1, unit_price=4000, unit="kg",
+                      quantity_millionths=250_000)  # fmt: skip
+    wrong = received(lines=[grams], total=3000, delivery_fee=500)
+    right = received(lines=[kilos], total=1500, delivery_fee=500)
+    assert [(r.code, r.field) for r in rejection_reasons(wrong, catalogue)] == [
+        ("UNIT_MISMATCH", "lines.0.unit")
+    ]
+    assert rejection_reasons(right, catalogue) == []
