@@ -142,6 +142,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     )
     if settings.session_secret:
         env["OMS_SESSION_SECRET"] = settings.session_secret.get_secret_value()
+    if settings.catalogue_file:
+        env["OMS_CATALOGUE_FILE"] = str(settings.catalogue_file)
     env.update({f"OMS_TOPIC_{k.upper()}": v for k, v in settings.topics.model_dump().items()})
     return env
 

@@ -262,3 +262,67 @@ def test_crafted_inputs_each_reach_the_dlq_once_and_the_partition_keeps_flowing(
         [letter] = [x for x in letters if isinstance(x, DeadLetter) and x.raw == raw]
         assert reasons[name] in letter.reason, (name, letter.reason)
     assert worker.poll() is None
+
+
+def test_a_line_sold_by_weight_reserves_its_exact_measure_on_the_real_pipeline(
+    isolated_settings: Settings, tmp_path: Path
+) -> None:
+    """2 kg of loose tea on the ledger: an order of 1.5 kg reserves exactly 1500000 millionths,
+    and the next 1.5 kg finds 0.5 kg left and is refused for stock (rounded to whole kilograms,
+    both would have fitted in 2)."""
+    import json
+
+    from events.models import Customer, OrderLine, OrderMode
+    from infra.publisher import Publisher
+    from streams.reference import DEFAULT_FILE
+
+    document = json.loads(DEFAULT_FILE.read_text(encoding="utf-8"))
+    document["products"].append({"sku": "TEA-LOOSE", "name": "散装龙井", "unit": "kg"})
+    catalogue = tmp_path / "catalogue.json"
+    catalogue.write_text(json.dumps(document, ensure_ascii=False))
+    settings = isolated_settings.model_copy(update={"catalogue_file": catalogue})
+    log = (tmp_path / "worker.log").open("wb")
+    worker = subprocess.Popen([sys.executable, "-m", "oms.cli", "worker"],
+                              env=settings_env(settings), stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)  # fmt: skip
+    try:
+        kilos = operations.stock_receive("TEA-LOOSE", "WH-SH", quantity=2_000_000, actor="test")
+        operations.send(settings, kilos)
+        read_topic(settings, settings.topics.inventory, expect=1, timeout_s=60)
+        publisher = Publisher(settings)
+        for n in (1, 2):
+            tea = OrderLine(sku="TEA-LOOSE", name="散装龙井", quantity=2, unit_price=40_000,
+                            unit="kg", quantity_millionths=1_500_000)  # fmt: skip
+            publisher.intake(received(
+                event_id=f"e-tea-{n}", order_id=f"o-tea-{n}", external_id=f"tea-{n}",
+                mode=OrderMode.SHIP, lines=[tea], total=60_000, delivery_fee=0,
+                customer=Customer(name=f"顾客{n}", phone=f"+861380000000{n}"),
+            ))  # fmt: skip
+            publisher.flush()
+            time.sleep(1.0)  # the first is routed before the second comes
+        codec = AvroCodec()
+        deadline = time.monotonic() + 90
+        ends: dict[str, str] = {}
+        why: dict[str, Any] = {}
+        while len(ends) < 2:
+            assert time.monotonic() < deadline, ends
+            for message in read_topic(settings, settings.topics.orders, expect=1, timeout_s=30):
+                event = codec.decode(message.value())
+                if event.event_type in ("OrderPrioritised", "OrderReservationFailed",
+                                        "OrderRejected"):  # fmt: skip
+                    ends.setdefault(event.order_id, event.event_type)
+                    why[event.order_id] = getattr(event, "reasons", None)
+            time.sleep(0.5)
+        assert ends == {"o-tea-1": "OrderPrioritised", "o-tea-2": "OrderReservationFailed"}, why
+        found = read_topic(settings, settings.topics.inventory, expect=2, timeout_s=30)
+        ledger = [codec.decode(m.value()) for m in found]
+        reserved = [e for e in ledger if e.event_type == "StockReserved"]
+        assert [(e.order_id, e.quantity) for e in reserved] == [("o-tea-1", 1_500_000)]
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+        log.close()
