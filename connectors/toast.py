@@ -48,9 +48,11 @@ before tax; `totalAmount` adds `taxAmount` and excludes tips. So:
   arithmetic (`totalAmount` = `amount` + `taxAmount`, `amount` = Σ `price` + service charges)
   leaves no rounding the parts do not show, so no rounding tolerance is given.
 
-Quantities are whole: the contract's line quantity is an integer (until issue 18 item 1), so a
-selection sold by weight (`unitOfMeasure` LB, `quantity` 1.5) is refused naming its `quantity`,
-not rounded; a whole measured quantity (2 LB) is a line of 2, its unit price per pound.
+A selection sold by weight (`unitOfMeasure` LB, OZ, KG, G) keeps its exact measure: 1.5 LB is
+a line of unit `lb`, `quantity_millionths` 1500000 and `quantity` 2 (rounded up), its unit price
+per pound; a whole measure (2 LB) is a line of 2 `lb`. A selection counted in items
+(`unitOfMeasure` NONE or absent) must be whole: a fractional one is refused naming its
+`quantity`, not rounded, as is a unit of measure the contract does not count in.
 
 Times are ISO 8601 with an offset ("2026-11-25T11:32:05.000+0000"), converted to UTC. The order
 was placed at `openedDate` (else `createdDate`); `promisedDate` is the requested time. Toast
@@ -81,6 +83,7 @@ import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 from connectors.base import (
@@ -91,11 +94,12 @@ from connectors.base import (
     Connector,
     PayloadRejected,
     decimal_number,
+    exact_quantity,
     minor_units,
     unit_price_of,
 )
 from connectors.samples import SampleOrder, payload_json
-from events.models import Address, Customer, OrderLine, OrderMode, PaymentStatus
+from events.models import MILLIONTHS, Address, Customer, OrderLine, OrderMode, PaymentStatus
 
 CURRENCY = "USD"
 RESTAURANT_HEADER = "Toast-Restaurant-External-ID"
@@ -327,20 +331,41 @@ def _unwrap(document: Any) -> Any:
     return document
 
 
-def _whole(amount: Decimal, field: str, unit: str | None = None) -> int:
+def _whole(amount: Decimal, field: str) -> int:
     if amount != amount.to_integral_value() or amount <= 0:
-        measure = f" {unit}" if unit and unit != "NONE" else ""
         raise PayloadRejected(
-            f"{amount}{measure} is not a whole positive quantity (the contract counts whole items)",
+            f"{amount} is not a whole positive quantity of items (a measure names its "
+            "unitOfMeasure)",
             field=field,
         )
     return int(amount)
 
 
+_UNITS = {"NONE": "each", "LB": "lb", "OZ": "oz", "KG": "kg", "G": "g"}
+"""Toast's `unitOfMeasure` values and the contract's unit for each."""
+
+
 def _line(selection: _Selection, at: str) -> OrderLine:
     """A selection's amounts as Toast states them (module docstring): all for the whole
     quantity and without tax, so the unit price is derived and never refuses the order."""
-    quantity = _whole(selection.quantity, f"{at}.quantity", selection.unitOfMeasure)
+    unit = _UNITS.get(selection.unitOfMeasure or "NONE")
+    if unit is None:
+        raise PayloadRejected(
+            f"unit of measure {selection.unitOfMeasure!r} is not one of {', '.join(_UNITS)}",
+            field=f"{at}.unitOfMeasure",
+        )
+    millionths: int | None = None
+    if unit == "each":
+        quantity = _whole(selection.quantity, f"{at}.quantity")
+    elif selection.quantity <= 0:
+        raise PayloadRejected(
+            f"{selection.quantity} is not a positive quantity", field=f"{at}.quantity"
+        )
+    else:
+        quantity, millionths = exact_quantity(
+            format(selection.quantity, "f"), field=f"{at}.quantity"
+        )
+    measure = Fraction(millionths, MILLIONTHS) if millionths is not None else quantity
 
     def cents(amount: Decimal, field: str) -> int:
         return minor_units(amount, currency=CURRENCY, field=f"{at}.{field}")
@@ -364,7 +389,9 @@ def _line(selection: _Selection, at: str) -> OrderLine:
         sku=(selection.item.guid if selection.item else None) or selection.displayName,
         name=selection.displayName,
         quantity=quantity,
-        unit_price=unit_price_of(gross, quantity),
+        unit_price=unit_price_of(gross, measure),
+        unit=unit,
+        quantity_millionths=millionths,
         options=options,
         gross=gross,
         discount=gross - net,

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -273,13 +274,28 @@ def test_without_pre_discount_price_or_tax_the_line_states_what_it_can() -> None
     assert (order.discount, order.tax, order.total) == (200, 154, 2079)
 
 
-def test_a_weighed_selection_is_refused_naming_its_quantity_and_unit() -> None:
-    def change(document: dict[str, Any]) -> None:
+def test_a_weighed_selection_keeps_its_exact_measure_and_unit() -> None:
+    def weighed(document: dict[str, Any]) -> None:
         document["checks"][0]["selections"][1].update(quantity=1.5, unitOfMeasure="LB")
 
-    with pytest.raises(PayloadRejected, match="1.5 LB") as caught:
-        parse(edited("pickup_order.json", change))
+    order = parse(edited("pickup_order.json", weighed))
+    line = order.lines[1]
+    assert (line.unit, line.quantity_millionths, line.quantity) == ("lb", 1_500_000, 2)
+    assert line.unit_price == round(Fraction(line.amount) / Fraction(3, 2))
+
+    def loose(document: dict[str, Any]) -> None:
+        document["checks"][0]["selections"][1].update(quantity=1.5, unitOfMeasure="NONE")
+
+    with pytest.raises(PayloadRejected, match="whole positive quantity of items") as caught:
+        parse(edited("pickup_order.json", loose))
     assert caught.value.field == "checks.0.selections.1.quantity"
+
+    def stones(document: dict[str, Any]) -> None:
+        document["checks"][0]["selections"][1].update(quantity=1, unitOfMeasure="STONE")
+
+    with pytest.raises(PayloadRejected) as caught:
+        parse(edited("pickup_order.json", stones))
+    assert caught.value.field == "checks.0.selections.1.unitOfMeasure"
 
 
 def test_sample_payload_states_each_selections_share_of_the_discount_and_tax() -> None:
@@ -289,3 +305,10 @@ def test_sample_payload_states_each_selections_share_of_the_discount_and_tax() -
         (1425, 134, 103), (700, 66, 51),
     ]  # fmt: skip
     assert sum(li.total or 0 for li in order.lines) == order.total
+
+
+def test_a_deli_order_by_weight_carries_the_exact_pounds() -> None:
+    order = parse(fixture("deli_by_weight.json"))
+    brisket = next(line for line in order.lines if line.unit == "lb")
+    assert (brisket.quantity_millionths, brisket.quantity, brisket.amount) == (1_250_000, 2, 700)
+    assert brisket.unit_price == 560  # $7.00 for 1.25 lb
