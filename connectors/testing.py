@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import ClassVar
@@ -173,6 +174,31 @@ class ConnectorConformance:
                     f"{bad[:60]!r}: rejection names {rejected.value.field!r}, expected {field!r}"
                 )
 
+    def test_real_payloads_mutated_are_accepted_or_refused_naming_the_field(self) -> None:
+        """The robustness corpus: each fixture with one value changed the way real channels
+        get them wrong — an optional field missing, null, an empty string, a number written
+        "1,234.50" or "1.5E1", a very long text, emoji and mixed scripts — must come out as an
+        event the contract can carry, or refused with a reason that names a field."""
+        from events.codec import AvroCodec
+
+        codec = AvroCodec()
+        crashes: list[str] = []
+        for name, raw, headers in self.payloads():
+            try:
+                document = json.loads(raw)
+            except ValueError:
+                continue  # (a form-encoded fixture: the fuzz tests cover it)
+            for where, label, mutated in robustness_corpus(document):
+                body = json.dumps(mutated, ensure_ascii=False).encode()
+                try:
+                    codec.encode(self.parse(body, headers))
+                except PayloadRejected as rejected:
+                    if not (rejected.reason and rejected.field):
+                        crashes.append(f"{name} {where} {label}: refused without a field")
+                except Exception as exc:  # noqa: BLE001 (the check is that nothing else escapes)
+                    crashes.append(f"{name} {where} {label}: {type(exc).__name__}: {exc}"[:300])
+        assert not crashes, f"{len(crashes)} mutations not handled:\n" + "\n".join(crashes[:20])
+
     def sample_payload(
         self, order: SampleOrder, *, revision: int = 0
     ) -> tuple[bytes, dict[str, str]]:
@@ -242,3 +268,80 @@ def tampered(raw: bytes) -> bytes:
             bumped = 0x30 + (raw[index] - 0x30 + 1) % 10
             return raw[:index] + bytes([bumped]) + raw[index + 1 :]
     return raw + b" "
+
+
+LONG_TEXT = "宫保鸡丁 Kung Pao " * 700
+"""About 12,000 characters: longer than any name or note a channel sends."""
+
+MIXED_TEXT = "🍜 宫保鸡丁 Chicken ×2 — ضعف 🌶️ ｘ２ café"
+_DELETE = object()
+
+
+def _numeric(value: object) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | float):
+        return True
+    return isinstance(value, str) and value.replace(".", "", 1).isdigit()
+
+
+def robustness_corpus(document: object) -> Iterator[tuple[str, str, object]]:
+    """`document` with one leaf value changed at a time, as (where, what, the document): every
+    leaf missing, null and empty; a number (or a numeric string) as "1,234.50" and "1.5E1";
+    a text very long and in emoji and mixed scripts. A JSON document a channel sends inside a
+    string (Meituan's `detail`) is changed inside, and written back as a string."""
+    for path, value in _leaves(document, ()):
+        changes: list[tuple[str, object]] = [
+            ("missing", _DELETE), ("null", None), ("empty", ""),
+        ]  # fmt: skip
+        if _numeric(value):
+            changes += [("1,234.50", "1,234.50"), ("1.5E1", "1.5E1")]
+        elif isinstance(value, str):
+            changes += [("long text", LONG_TEXT), ("mixed scripts", MIXED_TEXT)]
+        where = "/".join(str(step) for step in path)
+        for label, new in changes:
+            yield where, label, _changed(document, path, new)
+
+
+def _leaves(value: object, path: tuple[object, ...]) -> Iterator[tuple[tuple[object, ...], object]]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _leaves(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _leaves(item, (*path, index))
+    elif isinstance(value, str) and value[:1] in "[{":
+        try:
+            inner = json.loads(value)
+        except ValueError:
+            yield path, value
+        else:
+            yield from _leaves(inner, (*path, _Embedded))
+    else:
+        yield path, value
+
+
+class _Embedded:
+    """A path step into a JSON document sent as a string."""
+
+
+def _changed(value: object, path: tuple[object, ...], new: object) -> object:
+    if not path:
+        return new
+    step, rest = path[0], path[1:]
+    if step is _Embedded:
+        assert isinstance(value, str)
+        return json.dumps(_changed(json.loads(value), rest, new), ensure_ascii=False)
+    if isinstance(value, dict):
+        inner = _changed(value[step], rest, new)
+        return {k: v for k, v in value.items() if k != step} | (
+            {} if inner is _DELETE else {step: inner}
+        )
+    assert isinstance(value, list) and isinstance(step, int)
+    inner = _changed(value[step], rest, new)
+    copy = list(value)
+    if inner is _DELETE:
+        del copy[step]
+    else:
+        copy[step] = inner
+    return copy

@@ -298,3 +298,26 @@ def test_weighed_items_keep_their_exact_quantity_and_unit() -> None:
     )
     assert order.total == 3999 == sum(line.amount for line in order.lines)
     assert rejection_reasons(order) == []
+
+
+def test_the_robustness_corpus_catches_a_crash_and_a_refusal_naming_no_field() -> None:
+    """The kit's corpus check fails for a connector that lets another exception escape on
+    "1.5E1", or refuses a null without naming the field."""
+
+    class Crashing(SquareConnector):
+        def parse(self, raw: bytes, **kwargs: Any) -> Any:
+            if b'"1.5E1"' in raw:
+                raise ZeroDivisionError("crash")
+            return super().parse(raw, **kwargs)
+
+    class Vague(SquareConnector):
+        def parse(self, raw: bytes, **kwargs: Any) -> Any:
+            if b": null" in raw:
+                raise PayloadRejected("something is null")
+            return super().parse(raw, **kwargs)
+
+    for connector, says in ((Crashing(), "ZeroDivisionError: crash"),
+                            (Vague(), "refused without a field")):  # fmt: skip
+        kit = type("Kit", (TestSquareConformance,), {"connector": connector})()
+        with pytest.raises(AssertionError, match=says):
+            kit.test_real_payloads_mutated_are_accepted_or_refused_naming_the_field()
