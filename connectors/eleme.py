@@ -56,8 +56,9 @@ from connectors.base import (
     signed_epoch,
     unit_price_of,
 )
+from connectors.platform_pii import clear_buyer
 from connectors.samples import SampleOrder, payload_json
-from events.models import Address, Customer, OrderLine, OrderMode, PaymentStatus
+from events.models import Address, OrderLine, OrderMode, PaymentStatus
 
 CURRENCY = "CNY"
 ORDER_EFFECTIVE = 10  # message type 订单生效: the order, once paid (or placed, if cash)
@@ -180,9 +181,7 @@ class ElemeConnector(Connector):
             ),
             total=minor_units(order.totalPrice, currency=CURRENCY, field="message.totalPrice"),
             payment_status=_PAYMENT[order.onlinePaid],
-            customer=Customer(
-                name=order.consignee or None, phone=next(iter(order.phoneList or []), None)
-            ),
+            customer=clear_buyer(order.consignee, next(iter(order.phoneList or []), None)),
             address=Address(
                 text=order.address, country="CN", latitude=latitude, longitude=longitude
             )

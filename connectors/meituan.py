@@ -51,8 +51,9 @@ from connectors.base import (
     signed_epoch,
     unit_price_of,
 )
+from connectors.platform_pii import clear_buyer
 from connectors.samples import SampleOrder, payload_json
-from events.models import Address, Customer, OrderLine, OrderMode, PaymentStatus
+from events.models import Address, OrderLine, OrderMode, PaymentStatus
 
 CURRENCY = "CNY"
 PUSH_URL = "http://127.0.0.1:8080/webhooks/meituan"  # `oms api` on its default address
@@ -169,9 +170,7 @@ class MeituanConnector(Connector):
             discount=minor_units(charges, currency=CURRENCY, field="extras"),
             total=minor_units(order.total, currency=CURRENCY, field="total"),
             payment_status=_PAYMENT.get(order.pay_type, PaymentStatus.PENDING),
-            customer=Customer(
-                name=order.recipient_name or None, phone=order.recipient_phone or None
-            ),
+            customer=clear_buyer(order.recipient_name, order.recipient_phone),
             address=address,
             location_hint=order.app_poi_code,
             requested_at=from_epoch(wanted, field="delivery_time") if wanted else None,

@@ -191,6 +191,8 @@ def _line(number: int, text: str) -> OrderLine:
         unit_price=unit_price,
         options=[option.strip() for option in re.split(r"[,，、]", options) if option.strip()],
         gross=int(quantity) * unit_price,  # the format states a unit price (module docstring)
+        tax=0,
+        prices_include_tax=True,  # the menu price the customer is quoted includes VAT
     )
 
 

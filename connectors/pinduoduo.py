@@ -233,6 +233,8 @@ def _line(item: _Item, index: int) -> OrderLine:
         unit_price=unit_price,
         options=[s.strip() for s in (item.goods_spec or "").split(",") if s.strip()],
         gross=unit_price * item.goods_count,
+        tax=0,
+        prices_include_tax=True,  # a consumer price in China includes its VAT
     )
 
 

@@ -46,6 +46,17 @@ def split_virtual(phone: str) -> Phone:
     return Phone(found.group(2), found.group(3))
 
 
+def clear_buyer(name: str | None, phone: str | None) -> Customer:
+    """A buyer the platform gives in clear, whose phone may be a virtual number: Meituan's
+    `recipient_phone` (`13012345678_8421`) and Ele.me's `phoneList` (`13012345678,8421`)."""
+    split = split_virtual(phone) if phone and phone.strip() else None
+    return Customer(
+        name=(name or "").strip() or None,
+        phone=split.number if split else None,
+        phone_extension=split.extension if split else None,
+    )
+
+
 @dataclass(frozen=True)
 class Opened:
     """A receiver as the platform decrypted it."""

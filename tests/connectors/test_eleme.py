@@ -106,6 +106,13 @@ def test_without_a_stated_total_an_items_gross_is_price_times_quantity() -> None
     assert refused.value.field == "message.groups.0.items.0.total"
 
 
+def test_a_virtual_number_keeps_the_relay_as_phone_and_the_extension_beside_it() -> None:
+    order = parse(mutated(lambda o: o.update(phoneList=["17012345678,8421", "13912345678"])))
+    assert (order.customer.phone, order.customer.phone_extension) == ("17012345678", "8421")
+    plain = parse(fixture("delivery_order.json"))
+    assert (plain.customer.phone, plain.customer.phone_extension) == ("13912345678", None)
+
+
 def test_self_pickup_order_is_pickup_mode_at_its_pickup_time() -> None:
     order = parse(fixture("pickup_order.json"))
     assert isinstance(order, OrderReceived)

@@ -108,6 +108,13 @@ def test_a_price_finer_than_a_fen_is_no_reason_to_refuse_and_food_discount_is_no
     assert (order.discount, order.total, order.rounding) == (1200, 6400, 0)
 
 
+def test_a_virtual_number_keeps_the_relay_as_phone_and_the_extension_beside_it() -> None:
+    order = parse(mutated(lambda p: p.update(recipient_phone="13012345678_8421")))
+    assert (order.customer.phone, order.customer.phone_extension) == ("13012345678", "8421")
+    plain = parse(fixture("delivery_order.json"))
+    assert (plain.customer.phone, plain.customer.phone_extension) == ("13812345678", None)
+
+
 def test_self_pickup_is_pickup_mode_with_its_pickup_time_and_no_address() -> None:
     order = parse(fixture("pickup_order.json"))
     assert isinstance(order, OrderReceived)

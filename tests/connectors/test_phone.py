@@ -65,10 +65,11 @@ def test_cash_on_delivery_ticket_is_mapped_field_by_field() -> None:
     assert order.currency == "CNY"
     assert order.lines == [
         OrderLine(sku="NOODLE-BEEF", name="红烧牛肉面", quantity=2, unit_price=3250,
-                  options=["少辣", "面硬一点"], gross=6500),
+                  options=["少辣", "面硬一点"], gross=6500, tax=0, prices_include_tax=True),
         OrderLine(sku="猪肉白菜水饺 12只", name="猪肉白菜水饺 12只", quantity=1, unit_price=2800,
-                  gross=2800),
-        OrderLine(sku="酸辣汤", name="酸辣汤", quantity=1, unit_price=1550, gross=1550),
+                  gross=2800, tax=0, prices_include_tax=True),
+        OrderLine(sku="酸辣汤", name="酸辣汤", quantity=1, unit_price=1550, gross=1550, tax=0,
+                  prices_include_tax=True),
     ]  # fmt: skip
     assert (order.delivery_fee, order.packaging_fee, order.discount, order.tax) == (
         500,

@@ -111,7 +111,7 @@ def test_each_lines_gross_is_its_stated_goods_price_times_goods_count() -> None:
     ]
     assert all(li.gross == li.quantity * li.unit_price for li in order.lines)
     assert all((li.discount, li.tax, li.total) == (0, 0, None) for li in order.lines)
-    assert not any(li.prices_include_tax for li in order.lines)
+    assert all(li.prices_include_tax for li in order.lines)  # a consumer price includes VAT
     # Σ gross - order_change_amount (改价 4.00) is PDD's goods_amount
     changed, goods_amount = info["order_change_amount"], info["goods_amount"]
     assert sum(li.amount for li in order.lines) == 100 * (goods_amount + changed) == 26400
