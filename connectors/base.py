@@ -209,6 +209,7 @@ class Connector(ABC):
         occurred_at: datetime | None = None,
         platform_ciphertext: PlatformCiphertext | None = None,
         table: str | None = None,
+        covers: int | None = None,
         rounding_tolerance: int = 0,
     ) -> ChannelEvent:
         """The event for a normalised channel order: `OrderReceived`, or `OrderModified` when
@@ -254,6 +255,7 @@ class Connector(ABC):
             "notes": notes,
             "platform_ciphertext": platform_ciphertext,
             "table": table,
+            "covers": covers,
             "rounding": rounding,
         }
         order_fields: dict[str, Any] = {

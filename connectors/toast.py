@@ -86,6 +86,8 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
+from pydantic import Field
+
 from connectors.base import (
     Amount,
     AwareChannelTime,
@@ -208,6 +210,7 @@ class _Order(ChannelPayload):
     promisedDate: AwareChannelTime | None = None  # noqa: N815
     diningOption: _DiningOption | None = None  # noqa: N815
     table: _Reference | None = None
+    numberOfGuests: int | None = Field(default=None, ge=0)  # noqa: N815
     deliveryInfo: _DeliveryInfo | None = None  # noqa: N815
     checks: list[_Check]
     voided: bool = False
@@ -289,13 +292,14 @@ class ToastConnector(Connector):
         restaurant = {k.lower(): v for k, v in (headers or {}).items()}.get(
             RESTAURANT_HEADER.lower()
         )
+        mode = _mode(order)
         return self.order(
             external_id=order.guid,
             placed_at=placed_at,
             occurred_at=order.modifiedDate if revised else placed_at,
             received_at=received_at,
             revision=revision,
-            mode=_mode(order),
+            mode=mode,
             currency=CURRENCY,
             lines=lines,
             delivery_fee=delivery_fee,
@@ -319,6 +323,8 @@ class ToastConnector(Connector):
             requested_at=order.promisedDate,
             notes=info.notes if info else None,
             table=order.table.guid if order.table else None,
+            # the guests at the table; 0 (not counted) is no count
+            covers=(order.numberOfGuests or None) if mode is OrderMode.DINE_IN else None,
         )
 
 

@@ -109,6 +109,7 @@ class _Order(ChannelPayload):
     store_id: str = Field(min_length=1)
     mode: Literal["dine_in", "pickup", "delivery"]
     table_no: str | None = None
+    diners: int | None = Field(default=None, ge=1, description="guests at the table (用餐人数)")
     items: list[_Item] = Field(min_length=1)
     delivery_fee: Fen = 0
     packing_fee: Fen = 0
@@ -289,6 +290,7 @@ class WechatConnector(Connector):
             requested_at=_at(order.expected_time, field="order.expected_time"),
             notes=order.remark or None,
             table=table,
+            covers=order.diners if order.mode == "dine_in" else None,
         )
 
 

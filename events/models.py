@@ -381,6 +381,9 @@ class OrderReceived(OrderEvent):
         default=None, description="(v4) the buyer's details as the platform encrypted them"
     )
     table: str | None = Field(default=None, description="(v4) a dine-in order's table")
+    covers: int | None = Field(
+        default=None, description="(v6) how many guests a dine-in order seats (covers)"
+    )
     rounding: int = Field(
         default=0,
         description="(v4) total minus (lines + fees + tax - discount): the channel's own "
@@ -416,6 +419,9 @@ class OrderModified(OrderEvent):
         default=None, description="(v5) the buyer's details as the platform encrypted them"
     )
     table: str | None = Field(default=None, description="(v5) a dine-in order's table")
+    covers: int | None = Field(
+        default=None, description="(v7) how many guests a dine-in order seats (covers)"
+    )
     rounding: int = Field(
         default=0,
         description="(v5) total minus (lines + fees + tax - discount): the channel's own "

@@ -125,7 +125,7 @@ def merge(order: OrderReceived, revision: OrderModified) -> OrderReceived:
     """The order with a revision applied: lines and amounts are replaced; details the revision
     leaves out (None) stay as they were."""
     amounts = ("lines", "delivery_fee", "packaging_fee", "discount", "tax", "total", "rounding")
-    details = ("address", "requested_at", "notes")
+    details = ("address", "requested_at", "notes", "table", "covers")
     update = {name: getattr(revision, name) for name in amounts}
     update |= {
         name: getattr(revision, name) for name in details if getattr(revision, name) is not None

@@ -91,6 +91,7 @@ def test_dine_in_order_skips_voided_selections_and_puts_the_tip_with_the_fees() 
     order = parse(fixture("dine_in_order.json"))
     assert isinstance(order, OrderReceived)
     assert (order.mode, order.table) == (OrderMode.DINE_IN, "6b8d0f21-3c4e-4a5b-9d7e-2f4a6c8e0b13")
+    assert order.covers == 2  # numberOfGuests
     # Each selection's price is after its share of the check's Happy Hour 3.00 (2.42 + 0.58)
     assert order.lines == [
         OrderLine(sku="4c6e8a0b-2d4f-4a6c-9e1b-3d5f7b9d1f3a", name="Smash Burger", quantity=2,
@@ -148,6 +149,14 @@ def test_a_later_modified_date_is_a_revision_in_unix_milliseconds() -> None:
     assert revised.revision == 1795629062318  # 2026-11-25T17:51:02.318Z
     assert revised.occurred_at == datetime(2026, 11, 25, 17, 51, 2, 318000, tzinfo=UTC)
     assert revised.lines[1].quantity == 3 and revised.total == 2457
+
+
+def test_guests_are_covers_of_a_dine_in_only_and_none_counted_is_no_count() -> None:
+    assert parse(edited("dine_in_order.json", lambda d: d.update(numberOfGuests=0))).covers is None
+    assert parse(edited("pickup_order.json", lambda d: d.update(numberOfGuests=3))).covers is None
+    with pytest.raises(PayloadRejected) as refused:
+        parse(edited("dine_in_order.json", lambda d: d.update(numberOfGuests=-1)))
+    assert refused.value.field == "numberOfGuests"
 
 
 @pytest.mark.parametrize(

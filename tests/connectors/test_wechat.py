@@ -146,7 +146,16 @@ def test_dine_in_paying_after_the_meal_is_unpaid_and_seated_at_its_table() -> No
     assert order.payment_status is PaymentStatus.UNPAID
     assert order.address is None
     assert order.notes == "有一位小朋友，请加一副儿童餐具"
-    assert order.table == "B07"
+    assert (order.table, order.covers) == ("B07", 4)  # diners: 4
+
+
+def test_a_count_of_diners_below_one_is_refused_and_only_a_dine_in_has_covers() -> None:
+    for diners in (0, -2, "four"):
+        with pytest.raises(PayloadRejected) as refused:
+            parse(mutated(lambda d, n=diners: d["order"].update(diners=n), "dine_in_table.json"))
+        assert refused.value.field == "order.diners"
+    pickup = parse(mutated(lambda d: d["order"].update(diners=2), "pickup_not_yet_paid.json"))
+    assert pickup.covers is None
 
 
 def test_dishes_added_at_the_table_modify_the_same_order() -> None:

@@ -56,6 +56,16 @@ def test_a_revision_is_sequenced_after_the_order_and_the_merged_order_revalidate
     assert decision.record.order.customer.name == "王伟"  # kept from the original
 
 
+def test_a_revision_moving_the_party_to_another_table_moves_the_order() -> None:
+    first = decide(None, received(table="B07", covers=4), now=NOW)
+    moved = decide(first.record, modified(1, table="C02", covers=6), now=NOW)
+    assert moved.record is not None
+    assert (moved.record.order.table, moved.record.order.covers) == ("C02", 6)
+    kept = decide(moved.record, modified(2), now=NOW)  # a revision naming no table keeps it
+    assert kept.record is not None
+    assert (kept.record.order.table, kept.record.order.covers) == ("C02", 6)
+
+
 def test_a_revision_that_does_not_add_up_is_rejected() -> None:
     first = decide(None, received(), now=NOW)
     decision = decide(first.record, modified(1, total=1), now=NOW)
