@@ -16,6 +16,7 @@ from events.models import (
     OrderAcceptedByStore,
     OrderCancelled,
     OrderCompleted,
+    OrderDeclinedByStore,
     OrderDelivered,
     OrderEvent,
     OrderHeld,
@@ -97,10 +98,13 @@ TRANSITIONS: dict[OrderStatus, dict[type[OrderEvent], OrderStatus]] = {
     S.RESERVED: {
         OrderRouted: S.RESERVED, OrderPrioritised: S.PRIORITISED,
         OrderAcceptedByStore: S.ACCEPTED_BY_STORE, OrderReservationReleased: S.ACCEPTED,
+        OrderDeclinedByStore: S.ACCEPTED,
     },
     S.PRIORITISED: {
         OrderPrioritised: S.PRIORITISED, OrderAcceptedByStore: S.ACCEPTED_BY_STORE,
         OrderReservationReleased: S.ACCEPTED,
+        # The store will not make it: routed again without it (or rejected, none left).
+        OrderDeclinedByStore: S.ACCEPTED,
     },
     S.ACCEPTED_BY_STORE: {OrderPreparing: S.PREPARING},
     S.PREPARING: {OrderReady: S.READY},

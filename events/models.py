@@ -512,6 +512,15 @@ class OrderAcceptedByStore(OrderEvent):
     estimated_ready_at: UtcDatetime | None = None
 
 
+class OrderDeclinedByStore(OrderEvent):
+    """The store the order was routed to will not make it (too busy, out of an ingredient,
+    closing): the order is routed again without that store, or rejected when none is left."""
+
+    location: str
+    reason_code: str = Field(description="BUSY, SOLD_OUT, CLOSING, OTHER, ...")
+    reason: str
+
+
 class OrderPreparing(OrderEvent):
     location: str
 
@@ -547,10 +556,15 @@ class ShipmentStatusUpdated(OrderEvent):
 
 class OrderDelivered(OrderEvent):
     proof: str | None = Field(default=None, description="signature or photo reference")
+    location: str | None = Field(
+        default=None, description="(v2) the store that reports it (none from a carrier)"
+    )
 
 
 class OrderCompleted(OrderEvent):
     """Nothing more will happen to the order in the normal flow."""
+
+    location: str | None = Field(default=None, description="(v2) the store that reports it")
 
 
 class OrderCancelled(OrderEvent):
@@ -774,6 +788,7 @@ ORDER_EVENTS: tuple[type[OrderEvent], ...] = (
     OrderRouted,
     OrderPrioritised,
     OrderAcceptedByStore,
+    OrderDeclinedByStore,
     OrderPreparing,
     OrderReady,
     OrderPickedUp,

@@ -46,7 +46,7 @@ _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
 class Role(StrEnum):
     ADMIN = "admin"  # the owner: everything
     STORE_MANAGER = "store_manager"  # their stores: orders, stock, cancellations
-    KITCHEN = "kitchen"  # their stores: reads orders
+    KITCHEN = "kitchen"  # their stores: reads orders, takes them through the kitchen
     REVIEWER = "reviewer"  # decides held orders
     STOCK_CLERK = "stock_clerk"  # their stores: counts, receipts, adjustments
     CUSTOMER_SERVICE = "customer_service"  # orders, cancellations, customers' personal data

@@ -67,6 +67,7 @@ EVERYONE_STAFF = frozenset(
 )
 ORDER_READERS = EVERYONE_STAFF | {Role.ANALYST, Role.INTEGRATION}
 STOCK_KEEPERS = frozenset({Role.ADMIN, Role.STORE_MANAGER, Role.STOCK_CLERK})
+STORE_STAFF = frozenset({Role.ADMIN, Role.STORE_MANAGER, Role.KITCHEN})  # a store's steps
 PHONE_TAKERS = frozenset({Role.ADMIN, Role.STORE_MANAGER, Role.CUSTOMER_SERVICE})
 ANALYSTS = frozenset({Role.ADMIN, Role.ANALYST})
 
@@ -99,6 +100,12 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("POST", "/orders/{order_id}/cancel"): Rule(
         "roles", frozenset({Role.ADMIN, Role.STORE_MANAGER, Role.CUSTOMER_SERVICE}), "order"
     ),
+    **{
+        ("POST", f"/stores/{{location}}/orders/{{order_id}}/{action}"): Rule(
+            "roles", STORE_STAFF, "location"
+        )
+        for action in ("accept", "decline", "start", "ready", "handoff", "deliver", "complete")
+    },
     ("POST", "/stock/{sku}/{location}/set"): Rule("roles", STOCK_KEEPERS, "location"),
     ("POST", "/stock/{sku}/{location}/adjust"): Rule("roles", STOCK_KEEPERS, "location"),
     ("POST", "/stock/{sku}/{location}/receive"): Rule("roles", STOCK_KEEPERS, "location"),

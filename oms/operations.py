@@ -11,9 +11,10 @@ import hashlib
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
+from annotated_types import Interval
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -33,7 +34,14 @@ from events.models import (
     ExpiryBatchAdded,
     LocationPaused,
     LocationResumed,
+    OrderAcceptedByStore,
     OrderCancelled,
+    OrderCompleted,
+    OrderDeclinedByStore,
+    OrderDelivered,
+    OrderPickedUp,
+    OrderPreparing,
+    OrderReady,
     ReviewApproved,
     ReviewRejected,
     SafetyStockSet,
@@ -97,6 +105,77 @@ def cancel(order_id: str, *, by: str, reason_code: str, reason: str) -> Event:
         reason_code=reason_code,
         reason=reason,
     )
+
+
+# ---------------------------------------------------------------- a store's actions
+
+STORE_ACTIONS = ("accept", "decline", "start", "ready", "handoff", "deliver", "complete")
+HANDOFF_TO = ("courier", "customer", "table")
+READY_IN_MAX = 24 * 60  # minutes: a promise further out is a mistake, not a kitchen
+
+
+def _at_store(order_id: str, location: str, actor: str) -> dict[str, Any]:
+    if not location.strip() or "@" in location:
+        raise CommandRejected("location", f"{location!r} is not a valid store")
+    return _order(order_id, actor) | {"location": location}
+
+
+def store_action(
+    action: str,
+    order_id: str,
+    location: str,
+    *,
+    by: str,
+    ready_in_minutes: int | None = None,
+    reason_code: str | None = None,
+    reason: str | None = None,
+    to: str | None = None,
+    courier: str | None = None,
+    courier_phone: str | None = None,
+    proof: str | None = None,
+) -> Event:
+    """A store's step with an order it was routed to: `accept` (with the minutes until it is
+    ready), `decline` (with a reason: routed again without this store), `start` preparing,
+    `ready`, `handoff` (to a courier, the customer who picks it up, or served at the table),
+    `deliver`, `complete`. The order's agent checks the step against the lifecycle and that
+    the order is this store's."""
+    base = _at_store(order_id, location, by)
+    if action == "accept":
+        if ready_in_minutes is not None and not 1 <= ready_in_minutes <= READY_IN_MAX:
+            raise CommandRejected(
+                "ready_in_minutes", f"{ready_in_minutes} is not 1 to {READY_IN_MAX} minutes"
+            )
+        ready_at = (
+            base["occurred_at"] + timedelta(minutes=ready_in_minutes)
+            if ready_in_minutes is not None
+            else None
+        )
+        return OrderAcceptedByStore(**base, estimated_ready_at=ready_at)
+    if action == "decline":
+        if not reason or not reason.strip():
+            raise CommandRejected("reason", "a store declining an order says why")
+        code = (reason_code or "OTHER").strip().upper()
+        if not code:
+            raise CommandRejected("reason_code", "must not be empty")
+        return OrderDeclinedByStore(**base, reason_code=code, reason=reason)
+    if action == "start":
+        return OrderPreparing(**base)
+    if action == "ready":
+        return OrderReady(**base)
+    if action == "handoff":
+        if to not in HANDOFF_TO:
+            raise CommandRejected("to", f"{to!r} is not one of {', '.join(HANDOFF_TO)}")
+        if to != "courier" and (courier or courier_phone):
+            raise CommandRejected("courier", f"a hand-off to the {to} names no courier")
+        taker = (courier or "courier").strip() if to == "courier" else to
+        if to == "table":
+            taker = "served at the table"
+        return OrderPickedUp(**base, picked_up_by=taker, courier_phone=courier_phone or None)
+    if action == "deliver":
+        return OrderDelivered(**base, proof=proof or None)
+    if action == "complete":
+        return OrderCompleted(**base)
+    raise CommandRejected("action", f"{action!r} is not one of {', '.join(STORE_ACTIONS)}")
 
 
 def _stock(sku: str, location: str, actor: str) -> dict[str, Any]:
@@ -313,6 +392,59 @@ class CancelCommand(CommandBody):
     reason_code: Name = "MERCHANT_CANCELLED"
 
 
+class StoreAccept(CommandBody):
+    """The store takes the order on, saying when it will be ready."""
+
+    ready_in_minutes: (
+        Annotated[int, Interval(ge=1, le=READY_IN_MAX), BeforeValidator(_whole)] | None
+    ) = Field(default=None, description="minutes until it is ready")
+
+
+class StoreDecline(CommandBody):
+    """The store will not make the order: it is routed again without it, or rejected."""
+
+    reason: Reason
+    reason_code: Name = Field(default="OTHER", description="BUSY, SOLD_OUT, CLOSING, OTHER, ...")
+
+
+class StoreStep(CommandBody):
+    """A step with nothing to add: started preparing, ready, completed."""
+
+
+class StoreHandoff(CommandBody):
+    """The order leaves the counter: to a courier, the customer picking it up, or a table."""
+
+    # Only a courier is named: `store_action` refuses a courier for the customer or a table.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"to": {"not": {"const": "courier"}}}, "required": ["to"]},
+            "then": {
+                "properties": {"courier": {"type": "null"}, "courier_phone": {"type": "null"}}
+            },
+        }
+    )
+
+    to: Literal["courier", "customer", "table"]
+    courier: Name | None = Field(default=None, description="the courier's name (to: courier)")
+    courier_phone: Name | None = None
+
+
+class StoreDelivery(CommandBody):
+    """The store's own rider delivered it."""
+
+    proof: Note | None = Field(default=None, description="signature or photo reference")
+
+
+def _store_command(action: str, body: type[CommandBody]) -> HttpCommand:
+    return HttpCommand(
+        f"/stores/{{location}}/orders/{{order_id}}/{action}",
+        body,
+        lambda at, given, actor: store_action(
+            action, at["order_id"], at["location"], by=actor, **given.model_dump()
+        ),
+    )
+
+
 class StockCount(CommandBody):
     """A physical count: on hand becomes `counted`."""
 
@@ -368,6 +500,13 @@ COMMANDS: tuple[HttpCommand, ...] = (
             at["order_id"], by=actor, reason_code=body.reason_code, reason=body.reason
         ),
     ),
+    _store_command("accept", StoreAccept),
+    _store_command("decline", StoreDecline),
+    _store_command("start", StoreStep),
+    _store_command("ready", StoreStep),
+    _store_command("handoff", StoreHandoff),
+    _store_command("deliver", StoreDelivery),
+    _store_command("complete", StoreStep),
     HttpCommand(
         "/stock/{sku}/{location}/set",
         StockCount,

@@ -15,7 +15,9 @@ Inputs and what they lead to:
 - `OrderReservationReleased` with reason EXPIRED, sent by the agent's own expiry timer when a
   reserved order's hold runs out (`expiry_due`): logged, the units go back, routed again.
 - Decisions by people: `ReviewApproved` / `ReviewRejected`, `OrderCancelled`, and fulfilment
-  updates from stores and carriers, checked against the lifecycle.
+  updates from stores and carriers, checked against the lifecycle; a store's action must name
+  the store the order is routed to. `OrderDeclinedByStore` gives the attempt up and routes the
+  order again without that store (rejected when no store is left).
 
 The reservation protocol (docs/reservations.md): each reservation id belongs to one routing
 attempt; when the order gives an attempt up (a refusal, a revision, expiry, cancellation,
@@ -46,6 +48,7 @@ from events.models import (
     OrderAcceptedByStore,
     OrderCancelled,
     OrderCompleted,
+    OrderDeclinedByStore,
     OrderDelivered,
     OrderEvent,
     OrderMode,
@@ -97,9 +100,14 @@ RESERVATION_TTL: dict[OrderMode, timedelta] = {
 EXPIRABLE = frozenset({S.RESERVED, S.PRIORITISED})
 # Inputs people and stores send for an order, checked against the lifecycle and logged as is.
 RELAYED: tuple[type[OrderEvent], ...] = (
-    ReviewApproved, ReviewRejected, OrderCancelled, OrderAcceptedByStore, OrderPreparing,
-    OrderReady, OrderPickedUp, ShipmentCreated, ShipmentStatusUpdated, OrderDelivered,
-    OrderCompleted, ReturnRequested, ReturnReceived, OrderRefunded,
+    ReviewApproved, ReviewRejected, OrderCancelled, OrderAcceptedByStore, OrderDeclinedByStore,
+    OrderPreparing, OrderReady, OrderPickedUp, ShipmentCreated, ShipmentStatusUpdated,
+    OrderDelivered, OrderCompleted, ReturnRequested, ReturnReceived, OrderRefunded,
+)  # fmt: skip
+# A store's actions name the store: only the store the order is routed to may take them (so
+# may a delivery or completion a store reports; a carrier's names none).
+STORE_ACTIONS: tuple[type[OrderEvent], ...] = (
+    OrderAcceptedByStore, OrderDeclinedByStore, OrderPreparing, OrderReady, OrderPickedUp,
 )  # fmt: skip
 
 
@@ -279,6 +287,10 @@ def apply(state: OrderState | None, event: OrderEvent) -> OrderState:
             changes["screened"] = True
     elif isinstance(event, OrderCancelled | ReviewRejected | OrderRejected):
         changes |= _give_back(state, _outstanding(state))
+    elif isinstance(event, OrderDeclinedByStore):
+        # Routed again without the store that declined; screened already.
+        changes |= _give_back(state, _outstanding(state))
+        changes |= {"refused_at": state.refused_at | {event.location}, "screened": True}
     elif isinstance(event, OrderPickedUp | ShipmentCreated):
         changes |= {"held": {}, "committed": {**state.committed, **state.held}}
     return _evolve(state, changes)
@@ -343,6 +355,12 @@ def decide(state: OrderState | None, received: OrderEvent | StockEvent, ctx: Con
             return Decision(
                 refusal=f"order {state.order.order_id} is {state.status.value}: "
                 f"{received.event_type} is not allowed"
+            )
+        store = getattr(received, "location", None)
+        if (isinstance(received, STORE_ACTIONS) or store is not None) and store != state.location:
+            return Decision(
+                refusal=f"order {state.order.order_id} is at {state.location or 'no store'}, "
+                f"not {store}: {received.event_type} is not {store}'s to send"
             )
         return _then_advance(state, [_relayed(state, received)], [], ctx)
     return Decision(refusal=f"{received.event_type} is not an input of the order process")

@@ -37,6 +37,7 @@ for command in (
     processes.api,
     operators.orders,
     operators.review,
+    operators.store,
     operators.stock,
     operators.queue,
     operators.catalogue,

@@ -1,6 +1,6 @@
-"""What operators read and do: `oms orders`, `oms review`, `oms stock`, `oms queue`,
-`oms catalogue`, `oms location`. Reads come from ClickHouse; every change is a command event
-sent to Kafka (oms.operations), which the workers act on."""
+"""What operators read and do: `oms orders`, `oms review`, `oms store`, `oms stock`,
+`oms queue`, `oms catalogue`, `oms location`. Reads come from ClickHouse; every change is a
+command event sent to Kafka (oms.operations), which the workers act on."""
 
 from __future__ import annotations
 
@@ -118,6 +118,105 @@ def orders_cancel(order_id: str, actor: str, reason_code: str, reason: str) -> N
     from oms.operations import cancel
 
     _send_command(cancel, order_id=order_id, by=actor, reason_code=reason_code, reason=reason)
+
+
+@click.group()
+def store() -> None:
+    """A store's steps with an order routed to it: accept (with an ETA) or decline, start,
+    ready, hand off, deliver, complete. The order's agent checks each against the lifecycle
+    and that the order is at --store."""
+
+
+def _store_step(action: str, order_id: str, location: str, actor: str, **details: Any) -> None:
+    from oms.operations import store_action
+
+    _send_command(
+        store_action, action=action, order_id=order_id, location=location, by=actor, **details
+    )
+
+
+_AT = click.option("--store", "location", required=True, help="the store the order is at")
+_BY = click.option("--by", "actor", required=True, help="who acts (recorded as the actor)")
+
+
+@store.command("accept")
+@click.argument("order_id")
+@_AT
+@_BY
+@click.option("--ready-in", "ready_in_minutes", type=int, help="minutes until it is ready")
+def store_accept(order_id: str, location: str, actor: str, ready_in_minutes: int | None) -> None:
+    """Take the order on, saying when it will be ready."""
+    _store_step("accept", order_id, location, actor, ready_in_minutes=ready_in_minutes)
+
+
+@store.command("decline")
+@click.argument("order_id")
+@_AT
+@_BY
+@click.option("--code", "reason_code", default="OTHER", show_default=True,
+              help="BUSY, SOLD_OUT, CLOSING, OTHER")  # fmt: skip
+@click.option("--reason", required=True)
+def store_decline(order_id: str, location: str, actor: str, reason_code: str, reason: str) -> None:
+    """Refuse the order: it is routed again without this store, or rejected."""
+    _store_step("decline", order_id, location, actor, reason_code=reason_code, reason=reason)
+
+
+@store.command("start")
+@click.argument("order_id")
+@_AT
+@_BY
+def store_start(order_id: str, location: str, actor: str) -> None:
+    """The kitchen starts preparing the order."""
+    _store_step("start", order_id, location, actor)
+
+
+@store.command("ready")
+@click.argument("order_id")
+@_AT
+@_BY
+def store_ready(order_id: str, location: str, actor: str) -> None:
+    """The order is ready for the courier, the customer or the table."""
+    _store_step("ready", order_id, location, actor)
+
+
+@store.command("handoff")
+@click.argument("order_id")
+@_AT
+@_BY
+@click.option("--to", type=click.Choice(["courier", "customer", "table"]), required=True)
+@click.option("--courier", help="the courier's name (--to courier)")
+@click.option("--courier-phone")
+def store_handoff(
+    order_id: str,
+    location: str,
+    actor: str,
+    to: str,
+    courier: str | None,
+    courier_phone: str | None,
+) -> None:
+    """The order leaves the counter (its reservation is committed)."""
+    _store_step(
+        "handoff", order_id, location, actor, to=to, courier=courier, courier_phone=courier_phone
+    )
+
+
+@store.command("deliver")
+@click.argument("order_id")
+@_AT
+@_BY
+@click.option("--proof", help="signature or photo reference")
+def store_deliver(order_id: str, location: str, actor: str, proof: str | None) -> None:
+    """The store's own rider delivered the order."""
+    _store_step("deliver", order_id, location, actor, proof=proof)
+
+
+@store.command("complete")
+@click.argument("order_id")
+@_AT
+@_BY
+def store_complete(order_id: str, location: str, actor: str) -> None:
+    """Nothing more will happen to the order."""
+    _store_step("complete", order_id, location, actor)
 
 
 @click.group()

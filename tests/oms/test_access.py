@@ -59,6 +59,10 @@ EXPECTED: dict[tuple[str, str], set[Role]] = {
     ("GET", "/phone"): {R.ADMIN, R.STORE_MANAGER, R.CUSTOMER_SERVICE},
     ("POST", "/webhooks/phone"): {R.ADMIN, R.STORE_MANAGER, R.CUSTOMER_SERVICE},
     ("GET", "/me"): STAFF | {R.ANALYST, R.INTEGRATION},
+    **{
+        ("POST", f"/stores/S01/orders/O-IN/{action}"): {R.ADMIN, R.STORE_MANAGER, R.KITCHEN}
+        for action in ("accept", "decline", "start", "ready", "handoff", "deliver", "complete")
+    },
 }
 # The same routes pointed outside a scope of store S01 and channel webshop.
 OUTSIDE = {
@@ -69,6 +73,10 @@ OUTSIDE = {
     ("POST", "/stock/SKU-1/S01/safety"): ("POST", "/stock/SKU-1/S02/safety"),
     ("GET", "/orders?store=S01&channel=webshop"): ("GET", "/orders?store=S02&channel=meituan"),
     ("GET", "/orders/O-IN"): ("GET", "/orders/O-OUT"),
+    **{
+        ("POST", f"/stores/S01/orders/O-IN/{action}"): ("POST", f"/stores/S02/orders/O-IN/{action}")
+        for action in ("accept", "decline", "start", "ready", "handoff", "deliver", "complete")
+    },
 }
 PUBLIC = [("GET", "/healthz"), ("GET", "/openapi.json"), ("GET", "/login")]
 BODIES = {
@@ -78,6 +86,13 @@ BODIES = {
     "adjust": {"delta": -1, "reason": "DAMAGED"},
     "receive": {"quantity": 5},
     "safety": {"quantity": 1},
+    "accept": {"ready_in_minutes": 20},
+    "decline": {"reason": "out of noodles", "reason_code": "SOLD_OUT"},
+    "start": {},
+    "ready": {},
+    "handoff": {"to": "courier", "courier": "李师傅"},
+    "deliver": {},
+    "complete": {},
 }
 PLACES = {"O-IN": ("S01", "webshop"), "O-OUT": ("S02", "meituan")}
 

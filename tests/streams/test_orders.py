@@ -17,9 +17,12 @@ from events.models import (
     CommitStock,
     OrderAcceptedByStore,
     OrderCancelled,
+    OrderCompleted,
+    OrderDeclinedByStore,
     OrderEvent,
     OrderLine,
     OrderMode,
+    OrderPickedUp,
     OrderPreparing,
     OrderReady,
     ReleaseStock,
@@ -321,6 +324,68 @@ def test_a_store_update_the_lifecycle_does_not_allow_is_refused() -> None:
     shipped = store_update(ShipmentCreated, 1, shipment_id="s", carrier="SF", tracking_number="1")
     decision = orders.decide(state, shipped.model_copy(update={"order_id": "o-1"}), context())
     assert decision.refusal is not None and "ShipmentCreated" in decision.refusal
+
+
+def declined(n: int, location: str, order_id: str = "o-ship") -> Any:
+    return store_update(OrderDeclinedByStore, n, location=location, reason_code="BUSY",
+                        reason="rush hour").model_copy(update={"order_id": order_id})  # fmt: skip
+
+
+def test_a_store_that_declines_is_left_out_and_the_order_routed_again() -> None:
+    ctx = context({("KETTLE-IRON", "WH-BJ"): 5, ("KETTLE-IRON", "WH-SH"): 5})
+    _, _, (first,) = run([teapots()], ctx)
+    state, log, commands = run([teapots(), answer(first, ok=True), declined(1, "WH-BJ")], ctx)
+    assert types(log)[-2:] == ["OrderDeclinedByStore", "OrderRouted"]
+    assert log[-2].actor == ACTOR and log[-2].channel == "webshop"  # details from the history
+    assert log[-1].location == "WH-SH"
+    release, reserve = commands[-2:]
+    assert isinstance(release, ReleaseStock) and release.reservation_id == first.reservation_id
+    assert isinstance(reserve, ReserveStock) and reserve.location == "WH-SH"
+    assert state is not None and state.status.value == "routed" and not state.held
+
+
+def test_a_declined_order_no_store_is_left_for_is_rejected() -> None:
+    state, log, _ = run([lunch()], context())
+    declined_at = []
+    for n in range(1, 10):
+        assert state is not None
+        if state.status.value != "prioritised":
+            break
+        declined_at.append(state.location)
+        decision = orders.decide(state, declined(n, state.location or "", "o-1"), context())
+        assert decision.refusal is None
+        state = orders.fold(decision.to_log, state)
+        log += decision.to_log
+    assert state is not None and state.status.value == "rejected"
+    assert len(declined_at) >= 1 and len(set(declined_at)) == len(declined_at)  # never again
+    routed_to = [e.location for e in log if e.event_type == "OrderRouted"]
+    assert routed_to == declined_at  # each store routed to once, then declined
+
+
+def test_only_the_store_the_order_is_at_may_take_its_steps() -> None:
+    state, _, _ = run([lunch()], context())
+    assert state is not None and state.location == "S01"
+
+    def step(kind: type, n: int, **fields: Any) -> orders.Decision:
+        event = store_update(kind, n, **fields).model_copy(update={"order_id": "o-1"})
+        return orders.decide(state, event, context())
+
+    busy = {"reason_code": "BUSY", "reason": "rush hour"}
+    for refused in (step(OrderAcceptedByStore, 1, location="S02"),
+                    step(OrderDeclinedByStore, 1, location="S02", **busy)):  # fmt: skip
+        assert refused.refusal is not None and "is at S01, not S02" in refused.refusal
+    for n, (kind, fields) in enumerate(
+        [(OrderAcceptedByStore, {}), (OrderPreparing, {}), (OrderReady, {}),
+         (OrderPickedUp, {"picked_up_by": "courier"})], start=1,
+    ):  # fmt: skip
+        taken = step(kind, n, location="S01", **fields)
+        assert taken.refusal is None, taken.refusal
+        state = orders.fold(taken.to_log, state)
+    assert state is not None and state.status.value == "picked_up"
+    assert step(OrderCompleted, 6, location="S02").refusal is not None  # another store's
+    done = step(OrderCompleted, 6, location="S01")
+    assert done.refusal is None and types(done.to_log) == ["OrderCompleted"]
+    assert step(OrderCompleted, 7).refusal is None  # one naming no store (a carrier's)
 
 
 def revision(n: int, quantity: int = 2) -> Any:
