@@ -91,8 +91,10 @@ async def client(guarded: Settings, reviewer_key: tuple[str, str]) -> AsyncItera
         yield test_client
 
 
-def history(settings: Settings, order_id: str, *, until: str, timeout_s: float = 60) -> list[Any]:
-    """The order's events once its last one is `until`."""
+def history(
+    settings: Settings, order_id: str, *, until: str | None, timeout_s: float = 60
+) -> list[Any]:
+    """The order's events once its last one is `until` (None: as they are now)."""
     deadline = time.monotonic() + timeout_s
     while True:
         events = sorted(
@@ -101,7 +103,7 @@ def history(settings: Settings, order_id: str, *, until: str, timeout_s: float =
             key=lambda e: e.sequence,
         )  # fmt: skip
         mine = [e for e in events if getattr(e, "order_id", None) == order_id]
-        if mine and mine[-1].event_type == until:
+        if until is None or (mine and mine[-1].event_type == until):
             return mine
         assert time.monotonic() < deadline, [e.event_type for e in mine]
         time.sleep(0.5)
@@ -329,3 +331,107 @@ def test_stock_of_a_product_sold_by_weight_shows_in_its_unit() -> None:
     }  # fmt: skip
     mugs = {**row, "sku": "MUG"}
     assert in_units(mugs, products) == mugs
+
+
+@pytest.mark.integration
+async def test_a_store_takes_an_order_from_acceptance_to_completion_and_its_stock_leaves(
+    guarded: Settings, worker: subprocess.Popen[bytes]
+) -> None:
+    """A pickup of a stocked mug at S01, taken through the kitchen over HTTP by S01's kitchen:
+    another store's staff are refused, a step out of order is dead-lettered with the reason,
+    and the hand-off commits the reservation on the ledger."""
+    from events.models import OrderLine, OrderMode
+
+    operations.send(guarded, operations.stock_receive("MUG-CERAMIC", "S01", quantity=5,
+                                                      actor="test"))  # fmt: skip
+    read_topic(guarded, guarded.topics.inventory, expect=1, timeout_s=60)
+    order = received(
+        event_id="e-mug", order_id="o-mug", external_id="mug-1", mode=OrderMode.PICKUP,
+        location_hint="S01", address=None, delivery_fee=0, total=6800,
+        lines=[OrderLine(sku="MUG-CERAMIC", name="陶瓷杯", quantity=1, unit_price=6800)],
+    )  # fmt: skip
+    publisher = Publisher(guarded)
+    publisher.intake(order)
+    publisher.flush()
+    routed = history(guarded, "o-mug", until="OrderPrioritised")
+    assert routed[-1].location == "S01"
+
+    keys = AccessFile.of(guarded)
+    cook_id, cook = keys.create_key(Role.KITCHEN, name="chef.wang", stores=["S01"])
+    _, other = keys.create_key(Role.KITCHEN, name="chef.li", stores=["S02"])
+    async with TestClient(TestServer(create_app(guarded))) as client:
+
+        async def step(action: str, key: str = cook, **body: Any) -> int:
+            response = await client.post(f"/stores/S01/orders/o-mug/{action}", json=body,
+                                         headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+            return response.status
+
+        assert await step("accept", other, ready_in_minutes=15) == 403  # not their store
+        assert await step("accept", ready_in_minutes=0) == 400  # no ETA in the past
+        assert await step("ready") == 202  # taken over HTTP, refused by the order: too early
+        assert await step("accept", ready_in_minutes=15) == 202
+        history(guarded, "o-mug", until="OrderAcceptedByStore")
+        for action, body in (("start", {}), ("ready", {}), ("handoff", {"to": "customer"}),
+                             ("complete", {})):  # fmt: skip
+            assert await step(action, **body) == 202
+            time.sleep(0.3)  # one command after the other, as a kitchen bumps a ticket
+    done = history(guarded, "o-mug", until="OrderCompleted")
+    kinds = [e.event_type for e in done]
+    assert kinds[-5:] == ["OrderAcceptedByStore", "OrderPreparing", "OrderReady",
+                          "OrderPickedUp", "OrderCompleted"]  # fmt: skip
+    accepted = done[-5]
+    assert accepted.actor.id == f"key:{cook_id}" and accepted.location == "S01"
+    assert accepted.estimated_ready_at is not None
+    assert abs((accepted.estimated_ready_at - accepted.occurred_at).total_seconds() - 900) < 1
+    assert done[-2].picked_up_by == "customer"
+    letters = [CODEC.decode(m.value()) for m in read_topic(guarded, guarded.topics.dlq, expect=1)]
+    reasons = [d.reason for d in letters if isinstance(d, DeadLetter)]
+    assert any("OrderReady is not allowed" in reason for reason in reasons), reasons
+    deadline = time.monotonic() + 60
+    while True:
+        ledger = [CODEC.decode(m.value()) for m in read_topic(guarded, guarded.topics.inventory,
+                                                                expect=1)]  # fmt: skip
+        committed = [e for e in ledger if e.event_type == "StockCommitted"]
+        if committed:
+            break
+        assert time.monotonic() < deadline, [e.event_type for e in ledger]
+        time.sleep(0.5)
+    assert [(e.order_id, e.sku, e.location, e.quantity) for e in committed] == [
+        ("o-mug", "MUG-CERAMIC", "S01", 1)]  # fmt: skip
+
+
+@pytest.mark.integration
+def test_a_store_declines_from_the_command_line_and_the_order_goes_elsewhere(
+    guarded: Settings, worker: subprocess.Popen[bytes]
+) -> None:
+    publisher = Publisher(guarded)
+    from events.models import Address
+
+    order = received(event_id="e-busy", order_id="o-busy", external_id="busy-1",
+                     location_hint="S01", address=Address(text="南京东路 1号", latitude=31.235,
+                                                           longitude=121.475))  # fmt: skip
+    publisher.intake(order)
+    publisher.flush()
+    routed = history(guarded, "o-busy", until="OrderPrioritised")
+    assert routed[-1].event_type == "OrderPrioritised", getattr(routed[-1], "reasons", None)
+    first = routed[-1].location
+    refused = run_cli(guarded, "store", "decline", "o-busy", "--store", first, "--by", "chef",
+                      "--code", "busy", "--reason", " ")  # fmt: skip
+    assert refused.returncode != 0 and "reason" in refused.stderr
+    cli = run_cli(guarded, "store", "decline", "o-busy", "--store", first, "--by", "chef.wang",
+                  "--code", "busy", "--reason", "rush hour: 40 tickets open")  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    deadline = time.monotonic() + 60
+    while True:
+        events = history(guarded, "o-busy", until=None)
+        kinds = [e.event_type for e in events]
+        if "OrderDeclinedByStore" in kinds and kinds[-1] in ("OrderPrioritised", "OrderRejected"):
+            break
+        assert time.monotonic() < deadline, kinds
+        time.sleep(0.5)
+    declined = events[kinds.index("OrderDeclinedByStore")]
+    assert (declined.location, declined.reason_code, declined.actor.id) == (first, "BUSY",
+                                                                           "chef.wang")  # fmt: skip
+    after = [e.location for e in events[kinds.index("OrderDeclinedByStore"):]
+             if e.event_type == "OrderRouted"]  # fmt: skip
+    assert kinds[-1] == "OrderRejected" or (after and first not in after)
