@@ -382,7 +382,10 @@ class OrderReceived(OrderEvent):
     )
     table: str | None = Field(default=None, description="(v4) a dine-in order's table")
     covers: int | None = Field(
-        default=None, description="(v6) how many guests a dine-in order seats (covers)"
+        default=None,
+        ge=1,
+        le=10_000,
+        description="(v6) how many guests a dine-in order seats (covers)",
     )
     rounding: int = Field(
         default=0,
@@ -420,7 +423,10 @@ class OrderModified(OrderEvent):
     )
     table: str | None = Field(default=None, description="(v5) a dine-in order's table")
     covers: int | None = Field(
-        default=None, description="(v7) how many guests a dine-in order seats (covers)"
+        default=None,
+        ge=1,
+        le=10_000,
+        description="(v7) how many guests a dine-in order seats (covers)",
     )
     rounding: int = Field(
         default=0,

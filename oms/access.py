@@ -91,6 +91,9 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("POST", "/login"): PUBLIC,
     ("POST", "/logout"): PUBLIC,
     ("GET", "/dashboard/static/{filename}"): PUBLIC,  # code and style, no data
+    ("GET", "/kitchen/static/{filename}"): PUBLIC,  # code and style, no data
+    ("GET", "/stores/{location}/kitchen"): Rule("roles", STORE_STAFF, "location"),
+    ("GET", "/stores/{location}/tickets"): Rule("roles", STORE_STAFF, "location"),
     ("GET", "/me"): Rule("roles", ORDER_READERS),
     # Platforms sign their webhooks; the phone channel is staff typing (rule below).
     ("POST", "/webhooks/{channel}"): Rule("platform"),

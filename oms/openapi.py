@@ -27,6 +27,7 @@ from oms.operations import COMMANDS, MAX_COMMAND_BYTES, PATH_VARIABLES, HttpComm
 from projections.read_api import (
     DASHBOARD_ASSETS,
     DEFAULT_PAGE_SIZE,
+    KITCHEN_ASSETS,
     MAX_PAGE,
     MAX_PAGE_SIZE,
     ORDERS_PARAMETERS,
@@ -360,6 +361,57 @@ def _read_api() -> dict[str, Json]:
                         "content": {
                             kind: {"schema": {"type": "string"}}
                             for kind in sorted(set(DASHBOARD_ASSETS.values()))
+                        },
+                    }
+                }
+                | _errors(404),
+            }
+        },
+        "/stores/{location}/kitchen": {
+            "get": {
+                "operationId": "kitchenScreen",
+                "tags": ["read"],
+                "summary": "A store's kitchen screen: its open tickets, with bump buttons",
+                "parameters": _path_parameters("/stores/{location}/kitchen"),
+                "responses": {"200": _html("the kitchen screen (docs/dashboard.md, Kitchen)")},
+            }
+        },
+        "/stores/{location}/tickets": {
+            "get": {
+                "operationId": "kitchenTickets",
+                "tags": ["read"],
+                "summary": "A store's open tickets, the one due first on top",
+                "parameters": _path_parameters("/stores/{location}/tickets"),
+                "responses": {
+                    "200": _json_body(
+                        {
+                            "type": "object",
+                            "required": ["store", "tickets"],
+                            "properties": {
+                                "store": {"type": "string"},
+                                "tickets": {"type": "array", "items": {"type": "object"}},
+                            },
+                        },
+                        "the tickets",
+                    )
+                }
+                | _errors(400, 503),
+            }
+        },
+        "/kitchen/static/{filename}": {
+            "get": {
+                "operationId": "kitchenAsset",
+                "tags": ["read"],
+                "summary": "The kitchen screen's script and style",
+                "parameters": _path_parameters(
+                    "/kitchen/static/{filename}", {"filename": {"enum": sorted(KITCHEN_ASSETS)}}
+                ),
+                "responses": {
+                    "200": {
+                        "description": "the file",
+                        "content": {
+                            kind: {"schema": {"type": "string"}}
+                            for kind in sorted(set(KITCHEN_ASSETS.values()))
                         },
                     }
                 }

@@ -79,6 +79,7 @@ _DATETIMES = frozenset(
         "reviewed_at",
         "handed_over_at",
         "delivered_at",
+        "ready_by",
         "stage_entered_at",
         "placed_at",
         "updated_at",

@@ -119,6 +119,11 @@ def empty_row(order_id: str, at: datetime) -> OrderRow:
         line_amounts=[],
         line_units=[],
         line_millionths=[],
+        line_options=[],
+        table_name="",
+        covers=0,
+        ready_by=None,
+        amended_from=[],
         placed_at=at,
         updated_at=at,
         version=0,
@@ -147,9 +152,21 @@ def _lines(lines: list[OrderLine]) -> dict[str, Any]:
         "line_amounts": [line.amount for line in lines],
         "line_units": [line.unit for line in lines],
         "line_millionths": [_millionths(line) for line in lines],
+        "line_options": [", ".join(line.options) for line in lines],
         "line_count": len(lines),
         "item_count": sum(max(line.quantity, 0) for line in lines),
     }
+
+
+def ticket_lines(row: OrderRow) -> list[str]:
+    """The row's lines as a kitchen ticket prints them: "2× 红烧牛肉面 (少辣)"."""
+    options = row["line_options"] or [""] * len(row["line_names"])
+    return [
+        f"{quantity}× {name} ({extra})" if extra else f"{quantity}× {name}"
+        for quantity, name, extra in zip(
+            row["line_quantities"], row["line_names"], options, strict=False
+        )
+    ]
 
 
 def _millionths(line: OrderLine) -> int:
@@ -162,6 +179,12 @@ def _order_details(event: OrderReceived | OrderModified, row: OrderRow) -> dict[
     """What an OrderReceived sets, or what a revision replaces (its optional fields only when
     the channel sent them)."""
     changes: dict[str, Any] = {"total": event.total, **_lines(event.lines)}
+    if isinstance(event, OrderModified) and row["version"]:
+        changes["amended_from"] = ticket_lines(row)
+    if event.table is not None or isinstance(event, OrderReceived):
+        changes["table_name"] = event.table or ""
+    if event.covers is not None or isinstance(event, OrderReceived):
+        changes["covers"] = max(event.covers or 0, 0)
     if event.address is not None:
         changes["address"] = event.address.text
         changes["city"] = event.address.city or ""
@@ -227,7 +250,10 @@ def _event_changes(event: OrderEvent, row: OrderRow, at: datetime) -> dict[str, 
     if isinstance(event, OrderPrioritised):
         promised = seconds(event.promised_at) if event.promised_at else None
         return {"location": event.location, "priority_score": event.score, "promised_at": promised}
-    if isinstance(event, OrderAcceptedByStore | OrderPreparing | OrderReady):
+    if isinstance(event, OrderAcceptedByStore):
+        ready = seconds(event.estimated_ready_at) if event.estimated_ready_at else None
+        return {"location": event.location, "ready_by": ready}
+    if isinstance(event, OrderPreparing | OrderReady):
         return {"location": event.location}
     if isinstance(event, OrderPickedUp):
         return {"location": event.location, "handed_over_at": row["handed_over_at"] or at}

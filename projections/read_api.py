@@ -8,6 +8,8 @@
   time zone, ...); 404 for an unknown report.
 - `GET /dashboard`: the page (projections/dashboard/), its assets (DASHBOARD_ASSETS) under
   `/dashboard/static/`.
+- `GET /stores/{store}/kitchen`: a store's kitchen screen (projections/kitchen/, assets under
+  `/kitchen/static/`), fed by `GET /stores/{store}/tickets` (docs/dashboard.md, "Kitchen").
 
 Errors answer `{"error": reason, ...}` as the webhooks do; 503 when ClickHouse cannot answer.
 """
@@ -41,6 +43,8 @@ DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboard"
 DASHBOARD_ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
 """What `/dashboard/static/` serves, with the media type each is served as (named here, not
 guessed from the platform's MIME tables, so the OpenAPI document and the answer agree)."""
+KITCHEN_DIR = Path(__file__).resolve().parent / "kitchen"
+KITCHEN_ASSETS = {"kitchen.js": "text/javascript", "kitchen.css": "text/css"}
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 200
 MAX_PAGE = 1_000_000
@@ -374,6 +378,59 @@ async def dashboard_asset(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(DASHBOARD_DIR / name, headers=headers)
 
 
+# ------------------------------------------------------------------ kitchen
+
+
+async def kitchen(_: web.Request) -> web.FileResponse:
+    return web.FileResponse(KITCHEN_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def kitchen_asset(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["filename"]
+    media_type = KITCHEN_ASSETS.get(name)
+    if media_type is None:
+        return problem(404, f"no kitchen asset {name!r}", assets=sorted(KITCHEN_ASSETS))
+    headers = {"Content-Type": f"{media_type}; charset=utf-8", "Cache-Control": "no-cache"}
+    return web.FileResponse(KITCHEN_DIR / name, headers=headers)
+
+
+def ticket(row: dict[str, Any]) -> dict[str, Any]:
+    """One kitchen ticket: its lines as the kitchen reads them, a measured line in its unit."""
+    units = row["line_units"] or ["each"] * len(row["line_names"])
+    measures = row["line_millionths"] or [q * MILLIONTHS for q in row["line_quantities"]]
+    options = row["line_options"] or [""] * len(row["line_names"])
+    lines = [
+        {
+            "name": name,
+            "quantity": quantity,
+            "measure": f"{measure_text(measure)} {unit}" if unit != "each" else str(quantity),
+            "options": extra,
+        }
+        for name, quantity, unit, measure, extra in zip(
+            row["line_names"], row["line_quantities"], units, measures, options, strict=False
+        )
+    ]
+    keep = ("order_id", "external_id", "channel", "mode", "status", "table_name", "covers",
+            "amended_from", "priority_score", "promised_at", "ready_by", "placed_at",
+            "stage_entered_at")  # fmt: skip
+    return {name: json_value(row[name]) for name in keep} | {"lines": lines}
+
+
+async def get_tickets(request: web.Request) -> web.Response:
+    location = request.match_info["location"]
+    try:
+        _refuse_unknown(request.query, (), what="tickets")
+    except BadParameter as exc:
+        return problem(400, str(exc), parameter=exc.parameter)
+    try:
+        result = await request.app[READ_MODELS].run(
+            lambda store: run_report(store, "kitchen_tickets", location=location)
+        )
+    except StoreError as exc:
+        return _unavailable(exc)
+    return _json({"store": location, "tickets": [ticket(row) for row in result.as_dicts()]})
+
+
 def add_routes(app: web.Application, settings: Settings) -> None:
     """The read API and the dashboard, over the settings' ClickHouse (one store per app)."""
     read_models = ReadModels(
@@ -389,6 +446,9 @@ def add_routes(app: web.Application, settings: Settings) -> None:
     app.router.add_get("/dashboard", dashboard)
     app.router.add_get("/dashboard/", dashboard)
     app.router.add_get("/dashboard/static/{filename}", dashboard_asset)
+    app.router.add_get("/stores/{location}/kitchen", kitchen)
+    app.router.add_get("/stores/{location}/tickets", get_tickets)
+    app.router.add_get("/kitchen/static/{filename}", kitchen_asset)
 
     async def close_read_models(_: web.Application) -> None:
         read_models.close()

@@ -59,6 +59,8 @@ EXPECTED: dict[tuple[str, str], set[Role]] = {
     ("GET", "/phone"): {R.ADMIN, R.STORE_MANAGER, R.CUSTOMER_SERVICE},
     ("POST", "/webhooks/phone"): {R.ADMIN, R.STORE_MANAGER, R.CUSTOMER_SERVICE},
     ("GET", "/me"): STAFF | {R.ANALYST, R.INTEGRATION},
+    ("GET", "/stores/S01/kitchen"): {R.ADMIN, R.STORE_MANAGER, R.KITCHEN},
+    ("GET", "/stores/S01/tickets"): {R.ADMIN, R.STORE_MANAGER, R.KITCHEN},
     **{
         ("POST", f"/stores/S01/orders/O-IN/{action}"): {R.ADMIN, R.STORE_MANAGER, R.KITCHEN}
         for action in ("accept", "decline", "start", "ready", "handoff", "deliver", "complete")
@@ -73,6 +75,8 @@ OUTSIDE = {
     ("POST", "/stock/SKU-1/S01/safety"): ("POST", "/stock/SKU-1/S02/safety"),
     ("GET", "/orders?store=S01&channel=webshop"): ("GET", "/orders?store=S02&channel=meituan"),
     ("GET", "/orders/O-IN"): ("GET", "/orders/O-OUT"),
+    ("GET", "/stores/S01/kitchen"): ("GET", "/stores/S02/kitchen"),
+    ("GET", "/stores/S01/tickets"): ("GET", "/stores/S02/tickets"),
     **{
         ("POST", f"/stores/S01/orders/O-IN/{action}"): ("POST", f"/stores/S02/orders/O-IN/{action}")
         for action in ("accept", "decline", "start", "ready", "handoff", "deliver", "complete")

@@ -1141,6 +1141,8 @@ def any_order_event(model: type[OrderEvent]) -> st.SearchStrategy[OrderEvent]:
     fields.update(
         sequence=st.integers(1, 2**32 - 1), occurred_at=ENVELOPE_TIME, recorded_at=ENVELOPE_TIME
     )
+    if "covers" in fields:  # the contract's bounds (ge=1, le=10_000)
+        fields["covers"] = st.none() | st.integers(1, 10_000)
     return st.fixed_dictionaries(fields).map(model.model_validate)
 
 
@@ -1213,6 +1215,7 @@ def order_history(draw: st.DrawFn, order_id: str) -> list[OrderEvent]:
     line = st.builds(OrderLine, sku=st.sampled_from(SKUS), name=st.sampled_from(["n", "名"]),
                      quantity=st.integers(-2, 5), unit_price=small,
                      unit=st.sampled_from(["each", "kg", "lb"]),
+                     options=st.lists(st.sampled_from(["少辣", "加蛋", 'x "y"']), max_size=2),
                      # a measure: amounts round half to even alike in both folds
                      quantity_millionths=st.none() | st.integers(1, 5_000_000)
                      | st.sampled_from([500_000, 1_500_000, 250_000]))  # fmt: skip
@@ -1228,6 +1231,8 @@ def order_history(draw: st.DrawFn, order_id: str) -> list[OrderEvent]:
         "total": small, "amount": small, "score": small, "risk_score": small,
         # times the orders table shows must fit its DateTime columns
         "placed_at": ENVELOPE_TIME, "promised_at": st.none() | ENVELOPE_TIME,
+        "estimated_ready_at": st.none() | ENVELOPE_TIME,
+        "table": st.none() | st.sampled_from(["", "B07"]), "covers": st.none() | st.integers(1, 12),
         "currency": st.sampled_from(["CNY", "USD"]),
         "address": st.none() | st.builds(Address, text=st.just("t"),
                                          city=st.none() | st.sampled_from(["", "上海"])),

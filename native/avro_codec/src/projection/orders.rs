@@ -58,6 +58,15 @@ pub(crate) struct OrderState {
     pub(crate) line_units: Vec<String>,
     /// Each line's exact quantity in millionths of its unit; empty before contract v5/v6.
     pub(crate) line_millionths: Vec<i64>,
+    /// Each line's options as a ticket prints them ("少辣, 加蛋"); empty before migration 010.
+    pub(crate) line_options: Vec<String>,
+    /// A dine-in order's table and how many it seats (contract v4-v7).
+    pub(crate) table_name: String,
+    pub(crate) covers: i64,
+    /// When the store said the order will be ready (`OrderAcceptedByStore.estimated_ready_at`).
+    pub(crate) ready_by: Option<i64>,
+    /// The lines before the order's last revision, as a ticket prints them.
+    pub(crate) amended_from: Vec<String>,
     pub(crate) placed_at: i64,
     pub(crate) updated_at: i64,
     pub(crate) version: i64,
@@ -283,6 +292,20 @@ fn or_at(current: Option<i64>, at: i64) -> Option<i64> {
     Some(current.unwrap_or(at))
 }
 
+/// `projections.orders.ticket_lines`: the row's lines as a kitchen ticket prints them,
+/// "2× 红烧牛肉面 (少辣)".
+fn ticket_lines(row: &OrderState) -> Vec<String> {
+    row.line_names
+        .iter()
+        .zip(&row.line_quantities)
+        .enumerate()
+        .map(|(n, (name, quantity))| match row.line_options.get(n) {
+            Some(extra) if !extra.is_empty() => format!("{quantity}× {name} ({extra})"),
+            _ => format!("{quantity}× {name}"),
+        })
+        .collect()
+}
+
 /// `OrderLine.unit` when a line has none (contract before v5/v6).
 const EACH: &str = "each";
 /// `events.models.MILLIONTHS`: a line's exact quantity travels in millionths of its unit.
@@ -312,8 +335,30 @@ fn line_amount(line: &Value) -> i64 {
 fn apply_event(row: &mut OrderState, ev: &Value, event_type: &str, at: i64) {
     match event_type {
         "OrderReceived" | "OrderModified" => {
+            if event_type == "OrderModified" && row.version != 0 {
+                row.amended_from = ticket_lines(row);
+            }
+            let table = ev.get("table");
+            if !table.is_null() || event_type == "OrderReceived" {
+                row.table_name = table.s().to_owned();
+            }
+            let covers = ev.get("covers");
+            if !covers.is_null() || event_type == "OrderReceived" {
+                row.covers = if covers.is_null() { 0 } else { covers.int().max(0) };
+            }
             row.total = ev.get("total").int();
             let lines = ev.get("lines").items();
+            row.line_options = lines
+                .iter()
+                .map(|l| {
+                    l.get("options")
+                        .items()
+                        .iter()
+                        .map(|o| o.s())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .collect();
             row.line_skus = lines.iter().map(|l| l.get("sku").s().to_owned()).collect();
             row.line_names = lines.iter().map(|l| l.get("name").s().to_owned()).collect();
             row.line_quantities = lines.iter().map(|l| l.get("quantity").int()).collect();
@@ -448,7 +493,11 @@ fn apply_event(row: &mut OrderState, ev: &Value, event_type: &str, at: i64) {
             row.priority_score = ev.get("score").int();
             row.promised_at = ev.get("promised_at").seconds();
         }
-        "OrderAcceptedByStore" | "OrderPreparing" | "OrderReady" => {
+        "OrderAcceptedByStore" => {
+            row.location = ev.get("location").s().to_owned();
+            row.ready_by = ev.get("estimated_ready_at").seconds();
+        }
+        "OrderPreparing" | "OrderReady" => {
             row.location = ev.get("location").s().to_owned();
         }
         "OrderPickedUp" => {
