@@ -210,6 +210,7 @@ class Connector(ABC):
         platform_ciphertext: PlatformCiphertext | None = None,
         table: str | None = None,
         covers: int | None = None,
+        tip: int = 0,
         rounding_tolerance: int = 0,
     ) -> ChannelEvent:
         """The event for a normalised channel order: `OrderReceived`, or `OrderModified` when
@@ -229,10 +230,11 @@ class Connector(ABC):
             packaging_fee=packaging_fee,
             discount=discount,
             tax=tax,
+            tip=tip,
             revision=revision,
         )
         difference = total - (
-            sum(line.amount for line in lines) + delivery_fee + packaging_fee + tax - discount
+            sum(line.amount for line in lines) + delivery_fee + packaging_fee + tax + tip - discount
         )
         rounding = difference if abs(difference) <= rounding_tolerance else 0
         order_id = self.order_id(external_id)
@@ -256,6 +258,7 @@ class Connector(ABC):
             "platform_ciphertext": platform_ciphertext,
             "table": table,
             "covers": covers,
+            "tip": tip,
             "rounding": rounding,
         }
         order_fields: dict[str, Any] = {

@@ -220,6 +220,7 @@ class SquareConnector(Connector):
             lines=[_line(item, inclusive_taxes, n) for n, item in enumerate(order.line_items)],
             delivery_fee=delivery_fee,
             packaging_fee=service_fee,
+            tip=order.total_tip_money.amount,
             discount=order.total_discount_money.amount,
             tax=order.total_tax_money.amount - inclusive,  # inclusive tax is in the prices
             total=order.total_money.amount,
@@ -255,9 +256,10 @@ def _details(fulfillment: _Fulfillment | None) -> _Details | None:
 
 
 def _fees(order: _SquareOrder) -> tuple[int, int]:
-    """(delivery fee, other service charges + tip): Square has no delivery-fee field, the
-    contract has no tip field, and Square's `total_money` includes the tip."""
-    delivery_fee, service_fee = 0, order.total_tip_money.amount
+    """(delivery fee, other service charges): Square has no delivery-fee field, so a service
+    charge named for delivery or shipping is one. (The tip, in `total_money`, is the order's
+    `tip`.)"""
+    delivery_fee, service_fee = 0, 0
     for charge in order.service_charges:
         amount = (charge.applied_money or charge.amount_money).amount
         if any(word in charge.name.lower() for word in _DELIVERY_WORDS):

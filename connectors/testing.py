@@ -111,11 +111,19 @@ class ConnectorConformance:
         for name, raw, headers in self.payloads():
             event = self.parse(raw, headers)
             lines = sum(line.amount for line in event.lines)
-            expected = lines + event.delivery_fee + event.packaging_fee + event.tax - event.discount
+            expected = (
+                lines
+                + event.delivery_fee
+                + event.packaging_fee
+                + event.tax
+                + event.tip
+                - event.discount
+            )
             assert expected + event.rounding == event.total, (
                 f"{name}: lines {lines} + delivery {event.delivery_fee} + packaging "
-                f"{event.packaging_fee} + tax {event.tax} - discount {event.discount} + "
-                f"rounding {event.rounding} = {expected + event.rounding}, total {event.total}"
+                f"{event.packaging_fee} + tax {event.tax} + tip {event.tip} - discount "
+                f"{event.discount} + rounding {event.rounding} = {expected + event.rounding}, "
+                f"total {event.total}"
             )
             for n, line in enumerate(event.lines):
                 if line.gross is not None:  # the unit price is the amount's, rounded
@@ -149,6 +157,7 @@ class ConnectorConformance:
                 event.packaging_fee,
                 event.discount,
                 event.tax,
+                event.tip,
             ]
             amounts += [line.unit_price for line in event.lines]
             amounts += [line.amount for line in event.lines]

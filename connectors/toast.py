@@ -37,10 +37,9 @@ before tax; `totalAmount` adds `taxAmount` and excludes tips. So:
   `tax`, the line states no total. The unit price is gross / `quantity` rounded half to even
   (10.00 for 3 → 3.33), for information: it never refuses an order;
 - delivery fee = service charges marked `delivery`; packaging fee = the other service charges
-  (gratuities included) plus tips (the contract has neither a service-charge nor a tip field,
-  as in connectors/square.py); tips are the sum of the check's payments' `tipAmount` (voided,
-  denied, cancelled and failed payments left out), the check's own `tipAmount` when it has no
-  payments;
+  (gratuities included: the contract has no service-charge field); the order's `tip` = the
+  sum of the check's payments' `tipAmount` (voided, denied, cancelled and failed payments left
+  out), the check's own `tipAmount` when it has no payments;
 - discount = Σ `appliedDiscounts.discountAmount` of the checks and of their non-voided
   selections; tax = Σ `taxAmount`; total = Σ (`totalAmount` + tips), what the guests pay;
 - an order whose lines' gross, fees, tax and discounts do not add up to that total is refused,
@@ -210,7 +209,7 @@ class _Order(ChannelPayload):
     promisedDate: AwareChannelTime | None = None  # noqa: N815
     diningOption: _DiningOption | None = None  # noqa: N815
     table: _Reference | None = None
-    numberOfGuests: int | None = Field(default=None, ge=0)  # noqa: N815
+    numberOfGuests: int | None = Field(default=None, ge=0, le=10_000)  # noqa: N815
     deliveryInfo: _DeliveryInfo | None = None  # noqa: N815
     checks: list[_Check]
     voided: bool = False
@@ -245,7 +244,7 @@ class ToastConnector(Connector):
             return minor_units(amount, currency=CURRENCY, field=field)
 
         lines: list[OrderLine] = []
-        delivery_fee = packaging_fee = discount = tax = total = 0
+        delivery_fee = packaging_fee = discount = tax = tip = total = 0
         for i, check in checks:
             at = f"checks.{i}"
             for j, selection in enumerate(check.selections):
@@ -273,14 +272,15 @@ class ToastConnector(Connector):
                 )
             else:
                 tips = cents(check.tipAmount or _ZERO, f"{at}.tipAmount")
-            packaging_fee += tips
+            tip += tips
             tax += cents(check.taxAmount, f"{at}.taxAmount")
             total += cents(check.totalAmount, f"{at}.totalAmount") + tips
         goods = sum(line.amount for line in lines)
-        if goods + delivery_fee + packaging_fee + tax - discount != total:
+        if goods + delivery_fee + packaging_fee + tax + tip - discount != total:
             raise PayloadRejected(
-                f"selections {goods} + service charges and tips {delivery_fee + packaging_fee} "
-                f"+ tax {tax} - discounts {discount} is not the checks' total {total} (cents)",
+                f"selections {goods} + service charges {delivery_fee + packaging_fee} + tips "
+                f"{tip} + tax {tax} - discounts {discount} is not the checks' total {total} "
+                "(cents)",
                 field=f"checks.{checks[0][0]}.totalAmount",
             )
 
@@ -304,6 +304,7 @@ class ToastConnector(Connector):
             lines=lines,
             delivery_fee=delivery_fee,
             packaging_fee=packaging_fee,
+            tip=tip,
             discount=discount,
             tax=tax,
             total=total,

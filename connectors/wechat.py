@@ -109,7 +109,9 @@ class _Order(ChannelPayload):
     store_id: str = Field(min_length=1)
     mode: Literal["dine_in", "pickup", "delivery"]
     table_no: str | None = None
-    diners: int | None = Field(default=None, ge=1, description="guests at the table (用餐人数)")
+    diners: int | None = Field(
+        default=None, ge=1, le=10_000, description="guests at the table (用餐人数)"
+    )
     items: list[_Item] = Field(min_length=1)
     delivery_fee: Fen = 0
     packing_fee: Fen = 0

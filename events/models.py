@@ -392,6 +392,9 @@ class OrderReceived(OrderEvent):
         description="(v4) total minus (lines + fees + tax - discount): the channel's own "
         "rounding, within the rule its connector documents",
     )
+    tip: int = Field(
+        default=0, description="(v7) the tip the customer gave, in the total, minor units"
+    )
 
 
 class OrderModified(OrderEvent):
@@ -432,6 +435,9 @@ class OrderModified(OrderEvent):
         default=0,
         description="(v5) total minus (lines + fees + tax - discount): the channel's own "
         "rounding, within the rule its connector documents",
+    )
+    tip: int = Field(
+        default=0, description="(v8) the tip the customer gave, in the total, minor units"
     )
 
 

@@ -124,7 +124,16 @@ def decide(
 def merge(order: OrderReceived, revision: OrderModified) -> OrderReceived:
     """The order with a revision applied: lines and amounts are replaced; details the revision
     leaves out (None) stay as they were."""
-    amounts = ("lines", "delivery_fee", "packaging_fee", "discount", "tax", "total", "rounding")
+    amounts = (
+        "lines",
+        "delivery_fee",
+        "packaging_fee",
+        "discount",
+        "tax",
+        "total",
+        "rounding",
+        "tip",
+    )
     details = ("address", "requested_at", "notes", "table", "covers")
     update = {name: getattr(revision, name) for name in amounts}
     update |= {

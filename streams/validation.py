@@ -100,7 +100,7 @@ def rejection_reasons(
                     message=f"unit price of {line.sku!r} is negative",
                 )
             )
-    for name in ("delivery_fee", "packaging_fee", "discount", "tax"):
+    for name in ("delivery_fee", "packaging_fee", "discount", "tax", "tip"):
         if getattr(order, name) < 0:
             reasons.append(
                 RejectionReason(
@@ -112,11 +112,17 @@ def rejection_reasons(
         + order.delivery_fee
         + order.packaging_fee
         + order.tax
+        + order.tip
         - order.discount
         + order.rounding
     )
     if expected != order.total:
-        parts = "lines + fees + tax - discount" + (" + rounding" if order.rounding else "")
+        parts = (
+            "lines + fees + tax"
+            + (" + tip" if order.tip else "")
+            + " - discount"
+            + (" + rounding" if order.rounding else "")
+        )
         reasons.append(
             RejectionReason(
                 code="TOTAL_MISMATCH",

@@ -52,6 +52,17 @@ _SIMPLE: dict[Any, st.SearchStrategy[Any]] = {
 }
 
 
+def _bounded(field: Any) -> st.SearchStrategy[Any] | None:
+    """An integer field's values within the bounds the contract gives it (covers: 1 to 10,000),
+    None for a field without bounds."""
+    low = next((m.ge for m in field.metadata if getattr(m, "ge", None) is not None), None)
+    high = next((m.le for m in field.metadata if getattr(m, "le", None) is not None), None)
+    if low is None and high is None:
+        return None
+    values = st.integers(low, high)
+    return st.none() | values if field.default is None else values
+
+
 def strategy_for(annotation: Any) -> st.SearchStrategy[Any]:
     """Values of any type the contract uses; models are built field by field."""
     origin = get_origin(annotation)
@@ -66,7 +77,10 @@ def strategy_for(annotation: Any) -> st.SearchStrategy[Any]:
         return st.sampled_from(list(annotation))
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         model = annotation
-        fields = {n: strategy_for(f.annotation) for n, f in model.model_fields.items()}
+        fields = {}
+        for name, info in model.model_fields.items():
+            bounded = _bounded(info)
+            fields[name] = strategy_for(info.annotation) if bounded is None else bounded
         if "sequence" in fields:
             fields["sequence"] = st.integers(1, 10**6)
         return st.fixed_dictionaries(fields).map(model.model_validate)

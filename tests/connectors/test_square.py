@@ -111,7 +111,7 @@ def test_an_in_store_sale_is_dine_in_with_inclusive_vat_and_the_tip_as_a_service
     assert isinstance(order, OrderReceived)
     assert order.mode is OrderMode.DINE_IN
     assert order.tax == 0  # VAT is inside the prices
-    assert (order.packaging_fee, order.total) == (300, 2675)
+    assert (order.packaging_fee, order.tip, order.total) == (0, 300, 2675)  # a 3.00 tip
     assert order.lines[1].options == ["Extra Bacon"]  # the zero-quantity modifier is left out
     assert order.lines[1].unit_price == 1400
     assert (order.customer.name, order.customer.phone) == ("Oliver Bennett", "+447700900123")

@@ -102,7 +102,8 @@ def test_dine_in_order_skips_voided_selections_and_puts_the_tip_with_the_fees() 
     ]  # fmt: skip
     assert sum(line.discount for line in order.lines) == order.discount
     # 38.65 on the check + a 7.00 tip on the payment; Happy Hour 3.00 off
-    assert (order.packaging_fee, order.discount, order.tax, order.total) == (700, 300, 315, 4565)
+    assert (order.packaging_fee, order.tip, order.discount, order.tax, order.total) == (
+        0, 700, 300, 315, 4565)  # fmt: skip
     assert order.payment_status == PaymentStatus.UNPAID  # the check is still OPEN
 
 
@@ -137,7 +138,7 @@ def test_delivery_order_maps_address_fee_and_notes() -> None:
         "210 Hanover St, Apt 3R", "Boston", "MA",
     )  # fmt: skip
     assert (order.address.postal_code, order.notes) == ("02113", "Buzz 3R, leave at the door")
-    assert (order.delivery_fee, order.packaging_fee, order.total) == (499, 500, 3939)
+    assert (order.delivery_fee, order.packaging_fee, order.tip, order.total) == (499, 0, 500, 3939)
     assert order.payment_status == PaymentStatus.PAID
 
 
@@ -256,7 +257,8 @@ def test_a_tax_included_item_is_stated_without_its_tax_and_its_unit_price_is_der
         (li.quantity, li.unit_price, li.gross, li.discount, li.tax, li.total, li.prices_include_tax)
         for li in order.lines
     ] == [(3, 935, 2804, 0, 196, 3000, False), (1, 1400, 1400, 0, 98, 1498, False)]
-    assert (order.packaging_fee, order.tax, order.total, order.rounding) == (800, 294, 5298, 0)
+    assert (order.packaging_fee, order.tip, order.tax, order.total, order.rounding) == (
+        0, 800, 294, 5298, 0)  # fmt: skip
     assert rejection_reasons(order) == []
 
 

@@ -184,3 +184,13 @@ def test_a_line_in_another_unit_than_its_product_is_stocked_in_is_rejected() -> 
         ("UNIT_MISMATCH", "lines.0.unit")
     ]
     assert rejection_reasons(right, catalogue) == []
+
+
+def test_a_tip_is_part_of_the_total_and_never_negative() -> None:
+    tipped = received(tip=800, total=6100 + 800)  # lines 5600 + delivery 500 + tip 8.00
+    assert rejection_reasons(tipped) == []
+    forgotten = rejection_reasons(received(tip=800))
+    message = "lines + fees + tax + tip - discount = 6900, but total is 6100"
+    assert [(r.code, r.message) for r in forgotten] == [("TOTAL_MISMATCH", message)]
+    negative = {r.code for r in rejection_reasons(received(tip=-100, total=6000))}
+    assert negative == {"NEGATIVE_AMOUNT"}
