@@ -739,6 +739,13 @@ class Product(Frozen):
     )
 
 
+class WhenNotAccepted(StrEnum):
+    """What becomes of an order its store has not accepted in time (`Location` v2)."""
+
+    REROUTE = "reroute"  # as if the store declined: routed elsewhere, rejected when none is left
+    CANCEL = "cancel"  # cancelled by the system
+
+
 class Location(Frozen):
     id: str
     name: str
@@ -757,6 +764,22 @@ class Location(Frozen):
     cost_per_km: int = Field(default=0, description="minor units")
     aliases: list[str] = Field(default_factory=list, description="channels' ids for it")
     paused: bool = False
+    auto_accept_channels: list[str] = Field(
+        default_factory=list,
+        description="(v2) channels whose orders the store takes on as soon as they reach it",
+    )
+    accept_within_minutes: int = Field(
+        default=0,
+        ge=0,
+        le=24 * 60,
+        description="(v2) an order the store has not accepted this long after it reached it "
+        "is escalated (`when_not_accepted`); 0: it waits",
+    )
+    when_not_accepted: WhenNotAccepted = Field(
+        default=WhenNotAccepted.REROUTE,
+        description="(v2) reroute: as if the store declined (routed elsewhere, rejected when "
+        "no store is left); cancel: cancelled by the system",
+    )
 
 
 class CatalogueEvent(Event):

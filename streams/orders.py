@@ -43,8 +43,10 @@ from events.lifecycle import TRANSITIONS, OrderStatus, next_status
 from events.models import (
     Actor,
     ActorKind,
+    CancelledBy,
     CommitStock,
     LineQuantity,
+    Location,
     OrderAcceptedByStore,
     OrderCancelled,
     OrderCompleted,
@@ -56,6 +58,7 @@ from events.models import (
     OrderPartiallyReserved,
     OrderPickedUp,
     OrderPreparing,
+    OrderPrioritised,
     OrderReady,
     OrderReceived,
     OrderRefunded,
@@ -77,6 +80,7 @@ from events.models import (
     StockReleased,
     StockReservationRefused,
     StockReserved,
+    WhenNotAccepted,
     deterministic_id,
     follow_up,
 )
@@ -86,6 +90,8 @@ from streams.customers import CustomerHistory, customer_key
 
 S = OrderStatus
 ACTOR = Actor(kind=ActorKind.SYSTEM, id="orders")
+AUTO_ACCEPT = Actor(kind=ActorKind.SYSTEM, id="auto-accept")  # a store's acceptance policy
+NOT_ACCEPTED = "NOT_ACCEPTED"  # the reason code of an escalation (`acceptance_due`)
 # Routing attempts an order may spend on stock refusals before it is rejected OUT_OF_STOCK.
 # Attempts started by a revision or by an expired hold do not count.
 MAX_ROUTING_ATTEMPTS = 3
@@ -153,6 +159,8 @@ class OrderState:
     refused_at: frozenset[str] = frozenset()  # locations that refused a line
     missing: tuple[LineQuantity, ...] = ()  # what the last refused attempt could not get
     location: str | None = None
+    prioritised_at: datetime | None = None  # when the order reached its store's queue
+    promised_at: datetime | None = None  # the time promised when it was prioritised
 
     @property
     def hold_expires_at(self) -> datetime | None:
@@ -291,6 +299,9 @@ def apply(state: OrderState | None, event: OrderEvent) -> OrderState:
         # Routed again without the store that declined; screened already.
         changes |= _give_back(state, _outstanding(state))
         changes |= {"refused_at": state.refused_at | {event.location}, "screened": True}
+    elif isinstance(event, OrderPrioritised):
+        if state.status is not S.PRIORITISED:  # it reached the store's queue (again)
+            changes |= {"prioritised_at": event.occurred_at, "promised_at": event.promised_at}
     elif isinstance(event, OrderPickedUp | ShipmentCreated):
         changes |= {"held": {}, "committed": {**state.committed, **state.held}}
     return _evolve(state, changes)
@@ -350,6 +361,8 @@ def decide(state: OrderState | None, received: OrderEvent | StockEvent, ctx: Con
         return _lapsed(state, received, ctx)
     if isinstance(received, OrderReservationReleased):
         return _expired(state, received, ctx)
+    if _overtaken(state, received):
+        return Decision()  # the store took the order on (or it moved on) before time ran out
     if isinstance(received, OrderEvent) and isinstance(received, RELAYED):
         if type(received) not in TRANSITIONS[state.status]:
             return Decision(
@@ -416,7 +429,74 @@ def advance(state: OrderState, ctx: Context, *, cause: str) -> Decision:
             now=ctx.now,
         )
         return Decision([event])
+    if state.status is S.PRIORITISED:
+        place = ctx.catalogue.locations.get(state.location or "")
+        if place is not None and order.channel in place.auto_accept_channels:
+            envelope = _envelope(
+                order,
+                sequence=state.version + 1,
+                cause=cause,
+                kind="OrderAcceptedByStore",
+                now=ctx.now,
+            )
+            accepted = OrderAcceptedByStore(
+                **(envelope | {"actor": AUTO_ACCEPT}),
+                location=state.location or "",
+                estimated_ready_at=state.promised_at,
+            )
+            return Decision([accepted])
     return Decision()
+
+
+def acceptance_due(
+    state: OrderState, *, now: datetime, place: Location | None
+) -> OrderDeclinedByStore | OrderCancelled | None:
+    """The escalation of an order its store has not accepted within the store's
+    `accept_within_minutes` (sent to the order's own inputs, like `expiry_due`): declined in
+    the store's name, so it is routed elsewhere (or rejected when no store is left), or
+    cancelled, as the store's `when_not_accepted` says."""
+    if (
+        state.status is not S.PRIORITISED
+        or place is None
+        or not place.accept_within_minutes
+        or state.prioritised_at is None
+        or now < state.prioritised_at + timedelta(minutes=place.accept_within_minutes)
+    ):
+        return None
+    order = state.order
+    envelope = {
+        "event_id": deterministic_id(
+            order.order_id, NOT_ACCEPTED, state.location or "", str(state.attempt)
+        ),
+        **follow_up(
+            order,
+            sequence=state.version + 1,
+            causation_id=state.last_event_id,
+            actor=ACTOR,
+            now=now,
+        ),
+    }
+    reason = f"{place.id} did not accept it within {place.accept_within_minutes} minutes"
+    if place.when_not_accepted == WhenNotAccepted.CANCEL:
+        return OrderCancelled(
+            **envelope, cancelled_by=CancelledBy.SYSTEM, reason_code=NOT_ACCEPTED, reason=reason
+        )
+    return OrderDeclinedByStore(
+        **envelope, location=state.location or "", reason_code=NOT_ACCEPTED, reason=reason
+    )
+
+
+def _overtaken(state: OrderState, received: OrderEvent | StockEvent) -> bool:
+    """An escalation (`acceptance_due`) that arrives after the order left the store's queue."""
+    return (
+        isinstance(received, OrderDeclinedByStore | OrderCancelled)
+        and received.reason_code == NOT_ACCEPTED
+        and received.actor == ACTOR
+        and (
+            state.status is not S.PRIORITISED
+            or getattr(received, "location", state.location) != state.location
+        )
+    )
 
 
 def recover(state: OrderState, *, now: datetime) -> list[StockEvent]:

@@ -18,8 +18,8 @@ from typing import Protocol
 
 from events.models import (
     Event,
+    Location,
     OrderEvent,
-    OrderReservationReleased,
     Product,
     ReserveStock,
     StockEvent,
@@ -146,14 +146,20 @@ class OrderPartition:
         if step.recovers:
             self._recovered.add(step.order_id)
 
-    def expiries(self, now: datetime) -> list[OrderReservationReleased]:
-        """Commands for the orders whose hold ran out, each sent once (the order agent takes
-        them as inputs, so a crash between logging and releasing is recovered like any)."""
-        due = []
+    def expiries(
+        self, now: datetime, locations: Mapping[str, Location] | None = None
+    ) -> list[OrderEvent]:
+        """Commands for the orders whose time ran out, each sent once (the order agent takes
+        them as inputs, so a crash between logging and acting is recovered like any): a store
+        that has not accepted its order within its `accept_within_minutes` (`locations`, the
+        catalogue's), else a hold that expired."""
+        due: list[OrderEvent] = []
         for state in self.orders.values():
             if state.status not in orders.EXPIRABLE:
                 continue
-            command = orders.expiry_due(state, now=now)
+            place = (locations or {}).get(state.location or "")
+            command: OrderEvent | None = orders.acceptance_due(state, now=now, place=place)
+            command = command or orders.expiry_due(state, now=now)
             order_id = state.order.order_id
             if command is not None and self._expiry_sent.get(order_id) != command.event_id:
                 self._expiry_sent[order_id] = command.event_id

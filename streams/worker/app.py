@@ -367,7 +367,7 @@ class Worker:
         perishable batches past their date leave the ledger."""
         now = utc_now()
         for orders_of in list(self.order_states.states.values()):
-            for due in orders_of.expiries(now):
+            for due in orders_of.expiries(now, self.views.catalogue.locations):
                 self.out.produce(
                     self.topics.order_commands,
                     key=due.order_id.encode(),

@@ -407,9 +407,10 @@ def test_a_store_declines_from_the_command_line_and_the_order_goes_elsewhere(
     publisher = Publisher(guarded)
     from events.models import Address
 
+    # A web shop's delivery names no store: whichever is near may cook it.
     order = received(event_id="e-busy", order_id="o-busy", external_id="busy-1",
-                     location_hint="S01", address=Address(text="南京东路 1号", latitude=31.235,
-                                                           longitude=121.475))  # fmt: skip
+                     address=Address(text="南京东路 1号", latitude=31.235,
+                                     longitude=121.475))  # fmt: skip
     publisher.intake(order)
     publisher.flush()
     routed = history(guarded, "o-busy", until="OrderPrioritised")
@@ -425,7 +426,10 @@ def test_a_store_declines_from_the_command_line_and_the_order_goes_elsewhere(
     while True:
         events = history(guarded, "o-busy", until=None)
         kinds = [e.event_type for e in events]
-        if "OrderDeclinedByStore" in kinds and kinds[-1] in ("OrderPrioritised", "OrderRejected"):
+        if "OrderDeclinedByStore" in kinds[-3:] and kinds[-1] in (
+            "OrderPrioritised",
+            "OrderRejected",
+        ):
             break
         assert time.monotonic() < deadline, kinds
         time.sleep(0.5)
@@ -434,4 +438,4 @@ def test_a_store_declines_from_the_command_line_and_the_order_goes_elsewhere(
                                                                            "chef.wang")  # fmt: skip
     after = [e.location for e in events[kinds.index("OrderDeclinedByStore"):]
              if e.event_type == "OrderRouted"]  # fmt: skip
-    assert kinds[-1] == "OrderRejected" or (after and first not in after)
+    assert kinds[-1] == "OrderPrioritised" and after and first not in after

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -344,8 +345,15 @@ def test_a_store_that_declines_is_left_out_and_the_order_routed_again() -> None:
     assert state is not None and state.status.value == "routed" and not state.held
 
 
+def test_a_platform_order_declined_by_its_store_is_rejected() -> None:
+    state, _, _ = run([lunch()], context())  # placed at S01 on the platform: pinned there
+    decision = orders.decide(state, declined(1, "S01", "o-1"), context())
+    assert types(decision.to_log) == ["OrderDeclinedByStore", "OrderRejected"]
+    assert "excluded" in decision.to_log[-1].reasons[0].message
+
+
 def test_a_declined_order_no_store_is_left_for_is_rejected() -> None:
-    state, log, _ = run([lunch()], context())
+    state, log, _ = run([lunch(location_hint=None)], context())  # any store near may cook it
     declined_at = []
     for n in range(1, 10):
         assert state is not None
@@ -357,7 +365,7 @@ def test_a_declined_order_no_store_is_left_for_is_rejected() -> None:
         state = orders.fold(decision.to_log, state)
         log += decision.to_log
     assert state is not None and state.status.value == "rejected"
-    assert len(declined_at) >= 1 and len(set(declined_at)) == len(declined_at)  # never again
+    assert len(declined_at) >= 3 and len(set(declined_at)) == len(declined_at)  # never again
     routed_to = [e.location for e in log if e.event_type == "OrderRouted"]
     assert routed_to == declined_at  # each store routed to once, then declined
 
@@ -386,6 +394,63 @@ def test_only_the_store_the_order_is_at_may_take_its_steps() -> None:
     done = step(OrderCompleted, 6, location="S01")
     assert done.refusal is None and types(done.to_log) == ["OrderCompleted"]
     assert step(OrderCompleted, 7).refusal is None  # one naming no store (a carrier's)
+
+
+def with_policy(**policy: Any) -> Any:
+    """The demo catalogue with an acceptance policy at every store."""
+    stores = {k: v.model_copy(update=policy) for k, v in CATALOGUE.locations.items()}
+    return replace(CATALOGUE, locations=stores)
+
+
+def test_a_store_auto_accepts_its_channels_orders_with_the_promise_as_eta() -> None:
+    ctx = context(catalogue=with_policy(auto_accept_channels=["webshop"]))
+    state, log, _ = run([lunch()], ctx)
+    assert types(log)[-2:] == ["OrderPrioritised", "OrderAcceptedByStore"]
+    accepted = log[-1]
+    assert accepted.actor == orders.AUTO_ACCEPT and accepted.location == "S01"
+    assert accepted.estimated_ready_at == log[-2].promised_at is not None
+    assert state is not None and state.status.value == "accepted_by_store"
+    other = context(catalogue=with_policy(auto_accept_channels=["meituan"]))
+    assert types(run([lunch()], other)[1])[-1] == "OrderPrioritised"  # waits for a person
+
+
+def test_an_order_not_accepted_in_time_is_routed_elsewhere_or_cancelled() -> None:
+    policy = {"accept_within_minutes": 8}
+    ctx = context(catalogue=with_policy(**policy))
+    state, _, _ = run([lunch(location_hint=None)], ctx)  # the nearest store cooks it
+    assert state is not None and state.prioritised_at == NOW
+    place = ctx.catalogue.locations["S01"]
+    assert orders.acceptance_due(state, now=NOW + timedelta(minutes=7), place=place) is None
+    due = orders.acceptance_due(state, now=NOW + timedelta(minutes=8), place=place)
+    assert isinstance(due, OrderDeclinedByStore)
+    assert (due.location, due.reason_code, due.actor) == ("S01", "NOT_ACCEPTED", orders.ACTOR)
+    later = context(catalogue=ctx.catalogue, now=NOW + timedelta(minutes=8))
+    decision = orders.decide(state, due, later)
+    assert types(decision.to_log)[:2] == ["OrderDeclinedByStore", "OrderRouted"]
+    assert decision.to_log[1].location not in ("S01", "")
+
+    cancelling = with_policy(**policy, when_not_accepted="cancel")
+    due = orders.acceptance_due(state, now=NOW + timedelta(minutes=9),
+                                place=cancelling.locations["S01"])  # fmt: skip
+    assert isinstance(due, OrderCancelled) and due.cancelled_by is CancelledBy.SYSTEM
+    assert types(orders.decide(state, due, later).to_log) == ["OrderCancelled"]
+
+
+def test_an_escalation_that_comes_after_the_store_accepted_is_dropped_quietly() -> None:
+    ctx = context(catalogue=with_policy(accept_within_minutes=8))
+    state, _, _ = run([lunch()], ctx)
+    assert state is not None
+    due = orders.acceptance_due(state, now=NOW + timedelta(minutes=8),
+                                place=ctx.catalogue.locations["S01"])  # fmt: skip
+    assert due is not None
+    accepted = store_update(OrderAcceptedByStore, 1, location="S01").model_copy(
+        update={"order_id": "o-1"})  # fmt: skip
+    state = orders.fold(orders.decide(state, accepted, ctx).to_log, state)
+    assert state is not None and state.status.value == "accepted_by_store"
+    late = orders.decide(state, due, ctx)
+    assert (late.to_log, late.refusal) == ([], None)  # not a dead letter: nothing went wrong
+    assert orders.acceptance_due(state, now=NOW + timedelta(hours=1),
+                                 place=ctx.catalogue.locations["S01"]) is None  # fmt: skip
 
 
 def revision(n: int, quantity: int = 2) -> Any:
