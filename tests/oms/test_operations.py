@@ -22,7 +22,7 @@ from infra.settings import Settings
 from oms import operations
 from oms.api import create_app
 from tests.conftest import read_topic, settings_env
-from tests.factories import received
+from tests.factories import T0, received
 
 CODEC = AvroCodec()
 
@@ -439,3 +439,44 @@ def test_a_store_declines_from_the_command_line_and_the_order_goes_elsewhere(
     after = [e.location for e in events[kinds.index("OrderDeclinedByStore"):]
              if e.event_type == "OrderRouted"]  # fmt: skip
     assert kinds[-1] == "OrderPrioritised" and after and first not in after
+
+
+@pytest.mark.integration
+def test_a_store_auto_accepts_a_channels_orders_on_the_real_worker(
+    guarded: Settings, tmp_path: Path
+) -> None:
+    """S01 takes Meituan's orders on by itself (its catalogue entry says so); a phone order at
+    the same store waits for a person."""
+    from events.models import OrderMode
+    from infra.publisher import Publisher as Sender
+    from streams.reference import DEFAULT_FILE
+
+    document = json.loads(DEFAULT_FILE.read_text(encoding="utf-8"))
+    for place in document["locations"]:
+        if place["id"] == "S01":
+            place["auto_accept_channels"] = ["meituan"]
+    catalogue = tmp_path / "catalogue.json"
+    catalogue.write_text(json.dumps(document, ensure_ascii=False))
+    settings = guarded.model_copy(update={"catalogue_file": catalogue})
+    env = settings_env(settings) | {"OMS_FRAUD_RULES_FILE": str(settings.fraud_rules_file)}
+    with (tmp_path / "worker.log").open("wb") as log:
+        worker = subprocess.Popen([sys.executable, "-m", "oms.cli", "worker"], env=env,
+                                  stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        sender = Sender(settings)
+        for channel in ("meituan", "phone"):
+            sender.intake(received(event_id=f"e-{channel}", order_id=f"o-{channel}",
+                                   channel=channel, external_id=f"{channel}-1",
+                                   mode=OrderMode.PICKUP, address=None, delivery_fee=0,
+                                   total=5600, location_hint="S01", placed_at=T0))  # fmt: skip
+        sender.flush()
+        taken = history(settings, "o-meituan", until="OrderAcceptedByStore")[-1]
+        assert (taken.actor.id, taken.location) == ("auto-accept", "S01")
+        assert taken.estimated_ready_at is not None
+        waiting = history(settings, "o-phone", until="OrderPrioritised")
+        assert waiting[-1].location == "S01"
+        time.sleep(2)  # nothing more comes for it
+        assert history(settings, "o-phone", until=None)[-1].event_type == "OrderPrioritised"
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
