@@ -172,7 +172,9 @@ def order_document(state: dict[str, Any], history: list[dict[str, Any]]) -> dict
         ]
         units = order.pop("line_units", None) or []  # (none in rows stored before v5)
         measures = order.pop("line_millionths", None) or []
+        options = order.pop("line_options", None) or []  # (none before migration 010)
         for n, line in enumerate(order["lines"]):
+            line["options"] = options[n] if n < len(options) else ""
             line["amount"] = (
                 amounts[n] if n < len(amounts) else line["quantity"] * line["unit_price"]
             )

@@ -573,7 +573,7 @@ def order_facts(events: list[OrderEvent]) -> OrderFacts:
         if isinstance(event, OrderRouted):
             where = {line.sku: g.location for g in event.groups for line in g.lines}
             facts.line_locations = [where.get(sku, event.location) for sku, *_ in facts.lines]
-        if hasattr(event, "location"):
+        if getattr(event, "location", None):  # (a delivery or completion may name none)
             facts.location = event.location
         if isinstance(event, OrderPrioritised):
             facts.priority_score = event.score
