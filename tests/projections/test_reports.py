@@ -395,6 +395,29 @@ def test_fulfilment_queue_puts_the_highest_priority_then_the_earliest_promise_fi
     assert len(fulfilment_queue(store, "S1", limit=2)) == 2
 
 
+def test_kitchen_tickets_put_the_one_due_first_on_top(
+    store: ClickHouseStore, facts: list[OrderFacts]
+) -> None:
+    queued = {"prioritised", "accepted_by_store", "preparing", "ready"}
+    far = datetime.max
+    seen = 0
+    for location in STORES:
+        expected = sorted(
+            (f for f in facts if f.status in queued and f.location == location),
+            key=lambda f: (f.promised_at or far, -f.priority_score, f.placed_at, f.order_id),
+        )
+        got = report(store, "kitchen_tickets", location=location, limit=1000)
+        assert [(r["order_id"], r["status"], r["promised_at"]) for r in got] == [
+            (f.order_id, f.status, f.promised_at) for f in expected
+        ]
+        for row, f in zip(got, expected, strict=True):
+            assert row["line_names"] == [name for _, name, _, _ in f.lines]
+            assert row["line_quantities"] == [quantity for _, _, quantity, _ in f.lines]
+            assert row["ready_by"] is None  # the scenario's stores state no ETA
+        seen += len(got)
+    assert seen > 5
+
+
 def test_orders_per_minute_and_by_status(
     store: ClickHouseStore, published: tuple[Settings, Scenario], facts: list[OrderFacts]
 ) -> None:
@@ -459,7 +482,7 @@ def test_every_report_runs_with_its_defaults_and_names_no_database(
     store: ClickHouseStore,
 ) -> None:
     for name, entry in REPORTS.items():
-        params = {"location": "S1"} if name == "fulfilment_queue" else {}
+        params = {"location": "S1"} if name in ("fulfilment_queue", "kitchen_tickets") else {}
         result = run_report(store, name, **params)
         assert result.columns, name
         assert "oms." not in entry.sql and f"{store.database}." not in entry.sql
