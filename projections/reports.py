@@ -141,6 +141,17 @@ REPORTS: dict[str, Report] = {
         _report("fulfilment_queue", "Fulfilment queue",
                 "A location's open prioritised orders, highest priority first.",
                 {"limit": _constant(100)}),
+        _report("store_stage_times", "Store stage times by hour",
+                "Per store and hour of day (tz): p50 / p90 seconds waiting to be accepted, "
+                "accepted, preparing, ready and on the way.",
+                _WINDOW_30D | {"tz": _constant("UTC")}),
+        _report("store_acceptance", "Store acceptance and lateness",
+                "Per store: orders that reached it, accepted, declined, the acceptance rate, "
+                "and the late rate of its promised orders.",
+                _WINDOW_30D | {"as_of": _as_of}),
+        _report("decline_reasons", "Decline reasons",
+                "Why stores declined orders (NOT_ACCEPTED: nobody accepted it in time).",
+                _WINDOW_30D),
         _report("kitchen_tickets", "Kitchen tickets",
                 "A store's open tickets, the one due first on top (the kitchen screen's).",
                 {"limit": _constant(100)}),

@@ -1,8 +1,9 @@
--- Per store, for orders that reached it in [since, until): how many reached its queue
--- (prioritised there), how many it accepted, how many it declined (or let time run out on),
--- the acceptance rate, and of its orders with a promise that were fulfilled or are past it at
--- `as_of`, how many were late (picked up for pickup and dine-in, delivered otherwise) and the
--- late rate. Rates are fractions to 4 decimals. Parameters: since, until, as_of.
+-- Per store: how many orders reached its queue (prioritised there) in [since, until), how
+-- many it accepted, how many it declined (or let time run out on: NOT_ACCEPTED), the
+-- acceptance rate; and of the orders placed in the window that it fulfils with a promised
+-- time, how many were late (picked up after the promise for pickup and dine-in, delivered
+-- after it otherwise, or still open past it at `as_of`) and the late rate. Rates are fractions
+-- to 4 decimals. Parameters: since, until, as_of.
 SELECT
     location,
     reached,
@@ -25,7 +26,7 @@ FROM
         WHERE entered_at >= {since:DateTime} AND entered_at < {until:DateTime}
             AND location != ''
         GROUP BY location
-    )
+    ) AS reaching
     ANY LEFT JOIN
     (
         SELECT visitParamExtractString(payload, 'location') AS location, count() AS declined
@@ -33,8 +34,8 @@ FROM
         WHERE event_type = 'OrderDeclinedByStore'
             AND recorded_at >= {since:DateTime} AND recorded_at < {until:DateTime}
         GROUP BY location
-    ) USING location
-)
+    ) AS declining USING location
+) AS stores
 ANY LEFT JOIN
 (
     SELECT
@@ -52,5 +53,5 @@ ANY LEFT JOIN
             AND placed_at >= {since:DateTime} AND placed_at < {until:DateTime}
     )
     GROUP BY location
-) USING location
+) AS lateness USING location
 ORDER BY location
