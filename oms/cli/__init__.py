@@ -38,6 +38,7 @@ for command in (
     operators.orders,
     operators.review,
     operators.store,
+    operators.kitchen,
     operators.stock,
     operators.queue,
     operators.catalogue,

@@ -4,6 +4,8 @@ command event sent to Kafka (oms.operations), which the workers act on."""
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -217,6 +219,31 @@ def store_deliver(order_id: str, location: str, actor: str, proof: str | None) -
 def store_complete(order_id: str, location: str, actor: str) -> None:
     """Nothing more will happen to the order."""
     _store_step("complete", order_id, location, actor)
+
+
+@click.group()
+def kitchen() -> None:
+    """Kitchens played by a program (demos, load tests)."""
+
+
+@kitchen.command("simulate")
+@click.option("--store", "stores", multiple=True, help="only these stores (default: all)")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--for", "for_s", type=float, default=None, help="stop after this many seconds")
+def kitchen_simulate(stores: tuple[str, ...], seed: int, for_s: float | None) -> None:
+    """Take every order that reaches a store through accept, start, ready (after a random
+    preparation time), hand-off, delivery and completion, as the store's staff would
+    (oms/kitchen.py). The commands' actor is kitchen-simulator."""
+    from oms.kitchen import KitchenSimulator
+
+    simulator = KitchenSimulator(
+        get_settings(), seed=seed, stores=frozenset(stores) if stores else None
+    )
+    started = time.monotonic()
+    limit = float("inf") if for_s is None else for_s
+    with contextlib.suppress(KeyboardInterrupt):
+        simulator.run(until=lambda _: time.monotonic() - started >= limit, timeout_s=limit + 1)
+    click.echo(f"{simulator.sent} steps sent; open orders by status: {simulator.open() or 'none'}")
 
 
 @click.group()
