@@ -110,7 +110,7 @@ class _Order(ChannelPayload):
     mode: Literal["dine_in", "pickup", "delivery"]
     table_no: str | None = None
     diners: int | None = Field(
-        default=None, ge=1, le=10_000, description="guests at the table (用餐人数)"
+        default=None, ge=0, le=10_000, description="guests at the table (用餐人数); 0: not said"
     )
     items: list[_Item] = Field(min_length=1)
     delivery_fee: Fen = 0
@@ -292,7 +292,7 @@ class WechatConnector(Connector):
             requested_at=_at(order.expected_time, field="order.expected_time"),
             notes=order.remark or None,
             table=table,
-            covers=order.diners if order.mode == "dine_in" else None,
+            covers=(order.diners or None) if order.mode == "dine_in" else None,
         )
 
 

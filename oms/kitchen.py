@@ -110,7 +110,11 @@ class KitchenSimulator:
         """Orders at a store that have not reached an end, by status."""
         counts: dict[str, int] = {}
         for ticket in self.tickets.values():
-            if ticket.status not in ("completed", "cancelled", "rejected"):
+            if ticket.location in (self.stores or ()) and ticket.status not in (
+                "completed",
+                "cancelled",
+                "rejected",
+            ):
                 counts[ticket.status] = counts.get(ticket.status, 0) + 1
         return counts
 
@@ -159,11 +163,11 @@ class KitchenSimulator:
             action = self._action(ticket)
             if action is None:
                 continue
-            details: dict[str, str] = {}
-            if action == "handoff":
-                to = HANDOFF_TO.get(ticket.mode, "courier")
-                details = {"to": to} | ({"courier": "骑手 Li"} if to == "courier" else {})
-            command = store_action(action, order_id, ticket.location, by=ACTOR, **details)
+            to = HANDOFF_TO.get(ticket.mode, "courier") if action == "handoff" else None
+            courier = "骑手 Li" if to == "courier" else None
+            command = store_action(
+                action, order_id, ticket.location, by=ACTOR, to=to, courier=courier
+            )
             command = command.model_copy(
                 update={"event_id": deterministic_id(order_id, ACTOR, action, str(version))}
             )

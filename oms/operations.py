@@ -157,6 +157,10 @@ def store_action(
         code = (reason_code or "OTHER").strip().upper()
         if not code:
             raise CommandRejected("reason_code", "must not be empty")
+        if code == "NOT_ACCEPTED":
+            raise CommandRejected(
+                "reason_code", "NOT_ACCEPTED is the store policy's escalation, not a person's"
+            )
         return OrderDeclinedByStore(**base, reason_code=code, reason=reason)
     if action == "start":
         return OrderPreparing(**base)

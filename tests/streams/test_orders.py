@@ -23,6 +23,7 @@ from events.models import (
     OrderEvent,
     OrderLine,
     OrderMode,
+    OrderModified,
     OrderPickedUp,
     OrderPreparing,
     OrderReady,
@@ -349,7 +350,9 @@ def test_a_platform_order_declined_by_its_store_is_rejected() -> None:
     state, _, _ = run([lunch()], context())  # placed at S01 on the platform: pinned there
     decision = orders.decide(state, declined(1, "S01", "o-1"), context())
     assert types(decision.to_log) == ["OrderDeclinedByStore", "OrderRejected"]
-    assert "excluded" in decision.to_log[-1].reasons[0].message
+    (reason,) = decision.to_log[-1].reasons
+    assert reason.code == "STORE_DECLINED" and "declined by S01" in reason.message
+    assert "OrderReservationFailed" not in types(decision.to_log)  # no stock failure made up
 
 
 def test_a_declined_order_no_store_is_left_for_is_rejected() -> None:
@@ -433,7 +436,8 @@ def test_an_order_not_accepted_in_time_is_routed_elsewhere_or_cancelled() -> Non
     due = orders.acceptance_due(state, now=NOW + timedelta(minutes=9),
                                 place=cancelling.locations["S01"])  # fmt: skip
     assert isinstance(due, OrderCancelled) and due.cancelled_by is CancelledBy.SYSTEM
-    assert types(orders.decide(state, due, later).to_log) == ["OrderCancelled"]
+    at_nine = context(catalogue=cancelling, now=NOW + timedelta(minutes=9))
+    assert types(orders.decide(state, due, at_nine).to_log) == ["OrderCancelled"]
 
 
 def test_an_escalation_that_comes_after_the_store_accepted_is_dropped_quietly() -> None:
@@ -451,6 +455,38 @@ def test_an_escalation_that_comes_after_the_store_accepted_is_dropped_quietly() 
     assert (late.to_log, late.refusal) == ([], None)  # not a dead letter: nothing went wrong
     assert orders.acceptance_due(state, now=NOW + timedelta(hours=1),
                                  place=ctx.catalogue.locations["S01"]) is None  # fmt: skip
+
+
+def test_an_escalation_is_taken_only_while_the_policy_still_calls_for_it() -> None:
+    ctx = context(catalogue=with_policy(accept_within_minutes=8))
+    state, _, _ = run([lunch()], ctx)
+    assert state is not None
+    due = orders.acceptance_due(state, now=NOW + timedelta(minutes=8),
+                                place=ctx.catalogue.locations["S01"])  # fmt: skip
+    assert due is not None
+    nine = NOW + timedelta(minutes=9)
+    off = orders.decide(state, due, context(catalogue=with_policy(), now=nine))  # turned off
+    assert (off.to_log, off.refusal) == ([], None)
+    early = orders.decide(state, due, context(catalogue=ctx.catalogue, now=NOW))  # a clock ahead
+    assert (early.to_log, early.refusal) == ([], None)
+    # After a revision the order is routed again (a new attempt): the old timer's is stale.
+    revised = orders.fold(orders.decide(state, revision_of_lunch(), ctx).to_log, state)
+    assert revised is not None and revised.status.value == "prioritised"
+    stale = orders.decide(revised, due, context(catalogue=ctx.catalogue, now=nine))
+    assert (stale.to_log, stale.refusal) == ([], None)
+    taken = orders.decide(state, due, context(catalogue=ctx.catalogue, now=nine))
+    assert types(taken.to_log)[0] == "OrderDeclinedByStore"
+
+
+def revision_of_lunch() -> Any:
+    """The lunch order revised by its channel: one more bowl."""
+    original = lunch()
+    lines = [line.model_copy(update={"quantity": line.quantity + 1}) for line in original.lines]
+    return OrderModified.model_validate(
+        original.model_dump(exclude={"event_id", "sequence", "lines", "total"})
+        | {"event_id": "m-lunch", "sequence": 2, "revision": 1, "lines": lines,
+           "total": original.total + sum(line.unit_price for line in original.lines)}
+    )  # fmt: skip
 
 
 def revision(n: int, quantity: int = 2) -> Any:

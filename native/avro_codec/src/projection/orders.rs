@@ -335,9 +335,7 @@ fn line_amount(line: &Value) -> i64 {
 fn apply_event(row: &mut OrderState, ev: &Value, event_type: &str, at: i64) {
     match event_type {
         "OrderReceived" | "OrderModified" => {
-            if event_type == "OrderModified" && row.version != 0 {
-                row.amended_from = ticket_lines(row);
-            }
+            let before = (event_type == "OrderModified" && row.version != 0).then(|| ticket_lines(row));
             let table = ev.get("table");
             if !table.is_null() || event_type == "OrderReceived" {
                 row.table_name = table.s().to_owned();
@@ -380,6 +378,12 @@ fn apply_event(row: &mut OrderState, ev: &Value, event_type: &str, at: i64) {
                 })
                 .collect();
             row.line_count = lines.len() as i64;
+            // A change of table or covers only is no amendment of the ticket.
+            if let Some(before) = before {
+                if ticket_lines(row) != before {
+                    row.amended_from = before;
+                }
+            }
             row.item_count = row.line_quantities.iter().map(|q| (*q).max(0)).sum();
             let address = ev.get("address");
             if !address.is_null() {
