@@ -691,7 +691,7 @@ class ReserveStock(StockEvent):
 class ReleaseStock(StockEvent):
     order_id: str
     reservation_id: str
-    reason: str = Field(description="CANCELLED, COMPENSATION, REROUTED, MODIFIED, DECLINED")
+    reason: str = Field(description="CANCELLED, COMPENSATION, REROUTED, MODIFIED")
 
 
 class CommitStock(StockEvent):
