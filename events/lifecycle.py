@@ -14,6 +14,9 @@ from enum import StrEnum
 from events.models import (
     OrderAccepted,
     OrderAcceptedByStore,
+    OrderAmendmentAccepted,
+    OrderAmendmentRefused,
+    OrderAmendmentRequested,
     OrderCancelled,
     OrderCompleted,
     OrderDeclinedByStore,
@@ -69,6 +72,11 @@ S = OrderStatus
 _OPEN = (S.RECEIVED, S.ACCEPTED, S.HELD, S.ROUTED, S.PARTIALLY_RESERVED, S.RESERVATION_FAILED,
          S.RESERVED, S.PRIORITISED)  # fmt: skip
 _CANCELLABLE = (*_OPEN, S.ACCEPTED_BY_STORE, S.PREPARING, S.READY)
+# A channel's revision applies at once while the order is open (back to validation); goes to
+# the store as an amendment while the store has it; is refused once it is ready.
+REVISABLE = frozenset(_OPEN)
+AMENDABLE = (S.ACCEPTED_BY_STORE, S.PREPARING)
+TOO_LATE_TO_AMEND = (S.READY, S.PICKED_UP, S.SHIPPED, S.DELIVERED, S.COMPLETED)
 
 TRANSITIONS: dict[OrderStatus, dict[type[OrderEvent], OrderStatus]] = {
     S.RECEIVED: {OrderAccepted: S.ACCEPTED, OrderRejected: S.REJECTED},
@@ -126,6 +134,15 @@ TRANSITIONS: dict[OrderStatus, dict[type[OrderEvent], OrderStatus]] = {
 }  # fmt: skip
 for _status in _OPEN:
     TRANSITIONS[_status][OrderModified] = S.RECEIVED
+# Once its store has accepted it, a revision is an amendment the store accepts or refuses; the
+# order keeps its status (an accepted one is logged as `OrderModified` after the acceptance).
+# Once it is ready, an amendment is refused (TOO_LATE), and the refusal is on the log.
+for _status in AMENDABLE:
+    for _event in (OrderAmendmentRequested, OrderAmendmentAccepted, OrderAmendmentRefused,
+                   OrderModified):  # fmt: skip
+        TRANSITIONS[_status][_event] = _status
+for _status in TOO_LATE_TO_AMEND:
+    TRANSITIONS[_status][OrderAmendmentRefused] = _status
 for _status in _CANCELLABLE:
     TRANSITIONS[_status][OrderCancelled] = S.CANCELLED
 

@@ -533,6 +533,32 @@ class OrderDeclinedByStore(OrderEvent):
     reason: str
 
 
+class OrderAmendmentRequested(OrderModified):
+    """A channel's revision of an order its store has already accepted (and may be preparing):
+    held for the store to accept or refuse (`OrderAmendmentAccepted`, `OrderAmendmentRefused`);
+    the order stays as it was until then. Carries the revision as the channel sent it."""
+
+
+class OrderAmendmentAccepted(OrderEvent):
+    """The store takes the pending amendment on; the revision follows as `OrderModified`."""
+
+    location: str
+    revision: int = Field(description="the channel's revision the store accepted")
+
+
+class OrderAmendmentRefused(OrderEvent):
+    """A revision that reached the order after its store accepted it, not applied: refused by
+    the store, or by the order process (TOO_LATE once the order is ready, INVALID, STOCKED_GOODS
+    when it changes goods reserved from stock, SUPERSEDED by a newer revision)."""
+
+    location: str | None = Field(default=None, description="the refusing store; none: the system")
+    revision: int = Field(description="the channel's revision refused")
+    reason_code: str = Field(
+        description="TOO_LATE, INVALID, STOCKED_GOODS, SUPERSEDED, or the store's own"
+    )
+    reason: str
+
+
 class OrderPreparing(OrderEvent):
     location: str
 
@@ -824,6 +850,9 @@ ORDER_EVENTS: tuple[type[OrderEvent], ...] = (
     OrderPrioritised,
     OrderAcceptedByStore,
     OrderDeclinedByStore,
+    OrderAmendmentRequested,
+    OrderAmendmentAccepted,
+    OrderAmendmentRefused,
     OrderPreparing,
     OrderReady,
     OrderPickedUp,

@@ -44,10 +44,18 @@ from pydantic import BaseModel
 
 from events.avro_schema import avro_schema
 from events.codec import NATIVE, AvroCodec, SchemaIds
-from events.models import Customer, DeadLetter, Event, OrderModified, OrderReceived
+from events.models import (
+    Customer,
+    DeadLetter,
+    Event,
+    OrderAmendmentRequested,
+    OrderModified,
+    OrderReceived,
+)
 
 PREFIX = "pii1"
-SEALABLE: tuple[type[Event], ...] = (OrderReceived, OrderModified)
+# (An amendment request is a revision held for the store: an `OrderModified` itself.)
+SEALABLE: tuple[type[Event], ...] = (OrderReceived, OrderModified, OrderAmendmentRequested)
 Path = tuple[str, ...]
 
 

@@ -51,6 +51,7 @@ from infra.principals import (
     session_secret,
 )
 from infra.settings import Settings
+from oms.operations import STORE_ACTIONS
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ POLICY: dict[tuple[str, str], Rule] = {
         ("POST", f"/stores/{{location}}/orders/{{order_id}}/{action}"): Rule(
             "roles", STORE_STAFF, "location"
         )
-        for action in ("accept", "decline", "start", "ready", "handoff", "deliver", "complete")
+        for action in STORE_ACTIONS
     },
     ("POST", "/stock/{sku}/{location}/set"): Rule("roles", STOCK_KEEPERS, "location"),
     ("POST", "/stock/{sku}/{location}/adjust"): Rule("roles", STOCK_KEEPERS, "location"),

@@ -35,6 +35,8 @@ from events.models import (
     LocationPaused,
     LocationResumed,
     OrderAcceptedByStore,
+    OrderAmendmentAccepted,
+    OrderAmendmentRefused,
     OrderCancelled,
     OrderCompleted,
     OrderDeclinedByStore,
@@ -109,7 +111,10 @@ def cancel(order_id: str, *, by: str, reason_code: str, reason: str) -> Event:
 
 # ---------------------------------------------------------------- a store's actions
 
-STORE_ACTIONS = ("accept", "decline", "start", "ready", "handoff", "deliver", "complete")
+STORE_ACTIONS = (
+    "accept", "decline", "start", "ready", "handoff", "deliver", "complete", "accept-change",
+    "refuse-change",
+)  # fmt: skip
 HANDOFF_TO = ("courier", "customer", "table")
 READY_IN_MAX = 24 * 60  # minutes: a promise further out is a mistake, not a kitchen
 
@@ -133,12 +138,15 @@ def store_action(
     courier: str | None = None,
     courier_phone: str | None = None,
     proof: str | None = None,
+    revision: int | None = None,
 ) -> Event:
     """A store's step with an order it was routed to: `accept` (with the minutes until it is
     ready), `decline` (with a reason: routed again without this store), `start` preparing,
     `ready`, `handoff` (to a courier, the customer who picks it up, or served at the table),
-    `deliver`, `complete`. The order's agent checks the step against the lifecycle and that
-    the order is this store's."""
+    `deliver`, `complete`; `accept-change` or `refuse-change` (with a reason) of an amendment
+    the channel sent after the store accepted the order (`revision`: the one the store saw;
+    none: whichever is pending). The order's agent checks the step against the lifecycle and
+    that the order is this store's."""
     base = _at_store(order_id, location, by)
     if action == "accept":
         if ready_in_minutes is not None and not 1 <= ready_in_minutes <= READY_IN_MAX:
@@ -179,6 +187,19 @@ def store_action(
         return OrderDelivered(**base, proof=proof or None)
     if action == "complete":
         return OrderCompleted(**base)
+    if action in ("accept-change", "refuse-change"):
+        if revision is not None and revision < 1:
+            raise CommandRejected("revision", f"{revision} is not a channel's revision (1 or more)")
+        if action == "accept-change":
+            return OrderAmendmentAccepted(**base, revision=revision or 0)
+        if not reason or not reason.strip():
+            raise CommandRejected("reason", "a store refusing a change says why")
+        code = (reason_code or "REFUSED").strip().upper()
+        if not code:
+            raise CommandRejected("reason_code", "must not be empty")
+        return OrderAmendmentRefused(
+            **base, revision=revision or 0, reason_code=code, reason=reason
+        )
     raise CommandRejected("action", f"{action!r} is not one of {', '.join(STORE_ACTIONS)}")
 
 
@@ -411,6 +432,21 @@ class StoreDecline(CommandBody):
     reason_code: Name = Field(default="OTHER", description="BUSY, SOLD_OUT, CLOSING, OTHER, ...")
 
 
+class StoreChange(CommandBody):
+    """The store takes on the amendment pending on the order (the channel's revision)."""
+
+    revision: Annotated[int, Interval(ge=1)] | None = Field(
+        default=None, description="the revision the store saw; none: whichever is pending"
+    )
+
+
+class StoreChangeRefusal(StoreChange):
+    """The store will not make the amendment: the order stays as it was; the channel is told."""
+
+    reason: Reason
+    reason_code: Name = Field(default="REFUSED", description="COOKED, SOLD_OUT, REFUSED, ...")
+
+
 class StoreStep(CommandBody):
     """A step with nothing to add: started preparing, ready, completed."""
 
@@ -511,6 +547,8 @@ COMMANDS: tuple[HttpCommand, ...] = (
     _store_command("handoff", StoreHandoff),
     _store_command("deliver", StoreDelivery),
     _store_command("complete", StoreStep),
+    _store_command("accept-change", StoreChange),
+    _store_command("refuse-change", StoreChangeRefusal),
     HttpCommand(
         "/stock/{sku}/{location}/set",
         StockCount,

@@ -19,6 +19,7 @@ from events.models import (
     ActorKind,
     OrderAccepted,
     OrderAcceptedByStore,
+    OrderAmendmentRequested,
     OrderCancelled,
     OrderDelivered,
     OrderEvent,
@@ -210,6 +211,8 @@ def _order_details(event: OrderReceived | OrderModified, row: OrderRow) -> dict[
 
 def _event_changes(event: OrderEvent, row: OrderRow, at: datetime) -> dict[str, Any]:
     """The columns an event sets besides status, version and position."""
+    if isinstance(event, OrderAmendmentRequested):
+        return {}  # held for the store: the order is as it was until it is applied
     if isinstance(event, OrderReceived | OrderModified):
         return _order_details(event, row)
     if isinstance(event, OrderAccepted):
@@ -270,6 +273,8 @@ def _event_changes(event: OrderEvent, row: OrderRow, at: datetime) -> dict[str, 
 
 
 def _amount(event: OrderEvent) -> int:
+    if isinstance(event, OrderAmendmentRequested):
+        return 0
     if isinstance(event, OrderReceived | OrderModified | OrderAccepted):
         return event.total
     if isinstance(event, OrderRefunded):

@@ -396,12 +396,37 @@ async def kitchen_asset(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(KITCHEN_DIR / name, headers=headers)
 
 
-def ticket(row: dict[str, Any]) -> dict[str, Any]:
-    """One kitchen ticket: its lines as the kitchen reads them, a measured line in its unit."""
+def ticket(row: dict[str, Any], change: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One kitchen ticket: its lines as the kitchen reads them, a measured line in its unit;
+    `change`: an amendment waiting for the store's answer (`kitchen_changes`)."""
+    keep = ("order_id", "external_id", "channel", "mode", "status", "table_name", "covers",
+            "amended_from", "priority_score", "promised_at", "ready_by", "placed_at",
+            "stage_entered_at")  # fmt: skip
+    shown = {name: json_value(row[name]) for name in keep} | {"lines": _ticket_lines(row)}
+    return shown | {"change": change}
+
+
+def pending_change(row: dict[str, Any]) -> dict[str, Any]:
+    """A `kitchen_changes` row as the ticket shows it: the revision and its lines."""
+    requested = json.loads(row["requested"])
+    lines = requested.get("lines") or []
+    as_row = {
+        "line_names": [line["name"] for line in lines],
+        "line_quantities": [line["quantity"] for line in lines],
+        "line_units": [line.get("unit", "each") for line in lines],
+        "line_millionths": [
+            line.get("quantity_millionths") or line["quantity"] * MILLIONTHS for line in lines
+        ],
+        "line_options": [", ".join(line.get("options") or []) for line in lines],
+    }
+    return {"revision": requested["revision"], "lines": _ticket_lines(as_row)}
+
+
+def _ticket_lines(row: dict[str, Any]) -> list[dict[str, Any]]:
     units = row["line_units"] or ["each"] * len(row["line_names"])
     measures = row["line_millionths"] or [q * MILLIONTHS for q in row["line_quantities"]]
     options = row["line_options"] or [""] * len(row["line_names"])
-    lines = [
+    return [
         {
             "name": name,
             "quantity": quantity,
@@ -412,10 +437,6 @@ def ticket(row: dict[str, Any]) -> dict[str, Any]:
             row["line_names"], row["line_quantities"], units, measures, options, strict=False
         )
     ]
-    keep = ("order_id", "external_id", "channel", "mode", "status", "table_name", "covers",
-            "amended_from", "priority_score", "promised_at", "ready_by", "placed_at",
-            "stage_entered_at")  # fmt: skip
-    return {name: json_value(row[name]) for name in keep} | {"lines": lines}
 
 
 async def get_tickets(request: web.Request) -> web.Response:
@@ -425,12 +446,17 @@ async def get_tickets(request: web.Request) -> web.Response:
     except BadParameter as exc:
         return problem(400, str(exc), parameter=exc.parameter)
     try:
-        result = await request.app[READ_MODELS].run(
-            lambda store: run_report(store, "kitchen_tickets", location=location)
+        result, changes = await request.app[READ_MODELS].run(
+            lambda store: (
+                run_report(store, "kitchen_tickets", location=location),
+                run_report(store, "kitchen_changes", location=location),
+            )
         )
     except StoreError as exc:
         return _unavailable(exc)
-    return _json({"store": location, "tickets": [ticket(row) for row in result.as_dicts()]})
+    pending = {row["order_id"]: pending_change(row) for row in changes.as_dicts()}
+    tickets = [ticket(row, pending.get(row["order_id"])) for row in result.as_dicts()]
+    return _json({"store": location, "tickets": tickets})
 
 
 def add_routes(app: web.Application, settings: Settings) -> None:

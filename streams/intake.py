@@ -17,7 +17,7 @@ from datetime import datetime
 
 from pydantic import Field
 
-from events.lifecycle import TRANSITIONS, OrderStatus
+from events.lifecycle import REVISABLE, OrderStatus
 from events.models import (
     Frozen,
     OrderEvent,
@@ -96,7 +96,7 @@ def decide(
         return IntakeDecision(
             None, [], f"revision {event.revision} is not newer than {record.revision}: stale"
         )
-    if OrderModified not in TRANSITIONS[record.status]:
+    if record.status not in REVISABLE:  # (the order process makes it an amendment, or not)
         return IntakeDecision(
             None, [], f"order {event.order_id} is {record.status.value}: too late to modify"
         )

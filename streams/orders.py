@@ -39,7 +39,14 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from events.lifecycle import TRANSITIONS, OrderStatus, next_status
+from events.lifecycle import (
+    AMENDABLE,
+    REVISABLE,
+    TOO_LATE_TO_AMEND,
+    TRANSITIONS,
+    OrderStatus,
+    next_status,
+)
 from events.models import (
     Actor,
     ActorKind,
@@ -48,6 +55,9 @@ from events.models import (
     LineQuantity,
     Location,
     OrderAcceptedByStore,
+    OrderAmendmentAccepted,
+    OrderAmendmentRefused,
+    OrderAmendmentRequested,
     OrderCancelled,
     OrderCompleted,
     OrderDeclinedByStore,
@@ -108,13 +118,15 @@ EXPIRABLE = frozenset({S.RESERVED, S.PRIORITISED})
 # Inputs people and stores send for an order, checked against the lifecycle and logged as is.
 RELAYED: tuple[type[OrderEvent], ...] = (
     ReviewApproved, ReviewRejected, OrderCancelled, OrderAcceptedByStore, OrderDeclinedByStore,
-    OrderPreparing, OrderReady, OrderPickedUp, ShipmentCreated, ShipmentStatusUpdated,
+    OrderAmendmentAccepted, OrderAmendmentRefused, OrderPreparing, OrderReady, OrderPickedUp,
+    ShipmentCreated, ShipmentStatusUpdated,
     OrderDelivered, OrderCompleted, ReturnRequested, ReturnReceived, OrderRefunded,
 )  # fmt: skip
 # A store's actions name the store: only the store the order is routed to may take them (so
 # may a delivery or completion a store reports; a carrier's names none).
 STORE_ACTIONS: tuple[type[OrderEvent], ...] = (
     OrderAcceptedByStore, OrderDeclinedByStore, OrderPreparing, OrderReady, OrderPickedUp,
+    OrderAmendmentAccepted, OrderAmendmentRefused,
 )  # fmt: skip
 
 
@@ -163,6 +175,7 @@ class OrderState:
     location: str | None = None
     prioritised_at: datetime | None = None  # when the order reached its store's queue
     promised_at: datetime | None = None  # the time promised when it was prioritised
+    pending: OrderAmendmentRequested | None = None  # a revision waiting for the store's answer
 
     @property
     def hold_expires_at(self) -> datetime | None:
@@ -226,7 +239,16 @@ def apply(state: OrderState | None, event: OrderEvent) -> OrderState:
         "seen": state.seen | seen,
         "last_event_id": event.event_id,
     }
-    if isinstance(event, OrderModified):
+    if isinstance(event, OrderAmendmentRequested):  # (an OrderModified the store has not taken)
+        changes |= {"pending": event, "revision": event.revision}
+    elif isinstance(event, OrderModified) and state.status in AMENDABLE:
+        # An amendment the store accepted: the same goods from stock (`_amendment`), so what
+        # the order holds stays held; the kitchen makes the rest as amended.
+        changes |= {"order": intake.merge(state.order, event), "pending": None}
+    elif isinstance(event, OrderAmendmentRefused):
+        if state.pending is not None and state.pending.revision == event.revision:
+            changes["pending"] = None
+    elif isinstance(event, OrderModified):
         changes |= {
             "order": intake.merge(state.order, event),
             "revision": event.revision,
@@ -349,6 +371,15 @@ def decide(state: OrderState | None, received: OrderEvent | StockEvent, ctx: Con
         # can do on its own, and list the stock commands it owes (sent once per rebuild).
         resumed = _then_advance(state, [], [], ctx)
         return replace(resumed, recovery=recover(state, now=ctx.now))
+    if isinstance(received, OrderAmendmentRequested):
+        return Decision(refusal="OrderAmendmentRequested is the order process's own, not an input")
+    if (
+        isinstance(received, OrderModified)
+        and state is not None
+        and state.status not in REVISABLE
+        and (state.status in AMENDABLE or state.status in TOO_LATE_TO_AMEND)
+    ):
+        return _amendment(state, received, ctx)
     if isinstance(received, OrderReceived | OrderModified):
         record = None if state is None else state.as_record()
         taken = intake.decide(record, received, now=ctx.now, catalogue=ctx.catalogue)
@@ -377,6 +408,8 @@ def decide(state: OrderState | None, received: OrderEvent | StockEvent, ctx: Con
                 refusal=f"order {state.order.order_id} is at {state.location or 'no store'}, "
                 f"not {store}: {received.event_type} is not {store}'s to send"
             )
+        if isinstance(received, OrderAmendmentAccepted | OrderAmendmentRefused):
+            return _amendment_answer(state, received, ctx)
         return _then_advance(state, [_relayed(state, received)], [], ctx)
     return Decision(refusal=f"{received.event_type} is not an input of the order process")
 
@@ -384,6 +417,9 @@ def decide(state: OrderState | None, received: OrderEvent | StockEvent, ctx: Con
 def advance(state: OrderState, ctx: Context, *, cause: str) -> Decision:
     """The steps an order takes on its own from where it stands (nothing when it waits)."""
     order = state.order
+    if state.pending is not None and state.status in TOO_LATE_TO_AMEND:
+        # The store marked it ready with an amendment unanswered: too late for it now.
+        return Decision([_amendment_refused(state, state.pending, cause, "TOO_LATE", now=ctx.now)])
     if state.status is S.RECEIVED:
         # Received (or revised) and not yet judged: a crash came between the two. The verdict
         # follows from the same cause, so it is the event that would have been written.
@@ -541,6 +577,116 @@ def expiry_due(state: OrderState, *, now: datetime) -> OrderReservationReleased 
 
 
 # ---------------------------------------------------------------- steps
+
+
+def _amendment(state: OrderState, revision: OrderModified, ctx: Context) -> Decision:
+    """A channel's revision of an order its store has accepted: held for the store's answer
+    (`OrderAmendmentRequested`; one still pending is SUPERSEDED), or refused at once: TOO_LATE
+    once the order is ready, INVALID when the revised order would not pass validation,
+    STOCKED_GOODS when it changes goods reserved from stock (those are picked against the
+    reservation: such a change is a cancellation and a new order)."""
+    if revision.revision <= state.revision:
+        return Decision(
+            refusal=f"revision {revision.revision} is not newer than {state.revision}: stale"
+        )
+    cause = revision.event_id
+    if state.status in TOO_LATE_TO_AMEND:
+        return _then_advance(
+            state, [_amendment_refused(state, revision, cause, "TOO_LATE", now=ctx.now)], [], ctx
+        )
+    merged = intake.merge(state.order, revision)
+    verdict = validation.verdict(
+        merged, cause=cause, sequence=state.version + 1, now=ctx.now, catalogue=ctx.catalogue
+    )
+    if isinstance(verdict, OrderRejected):
+        why = "; ".join(f"{r.code}: {r.message}" for r in verdict.reasons)
+        refused = _amendment_refused(state, revision, cause, "INVALID", now=ctx.now, why=why)
+        return _then_advance(state, [refused], [], ctx)
+    if _stocked(merged, ctx.catalogue) != _stocked(state.order, ctx.catalogue):
+        refused = _amendment_refused(state, revision, cause, "STOCKED_GOODS", now=ctx.now)
+        return _then_advance(state, [refused], [], ctx)
+    logged: list[OrderEvent] = []
+    if state.pending is not None:
+        logged.append(_amendment_refused(state, state.pending, cause, "SUPERSEDED", now=ctx.now))
+    requested = OrderAmendmentRequested(
+        **{name: getattr(revision, name) for name in OrderModified.model_fields}
+        | {
+            "sequence": state.version + 1 + len(logged),
+            "customer": revision.customer or state.order.customer,
+        }
+    )
+    return _then_advance(state, [*logged, requested], [], ctx)
+
+
+AMENDMENT_REFUSALS = {
+    "TOO_LATE": "the order is {status}: too late to change it",
+    "INVALID": "the amended order would not pass validation: {why}",
+    "STOCKED_GOODS": "it changes goods reserved from stock: cancel and order again",
+    "SUPERSEDED": "a newer revision replaced it",
+}
+
+
+def _amendment_refused(
+    state: OrderState,
+    revision: OrderModified,
+    cause: str,
+    code: str,
+    *,
+    now: datetime,
+    why: str = "",
+) -> OrderAmendmentRefused:
+    """The order process's own refusal of an amendment (the store's is relayed as it comes)."""
+    kind = f"OrderAmendmentRefused:{revision.revision}"
+    return OrderAmendmentRefused(
+        **_envelope(state.order, sequence=state.version + 1, cause=cause, kind=kind, now=now),
+        revision=revision.revision,
+        reason_code=code,
+        reason=AMENDMENT_REFUSALS[code].format(status=state.status.value, why=why),
+    )
+
+
+def _amendment_answer(
+    state: OrderState, answer: OrderAmendmentAccepted | OrderAmendmentRefused, ctx: Context
+) -> Decision:
+    """The store's answer to the pending amendment (revision 0: whichever is pending). An
+    accepted one is followed by the revision itself, as `OrderModified`."""
+    pending = state.pending
+    if pending is None:
+        return Decision(refusal=f"no amendment of order {state.order.order_id} is pending")
+    if answer.revision not in (0, pending.revision):
+        return Decision(
+            refusal=f"revision {answer.revision} of order {state.order.order_id} is not the "
+            f"pending one ({pending.revision})"
+        )
+    relayed = _relayed(state, answer).model_copy(update={"revision": pending.revision})
+    if isinstance(answer, OrderAmendmentRefused):
+        return _then_advance(state, [relayed], [], ctx)
+    if _stocked(intake.merge(state.order, pending), ctx.catalogue) != _stocked(
+        state.order, ctx.catalogue
+    ):  # the catalogue changed since: the goods are stock now
+        refused = _amendment_refused(state, pending, answer.event_id, "STOCKED_GOODS", now=ctx.now)
+        return _then_advance(state, [refused], [], ctx)
+    applied = OrderModified(
+        **{name: getattr(pending, name) for name in OrderModified.model_fields}
+        | {
+            "event_id": deterministic_id(answer.event_id, "OrderModified", pending.order_id),
+            "sequence": state.version + 2,
+            "causation_id": answer.event_id,
+            "occurred_at": ctx.now,
+            "recorded_at": ctx.now,
+        }
+    )
+    return _then_advance(state, [relayed, applied], [], ctx)
+
+
+def _stocked(order: OrderReceived, catalogue: Catalogue) -> list[tuple[Any, ...]]:
+    """The order's goods taken from stock (not made to order), in a comparable form."""
+    stocked = []
+    for line in order.lines:
+        product = catalogue.products.get(line.sku)
+        if product is None or product.stock_tracked:
+            stocked.append((line.sku, line.unit, line.quantity, line.quantity_millionths or 0))
+    return sorted(stocked)
 
 
 def _relayed(state: OrderState, received: OrderEvent) -> OrderEvent:

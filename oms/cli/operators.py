@@ -125,8 +125,8 @@ def orders_cancel(order_id: str, actor: str, reason_code: str, reason: str) -> N
 @click.group()
 def store() -> None:
     """A store's steps with an order routed to it: accept (with an ETA) or decline, start,
-    ready, hand off, deliver, complete. The order's agent checks each against the lifecycle
-    and that the order is at --store."""
+    ready, hand off, deliver, complete; accept or refuse a change sent after accepting. The
+    order's agent checks each against the lifecycle and that the order is at --store."""
 
 
 def _store_step(action: str, order_id: str, location: str, actor: str, **details: Any) -> None:
@@ -219,6 +219,35 @@ def store_deliver(order_id: str, location: str, actor: str, proof: str | None) -
 def store_complete(order_id: str, location: str, actor: str) -> None:
     """Nothing more will happen to the order."""
     _store_step("complete", order_id, location, actor)
+
+
+@store.command("accept-change")
+@click.argument("order_id")
+@_AT
+@_BY
+@click.option("--revision", type=int, help="the revision seen (default: whichever is pending)")
+def store_accept_change(order_id: str, location: str, actor: str, revision: int | None) -> None:
+    """Take on the change the channel sent after the store accepted the order: the order's
+    lines and amounts become the revision's, and the channel is told."""
+    _store_step("accept-change", order_id, location, actor, revision=revision)
+
+
+@store.command("refuse-change")
+@click.argument("order_id")
+@_AT
+@_BY
+@click.option("--revision", type=int, help="the revision seen (default: whichever is pending)")
+@click.option("--code", "reason_code", default="REFUSED", show_default=True,
+              help="COOKED, SOLD_OUT, REFUSED, ...")  # fmt: skip
+@click.option("--reason", required=True)
+def store_refuse_change(
+    order_id: str, location: str, actor: str, revision: int | None, reason_code: str, reason: str
+) -> None:
+    """Refuse the change: the order stays as it was, and the channel is told why."""
+    _store_step(
+        "refuse-change", order_id, location, actor, revision=revision, reason_code=reason_code,
+        reason=reason,
+    )  # fmt: skip
 
 
 @click.group()

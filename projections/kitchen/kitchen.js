@@ -1,7 +1,9 @@
 // OrderStream kitchen screen: a store's open tickets from GET /stores/{store}/tickets, fetched
 // every few seconds, in four columns (new, accepted, preparing, ready), each with a timer
 // against the store's ETA (else the promised time) and a bump button that sends the next step
-// (POST /stores/{store}/orders/{id}/{action}). No library, no CDN. Every ticket carries
+// (POST /stores/{store}/orders/{id}/{action}). A change the channel sent after the store
+// accepted the order shows on its ticket (data-change) with accept and refuse buttons
+// (data-answer: accept-change, refuse-change). No library, no CDN. Every ticket carries
 // data-ticket (the order id), data-status and data-urgency, and its button data-bump (the
 // action), so a test can read and press them. See docs/dashboard.md, "Kitchen".
 (function () {
@@ -15,6 +17,7 @@
     preparing: "preparing", ready: "ready" };
   const NEXT = { prioritised: ["accept", "Accept"], accepted_by_store: ["start", "Start"],
     preparing: ["ready", "Ready"], ready: ["handoff", "Hand off"] };
+  const ANSWERS = [["accept-change", "Accept change 接受"], ["refuse-change", "Refuse 拒绝"]];
   const HANDOFF_TO = { dine_in: "table", pickup: "customer" }; // else a courier
   const MODES = { dine_in: "堂食 dine-in", pickup: "自取 pickup", delivery: "外卖 delivery",
     ship: "ship" };
@@ -103,13 +106,33 @@
     }
     if (before.size > 0) node.append(el("div", { class: "amended" }, "AMENDED 已修改"));
     node.append(list);
+    if (ticket.change) node.append(changeBox(ticket));
     const [action, label] = NEXT[ticket.status];
     const waiting = sent.get(ticket.order_id) === ticket.status;
     const button = el("button", { type: "button", "data-bump": action }, waiting ? "sent…" : label);
     button.disabled = waiting;
-    button.addEventListener("click", () => send(ticket, action, button));
+    button.addEventListener("click", () => send(ticket, action, button, label));
     node.append(button);
     return node;
+  }
+
+  // The amendment waiting for the store: the lines as they would become, and its answers.
+  function changeBox(ticket) {
+    const change = ticket.change;
+    const box = el("div", { class: "change", "data-change": change.revision });
+    box.append(el("div", { class: "amended" }, "CHANGE REQUESTED 顾客修改"));
+    const list = el("ul");
+    for (const line of change.lines) list.append(lineItem(line, null));
+    box.append(list);
+    const answered = sent.get(ticket.order_id) === `change:${change.revision}`;
+    for (const [answer, label] of ANSWERS) {
+      const button = el("button", { type: "button", class: answer, "data-answer": answer },
+        answered ? "sent…" : label);
+      button.disabled = answered;
+      button.addEventListener("click", () => send(ticket, answer, button, label));
+      box.append(button);
+    }
+    return box;
   }
 
   function draw() {
@@ -143,10 +166,15 @@
       return { ready_in_minutes: Math.min(Math.max(minutes, 1), 1440) };
     }
     if (action === "handoff") return { to: HANDOFF_TO[ticket.mode] || "courier" };
+    if (action === "accept-change") return { revision: ticket.change.revision };
+    if (action === "refuse-change") {
+      return { revision: ticket.change.revision, reason_code: "COOKED",
+        reason: "already being prepared (kitchen screen)" };
+    }
     return {};
   }
 
-  async function send(ticket, action, button) {
+  async function send(ticket, action, button, label) {
     button.disabled = true;
     button.textContent = "sent…";
     const headers = { "Content-Type": "application/json" };
@@ -160,13 +188,14 @@
         const problem = await response.json().catch(() => ({}));
         throw new Error(problem.error || `HTTP ${response.status}`);
       }
-      sent.set(ticket.order_id, ticket.status);
+      const answering = action.endsWith("-change");
+      sent.set(ticket.order_id, answering ? `change:${ticket.change.revision}` : ticket.status);
       say(`#${ticket.external_id.slice(-4)}: ${action} sent`);
       window.setTimeout(refresh, 500);
     } catch (error) {
       bump("errors");
       button.disabled = false;
-      button.textContent = NEXT[ticket.status][1];
+      button.textContent = label;
       say(`#${ticket.external_id.slice(-4)}: ${action} failed: ${error.message}`);
     }
   }
@@ -182,7 +211,8 @@
       tickets = (await response.json()).tickets;
       for (const [id, status] of sent) {
         const ticket = tickets.find((t) => t.order_id === id);
-        if (!ticket || ticket.status !== status) sent.delete(id); // it moved on
+        const now = ticket && ticket.change ? `change:${ticket.change.revision}` : null;
+        if (!ticket || (ticket.status !== status && now !== status)) sent.delete(id); // moved on
       }
       draw();
       bump("refreshes");

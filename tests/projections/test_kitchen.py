@@ -46,13 +46,21 @@ NOODLES = OrderLine(sku="NOODLE-BEEF", name="红烧牛肉面", quantity=2, unit_
 DUMPLINGS = OrderLine(sku="DUMPLING-12", name="猪肉白菜水饺", quantity=1, unit_price=2800)
 TEA = OrderLine(sku="TEA-OOLONG", name="冻顶乌龙茶", quantity=2, unit_price=1200)
 
+BUMP = "document.querySelector('[data-ticket=\"o-kitchen\"] button[data-bump]')"
+ANSWER = (
+    "((answer) => document.querySelector("
+    '`[data-ticket="o-kitchen"] button[data-answer="${answer}"]`))'
+)
 _READ_TICKETS = """JSON.stringify([...document.querySelectorAll("[data-ticket]")].map((t) => ({
   id: t.dataset.ticket, status: t.dataset.status, urgency: t.dataset.urgency,
   column: t.closest("[data-column]").dataset.column,
   where: t.querySelector(".where").textContent,
-  amended: !!t.querySelector(".amended"),
-  lines: [...t.querySelectorAll("li")].map((li) => [li.className, li.dataset.line]),
-  bump: t.querySelector("button").dataset.bump,
+  amended: !!t.querySelector(":scope > .amended"),
+  lines: [...t.querySelectorAll(":scope > ul > li")].map((li) => [li.className, li.dataset.line]),
+  bump: t.querySelector("button[data-bump]").dataset.bump,
+  change: t.querySelector("[data-change]") ? Number(t.querySelector("[data-change]").dataset.change)
+    : null,
+  proposed: [...t.querySelectorAll("[data-change] li")].map((li) => li.dataset.line),
 })))"""
 
 
@@ -225,9 +233,7 @@ async def test_a_kitchen_bumps_a_ticket_onto_the_log_and_sees_it_move(
                 assert ["removed", "1× 猪肉白菜水饺"] in ticket["lines"]
                 assert ["", "2× 红烧牛肉面 (少辣, 加蛋)"] in ticket["lines"]  # unchanged
 
-                await tab.evaluate(
-                    "document.querySelector('[data-ticket=\"o-kitchen\"] button').click(), 1"
-                )
+                await tab.evaluate(f"{BUMP}.click(), 1")
                 accepted = logged(settings, "OrderAcceptedByStore")
                 assert (accepted.actor.id, accepted.location) == (f"key:{key_id}", "S01")
                 assert accepted.estimated_ready_at is not None
@@ -236,12 +242,50 @@ async def test_a_kitchen_bumps_a_ticket_onto_the_log_and_sees_it_move(
                     timeout_s=30, logs=tmp_path,
                 )  # fmt: skip
                 assert (mine(drawn) or {})["bump"] == "start"
-                await tab.evaluate(
-                    "document.querySelector('[data-ticket=\"o-kitchen\"] button').click(), 1"
-                )
+                await tab.evaluate(f"{BUMP}.click(), 1")
                 logged(settings, "OrderPreparing")
                 await until(tab, lambda d: (mine(d) or {}).get("column") == "preparing",
                             timeout_s=30, logs=tmp_path)  # fmt: skip
+
+                # A change after the store accepted it: shown for the kitchen to answer.
+                def amendment(revision: int, lines: list[Any]) -> OrderModified:
+                    total = sum(line.quantity * line.unit_price for line in lines)
+                    return revised.model_copy(update={"event_id": f"m-kitchen-{revision}",
+                        "revision": revision, "lines": lines, "total": total})  # fmt: skip
+
+                publisher.intake(amendment(2, [NOODLES, TEA, DUMPLINGS]))
+                publisher.flush()
+                drawn = await until(tab, lambda d: (mine(d) or {}).get("change") == 2,
+                                    timeout_s=30, logs=tmp_path)  # fmt: skip
+                ticket = mine(drawn)
+                assert ticket is not None and ticket["column"] == "preparing"
+                assert "1× 猪肉白菜水饺" in ticket["proposed"]
+                assert ["", "1× 猪肉白菜水饺"] not in ticket["lines"]  # not made until accepted
+                await tab.evaluate(f"{ANSWER}('accept-change').click(), 1")
+                taken = logged(settings, "OrderAmendmentAccepted")
+                assert (taken.actor.id, taken.location, taken.revision) == (
+                    f"key:{key_id}",
+                    "S01",
+                    2,
+                )
+                drawn = await until(
+                    tab, lambda d: ["added", "1× 猪肉白菜水饺"] in (mine(d) or {}).get("lines", []),
+                    timeout_s=30, logs=tmp_path,
+                )  # fmt: skip
+                ticket = mine(drawn)
+                assert ticket is not None and ticket["change"] is None
+                assert ticket["column"] == "preparing"
+
+                publisher.intake(amendment(3, [NOODLES]))
+                publisher.flush()
+                await until(tab, lambda d: (mine(d) or {}).get("change") == 3,
+                            timeout_s=30, logs=tmp_path)  # fmt: skip
+                await tab.evaluate(f"{ANSWER}('refuse-change').click(), 1")
+                refused = logged(settings, "OrderAmendmentRefused")
+                assert (refused.actor.id, refused.revision) == (f"key:{key_id}", 3)
+                drawn = await until(tab, lambda d: (mine(d) or {}).get("change") is None,
+                                    timeout_s=30, logs=tmp_path)  # fmt: skip
+                assert ["added", "1× 猪肉白菜水饺"] in (mine(drawn) or {})["lines"]
                 errors = await tab.evaluate("Number(document.body.dataset.errors || 0)")
                 assert errors == 0
                 await tab.socket.close()
