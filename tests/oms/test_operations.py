@@ -56,12 +56,32 @@ CODEC = AvroCodec()
             "ready_in_minutes",
         ),
         (lambda: operations.store_action("accept", "o-1", "", by="x"), "location"),
+        (
+            lambda: operations.store_action("accept-change", "o-1", "S01", by="x", revision=0),
+            "revision",
+        ),
+        (lambda: operations.store_action("refuse-change", "o-1", "S01", by="x"), "reason"),
     ],
 )
 def test_a_command_wrong_on_its_face_names_the_field(build: Any, field: str) -> None:
     with pytest.raises(operations.CommandRejected) as caught:
         build()
     assert caught.value.field == field
+
+
+def test_a_store_answers_a_change_for_the_pending_revision_or_the_one_it_saw() -> None:
+    taken = operations.store_action("accept-change", "o-1", "S01", by="chef")
+    refused = operations.store_action(
+        "refuse-change", "o-1", "S01", by="chef", revision=3, reason="in the wok", reason_code="c"
+    )
+    assert (taken.event_type, taken.revision, taken.location) == (
+        "OrderAmendmentAccepted",
+        0,
+        "S01",
+    )
+    assert (refused.event_type, refused.revision, refused.reason_code) == (
+        "OrderAmendmentRefused", 3, "C"
+    )  # fmt: skip
 
 
 def test_commands_go_to_the_agent_that_owns_the_aggregate() -> None:
