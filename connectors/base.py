@@ -44,13 +44,17 @@ from events.models import (
     Actor,
     ActorKind,
     Address,
+    CourierStatusUpdated,
     Customer,
+    OrderCancelled,
     OrderLine,
     OrderMode,
     OrderModified,
     OrderReceived,
     PaymentStatus,
     PlatformCiphertext,
+    RefundRequestClosed,
+    RefundRequested,
     deterministic_id,
 )
 
@@ -62,6 +66,7 @@ __all__ = [
     "ChannelEvent",
     "ChannelPayload",
     "Connector",
+    "PlatformUpdate",
     "PayloadRejected",
     "SecretMissing",
     "SignatureRejected",
@@ -80,6 +85,10 @@ __all__ = [
 CHINA = ZoneInfo("Asia/Shanghai")
 Model = TypeVar("Model", bound=BaseModel)
 ChannelEvent = OrderReceived | OrderModified
+PlatformUpdate = OrderCancelled | CourierStatusUpdated | RefundRequested | RefundRequestClosed
+"""What a platform pushes about an order it sent before (a cancellation, a refund request or its
+outcome, its rider's progress): `Connector.parse_update` makes one of these, which goes to the
+order agent's command topic, not the intake."""
 
 Amount = Annotated[Decimal, Field(allow_inf_nan=False, gt=-(10**19), lt=10**19)]
 """A decimal amount (or count) as a payload model reads it where a connector adds or multiplies
@@ -169,6 +178,59 @@ class Connector(ABC):
     def verify(self, headers: Mapping[str, str], body: bytes) -> None:
         """Raise `SignatureRejected` if the signature or token is wrong. Default: unsigned."""
         return None
+
+    # ---- a platform's other pushes (inbound sync): optional
+
+    updates: ClassVar[tuple[str, ...]] = ()
+    """The kinds of push, besides orders, that the platform sends each to its own callback URL,
+    served at `POST /webhooks/{name}/{kind}` (Meituan: cancel, refund, logistics). A platform that
+    pushes everything to one URL (Ele.me) lists none and answers at `/webhooks/{name}`."""
+
+    def parse_update(
+        self,
+        raw: bytes,
+        *,
+        kind: str | None,
+        received_at: datetime,
+        headers: Mapping[str, str] | None = None,
+    ) -> PlatformUpdate | None:
+        """A push about an order sent before, as its event (`PlatformUpdate`), or
+        `PayloadRejected`; `kind` is the route's (None: the channel's own URL). None: not an
+        update, so `parse` reads it as an order (at the channel's own URL only). Default: none."""
+        return None
+
+    def verify_update(self, kind: str, headers: Mapping[str, str], body: bytes) -> None:
+        """`verify` for a push to `/webhooks/{name}/{kind}` (a platform whose signature covers
+        the URL signs each callback with its own); by default as `verify`."""
+        self.verify(headers, body)
+
+    def update_event(
+        self,
+        event_type: type[PlatformUpdate],
+        *,
+        external_id: str,
+        identity: Sequence[str],
+        occurred_at: datetime,
+        received_at: datetime,
+        **fields: Any,
+    ) -> PlatformUpdate:
+        """A platform update about the order `external_id`, with the platform as actor. Its id
+        is derived from `identity` (what makes this push this one: the status and its time, the
+        refund request and its step), so the same push again is the same event, taken once."""
+        order_id = self.order_id(external_id)
+        event_id = deterministic_id(self.name, event_type.__name__, external_id, *identity)
+        return event_type(
+            event_id=event_id,
+            sequence=1,  # the order agent sequences it into the order's history
+            occurred_at=occurred_at,
+            recorded_at=received_at,
+            correlation_id=order_id,
+            actor=self.actor(),
+            order_id=order_id,
+            channel=self.name,
+            external_id=external_id,
+            **fields,
+        )
 
     # ---- ids and the envelope
 

@@ -40,6 +40,7 @@ from typing import Any, Literal
 
 from pydantic import Json
 
+from connectors import eleme_updates
 from connectors.base import (
     CHINA,
     Amount,
@@ -47,6 +48,7 @@ from connectors.base import (
     ChannelPayload,
     Connector,
     PayloadRejected,
+    PlatformUpdate,
     SignatureRejected,
     decimal_number,
     from_epoch,
@@ -134,6 +136,18 @@ class ElemeConnector(Connector):
         given = envelope.get("signature")
         if not same_signature(expected, given.upper() if isinstance(given, str) else given):
             raise SignatureRejected("signature does not match", field="signature")
+
+    def parse_update(
+        self,
+        raw: bytes,
+        *,
+        kind: str | None,
+        received_at: datetime,
+        headers: Mapping[str, str] | None = None,
+    ) -> PlatformUpdate | None:
+        """Cancellations, cancel and refund requests, delivery status: the same callback as
+        orders, told apart by the envelope's `type` (connectors/eleme_updates.py)."""
+        return eleme_updates.parse_update(self, raw, received_at=received_at)
 
     def signed_at(self, headers: Mapping[str, str], body: bytes) -> datetime:
         """The envelope's `timestamp` (milliseconds), a signed field: when Ele.me sent it."""

@@ -38,11 +38,13 @@ from typing import Any
 
 from pydantic import Json
 
+from connectors import meituan_updates
 from connectors.base import (
     Amount,
     ChannelEvent,
     ChannelPayload,
     Connector,
+    PlatformUpdate,
     SignatureRejected,
     decimal_number,
     from_epoch,
@@ -112,18 +114,41 @@ def signature(params: Mapping[str, Any], *, secret: str, url: str) -> str:
 class MeituanConnector(Connector):
     name = "meituan"
     signed = True
+    # Cancellations, refund requests and rider status, each at its own callback URL
+    # (connectors/meituan_updates.py): served at /webhooks/meituan/<kind>.
+    updates = meituan_updates.UPDATES
 
     def __init__(self, *, secret: str | None = None, push_url: str | None = None) -> None:
         super().__init__(secret=secret)
         self.push_url = push_url or os.environ.get("OMS_MEITUAN_PUSH_URL", PUSH_URL)
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> None:
+        self._verify_at(self.push_url, body)
+
+    def verify_update(self, kind: str, headers: Mapping[str, str], body: bytes) -> None:
+        """Each callback is signed with its own URL: the order push URL + "/" + kind."""
+        self._verify_at(self.update_url(kind), body)
+
+    def update_url(self, kind: str) -> str:
+        return f"{self.push_url.rstrip('/')}/{kind}"
+
+    def parse_update(
+        self,
+        raw: bytes,
+        *,
+        kind: str | None,
+        received_at: datetime,
+        headers: Mapping[str, str] | None = None,
+    ) -> PlatformUpdate | None:
+        return meituan_updates.parse_update(self, raw, kind=kind, received_at=received_at)
+
+    def _verify_at(self, url: str, body: bytes) -> None:
         secret = self.require_secret()
         params = self.load_json(body)
         # `sig` covers the parameters, not the bytes: nothing may follow the signed object.
         if not isinstance(params, dict) or not body.rstrip(b"\r\n").endswith(b"}"):
             raise SignatureRejected("not exactly one signed parameter object", field="sig")
-        expected = signature(params, secret=secret, url=self.push_url)
+        expected = signature(params, secret=secret, url=url)
         given = params.get("sig")
         if not same_signature(expected, given.lower() if isinstance(given, str) else given):
             raise SignatureRejected("signature does not match", field="sig")

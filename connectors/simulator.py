@@ -120,6 +120,47 @@ PROFILES["peak"] = Profile(
 )
 
 
+# How long the restaurant profile's kitchens take from accepting an order to having it ready
+# (`restaurant_prep_seconds`; `oms bench eta` learns it back). The slowest dish sets the pace,
+# each further item adds a little; stores differ in speed, lunch and dinner rushes (stronger at
+# weekends) slow every kitchen, each ticket already open adds its share, and the rest is
+# lognormal noise around the median.
+STORE_SPEED = {"S01": 0.85, "S02": 1.0, "S03": 1.3, "S04": 0.95, "S05": 1.15}
+DISH_MINUTES = {
+    "DUMPLING-12": 10.0, "NOODLE-BEEF": 13.0, "RICE-KUNGPAO": 11.0, "SOUP-HOTSOUR": 6.0,
+    "BUN-PORK-4": 5.0, "TEA-OOLONG": 2.0, "WONTON-SHRIMP": 8.0, "GREENS-GARLIC": 7.0,
+}  # fmt: skip
+SECONDS_PER_EXTRA_ITEM = 20.0
+SECONDS_PER_OPEN_TICKET = 40.0
+PREP_NOISE_SIGMA = 0.15  # of the lognormal: about ±28 % around the median for 9 in 10 orders
+
+
+def kitchen_rush(weekday: int, hour: float) -> float:
+    """How much slower a kitchen works at this hour of the week (1 = quiet): lunch and dinner,
+    a fifth stronger on Saturday and Sunday (weekday 5, 6)."""
+    weekend = 1.2 if weekday >= 5 else 1.0
+    return 1.0 + weekend * (0.3 * _bell(hour, 12.2, 1.1) + 0.4 * _bell(hour, 18.6, 1.3))
+
+
+def restaurant_prep_seconds(
+    rng: random.Random,
+    *,
+    store: str,
+    items: list[tuple[str, int]],
+    at: datetime,
+    open_tickets: int,
+) -> float:
+    """A kitchen's time from accepting an order of `items` (sku, quantity) at `at` to having
+    it ready, with `open_tickets` other tickets open at the store."""
+    slowest = max(DISH_MINUTES.get(sku, 8.0) for sku, _ in items) * 60
+    extra = SECONDS_PER_EXTRA_ITEM * (sum(quantity for _, quantity in items) - 1)
+    rush = kitchen_rush(at.weekday(), at.hour + at.minute / 60)
+    median = (slowest + extra) * STORE_SPEED.get(store, 1.0) * rush
+    return median * rng.lognormvariate(0, PREP_NOISE_SIGMA) + SECONDS_PER_OPEN_TICKET * max(
+        0, open_tickets
+    )
+
+
 SendKind = Literal["order", "duplicate", "revision", "malformed"]
 
 

@@ -40,6 +40,12 @@ never on the event loop: every other route is served while a large payload is pa
 
 Form posts (`application/x-www-form-urlencoded`, e.g. the phone-order form) reach the connector
 as a flat JSON object of their fields.
+
+A platform's other pushes — cancellations, refund requests and their outcome, rider status
+(`Connector.parse_update`; docs/connectors.md, "Inbound sync") — arrive at
+`POST /webhooks/{channel}/{kind}` (a callback URL per kind, `Connector.updates`) or at the
+channel's own URL, are checked as orders are, and go to the order-commands topic for the order
+agent: 200 once Kafka has the update.
 """
 
 from __future__ import annotations
@@ -66,13 +72,14 @@ from connectors.base import (
     ChannelEvent,
     Connector,
     PayloadRejected,
+    PlatformUpdate,
     SecretMissing,
     SignatureRejected,
     StaleSignature,
 )
 from connectors.registry import UnknownChannel, available, connector_for
 from events.codec import CodecError
-from events.models import utc_now
+from events.models import OrderModified, OrderReceived, utc_now
 from infra.http import problem
 from infra.publisher import AsyncPublisher, PublishError
 from infra.settings import Settings, get_settings
@@ -91,6 +98,7 @@ PARSE_BUDGET = web.AppKey("parse_budget_s", float)
 WINDOW = web.AppKey("intake_window", tuple)
 SIGNATURE_WINDOW_S = 300.0
 SIGNATURE_WINDOW = web.AppKey("signature_window", timedelta)
+COMMANDS_TOPIC = web.AppKey("order_commands", str)
 _FORM = "application/x-www-form-urlencoded"
 # Channels whose orders staff type in: served to a staff login only (the app's access
 # middleware reads these; a platform has no login, and this module checks none).
@@ -198,6 +206,7 @@ async def receive(request: web.Request) -> web.Response:
 
 async def _receive(request: web.Request) -> web.Response:
     channel = request.match_info["channel"]
+    kind = request.match_info.get("kind")  # a platform's other push: /webhooks/{channel}/{kind}
     try:
         connector = _connector(request.app, channel)
     except UnknownChannel as exc:
@@ -206,13 +215,17 @@ async def _receive(request: web.Request) -> web.Response:
         return problem(404, f"{channel} orders are polled from the platform, never pushed here")
     if connector.delivery == "webhook" and not connector.signed:
         return problem(404, f"{channel} verifies no signature: it is not served as a webhook")
+    if kind is not None and kind not in connector.updates:
+        served = ", ".join(connector.updates) or "none"
+        return problem(404, f"{channel} pushes no {kind!r} here (served: {served})")
     body = await _read(request)
     kept = kept_headers(connector, request.headers)
+    request_id = request.headers.get("X-Request-Id") or uuid.uuid4()
     refuse = partial(
         _refuse,
         request.app[PUBLISHER],
         source=channel,
-        source_ref=f"webhook:{request.headers.get('X-Request-Id') or uuid.uuid4()}",
+        source_ref=f"webhook:{request_id}" if kind is None else f"webhook/{kind}:{request_id}",
         headers=kept,
     )
     if not body.whole:
@@ -226,13 +239,14 @@ async def _receive(request: web.Request) -> web.Response:
         )
     received_at = utc_now()
     recent = request.app[RECENT]
-    key = _message_key(channel, kept, body.sha256)
+    key = _message_key(channel if kind is None else f"{channel}/{kind}", kept, body.sha256)
     if connector.signed and (first := recent.get(key, now=received_at)) is not None:
         return web.json_response(first | {"duplicate": True})
     judge = partial(
         _judge,
         connector,
         body.kept,
+        kind=kind,
         form_charset=(request.charset or "utf-8") if request.content_type == _FORM else None,
         headers=request.headers,
         received_at=received_at,
@@ -259,7 +273,10 @@ async def _receive(request: web.Request) -> web.Response:
             replayable=not_forged(outcome),
         )
     try:
-        await request.app[PUBLISHER].intake(outcome)
+        if isinstance(outcome, OrderReceived | OrderModified):
+            await request.app[PUBLISHER].intake(outcome)
+        else:  # a platform's update: for the order agent, with the people's and stores' commands
+            await request.app[PUBLISHER].publish(request.app[COMMANDS_TOPIC], outcome)
     except CodecError as exc:  # the contract cannot carry what the connector made of it
         return await refuse(400, f"the order cannot be encoded: {exc}", raw=payload)
     except KafkaException as exc:
@@ -289,26 +306,55 @@ def _judge(
     connector: Connector,
     body: bytes,
     *,
+    kind: str | None = None,
     form_charset: str | None,
     headers: Mapping[str, str],
     received_at: datetime,
     window: tuple[timedelta, timedelta],
     signature_window: timedelta,
-) -> tuple[bytes, ChannelEvent | PayloadRejected, datetime]:
+) -> tuple[bytes, ChannelEvent | PlatformUpdate | PayloadRejected, datetime]:
     """In a parser thread: the payload the connector reads (a form post as its JSON object),
     the event it makes of it, or why it was refused, and until when the same message would be
-    taken (a window after its signed time, or after its receipt where no time is signed)."""
+    taken (a window after its signed time, or after its receipt where no time is signed). A
+    push to `/webhooks/{channel}/{kind}` (`kind`), or one to the channel's own URL that its
+    connector reads as an update, is a `PlatformUpdate`; anything else at the channel's own
+    URL is an order."""
     payload, good_until = body, received_at + signature_window
     try:
         if form_charset is not None:
             payload = _form_as_json(body, form_charset)
-        connector.verify(headers, payload)
+        if kind is None:
+            connector.verify(headers, payload)
+        else:
+            connector.verify_update(kind, headers, payload)
         good_until = check_signed_time(connector, headers, payload, received_at, signature_window)
+        update = connector.parse_update(
+            payload, kind=kind, received_at=received_at, headers=headers
+        )
+        if update is not None:
+            _check_update_time(update, received_at=received_at, window=window)
+            return payload, update, good_until
+        if kind is not None:
+            raise PayloadRejected(f"not a {connector.name} {kind} push")
         event = connector.parse(payload, received_at=received_at, headers=headers)
         limits.check_times(event, received_at=received_at, window=window)
     except PayloadRejected as rejected:
         return payload, rejected, good_until
     return payload, event, good_until
+
+
+def _check_update_time(
+    update: PlatformUpdate, *, received_at: datetime, window: tuple[timedelta, timedelta]
+) -> None:
+    """An update's time (when the platform says it happened) within `OMS_INTAKE_WINDOW` of its
+    receipt, as an order's are."""
+    before, after = window
+    if not received_at - before <= update.occurred_at <= received_at + after:
+        raise PayloadRejected(
+            f"{update.occurred_at.isoformat()} is more than the intake window from its receipt "
+            f"at {received_at.isoformat(timespec='seconds')} (OMS_INTAKE_WINDOW)",
+            field="occurred_at",
+        )
 
 
 def check_signed_time(
@@ -420,6 +466,7 @@ def add_routes(
     app[PARSE_BUDGET] = PARSE_BUDGET_S
     app[SIGNATURE_WINDOW] = timedelta(seconds=SIGNATURE_WINDOW_S)
     app[RECENT] = Recent()
+    app[COMMANDS_TOPIC] = (settings or get_settings()).topics.order_commands
     parsers = app[PARSERS] = ThreadPoolExecutor(PARSER_THREADS, thread_name_prefix="webhook")
 
     async def stop_parsers(_: web.Application) -> None:
@@ -427,5 +474,6 @@ def add_routes(
 
     app.on_cleanup.append(stop_parsers)
     app.router.add_post("/webhooks/{channel}", receive)
+    app.router.add_post("/webhooks/{channel}/{kind}", receive)
     app.router.add_get("/healthz", health)
     app.router.add_get("/phone", phone_form)

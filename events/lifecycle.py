@@ -12,11 +12,13 @@ from __future__ import annotations
 from enum import StrEnum
 
 from events.models import (
+    CourierStatusUpdated,
     OrderAccepted,
     OrderAcceptedByStore,
     OrderAmendmentAccepted,
     OrderAmendmentRefused,
     OrderAmendmentRequested,
+    OrderAtRisk,
     OrderCancelled,
     OrderCompleted,
     OrderDeclinedByStore,
@@ -35,6 +37,8 @@ from events.models import (
     OrderReservationReleased,
     OrderReserved,
     OrderRouted,
+    RefundRequestClosed,
+    RefundRequested,
     ReturnReceived,
     ReturnRequested,
     ReviewApproved,
@@ -77,6 +81,7 @@ _CANCELLABLE = (*_OPEN, S.ACCEPTED_BY_STORE, S.PREPARING, S.READY)
 REVISABLE = frozenset(_OPEN)
 AMENDABLE = (S.ACCEPTED_BY_STORE, S.PREPARING)
 TOO_LATE_TO_AMEND = (S.READY, S.PICKED_UP, S.SHIPPED, S.DELIVERED, S.COMPLETED)
+AT_RISK_STATUSES = (S.PRIORITISED, S.ACCEPTED_BY_STORE, S.PREPARING)
 
 TRANSITIONS: dict[OrderStatus, dict[type[OrderEvent], OrderStatus]] = {
     S.RECEIVED: {OrderAccepted: S.ACCEPTED, OrderRejected: S.REJECTED},
@@ -143,8 +148,23 @@ for _status in AMENDABLE:
         TRANSITIONS[_status][_event] = _status
 for _status in TOO_LATE_TO_AMEND:
     TRANSITIONS[_status][OrderAmendmentRefused] = _status
+# The order's own alert before a promise is missed (`streams.orders.at_risk_due`) changes
+# nothing but tells people: while it waits for its store and while the store makes it.
+for _status in AT_RISK_STATUSES:
+    TRANSITIONS[_status][OrderAtRisk] = _status
 for _status in _CANCELLABLE:
     TRANSITIONS[_status][OrderCancelled] = S.CANCELLED
+# What a delivery platform reports (its rider's progress, a customer's refund request and its
+# outcome) is logged on the order as information wherever the order stands once it is judged:
+# the status stays. The moves it leads to are the order agent's (`streams.orders`): a rider's
+# pickup of a ready order is its hand-off, an agreed refund of an unfinished one its cancellation.
+PLATFORM_NOTICES: tuple[type[OrderEvent], ...] = (
+    CourierStatusUpdated, RefundRequested, RefundRequestClosed,
+)  # fmt: skip
+for _status in S:
+    if _status not in (S.RECEIVED, S.REFUNDED):
+        for _notice in PLATFORM_NOTICES:
+            TRANSITIONS[_status][_notice] = _status
 
 TERMINAL = frozenset(s for s, moves in TRANSITIONS.items() if not moves)
 

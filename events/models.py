@@ -517,11 +517,32 @@ class OrderPrioritised(OrderEvent):
     score: int
     promised_at: UtcDatetime | None = None
     factors: list[str] = Field(default_factory=list)
+    estimated_ready_at: UtcDatetime | None = Field(
+        default=None,
+        description="(v2) when the store is expected to have it ready (prep-time estimate, "
+        "median); `promised_at` adds the p90 margin and the handoff",
+    )
+    eta_source: str | None = Field(
+        default=None,
+        description="(v2) what the estimate came from: the model's level (store×dish, store, "
+        "...) or default (the fixed promise)",
+    )
+    eta_model: str | None = Field(
+        default=None, description="(v2) the version of the prep-time model that estimated it"
+    )
 
 
 class OrderAcceptedByStore(OrderEvent):
     location: str
     estimated_ready_at: UtcDatetime | None = None
+    eta_source: str | None = Field(
+        default=None,
+        description="(v2) where `estimated_ready_at` came from: store (the store gave it), a "
+        "prep-time model level (store×dish, store, ...), default or promise (the promised time)",
+    )
+    eta_model: str | None = Field(
+        default=None, description="(v2) the version of the prep-time model that estimated it"
+    )
 
 
 class OrderDeclinedByStore(OrderEvent):
@@ -530,6 +551,18 @@ class OrderDeclinedByStore(OrderEvent):
 
     location: str
     reason_code: str = Field(description="BUSY, SOLD_OUT, CLOSING, OTHER, ...")
+    reason: str
+
+
+class OrderAtRisk(OrderEvent):
+    """An alert from the order's own timer, before a promise is missed: its store has not
+    accepted it and half its acceptance window is gone (NOT_ACCEPTED, the escalation follows
+    when the window closes), or it is not ready within `AT_RISK_MINUTES` of the time it is due
+    (LATE: the store's ETA, else the promised time)."""
+
+    location: str
+    risk: str = Field(description="NOT_ACCEPTED or LATE")
+    due_at: UtcDatetime = Field(description="when the acceptance or the order is due")
     reason: str
 
 
@@ -629,6 +662,59 @@ class OrderRefunded(OrderEvent):
     currency: str
     reason: str
     return_id: str | None = None
+
+
+# ---- what a delivery platform reports of an order (connectors/*_updates.py): the platform is the
+# actor; each is logged on the order as it stands, and the order agent derives what follows.
+
+COURIER_STATUSES = (
+    "dispatching", "assigned", "arrived", "picked_up", "delivered", "cancelled", "failed",
+)  # fmt: skip
+
+
+class CourierStatusUpdated(OrderEvent):
+    """The platform's rider (Meituan 配送, Ele.me 运单) moved on: being found (dispatching),
+    assigned to the order, arrived at the store, picked it up, delivered it; or the delivery
+    was cancelled, or failed. Logged as information
+    on the order; a pickup of a ready order also moves it as the store's hand-off would
+    (`OrderPickedUp`, committing its reservation), a delivery as `OrderDelivered`. The rider's
+    name and phone are not carried (personal data the order process has no use for)."""
+
+    status: str = Field(
+        description="dispatching, assigned, arrived, picked_up, delivered, cancelled or failed"
+    )
+    platform_status: str = Field(description="the platform's own code, e.g. meituan:20, eleme:55")
+
+
+class RefundRequested(OrderEvent):
+    """The customer asked the platform for money back: `cancel` (to call the order off before it
+    is delivered: Ele.me 取消单) or `refund` (退款/退单: for an order made or delivered); the
+    whole order, or `lines` (and `amount`) of it. The store or the platform's service answers on
+    the platform; its answer follows as `RefundRequestClosed`."""
+
+    refund_id: str = Field(description="the platform's id of the request, else derived")
+    kind: str = Field(description="cancel or refund")
+    partial: bool = Field(default=False, description="some lines only (`lines`, `amount`)")
+    lines: list[ReturnLine] = Field(default_factory=list)
+    amount: int | None = Field(default=None, description="minor units, when the platform says")
+    currency: str | None = None
+    reason: str
+    appeal: bool = Field(
+        default=False, description="the customer appealed a refusal: the platform's service decides"
+    )
+
+
+class RefundRequestClosed(OrderEvent):
+    """What became of a refund request: `agreed` (by the store, the platform's service, or on
+    time-out), `rejected`, or `withdrawn` by the customer. An agreed request for the whole order
+    cancels it while it is not yet picked up (the order agent derives `OrderCancelled`)."""
+
+    refund_id: str
+    outcome: str = Field(description="agreed, rejected or withdrawn")
+    partial: bool = False
+    amount: int | None = Field(default=None, description="minor units, when the platform says")
+    currency: str | None = None
+    reason: str = ""
 
 
 # ---------------------------------------------------------------- stock ledger events
@@ -850,6 +936,7 @@ ORDER_EVENTS: tuple[type[OrderEvent], ...] = (
     OrderPrioritised,
     OrderAcceptedByStore,
     OrderDeclinedByStore,
+    OrderAtRisk,
     OrderAmendmentRequested,
     OrderAmendmentAccepted,
     OrderAmendmentRefused,
@@ -864,6 +951,9 @@ ORDER_EVENTS: tuple[type[OrderEvent], ...] = (
     ReturnRequested,
     ReturnReceived,
     OrderRefunded,
+    CourierStatusUpdated,
+    RefundRequested,
+    RefundRequestClosed,
 )
 
 STOCK_EVENTS: tuple[type[StockEvent], ...] = (

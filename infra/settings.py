@@ -34,6 +34,11 @@ class Topics(BaseSettings):
     privacy_keys: str = "oms.privacy-keys.v1"
     # The audit trail (infra/audit.py): one hash chain per partition, kept forever.
     audit: str = "oms.audit.v1"
+    # Learned prep-time models (streams/eta.py, `oms eta learn`): compacted, newest wins.
+    eta_models: str = "oms.eta-models.v1"
+    # Calls to the platforms (connectors/outbox.py, `oms outbox run`): one record per call,
+    # keyed by its idempotency key, the intent before the call and the outcome after; compacted.
+    outbox: str = "oms.outbox.v1"
 
     def all(self) -> list[str]:
         return [
@@ -47,6 +52,8 @@ class Topics(BaseSettings):
             self.catalogue,
             self.privacy_keys,
             self.audit,
+            self.eta_models,
+            self.outbox,
         ]
 
 
@@ -171,6 +178,39 @@ class Settings(BaseSettings):
     )
     audit_timeout_s: float = Field(
         default=5.0, gt=0, description="longest wait for an audit entry to be written"
+    )
+
+    # -- telling the platforms (connectors/outbox.py, `oms outbox run`; docs/connectors.md)
+    outbox_platforms: list[str] = Field(
+        default_factory=lambda: ["meituan", "eleme"],
+        description="the platforms `oms outbox run` calls; each needs its credentials below",
+    )
+    meituan_app_id: str | None = Field(default=None, description="the open platform's app_id")
+    meituan_secret: SecretStr | None = Field(
+        default=None, description="the app secret: signs calls to Meituan and verifies pushes"
+    )
+    meituan_api_url: str = "https://waimaiopen.meituan.com/api/v1/"
+    eleme_app_key: str | None = None
+    eleme_secret: SecretStr | None = Field(
+        default=None, description="the app secret: signs calls to Ele.me and verifies pushes"
+    )
+    eleme_token: SecretStr | None = Field(
+        default=None, description="the shop's OAuth access token for calls to Ele.me"
+    )
+    eleme_api_url: str = "https://open-api.shop.ele.me/api/v1/"
+    outbox_max_age_s: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="a call whose cause is older than this is not made but recorded as expired "
+        "(`oms outbox list --failed`, `oms outbox retry`)",
+    )
+    outbox_attempts: int = Field(
+        default=6, ge=1, description="tries of one call before it is dead-lettered"
+    )
+    outbox_self_delivery: list[str] = Field(
+        default_factory=list,
+        description="locations whose own riders deliver (自配送): only their orders' "
+        "departure and delivery are reported to the platforms",
     )
 
     @property

@@ -98,6 +98,7 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/me"): Rule("roles", ORDER_READERS),
     # Platforms sign their webhooks; the phone channel is staff typing (rule below).
     ("POST", "/webhooks/{channel}"): Rule("platform"),
+    ("POST", "/webhooks/{channel}/{kind}"): Rule("platform"),  # cancellations, refunds, riders
     ("GET", "/phone"): Rule("roles", PHONE_TAKERS),
     # Commands.
     ("POST", "/orders/{order_id}/review"): Rule("roles", frozenset({Role.ADMIN, Role.REVIEWER})),

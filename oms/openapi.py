@@ -101,6 +101,8 @@ _ERROR_RESPONSES = {
 
 def _webhooks() -> dict[str, Json]:
     channels = sorted(available())
+    updating = {name for name, c in available().items() if c.updates} or set(channels)
+    kinds = {kind for c in available().values() for kind in c.updates} or {"none"}
     form_aware = {
         str(status): {
             "description": _ERROR_RESPONSES[status][1] + " (the form page for a form post)",
@@ -150,6 +152,41 @@ def _webhooks() -> dict[str, Json]:
                     },
                 }
                 | form_aware,
+            }
+        },
+        "/webhooks/{channel}/{kind}": {
+            "post": {
+                "operationId": "receivePlatformUpdate",
+                "tags": ["intake"],
+                "summary": "A platform's cancellation, refund request or rider status",
+                "description": (
+                    "A push the platform sends to its own callback URL besides orders (Meituan: "
+                    'cancel, refund, logistics; docs/connectors.md, "Inbound sync"), signed '
+                    "as its orders are. 200 means the event is on the order-commands topic for "
+                    "the order agent; a push that cannot become one is dead-lettered before it "
+                    "is answered 400 (401: bad signature; 404: no such push for the channel)."
+                ),
+                "parameters": _path_parameters(
+                    "/webhooks/{channel}/{kind}",
+                    {
+                        "channel": {"type": "string", "enum": sorted(updating)},
+                        "kind": {"type": "string", "enum": sorted(kinds)},
+                    },
+                ),
+                "requestBody": {
+                    "required": True,
+                    "content": {_JSON: {"schema": {"type": "object"}}},
+                },
+                "responses": {
+                    "200": _json_body(_ref("schemas", "Received"), "the update is on its way"),
+                }
+                | {
+                    str(status): {
+                        "description": _ERROR_RESPONSES[status][1],
+                        "content": {_problem_media_type(): {"schema": _ref("schemas", "Problem")}},
+                    }
+                    for status in (400, 401, 404, 413, 503)
+                },
             }
         },
         "/healthz": {

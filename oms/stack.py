@@ -50,6 +50,9 @@ def topic_configs(topics: Topics) -> dict[str, dict[str, str]]:
     - The data keys of personal data: compacted (infra/keystore.py, `TOPIC_CONFIG`).
     - The audit trail: kept forever and never compacted, since a chain with an entry gone
       no longer verifies (infra/audit.py).
+    - Learned prep-time models: compacted; each is a whole value, and only the newest counts.
+    - The outbox of calls to the platforms: compacted by idempotency key, kept forever: the
+      newest record of a call (intent, then outcome) is what says it was made.
     """
     forever = {"retention.ms": "-1", "cleanup.policy": "delete"}
     week = {"retention.ms": str(7 * DAY_MS), "cleanup.policy": "delete"}
@@ -65,6 +68,8 @@ def topic_configs(topics: Topics) -> dict[str, dict[str, str]]:
         topics.notifications: month,
         topics.privacy_keys: KEY_TOPIC_CONFIG,
         topics.audit: forever,
+        topics.eta_models: {"cleanup.policy": "compact", "retention.ms": "-1"},
+        topics.outbox: {"cleanup.policy": "compact", "retention.ms": "-1"},
     }
 
 

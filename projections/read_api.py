@@ -396,14 +396,19 @@ async def kitchen_asset(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(KITCHEN_DIR / name, headers=headers)
 
 
-def ticket(row: dict[str, Any], change: dict[str, Any] | None = None) -> dict[str, Any]:
+def ticket(
+    row: dict[str, Any],
+    change: dict[str, Any] | None = None,
+    risk: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """One kitchen ticket: its lines as the kitchen reads them, a measured line in its unit;
-    `change`: an amendment waiting for the store's answer (`kitchen_changes`)."""
+    `change`: an amendment waiting for the store's answer (`kitchen_changes`); `risk`: its
+    newest at-risk alert (`orders_at_risk`)."""
     keep = ("order_id", "external_id", "channel", "mode", "status", "table_name", "covers",
             "amended_from", "priority_score", "promised_at", "ready_by", "placed_at",
             "stage_entered_at")  # fmt: skip
     shown = {name: json_value(row[name]) for name in keep} | {"lines": _ticket_lines(row)}
-    return shown | {"change": change}
+    return shown | {"change": change, "at_risk": risk}
 
 
 def pending_change(row: dict[str, Any]) -> dict[str, Any]:
@@ -446,16 +451,24 @@ async def get_tickets(request: web.Request) -> web.Response:
     except BadParameter as exc:
         return problem(400, str(exc), parameter=exc.parameter)
     try:
-        result, changes = await request.app[READ_MODELS].run(
+        result, changes, risks = await request.app[READ_MODELS].run(
             lambda store: (
                 run_report(store, "kitchen_tickets", location=location),
                 run_report(store, "kitchen_changes", location=location),
+                run_report(store, "orders_at_risk", location=location),
             )
         )
     except StoreError as exc:
         return _unavailable(exc)
     pending = {row["order_id"]: pending_change(row) for row in changes.as_dicts()}
-    tickets = [ticket(row, pending.get(row["order_id"])) for row in result.as_dicts()]
+    at_risk = {
+        row["order_id"]: {name: row[name] for name in ("risk", "due_at", "reason")}
+        for row in risks.as_dicts()
+    }
+    tickets = [
+        ticket(row, pending.get(row["order_id"]), at_risk.get(row["order_id"]))
+        for row in result.as_dicts()
+    ]
     return _json({"store": location, "tickets": tickets})
 
 

@@ -149,6 +149,10 @@ REPORTS: dict[str, Report] = {
                 "Per store: orders that reached it, accepted, declined, the acceptance rate, "
                 "and the late rate of its promised orders.",
                 _WINDOW_30D | {"as_of": _as_of}),
+        _report("eta_accuracy", "ETA accuracy",
+                "Per store and over all ('*'): p50 / p90 minutes between the ready estimate "
+                "at acceptance and the ready time, and for the fixed default promise.",
+                _WINDOW_30D),
         _report("decline_reasons", "Decline reasons",
                 "Why stores declined orders (NOT_ACCEPTED: nobody accepted it in time).",
                 _WINDOW_30D),
@@ -158,6 +162,10 @@ REPORTS: dict[str, Report] = {
         _report("kitchen_changes", "Kitchen: changes to answer",
                 "A store's amendments waiting for its answer (sent after it accepted the order).",
                 {"limit": _constant(100)}),
+        _report("orders_at_risk", "Orders at risk",
+                "Orders about to miss a promise: not accepted halfway through the store's "
+                "window, or not ready 5 minutes before due (the newest alert of each).",
+                {"location": _constant(""), "limit": _constant(100)}),
         _report("orders_per_minute", "Orders per minute",
                 "Orders received, accepted, rejected and cancelled per minute and channel.",
                 {"since": lambda as_of: as_of - timedelta(hours=1), "until": _as_of}),

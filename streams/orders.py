@@ -41,6 +41,7 @@ from typing import Any
 
 from events.lifecycle import (
     AMENDABLE,
+    AT_RISK_STATUSES,
     REVISABLE,
     TOO_LATE_TO_AMEND,
     TRANSITIONS,
@@ -52,12 +53,14 @@ from events.models import (
     ActorKind,
     CancelledBy,
     CommitStock,
+    CourierStatusUpdated,
     LineQuantity,
     Location,
     OrderAcceptedByStore,
     OrderAmendmentAccepted,
     OrderAmendmentRefused,
     OrderAmendmentRequested,
+    OrderAtRisk,
     OrderCancelled,
     OrderCompleted,
     OrderDeclinedByStore,
@@ -77,6 +80,8 @@ from events.models import (
     OrderReservationReleased,
     OrderReserved,
     OrderRouted,
+    RefundRequestClosed,
+    RefundRequested,
     RejectionReason,
     ReleaseStock,
     ReserveStock,
@@ -94,7 +99,7 @@ from events.models import (
     deterministic_id,
     follow_up,
 )
-from streams import fraud, intake, priority, routing, validation
+from streams import eta, fraud, intake, priority, routing, validation
 from streams.catalogue import Catalogue
 from streams.customers import CustomerHistory, customer_key
 
@@ -176,6 +181,7 @@ class OrderState:
     prioritised_at: datetime | None = None  # when the order reached its store's queue
     promised_at: datetime | None = None  # the time promised when it was prioritised
     pending: OrderAmendmentRequested | None = None  # a revision waiting for the store's answer
+    ready_by: datetime | None = None  # when the store said it will be ready (its acceptance)
 
     @property
     def hold_expires_at(self) -> datetime | None:
@@ -204,6 +210,20 @@ class Context:
     available: Callable[[str, str], int]
     load: Mapping[str, int]
     now: datetime
+    # Prep-time estimates (streams.eta): the newest learned model (None: fixed defaults) and
+    # the tickets each store has accepted and not yet marked ready.
+    prep_model: eta.PrepTimeModel | None = None
+    open_tickets: Mapping[str, int] = field(default_factory=dict)
+
+    def estimate(self, order: OrderReceived, location: str) -> eta.Estimate:
+        """When `order` would be ready at `location` if taken on now."""
+        return eta.estimate(
+            self.prep_model,
+            order,
+            location=location,
+            open_tickets=self.open_tickets.get(location, 0),
+            now=self.now,
+        )
 
 
 @dataclass(frozen=True)
@@ -328,6 +348,8 @@ def apply(state: OrderState | None, event: OrderEvent) -> OrderState:
             changes |= {"prioritised_at": event.occurred_at, "promised_at": event.promised_at}
     elif isinstance(event, OrderPickedUp | ShipmentCreated):
         changes |= {"held": {}, "committed": {**state.committed, **state.held}}
+    elif isinstance(event, OrderAcceptedByStore):
+        changes["ready_by"] = event.estimated_ready_at
     return _evolve(state, changes)
 
 
@@ -394,8 +416,14 @@ def decide(state: OrderState | None, received: OrderEvent | StockEvent, ctx: Con
         return _lapsed(state, received, ctx)
     if isinstance(received, OrderReservationReleased):
         return _expired(state, received, ctx)
+    if isinstance(received, OrderAtRisk):
+        return _alert(state, received, ctx)
     if _escalation(received) and not _still_due(state, received, ctx):
         return Decision()  # the store took the order on, or it moved on, before time ran out
+    if isinstance(received, OrderCancelled) and _already_over(state, received):
+        return Decision()  # the platform's word of an end the order has reached already
+    if isinstance(received, CourierStatusUpdated | RefundRequested | RefundRequestClosed):
+        return _platform_notice(state, received, ctx)
     if isinstance(received, OrderEvent) and isinstance(received, RELAYED):
         if type(received) not in TRANSITIONS[state.status]:
             return Decision(
@@ -410,7 +438,10 @@ def decide(state: OrderState | None, received: OrderEvent | StockEvent, ctx: Con
             )
         if isinstance(received, OrderAmendmentAccepted | OrderAmendmentRefused):
             return _amendment_answer(state, received, ctx)
-        return _then_advance(state, [_relayed(state, received)], [], ctx)
+        relayed = _relayed(state, received)
+        if isinstance(relayed, OrderAcceptedByStore):
+            relayed = relayed.model_copy(update=_ready_estimate(state, ctx, given=relayed))
+        return _then_advance(state, [relayed], [], ctx)
     return Decision(refusal=f"{received.event_type} is not an input of the order process")
 
 
@@ -457,7 +488,11 @@ def advance(state: OrderState, ctx: Context, *, cause: str) -> Decision:
         location = state.location or ""
         customer = customer_key(order)
         tier = ctx.history.tier(customer) if customer else "new"
-        rank = priority.priority(order, tier=tier, now=ctx.now)
+        # A learned estimate sets the promise (unless the channel asked for a time); without
+        # a model the promise stays the mode's fixed default.
+        estimate = ctx.estimate(order, location) if ctx.prep_model is not None else None
+        due = estimate.due_at if estimate is not None and estimate.model else None
+        rank = priority.priority(order, tier=tier, now=ctx.now, promise=due)
         event = priority.prioritise_event(
             order,
             rank,
@@ -465,6 +500,7 @@ def advance(state: OrderState, ctx: Context, *, cause: str) -> Decision:
             sequence=state.version + 1,
             causation_id=cause,
             now=ctx.now,
+            estimate=estimate,
         )
         return Decision([event])
     if state.status is S.PRIORITISED:
@@ -480,10 +516,32 @@ def advance(state: OrderState, ctx: Context, *, cause: str) -> Decision:
             accepted = OrderAcceptedByStore(
                 **(envelope | {"actor": AUTO_ACCEPT}),
                 location=state.location or "",
-                estimated_ready_at=state.promised_at,
+                **_ready_estimate(state, ctx),
             )
             return Decision([accepted])
     return Decision()
+
+
+def _ready_estimate(
+    state: OrderState, ctx: Context, *, given: OrderAcceptedByStore | None = None
+) -> dict[str, Any]:
+    """`estimated_ready_at` and its source for an acceptance: the store's own when it gave
+    one; else the prep-time estimate with the store's current load; else (no model) the
+    promised time for the store's policy, nothing for a person who gave none (as before there
+    were estimates)."""
+    if given is not None and given.estimated_ready_at is not None:
+        return {"eta_source": given.eta_source or "store", "eta_model": given.eta_model}
+    if ctx.prep_model is not None:
+        estimate = ctx.estimate(state.order, state.location or "")
+        if estimate.model is not None:
+            return {
+                "estimated_ready_at": estimate.ready_at,
+                "eta_source": estimate.source,
+                "eta_model": estimate.model,
+            }
+    if given is not None:
+        return {}
+    return {"estimated_ready_at": state.promised_at, "eta_source": "promise", "eta_model": None}
 
 
 def acceptance_due(
@@ -522,6 +580,65 @@ def acceptance_due(
     return OrderDeclinedByStore(
         **envelope, location=state.location or "", reason_code=NOT_ACCEPTED, reason=reason
     )
+
+
+AT_RISK_MINUTES = 5  # a LATE alert this long before the order is due
+
+
+def at_risk_due(state: OrderState, *, now: datetime, place: Location | None) -> list[OrderAtRisk]:
+    """The alerts due for the order and not yet on its log (sent to the order's own inputs by
+    its timer, like `acceptance_due`): NOT_ACCEPTED once half the store's acceptance window is
+    gone, LATE from `AT_RISK_MINUTES` before the order is due (the store's ETA, else the
+    promise) while it is not ready. Each alert is logged once per store, attempt and due time."""
+    if state.status not in AT_RISK_STATUSES or not state.location:
+        return []
+    alerts: list[tuple[str, datetime, str, str]] = []
+    window = timedelta(minutes=place.accept_within_minutes if place is not None else 0)
+    if state.status is S.PRIORITISED and window and state.prioritised_at is not None:
+        due = state.prioritised_at + window
+        if now >= state.prioritised_at + window / 2:
+            why = f"{state.location} has not accepted it; it escalates at {due:%H:%M} UTC"
+            alerts.append(("NOT_ACCEPTED", due, str(state.attempt), why))
+    due_at = state.ready_by or state.promised_at
+    if due_at is not None and now >= due_at - timedelta(minutes=AT_RISK_MINUTES):
+        why = f"not ready and due at {due_at:%H:%M} UTC at {state.location}"
+        alerts.append(("LATE", due_at, due_at.isoformat(), why))
+    order = state.order
+    found = []
+    for risk, due, key, why in alerts:
+        event_id = deterministic_id(order.order_id, "OrderAtRisk", risk, state.location, key)
+        if event_id in state.seen:
+            continue
+        envelope = follow_up(
+            order,
+            sequence=state.version + 1,
+            causation_id=state.last_event_id,
+            actor=ACTOR,
+            now=now,
+        )
+        found.append(
+            OrderAtRisk(
+                event_id=event_id,
+                **envelope,
+                location=state.location,
+                risk=risk,
+                due_at=due,
+                reason=why,
+            )
+        )
+    return found
+
+
+def _alert(state: OrderState, alert: OrderAtRisk, ctx: Context) -> Decision:
+    """The timer's alert: logged while it is still due (the order may have moved on since:
+    then it is dropped quietly); nobody else sends alerts."""
+    if alert.actor != ACTOR:
+        return Decision(refusal="OrderAtRisk is the order process's own alert, not an input")
+    place = ctx.catalogue.locations.get(state.location or "")
+    due = {a.event_id for a in at_risk_due(state, now=ctx.now, place=place)}
+    if alert.event_id not in due:
+        return Decision()
+    return _then_advance(state, [_relayed(state, alert)], [], ctx)
 
 
 def _escalation(received: OrderEvent | StockEvent) -> bool:
@@ -677,6 +794,94 @@ def _amendment_answer(
         }
     )
     return _then_advance(state, [relayed, applied], [], ctx)
+
+
+# ---------------------------------------------------------------- what a platform reports
+
+# The steps a rider's report stands for, from where the order stands: the goods left the store
+# (as the store's hand-off: `OrderPickedUp` commits what the order holds), or reached the
+# customer. A kitchen that did not bump the ticket is caught up; from anywhere else the report
+# is information only (an out-of-order or repeated push: the order is past it, or not there).
+COURIER_MOVES: dict[str, dict[OrderStatus, tuple[type[OrderEvent], ...]]] = {
+    "picked_up": {
+        S.ACCEPTED_BY_STORE: (OrderPreparing, OrderReady, OrderPickedUp),
+        S.PREPARING: (OrderReady, OrderPickedUp),
+        S.READY: (OrderPickedUp,),
+    },
+    "delivered": {
+        S.ACCEPTED_BY_STORE: (OrderPreparing, OrderReady, OrderPickedUp, OrderDelivered),
+        S.PREPARING: (OrderReady, OrderPickedUp, OrderDelivered),
+        S.READY: (OrderPickedUp, OrderDelivered),
+        S.PICKED_UP: (OrderDelivered,),
+    },
+}
+REFUND_AGREED = "REFUND_AGREED"  # the reason code of a cancellation by an agreed full refund
+
+
+def _already_over(state: OrderState, cancelled: OrderCancelled) -> bool:
+    """A platform's cancellation of an order already cancelled or rejected (its own refund
+    agreed first, or a re-push): nothing to do, and nothing wrong."""
+    return cancelled.actor.kind is ActorKind.CHANNEL and state.status in (S.CANCELLED, S.REJECTED)
+
+
+def _platform_notice(
+    state: OrderState,
+    received: CourierStatusUpdated | RefundRequested | RefundRequestClosed,
+    ctx: Context,
+) -> Decision:
+    """A platform's report, logged on the order as information, then what it stands for: a
+    rider's pickup or delivery moves the order (`COURIER_MOVES`); an agreed refund of the whole
+    order cancels it while it may still be cancelled. Each step is derived from the report's
+    id, with the platform as actor (so no platform is told what it said itself)."""
+    if type(received) not in TRANSITIONS[state.status]:
+        return Decision(
+            refusal=f"order {state.order.order_id} is {state.status.value}: "
+            f"{received.event_type} is not taken"
+        )
+    logged: list[OrderEvent] = [_relayed(state, received)]
+    steps: tuple[type[OrderEvent], ...] = ()
+    if isinstance(received, CourierStatusUpdated):
+        steps = COURIER_MOVES.get(received.status, {}).get(state.status, ())
+    elif (
+        isinstance(received, RefundRequestClosed)
+        and received.outcome == "agreed"
+        and not received.partial
+        and OrderCancelled in TRANSITIONS[state.status]
+    ):
+        steps = (OrderCancelled,)
+    for kind in steps:
+        envelope = {"event_id": deterministic_id(received.event_id, kind.__name__)} | follow_up(
+            state.order,
+            sequence=state.version + 1 + len(logged),
+            causation_id=received.event_id,
+            actor=received.actor,
+            now=ctx.now,
+        )
+        logged.append(_derived(kind, envelope, state, received))
+    return _then_advance(state, logged, [], ctx)
+
+
+def _derived(
+    kind: type[OrderEvent],
+    envelope: dict[str, Any],
+    state: OrderState,
+    received: CourierStatusUpdated | RefundRequested | RefundRequestClosed,
+) -> OrderEvent:
+    if kind is OrderCancelled:
+        reason = received.reason if isinstance(received, RefundRequestClosed) else ""
+        return OrderCancelled(
+            **envelope,
+            cancelled_by=CancelledBy.CUSTOMER,
+            reason_code=REFUND_AGREED,
+            reason=reason or f"{received.channel} agreed to refund the whole order",
+        )
+    if kind is OrderPickedUp:
+        return OrderPickedUp(**envelope, location=state.location or "", picked_up_by="courier")
+    if kind is OrderDelivered:
+        return OrderDelivered(**envelope)
+    if kind is OrderReady:
+        return OrderReady(**envelope, location=state.location or "")
+    return OrderPreparing(**envelope, location=state.location or "")
 
 
 def _stocked(order: OrderReceived, catalogue: Catalogue) -> list[tuple[Any, ...]]:

@@ -86,6 +86,7 @@ class OrderPartition:
         # The expiry command sent for each order since the rebuild (the timer would repeat it
         # until it is logged; the order's next hold, if any, has a command of its own).
         self._expiry_sent: dict[str, str] = {}
+        self._alert_sent: dict[str, str] = {}  # likewise, the last at-risk alert of each order
 
     def fold(self, event: Event) -> None:
         """One event of the order log, read back while rebuilding."""
@@ -119,6 +120,7 @@ class OrderPartition:
             del self.orders[order_id]
             self._recovered.discard(order_id)
             self._expiry_sent.pop(order_id, None)
+            self._alert_sent.pop(order_id, None)
         return len(moved)
 
     def handle(self, received: OrderEvent | StockEvent, ctx: orders.Context) -> OrderStep:
@@ -152,15 +154,20 @@ class OrderPartition:
         """Commands for the orders whose time ran out, each sent once (the order agent takes
         them as inputs, so a crash between logging and acting is recovered like any): a store
         that has not accepted its order within its `accept_within_minutes` (`locations`, the
-        catalogue's), else a hold that expired."""
+        catalogue's), else a hold that expired; and the alerts of orders at risk of missing
+        their promise (`orders.at_risk_due`)."""
         due: list[OrderEvent] = []
         for state in self.orders.values():
+            place = (locations or {}).get(state.location or "")
+            order_id = state.order.order_id
+            for alert in orders.at_risk_due(state, now=now, place=place)[:1]:
+                if self._alert_sent.get(order_id) != alert.event_id:
+                    self._alert_sent[order_id] = alert.event_id
+                    due.append(alert)
             if state.status not in orders.EXPIRABLE:
                 continue
-            place = (locations or {}).get(state.location or "")
             command: OrderEvent | None = orders.acceptance_due(state, now=now, place=place)
             command = command or orders.expiry_due(state, now=now)
-            order_id = state.order.order_id
             if command is not None and self._expiry_sent.get(order_id) != command.event_id:
                 self._expiry_sent[order_id] = command.event_id
                 due.append(command)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from events.models import (
     Actor,
@@ -19,6 +20,9 @@ from events.models import (
     deterministic_id,
     follow_up,
 )
+
+if TYPE_CHECKING:  # streams.eta builds on this module's default promises
+    from streams.eta import Estimate
 
 ACTOR = Actor(kind=ActorKind.SYSTEM, id="priority")
 
@@ -64,7 +68,9 @@ def promised_at(order: OrderReceived) -> datetime:
     return order.requested_at or order.placed_at + DEFAULT_PROMISE[order.mode]
 
 
-def priority(order: OrderReceived, *, tier: str, now: datetime) -> Priority:
+def priority(
+    order: OrderReceived, *, tier: str, now: datetime, promise: datetime | None = None
+) -> Priority:
     """score = urgency + tier bonus + value bonus, all integers:
 
     - urgency: on time, `max(0, HORIZON_MINUTES - minutes left)` (grows a point a minute as the
@@ -73,8 +79,12 @@ def priority(order: OrderReceived, *, tier: str, now: datetime) -> Priority:
     - value: `min(total // VALUE_STEP, VALUE_CAP)`.
 
     LATE_BASE exceeds the most an on-time order can score, so neither tier nor value lifts an
-    on-time order above a late one; at equal promise, tier then value decide."""
-    promise = promised_at(order)
+    on-time order above a late one; at equal promise, tier then value decide.
+
+    `promise`: an estimated promise (`streams.eta`) for an order whose channel asked for no
+    time; without one, `promised_at(order)`."""
+    if promise is None or order.requested_at is not None:
+        promise = promised_at(order)
     factors: list[str] = []
     if now > promise:
         late = (now - promise) // timedelta(minutes=1)
@@ -100,9 +110,10 @@ def prioritise_event(
     sequence: int,
     causation_id: str,
     now: datetime,
+    estimate: Estimate | None = None,
 ) -> OrderPrioritised:
-    """`OrderPrioritised` for `p`; the id follows from the cause, so reprocessing it yields the
-    identical event."""
+    """`OrderPrioritised` for `p` (with the prep-time estimate it was promised on, if any); the
+    id follows from the cause, so reprocessing it yields the identical event."""
     envelope = follow_up(order, sequence=sequence, causation_id=causation_id, actor=ACTOR, now=now)
     return OrderPrioritised(
         event_id=deterministic_id(causation_id, "OrderPrioritised"),
@@ -110,6 +121,9 @@ def prioritise_event(
         score=p.score,
         promised_at=p.promised_at,
         factors=p.factors,
+        estimated_ready_at=None if estimate is None else estimate.ready_at,
+        eta_source=None if estimate is None else estimate.source,
+        eta_model=None if estimate is None else estimate.model,
         **envelope,
     )
 

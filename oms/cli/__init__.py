@@ -10,8 +10,10 @@ from oms.cli import (
     audit,
     bench,
     demo,
+    eta,
     intake,
     operators,
+    outbox,
     privacy,
     processes,
     report,
@@ -50,5 +52,7 @@ for command in (
     audit.audit,
     schemas.schemas,
     bench.bench,
+    eta.eta,
+    outbox.outbox,
 ):
     main.add_command(command)

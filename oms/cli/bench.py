@@ -132,3 +132,15 @@ def bench_memory(order_count: int, in_memory: int, sample_every: int, unbounded:
         bounded=not unbounded,
     )
     _finish("memory" if not unbounded else "memory-unbounded", figures, memory.report)
+
+
+@bench.command("eta")
+@click.option("--orders-per-day", default=700, show_default=True, help="about 20,000 a month")
+@click.option("--seed", default=7, show_default=True)
+@click.option("--backend", type=click.Choice(["chdb", "server"]), default="chdb", show_default=True)
+def bench_eta(orders_per_day: int, seed: int, backend: str) -> None:
+    """Learned prep-time ETAs vs the fixed defaults after one warm-up day (target p90 <= 5 min)."""
+    from bench import eta
+
+    figures = eta.run(get_settings(), orders_per_day=orders_per_day, seed=seed, backend=backend)
+    _finish("eta", figures, eta.report)

@@ -350,6 +350,19 @@
     return {};
   }
 
+  function drawAtRisk(result) {
+    const rows = objects(result).map((r) => ({ label: r.order_id, series: r.location,
+      value: 1, item: r, data: { risk: r.risk, due_at: r.due_at } }));
+    replace("orders-at-risk", table("orders-at-risk", [
+      { title: "order", show: (r) => r.order_id },
+      { title: "store", show: (r) => r.location },
+      { title: "channel", show: (r) => r.channel },
+      { title: "risk", show: (r) => r.risk },
+      { title: "due (UTC)", show: (r) => r.due_at.replace("T", " ").slice(0, 16) },
+    ], rows));
+    return { at_risk: rows.length };
+  }
+
   function drawKpis(figures) {
     const tiles = [];
     if ("orders_received" in figures) {
@@ -361,6 +374,9 @@
         `revenue ${currency}${page.get("since") ? "" : " · 30 days"}`);
       node.setAttribute("data-series", currency);
       tiles.push(node);
+    }
+    if ("at_risk" in figures) {
+      tiles.push(tile("kpi", "at_risk", figures.at_risk, figures.at_risk, "orders at risk"));
     }
     if ("held_for_review" in figures) {
       tiles.push(tile("kpi", "held_for_review", figures.held_for_review,
@@ -380,6 +396,8 @@
       limits: { held_orders: 10 } },
     { id: "stock-alerts", reports: ["stock_alerts"], draw: drawStockAlerts,
       limits: { stock_alerts: 20 } },
+    { id: "orders-at-risk", reports: ["orders_at_risk"], draw: drawAtRisk,
+      limits: { orders_at_risk: 20 } },
   ];
 
   async function getJson(url) {

@@ -105,6 +105,12 @@
       if (!now_lines.has(old)) list.append(el("li", { class: "removed", "data-line": old }, old));
     }
     if (before.size > 0) node.append(el("div", { class: "amended" }, "AMENDED 已修改"));
+    if (ticket.at_risk) {
+      const text = ticket.at_risk.risk === "NOT_ACCEPTED" ? "AT RISK · accept it 请尽快接单"
+        : "AT RISK · due soon 即将超时";
+      node.append(el("div", { class: "risk", "data-risk": ticket.at_risk.risk,
+        title: ticket.at_risk.reason }, text));
+    }
     node.append(list);
     if (ticket.change) node.append(changeBox(ticket));
     const [action, label] = NEXT[ticket.status];

@@ -192,6 +192,7 @@ class Worker:
             self.views.start(
                 bootstrap=self.settings.kafka_bootstrap,
                 topics=[topics.catalogue, topics.inventory, topics.orders],
+                eta_topic=topics.eta_models,
             )
 
     async def views_ready(self) -> None:
@@ -213,6 +214,8 @@ class Worker:
             available=views.available,
             load=views.load(now),
             now=now,
+            prep_model=views.prep_model,
+            open_tickets=views.open_tickets(),
         )
         inputs: list[Event | CodecError] = []
         for event in batch:

@@ -16,10 +16,10 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from events.codec import AvroCodec, CodecError
@@ -29,20 +29,35 @@ from events.models import (
     CatalogueEvent,
     LocationPaused,
     LocationResumed,
+    OrderAcceptedByStore,
+    OrderCancelled,
+    OrderCompleted,
+    OrderDeclinedByStore,
+    OrderDelivered,
+    OrderEvent,
+    OrderPickedUp,
+    OrderReady,
     OrderReceived,
+    OrderRejected,
     OrderRouted,
     StockEvent,
     stock_key,
 )
 from infra.kafka import consumer_config
-from streams import inventory
+from streams import eta, inventory
 from streams.catalogue import Catalogue, slot_start
 from streams.customers import CustomerHistory
 
 log = logging.getLogger(__name__)
+# A store's open tickets (`open_tickets`): opened by its acceptance, closed by any of these.
+TICKET_CLOSED = (
+    OrderReady, OrderPickedUp, OrderDelivered, OrderCompleted, OrderCancelled, OrderRejected,
+    OrderDeclinedByStore,
+)  # fmt: skip
 FOLDED = frozenset(
     {"OrderReceived", "OrderRouted"}
     | {kind.__name__ for kind in (*STOCK_EVENTS, *CATALOGUE_EVENTS)}
+    | {kind.__name__ for kind in (OrderAcceptedByStore, *TICKET_CLOSED)}
 )
 
 
@@ -54,6 +69,12 @@ class SharedViews:
         self.stock: dict[str, inventory.StockLevel] = {}
         self.routed: dict[tuple[str, datetime], set[str]] = defaultdict(set)
         self.auto_paused: set[str] = set()
+        # Prep-time estimates: the newest model on the eta-models topic, and per order the
+        # last sequence seen, its store while its ticket is open (None once closed) and when.
+        self.prep_model: eta.PrepTimeModel | None = None
+        self.tickets: dict[str, tuple[int, str | None, datetime]] = {}
+        self.open_at: Counter[str] = Counter()
+        self._eta_topic: str | None = None
         self.ready = threading.Event()
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -70,6 +91,10 @@ class SharedViews:
         asked: routing looks at a few candidates, and the counts move as orders are routed)."""
         return _Load(self, now)
 
+    def open_tickets(self) -> Mapping[str, int]:
+        """Tickets each store has accepted and not yet marked ready (nor given up)."""
+        return self.open_at
+
     # ------------------------------------------------------------ what feeds them
 
     def reading(self) -> AbstractContextManager[Any]:
@@ -81,8 +106,38 @@ class SharedViews:
         with self._lock:
             self._note(event)
 
+    def note_prep_model(self, raw: bytes | None) -> None:
+        """A model from the eta-models topic (a bad one is logged and the last one kept)."""
+        if not raw:
+            return
+        try:
+            model = eta.parse_model(raw)
+        except ValueError:
+            log.exception("views: not a prep-time model; keeping the last one")
+            return
+        with self._lock:
+            current = self.prep_model
+            if current is None or model.learned_at >= current.learned_at:
+                self.prep_model = model
+
+    def _ticket(self, event: OrderEvent) -> None:
+        order_id = event.order_id
+        seen = self.tickets.get(order_id)
+        if seen is not None and seen[0] >= event.sequence:
+            return  # noted already (the worker's own, read back), or older
+        where = event.location if isinstance(event, OrderAcceptedByStore) else None
+        if seen is not None and seen[1] is not None:
+            self.open_at[seen[1]] -= 1
+            if self.open_at[seen[1]] <= 0:
+                del self.open_at[seen[1]]
+        if where is not None:
+            self.open_at[where] += 1
+        self.tickets[order_id] = (event.sequence, where, event.occurred_at)
+
     def _note(self, event: object) -> None:
-        if isinstance(event, OrderReceived):
+        if isinstance(event, (OrderAcceptedByStore, *TICKET_CLOSED)):
+            self._ticket(event)
+        elif isinstance(event, OrderReceived):
             self.history.record(event)
         elif isinstance(event, OrderRouted):
             location = self.catalogue.locations.get(event.location)
@@ -122,10 +177,24 @@ class SharedViews:
         with self._lock:
             for key in [k for k in self.routed if k[1] < now.replace(minute=0, second=0)]:
                 del self.routed[key]
+            # Closed tickets are kept a while against late duplicates; a ticket open half a
+            # day was left on a screen: neither counts any more.
+            stale = now - timedelta(hours=12)
+            for order_id, (_, where, at) in list(self.tickets.items()):
+                if (where is None and at < now) or at < stale:
+                    del self.tickets[order_id]
+                    if where is not None:
+                        self.open_at[where] -= 1
+                        if self.open_at[where] <= 0:
+                            del self.open_at[where]
 
     # ------------------------------------------------------------ the reading thread
 
-    def start(self, *, bootstrap: str, topics: list[str]) -> None:
+    def start(self, *, bootstrap: str, topics: list[str], eta_topic: str | None = None) -> None:
+        """Follow `topics` (and the prep-time models on `eta_topic`) from their beginning."""
+        self._eta_topic = eta_topic
+        if eta_topic is not None:
+            topics = [*topics, eta_topic]
         self._thread = threading.Thread(
             target=self._run, args=(bootstrap, topics), name="oms-views", daemon=True
         )
@@ -160,7 +229,10 @@ class SharedViews:
             while not self._stop.is_set():
                 for message in consumer.consume(num_messages=5000, timeout=0.2):
                     if message.error() is None:
-                        self._fold(message.value() or b"", message.key())
+                        if message.topic() == self._eta_topic:
+                            self.note_prep_model(message.value())
+                        else:
+                            self._fold(message.value() or b"", message.key())
                         where = (message.topic() or "", message.partition() or 0)
                         if where in ends and (message.offset() or 0) >= ends[where] - 1:
                             del ends[where]

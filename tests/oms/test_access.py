@@ -35,6 +35,7 @@ from infra.principals import (
 )
 from infra.settings import Settings
 from oms.access import POLICY, LogAudit, RateLimiter
+from oms.operations import STORE_ACTIONS
 from tests.connectors.conftest import FakePublisher
 
 R = Role
@@ -63,7 +64,7 @@ EXPECTED: dict[tuple[str, str], set[Role]] = {
     ("GET", "/stores/S01/tickets"): {R.ADMIN, R.STORE_MANAGER, R.KITCHEN},
     **{
         ("POST", f"/stores/S01/orders/O-IN/{action}"): {R.ADMIN, R.STORE_MANAGER, R.KITCHEN}
-        for action in ("accept", "decline", "start", "ready", "handoff", "deliver", "complete")
+        for action in STORE_ACTIONS
     },
 }
 # The same routes pointed outside a scope of store S01 and channel webshop.
@@ -79,7 +80,7 @@ OUTSIDE = {
     ("GET", "/stores/S01/tickets"): ("GET", "/stores/S02/tickets"),
     **{
         ("POST", f"/stores/S01/orders/O-IN/{action}"): ("POST", f"/stores/S02/orders/O-IN/{action}")
-        for action in ("accept", "decline", "start", "ready", "handoff", "deliver", "complete")
+        for action in STORE_ACTIONS
     },
 }
 PUBLIC = [("GET", "/healthz"), ("GET", "/openapi.json"), ("GET", "/login")]
@@ -97,6 +98,8 @@ BODIES = {
     "handoff": {"to": "courier", "courier": "李师傅"},
     "deliver": {},
     "complete": {},
+    "accept-change": {"revision": 2},
+    "refuse-change": {"revision": 2, "reason": "already in the wok", "reason_code": "COOKED"},
 }
 PLACES = {"O-IN": ("S01", "webshop"), "O-OUT": ("S02", "meituan")}
 

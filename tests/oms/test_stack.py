@@ -160,6 +160,8 @@ def test_topics_are_created_with_their_retention_and_a_changed_one_is_set_back(
         topics.notifications: (str(30 * day), "delete"),
         topics.privacy_keys: ("-1", "compact"),  # a forgotten key's tombstone replaces it
         topics.audit: ("-1", "delete"),  # a chain with an entry compacted away breaks
+        topics.eta_models: ("-1", "compact"),  # only the newest model counts
+        topics.outbox: ("-1", "compact"),  # a call's newest record (its outcome) counts
     }
     assert _retention(isolated_settings) == expected
 

@@ -61,6 +61,7 @@ _READ_TICKETS = """JSON.stringify([...document.querySelectorAll("[data-ticket]")
   change: t.querySelector("[data-change]") ? Number(t.querySelector("[data-change]").dataset.change)
     : null,
   proposed: [...t.querySelectorAll("[data-change] li")].map((li) => li.dataset.line),
+  risk: t.querySelector("[data-risk]") ? t.querySelector("[data-risk]").dataset.risk : null,
 })))"""
 
 
@@ -114,7 +115,7 @@ def signed_in_proxy(upstream: str, key: str) -> Iterator[str]:
 @contextmanager
 def processes(settings: Settings, logs: Path, port: int) -> Iterator[None]:
     """A worker, a projector and `oms api`, stopped (and their logs shown on failure) after."""
-    env = settings_env(settings)
+    env = settings_env(settings) | {"OMS_EXPIRY_CHECK_S": "2"}  # at-risk alerts come soon
     migrated = subprocess.run([sys.executable, "-m", "oms.cli", "project", "--migrate"],
                               env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert migrated.returncode == 0, migrated.stderr
@@ -246,6 +247,10 @@ async def test_a_kitchen_bumps_a_ticket_onto_the_log_and_sees_it_move(
                 logged(settings, "OrderPreparing")
                 await until(tab, lambda d: (mine(d) or {}).get("column") == "preparing",
                             timeout_s=30, logs=tmp_path)  # fmt: skip
+                # Placed long ago, so long past its promise: the order's timer flags it.
+                await until(tab, lambda d: (mine(d) or {}).get("risk") == "LATE",
+                            timeout_s=30, logs=tmp_path)  # fmt: skip
+                assert logged(settings, "OrderAtRisk").risk == "LATE"
 
                 # A change after the store accepted it: shown for the kitchen to answer.
                 def amendment(revision: int, lines: list[Any]) -> OrderModified:

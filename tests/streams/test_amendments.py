@@ -111,7 +111,9 @@ def test_a_newer_revision_supersedes_the_pending_one() -> None:
     assert state.pending is not None and state.pending.revision == 2
     stale_answer = orders.decide(state, step(OrderAmendmentAccepted, 5, revision=1), context())
     assert stale_answer.refusal is not None and "not the pending one (2)" in stale_answer.refusal
-    stale = orders.decide(state, revised(1, bowls=9).model_copy(update={"event_id": "x"}), context())
+    stale = orders.decide(
+        state, revised(1, bowls=9).model_copy(update={"event_id": "x"}), context()
+    )
     assert stale.refusal is not None and "stale" in stale.refusal
 
 
