@@ -1,4 +1,6 @@
-"""Calls to the delivery platforms' open APIs: Meituan Waimai (美团外卖) and Ele.me (饿了么).
+"""Calls to the delivery platforms' open APIs: Meituan Waimai (美团外卖) and Ele.me (饿了么); the
+shop platforms' clients (Square, WooCommerce) are in `connectors.outbound_shops`, and
+`clients` builds the ones served.
 Each client makes one `PlatformCall`, signed in the platform's published format, and, for the
 outbox's reconciliation after a crash, asks the platform whether what the call would do is
 already done (`already_done`). Formats, endpoints and sources: docs/connectors.md, "Telling
@@ -36,6 +38,7 @@ the rider's phone, which the event does not carry.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import urllib.error
 import urllib.parse
@@ -97,8 +100,11 @@ def urllib_transport(request: urllib.request.Request) -> tuple[int, bytes]:
         with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:  # noqa: S310 - configured
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
+        try:
+            return exc.code, exc.read()
+        except (http.client.HTTPException, OSError):
+            return exc.code, b""
+    except (urllib.error.URLError, http.client.HTTPException, TimeoutError, OSError) as exc:
         raise TransientFailure(f"no answer: {exc}") from exc
 
 
@@ -434,10 +440,15 @@ def _sku(call: PlatformCall) -> str:
 
 def clients(settings: Settings, platforms: list[str] | None = None) -> dict[str, PlatformClient]:
     """A client per platform served (`OMS_OUTBOX_PLATFORMS`); `MissingCredentials` names the
-    first variable that is not set."""
+    first variable that is not set. A platform not named there is not served: its orders get
+    no calls, whatever credentials are set."""
+    from connectors.outbound_shops import SquareClient, WooCommerceClient  # (it imports this)
+
     makers: dict[str, Callable[[Settings], PlatformClient]] = {
         "meituan": MeituanClient.from_settings,
         "eleme": ElemeClient.from_settings,
+        "square": SquareClient.from_settings,
+        "woocommerce": WooCommerceClient.from_settings,
     }
     served = platforms if platforms is not None else settings.outbox_platforms
     unknown = [p for p in served if p not in makers]

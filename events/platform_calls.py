@@ -1,10 +1,12 @@
-"""What OrderStream tells a delivery platform (Meituan, Ele.me) and what came of it: the values
-of the outbox (docs/architecture.md, "The outbox"; docs/connectors.md, "Telling the platforms").
+"""What OrderStream tells a platform (Meituan, Ele.me, Square, WooCommerce) and what came of it:
+the values of the outbox (docs/architecture.md, "The outbox"; docs/connectors.md, "Telling the
+platforms").
 
 A `PlatformCall` is decided from one event of the order log, the stock ledger or the catalogue
-(`streams.outbox`) and made by the platform's client (`connectors.outbound`). Its
-`idempotency_key` is derived from the causing event's id, the platform and the kind of call, so
-an event read twice (a restart, a redelivery) names the same call: one call per event id.
+(`streams.outbox`) and made by the platform's client (`connectors.outbound`,
+`connectors.outbound_shops`). Its `idempotency_key` is derived from the causing event's id, the
+platform and the kind of call, so an event read twice (a restart, a redelivery) names the same
+call: one call per event id.
 
 An `OutboxRecord` is one line of the outbox topic, keyed by that key (compacted: the newest
 record of a call is its state). `intent` is written and acknowledged by Kafka before the call
@@ -28,6 +30,7 @@ class CallKind(StrEnum):
     READY = "ready"  # 出餐: the meal is ready for the rider
     DELIVERING = "delivering"  # the merchant's own rider left with it (self-delivery)
     DELIVERED = "delivered"  # the merchant's own rider delivered it (self-delivery)
+    COMPLETE = "complete"  # (shops) handed to the customer or delivered: fulfilled
     SOLD_OUT = "sold_out"  # available to promise reached 0: off the shelf
     BACK_ON_SHELF = "back_on_shelf"  # available again after a sold-out
     CLOSE = "close"  # the store paused: busy / resting on the platform
@@ -35,7 +38,14 @@ class CallKind(StrEnum):
 
 
 ORDER_KINDS = frozenset(
-    {CallKind.CONFIRM, CallKind.CANCEL, CallKind.READY, CallKind.DELIVERING, CallKind.DELIVERED}
+    {
+        CallKind.CONFIRM,
+        CallKind.CANCEL,
+        CallKind.READY,
+        CallKind.DELIVERING,
+        CallKind.DELIVERED,
+        CallKind.COMPLETE,
+    }
 )
 
 
@@ -43,7 +53,7 @@ class PlatformCall(Frozen):
     """One call to one platform, with everything its client needs to make it."""
 
     idempotency_key: str
-    platform: str = Field(description="meituan or eleme: the channel name")
+    platform: str = Field(description="meituan, eleme, square or woocommerce: the channel name")
     kind: CallKind
     cause_event_id: str
     cause_type: str
@@ -57,7 +67,9 @@ class PlatformCall(Frozen):
     sku: str | None = Field(
         default=None, description="our sku: the merchant's own dish code on the platform"
     )
-    reason_code: str | None = Field(default=None, description="the platform's own code")
+    reason_code: str | None = Field(
+        default=None, description="the platform's own code (ours for a platform with none)"
+    )
     reason: str | None = None
 
 

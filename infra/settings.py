@@ -198,11 +198,34 @@ class Settings(BaseSettings):
         default=None, description="the shop's OAuth access token for calls to Ele.me"
     )
     eleme_api_url: str = "https://open-api.shop.ele.me/api/v1/"
+    square_access_token: SecretStr | None = Field(
+        default=None, description="the seller's access token for Square's Orders API (Bearer)"
+    )
+    square_api_url: str = "https://connect.squareup.com/"
+    square_version: str = Field(
+        default="2025-01-23", description="the Square-Version (API release date) calls pin"
+    )
+    woocommerce_url: str | None = Field(
+        default=None, description="the store's address (https), e.g. https://shop.example.com"
+    )
+    woocommerce_consumer_key: SecretStr | None = Field(
+        default=None, description="a REST API key's consumer key (ck_…), read/write"
+    )
+    woocommerce_consumer_secret: SecretStr | None = Field(
+        default=None, description="that key's consumer secret (cs_…)"
+    )
     outbox_max_age_s: float = Field(
         default=24 * 3600.0,
         gt=0,
         description="a call whose cause is older than this is not made but recorded as expired "
         "(`oms outbox list --failed`, `oms outbox retry`)",
+    )
+    outbox_keep_s: float = Field(
+        default=7 * 24 * 3600.0,
+        gt=0,
+        description="a settled call's record is dropped (tombstoned) this long after it "
+        "settled, and a cause older than this is passed over without a record (the outbox "
+        "topic stays bounded); at least OMS_OUTBOX_MAX_AGE_S",
     )
     outbox_attempts: int = Field(
         default=6, ge=1, description="tries of one call before it is dead-lettered"

@@ -435,7 +435,7 @@ class StoreDecline(CommandBody):
 class StoreChange(CommandBody):
     """The store takes on the amendment pending on the order (the channel's revision)."""
 
-    revision: Annotated[int, Interval(ge=1)] | None = Field(
+    revision: Annotated[int, Interval(ge=1), BeforeValidator(_whole)] | None = Field(
         default=None, description="the revision the store saw; none: whichever is pending"
     )
 

@@ -17,8 +17,12 @@ platform's client (`connectors.outbound`). Exactly once toward the platform, acr
    is tried again with bounded, jittered exponential backoff; a permanent refusal, or the last
    failed attempt, is recorded `failed` and dead-lettered (`oms outbox list --failed`,
    `oms outbox retry`). A call whose cause is older than OMS_OUTBOX_MAX_AGE_S is not made but
-   recorded `expired`. An event that cannot be read or decided is dead-lettered and skipped:
-   one bad event never stops the sender.
+   recorded `expired`; one older than OMS_OUTBOX_KEEP_S (7 days) is passed over without a
+   record, and settled records older than that are tombstoned when the sender starts, so the
+   outbox topic and the sender's memory stay bounded however long the logs are. An event that
+   cannot be read or decided is dead-lettered and skipped, and a client that raises anything
+   unexpected fails its call (tried again, then `failed`): one bad event or answer never stops
+   the sender.
 
 Replaying the logs from their beginning rebuilds the fold (stock levels, orders in flight,
 catalogue) without any state of its own; its cost grows with the logs (docs/operations.md).
@@ -32,10 +36,11 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from connectors.outbound import CallFailed, PlatformClient, Unsupported
+from connectors.outbound import CallFailed, PlatformClient, TransientFailure, Unsupported
 from events.codec import AvroCodec, CodecError
 from events.models import DeadLetter, Event, utc_now
 from events.platform_calls import OutboxRecord, OutboxStatus, PlatformCall, record
@@ -45,6 +50,8 @@ from infra.publisher import Publisher
 from infra.settings import Settings
 from streams.outbox import OutboxState, decide
 from streams.reference import load_catalogue
+
+_T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 BACKOFF_BASE_S = 0.5
@@ -89,6 +96,8 @@ def read_records(settings: Settings, *, timeout_s: float = 30.0) -> dict[str, Ou
                 if message.value():
                     found = OutboxRecord.decode(message.value() or b"")
                     records[found.key] = found
+                elif message.key():
+                    records.pop((message.key() or b"").decode(), None)
     finally:
         consumer.close()
     return records
@@ -130,12 +139,14 @@ class OutboxSender:
         )
         self.stats = SenderStats()
         self.max_age = timedelta(seconds=settings.outbox_max_age_s)
+        self.keep = max(timedelta(seconds=settings.outbox_keep_s), self.max_age)
 
     # -- the loop
 
     def run(self, *, until: Callable[[OutboxSender], bool] | None = None) -> SenderStats:
         """Read the outbox, then every input from its beginning, for ever (or `until`)."""
         self.records = read_records(self.settings)
+        self.forget_old()
         topics = self.settings.topics
         inputs = [topics.catalogue, topics.inventory, topics.orders]
         consumer = Consumer(
@@ -170,6 +181,19 @@ class OutboxSender:
                 self.publisher.flush(30)
         return self.stats
 
+    def forget_old(self) -> int:
+        """Tombstones the settled records older than the keep window (their causes are passed
+        over without a record when read again); how many."""
+        cutoff = self.clock() - self.keep
+        old = [k for k, r in self.records.items() if r.status.settled and r.at < cutoff]
+        for key in old:
+            self.producer.produce(self.settings.topics.outbox, key=key.encode(), value=None)
+            del self.records[key]
+        if old:
+            self.producer.flush(30)
+            log.info("outbox: %d records settled before %s dropped", len(old), cutoff)
+        return len(old)
+
     def take(self, raw: bytes, *, where: str) -> None:
         """One input message: decoded, decided, its calls made. A message that cannot be
         read or decided is dead-lettered; the sender goes on."""
@@ -198,6 +222,9 @@ class OutboxSender:
         known = self.records.get(call.idempotency_key)
         if known is not None and known.status.settled and not again:
             return known
+        if known is None and now - call.caused_at > self.keep and not again:
+            self.stats.expired += 1  # long past: not made, and no record kept of it
+            return record(call, OutboxStatus.EXPIRED, at=now, detail="past the keep window")
         if known is None and now - call.caused_at > self.max_age and not again:
             age = now - call.caused_at
             return self._settle(call, OutboxStatus.EXPIRED, 0, f"its cause is {age} old", by)
@@ -216,7 +243,7 @@ class OutboxSender:
         while True:
             attempts += 1
             try:
-                answer = client.send(call, now=self.clock())
+                answer = _guarded(client.send, call, now=self.clock())
             except Unsupported as exc:
                 return self._settle(call, OutboxStatus.SKIPPED, attempts, exc.detail, by)
             except CallFailed as exc:
@@ -239,7 +266,7 @@ class OutboxSender:
         """The platform's answer to "is it done?", asked until it answers (bounded)."""
         for attempt in range(1, self.settings.outbox_attempts + 1):
             try:
-                return bool(client.already_done(call, now=self.clock()))
+                return bool(_guarded(client.already_done, call, now=self.clock()))
             except CallFailed as exc:
                 if exc.permanent:
                     return False
@@ -281,6 +308,20 @@ class OutboxSender:
         letter = DeadLetter.of(source="outbox", source_ref=source_ref, reason=reason, raw=raw)
         self.publisher.dead_letter(letter)
         self.publisher.flush(30)
+
+
+def _guarded(ask: Callable[..., _T], call: PlatformCall, *, now: datetime) -> _T:
+    """A client's answer; anything it raises that is not a `CallFailed` (an answer of a shape
+    the client did not expect, a connection cut mid-answer) is a transient failure: tried
+    again, then settled FAILED and dead-lettered, never a crash that would replay the call
+    forever."""
+    try:
+        return ask(call, now=now)
+    except CallFailed:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a client's bug or a platform's odd answer
+        log.exception("%s %s: unreadable answer", call.platform, call.kind.value)
+        raise TransientFailure(f"unreadable answer: {describe(exc)}") from exc
 
 
 def failed(records: Mapping[str, OutboxRecord]) -> Iterator[OutboxRecord]:

@@ -56,7 +56,7 @@ DEFAULT_HANDOFF: dict[OrderMode, timedelta] = {
 class PrepCell(BaseModel):
     """Prep seconds of the orders in one cell (load taken out: see `PrepTimeModel.load`)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     p50: float
     p90: float
@@ -66,7 +66,7 @@ class PrepCell(BaseModel):
 class PrepTimeModel(BaseModel):
     """A learned model as published (JSON): every worker estimates with the newest one."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     format: int = FORMAT
     version: str = Field(description="content hash: the same history learns the same version")
@@ -333,7 +333,7 @@ def handoff(model: PrepTimeModel | None, store: str, mode: OrderMode) -> timedel
     if model is not None:
         for key in (f"{store}|{mode.value}", f"{ALL}|{mode.value}"):
             if key in model.handoff:
-                return timedelta(seconds=model.handoff[key])
+                return timedelta(seconds=min(max(model.handoff[key], 0.0), MAX_PREP_S))
     return DEFAULT_HANDOFF.get(mode, timedelta(0))
 
 
@@ -343,6 +343,9 @@ def default_estimate(order: OrderReceived) -> Estimate:
     promise = order.placed_at + DEFAULT_PROMISE[order.mode]
     prep = (promise - order.placed_at).total_seconds()
     return Estimate(promise, promise, promise, prep, "default", None)
+
+
+MAX_PREP_S = 24 * 3600.0  # an estimate past a day is a broken model, not a kitchen
 
 
 def estimate(
@@ -370,8 +373,9 @@ def estimate(
         if level:
             source = f"{source}·{level}"
     extra = model.load.get(location, model.load.get(ALL, 0.0)) * max(0, open_tickets)
-    p50 = max(0.0, cell.p50 * factor + extra)
-    p90 = max(p50, cell.p90 * factor + extra)
+    # Bounded, so no published model (however wrong) can make a decision fail.
+    p50 = min(max(0.0, cell.p50 * factor + extra), MAX_PREP_S)
+    p90 = min(max(p50, cell.p90 * factor + extra), MAX_PREP_S)
     ready_at = now + timedelta(seconds=round(p50))
     ready_by = now + timedelta(seconds=round(p90))
     return Estimate(

@@ -349,7 +349,9 @@ def apply(state: OrderState | None, event: OrderEvent) -> OrderState:
     elif isinstance(event, OrderPickedUp | ShipmentCreated):
         changes |= {"held": {}, "committed": {**state.committed, **state.held}}
     elif isinstance(event, OrderAcceptedByStore):
-        changes["ready_by"] = event.estimated_ready_at
+        # The time an at-risk alert runs against: the store's own word; a model's median
+        # estimate is no promise (LATE alerts would fire on half the orders by design).
+        changes["ready_by"] = event.estimated_ready_at if event.eta_source == "store" else None
     return _evolve(state, changes)
 
 
@@ -492,6 +494,8 @@ def advance(state: OrderState, ctx: Context, *, cause: str) -> Decision:
         # a model the promise stays the mode's fixed default.
         estimate = ctx.estimate(order, location) if ctx.prep_model is not None else None
         due = estimate.due_at if estimate is not None and estimate.model else None
+        # Routed again (a decline, an escalation, a revision): the customer keeps the promise.
+        due = state.promised_at or due
         rank = priority.priority(order, tier=tier, now=ctx.now, promise=due)
         event = priority.prioritise_event(
             order,

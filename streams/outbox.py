@@ -1,15 +1,17 @@
 """Which calls the platforms get: a pure decision per event of the order log, the stock ledger
 or the catalogue (no I/O, no clock), folded over those logs by `oms outbox run`.
 
-- Order events: the rows of `ORDER_CALLS`, one function per event type (add a row to tell the
-  platforms of a new event). Only orders of a platform's own channel get calls, and never of
-  what the platform itself told us (an event whose actor is the channel).
+- Order events: the rows of `ORDER_CALLS` for the delivery platforms (Meituan, Ele.me) and of
+  `SHOP_CALLS` for the shop platforms (Square, WooCommerce), one function per event type (add
+  a row to tell the platforms of a new event). Only orders of a platform's own channel get
+  calls, and never of what the platform itself told us (an event whose actor is the channel).
 - Stock ledger: the levels of each sku@location are folded with `events.stock_levels`; when
-  available to promise reaches 0 the dish goes off the shelf (SOLD_OUT) on every platform,
-  and back on (BACK_ON_SHELF) once it is above 0 again. Made-to-order dishes
+  available to promise reaches 0 the dish goes off the shelf (SOLD_OUT) on every delivery
+  platform, and back on (BACK_ON_SHELF) once it is above 0 again. Made-to-order dishes
   (`Product.stock_tracked` false) have no stock to run out of.
-- Catalogue: `LocationPaused` closes the store on the platforms (busy / resting),
+- Catalogue: `LocationPaused` closes the store on the delivery platforms (busy / resting),
   `LocationResumed` opens it; every catalogue event also updates the catalogue fold.
+  The shop platforms get no shelf or store calls: their clients make none.
 
 A call names the platform's own ids: the order's `external_id`; the store's id on the
 platform (`shop_id`), from the location's aliases written `<platform>:<id>` (e.g.
@@ -17,7 +19,9 @@ platform (`shop_id`), from the location's aliases written `<platform>:<id>` (e.g
 app_poi_code is the merchant's own store code); the dish's code on the platform, which is our
 sku (Meituan's app_food_code and Ele.me's extendCode are the merchant's own codes). A call
 whose store has no id on the platform is still decided: its client refuses it, and the
-refusal is dead-lettered where an operator sees it.
+refusal is dead-lettered where an operator sees it. The shop platforms need only the order's
+id: a Square order names its own location, and a WooCommerce deployment is one store
+(OMS_WOOCOMMERCE_URL).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from events.models import (
     OrderPickedUp,
     OrderReady,
     OrderReceived,
+    OrderRefunded,
     OrderRejected,
     OrderRouted,
     StockEvent,
@@ -49,7 +54,8 @@ from events.platform_calls import CallKind, PlatformCall, call_key
 from events.stock_levels import Levels, next_levels
 from streams.catalogue import Catalogue
 
-PLATFORMS = ("meituan", "eleme")
+PLATFORMS = ("meituan", "eleme")  # the delivery platforms: orders, shelves and stores
+SHOPS = ("square", "woocommerce")  # the shop platforms: their orders' progress only
 
 # Our reason codes (store declines, rejections, system cancellations) in each platform's own
 # codes: Meituan's 取消订单原因code of order/cancel (APP方 codes 2001-2016), Ele.me's
@@ -84,8 +90,11 @@ STORE_DECLINED = "STORE_DECLINED"  # streams.orders: no store was left that woul
 
 
 def cancel_reason(platform: str, code: str | None) -> str:
-    """The platform's code for our reason `code` (its "other" code when it has none)."""
-    codes = CANCEL_REASONS[platform]
+    """The platform's code for our reason `code` (its "other" code when it has none); ours
+    for a platform that takes no reason code (Square, WooCommerce)."""
+    codes = CANCEL_REASONS.get(platform)
+    if codes is None:
+        return code or "OTHER"
     return codes.get(code or "OTHER", codes["OTHER"])
 
 
@@ -98,6 +107,8 @@ class OrderView:
     mode: OrderMode | None = None
     location: str | None = None
     declined_for: str | None = None  # the last store decline's reason code
+    with_courier: bool = False  # picked up by a courier, not yet delivered
+    completed: bool = False  # (shops) COMPLETE was told
 
 
 @dataclass(frozen=True)
@@ -176,21 +187,68 @@ ORDER_CALLS: dict[type[OrderEvent], OrderRule] = {
     OrderPickedUp: _self_delivered(CallKind.DELIVERING),
     OrderDelivered: _self_delivered(CallKind.DELIVERED),
 }
-# An order with one of these is over: its view is dropped (the fold stays bounded).
-_FINAL = (OrderRejected, OrderCancelled, OrderCompleted)
 
 
-def shop_id(location_id: str | None, platform: str, catalogue: Catalogue) -> str | None:
-    """The store's id on `platform`: its alias `<platform>:<id>`, else (Meituan, whose
-    app_poi_code is the merchant's own code) our location id; None when unknown."""
-    if location_id is None:
+def _shop_ready(event: OrderEvent, view: OrderView, state: OutboxState) -> Told | None:
+    """Square: PREPARED for every order. WooCommerce has no such status: the customer gets a
+    note, which only one who collects the order has a use for."""
+    if not _not_from_the_platform(event):
         return None
+    if view.channel == "woocommerce" and view.mode is not OrderMode.PICKUP:
+        return None
+    return Told(CallKind.READY)
+
+
+def _handed_over(event: OrderEvent, view: OrderView, state: OutboxState) -> Told | None:
+    """COMPLETE, once per order: when the customer has the order (collected, or delivered),
+    or when it is completed after a courier took it and no delivery was reported."""
+    if view.completed or not _not_from_the_platform(event):
+        return None
+    if isinstance(event, OrderPickedUp):
+        courier = event.picked_up_by != "customer"
+        if courier and view.mode in (OrderMode.DELIVERY, OrderMode.SHIP):
+            return None  # on its way: complete once delivered
+    elif isinstance(event, OrderCompleted) and not view.with_courier:
+        return None  # handed over and told already, or an order already over
+    return Told(CallKind.COMPLETE)
+
+
+# Event type → what a shop platform (Square, WooCommerce) is told: the fulfilment steps its
+# published order API takes. An amendment's answer is not told. Square's Orders API has no
+# message for it; WooCommerce could take a customer note, but its revisions are the shop's own
+# edits, and our own status updates come back from it as revisions (`order.updated`), so a
+# note would answer, to the customer, a change nobody asked for.
+SHOP_CALLS: dict[type[OrderEvent], OrderRule] = {
+    OrderAcceptedByStore: _confirm,
+    OrderRejected: _rejected,
+    OrderCancelled: _cancelled,
+    OrderReady: _shop_ready,
+    OrderPickedUp: _handed_over,
+    OrderDelivered: _handed_over,
+    OrderCompleted: _handed_over,
+}
+# An order with one of these is over: its view is dropped (the fold stays bounded).
+_FINAL = (OrderRejected, OrderCancelled, OrderCompleted, OrderDelivered, OrderRefunded)
+
+
+def listed_as(location_id: str, platform: str, catalogue: Catalogue) -> str | None:
+    """The store's id on `platform` when the catalogue lists it there (alias
+    `<platform>:<id>`); None when the store is not known to be on the platform."""
     location = catalogue.locations.get(location_id)
     prefix = f"{platform}:"
     for alias in location.aliases if location else []:
         if alias.startswith(prefix) and alias[len(prefix) :]:
             return alias[len(prefix) :]
-    return location_id if platform == "meituan" else None
+    return None
+
+
+def shop_id(location_id: str | None, platform: str, catalogue: Catalogue) -> str | None:
+    """The id of the store an order of `platform` came through: its alias, else (Meituan,
+    whose app_poi_code is the merchant's own code) our location id; None when unknown."""
+    if location_id is None:
+        return None
+    listed = listed_as(location_id, platform, catalogue)
+    return listed or (location_id if platform == "meituan" else None)
 
 
 def decide(
@@ -212,7 +270,8 @@ def _order_calls(
 ) -> list[PlatformCall]:
     if event.channel not in served:
         return []
-    rule = ORDER_CALLS.get(type(event))
+    rules = SHOP_CALLS if event.channel in SHOPS else ORDER_CALLS
+    rule = rules.get(type(event))
     view = state.orders.get(event.order_id)
     if view is None:
         if rule is None and not isinstance(event, OrderReceived):
@@ -225,6 +284,10 @@ def _order_calls(
     elif isinstance(event, OrderDeclinedByStore):
         view.declined_for = event.reason_code
     told = rule(event, view, state) if rule else None
+    if isinstance(event, OrderPickedUp):
+        view.with_courier = event.picked_up_by != "customer"
+    if told is not None and told.kind is CallKind.COMPLETE:
+        view.completed = True
     if isinstance(event, _FINAL):
         state.orders.pop(event.order_id, None)
     if told is None:
@@ -272,6 +335,7 @@ def _shelf_calls(
     return [
         _store_call(state, event, platform, kind, location=event.location, sku=event.sku)
         for platform in served
+        if platform in PLATFORMS and listed_as(event.location, platform, state.catalogue)
     ]
 
 
@@ -285,8 +349,12 @@ def _store_calls(
         kind = CallKind.OPEN
     else:
         return []
+    # Only the platforms the store is listed on (a shop and a shelf are told about only
+    # where the catalogue names the store's id there: no call for a shop that is not there).
     return [
-        _store_call(state, event, platform, kind, location=event.entity_id) for platform in served
+        _store_call(state, event, platform, kind, location=event.entity_id)
+        for platform in served
+        if platform in PLATFORMS and listed_as(event.entity_id, platform, state.catalogue)
     ]
 
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from events.lifecycle import AT_RISK_STATUSES
 from events.models import (
     Event,
     Location,
@@ -28,6 +29,13 @@ from events.models import (
     stock_key,
 )
 from streams import inventory, orders
+
+# A spilled order with a timer of its own is looked at again this often (a few at a time),
+# so its escalation or at-risk alert comes at most this late; the ones in memory every tick.
+WATCH_EVERY = timedelta(seconds=30)
+WATCH_BATCH = 500
+_TIMED = frozenset(orders.EXPIRABLE) | frozenset(AT_RISK_STATUSES)
+_LOOK_NOW = datetime.min.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -70,8 +78,9 @@ class OrderPartition:
 
     Memory is bounded: past `max_in_memory` orders, `spill` moves the oldest settled ones
     (nothing held, no reservation awaiting its answer) to `spilled`, from where `decide` and
-    `fold` read them back exactly. An order in flight is never spilled, so the expiry timer
-    sees every order it may have to expire."""
+    `fold` read them back exactly. An order in flight is never spilled. A spilled order with a
+    timer of its own (a store yet to accept it, a promise to keep) stays on a watch list, read
+    back every `WATCH_EVERY` until its timer is over, so escalations and alerts reach it too."""
 
     def __init__(
         self, *, spilled: SpilledOrders | None = None, max_in_memory: int | None = None
@@ -87,6 +96,8 @@ class OrderPartition:
         # until it is logged; the order's next hold, if any, has a command of its own).
         self._expiry_sent: dict[str, str] = {}
         self._alert_sent: dict[str, str] = {}  # likewise, the last at-risk alert of each order
+        # Spilled orders with a timer, each with when to look again (oldest look first).
+        self._watched: OrderedDict[str, datetime] = OrderedDict()
 
     def fold(self, event: Event) -> None:
         """One event of the order log, read back while rebuilding."""
@@ -116,12 +127,19 @@ class OrderPartition:
             if _settled(state):
                 moved[order_id] = state
         self.spilled.put(moved)
-        for order_id in moved:
+        for order_id, state in moved.items():
             del self.orders[order_id]
             self._recovered.discard(order_id)
-            self._expiry_sent.pop(order_id, None)
-            self._alert_sent.pop(order_id, None)
+            if state.status in _TIMED:
+                self._watched[order_id] = _LOOK_NOW
+            else:
+                self._forget_timers(order_id)
         return len(moved)
+
+    def _forget_timers(self, order_id: str) -> None:
+        self._expiry_sent.pop(order_id, None)
+        self._alert_sent.pop(order_id, None)
+        self._watched.pop(order_id, None)
 
     def handle(self, received: OrderEvent | StockEvent, ctx: orders.Context) -> OrderStep:
         step = self.decide(received, ctx)
@@ -157,7 +175,7 @@ class OrderPartition:
         catalogue's), else a hold that expired; and the alerts of orders at risk of missing
         their promise (`orders.at_risk_due`)."""
         due: list[OrderEvent] = []
-        for state in self.orders.values():
+        for state in [*self.orders.values(), *self._watched_due(now)]:
             place = (locations or {}).get(state.location or "")
             order_id = state.order.order_id
             for alert in orders.at_risk_due(state, now=now, place=place)[:1]:
@@ -173,9 +191,29 @@ class OrderPartition:
                 due.append(command)
         return due
 
+    def _watched_due(self, now: datetime) -> list[orders.OrderState]:
+        """The spilled orders whose look is due (at most `WATCH_BATCH`), read back; an order
+        back in memory, or whose timers are over, leaves the list."""
+        looked: list[orders.OrderState] = []
+        for order_id, at in list(self._watched.items())[:WATCH_BATCH]:
+            if at > now:
+                break
+            state = None if order_id in self.orders else self.spilled.get(order_id)
+            if state is None or state.status not in _TIMED:
+                if order_id not in self.orders:
+                    self._forget_timers(order_id)
+                else:
+                    del self._watched[order_id]
+                continue
+            self._watched.move_to_end(order_id)
+            self._watched[order_id] = now + WATCH_EVERY
+            looked.append(state)
+        return looked
+
 
 def _settled(state: orders.OrderState) -> bool:
-    """Nothing in flight: no reservation held, none awaiting the ledger's answer."""
+    """Nothing in flight: no reservation held, none awaiting the ledger's answer (an order
+    with a timer may be spilled: it is watched, `OrderPartition._watched_due`)."""
     return not state.held and all(rid in state.answers for rid in state.requested)
 
 

@@ -10,7 +10,8 @@ from infra.settings import get_settings
 
 @click.group("outbox")
 def outbox() -> None:
-    """Calls to Meituan and Ele.me: confirm, cancel, ready, delivered, sold out, busy."""
+    """Calls to Meituan and Ele.me (confirm, cancel, ready, delivered, sold out, busy) and to
+    Square and WooCommerce (an order's progress: taken, ready, completed, cancelled)."""
 
 
 @outbox.command("run")
@@ -55,7 +56,7 @@ def list_calls(only_failed: bool, limit: int) -> None:
         call = row.call
         target = call.platform_order_id or f"{call.shop_id or call.location}:{call.sku or ''}"
         click.echo(
-            f"{call.idempotency_key}  {call.platform:<7} {call.kind.value:<13} "
+            f"{call.idempotency_key}  {call.platform:<11} {call.kind.value:<13} "
             f"{row.status.value:<8} {row.attempts:>2}  {target}  {row.detail[:120]}"
         )
     click.echo(f"{len(shown)} call(s)" + (" failed or expired" if only_failed else ""), err=True)

@@ -129,7 +129,8 @@ def _publish(settings: Settings, events: list[Event]) -> None:
 
 
 def _with_eleme_shop(settings: Settings, tmp_path: Any) -> Settings:
-    """The demo catalogue with S01 known to Ele.me as shop 168830201."""
+    """The demo catalogue with S01 listed on Meituan (app_poi_code S01) and on Ele.me (shop
+    168830201); the other stores are on neither (their shops and shelves are not told)."""
     import json
 
     from streams.reference import load_catalogue
@@ -139,7 +140,7 @@ def _with_eleme_shop(settings: Settings, tmp_path: Any) -> Settings:
         "products": [p.model_dump(mode="json") for p in catalogue.products.values()],
         "locations": [
             loc.model_dump(mode="json")
-            | ({"aliases": ["eleme:168830201"]} if loc.id == "S01" else {})
+            | ({"aliases": ["meituan:S01", "eleme:168830201"]} if loc.id == "S01" else {})
             for loc in catalogue.locations.values()
         ],
     }
@@ -186,6 +187,64 @@ def test_retries_with_backoff_dead_letters_a_refusal_lists_it_and_retries_it(
     assert (again.status, again.by) == (OutboxStatus.SENT, "ops-lin")
     assert Counter(c.action for c in fake.calls)["eleme.order.setOrderPrepared"] == 1
     assert any("BIZ_ORDER_STATUS_ERROR" in why for why in fake.rejected)  # the first, refused
+
+
+class _Garbled:
+    """A client whose platform answers something it cannot read (a field missing, a cut
+    connection): it raises what a parser raises, not a `CallFailed`."""
+
+    def __init__(self) -> None:
+        self.tries = 0
+
+    def send(self, call: Any, *, now: Any) -> str:
+        self.tries += 1
+        raise KeyError("data")
+
+    def already_done(self, call: Any, *, now: Any) -> bool | None:
+        raise ValueError("not JSON")
+
+
+def test_a_client_raising_anything_fails_its_call_and_the_sender_goes_on(
+    isolated_settings: Settings, fake: FakePlatforms, tmp_path: Any
+) -> None:
+    settings = _with_eleme_shop(isolated_settings, tmp_path)
+    _publish(settings, _order_events(1, "meituan") + _order_events(2, "eleme"))
+    garbled = _Garbled()
+    clients = _clients(fake) | {"meituan": garbled}
+    slept: list[float] = []
+    sender = OutboxSender(settings, clients, sleep=slept.append)
+    stats = sender.run(until=lambda s: s.stats.sent + s.stats.failed >= 4)
+    # Meituan's two calls: tried the configured number of times each, then failed and
+    # dead-lettered; Ele.me's two calls, read after them, still made.
+    assert (stats.sent, stats.failed) == (2, 2)
+    assert garbled.tries == 2 * settings.outbox_attempts
+    records = read_records(settings)
+    failed = [r for r in records.values() if r.status is OutboxStatus.FAILED]
+    assert {r.call.platform for r in failed} == {"meituan"}
+    assert all("unreadable answer" in r.detail and "KeyError" in r.detail for r in failed)
+    letters = _dead_letters(settings)
+    assert all(any(r.key in letter.source_ref for letter in letters) for r in failed)
+
+
+def test_old_settled_records_are_dropped_and_causes_past_the_window_leave_none(
+    isolated_settings: Settings, fake: FakePlatforms, tmp_path: Any
+) -> None:
+    settings = _with_eleme_shop(isolated_settings, tmp_path)
+    _publish(settings, _order_events(1, "meituan"))
+    # Two days on (past OMS_OUTBOX_MAX_AGE_S, inside the keep window): the calls are
+    # recorded `expired` (listed, retryable), not made.
+    soon = utc_now() + timedelta(days=2)
+    first = OutboxSender(settings, _clients(fake), clock=lambda: soon)
+    assert first.run(until=lambda s: s.stats.events >= 4).expired == 2
+    kept = read_records(settings)
+    assert [r.status for r in kept.values()] == [OutboxStatus.EXPIRED] * 2 and not fake.calls
+    # Ten days on: those records are past the keep window and tombstoned at start, and the
+    # order's events, read again, are passed over without a call and without a record.
+    later = utc_now() + timedelta(days=10)
+    second = OutboxSender(settings, _clients(fake), clock=lambda: later)
+    stats = second.run(until=lambda s: s.stats.events >= 4)
+    assert stats.expired == 2 and stats.sent == 0 and not fake.calls
+    assert read_records(settings) == {} and second.records == {}
 
 
 def _dead_letters(settings: Settings) -> list[DeadLetter]:

@@ -192,13 +192,17 @@ def test_made_to_order_dishes_never_sell_out() -> None:
 
 
 def test_a_pause_closes_the_store_on_the_platforms_and_a_resume_opens_it() -> None:
-    state = _state(S01=["eleme:168830201"])
+    state = _state(S01=["meituan:S01", "eleme:168830201"], S02=["eleme:168830202"])
     envelope = dict(sequence=1, occurred_at=T0, recorded_at=T0, correlation_id="c", actor=STORE,
                     entity_id="S01", reason="kitchen fire")  # fmt: skip
     closed = decide(state, LocationPaused(event_id="p1", **envelope))
     assert {(c.platform, c.kind, c.shop_id) for c in closed} == {
         ("meituan", CallKind.CLOSE, "S01"), ("eleme", CallKind.CLOSE, "168830201"),
     }  # fmt: skip
+    # A store is told about only where it is listed: S02 is on Ele.me, S03 on neither.
+    elsewhere = decide(state, LocationPaused(event_id="p3", **envelope | {"entity_id": "S02"}))
+    assert [(c.platform, c.shop_id) for c in elsewhere] == [("eleme", "168830202")]
+    assert decide(state, LocationPaused(event_id="p4", **envelope | {"entity_id": "S03"})) == []
     opened = decide(
         state, LocationResumed(event_id="p2", **envelope | {"occurred_at": T0 + timedelta(hours=1)})
     )

@@ -252,23 +252,33 @@ def test_new_keys_are_stored_together_and_found_by_a_reader_that_meets_their_dat
     a moment ago is opened by another process at once (no 'recently caught up' window in
     which it would read as erased); a key that is not there is looked for once."""
     writer, reader = KafkaKeys(isolated_settings), KafkaKeys(isolated_settings)
-    polls = 0
-    producer_poll = writer._key_producer().poll
+    waits: list[int] = []
+    produced = 0
+    confirm, key_producer = writer._confirm, writer._key_producer()
+    produce_key = key_producer.produce
 
-    def counted(timeout: float = -1) -> int:
-        nonlocal polls
-        polls += 1
-        return producer_poll(timeout)
+    def counted_confirm(subjects: set[str]) -> None:
+        waits.append(len(subjects))
+        confirm(subjects)
 
-    produce, flush = writer._key_producer().produce, writer._key_producer().flush
-    methods = {"poll": staticmethod(counted), "produce": produce, "flush": flush}
+    def counted_produce(*args: object, **kwargs: object) -> None:
+        nonlocal produced
+        produced += 1
+        produce_key(*args, **kwargs)
+
+    methods = {
+        "poll": key_producer.poll,
+        "produce": staticmethod(counted_produce),
+        "flush": key_producer.flush,
+    }
     writer._producer = type("Counted", (), methods)()
+    writer._confirm = counted_confirm  # type: ignore[method-assign]
     subjects = [f"subject-{n}" for n in range(300)]
     made = writer.prepare(subjects)
-    # One wait for all (a few polls of 5 ms until the batch is acknowledged), not one each.
-    assert len(made) == 300 and polls < 100
-    waited = polls
-    assert writer.prepare(subjects) == made and polls == waited  # held: nothing written again
+    # One wait for all 300 new keys, not one each; each key written once.
+    assert len(made) == 300 and waits == [300] and produced == 300
+    assert writer.prepare(subjects) == made  # held: nothing written again, nothing waited for
+    assert waits == [300] and produced == 300
 
     for subject in subjects[:50]:  # each one a moment after it was stored
         key_id, key = writer.current(subject)

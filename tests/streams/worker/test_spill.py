@@ -42,3 +42,34 @@ def test_memory_stays_bounded_and_a_spilled_order_is_still_known(tmp_path: Path)
     other = partition.handle(received(event_id="e-x", order_id="o-0", external_id="0"), ctx)
     assert other.refusal is not None and "already received" in other.refusal
     partition.close()
+
+
+def test_a_spilled_order_waiting_for_its_store_still_escalates_and_alerts(tmp_path: Path) -> None:
+    """An order a store has not accepted is spilled like any (memory stays bounded) but kept
+    on a watch list: its at-risk alert and its escalation still come, each once."""
+    from datetime import timedelta
+
+    from events.models import OrderAtRisk
+    from tests.streams.test_orders import NOW, lunch, with_policy
+
+    ctx = context(catalogue=with_policy(accept_within_minutes=8))
+    locations = ctx.catalogue.locations
+    partition = OrderPartition(spilled=SpillFile(tmp_path, 1), max_in_memory=10)
+    for n in range(40):
+        step = partition.handle(
+            lunch(event_id=f"e-{n}", order_id=f"o-{n}", external_id=f"{n}"), ctx
+        )
+        assert step.to_log
+        partition.spill()
+    assert len(partition.orders) <= 10 and "o-0" not in partition.orders
+    assert partition.state_of("o-0") is not None
+
+    halfway = partition.expiries(NOW + timedelta(minutes=4), locations)
+    alerted = {e.order_id for e in halfway if isinstance(e, OrderAtRisk)}
+    assert alerted == {f"o-{n}" for n in range(40)}  # spilled or not
+    assert partition.expiries(NOW + timedelta(minutes=5), locations) == []  # once each
+    # Past the window (and past the next look): every order escalates, the spilled ones too.
+    closed = partition.expiries(NOW + timedelta(minutes=9), locations)
+    escalated = {e.order_id for e in closed if not isinstance(e, OrderAtRisk)}
+    assert escalated == {f"o-{n}" for n in range(40)}
+    partition.close()
