@@ -400,6 +400,15 @@ def decide(state: OrderState | None, received: OrderEvent | StockEvent, ctx: Con
     if (
         isinstance(received, OrderModified)
         and state is not None
+        and received.revision > state.revision
+        and intake.merge(state.order, received) == state.order
+    ):
+        # A revision that changes nothing: a shop echoing our own status update (Square and
+        # WooCommerce send the whole order on every change), or a payment-only update.
+        return Decision()
+    if (
+        isinstance(received, OrderModified)
+        and state is not None
         and state.status not in REVISABLE
         and (state.status in AMENDABLE or state.status in TOO_LATE_TO_AMEND)
     ):

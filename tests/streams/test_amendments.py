@@ -163,3 +163,18 @@ def test_the_state_folded_from_an_amended_log_is_the_state_the_agent_kept() -> N
     assert orders.fold(log) == state
     assert [e.sequence for e in log] == list(range(1, len(log) + 1))
     assert state.order.lines[0].quantity == 4 and state.revision == 3
+
+
+def test_a_revision_that_changes_nothing_is_passed_over_at_every_stage() -> None:
+    """Square and WooCommerce send the whole order back on every status change, ours too: an
+    echo must not become an amendment, a refusal or a second routing."""
+    echo = revised(1, bowls=2, payment_status="paid")
+    ready = [step(OrderAcceptedByStore, 1), step(OrderPreparing, 2), step(OrderReady, 3)]
+    for before in ([], ready[:1], ready):
+        state, log, _ = run([lunch(), *before], context())
+        assert state is not None
+        passed = orders.decide(state, echo, context())
+        assert (passed.to_log, passed.commands, passed.refusal) == ([], [], None), before
+    state, _, _ = accepted_lunch()
+    changed = orders.decide(state, revised(1, bowls=3), context())
+    assert [type(e) for e in changed.to_log] == [OrderAmendmentRequested]
