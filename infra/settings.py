@@ -168,6 +168,9 @@ class Settings(BaseSettings):
     read_max_rows: int = Field(
         default=50_000_000, ge=1, description="ClickHouse max_rows_to_read of a read API query"
     )
+    feed_max_wait_s: int = Field(
+        default=30, ge=0, le=30, description="longest an empty GET /events answer is held open"
+    )
 
     # -- the audit trail (infra/audit.py)
     audit_partition: int | None = Field(

@@ -15,7 +15,7 @@ from connectors import webhooks
 from infra.http import problem
 from infra.publisher import AsyncPublisher
 from infra.settings import Settings
-from oms import access, openapi, operations
+from oms import access, feed, openapi, operations
 from projections import read_api
 from projections.queries import order_state
 
@@ -86,6 +86,7 @@ def create_app(settings: Settings, *, audit: access.AuditSink | None = None) -> 
     webhooks.add_routes(app, publisher, settings)
     operations.add_routes(app, publisher, settings)
     read_api.add_routes(app, settings)
+    feed.add_routes(app, settings)
     openapi.add_routes(app)
     app.router.add_get("/customers/{customer}/export", export_customer)
 

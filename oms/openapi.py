@@ -22,6 +22,7 @@ from aiohttp import web
 from connectors.registry import available
 from events.lifecycle import OrderStatus
 from infra.http import problem
+from oms import feed
 from oms.access import POLICY, Rule
 from oms.operations import COMMANDS, MAX_COMMAND_BYTES, PATH_VARIABLES, HttpCommand
 from projections.read_api import (
@@ -344,6 +345,49 @@ def _read_api() -> dict[str, Json]:
                 | _errors(404, 503),
             }
         },
+        "/events": {
+            "get": {
+                "operationId": "followEvents",
+                "tags": ["read"],
+                "summary": "The order log or the stock ledger as JSON pages, from a cursor",
+                "description": (
+                    "For systems without a Kafka consumer (oms/feed.py). Keep `next` and ask "
+                    "with it as `after`; events come in log order per partition, so an order's "
+                    "in their sequence. Personal fields are empty; a caller held to stores or "
+                    "channels sees only theirs. `caught_up`: nothing more after `next` when it "
+                    "was read; `gap`: events after the old cursor were gone (retention)."
+                ),
+                "parameters": [
+                    _query("log", {"enum": sorted(feed.LOGS)}, "which log (orders when not given)"),
+                    _query(
+                        "after",
+                        {"type": "string"},
+                        "a `next` this feed gave, or `end`; not given: from the beginning",
+                    ),
+                    {
+                        **_query(
+                            "types",
+                            {"type": "array", "items": {"enum": list(feed.EVENT_TYPES)}},
+                            "only these event types, comma-separated",
+                        ),
+                        "style": "form",
+                        "explode": False,
+                    },
+                    _query(
+                        "limit",
+                        {"type": "integer", "minimum": 1, "maximum": feed.MAX_LIMIT},
+                        f"events per page ({feed.DEFAULT_LIMIT} when not given)",
+                    ),
+                    _query(
+                        "wait",
+                        {"type": "integer", "minimum": 0, "maximum": feed.MAX_WAIT_S},
+                        "seconds to hold an empty answer open for an event to come",
+                    ),
+                ],
+                "responses": {"200": _json_body(_ref("schemas", "EventsPage"), "one page")}
+                | _errors(400, 503),
+            }
+        },
         "/reports": {
             "get": {
                 "operationId": "listReports",
@@ -500,6 +544,29 @@ def _components() -> Json:
             "type": "object",
             "required": ["event_id", "event_type"],
             "properties": {"event_id": string, "event_type": string},
+        },
+        "EventsPage": {
+            "type": "object",
+            "required": ["log", "events", "next", "caught_up", "gap"],
+            "properties": {
+                "log": {"enum": sorted(feed.LOGS)},
+                "events": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["partition", "offset", "type", "event"],
+                        "properties": {
+                            "partition": {"type": "integer", "minimum": 0},
+                            "offset": {"type": "integer", "minimum": 0},
+                            "type": string,
+                            "event": {"type": "object"},
+                        },
+                    },
+                },
+                "next": string,
+                "caught_up": {"type": "boolean"},
+                "gap": {"type": "boolean"},
+            },
         },
         "OrdersPage": {
             "type": "object",

@@ -51,6 +51,7 @@ EXPECTED: dict[tuple[str, str], set[Role]] = {
     ("POST", "/stock/SKU-1/S01/safety"): {R.ADMIN, R.STORE_MANAGER, R.STOCK_CLERK},
     ("GET", "/orders?store=S01&channel=webshop"): STAFF | {R.ANALYST, R.INTEGRATION},
     ("GET", "/orders/O-IN"): STAFF | {R.ANALYST, R.INTEGRATION},
+    ("GET", "/events"): STAFF | {R.ANALYST, R.INTEGRATION},
     ("GET", "/reports"): {R.ADMIN, R.ANALYST},
     ("GET", "/reports/sales_by_channel"): {R.ADMIN, R.ANALYST},
     ("GET", "/reports/audit"): {R.ADMIN},
