@@ -39,6 +39,13 @@ class Topics(BaseSettings):
     # Calls to the platforms (connectors/outbox.py, `oms outbox run`): one record per call,
     # keyed by its idempotency key, the intent before the call and the outcome after; compacted.
     outbox: str = "oms.outbox.v1"
+    # Outbound webhooks (oms/webhooks.py, `oms subscriptions`): the subscriptions, keyed by id,
+    # compacted, kept forever; the delivery log, keyed by webhook id, compacted, 30 days.
+    webhook_subscriptions: str = "oms.webhook-subscriptions.v1"
+    webhook_deliveries: str = "oms.webhook-deliveries.v1"
+    # Staff alerts (oms/staff_alerts.py, `oms alerts run`): one record per (event, sink), the
+    # intent before the send and the outcome after; compacted.
+    staff_alerts: str = "oms.staff-alerts.v1"
 
     def all(self) -> list[str]:
         return [
@@ -54,6 +61,9 @@ class Topics(BaseSettings):
             self.audit,
             self.eta_models,
             self.outbox,
+            self.webhook_subscriptions,
+            self.webhook_deliveries,
+            self.staff_alerts,
         ]
 
 
@@ -237,6 +247,148 @@ class Settings(BaseSettings):
         default_factory=list,
         description="locations whose own riders deliver (自配送): only their orders' "
         "departure and delivery are reported to the platforms",
+    )
+
+    # -- outbound webhooks (oms/webhooks.py, `oms subscriptions run`; docs/operations.md)
+    webhook_timeout_s: float = Field(
+        default=10.0, gt=0, description="longest wait for a subscriber's answer to one attempt"
+    )
+    webhook_backoff_base_s: float = Field(
+        default=5.0, gt=0, description="the wait after a delivery's first failed attempt"
+    )
+    webhook_backoff_cap_s: float = Field(
+        default=3600.0, gt=0, description="the longest wait between two attempts (doubling)"
+    )
+    webhook_retry_for_s: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="a delivery still failing this long after its first attempt is failed for "
+        "good: dead-lettered and passed over",
+    )
+    webhook_disable_failures: int = Field(
+        default=10,
+        ge=1,
+        description="a subscription is disabled after this many failed attempts in a row ...",
+    )
+    webhook_disable_after_s: float = Field(
+        default=24 * 3600.0,
+        ge=0,
+        description="... spanning at least this long, with no delivery between",
+    )
+
+    # -- telling the customers (oms/notify.py, `oms notify run`; docs/architecture.md)
+    notify_email: bool = Field(
+        default=True,
+        description="send e-mail; `oms notify run` refuses to start without OMS_SMTP_HOST "
+        "and OMS_SMTP_FROM while it is on",
+    )
+    smtp_host: str | None = Field(default=None, description="the SMTP relay's host")
+    smtp_port: int = Field(default=587, ge=1, le=65535, description="submission port")
+    smtp_starttls: bool = Field(
+        default=True,
+        description="STARTTLS before anything is sent (the certificate is verified); without "
+        "it the relay must be on a trusted network, and no password is sent",
+    )
+    smtp_user: str | None = Field(default=None, description="AUTH user, with OMS_SMTP_PASSWORD")
+    smtp_password: SecretStr | None = None
+    smtp_from: str | None = Field(
+        default=None, description="the From address, e.g. 'Dumpling House <orders@example.com>'"
+    )
+    smtp_timeout_s: float = Field(default=30.0, gt=0, description="one SMTP conversation")
+    notify_templates_dir: Path | None = Field(
+        default=None,
+        description="operators' templates (<locale>/<kind>.<channel>.<txt|html>); each one "
+        "present overrides the shipped one of its name",
+    )
+    notify_preferences_file: Path | None = Field(
+        default=None,
+        description="customers' opt-outs and locales (`oms notify opt-out`); default: "
+        "HOME/notify-preferences.json",
+    )
+    notify_locale: str = Field(
+        default="zh-CN", description="zh-CN or en, unless the customer chose"
+    )
+    notify_timezone: str = Field(
+        default="Asia/Shanghai", description="the time zone of quiet hours and of times shown"
+    )
+    notify_quiet_hours: str = Field(
+        default="22:00-08:00",
+        description="local hours in which messages wait (HH:MM-HH:MM; empty: none); an order's "
+        "ready-for-pickup and out-for-delivery messages are sent anyway",
+    )
+    notify_rate_limit: int = Field(
+        default=6, ge=1, description="messages one customer gets at most per rate window"
+    )
+    notify_rate_window_s: float = Field(default=3600.0, gt=0)
+    notify_max_age_s: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="a message whose event is older than this is not sent (nor recorded); "
+        "below the notifications topic's retention (30 days)",
+    )
+    notify_attempts: int = Field(
+        default=5, ge=1, description="tries of one message before it is dead-lettered"
+    )
+    notify_tracking_url: str = Field(
+        default="https://t.17track.net/en#nums={tracking_number}",
+        description="a shipment's tracking link; {carrier} and {tracking_number} are filled in",
+    )
+    notify_channels: list[Literal["email", "sms", "wechat"]] = Field(
+        default=["email"],
+        description="how customers are told unless they chose (`oms notify opt-in --channel`): "
+        "each message goes out on every one the customer has an address for",
+    )
+    notify_sms_provider: Literal["aliyun", "twilio"] | None = Field(
+        default=None, description="SMS to customers (connectors/sms.py); unset: no SMS"
+    )
+    aliyun_sms_access_key_id: str | None = None
+    aliyun_sms_access_key_secret: SecretStr | None = None
+    aliyun_sms_sign_name: str | None = Field(default=None, description="the approved 签名")
+    aliyun_sms_templates: dict[str, dict[str, object]] = Field(
+        default_factory=dict,
+        description='message kind → {"code": "SMS_…", "params": {variable: notice value}}',
+    )
+    aliyun_sms_api_url: str = "https://dysmsapi.aliyuncs.com/"
+    twilio_account_sid: str | None = None
+    twilio_auth_token: SecretStr | None = None
+    twilio_from: str | None = Field(
+        default=None, description="the sending number (E.164) or a Messaging Service SID (MG…)"
+    )
+    twilio_api_url: str = "https://api.twilio.com"
+    wechat_notify_app_id: str | None = Field(
+        default=None, description="the mini-program's app id: WeChat subscribe messages"
+    )
+    wechat_notify_app_secret: SecretStr | None = None
+    wechat_notify_templates: dict[str, dict[str, object]] = Field(
+        default_factory=dict,
+        description='message kind → {"template_id": …, "data": {key: notice value}, "page": …}',
+    )
+    wechat_notify_state: Literal["developer", "trial", "formal"] = "formal"
+    wechat_api_url: str = "https://api.weixin.qq.com"
+
+    # -- telling the staff (oms/staff_alerts.py, `oms alerts run`; docs/architecture.md)
+    staff_alerts_file: Path | None = Field(
+        default=None,
+        description="the stores', reviewers' and buyers' sinks (JSON; robot keys are secrets); "
+        "`oms alerts run` refuses to start without it",
+    )
+    staff_alerts_window_s: float = Field(
+        default=15 * 60.0,
+        gt=0,
+        description="events older than this when `oms alerts run` starts alert nobody",
+    )
+    staff_alerts_attempts: int = Field(
+        default=8, ge=1, description="tries of one alert before it is dead-lettered"
+    )
+    staff_alerts_timezone: str = Field(
+        default="Asia/Shanghai", description="the time zone of times on tickets and messages"
+    )
+    staff_alerts_printer_timeout_s: float = Field(
+        default=5.0, gt=0, description="longest wait to connect to and send to a printer"
+    )
+    staff_alerts_wecom_url: str = Field(
+        default="https://qyapi.weixin.qq.com/cgi-bin/webhook/send",
+        description="the WeCom group robots' send endpoint (?key= is added)",
     )
 
     @property

@@ -52,6 +52,7 @@ from streams.outbox import OutboxState, decide
 from streams.reference import load_catalogue
 
 _T = TypeVar("_T")
+_R = TypeVar("_R")
 
 log = logging.getLogger(__name__)
 BACKOFF_BASE_S = 0.5
@@ -71,9 +72,27 @@ def backoff_s(attempt: int, *, base_s: float = BACKOFF_BASE_S, jitter: float = 0
 
 def read_records(settings: Settings, *, timeout_s: float = 30.0) -> dict[str, OutboxRecord]:
     """The newest record of every call on the outbox topic (read to its end)."""
-    topic = settings.topics.outbox
+    return read_newest(
+        settings,
+        settings.topics.outbox,
+        OutboxRecord.decode,
+        key=lambda found: found.key,
+        timeout_s=timeout_s,
+    )
+
+
+def read_newest(
+    settings: Settings,
+    topic: str,
+    decode: Callable[[bytes], _R],
+    *,
+    key: Callable[[_R], str],
+    timeout_s: float = 30.0,
+) -> dict[str, _R]:
+    """The newest record of every key on a topic of intent and outcome records (the outbox,
+    the notifications), read to its end; a tombstone drops its key."""
     consumer = Consumer(consumer_config(settings.kafka_bootstrap, group_id="oms-outbox-reader"))
-    records: dict[str, OutboxRecord] = {}
+    records: dict[str, _R] = {}
     try:
         metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
         if metadata is None or metadata.error is not None:
@@ -94,8 +113,8 @@ def read_records(settings: Settings, *, timeout_s: float = 30.0) -> dict[str, Ou
                     continue
                 offset = (message.offset() or 0) + 1
                 if message.value():
-                    found = OutboxRecord.decode(message.value() or b"")
-                    records[found.key] = found
+                    found = decode(message.value() or b"")
+                    records[key(found)] = found
                 elif message.key():
                     records.pop((message.key() or b"").decode(), None)
     finally:

@@ -53,6 +53,10 @@ def topic_configs(topics: Topics) -> dict[str, dict[str, str]]:
     - Learned prep-time models: compacted; each is a whole value, and only the newest counts.
     - The outbox of calls to the platforms: compacted by idempotency key, kept forever: the
       newest record of a call (intent, then outcome) is what says it was made.
+    - Outbound webhooks: the subscriptions compacted and kept forever (the newest record is
+      the subscription); the delivery log compacted by webhook id and kept 30 days.
+    - Staff alerts: compacted by (event, sink) key; the alerter tombstones the records of
+      events past its window when it starts, so the topic stays small.
     """
     forever = {"retention.ms": "-1", "cleanup.policy": "delete"}
     week = {"retention.ms": str(7 * DAY_MS), "cleanup.policy": "delete"}
@@ -70,6 +74,12 @@ def topic_configs(topics: Topics) -> dict[str, dict[str, str]]:
         topics.audit: forever,
         topics.eta_models: {"cleanup.policy": "compact", "retention.ms": "-1"},
         topics.outbox: {"cleanup.policy": "compact", "retention.ms": "-1"},
+        topics.webhook_subscriptions: {"cleanup.policy": "compact", "retention.ms": "-1"},
+        topics.webhook_deliveries: {
+            "cleanup.policy": "compact,delete",
+            "retention.ms": str(30 * DAY_MS),
+        },
+        topics.staff_alerts: {"cleanup.policy": "compact", "retention.ms": "-1"},
     }
 
 

@@ -12,6 +12,7 @@ from oms.cli import (
     demo,
     eta,
     intake,
+    notify,
     operators,
     outbox,
     privacy,
@@ -54,5 +55,6 @@ for command in (
     bench.bench,
     eta.eta,
     outbox.outbox,
+    notify.notify,
 ):
     main.add_command(command)

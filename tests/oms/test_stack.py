@@ -162,6 +162,9 @@ def test_topics_are_created_with_their_retention_and_a_changed_one_is_set_back(
         topics.audit: ("-1", "delete"),  # a chain with an entry compacted away breaks
         topics.eta_models: ("-1", "compact"),  # only the newest model counts
         topics.outbox: ("-1", "compact"),  # a call's newest record (its outcome) counts
+        topics.webhook_subscriptions: ("-1", "compact"),  # a subscription's newest record
+        topics.webhook_deliveries: (str(30 * day), "compact,delete"),  # newest, 30 days
+        topics.staff_alerts: ("-1", "compact"),  # an alert's newest record (its outcome)
     }
     assert _retention(isolated_settings) == expected
 
