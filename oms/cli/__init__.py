@@ -7,6 +7,7 @@ import click
 
 from oms.cli import (
     access,
+    alerts,
     audit,
     bench,
     demo,
@@ -56,5 +57,6 @@ for command in (
     eta.eta,
     outbox.outbox,
     notify.notify,
+    alerts.alerts,
 ):
     main.add_command(command)
