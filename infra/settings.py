@@ -333,6 +333,14 @@ class Settings(BaseSettings):
         default="https://t.17track.net/en#nums={tracking_number}",
         description="a shipment's tracking link; {carrier} and {tracking_number} are filled in",
     )
+    notify_in_flight: int = Field(
+        default=4,
+        ge=1,
+        le=100,
+        description="e-mails handed to the relay before the outcome of the first is "
+        "acknowledged by Kafka: after a kill -9 at most this many go out again (each with its "
+        "Message-ID); 1: at most one, at about half the throughput",
+    )
     notify_channels: list[Literal["email", "sms", "wechat"]] = Field(
         default=["email"],
         description="how customers are told unless they chose (`oms notify opt-in --channel`): "

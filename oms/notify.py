@@ -10,10 +10,14 @@ message per event id and kind, across a kill -9, the way the outbox does it (oms
    notifications topic holds its records, keyed by it; it is read to its end before anything
    is sent, and a message whose record is settled (sent, failed, skipped) is never sent again.
 2. Before a message is handed to the relay its `intent` is written and acknowledged by Kafka;
-   after it, the outcome. SMTP cannot be asked whether a message was delivered, so an intent
-   without outcome (a crash between the two) is sent again, with the same Message-ID (derived
-   from the key): at most one duplicate per crash, which mail clients that deduplicate on
-   Message-ID show once.
+   after it, the outcome. E-mails go in batches (`send_batch`): the intents of a batch are
+   acknowledged together, then each message is handed to the relay on one kept-open
+   conversation, and before each the outcomes of all but the last OMS_NOTIFY_IN_FLIGHT - 1
+   sent are acknowledged. SMTP cannot be asked whether a message was delivered, so an intent
+   without an acknowledged outcome (a crash between the two) is sent again, with the same
+   Message-ID (derived from the key): at most OMS_NOTIFY_IN_FLIGHT (4) duplicates per crash,
+   which mail clients that deduplicate on Message-ID show once; 1 makes it at most one, at
+   about half the throughput (docs/benchmarks.md).
 3. A 4xx answer or a connection refused, cut or timed out is tried again with bounded, jittered
    backoff; a 5xx answer, a template that does not render, or the last failed try is recorded
    `failed` and dead-lettered. A relay that refuses our credentials stops the notifier (exit 78).
@@ -45,7 +49,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from pydantic import BaseModel, SecretStr, ValidationError
 
-from connectors.email import Mailer, SmtpMailer, SmtpMisconfigured, compose, message_id
+from connectors.email import (
+    Composed,
+    Mailer,
+    SmtpMailer,
+    SmtpMisconfigured,
+    compose,
+    message_id,
+)
 from connectors.messages import MessageTemplates, TemplateFailed
 from connectors.outbound import CallFailed, TransientFailure
 from connectors.sms import (
@@ -91,6 +102,7 @@ from streams.notify import (
 )
 
 log = logging.getLogger(__name__)
+BATCH = 500  # e-mails sent together (one wait on Kafka for their intents)
 _A = TypeVar("_A")
 # After a crash, how far before its intent a provider is asked about a message (clocks differ).
 ASK_BACK = timedelta(minutes=5)
@@ -341,6 +353,11 @@ class Notifier:
         self.sent_at: dict[str, list[datetime]] = defaultdict(list)  # by customer: the rate
         self.waiting: list[tuple[datetime, int, Addressed]] = []  # deferred, soonest first
         self.forgotten: set[str] = set()
+        # E-mails decided to go, sent together (`send_batch`): their intents acknowledged in
+        # one wait, handed to the relay on one conversation, their outcomes in one more.
+        self.batch: dict[str, tuple[Addressed, NotificationRecord | None]] = {}
+        self._unacknowledged: list[str] = []
+        self._in_flight = 0  # records produced, not yet acknowledged
         self.stats = NotifierStats()
         self._order = itertools.count()
         self._housekept = 0.0
@@ -376,9 +393,15 @@ class Notifier:
                         message.value() or b"",
                         where=f"{message.topic()}/{message.partition()}/{message.offset()}",
                     )
+                    if len(self.batch) >= BATCH:
+                        self.send_batch()
                 self.housekeeping()
+                self.send_batch()
         finally:
             consumer.close()
+            close = getattr(self.mailer, "close", None)
+            if close is not None:
+                close()  # (the conversation kept open between messages)
             self.producer.flush(30)
             if self.publisher is not None:
                 self.publisher.flush(30)
@@ -446,7 +469,81 @@ class Notifier:
             self.stats.deferred += 1
             heapq.heappush(self.waiting, (verdict.until, next(self._order), addressed))
             return None
+        if (
+            notice.channel is MessageChannel.EMAIL
+            and self.mailer is not None
+            and addressed.contact is not None
+            and notice.customer_key not in self.forgotten
+        ):
+            if notice.idempotency_key not in self.batch:
+                self.batch[notice.idempotency_key] = (addressed, known)
+                self.sent_at[_recipient(notice)].append(now)  # (counted when decided)
+            return None
         return self.deliver(addressed, known=known)
+
+    def send_batch(self) -> None:
+        """The e-mails decided since the last batch: composed, their intents written and
+        acknowledged together, each handed to the relay (tried again as `deliver` does), and
+        their outcomes acknowledged together. A kill anywhere leaves each message with no
+        record (decided again on restart), an intent (sent again, same Message-ID) or its
+        outcome: the guarantees of `deliver`, for one wait on Kafka per batch, not two per
+        message."""
+        if not self.batch:
+            return
+        batch, self.batch = list(self.batch.values()), {}
+        assert self.mailer is not None
+        ready: list[tuple[Notice, Composed, str, str, int]] = []
+        for addressed, known in batch:
+            notice, contact = addressed.notice, addressed.contact
+            assert contact is not None
+            recipient = contact.address(notice.channel) or ""
+            identifier = message_id(notice.idempotency_key, self.sender)
+            try:
+                email = compose(
+                    self.templates.render(notice, name=contact.name),
+                    sender=self.sender,
+                    recipient=recipient,
+                    message_id=identifier,
+                    name=contact.name,
+                )
+            except (TemplateFailed, ValueError, TypeError) as exc:
+                reason = (
+                    describe(exc).replace(recipient, "<recipient>") if recipient else describe(exc)
+                )
+                self._fail(notice, 0, f"not composed: {reason}", identifier)
+                continue
+            attempts = known.attempts if known is not None else 0
+            self._produce(
+                notification_record(
+                    notice,
+                    NotificationStatus.INTENT,
+                    at=self.clock(),
+                    attempts=attempts,
+                    message_id=identifier,
+                )  # fmt: skip
+            )
+            ready.append((notice, email, recipient, identifier, attempts))
+        self._acknowledged()
+        for notice, email, recipient, identifier, attempts in ready:
+            while True:
+                attempts += 1
+                # The outcomes of all but the last in_flight - 1 messages are acknowledged
+                # before the next goes: a kill finds at most in_flight sent without one.
+                self._at_most_unacknowledged(self.settings.notify_in_flight - 1)
+                try:
+                    answer = _guarded(self.mailer.send, email)
+                except CallFailed as exc:
+                    detail = exc.detail.replace(recipient, "<recipient>")
+                    if exc.permanent or attempts >= self.settings.notify_attempts:
+                        self._fail(notice, attempts, detail, identifier)
+                        break
+                    log.warning("notify %s: %s (try %d)", notice.idempotency_key, detail, attempts)
+                    self.sleep(backoff_s(attempts))
+                    continue
+                self._settle(notice, NotificationStatus.SENT, attempts, answer[:500],
+                             message_id=identifier, wait=False)  # fmt: skip
+                break
+        self._acknowledged()
 
     def deliver(
         self, addressed: Addressed, *, known: NotificationRecord | None = None
@@ -571,7 +668,7 @@ class Notifier:
         self, notice: Notice, attempts: int, detail: str, identifier: str | None
     ) -> NotificationRecord:
         settled = self._settle(
-            notice, NotificationStatus.FAILED, attempts, detail, message_id=identifier
+            notice, NotificationStatus.FAILED, attempts, detail, message_id=identifier, wait=True
         )
         self._dead_letter(
             source_ref=f"notify:{notice.channel.value}:{notice.idempotency_key}",
@@ -588,11 +685,15 @@ class Notifier:
         detail: str,
         *,
         message_id: str | None = None,
+        wait: bool = True,
     ) -> NotificationRecord:
+        """The outcome recorded (acknowledged, unless `wait` is off: a batch waits once)."""
         settled = notification_record(
             notice, status, at=self.clock(), attempts=attempts, detail=detail, message_id=message_id
         )
-        self._write(settled)
+        self._produce(settled)
+        if wait:
+            self._acknowledged()
         name = status.value
         setattr(self.stats, name, getattr(self.stats, name) + 1)
         return settled
@@ -600,23 +701,43 @@ class Notifier:
     def _write(self, found: NotificationRecord) -> None:
         """The record onto the notifications topic, once Kafka acknowledged it (an intent must
         be durable before its message is handed over)."""
-        failures: list[str] = []
+        self._produce(found)
+        self._acknowledged()
+
+    def _produce(self, found: NotificationRecord) -> None:
+        """The record on its way to the notifications topic (`_acknowledged` waits for it)."""
 
         def delivered(err: KafkaError | None, _msg: object) -> None:
+            self._in_flight -= 1
             if err is not None:
-                failures.append(str(err))
+                self._unacknowledged.append(str(err))
 
+        self._in_flight += 1
         self.producer.produce(
             self.settings.topics.notifications,
             key=found.key.encode(),
             value=found.encode(),
             on_delivery=delivered,
         )
+        self.records[found.key] = found
+
+    def _at_most_unacknowledged(self, count: int, *, timeout_s: float = 30.0) -> None:
+        """Waits until at most `count` records are not yet acknowledged by Kafka."""
+        deadline = time.monotonic() + timeout_s
+        while self._in_flight > count:
+            if time.monotonic() > deadline:
+                raise OutboxUnavailable("notification records not acknowledged: timed out")
+            self.producer.poll(0.05)
+        if self._unacknowledged:
+            self._acknowledged()  # (raises with Kafka's reasons)
+
+    def _acknowledged(self) -> None:
+        """Every record produced so far acknowledged by Kafka, or OutboxUnavailable."""
+        failures, self._unacknowledged = self._unacknowledged, []
         if self.producer.flush(30) or failures:
             raise OutboxUnavailable(
                 f"notification record not acknowledged: {failures or 'timed out'}"
             )
-        self.records[found.key] = found
 
     def _dead_letter(self, *, source_ref: str, reason: str, raw: bytes) -> None:
         if self.publisher is None:

@@ -1,6 +1,6 @@
 """The floors of docs/architecture.md: every import runs down a floor or stays on its own
 package; the three sides (connectors, streams, projections) never import each other; `bench`
-may use `oms.stack` (to start the local stack) and nothing else of `oms`. Read from the code's
+may use `oms` (to start the local stack and run the processes it measures). Read from the code's
 own import statements, including those inside functions."""
 
 from __future__ import annotations

@@ -144,3 +144,13 @@ def bench_eta(orders_per_day: int, seed: int, backend: str) -> None:
 
     figures = eta.run(get_settings(), orders_per_day=orders_per_day, seed=seed, backend=backend)
     _finish("eta", figures, eta.report)
+
+
+@bench.command("notify")
+@click.option("--orders", default=5000, show_default=True, help="orders, one e-mail each")
+def bench_notify(orders: int) -> None:
+    """Customer e-mails to a real local SMTP server and signed webhooks to a local receiver,
+    per second (target >= 1,000/s), and the webhooks' latency from the log."""
+    from bench import notify
+
+    _finish("notify", notify.run(orders=orders), notify.report)

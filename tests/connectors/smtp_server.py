@@ -30,6 +30,7 @@ class RecordingHandler:
     received: list[Received] = field(default_factory=list)
     answers: list[str] = field(default_factory=list)
     delay_s: float = 0.0  # each message takes this long to be taken (a kill lands mid-run)
+    peers: list[Any] = field(default_factory=list)  # the client's (host, port) per message
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
@@ -39,6 +40,7 @@ class RecordingHandler:
             answer = self.answers.pop(0) if self.answers else "accept"
             if answer != "accept":
                 return answer
+            self.peers.append(session.peer)
             parsed = message_from_bytes(envelope.content, policy=policy.default)
             assert isinstance(parsed, EmailMessage)
             self.received.append(Received(list(envelope.rcpt_tos), parsed))

@@ -21,9 +21,12 @@ RENDERED = Rendered(
 
 
 def test_a_message_is_multipart_alternative_with_plain_then_html() -> None:
-    email = compose(
+    composed = compose(
         RENDERED, sender=SENDER, recipient="wang@example.com", message_id="<k@x>", name="王伟"
     )
+    email = message_from_bytes(composed.wire, policy=policy.default)
+    assert (composed.sender, composed.recipient) == ("orders@dumplings.example", "wang@example.com")
+    assert email["To"].addresses[0].display_name == "王伟" and email["Message-ID"] == "<k@x>"
     assert email.get_content_type() == "multipart/alternative"
     parts = [part.get_content_type() for part in email.iter_parts()]
     assert parts == ["text/plain", "text/html"]
@@ -31,8 +34,7 @@ def test_a_message_is_multipart_alternative_with_plain_then_html() -> None:
 
 
 def test_the_utf8_subject_goes_out_rfc2047_encoded_and_reads_back() -> None:
-    email = compose(RENDERED, sender=SENDER, recipient="wang@example.com", message_id="<k@x>")
-    wire = email.as_bytes()
+    wire = compose(RENDERED, sender=SENDER, recipient="wang@example.com", message_id="<k@x>").wire
     assert b"=?utf-8?" in wire.lower() and "订单".encode() not in wire.split(b"\r\n\r\n")[0]
     assert b"\r\n" in wire and all(len(line) <= 998 for line in wire.split(b"\r\n"))
     back = message_from_bytes(wire, policy=policy.default)
@@ -81,6 +83,19 @@ def test_a_relay_that_takes_the_message_has_it_whole(server: tuple[RecordingHand
     assert (
         got.message["Message-ID"] == "<k@d.example>" and got.message["Subject"] == RENDERED.subject
     )
+
+
+def test_one_conversation_carries_message_after_message_and_is_opened_again_when_closed(
+    server: tuple[RecordingHandler, int],
+) -> None:
+    handler, port = server
+    mailer = _mailer(port)
+    for _ in range(3):
+        assert mailer.send(_email()).startswith("250")  # type: ignore[arg-type]
+    mailer.close()  # (as a relay closing an idle conversation would)
+    assert mailer.send(_email()).startswith("250")  # type: ignore[arg-type]
+    assert len(handler.received) == 4
+    assert len(set(handler.peers[:3])) == 1 and handler.peers[3] != handler.peers[0]
 
 
 def test_a_4xx_answer_is_transient_and_a_5xx_answer_permanent(
