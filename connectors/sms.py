@@ -45,7 +45,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -75,12 +75,20 @@ class TextMessage:
     params: Mapping[str, ParamValue] = field(default_factory=dict)  # template values
 
 
+Report = Literal["delivered", "undelivered", "pending"]
+
+
 class TextProvider(Protocol):
     name: str
 
     def send(self, message: TextMessage) -> str: ...
 
     def already_sent(self, message: TextMessage, since: datetime) -> bool | None: ...
+
+    def report(self, message: TextMessage, provider_id: str, sent_at: datetime) -> Report | None:
+        """What the provider knows of a sent message's way to the handset; None when it
+        publishes no such question."""
+        ...
 
 
 def template_params(notice: Notice, *, zone: tzinfo) -> dict[str, ParamValue]:
@@ -227,8 +235,8 @@ class AliyunSms:
         )
         return str(answer.get("BizId", ""))
 
-    def already_sent(self, message: TextMessage, since: datetime) -> bool | None:
-        """Whether a message with this OutId went to the number on a day since `since`."""
+    def _detail(self, message: TextMessage, since: datetime) -> dict[str, Any] | None:
+        """QuerySendDetails' entry for this message (matched on OutId), on a day since `since`."""
         day = since.date()
         while day <= self.clock().date():
             page = 1
@@ -243,14 +251,27 @@ class AliyunSms:
                     },
                 )
                 details = (answer.get("SmsSendDetailDTOs") or {}).get("SmsSendDetailDTO") or []
-                # SendStatus 1: waiting for the carrier's receipt, 2: failed, 3: delivered.
-                if any(d.get("OutId") == message.key and d.get("SendStatus") != 2 for d in details):
-                    return True
+                for detail in details:
+                    if detail.get("OutId") == message.key:
+                        return dict(detail)
                 if page * 50 >= int(answer.get("TotalCount") or 0):
                     break
                 page += 1
             day = day.fromordinal(day.toordinal() + 1)
-        return False
+        return None
+
+    def already_sent(self, message: TextMessage, since: datetime) -> bool | None:
+        """Whether a message with this OutId went to the number on a day since `since`."""
+        detail = self._detail(message, since)
+        # SendStatus 1: waiting for the carrier's receipt, 2: failed, 3: delivered.
+        return detail is not None and detail.get("SendStatus") != 2
+
+    def report(self, message: TextMessage, provider_id: str, sent_at: datetime) -> Report | None:
+        detail = self._detail(message, sent_at)
+        if detail is None:
+            return "pending"
+        state = int(detail.get("SendStatus") or 1)
+        return "delivered" if state == 3 else "undelivered" if state == 2 else "pending"
 
 
 def _mainland(phone: str) -> str:
@@ -323,3 +344,27 @@ class TwilioSms:
 
     def already_sent(self, message: TextMessage, since: datetime) -> bool | None:
         return None  # no idempotency key, no lookup by one
+
+    def report(self, message: TextMessage, provider_id: str, sent_at: datetime) -> Report | None:
+        """The Message resource's `status` (GET .../Messages/{sid}.json): delivered; failed or
+        undelivered; anything else (queued, sending, sent) still on its way."""
+        credentials = base64.b64encode(
+            f"{self.sid}:{self.token.get_secret_value()}".encode()
+        ).decode()
+        request = urllib.request.Request(
+            f"{self.api_url}/2010-04-01/Accounts/{self.sid}/Messages/"
+            f"{urllib.parse.quote(provider_id)}.json",
+            headers={"Authorization": f"Basic {credentials}"},
+        )
+        status, body = self.transport(request)
+        if status == 429 or status >= 500:
+            raise TransientFailure(f"Twilio HTTP {status}")
+        if status != 200:
+            raise PermanentFailure(f"Twilio HTTP {status}: {body[:200]!r}")
+        try:
+            state = json.loads(body).get("status")
+        except (ValueError, AttributeError) as exc:
+            raise TransientFailure(f"Twilio answered no JSON: {body[:200]!r}") from exc
+        if state == "delivered":
+            return "delivered"
+        return "undelivered" if state in ("failed", "undelivered") else "pending"

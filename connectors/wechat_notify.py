@@ -36,7 +36,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from connectors.outbound import PermanentFailure, TransientFailure, Transport, urllib_transport
-from connectors.sms import NoTemplate, ParamValue, ProviderMisconfigured, TextMessage
+from connectors.sms import NoTemplate, ParamValue, ProviderMisconfigured, Report, TextMessage
 
 WECHAT_API_URL = "https://api.weixin.qq.com"
 TOKEN_MARGIN_S = 300  # fetch a new token this long before the old one expires
@@ -164,3 +164,6 @@ class WeChatSubscribe:
 
     def already_sent(self, message: TextMessage, since: datetime) -> bool | None:
         return None  # WeChat publishes no lookup of sent subscribe messages
+
+    def report(self, message: TextMessage, provider_id: str, sent_at: datetime) -> Report | None:
+        return None  # nor of their delivery

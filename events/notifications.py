@@ -81,6 +81,9 @@ class NotificationStatus(StrEnum):
     SENT = "sent"  # the channel (the SMTP relay) took it
     FAILED = "failed"  # refused for good, or out of attempts: dead-lettered
     SKIPPED = "skipped"  # not to be sent: opted out, forgotten, no provider, rate limited
+    # After `sent`, where the provider reports on the handset (SMS: Aliyun, Twilio).
+    DELIVERED = "delivered"  # the provider says it reached the phone
+    UNDELIVERED = "undelivered"  # the provider says it did not (number off, blocked, ...)
 
     @property
     def settled(self) -> bool:
@@ -94,6 +97,12 @@ class NotificationRecord(Frozen):
     detail: str = Field(default="", description="the channel's answer, or why not sent")
     message_id: str | None = Field(
         default=None, description="the e-mail's Message-ID (the same on every try)"
+    )
+    provider_id: str | None = Field(
+        default=None, description="the SMS provider's id for it (Aliyun BizId, Twilio SID)"
+    )
+    sent_at: UtcDatetime | None = Field(
+        default=None, description="when the provider took it (kept on a delivery report)"
     )
     at: UtcDatetime
 
@@ -117,6 +126,8 @@ def notification_record(
     attempts: int = 0,
     detail: str = "",
     message_id: str | None = None,
+    provider_id: str | None = None,
+    sent_at: datetime | None = None,
 ) -> NotificationRecord:
     return NotificationRecord(
         notice=notice,
@@ -124,5 +135,7 @@ def notification_record(
         attempts=attempts,
         detail=detail,
         message_id=message_id,
+        provider_id=provider_id,
+        sent_at=sent_at,
         at=at,
     )

@@ -108,6 +108,12 @@ _A = TypeVar("_A")
 ASK_BACK = timedelta(minutes=5)
 KEEP_ORDERS = timedelta(days=30)  # an order quiet this long leaves the fold (a late refund: none)
 HOUSEKEEPING_S = 1.0
+# Delivery reports of text messages: first asked this long after the provider took one, again
+# every REPORTS_EVERY until it is final or REPORTS_FOR has passed; REPORTS_AT_ONCE per round.
+REPORT_AFTER = timedelta(seconds=60)
+REPORTS_EVERY = timedelta(seconds=60)
+REPORTS_FOR = timedelta(hours=24)
+REPORTS_AT_ONCE = 200
 
 
 class NotifyNotConfigured(ValueError):
@@ -316,6 +322,8 @@ class NotifierStats:
     deferred: int = 0
     expired: int = 0
     poison: int = 0
+    delivered: int = 0
+    undelivered: int = 0
 
 
 class Notifier:
@@ -358,6 +366,8 @@ class Notifier:
         self.batch: dict[str, tuple[Addressed, NotificationRecord | None]] = {}
         self._unacknowledged: list[str] = []
         self._in_flight = 0  # records produced, not yet acknowledged
+        # Text messages sent whose delivery report is still to come: key → (number, when).
+        self.awaiting: dict[str, tuple[str, datetime, datetime]] = {}  # (+ when to ask)
         self.stats = NotifierStats()
         self._order = itertools.count()
         self._housekept = 0.0
@@ -424,6 +434,8 @@ class Notifier:
             _, _, addressed = heapq.heappop(self.waiting)
             self.consider(addressed)
         prune(self.state, before=now - KEEP_ORDERS)
+        if self.awaiting:
+            self.ask_reports()
 
     def take(self, raw: bytes, *, where: str) -> None:
         """One event of the order log: decoded (opened), decided, its messages considered. One
@@ -449,6 +461,15 @@ class Notifier:
         notice = addressed.notice
         known = self.records.get(notice.idempotency_key)
         if known is not None and known.status.settled:
+            if (
+                known.status is NotificationStatus.SENT
+                and notice.channel is MessageChannel.SMS
+                and addressed.contact is not None
+                and (phone := addressed.contact.address(notice.channel))
+                and self.clock() - (known.sent_at or known.at) < REPORTS_FOR
+            ):
+                sent_at = known.sent_at or known.at
+                self.awaiting.setdefault(notice.idempotency_key, (phone, sent_at, self.clock()))
             return known
         preferences = self.state.preferences.get(notice.customer_key or "", Preferences())
         now = self.clock()
@@ -659,10 +680,44 @@ class Notifier:
                 log.warning("notify %s: %s (try %d)", notice.idempotency_key, detail, attempts)
                 self.sleep(backoff_s(attempts))
                 continue
-            self.sent_at[_recipient(notice)].append(self.clock())
+            now = self.clock()
+            self.sent_at[_recipient(notice)].append(now)
+            if notice.channel is MessageChannel.SMS:  # (WeChat publishes no delivery reports)
+                self.awaiting[notice.idempotency_key] = (recipient, now, now + REPORT_AFTER)
             return self._settle(
-                notice, NotificationStatus.SENT, attempts, f"{provider.name} {answer}"[:500]
-            )
+                notice, NotificationStatus.SENT, attempts, f"{provider.name} {answer}"[:500],
+                provider_id=answer[:100] or None, sent_at=now,
+            )  # fmt: skip
+
+    def ask_reports(self) -> None:
+        """Delivery reports of the text messages sent (SMS): each asked of its provider once a
+        minute from a minute after it went, until it is final or a day has passed, and written
+        as `delivered` or `undelivered` (what the provider says reached the handset)."""
+        now = self.clock()
+        due = sorted((at, key) for key, (_, at, ask) in self.awaiting.items() if ask <= now)
+        for at, key in due[:REPORTS_AT_ONCE]:
+            phone = self.awaiting[key][0]
+            sent = self.records.get(key)
+            provider = self.texts.get(sent.notice.channel) if sent is not None else None
+            if sent is None or provider is None or sent.status is not NotificationStatus.SENT:
+                del self.awaiting[key]
+                continue
+            message = TextMessage(to=phone, kind=sent.notice.kind.value, text="", key=key)
+            try:
+                report = _guarded(provider.report, message, sent.provider_id or "", at)
+            except CallFailed as exc:
+                log.warning("notify %s: no report from %s: %s", key, provider.name, exc.detail)
+                report = "pending"
+            if report in ("delivered", "undelivered"):
+                del self.awaiting[key]
+                status = NotificationStatus(report)
+                self._settle(sent.notice, status, sent.attempts, f"{provider.name}: {report}",
+                             provider_id=sent.provider_id, sent_at=at, wait=False)  # fmt: skip
+            elif report is None or now - at > REPORTS_FOR:
+                del self.awaiting[key]  # nobody to ask, or asked long enough: stays `sent`
+            else:
+                self.awaiting[key] = (phone, at, now + REPORTS_EVERY)  # asked again later
+        self._acknowledged()
 
     def _fail(
         self, notice: Notice, attempts: int, detail: str, identifier: str | None
@@ -685,12 +740,15 @@ class Notifier:
         detail: str,
         *,
         message_id: str | None = None,
+        provider_id: str | None = None,
+        sent_at: datetime | None = None,
         wait: bool = True,
     ) -> NotificationRecord:
         """The outcome recorded (acknowledged, unless `wait` is off: a batch waits once)."""
         settled = notification_record(
-            notice, status, at=self.clock(), attempts=attempts, detail=detail, message_id=message_id
-        )
+            notice, status, at=self.clock(), attempts=attempts, detail=detail,
+            message_id=message_id, provider_id=provider_id, sent_at=sent_at,
+        )  # fmt: skip
         self._produce(settled)
         if wait:
             self._acknowledged()

@@ -47,6 +47,10 @@ class FakeMessaging:
     rejected: list[str] = field(default_factory=list)  # requests refused, and why
     fail_next: list[tuple[str, Any]] = field(default_factory=list)  # (provider, code)
     tokens: set[str] = field(default_factory=set)
+    # What the carriers reported: Aliyun SendStatus by OutId (3 delivered, 2 failed, 1 waiting;
+    # default 3), Twilio status by SID (default delivered).
+    aliyun_status: dict[str, int] = field(default_factory=dict)
+    twilio_status: dict[str, str] = field(default_factory=dict)
     tokens_issued: int = 0
     nonces: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -124,7 +128,11 @@ class FakeMessaging:
                 and m["to"] == query["PhoneNumber"] and m["day"] == query["SendDate"]]  # fmt: skip
         size, page = int(query["PageSize"]), int(query["CurrentPage"])
         shown = sent[(page - 1) * size : page * size]
-        details = [{"OutId": m["out_id"], "SendStatus": 3, "PhoneNum": m["to"]} for m in shown]
+        details = [
+            {"OutId": m["out_id"], "SendStatus": self.aliyun_status.get(m["out_id"], 3),
+             "PhoneNum": m["to"]}
+            for m in shown
+        ]  # fmt: skip
         return 200, {"Code": "OK", "TotalCount": len(sent),
                      "SmsSendDetailDTOs": {"SmsSendDetailDTO": details}}  # fmt: skip
 
@@ -153,6 +161,16 @@ class FakeMessaging:
             self.sms.append({"provider": "twilio", "to": form["To"], "sid": sid,
                              "body": form["Body"], "from": form.get("From")})  # fmt: skip
         return 201, {"sid": sid, "status": "queued", "to": form["To"], "body": form["Body"]}
+
+    def twilio_message(self, path: str, headers: Any) -> tuple[int, dict[str, Any]]:
+        expected = "Basic " + base64.b64encode(f"{TWILIO_SID}:{TWILIO_TOKEN}".encode()).decode()
+        if headers.get("Authorization") != expected:
+            return 401, {"code": 20003, "message": "Authenticate", "status": 401}
+        prefix = f"/2010-04-01/Accounts/{TWILIO_SID}/Messages/"
+        sid = path.removeprefix(prefix).removesuffix(".json")
+        if not path.startswith(prefix) or not any(m.get("sid") == sid for m in self.sms):
+            return 404, {"code": 20404, "message": "not found", "status": 404}
+        return 200, {"sid": sid, "status": self.twilio_status.get(sid, "delivered")}
 
     # ------------------------------------------------------------ WeChat
 
@@ -217,6 +235,8 @@ class _Handler(BaseHTTPRequestHandler):
         query = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
         if url.path == "/aliyun/":
             self._answer(*self.fake.aliyun(query))
+        elif url.path.startswith("/twilio/"):
+            self._answer(*self.fake.twilio_message(url.path.removeprefix("/twilio"), self.headers))
         elif url.path == "/wechat/cgi-bin/token":
             self._answer(200, self.fake.wechat_token(query))
         else:

@@ -92,6 +92,12 @@ def test_aliyun_sends_the_approved_template_with_its_values_and_can_be_asked_aft
     since = datetime.now(UTC)
     assert client.already_sent(message("+8613800000000", key="k-1"), since) is True
     assert client.already_sent(message("+8613800000000", key="k-2"), since) is False
+    assert client.report(message("+8613800000000", key="k-1"), biz_id, since) == "delivered"
+    fake.aliyun_status["k-1"] = 2
+    assert client.report(message("+8613800000000", key="k-1"), biz_id, since) == "undelivered"
+    assert client.already_sent(message("+8613800000000", key="k-1"), since) is False
+    fake.aliyun_status["k-1"] = 1
+    assert client.report(message("+8613800000000", key="k-1"), biz_id, since) == "pending"
 
 
 def test_aliyun_failures_are_told_apart(fake: FakeMessaging) -> None:
@@ -133,6 +139,14 @@ def test_twilio_sends_the_rendered_text_and_tells_failures_apart(fake: FakeMessa
         TwilioSms(account_sid="nope", auth_token=SecretStr("t"), sender=TWILIO_FROM)
     assert twilio(fake).already_sent(message("+447700900123"), datetime.now(UTC)) is None
     assert len(fake.sms) == 1
+    now = datetime.now(UTC)
+    assert twilio(fake).report(message("+447700900123"), sid, now) == "delivered"
+    for told, report in [("undelivered", "undelivered"), ("failed", "undelivered"),
+                         ("sent", "pending"), ("queued", "pending")]:  # fmt: skip
+        fake.twilio_status[sid] = told
+        assert twilio(fake).report(message("+447700900123"), sid, now) == report
+    with pytest.raises(PermanentFailure, match="404"):
+        twilio(fake).report(message("+447700900123"), "SM" + "0" * 32, now)
 
 
 def wechat(fake: FakeMessaging, secret: str = WECHAT_SECRET) -> WeChatSubscribe:

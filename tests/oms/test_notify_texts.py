@@ -192,3 +192,36 @@ def test_a_text_channel_without_its_settings_refuses_to_start(
     ]:
         with pytest.raises(NotifyNotConfigured, match=named):
             texts_of(settings.model_copy(update=missing))
+
+
+def test_delivery_reports_of_sent_sms_are_asked_for_and_recorded(
+    isolated_settings: Settings, fake: FakeMessaging, tmp_path: Path
+) -> None:
+    settings = texting(isolated_settings, fake, tmp_path).model_copy(
+        update={"notify_channels": ["sms"], "wechat_notify_app_id": None}
+    )
+    events = pickup(1, channel="webshop", customer=Customer(id="c1", phone="13800000001"))
+    events += pickup(2, channel="webshop", customer=Customer(id="c2", phone="13800000002"))
+    publish(settings, [e for e in events if e.event_type != "OrderReady"])  # confirmed only
+    now = [utc_now()]
+    notifier = Notifier(settings, mailer=None, texts=texts_of(settings), clock=lambda: now[0])
+    notifier.run(until=lambda n: n.stats.sent >= 2)
+    keys = {m["values"]["order"]: m["out_id"] for m in fake.sms}
+    fake.aliyun_status[keys["7002"]] = 2  # the carrier could not reach the second phone
+    notifier.ask_reports()
+    assert (notifier.stats.delivered, notifier.stats.undelivered) == (0, 0)  # not a minute yet
+    restarted = Notifier(settings, mailer=None, texts=texts_of(settings), clock=lambda: now[0])
+    restarted.run(until=lambda n: n.stats.events >= 4)
+    assert set(restarted.awaiting) == set(keys.values())  # found again on the log
+    now[0] += timedelta(minutes=2)
+    notifier.ask_reports()
+    assert (notifier.stats.delivered, notifier.stats.undelivered) == (1, 1)
+    records = read_records(settings)
+    assert records[keys["7001"]].status is NotificationStatus.DELIVERED
+    assert records[keys["7002"]].status is NotificationStatus.UNDELIVERED
+    assert records[keys["7001"]].provider_id and records[keys["7001"]].sent_at
+
+    # A restart finds nothing left to ask: both reports are final.
+    again = Notifier(settings, mailer=None, texts=texts_of(settings), clock=lambda: now[0])
+    again.run(until=lambda n: n.stats.events >= 4)
+    assert again.awaiting == {} and len(fake.sms) == 2
