@@ -21,6 +21,7 @@ from oms.cli import (
     report,
     schemas,
     stack,
+    subscriptions,
 )
 
 
@@ -57,6 +58,7 @@ for command in (
     eta.eta,
     outbox.outbox,
     notify.notify,
+    subscriptions.subscriptions,
     alerts.alerts,
 ):
     main.add_command(command)
