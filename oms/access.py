@@ -121,6 +121,7 @@ POLICY: dict[tuple[str, str], Rule] = {
     # The logs as JSON pages, each caller held to its stores and channels (oms/feed.py).
     ("GET", "/events"): Rule("roles", ORDER_READERS | ANALYSTS),
     ("GET", "/reports"): Rule("roles", ANALYSTS),
+    ("GET", "/subscriptions"): Rule("roles", ANALYSTS),  # outbound webhooks and their lag
     ("GET", "/reports/{name}"): Rule("roles", ANALYSTS),
     ("GET", "/dashboard"): Rule("roles", ANALYSTS),
     ("GET", "/dashboard/"): Rule("roles", ANALYSTS),

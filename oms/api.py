@@ -69,6 +69,37 @@ async def export_customer(request: web.Request) -> web.Response:
     return response
 
 
+async def subscriptions(request: web.Request) -> web.Response:
+    """The outbound webhook subscriptions and how far behind the order log each one is (the
+    dashboard's panel): where they post (scheme and host only: a URL's path or query may hold
+    a token), what they take, whether they are on, and their lag in events."""
+    from urllib.parse import urlsplit
+
+    from oms.webhooks import WebhooksUnavailable, lag, read_subscriptions
+
+    settings: Settings = request.app[SETTINGS]
+
+    def read() -> list[dict[str, object]]:
+        found, behind = read_subscriptions(settings, timeout_s=10), lag(settings)
+        return [
+            {
+                "id": s.id,
+                "host": f"{urlsplit(s.url).scheme}://{urlsplit(s.url).netloc.rpartition('@')[2]}",
+                "event_types": s.event_types,
+                "enabled": s.enabled,
+                "disabled_reason": s.disabled_reason,
+                "lag": behind.get(s.id, 0),
+            }
+            for s in sorted(found.values(), key=lambda s: s.id)
+        ]
+
+    try:
+        rows = await asyncio.to_thread(read)
+    except WebhooksUnavailable as exc:
+        return problem(503, f"Kafka did not answer: {exc}")
+    return web.json_response({"subscriptions": rows})
+
+
 SETTINGS = web.AppKey("settings", Settings)
 
 
@@ -89,6 +120,7 @@ def create_app(settings: Settings, *, audit: access.AuditSink | None = None) -> 
     feed.add_routes(app, settings)
     openapi.add_routes(app)
     app.router.add_get("/customers/{customer}/export", export_customer)
+    app.router.add_get("/subscriptions", subscriptions)
 
     async def close_publisher(_: web.Application) -> None:
         publisher.close()

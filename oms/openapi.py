@@ -388,6 +388,54 @@ def _read_api() -> dict[str, Json]:
                 | _errors(400, 503),
             }
         },
+        "/subscriptions": {
+            "get": {
+                "operationId": "listSubscriptions",
+                "tags": ["read"],
+                "summary": "Outbound webhook subscriptions and how far behind each one is",
+                "description": (
+                    "`oms subscriptions add` makes them; `lag` counts the order log's events "
+                    "past the subscription's progress. Only the scheme and host of a URL."
+                ),
+                "responses": {
+                    "200": _json_body(
+                        {
+                            "type": "object",
+                            "required": ["subscriptions"],
+                            "properties": {
+                                "subscriptions": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "required": [
+                                            "id",
+                                            "host",
+                                            "event_types",
+                                            "enabled",
+                                            "disabled_reason",
+                                            "lag",
+                                        ],
+                                        "properties": {
+                                            "id": {"type": "string"},
+                                            "host": {"type": "string"},
+                                            "event_types": {
+                                                "type": "array",
+                                                "items": {"type": "string"},
+                                            },
+                                            "enabled": {"type": "boolean"},
+                                            "disabled_reason": {"type": ["string", "null"]},
+                                            "lag": {"type": "integer", "minimum": 0},
+                                        },
+                                    },
+                                }
+                            },
+                        },
+                        "every subscription",
+                    )
+                }
+                | _errors(503),
+            }
+        },
         "/reports": {
             "get": {
                 "operationId": "listReports",

@@ -363,6 +363,19 @@
     return { at_risk: rows.length };
   }
 
+  function drawWebhooks(result) {
+    const rows = result.subscriptions.map((s) => ({ label: s.id, series: s.host,
+      value: s.lag, item: s, data: { enabled: String(s.enabled) } }));
+    replace("webhooks", rows.length ? table("webhooks", [
+      { title: "subscription", show: (s) => s.id },
+      { title: "posts to", show: (s) => s.host },
+      { title: "events", show: (s) => (s.event_types.length ? s.event_types.join(", ") : "all") },
+      { title: "state", show: (s) => (s.enabled ? "on" : `off: ${s.disabled_reason || ""}`) },
+      { title: "lag (events)", show: (s) => s.lag, numeric: true },
+    ], rows) : empty("No subscriptions (oms subscriptions add URL)."));
+    return { webhook_lag: rows.reduce((most, r) => Math.max(most, r.value), 0) };
+  }
+
   function drawKpis(figures) {
     const tiles = [];
     if ("orders_received" in figures) {
@@ -398,6 +411,8 @@
       limits: { stock_alerts: 20 } },
     { id: "orders-at-risk", reports: ["orders_at_risk"], draw: drawAtRisk,
       limits: { orders_at_risk: 20 } },
+    // Not a report: read from Kafka by the API (oms/api.py), not from ClickHouse.
+    { id: "webhooks", urls: ["/subscriptions"], draw: drawWebhooks },
   ];
 
   async function getJson(url) {
@@ -446,8 +461,8 @@
       const figures = {};
       await Promise.all(PANELS.map(async (panel) => {
         try {
-          const results = await Promise.all(panel.reports.map((name) =>
-            getJson(reportUrl(name, panel.limits))));
+          const urls = panel.urls || panel.reports.map((name) => reportUrl(name, panel.limits));
+          const results = await Promise.all(urls.map((url) => getJson(url)));
           Object.assign(figures, panel.draw(...results));
           showError(panel.id, null);
         } catch (exc) {

@@ -53,6 +53,7 @@ EXPECTED: dict[tuple[str, str], set[Role]] = {
     ("GET", "/orders/O-IN"): STAFF | {R.ANALYST, R.INTEGRATION},
     ("GET", "/events"): STAFF | {R.ANALYST, R.INTEGRATION},
     ("GET", "/reports"): {R.ADMIN, R.ANALYST},
+    ("GET", "/subscriptions"): {R.ADMIN, R.ANALYST},
     ("GET", "/reports/sales_by_channel"): {R.ADMIN, R.ANALYST},
     ("GET", "/reports/audit"): {R.ADMIN},
     ("GET", "/dashboard"): {R.ADMIN, R.ANALYST},

@@ -7,6 +7,7 @@ SIGKILL mid-run, restarted, loses no delivery."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -404,3 +405,29 @@ def wait(condition: Callable[[], bool], process: subprocess.Popen[bytes]) -> Non
         assert process.poll() is None, f"the sender exited ({process.returncode})"
         time.sleep(0.05)
     pytest.fail("not delivered within 45 s")
+
+
+async def test_the_api_lists_subscriptions_with_their_lag_and_no_more_of_the_url_than_its_host(
+    settings: Settings, receiver: Receiver, oms: Callable[..., str]
+) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from oms.api import create_app
+    from oms.webhooks import lag
+    from tests.conftest import ADMIN
+
+    oms("subscriptions", "add", receiver.url.replace("http://", "http://u:p@"), fails=True)
+    receiver.url += "?token=abc"  # (a token in the query is the subscriber's own: not shown)
+    busy = subscribe(oms, receiver)
+    events = order(1, channel="eleme") + order(2, channel="eleme")
+    publish(settings, events)
+    async with TestClient(TestServer(create_app(settings))) as client:
+        before = await (await client.get("/subscriptions", headers=ADMIN)).json()
+        [row] = before["subscriptions"]
+        assert (row["id"], row["lag"], row["enabled"]) == (busy, len(events), True)
+        assert row["host"].startswith("http://127.0.0.1:") and "token" not in str(before)
+        await asyncio.to_thread(
+            deliver, settings, lambda s: len(receiver.ids()) >= 6 and lag(settings)[busy] == 0
+        )
+        after = await (await client.get("/subscriptions", headers=ADMIN)).json()
+        assert after["subscriptions"][0]["lag"] == 0
