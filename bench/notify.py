@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from bench.kafka_tools import scratch_topics
@@ -139,9 +140,162 @@ def email(settings: Settings, *, orders: int) -> dict[str, Any]:
     }
 
 
-def run(*, orders: int = 5000) -> dict[str, Any]:
+@contextmanager
+def webhook_receiver(secret: str, out: Path) -> Iterator[int]:
+    """bench/webhook_receiver.py in a process of its own; its port."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bench.webhook_receiver", str(port), secret, str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        _wait_for_port(port, server)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def _wait_for_port(port: int, server: Any) -> None:
+    import socket
+
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError(f"the bench's server on port {port} did not start") from None
+            time.sleep(0.05)
+
+
+def _received(out: Path) -> list[tuple[str, float, float, bool]]:
+    """The receiver's lines: (webhook id, arrived, recorded, verified)."""
+    if not out.exists():
+        return []
+    rows = []
+    for line in out.read_text(encoding="utf-8").splitlines():
+        webhook_id, arrived, recorded, good = line.split(" ")
+        rows.append((webhook_id, float(arrived), float(recorded), good == "1"))
+    return rows
+
+
+def _accepted(n: int, *, run: str) -> Event:
+    """One order's OrderAcceptedByStore, recorded now (its order id spreads the partitions)."""
+    now = utc_now()
+    order_id = f"{run}-{n}"
+    return OrderAcceptedByStore(
+        event_id=f"a-{order_id}", sequence=2, occurred_at=now, recorded_at=now,
+        correlation_id=order_id, actor=COOK, order_id=order_id, channel="webshop",
+        external_id=f"{run}{n:06d}", location="S01", estimated_ready_at=now + timedelta(minutes=20),
+    )  # fmt: skip
+
+
+def webhooks(settings: Settings, *, events: int, rate: float, seconds: float) -> dict[str, Any]:
+    """Deliveries per second of a backlog of `events`, then the latency from the log to the
+    receiver of events written at `rate` a second for `seconds`."""
+    import secrets
+    import tempfile
+    import threading
+    import uuid
+    from datetime import UTC, datetime
+
+    from bench.pipeline import percentile
+    from events.webhook_subscriptions import Subscription
+    from infra.keystore import MasterKey
+    from oms.webhooks import WebhookSender, save, seal_secret, start_at
+    from streams.webhook_delivery import new_secret
+
+    secret = new_secret(secrets.token_bytes(32))
+    with (
+        scratch_topics(settings, "bench-webhooks") as scratch,
+        tempfile.TemporaryDirectory() as scratch_dir,
+    ):
+        out = Path(scratch_dir) / "received.txt"
+        with webhook_receiver(secret, out) as port:
+            master = MasterKey.from_settings(scratch)
+            save(scratch, Subscription(
+                id="bench", url=f"http://127.0.0.1:{port}/hooks",
+                sealed_secret=seal_secret(master, "bench", secret),
+                start=start_at(scratch, mark=uuid.uuid4().hex, offset=0),
+                changed_at=datetime.now(UTC),
+            ))  # fmt: skip
+            run = f"w{int(time.time())}"
+            publisher = Publisher(scratch)
+            for n in range(events):
+                publisher.publish(scratch.topics.orders, _accepted(n, run=run))
+            publisher.flush()
+
+            stop = threading.Event()
+            sender = WebhookSender(scratch)
+            thread = threading.Thread(target=sender.run, kwargs={"until": lambda _: stop.is_set()})
+            started = time.perf_counter()
+            started_wall = time.time()
+            thread.start()
+            try:
+                deadline = time.monotonic() + max(60.0, events / 50)
+                while len(backlog := _received(out)) < events and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                drained = time.perf_counter() - started
+                first_at = {}
+                for webhook_id, arrived, _, _ in backlog:
+                    first_at.setdefault(webhook_id, arrived)
+                last = max(first_at.values(), default=started_wall)
+
+                # Then a steady rate: each event's time from its write to its receipt.
+                live = f"{run}l"
+                interval, sent = 1.0 / rate, 0
+                begin = time.monotonic()
+                while time.monotonic() - begin < seconds:
+                    publisher.publish(scratch.topics.orders, _accepted(sent, run=live))
+                    publisher.poll(0)
+                    sent += 1
+                    time.sleep(max(0.0, begin + sent * interval - time.monotonic()))
+                publisher.flush()
+                deadline = time.monotonic() + 30
+                while len(_received(out)) < events + sent and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            finally:
+                stop.set()
+                thread.join(30)
+            rows = _received(out)
+    unique = {webhook_id for webhook_id, *_ in rows}
+    verified = all(good for *_, good in rows)
+    latencies = sorted(
+        (arrived - recorded) * 1000 for _, arrived, recorded, _ in rows[len(backlog) :]
+    )
+    return {
+        "backlog_events": events,
+        "backlog_delivered": len(first_at),
+        "backlog_seconds": round(last - started_wall, 2),
+        "backlog_seconds_to_count": round(drained, 2),
+        "deliveries_per_s": round(len(first_at) / max(last - started_wall, 1e-9), 1),
+        "live_rate_per_s": rate,
+        "live_events": sent,
+        "live_delivered": len(latencies),
+        "latency_p50_ms": round(percentile(latencies, 50), 1) if latencies else None,
+        "latency_p99_ms": round(percentile(latencies, 99), 1) if latencies else None,
+        "all_signatures_verified": verified,
+        "distinct_webhook_ids": len(unique),
+        "target_per_s": TARGET_PER_S,
+    }
+
+
+def run(
+    *, orders: int = 5000, events: int = 5000, rate: float = 200.0, seconds: float = 10.0
+) -> dict[str, Any]:
     settings = get_settings()
-    return {"email": email(settings, orders=orders)}
+    return {
+        "email": email(settings, orders=orders),
+        "webhooks": webhooks(settings, events=events, rate=rate, seconds=seconds),
+    }
 
 
 def report(figures: dict[str, Any]) -> list[str]:
@@ -152,5 +306,16 @@ def report(figures: dict[str, Any]) -> list[str]:
         f"{mail['emails_per_s']:,.0f} messages/s (target >= {mail['target_per_s']:,.0f}/s: "
         f"{verdict}); every one answered 250 by the SMTP server "
         f"(OMS_NOTIFY_IN_FLIGHT={mail['in_flight']})",
+    ]
+    hooks = figures["webhooks"]
+    verdict = "met" if hooks["deliveries_per_s"] >= hooks["target_per_s"] else "BELOW target"
+    lines += [
+        f"webhooks: {hooks['backlog_delivered']:,} of {hooks['backlog_events']:,} delivered in "
+        f"{hooks['backlog_seconds']} s: {hooks['deliveries_per_s']:,.0f}/s (target >= "
+        f"{hooks['target_per_s']:,.0f}/s: {verdict}); signatures verified: "
+        f"{hooks['all_signatures_verified']}",
+        f"webhooks at {hooks['live_rate_per_s']:,.0f} events/s: {hooks['live_delivered']:,} of "
+        f"{hooks['live_events']:,} received, from the log to the receiver p50 "
+        f"{hooks['latency_p50_ms']} ms, p99 {hooks['latency_p99_ms']} ms",
     ]
     return lines

@@ -40,7 +40,8 @@ import urllib.error
 import urllib.request
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -70,6 +71,7 @@ from streams.webhook_delivery import (
 
 log = logging.getLogger(__name__)
 COMMIT_EVERY_S = 1.0
+IDLE_S = 0.02  # the longest nap of an idle sender (new events are read after it)
 PAUSE_AT, RESUME_AT = 5_000, 1_000  # events waiting in one partition of one subscription
 Answer = tuple[int | None, str]  # the HTTP status (None: no answer) and what was said
 
@@ -416,7 +418,13 @@ class WebhookSender:
                     self._commit_all()
                     committed_at = time.monotonic()
                 if not busy:
-                    time.sleep(0.02)
+                    # Idle until an answer comes (at once, not after a nap: one delivery is
+                    # in flight per partition, so each wait is the partition's throughput).
+                    answers = [f for lane in self.lanes.values() for f in lane.in_flight.values()]
+                    if answers:
+                        wait_for(answers, timeout=IDLE_S, return_when=FIRST_COMPLETED)
+                    else:
+                        time.sleep(IDLE_S)
         finally:
             self._commit_all()
             for lane in self.lanes.values():

@@ -148,9 +148,13 @@ def bench_eta(orders_per_day: int, seed: int, backend: str) -> None:
 
 @bench.command("notify")
 @click.option("--orders", default=5000, show_default=True, help="orders, one e-mail each")
-def bench_notify(orders: int) -> None:
+@click.option("--events", default=5000, show_default=True, help="webhook backlog")
+@click.option("--rate", default=200.0, show_default=True, help="events/s for the latency")
+@click.option("--seconds", default=10.0, show_default=True, help="of the latency run")
+def bench_notify(orders: int, events: int, rate: float, seconds: float) -> None:
     """Customer e-mails to a real local SMTP server and signed webhooks to a local receiver,
     per second (target >= 1,000/s), and the webhooks' latency from the log."""
     from bench import notify
 
-    _finish("notify", notify.run(orders=orders), notify.report)
+    figures = notify.run(orders=orders, events=events, rate=rate, seconds=seconds)
+    _finish("notify", figures, notify.report)
