@@ -27,7 +27,6 @@ import re
 import smtplib
 import ssl
 from dataclasses import dataclass
-from email.header import Header
 from email.utils import format_datetime, formataddr, parseaddr
 from functools import lru_cache
 from typing import Protocol
@@ -65,9 +64,13 @@ class Mailer(Protocol):
 
 def message_id(idempotency_key: str, sender: str) -> str:
     """`<key@domain of the From address>`: the same for every try of one message."""
+    return f"<{idempotency_key}@{_domain(sender)}>"
+
+
+@lru_cache(maxsize=64)
+def _domain(sender: str) -> str:
     _, at, domain = parseaddr(sender)[1].rpartition("@")
-    domain = domain if at and domain else "orderstream.invalid"
-    return f"<{idempotency_key}@{domain}>"
+    return domain if at and domain else "orderstream.invalid"
 
 
 # An address as RFC 5321 takes it in RCPT TO, without quoted local parts or comments (what a
@@ -78,12 +81,27 @@ _ADDRESS = re.compile(rf"^{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za
 
 
 def _header(name: str, value: str) -> bytes:
-    """`Name: value`, RFC 2047 encoded (UTF-8, base64 words, folded at 76) unless plain ASCII."""
+    """`Name: value`, RFC 2047 encoded unless plain ASCII: UTF-8 in base64 encoded words of
+    at most 68 characters (whole characters in each), one per folded line."""
     value = " ".join(value.split())  # one line: a template's stray newline is no header break
     if value.isascii() and len(name) + len(value) < 77:
         return f"{name}: {value}\r\n".encode()
-    encoded = Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
-    return f"{name}: {encoded}\r\n".encode()
+    return f"{name}: {_encoded_words(value)}\r\n".encode()
+
+
+def _encoded_words(text: str, *, per_word: int = 42) -> str:
+    """`=?utf-8?b?...?=` words joined by CRLF SP (a word: at most `per_word` bytes of UTF-8,
+    56 base64 characters, 68 with its markers, so a line with `Subject: ` stays within 78;
+    never a character cut in two)."""
+    words, chunk = [], b""
+    for char in text:
+        encoded = char.encode()
+        if len(chunk) + len(encoded) > per_word:
+            words.append(chunk)
+            chunk = b""
+        chunk += encoded
+    words.append(chunk)
+    return "\r\n ".join(f"=?utf-8?b?{base64.b64encode(w).decode()}?=" for w in words)
 
 
 @lru_cache(maxsize=64)
@@ -172,6 +190,13 @@ class SmtpMailer:
                 raise
             self._smtp = smtp
         return self._smtp
+
+    def clone(self) -> SmtpMailer:
+        """The same relay, on a conversation of its own (for another sending thread)."""
+        return SmtpMailer(
+            host=self.host, port=self.port, starttls=self.starttls, user=self.user,
+            password=self.password, timeout_s=self.timeout_s,
+        )  # fmt: skip
 
     def close(self) -> None:
         """Ends the conversation kept open (QUIT); the next message opens a new one."""

@@ -70,6 +70,9 @@ class MessageTemplates:
             autoescape=lambda name: bool(name and name.endswith(".html")),
             undefined=StrictUndefined,
             trim_blocks=True,
+            # Templates are read once: no stat of each file at every message (an operator's
+            # change takes effect when the notifier restarts).
+            auto_reload=False,
         )
         self.env.filters["money"] = money
 

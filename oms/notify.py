@@ -37,9 +37,12 @@ import itertools
 import json
 import logging
 import os
+import threading
 import time
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -103,6 +106,7 @@ from streams.notify import (
 
 log = logging.getLogger(__name__)
 BATCH = 500  # e-mails sent together (one wait on Kafka for their intents)
+Ready = tuple[Notice, "Composed", str, str, int]  # (notice, message, recipient, id, attempts)
 _A = TypeVar("_A")
 # After a crash, how far before its intent a provider is asked about a message (clocks differ).
 ASK_BACK = timedelta(minutes=5)
@@ -365,7 +369,11 @@ class Notifier:
         # one wait, handed to the relay on one conversation, their outcomes in one more.
         self.batch: dict[str, tuple[Addressed, NotificationRecord | None]] = {}
         self._unacknowledged: list[str] = []
-        self._in_flight = 0  # records produced, not yet acknowledged
+        self._lock = threading.RLock()  # the records, the counters: shared with the lanes
+        self._lanes: ThreadPoolExecutor | None = None
+        self._lane_mailers: list[Mailer] = []
+        self._serving = False  # send_batch's thread is serving Kafka's acknowledgements
+        self._sending: list[Future[None]] = []  # the lanes of the last batch, still sending
         # Text messages sent whose delivery report is still to come: key → (number, when).
         self.awaiting: dict[str, tuple[str, datetime, datetime]] = {}  # (+ when to ask)
         self.stats = NotifierStats()
@@ -409,9 +417,12 @@ class Notifier:
                 self.send_batch()
         finally:
             consumer.close()
-            close = getattr(self.mailer, "close", None)
-            if close is not None:
-                close()  # (the conversation kept open between messages)
+            for mailer in [self.mailer, *self._lane_mailers]:
+                close = getattr(mailer, "close", None)
+                if close is not None:
+                    close()  # (the conversations kept open between messages)
+            if self._lanes is not None:
+                self._lanes.shutdown(wait=True)
             self.producer.flush(30)
             if self.publisher is not None:
                 self.publisher.flush(30)
@@ -469,7 +480,8 @@ class Notifier:
                 and self.clock() - (known.sent_at or known.at) < REPORTS_FOR
             ):
                 sent_at = known.sent_at or known.at
-                self.awaiting.setdefault(notice.idempotency_key, (phone, sent_at, self.clock()))
+                ask = max(sent_at + REPORT_AFTER, self.clock())
+                self.awaiting.setdefault(notice.idempotency_key, (phone, sent_at, ask))
             return known
         preferences = self.state.preferences.get(notice.customer_key or "", Preferences())
         now = self.clock()
@@ -513,7 +525,7 @@ class Notifier:
             return
         batch, self.batch = list(self.batch.values()), {}
         assert self.mailer is not None
-        ready: list[tuple[Notice, Composed, str, str, int]] = []
+        ready: list[Ready] = []
         for addressed, known in batch:
             notice, contact = addressed.notice, addressed.contact
             assert contact is not None
@@ -545,26 +557,85 @@ class Notifier:
             )
             ready.append((notice, email, recipient, identifier, attempts))
         self._acknowledged()
-        for notice, email, recipient, identifier, attempts in ready:
+        # OMS_NOTIFY_IN_FLIGHT lanes, each on a conversation of its own, each sending its next
+        # message once the outcome of its last is acknowledged: a kill finds at most one message
+        # per lane sent without one. A customer's messages share a lane, in the order decided.
+        count = self.settings.notify_in_flight if hasattr(self.mailer, "clone") else 1
+        lanes: list[list[Ready]] = [[] for _ in range(count)]
+        for item in ready:
+            lanes[zlib.crc32(_recipient(item[0]).encode()) % count].append(item)
+        if count == 1:
+            self._send_lane(self.mailer, ready)
+        else:
+            while len(self._lane_mailers) < count:
+                self._lane_mailers.append(self.mailer.clone())  # type: ignore[attr-defined]
+            if self._lanes is None:
+                self._lanes = ThreadPoolExecutor(count, thread_name_prefix="notify-lane")
+            self._sending = [
+                self._lanes.submit(self._send_lane, mailer, lane)
+                for mailer, lane in zip(self._lane_mailers, lanes, strict=False)
+                if lane
+            ]
+            # (Sending the next batch while this one is composed measured slower: the lanes
+            # then serve their acknowledgements themselves, in turn.)
+            self.drain_lanes()
+        self._acknowledged()
+
+    def drain_lanes(self) -> None:
+        """Waits for the lanes still sending, serving Kafka's acknowledgements meanwhile (each
+        lane waits on its own, woken the moment it comes); raises what a lane raised (a
+        misconfigured relay, Kafka gone)."""
+        sending, self._sending = self._sending, []
+        self._serving = True
+        try:
+            while not all(lane_done.done() for lane_done in sending):
+                self.producer.poll(0.01)
+        finally:
+            self._serving = False
+        for lane_done in sending:
+            lane_done.result()
+
+    def _send_lane(self, mailer: Mailer, items: list[Ready]) -> None:
+        """One lane's messages, one after the other, each once its predecessor's outcome is
+        acknowledged (tried again as `deliver` does)."""
+        previous: threading.Event | None = None
+        for notice, email, recipient, identifier, attempts in items:
+            if previous is not None:
+                self._wait_acknowledged(previous)
             while True:
                 attempts += 1
-                # The outcomes of all but the last in_flight - 1 messages are acknowledged
-                # before the next goes: a kill finds at most in_flight sent without one.
-                self._at_most_unacknowledged(self.settings.notify_in_flight - 1)
                 try:
-                    answer = _guarded(self.mailer.send, email)
+                    answer = _guarded(mailer.send, email)
                 except CallFailed as exc:
                     detail = exc.detail.replace(recipient, "<recipient>")
                     if exc.permanent or attempts >= self.settings.notify_attempts:
-                        self._fail(notice, attempts, detail, identifier)
+                        with self._lock:
+                            self._fail(notice, attempts, detail, identifier)
+                        previous = None
                         break
                     log.warning("notify %s: %s (try %d)", notice.idempotency_key, detail, attempts)
                     self.sleep(backoff_s(attempts))
                     continue
-                self._settle(notice, NotificationStatus.SENT, attempts, answer[:500],
-                             message_id=identifier, wait=False)  # fmt: skip
+                previous = threading.Event()
+                with self._lock:
+                    self._settle(notice, NotificationStatus.SENT, attempts, answer[:500],
+                                 message_id=identifier, wait=False, acked=previous)  # fmt: skip
                 break
-        self._acknowledged()
+        if previous is not None:
+            self._wait_acknowledged(previous)
+
+    def _wait_acknowledged(self, acked: threading.Event, *, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not acked.is_set():
+            if self._unacknowledged:
+                with self._lock:
+                    self._acknowledged()  # (raises with Kafka's reasons)
+            if time.monotonic() > deadline:
+                raise OutboxUnavailable("notification record not acknowledged: timed out")
+            if self._serving:
+                acked.wait(0.05)  # (send_batch's thread serves the acknowledgements)
+            else:
+                self.producer.poll(0.005)
 
     def deliver(
         self, addressed: Addressed, *, known: NotificationRecord | None = None
@@ -743,17 +814,19 @@ class Notifier:
         provider_id: str | None = None,
         sent_at: datetime | None = None,
         wait: bool = True,
+        acked: threading.Event | None = None,
     ) -> NotificationRecord:
         """The outcome recorded (acknowledged, unless `wait` is off: a batch waits once)."""
         settled = notification_record(
             notice, status, at=self.clock(), attempts=attempts, detail=detail,
             message_id=message_id, provider_id=provider_id, sent_at=sent_at,
         )  # fmt: skip
-        self._produce(settled)
-        if wait:
-            self._acknowledged()
-        name = status.value
-        setattr(self.stats, name, getattr(self.stats, name) + 1)
+        with self._lock:  # (the lanes settle too)
+            self._produce(settled, acked=acked)
+            if wait:
+                self._acknowledged()
+            name = status.value
+            setattr(self.stats, name, getattr(self.stats, name) + 1)
         return settled
 
     def _write(self, found: NotificationRecord) -> None:
@@ -762,15 +835,18 @@ class Notifier:
         self._produce(found)
         self._acknowledged()
 
-    def _produce(self, found: NotificationRecord) -> None:
-        """The record on its way to the notifications topic (`_acknowledged` waits for it)."""
+    def _produce(self, found: NotificationRecord, *, acked: threading.Event | None = None) -> None:
+        """The record on its way to the notifications topic (`_acknowledged` waits for it;
+        `acked` is set once Kafka has it)."""
 
         def delivered(err: KafkaError | None, _msg: object) -> None:
-            self._in_flight -= 1
+            # No lock here: a flush holding it would wait for this very callback, served by
+            # another thread's poll (list.append and Event.set are safe without one).
             if err is not None:
                 self._unacknowledged.append(str(err))
+            elif acked is not None:
+                acked.set()
 
-        self._in_flight += 1
         self.producer.produce(
             self.settings.topics.notifications,
             key=found.key.encode(),
@@ -778,16 +854,6 @@ class Notifier:
             on_delivery=delivered,
         )
         self.records[found.key] = found
-
-    def _at_most_unacknowledged(self, count: int, *, timeout_s: float = 30.0) -> None:
-        """Waits until at most `count` records are not yet acknowledged by Kafka."""
-        deadline = time.monotonic() + timeout_s
-        while self._in_flight > count:
-            if time.monotonic() > deadline:
-                raise OutboxUnavailable("notification records not acknowledged: timed out")
-            self.producer.poll(0.05)
-        if self._unacknowledged:
-            self._acknowledged()  # (raises with Kafka's reasons)
 
     def _acknowledged(self) -> None:
         """Every record produced so far acknowledged by Kafka, or OutboxUnavailable."""

@@ -127,3 +127,14 @@ def test_a_relay_without_starttls_is_a_misconfiguration(
 def test_no_password_is_sent_without_tls() -> None:
     with pytest.raises(SmtpMisconfigured, match="STARTTLS"):
         SmtpMailer(host="h", port=25, starttls=False, user="u", password=SecretStr("p"))
+
+
+def test_a_long_subject_is_folded_into_whole_encoded_words_and_reads_back_whole() -> None:
+    subject = "您的订单 WX20261206-0042 已确认，" * 4 + "预计十九点零五分可取餐，谢谢光临😀"
+    rendered = Rendered(subject=subject, text="x\n", html=None)
+    wire = compose(rendered, sender=SENDER, recipient="wang@example.com", message_id="<k@x>").wire
+    head = wire.split(b"\r\n\r\n")[0]
+    assert all(len(line) <= 78 for line in head.split(b"\r\n"))
+    assert head.count(b"=?utf-8?b?") > 3
+    back = message_from_bytes(wire, policy=policy.default)
+    assert back["Subject"] == subject and back.get_content_type() == "text/plain"
