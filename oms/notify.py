@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import KafkaError, Producer
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from connectors.email import (
@@ -84,12 +84,12 @@ from events.notifications import (
     notification_record,
 )
 from events.privacy import DataKeys
-from infra.kafka import consumer_config, producer_config
+from infra.kafka import producer_config
 from infra.keystore import private_codec
 from infra.poison import describe
 from infra.publisher import Publisher
 from infra.settings import Settings
-from oms.outbox import OutboxUnavailable, backoff_s, read_newest
+from oms.outbox import OutboxUnavailable, backoff_s, from_the_beginning, read_newest
 from streams.notify import (
     Action,
     Addressed,
@@ -389,34 +389,19 @@ class Notifier:
             if found.status is NotificationStatus.SENT:
                 self.sent_at[_recipient(found.notice)].append(found.at)
         self.housekeeping(force=True)
-        topic = self.settings.topics.orders
-        consumer = Consumer(
-            consumer_config(
-                self.settings.kafka_bootstrap,
-                group_id=f"{self.settings.consumer_group}-notify",
-                **{"auto.offset.reset": "earliest"},
-            )
+        chunks = from_the_beginning(
+            self.settings, [self.settings.topics.orders], group="notify", label="notify"
         )
-        partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
-        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])  # the fold is rebuilt
         try:
             while until is None or not until(self):
-                for message in consumer.consume(200, timeout=0.5):
-                    error = message.error()
-                    if error is not None:
-                        if error.code() != KafkaError._PARTITION_EOF:
-                            log.warning("notify input: %s", error)
-                        continue
-                    self.take(
-                        message.value() or b"",
-                        where=f"{message.topic()}/{message.partition()}/{message.offset()}",
-                    )
+                for raw, where in next(chunks):
+                    self.take(raw, where=where)
                     if len(self.batch) >= BATCH:
                         self.send_batch()
                 self.housekeeping()
                 self.send_batch()
         finally:
-            consumer.close()
+            chunks.close()
             for mailer in [self.mailer, *self._lane_mailers]:
                 close = getattr(mailer, "close", None)
                 if close is not None:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -79,6 +79,43 @@ def read_records(settings: Settings, *, timeout_s: float = 30.0) -> dict[str, Ou
         key=lambda found: found.key,
         timeout_s=timeout_s,
     )
+
+
+def from_the_beginning(
+    settings: Settings, topics: list[str], *, group: str, label: str, wait_s: float = 0.5
+) -> Generator[list[tuple[bytes, str]], None, None]:
+    """The topics from their beginning, for ever: chunks of (value, where), an empty chunk when
+    nothing came within `wait_s` (the caller's moment for its timers). How the outbox sender,
+    the notifier and the staff alerter rebuild their fold and then follow the logs live;
+    `group` only names the consumer (nothing is committed: the fold is rebuilt each start)."""
+    consumer = Consumer(
+        consumer_config(
+            settings.kafka_bootstrap,
+            group_id=f"{settings.consumer_group}-{group}",
+            **{"auto.offset.reset": "earliest"},
+        )
+    )
+    try:
+        consumer.assign(
+            [
+                TopicPartition(topic, partition, 0)
+                for topic in topics
+                for partition in consumer.list_topics(topic, timeout=30).topics[topic].partitions
+            ]
+        )
+        while True:
+            chunk = []
+            for message in consumer.consume(200, timeout=wait_s):
+                error = message.error()
+                if error is not None:
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        log.warning("%s input: %s", label, error)
+                    continue
+                where = f"{message.topic()}/{message.partition()}/{message.offset()}"
+                chunk.append((message.value() or b"", where))
+            yield chunk
+    finally:
+        consumer.close()
 
 
 def read_newest(
@@ -168,33 +205,13 @@ class OutboxSender:
         self.forget_old()
         topics = self.settings.topics
         inputs = [topics.catalogue, topics.inventory, topics.orders]
-        consumer = Consumer(
-            consumer_config(
-                self.settings.kafka_bootstrap,
-                group_id=f"{self.settings.consumer_group}-outbox",
-                **{"auto.offset.reset": "earliest"},
-            )
-        )
-        assignment = [
-            TopicPartition(topic, partition, 0)  # from the beginning: the fold is rebuilt
-            for topic in inputs
-            for partition in consumer.list_topics(topic, timeout=30).topics[topic].partitions
-        ]
-        consumer.assign(assignment)
+        chunks = from_the_beginning(self.settings, inputs, group="outbox", label="outbox")
         try:
             while until is None or not until(self):
-                for message in consumer.consume(200, timeout=0.5):
-                    error = message.error()
-                    if error is not None:
-                        if error.code() != KafkaError._PARTITION_EOF:
-                            log.warning("outbox input: %s", error)
-                        continue
-                    self.take(
-                        message.value() or b"",
-                        where=f"{message.topic()}/{message.partition()}/{message.offset()}",
-                    )
+                for raw, where in next(chunks):
+                    self.take(raw, where=where)
         finally:
-            consumer.close()
+            chunks.close()
             self.producer.flush(30)
             if self.publisher is not None:
                 self.publisher.flush(30)

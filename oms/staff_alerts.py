@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import KafkaError, Producer
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from connectors.escpos import ReceiptPrinter, kitchen_ticket
@@ -56,11 +56,11 @@ from connectors.wecom_bot import WeComRobot
 from events.codec import AvroCodec
 from events.models import DeadLetter, Event, utc_now
 from events.staff_alerts import AlertRecord, AlertStatus, SinkKind, StaffAlert, alert_record
-from infra.kafka import consumer_config, producer_config
+from infra.kafka import producer_config
 from infra.poison import describe
 from infra.publisher import Publisher
 from infra.settings import Settings
-from oms.outbox import backoff_s, read_newest
+from oms.outbox import backoff_s, from_the_beginning, read_newest
 from streams.staff_alerts import AlertState, Sink, StaffAlertsConfig, decide
 
 log = logging.getLogger(__name__)
@@ -283,36 +283,17 @@ class StaffAlerter:
         self.records = read_records(self.settings)
         self.forget_old()
         topics = self.settings.topics
-        consumer = Consumer(
-            consumer_config(
-                self.settings.kafka_bootstrap,
-                group_id=f"{self.settings.consumer_group}-staff-alerts",
-                **{"auto.offset.reset": "earliest"},
-            )
-        )
-        inputs = [topics.orders, topics.inventory]
-        consumer.assign(
-            [
-                TopicPartition(topic, partition, 0)  # from the beginning: the fold is rebuilt
-                for topic in inputs
-                for partition in consumer.list_topics(topic, timeout=30).topics[topic].partitions
-            ]
-        )
+        chunks = from_the_beginning(
+            self.settings, [topics.orders, topics.inventory], group="staff-alerts",
+            label="staff alerts", wait_s=0.2,
+        )  # fmt: skip
         try:
             while until is None or not until(self):
-                for message in consumer.consume(200, timeout=0.2):
-                    error = message.error()
-                    if error is not None:
-                        if error.code() != KafkaError._PARTITION_EOF:
-                            log.warning("staff alerts input: %s", error)
-                        continue
-                    self.take(
-                        message.value() or b"",
-                        where=f"{message.topic()}/{message.partition()}/{message.offset()}",
-                    )
+                for raw, where in next(chunks):
+                    self.take(raw, where=where)
                 self.retry_due()
         finally:
-            consumer.close()
+            chunks.close()
             self.producer.flush(30)
             if self.publisher is not None:
                 self.publisher.flush(30)
