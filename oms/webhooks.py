@@ -33,11 +33,12 @@ fields are empty and `sealed` stays sealed.
 from __future__ import annotations
 
 import base64
+import http.client
 import logging
 import random
+import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
@@ -46,11 +47,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from events.codec import AvroCodec, CodecError, message_ref
 from events.models import DeadLetter, OrderEvent, utc_now
 from events.webhook_subscriptions import DeliveryRecord, DeliveryStatus, Start, Subscription
-from infra.kafka import consumer_config, producer_config
+from infra.kafka import admin_config, consumer_config, producer_config
 from infra.keystore import KeyStoreError, MasterKey
 from infra.poison import describe
 from infra.publisher import Publisher
@@ -58,6 +60,8 @@ from infra.settings import Settings
 from streams.webhook_delivery import (
     Health,
     InvalidSecret,
+    Progress,
+    Retrying,
     RetryPolicy,
     after_attempt,
     gives_up,
@@ -193,8 +197,29 @@ def save(settings: Settings, subscription: Subscription) -> None:
     _produce(settings, subscription.id, subscription.encode())
 
 
-def remove(settings: Settings, subscription_id: str) -> None:
+def remove(settings: Settings, subscription_id: str) -> bool:
+    """The subscription gone from its topic, and its progress (its consumer group) with it;
+    False when the group is still in use (the running sender deletes it once it has seen the
+    removal)."""
     _produce(settings, subscription_id, None)
+    return forget_progress(settings, subscription_id)
+
+
+def forget_progress(settings: Settings, subscription_id: str) -> bool:
+    """Delete the subscription's consumer group (its committed progress); True when it is gone
+    or never was."""
+    admin = AdminClient(admin_config(settings.kafka_bootstrap))
+    group = group_of(settings, subscription_id)
+    try:
+        admin.delete_consumer_groups([group], request_timeout=30)[group].result(timeout=30)
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args else None
+        code = error.code() if isinstance(error, KafkaError) else None
+        if code == KafkaError.GROUP_ID_NOT_FOUND:
+            return True
+        log.warning("webhooks: progress of %s not deleted: %s", subscription_id, exc)
+        return False
+    return True
 
 
 def _produce(settings: Settings, key: str, value: bytes | None) -> None:
@@ -281,10 +306,10 @@ def lag(settings: Settings) -> dict[str, int]:
             committed = consumer.committed(
                 [TopicPartition(topic, p) for p in partitions], timeout=30
             )
-            total = 0
+            total, mark = 0, subscription.start.mark
             for tp in committed:
                 _, high = _watermarks(consumer, TopicPartition(topic, tp.partition), timeout_s=30)
-                moved = tp.offset >= 0 and tp.metadata == subscription.start.mark
+                moved = tp.offset >= 0 and Progress.read(tp.metadata).mark == mark
                 at = tp.offset if moved else subscription.start.offsets.get(tp.partition, 0)
                 total += max(0, high - at)
             behind[subscription.id] = total
@@ -296,27 +321,86 @@ def lag(settings: Settings) -> dict[str, int]:
 # -- one attempt
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A 3xx is an answer, not a place to send the event to (it would go unsigned for the
-    other host's secret, and a POST turned into a GET)."""
+class Poster:
+    """POSTs over connections kept alive between deliveries, per origin (scheme, host, port):
+    a delivery costs one request, not a TCP (and TLS) handshake as well. One connection
+    serves one request at a time; an idle one is taken by the next delivery to its origin.
 
-    def redirect_request(self, *_args: object, **_kwargs: object) -> None:
-        return None
+    A 3xx is an answer, not a place to send the event to (it would go unsigned for the other
+    host's secret). Never raises: no answer (refused, timed out, unreadable) is (None, why).
+    """
 
+    MAX_IDLE = 32  # per origin (the sender has at most one delivery per partition in flight)
+    READ_AT_MOST = 64 * 1024  # of an answer's body; a longer one is not kept alive
 
-_OPENER = urllib.request.build_opener(_NoRedirect)
+    def __init__(self) -> None:
+        self._idle: dict[tuple[str, str, int], list[http.client.HTTPConnection]] = {}
+        self._lock = threading.Lock()
 
+    def __call__(
+        self, url: str, body: bytes, headers: dict[str, str], *, timeout_s: float
+    ) -> Answer:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return None, f"not an http(s) URL: {parts.scheme}://"
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError as exc:
+            return None, describe(exc)
+        origin = (parts.scheme, parts.hostname, port)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        while True:
+            connection, reused = self._take(origin, timeout_s)
+            try:
+                connection.request("POST", target, body=body, headers=headers)
+                response = connection.getresponse()
+                said = response.read(self.READ_AT_MOST)
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                connection.close()
+                if reused:
+                    continue  # the origin closed it while idle: once more on a new one
+                return None, "the connection was closed before an answer"
+            except Exception as exc:  # noqa: BLE001 - any way of not answering is a failure
+                connection.close()
+                return None, describe(exc)
+            if response.will_close or not response.isclosed():
+                connection.close()
+            else:
+                self._give_back(origin, connection)
+            return response.status, said[:500].decode("utf-8", "replace")
 
-def post(url: str, body: bytes, headers: dict[str, str], *, timeout_s: float) -> Answer:
-    """One POST; never raises: no answer (refused, timed out, unreadable) is (None, why)."""
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-    try:
-        with _OPENER.open(request, timeout=timeout_s) as response:
-            return response.status, response.read(500).decode("utf-8", "replace")
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read(500).decode("utf-8", "replace")
-    except Exception as exc:  # noqa: BLE001 - any way of not answering is a failed attempt
-        return None, describe(exc)
+    def _take(
+        self, origin: tuple[str, str, int], timeout_s: float
+    ) -> tuple[http.client.HTTPConnection, bool]:
+        with self._lock:
+            idle = self._idle.get(origin)
+            connection = idle.pop() if idle else None
+        if connection is not None:
+            connection.timeout = timeout_s
+            if connection.sock is not None:
+                connection.sock.settimeout(timeout_s)
+            return connection, True
+        scheme, host, port = origin
+        if scheme == "https":
+            return http.client.HTTPSConnection(host, port, timeout=timeout_s), False
+        return http.client.HTTPConnection(host, port, timeout=timeout_s), False
+
+    def _give_back(
+        self, origin: tuple[str, str, int], connection: http.client.HTTPConnection
+    ) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(origin, [])
+            if len(idle) < self.MAX_IDLE:
+                idle.append(connection)
+                return
+        connection.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, {}
+        for connections in idle.values():
+            for connection in connections:
+                connection.close()
 
 
 # -- the sender
@@ -348,6 +432,7 @@ class Lane:
     in_flight: dict[int, Future[Answer]] = field(default_factory=dict)
     paused: set[int] = field(default_factory=set)
     health: Health = field(default_factory=Health)
+    remembered: dict[int, Retrying] = field(default_factory=dict)  # per partition, from its commit
     moved: bool = False  # progress not committed yet
 
     def progress(self) -> dict[int, int]:
@@ -373,12 +458,12 @@ class WebhookSender:
         settings: Settings,
         *,
         clock: Callable[[], datetime] = utc_now,
-        post: Callable[..., Answer] = post,
+        post: Callable[..., Answer] | None = None,
     ) -> None:
         self.settings = settings
         self.master = MasterKey.from_settings(settings)  # opens the subscriptions' secrets
         self.clock = clock
-        self.post = post
+        self.post = post or Poster()
         self.codec = AvroCodec.for_registry(settings.schema_registry_url)  # no keys: as logged
         self.policy = RetryPolicy(
             backoff_base_s=settings.webhook_backoff_base_s,
@@ -431,6 +516,8 @@ class WebhookSender:
                 lane.consumer.close()
             follower.close()
             self.pool.shutdown(wait=False, cancel_futures=True)
+            if isinstance(self.post, Poster):
+                self.post.close()
             self.producer.flush(30)
         return self.stats
 
@@ -450,7 +537,10 @@ class WebhookSender:
             return
         if lane is not None:
             self._close(lane, commit=subscription is not None)
-        if subscription is None or not subscription.enabled:
+        if subscription is None:
+            forget_progress(self.settings, subscription_id)  # removed: its progress too
+            return
+        if not subscription.enabled:
             return
         try:
             secret = open_secret(self.master, subscription)
@@ -474,11 +564,13 @@ class WebhookSender:
         )
         partitions = _partitions(consumer, topic, timeout_s=30)
         committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=30)
-        # Progress committed under this start's mark resumes; any other (none yet, or made
-        # before a replay) gives way to the start.
+        # Progress committed under this start's mark resumes, with the retry clock and the
+        # run of failures it carries; any other (none yet, or made before a replay) gives way
+        # to the start.
         mark = subscription.start.mark
+        progress = {tp.partition: Progress.read(tp.metadata) for tp in committed}
         resumed = any(tp.offset >= 0 for tp in committed) and all(
-            tp.metadata == mark for tp in committed if tp.offset >= 0
+            progress[tp.partition].mark == mark for tp in committed if tp.offset >= 0
         )
         positions = {
             tp.partition: tp.offset
@@ -495,6 +587,16 @@ class WebhookSender:
             read_to=dict(positions),
             moved=not resumed,  # a new start is committed at once
         )
+        if resumed:
+            lane.health = max(
+                (p.health for p in progress.values()), key=lambda health: health.failures
+            )
+            lane.remembered = {
+                tp.partition: head
+                for tp in committed
+                if (head := progress[tp.partition].retrying) is not None
+                and head.offset == tp.offset
+            }
         log.info("webhooks: %s from %s", subscription.id, positions)
         return lane
 
@@ -560,6 +662,10 @@ class WebhookSender:
             pending.event = event
             pending.webhook_id = webhook_id(lane.subscription.id, event.event_id)
             pending.body = message(event)
+            head = lane.remembered.pop(partition, None)
+            if head is not None and head.offset == offset:
+                pending.attempts, pending.due = head.attempts, head.due
+                pending.first_attempt = head.first_attempt
         lane.waiting[partition].append(pending)
 
     def _flow(self, lane: Lane, partition: int, waiting: int) -> None:
@@ -635,8 +741,14 @@ class WebhookSender:
         self._record(lane, partition, pending, outcome, http_status=status, detail=detail)
         if outcome is not DeliveryStatus.RETRYING:
             lane.waiting[partition].popleft()
-            lane.moved = True
+        lane.moved = True
+        if not delivered and disable is None:
+            # The retry clock and the run of failures are kept at once, with the progress:
+            # a sender that crashes again and again still gives up and disables on time.
+            self._flush()
+            self._commit(lane)
         if disable is not None:
+            lane.health = Health()  # `enable` starts a new run of failures
             self._close(lane, commit=True)
             self._disable(lane.subscription, disable)
             return True
@@ -699,7 +811,22 @@ class WebhookSender:
 
     def _commit(self, lane: Lane) -> None:
         topic, mark = self.settings.topics.orders, lane.subscription.start.mark
-        offsets = [TopicPartition(topic, p, at, metadata=mark) for p, at in lane.progress().items()]
+        offsets = []
+        for partition, at in lane.progress().items():
+            waiting = lane.waiting[partition]
+            head = waiting[0] if waiting else None
+            retrying = None
+            if head is not None and head.attempts and head.first_attempt and head.due:
+                retrying = Retrying(
+                    offset=head.offset,
+                    attempts=head.attempts,
+                    first_attempt=head.first_attempt,
+                    due=head.due,
+                )
+            elif (remembered := lane.remembered.get(partition)) is not None:
+                retrying = remembered  # not read back yet since the restart
+            note = Progress(mark=mark, health=lane.health, retrying=retrying).note()
+            offsets.append(TopicPartition(topic, partition, at, metadata=note))
         try:
             lane.consumer.commit(offsets=offsets, asynchronous=False)
             lane.moved = False

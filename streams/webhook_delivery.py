@@ -139,3 +139,73 @@ def after_attempt(
 def gives_up(*, first_attempt: datetime, now: datetime, policy: RetryPolicy) -> bool:
     """Whether a delivery that has just failed is failed for good (past its retry window)."""
     return now - first_attempt >= policy.retry_for
+
+
+# -- what a subscription's progress remembers
+
+
+@dataclass(frozen=True)
+class Retrying:
+    """The head delivery of a partition, failed and waiting for its next attempt."""
+
+    offset: int
+    attempts: int
+    first_attempt: datetime
+    due: datetime
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a committed offset of a subscription's group carries beside the offset (Kafka's
+    commit metadata): the start it was made under, the subscription's run of failures, and
+    the partition's head delivery being retried. Committed with the offset, so a sender that
+    restarts (or crashes over and over) resumes the retry clock and the count towards
+    disabling instead of starting them afresh."""
+
+    mark: str
+    health: Health = Health()
+    retrying: Retrying | None = None
+
+    def note(self) -> str:
+        """The metadata text (well under the broker's 4,096 bytes)."""
+        value: dict[str, object] = {"mark": self.mark}
+        if self.health.failures:
+            since = self.health.failing_since
+            value["failures"] = self.health.failures
+            value["since"] = since.isoformat() if since else None
+        if self.retrying is not None:
+            head = self.retrying
+            value["retrying"] = {
+                "offset": head.offset,
+                "attempts": head.attempts,
+                "first": head.first_attempt.isoformat(),
+                "due": head.due.isoformat(),
+            }
+        return json.dumps(value, separators=(",", ":"))
+
+    @classmethod
+    def read(cls, note: str | None) -> Progress:
+        """The progress a commit carries; a plain mark (as commits before this carried) or a
+        note that cannot be read is a mark with nothing remembered."""
+        if not note or not note.startswith("{"):
+            return cls(mark=note or "")
+        try:
+            value = json.loads(note)
+            health = Health()
+            if value.get("failures"):
+                since = value.get("since")
+                health = Health(
+                    failures=int(value["failures"]),
+                    failing_since=datetime.fromisoformat(since) if since else None,
+                )
+            retrying = None
+            if isinstance(head := value.get("retrying"), dict):
+                retrying = Retrying(
+                    offset=int(head["offset"]),
+                    attempts=int(head["attempts"]),
+                    first_attempt=datetime.fromisoformat(head["first"]),
+                    due=datetime.fromisoformat(head["due"]),
+                )
+            return cls(mark=str(value["mark"]), health=health, retrying=retrying)
+        except (ValueError, KeyError, TypeError):
+            return cls(mark="")

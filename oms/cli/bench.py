@@ -151,10 +151,18 @@ def bench_eta(orders_per_day: int, seed: int, backend: str) -> None:
 @click.option("--events", default=5000, show_default=True, help="webhook backlog")
 @click.option("--rate", default=200.0, show_default=True, help="events/s for the latency")
 @click.option("--seconds", default=10.0, show_default=True, help="of the latency run")
-def bench_notify(orders: int, events: int, rate: float, seconds: float) -> None:
+@click.option(
+    "--relay",
+    type=click.Choice(["postfix", "aiosmtpd"]),
+    default="postfix",
+    show_default=True,
+    help="the SMTP server: Postfix's smtp-sink (C; fetched with apt-get download, unpacked "
+    "under .oms/tools, falls back to aiosmtpd) or aiosmtpd (Python, on the same cores)",
+)
+def bench_notify(orders: int, events: int, rate: float, seconds: float, relay: str) -> None:
     """Customer e-mails to a real local SMTP server and signed webhooks to a local receiver,
     per second (target >= 1,000/s), and the webhooks' latency from the log."""
     from bench import notify
 
-    figures = notify.run(orders=orders, events=events, rate=rate, seconds=seconds)
+    figures = notify.run(orders=orders, events=events, rate=rate, seconds=seconds, relay=relay)
     _finish("notify", figures, notify.report)

@@ -122,8 +122,13 @@ def remove_subscription(subscription_id: str) -> None:
     from oms.webhooks import remove
 
     _existing(subscription_id)
-    remove(get_settings(), subscription_id)
-    click.echo(f"{subscription_id}: removed")
+    if remove(get_settings(), subscription_id):
+        click.echo(f"{subscription_id}: removed, with its progress")
+    else:
+        click.echo(
+            f"{subscription_id}: removed; its progress (consumer group) is still in use and is "
+            "deleted by the running sender"
+        )
 
 
 @subscriptions.command("enable")

@@ -25,16 +25,18 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from events.models import Actor, ActorKind, Event, OrderAcceptedByStore, OrderRouted, utc_now
 from events.webhook_subscriptions import DeliveryStatus
+from infra.kafka import consumer_config
 from infra.keystore import MasterKey
 from infra.publisher import Publisher
 from infra.settings import Settings, get_settings
 from oms.cli import main
 from oms.webhooks import (
     WebhookSender,
+    group_of,
     lag,
     open_secret,
     read_deliveries,
@@ -42,7 +44,7 @@ from oms.webhooks import (
     save,
     seal_secret,
 )
-from streams.webhook_delivery import InvalidSecret, webhook_id
+from streams.webhook_delivery import InvalidSecret, Progress, webhook_id
 from tests.conftest import settings_env
 from tests.factories import received
 
@@ -395,6 +397,64 @@ def test_a_sender_killed_mid_run_loses_no_delivery(
     # None missing; a duplicate only with an id the receiver already had.
     assert receiver.ids() == {webhook_id(subscription, e.event_id) for e in events}
     assert in_order(receiver.first_seen())
+
+
+def committed_progress(settings: Settings, subscription: str) -> list[Progress]:
+    """What the subscription's group has committed, partition by partition."""
+    consumer = Consumer(
+        consumer_config(settings.kafka_bootstrap, group_id=group_of(settings, subscription))
+    )
+    try:
+        topic = settings.topics.orders
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+        return [Progress.read(tp.metadata) for tp in committed if tp.offset >= 0]
+    finally:
+        consumer.close()
+
+
+def test_a_sender_crashing_again_and_again_still_counts_to_disabling_and_keeps_the_retry_clock(
+    settings: Settings, receiver: Receiver, oms: Callable[..., str]
+) -> None:
+    # Killed after each failed attempt: each restart goes on from the failures and attempts
+    # its commit carries, so the third attempt of all disables (not the third of one run).
+    subscription = subscribe(oms, receiver)
+    receiver.down = True
+    publish(settings, order(1, channel="webshop"))
+    env = settings_env(settings) | {f"OMS_{k.upper()}": str(v) for k, v in FAST.items()}
+    env |= {"OMS_WEBHOOK_DISABLE_FAILURES": "3", "OMS_WEBHOOK_DISABLE_AFTER_S": "0"}
+    # Retries 1 to 2 s apart: each run is killed (within a poll) before its second attempt,
+    # and the restarted one waits out the retry's due time it remembers.
+    env |= {"OMS_WEBHOOK_BACKOFF_BASE_S": "2", "OMS_WEBHOOK_BACKOFF_CAP_S": "2"}
+    command = [sys.executable, "-m", "oms.cli", "subscriptions", "run"]
+    for failures in (1, 2):
+        sender = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+        try:
+            wait(
+                lambda n=failures: any(
+                    p.health.failures >= n for p in committed_progress(settings, subscription)
+                ),
+                sender,
+            )
+        finally:
+            os.kill(sender.pid, signal.SIGKILL)
+            sender.wait(10)
+        assert receiver.answered_500 == failures  # killed before a second attempt this run
+    remembered = [p.retrying for p in committed_progress(settings, subscription) if p.retrying]
+    assert [head.attempts for head in remembered] == [2]
+    sender = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+    try:
+        wait(lambda: not read_subscriptions(settings)[subscription].enabled, sender)
+    finally:
+        sender.kill()
+        sender.wait(10)
+    assert receiver.answered_500 == 3
+    logged = read_deliveries(settings, subscription_id=subscription)
+    assert [(d.status, d.attempts) for d in logged] == [(DeliveryStatus.RETRYING, 3)]
+
+    # Removed: its progress (the consumer group) goes with it.
+    assert "removed, with its progress" in oms("subscriptions", "remove", subscription)
+    assert committed_progress(settings, subscription) == []
 
 
 def wait(condition: Callable[[], bool], process: subprocess.Popen[bytes]) -> None:

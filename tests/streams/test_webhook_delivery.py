@@ -15,6 +15,8 @@ from events.webhook_subscriptions import Start, Subscription
 from streams.webhook_delivery import (
     Health,
     InvalidSecret,
+    Progress,
+    Retrying,
     RetryPolicy,
     after_attempt,
     gives_up,
@@ -164,3 +166,22 @@ def test_a_delivery_between_failures_starts_the_count_again() -> None:
     late = T0 + timedelta(hours=5)
     health, why = after_attempt(health, delivered=False, now=late, policy=POLICY)
     assert why is None and health.failing_since == late
+
+
+def test_progress_carries_the_run_of_failures_and_the_retry_clock_within_the_broker_limit() -> None:
+    at = datetime(2026, 12, 6, 21, 0, tzinfo=UTC)
+    progress = Progress(
+        mark="a" * 32,
+        health=Health(failures=7, failing_since=at),
+        retrying=Retrying(offset=41, attempts=7, first_attempt=at, due=at + timedelta(hours=1)),
+    )
+    note = progress.note()
+    assert Progress.read(note) == progress
+    assert len(note.encode()) < 4096  # offset.metadata.max.bytes
+    assert Progress.read(Progress(mark="m").note()) == Progress(mark="m")
+
+
+def test_progress_committed_before_notes_or_unreadable_remembers_nothing() -> None:
+    assert Progress.read("0f3c9a") == Progress(mark="0f3c9a")  # a plain mark, as before
+    assert Progress.read(None) == Progress(mark="")
+    assert Progress.read('{"mark": "m", "failures": "many"}') == Progress(mark="")
