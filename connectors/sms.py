@@ -28,13 +28,17 @@ POST to `/2010-04-01/Accounts/{AccountSid}/Messages.json` with HTTP Basic auth (
 auth token), `To`, `From` or `MessagingServiceSid`, and `Body` (the rendered text). 201 with
 the Message `sid`; 429 and 5xx are worth another try; 401/403 (error 20003) is ours; other 4xx
 (21211 invalid To, 21610 the recipient replied STOP) are the message's. Twilio takes no
-idempotency key on this call and has no way to look a message up by one: a crash after the
-call and before its record may send it twice.
+idempotency key on this call; after a crash it is asked instead with the Message list
+(`GET .../Messages.json?To=&From=&DateSent>=YYYY-MM-DD`, the query twilio-python sends for
+`date_sent_after`; pages followed by `next_page_uri`): a message to the number, from our
+sender, with the same body, created since the intent and not `failed`, is ours. The body
+names the order and what happened to it, so two notices do not share one.
 """
 
 from __future__ import annotations
 
 import base64
+import email.utils
 import hashlib
 import hmac
 import json
@@ -44,7 +48,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -284,6 +288,7 @@ def _mainland(phone: str) -> str:
 
 
 TWILIO_API_URL = "https://api.twilio.com"
+TWILIO_PAGES_ASKED = 10  # of 100 messages to one number in a day or two
 
 
 class TwilioSms:
@@ -343,7 +348,59 @@ class TwilioSms:
         raise PermanentFailure(said)
 
     def already_sent(self, message: TextMessage, since: datetime) -> bool | None:
-        return None  # no idempotency key, no lookup by one
+        """Whether Twilio has a message to the number with this body, from our sender,
+        created since `since` (and not failed to leave Twilio)."""
+        query = {"To": message.to, "DateSent>": since.astimezone(UTC).date().isoformat()}
+        if not self.sender.startswith("MG"):
+            query["From"] = self.sender
+        query["PageSize"] = "100"
+        page: str | None = (
+            f"/2010-04-01/Accounts/{self.sid}/Messages.json?{urllib.parse.urlencode(query)}"
+        )
+        for _ in range(TWILIO_PAGES_ASKED):
+            if page is None:
+                return False
+            answer = self._get(page)
+            for found in answer.get("messages") or []:
+                if self._ours(found, message, since):
+                    return True
+            page = answer.get("next_page_uri") or None
+        raise TransientFailure(f"Twilio: more than {TWILIO_PAGES_ASKED} pages to look through")
+
+    def _ours(self, found: dict[str, Any], message: TextMessage, since: datetime) -> bool:
+        if found.get("to") != message.to or found.get("body") != message.text:
+            return False
+        if found.get("status") == "failed":  # never left Twilio: not sent
+            return False
+        if self.sender.startswith("MG") and found.get("messaging_service_sid") != self.sender:
+            return False
+        try:
+            created = email.utils.parsedate_to_datetime(str(found.get("date_created")))
+        except (TypeError, ValueError):
+            return True  # ours by number and body; the date only narrows it
+        return created >= since - timedelta(seconds=1)
+
+    def _get(self, path: str) -> dict[str, Any]:
+        credentials = base64.b64encode(
+            f"{self.sid}:{self.token.get_secret_value()}".encode()
+        ).decode()
+        request = urllib.request.Request(
+            f"{self.api_url}{path}", headers={"Authorization": f"Basic {credentials}"}
+        )
+        status, body = self.transport(request)
+        if status == 429 or status >= 500:
+            raise TransientFailure(f"Twilio HTTP {status}")
+        if status in (401, 403):
+            raise ProviderMisconfigured(f"Twilio HTTP {status}: {body[:200]!r}")
+        if status != 200:
+            raise PermanentFailure(f"Twilio HTTP {status}: {body[:200]!r}")
+        try:
+            answer = json.loads(body)
+        except ValueError as exc:
+            raise TransientFailure(f"Twilio answered no JSON: {body[:200]!r}") from exc
+        if not isinstance(answer, dict):
+            raise TransientFailure(f"Twilio answered no object: {body[:200]!r}")
+        return answer
 
     def report(self, message: TextMessage, provider_id: str, sent_at: datetime) -> Report | None:
         """The Message resource's `status` (GET .../Messages/{sid}.json): delivered; failed or

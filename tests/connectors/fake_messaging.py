@@ -12,6 +12,7 @@ Aliyun at `/aliyun/`, Twilio at `/twilio/2010-04-01/...`, WeChat at `/wechat/cgi
 from __future__ import annotations
 
 import base64
+import email.utils
 import json
 import re
 import secrets
@@ -51,6 +52,7 @@ class FakeMessaging:
     # default 3), Twilio status by SID (default delivered).
     aliyun_status: dict[str, int] = field(default_factory=dict)
     twilio_status: dict[str, str] = field(default_factory=dict)
+    twilio_lists: list[dict[str, str]] = field(default_factory=list)  # the list queries asked
     tokens_issued: int = 0
     nonces: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -158,19 +160,64 @@ class FakeMessaging:
             return refuse(400, 21602, "Message body is required")
         sid = "SM" + secrets.token_hex(16)
         with self.lock:
+            now = email.utils.format_datetime(datetime.now(UTC))
             self.sms.append({"provider": "twilio", "to": form["To"], "sid": sid,
-                             "body": form["Body"], "from": form.get("From")})  # fmt: skip
+                             "body": form["Body"], "from": form.get("From"),
+                             "messaging_service_sid": form.get("MessagingServiceSid"),
+                             "date_created": now})  # fmt: skip
         return 201, {"sid": sid, "status": "queued", "to": form["To"], "body": form["Body"]}
 
-    def twilio_message(self, path: str, headers: Any) -> tuple[int, dict[str, Any]]:
+    def twilio_message(
+        self, path: str, headers: Any, query: dict[str, str]
+    ) -> tuple[int, dict[str, Any]]:
         expected = "Basic " + base64.b64encode(f"{TWILIO_SID}:{TWILIO_TOKEN}".encode()).decode()
         if headers.get("Authorization") != expected:
             return 401, {"code": 20003, "message": "Authenticate", "status": 401}
+        if path == f"/2010-04-01/Accounts/{TWILIO_SID}/Messages.json":
+            return self.twilio_list(path, query)
         prefix = f"/2010-04-01/Accounts/{TWILIO_SID}/Messages/"
         sid = path.removeprefix(prefix).removesuffix(".json")
         if not path.startswith(prefix) or not any(m.get("sid") == sid for m in self.sms):
             return 404, {"code": 20404, "message": "not found", "status": 404}
         return 200, {"sid": sid, "status": self.twilio_status.get(sid, "delivered")}
+
+    def twilio_list(self, path: str, query: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        """The Message list: filtered by To, From and `DateSent>` (a day, or an ISO time: on
+        or after its day), newest first, `PageSize` a page, `next_page_uri` to the next."""
+        self.twilio_lists.append(dict(query))
+        after = query.get("DateSent>")
+        try:
+            day = datetime.fromisoformat(after).date() if after else None
+        except ValueError:
+            return 400, {"code": 20001, "message": "Invalid DateSent>", "status": 400}
+        size, page = int(query.get("PageSize", "50")), int(query.get("Page", "0"))
+
+        def created(m: dict[str, Any]) -> datetime:
+            return email.utils.parsedate_to_datetime(m["date_created"])
+
+        with self.lock:
+            found = [
+                m for m in reversed(self.sms) if m["provider"] == "twilio"
+                and ("To" not in query or m["to"] == query["To"])
+                and ("From" not in query or m["from"] == query["From"])
+                and (day is None or created(m).date() >= day)
+            ]  # fmt: skip
+        shown = found[page * size : (page + 1) * size]
+        more = (page + 1) * size < len(found)
+        next_query = urllib.parse.urlencode({**query, "Page": str(page + 1)})
+        messages = [
+            {"sid": m["sid"], "to": m["to"], "from": m["from"], "body": m["body"],
+             "messaging_service_sid": m["messaging_service_sid"],
+             "status": self.twilio_status.get(m["sid"], "delivered"),
+             "date_created": m["date_created"]}
+            for m in shown
+        ]  # fmt: skip
+        return 200, {
+            "messages": messages,
+            "page": page,
+            "page_size": size,
+            "next_page_uri": f"{path}?{next_query}" if more else None,
+        }
 
     # ------------------------------------------------------------ WeChat
 
@@ -236,7 +283,9 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path == "/aliyun/":
             self._answer(*self.fake.aliyun(query))
         elif url.path.startswith("/twilio/"):
-            self._answer(*self.fake.twilio_message(url.path.removeprefix("/twilio"), self.headers))
+            self._answer(
+                *self.fake.twilio_message(url.path.removeprefix("/twilio"), self.headers, query)
+            )
         elif url.path == "/wechat/cgi-bin/token":
             self._answer(200, self.fake.wechat_token(query))
         else:

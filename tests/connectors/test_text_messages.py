@@ -5,7 +5,8 @@ credentials and fields, WeChat's token and the rules of template values."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -137,7 +138,6 @@ def test_twilio_sends_the_rendered_text_and_tells_failures_apart(fake: FakeMessa
         twilio(fake, token="wrong").send(message("+447700900123"))
     with pytest.raises(ProviderMisconfigured, match="SID"):
         TwilioSms(account_sid="nope", auth_token=SecretStr("t"), sender=TWILIO_FROM)
-    assert twilio(fake).already_sent(message("+447700900123"), datetime.now(UTC)) is None
     assert len(fake.sms) == 1
     now = datetime.now(UTC)
     assert twilio(fake).report(message("+447700900123"), sid, now) == "delivered"
@@ -147,6 +147,30 @@ def test_twilio_sends_the_rendered_text_and_tells_failures_apart(fake: FakeMessa
         assert twilio(fake).report(message("+447700900123"), sid, now) == report
     with pytest.raises(PermanentFailure, match="404"):
         twilio(fake).report(message("+447700900123"), "SM" + "0" * 32, now)
+
+
+def test_twilio_is_asked_whether_it_has_a_message_after_a_crash(fake: FakeMessaging) -> None:
+    before = datetime.now(UTC) - timedelta(seconds=5)
+    client = twilio(fake)
+    sid = client.send(message("+447700900123"))
+    assert client.already_sent(message("+447700900123"), before) is True
+    asked = fake.twilio_lists[-1]
+    assert (asked["To"], asked["From"]) == ("+447700900123", TWILIO_FROM)
+    assert asked["DateSent>"] == before.date().isoformat()
+    assert client.already_sent(message("+447700900124"), before) is False  # another number
+    other = replace(message("+447700900123"), text="您的订单已送达")
+    assert client.already_sent(other, before) is False  # another notice
+    assert client.already_sent(message("+447700900123"), before + timedelta(days=1)) is False
+    fake.twilio_status[sid] = "failed"  # it never left Twilio: not sent
+    assert client.already_sent(message("+447700900123"), before) is False
+    fake.twilio_status[sid] = "delivered"
+    # Found on a later page: newer messages to the same number fill the first.
+    for n in range(120):
+        client.send(replace(message("+447700900123"), text=f"订单 {n} 已确认"))
+    assert client.already_sent(message("+447700900123"), before) is True
+    assert fake.twilio_lists[-1].get("Page") == "1"
+    with pytest.raises(ProviderMisconfigured):
+        twilio(fake, token="wrong").already_sent(message("+447700900123"), before)
 
 
 def wechat(fake: FakeMessaging, secret: str = WECHAT_SECRET) -> WeChatSubscribe:

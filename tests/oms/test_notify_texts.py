@@ -32,6 +32,9 @@ from tests.connectors.fake_messaging import (
     ALIYUN_KEY_ID,
     ALIYUN_SECRET,
     ALIYUN_SIGN,
+    TWILIO_FROM,
+    TWILIO_SID,
+    TWILIO_TOKEN,
     WECHAT_APP_ID,
     WECHAT_SECRET,
     FakeMessaging,
@@ -150,27 +153,39 @@ class Stopped(BaseException):
     """The notifier killed between the provider's answer and the outcome record."""
 
 
-def test_after_a_stop_between_the_answer_and_the_record_aliyun_is_asked_not_sent_again(
-    isolated_settings: Settings, fake: FakeMessaging, tmp_path: Path
+@pytest.mark.parametrize(
+    ("provider", "phone"), [("aliyun", "13800000001"), ("twilio", "+447700900001")]
+)
+def test_after_a_stop_between_the_answer_and_the_record_the_provider_is_asked_not_sent_again(
+    isolated_settings: Settings, fake: FakeMessaging, tmp_path: Path, provider: str, phone: str
 ) -> None:
     settings = texting(isolated_settings, fake, tmp_path).model_copy(
-        update={"notify_channels": ["sms"], "wechat_notify_app_id": None}
+        update={
+            "notify_channels": ["sms"],
+            "wechat_notify_app_id": None,
+            "notify_sms_provider": provider,
+            "twilio_account_sid": TWILIO_SID,
+            "twilio_auth_token": SecretStr(TWILIO_TOKEN),
+            "twilio_from": TWILIO_FROM,
+            "twilio_api_url": f"{fake.url}/twilio",
+        }
     )
-    events = pickup(1, channel="webshop", customer=Customer(id="c1", phone="13800000001"))
+    events = pickup(1, channel="webshop", customer=Customer(id="c1", phone=phone))
     publish(settings, events[:2])  # confirmed only
     texts = texts_of(settings)
-    aliyun = texts[MessageChannel.SMS]
-    real_send = aliyun.send
+    sms = texts[MessageChannel.SMS]
+    real_send = sms.send
 
     def send_then_die(message: TextMessage) -> str:
         real_send(message)
         raise Stopped
 
-    aliyun.send = send_then_die  # type: ignore[method-assign]
+    sms.send = send_then_die  # type: ignore[method-assign]
     with pytest.raises(Stopped):
         Notifier(settings, mailer=None, texts=texts).run(until=lambda n: False)
     [intent] = read_records(settings).values()
     assert intent.status is NotificationStatus.INTENT and len(fake.sms) == 1
+    assert fake.sms[0]["provider"] == provider
 
     restarted = Notifier(settings, mailer=None, texts=texts_of(settings))
     stats = restarted.run(until=lambda n: n.stats.sent >= 1)
