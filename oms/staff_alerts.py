@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
 from confluent_kafka import KafkaError, Producer
@@ -77,26 +77,52 @@ class AlertsUnavailable(RuntimeError):
 # ---------------------------------------------------------------- the file
 
 
+_SECRETS_ELSEWHERE = {
+    "access_key_id": "OMS_ALIYUN_SMS_ACCESS_KEY_ID",
+    "access_key_secret": "OMS_ALIYUN_SMS_ACCESS_KEY_SECRET",
+    "account_sid": "OMS_TWILIO_ACCOUNT_SID",
+    "auth_token": "OMS_TWILIO_AUTH_TOKEN",
+}
+
+
+def _no_credentials(value: Any) -> Any:
+    """The provider's credentials are the notifier's settings, not the file's: one place to
+    set and rotate them (and no second copy of a secret on disk)."""
+    if isinstance(value, dict):
+        for key, setting in _SECRETS_ELSEWHERE.items():
+            if key in value:
+                raise ValueError(f"{key} is not kept in this file: set {setting}")
+    return value
+
+
 class AliyunProvider(BaseModel):
+    """Aliyun SMS for staff alerts: the AccessKey is OMS_ALIYUN_SMS_ACCESS_KEY_ID/_SECRET."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
     provider: Literal["aliyun"]
-    access_key_id: str
-    access_key_secret: SecretStr
-    sign_name: str
+    sign_name: str | None = Field(
+        default=None, description="the approved 签名; unset: OMS_ALIYUN_SMS_SIGN_NAME"
+    )
     templates: dict[str, AliyunTemplate] = Field(
         description="alert kind (new_order, held, low_stock) → approved template; its "
         "variables may name order, channel, store, mode, due, items, risk, sku, available, "
         "threshold, reorder"
     )
 
+    _credentials_elsewhere = model_validator(mode="before")(_no_credentials)
+
 
 class TwilioProvider(BaseModel):
+    """Twilio for staff alerts: the account is OMS_TWILIO_ACCOUNT_SID/_AUTH_TOKEN."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
     provider: Literal["twilio"]
-    account_sid: str
-    auth_token: SecretStr
-    sender: str = Field(description="a From number, or a Messaging Service SID (MG…)")
-    api_url: str = "https://api.twilio.com"
+    sender: str | None = Field(
+        default=None,
+        description="a From number, or a Messaging Service SID (MG…); unset: OMS_TWILIO_FROM",
+    )
+
+    _credentials_elsewhere = model_validator(mode="before")(_no_credentials)
 
 
 class AlertsFile(StaffAlertsConfig):
@@ -134,21 +160,37 @@ def load_config(path: Path | None) -> AlertsFile:
         raise AlertsMisconfigured(f"{path}: {wrong}") from exc
 
 
-def sms_provider(config: AlertsFile) -> TextProvider | None:
+def sms_provider(config: AlertsFile, settings: Settings) -> TextProvider | None:
+    """The file's SMS provider with the credentials of the settings; `AlertsMisconfigured`
+    names the setting that is missing (fail closed: no phone is left silently untold)."""
     chosen = config.sms_provider
+    named = chosen.provider if chosen is not None else ""
+
+    def required(name: str, value: Any) -> Any:
+        if not value or (isinstance(value, SecretStr) and not value.get_secret_value()):
+            raise AlertsMisconfigured(f"sms_provider {named}: set {name}")
+        return value
+
     if isinstance(chosen, AliyunProvider):
         return AliyunSms(
-            access_key_id=chosen.access_key_id,
-            access_key_secret=chosen.access_key_secret,
-            sign_name=chosen.sign_name,
+            access_key_id=required(
+                "OMS_ALIYUN_SMS_ACCESS_KEY_ID", settings.aliyun_sms_access_key_id
+            ),
+            access_key_secret=required(
+                "OMS_ALIYUN_SMS_ACCESS_KEY_SECRET", settings.aliyun_sms_access_key_secret
+            ),
+            sign_name=required(
+                "OMS_ALIYUN_SMS_SIGN_NAME", chosen.sign_name or settings.aliyun_sms_sign_name
+            ),
             templates=chosen.templates,
+            api_url=settings.aliyun_sms_api_url,
         )
     if isinstance(chosen, TwilioProvider):
         return TwilioSms(
-            account_sid=chosen.account_sid,
-            auth_token=chosen.auth_token,
-            sender=chosen.sender,
-            api_url=chosen.api_url,
+            account_sid=required("OMS_TWILIO_ACCOUNT_SID", settings.twilio_account_sid),
+            auth_token=required("OMS_TWILIO_AUTH_TOKEN", settings.twilio_auth_token),
+            sender=required("OMS_TWILIO_FROM", chosen.sender or settings.twilio_from),
+            api_url=settings.twilio_api_url,
         )
     return None
 

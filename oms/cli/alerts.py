@@ -42,7 +42,7 @@ def run() -> None:
     def main() -> None:
         config = load_config(settings.staff_alerts_file)
         try:
-            delivery = SinkDelivery(settings, sms=sms_provider(config))
+            delivery = SinkDelivery(settings, sms=sms_provider(config, settings))
         except ProviderMisconfigured as exc:
             raise AlertsMisconfigured(f"sms_provider: {exc}") from exc
         click.echo(f"oms alerts: {len(config.sinks())} sink(s) configured", err=True)

@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Producer
+from pydantic import SecretStr
 
-from connectors.sms import TextMessage
+from connectors.sms import TextMessage, TwilioSms
 from events.models import (
     Actor,
     ActorKind,
@@ -44,6 +45,7 @@ from oms.staff_alerts import (
     StaffAlerter,
     load_config,
     read_records,
+    sms_provider,
 )
 from tests.conftest import settings_env
 from tests.connectors.fake_staff_sinks import (
@@ -134,6 +136,35 @@ def test_a_bad_file_names_the_field_and_never_shows_a_key(tmp_path: Path) -> Non
         load_config(None)
 
 
+def test_the_sms_provider_takes_its_credentials_from_the_settings_never_the_file(
+    tmp_path: Path, isolated_settings: Settings
+) -> None:
+    phones = {"reviewers": {"sms": ["+8613800000000"]}}
+    secret_in_file = _config_file(
+        tmp_path, phones | {"sms_provider": {"provider": "twilio", "auth_token": "TOKEN-XYZ"}}
+    )
+    with pytest.raises(AlertsMisconfigured, match="set OMS_TWILIO_AUTH_TOKEN") as wrong:
+        load_config(secret_in_file)
+    assert "TOKEN-XYZ" not in str(wrong.value)
+    config = load_config(_config_file(tmp_path, phones | {"sms_provider": {"provider": "twilio"}}))
+    with pytest.raises(AlertsMisconfigured, match="set OMS_TWILIO_ACCOUNT_SID"):
+        sms_provider(config, isolated_settings)
+    settings = isolated_settings.model_copy(
+        update={
+            "twilio_account_sid": "AC" + "0" * 32,
+            "twilio_auth_token": SecretStr("t"),
+            "twilio_from": "+15550000000",
+        }
+    )
+    provider = sms_provider(config, settings)
+    assert isinstance(provider, TwilioSms) and provider.sender == "+15550000000"
+    templates = {"held": {"code": "SMS_1", "params": {}}}
+    aliyun_file = phones | {"sms_provider": {"provider": "aliyun", "templates": templates}}
+    aliyun = load_config(_config_file(tmp_path, aliyun_file))
+    with pytest.raises(AlertsMisconfigured, match="set OMS_ALIYUN_SMS_ACCESS_KEY_ID"):
+        sms_provider(aliyun, settings)
+
+
 def test_the_alerter_refuses_to_start_on_a_bad_file_with_exit_78(tmp_path: Path) -> None:
     path = _config_file(tmp_path, {"stores": {"S01": {"wecom": "SECRET-KEY", "fax": "1"}}})
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMS_")}
@@ -175,12 +206,7 @@ def test_each_audience_is_told_and_a_bad_sink_or_event_stops_nothing(
         },
         "reviewers": {"wecom": "WRONG-KEY"},  # the robot answers 93000
         "buyers": {"wecom": ROBOT_KEY},
-        "sms_provider": {
-            "provider": "twilio",
-            "account_sid": "AC" + "0" * 32,
-            "auth_token": "t",
-            "sender": "+15550000000",
-        },  # fmt: skip
+        "sms_provider": {"provider": "twilio", "sender": "+15550000000"},
     }
     settings = _with(
         isolated_settings, robot, _config_file(tmp_path, config), staff_alerts_attempts=2
