@@ -63,6 +63,22 @@ class OutboxUnavailable(RuntimeError):
     """Kafka did not take or give back an outbox record."""
 
 
+def write_acknowledged(producer: Producer, topic: str, key: str, value: bytes | None) -> str | None:
+    """One record onto `topic`, waited for: None once Kafka acknowledged it, else why not. The
+    outbox, the notifier's lone records, the alerter and the subscriptions write this way: an
+    intent must be durable before its call is made."""
+    failures: list[str] = []
+
+    def delivered(err: KafkaError | None, _msg: object) -> None:
+        if err is not None:
+            failures.append(str(err))
+
+    producer.produce(topic, key=key.encode(), value=value, on_delivery=delivered)
+    if producer.flush(30) or failures:
+        return "; ".join(failures) or "timed out"
+    return None
+
+
 def backoff_s(attempt: int, *, base_s: float = BACKOFF_BASE_S, jitter: float = 0.5) -> float:
     """The wait before try `attempt + 1`: base x 2^(attempt-1), capped, less up to `jitter` of
     it at random (several senders retrying one platform do not retry in step)."""
@@ -275,7 +291,7 @@ class OutboxSender:
                 return self._settle(
                     call, OutboxStatus.SENT, attempts, "found done on the platform", by
                 )
-        self._write(record(call, OutboxStatus.INTENT, at=now, attempts=attempts, by=by), wait=True)
+        self._write(record(call, OutboxStatus.INTENT, at=now, attempts=attempts, by=by))
         while True:
             attempts += 1
             try:
@@ -313,29 +329,18 @@ class OutboxSender:
         self, call: PlatformCall, status: OutboxStatus, attempts: int, detail: str, by: str | None
     ) -> OutboxRecord:
         settled = record(call, status, at=self.clock(), attempts=attempts, detail=detail, by=by)
-        self._write(settled, wait=True)
+        self._write(settled)
         counter = {"sent": "sent", "failed": "failed", "skipped": "skipped", "expired": "expired"}
         name = counter[status.value]
         setattr(self.stats, name, getattr(self.stats, name) + 1)
         return settled
 
-    def _write(self, outbox_record: OutboxRecord, *, wait: bool) -> None:
-        """The record onto the outbox topic; with `wait`, only once Kafka acknowledged it (an
-        intent must be durable before its call is made)."""
-        failures: list[str] = []
-
-        def delivered(err: KafkaError | None, _msg: object) -> None:
-            if err is not None:
-                failures.append(str(err))
-
-        self.producer.produce(
-            self.settings.topics.outbox,
-            key=outbox_record.key.encode(),
-            value=outbox_record.encode(),
-            on_delivery=delivered,
-        )
-        if wait and (self.producer.flush(30) or failures):
-            raise OutboxUnavailable(f"outbox record not acknowledged: {failures or 'timed out'}")
+    def _write(self, outbox_record: OutboxRecord) -> None:
+        """The record onto the outbox topic, once Kafka acknowledged it."""
+        topic = self.settings.topics.outbox
+        why = write_acknowledged(self.producer, topic, outbox_record.key, outbox_record.encode())
+        if why is not None:
+            raise OutboxUnavailable(f"outbox record not acknowledged: {why}")
         self.records[outbox_record.key] = outbox_record
 
     def _dead_letter(self, *, source_ref: str, reason: str, raw: bytes) -> None:

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import Producer
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from connectors.escpos import ReceiptPrinter, kitchen_ticket
@@ -60,7 +60,7 @@ from infra.kafka import producer_config
 from infra.poison import describe
 from infra.publisher import Publisher
 from infra.settings import Settings
-from oms.outbox import backoff_s, from_the_beginning, read_newest
+from oms.outbox import backoff_s, from_the_beginning, read_newest, write_acknowledged
 from streams.staff_alerts import AlertState, Sink, StaffAlertsConfig, decide
 
 log = logging.getLogger(__name__)
@@ -437,22 +437,10 @@ class StaffAlerter:
     def _write(self, alert_record: AlertRecord) -> None:
         """The record onto the staff alerts topic, once Kafka acknowledged it (an intent must
         be durable before its alert is sent)."""
-        failures: list[str] = []
-
-        def delivered(err: KafkaError | None, _msg: object) -> None:
-            if err is not None:
-                failures.append(str(err))
-
-        self.producer.produce(
-            self.settings.topics.staff_alerts,
-            key=alert_record.key.encode(),
-            value=alert_record.encode(),
-            on_delivery=delivered,
-        )
-        if self.producer.flush(30) or failures:
-            raise AlertsUnavailable(
-                f"staff alert record not acknowledged: {failures or 'timed out'}"
-            )
+        topic = self.settings.topics.staff_alerts
+        why = write_acknowledged(self.producer, topic, alert_record.key, alert_record.encode())
+        if why is not None:
+            raise AlertsUnavailable(f"staff alert record not acknowledged: {why}")
         self.records[alert_record.key] = alert_record
 
     def _dead_letter(self, *, source_ref: str, reason: str, raw: bytes) -> None:

@@ -57,6 +57,7 @@ from infra.keystore import KeyStoreError, MasterKey
 from infra.poison import describe
 from infra.publisher import Publisher
 from infra.settings import Settings
+from oms.outbox import write_acknowledged
 from streams.webhook_delivery import (
     Health,
     InvalidSecret,
@@ -223,17 +224,10 @@ def forget_progress(settings: Settings, subscription_id: str) -> bool:
 
 
 def _produce(settings: Settings, key: str, value: bytes | None) -> None:
-    failures: list[str] = []
-
-    def delivered(err: KafkaError | None, _msg: object) -> None:
-        if err is not None:
-            failures.append(str(err))
-
     producer = Producer(producer_config(settings.kafka_bootstrap, **{"linger.ms": 0}))
-    topic = settings.topics.webhook_subscriptions
-    producer.produce(topic, key=key.encode(), value=value, on_delivery=delivered)
-    if producer.flush(30) or failures:
-        raise WebhooksUnavailable(f"subscription {key} not acknowledged: {failures or 'timed out'}")
+    why = write_acknowledged(producer, settings.topics.webhook_subscriptions, key, value)
+    if why is not None:
+        raise WebhooksUnavailable(f"subscription {key} not acknowledged: {why}")
 
 
 def _secret_record(subscription_id: str) -> str:
