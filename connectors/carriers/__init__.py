@@ -1,0 +1,1 @@
+"""Carrier adapters (connectors/carriers/base.py is the SDK)."""
