@@ -608,13 +608,47 @@ class OrderPickedUp(OrderEvent):
     courier_phone: str | None = None
 
 
+class ShippingAlternative(Frozen):
+    """(ShipmentCreated v2) A carrier's quote that rate shopping did not buy, and why."""
+
+    carrier: str
+    service: str
+    price: int = Field(description="minor units of `currency`, with the rules' surcharge")
+    currency: str
+    promised_by: datetime | None = None
+    lost: str = Field(
+        description="price, speed, late, temperature, cash_on_delivery, weight, volume, "
+        "destination, disabled (streams/rate_shopping.py `Lost`)"
+    )
+    detail: str = ""
+
+
 class ShipmentCreated(OrderEvent):
     shipment_id: str
     carrier: str
     service: str | None = None
     tracking_number: str
     label_ref: str | None = Field(default=None, description="where the label document is kept")
-    cost: int | None = Field(default=None, description="minor units of the order's currency")
+    cost: int | None = Field(default=None, description="minor units of `cost_currency`")
+    cost_currency: str | None = Field(
+        default=None, description="(v2) the carrier's currency; absent: the order's"
+    )
+    location: str | None = Field(default=None, description="(v2) the location it ships from")
+    temperature: str | None = Field(
+        default=None, description="(v2) ambient, chilled or frozen: what it must be kept at"
+    )
+    promised_by: datetime | None = Field(
+        default=None, description="(v2) the delivery the carrier promised"
+    )
+    wave: str | None = Field(default=None, description="(v2) the shipping wave that bought it")
+    orders: list[str] = Field(
+        default_factory=list,
+        description="(v2) every order in this consolidated shipment (this one included); "
+        "empty: this order alone",
+    )
+    alternatives: list[ShippingAlternative] = Field(
+        default_factory=list, description="(v2) the quotes rate shopping did not buy, and why"
+    )
 
 
 class ShipmentStatusUpdated(OrderEvent):

@@ -20,6 +20,7 @@ from oms.cli import (
     processes,
     report,
     schemas,
+    shipping,
     stack,
     subscriptions,
 )
@@ -60,5 +61,6 @@ for command in (
     notify.notify,
     subscriptions.subscriptions,
     alerts.alerts,
+    shipping.carriers,
 ):
     main.add_command(command)
