@@ -11,16 +11,19 @@ its recorded exchanges in `tests/cassettes/test_shipment_*.yaml`, `test_tracker_
 - `POST /shipments` with `{"shipment": {"to_address", "from_address", "parcel", "reference",
   "options", "customs_info"}}`; addresses are `name, company, street1, street2, city, state,
   zip, country, phone, email`; the parcel is `length, width, height` in inches and `weight`
-  in ounces. 201 with a Shipment: `id` "shp_…", `rates` [{`id` "rate_…", `carrier`,
-  `service`, `rate` (decimal text, "7.42"), `currency`, `delivery_days`, `delivery_date`,
-  `est_delivery_days`}] and `messages` (carriers that could not rate it).
+  in ounces; `options` here `currency`, `label_format` "PDF", `cod_amount` (decimal text)
+  and `cod_method` (docs, "Options"); `customs_info` {`customs_items`} across borders.
+  201 with a Shipment: `id` "shp_…", `rates` [{`id` "rate_…", `carrier`, `service`, `rate`
+  (decimal text, "7.42"), `currency`, `delivery_days`, `delivery_date`, `est_delivery_days`}]
+  and `messages` (carriers that could not rate it).
 - `POST /shipments/{id}/buy` with `{"rate": {"id"}}` (and `insurance`, decimal USD): the
   Shipment with `tracking_code`, `selected_rate`, `postage_label` {`label_url`,
-  `label_pdf_url`, …} and its `tracker`. Buying a bought shipment is refused (422
-  `SHIPMENT.POSTAGE.EXISTS`). `GET /shipments/{id}/label?file_format=PDF` adds the PDF
-  (`label_pdf_url`, a file URL fetched without our key).
-- `POST /shipments/{id}/refund`: the Shipment with `refund_status` "submitted" (then
-  "refunded", or "rejected"): the label voided, its postage refunded.
+  `label_pdf_url`, …} and its `tracker`. Buying a bought shipment is refused with 422
+  `SHIPMENT.POSTAGE.EXISTS` (as integrations handle it; not in EasyPost's own pages).
+  `GET /shipments/{id}/label?file_format=PDF` adds the PDF (`label_pdf_url`, a file URL
+  fetched without our key).
+- `POST /shipments/{id}/refund`: the Shipment with `refund_status` "submitted" (later
+  "refunded"): the label voided, its postage refunded.
 - Trackers: a Shipment carries its `tracker` {`tracking_code`, `carrier`, `status`,
   `tracking_details` [{`status`, `status_detail`, `message`, `datetime`,
   `tracking_location` {`city`, `state`, `country`, `zip`}}]}; `POST /trackers` with
@@ -41,7 +44,7 @@ is the answer; an unbought one (a crash between create and buy) is bought instea
 one; 404 creates one with the reference. Quotes are rated on shipments without a
 reference, so only `create` makes shipments the lookup can find. EasyPost does not enforce
 unique references: two `create`s of one reference at the same instant could both miss the
-lookup; callers serialise per reference (the outbox does).
+lookup, so `create` must not run twice at once for one reference.
 
 Only ambient parcels (EasyPost publishes no cold chain), one parcel per Shipment (several
 go as an Order, which only some carriers take: refused here as `Unsupported`). Cash on
@@ -194,7 +197,8 @@ class EasyPost:
         if found is not None and _bought(found):
             return self._shipment_of(found, request.reference)
         if found is None:
-            found = self._call("POST", "/shipments", {"shipment": self._shipment(request)})
+            shipment = self._shipment(request) | {"reference": request.reference}
+            found = self._call("POST", "/shipments", {"shipment": shipment})
         rate = next((r for r in found.get("rates") or [] if _service(r) == service), None)
         if rate is None:
             raise PermanentFailure(f"EasyPost offers no {service} for shipment {found['id']}")
@@ -312,9 +316,7 @@ class EasyPost:
         """The label as PDF: converted by EasyPost where it was made in another format."""
         url = (bought.get("postage_label") or {}).get("label_pdf_url")
         if not url:
-            converted = self._call(
-                "GET", f"/shipments/{_path(bought['id'])}/label?file_format=PDF"
-            )
+            converted = self._call("GET", f"/shipments/{_path(bought['id'])}/label?file_format=PDF")
             url = (converted.get("postage_label") or {}).get("label_pdf_url")
         if not url or not str(url).startswith(("https://", "http://")):
             raise TransientFailure(f"EasyPost gave no PDF label for {bought['id']}")
@@ -447,9 +449,7 @@ def _events(tracker: Mapping[str, Any], tracking_number: str) -> list[TrackingEv
             continue  # a scan without a time cannot be put in order
         status = str(detail.get("status") or "unknown")
         location = detail.get("tracking_location") or {}
-        place = ", ".join(
-            str(location[k]) for k in ("city", "state", "country") if location.get(k)
-        )
+        place = ", ".join(str(location[k]) for k in ("city", "state", "country") if location.get(k))
         events.append(
             TrackingEvent(
                 tracking_number=tracking_number,

@@ -42,8 +42,9 @@ The calls:
 Route pushes (`RoutePushService`, 路由推送): SF POSTs `{"Body": {"WaybillRoute": [{mailno,
 orderid, acceptTime, acceptAddress, remark, opCode, id, ...}]}}` (at most 10 routes) as
 `application/json` to the URL configured in SF's console and expects `{"return_code": "0000",
-"return_msg": ...}` back (1000 to have it pushed again). SF's route-push documentation shows no
-signature, token or digest on this push, so nothing in the body or headers can prove it is SF's.
+"return_msg": ...}` back (1000 to have it pushed again). SF's route-push page (as mirrored, see
+Sources) shows no signature, token or digest on this push, so nothing in the body or headers can
+prove it is SF's.
 `parse_push` therefore believes a push only as far as SF itself confirms it: every pushed route
 must be one of the routes SF's signed route query (`EXP_RECE_SEARCH_ROUTES`, over TLS, with our
 check word) answers for that waybill, equal in waybill, time, opCode, remark and place; one that
@@ -138,17 +139,34 @@ ALREADY_CANCELLED = "8037"  # 订单已消单
 
 _S = TrackingStatus
 OP_CODES: dict[str, TrackingStatus] = {
-    "50": _S.PICKED_UP, "51": _S.PICKED_UP, "54": _S.PICKED_UP,
-    "30": _S.IN_TRANSIT, "31": _S.IN_TRANSIT, "36": _S.IN_TRANSIT, "302": _S.IN_TRANSIT,
-    "304": _S.IN_TRANSIT, "3036": _S.IN_TRANSIT, "10": _S.IN_TRANSIT, "11": _S.IN_TRANSIT,
-    "105": _S.IN_TRANSIT, "106": _S.IN_TRANSIT, "123": _S.IN_TRANSIT, "130": _S.IN_TRANSIT,
-    "44": _S.OUT_FOR_DELIVERY, "204": _S.OUT_FOR_DELIVERY,
-    "80": _S.DELIVERED, "8000": _S.DELIVERED,
-    "33": _S.EXCEPTION, "70": _S.EXCEPTION, "72": _S.EXCEPTION, "77": _S.EXCEPTION,
+    "50": _S.PICKED_UP,
+    "51": _S.PICKED_UP,
+    "54": _S.PICKED_UP,
+    "30": _S.IN_TRANSIT,
+    "31": _S.IN_TRANSIT,
+    "36": _S.IN_TRANSIT,
+    "302": _S.IN_TRANSIT,
+    "304": _S.IN_TRANSIT,
+    "3036": _S.IN_TRANSIT,
+    "10": _S.IN_TRANSIT,
+    "11": _S.IN_TRANSIT,
+    "105": _S.IN_TRANSIT,
+    "106": _S.IN_TRANSIT,
+    "123": _S.IN_TRANSIT,
+    "130": _S.IN_TRANSIT,
+    "44": _S.OUT_FOR_DELIVERY,
+    "204": _S.OUT_FOR_DELIVERY,
+    "80": _S.DELIVERED,
+    "8000": _S.DELIVERED,
+    "33": _S.EXCEPTION,
+    "70": _S.EXCEPTION,
+    "72": _S.EXCEPTION,
+    "77": _S.EXCEPTION,
     # 99 is forwarding at a customer's request (转寄), not a return: off the planned way.
     "99": _S.EXCEPTION,
-    "631": _S.RETURNED_TO_SENDER, "648": _S.RETURNED_TO_SENDER,
-}  # fmt: skip
+    "631": _S.RETURNED_TO_SENDER,
+    "648": _S.RETURNED_TO_SENDER,
+}
 
 
 class SfRefused(PermanentFailure):

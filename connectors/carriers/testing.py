@@ -43,13 +43,23 @@ from connectors.carriers.base import (
 )
 
 SENDER = Party(
-    name="杭州仓", phone="057188888888", province="浙江省", city="杭州市", district="余杭区",
-    street="文一西路 969 号", postal_code="311121",
-)  # fmt: skip
+    name="杭州仓",
+    phone="057188888888",
+    province="浙江省",
+    city="杭州市",
+    district="余杭区",
+    street="文一西路 969 号",
+    postal_code="311121",
+)
 RECIPIENT = Party(
-    name="张三", phone="13800000000", province="广东省", city="深圳市", district="南山区",
-    street="科技园南区 1 栋", postal_code="518057",
-)  # fmt: skip
+    name="张三",
+    phone="13800000000",
+    province="广东省",
+    city="深圳市",
+    district="南山区",
+    street="科技园南区 1 栋",
+    postal_code="518057",
+)
 
 
 def shipment_request(reference: str = "o-1001@W01", **changes: object) -> ShipmentRequest:

@@ -68,9 +68,10 @@ the UTF-8 bytes), zopsdk-php (`ZopClient.php`) and zopsdk-node (`lib/index.js`);
 documentation as copied in YangLiCon/docs `document/tepbridge/logistics/zto.md` (headers
 x-appKey/x-dataDigest, hosts, createOrder and cancelPreOrder bodies and answers, the gateway
 error table, subscription body, logged pushes with data/data_digest/company_id/msg_type);
-the push fields and action table in `ZtoTrackObj.java` of a ruoyi-based project (found by its
-content, `com.ruoyi.xkt.thirdpart.zto`); the createOrder field notes (partnerType/orderType,
-accountInfo) in its `ZtoExpressManagerImpl.java`; the bagAddrMark fields in
+the push fields and action table in tyut-pengkai/ruoyi-vue-new
+`xkt/src/main/java/com/ruoyi/xkt/thirdpart/zto/ZtoTrackObj.java`; the createOrder field notes
+(partnerType/orderType, accountInfo) in the same project's `ZtoExpressManagerImpl.java`; the
+bagAddrMark fields in
 zopsdk-java's README (GETMARK) and in third-party PHP clients; the query's trace shape as the
 open.zto.com page is quoted in the oltrack project's `adapters/zto.py`.
 """
@@ -400,7 +401,9 @@ class Zto:
         """Ask ZTO to push the shipment's traces (`phone`: the recipient's; only its last
         four digits are sent, as ZTO asks)."""
         digits = re.sub(r"\D", "", phone)
-        self.call(TRACK_SUBSCRIBE, {"billCode": shipment.tracking_number, "mobilePhone": digits[-4:]})
+        self.call(
+            TRACK_SUBSCRIBE, {"billCode": shipment.tracking_number, "mobilePhone": digits[-4:]}
+        )
 
     def call(self, method: str, payload: Mapping[str, Any], *, redact: Iterable[str] = ()) -> Any:
         """One signed call; ZTO's `result`, or the failure its `statusCode` names. `redact`:

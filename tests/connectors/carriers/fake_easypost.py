@@ -35,10 +35,16 @@ PDF = b"%PDF-1.4\n% fake EasyPost label\n%%EOF\n"
 NOT_FOUND = {"code": "NOT_FOUND", "message": "The requested resource could not be found."}
 # (carrier, service, base price, price per ounce, days): what the fake's carriers charge
 # (a flat rate written without decimals, "10", to exercise the conversion).
-DOMESTIC = [("USPS", "GroundAdvantage", "5.40", "0.05", 3), ("USPS", "Priority", "7.58", "0.10", 2),
-            ("UPS", "Ground", "9.00", "0.08", 4), ("FedEx", "FEDEX_2_DAY", "10", "0", 2)]  # fmt: skip
-INTERNATIONAL = [("USPS", "PriorityMailInternational", "45.25", "0.40", 8),
-                 ("DHLExpress", "ExpressWorldwide", "62.10", "0.55", 3)]  # fmt: skip
+DOMESTIC = [
+    ("USPS", "GroundAdvantage", "5.40", "0.05", 3),
+    ("USPS", "Priority", "7.58", "0.10", 2),
+    ("UPS", "Ground", "9.00", "0.08", 4),
+    ("FedEx", "FEDEX_2_DAY", "10", "0", 2),
+]
+INTERNATIONAL = [
+    ("USPS", "PriorityMailInternational", "45.25", "0.40", 8),
+    ("DHLExpress", "ExpressWorldwide", "62.10", "0.55", 3),
+]
 
 
 def _id(prefix: str) -> str:
@@ -73,7 +79,11 @@ class FakeEasyPost:
         """The carrier scans a parcel: a TrackingDetail added to its tracker, an hour on."""
         with self.lock:
             tracker = next(t for t in self.trackers.values() if t["tracking_code"] == tracking_code)
-            last = tracker["tracking_details"][-1]["datetime"] if tracker["tracking_details"] else _now()
+            last = (
+                tracker["tracking_details"][-1]["datetime"]
+                if tracker["tracking_details"]
+                else _now()
+            )
             at = datetime.fromisoformat(last.replace("Z", "+00:00")) + timedelta(hours=1)
             tracker["tracking_details"].append(_detail(status, message, at, city=city))
             tracker["status"], tracker["updated_at"] = status, _now()
@@ -177,8 +187,12 @@ class FakeEasyPost:
     def _create(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         shipment = params.get("shipment")
         if not isinstance(shipment, dict) or not shipment:
-            return self._refuse(422, "PARAMETER.REQUIRED", "Missing required parameter.",
-                                [{"field": "shipment", "message": "cannot be blank"}])  # fmt: skip
+            return self._refuse(
+                422,
+                "PARAMETER.REQUIRED",
+                "Missing required parameter.",
+                [{"field": "shipment", "message": "cannot be blank"}],
+            )
         missing = []
         for name in ("to_address", "from_address"):
             address = shipment.get(name) or {}
@@ -203,9 +217,13 @@ class FakeEasyPost:
         abroad = shipment["to_address"]["country"] != shipment["from_address"]["country"]
         rates, messages = [], []
         if abroad and not shipment.get("customs_info", {}).get("customs_items"):
-            messages.append({"carrier": "USPS", "type": "rate_error",
-                             "message": "Customs information is required for international "
-                                        "shipments."})  # fmt: skip
+            messages.append(
+                {
+                    "carrier": "USPS",
+                    "type": "rate_error",
+                    "message": "Customs information is required for international shipments.",
+                }
+            )
         else:
             for carrier, service, base, per_ounce, days in INTERNATIONAL if abroad else DOMESTIC:
                 price = Decimal(base) + Decimal(per_ounce) * Decimal(str(weight))
@@ -238,15 +256,19 @@ class FakeEasyPost:
     def _buy(self, shipment: dict[str, Any], params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         rate_id = (params.get("rate") or {}).get("id")
         if not rate_id:
-            return self._refuse(422, "PARAMETER.REQUIRED", "Missing required parameter.",
-                                [{"field": "rate", "message": "cannot be blank"}])  # fmt: skip
+            return self._refuse(
+                422,
+                "PARAMETER.REQUIRED",
+                "Missing required parameter.",
+                [{"field": "rate", "message": "cannot be blank"}],
+            )
         if shipment["postage_label"] is not None:
-            return self._refuse(422, "SHIPMENT.POSTAGE.EXISTS",
-                                "The shipment already has postage.")  # fmt: skip
+            return self._refuse(422, "SHIPMENT.POSTAGE.EXISTS", "The shipment already has postage.")
         rate = next((r for r in shipment["rates"] if r["id"] == rate_id), None)
         if rate is None:
-            return self._refuse(422, "SHIPMENT.RATE.NOT_FOUND",
-                                "The rate does not belong to this shipment.")  # fmt: skip
+            return self._refuse(
+                422, "SHIPMENT.RATE.NOT_FOUND", "The rate does not belong to this shipment."
+            )
         code = "9400100208303109" + f"{secrets.randbelow(10**6):06d}"
         pdf = shipment["options"].get("label_format") == "PDF"
         label_id = _id("pl")
@@ -282,8 +304,9 @@ class FakeEasyPost:
 
     def _refund(self, shipment: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         if shipment["postage_label"] is None:
-            return self._refuse(422, "SHIPMENT.REFUND.NOT_PURCHASED",
-                                "The shipment has no postage to refund.")  # fmt: skip
+            return self._refuse(
+                422, "SHIPMENT.REFUND.NOT_PURCHASED", "The shipment has no postage to refund."
+            )
         shipment["refund_status"] = "submitted"
         return 200, shipment
 
@@ -291,8 +314,12 @@ class FakeEasyPost:
         asked = params.get("tracker") or {}
         code, carrier = asked.get("tracking_code"), asked.get("carrier")
         if not code:
-            return self._refuse(422, "PARAMETER.REQUIRED", "Missing required parameter.",
-                                [{"field": "tracking_code", "message": "cannot be blank"}])  # fmt: skip
+            return self._refuse(
+                422,
+                "PARAMETER.REQUIRED",
+                "Missing required parameter.",
+                [{"field": "tracking_code", "message": "cannot be blank"}],
+            )
         for tracker in self.trackers.values():  # one tracker per code and carrier
             if tracker["tracking_code"] == code and tracker["carrier"] == (carrier or "USPS"):
                 return 200, tracker
@@ -300,7 +327,7 @@ class FakeEasyPost:
 
     def _tracker(self, code: str, carrier: str, *, shipment_id: str | None) -> dict[str, Any]:
         start = datetime.now(UTC).replace(microsecond=0)
-        tracker = {
+        tracker: dict[str, Any] = {
             "id": _id("trk"), "object": "Tracker", "mode": "test", "tracking_code": code,
             "status": "pre_transit", "status_detail": "status_update", "carrier": carrier,
             "shipment_id": shipment_id, "signed_by": None, "weight": None,
@@ -365,7 +392,9 @@ def fake_easypost() -> Iterator[FakeEasyPost]:
     handler = type("Handler", (_Handler,), {"fake": fake})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     fake.url = f"http://127.0.0.1:{server.server_address[1]}/v2"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     try:
         yield fake
