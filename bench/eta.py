@@ -159,8 +159,10 @@ def simulate_day(
 ) -> list[Simulated]:
     """A day of orders through the stores' kitchens, each estimated at its acceptance with
     `model` (None: the fixed default) and the store's open tickets then."""
-    placed = [_order(rng, run=run, n=n, placed=t) for n, t in enumerate(arrivals(rng, day=day,
-              orders=orders))]  # fmt: skip
+    placed = [
+        _order(rng, run=run, n=n, placed=t)
+        for n, t in enumerate(arrivals(rng, day=day, orders=orders))
+    ]
     accepted = sorted(
         ((o.placed_at + timedelta(seconds=rng.randint(20, 120)), o) for o in placed),
         key=lambda pair: (pair[0], pair[1].order_id),
@@ -208,32 +210,70 @@ def history(done: Simulated) -> list[OrderEvent]:
     routed_at = order.placed_at + timedelta(seconds=2)
     learned = estimate.model is not None
     steps += [
-        (OrderAccepted, order.placed_at + timedelta(seconds=1), SYSTEM,
-         {"total": order.total, "currency": order.currency}),
-        (OrderRouted, routed_at, SYSTEM,
-         {"location": store, "reasons": ["bench"],
-          "groups": [FulfilmentGroup(location=store, lines=lines)]}),
-        (OrderPrioritised, routed_at, SYSTEM,
-         {"location": store, "score": 100, "promised_at": estimate.due_at,
-          "estimated_ready_at": estimate.ready_at if learned else None,
-          "eta_source": estimate.source, "eta_model": estimate.model}),
-        (OrderAcceptedByStore, done.accepted_at, SYSTEM,
-         {"location": store, "estimated_ready_at": estimate.ready_at,
-          "eta_source": estimate.source, "eta_model": estimate.model}),
+        (
+            OrderAccepted,
+            order.placed_at + timedelta(seconds=1),
+            SYSTEM,
+            {"total": order.total, "currency": order.currency},
+        ),
+        (
+            OrderRouted,
+            routed_at,
+            SYSTEM,
+            {
+                "location": store,
+                "reasons": ["bench"],
+                "groups": [FulfilmentGroup(location=store, lines=lines)],
+            },
+        ),
+        (
+            OrderPrioritised,
+            routed_at,
+            SYSTEM,
+            {
+                "location": store,
+                "score": 100,
+                "promised_at": estimate.due_at,
+                "estimated_ready_at": estimate.ready_at if learned else None,
+                "eta_source": estimate.source,
+                "eta_model": estimate.model,
+            },
+        ),
+        (
+            OrderAcceptedByStore,
+            done.accepted_at,
+            SYSTEM,
+            {
+                "location": store,
+                "estimated_ready_at": estimate.ready_at,
+                "eta_source": estimate.source,
+                "eta_model": estimate.model,
+            },
+        ),
         (OrderPreparing, done.accepted_at + timedelta(seconds=5), STAFF, {"location": store}),
         (OrderReady, done.ready_at, STAFF, {"location": store}),
-    ]  # fmt: skip
+    ]
     if order.mode is OrderMode.DELIVERY:
         steps += [
-            (OrderPickedUp, done.fulfilled_at - timedelta(seconds=600), STAFF,
-             {"location": store, "picked_up_by": "courier"}),
+            (
+                OrderPickedUp,
+                done.fulfilled_at - timedelta(seconds=600),
+                STAFF,
+                {"location": store, "picked_up_by": "courier"},
+            ),
             (OrderDelivered, done.fulfilled_at, SYSTEM, {}),
-        ]  # fmt: skip
+        ]
         if steps[-2][1] < done.ready_at:  # a quick ride: picked up as soon as it was ready
             steps[-2] = (steps[-2][0], done.ready_at, STAFF, steps[-2][3])
     else:
-        steps.append((OrderPickedUp, done.fulfilled_at, STAFF,
-                      {"location": store, "picked_up_by": "customer"}))  # fmt: skip
+        steps.append(
+            (
+                OrderPickedUp,
+                done.fulfilled_at,
+                STAFF,
+                {"location": store, "picked_up_by": "customer"},
+            )
+        )
     events: list[OrderEvent] = [order]
     for sequence, (model, at, actor, fields) in enumerate(steps, start=2):
         envelope = follow_up(
@@ -278,8 +318,9 @@ def run(settings: Settings, *, orders_per_day: int, seed: int, backend: str) -> 
     rng = random.Random(seed)
     run_id = f"eta{uuid.uuid4().hex[:6]}"
     started = time.perf_counter()
-    warm_up = simulate_day(rng, day=WARM_UP_DAY, orders=orders_per_day, model=None,
-                           run=f"{run_id}-1")  # fmt: skip
+    warm_up = simulate_day(
+        rng, day=WARM_UP_DAY, orders=orders_per_day, model=None, run=f"{run_id}-1"
+    )
     day = WARM_UP_DAY + timedelta(days=1)
     with tempfile.TemporaryDirectory() as scratch, scratch_topics(settings, "bench-eta") as topics:
         database = f"oms_bench_{run_id}"
@@ -296,10 +337,12 @@ def run(settings: Settings, *, orders_per_day: int, seed: int, backend: str) -> 
             # The production learner: the read-model query, then streams.eta.learn.
             learned_at = day
             rows = prep_facts(store, since=WARM_UP_DAY, until=day)
-            model = eta.learn(eta.facts_from_rows(rows), since=WARM_UP_DAY, until=day,
-                              learned_at=learned_at)  # fmt: skip
-            estimated = simulate_day(rng, day=day, orders=orders_per_day, model=model,
-                                     run=f"{run_id}-2")  # fmt: skip
+            model = eta.learn(
+                eta.facts_from_rows(rows), since=WARM_UP_DAY, until=day, learned_at=learned_at
+            )
+            estimated = simulate_day(
+                rng, day=day, orders=orders_per_day, model=model, run=f"{run_id}-2"
+            )
             publish(topics, [estimated])
             project(topics, store)
             report = run_report(
@@ -314,8 +357,9 @@ def run(settings: Settings, *, orders_per_day: int, seed: int, backend: str) -> 
         abs((d.ready_at - eta.default_estimate(d.order).ready_at).total_seconds())
         for d in estimated
     ]
-    oracle = [abs((d.ready_at - d.accepted_at).total_seconds() - d.true_median_s)
-              for d in estimated]  # fmt: skip
+    oracle = [
+        abs((d.ready_at - d.accepted_at).total_seconds() - d.true_median_s) for d in estimated
+    ]
     sources: dict[str, int] = defaultdict(int)
     for d in estimated:
         sources[d.estimate.source] += 1

@@ -87,19 +87,31 @@ def order_stream(count: int, *, seed: int = 7) -> Iterator[OrderReceived]:
         ]
         fee = 0 if ship else 500
         yield OrderReceived(
-            event_id=deterministic_id("mem", str(n)), order_id=f"mem-{n}", sequence=1,
-            occurred_at=at, recorded_at=at, correlation_id=f"mem-{n}",
-            actor=Actor(kind=ActorKind.CHANNEL, id="meituan"), channel="meituan",
-            external_id=f"mem-{n}", mode=OrderMode.SHIP if ship else OrderMode.DELIVERY,
-            currency="CNY", lines=lines, delivery_fee=fee,
+            event_id=deterministic_id("mem", str(n)),
+            order_id=f"mem-{n}",
+            sequence=1,
+            occurred_at=at,
+            recorded_at=at,
+            correlation_id=f"mem-{n}",
+            actor=Actor(kind=ActorKind.CHANNEL, id="meituan"),
+            channel="meituan",
+            external_id=f"mem-{n}",
+            mode=OrderMode.SHIP if ship else OrderMode.DELIVERY,
+            currency="CNY",
+            lines=lines,
+            delivery_fee=fee,
             total=sum(line.quantity * line.unit_price for line in lines) + fee,
             payment_status=PaymentStatus.PAID,
             # 50,000 regular customers: their norms and tiers stay, their velocity is pruned
             customer=Customer(name="顾客", phone=f"+86137{rng.randrange(50_000):08d}"),
-            address=Address(text=f"{n % 200_000} 南京东路", latitude=store.latitude + 0.004,
-                            longitude=store.longitude),
-            location_hint=None if ship else store.id, placed_at=at,
-        )  # fmt: skip
+            address=Address(
+                text=f"{n % 200_000} 南京东路",
+                latitude=store.latitude + 0.004,
+                longitude=store.longitude,
+            ),
+            location_hint=None if ship else store.id,
+            placed_at=at,
+        )
 
 
 class Day:
@@ -126,8 +138,14 @@ class Day:
 
     def context(self, now: datetime) -> orders.Context:
         views = self.views
-        return orders.Context(catalogue=views.catalogue, rules=self.rules, history=views.history,
-                              available=views.available, load=views.load(now), now=now)  # fmt: skip
+        return orders.Context(
+            catalogue=views.catalogue,
+            rules=self.rules,
+            history=views.history,
+            available=views.available,
+            load=views.load(now),
+            now=now,
+        )
 
     def order_input(self, event: Event, now: datetime) -> None:
         """One input of the order agent, and everything it sets going."""
@@ -167,15 +185,24 @@ class Day:
                 (OrderAcceptedByStore, {"location": location}),
                 (OrderPreparing, {"location": location}),
                 (OrderReady, {"location": location}),
-                (ShipmentCreated, {"shipment_id": order_id, "carrier": "SF",
-                                   "tracking_number": order_id}),
-            ):  # fmt: skip
+                (
+                    ShipmentCreated,
+                    {"shipment_id": order_id, "carrier": "SF", "tracking_number": order_id},
+                ),
+            ):
                 self.serial += 1
                 command = kind(
-                    event_id=f"staff-{self.serial}", sequence=1, occurred_at=now,
-                    recorded_at=now, correlation_id=order_id, actor=STAFF, order_id=order_id,
-                    channel="", external_id="", **extra,
-                )  # fmt: skip
+                    event_id=f"staff-{self.serial}",
+                    sequence=1,
+                    occurred_at=now,
+                    recorded_at=now,
+                    correlation_id=order_id,
+                    actor=STAFF,
+                    order_id=order_id,
+                    channel="",
+                    external_id="",
+                    **extra,
+                )
                 self.order_input(command, now)
 
     def timer(self, now: datetime) -> None:

@@ -45,9 +45,13 @@ def order_events(count: int, *, run: str) -> list[Event]:
     for n in range(count):
         order_id, external = f"{run}-{n}", f"{run}{n:06d}"
         envelope = dict(
-            order_id=order_id, occurred_at=now, recorded_at=now, correlation_id=order_id,
-            channel="webshop", external_id=external,
-        )  # fmt: skip
+            order_id=order_id,
+            occurred_at=now,
+            recorded_at=now,
+            correlation_id=order_id,
+            channel="webshop",
+            external_id=external,
+        )
         events.append(
             OrderReceived(
                 **envelope,
@@ -63,7 +67,7 @@ def order_events(count: int, *, run: str) -> list[Event]:
                 customer=Customer(
                     id=f"c{n}", name=f"客户{n}", email=f"c{n}@example.com", phone=f"+86138{n:08d}"
                 ),
-            )  # fmt: skip
+            )
         )
         events.append(
             OrderAcceptedByStore(
@@ -73,7 +77,7 @@ def order_events(count: int, *, run: str) -> list[Event]:
                 actor=COOK,
                 location="S01",
                 estimated_ready_at=now + timedelta(minutes=20),
-            )  # fmt: skip
+            )
         )
     return events
 
@@ -125,8 +129,16 @@ def smtp_server(relay: str, home: Path) -> Iterator[tuple[int, str]]:
         what = "postfix smtp-sink"
     else:
         env = dict(os.environ)
-        command = [sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{port}",
-                   "-c", "aiosmtpd.handlers.Sink"]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "aiosmtpd",
+            "-n",
+            "-l",
+            f"127.0.0.1:{port}",
+            "-c",
+            "aiosmtpd.handlers.Sink",
+        ]
         what = "aiosmtpd"
     server = subprocess.Popen(
         command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -148,10 +160,13 @@ def email(settings: Settings, *, orders: int, relay: str = "postfix") -> dict[st
         smtp_server(relay, settings.home) as (port, server),
     ):
         scratch = scratch.model_copy(
-            update={"notify_quiet_hours": "", "notify_rate_limit": 1000, "smtp_from":
-                    "bench <bench@orders.example>", "notify_preferences_file":
-                    scratch.home / "bench-preferences.json"}
-        )  # fmt: skip
+            update={
+                "notify_quiet_hours": "",
+                "notify_rate_limit": 1000,
+                "smtp_from": "bench <bench@orders.example>",
+                "notify_preferences_file": scratch.home / "bench-preferences.json",
+            }
+        )
         publisher = Publisher(scratch)
         for event in order_events(orders, run=f"n{int(time.time())}"):
             publisher.publish(scratch.topics.orders, event)
@@ -185,8 +200,9 @@ def webhook_receiver(secret: str, out: Path) -> Iterator[int]:
         port = int(probe.getsockname()[1])
     server = subprocess.Popen(
         [sys.executable, "-m", "bench.webhook_receiver", str(port), secret, str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         _wait_for_port(port, server)
         yield port
@@ -225,10 +241,18 @@ def _accepted(n: int, *, run: str) -> Event:
     now = utc_now()
     order_id = f"{run}-{n}"
     return OrderAcceptedByStore(
-        event_id=f"a-{order_id}", sequence=2, occurred_at=now, recorded_at=now,
-        correlation_id=order_id, actor=COOK, order_id=order_id, channel="webshop",
-        external_id=f"{run}{n:06d}", location="S01", estimated_ready_at=now + timedelta(minutes=20),
-    )  # fmt: skip
+        event_id=f"a-{order_id}",
+        sequence=2,
+        occurred_at=now,
+        recorded_at=now,
+        correlation_id=order_id,
+        actor=COOK,
+        order_id=order_id,
+        channel="webshop",
+        external_id=f"{run}{n:06d}",
+        location="S01",
+        estimated_ready_at=now + timedelta(minutes=20),
+    )
 
 
 def webhooks(settings: Settings, *, events: int, rate: float, seconds: float) -> dict[str, Any]:
@@ -254,12 +278,16 @@ def webhooks(settings: Settings, *, events: int, rate: float, seconds: float) ->
         out = Path(scratch_dir) / "received.txt"
         with webhook_receiver(secret, out) as port:
             master = MasterKey.from_settings(scratch)
-            save(scratch, Subscription(
-                id="bench", url=f"http://127.0.0.1:{port}/hooks",
-                sealed_secret=seal_secret(master, "bench", secret),
-                start=start_at(scratch, mark=uuid.uuid4().hex, offset=0),
-                changed_at=datetime.now(UTC),
-            ))  # fmt: skip
+            save(
+                scratch,
+                Subscription(
+                    id="bench",
+                    url=f"http://127.0.0.1:{port}/hooks",
+                    sealed_secret=seal_secret(master, "bench", secret),
+                    start=start_at(scratch, mark=uuid.uuid4().hex, offset=0),
+                    changed_at=datetime.now(UTC),
+                ),
+            )
             run = f"w{int(time.time())}"
             publisher = Publisher(scratch)
             for n in range(events):

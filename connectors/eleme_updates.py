@@ -58,19 +58,34 @@ CURRENCY = "CNY"
 CANCELLED = {14: "订单被取消 (接单前)", 15: "订单置为无效 (接单后)", 17: "订单强制无效"}
 # type → (kind of request, outcome; None: the request itself, with `appeal` for 24 and 34)
 REFUND_STEPS: dict[int, tuple[str, str | None]] = {
-    20: ("cancel", None), 21: ("cancel", "withdrawn"), 22: ("cancel", "rejected"),
-    23: ("cancel", "agreed"), 24: ("cancel", None), 25: ("cancel", "agreed"),
+    20: ("cancel", None),
+    21: ("cancel", "withdrawn"),
+    22: ("cancel", "rejected"),
+    23: ("cancel", "agreed"),
+    24: ("cancel", None),
+    25: ("cancel", "agreed"),
     26: ("cancel", "rejected"),
-    30: ("refund", None), 31: ("refund", "withdrawn"), 32: ("refund", "rejected"),
-    33: ("refund", "agreed"), 34: ("refund", None), 35: ("refund", "agreed"),
+    30: ("refund", None),
+    31: ("refund", "withdrawn"),
+    32: ("refund", "rejected"),
+    33: ("refund", "agreed"),
+    34: ("refund", None),
+    35: ("refund", "agreed"),
     36: ("refund", "rejected"),
-}  # fmt: skip
+}
 APPEALS = (24, 34)
 COURIER = {
-    51: "dispatching", 52: "dispatching", 53: "assigned", 54: "arrived", 55: "picked_up",
-    56: "delivered", 57: "cancelled", 58: "cancelled", 59: "cancelled",
+    51: "dispatching",
+    52: "dispatching",
+    53: "assigned",
+    54: "arrived",
+    55: "picked_up",
+    56: "delivered",
+    57: "cancelled",
+    58: "cancelled",
+    59: "cancelled",
     **{code: "failed" for code in range(60, 71)},
-}  # fmt: skip
+}
 
 
 class _Kind(ChannelPayload):

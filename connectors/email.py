@@ -76,8 +76,10 @@ def _domain(sender: str) -> str:
 # An address as RFC 5321 takes it in RCPT TO, without quoted local parts or comments (what a
 # shop's customer types): atoms joined by dots, @, a domain of labels. No whitespace, no CR/LF.
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_ADDRESS = re.compile(rf"^{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-                      r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$")  # fmt: skip
+_ADDRESS = re.compile(
+    rf"^{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$"
+)
 
 
 def _header(name: str, value: str) -> bytes:
@@ -194,9 +196,13 @@ class SmtpMailer:
     def clone(self) -> SmtpMailer:
         """The same relay, on a conversation of its own (for another sending thread)."""
         return SmtpMailer(
-            host=self.host, port=self.port, starttls=self.starttls, user=self.user,
-            password=self.password, timeout_s=self.timeout_s,
-        )  # fmt: skip
+            host=self.host,
+            port=self.port,
+            starttls=self.starttls,
+            user=self.user,
+            password=self.password,
+            timeout_s=self.timeout_s,
+        )
 
     def close(self) -> None:
         """Ends the conversation kept open (QUIT); the next message opens a new one."""

@@ -61,14 +61,23 @@ CURRENCY = "CNY"
 UPDATES = ("cancel", "refund", "partial-refund", "logistics")
 # logistics_status → CourierStatusUpdated.status
 COURIER = {
-    0: "dispatching", 5: "dispatching", 10: "assigned", 15: "arrived", 20: "picked_up",
-    40: "delivered", 100: "cancelled",
-}  # fmt: skip
+    0: "dispatching",
+    5: "dispatching",
+    10: "assigned",
+    15: "arrived",
+    20: "picked_up",
+    40: "delivered",
+    100: "cancelled",
+}
 # notify_type → the request (None) or its outcome
 REFUND_STEPS: dict[str, str | None] = {
-    "apply": None, "part": None, "agree": "agreed", "reject": "rejected",
-    "cancelRefund": "withdrawn", "cancelRefundComplaint": "withdrawn",
-}  # fmt: skip
+    "apply": None,
+    "part": None,
+    "agree": "agreed",
+    "reject": "rejected",
+    "cancelRefund": "withdrawn",
+    "cancelRefundComplaint": "withdrawn",
+}
 
 
 class _Push(ChannelPayload):

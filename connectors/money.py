@@ -18,8 +18,18 @@ from decimal import Decimal, InvalidOperation
 from connectors.rejections import PayloadRejected
 
 # ISO-4217 minor-unit exponents that differ from 2 (the rest use 2).
-_EXPONENTS = {"JPY": 0, "KRW": 0, "VND": 0, "CLP": 0, "ISK": 0, "BHD": 3, "KWD": 3, "OMR": 3,
-              "JOD": 3, "TND": 3}  # fmt: skip
+_EXPONENTS = {
+    "JPY": 0,
+    "KRW": 0,
+    "VND": 0,
+    "CLP": 0,
+    "ISK": 0,
+    "BHD": 3,
+    "KWD": 3,
+    "OMR": 3,
+    "JOD": 3,
+    "TND": 3,
+}
 _PLAIN_AMOUNT = re.compile(r"-?(\d{1,15})(?:\.(\d{1,6}))?")
 # The contract's integers (amounts, quantities) travel as Avro longs.
 LONG_MIN, LONG_MAX = -(2**63), 2**63 - 1

@@ -42,16 +42,23 @@ STORES = [
     ("S05", "五角场店", 31.3017, 121.5130),
 ]
 DISHES = [
-    ("DUMPLING-12", "猪肉白菜水饺 12只", 2800), ("NOODLE-BEEF", "红烧牛肉面", 3250),
-    ("RICE-KUNGPAO", "宫保鸡丁饭", 2600), ("SOUP-HOTSOUR", "酸辣汤", 1550),
-    ("BUN-PORK-4", "鲜肉包 4只", 1000), ("TEA-OOLONG", "冻顶乌龙茶", 1200),
-    ("WONTON-SHRIMP", "鲜虾馄饨", 2200), ("GREENS-GARLIC", "蒜蓉时蔬", 1800),
-]  # fmt: skip
+    ("DUMPLING-12", "猪肉白菜水饺 12只", 2800),
+    ("NOODLE-BEEF", "红烧牛肉面", 3250),
+    ("RICE-KUNGPAO", "宫保鸡丁饭", 2600),
+    ("SOUP-HOTSOUR", "酸辣汤", 1550),
+    ("BUN-PORK-4", "鲜肉包 4只", 1000),
+    ("TEA-OOLONG", "冻顶乌龙茶", 1200),
+    ("WONTON-SHRIMP", "鲜虾馄饨", 2200),
+    ("GREENS-GARLIC", "蒜蓉时蔬", 1800),
+]
 PRODUCTS = [
-    ("TEA-GIFT-M", "中秋茶叶礼盒", 19800), ("MUG-CERAMIC", "手绘陶瓷杯", 6800),
-    ("TEA-LONGJING-250", "明前龙井 250g", 32800), ("KETTLE-IRON", "铸铁茶壶", 45900),
-    ("CUP-SET-6", "青瓷茶杯六只装", 12800), ("TEA-PUER-357", "普洱饼茶 357g", 26800),
-]  # fmt: skip
+    ("TEA-GIFT-M", "中秋茶叶礼盒", 19800),
+    ("MUG-CERAMIC", "手绘陶瓷杯", 6800),
+    ("TEA-LONGJING-250", "明前龙井 250g", 32800),
+    ("KETTLE-IRON", "铸铁茶壶", 45900),
+    ("CUP-SET-6", "青瓷茶杯六只装", 12800),
+    ("TEA-PUER-357", "普洱饼茶 357g", 26800),
+]
 NAMES = ["王伟", "李娜", "张敏", "刘洋", "陈静", "杨帆", "赵磊", "黄婷", "周杰", "吴霞"]
 STREETS = ["南京东路", "淮海中路", "徐家汇路", "世纪大道", "延安西路", "四平路", "武康路"]
 
@@ -127,9 +134,15 @@ PROFILES["peak"] = Profile(
 # lognormal noise around the median.
 STORE_SPEED = {"S01": 0.85, "S02": 1.0, "S03": 1.3, "S04": 0.95, "S05": 1.15}
 DISH_MINUTES = {
-    "DUMPLING-12": 10.0, "NOODLE-BEEF": 13.0, "RICE-KUNGPAO": 11.0, "SOUP-HOTSOUR": 6.0,
-    "BUN-PORK-4": 5.0, "TEA-OOLONG": 2.0, "WONTON-SHRIMP": 8.0, "GREENS-GARLIC": 7.0,
-}  # fmt: skip
+    "DUMPLING-12": 10.0,
+    "NOODLE-BEEF": 13.0,
+    "RICE-KUNGPAO": 11.0,
+    "SOUP-HOTSOUR": 6.0,
+    "BUN-PORK-4": 5.0,
+    "TEA-OOLONG": 2.0,
+    "WONTON-SHRIMP": 8.0,
+    "GREENS-GARLIC": 7.0,
+}
 SECONDS_PER_EXTRA_ITEM = 20.0
 SECONDS_PER_OPEN_TICKET = 40.0
 PREP_NOISE_SIGMA = 0.15  # of the lognormal: about ±28 % around the median for 9 in 10 orders

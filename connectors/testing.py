@@ -301,8 +301,10 @@ def robustness_corpus(document: object) -> Iterator[tuple[str, str, object]]:
     string (Meituan's `detail`) is changed inside, and written back as a string."""
     for path, value in _leaves(document, ()):
         changes: list[tuple[str, object]] = [
-            ("missing", _DELETE), ("null", None), ("empty", ""),
-        ]  # fmt: skip
+            ("missing", _DELETE),
+            ("null", None),
+            ("empty", ""),
+        ]
         if _numeric(value):
             changes += [("1,234.50", "1,234.50"), ("1.5E1", "1.5E1")]
         elif isinstance(value, str):

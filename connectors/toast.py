@@ -529,24 +529,39 @@ def sample_payload(
             )
         ],
         "appliedDiscounts": [
-            {"guid": _guid(guid, "discount"), "name": "Promotion",
-             "discountAmount": money(order.discount)}
+            {
+                "guid": _guid(guid, "discount"),
+                "name": "Promotion",
+                "discountAmount": money(order.discount),
+            }
         ]
         if order.discount
         else [],
         "appliedServiceCharges": [
-            {"guid": _guid(guid, name), "entityType": "AppliedServiceCharge", "name": name,
-             "chargeAmount": money(cents), "delivery": delivery, "gratuity": False}
+            {
+                "guid": _guid(guid, name),
+                "entityType": "AppliedServiceCharge",
+                "name": name,
+                "chargeAmount": money(cents),
+                "delivery": delivery,
+                "gratuity": False,
+            }
             for name, cents, delivery in charges
             if cents
         ],
         "payments": [
-            {"guid": _guid(guid, "payment"), "entityType": "OrderPayment", "type": "CREDIT",
-             "amount": money(order.total), "tipAmount": money(0), "paymentStatus": "CAPTURED"}
+            {
+                "guid": _guid(guid, "payment"),
+                "entityType": "OrderPayment",
+                "type": "CREDIT",
+                "amount": money(order.total),
+                "tipAmount": money(0),
+                "paymentStatus": "CAPTURED",
+            }
         ],
         "voided": False,
         "paymentStatus": "PAID",
-    }  # fmt: skip
+    }
     body: dict[str, Any] = {
         "guid": guid,
         "entityType": "Order",
@@ -555,17 +570,22 @@ def sample_payload(
         "openedDate": opened,
         "createdDate": opened,
         "modifiedDate": _toast_time(order.revised_at(revision)),
-        "diningOption": {"guid": _guid(order.store, behavior), "entityType": "DiningOption",
-                         "behavior": behavior},
+        "diningOption": {
+            "guid": _guid(order.store, behavior),
+            "entityType": "DiningOption",
+            "behavior": behavior,
+        },
         "checks": [check],
         "voided": False,
         "deleted": False,
         "approvalStatus": "APPROVED",
         "source": "API",
-    }  # fmt: skip
+    }
     if order.mode == OrderMode.DINE_IN:
-        body["table"] = {"guid": _guid(order.store, "table", order.external_id),
-                         "entityType": "Table"}  # fmt: skip
+        body["table"] = {
+            "guid": _guid(order.store, "table", order.external_id),
+            "entityType": "Table",
+        }
     if order.mode == OrderMode.DELIVERY:
         body["deliveryInfo"] = {
             "address1": order.address_text,

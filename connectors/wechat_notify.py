@@ -44,8 +44,17 @@ STALE_TOKEN = frozenset({40001, 42001, 40014})
 NOT_SUBSCRIBED = frozenset({43101, 40003})
 OURS = frozenset({40037, 41030, 40013, 40125, 40164})  # template id, page, app id, secret, IP
 TRANSIENT = frozenset({-1, 45009, 45011})
-LIMITS = {"thing": 20, "character_string": 32, "phrase": 5, "name": 10, "letter": 32,
-          "number": 32, "symbol": 5, "car_number": 8, "phone_number": 17}  # fmt: skip
+LIMITS = {
+    "thing": 20,
+    "character_string": 32,
+    "phrase": 5,
+    "name": 10,
+    "letter": 32,
+    "number": 32,
+    "symbol": 5,
+    "car_number": 8,
+    "phone_number": 17,
+}
 
 
 class WeChatTemplate(BaseModel):

@@ -702,8 +702,14 @@ class OrderRefunded(OrderEvent):
 # actor; each is logged on the order as it stands, and the order agent derives what follows.
 
 COURIER_STATUSES = (
-    "dispatching", "assigned", "arrived", "picked_up", "delivered", "cancelled", "failed",
-)  # fmt: skip
+    "dispatching",
+    "assigned",
+    "arrived",
+    "picked_up",
+    "delivered",
+    "cancelled",
+    "failed",
+)
 
 
 class CourierStatusUpdated(OrderEvent):

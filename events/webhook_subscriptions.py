@@ -66,8 +66,10 @@ class Subscription(Frozen):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http:// or https:// URL with a host")
         if parts.username is not None or parts.password is not None:
-            raise ValueError("no user:password@ in the URL (deliveries are signed; a token may go "
-                             "in its path or query)")  # fmt: skip
+            raise ValueError(
+                "no user:password@ in the URL (deliveries are signed; a token may go "
+                "in its path or query)"
+            )
         return url
 
     @field_validator("event_types")

@@ -217,7 +217,7 @@ class TrailAudit:
             if verdict == "allowed"
             else "completed"
             if verdict == "signed in"
-            else "denied",  # fmt: skip
+            else "denied",
             status=status or None,
             reason=reason or ("" if verdict in {"allowed", "signed in"} else verdict),
             client_ip=client_address(request, self.settings.trusted_proxies),

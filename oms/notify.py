@@ -538,7 +538,7 @@ class Notifier:
                     at=self.clock(),
                     attempts=attempts,
                     message_id=identifier,
-                )  # fmt: skip
+                )
             )
             ready.append((notice, email, recipient, identifier, attempts))
         self._acknowledged()
@@ -603,8 +603,15 @@ class Notifier:
                     continue
                 previous = threading.Event()
                 with self._lock:
-                    self._settle(notice, NotificationStatus.SENT, attempts, answer[:500],
-                                 message_id=identifier, wait=False, acked=previous)  # fmt: skip
+                    self._settle(
+                        notice,
+                        NotificationStatus.SENT,
+                        attempts,
+                        answer[:500],
+                        message_id=identifier,
+                        wait=False,
+                        acked=previous,
+                    )
                 break
         if previous is not None:
             self._wait_acknowledged(previous)
@@ -710,18 +717,21 @@ class Notifier:
             try:
                 had = _guarded(provider.already_sent, message, known.at - ASK_BACK)
             except CallFailed as exc:
-                log.warning("notify %s: could not ask %s: %s", notice.idempotency_key,
-                            provider.name, exc)  # fmt: skip
+                log.warning(
+                    "notify %s: could not ask %s: %s", notice.idempotency_key, provider.name, exc
+                )
                 had = None
             if had:
                 return self._settle(
-                    notice, NotificationStatus.SENT, attempts,
+                    notice,
+                    NotificationStatus.SENT,
+                    attempts,
                     f"{provider.name} had it already (asked after a restart)",
-                )  # fmt: skip
+                )
         self._write(
             notification_record(
                 notice, NotificationStatus.INTENT, at=self.clock(), attempts=attempts
-            )  # fmt: skip
+            )
         )
         while True:
             attempts += 1
@@ -741,9 +751,13 @@ class Notifier:
             if notice.channel is MessageChannel.SMS:  # (WeChat publishes no delivery reports)
                 self.awaiting[notice.idempotency_key] = (recipient, now, now + REPORT_AFTER)
             return self._settle(
-                notice, NotificationStatus.SENT, attempts, f"{provider.name} {answer}"[:500],
-                provider_id=answer[:100] or None, sent_at=now,
-            )  # fmt: skip
+                notice,
+                NotificationStatus.SENT,
+                attempts,
+                f"{provider.name} {answer}"[:500],
+                provider_id=answer[:100] or None,
+                sent_at=now,
+            )
 
     def ask_reports(self) -> None:
         """Delivery reports of the text messages sent (SMS): each asked of its provider once a
@@ -767,8 +781,15 @@ class Notifier:
             if report in ("delivered", "undelivered"):
                 del self.awaiting[key]
                 status = NotificationStatus(report)
-                self._settle(sent.notice, status, sent.attempts, f"{provider.name}: {report}",
-                             provider_id=sent.provider_id, sent_at=at, wait=False)  # fmt: skip
+                self._settle(
+                    sent.notice,
+                    status,
+                    sent.attempts,
+                    f"{provider.name}: {report}",
+                    provider_id=sent.provider_id,
+                    sent_at=at,
+                    wait=False,
+                )
             elif report is None or now - at > REPORTS_FOR:
                 del self.awaiting[key]  # nobody to ask, or asked long enough: stays `sent`
             else:
@@ -803,9 +824,15 @@ class Notifier:
     ) -> NotificationRecord:
         """The outcome recorded (acknowledged, unless `wait` is off: a batch waits once)."""
         settled = notification_record(
-            notice, status, at=self.clock(), attempts=attempts, detail=detail,
-            message_id=message_id, provider_id=provider_id, sent_at=sent_at,
-        )  # fmt: skip
+            notice,
+            status,
+            at=self.clock(),
+            attempts=attempts,
+            detail=detail,
+            message_id=message_id,
+            provider_id=provider_id,
+            sent_at=sent_at,
+        )
         with self._lock:  # (the lanes settle too)
             self._produce(settled, acked=acked)
             if wait:

@@ -112,9 +112,16 @@ def cancel(order_id: str, *, by: str, reason_code: str, reason: str) -> Event:
 # ---------------------------------------------------------------- a store's actions
 
 STORE_ACTIONS = (
-    "accept", "decline", "start", "ready", "handoff", "deliver", "complete", "accept-change",
+    "accept",
+    "decline",
+    "start",
+    "ready",
+    "handoff",
+    "deliver",
+    "complete",
+    "accept-change",
     "refuse-change",
-)  # fmt: skip
+)
 HANDOFF_TO = ("courier", "customer", "table")
 READY_IN_MAX = 24 * 60  # minutes: a promise further out is a mistake, not a kitchen
 

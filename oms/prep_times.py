@@ -98,8 +98,12 @@ def latest(settings: Settings, *, timeout_s: float = 10.0) -> eta.PrepTimeModel 
     return newest
 
 
-_SETTLING = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
-             KafkaError._TIMED_OUT, KafkaError._TRANSPORT}  # fmt: skip
+_SETTLING = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError._TIMED_OUT,
+    KafkaError._TRANSPORT,
+}
 
 
 def _watermarks(consumer: Consumer, partition: TopicPartition, timeout_s: float) -> tuple[int, int]:

@@ -326,9 +326,12 @@ class StaffAlerter:
         self.forget_old()
         topics = self.settings.topics
         chunks = from_the_beginning(
-            self.settings, [topics.orders, topics.inventory], group="staff-alerts",
-            label="staff alerts", wait_s=0.2,
-        )  # fmt: skip
+            self.settings,
+            [topics.orders, topics.inventory],
+            group="staff-alerts",
+            label="staff alerts",
+            wait_s=0.2,
+        )
         try:
             while until is None or not until(self):
                 for raw, where in next(chunks):

@@ -76,9 +76,13 @@ VOID = frozenset({OrderStatus.REJECTED.value, OrderStatus.CANCELLED.value})
 # Statuses that end the order's flow: entering one closes the last stage and opens none.
 END_STAGES = frozenset(
     s.value
-    for s in (OrderStatus.REJECTED, OrderStatus.CANCELLED, OrderStatus.COMPLETED,
-              OrderStatus.REFUNDED)
-)  # fmt: skip
+    for s in (
+        OrderStatus.REJECTED,
+        OrderStatus.CANCELLED,
+        OrderStatus.COMPLETED,
+        OrderStatus.REFUNDED,
+    )
+)
 
 
 _ACTOR_KINDS = {kind: kind.value for kind in ActorKind}
@@ -283,10 +287,23 @@ def _amount(event: OrderEvent) -> int:
 
 
 _LINE_FACTS = (
-    "line_skus", "line_names", "line_quantities", "line_prices", "line_locations", "location",
-    "region", "currency", "channel", "mode", "customer_key", "placed_at", "is_sale",
-    "line_amounts", "line_units", "line_millionths",
-)  # fmt: skip
+    "line_skus",
+    "line_names",
+    "line_quantities",
+    "line_prices",
+    "line_locations",
+    "location",
+    "region",
+    "currency",
+    "channel",
+    "mode",
+    "customer_key",
+    "placed_at",
+    "is_sale",
+    "line_amounts",
+    "line_units",
+    "line_millionths",
+)
 
 
 _line_facts = itemgetter(*_LINE_FACTS)

@@ -89,10 +89,16 @@ READ_CHUNK = 10_000  # messages asked of Kafka at a time (see `NativeFold.decode
 # The order of a batch's INSERTs (see the module docstring): the tables derived from the fold
 # states, then the states, then (by itself) the offset ledger. Within a group, any order.
 WRITE_GROUPS = (
-    ("dead_letters", "order_events", "order_lines", "fulfilment_stages",
-     "order_activity_per_minute", "stock"),
+    (
+        "dead_letters",
+        "order_events",
+        "order_lines",
+        "fulfilment_stages",
+        "order_activity_per_minute",
+        "stock",
+    ),
     ("orders", "stock_levels"),
-)  # fmt: skip
+)
 assert tuple(sorted(t for group in WRITE_GROUPS for t in group)) == tuple(
     sorted(READ_MODEL_NAMES[:-1])
 ), "every table but the ledger is in one write group"

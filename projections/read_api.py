@@ -404,9 +404,21 @@ def ticket(
     """One kitchen ticket: its lines as the kitchen reads them, a measured line in its unit;
     `change`: an amendment waiting for the store's answer (`kitchen_changes`); `risk`: its
     newest at-risk alert (`orders_at_risk`)."""
-    keep = ("order_id", "external_id", "channel", "mode", "status", "table_name", "covers",
-            "amended_from", "priority_score", "promised_at", "ready_by", "placed_at",
-            "stage_entered_at")  # fmt: skip
+    keep = (
+        "order_id",
+        "external_id",
+        "channel",
+        "mode",
+        "status",
+        "table_name",
+        "covers",
+        "amended_from",
+        "priority_score",
+        "promised_at",
+        "ready_by",
+        "placed_at",
+        "stage_entered_at",
+    )
     shown = {name: json_value(row[name]) for name in keep} | {"lines": _ticket_lines(row)}
     return shown | {"change": change, "at_risk": risk}
 

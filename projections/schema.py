@@ -229,29 +229,40 @@ def _final(order_by: str, columns: tuple[str, ...]) -> str:
 # is derived from (`orders` after its derived tables, `stock_levels` after `stock`), and the
 # offset ledger last. See projector.py for why this order makes a crash harmless.
 READ_MODELS: tuple[ReadModel, ...] = (
-    ReadModel("dead_letters", DEAD_LETTERS_COLUMNS,
-              "SELECT _topic, _partition, _offset, dead_letter_id, reason, size FROM {table} "
-              "ORDER BY _topic, _partition, _offset"),
-    ReadModel("order_events", ORDER_EVENTS_COLUMNS,
-              _final("event_id", ORDER_EVENTS_COLUMNS)),
-    ReadModel("order_lines", ORDER_LINES_COLUMNS,
-              _final("order_id, line_no", ORDER_LINES_COLUMNS)),
-    ReadModel("fulfilment_stages", FULFILMENT_STAGES_COLUMNS,
-              _final("order_id, entered_seq", FULFILMENT_STAGES_COLUMNS)),
-    ReadModel("order_activity_per_minute", ORDER_ACTIVITY_COLUMNS,
-              "SELECT minute, channel, event_type, currency, sum(events), sum(amount) "
-              "FROM {table} GROUP BY minute, channel, event_type, currency "
-              "ORDER BY minute, channel, event_type, currency"),
+    ReadModel(
+        "dead_letters",
+        DEAD_LETTERS_COLUMNS,
+        "SELECT _topic, _partition, _offset, dead_letter_id, reason, size FROM {table} "
+        "ORDER BY _topic, _partition, _offset",
+    ),
+    ReadModel("order_events", ORDER_EVENTS_COLUMNS, _final("event_id", ORDER_EVENTS_COLUMNS)),
+    ReadModel("order_lines", ORDER_LINES_COLUMNS, _final("order_id, line_no", ORDER_LINES_COLUMNS)),
+    ReadModel(
+        "fulfilment_stages",
+        FULFILMENT_STAGES_COLUMNS,
+        _final("order_id, entered_seq", FULFILMENT_STAGES_COLUMNS),
+    ),
+    ReadModel(
+        "order_activity_per_minute",
+        ORDER_ACTIVITY_COLUMNS,
+        "SELECT minute, channel, event_type, currency, sum(events), sum(amount) "
+        "FROM {table} GROUP BY minute, channel, event_type, currency "
+        "ORDER BY minute, channel, event_type, currency",
+    ),
     ReadModel("orders", ORDERS_COLUMNS, _final("order_id", ORDERS_COLUMNS)),
-    ReadModel("stock", STOCK_COLUMNS,
-              f"SELECT {', '.join(STOCK_COLUMNS)} FROM {{table}} "
-              "ORDER BY sku, location, sequence"),
-    ReadModel("stock_levels", STOCK_LEVELS_COLUMNS,
-              _final("sku, location", STOCK_LEVELS_COLUMNS)),
-    ReadModel("projector_offsets", PROJECTOR_OFFSETS_COLUMNS,
-              "SELECT _topic, _partition, max(_offset) FROM {table} "
-              "GROUP BY _topic, _partition ORDER BY _topic, _partition"),
-)  # fmt: skip
+    ReadModel(
+        "stock",
+        STOCK_COLUMNS,
+        f"SELECT {', '.join(STOCK_COLUMNS)} FROM {{table}} ORDER BY sku, location, sequence",
+    ),
+    ReadModel("stock_levels", STOCK_LEVELS_COLUMNS, _final("sku, location", STOCK_LEVELS_COLUMNS)),
+    ReadModel(
+        "projector_offsets",
+        PROJECTOR_OFFSETS_COLUMNS,
+        "SELECT _topic, _partition, max(_offset) FROM {table} "
+        "GROUP BY _topic, _partition ORDER BY _topic, _partition",
+    ),
+)
 
 READ_MODEL_NAMES = tuple(model.name for model in READ_MODELS)
 

@@ -63,42 +63,46 @@ class StoreMisconfigured(StoreError):
 
 # ClickHouse error codes (src/Common/ErrorCodes.cpp) that mean "not now": the server is going
 # away or coming up, overloaded, or short of memory, disk or parts headroom.
-_UNAVAILABLE_CODES = frozenset({
-    159,  # TIMEOUT_EXCEEDED
-    202,  # TOO_MANY_SIMULTANEOUS_QUERIES
-    203,  # NO_FREE_CONNECTION
-    209,  # SOCKET_TIMEOUT
-    210,  # NETWORK_ERROR
-    225,  # NO_ZOOKEEPER
-    241,  # MEMORY_LIMIT_EXCEEDED
-    242,  # TABLE_IS_READ_ONLY
-    243,  # NOT_ENOUGH_SPACE
-    252,  # TOO_MANY_PARTS
-    285,  # TOO_FEW_LIVE_REPLICAS
-    319,  # UNKNOWN_STATUS_OF_INSERT
-    394,  # QUERY_WAS_CANCELLED (a server shutting down cancels what runs)
-    425,  # SYSTEM_ERROR
-    439,  # CANNOT_SCHEDULE_TASK
-    999,  # KEEPER_EXCEPTION
-})  # fmt: skip
+_UNAVAILABLE_CODES = frozenset(
+    {
+        159,  # TIMEOUT_EXCEEDED
+        202,  # TOO_MANY_SIMULTANEOUS_QUERIES
+        203,  # NO_FREE_CONNECTION
+        209,  # SOCKET_TIMEOUT
+        210,  # NETWORK_ERROR
+        225,  # NO_ZOOKEEPER
+        241,  # MEMORY_LIMIT_EXCEEDED
+        242,  # TABLE_IS_READ_ONLY
+        243,  # NOT_ENOUGH_SPACE
+        252,  # TOO_MANY_PARTS
+        285,  # TOO_FEW_LIVE_REPLICAS
+        319,  # UNKNOWN_STATUS_OF_INSERT
+        394,  # QUERY_WAS_CANCELLED (a server shutting down cancels what runs)
+        425,  # SYSTEM_ERROR
+        439,  # CANNOT_SCHEDULE_TASK
+        999,  # KEEPER_EXCEPTION
+    }
+)
 # Codes that mean the URL, the user or the schema is wrong: a table or column this program
 # writes is missing (the database is not the one `oms project --migrate` made), or the server
 # refuses the user.
-_MISCONFIGURED_CODES = frozenset({
-    8,    # THERE_IS_NO_COLUMN
-    10,   # NOT_FOUND_COLUMN_IN_BLOCK
-    16,   # NO_SUCH_COLUMN_IN_TABLE
-    60,   # UNKNOWN_TABLE
-    81,   # UNKNOWN_DATABASE
-    164,  # READONLY
-    192,  # UNKNOWN_USER
-    193,  # WRONG_PASSWORD
-    194,  # REQUIRED_PASSWORD
-    195,  # IP_ADDRESS_NOT_ALLOWED
-    291,  # DATABASE_ACCESS_DENIED
-    497,  # ACCESS_DENIED
-    516,  # AUTHENTICATION_FAILED
-})  # fmt: skip
+_MISCONFIGURED_CODES = frozenset(
+    {
+        8,  # THERE_IS_NO_COLUMN
+        10,  # NOT_FOUND_COLUMN_IN_BLOCK
+        16,  # NO_SUCH_COLUMN_IN_TABLE
+        60,  # UNKNOWN_TABLE
+        81,  # UNKNOWN_DATABASE
+        164,  # READONLY
+        192,  # UNKNOWN_USER
+        193,  # WRONG_PASSWORD
+        194,  # REQUIRED_PASSWORD
+        195,  # IP_ADDRESS_NOT_ALLOWED
+        291,  # DATABASE_ACCESS_DENIED
+        497,  # ACCESS_DENIED
+        516,  # AUTHENTICATION_FAILED
+    }
+)
 _CODE = re.compile(r"\bCode: (\d+)")
 
 

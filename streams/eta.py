@@ -287,8 +287,15 @@ def learn(
             handoffs[f"{ALL}|{fact.mode}"].append(seconds)
     handoff = {k: round(_median(v), 1) for k, v in handoffs.items() if len(v) >= min_samples}
 
-    content = repr((sorted(cells.items()), sorted(hour_factors.items()), sorted(load.items()),
-                    sorted(handoff.items()), sorted(dish_rank.items())))  # fmt: skip
+    content = repr(
+        (
+            sorted(cells.items()),
+            sorted(hour_factors.items()),
+            sorted(load.items()),
+            sorted(handoff.items()),
+            sorted(dish_rank.items()),
+        )
+    )
     version = f"{learned_at:%Y%m%dT%H%M}-{hashlib.sha1(content.encode()).hexdigest()[:8]}"
     return PrepTimeModel(
         version=version,

@@ -65,8 +65,12 @@ APPLIED_IDS_KEPT = 1000
 
 # Commands from people (or the WMS) that go onto the ledger as they are, re-sequenced.
 OPERATOR_COMMANDS: tuple[type[StockEvent], ...] = (
-    StockReceived, StockAdjusted, StockCounted, SafetyStockSet, ExpiryBatchAdded,
-)  # fmt: skip
+    StockReceived,
+    StockAdjusted,
+    StockCounted,
+    SafetyStockSet,
+    ExpiryBatchAdded,
+)
 _ENVELOPE = frozenset(StockEvent.model_fields)
 
 Outcome: TypeAlias = StockReserved | StockReservationRefused

@@ -122,17 +122,35 @@ RESERVATION_TTL: dict[OrderMode, timedelta] = {
 EXPIRABLE = frozenset({S.RESERVED, S.PRIORITISED})
 # Inputs people and stores send for an order, checked against the lifecycle and logged as is.
 RELAYED: tuple[type[OrderEvent], ...] = (
-    ReviewApproved, ReviewRejected, OrderCancelled, OrderAcceptedByStore, OrderDeclinedByStore,
-    OrderAmendmentAccepted, OrderAmendmentRefused, OrderPreparing, OrderReady, OrderPickedUp,
-    ShipmentCreated, ShipmentStatusUpdated,
-    OrderDelivered, OrderCompleted, ReturnRequested, ReturnReceived, OrderRefunded,
-)  # fmt: skip
+    ReviewApproved,
+    ReviewRejected,
+    OrderCancelled,
+    OrderAcceptedByStore,
+    OrderDeclinedByStore,
+    OrderAmendmentAccepted,
+    OrderAmendmentRefused,
+    OrderPreparing,
+    OrderReady,
+    OrderPickedUp,
+    ShipmentCreated,
+    ShipmentStatusUpdated,
+    OrderDelivered,
+    OrderCompleted,
+    ReturnRequested,
+    ReturnReceived,
+    OrderRefunded,
+)
 # A store's actions name the store: only the store the order is routed to may take them (so
 # may a delivery or completion a store reports; a carrier's names none).
 STORE_ACTIONS: tuple[type[OrderEvent], ...] = (
-    OrderAcceptedByStore, OrderDeclinedByStore, OrderPreparing, OrderReady, OrderPickedUp,
-    OrderAmendmentAccepted, OrderAmendmentRefused,
-)  # fmt: skip
+    OrderAcceptedByStore,
+    OrderDeclinedByStore,
+    OrderPreparing,
+    OrderReady,
+    OrderPickedUp,
+    OrderAmendmentAccepted,
+    OrderAmendmentRefused,
+)
 
 
 def reservation_id(order_id: str, attempt: int, sku: str, location: str, quantity: int) -> str:

@@ -43,8 +43,9 @@ def run() -> None:
         texts = texts_of(settings)
         relay = f"{settings.smtp_host}:{settings.smtp_port}" if mailer else "nowhere (e-mail off)"
         others = ", ".join(f"{channel.value} through {p.name}" for channel, p in texts.items())
-        click.echo(f"oms notify: e-mail through {relay}" + (f"; {others}" if others else ""),
-                   err=True)  # fmt: skip
+        click.echo(
+            f"oms notify: e-mail through {relay}" + (f"; {others}" if others else ""), err=True
+        )
         Notifier(settings, mailer=mailer, texts=texts).run()
 
     run_until_stopped("oms notify", main, exit_code=exit_code)

@@ -155,8 +155,13 @@ def store_accept(order_id: str, location: str, actor: str, ready_in_minutes: int
 @click.argument("order_id")
 @_AT
 @_BY
-@click.option("--code", "reason_code", default="OTHER", show_default=True,
-              help="BUSY, SOLD_OUT, CLOSING, OTHER")  # fmt: skip
+@click.option(
+    "--code",
+    "reason_code",
+    default="OTHER",
+    show_default=True,
+    help="BUSY, SOLD_OUT, CLOSING, OTHER",
+)
 @click.option("--reason", required=True)
 def store_decline(order_id: str, location: str, actor: str, reason_code: str, reason: str) -> None:
     """Refuse the order: it is routed again without this store, or rejected."""
@@ -237,17 +242,27 @@ def store_accept_change(order_id: str, location: str, actor: str, revision: int 
 @_AT
 @_BY
 @click.option("--revision", type=int, help="the revision seen (default: whichever is pending)")
-@click.option("--code", "reason_code", default="REFUSED", show_default=True,
-              help="COOKED, SOLD_OUT, REFUSED, ...")  # fmt: skip
+@click.option(
+    "--code",
+    "reason_code",
+    default="REFUSED",
+    show_default=True,
+    help="COOKED, SOLD_OUT, REFUSED, ...",
+)
 @click.option("--reason", required=True)
 def store_refuse_change(
     order_id: str, location: str, actor: str, revision: int | None, reason_code: str, reason: str
 ) -> None:
     """Refuse the change: the order stays as it was, and the channel is told why."""
     _store_step(
-        "refuse-change", order_id, location, actor, revision=revision, reason_code=reason_code,
+        "refuse-change",
+        order_id,
+        location,
+        actor,
+        revision=revision,
+        reason_code=reason_code,
         reason=reason,
-    )  # fmt: skip
+    )
 
 
 @click.group()

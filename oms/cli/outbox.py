@@ -76,8 +76,9 @@ def retry(key: str, actor: str) -> None:
     if known is None:
         raise click.ClickException(f"no call {key} on {settings.topics.outbox}")
     if known.status not in (OutboxStatus.FAILED, OutboxStatus.EXPIRED):
-        raise click.ClickException(f"call {key} is {known.status.value}: only a failed or "
-                                   "expired call is retried")  # fmt: skip
+        raise click.ClickException(
+            f"call {key} is {known.status.value}: only a failed or expired call is retried"
+        )
     try:
         served = clients(settings, [known.call.platform])
     except MissingCredentials as exc:

@@ -23,8 +23,10 @@ def carriers_list() -> None:
     click.echo(f"{'carrier':<10} {'temperatures':<24} {'cod':<4} {'package':<24} target")
     for row in rows:
         if row.carrier is None:
-            click.echo(f"{row.name:<10} {'-':<24} {'-':<4} {row.distribution:<24} {row.target}"
-                       f"  BROKEN: {row.error}")  # fmt: skip
+            click.echo(
+                f"{row.name:<10} {'-':<24} {'-':<4} {row.distribution:<24} {row.target}"
+                f"  BROKEN: {row.error}"
+            )
             continue
         kept = ",".join(sorted(t.value for t in row.carrier.temperatures))
         cod = "yes" if row.carrier.cash_on_delivery else "no"

@@ -51,9 +51,14 @@ from streams.customers import CustomerHistory
 log = logging.getLogger(__name__)
 # A store's open tickets (`open_tickets`): opened by its acceptance, closed by any of these.
 TICKET_CLOSED = (
-    OrderReady, OrderPickedUp, OrderDelivered, OrderCompleted, OrderCancelled, OrderRejected,
+    OrderReady,
+    OrderPickedUp,
+    OrderDelivered,
+    OrderCompleted,
+    OrderCancelled,
+    OrderRejected,
     OrderDeclinedByStore,
-)  # fmt: skip
+)
 FOLDED = frozenset(
     {"OrderReceived", "OrderRouted"}
     | {kind.__name__ for kind in (*STOCK_EVENTS, *CATALOGUE_EVENTS)}
