@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed-stamp
 # run: about 15 minutes instead of 25). The 25 slowest are listed at the end.
 PYTEST_ARGS ?= -n 2 --durations=25
 
-.PHONY: demo test chaos fuzz lint typecheck pytest system-deps browser-deps stack-up stack-down clean
+.PHONY: demo test chaos fuzz lint typecheck pytest system-deps browser-deps label-deps stack-up stack-down clean
 
 NATIVE_SRC := native/avro_codec/Cargo.toml native/avro_codec/Cargo.lock $(shell find native/avro_codec/src -name "*.rs")
 
@@ -48,6 +48,22 @@ system-deps:
 	  fi; \
 	fi
 
+# Shipping labels: a CJK font to embed (fonts-wqy-microhei), and to read the labels back in
+# the tests, pdftoppm (poppler-utils) and zbarimg (zbar-tools).
+label-deps:
+	@missing=""; \
+	test -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc || missing="$$missing fonts-wqy-microhei"; \
+	command -v pdftoppm >/dev/null || missing="$$missing poppler-utils"; \
+	command -v zbarimg >/dev/null || missing="$$missing zbar-tools"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "not installed:$$missing (the label tests need them)"; \
+	  fi; \
+	fi
+
 # The dashboard's browser test drives Debian's chromium headless (make test only).
 browser-deps:
 	@if ! command -v chromium >/dev/null; then \
@@ -63,7 +79,7 @@ demo: $(STAMP) system-deps
 	$(OMS) demo
 
 # Runs lint, types and every test; stops the stack afterwards if this run started it.
-test: $(STAMP) system-deps browser-deps
+test: $(STAMP) system-deps browser-deps label-deps
 	@was_up=0; $(OMS) stack status >/dev/null 2>&1 && was_up=1; \
 	$(OMS) stack up || exit 1; \
 	status=0; \

@@ -374,6 +374,35 @@ class Settings(BaseSettings):
     wechat_notify_state: Literal["developer", "trial", "formal"] = "formal"
     wechat_api_url: str = "https://api.weixin.qq.com"
 
+    # -- shipping by carrier (oms/shipping.py, `oms ship wave`; docs/carriers.md)
+    shipping_file: Path | None = Field(
+        default=None,
+        description="ship-from addresses, product weights and temperatures, rate-shopping "
+        "rules, rate cards (JSON); `oms ship wave` refuses to start without it",
+    )
+    carriers: list[str] = Field(
+        default_factory=list,
+        description="the carriers to rate-shop (sf, zto, jdl, easypost, or a plug-in's name); "
+        "each needs its settings below",
+    )
+    sf_partner_id: str | None = Field(default=None, description="SF Express 顾客编码 (partnerID)")
+    sf_check_word: SecretStr | None = Field(default=None, description="SF Express 校验码")
+    sf_monthly_card: str | None = Field(default=None, description="SF Express 月结卡号")
+    sf_api_url: str = "https://sfapi.sf-express.com/std/service"
+    zto_app_key: str | None = None
+    zto_app_secret: SecretStr | None = None
+    zto_account_id: str | None = Field(default=None, description="ZTO e-waybill account")
+    zto_account_password: SecretStr | None = None
+    zto_api_url: str = "https://japi.zto.com"
+    jdl_app_key: str | None = None
+    jdl_app_secret: SecretStr | None = None
+    jdl_access_token: SecretStr | None = None
+    jdl_customer_code: str | None = Field(default=None, description="JD Logistics 商家编码")
+    jdl_api_url: str = "https://api.jdl.com"
+    easypost_api_key: SecretStr | None = None
+    easypost_webhook_secret: SecretStr | None = None
+    easypost_api_url: str = "https://api.easypost.com/v2"
+
     # -- telling the staff (oms/staff_alerts.py, `oms alerts run`; docs/architecture.md)
     staff_alerts_file: Path | None = Field(
         default=None,

@@ -62,5 +62,6 @@ for command in (
     subscriptions.subscriptions,
     alerts.alerts,
     shipping.carriers,
+    shipping.ship,
 ):
     main.add_command(command)

@@ -1,9 +1,10 @@
-"""`oms carriers`: the carrier adapters installed (connectors/carriers/, found through the
-`orderstream.carriers` entry points; docs/carriers.md)."""
+"""`oms carriers` and `oms ship`: the carrier adapters installed (connectors/carriers/, found
+through the `orderstream.carriers` entry points) and shipping waves (docs/carriers.md)."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -33,3 +34,66 @@ def carriers_list() -> None:
         click.echo(f"{row.name:<10} {kept:<24} {cod:<4} {row.distribution:<24} {row.target}")
     if any(row.error for row in rows):
         sys.exit(1)
+
+
+@click.group()
+def ship() -> None:
+    """Shipping by carrier: waves of labels (docs/carriers.md)."""
+
+
+@ship.command("wave")
+@click.argument("location")
+@click.option("--by", "actor", required=True, help="who runs the wave (recorded as the actor)")
+@click.option("--limit", type=int, default=None, help="at most this many orders")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="where the wave's PDF goes (default HOME/waves)",
+)
+def wave(location: str, actor: str, limit: int | None, out_dir: Path | None) -> None:
+    """Buy the labels of every order ready to ship at LOCATION (rate-shopped across
+    OMS_CARRIERS), write one PDF of packing slips and 4x6 in labels, and record each shipment
+    (its reservation is committed)."""
+    from events.models import Actor, ActorKind
+    from infra.exit_codes import ExitCode
+    from infra.settings import get_settings
+    from oms.shipping import (
+        ShippingMisconfigured,
+        carriers_from_settings,
+        load_config,
+        run_wave,
+    )
+
+    settings = get_settings()
+    try:
+        config = load_config(settings.shipping_file)
+        carriers = carriers_from_settings(settings, config)
+    except ShippingMisconfigured as exc:
+        click.echo(f"oms ship wave: {exc}", err=True)
+        sys.exit(ExitCode.CONFIG)
+    report = run_wave(
+        settings,
+        location,
+        carriers=carriers,
+        config=config,
+        by=Actor(kind=ActorKind.USER, id=actor),
+        out_dir=out_dir or settings.home / "waves",
+        limit=limit,
+    )
+    click.echo(f"wave {report.wave}: {len(report.shipped)} shipped, {len(report.skipped)} not")
+    for shipped in report.shipped:
+        choice = shipped.choice
+        assert choice.chosen is not None
+        click.echo(
+            f"  {shipped.order.placed.external_id}: {shipped.shipment.carrier} "
+            f"{shipped.shipment.service} {shipped.shipment.tracking_number} "
+            f"({choice.price} {choice.chosen.currency}; beat {len(choice.alternatives)})"
+        )
+    for order_id, why in report.skipped.items():
+        click.echo(f"  {order_id}: not shipped: {why}")
+    for carrier, why in report.carriers_failed.items():
+        click.echo(f"  carrier {carrier} failed: {why}", err=True)
+    if report.pdf is not None:
+        click.echo(f"print: {report.pdf}")

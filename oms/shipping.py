@@ -1,0 +1,474 @@
+"""`oms ship wave LOCATION`: a shipping wave (docs/carriers.md, "Waves and labels"). The
+orders ready to ship at a location are read off the order log (with the keys: the recipient's
+address goes on the label), each is rate-shopped across the configured carriers
+(`streams.rate_shopping`), its label bought with the shipment's reference as the idempotency
+key, and the wave's print file written (a packing slip and a 4 × 6 in label per order,
+`connectors.carriers.labels`). Then one `ShipmentCreated` per order goes to the order agent as
+a command; it checks the order is ready and commits the order's reservations.
+
+Run again after a crash, a wave buys nothing twice: the carriers answer a reference they know
+with its first shipment, and each `ShipmentCreated` has an id derived from its reference, so
+the order agent takes it once. An order already shipped is no longer ready and is not read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from connectors.carriers.base import Carrier
+from connectors.carriers.labels import SlipLine, WaveItem, wave_pdf
+from connectors.outbound import CallFailed
+from events.lifecycle import OrderStatus, next_status
+from events.models import (
+    Actor,
+    OrderEvent,
+    OrderMode,
+    OrderModified,
+    OrderReceived,
+    PaymentStatus,
+    ShipmentCreated,
+    ShippingAlternative,
+    deterministic_id,
+    utc_now,
+)
+from events.shipping import Parcel, Party, Quote, Shipment, ShipmentRequest, Temperature
+from infra.keystore import private_codec
+from infra.publisher import Publisher
+from infra.replay import read_partition
+from infra.settings import Settings
+from streams.rate_shopping import RateChoice, ShippingRules, choose
+
+log = logging.getLogger(__name__)
+
+
+class ShippingMisconfigured(ValueError):
+    """The shipping file is missing or wrong; names the field (exit 78)."""
+
+
+class ProductShipping(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    weight_g: int = Field(gt=0, description="one unit, packed")
+    temperature: Temperature = Temperature.AMBIENT
+
+
+class ZtoLane(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    origin: str = Field(description="origin province, or * for any")
+    destination: str = Field(description="destination province, or * for any")
+    first_kg: int = Field(gt=0, description="minor units")
+    additional_kg: int = Field(ge=0, description="minor units per further started kg")
+
+
+class ShippingConfig(BaseModel):
+    """OMS_SHIPPING_FILE (JSON): where each location ships from, what products weigh and must
+    be kept at, and the rate-shopping rules."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    origins: dict[str, Party] = Field(description="location id → its ship-from address")
+    products: dict[str, ProductShipping] = Field(default_factory=dict)
+    default_item_g: int = Field(default=500, gt=0, description="a unit of an unlisted SKU")
+    box_mm: tuple[int, int, int] = Field(
+        default=(300, 200, 150), description="the carton's length, width, height"
+    )
+    rules: ShippingRules = Field(default_factory=ShippingRules)
+    deliver_within_days: int = Field(
+        default=3, ge=1, description="the promise to keep: order placed + this many days"
+    )
+    tracking_url: str = Field(
+        default="http://127.0.0.1:8080/track/{token}",
+        description="the customer's tracking page; {token} is the shipment's tracking token",
+    )
+    zto_rates: list[ZtoLane] = Field(
+        default_factory=list, description="ZTO's contract rate card (ZTO publishes no price query)"
+    )
+
+
+def carriers_from_settings(settings: Settings, config: ShippingConfig) -> dict[str, Carrier]:
+    """The carriers OMS_CARRIERS names, each with its settings; `ShippingMisconfigured`
+    names the setting that is missing (fail closed: a carrier is never half set up). A name
+    that is not one of the four built in is looked up among the installed plug-ins, which
+    take their settings from the environment themselves."""
+    from connectors.carriers.easypost import EasyPost
+    from connectors.carriers.jd_logistics import JdLogistics
+    from connectors.carriers.registry import registered
+    from connectors.carriers.sf_express import SfExpress
+    from connectors.carriers.zto import Zto, ZtoRate
+
+    def needed(name: str, value: Any) -> Any:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise ShippingMisconfigured(f"set {name}")
+        return value
+
+    built: dict[str, Carrier] = {}
+    for name in settings.carriers:
+        if name == "sf":
+            built[name] = SfExpress(
+                partner_id=needed("OMS_SF_PARTNER_ID", settings.sf_partner_id),
+                check_word=needed("OMS_SF_CHECK_WORD", settings.sf_check_word),
+                monthly_card=settings.sf_monthly_card,
+                api_url=settings.sf_api_url,
+            )
+        elif name == "zto":
+            if not config.zto_rates:
+                raise ShippingMisconfigured("zto_rates: ZTO is named but has no rate card")
+            built[name] = Zto(
+                app_key=needed("OMS_ZTO_APP_KEY", settings.zto_app_key),
+                app_secret=needed("OMS_ZTO_APP_SECRET", settings.zto_app_secret),
+                account_id=needed("OMS_ZTO_ACCOUNT_ID", settings.zto_account_id),
+                account_password=needed("OMS_ZTO_ACCOUNT_PASSWORD", settings.zto_account_password),
+                rates={
+                    (lane.origin, lane.destination): ZtoRate(lane.first_kg, lane.additional_kg)
+                    for lane in config.zto_rates
+                },
+                api_url=settings.zto_api_url,
+            )
+        elif name == "jdl":
+            built[name] = JdLogistics(
+                app_key=needed("OMS_JDL_APP_KEY", settings.jdl_app_key),
+                app_secret=needed("OMS_JDL_APP_SECRET", settings.jdl_app_secret),
+                access_token=needed("OMS_JDL_ACCESS_TOKEN", settings.jdl_access_token),
+                customer_code=needed("OMS_JDL_CUSTOMER_CODE", settings.jdl_customer_code),
+                api_url=settings.jdl_api_url,
+            )
+        elif name == "easypost":
+            built[name] = EasyPost(
+                api_key=needed("OMS_EASYPOST_API_KEY", settings.easypost_api_key),
+                webhook_secret=settings.easypost_webhook_secret,
+                api_url=settings.easypost_api_url,
+            )
+        else:
+            plugin = next((r for r in registered() if r.name == name), None)
+            if plugin is None or plugin.carrier is None:
+                why = plugin.error if plugin else "no such carrier is installed"
+                raise ShippingMisconfigured(f"OMS_CARRIERS: {name}: {why}")
+            built[name] = plugin.carrier()
+    if not built:
+        raise ShippingMisconfigured("OMS_CARRIERS names no carrier")
+    return built
+
+
+def load_config(path: Path | None) -> ShippingConfig:
+    if path is None:
+        raise ShippingMisconfigured("OMS_SHIPPING_FILE is not set")
+    try:
+        return ShippingConfig.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except OSError as exc:
+        raise ShippingMisconfigured(f"{path}: cannot be read ({exc.strerror})") from exc
+    except ValueError as exc:
+        if isinstance(exc, ValidationError):
+            wrong = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                for e in exc.errors(include_input=False, include_url=False)
+            )
+            raise ShippingMisconfigured(f"{path}: {wrong}") from exc
+        raise ShippingMisconfigured(f"{path}: not JSON ({exc})") from exc
+
+
+# ---------------------------------------------------------------- the orders ready to ship
+
+
+@dataclass
+class ReadyOrder:
+    received: OrderReceived  # personal data opened
+    placed: OrderReceived | OrderModified  # the order as last stated
+    location: str
+    status: OrderStatus
+    ready_at: datetime
+
+
+def ready_to_ship(settings: Settings, location: str) -> list[ReadyOrder]:
+    """The orders at `location` that are ready and go by carrier (mode ship), oldest first."""
+    from confluent_kafka import Consumer
+
+    from infra.kafka import consumer_config
+
+    codec = private_codec(settings)
+    topic = settings.topics.orders
+    probe = Consumer(consumer_config(settings.kafka_bootstrap, group_id="oms-ship-reader"))
+    try:
+        partitions = sorted(probe.list_topics(topic, timeout=30).topics[topic].partitions)
+    finally:
+        probe.close()
+    orders: dict[str, ReadyOrder] = {}
+    for partition in partitions:
+        for event in read_partition(settings.kafka_bootstrap, topic, partition, codec=codec):
+            if not isinstance(event, OrderEvent):
+                continue
+            known = orders.get(event.order_id)
+            if isinstance(event, OrderReceived) and known is None:
+                status = next_status(None, OrderReceived)
+                known = ReadyOrder(event, event, "", status, event.occurred_at)
+                orders[event.order_id] = known
+                continue
+            if isinstance(event, OrderReceived | OrderModified) and known is not None:
+                known.placed = event
+            if known is None:
+                continue
+            known.status = next_status(known.status, type(event))
+            there = getattr(event, "location", None)
+            if isinstance(there, str) and there:
+                known.location = there
+            if known.status is OrderStatus.READY:
+                known.ready_at = event.occurred_at
+    ready = [
+        order
+        for order in orders.values()
+        if order.status is OrderStatus.READY
+        and order.location == location
+        and order.received.mode is OrderMode.SHIP
+    ]
+    return sorted(ready, key=lambda order: order.ready_at)
+
+
+# ---------------------------------------------------------------- one order's shipment
+
+
+def shipment_reference(order_id: str, location: str) -> str:
+    """The shipment's idempotency key: one shipment per order and location it leaves from
+    (a split order ships once per location)."""
+    return f"{order_id}@{location}"
+
+
+def shipment_request(order: ReadyOrder, config: ShippingConfig) -> ShipmentRequest:
+    """What the carriers are asked to carry; `ShippingMisconfigured` when the location has no
+    ship-from address, ValueError when the order has no address to ship to."""
+    placed, received = order.placed, order.received
+    sender = config.origins.get(order.location)
+    if sender is None:
+        raise ShippingMisconfigured(f"origins.{order.location}: no ship-from address")
+    address = placed.address or received.address
+    customer = placed.customer or received.customer
+    if address is None or not address.text:
+        raise ValueError("the order has no address to ship to")
+    recipient = Party(
+        name=customer.name or "-",
+        phone=customer.phone or "-",
+        country=address.country or "CN",
+        province=address.province,
+        city=address.city or "-",
+        district=address.district,
+        street=address.text,
+        postal_code=address.postal_code,
+        email=customer.email,
+    )
+    weight, coldest = 0, Temperature.AMBIENT
+    order_of = list(Temperature)
+    for line in placed.lines:
+        product = config.products.get(line.sku)
+        weight += line.quantity * (product.weight_g if product else config.default_item_g)
+        if product and order_of.index(product.temperature) > order_of.index(coldest):
+            coldest = product.temperature
+    length, width, height = config.box_mm
+    paying = placed.payment_status or received.payment_status
+    cash_on_delivery = paying is PaymentStatus.CASH_ON_DELIVERY
+    return ShipmentRequest(
+        reference=shipment_reference(placed.order_id, order.location),
+        sender=sender,
+        recipient=recipient,
+        parcels=[
+            Parcel(
+                weight_g=max(weight, 1),
+                length_mm=length,
+                width_mm=width,
+                height_mm=height,
+                description=placed.lines[0].name[:40],
+            )
+        ],
+        temperature=coldest,
+        currency=placed.currency or received.currency,
+        declared_value=placed.total,
+        cod_amount=placed.total if cash_on_delivery else None,
+    )
+
+
+def quotes_for(
+    request: ShipmentRequest, carriers: Mapping[str, Carrier]
+) -> tuple[list[Quote], dict[str, str]]:
+    """Every carrier's quotes; a carrier that fails is left out with why (the others go on)."""
+    found: list[Quote] = []
+    failed: dict[str, str] = {}
+    for name, carrier in carriers.items():
+        try:
+            found += carrier.quote(request)
+        except CallFailed as exc:
+            failed[name] = str(exc)
+    return found, failed
+
+
+def what(request: ShipmentRequest) -> str:
+    """What was asked for, in a word or three (for the reason a wave did not ship it)."""
+    asked = [f"{request.weight_g} g", request.temperature.value]
+    if request.cod_amount:
+        asked.append("cash on delivery")
+    return f"{', '.join(asked)} to {request.recipient.country}"
+
+
+def alternatives_of(choice: RateChoice) -> list[ShippingAlternative]:
+    return [
+        ShippingAlternative(
+            carrier=a.quote.carrier,
+            service=a.quote.service,
+            price=a.price,
+            currency=a.quote.currency,
+            promised_by=a.quote.promised_by,
+            lost=a.lost.value,
+            detail=a.detail,
+        )
+        for a in choice.alternatives
+    ]
+
+
+# ---------------------------------------------------------------- the wave
+
+
+@dataclass
+class Shipped:
+    order: ReadyOrder
+    request: ShipmentRequest
+    choice: RateChoice
+    shipment: Shipment
+
+
+@dataclass
+class WaveReport:
+    wave: str
+    location: str
+    pdf: Path | None = None
+    shipped: list[Shipped] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # order id → why not shipped
+    carriers_failed: dict[str, str] = field(default_factory=dict)
+
+
+def run_wave(
+    settings: Settings,
+    location: str,
+    *,
+    carriers: Mapping[str, Carrier],
+    config: ShippingConfig,
+    by: Actor,
+    out_dir: Path,
+    limit: int | None = None,
+    clock: Callable[[], datetime] = utc_now,
+) -> WaveReport:
+    """Buy the labels of the orders ready at `location`, write the print file, tell the
+    order agent. Returns what was shipped and what was not, with why."""
+    now = clock()
+    report = WaveReport(wave=f"{location}-{now:%Y%m%dT%H%M%S}", location=location)
+    ready = ready_to_ship(settings, location)[:limit]
+
+    def one(order: ReadyOrder) -> Shipped | str:
+        try:
+            request = shipment_request(order, config)
+        except ValueError as exc:  # (ShippingMisconfigured included)
+            return str(exc)
+        quotes, failed = quotes_for(request, carriers)
+        report.carriers_failed.update(failed)
+        deadline = order.received.placed_at + timedelta(days=config.deliver_within_days)
+        choice = choose(request, quotes, config.rules, deliver_by=deadline)
+        if choice.chosen is None:
+            why = (
+                "; ".join(
+                    f"{a.quote.carrier}:{a.quote.service} {a.lost.value}"
+                    for a in choice.alternatives
+                )
+                or f"no carrier quoted for {what(request)}"
+            )
+            return f"nothing may carry it: {why}"
+        try:
+            shipment = carriers[choice.chosen.carrier].create(request, choice.chosen.service)
+        except CallFailed as exc:
+            return f"{choice.chosen.carrier} did not sell the label: {exc}"
+        return Shipped(order, request, choice, shipment)
+
+    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="wave") as pool:
+        for order, outcome in zip(ready, pool.map(one, ready), strict=True):
+            if isinstance(outcome, str):
+                report.skipped[order.placed.order_id] = outcome
+            else:
+                report.shipped.append(outcome)
+    if not report.shipped:
+        return report
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report.pdf = out_dir / f"wave-{report.wave}.pdf"
+    items = [_item(shipped, config) for shipped in report.shipped]
+    report.pdf.write_bytes(wave_pdf(wave=report.wave, location=location, items=items))
+
+    publisher = Publisher(settings)
+    for page, shipped in enumerate(report.shipped):
+        publisher.publish(
+            settings.topics.order_commands,
+            shipment_created(
+                shipped,
+                wave=report.wave,
+                label_ref=f"{report.pdf}#label={page + 1}",
+                by=by,
+                now=now,
+            ),
+        )
+    publisher.flush(30)
+    return report
+
+
+def tracking_token(shipment: Shipment) -> str:
+    """The customer's tracking page token: unguessable from the order, stable per shipment."""
+    return deterministic_id("tracking", f"{shipment.carrier}:{shipment.tracking_number}")
+
+
+def _item(shipped: Shipped, config: ShippingConfig) -> WaveItem:
+    placed, shipment = shipped.order.placed, shipped.shipment
+    return WaveItem(
+        order_ref=f"{placed.channel} {placed.external_id}",
+        reference=shipment.reference,
+        carrier=shipment.carrier,
+        service=shipment.service,
+        tracking_number=shipment.tracking_number,
+        tracking_url=config.tracking_url.format(token=tracking_token(shipment)),
+        sender=shipped.request.sender,
+        recipient=shipped.request.recipient,
+        lines=[SlipLine(line.sku, line.name, line.quantity) for line in placed.lines],
+        weight_g=shipped.request.weight_g,
+        temperature=shipped.request.temperature,
+    )
+
+
+def shipment_created(
+    shipped: Shipped, *, wave: str, label_ref: str, by: Actor, now: datetime
+) -> ShipmentCreated:
+    """The order agent's command; its id derived from the shipment's reference, so a wave run
+    again after a crash sends the same one."""
+    placed, shipment, chosen = shipped.order.placed, shipped.shipment, shipped.choice.chosen
+    assert chosen is not None
+    return ShipmentCreated(
+        event_id=deterministic_id("shipment-created", shipment.reference),
+        order_id=placed.order_id,
+        sequence=1,
+        occurred_at=now,
+        recorded_at=now,
+        correlation_id=placed.correlation_id,
+        causation_id=placed.event_id,
+        actor=by,
+        channel=placed.channel,
+        external_id=placed.external_id,
+        shipment_id=f"{shipment.carrier}:{shipment.tracking_number}",
+        carrier=shipment.carrier,
+        service=shipment.service,
+        tracking_number=shipment.tracking_number,
+        label_ref=label_ref,
+        cost=shipment.price if shipment.price is not None else shipped.choice.price,
+        cost_currency=shipment.currency or chosen.currency,
+        location=shipped.order.location,
+        temperature=shipped.request.temperature.value,
+        promised_by=chosen.promised_by,
+        wave=wave,
+        alternatives=alternatives_of(shipped.choice),
+    )
