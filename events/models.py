@@ -654,9 +654,17 @@ class ShipmentCreated(OrderEvent):
 class ShipmentStatusUpdated(OrderEvent):
     shipment_id: str
     tracking_number: str
-    status: str = Field(description="the carrier's status, e.g. IN_TRANSIT")
+    status: str = Field(
+        description="picked_up, in_transit, out_for_delivery, delivered, exception, "
+        "returned_to_sender, cancelled (events.shipping.TrackingStatus; before v2 the "
+        "carrier's own word)"
+    )
     description: str | None = None
     place: str | None = None
+    carrier: str | None = Field(default=None, description="(v2) the carrier that reports it")
+    carrier_status: str | None = Field(
+        default=None, description="(v2) the carrier's own code or word for it"
+    )
 
 
 class OrderDelivered(OrderEvent):

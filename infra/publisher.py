@@ -167,6 +167,10 @@ class AsyncPublisher:
     async def publish(self, topic: str, event: Event) -> None:
         await self._delivered(lambda then: self.publisher.publish(topic, event, then=then))
 
+    async def produce(self, topic: str, key: str, value: bytes) -> None:
+        """A record that is not an event (a carrier's verified push), once Kafka has it."""
+        await self._delivered(lambda then: self.publisher.produce(topic, key, value, then=then))
+
     def close(self) -> None:
         self._running = False
         self._poller.join(timeout=5)

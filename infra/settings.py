@@ -46,6 +46,9 @@ class Topics(BaseSettings):
     # Staff alerts (oms/staff_alerts.py, `oms alerts run`): one record per (event, sink), the
     # intent before the send and the outcome after; compacted.
     staff_alerts: str = "oms.staff-alerts.v1"
+    # Carriers' tracking pushes, verified by `POST /carriers/{carrier}/push` (oms/tracking.py):
+    # keyed by carrier:tracking number, 7 days.
+    carrier_updates: str = "oms.carrier-updates.v1"
 
     def all(self) -> list[str]:
         return [
@@ -64,6 +67,7 @@ class Topics(BaseSettings):
             self.webhook_subscriptions,
             self.webhook_deliveries,
             self.staff_alerts,
+            self.carrier_updates,
         ]
 
 
@@ -402,6 +406,9 @@ class Settings(BaseSettings):
     easypost_api_key: SecretStr | None = None
     easypost_webhook_secret: SecretStr | None = None
     easypost_api_url: str = "https://api.easypost.com/v2"
+    track_poll_s: float = Field(
+        default=900.0, gt=0, description="how often `oms track run` asks a carrier about a shipment"
+    )
 
     # -- telling the staff (oms/staff_alerts.py, `oms alerts run`; docs/architecture.md)
     staff_alerts_file: Path | None = Field(

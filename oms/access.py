@@ -99,6 +99,8 @@ POLICY: dict[tuple[str, str], Rule] = {
     # Platforms sign their webhooks; the phone channel is staff typing (rule below).
     ("POST", "/webhooks/{channel}"): Rule("platform"),
     ("POST", "/webhooks/{channel}/{kind}"): Rule("platform"),  # cancellations, refunds, riders
+    # Carriers' tracking pushes: each verified by its adapter (a signature, or SF's route query).
+    ("POST", "/carriers/{carrier}/push"): Rule("platform"),
     ("GET", "/phone"): Rule("roles", PHONE_TAKERS),
     # Commands.
     ("POST", "/orders/{order_id}/review"): Rule("roles", frozenset({Role.ADMIN, Role.REVIEWER})),

@@ -15,7 +15,7 @@ from connectors import webhooks
 from infra.http import problem
 from infra.publisher import AsyncPublisher
 from infra.settings import Settings
-from oms import access, feed, openapi, operations
+from oms import access, feed, openapi, operations, tracking
 from projections import read_api
 from projections.queries import order_state
 
@@ -115,6 +115,7 @@ def create_app(settings: Settings, *, audit: access.AuditSink | None = None) -> 
     access.add_routes(app, settings, audit=trail, order_place=_order_place)
     publisher = AsyncPublisher(settings)
     webhooks.add_routes(app, publisher, settings)
+    tracking.add_routes(app, publisher, settings)
     operations.add_routes(app, publisher, settings)
     read_api.add_routes(app, settings)
     feed.add_routes(app, settings)

@@ -190,6 +190,38 @@ def _webhooks() -> dict[str, Json]:
                 },
             }
         },
+        "/carriers/{carrier}/push": {
+            "post": {
+                "operationId": "receiveCarrierPush",
+                "tags": ["intake"],
+                "summary": "A carrier's tracking push",
+                "description": (
+                    'The carrier\'s own push (docs/carriers.md, "Tracking"), checked by its '
+                    "adapter: a signature, or for SF the carrier's signed route query. 200 "
+                    "with the body the carrier expects means the statuses are on the carrier "
+                    "updates topic for `oms track run`; a push that does not verify is "
+                    "dead-lettered and answered 401; 404: the carrier is not configured; 503: "
+                    "it could not be confirmed now (the carrier pushes again)."
+                ),
+                "parameters": _path_parameters(
+                    "/carriers/{carrier}/push", {"carrier": {"type": "string"}}
+                ),
+                "requestBody": {
+                    "required": True,
+                    "content": {_JSON: {"schema": {"type": "object"}}},
+                },
+                "responses": {
+                    "200": _json_body({"type": "object"}, "taken: the carrier's own answer"),
+                }
+                | {
+                    str(status): {
+                        "description": _ERROR_RESPONSES[status][1],
+                        "content": {_problem_media_type(): {"schema": _ref("schemas", "Problem")}},
+                    }
+                    for status in (401, 404, 413, 503)
+                },
+            }
+        },
         "/healthz": {
             "get": {
                 "operationId": "health",

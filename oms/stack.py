@@ -57,6 +57,7 @@ def topic_configs(topics: Topics) -> dict[str, dict[str, str]]:
       the subscription); the delivery log compacted by webhook id and kept 30 days.
     - Staff alerts: compacted by (event, sink) key; the alerter tombstones the records of
       events past its window when it starts, so the topic stays small.
+    - The carriers' tracking pushes: 7 days, as the other inputs on their way.
     """
     forever = {"retention.ms": "-1", "cleanup.policy": "delete"}
     week = {"retention.ms": str(7 * DAY_MS), "cleanup.policy": "delete"}
@@ -80,6 +81,7 @@ def topic_configs(topics: Topics) -> dict[str, dict[str, str]]:
             "retention.ms": str(30 * DAY_MS),
         },
         topics.staff_alerts: {"cleanup.policy": "compact", "retention.ms": "-1"},
+        topics.carrier_updates: week,
     }
 
 

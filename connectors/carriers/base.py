@@ -70,6 +70,7 @@ class Carrier(Protocol):
     name: ClassVar[str]
     temperatures: ClassVar[frozenset[Temperature]]
     cash_on_delivery: ClassVar[bool]
+    push_received: ClassVar[bytes]  # the answer the carrier expects to an accepted push
 
     def quote(self, request: ShipmentRequest) -> list[Quote]: ...
 

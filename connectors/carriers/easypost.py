@@ -156,6 +156,7 @@ def tracking_status(status: str) -> TrackingStatus:
 
 class EasyPost:
     name: ClassVar[str] = "easypost"
+    push_received: ClassVar[bytes] = b""  # any 2xx (EasyPost retries otherwise)
     temperatures: ClassVar[frozenset[Temperature]] = frozenset({Temperature.AMBIENT})
     cash_on_delivery: ClassVar[bool] = True
 

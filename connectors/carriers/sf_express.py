@@ -255,6 +255,9 @@ class SfExpress:
     """SF Express (顺丰速运) in SF's open-platform format; see the module docstring."""
 
     name: ClassVar[str] = "sf"
+    push_received: ClassVar[bytes] = json.dumps(
+        {"return_code": "0000", "return_msg": "成功"}, ensure_ascii=False
+    ).encode()
     temperatures: ClassVar[frozenset[Temperature]] = frozenset({Temperature.AMBIENT})
     cash_on_delivery: ClassVar[bool] = True  # the COD (代收货款) added service
 

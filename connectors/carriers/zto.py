@@ -239,6 +239,7 @@ class Zto:
     shipments through the open platform, tracking by query and by push."""
 
     name: ClassVar[str] = "zto"
+    push_received: ClassVar[bytes] = json.dumps(PUSH_RECEIVED, ensure_ascii=False).encode()
     temperatures: ClassVar[frozenset[Temperature]] = frozenset({Temperature.AMBIENT})
     cash_on_delivery: ClassVar[bool] = False
 

@@ -63,5 +63,6 @@ for command in (
     alerts.alerts,
     shipping.carriers,
     shipping.ship,
+    shipping.track,
 ):
     main.add_command(command)

@@ -97,3 +97,32 @@ def wave(location: str, actor: str, limit: int | None, out_dir: Path | None) -> 
         click.echo(f"  carrier {carrier} failed: {why}", err=True)
     if report.pdf is not None:
         click.echo(f"print: {report.pdf}")
+
+
+@click.group()
+def track() -> None:
+    """Following shipments: carriers polled and their pushes read (docs/carriers.md)."""
+
+
+@track.command("run")
+def track_run() -> None:
+    """Follow every shipment on its way: ask its carrier every OMS_TRACK_POLL_S, read the
+    verified pushes, tell the order agent each new status and the delivery."""
+    from infra.exit_codes import ExitCode, run_until_stopped
+    from infra.settings import get_settings
+    from oms.shipping import ShippingMisconfigured, carriers_from_settings, load_config
+    from oms.tracking import Tracker
+
+    settings = get_settings()
+
+    def exit_code(exc: Exception) -> ExitCode:
+        if isinstance(exc, ShippingMisconfigured):
+            return ExitCode.CONFIG
+        return ExitCode.BUG
+
+    def main() -> None:
+        carriers = carriers_from_settings(settings, load_config(settings.shipping_file))
+        click.echo(f"oms track: following shipments of {', '.join(carriers)}", err=True)
+        Tracker(settings, carriers=carriers, poll_every_s=settings.track_poll_s).run()
+
+    run_until_stopped("oms track", main, exit_code=exit_code)

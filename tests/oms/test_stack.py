@@ -165,6 +165,7 @@ def test_topics_are_created_with_their_retention_and_a_changed_one_is_set_back(
         topics.webhook_subscriptions: ("-1", "compact"),  # a subscription's newest record
         topics.webhook_deliveries: (str(30 * day), "compact,delete"),  # newest, 30 days
         topics.staff_alerts: ("-1", "compact"),  # an alert's newest record (its outcome)
+        topics.carrier_updates: (str(7 * day), "delete"),  # verified pushes on their way
     }
     assert _retention(isolated_settings) == expected
 
