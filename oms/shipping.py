@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -25,11 +25,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from connectors.carriers.base import Carrier
-from connectors.carriers.labels import SlipLine, WaveItem, wave_pdf
+from connectors.carriers.labels import SlipLine, WaveItem, WavePrinter
 from connectors.outbound import CallFailed
+from events.codec import AvroCodec, CodecError, message_ref
 from events.lifecycle import OrderStatus, next_status
 from events.models import (
     Actor,
+    Event,
     OrderEvent,
     OrderMode,
     OrderModified,
@@ -43,7 +45,6 @@ from events.models import (
 from events.shipping import Parcel, Party, Quote, Shipment, ShipmentRequest, Temperature
 from infra.keystore import private_codec
 from infra.publisher import Publisher
-from infra.replay import read_partition
 from infra.settings import Settings
 from streams.rate_shopping import RateChoice, ShippingRules, choose
 
@@ -185,40 +186,72 @@ class ReadyOrder:
     ready_at: datetime
 
 
-def ready_to_ship(settings: Settings, location: str) -> list[ReadyOrder]:
-    """The orders at `location` that are ready and go by carrier (mode ship), oldest first."""
-    from confluent_kafka import Consumer
+def the_order_log(settings: Settings) -> Iterator[Event]:
+    """The order log to its end as of now, every partition at once (in order within each),
+    opened with the keys; what cannot be decoded is passed over (the agent dead-letters it)."""
+    from confluent_kafka import Consumer, TopicPartition
 
     from infra.kafka import consumer_config
 
     codec = private_codec(settings)
     topic = settings.topics.orders
-    probe = Consumer(consumer_config(settings.kafka_bootstrap, group_id="oms-ship-reader"))
+    consumer = Consumer(
+        consumer_config(
+            settings.kafka_bootstrap,
+            group_id=f"{settings.consumer_group}-ship-reader",
+            **{"enable.partition.eof": True, "fetch.max.bytes": 52428800},
+        )
+    )
     try:
-        partitions = sorted(probe.list_topics(topic, timeout=30).topics[topic].partitions)
+        ends: dict[int, int] = {}
+        starts = []
+        for partition in consumer.list_topics(topic, timeout=30).topics[topic].partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+            if high > low:
+                ends[partition] = high
+                starts.append(TopicPartition(topic, partition, low))
+        consumer.assign(starts)
+        while ends:
+            for message in consumer.consume(2000, timeout=0.2):
+                if message.error() is not None:
+                    continue
+                partition, offset = message.partition() or 0, message.offset() or 0
+                if offset >= ends.get(partition, 0) - 1:
+                    ends.pop(partition, None)
+                try:
+                    event = codec.decode(
+                        message.value() or b"", where=message_ref(topic, partition, offset)
+                    )
+                except CodecError:
+                    continue
+                if isinstance(event, Event):
+                    yield event
     finally:
-        probe.close()
+        consumer.close()
+
+
+def ready_to_ship(settings: Settings, location: str) -> list[ReadyOrder]:
+    """The orders at `location` that are ready and go by carrier (mode ship), oldest first."""
     orders: dict[str, ReadyOrder] = {}
-    for partition in partitions:
-        for event in read_partition(settings.kafka_bootstrap, topic, partition, codec=codec):
-            if not isinstance(event, OrderEvent):
-                continue
-            known = orders.get(event.order_id)
-            if isinstance(event, OrderReceived) and known is None:
-                status = next_status(None, OrderReceived)
-                known = ReadyOrder(event, event, "", status, event.occurred_at)
-                orders[event.order_id] = known
-                continue
-            if isinstance(event, OrderReceived | OrderModified) and known is not None:
-                known.placed = event
-            if known is None:
-                continue
-            known.status = next_status(known.status, type(event))
-            there = getattr(event, "location", None)
-            if isinstance(there, str) and there:
-                known.location = there
-            if known.status is OrderStatus.READY:
-                known.ready_at = event.occurred_at
+    for event in the_order_log(settings):
+        if not isinstance(event, OrderEvent):
+            continue
+        known = orders.get(event.order_id)
+        if isinstance(event, OrderReceived) and known is None:
+            status = next_status(None, OrderReceived)
+            known = ReadyOrder(event, event, "", status, event.occurred_at)
+            orders[event.order_id] = known
+            continue
+        if isinstance(event, OrderReceived | OrderModified) and known is not None:
+            known.placed = event
+        if known is None:
+            continue
+        known.status = next_status(known.status, type(event))
+        there = getattr(event, "location", None)
+        if isinstance(there, str) and there:
+            known.location = there
+        if known.status is OrderStatus.READY:
+            known.ready_at = event.occurred_at
     ready = [
         order
         for order in orders.values()
@@ -389,21 +422,25 @@ def run_wave(
             return f"{choice.chosen.carrier} did not sell the label: {exc}"
         return Shipped(order, request, choice, shipment)
 
-    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="wave") as pool:
+    # Each order is printed as soon as its label is bought (in the order the orders were
+    # ready), while the pool buys the next ones.
+    printer = WavePrinter(wave=report.wave, location=location)
+    with ThreadPoolExecutor(max_workers=16, thread_name_prefix="wave") as pool:
         for order, outcome in zip(ready, pool.map(one, ready), strict=True):
             if isinstance(outcome, str):
                 report.skipped[order.placed.order_id] = outcome
             else:
                 report.shipped.append(outcome)
+                printer.add(_item(outcome, config))
     if not report.shipped:
         return report
 
     out_dir.mkdir(parents=True, exist_ok=True)
     report.pdf = out_dir / f"wave-{report.wave}.pdf"
-    items = [_item(shipped, config) for shipped in report.shipped]
-    report.pdf.write_bytes(wave_pdf(wave=report.wave, location=location, items=items))
+    report.pdf.write_bytes(printer.finish())
 
-    publisher = Publisher(settings)
+    # (ShipmentCreated carries no personal data: the plain codec, no key store to read.)
+    publisher = Publisher(settings, codec=AvroCodec.for_registry(settings.schema_registry_url))
     for page, shipped in enumerate(report.shipped):
         publisher.publish(
             settings.topics.order_commands,

@@ -146,6 +146,16 @@ def bench_eta(orders_per_day: int, seed: int, backend: str) -> None:
     _finish("eta", figures, eta.report)
 
 
+@bench.command("wave")
+@click.option("--orders", default=1000, show_default=True, help="orders ready to ship")
+def bench_wave(orders: int) -> None:
+    """A shipping wave: rate shopping, labels bought from local carrier fakes, the PDF of
+    slips and labels, the commands acknowledged (target <= 10 s for 1,000 orders)."""
+    from bench import wave
+
+    _finish("wave", wave.run(orders=orders), wave.report)
+
+
 @bench.command("notify")
 @click.option("--orders", default=5000, show_default=True, help="orders, one e-mail each")
 @click.option("--events", default=5000, show_default=True, help="webhook backlog")
