@@ -33,9 +33,11 @@ from events.models import (
     Actor,
     Event,
     OrderEvent,
+    OrderLine,
     OrderMode,
     OrderModified,
     OrderReceived,
+    OrderRouted,
     PaymentStatus,
     ShipmentCreated,
     ShippingAlternative,
@@ -181,9 +183,23 @@ def load_config(path: Path | None) -> ShippingConfig:
 class ReadyOrder:
     received: OrderReceived  # personal data opened
     placed: OrderReceived | OrderModified  # the order as last stated
-    location: str
+    location: str  # where it ships from (in a wave: the wave's location)
     status: OrderStatus
     ready_at: datetime
+    groups: dict[str, dict[str, int]] = field(default_factory=dict)  # split: location → sku → qty
+    shipped_from: set[str] = field(default_factory=set)
+
+    def lines_here(self) -> list[OrderLine]:
+        """The lines that leave from `location`: a split order's part there, else all."""
+        part = self.groups.get(self.location)
+        if not part:
+            return list(self.placed.lines)
+        here = []
+        for line in self.placed.lines:
+            quantity = part.get(line.sku, 0)
+            if quantity:
+                here.append(line.model_copy(update={"quantity": min(quantity, line.quantity)}))
+        return here
 
 
 def the_order_log(settings: Settings) -> Iterator[Event]:
@@ -250,15 +266,31 @@ def ready_to_ship(settings: Settings, location: str) -> list[ReadyOrder]:
         there = getattr(event, "location", None)
         if isinstance(there, str) and there:
             known.location = there
+        if isinstance(event, OrderRouted):
+            known.groups = {
+                group.location: {line.sku: line.quantity for line in group.lines}
+                for group in event.groups
+            }
+        if isinstance(event, ShipmentCreated):
+            known.shipped_from.add(event.location or known.location)
         if known.status is OrderStatus.READY:
             known.ready_at = event.occurred_at
-    ready = [
-        order
-        for order in orders.values()
-        if order.status is OrderStatus.READY
-        and order.location == location
-        and order.received.mode is OrderMode.SHIP
-    ]
+    # A split order leaves from each of its locations: ready (or shipped from another of them
+    # already) and not yet shipped from this one.
+    ready = []
+    for order in orders.values():
+        here = location in order.groups if len(order.groups) > 1 else order.location == location
+        if (
+            here
+            and location not in order.shipped_from
+            and order.received.mode is OrderMode.SHIP
+            and (
+                order.status is OrderStatus.READY
+                or (order.status is OrderStatus.SHIPPED and len(order.groups) > 1)
+            )
+        ):
+            order.location = location
+            ready.append(order)
     return sorted(ready, key=lambda order: order.ready_at)
 
 
@@ -295,7 +327,8 @@ def shipment_request(order: ReadyOrder, config: ShippingConfig) -> ShipmentReque
     )
     weight, coldest = 0, Temperature.AMBIENT
     order_of = list(Temperature)
-    for line in placed.lines:
+    lines = order.lines_here()
+    for line in lines:
         product = config.products.get(line.sku)
         weight += line.quantity * (product.weight_g if product else config.default_item_g)
         if product and order_of.index(product.temperature) > order_of.index(coldest):
@@ -313,7 +346,7 @@ def shipment_request(order: ReadyOrder, config: ShippingConfig) -> ShipmentReque
                 length_mm=length,
                 width_mm=width,
                 height_mm=height,
-                description=placed.lines[0].name[:40],
+                description=lines[0].name[:40] if lines else "goods",
             )
         ],
         temperature=coldest,
