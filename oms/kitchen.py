@@ -7,8 +7,9 @@ sends, with an id derived from the order and its version, so a step sent twice (
 simulator's own retry, after a restarted worker) is taken once.
 
 It only reacts to what the log says: a step the order's agent has not yet written is sent
-again after `retry_s`. Only stores are played (the catalogue's `kind` store): warehouses ship,
-and carriers are not simulated.
+again after `retry_s`. Stores are played (the catalogue's `kind` store); with `warehouses`,
+so are the warehouses' packers, who take an order that ships (mode ship) as far as ready:
+from there a shipping wave (`oms ship wave`) buys its label. Carriers are not simulated.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class KitchenSimulator:
     prep: Prep = Prep()
     retry_s: float = 5.0
     stores: frozenset[str] | None = None  # None: every store of the catalogue
+    warehouses: frozenset[str] = frozenset()  # whose packers are played, up to ready
     tickets: dict[str, Ticket] = field(default_factory=dict)
     sent: int = 0
 
@@ -142,7 +144,11 @@ class KitchenSimulator:
             heapq.heappush(self._due, (time.monotonic() + delay, ticket.order_id, ticket.version))
 
     def _ours(self, ticket: Ticket) -> bool:
-        if ticket.mode == "ship" or ticket.location not in (self.stores or ()):
+        if ticket.mode == "ship":
+            # Packed at a warehouse up to ready; the wave takes it from there.
+            packing = ("prioritised", "accepted_by_store", "preparing")
+            return ticket.location in self.warehouses and ticket.status in packing
+        if ticket.location not in (self.stores or ()):
             return False
         return ticket.status in NEXT or ticket.status in ("picked_up", "delivered")
 
