@@ -18,8 +18,8 @@ import socket
 from datetime import tzinfo
 
 from connectors.outbound import TransientFailure
-from connectors.staff_messages import TITLES, line_text, mode_text
-from events.staff_alerts import StaffAlert
+from connectors.staff_messages import TITLES, line_text, mode_text, shipment_lines
+from events.staff_alerts import AlertKind, StaffAlert
 
 ESC, GS, FS = b"\x1b", b"\x1d", b"\x1c"
 INIT = ESC + b"@"
@@ -47,12 +47,15 @@ def text(line: str) -> bytes:
 
 
 def kitchen_ticket(alert: StaffAlert, *, zone: tzinfo) -> bytes:
-    """The bytes of one new-order ticket."""
-    details = [f"{alert.channel} #{alert.external_id}"]
-    if alert.mode is not None:
-        details.append(mode_text(alert))
-    if alert.due_at is not None:
-        details.append(f"取餐时间 {alert.due_at.astimezone(zone):%m-%d %H:%M}")
+    """The bytes of one ticket: a new order, or a parcel of the store's in trouble."""
+    if alert.kind is AlertKind.SHIPMENT_EXCEPTION:
+        details = shipment_lines(alert, zone=zone)[1:]
+    else:
+        details = [f"{alert.channel} #{alert.external_id}"]
+        if alert.mode is not None:
+            details.append(mode_text(alert))
+        if alert.due_at is not None:
+            details.append(f"取餐时间 {alert.due_at.astimezone(zone):%m-%d %H:%M}")
     ticket = [
         INIT,
         CHINESE,

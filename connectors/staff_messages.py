@@ -15,7 +15,9 @@ TITLES = {
     AlertKind.NEW_ORDER: "新订单",
     AlertKind.HELD: "待审核订单",
     AlertKind.LOW_STOCK: "库存不足",
+    AlertKind.SHIPMENT_EXCEPTION: "快递异常",
 }
+SHIPMENT_TROUBLE = {"exception": "派送异常", "returned_to_sender": "退回寄件人"}
 MODES = {
     OrderMode.DINE_IN: "堂食",
     OrderMode.PICKUP: "自取",
@@ -48,6 +50,8 @@ def text_lines(alert: StaffAlert, *, zone: tzinfo) -> list[str]:
             f"可售 {alert.available}(预警 {alert.threshold})",
             f"建议补货 {alert.reorder_quantity}",
         ]
+    if alert.kind is AlertKind.SHIPMENT_EXCEPTION:
+        return shipment_lines(alert, zone=zone)
     shown = [f"【{title}】{alert.channel} #{alert.external_id}"]
     if alert.location:
         shown.append(f"门店 {alert.location}")
@@ -59,6 +63,23 @@ def text_lines(alert: StaffAlert, *, zone: tzinfo) -> list[str]:
         shown.append(f"风险分 {alert.risk_score}(阈值 {alert.threshold})")
         shown.extend(f"- {signal}" for signal in alert.signals)
     shown.extend(line_text(line) for line in alert.lines)
+    return shown
+
+
+def shipment_lines(alert: StaffAlert, *, zone: tzinfo) -> list[str]:
+    """A parcel in trouble: the order, the parcel, what the carrier said, where and when."""
+    status = alert.shipment_status or ""
+    said = " ".join(x for x in (alert.carrier_status, alert.description) if x)
+    shown = [
+        f"【{TITLES[alert.kind]}】{alert.channel} #{alert.external_id}",
+        f"发货地 {alert.location}",
+        f"{alert.carrier} {alert.tracking_number}",
+        f"{SHIPMENT_TROUBLE.get(status, status)} {alert.caused_at.astimezone(zone):%m-%d %H:%M}",
+    ]
+    if said:
+        shown.append(f"承运商: {said}")
+    if alert.place:
+        shown.append(f"地点 {alert.place}")
     return shown
 
 

@@ -28,6 +28,9 @@ class AlertKind(StrEnum):
     NEW_ORDER = "new_order"  # an order reached a store (OrderPrioritised)
     HELD = "held"  # an order waits for a reviewer (OrderHeld)
     LOW_STOCK = "low_stock"  # a sku's stock fell to its reorder point (LowStockAlerted)
+    # a carrier reports a parcel in trouble or on its way back (ShipmentStatusUpdated with
+    # status exception or returned_to_sender)
+    SHIPMENT_EXCEPTION = "shipment_exception"
 
 
 class SinkKind(StrEnum):
@@ -68,6 +71,15 @@ class StaffAlert(Frozen):
     sku: str | None = None
     available: int | None = None
     reorder_quantity: int | None = None
+    # a shipment in trouble (the order's channel and number above; `location` it shipped from)
+    carrier: str | None = None
+    tracking_number: str | None = None
+    shipment_status: str | None = Field(
+        default=None, description="normalised: exception or returned_to_sender"
+    )
+    carrier_status: str | None = Field(default=None, description="the carrier's own code or word")
+    description: str | None = Field(default=None, description="what the carrier said")
+    place: str | None = Field(default=None, description="where, as the carrier said")
 
 
 def alert_key(*, cause_event_id: str, sink: str) -> str:

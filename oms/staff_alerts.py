@@ -51,7 +51,7 @@ from connectors.sms import (
     TextProvider,
     TwilioSms,
 )
-from connectors.staff_messages import line_text, markdown, text_lines
+from connectors.staff_messages import SHIPMENT_TROUBLE, line_text, markdown, text_lines
 from connectors.wecom_bot import WeComRobot
 from events.codec import AvroCodec
 from events.models import DeadLetter, Event, utc_now
@@ -104,9 +104,9 @@ class AliyunProvider(BaseModel):
         default=None, description="the approved 签名; unset: OMS_ALIYUN_SMS_SIGN_NAME"
     )
     templates: dict[str, AliyunTemplate] = Field(
-        description="alert kind (new_order, held, low_stock) → approved template; its "
-        "variables may name order, channel, store, mode, due, items, risk, sku, available, "
-        "threshold, reorder"
+        description="alert kind (new_order, held, low_stock, shipment_exception) → approved "
+        "template; its variables may name order, channel, store, mode, due, items, risk, sku, "
+        "available, threshold, reorder, carrier, tracking, status, said, place"
     )
 
     _credentials_elsewhere = model_validator(mode="before")(_no_credentials)
@@ -262,6 +262,11 @@ class SinkDelivery:
             "available": None if alert.available is None else str(alert.available),
             "threshold": None if alert.threshold is None else str(alert.threshold),
             "reorder": None if alert.reorder_quantity is None else str(alert.reorder_quantity),
+            "carrier": alert.carrier,
+            "tracking": alert.tracking_number,
+            "status": SHIPMENT_TROUBLE.get(alert.shipment_status or "", alert.shipment_status),
+            "said": " ".join(x for x in (alert.carrier_status, alert.description) if x) or None,
+            "place": alert.place,
         }
         return TextMessage(
             to=sink.target,

@@ -43,6 +43,28 @@ def order_history(store: ClickHouseStore, order_id: str) -> list[dict[str, Any]]
     return [dict(zip(columns, row, strict=True)) for row in rows]
 
 
+TRACKING_EVENT_TYPES = (
+    "OrderReceived",
+    "OrderModified",
+    "ShipmentCreated",
+    "ShipmentStatusUpdated",
+)
+
+
+def tracking_events(store: ClickHouseStore, order_id: str) -> list[tuple[str, str]]:
+    """(event type, payload) of the events a customer's tracking page is made of, in sequence:
+    the order's shipments, their statuses, and the order as received (masked, as
+    projections/privacy.py leaves every payload). One read of `order_events`, which is
+    ordered by order id."""
+    types = ", ".join(sql_string(t) for t in TRACKING_EVENT_TYPES)
+    rows = store.query(
+        f"SELECT event_type, payload FROM {store.database}.order_events FINAL "
+        f"WHERE order_id = {sql_string(order_id)} AND event_type IN ({types}) "
+        "ORDER BY sequence, occurred_at"
+    )
+    return [(str(event_type), str(payload)) for event_type, payload in rows]
+
+
 def list_orders(
     store: ClickHouseStore,
     *,

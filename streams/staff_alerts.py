@@ -7,9 +7,13 @@
   them — never the customer (those fields are sealed on the log, and a ticket needs none).
 - `OrderHeld` → the reviewers' sinks: risk score, threshold and the rules that fired.
 - `LowStockAlerted` → the buyers of its location (`buyers.locations`), else all buyers.
+- `ShipmentStatusUpdated` with status `exception` or `returned_to_sender` → the sinks of the
+  location the parcel shipped from (its `ShipmentCreated`'s `location`): order number,
+  carrier, tracking number, what the carrier said and where.
 
 The fold keeps the orders in flight only: an order leaves it once it is past every alert
-(picked up, delivered, completed, cancelled, rejected, ...: `PAST_ALERTS`), and the oldest
+(picked up, delivered, completed, cancelled, rejected, ...: `PAST_ALERTS`; a shipped order
+stays until it is delivered, for its carrier's exceptions), and the oldest
 beyond `max_orders` are dropped, so memory stays bounded however long the log is. An event
 that occurred before `since` (the alerter's start less its window) updates the fold but
 alerts nobody: a restarted alerter does not print yesterday's orders again.
@@ -36,21 +40,28 @@ from events.models import (
     OrderModified,
     OrderPrioritised,
     OrderReceived,
+    ShipmentCreated,
+    ShipmentStatusUpdated,
     measure_text,
 )
+from events.shipping import TrackingStatus
 from events.staff_alerts import AlertKind, SinkKind, StaffAlert, TicketLine, alert_key
 
 PHONE = r"^\+[1-9]\d{6,14}$"  # E.164
 MAX_ORDERS = 100_000
-# Past these an order reaches no store again and waits for no reviewer: no alert needs its
-# lines. (The lifecycle's own TERMINAL is only `refunded`: a platform's notices may follow
-# every status.)
+# A carrier's statuses that need a person: the parcel is stuck, or coming back.
+SHIPMENT_TROUBLE = frozenset(
+    {TrackingStatus.EXCEPTION.value, TrackingStatus.RETURNED_TO_SENDER.value}
+)
+# Past these an order reaches no store again, waits for no reviewer and has no parcel on its
+# way: no alert needs it. (The lifecycle's own TERMINAL is only `refunded`: a platform's
+# notices may follow every status.) `shipped` is not among them: a carrier's exception may
+# come until the delivery.
 PAST_ALERTS = frozenset(
     {
         OrderStatus.REJECTED,
         OrderStatus.CANCELLED,
         OrderStatus.PICKED_UP,
-        OrderStatus.SHIPPED,
         OrderStatus.DELIVERED,
         OrderStatus.COMPLETED,
         OrderStatus.RETURN_REQUESTED,
@@ -180,6 +191,7 @@ class OrderTicket:
     table: str | None = None
     requested_at: datetime | None = None
     lines: tuple[TicketLine, ...] = ()
+    shipped_from: dict[str, str] = field(default_factory=dict)  # carrier:tracking → location
 
 
 @dataclass
@@ -208,6 +220,9 @@ def fold(state: AlertState, event: OrderEvent) -> OrderTicket:
         ticket.mode = event.mode or ticket.mode
         ticket.table = event.table or ticket.table
         ticket.requested_at = event.requested_at or ticket.requested_at
+    if isinstance(event, ShipmentCreated):
+        ticket.shipped_from[f"{event.carrier}:{event.tracking_number}"] = event.location or ""
+        ticket.lines = ()  # no store is told of the order again: its parcels are what is left
     ticket.status = next_status(ticket.status, type(event))
     if ticket.status not in PAST_ALERTS:
         state.orders[event.order_id] = ticket  # re-inserted: the newest stay, the oldest go
@@ -266,6 +281,25 @@ def decide(
             "reorder_quantity": event.reorder_quantity,
         }
         return _to(config, prefix, AlertKind.LOW_STOCK, event, low)
+    if isinstance(event, ShipmentStatusUpdated) and event.status in SHIPMENT_TROUBLE:
+        shipped_from = (ticket.shipped_from if ticket else {}).get(
+            f"{event.carrier}:{event.tracking_number}"
+        )
+        if not shipped_from or shipped_from not in config.stores:
+            return []  # a parcel not on the log we read, or a location nobody listens at
+        trouble = {
+            "order_id": event.order_id,
+            "location": shipped_from,
+            "channel": event.channel,
+            "external_id": event.external_id,
+            "carrier": event.carrier,
+            "tracking_number": event.tracking_number,
+            "shipment_status": event.status,
+            "carrier_status": event.carrier_status,
+            "description": event.description,
+            "place": event.place,
+        }
+        return _to(config, f"stores.{shipped_from}", AlertKind.SHIPMENT_EXCEPTION, event, trouble)
     return []
 
 
@@ -276,7 +310,8 @@ def _to(
     event: Event,
     shown: Mapping[str, object],
 ) -> list[StaffAlert]:
-    """One alert per sink of the audience `prefix` (a printer is a store's: new orders only)."""
+    """One alert per sink of the audience `prefix` (a printer is a store's: its new orders and
+    its parcels in trouble)."""
     return [
         StaffAlert.model_validate(
             {

@@ -99,6 +99,28 @@ def test_a_printer_that_stops_taking_bytes_times_out_as_a_transient_failure() ->
 # ---------------------------------------------------------------- WeCom robot
 
 
+def _parcel_in_trouble() -> StaffAlert:
+    return _alert(
+        kind=AlertKind.SHIPMENT_EXCEPTION, mode=None, table=None, due_at=None, lines=[],
+        channel="tmall", external_id="TB00077", carrier="sf", tracking_number="SF1234",
+        shipment_status="returned_to_sender", carrier_status="648", description="客户拒收",
+        place="深圳南山",
+    )  # fmt: skip
+
+
+def test_a_parcel_in_trouble_reads_on_a_ticket_and_in_a_robots_message() -> None:
+    alert = _parcel_in_trouble()
+    ticket = kitchen_ticket(alert, zone=SHANGHAI)
+    assert ticket.startswith(INIT) and ticket.endswith(CUT)
+    printed = ticket.decode("gb18030")
+    assert "快递异常 #TB00077" in printed and "sf SF1234" in printed
+    assert "退回寄件人 12-06 12:00" in printed  # at 04:00 UTC, shown in Shanghai
+    assert "648 客户拒收" in printed and "深圳南山" in printed and "S01" in printed
+    title, *rest = markdown(alert, zone=SHANGHAI).splitlines()
+    assert title == '<font color="warning">**【快递异常】tmall #TB00077**</font>'
+    assert "> sf SF1234" in rest and "> 地点 深圳南山" in rest
+
+
 def _robot(robot: FakeRobot, key: str = ROBOT_KEY) -> WeComRobot:
     return WeComRobot(key=SecretStr(key), api_url=robot.url)
 

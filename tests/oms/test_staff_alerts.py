@@ -34,6 +34,8 @@ from events.models import (
     OrderLine,
     OrderMode,
     OrderPrioritised,
+    ShipmentCreated,
+    ShipmentStatusUpdated,
     utc_now,
 )
 from events.staff_alerts import AlertStatus
@@ -251,6 +253,59 @@ def test_each_audience_is_told_and_a_bad_sink_or_event_stops_nothing(
 
     letters: list[DeadLetter] = list(read_dead_letters(settings, timeout_s=10))
     assert sorted(letter.source for letter in letters) == ["staff-alerts"] * 3
+
+
+@pytest.mark.integration
+def test_a_parcel_in_trouble_is_told_to_the_location_it_shipped_from(
+    isolated_settings: Settings, robot: FakeRobot, printer: FakePrinter, tmp_path: Path
+) -> None:
+    config = {
+        "stores": {
+            "W01": {"wecom": ROBOT_KEY, "printer": printer.address, "sms": ["+8613800000001"]},
+            "S01": {"wecom": "OTHER-KEY"},  # not where it shipped from: told nothing
+        },
+        "sms_provider": {"provider": "twilio", "sender": "+15550000000"},
+    }
+    settings = _with(isolated_settings, robot, _config_file(tmp_path, config))
+    now = utc_now()
+    envelope = dict(
+        order_id="o-ship", occurred_at=now, recorded_at=now, correlation_id="o-ship",
+        channel="tmall", external_id="TB00077", actor=SYSTEM,
+    )  # fmt: skip
+    shipment = dict(shipment_id="sf:SF7001", carrier="sf", tracking_number="SF7001")
+    said = dict(carrier_status="33", description="收件人电话无法接通", place="深圳南山")
+    _publish(settings, [
+        received(event_id="r-ship", mode=OrderMode.SHIP,
+                 **{k: v for k, v in envelope.items() if k != "actor"}),
+        ShipmentCreated(event_id="c-ship", sequence=4, location="W01", **shipment, **envelope),
+        ShipmentStatusUpdated(event_id="s-1", sequence=5, status="in_transit", **shipment,
+                              **envelope),
+        ShipmentStatusUpdated(event_id="s-2", sequence=6, status="exception", **shipment, **said,
+                              **envelope),
+    ])  # fmt: skip
+
+    sms = FakeSms()
+    alerter = StaffAlerter(settings, load_config(settings.staff_alerts_file),
+                           delivery=SinkDelivery(settings, sms=sms))  # fmt: skip
+    deadline = time.monotonic() + 30
+    stats = alerter.run(until=lambda a: a.stats.sent >= 3 or time.monotonic() > deadline)
+
+    assert (stats.sent, stats.failed) == (3, 0), stats
+    [(key, body)] = robot.messages
+    told = body["markdown"]["content"].splitlines()
+    assert key == ROBOT_KEY
+    assert told[0] == '<font color="warning">**【快递异常】tmall #TB00077**</font>'
+    assert "> 发货地 W01" in told and "> sf SF7001" in told and "> 地点 深圳南山" in told
+    assert "> 承运商: 33 收件人电话无法接通" in told
+    [ticket] = printer.tickets
+    assert "快递异常 #TB00077".encode("gb18030") in ticket and b"SF7001" in ticket
+    [message] = sms.sent
+    assert message.kind == "shipment_exception"
+    assert {k: message.params[k] for k in ("order", "store", "carrier", "tracking", "status",
+                                           "said", "place")} == {
+        "order": "TB00077", "store": "W01", "carrier": "sf", "tracking": "SF7001",
+        "status": "派送异常", "said": "33 收件人电话无法接通", "place": "深圳南山",
+    }  # fmt: skip
 
 
 @pytest.mark.integration

@@ -16,11 +16,14 @@ from events.models import (
     FraudSignal,
     LowStockAlerted,
     OrderCancelled,
+    OrderDelivered,
     OrderHeld,
     OrderLine,
     OrderMode,
     OrderModified,
     OrderPrioritised,
+    ShipmentCreated,
+    ShipmentStatusUpdated,
 )
 from events.staff_alerts import AlertKind, SinkKind, alert_key
 from streams.staff_alerts import AlertState, StaffAlertsConfig, decide
@@ -162,3 +165,54 @@ def test_a_bad_file_names_the_field() -> None:
         StaffAlertsConfig.model_validate({"stores": {"S03": {"printer": "no-port"}}})
     with pytest.raises(ValidationError, match=r"reviewers\.sms"):
         StaffAlertsConfig.model_validate({"reviewers": {"sms": ["138"]}})
+
+
+def _shipped(carrier: str, number: str, location: str, seq: int) -> Event:
+    return _follow(ShipmentCreated, seq, shipment_id=f"{carrier}:{number}", carrier=carrier,
+                   tracking_number=number, location=location)  # fmt: skip
+
+
+def _carrier_said(status: str, number: str = "SF1", carrier: str = "sf", seq: int = 9) -> Event:
+    return _follow(
+        ShipmentStatusUpdated, seq, event_id=f"st-{number}-{status}",
+        shipment_id=f"{carrier}:{number}", tracking_number=number, status=status,
+        carrier=carrier, carrier_status="33",
+        description="收件人电话无法接通", place="深圳南山",
+    )  # fmt: skip
+
+
+def test_a_parcel_in_trouble_alerts_the_location_it_shipped_from() -> None:
+    state = AlertState()
+    alerts = _decide(state, received(mode=OrderMode.SHIP), _shipped("sf", "SF1", "S03", 5),
+                     _shipped("jdl", "JD2", "S04", 6))  # fmt: skip
+    assert alerts == []
+    at_s03 = _decide(state, _carrier_said("exception"))
+    assert sorted(a.sink for a in at_s03)[0] == "stores.S03.printer"
+    assert {a.sink.split(".")[1] for a in at_s03} == {"S03"} and len(at_s03) == 3
+    for alert in at_s03:
+        assert alert.kind is AlertKind.SHIPMENT_EXCEPTION and alert.location == "S03"
+        assert (alert.channel, alert.external_id) == ("webshop", "1001")
+        assert (alert.carrier, alert.tracking_number) == ("sf", "SF1")
+        assert (alert.shipment_status, alert.carrier_status) == ("exception", "33")
+        assert (alert.description, alert.place) == ("收件人电话无法接通", "深圳南山")
+    # The other parcel of the split order went from S04: its printer, only.
+    [back] = _decide(state, _carrier_said("returned_to_sender", "JD2", "jdl", seq=10))
+    assert (back.sink, back.shipment_status) == ("stores.S04.printer", "returned_to_sender")
+
+
+def test_a_parcel_on_its_way_alerts_nobody_and_a_delivered_order_leaves_the_fold() -> None:
+    state = AlertState()
+    _decide(state, received(mode=OrderMode.SHIP), _shipped("sf", "SF1", "S03", 5))
+    for status in ("picked_up", "in_transit", "out_for_delivery", "delivered"):
+        assert _decide(state, _carrier_said(status)) == []
+    assert state.orders["o-1"].shipped_from == {"sf:SF1": "S03"}
+    _decide(state, _follow(OrderDelivered, 11))
+    assert state.orders == {}
+    assert _decide(state, _carrier_said("exception", seq=12)) == []  # nothing known of it now
+
+
+def test_a_parcel_from_a_location_without_sinks_or_unknown_alerts_nobody() -> None:
+    state = AlertState()
+    _decide(state, received(mode=OrderMode.SHIP), _shipped("sf", "SF1", "W09", 5))
+    assert _decide(state, _carrier_said("exception")) == []
+    assert _decide(state, _carrier_said("exception", "SF404")) == []
