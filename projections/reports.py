@@ -133,6 +133,37 @@ REPORTS: dict[str, Report] = {
             _WINDOW_30D,
         ),
         _report(
+            "sales_net_of_refunds",
+            "Sales net of refunds",
+            "Gross sales, refunds paid and net sales per channel and currency.",
+            _WINDOW_30D,
+        ),
+        _report(
+            "return_rate_by_sku",
+            "Return rate by SKU",
+            "Units sold, units customers asked to return (not denied) and the return rate per SKU.",
+            _WINDOW_30D | _LIMIT,
+        ),
+        _report(
+            "returns_by_reason",
+            "Returns by reason",
+            "Returns, units and SKUs per reason (a line's own reason, else the return's).",
+            _WINDOW_30D,
+        ),
+        _report(
+            "shipping_cost_by_carrier",
+            "Shipping cost by carrier",
+            "Shipments, orders shipped, total cost and cost per order per carrier and currency.",
+            _WINDOW_30D,
+        ),
+        _report(
+            "carrier_on_time",
+            "Carrier on-time delivery",
+            "Per carrier: shipments delivered, on time and late against the carrier's promise, "
+            "the on-time rate, and those still on the way.",
+            _WINDOW_30D,
+        ),
+        _report(
             "inventory_turnover",
             "Inventory turnover",
             "Units sold over the average on-hand level, per sku@location.",

@@ -376,6 +376,64 @@
     return { webhook_lag: rows.reduce((most, r) => Math.max(most, r.value), 0) };
   }
 
+  function percent(fraction) {
+    return `${(fraction * 100).toFixed(1)} %`;
+  }
+
+  function drawNetSales(result) {
+    const rows = objects(result);
+    replace("net-sales", barChart("net-sales", rows.map((r) => ({
+      label: `${r.channel} · ${r.currency}`, series: r.currency, value: r.net_sales,
+      fill: colour(r.channel),
+      text: `${money(r.net_sales, r.currency)} · refunds ${money(r.refunds, r.currency)}`,
+    })), { labelWidth: 130, textWidth: 230 }));
+    return {};
+  }
+
+  function drawOnTime(result) {
+    const rows = objects(result);
+    replace("carrier-on-time", barChart("carrier-on-time", rows.map((r) => ({
+      label: r.carrier, series: "on_time_rate", value: r.on_time_rate, fill: "#17a398",
+      text: `${percent(r.on_time_rate)} · ${r.on_time}/${r.on_time + r.late} · ` +
+        `${r.on_the_way} on the way`,
+    })), { labelWidth: 110, textWidth: 230 }));
+    return {};
+  }
+
+  function drawReturns(rates, reasons) {
+    const skus = objects(rates).map((r) => ({ label: r.sku, series: "return_rate",
+      value: r.return_rate, item: r,
+      data: { units_sold: r.units_sold, units_returned: r.units_returned } }));
+    replace("return-rate", table("return-rate", [
+      { title: "sku", show: (r) => r.sku },
+      { title: "sold", show: (r) => r.units_sold, numeric: true },
+      { title: "returned", show: (r) => r.units_returned, numeric: true },
+      { title: "rate", show: (r) => percent(r.return_rate), numeric: true },
+    ], skus));
+    const why = objects(reasons).map((r) => ({ label: r.reason, series: "units",
+      value: r.units, item: r, data: { returns: r.returns } }));
+    replace("return-reasons", table("return-reasons", [
+      { title: "reason", show: (r) => r.reason },
+      { title: "returns", show: (r) => r.returns, numeric: true },
+      { title: "units", show: (r) => r.units, numeric: true },
+    ], why));
+    return {};
+  }
+
+  function drawShippingCost(result) {
+    const rows = objects(result).map((r) => ({ label: `${r.carrier} · ${r.currency}`,
+      series: r.currency, value: r.total_cost, item: r,
+      data: { cost_per_order: r.cost_per_order, shipments: r.shipments } }));
+    replace("shipping-cost", table("shipping-cost", [
+      { title: "carrier", show: (r) => r.carrier },
+      { title: "shipments", show: (r) => r.shipments, numeric: true },
+      { title: "orders", show: (r) => r.orders, numeric: true },
+      { title: "cost", show: (r) => money(r.total_cost, r.currency), numeric: true },
+      { title: "per order", show: (r) => money(r.cost_per_order, r.currency), numeric: true },
+    ], rows));
+    return {};
+  }
+
   function drawKpis(figures) {
     const tiles = [];
     if ("orders_received" in figures) {
@@ -411,6 +469,11 @@
       limits: { stock_alerts: 20 } },
     { id: "orders-at-risk", reports: ["orders_at_risk"], draw: drawAtRisk,
       limits: { orders_at_risk: 20 } },
+    { id: "net-sales", reports: ["sales_net_of_refunds"], draw: drawNetSales },
+    { id: "carrier-on-time", reports: ["carrier_on_time"], draw: drawOnTime },
+    { id: "return-rate", reports: ["return_rate_by_sku", "returns_by_reason"],
+      draw: drawReturns, limits: { return_rate_by_sku: 10 } },
+    { id: "shipping-cost", reports: ["shipping_cost_by_carrier"], draw: drawShippingCost },
     // Not a report: read from Kafka by the API (oms/api.py), not from ClickHouse.
     { id: "webhooks", urls: ["/subscriptions"], draw: drawWebhooks },
   ];
@@ -491,7 +554,8 @@
     document.getElementById("window").textContent = since || until
       ? `Window: ${since || "each report's default start"} – ${until || "now"} (UTC)`
       : "Rolling windows: orders per minute over the last hour; sales, funnel and stage times " +
-        "over 30 days; stock alerts over 7 days; the review queue as it stands.";
+        "over 30 days; stock alerts over 7 days; the review queue as it stands; the retail " +
+        "books over 30 days.";
   }
 
   describeWindow();

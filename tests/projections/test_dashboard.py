@@ -338,6 +338,29 @@ def assert_shows(drawn: Drawn, stack: Stack) -> None:
     assert kpis["revenue_CNY"] == sum(v for k, v in expected["revenue"].items() if "CNY" in k)
 
 
+def assert_shows_the_books(drawn: Drawn, store: ClickHouseStore) -> None:
+    """The Retail panels show their reports (worked out from the events in
+    tests/projections/test_books_reports.py)."""
+    net = run_report(store, "sales_net_of_refunds", **WINDOW).as_dicts()
+    assert drawn.chart("net-sales") == {
+        f"{r['channel']} · {r['currency']}": r["net_sales"] for r in net
+    }
+    assert any(r["refunds"] > 0 for r in net) and any(r["refunds"] == 0 for r in net)
+    carriers = run_report(store, "carrier_on_time", **WINDOW).as_dicts()
+    assert carriers and drawn.chart("carrier-on-time") == {
+        r["carrier"]: r["on_time_rate"] for r in carriers
+    }
+    rates = run_report(store, "return_rate_by_sku", limit=10, **WINDOW).as_dicts()
+    listed = [(m["label"], m["value"]) for m in drawn.marks if m["chart"] == "return-rate"]
+    assert rates and listed == [(r["sku"], r["return_rate"]) for r in rates]
+    reasons = run_report(store, "returns_by_reason", **WINDOW).as_dicts()
+    assert drawn.chart("return-reasons") == {r["reason"]: r["units"] for r in reasons}
+    costs = run_report(store, "shipping_cost_by_carrier", **WINDOW).as_dicts()
+    assert drawn.chart("shipping-cost") == {
+        f"{r['carrier']} · {r['currency']}": r["total_cost"] for r in costs
+    }
+
+
 def shows(drawn: Drawn, stack: Stack) -> bool:
     try:
         assert_shows(drawn, stack)
@@ -371,6 +394,7 @@ def test_the_dashboard_charts_show_what_was_projected_and_a_reload_shows_more(
     assert alerts
     assert len({label for label, _ in listed}) == len(listed)  # a sku@location once
     assert any(r["alerts"] > 1 for r in alerts)  # though some were alerted more than once
+    assert_shows_the_books(drawn, store)
 
     stack.add_orders("meituan", 4)
     again = dump(stack.dashboard_url())
