@@ -39,6 +39,10 @@ from events.models import (
     OrderRouted,
     RefundRequestClosed,
     RefundRequested,
+    ReturnApproved,
+    ReturnDenied,
+    ReturnInspected,
+    ReturnLabelCreated,
     ReturnReceived,
     ReturnRequested,
     ReviewApproved,
@@ -126,13 +130,23 @@ TRANSITIONS: dict[OrderStatus, dict[type[OrderEvent], OrderStatus]] = {
         ShipmentStatusUpdated: S.PICKED_UP, OrderDelivered: S.DELIVERED,
         OrderCompleted: S.COMPLETED,
     },
-    S.SHIPPED: {ShipmentStatusUpdated: S.SHIPPED, OrderDelivered: S.DELIVERED},
+    # (a split order's other location ships its part: ShipmentCreated again)
+    S.SHIPPED: {
+        ShipmentCreated: S.SHIPPED, ShipmentStatusUpdated: S.SHIPPED,
+        OrderDelivered: S.DELIVERED,
+    },
     S.DELIVERED: {OrderCompleted: S.COMPLETED, ReturnRequested: S.RETURN_REQUESTED},
     S.COMPLETED: {ReturnRequested: S.RETURN_REQUESTED, OrderRefunded: S.REFUNDED},
+    # A return approved or its label bought keeps the order waiting for the goods; a denied
+    # one goes to completed, not back to delivered: the sale stands either way, nobody sends a
+    # carrier order its completion later, and a completed order may still ask for a return.
     S.RETURN_REQUESTED: {
         ReturnReceived: S.RETURNED, OrderRefunded: S.REFUNDED, OrderCompleted: S.COMPLETED,
+        ReturnApproved: S.RETURN_REQUESTED, ReturnLabelCreated: S.RETURN_REQUESTED,
+        ReturnDenied: S.COMPLETED,
     },
-    S.RETURNED: {OrderRefunded: S.REFUNDED},
+    # Inspection (and the restock it leads to) happens between receipt and refund.
+    S.RETURNED: {OrderRefunded: S.REFUNDED, ReturnInspected: S.RETURNED},
     S.CANCELLED: {OrderReservationReleased: S.CANCELLED, OrderRefunded: S.REFUNDED},
     S.REJECTED: {OrderReservationReleased: S.REJECTED, OrderRefunded: S.REFUNDED},
     S.REFUNDED: {},

@@ -287,6 +287,27 @@ class ReturnLine(Frozen):
     reason: str | None = None
 
 
+class InspectedLine(Frozen):
+    """(ReturnInspected) What came back of one SKU in one condition, and where it went:
+    resellable units back into stock at `restock_location`, damaged ones written off."""
+
+    sku: str
+    quantity: int
+    condition: str = Field(description="resellable or damaged")
+    restock_location: str | None = Field(
+        default=None, description="where resellable units go back into stock; none: written off"
+    )
+    note: str | None = None
+
+
+class RefundedLine(Frozen):
+    """(OrderRefunded v2) One SKU's returned units and what was paid for them."""
+
+    sku: str
+    quantity: int
+    amount: int = Field(description="minor units: the line's paid amount for these units")
+
+
 # ---------------------------------------------------------------- envelope
 
 
@@ -687,15 +708,62 @@ class OrderCancelled(OrderEvent):
 
 
 class ReturnRequested(OrderEvent):
+    """The customer wants to send goods back (asked the service desk or a store, or a
+    platform's refund request with goods to return: `refund_request_id`)."""
+
     return_id: str
     lines: list[ReturnLine]
     reason: str
+    refund_request_id: str | None = Field(
+        default=None, description="(v2) the platform's RefundRequested this return answers"
+    )
+
+
+class ReturnApproved(OrderEvent):
+    """The return may come back, to `return_location`; the order stays return_requested."""
+
+    return_id: str
+    return_location: str = Field(description="the store or warehouse the goods go back to")
+    note: str | None = None
+
+
+class ReturnDenied(OrderEvent):
+    """The return is refused: the sale stands and the order is completed."""
+
+    return_id: str
+    reason: str
+
+
+class ReturnLabelCreated(OrderEvent):
+    """A return label bought from a carrier, the customer the sender and the return location
+    the recipient; `reference` (`return_id@location`) was the carrier's idempotency key."""
+
+    return_id: str
+    reference: str
+    carrier: str
+    service: str | None = None
+    tracking_number: str
+    return_location: str
+    cost: int | None = Field(default=None, description="minor units of `cost_currency`")
+    cost_currency: str | None = None
 
 
 class ReturnReceived(OrderEvent):
     return_id: str
     lines: list[ReturnLine]
-    condition: str = Field(description="e.g. RESELLABLE, DAMAGED")
+    condition: str = Field(description="e.g. RESELLABLE, DAMAGED, MIXED")
+    return_location: str | None = Field(
+        default=None, description="(v2) where the goods were received"
+    )
+
+
+class ReturnInspected(OrderEvent):
+    """The returned goods inspected line by line. The order agent sends a `StockReceived`
+    (reference `return:RETURN_ID`) to the ledger of each resellable line's restock location;
+    damaged lines are written off: recorded here, no stock."""
+
+    return_id: str
+    lines: list[InspectedLine]
 
 
 class OrderRefunded(OrderEvent):
@@ -704,6 +772,15 @@ class OrderRefunded(OrderEvent):
     currency: str
     reason: str
     return_id: str | None = None
+    lines: list[RefundedLine] = Field(
+        default_factory=list, description="(v2) the returned lines refunded, with their amounts"
+    )
+    shipping_refunded: int = Field(
+        default=0, description="(v2) the delivery fee refunded, minor units (in `amount`)"
+    )
+    restocking_fee: int = Field(
+        default=0, description="(v2) kept back for restocking, minor units (out of `amount`)"
+    )
 
 
 # ---- what a delivery platform reports of an order (connectors/*_updates.py): the platform is the
@@ -1002,6 +1079,10 @@ ORDER_EVENTS: tuple[type[OrderEvent], ...] = (
     CourierStatusUpdated,
     RefundRequested,
     RefundRequestClosed,
+    ReturnApproved,
+    ReturnDenied,
+    ReturnLabelCreated,
+    ReturnInspected,
 )
 
 STOCK_EVENTS: tuple[type[StockEvent], ...] = (

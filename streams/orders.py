@@ -85,6 +85,10 @@ from events.models import (
     RejectionReason,
     ReleaseStock,
     ReserveStock,
+    ReturnApproved,
+    ReturnDenied,
+    ReturnInspected,
+    ReturnLabelCreated,
     ReturnReceived,
     ReturnRequested,
     ReviewApproved,
@@ -99,7 +103,7 @@ from events.models import (
     deterministic_id,
     follow_up,
 )
-from streams import eta, fraud, intake, priority, routing, validation
+from streams import eta, fraud, intake, priority, returns, routing, validation
 from streams.catalogue import Catalogue
 from streams.customers import CustomerHistory, customer_key
 
@@ -137,7 +141,11 @@ RELAYED: tuple[type[OrderEvent], ...] = (
     OrderDelivered,
     OrderCompleted,
     ReturnRequested,
+    ReturnApproved,
+    ReturnDenied,
+    ReturnLabelCreated,
     ReturnReceived,
+    ReturnInspected,
     OrderRefunded,
 )
 # A store's actions name the store: only the store the order is routed to may take them (so
@@ -968,6 +976,9 @@ def _then_advance(
                     for rid, held in after.committed.items()
                     if rid not in before.committed
                 )
+            if isinstance(event, ReturnInspected):
+                # Resellable units go back to the ledger once the inspection is on the log.
+                sent.extend(returns.restock(event, now=ctx.now))
 
     log(logged)
     assert after is not None, "an order's first input is its receipt"

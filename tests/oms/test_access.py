@@ -62,6 +62,13 @@ EXPECTED: dict[tuple[str, str], set[Role]] = {
     ("GET", "/phone"): {R.ADMIN, R.STORE_MANAGER, R.CUSTOMER_SERVICE},
     ("POST", "/webhooks/phone"): {R.ADMIN, R.STORE_MANAGER, R.CUSTOMER_SERVICE},
     ("GET", "/me"): STAFF | {R.ANALYST, R.INTEGRATION},
+    ("POST", "/orders/O-IN/returns"): {R.ADMIN, R.CUSTOMER_SERVICE, R.STORE_MANAGER},
+    ("GET", "/orders/O-IN/returns"): {R.ADMIN, R.CUSTOMER_SERVICE, R.STORE_MANAGER},
+    ("GET", "/returns"): {R.ADMIN, R.CUSTOMER_SERVICE},
+    **{
+        ("POST", f"/returns/O-IN/R-1/{step}"): {R.ADMIN, R.CUSTOMER_SERVICE, R.STORE_MANAGER}
+        for step in ("approve", "deny", "label", "receive", "refund")
+    },
     ("GET", "/stores/S01/kitchen"): {R.ADMIN, R.STORE_MANAGER, R.KITCHEN},
     ("GET", "/stores/S01/tickets"): {R.ADMIN, R.STORE_MANAGER, R.KITCHEN},
     **{
@@ -102,6 +109,11 @@ BODIES = {
     "complete": {},
     "accept-change": {"revision": 2},
     "refuse-change": {"revision": 2, "reason": "already in the wok", "reason_code": "COOKED"},
+    "returns": {"lines": [{"sku": "MUG-CERAMIC", "quantity": 1}], "reason": "broken"},
+    "approve": {"return_location": "S01"},
+    "deny": {"reason": "past the window"},
+    "label": {},
+    "refund": {},
 }
 PLACES = {"O-IN": ("S01", "webshop"), "O-OUT": ("S02", "meituan")}
 
