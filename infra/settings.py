@@ -409,6 +409,16 @@ class Settings(BaseSettings):
     track_poll_s: float = Field(
         default=900.0, gt=0, description="how often `oms track run` asks a carrier about a shipment"
     )
+    return_window_days: int = Field(
+        default=30, ge=0, description="how long after delivery a return may be requested"
+    )
+    restocking_fee_bps: int = Field(
+        default=0,
+        ge=0,
+        le=10_000,
+        description="the restocking fee, in basis points of the goods refunded, for a return "
+        "that is not the seller's fault (oms/returns.py)",
+    )
 
     # -- telling the staff (oms/staff_alerts.py, `oms alerts run`; docs/architecture.md)
     staff_alerts_file: Path | None = Field(

@@ -3,7 +3,8 @@
 Every route the app serves has a rule in POLICY (a test fails for a route without one, and the
 middleware refuses such a route with 403: fail closed). A rule says who may call it:
 
-- `public`: anyone (health, the OpenAPI document, the login page, the dashboard's static files);
+- `public`: anyone (health, the OpenAPI document, the login page, the dashboard's static files,
+  a customer's tracking page, whose token is its own credential);
 - `platform`: a sales platform, which proves itself by the webhook's signature (connectors/);
 - a set of roles (infra/principals.py), optionally held to the caller's stores: the store in
   the path (`{location}`), the store of the order in the path (looked up in the read models),
@@ -69,6 +70,9 @@ EVERYONE_STAFF = frozenset(
 ORDER_READERS = EVERYONE_STAFF | {Role.ANALYST, Role.INTEGRATION}
 STOCK_KEEPERS = frozenset({Role.ADMIN, Role.STORE_MANAGER, Role.STOCK_CLERK})
 STORE_STAFF = frozenset({Role.ADMIN, Role.STORE_MANAGER, Role.KITCHEN})  # a store's steps
+RETURNS_DESK = frozenset({Role.ADMIN, Role.CUSTOMER_SERVICE, Role.STORE_MANAGER})
+# The steps of a return over HTTP (oms.returns.RETURN_STEPS; a route without a rule is refused).
+RETURN_STEP_NAMES = ("approve", "deny", "label", "receive", "refund")
 PHONE_TAKERS = frozenset({Role.ADMIN, Role.STORE_MANAGER, Role.CUSTOMER_SERVICE})
 ANALYSTS = frozenset({Role.ADMIN, Role.ANALYST})
 
@@ -93,6 +97,9 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("POST", "/logout"): PUBLIC,
     ("GET", "/dashboard/static/{filename}"): PUBLIC,  # code and style, no data
     ("GET", "/kitchen/static/{filename}"): PUBLIC,  # code and style, no data
+    # A customer's parcel, from a label's QR code: the token's MAC is the credential, and the
+    # page shows no personal data but a masked first name and a city (oms/tracking_page.py).
+    ("GET", "/track/{token}"): PUBLIC,
     ("GET", "/stores/{location}/kitchen"): Rule("roles", STORE_STAFF, "location"),
     ("GET", "/stores/{location}/tickets"): Rule("roles", STORE_STAFF, "location"),
     ("GET", "/me"): Rule("roles", ORDER_READERS),
@@ -113,6 +120,16 @@ POLICY: dict[tuple[str, str], Rule] = {
         )
         for action in STORE_ACTIONS
     },
+    # The returns desk (oms/returns.py): customer service, and a store manager for its orders.
+    ("POST", "/orders/{order_id}/returns"): Rule("roles", RETURNS_DESK, "order"),
+    ("GET", "/orders/{order_id}/returns"): Rule("roles", RETURNS_DESK, "order"),
+    **{
+        ("POST", f"/returns/{{order_id}}/{{return_id}}/{step}"): Rule(
+            "roles", RETURNS_DESK, "order"
+        )
+        for step in RETURN_STEP_NAMES
+    },
+    ("GET", "/returns"): Rule("roles", frozenset({Role.ADMIN, Role.CUSTOMER_SERVICE})),
     ("POST", "/stock/{sku}/{location}/set"): Rule("roles", STOCK_KEEPERS, "location"),
     ("POST", "/stock/{sku}/{location}/adjust"): Rule("roles", STOCK_KEEPERS, "location"),
     ("POST", "/stock/{sku}/{location}/receive"): Rule("roles", STOCK_KEEPERS, "location"),

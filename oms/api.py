@@ -15,7 +15,7 @@ from connectors import webhooks
 from infra.http import problem
 from infra.publisher import AsyncPublisher
 from infra.settings import Settings
-from oms import access, feed, openapi, operations, tracking
+from oms import access, feed, openapi, operations, returns, tracking, tracking_page
 from projections import read_api
 from projections.queries import order_state
 
@@ -116,8 +116,10 @@ def create_app(settings: Settings, *, audit: access.AuditSink | None = None) -> 
     publisher = AsyncPublisher(settings)
     webhooks.add_routes(app, publisher, settings)
     tracking.add_routes(app, publisher, settings)
+    returns.add_routes(app, publisher, settings)
     operations.add_routes(app, publisher, settings)
     read_api.add_routes(app, settings)
+    tracking_page.add_routes(app, settings)  # over read_api's ClickHouse
     feed.add_routes(app, settings)
     openapi.add_routes(app)
     app.router.add_get("/customers/{customer}/export", export_customer)

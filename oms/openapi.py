@@ -22,9 +22,15 @@ from aiohttp import web
 from connectors.registry import available
 from events.lifecycle import OrderStatus
 from infra.http import problem
-from oms import feed
+from oms import feed, returns
 from oms.access import POLICY, Rule
-from oms.operations import COMMANDS, MAX_COMMAND_BYTES, PATH_VARIABLES, HttpCommand
+from oms.operations import (
+    COMMANDS,
+    MAX_COMMAND_BYTES,
+    PATH_VARIABLES,
+    CommandBody,
+    HttpCommand,
+)
 from projections.read_api import (
     DASHBOARD_ASSETS,
     DEFAULT_PAGE_SIZE,
@@ -279,6 +285,64 @@ def _command(command: HttpCommand) -> Json:
             | _errors(400, 413, 503),
         }
     }
+
+
+# ------------------------------------------------------------------ returns
+
+
+def _return_command(path: str, body: type, summary: str) -> Json:
+    return {
+        "operationId": body.__name__[0].lower() + body.__name__[1:],
+        "tags": ["returns"],
+        "summary": summary,
+        "description": (
+            '202 once Kafka has the return\'s commands (docs/carriers.md, "Returns"); a '
+            "step the return's state does not allow, or a body wrong on its face, is answered "
+            "400 naming the field after the body is dead-lettered."
+        ),
+        "parameters": _path_parameters(path, PATH_VARIABLES),
+        "requestBody": {
+            "required": True,
+            "content": {_JSON: {"schema": _ref("schemas", body.__name__)}},
+        },
+        "responses": {
+            "202": _json_body(_ref("schemas", "ReturnCommands"), "Kafka has the commands"),
+        }
+        | _errors(400, 413, 503),
+    }
+
+
+def _returns() -> Json:
+    listed = {
+        "tags": ["returns"],
+        "responses": {"200": _json_body(_ref("schemas", "Returns"), "the returns")}
+        | _errors(400, 503),
+    }
+    paths: Json = {
+        "/orders/{order_id}/returns": {
+            "post": _return_command(
+                "/orders/{order_id}/returns", returns.ReturnRequestBody, "Request a return"
+            ),
+            "get": {
+                "operationId": "orderReturns",
+                "summary": "An order's returns",
+                "parameters": _path_parameters("/orders/{order_id}/returns", PATH_VARIABLES),
+                **listed,
+            },
+        },
+        "/returns": {
+            "get": {
+                "operationId": "returns",
+                "summary": "Returns, of one order with ?order_id=",
+                "parameters": [_query("order_id", {"type": "string"}, "only this order's returns")],
+                **listed,
+            }
+        },
+    }
+    for step, body in returns.RETURN_STEPS.items():
+        path = f"/returns/{{order_id}}/{{return_id}}/{step}"
+        paths[path] = {"post": _return_command(path, body, f"A return: {step}")}
+    return paths
 
 
 # ------------------------------------------------------------------ the read API
@@ -708,6 +772,21 @@ def _components() -> Json:
     }
     for command in COMMANDS:
         schemas[command.body.__name__] = command.body.model_json_schema()
+    bodies: list[type[CommandBody]] = [returns.ReturnRequestBody, *returns.RETURN_STEPS.values()]
+    for body in bodies:
+        schemas[body.__name__] = body.model_json_schema()
+    schemas["Returns"] = {
+        "type": "object",
+        "required": ["returns"],
+        "properties": {"returns": {"type": "array", "items": {"type": "object"}}},
+    }
+    schemas["ReturnCommands"] = {
+        "type": "object",
+        "required": ["events"],
+        "properties": {
+            "events": {"type": "array", "items": _ref("schemas", "Accepted")},
+        },
+    }
     responses = {
         name: {
             "description": description,
@@ -724,6 +803,7 @@ def document() -> Json:
     for command in COMMANDS:
         paths[command.path] = _command(command)
     paths |= _read_api()
+    paths |= _returns()
     paths["/openapi.json"] = {
         "get": {
             "operationId": "openapi",
@@ -733,6 +813,7 @@ def document() -> Json:
         }
     }
     paths |= _access_paths()
+    paths |= _tracking_page()
     _secure(paths)
     return {
         "openapi": "3.1.0",
@@ -836,6 +917,74 @@ def _access_paths() -> dict[str, Json]:
                 | _errors(404),
             }
         },
+    }
+
+
+def _tracking_page() -> dict[str, Json]:
+    status = {
+        "type": "object",
+        "required": ["status", "text", "at", "place"],
+        "properties": {
+            "status": {"type": "string", "description": "normalised: picked_up, delivered, ..."},
+            "text": {"type": "string", "description": "the status in words"},
+            "at": {"type": "string", "format": "date-time"},
+            "place": {"type": ["string", "null"]},
+        },
+    }
+    shipment = {
+        "type": "object",
+        "required": [
+            "carrier",
+            "tracking_number",
+            "shipped_at",
+            "promised_by",
+            "recipient",
+            "statuses",
+        ],
+        "properties": {
+            "carrier": {"type": "string"},
+            "tracking_number": {"type": "string"},
+            "shipped_at": {"type": "string", "format": "date-time"},
+            "promised_by": {"type": ["string", "null"], "format": "date-time"},
+            "recipient": {
+                "type": "object",
+                "required": ["first_name", "city"],
+                "properties": {
+                    "first_name": {"type": "string", "description": "masked: 王*"},
+                    "city": {"type": "string"},
+                },
+            },
+            "statuses": {"type": "array", "items": status},
+        },
+    }
+    return {
+        "/track/{token}": {
+            "get": {
+                "operationId": "trackingPage",
+                "tags": ["read"],
+                "summary": "A customer's parcel: the page a shipping label's QR code opens",
+                "description": (
+                    "The token is `{order_id}.{mac}` (oms/tracking_page.py). The carrier, the "
+                    "tracking number, the promised delivery and each status in time order; of "
+                    "the customer only the masked first name and the city. HTML, or JSON with "
+                    "`Accept: application/json`. Any token that shows nothing is the same 404."
+                ),
+                "parameters": _path_parameters("/track/{token}"),
+                "responses": {
+                    "200": {
+                        "description": "the parcel",
+                        "content": {_HTML: {"schema": {"type": "string"}}}
+                        | {_JSON: {"schema": shipment}},
+                    },
+                    "404": {
+                        "description": "no such tracking page (whatever was wrong)",
+                        "content": {_HTML: {"schema": {"type": "string"}}}
+                        | {_problem_media_type(): {"schema": _ref("schemas", "Problem")}},
+                    },
+                }
+                | _errors(503),
+            }
+        }
     }
 
 

@@ -48,6 +48,8 @@ from events.shipping import Parcel, Party, Quote, Shipment, ShipmentRequest, Tem
 from infra.keystore import private_codec
 from infra.publisher import Publisher
 from infra.settings import Settings
+from oms.tracking_page import shipment_mac, tracking_key
+from streams.consolidation import Candidate, consolidate, merged_request, split_cost
 from streams.rate_shopping import RateChoice, ShippingRules, choose
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,12 @@ class ShippingConfig(BaseModel):
         default=(300, 200, 150), description="the carton's length, width, height"
     )
     rules: ShippingRules = Field(default_factory=ShippingRules)
+    consolidate_within_minutes: int = Field(
+        default=60,
+        ge=0,
+        description="one customer's orders to one address ready within this many minutes of "
+        "the first ship as one parcel (streams/consolidation.py); 0: never",
+    )
     deliver_within_days: int = Field(
         default=3, ge=1, description="the promise to keep: order placed + this many days"
     )
@@ -398,10 +406,16 @@ def alternatives_of(choice: RateChoice) -> list[ShippingAlternative]:
 
 @dataclass
 class Shipped:
-    order: ReadyOrder
+    order: ReadyOrder  # the first of the parcel's orders (whose reference it has)
     request: ShipmentRequest
     choice: RateChoice
     shipment: Shipment
+    together: list[tuple[ReadyOrder, ShipmentRequest]] = field(default_factory=list)
+
+    @property
+    def orders(self) -> list[ReadyOrder]:
+        """Every order in the parcel (consolidated), the first first."""
+        return [order for order, _ in self.together] or [self.order]
 
 
 @dataclass
@@ -428,14 +442,25 @@ def run_wave(
     """Buy the labels of the orders ready at `location`, write the print file, tell the
     order agent. Returns what was shipped and what was not, with why."""
     now = clock()
+    tracking = tracking_key(settings)  # before any label is bought: no key, no wave
     report = WaveReport(wave=f"{location}-{now:%Y%m%dT%H%M%S}", location=location)
     ready = ready_to_ship(settings, location)[:limit]
-
-    def one(order: ReadyOrder) -> Shipped | str:
+    candidates: list[Candidate] = []
+    asked: dict[str, tuple[ReadyOrder, ShipmentRequest]] = {}
+    for order in ready:
         try:
             request = shipment_request(order, config)
         except ValueError as exc:  # (ShippingMisconfigured included)
-            return str(exc)
+            report.skipped[order.placed.order_id] = str(exc)
+            continue
+        candidates.append(Candidate(order.placed.order_id, request, order.ready_at))
+        asked[order.placed.order_id] = (order, request)
+    parcels = consolidate(candidates, within=timedelta(minutes=config.consolidate_within_minutes))
+
+    def one(parcel: list[Candidate]) -> Shipped | str:
+        order = asked[parcel[0].order_id][0]
+        request = merged_request(parcel)
+        together = [asked[c.order_id] for c in parcel] if len(parcel) > 1 else []
         quotes, failed = quotes_for(request, carriers)
         report.carriers_failed.update(failed)
         deadline = order.received.placed_at + timedelta(days=config.deliver_within_days)
@@ -453,18 +478,19 @@ def run_wave(
             shipment = carriers[choice.chosen.carrier].create(request, choice.chosen.service)
         except CallFailed as exc:
             return f"{choice.chosen.carrier} did not sell the label: {exc}"
-        return Shipped(order, request, choice, shipment)
+        return Shipped(order, request, choice, shipment, together)
 
-    # Each order is printed as soon as its label is bought (in the order the orders were
+    # Each parcel is printed as soon as its label is bought (in the order the orders were
     # ready), while the pool buys the next ones.
     printer = WavePrinter(wave=report.wave, location=location)
     with ThreadPoolExecutor(max_workers=16, thread_name_prefix="wave") as pool:
-        for order, outcome in zip(ready, pool.map(one, ready), strict=True):
+        for parcel, outcome in zip(parcels, pool.map(one, parcels), strict=True):
             if isinstance(outcome, str):
-                report.skipped[order.placed.order_id] = outcome
+                for candidate in parcel:
+                    report.skipped[candidate.order_id] = outcome
             else:
                 report.shipped.append(outcome)
-                printer.add(_item(outcome, config))
+                printer.add(_item(outcome, config, tracking))
     if not report.shipped:
         return report
 
@@ -475,37 +501,42 @@ def run_wave(
     # (ShipmentCreated carries no personal data: the plain codec, no key store to read.)
     publisher = Publisher(settings, codec=AvroCodec.for_registry(settings.schema_registry_url))
     for page, shipped in enumerate(report.shipped):
-        publisher.publish(
-            settings.topics.order_commands,
-            shipment_created(
-                shipped,
-                wave=report.wave,
-                label_ref=f"{report.pdf}#label={page + 1}",
-                by=by,
-                now=now,
-            ),
-        )
+        for command in shipment_created(
+            shipped, wave=report.wave, label_ref=f"{report.pdf}#label={page + 1}", by=by, now=now
+        ):
+            publisher.publish(settings.topics.order_commands, command)
     publisher.flush(30)
     return report
 
 
-def tracking_token(shipment: Shipment) -> str:
-    """The customer's tracking page token: unguessable from the order, stable per shipment."""
-    return deterministic_id("tracking", f"{shipment.carrier}:{shipment.tracking_number}")
+def tracking_token(shipment: Shipment, *, order_id: str, key: bytes) -> str:
+    """The customer's tracking page token (`GET /track/{token}`, oms/tracking_page.py): the
+    order id, so the page finds the order, and a MAC of the shipment under `key`
+    (`tracking_page.tracking_key`), so it cannot be guessed; stable per shipment."""
+    mac = shipment_mac(
+        key, order_id=order_id, carrier=shipment.carrier, tracking_number=shipment.tracking_number
+    )
+    return f"{order_id}.{mac}"
 
 
-def _item(shipped: Shipped, config: ShippingConfig) -> WaveItem:
+def _item(shipped: Shipped, config: ShippingConfig, tracking: bytes) -> WaveItem:
     placed, shipment = shipped.order.placed, shipped.shipment
+    token = tracking_token(shipment, order_id=placed.order_id, key=tracking)
+    orders = shipped.orders
     return WaveItem(
-        order_ref=f"{placed.channel} {placed.external_id}",
+        order_ref=", ".join(f"{o.placed.channel} {o.placed.external_id}" for o in orders),
         reference=shipment.reference,
         carrier=shipment.carrier,
         service=shipment.service,
         tracking_number=shipment.tracking_number,
-        tracking_url=config.tracking_url.format(token=tracking_token(shipment)),
+        tracking_url=config.tracking_url.format(token=token),
         sender=shipped.request.sender,
         recipient=shipped.request.recipient,
-        lines=[SlipLine(line.sku, line.name, line.quantity) for line in placed.lines],
+        lines=[
+            SlipLine(line.sku, line.name, line.quantity)
+            for order in orders
+            for line in order.lines_here()
+        ],
         weight_g=shipped.request.weight_g,
         temperature=shipped.request.temperature,
     )
@@ -513,32 +544,48 @@ def _item(shipped: Shipped, config: ShippingConfig) -> WaveItem:
 
 def shipment_created(
     shipped: Shipped, *, wave: str, label_ref: str, by: Actor, now: datetime
-) -> ShipmentCreated:
-    """The order agent's command; its id derived from the shipment's reference, so a wave run
-    again after a crash sends the same one."""
-    placed, shipment, chosen = shipped.order.placed, shipped.shipment, shipped.choice.chosen
+) -> list[ShipmentCreated]:
+    """The order agent's commands, one per order in the parcel (each naming them all, its
+    share of the cost by weight); ids derived from the shipment's reference and the order, so
+    a wave run again after a crash sends the same ones."""
+    shipment, chosen = shipped.shipment, shipped.choice.chosen
     assert chosen is not None
-    return ShipmentCreated(
-        event_id=deterministic_id("shipment-created", shipment.reference),
-        order_id=placed.order_id,
-        sequence=1,
-        occurred_at=now,
-        recorded_at=now,
-        correlation_id=placed.correlation_id,
-        causation_id=placed.event_id,
-        actor=by,
-        channel=placed.channel,
-        external_id=placed.external_id,
-        shipment_id=f"{shipment.carrier}:{shipment.tracking_number}",
-        carrier=shipment.carrier,
-        service=shipment.service,
-        tracking_number=shipment.tracking_number,
-        label_ref=label_ref,
-        cost=shipment.price if shipment.price is not None else shipped.choice.price,
-        cost_currency=shipment.currency or chosen.currency,
-        location=shipped.order.location,
-        temperature=shipped.request.temperature.value,
-        promised_by=chosen.promised_by,
-        wave=wave,
-        alternatives=alternatives_of(shipped.choice),
+    cost = shipment.price if shipment.price is not None else shipped.choice.price
+    together = shipped.together or [(shipped.order, shipped.request)]
+    shares: list[int | None] = (
+        list(split_cost(cost, [request.weight_g for _, request in together]))
+        if cost is not None
+        else [None] * len(together)
     )
+    everyone = [order.placed.order_id for order, _ in together] if len(together) > 1 else []
+    commands = []
+    for (order, _), share in zip(together, shares, strict=True):
+        placed = order.placed
+        commands.append(
+            ShipmentCreated(
+                event_id=deterministic_id("shipment-created", shipment.reference, placed.order_id),
+                order_id=placed.order_id,
+                sequence=1,
+                occurred_at=now,
+                recorded_at=now,
+                correlation_id=placed.correlation_id,
+                causation_id=placed.event_id,
+                actor=by,
+                channel=placed.channel,
+                external_id=placed.external_id,
+                shipment_id=f"{shipment.carrier}:{shipment.tracking_number}",
+                carrier=shipment.carrier,
+                service=shipment.service,
+                tracking_number=shipment.tracking_number,
+                label_ref=label_ref,
+                cost=share,
+                cost_currency=shipment.currency or chosen.currency,
+                location=order.location,
+                temperature=shipped.request.temperature.value,
+                promised_by=chosen.promised_by,
+                wave=wave,
+                orders=everyone,
+                alternatives=alternatives_of(shipped.choice),
+            )
+        )
+    return commands

@@ -19,6 +19,7 @@ from oms.cli import (
     privacy,
     processes,
     report,
+    returns,
     schemas,
     shipping,
     stack,
@@ -64,5 +65,6 @@ for command in (
     shipping.carriers,
     shipping.ship,
     shipping.track,
+    returns.returns,
 ):
     main.add_command(command)
