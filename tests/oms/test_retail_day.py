@@ -5,7 +5,8 @@ wave at each warehouse (rate shopping across the local fakes of SF Express and J
 labels, the PDF) and the tracker (carriers polled) to delivered. Afterwards: every order
 delivered, each shipped once from its warehouse; the stock ledger exact (every reservation
 committed by its shipment, none left held; what left each warehouse is what its orders
-bought)."""
+bought); 5 % of the orders come back, are restocked at their warehouse and refunded, and the
+ledger and ClickHouse say so exactly."""
 
 from __future__ import annotations
 
@@ -36,15 +37,17 @@ from events.models import (
     Address,
     Customer,
     Event,
+    InspectedLine,
     OrderLine,
     OrderMode,
+    ReturnLine,
     utc_now,
 )
 from events.shipping import Party
 from infra.kafka import consumer_config
 from infra.publisher import Publisher
 from infra.settings import Settings
-from oms import operations
+from oms import operations, returns
 from oms.kitchen import KitchenSimulator
 from oms.shipping import ShippingConfig, run_wave
 from oms.tracking import Tracker
@@ -66,24 +69,46 @@ from tests.factories import received
 pytestmark = pytest.mark.integration
 
 ORDERS = 120
+RETURNED = ORDERS // 20  # 5 %
 WAREHOUSES = {"WH-SH": (31.23, 121.47, "上海市"), "WH-BJ": (39.90, 116.40, "北京市")}
-GOODS = [("TEA-LONGJING-250", "龙井茶 250g", 8800), ("MUG-CERAMIC", "手绘陶瓷杯", 6800),
-         ("KETTLE-IRON", "铸铁壶", 39900), ("CUP-SET-6", "茶杯六件套", 12800)]  # fmt: skip
+GOODS = [
+    ("TEA-LONGJING-250", "龙井茶 250g", 8800),
+    ("MUG-CERAMIC", "手绘陶瓷杯", 6800),
+    ("KETTLE-IRON", "铸铁壶", 39900),
+    ("CUP-SET-6", "茶杯六件套", 12800),
+]
 STOCK = 400  # of each good at each warehouse
 PACKER = Actor(kind=ActorKind.USER, id="wave-runner")
 ORIGINS = {
-    "WH-SH": Party(name="上海仓", phone="02100000000", province="上海市", city="上海市",
-                   district="嘉定区", street="仓储路 1 号"),
-    "WH-BJ": Party(name="北京仓", phone="01000000000", province="北京市", city="北京市",
-                   district="大兴区", street="物流园 8 号"),
-}  # fmt: skip
+    "WH-SH": Party(
+        name="上海仓",
+        phone="02100000000",
+        province="上海市",
+        city="上海市",
+        district="嘉定区",
+        street="仓储路 1 号",
+    ),
+    "WH-BJ": Party(
+        name="北京仓",
+        phone="01000000000",
+        province="北京市",
+        city="北京市",
+        district="大兴区",
+        street="物流园 8 号",
+    ),
+}
 
 
 def read_all(settings: Settings, topic: str) -> list[Event]:
     """Every event on `topic` now (until a second passes with nothing new)."""
     codec = AvroCodec()
-    consumer = Consumer(consumer_config(settings.kafka_bootstrap, group_id=f"r-{uuid.uuid4()}",
-                                        **{"auto.offset.reset": "earliest"}))  # fmt: skip
+    consumer = Consumer(
+        consumer_config(
+            settings.kafka_bootstrap,
+            group_id=f"r-{uuid.uuid4()}",
+            **{"auto.offset.reset": "earliest"},
+        )
+    )
     consumer.subscribe([topic])
     found: list[Event] = []
     quiet = 0
@@ -111,17 +136,33 @@ def day(rng: random.Random) -> list[Any]:
     for n in range(ORDERS):
         lat, lon, city = WAREHOUSES[rng.choice(list(WAREHOUSES))]
         goods = rng.sample(GOODS, rng.randint(1, 2))
-        lines = [OrderLine(sku=sku, name=name, quantity=rng.randint(1, 2), unit_price=price)
-                 for sku, name, price in goods]  # fmt: skip
-        orders.append(received(
-            event_id=f"e-retail-{n}", order_id=f"o-retail-{n}", external_id=f"R{n:05d}",
-            channel=rng.choice(["webshop", "tmall", "jd"]), mode=OrderMode.SHIP, lines=lines,
-            delivery_fee=0, total=sum(line.amount for line in lines), placed_at=utc_now(),
-            customer=Customer(name=f"顾客{n}", phone=f"+86137{n:08d}"),
-            address=Address(text=f"人民路 {n} 号", city=city, province=city, country="CN",
-                            postal_code="200000", latitude=lat + rng.uniform(-0.05, 0.05),
-                            longitude=lon + rng.uniform(-0.05, 0.05)),
-        ))  # fmt: skip
+        lines = [
+            OrderLine(sku=sku, name=name, quantity=rng.randint(1, 2), unit_price=price)
+            for sku, name, price in goods
+        ]
+        orders.append(
+            received(
+                event_id=f"e-retail-{n}",
+                order_id=f"o-retail-{n}",
+                external_id=f"R{n:05d}",
+                channel=rng.choice(["webshop", "tmall", "jd"]),
+                mode=OrderMode.SHIP,
+                lines=lines,
+                delivery_fee=0,
+                total=sum(line.amount for line in lines),
+                placed_at=utc_now(),
+                customer=Customer(name=f"顾客{n}", phone=f"+86137{n:08d}"),
+                address=Address(
+                    text=f"人民路 {n} 号",
+                    city=city,
+                    province=city,
+                    country="CN",
+                    postal_code="200000",
+                    latitude=lat + rng.uniform(-0.05, 0.05),
+                    longitude=lon + rng.uniform(-0.05, 0.05),
+                ),
+            )
+        )
     return orders
 
 
@@ -129,25 +170,46 @@ def day(rng: random.Random) -> list[Any]:
 def carriers() -> Iterator[tuple[FakeSf, FakeJdl, dict[str, Carrier]]]:
     with fake_sf() as sf, fake_jdl() as jd:
         clients: dict[str, Carrier] = {
-            "sf": SfExpress(partner_id=PARTNER_ID, check_word=SecretStr(CHECK_WORD),
-                            monthly_card=MONTHLY_CARD, api_url=sf.url),
-            "jdl": JdLogistics(app_key=APP_KEY, app_secret=SecretStr(APP_SECRET),
-                               access_token=SecretStr(ACCESS_TOKEN), customer_code=CUSTOMER_CODE,
-                               api_url=jd.url),
-        }  # fmt: skip
+            "sf": SfExpress(
+                partner_id=PARTNER_ID,
+                check_word=SecretStr(CHECK_WORD),
+                monthly_card=MONTHLY_CARD,
+                api_url=sf.url,
+            ),
+            "jdl": JdLogistics(
+                app_key=APP_KEY,
+                app_secret=SecretStr(APP_SECRET),
+                access_token=SecretStr(ACCESS_TOKEN),
+                customer_code=CUSTOMER_CODE,
+                api_url=jd.url,
+            ),
+        }
         yield sf, jd, clients
 
 
 @pytest.fixture
 def worker(isolated_settings: Settings, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     with (tmp_path / "worker.log").open("ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "oms.cli", "worker"],
-                                   env=settings_env(isolated_settings), stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(
+            [sys.executable, "-m", "oms.cli", "worker"],
+            env=settings_env(isolated_settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     yield process
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=60)
+
+
+def returned_ids(settings: Settings, kind: str) -> set[str]:
+    """The return ids of `kind` events on the order log."""
+    return {
+        e.return_id  # type: ignore[attr-defined]
+        for e in read_all(settings, settings.topics.orders)
+        if e.event_type == kind
+    }
 
 
 def wait_for(condition: Any, *, seconds: float, what: str) -> None:
@@ -168,8 +230,9 @@ def test_a_retail_day_ships_every_order_once_and_the_ledger_and_clickhouse_are_e
     sf, _, clients = carriers
     for warehouse in WAREHOUSES:
         for sku, _, _ in GOODS:
-            operations.send(settings, operations.stock_receive(sku, warehouse, quantity=STOCK,
-                                                               actor="test"))  # fmt: skip
+            operations.send(
+                settings, operations.stock_receive(sku, warehouse, quantity=STOCK, actor="test")
+            )
     orders = day(random.Random(13))
     publisher = Publisher(settings)
     for order in orders:
@@ -177,17 +240,26 @@ def test_a_retail_day_ships_every_order_once_and_the_ledger_and_clickhouse_are_e
     publisher.flush(30)
 
     # The packers take every order to ready at its warehouse.
-    packers = KitchenSimulator(settings, seed=5, retry_s=3.0, stores=frozenset(),
-                               warehouses=frozenset(WAREHOUSES))  # fmt: skip
-    packers.run(until=lambda s: sum(t.status == "ready" for t in s.tickets.values()) >= ORDERS,
-                timeout_s=300)  # fmt: skip
+    packers = KitchenSimulator(
+        settings, seed=5, retry_s=3.0, stores=frozenset(), warehouses=frozenset(WAREHOUSES)
+    )
+    packers.run(
+        until=lambda s: sum(t.status == "ready" for t in s.tickets.values()) >= ORDERS,
+        timeout_s=300,
+    )
 
     # A wave at each warehouse buys every label.
     config = ShippingConfig(origins=ORIGINS, tracking_url="https://shop.example/t/{token}")
     shipped_from: dict[str, str] = {}
     for warehouse in WAREHOUSES:
-        report = run_wave(settings, warehouse, carriers=clients, config=config, by=PACKER,
-                          out_dir=tmp_path / "waves")  # fmt: skip
+        report = run_wave(
+            settings,
+            warehouse,
+            carriers=clients,
+            config=config,
+            by=PACKER,
+            out_dir=tmp_path / "waves",
+        )
         assert report.skipped == {} and report.carriers_failed == {}
         for shipped in report.shipped:
             shipped_from[shipped.order.placed.order_id] = warehouse
@@ -223,6 +295,83 @@ def test_a_retail_day_ships_every_order_once_and_the_ledger_and_clickhouse_are_e
         assert created.alternatives  # it beat the other carrier's quotes
         assert events[-1].event_type == "OrderDelivered"
 
+    # 5 % come back: requested, approved to their warehouse, received resellable and
+    # restocked there, refunded.
+    rules = returns.rules_of(settings)
+    came_back = orders[:: ORDERS // RETURNED][:RETURNED]
+    view = returns.read_view(settings)
+    asked = {
+        order.order_id: returns.request_return(
+            view,
+            order.order_id,
+            reason="changed mind",
+            by="desk",
+            now=utc_now(),
+            rules=rules,
+            lines=[ReturnLine(sku=line.sku, quantity=line.quantity) for line in order.lines],
+        )
+        for order in came_back
+    }
+    ids = {request.return_id for request in asked.values()}
+    returns.send_all(settings, list(asked.values()))
+    wait_for(
+        lambda: ids <= returned_ids(settings, "ReturnRequested"),
+        seconds=60,
+        what="returns requested",
+    )
+    view = returns.read_view(settings)
+    returns.send_all(
+        settings,
+        [
+            returns.approve(view, order_id, request.return_id, to=shipped_from[order_id], by="desk")
+            for order_id, request in asked.items()
+        ],
+    )
+    wait_for(
+        lambda: ids <= returned_ids(settings, "ReturnApproved"), seconds=60, what="returns approved"
+    )
+    view = returns.read_view(settings)
+    for order in came_back:
+        inspected = [
+            InspectedLine(
+                sku=line.sku,
+                quantity=line.quantity,
+                condition="resellable",
+                restock_location=shipped_from[order.order_id],
+            )
+            for line in order.lines
+        ]
+        returns.send_all(
+            settings,
+            returns.receive(
+                view,
+                order.order_id,
+                asked[order.order_id].return_id,
+                by="packer",
+                inspected=inspected,
+            ),
+        )
+    wait_for(
+        lambda: ids <= returned_ids(settings, "ReturnInspected"),
+        seconds=60,
+        what="returns inspected",
+    )
+    view = returns.read_view(settings)
+    returns.send_all(
+        settings,
+        [
+            returns.refund_of(view, order_id, request.return_id, by="desk", rules=rules)
+            for order_id, request in asked.items()
+        ],
+    )
+    wait_for(lambda: len(logged("OrderRefunded")) == RETURNED, seconds=120, what="refunded")
+    refunds = {
+        e.order_id: e.amount  # type: ignore[attr-defined]
+        for e in read_all(settings, settings.topics.orders)
+        if e.event_type == "OrderRefunded"
+    }
+    assert refunds == {o.order_id: o.total for o in came_back}  # all lines, no fee by default
+
     # The ledger: every reservation ended committed; what left each warehouse is exact.
     ledger = read_all(settings, settings.topics.inventory)
     held: Counter[str] = Counter()
@@ -240,6 +389,17 @@ def test_a_retail_day_ships_every_order_once_and_the_ledger_and_clickhouse_are_e
         for line in order.lines:
             bought[(line.sku, shipped_from[order.order_id])] += line.quantity
     assert left == bought
+    back: Counter[tuple[str, str]] = Counter()
+    for order in came_back:
+        for line in order.lines:
+            back[(line.sku, shipped_from[order.order_id])] += line.quantity
+    restocked: Counter[tuple[str, str]] = Counter()
+    for event in ledger:
+        if event.event_type == "StockReceived" and "return:" in (
+            getattr(event, "reference", None) or getattr(event, "reason", None) or ""
+        ):
+            restocked[(event.sku, event.location)] += event.quantity  # type: ignore[attr-defined]
+    assert restocked == back and sum(back.values()) > 0
 
     # ClickHouse, as the projector leaves it, says the same.
     migrate(store)
@@ -247,7 +407,7 @@ def test_a_retail_day_ships_every_order_once_and_the_ledger_and_clickhouse_are_e
     projector.run(until=lambda _: projector.lag() == 0)
     db = store.database
     statuses = dict(store.query(f"SELECT status, count() FROM {db}.orders FINAL GROUP BY status"))
-    assert statuses == {"delivered": ORDERS}
+    assert statuses == {"delivered": ORDERS - RETURNED, "refunded": RETURNED}
     [(shipments,)] = store.query(
         f"SELECT count() FROM {db}.order_events FINAL WHERE event_type = 'ShipmentCreated'"
     )
@@ -259,7 +419,7 @@ def test_a_retail_day_ships_every_order_once_and_the_ledger_and_clickhouse_are_e
         )
     }
     assert levels == {
-        (sku, warehouse): (STOCK - bought[(sku, warehouse)], 0)
+        (sku, warehouse): (STOCK - bought[(sku, warehouse)] + back[(sku, warehouse)], 0)
         for warehouse in WAREHOUSES
         for sku, _, _ in GOODS
     }
