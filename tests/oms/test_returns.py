@@ -42,9 +42,12 @@ RULES = ReturnRules(window_days=30, restocking_fee_bps=0)
 @pytest.fixture
 def worker(isolated_settings: Settings, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     with (tmp_path / "worker.log").open("wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "oms.cli", "worker"],
-                                   env=settings_env(isolated_settings), stdout=log,
-                                   stderr=subprocess.STDOUT)  # fmt: skip
+        process = subprocess.Popen(
+            [sys.executable, "-m", "oms.cli", "worker"],
+            env=settings_env(isolated_settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     yield process
     process.terminate()
     process.wait(timeout=60)
@@ -55,8 +58,10 @@ def history(settings: Settings, order_id: str, *, until: str, timeout_s: float =
     while True:
         found = read_topic(settings, settings.topics.orders, expect=1, timeout_s=timeout_s)
         events = [CODEC.decode(m.value()) for m in found]
-        mine = sorted((e for e in events if getattr(e, "order_id", None) == order_id),
-                      key=lambda e: e.sequence)  # fmt: skip
+        mine = sorted(
+            (e for e in events if getattr(e, "order_id", None) == order_id),
+            key=lambda e: e.sequence,
+        )
         if mine and mine[-1].event_type == until:
             return mine
         assert time.monotonic() < deadline, [e.event_type for e in mine]
@@ -64,8 +69,9 @@ def history(settings: Settings, order_id: str, *, until: str, timeout_s: float =
 
 
 def ledger(settings: Settings) -> list[Any]:
-    return [CODEC.decode(m.value()) for m in read_topic(settings, settings.topics.inventory,
-                                                        expect=1)]  # fmt: skip
+    return [
+        CODEC.decode(m.value()) for m in read_topic(settings, settings.topics.inventory, expect=1)
+    ]
 
 
 def test_a_delivered_order_is_returned_restocked_in_part_written_off_in_part_and_refunded(
@@ -75,35 +81,69 @@ def test_a_delivered_order_is_returned_restocked_in_part_written_off_in_part_and
     for sku in ("MUG-CERAMIC", "KETTLE-IRON"):
         operations.send(settings, operations.stock_receive(sku, "S01", quantity=5, actor="test"))
     read_topic(settings, settings.topics.inventory, expect=2, timeout_s=60)
-    mugs = OrderLine(sku="MUG-CERAMIC", name="陶瓷杯", quantity=3, unit_price=6800,
-                     gross=20400, discount=1500, total=18900)  # fmt: skip
+    mugs = OrderLine(
+        sku="MUG-CERAMIC",
+        name="陶瓷杯",
+        quantity=3,
+        unit_price=6800,
+        gross=20400,
+        discount=1500,
+        total=18900,
+    )
     kettle = OrderLine(sku="KETTLE-IRON", name="铁壶", quantity=1, unit_price=39800)
     order = received(
-        event_id="e-ret", order_id="o-ret", external_id="ret-1", mode=OrderMode.PICKUP,
-        location_hint="S01", address=None, delivery_fee=0, discount=1500, total=18900 + 39800,
+        event_id="e-ret",
+        order_id="o-ret",
+        external_id="ret-1",
+        mode=OrderMode.PICKUP,
+        location_hint="S01",
+        address=None,
+        delivery_fee=0,
+        discount=1500,
+        total=18900 + 39800,
         lines=[mugs, kettle],
-    )  # fmt: skip
+    )
     publisher = Publisher(settings)
     publisher.intake(order)
     publisher.flush()
     history(settings, "o-ret", until="OrderPrioritised")
-    for action, extra in (("accept", {"ready_in_minutes": 10}), ("start", {}), ("ready", {}),
-                          ("handoff", {"to": "customer"}), ("deliver", {})):  # fmt: skip
-        operations.send(settings, operations.store_action(action, "o-ret", "S01", by="clerk",
-                                                          **extra))  # fmt: skip
+    for action, extra in (
+        ("accept", {"ready_in_minutes": 10}),
+        ("start", {}),
+        ("ready", {}),
+        ("handoff", {"to": "customer"}),
+        ("deliver", {}),
+    ):
+        operations.send(
+            settings, operations.store_action(action, "o-ret", "S01", by="clerk", **extra)
+        )
     history(settings, "o-ret", until="OrderDelivered")
 
     view = returns.read_view(settings)
     with pytest.raises(CommandRejected) as too_many:
         too_many_mugs = [ReturnLine(sku="MUG-CERAMIC", quantity=4)]
-        returns.request_return(view, "o-ret", lines=too_many_mugs, reason="changed mind",
-                               by="desk", now=utc_now(), rules=RULES)  # fmt: skip
+        returns.request_return(
+            view,
+            "o-ret",
+            lines=too_many_mugs,
+            reason="changed mind",
+            by="desk",
+            now=utc_now(),
+            rules=RULES,
+        )
     assert too_many.value.field == "lines"
     asked = returns.request_return(
-        view, "o-ret", reason="changed mind", by="desk", now=utc_now(), rules=RULES,
-        lines=[ReturnLine(sku="MUG-CERAMIC", quantity=2),
-               ReturnLine(sku="KETTLE-IRON", quantity=1)],
-    )  # fmt: skip
+        view,
+        "o-ret",
+        reason="changed mind",
+        by="desk",
+        now=utc_now(),
+        rules=RULES,
+        lines=[
+            ReturnLine(sku="MUG-CERAMIC", quantity=2),
+            ReturnLine(sku="KETTLE-IRON", quantity=1),
+        ],
+    )
     returns.send_all(settings, [asked])
     history(settings, "o-ret", until="ReturnRequested")
     return_id = asked.return_id
@@ -116,18 +156,21 @@ def test_a_delivered_order_is_returned_restocked_in_part_written_off_in_part_and
     history(settings, "o-ret", until="ReturnApproved")
 
     inspected = [
-        InspectedLine(sku="MUG-CERAMIC", quantity=2, condition="resellable",
-                      restock_location="WH-SH"),
+        InspectedLine(
+            sku="MUG-CERAMIC", quantity=2, condition="resellable", restock_location="WH-SH"
+        ),
         InspectedLine(sku="KETTLE-IRON", quantity=1, condition="damaged", note="cracked lid"),
-    ]  # fmt: skip
+    ]
     view = returns.read_view(settings)
-    returns.send_all(settings, returns.receive(view, "o-ret", return_id, by="wh",
-                                               inspected=inspected))  # fmt: skip
+    returns.send_all(
+        settings, returns.receive(view, "o-ret", return_id, by="wh", inspected=inspected)
+    )
     history(settings, "o-ret", until="ReturnInspected")
 
     view = returns.read_view(settings)
-    refund = returns.refund_of(view, "o-ret", return_id, by="desk", rules=RULES,
-                               restocking_fee=1000)  # fmt: skip
+    refund = returns.refund_of(
+        view, "o-ret", return_id, by="desk", rules=RULES, restocking_fee=1000
+    )
     returns.send_all(settings, [refund])
     logged = history(settings, "o-ret", until="OrderRefunded")
 
@@ -136,20 +179,34 @@ def test_a_delivered_order_is_returned_restocked_in_part_written_off_in_part_and
     for event in logged:
         status = next_status(status, type(event))
         statuses.append(status.value)
-    assert statuses[-6:] == ["delivered", "return_requested", "return_requested", "returned",
-                             "returned", "refunded"]  # fmt: skip
+    assert statuses[-6:] == [
+        "delivered",
+        "return_requested",
+        "return_requested",
+        "returned",
+        "returned",
+        "refunded",
+    ]
     refunded = logged[-1]
     assert isinstance(refunded, OrderRefunded)
     # 2 of 3 mugs paid 18900 → 12600; the kettle 39800; not all came back: no shipping.
     assert [(x.sku, x.quantity, x.amount) for x in refunded.lines] == [
-        ("KETTLE-IRON", 1, 39800), ("MUG-CERAMIC", 2, 12600)]  # fmt: skip
+        ("KETTLE-IRON", 1, 39800),
+        ("MUG-CERAMIC", 2, 12600),
+    ]
     assert (refunded.amount, refunded.restocking_fee, refunded.return_id) == (
-        12600 + 39800 - 1000, 1000, return_id)  # fmt: skip
+        12600 + 39800 - 1000,
+        1000,
+        return_id,
+    )
 
     deadline = time.monotonic() + 60
     while True:
-        back = [e for e in ledger(settings) if e.event_type == "StockReceived"
-                and e.reference == f"return:{return_id}"]  # fmt: skip
+        back = [
+            e
+            for e in ledger(settings)
+            if e.event_type == "StockReceived" and e.reference == f"return:{return_id}"
+        ]
         if back:
             break
         assert time.monotonic() < deadline, "the resellable mugs never came back into stock"
@@ -170,3 +227,60 @@ def test_a_delivered_order_is_returned_restocked_in_part_written_off_in_part_and
     time.sleep(2)
     again = history(settings, "o-ret", until="OrderRefunded")
     assert len(again) == len(logged)
+
+
+async def test_the_returns_desk_over_http_requests_and_approves_and_names_what_it_refuses(
+    isolated_settings: Settings,
+) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from events.models import OrderDelivered
+    from oms.api import create_app
+    from tests.conftest import ADMIN
+
+    settings = isolated_settings
+    order = received(
+        event_id="e-http",
+        order_id="o-http",
+        external_id="http-1",
+        mode=OrderMode.PICKUP,
+        address=None,
+    )
+    delivered = OrderDelivered(
+        event_id="d-http",
+        order_id="o-http",
+        sequence=2,
+        occurred_at=utc_now(),
+        recorded_at=utc_now(),
+        correlation_id="o-http",
+        actor=order.actor,
+        channel=order.channel,
+        external_id=order.external_id,
+    )
+    publisher = Publisher(settings)
+    for event in (order, delivered):
+        publisher.publish(settings.topics.orders, event)
+    publisher.flush()
+    sku = order.lines[0].sku
+    async with TestClient(TestServer(create_app(settings))) as client:
+        too_many = await client.post(
+            "/orders/o-http/returns",
+            headers=ADMIN,
+            json={"lines": [{"sku": sku, "quantity": 99}], "reason": "broken"},
+        )
+        assert too_many.status == 400 and (await too_many.json())["field"] == "lines"
+        asked = await client.post(
+            "/orders/o-http/returns",
+            headers=ADMIN,
+            json={"lines": [{"sku": sku, "quantity": 1}], "reason": "broken"},
+        )
+        assert asked.status == 202, await asked.text()
+        [requested] = (await asked.json())["events"]
+        assert requested["event_type"] == "ReturnRequested"
+    commands = [
+        CODEC.decode(m.value())
+        for m in read_topic(settings, settings.topics.order_commands, expect=1)
+    ]
+    [logged] = [c for c in commands if c.event_type == "ReturnRequested"]
+    assert logged.event_id == requested["event_id"] and logged.order_id == "o-http"
+    assert [(line.sku, line.quantity) for line in logged.lines] == [(sku, 1)]
