@@ -308,7 +308,7 @@ def _return_command(path: str, body: type, summary: str) -> Json:
         "responses": {
             "202": _json_body(_ref("schemas", "ReturnCommands"), "Kafka has the commands"),
         }
-        | _errors(400, 413, 503),
+        | _errors(400, 413, 415, 503),
     }
 
 

@@ -290,7 +290,7 @@ def _not_found(request: web.Request, pages: TrackingPages) -> web.Response:
     if _wants_json(request):
         return _private(problem(404, NOT_FOUND))
     labels = _LABELS[pages.locale]
-    body = f"<p>{escape(labels['not_found'])}</p>"
+    body = f'<p class="error">{escape(labels["not_found"])}</p>'
     page = _PAGE.format(lang=pages.locale, title=escape(labels["title"]), body=body)
     return _private(web.Response(text=page, content_type="text/html", status=404))
 

@@ -69,18 +69,20 @@ SCHEMA = schemathesis.openapi.from_dict(
 )
 
 
-_FORM_MESSAGE = re.compile(r"✘ Not accepted[^:]*: (.*?)</p>", re.S)
+# An HTML answer says why as the phone form does, or in a paragraph of class "error" (the
+# customer's tracking page).
+_FORM_MESSAGE = re.compile(r'✘ Not accepted[^:]*: (.*?)</p>|<p class="error">(.*?)</p>', re.S)
 
 
 def problem_says_why(ctx: CheckContext, response: Response, case: Case) -> bool | None:
-    """Every error (4xx, 5xx) says what went wrong: a Problem whose `error` is not blank, or,
-    answering the phone form, the form page saying why the order was not accepted."""
+    """Every error (4xx, 5xx) says what went wrong: a Problem whose `error` is not blank, or an
+    HTML page saying why (the phone form, why the order was not accepted; the tracking page)."""
     if response.status_code < 400:
         return None
     media_type = (response.headers.get("content-type") or [""])[0].split(";")[0]
     if media_type == "text/html":
         said = _FORM_MESSAGE.search(response.text)
-        reason = said.group(1) if said else ""
+        reason = (said.group(1) or said.group(2)) if said else ""
     else:
         try:
             body = response.json()
