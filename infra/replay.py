@@ -22,9 +22,16 @@ log = logging.getLogger(__name__)
 
 
 def read_partition(
-    bootstrap: str, topic: str, partition: int, *, codec: AvroCodec
+    bootstrap: str,
+    topic: str,
+    partition: int,
+    *,
+    codec: AvroCodec,
+    start: int = 0,
+    ends: dict[tuple[str, int], int] | None = None,
 ) -> Iterator[Event]:
-    """Every event in `topic`/`partition` up to its end at the time of the call."""
+    """Every event in `topic`/`partition` from offset `start` up to its end at the time of
+    the call; that end (the next offset) is put in `ends` when given."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
     config = consumer_config(
@@ -39,9 +46,13 @@ def read_partition(
     consumer = Consumer(config)
     try:
         low, high = _watermarks(consumer, TopicPartition(topic, partition))
-        if high <= low:
+        if ends is not None:
+            ends[(topic, partition)] = high
+        if high <= max(low, start):
             return
-        consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
+        consumer.assign(
+            [TopicPartition(topic, partition, start if start > low else OFFSET_BEGINNING)]
+        )
         while True:
             for message in consumer.consume(num_messages=10_000, timeout=1.0):
                 if message.error() is not None:

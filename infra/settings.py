@@ -49,6 +49,9 @@ class Topics(BaseSettings):
     # Carriers' tracking pushes, verified by `POST /carriers/{carrier}/push` (oms/tracking.py):
     # keyed by carrier:tracking number, 7 days.
     carrier_updates: str = "oms.carrier-updates.v1"
+    # The agents' and views' snapshots (streams/worker/snapshots.py): compacted, chunked,
+    # partition p holds the snapshots of partition p; a restart replays only what follows.
+    snapshots: str = "oms.snapshots.v1"
 
     def all(self) -> list[str]:
         return [
@@ -68,6 +71,7 @@ class Topics(BaseSettings):
             self.webhook_deliveries,
             self.staff_alerts,
             self.carrier_updates,
+            self.snapshots,
         ]
 
 
@@ -124,6 +128,13 @@ class Settings(BaseSettings):
         ge=100,
         description="orders the order agent keeps in memory per partition; the oldest settled "
         "ones beyond are spilled to a local file and read back when needed",
+    )
+    snapshot_every: int = Field(
+        default=50_000,
+        ge=0,
+        description="log events a partition's tail may hold before the worker writes a "
+        "snapshot of its state (and at least as many as the state holds orders or levels, "
+        "so a snapshot's cost per event stays constant); 0: no snapshots, full replays",
     )
     payload_retention_days: int = Field(
         default=90,

@@ -28,6 +28,7 @@ from infra.keystore import TOPIC_CONFIG as KEY_TOPIC_CONFIG
 from infra.keystore import ensure_local_master_key
 from infra.principals import ensure_local_session_secret
 from infra.settings import PROJECT_ROOT, Settings, Topics
+from streams.worker.snapshots import TOPIC_CONFIG as SNAPSHOT_TOPIC_CONFIG
 
 KAFKA_POM = PROJECT_ROOT / "kafka" / "pom.xml"
 START_TIMEOUT_S = 90.0
@@ -58,6 +59,8 @@ def topic_configs(topics: Topics) -> dict[str, dict[str, str]]:
     - Staff alerts: compacted by (event, sink) key; the alerter tombstones the records of
       events past its window when it starts, so the topic stays small.
     - The carriers' tracking pushes: 7 days, as the other inputs on their way.
+    - The agents' snapshots: compacted; a superseded snapshot's chunks are tombstoned by
+      the worker that wrote its successor (streams/worker/snapshots.py).
     """
     forever = {"retention.ms": "-1", "cleanup.policy": "delete"}
     week = {"retention.ms": str(7 * DAY_MS), "cleanup.policy": "delete"}
@@ -82,6 +85,7 @@ def topic_configs(topics: Topics) -> dict[str, dict[str, str]]:
         },
         topics.staff_alerts: {"cleanup.policy": "compact", "retention.ms": "-1"},
         topics.carrier_updates: week,
+        topics.snapshots: SNAPSHOT_TOPIC_CONFIG,
     }
 
 

@@ -69,6 +69,19 @@ class KeptInMemory(dict[str, orders.OrderState]):
         self.update(states)
 
 
+@dataclass(frozen=True)
+class OrdersCut:
+    """An `OrderPartition` at one moment, for a snapshot (its states are immutable, so copies
+    of the mappings are a consistent cut): the orders in flight (`hot`, in memory again when
+    restored), the settled ones in memory (`cold`, spilled when restored: most of a day's
+    orders are settled, and a restore must not decode them all) and the spilled orders on
+    the watch list (and the cold ones with a timer)."""
+
+    hot: dict[str, orders.OrderState]
+    cold: dict[str, orders.OrderState]
+    watched: list[str]
+
+
 class OrderPartition:
     """The order agent's state for one partition: each order's fold of the order log.
 
@@ -103,6 +116,22 @@ class OrderPartition:
         """One event of the order log, read back while rebuilding."""
         if isinstance(event, OrderEvent):
             self.orders[event.order_id] = orders.apply(self.state_of(event.order_id), event)
+
+    def cut(self) -> OrdersCut:
+        hot: dict[str, orders.OrderState] = {}
+        cold: dict[str, orders.OrderState] = {}
+        for order_id, state in self.orders.items():
+            (cold if _settled(state) else hot)[order_id] = state
+        watched = [*self._watched, *(i for i, s in cold.items() if s.status in _TIMED)]
+        return OrdersCut(hot, cold, watched)
+
+    def restore(self, hot: Mapping[str, orders.OrderState], watched: Iterable[str]) -> None:
+        """Take a snapshot's orders in flight back into memory and its timed spilled orders
+        onto the watch list (the rest of it is put in `spilled` by whoever restores)."""
+        self.orders.update(hot)
+        for order_id in watched:
+            if order_id not in self.orders:
+                self._watched[order_id] = _LOOK_NOW
 
     def close(self) -> None:
         close = getattr(self.spilled, "close", None)
@@ -244,6 +273,19 @@ class LedgerPartition:
     def __init__(self) -> None:
         self.levels: dict[str, inventory.StockLevel] = {}
         self._recent: OrderedDict[str, list[StockEvent]] = OrderedDict()
+
+    def cut(self) -> tuple[dict[str, inventory.StockLevel], list[tuple[str, list[StockEvent]]]]:
+        """The levels (immutable) and the recent commands (copied: `_remember` extends them),
+        for a snapshot."""
+        return dict(self.levels), [(k, list(v)) for k, v in self._recent.items()]
+
+    def restore(
+        self,
+        levels: Mapping[str, inventory.StockLevel],
+        recent: Iterable[tuple[str, list[StockEvent]]],
+    ) -> None:
+        self.levels.update(levels)
+        self._recent = OrderedDict(recent)
 
     def fold(self, event: Event) -> None:
         """One event of the stock ledger, read back while rebuilding."""

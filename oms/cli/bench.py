@@ -114,6 +114,18 @@ def bench_intake(order_count: int, rate: float, seconds: float) -> None:
     _finish("intake", figures, intake.report)
 
 
+@bench.command("recovery")
+@click.option("--orders", "order_count", default=1_000_000, show_default=True)
+@click.option("--tail", default=10_000, show_default=True, help="orders after the snapshots")
+def bench_recovery(order_count: int, tail: int) -> None:
+    """Restart time after ORDERS orders: agent states from the whole log, and from snapshots
+    and their tail (target <= 10 s); the shared views' read beside it."""
+    from bench import recovery
+
+    figures = recovery.run(get_settings(), orders=order_count, tail=tail)
+    _finish("recovery", figures, recovery.report)
+
+
 @bench.command("memory")
 @click.option("--orders", "order_count", default=1_000_000, show_default=True)
 @click.option(

@@ -48,6 +48,13 @@ from streams.partitions import LedgerPartition, OrderPartition
 from streams.reference import load_catalogue, load_rules
 from streams.worker.faust_compat import App
 from streams.worker.sink import Acks, Outputs, Sink, checkpoint
+from streams.worker.snapshots import (
+    LedgerSnapshots,
+    OrderSnapshots,
+    PartitionSnapshots,
+    Sealer,
+    SnapshotStore,
+)
 from streams.worker.spill import SpillFile
 from streams.worker.views import SharedViews
 
@@ -63,6 +70,8 @@ SPILL_EVERY = 10_000  # log events folded between two `spill`s while rebuilding
 FREEZE_EVERY_S = 1.0
 
 Replay = Callable[[str, int], Iterable[Event]]
+# A log's events from an offset (on, to its end), that end put in the dict by (topic, partition).
+Tail = Callable[[str, int, int, dict[tuple[str, int], int]], Iterable[Event]]
 Message = tuple[str, bytes, bytes]  # topic, key, value: for another agent, after the log
 Decide = Callable[[list[Any], list[Message]], Awaitable[list[str]]]  # one agent's batch
 P = TypeVar("P", OrderPartition, LedgerPartition)
@@ -83,12 +92,20 @@ class PartitionStates(Generic[P]):
         replay: Replay,
         new: Callable[[int], P],
         settle: Callable[[], Awaitable[None]],
+        snapshots: PartitionSnapshots | None = None,
+        tail: Tail | None = None,
     ) -> None:
         self.topic = topic
         self._replay = replay
         self._new: Callable[[int], P] = new
         self._settle = settle
+        self.snapshots = snapshots
+        self._tail = tail
         self.states: dict[int, P] = {}
+        # Per partition: the log's end when it was rebuilt, and the events folded or written
+        # since the snapshot it was rebuilt from (a new snapshot is due past a bound).
+        self.ends: dict[int, int] = {}
+        self.unsnapped: dict[int, int] = {}
 
     async def of(self, partition: int) -> P:
         states = self.states.get(partition)
@@ -97,7 +114,20 @@ class PartitionStates(Generic[P]):
             # Kafka has them all, so the state is the fold of everything this worker wrote.
             await self._settle()
             states = self._new(partition)
-            events = await asyncio.to_thread(lambda: list(self._replay(self.topic, partition)))
+            start = 0
+            if self.snapshots is not None and self._tail is not None:
+                start = await asyncio.to_thread(self.snapshots.load, states, partition)
+                if start < 0:  # restored in part: start over from the whole log
+                    if isinstance(states, OrderPartition):
+                        states.close()
+                    states, start = self._new(partition), 0
+                tail, ends = self._tail, dict[tuple[str, int], int]()
+                events = await asyncio.to_thread(
+                    lambda: list(tail(self.topic, partition, start, ends))
+                )
+                self.ends[partition] = ends.get((self.topic, partition), 0)
+            else:
+                events = await asyncio.to_thread(lambda: list(self._replay(self.topic, partition)))
             skipped = 0
             for n, event in enumerate(events, 1):
                 if n % SPILL_EVERY == 0 and isinstance(states, OrderPartition):
@@ -111,18 +141,25 @@ class PartitionStates(Generic[P]):
                     skipped += 1
                     log.exception("%s[%d]: cannot fold %s", self.topic, partition, event.event_id)
             log.info(
-                "rebuilt %s[%d] from %d events (%d not folded)",
+                "rebuilt %s[%d] from %s%d events (%d not folded)",
                 self.topic,
                 partition,
+                f"a snapshot at offset {start} and " if start else "",
                 len(events),
                 skipped,
             )
             self.states[partition] = states
+            self.unsnapped[partition] = len(events)
         return states
+
+    def wrote(self, partition: int, events: int) -> None:
+        self.unsnapped[partition] = self.unsnapped.get(partition, 0) + events
 
     def forget(self, partitions: Iterable[int]) -> None:
         for partition in partitions:
             states = self.states.pop(partition, None)
+            self.ends.pop(partition, None)
+            self.unsnapped.pop(partition, None)
             if isinstance(states, OrderPartition):
                 states.close()
 
@@ -150,27 +187,44 @@ class Worker:
             self.views.ready.clear()
         self.rules = load_rules(settings.fraud_rules_file)
         self.out: Outputs = sink or Sink(settings.kafka_bootstrap)
+        from_kafka = replay is None
         replay = replay or (
             lambda topic, partition: read_partition(
                 settings.kafka_bootstrap, topic, partition, codec=self.codec
             )
         )
         spill_dir = settings.home / "worker" / "spilled"
+        # Snapshots need the real broker (they are on a topic) and the real sink (which knows
+        # the log's offsets); tests with fakes for either rebuild from the whole log.
+        store = (
+            SnapshotStore(settings)
+            if settings.snapshot_every and from_kafka and hasattr(self.out, "log_end")
+            else None
+        )
+        tail: Tail = lambda topic, partition, start, ends: read_partition(  # noqa: E731
+            settings.kafka_bootstrap, topic, partition, codec=self.codec, start=start, ends=ends
+        )
+        sealer = Sealer(self.codec)
         self.order_states = PartitionStates(
             topic=self.topics.orders,
             replay=replay,
             new=lambda partition: OrderPartition(
-                spilled=SpillFile(spill_dir, partition),
+                spilled=SpillFile(spill_dir, partition, sealer=sealer),
                 max_in_memory=settings.orders_in_memory,
             ),
             settle=self.out.confirmed,
+            snapshots=OrderSnapshots(store, self.codec) if store else None,
+            tail=tail,
         )
         self.stock_states = PartitionStates(
             topic=self.topics.inventory,
             replay=replay,
             new=lambda _: LedgerPartition(),
             settle=self.out.confirmed,
+            snapshots=LedgerSnapshots(store, self.codec) if store else None,
+            tail=tail,
         )
+        self._snapshot_writing: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ partitions and views
 
@@ -253,6 +307,7 @@ class Worker:
                 written.append("DeadLetter")
                 continue
             partition.commit(step)
+            self.order_states.wrote(message.partition, len(to_log))
             key = step.order_id.encode()
             for outcome, value in to_log:
                 views.note(outcome)
@@ -310,12 +365,58 @@ class Worker:
         return written
 
     def write_ledger(self, events: list[tuple[StockEvent, bytes]], partition: int) -> None:
+        self.stock_states.wrote(partition, len(events))
         for outcome, value in events:
             self.views.note(outcome)
             key = stock_key(outcome.sku, outcome.location).encode()
             self.out.produce(self.topics.inventory, key=key, value=value, partition=partition)
 
     # ------------------------------------------------------------ both agents
+
+    async def snapshot_due(self, states: PartitionStates[Any]) -> None:
+        """After a batch: if a partition's tail outgrew its bound (`OMS_SNAPSHOT_EVERY`, and at
+        least the state's own size), cut its state and write it in the background. One at a
+        time; the cut is taken once Kafka has every output, at the log offset they end at."""
+        snapshots = states.snapshots
+        if snapshots is None or not (
+            self._snapshot_writing is None or self._snapshot_writing.done()
+        ):
+            return
+        every = self.settings.snapshot_every
+        due = [
+            p
+            for p, state in states.states.items()
+            if states.unsnapped.get(p, 0) >= max(every, snapshots.size(state))
+        ]
+        if not due:
+            return
+        partition = due[0]
+        await self.out.confirmed()
+        state = states.states.get(partition)
+        end = cast(Sink, self.out).log_end(states.topic, partition)
+        if state is None or end is None:
+            return  # revoked meanwhile, or written to meanwhile (by a timer): next batch
+        offset = max(end, states.ends.get(partition, 0))
+        unsnapped = states.unsnapped.get(partition, 0)
+        seal = snapshots.capture(state)
+        states.unsnapped[partition] = 0
+
+        async def write() -> None:
+            try:
+                size = await asyncio.to_thread(lambda: snapshots.write(partition, offset, seal()))
+                log.info(
+                    "snapshot of %s[%d] at offset %d: %d bytes",
+                    states.topic,
+                    partition,
+                    offset,
+                    size,
+                )
+            except Exception:  # noqa: BLE001 - a snapshot only saves time: try again later
+                log.exception("snapshot of %s[%d] not written", states.topic, partition)
+                if partition in states.unsnapped:
+                    states.unsnapped[partition] += unsnapped
+
+        self._snapshot_writing = asyncio.ensure_future(write())
 
     async def after_the_log(self, messages: list[Message]) -> None:
         """Write-ahead: what a batch tells other agents leaves only once Kafka has the log
@@ -483,25 +584,28 @@ def create_app(
     async def start_views() -> None:
         worker.start_views()
 
-    async def batches(stream: faust.StreamT[Any], decide: Decide) -> AsyncIterator[list[str]]:
+    async def batches(
+        stream: faust.StreamT[Any], decide: Decide, states: PartitionStates[Any]
+    ) -> AsyncIterator[list[str]]:
         await worker.views_ready()
         async with Acks.running(stream) as acks:
             async for batch in cast(Any, stream).noack_take(BATCH, within=BATCH_WITHIN_S):
                 messages: list[Message] = []
                 written = await decide(batch, messages)
                 await acks.add(batch, worker.after_the_log(messages))
+                await worker.snapshot_due(states)
                 yield written
 
     @app.agent(order_inputs, name="orders")
     async def run_orders(stream: faust.StreamT[Any]) -> AsyncIterator[list[str]]:
         """The order process (streams.orders): one writer per order; yields what it wrote."""
-        async for written in batches(stream, worker.order_batch):
+        async for written in batches(stream, worker.order_batch, worker.order_states):
             yield written
 
     @app.agent(stock_commands, name="inventory")
     async def run_inventory(stream: faust.StreamT[Any]) -> AsyncIterator[list[str]]:
         """The stock ledger (streams.inventory): one writer per sku@location."""
-        async for written in batches(stream, worker.stock_batch):
+        async for written in batches(stream, worker.stock_batch, worker.stock_states):
             yield written
 
     @app.timer(interval=FREEZE_EVERY_S)

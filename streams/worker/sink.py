@@ -61,6 +61,11 @@ class _Batch:
                 sink._errors.append(error)
                 self.errors.append(error)
                 sink._failed = sink._failed or error
+            else:
+                where = (msg.topic() or "", msg.partition() or 0)
+                if where in sink._written:
+                    sink._acked[where] = sink._acked.get(where, 0) + 1
+                    sink._ends[where] = max(sink._ends.get(where, 0), (msg.offset() or 0) + 1)
             self.answered += 1
             if self.closed and self.answered == self.produced:
                 sink._settle()
@@ -78,6 +83,11 @@ class Sink:
         self._open = _Batch(self)
         self._closed: deque[_Batch] = deque()  # checkpoints not yet confirmed, oldest first
         self._failed: str | None = None  # once an output failed, no later checkpoint passes
+        # Per partition written to by number (the agents' logs): outputs produced, outputs
+        # acknowledged, and the offset after the last acknowledged (`log_end`).
+        self._written: dict[tuple[str, int], int] = {}
+        self._acked: dict[tuple[str, int], int] = {}
+        self._ends: dict[tuple[str, int], int] = {}
         # Delivery reports are served here, as they come, not only when someone flushes.
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="oms-sink", daemon=True)
@@ -87,6 +97,9 @@ class Sink:
         self, topic: str, *, key: bytes, value: bytes, partition: int | None = None
     ) -> None:
         batch = self._open
+        if partition is not None:  # counted before its report can come; by this thread alone
+            where = (topic, partition)
+            self._written[where] = self._written.get(where, 0) + 1
         while True:
             try:
                 self._producer.produce(
@@ -126,6 +139,15 @@ class Sink:
                 batch = self._closed.popleft()
                 assert batch.loop is not None and batch.future is not None
                 batch.loop.call_soon_threadsafe(_complete, batch.future, self._failed)
+
+    def log_end(self, topic: str, partition: int) -> int | None:
+        """The offset after this sink's last output to `topic`/`partition` (0: none yet), or
+        None while one of them is still on its way (the end is not known yet)."""
+        where = (topic, partition)
+        with self._lock:
+            if self._written.get(where, 0) != self._acked.get(where, 0):
+                return None
+            return self._ends.get(where, 0)
 
     def _poll(self) -> None:
         while not self._stop.is_set():

@@ -6,7 +6,11 @@ partition is rebuilt and deleted when it is forgotten — so nothing depends on 
 processes or hosts: a worker that takes the partition over rebuilds from the log, as always.
 It is written without a journal or fsync (a crash loses nothing the log does not hold).
 
-States are pickled: they are this version's own objects, read back by the same process.
+States are pickled (they are this version's own objects, read back by the same process) by
+a `Sealer` when given one: every event in a state, the order's receipt first, is then stored
+as its sealed Avro encoding, so the file holds no personal data in clear — and a snapshot
+(streams/worker/snapshots.py) copies the rows as they are, and a restore puts them back so,
+without decoding a single order.
 """
 
 from __future__ import annotations
@@ -14,14 +18,20 @@ from __future__ import annotations
 import pickle
 import sqlite3
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from streams.orders import OrderState
 
+if TYPE_CHECKING:
+    from streams.worker.snapshots import Sealer
+
 
 class SpillFile:
-    def __init__(self, directory: Path, partition: int) -> None:
+    def __init__(self, directory: Path, partition: int, *, sealer: Sealer | None = None) -> None:
+        self._dumps = sealer.dumps if sealer else _dumps
+        self._loads = sealer.loads if sealer else pickle.loads
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / f"orders-p{partition}-{uuid.uuid4().hex[:12]}.sqlite"
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -37,12 +47,19 @@ class SpillFile:
             return None  # nothing spilled yet: every new order asks, and the answer is known
         query = "SELECT state FROM orders WHERE order_id = ?"
         row = self._db.execute(query, (order_id,)).fetchone()
-        return None if row is None else pickle.loads(row[0])  # noqa: S301 - our own bytes
+        return None if row is None else self._loads(row[0])  # our own bytes
 
     def put(self, states: Mapping[str, OrderState]) -> None:
-        if not states:
+        self.put_rows([(oid, self._dumps(s)) for oid, s in states.items()])
+
+    def rows(self) -> list[tuple[str, bytes]]:
+        """Every row as stored (an order read back since and changed in memory included)."""
+        return self._db.execute("SELECT order_id, state FROM orders").fetchall()
+
+    def put_rows(self, rows: Iterable[tuple[str, bytes]]) -> None:
+        rows = list(rows)
+        if not rows:
             return
-        rows = [(oid, pickle.dumps(s, pickle.HIGHEST_PROTOCOL)) for oid, s in states.items()]
         self._db.execute("BEGIN")
         self._db.executemany("INSERT OR REPLACE INTO orders VALUES (?, ?)", rows)
         self._db.execute("COMMIT")
@@ -51,3 +68,7 @@ class SpillFile:
     def close(self) -> None:
         self._db.close()
         self.path.unlink(missing_ok=True)
+
+
+def _dumps(state: OrderState) -> bytes:
+    return pickle.dumps(state, pickle.HIGHEST_PROTOCOL)

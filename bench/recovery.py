@@ -1,0 +1,174 @@
+"""Restart time after a day of orders: how long a worker takes to have every partition's agent
+state back, from the whole log and from snapshots plus their tails; and, beside it, how long
+the shared views (not snapshotted) take to read the same topics.
+
+The history is finished orders (4 order-log events each, and a reservation per fifth order on
+the ledger: `bench.projection.produce_history`) on scratch topics of the default partition
+count; then every partition is snapshotted as the worker does it (cut, sealed, written),
+`tail` more orders arrive, and the states are rebuilt the two ways, in the worker's own code
+(`PartitionStates.of`), one partition after another as a worker taking them all over would.
+
+Target (issue 17): restart time after 1,000,000 orders <= 10 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+from bench.kafka_tools import scratch_topics
+from bench.projection import produce_history
+from infra.keystore import private_codec
+from infra.replay import read_partition
+from infra.settings import Settings
+from streams.partitions import LedgerPartition, OrderPartition
+from streams.reference import load_catalogue
+from streams.worker.app import PartitionStates
+from streams.worker.snapshots import LedgerSnapshots, OrderSnapshots, Sealer, SnapshotStore
+from streams.worker.spill import SpillFile
+from streams.worker.views import SharedViews
+
+RESTART_TARGET_S = 10.0
+
+
+async def _settled() -> None:
+    return None
+
+
+def _states(
+    settings: Settings, codec: Any, topic: str, new: Any, snapshots: Any
+) -> PartitionStates[Any]:
+    bootstrap = settings.kafka_bootstrap
+    return PartitionStates(
+        topic=topic,
+        replay=lambda t, p: read_partition(bootstrap, t, p, codec=codec),
+        new=new,
+        settle=_settled,
+        snapshots=snapshots,
+        tail=lambda t, p, start, ends: read_partition(
+            bootstrap, t, p, codec=codec, start=start, ends=ends
+        ),
+    )
+
+
+def _rebuild_all(states: list[PartitionStates[Any]], partitions: int) -> float:
+    began = time.perf_counter()
+
+    async def every() -> None:
+        for agent in states:
+            for partition in range(partitions):
+                await agent.of(partition)
+
+    asyncio.run(every())
+    return time.perf_counter() - began
+
+
+def _views_ready(settings: Settings, codec: Any) -> float:
+    views = SharedViews(catalogue=load_catalogue(settings.catalogue_file), codec=codec)
+    began = time.perf_counter()
+    topics = settings.topics
+    views.start(
+        bootstrap=settings.kafka_bootstrap,
+        topics=[topics.catalogue, topics.inventory, topics.orders],
+    )
+    views.ready.wait(timeout=3600)
+    took = time.perf_counter() - began
+    views.stop()
+    return took
+
+
+def run(settings: Settings, *, orders: int, tail: int) -> dict[str, Any]:
+    partitions = settings.kafka_partitions
+    with (
+        scratch_topics(settings, "bench-recovery") as scratch,
+        TemporaryDirectory(prefix="oms-recovery-") as spill,
+    ):
+        began = time.perf_counter()
+        events = produce_history(scratch, events=orders * 4)
+        produced_s = time.perf_counter() - began
+        codec = private_codec(scratch)
+        store = SnapshotStore(scratch)
+        sealer = Sealer(codec)
+        order_snaps, ledger_snaps = OrderSnapshots(store, codec), LedgerSnapshots(store, codec)
+
+        def new_orders(partition: int) -> OrderPartition:
+            return OrderPartition(
+                spilled=SpillFile(Path(spill), partition, sealer=sealer),
+                max_in_memory=scratch.orders_in_memory,
+            )
+
+        def agents(snapshots: bool) -> list[PartitionStates[Any]]:
+            topics = scratch.topics
+            return [
+                _states(
+                    scratch, codec, topics.orders, new_orders, order_snaps if snapshots else None
+                ),
+                _states(
+                    scratch,
+                    codec,
+                    topics.inventory,
+                    lambda _: LedgerPartition(),
+                    ledger_snaps if snapshots else None,
+                ),
+            ]
+
+        # A day's log, rebuilt from its start: what every restart cost before snapshots.
+        full = agents(snapshots=False)
+        full_s = _rebuild_all(full, partitions)
+        # The worker's snapshot of every partition, at the log's end.
+        began = time.perf_counter()
+        written = 0
+        for agent, snaps in zip(full, (order_snaps, ledger_snaps), strict=True):
+            for partition, state in agent.states.items():
+                offset = _end(scratch, agent.topic, partition, codec)
+                written += snaps.write(partition, offset, snaps.capture(state)())
+        snapshot_s = time.perf_counter() - began
+        tail_events = produce_history(scratch, events=tail * 4) if tail else 0
+        restored = agents(snapshots=True)
+        restart_s = _rebuild_all(restored, partitions)
+        replayed = sum(sum(agent.unsnapped.values()) for agent in restored)
+        views_s = _views_ready(scratch, codec)
+        for agent in (*full, *restored):
+            agent.forget(list(agent.states))
+    return {
+        "orders": orders,
+        "events": events,
+        "partitions": partitions,
+        "produce_s": round(produced_s, 1),
+        "full_replay_s": round(full_s, 2),
+        "snapshot_write_s": round(snapshot_s, 2),
+        "snapshot_mib": round(written / 2**20, 1),
+        "tail_orders": tail,
+        "tail_events": tail_events,
+        "replayed_events": replayed,
+        "restart_s": round(restart_s, 2),
+        "views_s": round(views_s, 2),
+        "target_s": RESTART_TARGET_S,
+    }
+
+
+def _end(settings: Settings, topic: str, partition: int, codec: Any) -> int:
+    ends: dict[tuple[str, int], int] = {}
+    for _ in read_partition(
+        settings.kafka_bootstrap, topic, partition, codec=codec, start=1 << 62, ends=ends
+    ):
+        pass
+    return ends[(topic, partition)]
+
+
+def report(figures: dict[str, Any]) -> list[str]:
+    met = figures["restart_s"] <= figures["target_s"]
+    return [
+        f"history: {figures['orders']:,} orders, {figures['events']:,} events on "
+        f"{figures['partitions']} partitions (produced in {figures['produce_s']} s)",
+        f"rebuild from the whole log: {figures['full_replay_s']} s",
+        f"snapshots of every partition: {figures['snapshot_mib']} MiB written in "
+        f"{figures['snapshot_write_s']} s",
+        f"restart from snapshots + a tail of {figures['tail_orders']:,} orders "
+        f"({figures['replayed_events']:,} events replayed): {figures['restart_s']} s "
+        f"(target <= {figures['target_s']:g} s: {'met' if met else 'NOT met'})",
+        f"shared views read from the topics' start (not snapshotted): {figures['views_s']} s",
+    ]

@@ -1,0 +1,387 @@
+"""Snapshots of the agents' partition states (and of the shared views), so a restart or a
+rebalance replays only the tail of a log instead of all of it.
+
+A snapshot is what a partition's state was once the log held exactly `offset` events, read
+from Kafka (`oms.snapshots.v1`, compacted; partition p of it holds the snapshots of partition
+p): loading it and folding the log from `offset` on gives the state a full replay gives
+(tests/streams/worker/test_snapshots.py holds the two to each other on the real broker).
+
+On the topic a snapshot is chunks then a manifest:
+- chunk `NAME/P/ID/N`: a slice of the payload (Kafka takes at most `CHUNK` bytes a message);
+- manifest `NAME/P`: JSON — id, chunks, offset, the code fingerprint, the nonce.
+The payload is the state pickled with every event in it (an order's receipt, a pending
+revision) replaced by its sealed Avro encoding (`PrivateCodec`): personal data stays under
+its customer's data key, so forgetting a customer reaches snapshots as it reaches the logs.
+The whole payload is then encrypted with AES-GCM under a key derived from the master key,
+the manifest's fields as associated data: a payload nobody holding the master key wrote, or a
+manifest moved onto another partition or offset, fails to open and is not unpickled.
+A manifest whose fingerprint (`FINGERPRINT`, a hash of the code whose objects are pickled)
+differs from this version's is ignored: after an upgrade the first rebuild is a full replay.
+Anything missing or damaged is logged and the partition is rebuilt from the whole log — a
+snapshot only ever saves time.
+
+The writer tombstones the previous snapshot's chunks once the new manifest is confirmed, so
+compaction keeps the topic at about one snapshot per partition and agent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import pickle
+import secrets
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from events import models
+from events.codec import AvroCodec
+from events.models import Event
+from infra.kafka import consumer_config, producer_config
+from infra.keystore import MasterKey
+from infra.settings import Settings
+from streams import catalogue, customers, eta, inventory, orders, partitions
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+CHUNK = 900_000  # bytes of payload per message, under Kafka's 1 MB default
+TOPIC_CONFIG = {
+    "cleanup.policy": "compact",
+    "retention.ms": "-1",
+    # A superseded chunk's tombstone is kept a day for readers mid-scan, then goes.
+    "delete.retention.ms": str(24 * 3600 * 1000),
+    "min.cleanable.dirty.ratio": "0.1",
+}
+
+
+def _fingerprint(modules: Iterable[ModuleType]) -> str:
+    digest = hashlib.sha256(f"format {FORMAT}".encode())
+    for module in modules:
+        digest.update(Path(module.__file__ or "").read_bytes())
+    return digest.hexdigest()[:32]
+
+
+# The code whose objects a snapshot pickles: any change to it, and snapshots start over.
+FINGERPRINT = _fingerprint([models, orders, inventory, partitions, customers, catalogue, eta])
+
+
+class _Pickler(pickle.Pickler):
+    def __init__(self, file: io.BytesIO, codec: AvroCodec) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self._codec = codec
+
+    def persistent_id(self, obj: Any) -> Any:
+        if isinstance(obj, Event):
+            return self._codec.encode(obj)
+        return None
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, file: io.BytesIO, codec: AvroCodec) -> None:
+        super().__init__(file)
+        self._codec = codec
+
+    def persistent_load(self, pid: Any) -> Any:
+        return self._codec.decode(pid)
+
+
+class Sealer:
+    """Pickles with every event sealed by the codec (personal data under its data key)."""
+
+    def __init__(self, codec: AvroCodec) -> None:
+        self.codec = codec
+
+    def dumps(self, value: object) -> bytes:
+        buffer = io.BytesIO()
+        _Pickler(buffer, self.codec).dump(value)
+        return buffer.getvalue()
+
+    def loads(self, blob: bytes) -> Any:
+        return _Unpickler(io.BytesIO(blob), self.codec).load()
+
+
+@dataclass(frozen=True)
+class Found:
+    """A snapshot read back: the state (still sealed: `Sealer.loads` opens it) and the log
+    offset it covers (the log's events before it are in the state, none after)."""
+
+    offset: int
+    payload: bytes
+    snapshot_id: str
+
+
+class SnapshotStore:
+    """Reads and writes snapshots on the snapshot topic. Blocking: call from a thread."""
+
+    def __init__(self, settings: Settings, *, master: MasterKey | None = None) -> None:
+        self.topic = settings.topics.snapshots
+        self.bootstrap = settings.kafka_bootstrap
+        secret = (master or MasterKey.from_settings(settings)).secret
+        self._aead = AESGCM(
+            HKDF(hashes.SHA256(), 32, salt=None, info=b"orderstream snapshots").derive(secret)
+        )
+        self._producer: Any = None
+        # What a scan found for other names (the other agent's snapshot of the partition is
+        # on the same partition): kept for one use.
+        self._stash: dict[tuple[str, int], tuple[float, Found | None]] = {}
+        # Chunk keys to tombstone once a newer snapshot of the same name and partition is in.
+        self._superseded: dict[tuple[str, int], set[bytes]] = {}
+
+    # ------------------------------------------------------------ writing
+
+    def write(self, name: str, partition: int, offset: int, payload: bytes) -> int:
+        """Write a snapshot (the payload already sealed and pickled); bytes written."""
+        from confluent_kafka import Producer
+
+        if self._producer is None:
+            self._producer = Producer(producer_config(self.bootstrap, **{"linger.ms": 5}))
+        snapshot_id = uuid.uuid4().hex[:16]
+        nonce = secrets.token_bytes(12)
+        manifest = {
+            "format": FORMAT,
+            "fingerprint": FINGERPRINT,
+            "id": snapshot_id,
+            "name": name,
+            "partition": partition,
+            "offset": offset,
+            "nonce": nonce.hex(),
+            "written_at": time.time(),
+        }
+        sealed = self._aead.encrypt(nonce, payload, _associated(manifest))
+        chunks = [sealed[i : i + CHUNK] for i in range(0, len(sealed), CHUNK)] or [b""]
+        manifest["chunks"] = len(chunks)
+        errors: list[str] = []
+
+        def delivered(err: Any, _msg: Any) -> None:
+            if err is not None:
+                errors.append(str(err))
+
+        keys = [f"{name}/{partition}/{snapshot_id}/{n:06d}".encode() for n in range(len(chunks))]
+        for key, chunk in zip(keys, chunks, strict=True):
+            self._send(key, chunk, partition, delivered)
+        self._send(
+            f"{name}/{partition}".encode(), json.dumps(manifest).encode(), partition, delivered
+        )
+        self._flush(errors)
+        old = self._superseded.pop((name, partition), set())
+        for key in old:
+            self._send(key, None, partition, delivered)
+        self._flush(errors)
+        self._superseded[(name, partition)] = set(keys)
+        return len(sealed)
+
+    def _send(self, key: bytes, value: bytes | None, partition: int, delivered: Any) -> None:
+        while True:
+            try:
+                self._producer.produce(self.topic, value, key, partition, on_delivery=delivered)
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+
+    def _flush(self, errors: list[str]) -> None:
+        while self._producer.flush(30):
+            log.warning("a snapshot still waits for Kafka")
+        if errors:
+            raise RuntimeError(f"snapshot not written: {errors[:3]}")
+
+    # ------------------------------------------------------------ reading
+
+    def read(self, name: str, partition: int) -> Found | None:
+        """The newest usable snapshot of `name` for `partition`, or None (rebuild from the
+        start of the log)."""
+        stashed = self._stash.pop((name, partition), None)
+        if stashed is not None and time.monotonic() - stashed[0] < 60:
+            return stashed[1]
+        found = self._scan(partition)
+        now = time.monotonic()
+        for (other, p), value in found.items():
+            if other != name:
+                self._stash[(other, p)] = (now, value)
+        return found.get((name, partition))
+
+    def _scan(self, partition: int) -> dict[tuple[str, int], Found | None]:
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        consumer = Consumer(
+            consumer_config(
+                self.bootstrap,
+                group_id=f"snapshots-{uuid.uuid4().hex}",
+                **{"fetch.max.bytes": 52428800, "queued.max.messages.kbytes": 262144},
+            )
+        )
+        manifests: dict[str, dict[str, Any]] = {}
+        chunks: dict[bytes, bytes] = {}
+        try:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(self.topic, partition), timeout=30
+            )
+            if high > low:
+                consumer.assign([TopicPartition(self.topic, partition, OFFSET_BEGINNING)])
+                done = False
+                while not done:
+                    for message in consumer.consume(num_messages=1000, timeout=1.0):
+                        if message.error() is not None:
+                            continue
+                        key, value = message.key() or b"", message.value()
+                        if key.count(b"/") == 1:  # a manifest (never tombstoned)
+                            if value:
+                                manifests[key.decode(errors="replace")] = json.loads(value)
+                        elif value is None:
+                            chunks.pop(key, None)
+                        else:
+                            chunks[key] = value
+                        if (message.offset() or 0) >= high - 1:
+                            done = True
+        finally:
+            consumer.close()
+        found: dict[tuple[str, int], Found | None] = {}
+        for manifest_key, manifest in manifests.items():
+            name = manifest_key.split("/", 1)[0]
+            wanted = self._open(manifest, chunks, partition)
+            found[(name, partition)] = wanted
+            prefix = f"{name}/{partition}/".encode()
+            current = f"{name}/{partition}/{manifest.get('id')}/".encode()
+            self._superseded[(name, partition)] = {
+                k for k in chunks if k.startswith(prefix) and not k.startswith(current)
+            } | (set() if wanted is not None else {k for k in chunks if k.startswith(current)})
+        return found
+
+    def _open(
+        self, manifest: dict[str, Any], chunks: dict[bytes, bytes], partition: int
+    ) -> Found | None:
+        where = f"{self.topic}[{partition}] {manifest.get('name')}"
+        if manifest.get("format") != FORMAT or manifest.get("fingerprint") != FINGERPRINT:
+            log.info("%s: snapshot of another version; rebuilding from the log", where)
+            return None
+        if manifest.get("partition") != partition:
+            log.warning(
+                "%s: snapshot names partition %s; ignored", where, manifest.get("partition")
+            )
+            return None
+        parts = []
+        for n in range(int(manifest["chunks"])):
+            chunk = chunks.get(f"{manifest['name']}/{partition}/{manifest['id']}/{n:06d}".encode())
+            if chunk is None:
+                log.warning("%s: snapshot %s lacks chunk %d; ignored", where, manifest["id"], n)
+                return None
+            parts.append(chunk)
+        try:
+            payload = self._aead.decrypt(
+                bytes.fromhex(manifest["nonce"]), b"".join(parts), _associated(manifest)
+            )
+        except Exception:  # noqa: BLE001 - InvalidTag, or a nonce that is not hex
+            log.warning(
+                "%s: snapshot %s does not open (damaged, or another key); ignored",
+                where,
+                manifest["id"],
+            )
+            return None
+        return Found(offset=int(manifest["offset"]), payload=payload, snapshot_id=manifest["id"])
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(30)
+
+
+def _associated(manifest: dict[str, Any]) -> bytes:
+    """What the payload is bound to: a manifest edited or moved no longer opens it."""
+    fields = ("format", "fingerprint", "id", "name", "partition", "offset")
+    return json.dumps([manifest[f] for f in fields]).encode()
+
+
+class PartitionSnapshots:
+    """One agent's snapshots: what to cut from a partition's state and how to put it back.
+    `capture` runs on the event loop (copies, no encoding); the function it returns seals
+    and pickles in a thread."""
+
+    name = ""
+
+    def __init__(self, store: SnapshotStore, codec: AvroCodec) -> None:
+        self.store = store
+        self.sealer = Sealer(codec)
+
+    def load(self, state: Any, partition: int) -> int:
+        """Restore the newest snapshot of `partition` into `state` (new and empty); the
+        offset the replay starts from (0: no snapshot, or one that did not restore)."""
+        found = self.store.read(self.name, partition)
+        if found is None:
+            return 0
+        try:
+            self.restore(state, self.sealer.loads(found.payload))
+        except Exception:  # noqa: BLE001 - a snapshot only ever saves time
+            log.exception(
+                "%s[%d]: snapshot %s does not restore", self.name, partition, found.snapshot_id
+            )
+            return -1
+        return found.offset
+
+    def write(self, partition: int, offset: int, payload: bytes) -> int:
+        return self.store.write(self.name, partition, offset, payload)
+
+    def size(self, state: Any) -> int:
+        raise NotImplementedError
+
+    def capture(self, state: Any) -> Any:
+        raise NotImplementedError
+
+    def restore(self, state: Any, data: Any) -> None:
+        raise NotImplementedError
+
+
+class OrderSnapshots(PartitionSnapshots):
+    name = "orders"
+
+    def size(self, state: partitions.OrderPartition) -> int:
+        return len(state.orders) + getattr(state.spilled, "count", 0)
+
+    def capture(self, state: partitions.OrderPartition) -> Any:
+        cut = state.cut()
+        spilled = state.spilled
+        rows = spilled.rows() if hasattr(spilled, "rows") else None
+        if rows is None:  # kept in memory (tests): sealed with the cut
+            kept = dict(spilled.items()) if hasattr(spilled, "items") else {}
+        sealer = self.sealer
+
+        def seal() -> bytes:
+            in_memory = cut.hot.keys() | cut.cold.keys()
+            cold = [(i, sealer.dumps(s)) for i, s in cut.cold.items()]
+            if rows is not None:
+                cold += [(i, blob) for i, blob in rows if i not in in_memory]
+            else:
+                cold += [(i, sealer.dumps(s)) for i, s in kept.items() if i not in in_memory]
+            return sealer.dumps({"hot": cut.hot, "cold": cold, "watched": cut.watched})
+
+        return seal
+
+    def restore(self, state: partitions.OrderPartition, data: Any) -> None:
+        spilled = state.spilled
+        if hasattr(spilled, "put_rows"):
+            spilled.put_rows(data["cold"])
+        else:
+            spilled.put({i: self.sealer.loads(blob) for i, blob in data["cold"]})
+        state.restore(data["hot"], data["watched"])
+
+
+class LedgerSnapshots(PartitionSnapshots):
+    name = "inventory"
+
+    def size(self, state: partitions.LedgerPartition) -> int:
+        return len(state.levels)
+
+    def capture(self, state: partitions.LedgerPartition) -> Any:
+        levels, recent = state.cut()
+        return lambda: self.sealer.dumps({"levels": levels, "recent": recent})
+
+    def restore(self, state: partitions.LedgerPartition, data: Any) -> None:
+        state.restore(data["levels"], data["recent"])

@@ -1,0 +1,224 @@
+"""Snapshots on the real broker: a worker that writes them, is killed with SIGKILL and
+restarts from them replays only the tail, and loses nothing; and a state restored from a
+snapshot plus its tail equals the state a full replay gives, partition by partition."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+from events.models import Event
+from infra.keystore import MasterKey, MemoryKeys, private_codec
+from infra.publisher import Publisher
+from infra.replay import read_partition
+from infra.settings import Settings
+from streams.partitions import KeptInMemory, LedgerPartition, OrderPartition
+from streams.worker.app import PartitionStates
+from streams.worker.snapshots import (
+    LedgerSnapshots,
+    OrderSnapshots,
+    Sealer,
+    SnapshotStore,
+)
+from tests.streams.test_invariants import (
+    check_ledger,
+    check_orders,
+    dish_order,
+    log_size,
+    receive_stock,
+    ship_order,
+    start_worker,
+    stop,
+    wait_until_settled,
+)
+from tests.streams.test_invariants import scarce as scarce  # noqa: F401 - the fixture
+
+pytestmark = [pytest.mark.integration, pytest.mark.fault]
+
+
+def partitions_of(settings: Settings, topic: str) -> list[int]:
+    probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "probe"})
+    try:
+        return sorted(probe.list_topics(topic, timeout=10).topics[topic].partitions)
+    finally:
+        probe.close()
+
+
+def rebuilt(
+    settings: Settings, topic: str, partition: int, *, snapshots: Any, new: Any
+) -> tuple[Any, int]:
+    """A partition's state rebuilt as the worker does (from a snapshot and its tail when
+    `snapshots` is given), and the offset the replay started from."""
+    codec = snapshots.sealer.codec if snapshots else private_codec(settings)
+    states = PartitionStates(
+        topic=topic,
+        replay=lambda t, p: read_partition(settings.kafka_bootstrap, t, p, codec=codec),
+        new=new,
+        settle=_nothing,
+        snapshots=snapshots,
+        tail=lambda t, p, start, ends: read_partition(
+            settings.kafka_bootstrap, t, p, codec=codec, start=start, ends=ends
+        ),
+    )
+    state = asyncio.run(states.of(partition))
+    replayed = states.unsnapped[partition]
+    return state, replayed
+
+
+async def _nothing() -> None:
+    return None
+
+
+def orders_of(state: OrderPartition, ids: set[str]) -> dict[str, Any]:
+    return {order_id: state.state_of(order_id) for order_id in sorted(ids)}
+
+
+def test_a_worker_killed_restarts_from_its_snapshots_and_ends_as_a_full_replay_would(
+    scarce: Settings,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    settings = scarce.model_copy(update={"snapshot_every": 300})
+    orders = 2000
+    log = tmp_path / "worker.log"
+    worker = start_worker(settings, log)
+    try:
+        receive_stock(settings, {"WH-A": 400, "WH-B": 400, "WH-C": 200})  # 1,000 wanted
+        publisher = Publisher(settings)
+
+        def publish() -> None:
+            for n in range(orders):
+                publisher.intake(ship_order(n, run="snap") if n % 2 else dish_order(n, run="snap"))
+            publisher.flush()
+
+        sending = threading.Thread(target=publish)
+        sending.start()
+        expected = 4 * orders + orders // 2
+        deadline = time.monotonic() + 180
+        while log_size(settings) < expected // 2:
+            assert time.monotonic() < deadline, "the worker made no progress"
+            assert worker.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.05)
+        assert "snapshot of" in log.read_text(), "no snapshot was written before the kill"
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+        assert log_size(settings) < expected, "the worker finished before it could be killed"
+        sending.join()
+        before = log.stat().st_size
+        worker = start_worker(settings, log)
+        by_order = wait_until_settled(settings, orders, timeout_s=300, worker=worker, log=log)
+    finally:
+        stop(worker)
+    restarted = log.read_text()[before:]
+    assert "from a snapshot at offset" in restarted, restarted[-3000:]
+
+    # Nothing lost, nothing twice, nothing oversold: as without snapshots.
+    assert len(by_order) == orders
+    check_orders(by_order)
+    levels = check_ledger(settings)
+    assert sum(level.reserved for level in levels.values()) == orders // 2
+    assert Counter(events[-1].event_type for events in by_order.values()) == {
+        "OrderPrioritised": orders
+    }
+
+    # Each partition: its snapshot and the tail give exactly what the whole log gives.
+    codec = private_codec(settings)
+    store = SnapshotStore(settings)
+    ids = set(by_order)
+    restored_from_snapshot = 0
+    for partition in partitions_of(settings, settings.topics.orders):
+        full, _ = rebuilt(
+            settings,
+            settings.topics.orders,
+            partition,
+            snapshots=None,
+            new=lambda _: OrderPartition(spilled=KeptInMemory()),
+        )
+        snap, replayed = rebuilt(
+            settings,
+            settings.topics.orders,
+            partition,
+            snapshots=OrderSnapshots(store, codec),
+            new=lambda _: OrderPartition(spilled=KeptInMemory()),
+        )
+        mine = {i for i in ids if full.state_of(i) is not None}
+        assert mine, f"partition {partition} holds no order"
+        assert orders_of(snap, ids) == orders_of(full, ids)
+        restored_from_snapshot += replayed < sum(1 for _ in _log(settings, partition))
+    assert restored_from_snapshot, "no partition was rebuilt from a snapshot"
+    for partition in partitions_of(settings, settings.topics.inventory):
+        full_ledger, _ = rebuilt(
+            settings,
+            settings.topics.inventory,
+            partition,
+            snapshots=None,
+            new=lambda _: LedgerPartition(),
+        )
+        snap_ledger, _ = rebuilt(
+            settings,
+            settings.topics.inventory,
+            partition,
+            snapshots=LedgerSnapshots(store, codec),
+            new=lambda _: LedgerPartition(),
+        )
+        assert snap_ledger.levels == full_ledger.levels
+        assert snap_ledger.cut()[1] == full_ledger.cut()[1]
+
+
+def _log(settings: Settings, partition: int) -> list[Event]:
+    codec = private_codec(settings)
+    return list(
+        read_partition(settings.kafka_bootstrap, settings.topics.orders, partition, codec=codec)
+    )
+
+
+def test_a_snapshot_sealed_under_another_master_key_or_damaged_is_not_used(
+    isolated_settings: Settings,
+) -> None:
+    settings = isolated_settings
+    codec = private_codec(settings, MemoryKeys())
+    store = SnapshotStore(settings)
+    payload = Sealer(codec).dumps({"levels": {}, "recent": []})
+    store.write("inventory", 0, 7, payload)
+    found = SnapshotStore(settings).read("inventory", 0)
+    assert found is not None and found.offset == 7 and found.payload == payload
+
+    stranger = SnapshotStore(settings, master=MasterKey(b"\x01" * 32))
+    assert stranger.read("inventory", 0) is None  # does not open: ignored, full replay
+    store.write("inventory", 0, 9, payload)
+    newest = store.read("inventory", 0)
+    assert newest is not None and newest.offset == 9
+    # A newer manifest whose chunk is gone: ignored too (never a partial state).
+    manifest = {**_manifest(settings), "id": "0123456789abcdef", "offset": 11, "chunks": 2}
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    producer.produce(settings.topics.snapshots, json.dumps(manifest).encode(), b"inventory/0", 0)
+    producer.flush(10)
+    assert store.read("inventory", 0) is None
+
+
+def _manifest(settings: Settings) -> dict[str, Any]:
+    """The newest inventory manifest of partition 0 as it is on the topic."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": "probe",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.assign([TopicPartition(settings.topics.snapshots, 0, OFFSET_BEGINNING)])
+    found: dict[str, Any] = {}
+    for message in consumer.consume(num_messages=100, timeout=5):
+        if message.error() is None and message.key() == b"inventory/0":
+            found = json.loads(message.value())
+    consumer.close()
+    assert found, "no manifest on the topic"
+    return found
