@@ -24,6 +24,7 @@ from oms.cli import (
     shipping,
     stack,
     subscriptions,
+    topics,
 )
 
 
@@ -34,6 +35,7 @@ def main() -> None:
 
 for command in (
     stack.stack,
+    topics.topics,
     demo.demo,
     intake.connect,
     intake.simulate,
