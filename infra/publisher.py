@@ -21,6 +21,7 @@ from events.codec import AvroCodec
 from events.models import DeadLetter, Event, OrderModified, OrderReceived
 from infra.kafka import producer_config
 from infra.keystore import KeyStoreError, private_codec
+from infra.metrics import DEAD_LETTERS, PRODUCED
 from infra.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class Publisher:
         topic = msg.topic() or ""
         if err is None:
             self.count.acknowledged[topic] += 1
+            PRODUCED.labels(topic).inc()
         else:
             self.count.failed[topic] += 1
             self.count.errors.append(str(err))
@@ -109,8 +111,14 @@ class Publisher:
         self.publish(self.settings.topics.intake, event, then=then)
 
     def dead_letter(self, letter: DeadLetter, *, then: Delivered | None = None) -> None:
+        def counted(err: KafkaError | None) -> None:
+            if err is None:
+                DEAD_LETTERS.labels(letter.source).inc()
+            if then is not None:
+                then(err)
+
         self.produce(
-            self.settings.topics.dlq, letter.source_ref, self.codec.encode(letter), then=then
+            self.settings.topics.dlq, letter.source_ref, self.codec.encode(letter), then=counted
         )
 
     def poll(self, timeout_s: float) -> None:

@@ -45,6 +45,7 @@ from events.codec import AvroCodec, CodecError
 from events.models import DeadLetter, Event, utc_now
 from events.platform_calls import OutboxRecord, OutboxStatus, PlatformCall, record
 from infra.kafka import consumer_config, producer_config
+from infra.metrics import OUTBOX_BACKLOG, Health
 from infra.poison import describe
 from infra.publisher import Publisher
 from infra.settings import Settings
@@ -212,21 +213,30 @@ class OutboxSender:
         self.stats = SenderStats()
         self.max_age = timedelta(seconds=settings.outbox_max_age_s)
         self.keep = max(timedelta(seconds=settings.outbox_keep_s), self.max_age)
+        # Ready (/readyz) once the outbox is read and the sender goes through the logs.
+        self.unready: str | None = "reading the outbox"
+        self.health = Health(why_not_ready=lambda: self.unready)
 
     # -- the loop
 
     def run(self, *, until: Callable[[OutboxSender], bool] | None = None) -> SenderStats:
         """Read the outbox, then every input from its beginning, for ever (or `until`)."""
         self.records = read_records(self.settings)
+        for outbox_record in self.records.values():
+            if outbox_record.status is OutboxStatus.INTENT:
+                OUTBOX_BACKLOG.labels(outbox_record.call.platform).inc()
         self.forget_old()
         topics = self.settings.topics
         inputs = [topics.catalogue, topics.inventory, topics.orders]
         chunks = from_the_beginning(self.settings, inputs, group="outbox", label="outbox")
+        self.unready = None
         try:
             while until is None or not until(self):
+                self.health.beat()
                 for raw, where in next(chunks):
                     self.take(raw, where=where)
         finally:
+            self.unready = "stopped"
             chunks.close()
             self.producer.flush(30)
             if self.publisher is not None:
@@ -341,6 +351,11 @@ class OutboxSender:
         why = write_acknowledged(self.producer, topic, outbox_record.key, outbox_record.encode())
         if why is not None:
             raise OutboxUnavailable(f"outbox record not acknowledged: {why}")
+        known = self.records.get(outbox_record.key)
+        was_intent = known is not None and known.status is OutboxStatus.INTENT
+        is_intent = outbox_record.status is OutboxStatus.INTENT
+        if was_intent != is_intent:  # an intent left or settled: the backlog moves
+            OUTBOX_BACKLOG.labels(outbox_record.call.platform).inc(1 if is_intent else -1)
         self.records[outbox_record.key] = outbox_record
 
     def _dead_letter(self, *, source_ref: str, reason: str, raw: bytes) -> None:

@@ -50,8 +50,16 @@ from confluent_kafka import (
 from events.codec import AvroCodec, CodecError, message_ref
 from events.models import DeadLetter
 from events.privacy import DataKeys
+from infra import offsets
 from infra.kafka import client_security
 from infra.keystore import KafkaKeys
+from infra.metrics import (
+    CONSUMED,
+    PROJECTOR_EVENT_DELAY,
+    PROJECTOR_FRESHNESS,
+    ConsumerLag,
+    Health,
+)
 from infra.publisher import Publisher
 from infra.settings import Settings
 from projections.fold import (
@@ -122,6 +130,7 @@ class _Prepared:
     tables: dict[str, Rows]
     letters: list[DeadLetter]
     ledger: dict[Partition, list[int]]
+    written_at: dict[str, list[int]]  # per topic, its messages' Kafka timestamps (ms)
 
 
 def batch_fold(
@@ -136,6 +145,17 @@ def batch_fold(
         stock_topic=stock_topic,
         capacity=STATE_CACHE_SIZE,
     )
+
+
+def next_offsets(store: ClickHouseStore, topics: Sequence[str]) -> dict[Partition, int]:
+    """Per (topic, partition) the projector has written, the next offset it projects: one
+    past what the offset ledger holds (also the dashboard's measure of the projector's lag)."""
+    quoted = ", ".join(sql_string(t) for t in topics)
+    rows = store.query(
+        f"SELECT _topic, _partition, max(_offset) FROM {store.database}.projector_offsets "
+        f"WHERE _topic IN ({quoted}) GROUP BY _topic, _partition"
+    )
+    return {(str(t), int(p)): int(o) + 1 for t, p, o in rows}
 
 
 class _StoredStates:
@@ -220,6 +240,10 @@ class Projector:
         self._pending: Future[BatchStats] | None = None  # the batch being written, if any
         self._probe: Consumer | None = None
         self._projected: set[str] = set()  # the topics assigned by the last (re)start
+        self._assigned: list[Partition] = []
+        # Readiness (/readyz): None once connected to Kafka and ClickHouse and projecting.
+        self.unready: str | None = "not started"
+        self.health = Health(why_not_ready=lambda: self.unready)
         # Set by librdkafka's error callback, read between fetches (projections/reconnect.py).
         self._kafka_down: KafkaError | None = None
         self._kafka_fatal: KafkaError | None = None
@@ -254,12 +278,7 @@ class Projector:
 
     def resume_offsets(self) -> dict[Partition, int]:
         """Next offset per (topic, partition): one past what the offset ledger holds."""
-        topics = ", ".join(sql_string(t) for t in self.topics)
-        rows = self.store.query(
-            f"SELECT _topic, _partition, max(_offset) FROM {self.store.database}.projector_offsets "
-            f"WHERE _topic IN ({topics}) GROUP BY _topic, _partition"
-        )
-        return {(str(t), int(p)): int(o) + 1 for t, p, o in rows}
+        return next_offsets(self.store, self.topics)
 
     def _read_high_water(self, resume: dict[Partition, int]) -> tuple[HighWater, bool]:
         """Per table and partition, the highest source offset it holds beyond the ledger: rows a
@@ -322,6 +341,13 @@ class Projector:
         self._kafka_down = None  # it answered just now
         self._consumer.assign(assignment)
         self._projected = {tp.topic for tp in assignment}
+        self._assigned = [(tp.topic, tp.partition) for tp in assignment]
+        self.unready = None
+
+    def positions(self) -> dict[Partition, int]:
+        """Per partition projected, the next offset to project (0 where nothing is projected
+        yet: the projector starts at the partition's beginning)."""
+        return {where: self._next.get(where, 0) for where in self._assigned}
 
     def lag(self) -> int:
         """Messages on the topics not yet projected (0 = caught up)."""
@@ -332,22 +358,24 @@ class Projector:
                 {"bootstrap.servers": self.settings.kafka_bootstrap, "group.id": "oms-projector"}
                 | client_security(self.settings)
             )
-        behind = 0
-        for tp in self._consumer.assignment():
-            low, high = self._probe.get_watermark_offsets(tp, timeout=10)
-            behind += max(high - max(self._next.get((tp.topic, tp.partition), low), low), 0)
-        return behind
+        return sum(offsets.lag(self._probe, self.positions(), timeout_s=10).values())
+
+    def consumer_lag(self) -> ConsumerLag:
+        """`oms_consumer_lag` of this projector, for its metrics server."""
+        return ConsumerLag(self.settings, group="oms-projector", positions=self.positions)
 
     # ------------------------------------------------------------ one batch
 
-    def read_batch(self) -> DecodedBatch[Any]:
+    def read_batch(self) -> tuple[DecodedBatch[Any], dict[str, list[int]]]:
         """The next batch from Kafka, decoded (on the reading thread, while the previous batch
-        folds)."""
-        return self.fold.decode(self.poll())
+        folds), and its messages' Kafka timestamps per topic (for freshness)."""
+        written_at: dict[str, list[int]] = {topic: [] for topic in self.topics}
+        return self.fold.decode(self.poll(written_at)), written_at
 
-    def poll(self) -> Iterator[list[Message]]:
+    def poll(self, written_at: dict[str, list[int]] | None = None) -> Iterator[list[Message]]:
         """One batch's messages in chunks, as Kafka hands them out: until `batch_size`
-        messages, or `batch_seconds` have passed and the batch before is written."""
+        messages, or `batch_seconds` have passed and the batch before is written. Each
+        message's Kafka timestamp is added to `written_at` under its topic."""
         taken = 0
         deadline = time.monotonic() + self.batch_seconds
         while taken < self.batch_size:
@@ -371,6 +399,9 @@ class Projector:
                     raise KafkaException(error)  # transient or not: projections/reconnect.py
             del messages
             taken += len(kept)
+            if written_at is not None:
+                for message in kept:
+                    written_at.setdefault(message.topic() or "", []).append(message.timestamp()[1])
             if kept:
                 yield self._analyst_view.chunk(kept)
             del kept  # before the next chunk's messages are made
@@ -394,7 +425,7 @@ class Projector:
             raise KafkaUnavailable(f"Kafka at {where}: {down.str()}") from exc
         self._kafka_down = None
 
-    def _prepare(self, batch: DecodedBatch[Any]) -> _Prepared:
+    def _prepare(self, batch: DecodedBatch[Any], written_at: dict[str, list[int]]) -> _Prepared:
         """Fold a decoded batch, in memory: the fold states move on, nothing is written or sent
         (but a fold state the fold lacks is read from ClickHouse, after the batch being
         written, if any, is in)."""
@@ -408,7 +439,7 @@ class Projector:
         )
         letters, dead_letters = self._dead_letters(batch.rejected + folded.rejected, stats)
         tables = {**folded.tables, "dead_letters": ValueRows(DEAD_LETTERS_COLUMNS, dead_letters)}
-        return _Prepared(stats, tables, letters, batch.ledger)
+        return _Prepared(stats, tables, letters, batch.ledger, written_at)
 
     def _housekeeping(self) -> None:
         """Between batches: erase customers forgotten since the last batch (and again at the
@@ -485,6 +516,7 @@ class Projector:
         for (topic, partition), (last, _) in ledger.items():
             self._next[(topic, partition)] = last + 1
         self._high_water = self._high_water.passed(ledger)
+        _measure(ledger, prepared.written_at)
         return stats
 
     def _inserter(self, table: str, rows: Rows, stats: BatchStats) -> Callable[[], None]:
@@ -507,6 +539,7 @@ class Projector:
         out Kafka and ClickHouse being away (see the module docstring); raises GaveUp when an
         outage outlasts the retry budget, and any failure that is not transient as it is."""
         if self.lease is not None:
+            self.unready = "waiting for the lease: another projector writes this database"
             self.lease.acquire()
         stop = False
 
@@ -527,9 +560,11 @@ class Projector:
                     continue
                 if stop or self.lease is None:
                     return
+                self.unready = "a rebuild is swapping its tables in"
                 self.lease.wait_for_swap()  # a rebuild swaps its tables in
                 self._reconnecting(self._reset)
         finally:
+            self.unready = "stopped"
             self.close()
             if self.lease is not None:
                 self.lease.release()
@@ -554,12 +589,15 @@ class Projector:
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="projector-read") as reader,
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="projector-write") as writer,
         ):
-            polled: Future[DecodedBatch[Any]] | None = reader.submit(self.read_batch)
+            polled: Future[tuple[DecodedBatch[Any], dict[str, list[int]]]] | None = reader.submit(
+                self.read_batch
+            )
             try:
                 while polled is not None:
-                    batch = polled.result()
+                    batch, written_at = polled.result()
+                    self.health.beat()
                     polled = None if stopping else reader.submit(self.read_batch)
-                    prepared = self._prepare(batch)
+                    prepared = self._prepare(batch, written_at)
                     if pending is not None:
                         stats = self._finish(pending)
                         pending = None
@@ -596,7 +634,9 @@ class Projector:
         of the failed attempt has ended by now (`project` waits for them)."""
         began = time.monotonic()
         budget = self.retry.give_up_after_s
+        self.unready = f"Kafka or ClickHouse is unavailable: {_one_line(error)}"
         for attempt in itertools.count():
+            self.health.beat()  # waiting on purpose is not being stuck
             delay = self.retry.delay(attempt)
             waited = time.monotonic() - began
             if budget is not None:
@@ -650,6 +690,19 @@ class Projector:
                 refused.append(error)
 
         self._publisher.dead_letter(letter, then=note)
+
+
+def _measure(ledger: dict[Partition, list[int]], written_at: dict[str, list[int]]) -> None:
+    """A written batch's metrics: messages projected per topic, and how long its events took
+    from Kafka to ClickHouse (each event; the oldest as the freshness gauge)."""
+    for (topic, _), (_, count) in ledger.items():
+        CONSUMED.labels(topic).inc(count)
+    now_ms = time.time() * 1000
+    for topic, stamps in written_at.items():
+        if stamps:
+            delays = [max(now_ms - stamp, 0.0) / 1000 for stamp in stamps]
+            PROJECTOR_EVENT_DELAY.observe_many(delays, topic)
+            PROJECTOR_FRESHNESS.labels(topic).set(max(delays))
 
 
 def _one_line(error: Exception) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from infra.settings import get_settings
+from oms.cli.processes import metrics_port_option
 
 
 @click.group("outbox")
@@ -15,7 +16,8 @@ def outbox() -> None:
 
 
 @outbox.command("run")
-def run() -> None:
+@metrics_port_option
+def run(metrics_port: int | None) -> None:
     """Tell the platforms of every transition, sold-out and pause, exactly once. Exit 78 when
     a served platform's credentials are not set (docs/operations.md, "The outbox")."""
     from connectors.outbound import MissingCredentials, clients
@@ -32,9 +34,21 @@ def run() -> None:
         return ExitCode.BUG
 
     def main() -> None:
+        from infra.metrics import serve_metrics
+        from infra.structured_logs import configure_logging
+
+        configure_logging(settings, process="outbox")
         served = clients(settings)
         click.echo(f"oms outbox: telling {', '.join(served)}", err=True)
-        OutboxSender(settings, served, self_delivery=frozenset(settings.outbox_self_delivery)).run()
+        sender = OutboxSender(
+            settings, served, self_delivery=frozenset(settings.outbox_self_delivery)
+        )
+        server = serve_metrics(settings, port=metrics_port, health=sender.health)
+        try:
+            sender.run()
+        finally:
+            if server is not None:
+                server.close()
 
     run_until_stopped("oms outbox", main, exit_code=exit_code)
 

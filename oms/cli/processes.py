@@ -3,9 +3,22 @@ projector into ClickHouse) and `oms api` (HTTP). Their exit codes: docs/operatio
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from infra.settings import get_settings
+
+
+def metrics_port_option(function: Any) -> Any:
+    """`--metrics-port`: where the process serves /metrics, /livez and /readyz (0: nowhere);
+    default OMS_METRICS_PORT (docs/operations.md, "Metrics and health")."""
+    return click.option(
+        "--metrics-port",
+        type=click.IntRange(min=0, max=65535),
+        default=None,
+        help="Serve /metrics, /livez and /readyz on this port (default: OMS_METRICS_PORT; 0: off).",
+    )(function)
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -16,15 +29,17 @@ from infra.settings import get_settings
     show_default=True,
     help="Worker processes in one group; Kafka spreads the partitions over them.",
 )
+@metrics_port_option
 @click.pass_context
-def worker(ctx: click.Context, processes: int) -> None:
-    """Run the Faust stream processors (extra arguments go to the Faust worker)."""
+def worker(ctx: click.Context, processes: int, metrics_port: int | None) -> None:
+    """Run the Faust stream processors (extra arguments go to the Faust worker). With N
+    processes, the Nth serves its metrics on the metrics port + N - 1."""
     from streams.worker.process import run_worker, run_workers
 
     if processes > 1:
-        run_workers(processes, ctx.args or None)
+        run_workers(processes, ctx.args or None, metrics_port=metrics_port)
     else:
-        run_worker(ctx.args or None)
+        run_worker(ctx.args or None, metrics_port=metrics_port)
 
 
 @click.command()
@@ -110,6 +125,7 @@ def _check_webhook_secrets(*, allow_missing: bool) -> None:
     help="Exit 75 once Kafka or ClickHouse has been unavailable this long (default: wait for "
     "them however long it takes).",
 )
+@metrics_port_option
 def project(
     batch_size: int,
     batch_seconds: float,
@@ -117,6 +133,7 @@ def project(
     rebuild: bool,
     until_caught_up: bool,
     retry_for: float | None,
+    metrics_port: int | None,
 ) -> None:
     """Project the order log and the stock ledger into ClickHouse, resuming where ClickHouse
     left off (docs/read-models.md). Exit codes: docs/operations.md."""
@@ -124,7 +141,15 @@ def project(
     from projections.reconnect import exit_code
 
     def main() -> None:
-        _project(batch_size, batch_seconds, migrate_only, rebuild, until_caught_up, retry_for)
+        _project(
+            batch_size,
+            batch_seconds,
+            migrate_only,
+            rebuild,
+            until_caught_up,
+            retry_for,
+            metrics_port,
+        )
 
     run_until_stopped("oms project", main, exit_code=exit_code)
 
@@ -136,12 +161,16 @@ def _project(
     rebuild: bool,
     until_caught_up: bool,
     retry_for: float | None,
+    metrics_port: int | None,
 ) -> None:
+    from infra.metrics import serve_metrics
+    from infra.structured_logs import configure_logging
     from projections.projector import BatchStats, Projector
     from projections.reconnect import Backoff
     from projections.store import connect
 
     settings = get_settings()
+    configure_logging(settings, process="projector")
     store = connect(settings.resolved_clickhouse_url)
     if migrate_only:
         from projections.schema import migrate
@@ -185,4 +214,14 @@ def _project(
         batch_seconds=batch_seconds,
         retry=Backoff(give_up_after_s=retry_for),
     )
-    projector.run(until=(lambda _: projector.lag() == 0) if until_caught_up else None)
+    server = serve_metrics(
+        settings,
+        port=metrics_port,
+        health=projector.health,
+        collectors=[projector.consumer_lag()],
+    )
+    try:
+        projector.run(until=(lambda _: projector.lag() == 0) if until_caught_up else None)
+    finally:
+        if server is not None:
+            server.close()

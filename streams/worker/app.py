@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar, cast
@@ -40,9 +42,11 @@ from events.models import (
 )
 from infra.kafka import MAX_MESSAGE_BYTES, sasl_credentials, ssl_context
 from infra.keystore import KeyStoreError, private_codec
+from infra.metrics import CONSUMED, DEAD_LETTERS, DECIDE_BATCH_SECONDS, DECIDE_SECONDS, Health
 from infra.poison import describe
 from infra.replay import read_partition
 from infra.settings import Settings, get_settings
+from infra.structured_logs import event_ids, faust_logging_config, use_log_ids
 from streams import capacity, inventory, orders
 from streams.partitions import LedgerPartition, OrderPartition
 from streams.reference import load_catalogue, load_rules
@@ -68,6 +72,7 @@ SPILL_EVERY = 10_000  # log events folded between two `spill`s while rebuilding
 # freed by reference counting, and new objects are collected as usual (the freeze itself
 # costs nothing: it moves a list).
 FREEZE_EVERY_S = 1.0
+HEARTBEAT_S = 1.0  # how often the loop says it is alive (liveness, infra/metrics.py)
 
 Replay = Callable[[str, int], Iterable[Event]]
 # A log's events from an offset (on, to its end), that end put in the dict by (topic, partition).
@@ -186,6 +191,11 @@ class Worker:
         if self._reads_views:
             self.views.ready.clear()
         self.rules = load_rules(settings.fraud_rules_file)
+        # Readiness (/readyz): the partitions Faust gave this worker (None: none yet, or a
+        # rebalance under way), and how many partitions' states are being rebuilt now.
+        self.assigned: set[tuple[str, int]] | None = None
+        self.rebuilding = 0
+        self.health = Health(why_not_ready=self.why_not_ready)
         self.out: Outputs = sink or Sink(settings.kafka_bootstrap)
         from_kafka = replay is None
         replay = replay or (
@@ -253,6 +263,29 @@ class Worker:
         while not self.views.ready.is_set():
             await asyncio.sleep(0.05)
 
+    def why_not_ready(self) -> str | None:
+        """What the worker waits for before it decides at full speed (/readyz; read from the
+        metrics server's thread): its shared views read, its partitions assigned, and no
+        partition's state being rebuilt from its log (each is rebuilt on its first input after
+        an assignment)."""
+        if not self.views.ready.is_set():
+            return "reading the catalogue, the stock ledger and the order log into the views"
+        if self.assigned is None:
+            return "waiting for partitions (joining the group, or a rebalance under way)"
+        if self.rebuilding:
+            return f"rebuilding {self.rebuilding} partition state(s) from the logs"
+        return None
+
+    async def state_of(self, states: PartitionStates[P], partition: int) -> P:
+        """`states.of(partition)`, counted as a rebuild while one is under way."""
+        if partition in states.states:
+            return await states.of(partition)
+        self.rebuilding += 1
+        try:
+            return await states.of(partition)
+        finally:
+            self.rebuilding -= 1
+
     # ------------------------------------------------------------ the order agent
 
     async def order_batch(self, batch: list[Any], messages: list[Message]) -> list[str]:
@@ -261,6 +294,9 @@ class Worker:
         written: list[str] = []
         views = self.views
         now = utc_now()
+        began_batch = time.perf_counter()
+        decided = DECIDE_SECONDS.labels("orders")
+        _consumed(batch)
         ctx = orders.Context(
             catalogue=views.catalogue,
             rules=self.rules,
@@ -287,12 +323,14 @@ class Worker:
         for event, received in zip(batch, inputs, strict=True):
             message = event.message
             raw = event.value or b""
-            partition = await self.order_states.of(message.partition)
+            use_log_ids(**event_ids(received))  # the lines logged about this input carry them
+            partition = await self.state_of(self.order_states, message.partition)
             if isinstance(received, CodecError):
                 self.dead_letter(message, raw, str(received))
                 written.append("DeadLetter")
                 continue
             assert isinstance(received, OrderEvent | StockEvent)
+            began = time.perf_counter()
             try:  # decided and encoded before anything is written or the state changes
                 with views.reading():
                     step = partition.decide(received, ctx)
@@ -300,6 +338,7 @@ class Worker:
                 commands = [
                     (stock_key(c.sku, c.location).encode(), self.encoded(c)) for c in step.commands
                 ]
+                decided.observe(time.perf_counter() - began)
             except KeyStoreError:
                 raise  # the key topic is away, like Kafka: the worker stops and is restarted
             except Exception as exc:
@@ -319,8 +358,10 @@ class Worker:
             if step.refusal is not None:
                 self.dead_letter(message, raw, step.refusal)
                 written.append("DeadLetter")
+        use_log_ids()
         for partition in {event.message.partition for event in batch}:
             self.order_states.states[partition].spill()
+        DECIDE_BATCH_SECONDS.labels("orders").observe(time.perf_counter() - began_batch)
         return written
 
     # ------------------------------------------------------------ the inventory agent
@@ -330,13 +371,19 @@ class Worker:
         the orders are added to `messages` (sent after the log)."""
         written: list[str] = []
         now = utc_now()
+        began_batch = time.perf_counter()
+        decided = DECIDE_SECONDS.labels("inventory")
+        _consumed(batch)
         for event in batch:
             message = event.message
             raw = event.value or b""
-            partition = await self.stock_states.of(message.partition)
+            use_log_ids()
+            partition = await self.state_of(self.stock_states, message.partition)
+            began = time.perf_counter()
             try:
                 command = self.decode(message, raw, (StockEvent,))
                 assert isinstance(command, StockEvent)
+                use_log_ids(**event_ids(command))
                 product = self.views.catalogue.products.get(command.sku)
                 step = partition.decide(command, product=product, now=now)
             except (CodecError, inventory.StockCommandRefused) as exc:
@@ -352,6 +399,7 @@ class Worker:
                 answers = [
                     (getattr(a, "order_id", "").encode(), self.encoded(a)) for a in step.answers
                 ]
+                decided.observe(time.perf_counter() - began)
             except KeyStoreError:
                 raise
             except Exception as exc:
@@ -362,6 +410,8 @@ class Worker:
             self.write_ledger(ledger, message.partition)
             messages += [(self.topics.order_commands, key, value) for key, value in answers]
             written += [e.event_type for e in step.events]
+        use_log_ids()
+        DECIDE_BATCH_SECONDS.labels("inventory").observe(time.perf_counter() - began_batch)
         return written
 
     def write_ledger(self, events: list[tuple[StockEvent, bytes]], partition: int) -> None:
@@ -451,6 +501,8 @@ class Worker:
         where = message_ref(message.topic, message.partition, message.offset)
         letter = DeadLetter.of(source=message.topic, source_ref=where, reason=reason, raw=raw)
         self.out.produce(self.topics.dlq, key=where.encode(), value=self.codec.encode(letter))
+        DEAD_LETTERS.labels(message.topic).inc()
+        log.info("dead-lettered %s: %s", where, reason)
 
     def decode(self, message: Any, raw: bytes, kinds: tuple[type, ...]) -> Event:
         where = message_ref(message.topic, message.partition, message.offset)
@@ -512,6 +564,12 @@ class Worker:
         await self.out.confirmed()
 
 
+def _consumed(batch: list[Any]) -> None:
+    """A batch's inputs, counted per topic (oms_consumed_total)."""
+    for topic, count in Counter(event.message.topic for event in batch).items():
+        CONSUMED.labels(topic).inc(count)
+
+
 def broker_credentials(settings: Settings) -> CredentialsT | None:
     """Faust's (aiokafka's) side of `OMS_KAFKA_SECURITY_PROTOCOL`: the same SASL user and
     CAs as the librdkafka clients (infra/kafka.py), missing secrets refused the same way."""
@@ -556,6 +614,7 @@ def create_app(
         producer_acks=-1,
         producer_linger=0.002,
         web_enabled=False,
+        logging_config=faust_logging_config(settings, process="worker"),
         # A worker that died (kill -9) leaves the group after 10 s, not Faust's default 60 s,
         # so its partitions move to the survivors (or its restart) quickly.
         broker_session_timeout=10.0,
@@ -573,12 +632,15 @@ def create_app(
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust's stub is too strict
     async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
         (revoked,) = args
+        worker.assigned = None
         await worker.partitions_revoked(tp.partition for tp in revoked)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
         (assigned,) = args
         worker.forget(tp.partition for tp in assigned)
+        inputs = {topics.intake, topics.order_commands, topics.stock_commands}
+        worker.assigned = {(tp.topic, tp.partition) for tp in assigned if tp.topic in inputs}
 
     @app.task
     async def start_views() -> None:
@@ -611,6 +673,10 @@ def create_app(
     @app.timer(interval=FREEZE_EVERY_S)
     async def freeze_old_objects() -> None:
         gc.freeze()
+
+    @app.timer(interval=HEARTBEAT_S)
+    async def heartbeat() -> None:
+        worker.health.beat()
 
     @app.timer(interval=settings.expiry_check_s)
     async def expire() -> None:

@@ -14,27 +14,36 @@ from pydantic import ValidationError
 
 from infra.exit_codes import ExitCode
 from infra.kafka import KafkaSecurityError, admin_config
+from infra.metrics import ConsumerLag, serve_metrics
 from infra.settings import Settings, get_settings
+from infra.structured_logs import configure_logging
 from streams.worker.app import create_app
 
 log = logging.getLogger(__name__)
 
 
-def run_workers(count: int, argv: list[str] | None = None) -> None:
+def run_workers(
+    count: int, argv: list[str] | None = None, *, metrics_port: int | None = None
+) -> None:
     """`oms worker --processes N`: N workers of one consumer group on this host, so the
     partitions (4 by default: at most that many workers get any) are spread over several cores.
     Each is a whole worker — its own views, its own states — so this is the same as starting N
-    `oms worker`s. SIGTERM / SIGINT go to all of them; when one exits, the others are stopped
-    and its exit code is returned, so whatever supervises this restarts them together."""
+    `oms worker`s (the Nth serving its metrics on the metrics port + N - 1). SIGTERM / SIGINT
+    go to all of them; when one exits, the others are stopped and its exit code is returned,
+    so whatever supervises this restarts them together."""
     import signal
     import subprocess
 
     profile = os.environ.get("OMS_PROFILE")
+    if metrics_port is None:
+        metrics_port = get_settings().metrics_port
     children: list[subprocess.Popen[bytes]] = []
     for n in range(count):
         env = dict(os.environ)
         if profile and n:
             env["OMS_PROFILE"] = f"{profile}.{n}"  # the first writes where it was asked to
+        if metrics_port:
+            env["OMS_METRICS_PORT"] = str(metrics_port + n)
         children.append(
             subprocess.Popen([sys.executable, "-m", "oms.cli", "worker", *(argv or [])], env=env)
         )
@@ -103,15 +112,17 @@ def missing_topics(settings: Settings) -> list[str]:
     return [topic for topic in needed if topic not in existing]
 
 
-def run_worker(argv: list[str] | None = None) -> None:
+def run_worker(argv: list[str] | None = None, *, metrics_port: int | None = None) -> None:
     """`oms worker`: run the Faust worker with its own command line (e.g. `-l info`).
 
     Fails closed before it starts: a setting that is not valid, or a topic the cluster does
-    not have (a worker must not create topics with the broker's defaults), exits 78."""
+    not have (a worker must not create topics with the broker's defaults), exits 78. Serves
+    its metrics and health from the moment its app is made (not ready until it is)."""
     try:
         settings = get_settings()
     except ValidationError as exc:
         _exit(ExitCode.CONFIG, f"a setting is not valid: {exc}")
+    configure_logging(settings, process="worker")
     try:
         missing = missing_topics(settings)
     except KafkaSecurityError as exc:  # a SASL protocol without its user or password
@@ -125,6 +136,20 @@ def run_worker(argv: list[str] | None = None) -> None:
             f"{', '.join(missing)} (create them, e.g. with `oms stack up`)",
         )
     app = create_app(settings)
+    worker = app.worker  # type: ignore[attr-defined]
+    serve_metrics(
+        settings,
+        port=metrics_port,
+        health=worker.health,
+        collectors=[
+            ConsumerLag(
+                settings,
+                group=settings.consumer_group,
+                # Committed offsets of the partitions this worker holds (None: the group's).
+                positions=lambda: dict.fromkeys(worker.assigned or ()),
+            )
+        ],
+    )
     gc.freeze()  # everything imported and built so far lives as long as the worker
     # Faust's own web server is off (the worker command would turn it on whatever the app
     # says, and two workers on one host would fight over its port 6066).

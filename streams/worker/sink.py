@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from confluent_kafka import KafkaError, Message, Producer
 
 from infra.kafka import producer_config
+from infra.metrics import PRODUCED
 
 log = logging.getLogger(__name__)
 WAIT_NOTICE_S = 30  # how often a wait for Kafka's acknowledgements says it is still waiting
@@ -54,6 +55,8 @@ class _Batch:
         return self.closed and self.answered == self.produced
 
     def delivered(self, err: KafkaError | None, msg: Message) -> None:
+        if err is None:
+            PRODUCED.labels(msg.topic() or "").inc()
         sink = self.sink
         with sink._lock:
             if err is not None:
