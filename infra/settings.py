@@ -5,12 +5,25 @@ from __future__ import annotations
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from infra.capacity import replication_for
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Under HOME: the addresses of the brokers `oms stack up --brokers N` runs (oms/stack.py),
+# what OMS_KAFKA_BOOTSTRAP defaults to while that stack exists.
+LOCAL_BOOTSTRAP = Path("kafka") / "bootstrap"
+
+
+def _local_bootstrap(fields: dict[str, Any]) -> str:
+    """Every broker of the local stack: one, or those `oms stack up --brokers N` recorded."""
+    recorded = Path(fields["home"]) / LOCAL_BOOTSTRAP
+    if recorded.exists():
+        return recorded.read_text().strip()
+    return "localhost:9092"
 
 
 class Topics(BaseSettings):
@@ -81,12 +94,27 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OMS_", frozen=True)
 
     home: Path = Field(default=PROJECT_ROOT / ".oms", description="local stack data and pid files")
-    kafka_bootstrap: str = "localhost:9092"
+    kafka_bootstrap: str = Field(
+        default_factory=_local_bootstrap,
+        description="the brokers, comma-separated (list them all: a client starting while one "
+        "is down asks the next); default: the local stack's",
+    )
     kafka_controller_port: int = 9093
     kafka_libs: Path | None = Field(
         default=None, description="Kafka jars; defaults to HOME/kafka/libs (filled by mvn)"
     )
-    kafka_partitions: int = 4
+    kafka_partitions: int = Field(
+        default=12,
+        ge=1,
+        description="partitions of the topics the stack creates (topics that exist keep "
+        "theirs: adding partitions to a keyed topic moves keys to other partitions)",
+    )
+    kafka_replication_factor: int | None = Field(
+        default=None,
+        ge=1,
+        description="copies of each partition of the topics OrderStream creates (the stack's, "
+        "Faust's own); default: min(3, the brokers OMS_KAFKA_BOOTSTRAP lists)",
+    )
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         default="PLAINTEXT",
         description="how every Kafka client talks to the brokers (infra/kafka.py); SASL_SSL "
@@ -475,6 +503,13 @@ class Settings(BaseSettings):
     @property
     def kafka_libs_dir(self) -> Path:
         return self.kafka_libs or self.home / "kafka" / "libs"
+
+    @property
+    def replication_factor(self) -> int:
+        """OMS_KAFKA_REPLICATION_FACTOR, else 3 copies when 3 brokers are listed (fewer with
+        fewer; infra/capacity.py, `replication_for`)."""
+        listed = [address for address in self.kafka_bootstrap.split(",") if address.strip()]
+        return self.kafka_replication_factor or replication_for(len(listed)).factor
 
     @property
     def resolved_clickhouse_url(self) -> str:
