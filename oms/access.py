@@ -91,6 +91,8 @@ PUBLIC = Rule("public")
 
 POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/healthz"): PUBLIC,
+    ("GET", "/livez"): PUBLIC,  # a status word, nothing else (oms/health.py)
+    ("GET", "/readyz"): PUBLIC,
     ("GET", "/openapi.json"): PUBLIC,
     ("GET", "/login"): PUBLIC,
     ("POST", "/login"): PUBLIC,
@@ -141,6 +143,9 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/events"): Rule("roles", ORDER_READERS | ANALYSTS),
     ("GET", "/reports"): Rule("roles", ANALYSTS),
     ("GET", "/subscriptions"): Rule("roles", ANALYSTS),  # outbound webhooks and their lag
+    ("GET", "/pipeline"): Rule("roles", ANALYSTS),  # consumers' lag, messages per minute
+    # Prometheus text: no personal data, but the business's volumes; a scraper's key.
+    ("GET", "/metrics"): Rule("roles", ANALYSTS),
     ("GET", "/reports/{name}"): Rule("roles", ANALYSTS),
     ("GET", "/dashboard"): Rule("roles", ANALYSTS),
     ("GET", "/dashboard/"): Rule("roles", ANALYSTS),
@@ -447,7 +452,8 @@ async def enforce(request: web.Request, handler: Handler) -> web.StreamResponse:
     access = request.app[ACCESS]
     address = client_address(request, access.settings.trusted_proxies)
     rule = rule_for(request)
-    if request.path != "/healthz" and (wait := _address_wait(access, request, rule, address)):
+    probe = request.path in {"/healthz", "/livez", "/readyz"}
+    if not probe and (wait := _address_wait(access, request, rule, address)):
         return _too_many(wait, "address")
     if rule is None:
         log.error("no access rule for %s %s: refused", request.method, request.path)

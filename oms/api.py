@@ -15,8 +15,8 @@ from connectors import webhooks
 from infra.http import problem
 from infra.publisher import AsyncPublisher
 from infra.settings import Settings
-from oms import access, feed, openapi, operations, returns, tracking, tracking_page
-from projections import read_api
+from oms import access, feed, health, openapi, operations, returns, tracking, tracking_page
+from projections import pipeline_status, read_api
 from projections.queries import order_state
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def create_app(settings: Settings, *, audit: access.AuditSink | None = None) -> 
     """The whole API. AccessMisconfigured when access cannot be enforced (fail closed)."""
     app = web.Application(
         client_max_size=webhooks.MAX_BODY_BYTES,
-        middlewares=[access.security_headers, problems, access.enforce],
+        middlewares=[health.request_context, access.security_headers, problems, access.enforce],
     )
     app[SETTINGS] = settings
     trail = audit or access.TrailAudit(settings)
@@ -119,6 +119,8 @@ def create_app(settings: Settings, *, audit: access.AuditSink | None = None) -> 
     returns.add_routes(app, publisher, settings)
     operations.add_routes(app, publisher, settings)
     read_api.add_routes(app, settings)
+    pipeline_status.add_routes(app, settings)  # over read_api's ClickHouse
+    health.add_routes(app, settings)
     tracking_page.add_routes(app, settings)  # over read_api's ClickHouse
     feed.add_routes(app, settings)
     openapi.add_routes(app)
@@ -135,4 +137,7 @@ def create_app(settings: Settings, *, audit: access.AuditSink | None = None) -> 
 
 
 def serve(settings: Settings, *, host: str, port: int) -> None:
+    from infra.structured_logs import configure_logging
+
+    configure_logging(settings, process="api")
     web.run_app(create_app(settings), host=host, port=port, print=None)

@@ -814,6 +814,7 @@ def document() -> Json:
     }
     paths |= _access_paths()
     paths |= _tracking_page()
+    paths |= _health()
     _secure(paths)
     return {
         "openapi": "3.1.0",
@@ -830,6 +831,107 @@ def document() -> Json:
         },
         "paths": paths,
         "components": _components() | {"securitySchemes": _SECURITY_SCHEMES},
+    }
+
+
+# ------------------------------------------------------------------ health (oms/health.py)
+
+_STATUS = {
+    "type": "object",
+    "required": ["status"],
+    "properties": {
+        "status": {"enum": ["ok", "unavailable"]},
+        "reason": {"type": "string", "description": "what the process waits for"},
+    },
+}
+_LAG_ROW = {
+    "type": "object",
+    "required": ["consumer", "topic", "lag", "partitions"],
+    "properties": {
+        "consumer": {"enum": ["worker", "projector"]},
+        "topic": {"type": "string"},
+        "lag": {"type": "integer", "minimum": 0},
+        "partitions": {
+            "type": "object",
+            "additionalProperties": {"type": "integer", "minimum": 0},
+            "description": "partition number -> messages behind",
+        },
+    },
+}
+
+
+def _health() -> dict[str, Json]:
+    per_minute = {"type": "array", "items": {"type": "integer", "minimum": 0}}
+    return {
+        "/livez": {
+            "get": {
+                "operationId": "live",
+                "tags": ["health"],
+                "summary": "The API's event loop answers (liveness)",
+                "responses": {"200": _json_body(_STATUS, "alive")},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "ready",
+                "tags": ["health"],
+                "summary": "The API can take orders: Kafka answers it (readiness)",
+                "responses": {
+                    "200": _json_body(_STATUS, "ready"),
+                    "503": _json_body(_STATUS, "not ready: `reason` says why"),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "tags": ["health"],
+                "summary": "The process's metrics, in Prometheus's text format",
+                "description": 'docs/operations.md, "Metrics and health", names them.',
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text exposition format 0.0.4",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/pipeline": {
+            "get": {
+                "operationId": "pipelineStatus",
+                "tags": ["read"],
+                "summary": "Consumers' lag and messages per minute: the dashboard's Operations",
+                "description": (
+                    "Lag per consumer (the worker's group, the projector's ledger in "
+                    "ClickHouse) and topic; messages per minute over the last hour on intake, "
+                    "the order log and the dead letters, from Kafka's offsets."
+                ),
+                "responses": {
+                    "200": _json_body(
+                        {
+                            "type": "object",
+                            "required": ["as_of", "lag", "minutes", "per_minute"],
+                            "properties": {
+                                "as_of": {"type": "string"},
+                                "lag": {"type": "array", "items": _LAG_ROW},
+                                "minutes": {"type": "array", "items": {"type": "string"}},
+                                "per_minute": {
+                                    "type": "object",
+                                    "required": ["intake", "orders", "dead_letters"],
+                                    "properties": {
+                                        "intake": per_minute,
+                                        "orders": per_minute,
+                                        "dead_letters": per_minute,
+                                    },
+                                },
+                            },
+                        },
+                        "as Kafka and ClickHouse have it now",
+                    )
+                }
+                | _errors(400, 503),
+            }
+        },
     }
 
 

@@ -282,6 +282,12 @@ REPORTS: dict[str, Report] = {
             {"since": lambda as_of: as_of - timedelta(hours=1), "until": _as_of},
         ),
         _report(
+            "order_events_per_minute",
+            "Order events per minute",
+            "Order events recorded per minute in the read models, and the orders rejected.",
+            {"since": lambda as_of: as_of - timedelta(hours=1), "until": _as_of},
+        ),
+        _report(
             "orders_by_status",
             "Orders by status",
             "The fulfilment funnel: orders by their current status.",

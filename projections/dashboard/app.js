@@ -165,7 +165,8 @@
   }
 
   // Stacked columns over time: one column per bucket, one segment per series.
-  function stackedColumns(chart, buckets, { width = 960, height = 220 } = {}) {
+  function stackedColumns(chart, buckets, { width = 960, height = 220,
+    emptyText = "No orders received in this window." } = {}) {
     const left = 40;
     const bottom = 22;
     const plotW = width - left - 10;
@@ -209,7 +210,7 @@
     });
     if (!totals.some((t) => t > 0)) {
       svg.append(el("svg:text", { x: left + plotW / 2, y: 10 + plotH / 2, class: "empty",
-        "text-anchor": "middle" }, "No orders received in this window."));
+        "text-anchor": "middle" }, emptyText));
     }
     return svg;
   }
@@ -434,6 +435,51 @@
     return {};
   }
 
+  // Operations: not a report's window but now — Kafka's ends and offsets (GET /pipeline) and
+  // the read models' last hour (order_events_per_minute).
+  const FLOWS = { intake: "intake", orders: "order log", read_models: "into the read models",
+    dead_letters: "dead letters", rejected: "orders rejected" };
+
+  function perMinute(chart, minutes, name, values) {
+    const buckets = minutes.map((minute, n) => ({ start: parseTime(minute),
+      counts: { [name]: values[n] || 0 } }));
+    const holder = el("div", { class: "flow" });
+    holder.append(el("p", { class: "note" },
+      `${FLOWS[name]}: ${values.reduce((a, c) => a + c, 0)} in the hour`),
+      stackedColumns(chart, buckets, { height: 120, emptyText: "None in the last hour." }));
+    return holder;
+  }
+
+  function drawOperations(pipeline, activity) {
+    const rows = pipeline.lag.map((r) => ({ label: `${r.consumer} · ${r.topic}`,
+      series: r.consumer, value: r.lag, item: r }));
+    replace("consumer-lag", table("consumer-lag", [
+      { title: "consumer", show: (r) => r.consumer },
+      { title: "topic", show: (r) => r.topic },
+      { title: "lag (messages)", show: (r) => r.lag, numeric: true },
+      { title: "per partition", show: (r) => Object.entries(r.partitions)
+        .map(([p, n]) => `${p}: ${n}`).join(" · ") },
+    ], rows));
+    const minutes = pipeline.minutes;
+    const projected = Object.fromEntries(minutes.map((m) => [m, 0]));
+    const rejected = Object.fromEntries(minutes.map((m) => [m, 0]));
+    for (const row of objects(activity)) {
+      const minute = new Date(parseTime(row.minute)).toISOString().replace(".000Z", "Z");
+      if (minute in projected) {
+        projected[minute] += row.order_events;
+        rejected[minute] += row.rejected;
+      }
+    }
+    replace("throughput",
+      perMinute("throughput", minutes, "intake", pipeline.per_minute.intake),
+      perMinute("throughput", minutes, "orders", pipeline.per_minute.orders),
+      perMinute("throughput", minutes, "read_models", minutes.map((m) => projected[m])));
+    replace("errors",
+      perMinute("errors", minutes, "dead_letters", pipeline.per_minute.dead_letters),
+      perMinute("errors", minutes, "rejected", minutes.map((m) => rejected[m])));
+    return { lag: rows.reduce((most, r) => Math.max(most, r.value), 0) };
+  }
+
   function drawKpis(figures) {
     const tiles = [];
     if ("orders_received" in figures) {
@@ -476,6 +522,10 @@
     { id: "shipping-cost", reports: ["shipping_cost_by_carrier"], draw: drawShippingCost },
     // Not a report: read from Kafka by the API (oms/api.py), not from ClickHouse.
     { id: "webhooks", urls: ["/subscriptions"], draw: drawWebhooks },
+    // Kafka's offsets and the projector's ledger (projections/pipeline_status.py), with the
+    // read models' last hour: always now, whatever the page's window.
+    { id: "consumer-lag", urls: ["/pipeline", "/reports/order_events_per_minute"],
+      draw: drawOperations },
   ];
 
   async function getJson(url) {
@@ -555,7 +605,7 @@
       ? `Window: ${since || "each report's default start"} – ${until || "now"} (UTC)`
       : "Rolling windows: orders per minute over the last hour; sales, funnel and stage times " +
         "over 30 days; stock alerts over 7 days; the review queue as it stands; the retail " +
-        "books over 30 days.";
+        "books over 30 days; operations over the last hour.";
   }
 
   describeWindow();

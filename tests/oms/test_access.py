@@ -54,6 +54,8 @@ EXPECTED: dict[tuple[str, str], set[Role]] = {
     ("GET", "/events"): STAFF | {R.ANALYST, R.INTEGRATION},
     ("GET", "/reports"): {R.ADMIN, R.ANALYST},
     ("GET", "/subscriptions"): {R.ADMIN, R.ANALYST},
+    ("GET", "/pipeline"): {R.ADMIN, R.ANALYST},
+    ("GET", "/metrics"): {R.ADMIN, R.ANALYST},
     ("GET", "/reports/sales_by_channel"): {R.ADMIN, R.ANALYST},
     ("GET", "/reports/audit"): {R.ADMIN},
     ("GET", "/dashboard"): {R.ADMIN, R.ANALYST},
@@ -92,7 +94,7 @@ OUTSIDE = {
         for action in STORE_ACTIONS
     },
 }
-PUBLIC = [("GET", "/healthz"), ("GET", "/openapi.json"), ("GET", "/login")]
+PUBLIC = [("GET", "/healthz"), ("GET", "/livez"), ("GET", "/openapi.json"), ("GET", "/login")]
 BODIES = {
     "review": {"decision": "approve"},
     "cancel": {"reason": "customer called"},

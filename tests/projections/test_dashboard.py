@@ -508,3 +508,27 @@ async def test_an_open_dashboard_shows_new_orders_on_its_next_refresh(stack: Sta
         finally:
             stop_browser(browser)
     assert time.monotonic() - started < 30
+
+
+def test_the_operations_section_shows_the_consumers_lag_and_the_messages_per_minute(
+    stack: Stack,
+) -> None:
+    """What the Operations panels draw is what GET /pipeline and the report say now (the page's
+    window does not apply: operations are always the last hour)."""
+    drawn = dump(stack.dashboard_url())
+    assert drawn.errors == 0
+    with urllib.request.urlopen(f"{stack.base_url}/pipeline", timeout=30) as answer:
+        pipeline = json.load(answer)
+    assert drawn.chart("consumer-lag") == {
+        f"{r['consumer']} · {r['topic']}": r["lag"] for r in pipeline["lag"]
+    }
+    assert {label.split(" · ")[0] for label in drawn.chart("consumer-lag")} == {
+        "worker", "projector"}  # fmt: skip
+    activity = run_report(stack.store, "order_events_per_minute").as_dicts()
+    throughput, errors = drawn.series_totals("throughput"), drawn.series_totals("errors")
+    flows = pipeline["per_minute"]
+    assert throughput["intake"] == sum(flows["intake"])
+    assert throughput["orders"] == sum(flows["orders"]) > 0  # the scenario, published just now
+    assert throughput["read_models"] == sum(r["order_events"] for r in activity)
+    assert errors["dead_letters"] == sum(flows["dead_letters"])
+    assert errors["rejected"] == sum(r["rejected"] for r in activity)
