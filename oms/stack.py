@@ -7,6 +7,7 @@ Everything lives under `Settings.home`; `down` only stops processes whose pid fi
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -18,16 +19,18 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from infra.capacity import replication_for
 from infra.keystore import TOPIC_CONFIG as KEY_TOPIC_CONFIG
 from infra.keystore import ensure_local_master_key
 from infra.principals import ensure_local_session_secret
-from infra.settings import PROJECT_ROOT, Settings, Topics
+from infra.settings import LOCAL_BOOTSTRAP, PROJECT_ROOT, Settings, Topics
 from streams.worker.snapshots import TOPIC_CONFIG as SNAPSHOT_TOPIC_CONFIG
 
 KAFKA_POM = PROJECT_ROOT / "kafka" / "pom.xml"
@@ -198,8 +201,75 @@ class BrokerTls:
     truststore: Path
 
 
+@dataclass(frozen=True)
+class KafkaNode:
+    """One KRaft node of the local stack, broker and controller in one process: its id, where
+    clients reach it, where the other controllers reach it, and its directory (config, data,
+    logs, pid file)."""
+
+    node_id: int
+    host: str
+    port: int
+    controller_port: int
+    dir: Path
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def voter(self) -> str:
+        return f"{self.node_id}@{self.host}:{self.controller_port}"
+
+
+# Under HOME/kafka: the nodes of a stack of several brokers and their cluster id, written when
+# it is first started (`oms stack up --brokers N`) and kept with their data.
+BROKERS_FILE = "brokers.json"
+NODE_PORT_STEP = 100  # node i's ports are node 1's + 100·(i-1) unless OMS_KAFKA_BOOTSTRAP lists it
+
+
+def kafka_nodes(settings: Settings, brokers: int) -> tuple[KafkaNode, ...]:
+    """Where `brokers` local nodes listen. One is the stack as it always was: HOME/kafka, the
+    first address of OMS_KAFKA_BOOTSTRAP, OMS_KAFKA_CONTROLLER_PORT. With more, node i (from 1)
+    lives in HOME/kafka/node-i and listens on the i-th address listed, or else on the first
+    one's port + 100·(i-1); its controller on OMS_KAFKA_CONTROLLER_PORT + 100·(i-1)."""
+    if brokers < 1:
+        raise StackError(f"a Kafka stack has at least one broker, not {brokers}")
+    listed = [_host_port(a.strip()) for a in settings.kafka_bootstrap.split(",") if a.strip()]
+    host, port = listed[0]
+    controller = settings.kafka_controller_port
+    if brokers == 1:
+        return (KafkaNode(1, host, port, controller, settings.home / "kafka"),)
+    nodes = tuple(
+        KafkaNode(
+            node_id=i + 1,
+            host=listed[i][0] if i < len(listed) else host,
+            port=listed[i][1] if i < len(listed) else port + NODE_PORT_STEP * i,
+            controller_port=controller + NODE_PORT_STEP * i,
+            dir=settings.home / "kafka" / f"node-{i + 1}",
+        )
+        for i in range(brokers)
+    )
+    ports = [(n.host, n.port) for n in nodes] + [(n.host, n.controller_port) for n in nodes]
+    if len(set(ports)) != len(ports):
+        raise StackError(
+            "two of the brokers' ports are the same: "
+            + ", ".join(
+                f"node {n.node_id} {n.port} (controller {n.controller_port})" for n in nodes
+            )
+            + "; list one address per broker in OMS_KAFKA_BOOTSTRAP, away from the controllers"
+        )
+    return nodes
+
+
 class KafkaService:
-    """Single-node KRaft Kafka (broker + controller) run with `java -cp libs/* kafka.Kafka`.
+    """One KRaft node (broker + controller) run with `java -cp libs/* kafka.Kafka`: the whole
+    single-node stack, or node `node` of a quorum of several (`KafkaCluster`).
+
+    With 3 or more nodes every partition has 3 copies and a write needs 2 of them
+    (`replication_for`): `default.replication.factor`, `min.insync.replicas`, the group offsets'
+    and transaction state's topics likewise, and no unclean leader election (an out-of-date
+    copy never becomes the leader, so an acknowledged write is never lost to one).
 
     Its client listener speaks `OMS_KAFKA_SECURITY_PROTOCOL`: PLAINTEXT for the development
     stack; with SASL, the SCRAM user of the settings is written into the metadata when the
@@ -210,11 +280,20 @@ class KafkaService:
 
     name = "kafka"
 
-    def __init__(self, settings: Settings, *, tls: BrokerTls | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        tls: BrokerTls | None = None,
+        node: KafkaNode | None = None,
+        quorum: Sequence[KafkaNode] = (),
+    ) -> None:
         self.settings = settings
         self.tls = tls
-        self.dir = settings.home / "kafka"
-        self.host, self.port = _host_port(settings.kafka_bootstrap)
+        self.node = node or kafka_nodes(settings, 1)[0]
+        self.quorum = tuple(quorum) or (self.node,)
+        self.dir = self.node.dir
+        self.host, self.port = self.node.host, self.node.port
         self.log = self.dir / "logs" / "server.out"
         self.config = self.dir / "server.properties"
         self.process = _Process(pid_file=self.dir / "kafka.pid", marker=str(self.config))
@@ -223,10 +302,12 @@ class KafkaService:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def _admin_config(self) -> dict[str, Any]:
+    def _admin_config(self, bootstrap: str | None = None) -> dict[str, Any]:
+        """An admin client's configuration: to this node alone, or to every broker listed."""
         from infra.kafka import admin_config, client_security
 
-        return admin_config(self.address) | client_security(self.settings)
+        bootstrap = bootstrap or self.settings.kafka_bootstrap
+        return admin_config(bootstrap) | client_security(self.settings)
 
     def _listener_config(self) -> list[str]:
         """The client listener (also the inter-broker one) in the settings' protocol."""
@@ -314,29 +395,33 @@ class KafkaService:
             raise StackError(f"mvn could not fetch the Kafka jars:\n{result.stdout[-3000:]}")
         stamp.write_text(pom)
 
-    def _write_config(self) -> None:
+    def _write_config(self, *, cluster_id: str | None = None) -> None:
+        """server.properties and log4j.properties; the storage formatted if it is new, with
+        `cluster_id` (every node of a quorum has the same) or a new one."""
         data = self.dir / "data"
         (self.dir / "logs").mkdir(parents=True, exist_ok=True)
-        controller = self.settings.kafka_controller_port
+        controller = self.node.controller_port
         protocol = self.settings.kafka_security_protocol
+        replication = replication_for(len(self.quorum))
         self.config.write_text(
             "\n".join(
                 [
                     "process.roles=broker,controller",
-                    "node.id=1",
-                    f"controller.quorum.voters=1@{self.host}:{controller}",
+                    f"node.id={self.node.node_id}",
+                    f"controller.quorum.voters={','.join(n.voter for n in self.quorum)}",
                     f"listeners={protocol}://{self.host}:{self.port},CONTROLLER://{self.host}:{controller}",
                     f"advertised.listeners={protocol}://{self.host}:{self.port}",
                     "controller.listener.names=CONTROLLER",
                     *self._listener_config(),
                     f"log.dirs={data}",
                     f"num.partitions={self.settings.kafka_partitions}",
-                    "offsets.topic.replication.factor=1",
+                    f"offsets.topic.replication.factor={replication.factor}",
                     "offsets.topic.num.partitions=8",
-                    "transaction.state.log.replication.factor=1",
-                    "transaction.state.log.min.isr=1",
-                    "min.insync.replicas=1",
-                    "default.replication.factor=1",
+                    f"transaction.state.log.replication.factor={replication.factor}",
+                    f"transaction.state.log.min.isr={replication.min_insync}",
+                    f"min.insync.replicas={replication.min_insync}",
+                    f"default.replication.factor={replication.factor}",
+                    "unclean.leader.election.enable=false",
                     "group.initial.rebalance.delay.ms=0",
                     "auto.create.topics.enable=true",
                     "log.retention.hours=-1",
@@ -371,7 +456,7 @@ class KafkaService:
                 "kafka.tools.StorageTool",
                 "format",
                 "-t",
-                str(uuid.uuid4()),
+                cluster_id or str(uuid.uuid4()),
                 "-c",
                 str(self.config),
                 *scram,
@@ -394,27 +479,45 @@ class KafkaService:
             raise StackError(f"java {shown} failed:\n{result.stdout}{result.stderr}")
 
     def answering(self) -> bool:
+        return self.brokers_seen() > 0
+
+    def brokers_seen(self) -> int:
+        """How many brokers this node's metadata names (0 while it does not answer)."""
         if not _port_open(self.host, self.port):
-            return False
+            return 0
         from confluent_kafka.admin import AdminClient
 
         try:
-            metadata = AdminClient(self._admin_config()).list_topics(timeout=3)
+            metadata = AdminClient(self._admin_config(self.address)).list_topics(timeout=3)
         except Exception:  # noqa: BLE001 - any client error just means "not answering yet"
-            return False
-        return len(metadata.brokers) > 0
+            return 0
+        return len(metadata.brokers)
 
     def up(self) -> str:
         if self.process.pid() is not None and self.answering():
             self.ensure_topics()
             return "already running"
-        if _port_open(self.host, self.port):
-            raise StackError(
-                f"port {self.port} is taken by a process this stack did not start; stop it or "
-                "set OMS_KAFKA_BOOTSTRAP to use that broker without `oms stack`"
-            )
         self.ensure_installed()
-        self._write_config()
+        self.ensure_ports_free()
+        self.start()
+        _wait_until(self.answering, timeout_s=START_TIMEOUT_S, what="Kafka", log=self.log)
+        self.ensure_topics()
+        _wait_until(
+            self.topics_readable, timeout_s=START_TIMEOUT_S, what="Kafka's topics", log=self.log
+        )
+        return "started"
+
+    def ensure_ports_free(self) -> None:
+        for port in (self.port, self.node.controller_port):
+            if _port_open(self.host, port):
+                raise StackError(
+                    f"port {port} is taken by a process this stack did not start; stop it or "
+                    "set OMS_KAFKA_BOOTSTRAP to use that broker without `oms stack`"
+                )
+
+    def start(self, *, cluster_id: str | None = None) -> None:
+        """Write the config (formatting new storage) and start the process; no waiting."""
+        self._write_config(cluster_id=cluster_id)
         self.process.start(
             [
                 "java",
@@ -432,12 +535,6 @@ class KafkaService:
             log=self.log,
             cwd=self.dir,
         )
-        _wait_until(self.answering, timeout_s=START_TIMEOUT_S, what="Kafka", log=self.log)
-        self.ensure_topics()
-        _wait_until(
-            self.topics_readable, timeout_s=START_TIMEOUT_S, what="Kafka's topics", log=self.log
-        )
-        return "started"
 
     def topics_readable(self) -> bool:
         """Every partition of the stack's topics answers for its offsets. A broker that has just
@@ -463,8 +560,10 @@ class KafkaService:
         return True
 
     def ensure_topics(self) -> None:
-        """Every topic, with its retention (`topic_configs`): created if missing; set again
-        on topics that exist (a stack started before the policy, or one changed by hand)."""
+        """Every topic, with its retention (`topic_configs`): created if missing, with
+        OMS_KAFKA_PARTITIONS partitions and `Settings.replication_factor` copies; the retention
+        set again on topics that exist (a stack started before the policy, or one changed by
+        hand). A topic that exists keeps its partitions."""
         from confluent_kafka.admin import (
             AdminClient,
             AlterConfigOpType,
@@ -480,7 +579,7 @@ class KafkaService:
             NewTopic(
                 t,
                 num_partitions=self.settings.kafka_partitions,
-                replication_factor=1,
+                replication_factor=self.settings.replication_factor,
                 config=configs[t],
             )
             for t in self.settings.topics.all()
@@ -522,6 +621,153 @@ class KafkaService:
             self.answering(),
             "" if running else "not started by oms stack",
         )
+
+
+class KafkaCluster:
+    """The stack's Kafka: one node (the default, `KafkaService` as it always was) or `brokers`
+    nodes of one KRaft quorum, each a broker and a controller, formatted with one cluster id
+    (`oms stack up --brokers 3`).
+
+    The nodes of a stack of several are kept in HOME/kafka/brokers.json when it is first
+    started, and their addresses in HOME/kafka/bootstrap, which is what OMS_KAFKA_BOOTSTRAP
+    defaults to: `down`, `status` and every other command then find all of them. Both stay
+    with the data; a stack is not resized in place (its quorum is formatted into every node).
+    """
+
+    name = "kafka"
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        brokers: int | None = None,
+        nodes: Sequence[KafkaNode] = (),
+        tls: BrokerTls | None = None,
+    ) -> None:
+        self.dir = settings.home / "kafka"
+        self.brokers = brokers
+        self.layout = self.dir / BROKERS_FILE
+        recorded = self._recorded()
+        self.cluster_id = str(recorded.get("cluster_id") or uuid.uuid4())
+        chosen = tuple(nodes) or self._recorded_nodes(settings, recorded)
+        if not chosen:
+            chosen = kafka_nodes(settings, brokers or 1)
+        bootstrap = ",".join(node.address for node in chosen)
+        self.settings = settings.model_copy(update={"kafka_bootstrap": bootstrap})
+        self.nodes = [
+            KafkaService(self.settings, tls=tls, node=node, quorum=chosen) for node in chosen
+        ]
+
+    @property
+    def bootstrap(self) -> str:
+        return self.settings.kafka_bootstrap
+
+    def node(self, node_id: int) -> KafkaService:
+        (found,) = [n for n in self.nodes if n.node.node_id == node_id]
+        return found
+
+    def _recorded(self) -> dict[str, Any]:
+        try:
+            kept = json.loads(self.layout.read_text())
+        except (OSError, ValueError):
+            return {}
+        return kept if isinstance(kept, dict) else {}
+
+    def _recorded_nodes(self, settings: Settings, kept: dict[str, Any]) -> tuple[KafkaNode, ...]:
+        return tuple(
+            KafkaNode(
+                node_id=int(n["node_id"]),
+                host=str(n["host"]),
+                port=int(n["port"]),
+                controller_port=int(n["controller_port"]),
+                dir=self.dir / f"node-{int(n['node_id'])}",
+            )
+            for n in kept.get("nodes", [])
+        )
+
+    def _record(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        nodes = [
+            {
+                "node_id": n.node.node_id,
+                "host": n.host,
+                "port": n.port,
+                "controller_port": n.node.controller_port,
+            }
+            for n in self.nodes
+        ]
+        self.layout.write_text(json.dumps({"cluster_id": self.cluster_id, "nodes": nodes}))
+        (self.settings.home / LOCAL_BOOTSTRAP).write_text(self.bootstrap + "\n")
+
+    def up(self) -> str:
+        """Start every node not running (all of them at once: a controller needs a majority of
+        the quorum to elect a leader), wait until each broker has registered, then the topics."""
+        if self.brokers is not None and self.brokers != len(self.nodes):
+            raise StackError(
+                f"the stack under {self.settings.home} has {len(self.nodes)} "
+                f"broker{'s' if len(self.nodes) > 1 else ''}, not {self.brokers}: a stack is "
+                f"not resized in place; `oms stack down`, then move {self.dir} away (its data) "
+                "or use another OMS_HOME"
+            )
+        if len(self.nodes) == 1:
+            return self.nodes[0].up()
+        stopped = [n for n in self.nodes if n.process.pid() is None]
+        if not stopped and self.answering():
+            self.nodes[0].ensure_topics()
+            return f"already running ({len(self.nodes)} brokers: {self.bootstrap})"
+        self.nodes[0].ensure_installed()
+        for node in stopped:
+            node.ensure_ports_free()
+        self._record()
+        for node in stopped:
+            node.start(cluster_id=self.cluster_id)
+        for node in self.nodes:
+            _wait_until(
+                functools.partial(self._knows_every_broker, node),
+                timeout_s=START_TIMEOUT_S,
+                what=f"Kafka node {node.node.node_id} (with all {len(self.nodes)} brokers)",
+                log=node.log,
+            )
+        first = self.nodes[0]
+        first.ensure_topics()
+        _wait_until(
+            first.topics_readable, timeout_s=START_TIMEOUT_S, what="Kafka's topics", log=first.log
+        )
+        started = ", ".join(str(n.node.node_id) for n in stopped)
+        return f"started node{'s' if len(stopped) > 1 else ''} {started} ({self.bootstrap})"
+
+    def answering(self) -> bool:
+        """Every node answers, and knows every broker."""
+        return all(self._knows_every_broker(node) for node in self.nodes)
+
+    def _knows_every_broker(self, node: KafkaService) -> bool:
+        return node.brokers_seen() == len(self.nodes)
+
+    def down(self) -> bool:
+        """Stop every node, together: one at a time, the last would wait for a quorum gone."""
+        if len(self.nodes) == 1:
+            return self.nodes[0].down()
+        with ThreadPoolExecutor(max_workers=len(self.nodes)) as pool:
+            return any(list(pool.map(lambda node: node.down(), self.nodes)))
+
+    def status(self) -> list[ServiceStatus]:
+        """One line per node."""
+        if len(self.nodes) == 1:
+            return [self.nodes[0].status()]
+        return [
+            ServiceStatus(
+                f"kafka-{n.node.node_id}",
+                s.address,
+                s.running,
+                s.answering,
+                s.detail,
+            )
+            for n in self.nodes
+            for s in [n.status()]
+        ]
+
+    def running(self) -> bool:
+        return any(node.process.pid() is not None for node in self.nodes)
 
 
 _CLICKHOUSE_CONFIG = """<?xml version="1.0"?>
@@ -748,13 +994,14 @@ class ClickHouseService:
 
 
 class Stack:
-    """Both services together, in start order."""
+    """Both services together, in start order. `brokers`: how many Kafka nodes a new stack
+    runs (`KafkaCluster`); one unless asked, and a stack that exists keeps its own."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, brokers: int | None = None) -> None:
         settings.home.mkdir(parents=True, exist_ok=True)
         self.settings = settings
-        self.services: list[KafkaService | ClickHouseService] = [
-            KafkaService(settings),
+        self.services: list[KafkaCluster | ClickHouseService] = [
+            KafkaCluster(settings, brokers=brokers),
             ClickHouseService(settings),
         ]
 
@@ -779,7 +1026,14 @@ class Stack:
         return [(service.name, service.down()) for service in reversed(self.services)]
 
     def status(self) -> list[ServiceStatus]:
-        return [service.status() for service in self.services]
+        found: list[ServiceStatus] = []
+        for service in self.services:
+            found += service.status() if isinstance(service, KafkaCluster) else [service.status()]
+        return found
 
     def started_by_us(self) -> list[str]:
-        return [s.name for s in self.services if s.process.pid() is not None]
+        return [
+            s.name
+            for s in self.services
+            if (s.running() if isinstance(s, KafkaCluster) else s.process.pid() is not None)
+        ]

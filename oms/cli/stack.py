@@ -15,12 +15,19 @@ def stack() -> None:
 
 
 @stack.command("up")
-def stack_up() -> None:
+@click.option(
+    "--brokers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Kafka nodes of a new stack (default 1; 3 for replicated topics: 3 copies, writes "
+    "need 2). A stack that exists keeps its own; OMS_KAFKA_BOOTSTRAP then lists them all.",
+)
+def stack_up(brokers: int | None) -> None:
     """Start Kafka and ClickHouse (idempotent) and wait until both answer."""
     from oms.stack import Stack, StackError
 
     try:
-        for name, outcome in Stack(get_settings()).up():
+        for name, outcome in Stack(get_settings(), brokers=brokers).up():
             click.echo(f"{name}: {outcome}")
     except StackError as exc:
         raise click.ClickException(str(exc)) from exc

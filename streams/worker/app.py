@@ -609,7 +609,7 @@ def create_app(
         key_serializer="raw",
         value_serializer="raw",
         topic_partitions=settings.kafka_partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.replication_factor,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_linger=0.002,

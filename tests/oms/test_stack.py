@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -12,7 +13,15 @@ from typing import Any
 import pytest
 
 from infra.settings import Settings
-from oms.stack import ClickHouseService, KafkaService, process_alive
+from oms.stack import (
+    ClickHouseService,
+    KafkaCluster,
+    KafkaService,
+    StackError,
+    kafka_nodes,
+    process_alive,
+)
+from tests.faults.brokers import SUITE_PARTITIONS, free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -69,6 +78,95 @@ def test_up_twice_status_and_down_leave_no_process_behind(
     after = oms("stack", "status", env=env)
     assert after.returncode == 1
     assert "down" in after.stdout
+
+
+def test_one_broker_is_the_stack_as_it_always_was(tmp_path: Path) -> None:
+    (node,) = kafka_nodes(Settings(home=tmp_path, kafka_bootstrap="localhost:9092"), 1)
+    assert (node.node_id, node.address, node.controller_port) == (1, "localhost:9092", 9093)
+    assert node.dir == tmp_path / "kafka"
+
+
+def test_three_brokers_take_the_listed_addresses_else_steps_of_100(tmp_path: Path) -> None:
+    listed = Settings(home=tmp_path, kafka_bootstrap="localhost:9092,localhost:9094")
+    nodes = kafka_nodes(listed, 3)
+    assert [n.address for n in nodes] == ["localhost:9092", "localhost:9094", "localhost:9292"]
+    assert [n.controller_port for n in nodes] == [9093, 9193, 9293]
+    assert [n.voter for n in nodes] == ["1@localhost:9093", "2@localhost:9193", "3@localhost:9293"]
+    assert [n.dir.name for n in nodes] == ["node-1", "node-2", "node-3"]
+    clash = Settings(home=tmp_path, kafka_bootstrap="localhost:9092,localhost:9093")
+    with pytest.raises(StackError, match="ports are the same"):
+        kafka_nodes(clash, 3)
+
+
+def _controller_base() -> int:
+    """A port p with p + 100 and p + 200 free too: the controllers of a 3-broker stack."""
+    for base in free_ports(20):
+        if base + 200 < 65536 and all(not _taken(base + step) for step in (100, 200)):
+            return base
+    raise AssertionError("no free controller ports")
+
+
+def _taken(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def test_three_brokers_up_status_and_down_through_the_cli(
+    stack_settings: Settings, tmp_path: Path
+) -> None:
+    brokers = ",".join(f"localhost:{port}" for port in free_ports(3))
+    native, http = free_ports(2)
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMS_")} | {
+        "OMS_HOME": str(home),
+        "OMS_KAFKA_LIBS": str(stack_settings.kafka_libs_dir),
+        "OMS_KAFKA_PARTITIONS": str(SUITE_PARTITIONS),  # the suite's, for speed (see there)
+        "OMS_CLICKHOUSE_PORT": str(native),
+        "OMS_CLICKHOUSE_HTTP_PORT": str(http),
+    }
+    first_up = env | {
+        "OMS_KAFKA_BOOTSTRAP": brokers,
+        "OMS_KAFKA_CONTROLLER_PORT": str(_controller_base()),
+    }
+    pids: list[int] = []
+    try:
+        up = oms("stack", "up", "--brokers", "3", env=first_up)
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"kafka: started nodes 1, 2, 3 ({brokers})" in up.stdout
+        # From now on the stack says where its brokers are: OMS_KAFKA_BOOTSTRAP unset.
+        assert Settings(home=home).kafka_bootstrap == brokers
+        assert Settings(home=home).replication_factor == 3
+        again = oms("stack", "up", env=env)
+        assert again.returncode == 0, again.stderr
+        assert f"kafka: already running (3 brokers: {brokers})" in again.stdout
+        resized = oms("stack", "up", "--brokers", "1", env=env)
+        assert resized.returncode != 0 and "not resized in place" in resized.stderr
+
+        status = oms("stack", "status", env=env)
+        assert status.returncode == 0, status.stdout
+        for n, address in enumerate(brokers.split(","), start=1):
+            assert any(
+                line.startswith(f"kafka-{n} ") and address in line and line.endswith("answering")
+                for line in status.stdout.splitlines()
+            ), status.stdout
+        cluster = KafkaCluster(Settings(home=home))
+        pids = [pid for node in cluster.nodes if (pid := node.process.pid()) is not None]
+        assert len(pids) == 3
+    finally:
+        down = oms("stack", "down", env=env)
+    assert down.returncode == 0, down.stderr
+    assert "kafka: stopped" in down.stdout
+    for pid in pids:
+        assert not process_alive(pid), f"broker {pid} is still running"
+    after = oms("stack", "status", env=env)
+    assert after.returncode == 1
+    assert (
+        sum(line.startswith("kafka-") and "down" in line for line in after.stdout.splitlines()) == 3
+    )
 
 
 def test_missing_java_gives_a_clear_message(stack_settings: Settings, tmp_path: Path) -> None:
