@@ -86,6 +86,7 @@ from events.notifications import (
 from events.privacy import DataKeys
 from infra.kafka import producer_config
 from infra.keystore import private_codec
+from infra.metrics import Health
 from infra.poison import describe
 from infra.publisher import Publisher
 from infra.settings import Settings
@@ -379,6 +380,9 @@ class Notifier:
         self.stats = NotifierStats()
         self._order = itertools.count()
         self._housekept = 0.0
+        # Ready (/readyz) once the records are read and the order log is being gone through.
+        self.unready: str | None = "reading the notifications topic"
+        self.health = Health(why_not_ready=lambda: self.unready)
 
     # -- the loop
 
@@ -392,8 +396,10 @@ class Notifier:
         chunks = from_the_beginning(
             self.settings, [self.settings.topics.orders], group="notify", label="notify"
         )
+        self.unready = None
         try:
             while until is None or not until(self):
+                self.health.beat()
                 for raw, where in next(chunks):
                     self.take(raw, where=where)
                     if len(self.batch) >= BATCH:
@@ -401,6 +407,7 @@ class Notifier:
                 self.housekeeping()
                 self.send_batch()
         finally:
+            self.unready = "stopped"
             chunks.close()
             for mailer in [self.mailer, *self._lane_mailers]:
                 close = getattr(mailer, "close", None)

@@ -43,6 +43,7 @@ from events.models import (
 )
 from events.shipping import Shipment, TrackingEvent, TrackingStatus
 from infra.http import problem
+from infra.metrics import Health
 from infra.publisher import AsyncPublisher, Publisher
 from infra.settings import Settings
 from oms.outbox import from_the_beginning
@@ -161,10 +162,16 @@ class Tracker:
         self.pending: dict[str, list[TrackingEvent]] = {}  # pushes before their shipment
         self.stats = TrackerStats()
         self.caught_up = False
+        # Ready (/readyz) once the fold has read the logs to their end (carriers are asked then).
+        self.health = Health(why_not_ready=self._why_not_ready)
+
+    def _why_not_ready(self) -> str | None:
+        return None if self.caught_up else "reading the order log and the carriers' pushes"
 
     def run(self, *, until: Callable[[Tracker], bool] | None = None) -> TrackerStats:
         topics = [self.settings.topics.orders, self.settings.topics.carrier_updates]
         for chunk in from_the_beginning(self.settings, topics, group="tracker", label="tracker"):
+            self.health.beat()
             for raw, where in chunk:
                 if where.startswith(f"{self.settings.topics.carrier_updates}/"):
                     self._pushed(raw, where)

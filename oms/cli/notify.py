@@ -7,6 +7,7 @@ from __future__ import annotations
 import click
 
 from infra.settings import get_settings
+from oms.cli.processes import metrics_port_option
 
 
 @click.group("notify")
@@ -16,7 +17,8 @@ def notify() -> None:
 
 
 @notify.command("run")
-def run() -> None:
+@metrics_port_option
+def run(metrics_port: int | None) -> None:
     """Send each order's customer messages exactly once. Exit 78 when e-mail is on without
     OMS_SMTP_HOST or OMS_SMTP_FROM, an SMS or WeChat setting is missing, or the relay or a
     provider refuses the credentials (docs/operations.md)."""
@@ -46,7 +48,17 @@ def run() -> None:
         click.echo(
             f"oms notify: e-mail through {relay}" + (f"; {others}" if others else ""), err=True
         )
-        Notifier(settings, mailer=mailer, texts=texts).run()
+        from infra.metrics import serve_metrics
+        from infra.structured_logs import configure_logging
+
+        configure_logging(settings, process="notify")
+        notifier = Notifier(settings, mailer=mailer, texts=texts)
+        server = serve_metrics(settings, port=metrics_port, health=notifier.health)
+        try:
+            notifier.run()
+        finally:
+            if server is not None:
+                server.close()
 
     run_until_stopped("oms notify", main, exit_code=exit_code)
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from oms.cli.processes import metrics_port_option
+
 
 @click.group()
 def carriers() -> None:
@@ -105,7 +107,8 @@ def track() -> None:
 
 
 @track.command("run")
-def track_run() -> None:
+@metrics_port_option
+def track_run(metrics_port: int | None) -> None:
     """Follow every shipment on its way: ask its carrier every OMS_TRACK_POLL_S, read the
     verified pushes, tell the order agent each new status and the delivery."""
     from infra.exit_codes import ExitCode, run_until_stopped
@@ -123,6 +126,16 @@ def track_run() -> None:
     def main() -> None:
         carriers = carriers_from_settings(settings, load_config(settings.shipping_file))
         click.echo(f"oms track: following shipments of {', '.join(carriers)}", err=True)
-        Tracker(settings, carriers=carriers, poll_every_s=settings.track_poll_s).run()
+        from infra.metrics import serve_metrics
+        from infra.structured_logs import configure_logging
+
+        configure_logging(settings, process="track")
+        tracker = Tracker(settings, carriers=carriers, poll_every_s=settings.track_poll_s)
+        server = serve_metrics(settings, port=metrics_port, health=tracker.health)
+        try:
+            tracker.run()
+        finally:
+            if server is not None:
+                server.close()
 
     run_until_stopped("oms track", main, exit_code=exit_code)

@@ -161,7 +161,9 @@ def test_orders_become_exactly_the_expected_emails_and_a_restart_sends_none_agai
     assert keys.forget([subject_for("webshop:cust-4", keys.pepper)]) >= 1
 
     notifier = Notifier(settings, mailer=_mailer(settings))
+    assert notifier.health.why_not_ready() == "reading the notifications topic"  # (/readyz)
     stats = notifier.run(until=lambda n: n.stats.sent + n.stats.skipped >= 9)
+    assert notifier.health.why_not_ready() == "stopped"
     assert (stats.sent, stats.skipped, stats.failed) == (5, 4, 0)
 
     got = Counter((r.recipients[0], r.message["Subject"]) for r in handler.received)

@@ -100,7 +100,9 @@ def test_polled_and_pushed_statuses_become_commands_once_and_delivery_is_told(
     carriers: dict[str, Carrier] = {"sf": client}
 
     tracker = Tracker(settings, carriers=carriers, poll_every_s=3600)
+    assert tracker.health.why_not_ready() is not None  # (/readyz) nothing read yet
     tracker.run(until=lambda t: t.stats.polled >= 1 and t.stats.pushed >= 1)
+    assert tracker.health.why_not_ready() is None  # it polled: it had read the logs to their end
     assert tracker.stats.commands == 2  # picked up, in transit; the push waits
     publisher.publish(settings.topics.orders, created("o-track-2", "sf", other.tracking_number))
     publisher.flush(30)
