@@ -1,6 +1,6 @@
 """Restart time after a day of orders: how long a worker takes to have every partition's agent
 state back, from the whole log and from snapshots plus their tails; and, beside it, how long
-the shared views (not snapshotted) take to read the same topics.
+the shared views take to read the same topics, from their start and from their snapshot.
 
 The history is finished orders (4 order-log events each, and a reservation per fifth order on
 the ledger: `bench.projection.produce_history`) on scratch topics of the default partition
@@ -21,7 +21,7 @@ from typing import Any
 
 from bench.kafka_tools import scratch_topics
 from bench.projection import produce_history
-from infra.keystore import private_codec
+from infra.keystore import MemoryKeys, private_codec
 from infra.replay import read_partition
 from infra.settings import Settings
 from streams.partitions import LedgerPartition, OrderPartition
@@ -66,18 +66,28 @@ def _rebuild_all(states: list[PartitionStates[Any]], partitions: int) -> float:
     return time.perf_counter() - began
 
 
-def _views_ready(settings: Settings, codec: Any) -> float:
+def _views_ready(
+    settings: Settings, codec: Any, store: SnapshotStore | None = None
+) -> tuple[float, SharedViews]:
+    """Seconds until a worker's shared views are read: from the topics' start, or (with
+    `store`) from their snapshot on and the topics' tails."""
     views = SharedViews(catalogue=load_catalogue(settings.catalogue_file), codec=codec)
     began = time.perf_counter()
     topics = settings.topics
+
+    def snapshot() -> bytes | None:
+        found = store.read("views", 0) if store else None
+        return found.payload if found else None
+
     views.start(
         bootstrap=settings.kafka_bootstrap,
         topics=[topics.catalogue, topics.inventory, topics.orders],
+        snapshot=snapshot if store else None,
     )
     views.ready.wait(timeout=3600)
     took = time.perf_counter() - began
     views.stop()
-    return took
+    return took, views
 
 
 def run(settings: Settings, *, orders: int, tail: int) -> dict[str, Any]:
@@ -89,7 +99,9 @@ def run(settings: Settings, *, orders: int, tail: int) -> dict[str, Any]:
         began = time.perf_counter()
         events = produce_history(scratch, events=orders * 4)
         produced_s = time.perf_counter() - began
-        codec = private_codec(scratch)
+        # Data keys in memory: the history was not sealed as it was written (as a worker's
+        # log is), so each of its customers would otherwise get a key on the key topic now.
+        codec = private_codec(scratch, MemoryKeys())
         store = SnapshotStore(scratch)
         sealer = Sealer(codec)
         order_snaps, ledger_snaps = OrderSnapshots(store, codec), LedgerSnapshots(store, codec)
@@ -125,12 +137,14 @@ def run(settings: Settings, *, orders: int, tail: int) -> dict[str, Any]:
             for partition, state in agent.states.items():
                 offset = _end(scratch, agent.topic, partition, codec)
                 written += snaps.write(partition, offset, snaps.capture(state)())
-        snapshot_s = time.perf_counter() - began
+        views_s, views = _views_ready(scratch, codec)
+        written += store.write("views", 0, 0, views.cut())
+        snapshot_s = time.perf_counter() - began - views_s
         tail_events = produce_history(scratch, events=tail * 4) if tail else 0
         restored = agents(snapshots=True)
         restart_s = _rebuild_all(restored, partitions)
         replayed = sum(sum(agent.unsnapped.values()) for agent in restored)
-        views_s = _views_ready(scratch, codec)
+        views_restart_s, _ = _views_ready(scratch, codec, SnapshotStore(scratch))
         for agent in (*full, *restored):
             agent.forget(list(agent.states))
     return {
@@ -145,7 +159,8 @@ def run(settings: Settings, *, orders: int, tail: int) -> dict[str, Any]:
         "tail_events": tail_events,
         "replayed_events": replayed,
         "restart_s": round(restart_s, 2),
-        "views_s": round(views_s, 2),
+        "views_full_s": round(views_s, 2),
+        "views_restart_s": round(views_restart_s, 2),
         "target_s": RESTART_TARGET_S,
     }
 
@@ -170,5 +185,7 @@ def report(figures: dict[str, Any]) -> list[str]:
         f"restart from snapshots + a tail of {figures['tail_orders']:,} orders "
         f"({figures['replayed_events']:,} events replayed): {figures['restart_s']} s "
         f"(target <= {figures['target_s']:g} s: {'met' if met else 'NOT met'})",
-        f"shared views read from the topics' start (not snapshotted): {figures['views_s']} s",
+        f"shared views: {figures['views_full_s']} s from the topics' start, "
+        f"{figures['views_restart_s']} s from their snapshot and the tails (the worker reads "
+        "them beside its partitions: a restart takes the longer of the two)",
     ]

@@ -54,7 +54,9 @@ def read_partition(
             [TopicPartition(topic, partition, start if start > low else OFFSET_BEGINNING)]
         )
         while True:
-            for message in consumer.consume(num_messages=10_000, timeout=1.0):
+            # `consume` returns once it holds num_messages or its timeout passed: a short one,
+            # or every partition smaller than a batch costs the whole timeout (it was 1 s).
+            for message in consumer.consume(num_messages=10_000, timeout=0.05):
                 if message.error() is not None:
                     continue  # end of partition
                 offset = message.offset() or 0

@@ -86,6 +86,10 @@ class CustomerHistory:
         """Orders held in the velocity indexes (what `prune` bounds)."""
         return len(self._recent)
 
+    def size(self) -> int:
+        """Entries held: orders in the velocity indexes and customers' aggregates."""
+        return len(self._recent) + len(self._customers)
+
     def holds(self, order_id: str) -> bool:
         """Whether the order is recorded (and still within the prune horizon)."""
         return order_id in self._recent

@@ -235,6 +235,7 @@ class Worker:
             tail=tail,
         )
         self._snapshot_writing: asyncio.Task[None] | None = None
+        self._snapshot_store = store
 
     # ------------------------------------------------------------ partitions and views
 
@@ -253,10 +254,19 @@ class Worker:
     def start_views(self) -> None:
         if self._reads_views:
             topics = self.topics
+            snapshot = None
+            if self._snapshot_store is not None:
+                store = SnapshotStore(self.settings)  # the views' thread's own
+
+                def snapshot() -> bytes | None:
+                    found = store.read("views", 0)
+                    return None if found is None else found.payload
+
             self.views.start(
                 bootstrap=self.settings.kafka_bootstrap,
                 topics=[topics.catalogue, topics.inventory, topics.orders],
                 eta_topic=topics.eta_models,
+                snapshot=snapshot,
             )
 
     async def views_ready(self) -> None:
@@ -535,6 +545,30 @@ class Worker:
                 self.write_ledger([(e, self.codec.encode(e)) for e in lapsed], partition)
         self.forget_the_past(now)
         await self.out.confirmed()
+        await self.snapshot_views()
+
+    async def snapshot_views(self) -> None:
+        """The worker holding partition 0 of the order log snapshots the shared views once
+        they folded more than their bound since the last cut (on the snapshot topic's
+        partition 0). Written only once Kafka confirmed every output noted before the cut."""
+        store, views = self._snapshot_store, self.views
+        if store is None or 0 not in self.order_states.states or not views.ready.is_set():
+            return
+        if self._snapshot_writing is not None and not self._snapshot_writing.done():
+            return
+        if views.unsnapped < max(self.settings.snapshot_every, views.size()):
+            return
+        blob = views.cut()
+        await self.out.confirmed()
+
+        async def write() -> None:
+            try:
+                size = await asyncio.to_thread(store.write, "views", 0, 0, blob)
+                log.info("snapshot of the views: %d bytes", size)
+            except Exception:  # noqa: BLE001 - a snapshot only saves time: try again later
+                log.exception("snapshot of the views not written")
+
+        self._snapshot_writing = asyncio.ensure_future(write())
 
     def forget_the_past(self, now: datetime) -> None:
         """What the views keep of the past stays bounded: customers' velocity entries older

@@ -9,15 +9,23 @@ the worker per input. They are eventually consistent and used only where that is
 pick a location whose stock just went — the ledger, which is exact, then refuses the
 reservation and the order is re-routed; fraud velocity and capacity are soft limits. The
 worker also notes its own decisions at once, so it does not wait for them to come back.
+
+A worker restarting reads them from a snapshot (`cut`, written by the worker that holds
+partition 0 of the order log: streams/worker/snapshots.py) and the topics from the offsets it
+names on, instead of from their start. The cut is taken under the lock, with the offsets the
+thread had folded through (a fold is idempotent, so an event read again after a restore
+changes nothing); the worker writes it only once Kafka confirmed every output it had noted
+by then, so a snapshot never holds a decision that did not reach the log.
 """
 
 from __future__ import annotations
 
 import logging
+import pickle
 import threading
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import Any
@@ -80,6 +88,11 @@ class SharedViews:
         self.tickets: dict[str, tuple[int, str | None, datetime]] = {}
         self.open_at: Counter[str] = Counter()
         self._eta_topic: str | None = None
+        self._snapshot: Callable[[], bytes | None] | None = None
+        # The offset after the last event the thread folded, per topic partition, and how many
+        # it folded since the views were cut last (or restored).
+        self.positions: dict[tuple[str, int], int] = {}
+        self.unsnapped = 0
         self.ready = threading.Event()
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -193,11 +206,45 @@ class SharedViews:
                         if self.open_at[where] <= 0:
                             del self.open_at[where]
 
+    # ------------------------------------------------------------ snapshots
+
+    _STATE = ("history", "stock", "routed", "auto_paused", "tickets", "open_at", "catalogue")
+
+    def size(self) -> int:
+        return len(self.stock) + len(self.tickets) + self.history.size()
+
+    def cut(self) -> bytes:
+        """The views and the offsets they were read through, pickled under the lock."""
+        with self._lock:
+            state = {name: getattr(self, name) for name in self._STATE}
+            blob = pickle.dumps(
+                {"positions": dict(self.positions), "state": state}, pickle.HIGHEST_PROTOCOL
+            )
+            self.unsnapped = 0
+        return blob
+
+    def restore(self, blob: bytes) -> None:
+        """Views cut by `cut` (this version's: the snapshot's fingerprint says so)."""
+        data = pickle.loads(blob)  # noqa: S301 - authenticated under the master key
+        with self._lock:
+            for name, value in data["state"].items():
+                setattr(self, name, value)
+            self.positions = dict(data["positions"])
+
     # ------------------------------------------------------------ the reading thread
 
-    def start(self, *, bootstrap: str, topics: list[str], eta_topic: str | None = None) -> None:
-        """Follow `topics` (and the prep-time models on `eta_topic`) from their beginning."""
+    def start(
+        self,
+        *,
+        bootstrap: str,
+        topics: list[str],
+        eta_topic: str | None = None,
+        snapshot: Callable[[], bytes | None] | None = None,
+    ) -> None:
+        """Follow `topics` (and the prep-time models on `eta_topic`) from their beginning, or
+        from where the views of `snapshot` (asked in the thread) were cut."""
         self._eta_topic = eta_topic
+        self._snapshot = snapshot
         if eta_topic is not None:
             topics = [*topics, eta_topic]
         self._thread = threading.Thread(
@@ -218,15 +265,17 @@ class SharedViews:
         )
         consumer = Consumer(config)
         try:
+            self._restore_snapshot()
             ends: dict[tuple[str, int], int] = {}
             assignment = []
             for topic in topics:
                 metadata = consumer.list_topics(topic, timeout=30).topics[topic]
                 for partition in metadata.partitions:
-                    tp = TopicPartition(topic, partition, OFFSET_BEGINNING)
+                    start = self.positions.get((topic, partition), OFFSET_BEGINNING)
+                    tp = TopicPartition(topic, partition, start)
                     assignment.append(tp)
                     _, high = consumer.get_watermark_offsets(tp, timeout=30)
-                    if high > 0:
+                    if high > 0 and (start == OFFSET_BEGINNING or start < high):
                         ends[(topic, partition)] = high
             consumer.assign(assignment)
             if not ends:
@@ -234,17 +283,37 @@ class SharedViews:
             while not self._stop.is_set():
                 for message in consumer.consume(num_messages=5000, timeout=0.2):
                     if message.error() is None:
+                        where = (message.topic() or "", message.partition() or 0)
                         if message.topic() == self._eta_topic:
                             self.note_prep_model(message.value())
                         else:
                             self._fold(message.value() or b"", message.key())
-                        where = (message.topic() or "", message.partition() or 0)
+                            self.positions[where] = (message.offset() or 0) + 1
+                            self.unsnapped += 1
                         if where in ends and (message.offset() or 0) >= ends[where] - 1:
                             del ends[where]
                             if not ends:
                                 self.ready.set()
         finally:
             consumer.close()
+
+    def _restore_snapshot(self) -> None:
+        if self._snapshot is None:
+            return
+        catalogue = self.catalogue
+        try:
+            blob = self._snapshot()
+            if blob is not None:
+                self.restore(blob)
+                log.info("views restored from a snapshot (%d partitions)", len(self.positions))
+        except Exception:  # noqa: BLE001 - a snapshot only saves time: read from the start
+            log.exception("views: the snapshot does not restore; reading from the start")
+            with self._lock:
+                self.catalogue = catalogue
+                self.history = CustomerHistory()
+                self.stock, self.tickets, self.positions = {}, {}, {}
+                self.routed = defaultdict(set)
+                self.auto_paused, self.open_at = set(), Counter()
 
 
 class _Load(Mapping[str, int]):

@@ -23,6 +23,7 @@ from infra.publisher import Publisher
 from infra.replay import read_partition
 from infra.settings import Settings
 from streams.partitions import KeptInMemory, LedgerPartition, OrderPartition
+from streams.reference import load_catalogue
 from streams.worker.app import PartitionStates
 from streams.worker.snapshots import (
     LedgerSnapshots,
@@ -30,6 +31,7 @@ from streams.worker.snapshots import (
     Sealer,
     SnapshotStore,
 )
+from streams.worker.views import SharedViews
 from tests.streams.test_invariants import (
     check_ledger,
     check_orders,
@@ -87,7 +89,7 @@ def test_a_worker_killed_restarts_from_its_snapshots_and_ends_as_a_full_replay_w
     scarce: Settings,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    settings = scarce.model_copy(update={"snapshot_every": 300})
+    settings = scarce.model_copy(update={"snapshot_every": 300, "expiry_check_s": 2.0})
     orders = 2000
     log = tmp_path / "worker.log"
     worker = start_worker(settings, log)
@@ -109,6 +111,9 @@ def test_a_worker_killed_restarts_from_its_snapshots_and_ends_as_a_full_replay_w
             assert worker.poll() is None, log.read_text()[-3000:]
             time.sleep(0.05)
         assert "snapshot of" in log.read_text(), "no snapshot was written before the kill"
+        while "snapshot of the views" not in log.read_text():
+            assert time.monotonic() < deadline, "the views were not snapshotted"
+            time.sleep(0.1)
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
         assert log_size(settings) < expected, "the worker finished before it could be killed"
@@ -120,6 +125,7 @@ def test_a_worker_killed_restarts_from_its_snapshots_and_ends_as_a_full_replay_w
         stop(worker)
     restarted = log.read_text()[before:]
     assert "from a snapshot at offset" in restarted, restarted[-3000:]
+    assert "views restored from a snapshot" in restarted, restarted[-3000:]
 
     # Nothing lost, nothing twice, nothing oversold: as without snapshots.
     assert len(by_order) == orders
@@ -172,6 +178,32 @@ def test_a_worker_killed_restarts_from_its_snapshots_and_ends_as_a_full_replay_w
         )
         assert snap_ledger.levels == full_ledger.levels
         assert snap_ledger.cut()[1] == full_ledger.cut()[1]
+
+    # The shared views: from their snapshot and the topics' tails as from the topics' start.
+    restored, scratch = views_of(settings, snapshot=store), views_of(settings, snapshot=None)
+    assert restored.positions and restored.stock == scratch.stock
+    assert restored.tickets == scratch.tickets
+    assert restored.history.size() == scratch.history.size()
+    assert {k: set(v) for k, v in restored.routed.items()} == {
+        k: set(v) for k, v in scratch.routed.items()
+    }
+
+
+def views_of(settings: Settings, *, snapshot: SnapshotStore | None) -> SharedViews:
+    views = SharedViews(
+        catalogue=load_catalogue(settings.catalogue_file), codec=private_codec(settings)
+    )
+    found = snapshot.read("views", 0) if snapshot else None
+    assert snapshot is None or found is not None, "no snapshot of the views"
+    topics = settings.topics
+    views.start(
+        bootstrap=settings.kafka_bootstrap,
+        topics=[topics.catalogue, topics.inventory, topics.orders],
+        snapshot=(lambda: found.payload) if found else None,
+    )
+    assert views.ready.wait(timeout=60), "the views did not catch up"
+    views.stop()
+    return views
 
 
 def _log(settings: Settings, partition: int) -> list[Event]:
