@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed-stamp
 # run: about 15 minutes instead of 25). The 25 slowest are listed at the end.
 PYTEST_ARGS ?= -n 2 --durations=25
 
-.PHONY: demo test chaos fuzz lint typecheck pytest system-deps browser-deps label-deps stack-up stack-down clean
+.PHONY: demo test chaos fuzz lint typecheck pytest system-deps browser-deps label-deps cluster-deps stack-up stack-down clean
 
 NATIVE_SRC := native/avro_codec/Cargo.toml native/avro_codec/Cargo.lock $(shell find native/avro_codec/src -name "*.rs")
 
@@ -64,6 +64,19 @@ label-deps:
 	  fi; \
 	fi
 
+# The replicated-ClickHouse tests (and `oms stack cluster up`) run Debian's ZooKeeper 3.8 with
+# java on a zoo.cfg of their own (never the system service): clickhouse-server 18.16 has no
+# clickhouse-keeper.
+cluster-deps:
+	@if [ ! -e /usr/share/java/zookeeper.jar ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing: zookeeper"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zookeeper >/dev/null; \
+	  else \
+	    echo "not installed: zookeeper (the replicated-ClickHouse tests need it)"; \
+	  fi; \
+	fi
+
 # The dashboard's browser test drives Debian's chromium headless (make test only).
 browser-deps:
 	@if ! command -v chromium >/dev/null; then \
@@ -79,7 +92,7 @@ demo: $(STAMP) system-deps
 	$(OMS) demo
 
 # Runs lint, types and every test; stops the stack afterwards if this run started it.
-test: $(STAMP) system-deps browser-deps label-deps
+test: $(STAMP) system-deps browser-deps label-deps cluster-deps
 	@was_up=0; $(OMS) stack status >/dev/null 2>&1 && was_up=1; \
 	$(OMS) stack up || exit 1; \
 	status=0; \

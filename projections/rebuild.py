@@ -12,6 +12,11 @@ The swap, by what the database engine can do atomically (docs/read-models.md):
 - Atomic databases (current ClickHouse, chDB): `EXCHANGE TABLES live.t AND staging.t`, which
   swaps the two names in one step. A RENAME chain is documented as not atomic there, and
   EXCHANGE covers one pair at a time, so each table switches atomically, table after table.
+
+On a cluster (`cluster=`, projections/cluster.py) the staging tables are replicated too, with
+ZooKeeper paths of their own; before the swap every replica is made to hold what the
+projector wrote on one of them (`SYSTEM SYNC REPLICA`), and the swap runs ON CLUSTER: each
+replica swaps as above, one replica after another (the replicas do not switch at one instant).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from infra.settings import Settings
+from projections.cluster import ClusterDDL, sync_replicas
 from projections.lease import ProjectorLease, lease_key
 from projections.projector import BatchStats, Projector
 from projections.schema import READ_MODEL_NAMES, migrate
@@ -41,21 +47,23 @@ def staging_database(database: str) -> str:
     return f"{database}__rebuild"
 
 
-def swap_in(store: ClickHouseStore, staging: str) -> str:
+def swap_in(store: ClickHouseStore, staging: str, *, cluster: str | None = None) -> str:
     """Put the staging tables in the live database's place; the old ones end up in staging.
+    With `cluster`, on every replica of that cluster (ON CLUSTER).
 
     Returns the statement used ("RENAME" or "EXCHANGE")."""
     live = store.database
+    on_cluster = f" ON CLUSTER {cluster}" if cluster else ""
     rows = store.query(f"SELECT engine FROM system.databases WHERE name = {sql_string(live)}")
     if rows and rows[0][0] in EXCHANGE_ENGINES:
         for table in READ_MODEL_NAMES:
-            store.execute(f"EXCHANGE TABLES {live}.{table} AND {staging}.{table}")
+            store.execute(f"EXCHANGE TABLES {live}.{table} AND {staging}.{table}{on_cluster}")
         return "EXCHANGE"
     chain: list[str] = []
     for table in READ_MODEL_NAMES:
         chain.append(f"{live}.{table} TO {staging}.{table}__old")
         chain.append(f"{staging}.{table} TO {live}.{table}")
-    store.execute("RENAME TABLE " + ", ".join(chain))
+    store.execute("RENAME TABLE " + ", ".join(chain) + on_cluster)
     return "RENAME"
 
 
@@ -81,13 +89,19 @@ def rebuild(
     batch_size: int = 200_000,
     batch_seconds: float = 1.0,
     on_batch: Callable[[BatchStats], None] | None = None,
+    cluster: str | None = None,
 ) -> RebuildReport:
-    """Replay both topics into `<db>__rebuild`, swap it in, drop the old tables."""
+    """Replay both topics into `<db>__rebuild`, swap it in, drop the old tables. With
+    `cluster`, the live database is that cluster's (`oms project --migrate --cluster`)."""
     began = time.monotonic()
-    migrate(store)  # the live database has every table the swap exchanges
+    layout = ClusterDDL(cluster) if cluster else None
+    migrate(store, cluster=layout)  # the live database has every table the swap exchanges
     staging_name = staging_database(store.database)
     staging = store.with_database(staging_name)
-    staging.execute(f"DROP DATABASE IF EXISTS {staging_name}")
+    on_cluster = layout.on_cluster if layout else ""
+    staging.execute(f"DROP DATABASE IF EXISTS {staging_name}{on_cluster}")
+    if layout is not None:  # the projector's own migrate then finds every table in place
+        migrate(staging, cluster=layout.for_staging(store.database))
     projector = Projector(
         settings=settings,
         store=staging,
@@ -101,12 +115,20 @@ def rebuild(
         events = _catch_up(projector, on_batch)
         lease.begin_swap()  # the live projector finishes its batch and pauses
         events += _catch_up(projector, on_batch)
-        swap = swap_in(store, staging_name)
+        if cluster is not None:
+            sync_replicas(
+                url=settings.resolved_clickhouse_url,
+                cluster=cluster,
+                database=staging_name,
+                tables=READ_MODEL_NAMES,
+                store=store,
+            )
+        swap = swap_in(store, staging_name, cluster=cluster)
     finally:
         projector.close()
         staging.close()
         lease.end_swap()
-    store.execute(f"DROP DATABASE IF EXISTS {staging_name}")
+    store.execute(f"DROP DATABASE IF EXISTS {staging_name}{on_cluster}")
     return RebuildReport(
         events=events, staging=staging_name, swap=swap, elapsed_s=time.monotonic() - began
     )

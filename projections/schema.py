@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from projections.cluster import ClusterDDL, ClusterDDLError, check_cluster, ensure_distributed
+from projections.cluster import is_replicated as _is_replicated
 from projections.store import ClickHouseStore, sql_string
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -288,6 +290,7 @@ class MigrationReport:
     applied: list[str] = field(default_factory=list)
     already: list[str] = field(default_factory=list)
     changed_since_applied: list[str] = field(default_factory=list)
+    distributed: list[str] = field(default_factory=list)  # `<table>_all` made (on a cluster)
 
 
 _FILE = re.compile(r"^(\d{3})_(\w+)\.sql$")
@@ -325,18 +328,23 @@ def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
 MIGRATIONS = load_migrations()
 
 
-def _prepare(store: ClickHouseStore) -> None:
-    store.execute(f"CREATE DATABASE IF NOT EXISTS {store.database}")
-    store.execute(
+def _prepare(store: ClickHouseStore, cluster: ClusterDDL | None = None) -> None:
+    schema_migrations = (
         f"CREATE TABLE IF NOT EXISTS {store.database}.schema_migrations ("
         "version UInt32, name String, checksum String, applied_at DateTime"
         ") ENGINE = ReplacingMergeTree() ORDER BY version"
     )
+    if cluster is None:
+        store.execute(f"CREATE DATABASE IF NOT EXISTS {store.database}")
+        store.execute(schema_migrations)
+    else:
+        store.execute(cluster.create_database(store.database))
+        store.execute(cluster.replicated(schema_migrations))
 
 
-def applied_migrations(store: ClickHouseStore) -> dict[int, str]:
+def applied_migrations(store: ClickHouseStore, cluster: ClusterDDL | None = None) -> dict[int, str]:
     """Version → checksum of every migration the database has recorded."""
-    _prepare(store)
+    _prepare(store, cluster)
     rows = store.query(
         f"SELECT version, any(checksum) FROM {store.database}.schema_migrations GROUP BY version"
     )
@@ -353,12 +361,19 @@ def _column_exists(store: ClickHouseStore, qualified_table: str, column: str) ->
     return int(rows[0][0]) > 0
 
 
-def _apply(store: ClickHouseStore, migration: Migration) -> None:
+def _apply(store: ClickHouseStore, migration: Migration, cluster: ClusterDDL | None) -> None:
+    pending: list[str] = []
     for statement in migration.statements:
         sql = statement.replace("{database}", store.database)
         added = _ADD_COLUMN.match(sql)
         if added is not None and _column_exists(store, added.group(1), added.group(2)):
             continue  # a half-applied migration being re-run
+        pending.append(sql)
+    try:
+        statements = pending if cluster is None else cluster.statements(pending)
+    except ClusterDDLError as exc:
+        raise MigrationError(f"migration {migration.label}: {exc}") from exc
+    for sql in statements:
         try:
             store.execute(sql)
         except Exception as exc:
@@ -374,19 +389,55 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None, microsecond=0)
 
 
-def migrate(store: ClickHouseStore, migrations: list[Migration] | None = None) -> MigrationReport:
+def migrate(
+    store: ClickHouseStore,
+    migrations: list[Migration] | None = None,
+    *,
+    cluster: ClusterDDL | None = None,
+) -> MigrationReport:
     """Apply the pending migrations in order; running it again changes nothing.
 
     Each statement is idempotent on its own (CREATE ... IF NOT EXISTS, ADD COLUMN checked
-    first), so a migration interrupted half-way is simply applied again."""
+    first), so a migration interrupted half-way is simply applied again. With `cluster`, as
+    replicated tables on every replica of that cluster, each with a Distributed `<table>_all`
+    (projections/cluster.py). A database made one way is never migrated the other: the
+    single-node DDL on one replica of a cluster would leave the others behind."""
+    replicated = _is_replicated(store, "schema_migrations")
+    if cluster is not None:
+        try:
+            check_cluster(store, cluster.cluster)
+        except ClusterDDLError as exc:
+            raise MigrationError(str(exc)) from exc
+        if not replicated and _exists(store, "schema_migrations"):
+            raise MigrationError(
+                f"{store.database} was made on a single server, not on cluster "
+                f"{cluster.cluster}: make the cluster's database afresh (another name, or "
+                "this one dropped) and let `oms project` replay the topics into it "
+                '(docs/operations.md, "A replicated ClickHouse")'
+            )
     report = MigrationReport()
-    done = applied_migrations(store)
+    done = applied_migrations(store, cluster)
     for migration in MIGRATIONS if migrations is None else migrations:
         if migration.version in done:
             report.already.append(migration.label)
             if done[migration.version] != migration.checksum:
                 report.changed_since_applied.append(migration.label)
             continue
-        _apply(store, migration)
+        if cluster is None and replicated:
+            raise MigrationError(
+                f"{store.database} is replicated: migration {migration.label} must run on "
+                "every replica (oms project --migrate --cluster NAME)"
+            )
+        _apply(store, migration, cluster)
         report.applied.append(migration.label)
+    if cluster is not None and cluster.distributed:
+        report.distributed = ensure_distributed(store, cluster)
     return report
+
+
+def _exists(store: ClickHouseStore, table: str) -> bool:
+    rows = store.query(
+        "SELECT count() FROM system.tables WHERE "
+        f"database = {sql_string(store.database)} AND name = {sql_string(table)}"
+    )
+    return int(rows[0][0]) > 0

@@ -113,6 +113,13 @@ def _check_webhook_secrets(*, allow_missing: bool) -> None:
     help="Replay both topics into fresh tables, swap them in atomically, and exit.",
 )
 @click.option(
+    "--cluster",
+    metavar="NAME",
+    default=None,
+    help="With --migrate or --rebuild: replicated tables ON CLUSTER NAME, a Distributed "
+    '<table>_all over each (docs/operations.md, "A replicated ClickHouse").',
+)
+@click.option(
     "--until-caught-up",
     is_flag=True,
     help="Exit once every message on the topics is projected.",
@@ -134,11 +141,21 @@ def project(
     until_caught_up: bool,
     retry_for: float | None,
     metrics_port: int | None,
+    cluster: str | None,
 ) -> None:
     """Project the order log and the stock ledger into ClickHouse, resuming where ClickHouse
     left off (docs/read-models.md). Exit codes: docs/operations.md."""
     from infra.exit_codes import run_until_stopped
+    from projections.cluster import ClusterDDL, ClusterDDLError
     from projections.reconnect import exit_code
+
+    if cluster is not None:
+        if not (migrate_only or rebuild):
+            raise click.UsageError("--cluster goes with --migrate or --rebuild")
+        try:
+            ClusterDDL(cluster)
+        except ClusterDDLError as exc:
+            raise click.BadParameter(str(exc), param_hint="--cluster") from exc
 
     def main() -> None:
         _project(
@@ -149,6 +166,7 @@ def project(
             until_caught_up,
             retry_for,
             metrics_port,
+            cluster,
         )
 
     run_until_stopped("oms project", main, exit_code=exit_code)
@@ -162,6 +180,7 @@ def _project(
     until_caught_up: bool,
     retry_for: float | None,
     metrics_port: int | None,
+    cluster: str | None = None,
 ) -> None:
     from infra.metrics import serve_metrics
     from infra.structured_logs import configure_logging
@@ -173,11 +192,14 @@ def _project(
     configure_logging(settings, process="projector")
     store = connect(settings.resolved_clickhouse_url)
     if migrate_only:
+        from projections.cluster import ClusterDDL
         from projections.schema import migrate
 
-        report = migrate(store)
+        report = migrate(store, cluster=ClusterDDL(cluster) if cluster else None)
         for label in report.applied:
             click.echo(f"applied  {label}")
+        for table in report.distributed:
+            click.echo(f"made     {table} (Distributed)")
         for label in report.changed_since_applied:
             click.echo(f"warning  {label} was edited after it was applied", err=True)
         click.echo(
@@ -200,6 +222,7 @@ def _project(
             store=store,
             batch_size=max(batch_size, 200_000),
             on_batch=progress,
+            cluster=cluster,
         )
         click.echo("", err=True)
         click.echo(

@@ -55,3 +55,68 @@ def stack_status() -> None:
         )
     if not all(s.answering for s in statuses):
         sys.exit(1)
+
+
+@stack.group("cluster")
+def stack_cluster() -> None:
+    """A local replicated ClickHouse beside the stack: ZooKeeper and N clickhouse-server
+    replicas of one shard, under $OMS_HOME/cluster (docs/operations.md, "A replicated
+    ClickHouse")."""
+
+
+@stack_cluster.command("up")
+@click.option("--replicas", type=click.IntRange(min=1, max=9), default=2, show_default=True)
+@click.option("--name", default="oms", show_default=True, help="The cluster's name.")
+@click.option(
+    "--base-port",
+    type=click.IntRange(min=1024, max=65000),
+    default=9300,
+    show_default=True,
+    help="ZooKeeper's port; replica N listens on base+10N (native), +1 (HTTP), +2 (replication).",
+)
+def stack_cluster_up(replicas: int, name: str, base_port: int) -> None:
+    """Start ZooKeeper and the replicas (idempotent) and wait until all answer."""
+    from oms.cluster_stack import ClickHouseCluster, ClusterLayout
+    from oms.stack import StackError
+
+    layout = ClusterLayout.starting_at(base_port, name=name, replicas=replicas)
+    try:
+        cluster = ClickHouseCluster(directory=get_settings().home / "cluster", layout=layout)
+        for service, outcome in cluster.up():
+            click.echo(f"{service}: {outcome}")
+    except StackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        f"next: OMS_CLICKHOUSE_URL={cluster.urls()[0]} oms project --migrate --cluster {name}"
+    )
+
+
+@stack_cluster.command("down")
+def stack_cluster_down() -> None:
+    """Stop what `oms stack cluster up` started; the data stays under $OMS_HOME/cluster."""
+    from oms.cluster_stack import ClickHouseCluster
+    from oms.stack import StackError
+
+    try:
+        cluster = ClickHouseCluster(directory=get_settings().home / "cluster")
+    except StackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for service, stopped in cluster.down():
+        click.echo(f"{service}: {'stopped' if stopped else 'was not running'}")
+
+
+@stack_cluster.command("status")
+def stack_cluster_status() -> None:
+    """ZooKeeper and each replica, its address and whether it answers."""
+    from oms.cluster_stack import ClickHouseCluster
+    from oms.stack import StackError
+
+    try:
+        statuses = ClickHouseCluster(directory=get_settings().home / "cluster").status()
+    except StackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for s in statuses:
+        state = "answering" if s.answering else ("started, not answering" if s.running else "down")
+        click.echo(f"{s.name:<22} {s.address:<22} {state}")
+    if not all(s.answering for s in statuses):
+        sys.exit(1)
