@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import (
     parse_qs,
     parse_qsl,
@@ -156,6 +156,14 @@ class ClickHouseStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class RowBinarySource(Protocol):
+    """A store that reads rows out as RowBinary, the counterpart of `insert_rowbinary`: both
+    backends (projections/backup.py copies tables with it)."""
+
+    def query_rowbinary(self, sql: str) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -378,6 +386,15 @@ class ServerStore:
                 f"ClickHouse at {host}:{port}: {exc!r} -- in: {sql[:200]}"
             ) from exc
 
+    def query_rowbinary(self, sql: str) -> bytes:
+        """The rows `sql` selects in ClickHouse's RowBinary format (the bytes insert_rowbinary
+        takes), read whole over the HTTP interface: exact, whatever the types."""
+        status, body = self._post(f"{sql} FORMAT RowBinary", b"")
+        if status != 200:
+            reason = body.decode(errors="replace").split("Stack trace:", 1)[0].strip()
+            raise store_error(f"{reason or f'HTTP {status}'} -- in: {sql[:200]}")
+        return body
+
     def settle(self, *, timeout_s: float = 10.0) -> None:
         inserting = sql_string(f"INSERT INTO {self.database}.")
         deadline = time.monotonic() + timeout_s
@@ -557,6 +574,12 @@ class EmbeddedStore:
             return self._session.query(sql, fmt)
         except Exception as exc:  # chdb raises its own error types
             raise store_error(f"{exc} -- in: {sql[:200]}") from exc
+
+    def query_rowbinary(self, sql: str) -> bytes:
+        """The rows `sql` selects in ClickHouse's RowBinary format (the bytes insert_rowbinary
+        takes)."""
+        result = self._run(sql, "RowBinary")
+        return bytes(result.bytes()) if hasattr(result, "bytes") else bytes(result)
 
     def settle(self) -> None:
         return None  # in-process: every statement has ended when its call returns
