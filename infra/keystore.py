@@ -150,6 +150,12 @@ def ensure_local_master_key(home: Path) -> Path:
     return path
 
 
+# How long a new data key may wait for Kafka's acknowledgement: longer than the election of a
+# new leader for its partition after a broker is lost (KRaft's broker session, 9 s by default,
+# then the election), so a broker kill -9 in a cluster is ridden out rather than refused.
+KEY_CONFIRM_S = 30.0
+
+
 class MemoryKeys:
     """Data keys in memory: for tests and tools that must not touch Kafka."""
 
@@ -510,7 +516,7 @@ class KafkaKeys:
         flushing, which under a steady stream of requests would wait for every key queued
         after these too."""
         producer = self._key_producer()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + KEY_CONFIRM_S
         while True:
             with self._lock:
                 if not subjects & self._pending.keys():

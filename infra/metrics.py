@@ -88,6 +88,32 @@ OUTBOX_BACKLOG = Gauge(
     ["platform"],
 )
 
+# Recovery and the shared views (streams/worker/app.py, snapshots.py, views.py).
+REBUILD_SECONDS = Histogram(
+    "oms_rebuild_seconds",
+    "The worker's time to rebuild one partition's state (snapshot, if any, and the tail), "
+    "per agent.",
+    ["agent"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+)
+REBUILD_EVENTS = Counter(
+    "oms_rebuild_events",
+    "Log events folded while rebuilding partitions (the tails after snapshots), per agent.",
+    ["agent"],
+)
+SNAPSHOTS_WRITTEN = Counter(
+    "oms_snapshots_written", "Snapshots the worker wrote, per name.", ["name"]
+)
+SNAPSHOT_BYTES = Counter(
+    "oms_snapshot_bytes", "Bytes of snapshots the worker wrote, per name.", ["name"]
+)
+VIEWS_BEHIND = Gauge(
+    "oms_views_behind_seconds",
+    "Seconds from the Kafka timestamp of the last event the shared views folded to the time "
+    "they folded it: every worker reads the whole order log, so this grows first when the "
+    "day's total volume outgrows one core (docs/scaling.md).",
+)
+
 
 class BatchHistogram:
     """A histogram fed a batch of values at once. prometheus_client's `observe` costs about a

@@ -42,7 +42,17 @@ from events.models import (
 )
 from infra.kafka import MAX_MESSAGE_BYTES, sasl_credentials, ssl_context
 from infra.keystore import KeyStoreError, private_codec
-from infra.metrics import CONSUMED, DEAD_LETTERS, DECIDE_BATCH_SECONDS, DECIDE_SECONDS, Health
+from infra.metrics import (
+    CONSUMED,
+    DEAD_LETTERS,
+    DECIDE_BATCH_SECONDS,
+    DECIDE_SECONDS,
+    REBUILD_EVENTS,
+    REBUILD_SECONDS,
+    SNAPSHOT_BYTES,
+    SNAPSHOTS_WRITTEN,
+    Health,
+)
 from infra.poison import describe
 from infra.replay import read_partition
 from infra.settings import Settings, get_settings
@@ -118,6 +128,7 @@ class PartitionStates(Generic[P]):
             # Outputs of earlier batches may still be on their way: the log is read once
             # Kafka has them all, so the state is the fold of everything this worker wrote.
             await self._settle()
+            began = time.perf_counter()
             states = self._new(partition)
             start = 0
             if self.snapshots is not None and self._tail is not None:
@@ -145,6 +156,9 @@ class PartitionStates(Generic[P]):
                     # rebuilt, rather than the worker stopping on every start.
                     skipped += 1
                     log.exception("%s[%d]: cannot fold %s", self.topic, partition, event.event_id)
+            agent = "orders" if isinstance(states, OrderPartition) else "inventory"
+            REBUILD_SECONDS.labels(agent).observe(time.perf_counter() - began)
+            REBUILD_EVENTS.labels(agent).inc(len(events))
             log.info(
                 "rebuilt %s[%d] from %s%d events (%d not folded)",
                 self.topic,
@@ -464,6 +478,8 @@ class Worker:
         async def write() -> None:
             try:
                 size = await asyncio.to_thread(lambda: snapshots.write(partition, offset, seal()))
+                SNAPSHOTS_WRITTEN.labels(snapshots.name).inc()
+                SNAPSHOT_BYTES.labels(snapshots.name).inc(size)
                 log.info(
                     "snapshot of %s[%d] at offset %d: %d bytes",
                     states.topic,
@@ -564,6 +580,8 @@ class Worker:
         async def write() -> None:
             try:
                 size = await asyncio.to_thread(store.write, "views", 0, 0, blob)
+                SNAPSHOTS_WRITTEN.labels("views").inc()
+                SNAPSHOT_BYTES.labels("views").inc(size)
                 log.info("snapshot of the views: %d bytes", size)
             except Exception:  # noqa: BLE001 - a snapshot only saves time: try again later
                 log.exception("snapshot of the views not written")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import pickle
 import threading
+import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Mapping
@@ -52,6 +53,7 @@ from events.models import (
     stock_key,
 )
 from infra.kafka import consumer_config
+from infra.metrics import VIEWS_BEHIND
 from streams import eta, inventory
 from streams.catalogue import Catalogue, slot_start
 from streams.customers import CustomerHistory
@@ -281,6 +283,7 @@ class SharedViews:
             if not ends:
                 self.ready.set()
             while not self._stop.is_set():
+                stamped = 0
                 for message in consumer.consume(num_messages=5000, timeout=0.2):
                     if message.error() is None:
                         where = (message.topic() or "", message.partition() or 0)
@@ -290,10 +293,13 @@ class SharedViews:
                             self._fold(message.value() or b"", message.key())
                             self.positions[where] = (message.offset() or 0) + 1
                             self.unsnapped += 1
+                            stamped = message.timestamp()[1]
                         if where in ends and (message.offset() or 0) >= ends[where] - 1:
                             del ends[where]
                             if not ends:
                                 self.ready.set()
+                if stamped > 0:
+                    VIEWS_BEHIND.set(max(0.0, time.time() - stamped / 1000))
         finally:
             consumer.close()
 
