@@ -170,6 +170,14 @@ class Settings(BaseSettings):
         description="days ClickHouse keeps order_events.payload (statuses, amounts and times "
         "stay in their columns)",
     )
+    projector_session_timeout_s: float = Field(
+        default=10.0,
+        ge=6.0,
+        le=300.0,
+        description="how long a projector may go unheard before Kafka gives its partitions to "
+        "the other projectors of its database (projections/lease.py); at least the brokers' "
+        "group.min.session.timeout.ms (6 s by default)",
+    )
     capacity_check_s: float = Field(default=5.0, description="how often capacity is checked")
     catalogue_file: Path | None = Field(
         default=None, description="products and locations (JSON); default: the demo's"

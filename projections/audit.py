@@ -5,8 +5,10 @@ The projector's idea, for one table: every row carries its topic, partition and 
 batch is one INSERT, which ClickHouse writes whole or not at all. So the table is its own
 offset ledger — on start the projection resumes one past the highest offset it holds per
 partition, and a batch cut short by a crash is read again and written once. Offsets are never
-committed to Kafka. One projection writes a database at a time (the projector's host-local
-lease, under a key of its own).
+committed to Kafka. Several projections of one database split the topic's partitions, with
+the projector's lease (projections/lease.py: a Kafka consumer group of their own, claims in
+`audit_leases`): each INSERT keeps only the rows of partitions its writer still holds, so one
+that lost its partitions while paused writes nothing when it wakes.
 
 It reads `read_committed`, so an audit transaction that was aborted (a writer that failed
 closed) never reaches the table. Bytes on the topic that are not an entry become a row with
@@ -27,8 +29,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from infra.audit import NotAnEntry, parse
 from infra.kafka import client_security, consumer_config
 from infra.settings import Settings
-from projections.lease import ProjectorLease, lease_key
-from projections.schema import AUDIT_LOG, AUDIT_LOG_COLUMNS, migrate
+from projections.lease import AUDIT_LEASES, PartitionLease, lease_key, migrate_concurrently
+from projections.schema import AUDIT_LOG, AUDIT_LOG_COLUMNS
 from projections.store import ClickHouseStore, Row, sql_string
 
 log = logging.getLogger(__name__)
@@ -65,12 +67,6 @@ def _text(value: Any) -> Any:
     return "" if value is None else str(value)
 
 
-def lease_for(settings: Settings, store: ClickHouseStore) -> ProjectorLease:
-    """The lease one audit projection per database holds (beside the projector's own)."""
-    # The database's lease key without the user, as the projector's: every user shares it.
-    return ProjectorLease(home=settings.home, clickhouse_url=f"audit:{lease_key(settings, store)}")
-
-
 class AuditProjection:
     def __init__(
         self,
@@ -86,7 +82,18 @@ class AuditProjection:
         self.topic = settings.topics.audit
         self.batch_size = batch_size
         self.batch_seconds = batch_seconds
-        self.lease = lease_for(settings, store) if lease else None
+        self.lease = (
+            PartitionLease(
+                settings=settings,
+                store=store,
+                topics=[self.topic],
+                group=f"oms-audit-projection:{lease_key(settings, store)}",
+                table=AUDIT_LEASES,
+            )
+            if lease
+            else None
+        )
+        self._sink: ClickHouseStore = store  # where rows are written: fenced when leased
         self._consumer = Consumer(
             consumer_config(
                 settings.kafka_bootstrap,
@@ -111,15 +118,18 @@ class AuditProjection:
         )
         return {int(partition): int(offset) + 1 for partition, offset in rows}
 
-    def start(self) -> None:
-        """Create the table if needed and take up each partition after what the table holds."""
-        migrate(self.store)
+    def start(self, owned: frozenset[tuple[str, int]] | None = None) -> None:
+        """Create the table if needed and take up each partition (of `owned`, when only those
+        are this projection's) after what the table holds."""
+        migrate_concurrently(self.store)  # other projections may be starting too
         self.store.settle()
         resume = self.resume_offsets()
         metadata = self._consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
         if metadata is None or metadata.error is not None or not metadata.partitions:
             raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, self.topic))
-        self._partitions = sorted(metadata.partitions)
+        self._partitions = sorted(
+            p for p in metadata.partitions if owned is None or (self.topic, p) in owned
+        )
         self._at_end = {}
         self._consumer.assign(
             [
@@ -178,24 +188,32 @@ class AuditProjection:
             if len(self._at_end) == len(self._partitions):
                 break  # at the end of every partition (as far as this reader can tell)
         if rows:
-            self.store.insert(AUDIT_LOG, AUDIT_LOG_COLUMNS, rows)
+            self._sink.insert(AUDIT_LOG, AUDIT_LOG_COLUMNS, rows)
         return len(rows)
 
     def run(self, *, until: Callable[[AuditProjection], bool] | None = None) -> int:
         """Project until `until(self)` says stop (checked after every batch), or forever; the
-        number of rows written. Holds the lease while it runs."""
-        if self.lease is not None:
-            self.lease.acquire()
+        number of rows written. Leased, it writes the partitions Kafka assigns it, and claims
+        again (resuming from the table) whenever they change or another holder claimed one."""
         written = 0
         try:
-            self.start()
+            if self.lease is not None:
+                migrate_concurrently(self.store)  # the claims table, before the first claim
             while True:
-                written += self.step()
-                if until is not None and until(self):
-                    return written
+                claim = None
+                if self.lease is not None:
+                    claim = self.lease.acquire()
+                    self._sink = self.lease.fence(claim)
+                self.start(None if claim is None else claim.partitions)
+                while True:
+                    written += self.step()
+                    if until is not None and until(self):
+                        return written
+                    if self.lease is not None and claim is not None and not self.lease.holds(claim):
+                        break
         finally:
             if self.lease is not None:
-                self.lease.release()
+                self.lease.leave()
 
     def close(self) -> None:
         self._consumer.close()

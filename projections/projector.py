@@ -71,7 +71,14 @@ from projections.fold import (
     Rows,
     ValueRows,
 )
-from projections.lease import ProjectorLease, lease_key
+from projections.lease import (
+    Claim,
+    PartitionLease,
+    lease_key,
+    migrate_concurrently,
+    step_aside,
+    swap_under_way,
+)
 from projections.native_fold import AVAILABLE as NATIVE_FOLD
 from projections.native_fold import NativeFold
 from projections.orders import Position
@@ -82,7 +89,6 @@ from projections.schema import (
     DEAD_LETTERS_COLUMNS,
     PROJECTOR_OFFSETS_COLUMNS,
     READ_MODEL_NAMES,
-    migrate,
 )
 from projections.store import ClickHouseStore, Row, sql_string
 
@@ -216,11 +222,20 @@ class Projector:
         self.batch_size = batch_size
         self.batch_seconds = batch_seconds
         self.topics = (settings.topics.orders, settings.topics.inventory)
+        # Which partitions this projector writes, and the fence on its writes: several
+        # projectors of one database split the partitions (projections/lease.py).
         self.lease = (
-            ProjectorLease(home=settings.home, clickhouse_url=lease_key(settings, store))
+            PartitionLease(
+                settings=settings,
+                store=store,
+                topics=self.topics,
+                group=f"oms-projector:{lease_key(settings, store)}",
+            )
             if lease
             else None
         )
+        self._claim: Claim | None = None
+        self._sink: ClickHouseStore = store  # where batches are written: fenced when leased
         self.fold = batch_fold(
             native=native,
             codec=self.codec,
@@ -280,10 +295,13 @@ class Projector:
         """Next offset per (topic, partition): one past what the offset ledger holds."""
         return next_offsets(self.store, self.topics)
 
-    def _read_high_water(self, resume: dict[Partition, int]) -> tuple[HighWater, bool]:
-        """Per table and partition, the highest source offset it holds beyond the ledger: rows a
-        crash left behind, which the replay must not write again; and whether every table is
-        empty (then no fold state is in ClickHouse either)."""
+    def _read_high_water(
+        self, resume: dict[Partition, int], owned: frozenset[Partition] | None = None
+    ) -> tuple[HighWater, bool]:
+        """Per table and partition (of `owned`, when only those are this projector's), the
+        highest source offset it holds beyond the ledger: rows a crash (or the projector the
+        partition was taken from) left behind, which the replay must not write again; and
+        whether every table is empty (then no fold state is in ClickHouse either)."""
         topics = ", ".join(sql_string(t) for t in self.topics)
         marks: dict[tuple[str, str, int], int] = {}
         empty = not resume
@@ -296,12 +314,14 @@ class Projector:
             )
             for topic, partition, offset in rows:
                 empty = False
+                if owned is not None and (str(topic), int(partition)) not in owned:
+                    continue  # another projector's: its marks move on without this one
                 if int(offset) >= resume.get((str(topic), int(partition)), 0):
                     marks[(table, str(topic), int(partition))] = int(offset)
         return HighWater(marks), empty
 
     def start(self) -> None:
-        migrate(self.store)
+        migrate_concurrently(self.store)  # other projectors may be starting too
         self._reset()
 
     def _list_topic(self, topic: str) -> Any:
@@ -318,14 +338,10 @@ class Projector:
 
     def _reset(self) -> None:
         """Forget everything in memory and continue from what ClickHouse holds (once no INSERT
-        the server may still be writing can change that)."""
+        the server may still be writing can change that). Leased, only the partitions Kafka
+        assigns this projector, claimed before anything is read (projections/lease.py)."""
         self._pending = None
-        self.store.settle()
-        resume = self.resume_offsets()
-        self._high_water, empty = self._read_high_water(resume)
-        self.fold.reset(complete=empty)
-        assignment: list[TopicPartition] = []
-        self._next = {}
+        listed: dict[str, list[int]] = {}  # Kafka first: an outage or a refused user shows here
         for topic in self.topics:
             metadata = self._list_topic(topic)
             if metadata is None or metadata.error is not None or not metadata.partitions:
@@ -333,7 +349,23 @@ class Projector:
                     raise KafkaUnavailable(f"Kafka does not list topic {topic} (yet)")
                 log.warning("topic %s does not exist (yet); not projecting it", topic)
                 continue
-            for partition in sorted(metadata.partitions):
+            listed[topic] = sorted(metadata.partitions)
+        owned: frozenset[Partition] | None = None
+        if self.lease is not None:
+            self._claim = self.lease.acquire()  # and waits for the INSERTs running then
+            self._sink = self.lease.fence(self._claim)
+            owned = self._claim.partitions
+        else:
+            self.store.settle()
+        resume = self.resume_offsets()
+        self._high_water, empty = self._read_high_water(resume, owned)
+        self.fold.reset(complete=empty)
+        assignment: list[TopicPartition] = []
+        self._next = {}
+        for topic, partitions in listed.items():
+            for partition in partitions:
+                if owned is not None and (topic, partition) not in owned:
+                    continue
                 offset = resume.get((topic, partition), OFFSET_BEGINNING)
                 assignment.append(TopicPartition(topic, partition, offset))
                 if offset != OFFSET_BEGINNING:
@@ -483,8 +515,10 @@ class Projector:
         return letters, rows
 
     def _write(self, prepared: _Prepared) -> BatchStats:
-        """Send a prepared batch's dead letters, write its tables in order, the ledger last."""
+        """Send a prepared batch's dead letters, write its tables in order, the ledger last
+        (leased: each INSERT fenced, so rows of a partition this projector lost are dropped)."""
         stats, ledger = prepared.stats, prepared.ledger
+        sink = self._sink
         refused: list[KafkaError] = []
         for letter in prepared.letters:
             self._dead_letter(letter, refused)
@@ -493,7 +527,9 @@ class Projector:
         if refused:
             raise KafkaException(refused[0])
         for group in WRITE_GROUPS:
-            inserts = [self._inserter(table, prepared.tables[table], stats) for table in group]
+            inserts = [
+                self._inserter(sink, table, prepared.tables[table], stats) for table in group
+            ]
             if self._inserts is None:
                 for insert in inserts:
                     insert()
@@ -505,7 +541,7 @@ class Projector:
             for future in futures:
                 future.result()  # the first failure, once none is in flight any more
         now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
-        self.store.insert(
+        sink.insert(
             "projector_offsets",
             PROJECTOR_OFFSETS_COLUMNS,
             [
@@ -519,10 +555,12 @@ class Projector:
         _measure(ledger, prepared.written_at)
         return stats
 
-    def _inserter(self, table: str, rows: Rows, stats: BatchStats) -> Callable[[], None]:
-        """The INSERT of one table's rows of a batch (none: a no-op)."""
+    def _inserter(
+        self, sink: ClickHouseStore, table: str, rows: Rows, stats: BatchStats
+    ) -> Callable[[], None]:
+        """The INSERT of one table's rows of a batch into `sink` (none: a no-op)."""
         stats.rows[table] = rows.count
-        return lambda: rows.insert(self.store, table)
+        return lambda: rows.insert(sink, table)
 
     # ------------------------------------------------------------ running
 
@@ -535,18 +573,21 @@ class Projector:
         """Project batches forever, or until `until(stats)` says stop (checked after each batch
         is written; a batch already read by then is written too before this returns).
 
-        Holds the database's lease while it runs, and steps aside when a rebuild swaps. Rides
-        out Kafka and ClickHouse being away (see the module docstring); raises GaveUp when an
-        outage outlasts the retry budget, and any failure that is not transient as it is."""
+        Leased, it writes the partitions Kafka assigns it (projections/lease.py): when they
+        change, or another projector claimed one of them, it claims what it is assigned then
+        and resumes from what ClickHouse holds; while a rebuild swaps its tables in, it steps
+        aside. Rides out Kafka and ClickHouse being away (see the module docstring); raises
+        GaveUp when an outage outlasts the retry budget, and any failure that is not transient
+        as it is."""
         if self.lease is not None:
-            self.unready = "waiting for the lease: another projector writes this database"
-            self.lease.acquire()
+            self.unready = "waiting for Kafka to assign this projector partitions"
+            self.lease.join()
         stop = False
 
         def keep_going(stats: BatchStats) -> bool:
             nonlocal stop
             stop = until is not None and until(stats)
-            return not stop and not (self.lease is not None and self.lease.swap_requested())
+            return not stop and self._still_holds()
 
         try:
             self._reconnecting(self.start)
@@ -560,14 +601,35 @@ class Projector:
                     continue
                 if stop or self.lease is None:
                     return
-                self.unready = "a rebuild is swapping its tables in"
-                self.lease.wait_for_swap()  # a rebuild swaps its tables in
-                self._reconnecting(self._reset)
+                self._reconnecting(self._claim_again)
         finally:
             self.unready = "stopped"
             self.close()
-            if self.lease is not None:
-                self.lease.release()
+
+    def _still_holds(self) -> bool:
+        """Whether this projector still holds every partition it writes and no rebuild is
+        swapping (asked between batches: the fence keeps the tables right either way, this is
+        how the projector finds out that its writes are being dropped)."""
+        if self.lease is None:
+            return True
+        assert self._claim is not None
+        return self.lease.holds(self._claim) and swap_under_way(self.store) is None
+
+    def _claim_again(self) -> None:
+        """After the lease was lost (partitions moved, a rebuild's swap): wait for the swap to
+        end if that is why, then claim what Kafka assigns now and resume from ClickHouse."""
+        swap = swap_under_way(self.store)
+        if swap is not None:
+            self.unready = "a rebuild is swapping its tables in"
+            log.warning("a rebuild is swapping in new tables; pausing until it is done")
+            if self._claim is not None:
+                step_aside(self.store, swap, holder=self._claim.holder)
+            while swap_under_way(self.store) is not None:
+                time.sleep(0.2)
+        else:
+            log.warning("projector: its partitions changed hands; claiming what it is assigned")
+        self.unready = "waiting for Kafka to assign this projector partitions"
+        self._reset()
 
     def project(
         self,
@@ -671,6 +733,8 @@ class Projector:
             self._finish(pending)
 
     def close(self) -> None:
+        if self.lease is not None:
+            self.lease.leave()
         if self._inserts is not None:
             self._inserts.shutdown()
         self._consumer.close()

@@ -1,9 +1,12 @@
 """Rebuild: replay the topics from the start into fresh tables, then swap them in atomically.
 
 Readers keep querying the live tables while the staging database (`<db>__rebuild`) fills. At
-the end of the log the rebuild asks the live projector to step aside (projections/lease.py),
-catches up with what arrived meanwhile, swaps, and lets the live projector resume on the new
-tables from what they hold.
+the end of the log the rebuild asks the live projectors, on whatever hosts, to step aside (a
+swap marked under way in ClickHouse, projections/lease.py), catches up with what arrived
+meanwhile, and swaps; the live projectors then claim their partitions again and resume on the
+new tables from what they hold. The claims on the read models' partitions are swapped in with
+the tables, the rebuild's own above every live one, so a projector that missed the notice
+(paused, cut off) has every later write to the new tables dropped.
 
 The swap, by what the database engine can do atomically (docs/read-models.md):
 - Ordinary databases (ClickHouse 18.16): one `RENAME TABLE a TO x, b TO a, ...` statement for
@@ -27,12 +30,16 @@ from dataclasses import dataclass
 
 from infra.settings import Settings
 from projections.cluster import ClusterDDL, sync_replicas
-from projections.lease import ProjectorLease, lease_key
+from projections.lease import PROJECTOR_LEASES, SwapMarker, fence_for_swap
 from projections.projector import BatchStats, Projector
 from projections.schema import READ_MODEL_NAMES, migrate
 from projections.store import ClickHouseStore, sql_string
 
 EXCHANGE_ENGINES = ("Atomic", "Replicated", "Shared")
+# What a swap puts in place: the claims on the read models' partitions first (projections/
+# lease.py), so that where tables switch one after another, every projector of the old tables
+# is fenced before the first of them changes.
+SWAPPED = (PROJECTOR_LEASES, *READ_MODEL_NAMES)
 
 
 @dataclass(frozen=True)
@@ -56,11 +63,11 @@ def swap_in(store: ClickHouseStore, staging: str, *, cluster: str | None = None)
     on_cluster = f" ON CLUSTER {cluster}" if cluster else ""
     rows = store.query(f"SELECT engine FROM system.databases WHERE name = {sql_string(live)}")
     if rows and rows[0][0] in EXCHANGE_ENGINES:
-        for table in READ_MODEL_NAMES:
+        for table in SWAPPED:
             store.execute(f"EXCHANGE TABLES {live}.{table} AND {staging}.{table}{on_cluster}")
         return "EXCHANGE"
     chain: list[str] = []
-    for table in READ_MODEL_NAMES:
+    for table in SWAPPED:
         chain.append(f"{live}.{table} TO {staging}.{table}__old")
         chain.append(f"{staging}.{table} TO {live}.{table}")
     store.execute("RENAME TABLE " + ", ".join(chain) + on_cluster)
@@ -80,6 +87,19 @@ def _catch_up(projector: Projector, on_batch: Callable[[BatchStats], None] | Non
     if projector.lag() > 0:
         projector.project(keep_going=lambda _: projector.lag() > 0, on_batch=count)
     return events
+
+
+def _renewing(
+    marker: SwapMarker, on_batch: Callable[[BatchStats], None] | None
+) -> Callable[[BatchStats], None]:
+    """`on_batch`, renewing the swap's notice at every batch of the last catch-up."""
+
+    def renew(stats: BatchStats) -> None:
+        marker.begin()
+        if on_batch is not None:
+            on_batch(stats)
+
+    return renew
 
 
 def rebuild(
@@ -109,12 +129,15 @@ def rebuild(
         batch_seconds=batch_seconds,
         lease=False,
     )
-    lease = ProjectorLease(home=settings.home, clickhouse_url=lease_key(settings, store))
+    marker = SwapMarker(store)
     try:
         projector.start()
         events = _catch_up(projector, on_batch)
-        lease.begin_swap()  # the live projector finishes its batch and pauses
-        events += _catch_up(projector, on_batch)
+        # The live projectors finish their batch and step aside (projections/lease.py); one
+        # that does not say so in time (paused, dead) is fenced by the swap all the same.
+        marker.begin()
+        marker.wait_for_projectors(timeout_s=settings.projector_session_timeout_s)
+        events += _catch_up(projector, _renewing(marker, on_batch))
         if cluster is not None:
             sync_replicas(
                 url=settings.resolved_clickhouse_url,
@@ -123,11 +146,12 @@ def rebuild(
                 tables=READ_MODEL_NAMES,
                 store=store,
             )
+        fence_for_swap(store, staging_name, holder=f"rebuild:{marker.swap_id}")
         swap = swap_in(store, staging_name, cluster=cluster)
     finally:
         projector.close()
         staging.close()
-        lease.end_swap()
+        marker.end()
     store.execute(f"DROP DATABASE IF EXISTS {staging_name}{on_cluster}")
     return RebuildReport(
         events=events, staging=staging_name, swap=swap, elapsed_s=time.monotonic() - began

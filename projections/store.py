@@ -18,6 +18,7 @@ import ssl
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -143,16 +144,26 @@ class ClickHouseStore(Protocol):
         that answer callers (the read API), so one request cannot hold the server."""
         ...
 
-    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Row]) -> None: ...
+    def insert(
+        self, table: str, columns: Sequence[str], rows: Sequence[Row], *, where: str | None = None
+    ) -> None:
+        """One INSERT of `rows`. With `where` (a condition on the columns), the server keeps
+        only the rows that meet it when it runs the INSERT (the rows go as a temporary table and
+        the INSERT selects from it): a fenced write (projections/lease.py)."""
+        ...
 
-    def insert_rowbinary(self, table: str, columns: Sequence[str], data: bytes) -> None:
-        """One INSERT of rows already in ClickHouse's RowBinary format (columns in this order)."""
+    def insert_rowbinary(
+        self, table: str, columns: Sequence[str], data: bytes, *, where: str | None = None
+    ) -> None:
+        """One INSERT of rows already in ClickHouse's RowBinary format (columns in this order);
+        `where` as `insert`'s."""
         ...
 
     def settle(self) -> None:
-        """Return once no INSERT into the database is still running (a server may go on
-        writing what it received after the connection that sent it broke): only then do the
-        tables hold what they will hold. StoreUnavailable if one still runs after a while."""
+        """Return once every INSERT into the database that was running when it was called has
+        ended (a server may go on writing what it received after the connection that sent it
+        broke): only then do the tables hold what they will hold. StoreUnavailable if one still
+        runs after a while."""
         ...
 
     def close(self) -> None: ...
@@ -222,6 +233,7 @@ class ServerStore:
         self._http_lock = threading.Lock()
         self._utc: bool | None = None  # whether the server's time zone is UTC (asked once)
         self._datetime_columns: dict[str, frozenset[str]] = {}
+        self._column_types: dict[str, dict[str, str]] = {}
         self._client = Client(
             host=host,
             port=port,
@@ -255,11 +267,14 @@ class ServerStore:
             credentials=self._credentials,
         )
 
-    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Row]) -> None:
+    def insert(
+        self, table: str, columns: Sequence[str], rows: Sequence[Row], *, where: str | None = None
+    ) -> None:
         """One INSERT of `rows`, sent column by column: the rows are transposed here in C
         (`zip`) rather than by the driver in Python, and naive DateTimes go as the epoch seconds
         the driver would compute from them (ClickHouse reads a naive time in the server's time
-        zone; converted here only when that is UTC, else left to the driver)."""
+        zone; converted here only when that is UTC, else left to the driver). With `where`, the
+        rows go as the query's external table `_rows`, which the INSERT selects from."""
         if not rows:
             return
         data = [list(column) for column in zip(*rows, strict=True)]
@@ -268,19 +283,43 @@ class ServerStore:
             for i, name in enumerate(columns):
                 if name in datetimes:
                     data[i] = _epoch_seconds(data[i])
+        names = ", ".join(columns)
+        if where is None:
+            self._run(f"INSERT INTO {self.database}.{table} ({names}) VALUES", data, columnar=True)
+            return
+        external = {
+            "name": "_rows",
+            "structure": self._types_of(table, columns),
+            "data": list(zip(*data, strict=True)),
+        }
         self._run(
-            f"INSERT INTO {self.database}.{table} ({', '.join(columns)}) VALUES",
-            data,
-            columnar=True,
+            f"INSERT INTO {self.database}.{table} ({names}) SELECT {names} FROM _rows "
+            f"WHERE {where}",
+            external_tables=[external],
+            settings=ONE_PART,
         )
 
-    def insert_rowbinary(self, table: str, columns: Sequence[str], data: bytes) -> None:
+    def insert_rowbinary(
+        self, table: str, columns: Sequence[str], data: bytes, *, where: str | None = None
+    ) -> None:
         """One INSERT of rows already in ClickHouse's RowBinary format (columns in this order),
-        POSTed as-is to the HTTP interface: the native protocol would want them as Python values."""
+        POSTed as-is to the HTTP interface: the native protocol would want them as Python values.
+        With `where`, the bytes go as the query's external data `_rows` (a multipart body),
+        which the INSERT selects from."""
         if not data:
             return
-        sql = f"INSERT INTO {self.database}.{table} ({', '.join(columns)}) FORMAT RowBinary"
-        status, body = self._post(sql, data)
+        names = ", ".join(columns)
+        if where is None:
+            sql = f"INSERT INTO {self.database}.{table} ({names}) FORMAT RowBinary"
+            status, body = self._post(sql, data)
+        else:
+            sql = (
+                f"INSERT INTO {self.database}.{table} ({names}) SELECT {names} FROM _rows "
+                f"WHERE {where}"
+            )
+            structure = ", ".join(f"{n} {t}" for n, t in self._types_of(table, columns))
+            params = {"_rows_format": "RowBinary", "_rows_structure": structure}
+            status, body = self._post(sql, data, external=params | ONE_PART)
         if status != 200:
             # 18.16 appends the server's stack trace to every message; the reason is above it.
             reason = body.decode(errors="replace").split("Stack trace:", 1)[0].strip()
@@ -289,16 +328,35 @@ class ServerStore:
                 error = StoreUnavailable(str(error), code=error.code)
             raise error
 
-    def _post(self, sql: str, data: bytes) -> tuple[int, bytes]:
+    def _post(
+        self, sql: str, data: bytes, *, external: dict[str, Any] | None = None
+    ) -> tuple[int, bytes]:
         """The status and body of a POST of `data` with `sql` as its query, on this thread's
-        keep-alive connection. Nothing is retried here: when the connection breaks, the server
-        may or may not have taken the INSERT, and only the caller can find out which (the
-        projector reads what the tables hold, docs/read-models.md)."""
+        keep-alive connection; with `external` (the URL's other parameters), `data` goes as
+        the external table `_rows` of a multipart body. Nothing is retried here: when the
+        connection breaks, the server may or may not have taken the INSERT, and only the caller
+        can find out which (the projector reads what the tables hold, docs/read-models.md)."""
         path = "/?query=" + quote(sql, safe="")
-        headers = {"Content-Type": "application/octet-stream"} | self._credentials.http_headers()
+        body: Any = data
+        headers = {"Content-Type": "application/octet-stream"}
+        if external is not None:
+            path += "&" + urlencode(external)
+            boundary = uuid.uuid4().hex
+            head = (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="_rows"; '
+                'filename="_rows"\r\nContent-Type: application/octet-stream\r\n\r\n'
+            ).encode()
+            tail = f"\r\n--{boundary}--\r\n".encode()
+            body = (head, data, tail)  # sent part by part: the rows are not copied
+            size = len(head) + memoryview(data).nbytes + len(tail)
+            headers = {
+                "Content-Type": f"multipart/form-data; boundary={boundary}",
+                "Content-Length": str(size),
+            }
+        headers |= self._credentials.http_headers()
         try:
             connection = self._http_connection()
-            connection.request("POST", path, body=data, headers=headers)
+            connection.request("POST", path, body=body, headers=headers)
             response = connection.getresponse()
             return response.status, response.read()
         except ssl.SSLCertVerificationError as exc:
@@ -346,6 +404,31 @@ class ServerStore:
                 if connection in self._http_connections:
                     self._http_connections.remove(connection)
 
+    def _types_of(self, table: str, columns: Sequence[str]) -> list[tuple[str, str]]:
+        """The ClickHouse type of each of `columns` (read once per table, again for a column
+        new to it, as after a migration). Asked over this thread's HTTP connection: the native
+        client is not to be used by two threads at once, and a batch's INSERTs run in several."""
+        types = self._column_types.get(table)
+        if types is None or any(name not in types for name in columns):
+            sql = (
+                "SELECT name, type FROM system.columns WHERE database = "
+                f"{sql_string(self.database)} AND table = {sql_string(table)} "
+                "FORMAT TabSeparated"
+            )
+            status, body = self._post(sql, b"")
+            if status != 200:
+                reason = body.decode(errors="replace").split("Stack trace:", 1)[0].strip()
+                raise store_error(f"{reason or f'HTTP {status}'} -- in: {sql[:200]}")
+            lines = body.decode().splitlines()
+            types = dict(line.split("\t", 1) for line in lines if line)
+            self._column_types[table] = types
+        missing = [name for name in columns if name not in types]
+        if missing:
+            raise StoreMisconfigured(
+                f"no column {', '.join(missing)} in table {self.database}.{table}"
+            )
+        return [(name, types[name]) for name in columns]
+
     def _datetimes_of(self, table: str) -> frozenset[str]:
         """The table's columns of type DateTime without a time zone of their own."""
         if table not in self._datetime_columns:
@@ -369,12 +452,19 @@ class ServerStore:
         *,
         with_column_types: bool = False,
         columnar: bool = False,
+        external_tables: list[dict[str, Any]] | None = None,
+        settings: dict[str, Any] | None = None,
     ) -> Any:
         from clickhouse_driver.errors import Error
 
         try:
             return self._client.execute(
-                sql, params, with_column_types=with_column_types, columnar=columnar
+                sql,
+                params,
+                with_column_types=with_column_types,
+                columnar=columnar,
+                external_tables=external_tables,
+                settings=settings,
             )
         except Error as exc:
             # 18.16 appends the server's stack trace to every message; the reason is above it.
@@ -396,20 +486,22 @@ class ServerStore:
         return body
 
     def settle(self, *, timeout_s: float = 10.0) -> None:
+        # The INSERTs running now, by id: those that start later are not waited for, so other
+        # writers of the database (projectors of other partitions) cannot keep this waiting.
         inserting = sql_string(f"INSERT INTO {self.database}.")
+        running = self._run(
+            f"SELECT query_id FROM system.processes WHERE position(query, {inserting}) = 1"
+        )
         deadline = time.monotonic() + timeout_s
-        while True:
-            ((running,),) = self._run(
-                f"SELECT count() FROM system.processes WHERE position(query, {inserting}) = 1"
-            )
-            if not running:
-                return
+        while running:
             if time.monotonic() > deadline:
                 raise StoreUnavailable(
-                    f"{running} INSERT(s) into {self.database} still running on the server "
+                    f"{len(running)} INSERT(s) into {self.database} still running on the server "
                     f"after {timeout_s:.0f} s"
                 )
             time.sleep(0.1)
+            ids = ", ".join(sql_string(str(query_id)) for (query_id,) in running)
+            running = self._run(f"SELECT query_id FROM system.processes WHERE query_id IN ({ids})")
 
     def limit_queries(self, *, max_execution_s: int, max_rows_to_read: int) -> None:
         self._client.settings.update(
@@ -520,7 +612,9 @@ class EmbeddedStore:
     def with_database(self, database: str) -> EmbeddedStore:
         return EmbeddedStore(path=self._path, database=database)
 
-    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Row]) -> None:
+    def insert(
+        self, table: str, columns: Sequence[str], rows: Sequence[Row], *, where: str | None = None
+    ) -> None:
         if not rows:
             return
         body = "\n".join(
@@ -529,26 +623,38 @@ class EmbeddedStore:
             )
             for row in rows
         )
-        self._run(
-            f"INSERT INTO {self.database}.{table} ({', '.join(columns)}) "
-            f"FORMAT JSONEachRow\n{body}",
-            "CSV",
-        )
+        if where is None:
+            self._run(
+                f"INSERT INTO {self.database}.{table} ({', '.join(columns)}) "
+                f"FORMAT JSONEachRow\n{body}",
+                "CSV",
+            )
+            return
+        self._insert_from_file(table, columns, body.encode(), "JSONEachRow", where)
 
-    def insert_rowbinary(self, table: str, columns: Sequence[str], data: bytes) -> None:
+    def insert_rowbinary(
+        self, table: str, columns: Sequence[str], data: bytes, *, where: str | None = None
+    ) -> None:
         """One INSERT of rows already in ClickHouse's RowBinary format (columns in this order).
         chDB takes statements as text, so the bytes go through a file of this call only, read
         by file() with the columns' types."""
         if not data:
             return
+        self._insert_from_file(table, columns, data, "RowBinary", where)
+
+    def _insert_from_file(
+        self, table: str, columns: Sequence[str], data: bytes, fmt: str, where: str | None
+    ) -> None:
         structure = ", ".join(f"{name} {kind}" for name, kind in self._types_of(table, columns))
-        with tempfile.TemporaryDirectory(prefix="oms-rowbinary-") as directory:
-            path = os.path.join(os.path.abspath(directory), "rows.bin")
+        condition = "" if where is None else f" WHERE {where}"
+        with tempfile.TemporaryDirectory(prefix="oms-rows-") as directory:
+            path = os.path.join(os.path.abspath(directory), "rows")
             with open(path, "wb") as file:
                 file.write(data)
             self._run(
                 f"INSERT INTO {self.database}.{table} ({', '.join(columns)}) SELECT * FROM "
-                f"file({sql_string(path)}, 'RowBinary', {sql_string(structure)})",
+                f"file({sql_string(path)}, {sql_string(fmt)}, {sql_string(structure)})"
+                f"{condition}",
                 "CSV",
             )
 
@@ -592,6 +698,11 @@ class EmbeddedStore:
         # The session is shared per path and lives as long as the process.
         return None
 
+
+# A fenced INSERT (`where`) selects its rows from a temporary table: what the server squashes
+# into one block, and so writes as one part (as a plain INSERT of under a million rows is),
+# however many rows or bytes the batch holds. One part is what makes an INSERT all or nothing.
+ONE_PART = {"min_insert_block_size_rows": 10**12, "min_insert_block_size_bytes": 10**15}
 
 _ENDS_WITH_SETTINGS = re.compile(r"\bSETTINGS\s+\w+\s*=\s*[^()]*$", re.IGNORECASE)
 
