@@ -24,6 +24,7 @@ from infra.settings import Settings
 from oms.stack import ClickHouseService, KafkaService
 from tests.conftest import settings_env
 from tests.faults import observe
+from tests.faults.brokers import SUITE_PARTITIONS
 from tests.faults.checker import (
     Observation,
     Result,
@@ -81,6 +82,9 @@ class PrivateStack:
             kafka_bootstrap=f"localhost:{kafka}",
             kafka_controller_port=controller,
             kafka_libs=kafka_libs,
+            # The suite's 4, not the product's 12: a restarted worker rebuilds every partition
+            # it is given within the settle bound (tests/faults/brokers.py, SUITE_PARTITIONS).
+            kafka_partitions=SUITE_PARTITIONS,
             clickhouse_port=native,
             clickhouse_http_port=http,
             clickhouse_url=f"clickhouse://127.0.0.1:{native}/oms?http_port={http}",
