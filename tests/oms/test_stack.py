@@ -264,6 +264,7 @@ def test_topics_are_created_with_their_retention_and_a_changed_one_is_set_back(
         topics.webhook_deliveries: (str(30 * day), "compact,delete"),  # newest, 30 days
         topics.staff_alerts: ("-1", "compact"),  # an alert's newest record (its outcome)
         topics.carrier_updates: (str(7 * day), "delete"),  # verified pushes on their way
+        topics.snapshots: ("-1", "compact"),  # a partition's newest snapshot and its chunks
     }
     assert _retention(isolated_settings) == expected
 
