@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
@@ -65,3 +66,72 @@ def test_a_worker_whose_output_kafka_refuses_stops_instead_of_going_on(
     # Not restarted in-process with states ahead of the log: the whole worker ends, non-zero.
     assert process.returncode == ExitCode.BUG, output[-2000:]
     assert "MSG_SIZE_TOO_LARGE" in output
+
+
+def test_processes_2_share_the_partitions_and_stop_together_when_one_dies(
+    isolated_settings: Settings, tmp_path: Path
+) -> None:
+    """`oms worker --processes 2`: two workers of one group split the partitions (each
+    rebuilds some, none all), every order is decided once; when one is killed (-9), the
+    other is stopped and the command exits with the killed one's code, so a supervisor
+    restarts them together."""
+    import os
+    import signal
+    import time
+
+    from tests.streams.test_invariants import check_orders, dish_order, order_log
+
+    settings = isolated_settings  # 3 partitions
+    log = tmp_path / "workers.log"
+    with log.open("wb") as out:
+        group = subprocess.Popen(
+            [sys.executable, "-m", "oms.cli", "worker", "--processes", "2", "--loglevel", "info"],
+            env=settings_env(settings), stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while len(synced := _synced(log)) < 2 or len(set(synced.values())) != 1:
+            assert group.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"the two workers did not share a group: {synced}"
+            time.sleep(0.2)
+        publisher = Publisher(settings)
+        orders = 120
+        for n in range(orders):
+            publisher.intake(dish_order(n, run="procs"))
+        publisher.flush()
+        deadline = time.monotonic() + 240
+        while True:
+            by_order = order_log(settings)
+            settled = [e for e in by_order.values() if e[-1].event_type == "OrderPrioritised"]
+            if len(settled) == orders:
+                break
+            assert group.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"{len(settled)} of {orders} decided"
+            time.sleep(0.5)
+        check_orders(by_order)
+        rebuilt: dict[str, set[str]] = {}
+        for line in log.read_text().splitlines():
+            if "] rebuilt " in line and ".orders[" in line:
+                pid = line.split("] [", 1)[1].split("]", 1)[0]
+                rebuilt.setdefault(pid, set()).add(line.split(".orders[", 1)[1].split("]")[0])
+        assert len(rebuilt) == 2, f"not two workers deciding: {rebuilt}"
+        assert all(len(parts) < 3 for parts in rebuilt.values()), rebuilt
+
+        victim = int(next(iter(rebuilt)))
+        os.kill(victim, signal.SIGKILL)
+        assert group.wait(timeout=90) == -signal.SIGKILL % 256 or group.returncode != 0
+    finally:
+        if group.poll() is None:
+            os.killpg(group.pid, signal.SIGKILL)
+            group.wait()
+
+
+def _synced(log: Path) -> dict[str, int]:
+    """Each worker process's last group generation, from Faust's (aiokafka's) log lines."""
+    found: dict[str, int] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        if "Successfully synced group" in line and "] [" in line:
+            pid = line.split("] [", 1)[1].split("]", 1)[0]
+            found[pid] = int(line.rsplit("generation", 1)[1].strip())
+    return found
