@@ -20,11 +20,11 @@ from pathlib import Path
 
 from oms.stack import (
     START_TIMEOUT_S,
+    ServerProcess,
     ServiceStatus,
     StackError,
-    _port_open,
-    _Process,
-    _wait_until,
+    port_open,
+    wait_until,
 )
 
 ZOOKEEPER_JARS = Path("/usr/share/java")
@@ -98,7 +98,7 @@ class ZooKeeperService:
         self.port = port
         self.config = directory / "zoo.cfg"
         self.log = directory / "zookeeper.out"
-        self.process = _Process(pid_file=directory / "zookeeper.pid", marker=str(self.config))
+        self.process = ServerProcess(pid_file=directory / "zookeeper.pid", marker=str(self.config))
 
     @property
     def address(self) -> str:
@@ -122,7 +122,7 @@ class ZooKeeperService:
                 f"{jar} or java not found: install Debian's zookeeper (apt-get install -y "
                 "zookeeper; `make test` does, as root)"
             )
-        if _port_open("127.0.0.1", self.port):
+        if port_open("127.0.0.1", self.port):
             raise StackError(f"port {self.port} is taken by a process this stack did not start")
         (self.dir / "data").mkdir(parents=True, exist_ok=True)
         self.config.write_text(
@@ -156,7 +156,7 @@ class ZooKeeperService:
             log=self.log,
             cwd=self.dir,
         )
-        _wait_until(self.answering, timeout_s=START_TIMEOUT_S, what="ZooKeeper", log=self.log)
+        wait_until(self.answering, timeout_s=START_TIMEOUT_S, what="ZooKeeper", log=self.log)
         return "started"
 
     def down(self) -> bool:
@@ -258,7 +258,7 @@ class ClickHouseReplica:
         self.name = f"replica-{number}"
         self.config = directory / "config.xml"
         self.log = directory / "logs" / "server.out"
-        self.process = _Process(pid_file=directory / "clickhouse.pid", marker=str(self.config))
+        self.process = ServerProcess(pid_file=directory / "clickhouse.pid", marker=str(self.config))
 
     def url(self, database: str = "oms") -> str:
         return f"clickhouse://127.0.0.1:{self.ports.tcp}/{database}?http_port={self.ports.http}"
@@ -269,7 +269,7 @@ class ClickHouseReplica:
     def up(self) -> str:
         if self.process.pid() is not None and self.answering():
             return "already running"
-        if _port_open("127.0.0.1", self.ports.tcp):
+        if port_open("127.0.0.1", self.ports.tcp):
             raise StackError(
                 f"port {self.ports.tcp} is taken by a process this stack did not start"
             )
@@ -298,7 +298,7 @@ class ClickHouseReplica:
         return "started"
 
     def wait(self) -> None:
-        _wait_until(
+        wait_until(
             self.answering, timeout_s=START_TIMEOUT_S, what=f"ClickHouse {self.name}", log=self.log
         )
 

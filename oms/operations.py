@@ -81,7 +81,7 @@ def _envelope(actor: str, correlation: str) -> dict[str, Any]:
     }
 
 
-def _order(order_id: str, actor: str) -> dict[str, Any]:
+def order_of(order_id: str, actor: str) -> dict[str, Any]:
     if not order_id.strip():
         raise CommandRejected("order_id", "must not be empty")
     if not actor.strip():
@@ -92,17 +92,17 @@ def _order(order_id: str, actor: str) -> dict[str, Any]:
 
 def review(order_id: str, *, approve: bool, reviewer: str, reason: str | None) -> Event:
     if approve:
-        return ReviewApproved(**_order(order_id, reviewer), note=reason)
+        return ReviewApproved(**order_of(order_id, reviewer), note=reason)
     if not reason or not reason.strip():
         raise CommandRejected("reason", "a rejection needs a reason")
-    return ReviewRejected(**_order(order_id, reviewer), reason=reason)
+    return ReviewRejected(**order_of(order_id, reviewer), reason=reason)
 
 
 def cancel(order_id: str, *, by: str, reason_code: str, reason: str) -> Event:
     if not reason_code.strip():
         raise CommandRejected("reason_code", "must not be empty")
     return OrderCancelled(
-        **_order(order_id, by),
+        **order_of(order_id, by),
         cancelled_by=CancelledBy.MERCHANT,
         reason_code=reason_code,
         reason=reason,
@@ -129,7 +129,7 @@ READY_IN_MAX = 24 * 60  # minutes: a promise further out is a mistake, not a kit
 def _at_store(order_id: str, location: str, actor: str) -> dict[str, Any]:
     if not location.strip() or "@" in location:
         raise CommandRejected("location", f"{location!r} is not a valid store")
-    return _order(order_id, actor) | {"location": location}
+    return order_of(order_id, actor) | {"location": location}
 
 
 def store_action(
@@ -348,15 +348,15 @@ Reason = Annotated[str, StringConstraints(pattern=NOT_BLANK, max_length=2000)]
 Note = Annotated[str, StringConstraints(max_length=2000)]
 
 
-def _whole(value: Any) -> Any:
+def whole_number(value: Any) -> Any:
     """JSON has one kind of number: 3.0 is the integer 3, as JSON Schema's `integer` says."""
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-Units = Annotated[int, BeforeValidator(_whole)]
+Units = Annotated[int, BeforeValidator(whole_number)]
 
 PATH_VARIABLES: dict[str, dict[str, Any]] = {
-    # What `_order` and `_stock` refuse, as JSON Schema.
+    # What `order_of` and `_stock` refuse, as JSON Schema.
     "order_id": {"type": "string", "pattern": NOT_BLANK},
     "sku": {"type": "string", "pattern": NOT_BLANK, "not": {"pattern": "@"}},
     "location": {"type": "string", "pattern": NOT_BLANK, "not": {"pattern": "@"}},
@@ -428,7 +428,7 @@ class StoreAccept(CommandBody):
     """The store takes the order on, saying when it will be ready."""
 
     ready_in_minutes: (
-        Annotated[int, Interval(ge=1, le=READY_IN_MAX), BeforeValidator(_whole)] | None
+        Annotated[int, Interval(ge=1, le=READY_IN_MAX), BeforeValidator(whole_number)] | None
     ) = Field(default=None, description="minutes until it is ready")
 
 
@@ -442,7 +442,7 @@ class StoreDecline(CommandBody):
 class StoreChange(CommandBody):
     """The store takes on the amendment pending on the order (the channel's revision)."""
 
-    revision: Annotated[int, Interval(ge=1), BeforeValidator(_whole)] | None = Field(
+    revision: Annotated[int, Interval(ge=1), BeforeValidator(whole_number)] | None = Field(
         default=None, description="the revision the store saw; none: whichever is pending"
     )
 
@@ -596,7 +596,7 @@ COMMANDS: tuple[HttpCommand, ...] = (
 )
 
 
-async def _read_body(request: web.Request) -> bytes:
+async def read_body(request: web.Request) -> bytes:
     """The body, read no further than one byte past MAX_COMMAND_BYTES."""
     kept = bytearray()
     while len(kept) <= MAX_COMMAND_BYTES:
@@ -651,7 +651,7 @@ def add_routes(app: web.Application, publisher: AsyncPublisher, settings: Settin
                     f"a command is JSON: send Content-Type application/json, not "
                     f"{request.content_type or 'none'}",
                 )
-            raw = await _read_body(request)
+            raw = await read_body(request)
             if len(raw) > MAX_COMMAND_BYTES:
                 kept = raw[:MAX_COMMAND_BYTES]
                 return await reject(request, kept, _too_large(request, kept))

@@ -49,9 +49,9 @@ from oms.operations import (
     Name,
     Note,
     Reason,
-    _order,
-    _whole,
+    order_of,
     topic_for,
+    whole_number,
 )
 from streams.returns import (
     OrderReturns,
@@ -136,7 +136,7 @@ def _lines(lines: Iterable[ReturnLine]) -> str:
 
 def _command(order_id: str, by: str, *, key: str) -> dict[str, Any]:
     """The envelope of a return command; its id derived from `key` (idempotent)."""
-    return _order(order_id, by) | {"event_id": deterministic_id("return-command", order_id, key)}
+    return order_of(order_id, by) | {"event_id": deterministic_id("return-command", order_id, key)}
 
 
 def _refused(exc: ReturnRefused) -> CommandRejected:
@@ -383,8 +383,8 @@ def listing(view: ReturnsView, *, order_id: str | None = None) -> list[dict[str,
 
 # ---------------------------------------------------------------- over HTTP (`oms api`)
 
-Units = Annotated[int, Interval(ge=1, le=1_000_000), BeforeValidator(_whole)]
-Money = Annotated[int, Interval(ge=0, le=10**15), BeforeValidator(_whole)]
+Units = Annotated[int, Interval(ge=1, le=1_000_000), BeforeValidator(whole_number)]
+Money = Annotated[int, Interval(ge=0, le=10**15), BeforeValidator(whole_number)]
 
 
 class ReturnLineBody(CommandBody):
@@ -493,7 +493,7 @@ def add_routes(app: web.Application, publisher: AsyncPublisher, settings: Settin
     from infra.http import problem
     from infra.publisher import PublishError
     from oms.access import principal_of
-    from oms.operations import MAX_COMMAND_BYTES, _read_body
+    from oms.operations import MAX_COMMAND_BYTES, read_body
 
     rules = rules_of(settings)
 
@@ -517,7 +517,7 @@ def add_routes(app: web.Application, publisher: AsyncPublisher, settings: Settin
         async def accept(request: web.Request) -> web.Response:
             if request.content_type != "application/json":
                 return problem(415, "a command is JSON: send Content-Type application/json")
-            raw = await _read_body(request)
+            raw = await read_body(request)
             if len(raw) > MAX_COMMAND_BYTES:
                 return problem(413, f"a command has at most {MAX_COMMAND_BYTES:,} bytes")
             try:

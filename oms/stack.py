@@ -110,7 +110,7 @@ def _host_port(address: str) -> tuple[str, int]:
     return host or "localhost", int(port)
 
 
-def _port_open(host: str, port: int) -> bool:
+def port_open(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):
             return True
@@ -118,7 +118,7 @@ def _port_open(host: str, port: int) -> bool:
         return False
 
 
-def _wait_until(check: Callable[[], bool], *, timeout_s: float, what: str, log: Path) -> None:
+def wait_until(check: Callable[[], bool], *, timeout_s: float, what: str, log: Path) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if check():
@@ -128,7 +128,7 @@ def _wait_until(check: Callable[[], bool], *, timeout_s: float, what: str, log: 
     raise StackError(f"{what} did not answer within {timeout_s:.0f}s. Last lines of {log}:\n{tail}")
 
 
-class _Process:
+class ServerProcess:
     """A background process known by its pid file; `marker` must appear in its command line."""
 
     def __init__(self, *, pid_file: Path, marker: str) -> None:
@@ -296,7 +296,7 @@ class KafkaService:
         self.host, self.port = self.node.host, self.node.port
         self.log = self.dir / "logs" / "server.out"
         self.config = self.dir / "server.properties"
-        self.process = _Process(pid_file=self.dir / "kafka.pid", marker=str(self.config))
+        self.process = ServerProcess(pid_file=self.dir / "kafka.pid", marker=str(self.config))
 
     @property
     def address(self) -> str:
@@ -483,7 +483,7 @@ class KafkaService:
 
     def brokers_seen(self) -> int:
         """How many brokers this node's metadata names (0 while it does not answer)."""
-        if not _port_open(self.host, self.port):
+        if not port_open(self.host, self.port):
             return 0
         from confluent_kafka.admin import AdminClient
 
@@ -500,16 +500,16 @@ class KafkaService:
         self.ensure_installed()
         self.ensure_ports_free()
         self.start()
-        _wait_until(self.answering, timeout_s=START_TIMEOUT_S, what="Kafka", log=self.log)
+        wait_until(self.answering, timeout_s=START_TIMEOUT_S, what="Kafka", log=self.log)
         self.ensure_topics()
-        _wait_until(
+        wait_until(
             self.topics_readable, timeout_s=START_TIMEOUT_S, what="Kafka's topics", log=self.log
         )
         return "started"
 
     def ensure_ports_free(self) -> None:
         for port in (self.port, self.node.controller_port):
-            if _port_open(self.host, port):
+            if port_open(self.host, port):
                 raise StackError(
                     f"port {port} is taken by a process this stack did not start; stop it or "
                     "set OMS_KAFKA_BOOTSTRAP to use that broker without `oms stack`"
@@ -722,7 +722,7 @@ class KafkaCluster:
         for node in stopped:
             node.start(cluster_id=self.cluster_id)
         for node in self.nodes:
-            _wait_until(
+            wait_until(
                 functools.partial(self._knows_every_broker, node),
                 timeout_s=START_TIMEOUT_S,
                 what=f"Kafka node {node.node.node_id} (with all {len(self.nodes)} brokers)",
@@ -730,7 +730,7 @@ class KafkaCluster:
             )
         first = self.nodes[0]
         first.ensure_topics()
-        _wait_until(
+        wait_until(
             first.topics_readable, timeout_s=START_TIMEOUT_S, what="Kafka's topics", log=first.log
         )
         started = ", ".join(str(n.node.node_id) for n in stopped)
@@ -869,7 +869,7 @@ class ClickHouseService:
         self.log = self.dir / "logs" / "server.out"
         self.url_marker = self.dir / "url"
         self.read_url_marker = self.dir / "read_url"
-        self.process = _Process(pid_file=self.dir / "clickhouse.pid", marker=str(self.config))
+        self.process = ServerProcess(pid_file=self.dir / "clickhouse.pid", marker=str(self.config))
         self.binary = shutil.which("clickhouse-server")
 
     @property
@@ -948,10 +948,10 @@ class ClickHouseService:
         if self.process.pid() is not None:
             # A server started before its users: it reads the new users.xml within seconds.
             self._write_users()
-            _wait_until(self.answering, timeout_s=30, what="ClickHouse's users", log=self.log)
+            wait_until(self.answering, timeout_s=30, what="ClickHouse's users", log=self.log)
             self._write_urls()
             return "already running"
-        if _port_open("127.0.0.1", self.settings.clickhouse_port):
+        if port_open("127.0.0.1", self.settings.clickhouse_port):
             raise StackError(
                 f"port {self.settings.clickhouse_port} is taken by a process this stack did not "
                 "start; stop it or point OMS_CLICKHOUSE_URL at that server"
@@ -969,7 +969,7 @@ class ClickHouseService:
         self.process.start(
             [self.binary, f"--config-file={self.config}"], log=self.log, cwd=self.dir
         )
-        _wait_until(self.answering, timeout_s=START_TIMEOUT_S, what="ClickHouse", log=self.log)
+        wait_until(self.answering, timeout_s=START_TIMEOUT_S, what="ClickHouse", log=self.log)
         self._write_urls()
         return "started"
 

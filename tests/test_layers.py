@@ -65,3 +65,33 @@ def test_the_check_sees_an_import_that_runs_up() -> None:
     assert crossing("streams", "bench.pipeline") is not None
     assert crossing("oms", "projections.store") is None
     assert crossing("bench", "oms.stack") is None
+
+
+def private_names_imported(path: Path) -> list[str]:
+    """`from project.module import _name` in `path`: a module's private names are its own."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module.split(".")[0] not in FLOOR:
+                continue
+            found += [
+                f"line {node.lineno}: {node.module}.{alias.name}"
+                for alias in node.names
+                if alias.name.startswith("_") and not alias.name.startswith("__")
+            ]
+    return found
+
+
+def test_no_module_imports_another_ones_private_names() -> None:
+    wrong = {
+        str(module.relative_to(ROOT)): private_names_imported(module)
+        for module in MODULES
+        if private_names_imported(module)
+    }
+    assert not wrong, wrong
+
+
+def test_the_private_name_check_sees_one(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text("from oms.stack import _hidden, Public\nfrom os import _exit\n")
+    assert private_names_imported(module) == ["line 1: oms.stack._hidden"]

@@ -44,7 +44,7 @@ def _ledger_units(sku: str, text: str, field: str) -> int:
         raise click.BadParameter(str(exc), param_hint=exc.field) from exc
 
 
-def _print_rows(rows: list[dict[str, Any]], columns: list[str], empty: str) -> None:
+def print_rows(rows: list[dict[str, Any]], columns: list[str], empty: str) -> None:
     if not rows:
         click.echo(empty)
         return
@@ -300,7 +300,7 @@ def review() -> None:
 def review_list(limit: int) -> None:
     """Held orders, longest waiting first (from ClickHouse: run `oms project`)."""
     rows = _read_report("held_orders", limit=limit)
-    _print_rows(rows, list(rows[0]) if rows else [], "no orders waiting for review")
+    print_rows(rows, list(rows[0]) if rows else [], "no orders waiting for review")
 
 
 @review.command("approve")
@@ -347,7 +347,7 @@ def stock_show(sku: str | None, location: str | None, limit: int) -> None:
         and (location is None or r.get("location") == location)
     ][:limit]
     shown = [in_units(row, products) for row in rows]
-    _print_rows(shown, list(shown[0]) if shown else [], "no stock recorded")
+    print_rows(shown, list(shown[0]) if shown else [], "no stock recorded")
 
 
 def in_units(row: dict[str, Any], products: Mapping[str, Product]) -> dict[str, Any]:
@@ -451,7 +451,7 @@ def queue(location_id: str, limit: int) -> None:
         "item_count",
         "total",
     ]
-    _print_rows(rows, columns, f"no open orders at {location_id}")
+    print_rows(rows, columns, f"no open orders at {location_id}")
 
 
 @click.group()

@@ -84,12 +84,12 @@ def returns() -> None:
 @click.option("--order", "order_id", default=None, help="one order's returns only")
 def returns_list(order_id: str | None) -> None:
     """The returns on the order log, oldest first."""
-    from oms.cli.operators import _print_rows
+    from oms.cli.operators import print_rows
     from oms.returns import listing, read_view
 
     rows = listing(read_view(get_settings()), order_id=order_id)
     columns = ["order_id", "return_id", "step", "lines", "return_location", "refunded"]
-    _print_rows(rows, columns, "no returns")
+    print_rows(rows, columns, "no returns")
 
 
 BY = click.option("--by", "by", required=True, help="who does it (recorded as the actor)")
