@@ -198,7 +198,7 @@ class Watcher:
         self.consumer.close()
 
 
-def _wait_for_group(settings: Settings, *, members: int, timeout_s: float) -> None:
+def wait_for_group(settings: Settings, *, members: int, timeout_s: float) -> None:
     """Until the worker group is stable with `members` members: a worker joining later would
     rebalance the group in the middle of the measurement."""
     from confluent_kafka import ConsumerGroupState
@@ -277,7 +277,7 @@ def pipeline(
         processes = os.environ.get("OMS_BENCH_PROCESSES", "1")
         worker = [sys.executable, "-m", "oms.cli", "worker", "--processes", processes]
         with bench_process(worker, env, log=log):
-            _wait_for_group(scratch, members=int(processes), timeout_s=120)
+            wait_for_group(scratch, members=int(processes), timeout_s=120)
             stocked.follow(None, until=1, timeout_s=120)
             stocked.close()
             warm = orders(50, run="warm")
