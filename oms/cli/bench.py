@@ -126,6 +126,51 @@ def bench_recovery(order_count: int, tail: int) -> None:
     _finish("recovery", figures, recovery.report)
 
 
+@bench.command("day")
+@click.option("--orders", "order_count", default=1_000_000, show_default=True)
+@click.option(
+    "--processes", default=1, show_default=True, help="worker processes (`oms worker --processes`)"
+)
+@click.option(
+    "--rate",
+    type=float,
+    default=None,
+    help="orders/s the day averages, paced as `oms simulate` paces it (default: flat out)",
+)
+@click.option("--restaurant-share", default=0.5, show_default=True, help="the rest is retail")
+@click.option("--seed", default=7, show_default=True)
+@click.option(
+    "--timeout",
+    type=float,
+    default=None,
+    help="seconds to wait, once every payload is in, for the last order to settle (default: "
+    "ORDERS/100, at least 1800); past it the figures are of the orders settled by then",
+)
+def bench_day(
+    order_count: int,
+    processes: int,
+    rate: float | None,
+    restaurant_share: float,
+    seed: int,
+    timeout: float | None,
+) -> None:
+    """The seed's peak day: ORDERS restaurant and retail orders from the channels' payloads
+    through the connectors, the worker and the projector into ClickHouse (target 1,000,000
+    in <= 10 min on 2 cores): wall time, peak RSS and CPU per process, lag, freshness."""
+    from bench import day
+
+    figures = day.run(
+        get_settings(),
+        orders_count=order_count,
+        processes=processes,
+        rate=rate,
+        restaurant_share=restaurant_share,
+        seed=seed,
+        timeout_s=timeout,
+    )
+    _finish("day" if processes == 1 else f"day-{processes}-processes", figures, day.report)
+
+
 @bench.command("memory")
 @click.option("--orders", "order_count", default=1_000_000, show_default=True)
 @click.option(
