@@ -385,12 +385,15 @@ class Gauges(threading.Thread):
                 used[name] = now - start
         return used
 
-    def peak_hwm(self) -> dict[str, float]:
-        """VmHWM (MiB) of the processes still running: their peak since they started."""
+    def peak_hwm(self, names: Iterable[str]) -> dict[str, float]:
+        """VmHWM (MiB) of the processes still running whose name starts with one of `names`:
+        their peak since they started (the bench's own; the broker's and the server's VmHWM
+        would be their whole life's)."""
+        prefixes = tuple(names)
         return {
             name: status["VmHWM"] / 1024
             for name, pid in self._expand().items()
-            if "VmHWM" in (status := _status_of(pid))
+            if name.startswith(prefixes) and "VmHWM" in (status := _status_of(pid))
         }
 
     def stop(self) -> None:
@@ -609,7 +612,7 @@ def measure(
         finished = done_at is not None
         done_at = done_at or time.time()
         cpu = gauges.cpu_used()
-        hwm = gauges.peak_hwm()
+        hwm = gauges.peak_hwm(("worker", "projector"))
     finally:
         if feeder.poll() is None:
             feeder.kill()
