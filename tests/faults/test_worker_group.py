@@ -23,10 +23,12 @@ from infra.publisher import Publisher, PublishError
 from infra.settings import Settings
 from tests.faults.brokers import BrokerCluster, broker_cluster
 from tests.streams.test_invariants import (
+    TERMINAL,
     check_ledger,
     check_orders,
     dish_order,
     log_size,
+    order_log,
     receive_stock,
     ship_order,
     start_worker,
@@ -35,7 +37,7 @@ from tests.streams.test_invariants import (
     write_catalogue,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.fault]
+pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.chaos]
 ORDERS = 20_000
 STOCK = {"WH-A": 3_500, "WH-B": 3_500, "WH-C": 2_000}  # 9,000 units for 10,000 ship orders
 
@@ -148,9 +150,17 @@ def run_the_day(cluster: BrokerCluster, tmp_path: Path) -> None:
             changes.append((what, time.monotonic()))
             do()
         sending.join()
-        by_order = wait_until_settled(
-            settings, ORDERS, timeout_s=600, worker=workers[-1], log=logs[2]
-        )
+        try:
+            by_order = wait_until_settled(
+                settings, ORDERS, timeout_s=600, worker=workers[-1], log=logs[2]
+            )
+        except AssertionError as stuck:  # which orders, and where each stopped
+            unsettled = {
+                order_id: [e.event_type for e in events]
+                for order_id, events in order_log(settings).items()
+                if events[-1].event_type not in TERMINAL
+            }
+            raise AssertionError(f"{stuck}; not settled: {unsettled}") from None
     finally:
         watch.stop()
         for worker in workers:

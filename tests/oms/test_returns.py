@@ -33,6 +33,7 @@ from oms.operations import CommandRejected
 from streams.returns import ReturnRules
 from tests.conftest import read_topic, settings_env
 from tests.factories import received
+from tests.streams.test_invariants import read_all
 
 pytestmark = pytest.mark.integration
 CODEC = AvroCodec()
@@ -69,9 +70,8 @@ def history(settings: Settings, order_id: str, *, until: str, timeout_s: float =
 
 
 def ledger(settings: Settings) -> list[Any]:
-    return [
-        CODEC.decode(m.value()) for m in read_topic(settings, settings.topics.inventory, expect=1)
-    ]
+    """The whole stock ledger, every partition to its end (not the first fetch's worth)."""
+    return read_all(settings, settings.topics.inventory)
 
 
 def test_a_delivered_order_is_returned_restocked_in_part_written_off_in_part_and_refunded(
