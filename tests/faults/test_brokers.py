@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer
@@ -67,7 +68,7 @@ def test_one_broker_killed_keeps_acks_all_writes_and_reads_and_rejoins_the_isr(
     admin.create_topics([NewTopic(topic, num_partitions=3)])[topic].result(timeout=30)
     assert cluster.wait_for_in_sync(topic, replicas=3) == {0: ALL, 1: ALL, 2: ALL}
 
-    metadata = admin.list_topics(topic, timeout=10).topics[topic]
+    metadata = _metadata(admin, topic)
     assert {p: sorted(m.replicas) for p, m in metadata.partitions.items()} == {
         0: ALL,
         1: ALL,
@@ -95,3 +96,14 @@ def test_one_broker_killed_keeps_acks_all_writes_and_reads_and_rejoins_the_isr(
 
     cluster.restart(victim)
     assert cluster.wait_for_in_sync(topic, replicas=3) == {0: ALL, 1: ALL, 2: ALL}
+
+
+def _metadata(admin: Any, topic: str, timeout_s: float = 30.0) -> Any:
+    """The topic's metadata once the broker asked knows its partitions (a broker's metadata
+    cache can lag the controller by a moment after the topic is made)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = admin.list_topics(topic, timeout=10).topics[topic]
+        if found.partitions or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaException
 
 from infra.settings import Settings
 from oms.stack import (
@@ -217,9 +218,17 @@ def _eventually(read: Any, wanted: Any = ("1000", "delete"), timeout_s: float = 
     """What `read()` gives once it is `wanted`, or at the timeout: a config change reaches
     the broker's view of the topic a moment after the admin call returns."""
     deadline = time.monotonic() + timeout_s
-    while (found := read()) != wanted and time.monotonic() < deadline:
+    while True:
+        try:
+            found = read()
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+            continue
+        if found == wanted or time.monotonic() > deadline:
+            return found
         time.sleep(0.2)
-    return found
 
 
 def _retention(settings: Settings) -> dict[str, tuple[str, str]]:
@@ -266,7 +275,8 @@ def test_topics_are_created_with_their_retention_and_a_changed_one_is_set_back(
         topics.carrier_updates: (str(7 * day), "delete"),  # verified pushes on their way
         topics.snapshots: ("-1", "compact"),  # a partition's newest snapshot and its chunks
     }
-    assert _retention(isolated_settings) == expected
+    # A topic just made can be unknown to the broker asked for a moment: asked again.
+    assert _eventually(lambda: _retention(isolated_settings), expected) == expected
 
     admin = AdminClient({"bootstrap.servers": isolated_settings.kafka_bootstrap})
     changed = ConfigResource(
