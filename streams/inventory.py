@@ -29,8 +29,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
-from itertools import islice
 from typing import Any, TypeAlias
+
+from immutables import Map
 
 from events.models import (
     Actor,
@@ -107,7 +108,12 @@ class Batch:
 
 @dataclass(frozen=True)
 class StockLevel:
-    """What one `sku@location` ledger adds up to. Never mutated: `apply` returns a new one."""
+    """What one `sku@location` ledger adds up to. Never mutated: `apply` returns a new one.
+
+    The maps that grow with the open reservations are persistent (`immutables.Map`, a
+    hash-array mapped trie): a new level shares all but O(log n) of the old one's, so an event
+    costs the same with 10 or 100,000 reservations open on one key (a `dict` copied per event
+    made a busy key's ledger quadratic: docs/benchmarks.md, "The day")."""
 
     sku: str
     location: str
@@ -118,10 +124,13 @@ class StockLevel:
     received: int = 0
     committed: int = 0
     adjusted: int = 0
-    reservations: Mapping[str, Reservation] = field(default_factory=dict)
-    # The answer to each open reservation and to the last CLOSED_OUTCOMES_KEPT closed ones,
-    # oldest first (a reservation moves to the end when it closes).
-    outcomes: Mapping[str, Outcome] = field(default_factory=dict, repr=False)
+    reservations: Map[str, Reservation] = field(default_factory=Map)
+    # The answer to each open reservation and to the last CLOSED_OUTCOMES_KEPT closed ones.
+    outcomes: Map[str, Outcome] = field(default_factory=Map, repr=False)
+    # The closed ones in the order they closed: closed[n] for closed_from <= n < closed_from
+    # + len(closed); the oldest leave `outcomes` first.
+    closed: Map[int, str] = field(default_factory=Map, repr=False)
+    closed_from: int = field(default=0, repr=False)
     batches: Mapping[str, Batch] = field(default_factory=dict)
     alerted: bool = False
     alert_threshold: int = 0
@@ -219,12 +228,11 @@ def _effect(level: StockLevel, event: StockEvent) -> StockLevel:
             held = Reservation(event.order_id, quantity, event.expires_at)
             return replace(
                 level,
-                reservations={**level.reservations, reservation_id: held},
-                outcomes={**level.outcomes, reservation_id: event},
+                reservations=level.reservations.set(reservation_id, held),
+                outcomes=level.outcomes.set(reservation_id, event),
             )
         case StockReservationRefused(reservation_id=reservation_id):
-            outcomes = {**level.outcomes, reservation_id: event}
-            return replace(level, outcomes=_trimmed(outcomes, level.reservations))
+            return _closed_answer(level, level.outcomes.set(reservation_id, event), reservation_id)
         case StockReleased(reservation_id=reservation_id, quantity=quantity):
             return _closed(level, reservation_id, quantity)
         case StockCommitted(reservation_id=reservation_id, quantity=quantity):
@@ -271,31 +279,32 @@ def _consumed(batches: Mapping[str, Batch], quantity: int) -> Mapping[str, Batch
 
 
 def _closed(level: StockLevel, reservation_id: str, quantity: int) -> StockLevel:
-    """The reservation leaves the open ones; its answer moves to the newest closed ones."""
+    """The reservation leaves the open ones; its answer joins the newest closed ones."""
     held = level.reservations.get(reservation_id)
     if held is None or held.quantity != quantity:
         raise LedgerInconsistent(
             f"{level.key}: no open reservation {reservation_id} of {quantity} to close"
         )
-    reservations = {k: v for k, v in level.reservations.items() if k != reservation_id}
-    outcomes = dict(level.outcomes)
-    outcomes[reservation_id] = outcomes.pop(reservation_id)
-    return replace(
-        level,
-        reservations=reservations,
-        outcomes=_trimmed(outcomes, reservations),
-    )
+    level = replace(level, reservations=level.reservations.delete(reservation_id))
+    return _closed_answer(level, level.outcomes, reservation_id)
 
 
-def _trimmed(
-    outcomes: dict[str, Outcome], open_ids: Mapping[str, Reservation]
-) -> dict[str, Outcome]:
-    excess = len(outcomes) - len(open_ids) - CLOSED_OUTCOMES_KEPT
-    if excess > 0:
-        oldest = islice((rid for rid in outcomes if rid not in open_ids), excess)
-        for reservation_id in list(oldest):
-            del outcomes[reservation_id]
-    return outcomes
+def _closed_answer(
+    level: StockLevel, outcomes: Map[str, Outcome], reservation_id: str
+) -> StockLevel:
+    """`reservation_id`'s answer joins the closed ones; the oldest beyond CLOSED_OUTCOMES_KEPT
+    are forgotten (an answer stays while its reservation is open)."""
+    first = level.closed_from
+    closed = level.closed.set(first + len(level.closed), reservation_id)
+    if len(closed) > CLOSED_OUTCOMES_KEPT:
+        with outcomes.mutate() as kept, closed.mutate() as order:
+            while len(order) > CLOSED_OUTCOMES_KEPT:
+                oldest = order.pop(first)
+                first += 1
+                if oldest not in level.reservations:
+                    kept.pop(oldest, None)
+            outcomes, closed = kept.finish(), order.finish()
+    return replace(level, outcomes=outcomes, closed=closed, closed_from=first)
 
 
 # ---------------------------------------------------------------- decisions

@@ -148,7 +148,7 @@ def test_reservation_within_available_to_promise_is_reserved() -> None:
     assert reserved.actor == ACTOR
     level = ledger.level
     assert (level.on_hand, level.reserved, level.available_to_promise) == (10, 4, 6)
-    assert level.reservations == {"r-1": Reservation("o-1", 4, expires)}
+    assert dict(level.reservations) == {"r-1": Reservation("o-1", 4, expires)}
 
 
 def test_second_order_for_last_unit_is_refused() -> None:
@@ -205,7 +205,22 @@ def test_only_the_most_recent_closed_answers_are_kept(monkeypatch: pytest.Monkey
     for n in range(4):
         ledger.send(reserve(f"r-{n}", 1))
         ledger.send(release(f"r-{n}"))
-    assert list(ledger.level.outcomes) == ["open", "r-2", "r-3"]
+    assert set(ledger.level.outcomes) == {"open", "r-2", "r-3"}
+    assert_invariants(ledger.level)
+
+
+def test_a_refused_answer_is_kept_and_forgotten_in_the_order_answers_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(inventory, "CLOSED_OUTCOMES_KEPT", 2)
+    ledger = stocked(1)
+    ledger.send(reserve("held", 1))
+    ledger.send(reserve("refused", 1))
+    ledger.send(commit("held"))
+    assert set(ledger.level.outcomes) == {"held", "refused"}
+    ledger.send(reserve("late", 1))  # refused too: the one unit is sold
+    assert set(ledger.level.outcomes) == {"held", "late"}
+    assert ledger.send(reserve("refused", 1, event_id="again"))[0].reservation_id == "refused"
 
 
 def test_release_gives_the_units_back() -> None:
@@ -215,7 +230,7 @@ def test_release_gives_the_units_back() -> None:
     assert isinstance(released, StockReleased)
     assert (released.quantity, released.reason, released.order_id) == (3, "CANCELLED", "o-1")
     assert (ledger.level.reserved, ledger.level.available_to_promise) == (0, 5)
-    assert ledger.level.reservations == {}
+    assert not ledger.level.reservations
 
 
 def test_release_of_an_unknown_or_closed_reservation_makes_nothing() -> None:
@@ -578,6 +593,11 @@ def assert_invariants(level: StockLevel) -> None:
     assert sum(b.quantity for b in level.batches.values()) <= level.on_hand
     for reservation_id in level.reservations:
         assert isinstance(level.outcomes[reservation_id], StockReserved)
+    # the answers kept are the open ones and the closed ones in the ring, nothing else
+    first = level.closed_from
+    ring = [level.closed[n] for n in range(first, first + len(level.closed))]
+    assert len(ring) <= inventory.CLOSED_OUTCOMES_KEPT
+    assert set(level.outcomes) == set(level.reservations) | set(ring)
 
 
 KINDS = ["receive", "adjust", "count", "safety", "batch", "reserve", "reserve", "reserve",
