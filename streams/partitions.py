@@ -99,6 +99,9 @@ class OrderPartition:
         self, *, spilled: SpilledOrders | None = None, max_in_memory: int | None = None
     ) -> None:
         self.orders: dict[str, orders.OrderState] = {}
+        # The orders in memory with a timer (status in _TIMED): the only ones `expiries` looks
+        # at, so a tick costs the orders in flight, not every order kept.
+        self._timed: dict[str, None] = {}  # ordered: ticks are repeatable
         self.spilled: SpilledOrders = spilled if spilled is not None else KeptInMemory()
         self.max_in_memory = max_in_memory
         # Orders whose owed stock commands were re-sent since the rebuild: once is enough
@@ -115,7 +118,7 @@ class OrderPartition:
     def fold(self, event: Event) -> None:
         """One event of the order log, read back while rebuilding."""
         if isinstance(event, OrderEvent):
-            self.orders[event.order_id] = orders.apply(self.state_of(event.order_id), event)
+            self._put(event.order_id, orders.apply(self.state_of(event.order_id), event))
 
     def cut(self) -> OrdersCut:
         hot: dict[str, orders.OrderState] = {}
@@ -128,7 +131,8 @@ class OrderPartition:
     def restore(self, hot: Mapping[str, orders.OrderState], watched: Iterable[str]) -> None:
         """Take a snapshot's orders in flight back into memory and its timed spilled orders
         onto the watch list (the rest of it is put in `spilled` by whoever restores)."""
-        self.orders.update(hot)
+        for order_id, state in hot.items():
+            self._put(order_id, state)
         for order_id in watched:
             if order_id not in self.orders:
                 self._watched[order_id] = _LOOK_NOW
@@ -158,12 +162,20 @@ class OrderPartition:
         self.spilled.put(moved)
         for order_id, state in moved.items():
             del self.orders[order_id]
+            self._timed.pop(order_id, None)
             self._recovered.discard(order_id)
             if state.status in _TIMED:
                 self._watched[order_id] = _LOOK_NOW
             else:
                 self._forget_timers(order_id)
         return len(moved)
+
+    def _put(self, order_id: str, state: orders.OrderState) -> None:
+        self.orders[order_id] = state
+        if state.status in _TIMED:
+            self._timed[order_id] = None
+        else:
+            self._timed.pop(order_id, None)
 
     def _forget_timers(self, order_id: str) -> None:
         self._expiry_sent.pop(order_id, None)
@@ -191,7 +203,7 @@ class OrderPartition:
 
     def commit(self, step: OrderStep) -> None:
         if step.after is not None:
-            self.orders[step.order_id] = step.after
+            self._put(step.order_id, step.after)
         if step.recovers:
             self._recovered.add(step.order_id)
 
@@ -204,7 +216,8 @@ class OrderPartition:
         catalogue's), else a hold that expired; and the alerts of orders at risk of missing
         their promise (`orders.at_risk_due`)."""
         due: list[OrderEvent] = []
-        for state in [*self.orders.values(), *self._watched_due(now)]:
+        timed = [self.orders[order_id] for order_id in self._timed]
+        for state in [*timed, *self._watched_due(now)]:
             place = (locations or {}).get(state.location or "")
             order_id = state.order.order_id
             for alert in orders.at_risk_due(state, now=now, place=place)[:1]:
