@@ -140,12 +140,15 @@ def run(settings: Settings, *, orders: int, tail: int) -> dict[str, Any]:
         views_s, views = _views_ready(scratch, codec)
         written += store.write("views", 0, 0, views.cut())
         snapshot_s = time.perf_counter() - began - views_s
+        del views
+        for agent in full:  # a restarted worker starts with nothing in memory
+            agent.forget(list(agent.states))
         tail_events = produce_history(scratch, events=tail * 4) if tail else 0
         restored = agents(snapshots=True)
         restart_s = _rebuild_all(restored, partitions)
         replayed = sum(sum(agent.unsnapped.values()) for agent in restored)
         views_restart_s, _ = _views_ready(scratch, codec, SnapshotStore(scratch))
-        for agent in (*full, *restored):
+        for agent in restored:
             agent.forget(list(agent.states))
     return {
         "orders": orders,

@@ -20,8 +20,9 @@ import gc
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from datetime import datetime, timedelta
+from itertools import islice
 from typing import Any, Generic, TypeVar, cast
 
 import faust
@@ -76,6 +77,7 @@ log = logging.getLogger(__name__)
 BATCH = 500  # inputs per batch: outputs are confirmed per batch, not per message
 BATCH_WITHIN_S = 0.005
 SPILL_EVERY = 10_000  # log events folded between two `spill`s while rebuilding
+REPLAY_CHUNK = 5_000  # log events read at a time while rebuilding
 # The agents' state (every order's fold) only grows, and a full collection walks all of it:
 # seconds of pause at a million orders, for next to no garbage (the state holds no cycles).
 # What has lived this long is moved out of the collector's sight (`gc.freeze`); it is still
@@ -131,22 +133,43 @@ class PartitionStates(Generic[P]):
             began = time.perf_counter()
             states = self._new(partition)
             start = 0
+            ends = dict[tuple[str, int], int]()
             if self.snapshots is not None and self._tail is not None:
                 start = await asyncio.to_thread(self.snapshots.load, states, partition)
                 if start < 0:  # restored in part: start over from the whole log
                     if isinstance(states, OrderPartition):
                         states.close()
                     states, start = self._new(partition), 0
-                tail, ends = self._tail, dict[tuple[str, int], int]()
-                events = await asyncio.to_thread(
-                    lambda: list(tail(self.topic, partition, start, ends))
-                )
-                self.ends[partition] = ends.get((self.topic, partition), 0)
+                events = self._tail(self.topic, partition, start, ends)
             else:
-                events = await asyncio.to_thread(lambda: list(self._replay(self.topic, partition)))
-            skipped = 0
-            for n, event in enumerate(events, 1):
-                if n % SPILL_EVERY == 0 and isinstance(states, OrderPartition):
+                events = self._replay(self.topic, partition)
+            folded, skipped = await self._fold(states, partition, iter(events))
+            if self.snapshots is not None and self._tail is not None:
+                self.ends[partition] = ends.get((self.topic, partition), 0)
+            agent = "orders" if isinstance(states, OrderPartition) else "inventory"
+            REBUILD_SECONDS.labels(agent).observe(time.perf_counter() - began)
+            REBUILD_EVENTS.labels(agent).inc(folded)
+            log.info(
+                "rebuilt %s[%d] from %s%d events (%d not folded)",
+                self.topic,
+                partition,
+                f"a snapshot at offset {start} and " if start else "",
+                folded,
+                skipped,
+            )
+            self.states[partition] = states
+            self.unsnapped[partition] = folded
+        return states
+
+    async def _fold(self, states: P, partition: int, events: Iterator[Event]) -> tuple[int, int]:
+        """Fold `events` (read in a thread, `REPLAY_CHUNK` at a time: a partition's whole log
+        is never in memory at once, and the event loop runs between two chunks); how many were
+        folded and how many could not be."""
+        folded = skipped = 0
+        while chunk := await asyncio.to_thread(lambda: list(islice(events, REPLAY_CHUNK))):
+            for event in chunk:
+                folded += 1
+                if folded % SPILL_EVERY == 0 and isinstance(states, OrderPartition):
                     states.spill()
                 try:
                     states.fold(event)
@@ -156,20 +179,8 @@ class PartitionStates(Generic[P]):
                     # rebuilt, rather than the worker stopping on every start.
                     skipped += 1
                     log.exception("%s[%d]: cannot fold %s", self.topic, partition, event.event_id)
-            agent = "orders" if isinstance(states, OrderPartition) else "inventory"
-            REBUILD_SECONDS.labels(agent).observe(time.perf_counter() - began)
-            REBUILD_EVENTS.labels(agent).inc(len(events))
-            log.info(
-                "rebuilt %s[%d] from %s%d events (%d not folded)",
-                self.topic,
-                partition,
-                f"a snapshot at offset {start} and " if start else "",
-                len(events),
-                skipped,
-            )
-            self.states[partition] = states
-            self.unsnapped[partition] = len(events)
-        return states
+            await asyncio.sleep(0)
+        return folded, skipped
 
     def wrote(self, partition: int, events: int) -> None:
         self.unsnapped[partition] = self.unsnapped.get(partition, 0) + events
