@@ -109,7 +109,7 @@ def run(settings: Settings, *, orders: int, tail: int) -> dict[str, Any]:
         def new_orders(partition: int) -> OrderPartition:
             return OrderPartition(
                 spilled=SpillFile(Path(spill), partition, sealer=sealer),
-                max_in_memory=scratch.orders_in_memory,
+                max_in_memory=scratch.orders_in_memory_per_partition,
             )
 
         def agents(snapshots: bool) -> list[PartitionStates[Any]]:

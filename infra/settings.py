@@ -154,8 +154,10 @@ class Settings(BaseSettings):
     orders_in_memory: int = Field(
         default=50_000,
         ge=100,
-        description="orders the order agent keeps in memory per partition; the oldest settled "
-        "ones beyond are spilled to a local file and read back when needed",
+        description="orders a worker process keeps in memory, shared evenly among the order "
+        "log's partitions (OMS_KAFKA_PARTITIONS): a process holding all of them keeps this many "
+        "at most; the oldest settled ones beyond are spilled to a local file and read back when "
+        "needed",
     )
     snapshot_every: int = Field(
         default=50_000,
@@ -518,6 +520,11 @@ class Settings(BaseSettings):
         fewer; infra/capacity.py, `replication_for`)."""
         listed = [address for address in self.kafka_bootstrap.split(",") if address.strip()]
         return self.kafka_replication_factor or replication_for(len(listed)).factor
+
+    @property
+    def orders_in_memory_per_partition(self) -> int:
+        """The bound of one partition's orders in memory (`orders_in_memory` shared)."""
+        return max(100, self.orders_in_memory // max(1, self.kafka_partitions))
 
     @property
     def resolved_clickhouse_url(self) -> str:

@@ -245,7 +245,7 @@ class Worker:
             replay=replay,
             new=lambda partition: OrderPartition(
                 spilled=SpillFile(spill_dir, partition, sealer=sealer),
-                max_in_memory=settings.orders_in_memory,
+                max_in_memory=settings.orders_in_memory_per_partition,
             ),
             settle=self.out.confirmed,
             snapshots=OrderSnapshots(store, self.codec) if store else None,
