@@ -35,7 +35,13 @@ from events.models import (
     FulfilmentGroup,
     LineQuantity,
     OrderAccepted,
+    OrderAcceptedByStore,
+    OrderCompleted,
+    OrderEvent,
+    OrderPickedUp,
+    OrderPreparing,
     OrderPrioritised,
+    OrderReady,
     OrderRouted,
     StockReceived,
     StockReserved,
@@ -55,9 +61,12 @@ FRESHNESS_P99_TARGET_S = 1.0
 SYSTEM = Actor(kind=ActorKind.SYSTEM, id="bench")
 
 
-def produce_history(settings: Settings, *, events: int) -> int:
-    """About `events` events of finished order histories (4 per order) and their stock
-    ledger (a reservation per shipped order) onto the scratch topics; returns how many."""
+def produce_history(settings: Settings, *, events: int, finished: float = 0.0) -> int:
+    """Order histories for `events // 4` orders onto the scratch topics; returns how many
+    events. An order is routed and prioritised (4 events) and waits for the ledger's answer to
+    its reservation, which one in five has on the ledger; a `finished` share of them (spread
+    evenly) is made to order instead and goes on to be accepted, made, picked up and completed
+    (9 events, no stock)."""
     from confluent_kafka import Producer
 
     codec = AvroCodec()
@@ -110,8 +119,9 @@ def produce_history(settings: Settings, *, events: int) -> int:
             external_id=order.external_id,
         )
         location = order.location_hint or "WH-SH"
+        done = int((n + 1) * finished) > int(n * finished)
         lines = [
-            LineQuantity(sku=line.sku, quantity=line.quantity, location=location)
+            LineQuantity(sku=line.sku, quantity=line.quantity, location=None if done else location)
             for line in order.lines
         ]
         history = [
@@ -139,9 +149,11 @@ def produce_history(settings: Settings, *, events: int) -> int:
                 **common,
             ),
         ]
+        if done:
+            history += _finished(common, location, sequence=5)
         for event in history:
             send(settings.topics.orders, order.order_id, codec.encode(event))
-        if n % 5 == 0:
+        if n % 5 == 0 and not done:
             ledger_sequence += 1
             reserved = StockReserved(
                 event_id=deterministic_id(order.event_id, "s"),
@@ -161,6 +173,27 @@ def produce_history(settings: Settings, *, events: int) -> int:
         producer.poll(0)
     producer.flush(120)
     return count
+
+
+def _finished(common: dict[str, Any], location: str, *, sequence: int) -> list[OrderEvent]:
+    """What follows a made-to-order order's prioritisation when its store makes it."""
+    steps: list[tuple[type[OrderEvent], dict[str, Any]]] = [
+        (OrderAcceptedByStore, {"location": location}),
+        (OrderPreparing, {"location": location}),
+        (OrderReady, {"location": location}),
+        (OrderPickedUp, {"location": location, "picked_up_by": "customer"}),
+        (OrderCompleted, {"location": location}),
+    ]
+    order_id = common["order_id"]
+    return [
+        kind(
+            event_id=deterministic_id(order_id, kind.__name__),
+            sequence=sequence + n,
+            **common,
+            **fields,
+        )
+        for n, (kind, fields) in enumerate(steps)
+    ]
 
 
 def _database(settings: Settings, name: str) -> ClickHouseStore:

@@ -2,10 +2,14 @@
 state back, from the whole log and from snapshots plus their tails; and, beside it, how long
 the shared views take to read the same topics, from their start and from their snapshot.
 
-The history is finished orders (4 order-log events each, and a reservation per fifth order on
-the ledger: `bench.projection.produce_history`) on scratch topics of the default partition
-count; then every partition is snapshotted as the worker does it (cut, sealed, written),
-`tail` more orders arrive, and the states are rebuilt the two ways, in the worker's own code
+The history (`bench.projection.produce_history`) is orders of which an `in_flight` share is
+still waiting for the ledger's answer to a reservation (4 order-log events each; a reservation
+per fifth of them on the ledger) and the rest finished (made to order, accepted, made, picked
+up and completed: 9 events), on scratch topics of the default partition count. What a restart
+costs grows with the orders in flight (decoded into memory) more than with the finished ones
+(put into the spill file as they are): `--in-flight 1` is a day that never finished anything.
+Then every partition is snapshotted as the worker does it (cut, sealed, written), `tail` more
+orders arrive, and the states are rebuilt the two ways, in the worker's own code
 (`PartitionStates.of`), one partition after another as a worker taking them all over would.
 
 Target (issue 17): restart time after 1,000,000 orders <= 10 s.
@@ -90,14 +94,14 @@ def _views_ready(
     return took, views
 
 
-def run(settings: Settings, *, orders: int, tail: int) -> dict[str, Any]:
+def run(settings: Settings, *, orders: int, tail: int, in_flight: float = 1.0) -> dict[str, Any]:
     partitions = settings.kafka_partitions
     with (
         scratch_topics(settings, "bench-recovery") as scratch,
         TemporaryDirectory(prefix="oms-recovery-") as spill,
     ):
         began = time.perf_counter()
-        events = produce_history(scratch, events=orders * 4)
+        events = produce_history(scratch, events=orders * 4, finished=1.0 - in_flight)
         produced_s = time.perf_counter() - began
         # Data keys in memory: the history was not sealed as it was written (as a worker's
         # log is), so each of its customers would otherwise get a key on the key topic now.
@@ -143,7 +147,9 @@ def run(settings: Settings, *, orders: int, tail: int) -> dict[str, Any]:
         del views
         for agent in full:  # a restarted worker starts with nothing in memory
             agent.forget(list(agent.states))
-        tail_events = produce_history(scratch, events=tail * 4) if tail else 0
+        tail_events = (
+            produce_history(scratch, events=tail * 4, finished=1.0 - in_flight) if tail else 0
+        )
         restored = agents(snapshots=True)
         restart_s = _rebuild_all(restored, partitions)
         replayed = sum(sum(agent.unsnapped.values()) for agent in restored)
@@ -152,6 +158,7 @@ def run(settings: Settings, *, orders: int, tail: int) -> dict[str, Any]:
             agent.forget(list(agent.states))
     return {
         "orders": orders,
+        "in_flight": in_flight,
         "events": events,
         "partitions": partitions,
         "produce_s": round(produced_s, 1),
@@ -180,7 +187,8 @@ def _end(settings: Settings, topic: str, partition: int, codec: Any) -> int:
 def report(figures: dict[str, Any]) -> list[str]:
     met = figures["restart_s"] <= figures["target_s"]
     return [
-        f"history: {figures['orders']:,} orders, {figures['events']:,} events on "
+        f"history: {figures['orders']:,} orders ({figures['in_flight']:.0%} in flight), "
+        f"{figures['events']:,} events on "
         f"{figures['partitions']} partitions (produced in {figures['produce_s']} s)",
         f"rebuild from the whole log: {figures['full_replay_s']} s",
         f"snapshots of every partition: {figures['snapshot_mib']} MiB written in "

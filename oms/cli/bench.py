@@ -117,12 +117,19 @@ def bench_intake(order_count: int, rate: float, seconds: float) -> None:
 @bench.command("recovery")
 @click.option("--orders", "order_count", default=1_000_000, show_default=True)
 @click.option("--tail", default=10_000, show_default=True, help="orders after the snapshots")
-def bench_recovery(order_count: int, tail: int) -> None:
+@click.option(
+    "--in-flight",
+    default=0.05,
+    show_default=True,
+    help="share of the orders still waiting at the restart (a day's 1,000,000 at 3x the "
+    "average rate for an hour in flight: ~0.05); 1: none ever finished",
+)
+def bench_recovery(order_count: int, tail: int, in_flight: float) -> None:
     """Restart time after ORDERS orders: agent states from the whole log, and from snapshots
     and their tail (target <= 10 s); the shared views' read beside it."""
     from bench import recovery
 
-    figures = recovery.run(get_settings(), orders=order_count, tail=tail)
+    figures = recovery.run(get_settings(), orders=order_count, tail=tail, in_flight=in_flight)
     _finish("recovery", figures, recovery.report)
 
 
