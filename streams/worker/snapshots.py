@@ -52,10 +52,11 @@ from infra.kafka import consumer_config, producer_config
 from infra.keystore import MasterKey
 from infra.settings import Settings
 from streams import catalogue, customers, eta, inventory, orders, partitions
+from streams.worker.spill import SpillFile, image_rows
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2
+FORMAT = 3
 CHUNK = 900_000  # bytes of payload per message, under Kafka's 1 MB default
 TOPIC_CONFIG = {
     "cleanup.policy": "compact",
@@ -355,30 +356,34 @@ class OrderSnapshots(PartitionSnapshots):
         return len(state.orders) + getattr(state.spilled, "count", 0)
 
     def capture(self, state: partitions.OrderPartition) -> Any:
+        """The orders in memory, and the spill file as it is (its rows are sealed already; a
+        row of an order since read back and changed is stale, and loses to the order in
+        memory: restored into memory, or put over it)."""
         cut = state.cut()
         spilled = state.spilled
-        rows = spilled.rows() if hasattr(spilled, "rows") else None
-        if rows is None:  # kept in memory (tests): sealed with the cut
-            kept = dict(spilled.items()) if hasattr(spilled, "items") else {}
+        image = spilled.image() if isinstance(spilled, SpillFile) else None
+        kept = {} if image is not None else dict(getattr(spilled, "items", dict)())
         sealer = self.sealer
 
         def seal() -> bytes:
             in_memory = cut.hot.keys() | cut.cold.keys()
             cold = [(i, sealer.dumps(s)) for i, s in cut.cold.items()]
-            if rows is not None:
-                cold += [(i, blob) for i, blob in rows if i not in in_memory]
-            else:
-                cold += [(i, sealer.dumps(s)) for i, s in kept.items() if i not in in_memory]
-            return sealer.dumps({"hot": cut.hot, "cold": cold, "watched": cut.watched})
+            cold += [(i, sealer.dumps(s)) for i, s in kept.items() if i not in in_memory]
+            payload = {"hot": cut.hot, "cold": cold, "spill": image, "watched": cut.watched}
+            return sealer.dumps(payload)
 
         return seal
 
     def restore(self, state: partitions.OrderPartition, data: Any) -> None:
-        spilled = state.spilled
-        if hasattr(spilled, "put_rows"):
+        spilled, image = state.spilled, data["spill"]
+        if isinstance(spilled, SpillFile):
+            if image is not None:
+                spilled.load_image(image)
             spilled.put_rows(data["cold"])
         else:
-            spilled.put({i: self.sealer.loads(blob) for i, blob in data["cold"]})
+            rows = image_rows(image) if image is not None else []
+            loads = self.sealer.loads
+            spilled.put({i: loads(blob) for i, blob in [*rows, *data["cold"]]})
         state.restore(data["hot"], data["watched"])
 
 

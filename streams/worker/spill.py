@@ -9,8 +9,8 @@ It is written without a journal or fsync (a crash loses nothing the log does not
 States are pickled (they are this version's own objects, read back by the same process) by
 a `Sealer` when given one: every event in a state, the order's receipt first, is then stored
 as its sealed Avro encoding, so the file holds no personal data in clear — and a snapshot
-(streams/worker/snapshots.py) copies the rows as they are, and a restore puts them back so,
-without decoding a single order.
+(streams/worker/snapshots.py) carries the file itself (`image`, SQLite's serialisation), which
+a restore writes back as the file (`load_image`): no order is decoded, no row inserted.
 """
 
 from __future__ import annotations
@@ -34,9 +34,7 @@ class SpillFile:
         self._loads = sealer.loads if sealer else pickle.loads
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / f"orders-p{partition}-{uuid.uuid4().hex[:12]}.sqlite"
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode = OFF")
-        self._db.execute("PRAGMA synchronous = OFF")
+        self._db = _open(self.path)
         self._db.execute(
             "CREATE TABLE orders (order_id TEXT PRIMARY KEY, state BLOB) WITHOUT ROWID"
         )
@@ -52,10 +50,6 @@ class SpillFile:
     def put(self, states: Mapping[str, OrderState]) -> None:
         self.put_rows([(oid, self._dumps(s)) for oid, s in states.items()])
 
-    def rows(self) -> list[tuple[str, bytes]]:
-        """Every row as stored (an order read back since and changed in memory included)."""
-        return self._db.execute("SELECT order_id, state FROM orders").fetchall()
-
     def put_rows(self, rows: Iterable[tuple[str, bytes]]) -> None:
         rows = list(rows)
         if not rows:
@@ -65,9 +59,37 @@ class SpillFile:
         self._db.execute("COMMIT")
         self.count += len(rows)
 
+    def image(self) -> bytes:
+        """The file as it is now (a consistent copy: taken between two writes)."""
+        return self._db.serialize()
+
+    def load_image(self, image: bytes) -> None:
+        """Become the file `image` was taken of (this one empty, as after a rebuild's start)."""
+        self._db.close()
+        self.path.write_bytes(image)
+        self._db = _open(self.path)
+        self.count = self._db.execute("SELECT count(*) FROM orders").fetchone()[0]
+
     def close(self) -> None:
         self._db.close()
         self.path.unlink(missing_ok=True)
+
+
+def image_rows(image: bytes) -> list[tuple[str, bytes]]:
+    """The rows of a spill file's `image`, for a partition that keeps no file."""
+    db = sqlite3.connect(":memory:")
+    try:
+        db.deserialize(image)
+        return db.execute("SELECT order_id, state FROM orders").fetchall()
+    finally:
+        db.close()
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode = OFF")
+    db.execute("PRAGMA synchronous = OFF")
+    return db
 
 
 def _dumps(state: OrderState) -> bytes:

@@ -31,6 +31,7 @@ from streams.worker.snapshots import (
     Sealer,
     SnapshotStore,
 )
+from streams.worker.spill import image_rows
 from streams.worker.views import SharedViews
 from tests.streams.test_invariants import (
     check_ledger,
@@ -89,7 +90,10 @@ def test_a_worker_killed_restarts_from_its_snapshots_and_ends_as_a_full_replay_w
     scarce: Settings,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    settings = scarce.model_copy(update={"snapshot_every": 300, "expiry_check_s": 2.0})
+    # Few orders in memory: most are spilled, and the snapshots carry the spill files.
+    settings = scarce.model_copy(
+        update={"snapshot_every": 300, "expiry_check_s": 2.0, "orders_in_memory": 300}
+    )
     orders = 2000
     log = tmp_path / "worker.log"
     worker = start_worker(settings, log)
@@ -161,6 +165,12 @@ def test_a_worker_killed_restarts_from_its_snapshots_and_ends_as_a_full_replay_w
         assert orders_of(snap, ids) == orders_of(full, ids)
         restored_from_snapshot += replayed < sum(1 for _ in _log(settings, partition))
     assert restored_from_snapshot, "no partition was rebuilt from a snapshot"
+    carried = 0
+    for partition in partitions_of(settings, settings.topics.orders):
+        found = store.read("orders", partition)
+        image = Sealer(codec).loads(found.payload)["spill"] if found else None
+        carried += len(image_rows(image)) if image else 0
+    assert carried, "no snapshot carried a spill file's orders"
     for partition in partitions_of(settings, settings.topics.inventory):
         full_ledger, _ = rebuilt(
             settings,
