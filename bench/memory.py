@@ -210,9 +210,9 @@ class Day:
         for due in self.orders.expiries(now):
             self.order_input(due, now)
         if self.bounded:
-            window = timedelta(minutes=self.rules.window_minutes)
-            self.views.history.prune(now - 2 * window - timedelta(hours=1))
-        self.views.forget_before(now - timedelta(hours=2))
+            self.views.forget_the_past(now, window=timedelta(minutes=self.rules.window_minutes))
+        else:
+            self.views.forget_before(now - timedelta(hours=2))
 
 
 def run(*, orders_count: int, in_memory: int, sample_every: int, bounded: bool) -> dict[str, Any]:

@@ -61,12 +61,15 @@ FRESHNESS_P99_TARGET_S = 1.0
 SYSTEM = Actor(kind=ActorKind.SYSTEM, id="bench")
 
 
-def produce_history(settings: Settings, *, events: int, finished: float = 0.0) -> int:
+def produce_history(
+    settings: Settings, *, events: int, finished: float = 0.0, day: timedelta | None = None
+) -> int:
     """Order histories for `events // 4` orders onto the scratch topics; returns how many
     events. An order is routed and prioritised (4 events) and waits for the ledger's answer to
     its reservation, which one in five has on the ledger; a `finished` share of them (spread
     evenly) is made to order instead and goes on to be accepted, made, picked up and completed
-    (9 events, no stock)."""
+    (9 events, no stock). With `day`, the orders are spread evenly over the `day` before now
+    (else all at now)."""
     from confluent_kafka import Producer
 
     codec = AvroCodec()
@@ -108,10 +111,15 @@ def produce_history(settings: Settings, *, events: int, finished: float = 0.0) -
         quantity=10**9,
     )
     send(settings.topics.inventory, "TEA-GIFT-M@WH-SH", codec.encode(receipt))
-    for n, order in enumerate(orders(events // 4, run=f"hist{uuid.uuid4().hex[:6]}")):
+    count = events // 4
+    for n, order in enumerate(orders(count, run=f"hist{uuid.uuid4().hex[:6]}")):
+        if day is not None:
+            at = now - day + day * (n / count)
+            times = {"occurred_at": at, "recorded_at": at, "placed_at": at}
+            order = order.model_copy(update=times)
         common: dict[str, Any] = dict(
-            occurred_at=now,
-            recorded_at=now,
+            occurred_at=order.occurred_at,
+            recorded_at=order.recorded_at,
             correlation_id=order.correlation_id,
             actor=SYSTEM,
             order_id=order.order_id,

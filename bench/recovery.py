@@ -5,7 +5,8 @@ the shared views take to read the same topics, from their start and from their s
 The history (`bench.projection.produce_history`) is orders of which an `in_flight` share is
 still waiting for the ledger's answer to a reservation (4 order-log events each; a reservation
 per fifth of them on the ledger) and the rest finished (made to order, accepted, made, picked
-up and completed: 9 events), on scratch topics of the default partition count. What a restart
+up and completed: 9 events), spread over the 24 hours before the run, on scratch topics of
+the default partition count. What a restart
 costs grows with the orders in flight (decoded into memory) more than with the finished ones
 (put into the spill file as they are): `--in-flight 1` is a day that never finished anything.
 Then every partition is snapshotted as the worker does it (cut, sealed, written), `tail` more
@@ -19,23 +20,26 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import timedelta
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
 from bench.kafka_tools import scratch_topics
 from bench.projection import produce_history
+from events.models import utc_now
 from infra.keystore import MemoryKeys, private_codec
 from infra.replay import read_partition
 from infra.settings import Settings
 from streams.partitions import LedgerPartition, OrderPartition
-from streams.reference import load_catalogue
+from streams.reference import load_catalogue, load_rules
 from streams.worker.app import PartitionStates
 from streams.worker.snapshots import LedgerSnapshots, OrderSnapshots, Sealer, SnapshotStore
 from streams.worker.spill import SpillFile
 from streams.worker.views import SharedViews
 
 RESTART_TARGET_S = 10.0
+DAY = timedelta(hours=24)
 
 
 async def _settled() -> None:
@@ -90,6 +94,9 @@ def _views_ready(
     )
     views.ready.wait(timeout=3600)
     took = time.perf_counter() - began
+    # What the worker's timer has forgotten of the day by now (it runs every 30 s).
+    window = timedelta(minutes=load_rules(settings.fraud_rules_file).window_minutes)
+    views.forget_the_past(utc_now(), window=window)
     views.stop()
     return took, views
 
@@ -101,7 +108,7 @@ def run(settings: Settings, *, orders: int, tail: int, in_flight: float = 1.0) -
         TemporaryDirectory(prefix="oms-recovery-") as spill,
     ):
         began = time.perf_counter()
-        events = produce_history(scratch, events=orders * 4, finished=1.0 - in_flight)
+        events = produce_history(scratch, events=orders * 4, finished=1.0 - in_flight, day=DAY)
         produced_s = time.perf_counter() - began
         # Data keys in memory: the history was not sealed as it was written (as a worker's
         # log is), so each of its customers would otherwise get a key on the key topic now.
@@ -149,6 +156,7 @@ def run(settings: Settings, *, orders: int, tail: int, in_flight: float = 1.0) -
             agent.forget(list(agent.states))
         tail_events = (
             produce_history(scratch, events=tail * 4, finished=1.0 - in_flight) if tail else 0
+            # (the tail: orders arriving now)
         )
         restored = agents(snapshots=True)
         restart_s = _rebuild_all(restored, partitions)

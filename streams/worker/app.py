@@ -600,13 +600,7 @@ class Worker:
         self._snapshot_writing = asyncio.ensure_future(write())
 
     def forget_the_past(self, now: datetime) -> None:
-        """What the views keep of the past stays bounded: customers' velocity entries older
-        than any screening looks back (twice the window, and an hour for orders that arrive
-        late; their norms and tiers stay), capacity slots gone by."""
-        window = timedelta(minutes=self.rules.window_minutes)
-        with self.views.reading():
-            self.views.history.prune(now - 2 * window - timedelta(hours=1))
-        self.views.forget_before(now - timedelta(hours=2))
+        self.views.forget_the_past(now, window=timedelta(minutes=self.rules.window_minutes))
 
     async def watch_capacity(self) -> None:
         """Pause a location whose capacity slot is full; resume it when a new slot starts."""

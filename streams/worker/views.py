@@ -192,6 +192,15 @@ class SharedViews:
         except Exception:  # noqa: BLE001 - a view must not die on one event
             log.exception("views: could not fold an event")
 
+    def forget_the_past(self, now: datetime, *, window: timedelta) -> None:
+        """What the views keep of the past stays bounded (the worker's timer calls this):
+        customers' velocity entries older than any screening looks back (twice fraud's
+        `window`, and an hour for orders that arrive late; their norms and tiers stay),
+        capacity slots gone by and tickets closed more than two hours ago."""
+        with self._lock:
+            self.history.prune(now - 2 * window - timedelta(hours=1))
+        self.forget_before(now - timedelta(hours=2))
+
     def forget_before(self, now: datetime) -> None:
         """Drop capacity slots that have passed (memory stays bounded)."""
         with self._lock:
