@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import islice
 from typing import Protocol
 
 from events.lifecycle import AT_RISK_STATUSES
@@ -102,6 +103,11 @@ class OrderPartition:
         # The orders in memory with a timer (status in _TIMED): the only ones `expiries` looks
         # at, so a tick costs the orders in flight, not every order kept.
         self._timed: dict[str, None] = {}  # ordered: ticks are repeatable
+        # The settled orders in memory, oldest settled first: the only ones `spill` looks at.
+        # (It walked every order until it had moved enough: with the memory full of orders
+        # waiting for the ledger, it walked them all on every batch — the worker then had no
+        # time left for the ledger's answers that would settle them, a livelock.)
+        self._quiet: dict[str, None] = {}
         self.spilled: SpilledOrders = spilled if spilled is not None else KeptInMemory()
         self.max_in_memory = max_in_memory
         # Orders whose owed stock commands were re-sent since the rebuild: once is enough
@@ -152,16 +158,12 @@ class OrderPartition:
         if self.max_in_memory is None or len(self.orders) <= self.max_in_memory:
             return 0
         target = self.max_in_memory - self.max_in_memory // 10
-        moved: dict[str, orders.OrderState] = {}
         excess = len(self.orders) - target
-        for order_id, state in self.orders.items():
-            if len(moved) >= excess:
-                break
-            if _settled(state):
-                moved[order_id] = state
+        moved = {order_id: self.orders[order_id] for order_id in islice(self._quiet, excess)}
         self.spilled.put(moved)
         for order_id, state in moved.items():
             del self.orders[order_id]
+            del self._quiet[order_id]
             self._timed.pop(order_id, None)
             self._recovered.discard(order_id)
             if state.status in _TIMED:
@@ -176,6 +178,10 @@ class OrderPartition:
             self._timed[order_id] = None
         else:
             self._timed.pop(order_id, None)
+        if _settled(state):
+            self._quiet.setdefault(order_id, None)
+        else:
+            self._quiet.pop(order_id, None)
 
     def _forget_timers(self, order_id: str) -> None:
         self._expiry_sent.pop(order_id, None)

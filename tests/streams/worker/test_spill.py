@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from events.codec import AvroCodec
-from events.models import OrderAccepted
+from events.models import FulfilmentGroup, LineQuantity, OrderAccepted, OrderRouted
 from infra.keystore import MasterKey
 from infra.settings import Settings
+from streams import partitions
 from streams.partitions import KeptInMemory, OrderPartition
 from streams.worker.snapshots import OrderSnapshots, Sealer, SnapshotStore
 from streams.worker.spill import SpillFile
@@ -140,3 +142,55 @@ def test_a_snapshot_carries_the_spill_file_and_restores_every_order_as_it_is(
         assert spilled.count >= 200  # the file came back whole, not the orders one by one
     before.close()
     after.close()
+
+
+def routed_event(partition: OrderPartition, order_id: str) -> Any:
+    """The order routed to WH-A with a stocked line: it waits for the ledger's answer."""
+    state = partition.state_of(order_id)
+    assert state is not None
+    order = state.order
+    line = LineQuantity(sku=order.lines[0].sku, quantity=1, location="WH-A")
+    return OrderRouted(
+        event_id=f"route-{order_id}",
+        sequence=3,
+        occurred_at=order.occurred_at,
+        recorded_at=order.occurred_at,
+        correlation_id=order.correlation_id,
+        actor=order.actor,
+        order_id=order_id,
+        channel=order.channel,
+        external_id=order.external_id,
+        location="WH-A",
+        reasons=["test"],
+        groups=[FulfilmentGroup(location="WH-A", lines=[line])],
+    )
+
+
+def test_spilling_never_walks_the_orders_waiting_for_the_ledger(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memory full of orders waiting for stock answers: spilling cannot move them, and must
+    not walk them on every batch either (it did: the worker then had no time left for the
+    answers that would settle them — a livelock in the day's run)."""
+    partition = OrderPartition(spilled=SpillFile(tmp_path, 0, sealer=SEALER), max_in_memory=100)
+    for n in range(300):
+        order_id = f"o-{n}"
+        partition.fold(received(event_id=f"e-{n}", order_id=order_id, external_id=str(n)))
+        partition.fold(accepted_event(partition, order_id))
+        partition.fold(routed_event(partition, order_id))
+    looked = []
+    monkeypatch.setattr(partitions, "_settled", lambda state: looked.append(state) or True)
+    for _ in range(50):  # a batch each
+        assert partition.spill() == 0
+    assert looked == []
+    assert len(partition.orders) == 300  # all in flight: all kept
+    # Once the ledger's answers settle some, the oldest settled go, and only they are read.
+    monkeypatch.undo()
+    state_before = partition.orders["o-0"]
+    for n in range(150):
+        state = partition.orders[f"o-{n}"]
+        partition.restore({f"o-{n}": replace(state, requested={})}, [])
+    assert partition.spill() == 150  # down to 90 wanted: every settled one goes
+    assert set(partition.orders) == {f"o-{n}" for n in range(150, 300)}
+    assert partition.state_of("o-0") == replace(state_before, requested={})
+    partition.close()
