@@ -243,7 +243,7 @@ class OrderPartition:
         """The spilled orders whose look is due (at most `WATCH_BATCH`), read back; an order
         back in memory, or whose timers are over, leaves the list."""
         looked: list[orders.OrderState] = []
-        for order_id, at in list(self._watched.items())[:WATCH_BATCH]:
+        for order_id, at in list(islice(self._watched.items(), WATCH_BATCH)):
             if at > now:
                 break
             state = None if order_id in self.orders else self.spilled.get(order_id)

@@ -58,12 +58,19 @@ log = logging.getLogger(__name__)
 
 FORMAT = 3
 CHUNK = 900_000  # bytes of payload per message, under Kafka's 1 MB default
+SCAN_WINDOW = 64  # messages a read looks at first, from the end of the partition
+SCAN_WINDOW_MAX = 256  # and at most at a time (a chunk is up to CHUNK bytes)
+SCAN_PATIENCE_S = 120  # a read that gets nothing this long gives up (a full replay follows)
 TOPIC_CONFIG = {
     "cleanup.policy": "compact",
     "retention.ms": "-1",
     # A superseded chunk's tombstone is kept a day for readers mid-scan, then goes.
     "delete.retention.ms": str(24 * 3600 * 1000),
     "min.cleanable.dirty.ratio": "0.1",
+    # Compaction never touches the active segment: rolled hourly (or at 128 MiB), superseded
+    # snapshots go within about an hour instead of once a gigabyte of them piled up.
+    "segment.ms": str(3600 * 1000),
+    "segment.bytes": str(128 * 2**20),
 }
 
 
@@ -139,6 +146,7 @@ class SnapshotStore:
         self._stash: dict[tuple[str, int], tuple[float, Found | None]] = {}
         # Chunk keys to tombstone once a newer snapshot of the same name and partition is in.
         self._superseded: dict[tuple[str, int], set[bytes]] = {}
+        self.scanned = 0  # messages the last read looked at
 
     # ------------------------------------------------------------ writing
 
@@ -211,15 +219,21 @@ class SnapshotStore:
         stashed = self._stash.pop((name, partition), None)
         if stashed is not None and time.monotonic() - stashed[0] < 60:
             return stashed[1]
-        found = self._scan(partition)
+        found = self._scan(partition, name)
         now = time.monotonic()
         for (other, p), value in found.items():
             if other != name:
                 self._stash[(other, p)] = (now, value)
         return found.get((name, partition))
 
-    def _scan(self, partition: int) -> dict[tuple[str, int], Found | None]:
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+    def _scan(self, partition: int, name: str) -> dict[tuple[str, int], Found | None]:
+        """Read the partition backwards, a window at a time (each 4× the last, up to
+        `SCAN_WINDOW_MAX` messages), newest message first, until the newest manifest of `name`
+        and every chunk it names are in hand: a restart reads about one snapshot, not every one
+        since the segment was last compacted (Kafka never compacts the active segment: it read
+        them all). A chunk comes before its manifest, so a chunk of no manifest already seen
+        belongs to an older snapshot: it is not kept."""
+        from confluent_kafka import Consumer, TopicPartition
 
         consumer = Consumer(
             consumer_config(
@@ -230,39 +244,51 @@ class SnapshotStore:
         )
         manifests: dict[str, dict[str, Any]] = {}
         chunks: dict[bytes, bytes] = {}
+        decided: set[bytes] = set()  # keys a later message already settled (value or tombstone)
+        old: set[bytes] = set()  # chunks of older snapshots, not yet tombstoned
+        self.scanned = 0
         try:
             low, high = consumer.get_watermark_offsets(
                 TopicPartition(self.topic, partition), timeout=30
             )
-            if high > low:
-                consumer.assign([TopicPartition(self.topic, partition, OFFSET_BEGINNING)])
-                done = False
-                while not done:
-                    for message in consumer.consume(num_messages=1000, timeout=0.05):
-                        if message.error() is not None:
-                            continue
-                        key, value = message.key() or b"", message.value()
-                        if key.count(b"/") == 1:  # a manifest (never tombstoned)
-                            if value:
-                                manifests[key.decode(errors="replace")] = json.loads(value)
-                        elif value is None:
-                            chunks.pop(key, None)
-                        else:
-                            chunks[key] = value
-                        if (message.offset() or 0) >= high - 1:
-                            done = True
+            end, window = high, SCAN_WINDOW
+            while end > low:
+                start = max(low, end - window)
+                window = min(window * 4, SCAN_WINDOW_MAX)
+                window_messages = _consume_range(consumer, self.topic, partition, start, end)
+                self.scanned += len(window_messages)
+                for key, value in reversed(window_messages):
+                    if key in decided:
+                        continue
+                    decided.add(key)
+                    if key.count(b"/") == 1:  # a manifest (never tombstoned)
+                        if value:
+                            manifests[key.decode(errors="replace")] = json.loads(value)
+                    elif value is not None:
+                        chunks[key] = value
+                current = {
+                    f"{m.get('name')}/{partition}/{m.get('id')}/" for m in manifests.values()
+                }
+                for key in [k for k in chunks if k.decode(errors="replace")[:-6] not in current]:
+                    old.add(key)
+                    del chunks[key]
+                end = start
+                if _complete(manifests.get(f"{name}/{partition}"), chunks, partition):
+                    break
         finally:
             consumer.close()
         found: dict[tuple[str, int], Found | None] = {}
         for manifest_key, manifest in manifests.items():
-            name = manifest_key.split("/", 1)[0]
+            other = manifest_key.split("/", 1)[0]
+            if other != name and not _complete(manifest, chunks, partition):
+                continue  # only part of it read: its own read scans further
             wanted = self._open(manifest, chunks, partition)
-            found[(name, partition)] = wanted
-            prefix = f"{name}/{partition}/".encode()
-            current = f"{name}/{partition}/{manifest.get('id')}/".encode()
-            self._superseded[(name, partition)] = {
-                k for k in chunks if k.startswith(prefix) and not k.startswith(current)
-            } | (set() if wanted is not None else {k for k in chunks if k.startswith(current)})
+            found[(other, partition)] = wanted
+            prefix = f"{other}/{partition}/".encode()
+            current = f"{other}/{partition}/{manifest.get('id')}/".encode()
+            self._superseded[(other, partition)] = {k for k in old if k.startswith(prefix)} | (
+                set() if wanted is not None else {k for k in chunks if k.startswith(current)}
+            )
         return found
 
     def _open(
@@ -302,6 +328,49 @@ class SnapshotStore:
     def close(self) -> None:
         if self._producer is not None:
             self._producer.flush(30)
+
+
+def _complete(manifest: dict[str, Any] | None, chunks: dict[bytes, bytes], partition: int) -> bool:
+    """Whether every chunk `manifest` names is in `chunks` (False for no manifest)."""
+    if manifest is None:
+        return False
+    try:
+        prefix = f"{manifest['name']}/{partition}/{manifest['id']}/"
+        return all(f"{prefix}{n:06d}".encode() in chunks for n in range(int(manifest["chunks"])))
+    except (KeyError, TypeError, ValueError):
+        return True  # a manifest missing its fields: `_open` says so; reading on won't help
+
+
+def _consume_range(
+    consumer: Any, topic: str, partition: int, start: int, end: int
+) -> list[tuple[bytes, bytes | None]]:
+    """The (key, value) of the partition's messages at offsets [start, end), in order (a
+    compacted log has gaps: it reads until an offset at or past end - 1 comes)."""
+    from confluent_kafka import TopicPartition
+
+    consumer.assign([TopicPartition(topic, partition, start)])
+    read: list[tuple[bytes, bytes | None]] = []
+    quiet_since = time.monotonic()
+    while True:
+        messages = consumer.consume(num_messages=1000, timeout=0.05)
+        if messages:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since > SCAN_PATIENCE_S:
+            log.warning(
+                "%s[%d]: no message in %d s; read as far as it got",
+                topic,
+                partition,
+                SCAN_PATIENCE_S,
+            )
+            return read
+        for message in messages:
+            if message.error() is not None:
+                continue
+            offset = message.offset() or 0
+            if offset < end:
+                read.append((message.key() or b"", message.value()))
+            if offset >= end - 1:
+                return read
 
 
 def _associated(manifest: dict[str, Any]) -> bytes:

@@ -26,6 +26,8 @@ from streams.partitions import KeptInMemory, LedgerPartition, OrderPartition
 from streams.reference import load_catalogue
 from streams.worker.app import PartitionStates
 from streams.worker.snapshots import (
+    CHUNK,
+    SCAN_WINDOW,
     LedgerSnapshots,
     OrderSnapshots,
     Sealer,
@@ -264,3 +266,26 @@ def _manifest(settings: Settings) -> dict[str, Any]:
     consumer.close()
     assert found, "no manifest on the topic"
     return found
+
+
+def test_a_read_looks_at_the_newest_snapshot_not_at_every_one_before_it(
+    isolated_settings: Settings,
+) -> None:
+    """Kafka never compacts the active segment, so a partition of the snapshot topic holds
+    every snapshot written since it rolled: a read goes back from the end only as far as the
+    newest snapshot of its name (another name's older one is still found, further back)."""
+    settings = isolated_settings
+    store = SnapshotStore(settings)
+    chunked = os.urandom(2 * CHUNK)  # incompressible: 3 chunks a snapshot
+    store.write("inventory", 0, 5, b"the ledger")
+    for offset in range(12):
+        store.write("orders", 0, 100 + offset, chunked + bytes([offset]))
+    reader = SnapshotStore(settings)
+    newest = reader.read("orders", 0)
+    assert newest is not None and newest.offset == 111 and newest.payload.endswith(b"\x0b")
+    one_snapshot = 3 + 1 + 3  # its chunks, its manifest, the tombstones of the one before
+    assert reader.scanned <= SCAN_WINDOW, reader.scanned
+    assert reader.scanned >= one_snapshot
+    ledger = reader.read("inventory", 0)
+    assert ledger is not None and ledger.offset == 5 and ledger.payload == b"the ledger"
+    assert reader.scanned > SCAN_WINDOW  # it had to go back past the orders' snapshots
