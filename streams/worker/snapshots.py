@@ -266,9 +266,7 @@ class SnapshotStore:
                             manifests[key.decode(errors="replace")] = json.loads(value)
                     elif value is not None:
                         chunks[key] = value
-                newest = {
-                    f"{m.get('name')}/{partition}/{m.get('id')}/" for m in manifests.values()
-                }
+                newest = {f"{m.get('name')}/{partition}/{m.get('id')}/" for m in manifests.values()}
                 for key in [k for k in chunks if k.decode(errors="replace")[:-6] not in newest]:
                     old.add(key)
                     del chunks[key]
