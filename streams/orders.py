@@ -732,6 +732,30 @@ def expiry_due(state: OrderState, *, now: datetime) -> OrderReservationReleased 
     )
 
 
+def timer_due(
+    state: OrderState, *, place: Location | None, after: datetime | None = None
+) -> datetime | None:
+    """When the order's timers (`acceptance_due`, `at_risk_due`, `expiry_due`) may next have
+    something to say, later than `after` when given; None when none is left to run. Exact
+    with the store's `place`; without it (the acceptance window unknown) a time no later than
+    the exact one — the order is looked at then and scheduled exactly."""
+    times: list[datetime] = []
+    if state.status in AT_RISK_STATUSES and state.location:
+        if state.status is S.PRIORITISED and state.prioritised_at is not None:
+            if place is None:
+                times.append(state.prioritised_at)
+            elif place.accept_within_minutes:
+                window = timedelta(minutes=place.accept_within_minutes)
+                times += [state.prioritised_at + window / 2, state.prioritised_at + window]
+        due_at = state.ready_by or state.promised_at
+        if due_at is not None:
+            times.append(due_at - timedelta(minutes=AT_RISK_MINUTES))
+    expires_at = state.hold_expires_at
+    if state.status in EXPIRABLE and state.held and expires_at is not None:
+        times.append(expires_at)
+    return min((t for t in times if after is None or t > after), default=None)
+
+
 # ---------------------------------------------------------------- steps
 
 

@@ -10,14 +10,14 @@ input comes again.
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from itertools import islice
 from typing import Protocol
 
-from events.lifecycle import AT_RISK_STATUSES
 from events.models import (
     Event,
     Location,
@@ -31,12 +31,11 @@ from events.models import (
 )
 from streams import inventory, orders
 
-# A spilled order with a timer of its own is looked at again this often (a few at a time),
-# so its escalation or at-risk alert comes at most this late; the ones in memory every tick.
-WATCH_EVERY = timedelta(seconds=30)
-WATCH_BATCH = 500
-_TIMED = frozenset(orders.EXPIRABLE) | frozenset(AT_RISK_STATUSES)
-_LOOK_NOW = datetime.min.replace(tzinfo=UTC)
+# An order whose timer sent a command (or an alert) not yet on its log is looked at again
+# this much later (the command is not sent twice meanwhile: `OrderPartition.expiries`).
+RECHECK = timedelta(seconds=30)
+# Orders a partition's timer looks at per tick at most (the rest at the next tick).
+DUE_BATCH = 5_000
 
 
 @dataclass(frozen=True)
@@ -75,12 +74,11 @@ class OrdersCut:
     """An `OrderPartition` at one moment, for a snapshot (its states are immutable, so copies
     of the mappings are a consistent cut): the orders in flight (`hot`, in memory again when
     restored), the settled ones in memory (`cold`, spilled when restored: most of a day's
-    orders are settled, and a restore must not decode them all) and the spilled orders on
-    the watch list (and the cold ones with a timer)."""
+    orders are settled, and a restore must not decode them all) and the timers' schedule."""
 
     hot: dict[str, orders.OrderState]
     cold: dict[str, orders.OrderState]
-    watched: list[str]
+    due: list[tuple[str, datetime]]  # each order with a timer, and when to look at it
 
 
 class OrderPartition:
@@ -90,19 +88,25 @@ class OrderPartition:
     encodes the step's outputs in between, so an input whose decision or outputs fail (a
     poison message, dead-lettered) leaves the state exactly as it was.
 
-    Memory is bounded: past `max_in_memory` orders, `spill` moves the oldest settled ones
-    (nothing held, no reservation awaiting its answer) to `spilled`, from where `decide` and
-    `fold` read them back exactly. An order in flight is never spilled. A spilled order with a
-    timer of its own (a store yet to accept it, a promise to keep) stays on a watch list, read
-    back every `WATCH_EVERY` until its timer is over, so escalations and alerts reach it too."""
+    Memory is bounded: past `max_in_memory` orders, `spill` moves the oldest settled ones (no
+    reservation awaiting the ledger's answer) to `spilled`, from where `decide` and `fold`
+    read them back exactly. An order in flight is never spilled; one holding its reservations
+    until it ships is settled (it may wait hours).
+
+    Timers: every order with one (a store yet to accept it, an alert or a promise due, a hold
+    that expires) is on a schedule by the time it next may fall due (`orders.timer_due`), in
+    memory or spilled; a tick looks only at the orders due (`expiries`), so it costs what is
+    due, not every order kept."""
 
     def __init__(
         self, *, spilled: SpilledOrders | None = None, max_in_memory: int | None = None
     ) -> None:
         self.orders: dict[str, orders.OrderState] = {}
-        # The orders in memory with a timer (status in _TIMED): the only ones `expiries` looks
-        # at, so a tick costs the orders in flight, not every order kept.
-        self._timed: dict[str, None] = {}  # ordered: ticks are repeatable
+        # The timers' schedule: a heap of (when to look, order id), and each order's live
+        # entry (an entry of the heap that is not is stale, skipped when it comes up). Looking
+        # at every timed order each tick cost seconds of the event loop on a busy day.
+        self._due: list[tuple[datetime, str]] = []
+        self._due_at: dict[str, datetime] = {}
         # The settled orders in memory, oldest settled first: the only ones `spill` looks at.
         # (It walked every order until it had moved enough: with the memory full of orders
         # waiting for the ledger, it walked them all on every batch — the worker then had no
@@ -118,8 +122,6 @@ class OrderPartition:
         # until it is logged; the order's next hold, if any, has a command of its own).
         self._expiry_sent: dict[str, str] = {}
         self._alert_sent: dict[str, str] = {}  # likewise, the last at-risk alert of each order
-        # Spilled orders with a timer, each with when to look again (oldest look first).
-        self._watched: OrderedDict[str, datetime] = OrderedDict()
 
     def fold(self, event: Event) -> None:
         """One event of the order log, read back while rebuilding."""
@@ -131,17 +133,17 @@ class OrderPartition:
         cold: dict[str, orders.OrderState] = {}
         for order_id, state in self.orders.items():
             (cold if _settled(state) else hot)[order_id] = state
-        watched = [*self._watched, *(i for i, s in cold.items() if s.status in _TIMED)]
-        return OrdersCut(hot, cold, watched)
+        return OrdersCut(hot, cold, list(self._due_at.items()))
 
-    def restore(self, hot: Mapping[str, orders.OrderState], watched: Iterable[str]) -> None:
-        """Take a snapshot's orders in flight back into memory and its timed spilled orders
-        onto the watch list (the rest of it is put in `spilled` by whoever restores)."""
+    def restore(
+        self, hot: Mapping[str, orders.OrderState], due: Iterable[tuple[str, datetime]]
+    ) -> None:
+        """Take a snapshot's orders in flight back into memory and its timers' schedule (the
+        rest of it is put in `spilled` by whoever restores)."""
+        for order_id, at in due:
+            self._schedule(order_id, at)
         for order_id, state in hot.items():
             self._put(order_id, state)
-        for order_id in watched:
-            if order_id not in self.orders:
-                self._watched[order_id] = _LOOK_NOW
 
     def close(self) -> None:
         close = getattr(self.spilled, "close", None)
@@ -161,32 +163,36 @@ class OrderPartition:
         excess = len(self.orders) - target
         moved = {order_id: self.orders[order_id] for order_id in islice(self._quiet, excess)}
         self.spilled.put(moved)
-        for order_id, state in moved.items():
+        for order_id in moved:  # their timers stay on the schedule: read back when due
             del self.orders[order_id]
             del self._quiet[order_id]
-            self._timed.pop(order_id, None)
             self._recovered.discard(order_id)
-            if state.status in _TIMED:
-                self._watched[order_id] = _LOOK_NOW
-            else:
-                self._forget_timers(order_id)
         return len(moved)
 
     def _put(self, order_id: str, state: orders.OrderState) -> None:
         self.orders[order_id] = state
-        if state.status in _TIMED:
-            self._timed[order_id] = None
-        else:
-            self._timed.pop(order_id, None)
+        self._schedule(order_id, orders.timer_due(state, place=None))
         if _settled(state):
             self._quiet.setdefault(order_id, None)
         else:
             self._quiet.pop(order_id, None)
 
+    def _schedule(self, order_id: str, at: datetime | None) -> None:
+        """Look at the order's timers at `at` (None: it has none left)."""
+        if at is None:
+            if self._due_at.pop(order_id, None) is not None:  # its heap entry is stale now
+                self._forget_timers(order_id)
+            return
+        if self._due_at.get(order_id) == at:
+            return
+        self._due_at[order_id] = at
+        heapq.heappush(self._due, (at, order_id))
+        if len(self._due) > 2 * len(self._due_at) + 1024:  # mostly stale: rebuilt (sorted)
+            self._due = sorted((when, i) for i, when in self._due_at.items())
+
     def _forget_timers(self, order_id: str) -> None:
         self._expiry_sent.pop(order_id, None)
         self._alert_sent.pop(order_id, None)
-        self._watched.pop(order_id, None)
 
     def handle(self, received: OrderEvent | StockEvent, ctx: orders.Context) -> OrderStep:
         step = self.decide(received, ctx)
@@ -220,49 +226,52 @@ class OrderPartition:
         them as inputs, so a crash between logging and acting is recovered like any): a store
         that has not accepted its order within its `accept_within_minutes` (`locations`, the
         catalogue's), else a hold that expired; and the alerts of orders at risk of missing
-        their promise (`orders.at_risk_due`)."""
+        their promise (`orders.at_risk_due`). Only the orders due are looked at (at most
+        `DUE_BATCH`), read back if spilled."""
         due: list[OrderEvent] = []
-        timed = [self.orders[order_id] for order_id in self._timed]
-        for state in [*timed, *self._watched_due(now)]:
+        for _ in range(DUE_BATCH):
+            if not self._due or self._due[0][0] > now:
+                break
+            at, order_id = heapq.heappop(self._due)
+            if self._due_at.get(order_id) != at:
+                continue  # stale: the order was scheduled again since
+            del self._due_at[order_id]
+            state = self.state_of(order_id)
+            if state is None:
+                self._forget_timers(order_id)
+                continue
             place = (locations or {}).get(state.location or "")
-            order_id = state.order.order_id
+            found = False
             for alert in orders.at_risk_due(state, now=now, place=place)[:1]:
+                found = True
                 if self._alert_sent.get(order_id) != alert.event_id:
                     self._alert_sent[order_id] = alert.event_id
                     due.append(alert)
-            if state.status not in orders.EXPIRABLE:
-                continue
-            command: OrderEvent | None = orders.acceptance_due(state, now=now, place=place)
-            command = command or orders.expiry_due(state, now=now)
-            if command is not None and self._expiry_sent.get(order_id) != command.event_id:
-                self._expiry_sent[order_id] = command.event_id
-                due.append(command)
+            command: OrderEvent | None = None
+            if state.status in orders.EXPIRABLE:
+                command = orders.acceptance_due(state, now=now, place=place)
+                command = command or orders.expiry_due(state, now=now)
+            if command is not None:
+                found = True
+                if self._expiry_sent.get(order_id) != command.event_id:
+                    self._expiry_sent[order_id] = command.event_id
+                    due.append(command)
+            # At its next timer, exactly now that its store is known; and while something
+            # sent is not on its log yet (which schedules the order anew), within RECHECK.
+            after = orders.timer_due(state, place=place, after=now)
+            if found:
+                after = min(after, now + RECHECK) if after is not None else now + RECHECK
+            self._schedule(order_id, after)
+            if after is None:
+                self._forget_timers(order_id)
         return due
-
-    def _watched_due(self, now: datetime) -> list[orders.OrderState]:
-        """The spilled orders whose look is due (at most `WATCH_BATCH`), read back; an order
-        back in memory, or whose timers are over, leaves the list."""
-        looked: list[orders.OrderState] = []
-        for order_id, at in list(islice(self._watched.items(), WATCH_BATCH)):
-            if at > now:
-                break
-            state = None if order_id in self.orders else self.spilled.get(order_id)
-            if state is None or state.status not in _TIMED:
-                if order_id not in self.orders:
-                    self._forget_timers(order_id)
-                else:
-                    del self._watched[order_id]
-                continue
-            self._watched.move_to_end(order_id)
-            self._watched[order_id] = now + WATCH_EVERY
-            looked.append(state)
-        return looked
 
 
 def _settled(state: orders.OrderState) -> bool:
-    """Nothing in flight: no reservation held, none awaiting the ledger's answer (an order
-    with a timer may be spilled: it is watched, `OrderPartition._watched_due`)."""
-    return not state.held and all(rid in state.answers for rid in state.requested)
+    """Nothing in flight: no reservation awaiting the ledger's answer. (An order holding its
+    reservations until it ships is settled: it may wait hours, and its hold's expiry is on the
+    timers' schedule like any timer.)"""
+    return all(rid in state.answers for rid in state.requested)
 
 
 @dataclass(frozen=True)

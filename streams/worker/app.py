@@ -559,13 +559,16 @@ class Worker:
         """Orders whose hold ran out get their expiry command (an input of their own agent);
         perishable batches past their date leave the ledger."""
         now = utc_now()
-        for orders_of in list(self.order_states.states.values()):
+        for partition, orders_of in list(self.order_states.states.items()):
+            if self.order_states.states.get(partition) is not orders_of:
+                continue  # revoked while an earlier partition's timers ran
             for due in orders_of.expiries(now, self.views.catalogue.locations):
                 self.out.produce(
                     self.topics.order_commands,
                     key=due.order_id.encode(),
                     value=self.codec.encode(due),
                 )
+            await asyncio.sleep(0)  # the agents' batches go on between partitions
         products = self.views.catalogue.products
         for partition, levels in list(self.stock_states.states.items()):
             for _, lapsed in levels.expire(now=now, products=products):

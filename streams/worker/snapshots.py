@@ -436,7 +436,7 @@ class OrderSnapshots(PartitionSnapshots):
             in_memory = cut.hot.keys() | cut.cold.keys()
             cold = [(i, sealer.dumps(s)) for i, s in cut.cold.items()]
             cold += [(i, sealer.dumps(s)) for i, s in kept.items() if i not in in_memory]
-            payload = {"hot": cut.hot, "cold": cold, "spill": image, "watched": cut.watched}
+            payload = {"hot": cut.hot, "cold": cold, "spill": image, "due": cut.due}
             return sealer.dumps(payload)
 
         return seal
@@ -451,7 +451,7 @@ class OrderSnapshots(PartitionSnapshots):
             rows = image_rows(image) if image is not None else []
             loads = self.sealer.loads
             spilled.put({i: loads(blob) for i, blob in [*rows, *data["cold"]]})
-        state.restore(data["hot"], data["watched"])
+        state.restore(data["hot"], data["due"])
 
 
 class LedgerSnapshots(PartitionSnapshots):

@@ -94,3 +94,28 @@ def test_the_timer_sends_each_alert_once() -> None:
     assert [(type(e).__name__, getattr(e, "risk", None)) for e in later][:1] == [
         ("OrderAtRisk", "LATE")
     ]
+
+
+def test_the_timer_schedule_names_the_moment_each_timer_falls_due() -> None:
+    """`orders.timer_due` is when the timers next have something to say: nothing before it,
+    something at it; without the store's policy, a time no later than that."""
+    ctx = context(catalogue=with_policy(accept_within_minutes=8))
+    state, _, _ = run([lunch()], ctx)
+    assert state is not None
+    place = ctx.catalogue.locations[state.location or ""]
+    second = timedelta(seconds=1)
+    alert_at = orders.timer_due(state, place=place)
+    assert alert_at == NOW + 4 * MINUTE
+    assert orders.at_risk_due(state, now=alert_at - second, place=place) == []
+    assert orders.at_risk_due(state, now=alert_at, place=place) != []
+    escalate_at = orders.timer_due(state, place=place, after=alert_at)
+    assert escalate_at == NOW + 8 * MINUTE
+    assert orders.acceptance_due(state, now=escalate_at - second, place=place) is None
+    assert orders.acceptance_due(state, now=escalate_at, place=place) is not None
+    unknown = orders.timer_due(state, place=None)
+    assert unknown is not None and unknown <= alert_at
+    due_at = state.ready_by or state.promised_at
+    assert due_at is not None and due_at - 5 * MINUTE > escalate_at
+    late_at = orders.timer_due(state, place=place, after=escalate_at)
+    assert late_at == due_at - orders.AT_RISK_MINUTES * MINUTE
+    assert orders.timer_due(state, place=place, after=late_at) is None  # none left after it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,73 @@ def test_a_spilled_order_waiting_for_its_store_still_escalates_and_alerts(tmp_pa
     escalated = {e.order_id for e in closed if not isinstance(e, OrderAtRisk)}
     assert escalated == {f"o-{n}" for n in range(40)}
     partition.close()
+
+
+class CountedReads(KeptInMemory):
+    """Spilled orders kept in a dict, counting the reads back."""
+
+    reads = 0
+
+    def get(self, order_id: str, default: Any = None) -> Any:
+        self.reads += 1
+        return super().get(order_id, default)
+
+
+def test_a_tick_reads_back_only_the_spilled_orders_whose_timer_is_due() -> None:
+    """The timers keep a schedule: a tick looks at the orders due, not at every order with a
+    timer (which cost seconds of the event loop on a busy day, and read the spilled ones back
+    every 30 s)."""
+    from events.models import OrderAtRisk
+    from tests.streams.test_orders import NOW, lunch, with_policy
+
+    ctx = context(catalogue=with_policy(accept_within_minutes=60))
+    locations = ctx.catalogue.locations
+    spill = CountedReads()
+    partition = OrderPartition(spilled=spill, max_in_memory=10)
+    for n in range(200):
+        assert partition.handle(
+            lunch(event_id=f"e-{n}", order_id=f"o-{n}", external_id=f"{n}"), ctx
+        )
+        partition.spill()
+    assert len(partition.orders) <= 10
+    # First look: the store (and so its window) is known only now; each order is scheduled
+    # exactly: its at-risk alert halfway through the hour.
+    assert partition.expiries(NOW + timedelta(minutes=1), locations) == []
+    spill.reads = 0
+    assert partition.expiries(NOW + timedelta(minutes=2), locations) == []
+    assert partition.expiries(NOW + timedelta(minutes=29), locations) == []
+    assert spill.reads == 0  # nothing due: nothing read back
+    halfway = partition.expiries(NOW + timedelta(minutes=30), locations)
+    assert {e.order_id for e in halfway if isinstance(e, OrderAtRisk)} == {
+        f"o-{n}" for n in range(200)
+    }
+    assert 0 < spill.reads <= 200
+
+
+def test_an_order_holding_its_reservation_spills_and_its_hold_still_expires() -> None:
+    """An order reserved and waiting to ship holds its units for hours: it is settled (no
+    answer awaited), so it spills like any; its hold's expiry is on the schedule."""
+    from events.models import OrderReservationReleased
+    from tests.streams.test_orders import answer, teapots
+
+    ctx = context({("KETTLE-IRON", "WH-BJ"): 5})
+    partition = OrderPartition(spilled=CountedReads(), max_in_memory=1)
+    step = partition.handle(teapots(), ctx)
+    (reserve,) = step.commands
+    assert partition.spill() == 0  # awaiting the ledger's answer: in flight, kept
+    partition.handle(answer(reserve, ok=True), ctx)
+    state = partition.orders["o-ship"]
+    assert state.held and state.hold_expires_at is not None
+    for n in range(3):
+        partition.handle(teapots(order_id=f"o-{n}", event_id=f"e-{n}", external_id=f"x{n}"), ctx)
+    partition.spill()
+    assert "o-ship" not in partition.orders  # spilled, holding its reservation
+    early = partition.expiries(state.hold_expires_at - timedelta(seconds=1))
+    assert not [e for e in early if isinstance(e, OrderReservationReleased)]  # (an alert, LATE)
+    expired = partition.expiries(state.hold_expires_at + timedelta(seconds=1))
+    assert [(type(e), e.order_id) for e in expired if e.order_id == "o-ship"] == [
+        (OrderReservationReleased, "o-ship")
+    ]
 
 
 SEALER = Sealer(AvroCodec())
