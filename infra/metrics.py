@@ -107,6 +107,15 @@ SNAPSHOTS_WRITTEN = Counter(
 SNAPSHOT_BYTES = Counter(
     "oms_snapshot_bytes", "Bytes of snapshots the worker wrote, per name.", ["name"]
 )
+ORDERS_IN_FLIGHT = Gauge(
+    "oms_orders_in_flight",
+    "Orders waiting for the stock ledger's answers in this worker process (OMS_ORDERS_IN_FLIGHT "
+    "bounds them per partition by holding back the partition's intake).",
+)
+INTAKE_HELD_BACK = Gauge(
+    "oms_intake_held_back_partitions",
+    "Intake partitions this worker stopped reading until its orders in flight there drain.",
+)
 VIEWS_BEHIND = Gauge(
     "oms_views_behind_seconds",
     "Seconds from the Kafka timestamp of the last event the shared views folded to the time "

@@ -159,6 +159,14 @@ class Settings(BaseSettings):
         "at most; the oldest settled ones beyond are spilled to a local file and read back when "
         "needed",
     )
+    orders_in_flight: int = Field(
+        default=6_000,
+        ge=12,
+        description="orders a worker process lets wait for the stock ledger's answers, shared "
+        "evenly among the order log's partitions: a partition with that many stops taking new "
+        "orders from intake until half of them are answered (the answers, the ledger and the "
+        "orders already in go first, so a backlog drains instead of piling up in memory)",
+    )
     snapshot_every: int = Field(
         default=50_000,
         ge=0,
@@ -525,6 +533,11 @@ class Settings(BaseSettings):
     def orders_in_memory_per_partition(self) -> int:
         """The bound of one partition's orders in memory (`orders_in_memory` shared)."""
         return max(100, self.orders_in_memory // max(1, self.kafka_partitions))
+
+    @property
+    def orders_in_flight_per_partition(self) -> int:
+        """The bound of one partition's orders in flight (`orders_in_flight` shared)."""
+        return max(1, self.orders_in_flight // max(1, self.kafka_partitions))
 
     @property
     def resolved_clickhouse_url(self) -> str:

@@ -150,6 +150,11 @@ class OrderPartition:
         if close is not None:
             close()
 
+    @property
+    def in_flight(self) -> int:
+        """Orders waiting for the ledger's answers (in memory: they never spill)."""
+        return len(self.orders) - len(self._quiet)
+
     def state_of(self, order_id: str) -> orders.OrderState | None:
         state = self.orders.get(order_id)
         return state if state is not None else self.spilled.get(order_id)
@@ -265,6 +270,14 @@ class OrderPartition:
             if after is None:
                 self._forget_timers(order_id)
         return due
+
+
+def held_back(in_flight: Mapping[int, int], held: Iterable[int], *, limit: int) -> set[int]:
+    """The partitions whose intake to hold back: those with `limit` orders in flight or more,
+    and those already `held` until their orders in flight fall to half of it (so a partition
+    is not paused and resumed on every batch)."""
+    held = set(held)
+    return {p for p, n in in_flight.items() if n >= limit or (p in held and n > limit // 2)}
 
 
 def _settled(state: orders.OrderState) -> bool:

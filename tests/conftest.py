@@ -136,6 +136,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "OMS_SNAPSHOT_EVERY": str(settings.snapshot_every),
             "OMS_EXPIRY_CHECK_S": str(settings.expiry_check_s),
             "OMS_ORDERS_IN_MEMORY": str(settings.orders_in_memory),
+            "OMS_ORDERS_IN_FLIGHT": str(settings.orders_in_flight),
             "OMS_CLICKHOUSE_URL": settings.resolved_clickhouse_url,
             "OMS_MASTER_KEY": (
                 settings.master_key.get_secret_value() if settings.master_key else TEST_MASTER_KEY

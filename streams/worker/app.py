@@ -48,6 +48,8 @@ from infra.metrics import (
     DEAD_LETTERS,
     DECIDE_BATCH_SECONDS,
     DECIDE_SECONDS,
+    INTAKE_HELD_BACK,
+    ORDERS_IN_FLIGHT,
     REBUILD_EVENTS,
     REBUILD_SECONDS,
     SNAPSHOT_BYTES,
@@ -59,8 +61,9 @@ from infra.replay import read_partition
 from infra.settings import Settings, get_settings
 from infra.structured_logs import event_ids, faust_logging_config, use_log_ids
 from streams import capacity, inventory, orders
-from streams.partitions import LedgerPartition, OrderPartition
+from streams.partitions import LedgerPartition, OrderPartition, held_back
 from streams.reference import load_catalogue, load_rules
+from streams.worker import faust_compat
 from streams.worker.faust_compat import App
 from streams.worker.sink import Acks, Outputs, Sink, checkpoint
 from streams.worker.snapshots import (
@@ -219,6 +222,7 @@ class Worker:
         # Readiness (/readyz): the partitions Faust gave this worker (None: none yet, or a
         # rebalance under way), and how many partitions' states are being rebuilt now.
         self.assigned: set[tuple[str, int]] | None = None
+        self.held_back: set[int] = set()  # intake partitions not read while orders drain
         self.rebuilding = 0
         self.health = Health(why_not_ready=self.why_not_ready)
         self.out: Outputs = sink or Sink(settings.kafka_bootstrap)
@@ -398,6 +402,36 @@ class Worker:
             self.order_states.states[partition].spill()
         DECIDE_BATCH_SECONDS.labels("orders").observe(time.perf_counter() - began_batch)
         return written
+
+    def admit(self, consumer: Any) -> None:
+        """Backpressure at the door: a partition with `OMS_ORDERS_IN_FLIGHT`'s share of orders
+        waiting for the ledger stops taking new orders from intake until half are answered.
+        The order commands (the ledger's answers, stores' updates, timers) and the ledger go
+        on; intake waits, revisions included. Without it a backlog of intake (a peak, a
+        restart) was all taken in first: every order in memory waiting, the ledger's commands
+        and answers queued behind new orders, memory growing with the backlog, and nothing
+        finishing until the end."""
+        in_flight = {p: state.in_flight for p, state in self.order_states.states.items()}
+        held = held_back(
+            in_flight, self.held_back, limit=self.settings.orders_in_flight_per_partition
+        )
+        assigned = {p for topic, p in self.assigned or () if topic == self.topics.intake}
+        faust_compat.hold_back(
+            consumer,
+            self.topics.intake,
+            paused=held,
+            resumed=self.held_back - held,
+            assigned=assigned,
+        )
+        if held != self.held_back:
+            log.info(
+                "intake held back on partitions %s (orders in flight: %s)",
+                sorted(held),
+                sum(in_flight.values()),
+            )
+        self.held_back = held
+        ORDERS_IN_FLIGHT.set(sum(in_flight.values()))
+        INTAKE_HELD_BACK.set(len(held))
 
     # ------------------------------------------------------------ the inventory agent
 
@@ -722,6 +756,7 @@ def create_app(
     async def run_orders(stream: faust.StreamT[Any]) -> AsyncIterator[list[str]]:
         """The order process (streams.orders): one writer per order; yields what it wrote."""
         async for written in batches(stream, worker.order_batch, worker.order_states):
+            worker.admit(app.consumer)
             yield written
 
     @app.agent(stock_commands, name="inventory")
@@ -741,6 +776,7 @@ def create_app(
     @app.timer(interval=settings.expiry_check_s)
     async def expire() -> None:
         await worker.expire()
+        worker.admit(app.consumer)  # also when no batch comes
 
     @app.timer(interval=settings.capacity_check_s, on_leader=True)
     async def watch_capacity() -> None:

@@ -5,7 +5,7 @@ faust-streaming to 0.15.x and aiokafka to 0.14.x). `tests/streams/worker/test_fa
 fails when the installed versions or the private names below change — read the new sources
 before moving the pins.
 
-The one patch: how long the broker may hold a fetch that finds no new data. Faust fixes it at
+Two patches. First, how long the broker may hold a fetch that finds no new data. Faust fixes it at
 1.5 s, and aiokafka has one fetch in flight per broker, leaving out partitions whose last
 records are still being processed: with one broker, a partition that runs dry waits for the
 others' long poll — up to 1.5 s with no input at all (seen as gaps in the agents' batches).
@@ -15,6 +15,11 @@ and its thread are each subclassed to reach it:
 - `faust.transport.drivers.aiokafka.Consumer._new_consumer_thread` builds the thread;
 - `AIOKafkaConsumerThread._create_worker_consumer` builds the `aiokafka.AIOKafkaConsumer`,
   whose private `_fetch_max_wait_ms` its fetcher reads when it starts.
+
+Second, a paused partition stays paused. The worker holds back an intake partition while its
+orders in flight drain (`hold_back`, Faust's public `pause_partitions`), but Faust's own flow
+control (`Consumer.on_buffer_drop`, when a stream's buffer has room again) put a partition
+back among the fetched ones without asking whether it was paused.
 """
 
 from __future__ import annotations
@@ -39,6 +44,22 @@ class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
 class _Consumer(faust_kafka.Consumer):
     def _new_consumer_thread(self) -> faust_kafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def on_buffer_drop(self, tp: Any) -> None:
+        super().on_buffer_drop(tp)
+        if tp in self._paused_partitions:  # paused by `hold_back`: stays out
+            self._get_active_partitions().discard(tp)
+
+
+def hold_back(
+    consumer: Any, topic: str, *, paused: set[int], resumed: set[int], assigned: set[int]
+) -> None:
+    """Stop fetching `topic`'s partitions `paused`, fetch `resumed` again (only partitions
+    this worker is assigned: Faust would fetch a resumed partition it does not hold)."""
+    if resumed & assigned:
+        consumer.resume_partitions({faust.types.TP(topic, p) for p in resumed & assigned})
+    if paused & assigned:
+        consumer.pause_partitions({faust.types.TP(topic, p) for p in paused & assigned})
 
 
 class _Transport(faust_kafka.Transport):
