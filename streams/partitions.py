@@ -72,9 +72,9 @@ class KeptInMemory(dict[str, orders.OrderState]):
 @dataclass(frozen=True)
 class OrdersCut:
     """An `OrderPartition` at one moment, for a snapshot (its states are immutable, so copies
-    of the mappings are a consistent cut): the orders in flight (`hot`, in memory again when
-    restored), the settled ones in memory (`cold`, spilled when restored: most of a day's
-    orders are settled, and a restore must not decode them all) and the timers' schedule."""
+    of the mappings are a consistent cut): the orders in memory in flight (`hot`) and settled
+    (`cold`), and the timers' schedule. (The worker's snapshots restore them all into the
+    spill file, decoded only when touched: streams/worker/snapshots.py.)"""
 
     hot: dict[str, orders.OrderState]
     cold: dict[str, orders.OrderState]

@@ -56,7 +56,7 @@ from streams.worker.spill import SpillFile, image_rows
 
 log = logging.getLogger(__name__)
 
-FORMAT = 3
+FORMAT = 4
 CHUNK = 900_000  # bytes of payload per message, under Kafka's 1 MB default
 SCAN_WINDOW = 64  # messages a read looks at first, from the end of the partition
 SCAN_WINDOW_MAX = 256  # and at most at a time (a chunk is up to CHUNK bytes)
@@ -423,9 +423,12 @@ class OrderSnapshots(PartitionSnapshots):
         return len(state.orders) + getattr(state.spilled, "count", 0)
 
     def capture(self, state: partitions.OrderPartition) -> Any:
-        """The orders in memory, and the spill file as it is (its rows are sealed already; a
-        row of an order since read back and changed is stale, and loses to the order in
-        memory: restored into memory, or put over it)."""
+        """The orders in memory, each sealed on its own as a spill row, and the spill file as
+        it is (its rows are sealed already; a row of an order since read back and changed is
+        stale, and the order's row from memory is put over it). A restore decodes no order:
+        every one goes back into the spill file, read back when an input or the tail touches
+        it. (Decoding the orders in flight at the restore cost ~130 µs each, 6.5 s of a
+        restart with 50,000 in flight.)"""
         cut = state.cut()
         spilled = state.spilled
         image = spilled.image() if isinstance(spilled, SpillFile) else None
@@ -433,10 +436,10 @@ class OrderSnapshots(PartitionSnapshots):
         sealer = self.sealer
 
         def seal() -> bytes:
-            in_memory = cut.hot.keys() | cut.cold.keys()
-            cold = [(i, sealer.dumps(s)) for i, s in cut.cold.items()]
-            cold += [(i, sealer.dumps(s)) for i, s in kept.items() if i not in in_memory]
-            payload = {"hot": cut.hot, "cold": cold, "spill": image, "due": cut.due}
+            in_memory = {**cut.cold, **cut.hot}
+            rows = [(i, sealer.dumps(s)) for i, s in in_memory.items()]
+            rows += [(i, sealer.dumps(s)) for i, s in kept.items() if i not in in_memory]
+            payload = {"rows": rows, "spill": image, "due": cut.due}
             return sealer.dumps(payload)
 
         return seal
@@ -446,12 +449,12 @@ class OrderSnapshots(PartitionSnapshots):
         if isinstance(spilled, SpillFile):
             if image is not None:
                 spilled.load_image(image)
-            spilled.put_rows(data["cold"])
+            spilled.put_rows(data["rows"])
         else:
             rows = image_rows(image) if image is not None else []
             loads = self.sealer.loads
-            spilled.put({i: loads(blob) for i, blob in [*rows, *data["cold"]]})
-        state.restore(data["hot"], data["due"])
+            spilled.put({i: loads(blob) for i, blob in [*rows, *data["rows"]]})
+        state.restore({}, data["due"])
 
 
 class LedgerSnapshots(PartitionSnapshots):

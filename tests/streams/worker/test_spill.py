@@ -195,6 +195,9 @@ def test_a_snapshot_carries_the_spill_file_and_restores_every_order_as_it_is(
     tmp_path: Path, into: str
 ) -> None:
     before = spilled_partition(tmp_path / "before")
+    before.fold(accepted_event(before, "o-299"))
+    before.fold(routed_event(before, "o-299"))  # in flight: waits for the ledger's answer
+    assert before.in_flight == 1
     ids = [f"o-{n}" for n in range(300)]
     settings = Settings(home=tmp_path)
     store = SnapshotStore(settings, master=MasterKey(bytes(32)))
@@ -208,6 +211,8 @@ def test_a_snapshot_carries_the_spill_file_and_restores_every_order_as_it_is(
     assert state is not None and state.status == "accepted"  # not the stale row's "received"
     if isinstance(spilled, SpillFile):
         assert spilled.count >= 200  # the file came back whole, not the orders one by one
+        # No order was decoded, in flight or not: each is read back when something touches it.
+        assert after.orders == {}
     before.close()
     after.close()
 
