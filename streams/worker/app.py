@@ -223,6 +223,11 @@ class Worker:
         # rebalance under way), and how many partitions' states are being rebuilt now.
         self.assigned: set[tuple[str, int]] | None = None
         self.held_back: set[int] = set()  # intake partitions not read while orders drain
+        # Per held partition, its fewest orders in flight and since when; per partition, the
+        # orders in flight found stuck (not counted): `admit`.
+        self._progress: dict[int, tuple[int, float]] = {}
+        self._stuck: dict[int, int] = {}
+        self.clock: Callable[[], float] = time.monotonic
         self.rebuilding = 0
         self.health = Health(why_not_ready=self.why_not_ready)
         self.out: Outputs = sink or Sink(settings.kafka_bootstrap)
@@ -410,11 +415,34 @@ class Worker:
         on; intake waits, revisions included. Without it a backlog of intake (a peak, a
         restart) was all taken in first: every order in memory waiting, the ledger's commands
         and answers queued behind new orders, memory growing with the backlog, and nothing
-        finishing until the end."""
+        finishing until the end.
+
+        A held partition whose orders in flight do not fall for `STALLED_AFTER_S` is let in
+        again, and the orders it had in flight stop counting (an order whose request the ledger
+        never answered — dead-lettered — waits for good: it must not close the door for good
+        too). They count again as they are answered, if ever."""
         in_flight = {p: state.in_flight for p, state in self.order_states.states.items()}
+        self._stuck = {p: min(n, in_flight[p]) for p, n in self._stuck.items() if p in in_flight}
+        counted = {p: n - self._stuck.get(p, 0) for p, n in in_flight.items()}
         held = held_back(
-            in_flight, self.held_back, limit=self.settings.orders_in_flight_per_partition
+            counted, self.held_back, limit=self.settings.orders_in_flight_per_partition
         )
+        now = self.clock()
+        for p in sorted(held):
+            fewest, since = self._progress.get(p, (counted[p] + 1, now))
+            if counted[p] < fewest:
+                self._progress[p] = (counted[p], now)
+            elif now - since > STALLED_AFTER_S:
+                log.warning(
+                    "intake partition %d held back %.0f s and its %d orders in flight did not "
+                    "move: let in again (they are waiting for something other than load)",
+                    p,
+                    now - since,
+                    in_flight[p],
+                )
+                self._stuck[p] = in_flight[p]
+                held.discard(p)
+        self._progress = {p: v for p, v in self._progress.items() if p in held}
         assigned = {p for topic, p in self.assigned or () if topic == self.topics.intake}
         faust_compat.hold_back(
             consumer,
@@ -656,6 +684,9 @@ class Worker:
             )
         views.forget_before(now - timedelta(hours=2))
         await self.out.confirmed()
+
+
+STALLED_AFTER_S = 30.0  # a held intake partition whose orders in flight do not move: let in
 
 
 def _consumed(batch: list[Any]) -> None:

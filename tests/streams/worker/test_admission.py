@@ -87,3 +87,50 @@ def test_the_worker_holds_back_intake_while_its_orders_wait_for_the_ledger(
     worker.admit(consumer)
     assert worker.held_back == set()
     assert consumer._get_active_partitions() == {TP(intake, 0), TP(intake, 1)}
+
+
+def test_orders_that_never_get_an_answer_do_not_close_the_door_for_good(
+    tmp_path: Path, consumer: Any
+) -> None:
+    """A request the ledger never answers (dead-lettered) leaves its order waiting for good; a
+    held partition whose orders in flight do not move is let in again, and those orders stop
+    counting."""
+    from streams.worker.app import STALLED_AFTER_S
+
+    settings = Settings(home=tmp_path, kafka_partitions=2, orders_in_flight=12)  # 6 a partition
+    views = SharedViews(catalogue=load_catalogue(), codec=AvroCodec())
+    worker = Worker(settings, replay=lambda t, p: [], views=views, sink=FakeSink())  # type: ignore[arg-type]
+    intake = settings.topics.intake
+    worker.assigned = {(intake, 0)}
+    consumer._set_active_tps({TP(intake, 0)})
+    clock = [1000.0]
+    worker.clock = lambda: clock[0]
+    stuck = OrderPartition()
+    worker.order_states.states[0] = stuck
+    ctx = context({("KETTLE-IRON", "WH-BJ"): 100})
+
+    def order(n: int) -> list[Any]:
+        event = teapots(order_id=f"o-{n}", event_id=f"e-{n}", external_id=f"{n}")
+        return list(stuck.handle(event, ctx).commands)
+
+    for n in range(6):
+        order(n)  # never answered
+    worker.admit(consumer)
+    assert worker.held_back == {0}
+    clock[0] += STALLED_AFTER_S / 2
+    worker.admit(consumer)
+    assert worker.held_back == {0}  # not yet: answers may still come
+    clock[0] += STALLED_AFTER_S
+    worker.admit(consumer)
+    assert worker.held_back == set()  # no progress in STALLED_AFTER_S: let in
+    assert consumer._get_active_partitions() == {TP(intake, 0)}
+    new = [order(n) for n in range(6, 11)]  # 11 waiting, 6 of them stuck: 5 count
+    worker.admit(consumer)
+    assert worker.held_back == set()
+    new.append(order(11))  # 6 count: held again, by the orders that can move
+    worker.admit(consumer)
+    assert worker.held_back == {0}
+    for commands in new[:3]:
+        stuck.handle(answer(commands[0], ok=True), ctx)
+    worker.admit(consumer)
+    assert worker.held_back == set()  # half of what counts answered: in again
