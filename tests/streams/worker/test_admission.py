@@ -3,12 +3,11 @@ orders from intake until they drain (`Worker.admit`, `partitions.held_back`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from faust.types import TP
+from aiokafka.structs import TopicPartition
 
 from events.codec import AvroCodec
 from infra.settings import Settings
@@ -21,15 +20,38 @@ from tests.streams.test_orders import answer, context, teapots
 from tests.streams.worker.test_app import FakeSink
 
 
+class FakeKafka:
+    """aiokafka's consumer as `faust_compat.hold_back` uses it: assignment, pause, resume."""
+
+    def __init__(self, assigned: set[Any]) -> None:
+        self.assigned, self.paused = assigned, set[Any]()
+
+    def assignment(self) -> set[Any]:
+        return set(self.assigned)
+
+    def pause(self, *tps: Any) -> None:
+        assert set(tps) <= self.assigned, "aiokafka refuses to pause what it is not assigned"
+        self.paused |= set(tps)
+
+    def resume(self, *tps: Any) -> None:
+        self.paused -= set(tps)
+
+
+class RunNow:
+    """The consumer thread's loop, running what it is handed at once."""
+
+    def call_soon_threadsafe(self, fn: Any) -> None:
+        fn()
+
+
+class FakeFaustConsumer:
+    def __init__(self, kafka: FakeKafka) -> None:
+        self._thread = type("Thread", (), {"_consumer": kafka, "thread_loop": RunNow()})()
+
+
 @pytest.fixture
-def consumer() -> Iterator[Any]:
-    """The patched Faust consumer, never started (no broker: its bookkeeping only)."""
-    app = faust_compat.App("admission-check", broker="kafka://localhost:1", web_enabled=False)
-    consumer = app.consumer
-    yield consumer
-    loop = getattr(getattr(consumer, "_thread", None), "thread_loop", None)
-    if loop is not None and not loop.is_closed():
-        loop.close()
+def kafka() -> FakeKafka:
+    return FakeKafka({TopicPartition("oms.intake.v1", p) for p in (0, 1)})
 
 
 def test_a_partition_is_held_back_at_its_limit_until_half_of_it_drained() -> None:
@@ -41,22 +63,19 @@ def test_a_partition_is_held_back_at_its_limit_until_half_of_it_drained() -> Non
     assert held_back({0: 1}, {7}, limit=10) == set()
 
 
-def test_a_paused_partition_stays_paused_when_faust_s_buffer_drains(consumer: Any) -> None:
-    """Faust's flow control puts a partition whose stream buffer has room again back among
-    the fetched ones; the patched consumer leaves a paused one out."""
-    a, b = TP("intake", 0), TP("intake", 1)
-    consumer._set_active_tps({a, b})
-    faust_compat.hold_back(consumer, "intake", paused={0, 5}, resumed=set(), assigned={0, 1})
-    assert consumer._get_active_partitions() == {b}
-    consumer.on_buffer_full(a)
-    consumer.on_buffer_drop(a)
-    assert consumer._get_active_partitions() == {b}
-    faust_compat.hold_back(consumer, "intake", paused=set(), resumed={0, 5}, assigned={0, 1})
-    assert consumer._get_active_partitions() == {a, b}  # 5 is not ours: never fetched
+def test_holding_back_pauses_in_aiokafka_only_what_it_is_assigned(kafka: FakeKafka) -> None:
+    consumer = FakeFaustConsumer(kafka)
+    topic = "oms.intake.v1"
+    faust_compat.hold_back(consumer, topic, paused={0, 5}, resumed=set(), assigned={0, 1, 5})
+    assert kafka.paused == {TopicPartition(topic, 0)}  # 5: not aiokafka's (a rebalance)
+    faust_compat.hold_back(consumer, topic, paused=set(), resumed={0}, assigned={0, 1})
+    assert kafka.paused == set()
+    # Before Faust's consumer thread has started there is nothing to pause, and no error.
+    faust_compat.hold_back(object(), topic, paused={0}, resumed=set(), assigned={0})
 
 
 def test_the_worker_holds_back_intake_while_its_orders_wait_for_the_ledger(
-    tmp_path: Path, consumer: Any
+    tmp_path: Path, kafka: FakeKafka
 ) -> None:
     settings = Settings(home=tmp_path, kafka_partitions=2, orders_in_flight=12)  # 6 a partition
     codec = AvroCodec()
@@ -64,7 +83,7 @@ def test_the_worker_holds_back_intake_while_its_orders_wait_for_the_ledger(
     worker = Worker(settings, replay=lambda t, p: [], views=views, sink=FakeSink())  # type: ignore[arg-type]
     intake = settings.topics.intake
     worker.assigned = {(intake, 0), (intake, 1), (settings.topics.order_commands, 0)}
-    consumer._set_active_tps({TP(intake, 0), TP(intake, 1)})
+    consumer = FakeFaustConsumer(kafka)
     waiting, quiet = OrderPartition(), OrderPartition()
     worker.order_states.states.update({0: waiting, 1: quiet})
     ctx = context({("KETTLE-IRON", "WH-BJ"): 100})
@@ -78,19 +97,19 @@ def test_the_worker_holds_back_intake_while_its_orders_wait_for_the_ledger(
 
     worker.admit(consumer)
     assert worker.held_back == {0}
-    assert consumer._get_active_partitions() == {TP(intake, 1)}
+    assert kafka.paused == {TopicPartition(intake, 0)}
     for reserve in reserves[:2]:
         waiting.handle(answer(reserve, ok=True), ctx)  # 4 still waiting: above half
     worker.admit(consumer)
-    assert consumer._get_active_partitions() == {TP(intake, 1)}
+    assert kafka.paused == {TopicPartition(intake, 0)}
     waiting.handle(answer(reserves[2], ok=True), ctx)  # 3: half the limit, let in again
     worker.admit(consumer)
     assert worker.held_back == set()
-    assert consumer._get_active_partitions() == {TP(intake, 0), TP(intake, 1)}
+    assert kafka.paused == set()
 
 
 def test_orders_that_never_get_an_answer_do_not_close_the_door_for_good(
-    tmp_path: Path, consumer: Any
+    tmp_path: Path, kafka: FakeKafka
 ) -> None:
     """A request the ledger never answers (dead-lettered) leaves its order waiting for good; a
     held partition whose orders in flight do not move is let in again, and those orders stop
@@ -102,7 +121,7 @@ def test_orders_that_never_get_an_answer_do_not_close_the_door_for_good(
     worker = Worker(settings, replay=lambda t, p: [], views=views, sink=FakeSink())  # type: ignore[arg-type]
     intake = settings.topics.intake
     worker.assigned = {(intake, 0)}
-    consumer._set_active_tps({TP(intake, 0)})
+    consumer = FakeFaustConsumer(kafka)
     clock = [1000.0]
     worker.clock = lambda: clock[0]
     stuck = OrderPartition()
@@ -123,7 +142,7 @@ def test_orders_that_never_get_an_answer_do_not_close_the_door_for_good(
     clock[0] += STALLED_AFTER_S
     worker.admit(consumer)
     assert worker.held_back == set()  # no progress in STALLED_AFTER_S: let in
-    assert consumer._get_active_partitions() == {TP(intake, 0)}
+    assert kafka.paused == set()
     new = [order(n) for n in range(6, 11)]  # 11 waiting, 6 of them stuck: 5 count
     worker.admit(consumer)
     assert worker.held_back == set()

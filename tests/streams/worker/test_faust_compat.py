@@ -40,3 +40,27 @@ def test_the_patched_app_uses_the_patched_transport_and_consumer() -> None:
     transport = app._new_transport()
     assert type(transport) is faust_compat._Transport
     assert transport.Consumer is faust_compat._Consumer
+
+
+def test_aiokafka_s_consumer_is_where_hold_back_reaches_for_it() -> None:
+    """`hold_back` pauses aiokafka's consumer on the consumer thread's loop: Faust's consumer
+    keeps its thread as `_thread`, the thread keeps the aiokafka consumer as `_consumer`, built
+    on `thread_loop`; aiokafka pauses and resumes by TopicPartition."""
+    from faust.transport import consumer as faust_consumer
+
+    assert "self._thread = self._new_consumer_thread()" in inspect.getsource(
+        faust_consumer.ThreadDelegateConsumer
+    )
+    thread_source = inspect.getsource(faust_kafka.AIOKafkaConsumerThread)
+    assert "self._consumer = self._create_consumer(loop=self.thread_loop)" in thread_source
+    assert list(inspect.signature(aiokafka.AIOKafkaConsumer.pause).parameters) == [
+        "self",
+        "partitions",
+    ]
+    assert list(inspect.signature(aiokafka.AIOKafkaConsumer.resume).parameters) == [
+        "self",
+        "partitions",
+    ]
+    # Paused, a partition's fetched records are dropped, not handed out (its position stays).
+    fetcher_source = inspect.getsource(aiokafka.consumer.fetcher)
+    assert "if tp_state.paused:\n                return_result = False" in fetcher_source
