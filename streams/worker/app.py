@@ -748,6 +748,9 @@ def create_app(
         # process, with partition states that may be ahead of what reached Kafka): the
         # supervisor restarts the process, which rebuilds from the logs.
         agent_supervisor=mode.CrashingSupervisor,
+        # Inputs Faust hands an agent ahead of its batches (default 4,096): the orders taken
+        # in past OMS_ORDERS_IN_FLIGHT's bound before the door closes (`Worker.admit`).
+        stream_buffer_maxsize=2 * BATCH,
         datadir=str(settings.home / "faust"),
     )
     app.worker = worker  # type: ignore[attr-defined]  # tests reach the worker through the app
