@@ -189,7 +189,11 @@ def test_a_worker_killed_restarts_from_its_snapshots_and_ends_as_a_full_replay_w
             new=lambda _: LedgerPartition(),
         )
         assert snap_ledger.levels == full_ledger.levels
-        assert snap_ledger.cut()[1] == full_ledger.cut()[1]
+        commands = [command_id for command_id, _ in full_ledger.cut()[1]]
+        assert [command_id for command_id, _ in snap_ledger.cut()[1]] == commands
+        assert [snap_ledger.recent(c) for c in commands] == [
+            full_ledger.recent(c) for c in commands
+        ]
 
     # The shared views: from their snapshot and the topics' tails as from the topics' start.
     restored, scratch = views_of(settings, snapshot=store), views_of(settings, snapshot=None)
