@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from datetime import datetime, timedelta
+from functools import partial
 from itertools import islice
 from typing import Any, Generic, TypeVar, cast
 
@@ -81,6 +82,9 @@ BATCH = 500  # inputs per batch: outputs are confirmed per batch, not per messag
 BATCH_WITHIN_S = 0.005
 SPILL_EVERY = 10_000  # log events folded between two `spill`s while rebuilding
 REPLAY_CHUNK = 5_000  # log events read at a time while rebuilding
+# Partition states rebuilt at a time after an assignment: the work is mostly outside the GIL
+# (fetching, AES-GCM, zstd, writing the spill file), so two overlap on two cores.
+REBUILD_AT_ONCE = 2
 # The agents' state (every order's fold) only grows, and a full collection walks all of it:
 # seconds of pause at a million orders, for next to no garbage (the state holds no cycles).
 # What has lived this long is moved out of the collector's sight (`gc.freeze`); it is still
@@ -99,6 +103,21 @@ P = TypeVar("P", OrderPartition, LedgerPartition)
 
 class OutputTooLarge(ValueError):
     """An input would make an event larger than Kafka takes: the input is dead-lettered."""
+
+
+async def rebuild_at_once(
+    rebuilds: Iterable[Callable[[], Awaitable[Any]]], at_once: int = 0
+) -> list[BaseException]:
+    """Run `rebuilds` (partition states' `of`), `at_once` at a time (`REBUILD_AT_ONCE` by
+    default); the errors of those that failed."""
+    gate = asyncio.Semaphore(at_once or REBUILD_AT_ONCE)
+
+    async def one(rebuild: Callable[[], Awaitable[Any]]) -> None:
+        async with gate:
+            await rebuild()
+
+    results = await asyncio.gather(*(one(r) for r in rebuilds), return_exceptions=True)
+    return [r for r in results if isinstance(r, BaseException)]
 
 
 class PartitionStates(Generic[P]):
@@ -126,10 +145,28 @@ class PartitionStates(Generic[P]):
         # since the snapshot it was rebuilt from (a new snapshot is due past a bound).
         self.ends: dict[int, int] = {}
         self.unsnapped: dict[int, int] = {}
+        # Rebuilds under way, and per partition how many times it was forgotten: a rebuild
+        # begun before the last `forget` is not kept (the partition may have been written by
+        # another worker since).
+        self._building: dict[int, asyncio.Future[P]] = {}
+        self._generation: dict[int, int] = {}
+        self._stale: list[P] = []
 
     async def of(self, partition: int) -> P:
         states = self.states.get(partition)
-        if states is None:
+        if states is not None:
+            return states
+        # One rebuild a partition, however many ask (a batch, the warm-up after an
+        # assignment); shielded, so a caller cancelled does not cancel it for the others.
+        building = self._building.get(partition)
+        if building is None:
+            generation = self._generation.get(partition, 0)
+            building = asyncio.ensure_future(self._rebuild(partition, generation))
+            self._building[partition] = building
+        return await asyncio.shield(building)
+
+    async def _rebuild(self, partition: int, generation: int) -> P:
+        try:
             # Outputs of earlier batches may still be on their way: the log is read once
             # Kafka has them all, so the state is the fold of everything this worker wrote.
             await self._settle()
@@ -147,21 +184,29 @@ class PartitionStates(Generic[P]):
             else:
                 events = self._replay(self.topic, partition)
             folded, skipped = await self._fold(states, partition, iter(events))
-            if self.snapshots is not None and self._tail is not None:
-                self.ends[partition] = ends.get((self.topic, partition), 0)
-            agent = "orders" if isinstance(states, OrderPartition) else "inventory"
-            REBUILD_SECONDS.labels(agent).observe(time.perf_counter() - began)
-            REBUILD_EVENTS.labels(agent).inc(folded)
-            log.info(
-                "rebuilt %s[%d] from %s%d events (%d not folded)",
-                self.topic,
-                partition,
-                f"a snapshot at offset {start} and " if start else "",
-                folded,
-                skipped,
-            )
-            self.states[partition] = states
-            self.unsnapped[partition] = folded
+        finally:
+            if self._generation.get(partition, 0) == generation:
+                self._building.pop(partition, None)
+        agent = "orders" if isinstance(states, OrderPartition) else "inventory"
+        REBUILD_SECONDS.labels(agent).observe(time.perf_counter() - began)
+        REBUILD_EVENTS.labels(agent).inc(folded)
+        log.info(
+            "rebuilt %s[%d] from %s%d events (%d not folded)",
+            self.topic,
+            partition,
+            f"a snapshot at offset {start} and " if start else "",
+            folded,
+            skipped,
+        )
+        if self._generation.get(partition, 0) != generation:
+            # Forgotten while it was rebuilt (a rebalance): whoever asked gets it, nobody
+            # keeps it; closed at the next `forget`, when no batch of then is still running.
+            self._stale.append(states)
+            return states
+        if self.snapshots is not None and self._tail is not None:
+            self.ends[partition] = ends.get((self.topic, partition), 0)
+        self.states[partition] = states
+        self.unsnapped[partition] = folded
         return states
 
     async def _fold(self, states: P, partition: int, events: Iterator[Event]) -> tuple[int, int]:
@@ -189,7 +234,13 @@ class PartitionStates(Generic[P]):
         self.unsnapped[partition] = self.unsnapped.get(partition, 0) + events
 
     def forget(self, partitions: Iterable[int]) -> None:
+        for stale in self._stale:
+            if isinstance(stale, OrderPartition):
+                stale.close()
+        self._stale.clear()
         for partition in partitions:
+            self._generation[partition] = self._generation.get(partition, 0) + 1
+            self._building.pop(partition, None)
             states = self.states.pop(partition, None)
             self.ends.pop(partition, None)
             self.unsnapped.pop(partition, None)
@@ -270,6 +321,7 @@ class Worker:
         )
         self._snapshot_writing: asyncio.Task[None] | None = None
         self._snapshot_store = store
+        self.warming: asyncio.Future[None] | None = None  # `warm` after the last assignment
 
     # ------------------------------------------------------------ partitions and views
 
@@ -284,6 +336,21 @@ class Worker:
         partitions = list(partitions)
         self.order_states.forget(partitions)
         self.stock_states.forget(partitions)
+
+    async def warm(self) -> None:
+        """Rebuild the states of the partitions just assigned now, `REBUILD_AT_ONCE` at a
+        time, instead of each on its first input, one after another (a batch asks them in
+        turn): a restart's partitions come back together, and /readyz counts them down."""
+        assigned = self.assigned or set()
+        topics = self.topics
+        of_orders = sorted({p for t, p in assigned if t in (topics.intake, topics.order_commands)})
+        of_stock = sorted({p for t, p in assigned if t == topics.stock_commands})
+        failed = await rebuild_at_once(
+            [partial(self.state_of, self.order_states, p) for p in of_orders]
+            + [partial(self.state_of, self.stock_states, p) for p in of_stock]
+        )
+        for error in failed:  # the partition's first input tries again (and raises there)
+            log.warning("a partition's state was not rebuilt ahead: %r", error)
 
     def start_views(self) -> None:
         if self._reads_views:
@@ -769,6 +836,9 @@ def create_app(
         worker.forget(tp.partition for tp in assigned)
         inputs = {topics.intake, topics.order_commands, topics.stock_commands}
         worker.assigned = {(tp.topic, tp.partition) for tp in assigned if tp.topic in inputs}
+        if worker.warming is not None:
+            worker.warming.cancel()  # its rebuilds go on (shielded) or were forgotten above
+        worker.warming = asyncio.ensure_future(worker.warm())
 
     @app.task
     async def start_views() -> None:
