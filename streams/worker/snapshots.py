@@ -35,7 +35,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -56,7 +56,7 @@ from streams.worker.spill import SpillFile, image_rows
 
 log = logging.getLogger(__name__)
 
-FORMAT = 5  # 5: zstd (was zlib)
+FORMAT = 6  # 5: zstd (was zlib); 6: order states without their fields' names
 CHUNK = 900_000  # bytes of payload per message, under Kafka's 1 MB default
 SCAN_WINDOW = 64  # messages a read looks at first, from the end of the partition
 SCAN_WINDOW_MAX = 256  # and at most at a time (a chunk is up to CHUNK bytes)
@@ -94,6 +94,23 @@ class _Pickler(pickle.Pickler):
         if isinstance(obj, Event):
             return self._codec.encode(obj)
         return None
+
+    def reducer_override(self, obj: Any) -> Any:
+        # An order's state as its fields' values, without their names: each spilled order is
+        # a pickle of its own, so the names (~250 bytes) were written again in every row —
+        # a sixth of the spill file, and of what a restart reads back and writes out.
+        if type(obj) is orders.OrderState:
+            return _order_state, (tuple([getattr(obj, name) for name in _ORDER_FIELDS]),)
+        return NotImplemented
+
+
+_ORDER_FIELDS = tuple(f.name for f in fields(orders.OrderState))
+
+
+def _order_state(values: tuple[Any, ...]) -> orders.OrderState:
+    state = object.__new__(orders.OrderState)
+    state.__dict__.update(zip(_ORDER_FIELDS, values, strict=True))
+    return state
 
 
 class _Unpickler(pickle.Unpickler):

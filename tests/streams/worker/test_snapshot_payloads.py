@@ -6,18 +6,21 @@ from __future__ import annotations
 import pickle
 import pickletools
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from events.codec import AvroCodec
 from events.models import Customer, Event
 from infra.keystore import MasterKey
 from infra.settings import Settings
-from streams.partitions import LedgerPartition
+from streams.partitions import LedgerPartition, OrderPartition
 from streams.reference import load_catalogue
-from streams.worker.snapshots import LedgerSnapshots, SnapshotStore
+from streams.worker.snapshots import LedgerSnapshots, Sealer, SnapshotStore
+from streams.worker.spill import SpillFile
 from streams.worker.views import SharedViews
-from tests.factories import T0, numbered
+from tests.factories import T0, numbered, received
 from tests.streams.test_inventory import NOW, receive, reserve
+from tests.streams.test_orders import context
 
 
 class CountingCodec(AvroCodec):
@@ -93,3 +96,19 @@ def test_the_views_snapshot_builds_no_object_per_customer() -> None:
     assert restored.history.norm(key) == many.history.norm(key)
     assert restored.history.tier(key) == many.history.tier(key) == "regular"
     assert pickle.loads(many.cut())["state"]["history"].size() == 300
+
+
+def test_a_spilled_order_is_its_fields_values_without_their_names(tmp_path: Path) -> None:
+    """Every spilled order is a pickle of its own: the state's field names were written
+    again in each row (a third of a restart's spill file at 1,000,000 orders)."""
+    sealer = Sealer(AvroCodec())
+    partition = OrderPartition(spilled=SpillFile(tmp_path, 0, sealer=sealer), max_in_memory=10)
+    step = partition.handle(received(), context())
+    assert step.to_log
+    state = partition.orders["o-1"]
+    row = sealer.dumps(state)
+    assert b"last_event_id" not in row and b"prioritised_at" not in row
+    assert sealer.loads(row) == state
+    partition.spilled.put({"o-1": state})
+    assert partition.spilled.get("o-1") == state
+    partition.close()
