@@ -32,6 +32,7 @@ import json
 import logging
 import pickle
 import secrets
+import struct
 import time
 import uuid
 from collections.abc import Iterable
@@ -56,7 +57,7 @@ from streams.worker.spill import SpillFile, image_rows
 
 log = logging.getLogger(__name__)
 
-FORMAT = 6  # 5: zstd (was zlib); 6: order states without their fields' names
+FORMAT = 7  # 5: zstd (was zlib); 6: order states without their fields' names; 7: image apart
 CHUNK = 900_000  # bytes of payload per message, under Kafka's 1 MB default
 SCAN_WINDOW = 64  # messages a read looks at first, from the end of the partition
 SCAN_WINDOW_MAX = 256  # and at most at a time (a chunk is up to CHUNK bytes)
@@ -105,6 +106,7 @@ class _Pickler(pickle.Pickler):
 
 
 _ORDER_FIELDS = tuple(f.name for f in fields(orders.OrderState))
+_HEAD = struct.Struct(">Q")  # an order snapshot's pickled part's length, before it
 
 
 def _order_state(values: tuple[Any, ...]) -> orders.OrderState:
@@ -133,7 +135,7 @@ class Sealer:
         _Pickler(buffer, self.codec).dump(value)
         return buffer.getvalue()
 
-    def loads(self, blob: bytes) -> Any:
+    def loads(self, blob: bytes | memoryview) -> Any:
         return _Unpickler(io.BytesIO(blob), self.codec).load()
 
 
@@ -414,7 +416,7 @@ class PartitionSnapshots:
         if found is None:
             return 0
         try:
-            self.restore(state, self.sealer.loads(found.payload))
+            self.restore(state, self.opened(found.payload))
         except Exception:  # noqa: BLE001 - a snapshot only ever saves time
             log.exception(
                 "%s[%d]: snapshot %s does not restore", self.name, partition, found.snapshot_id
@@ -424,6 +426,10 @@ class PartitionSnapshots:
 
     def write(self, partition: int, offset: int, payload: bytes) -> int:
         return self.store.write(self.name, partition, offset, payload)
+
+    def opened(self, payload: bytes) -> Any:
+        """A payload `capture` sealed, unpickled."""
+        return self.sealer.loads(payload)
 
     def size(self, state: Any) -> int:
         raise NotImplementedError
@@ -458,10 +464,21 @@ class OrderSnapshots(PartitionSnapshots):
             in_memory = {**cut.cold, **cut.hot}
             rows = [(i, sealer.dumps(s)) for i, s in in_memory.items()]
             rows += [(i, sealer.dumps(s)) for i, s in kept.items() if i not in in_memory]
-            payload = {"rows": rows, "spill": image, "due": cut.due}
-            return sealer.dumps(payload)
+            head = sealer.dumps({"rows": rows, "due": cut.due, "spill": image is not None})
+            # The spill file's image follows the pickle as it is, not inside it: unpickled,
+            # it was copied once more (a gigabyte and more at 1,000,000 orders).
+            return b"".join([_HEAD.pack(len(head)), head, image or b""])
 
         return seal
+
+    def opened(self, payload: bytes) -> Any:
+        """The pickled part, and the spill file's image (a view of the payload) under
+        "spill" (None when the partition kept no file)."""
+        view = memoryview(payload)
+        (length,) = _HEAD.unpack_from(view)
+        data = self.sealer.loads(view[_HEAD.size : _HEAD.size + length])
+        data["spill"] = view[_HEAD.size + length :] if data["spill"] else None
+        return data
 
     def restore(self, state: partitions.OrderPartition, data: Any) -> None:
         spilled, image = state.spilled, data["spill"]

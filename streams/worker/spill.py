@@ -66,7 +66,7 @@ class SpillFile:
         """The file as it is now (a consistent copy: taken between two writes)."""
         return self._db.serialize()
 
-    def load_image(self, image: bytes) -> None:
+    def load_image(self, image: bytes | memoryview) -> None:
         """Become the file `image` was taken of (this one empty, as after a rebuild's start)."""
         self._db.close()
         self.path.write_bytes(image)
@@ -80,7 +80,7 @@ class SpillFile:
         self.path.unlink(missing_ok=True)
 
 
-def image_rows(image: bytes) -> list[tuple[str, bytes]]:
+def image_rows(image: bytes | memoryview) -> list[tuple[str, bytes]]:
     """The rows of a spill file's `image`, for a partition that keeps no file."""
     db = sqlite3.connect(":memory:")
     try:

@@ -50,7 +50,7 @@ def test_a_restored_ledger_opens_a_recent_command_only_when_it_comes_again(
     payload = snapshots.capture(before)()
 
     after = LedgerPartition()
-    snapshots.restore(after, snapshots.sealer.loads(payload))
+    snapshots.restore(after, snapshots.opened(payload))
     assert after.levels == before.levels
     # The levels' answers to their open reservations are opened (they are the levels); the
     # recent commands' events are not.
@@ -65,7 +65,7 @@ def test_a_restored_ledger_opens_a_recent_command_only_when_it_comes_again(
     assert after.levels == before.levels  # nothing reserved twice
     # A snapshot of the restored ledger carries the unopened commands as they are.
     later = LedgerPartition()
-    snapshots.restore(later, snapshots.sealer.loads(snapshots.capture(after)()))
+    snapshots.restore(later, snapshots.opened(snapshots.capture(after)()))
     assert later.handle(reserve("r-42", 1), product=None, now=NOW).answers == answers[42]
 
 

@@ -170,7 +170,7 @@ def test_a_worker_killed_restarts_from_its_snapshots_and_ends_as_a_full_replay_w
     carried = 0
     for partition in partitions_of(settings, settings.topics.orders):
         found = store.read("orders", partition)
-        image = Sealer(codec).loads(found.payload)["spill"] if found else None
+        image = OrderSnapshots(store, codec).opened(found.payload)["spill"] if found else None
         carried += len(image_rows(image)) if image else 0
     assert carried, "no snapshot carried a spill file's orders"
     for partition in partitions_of(settings, settings.topics.inventory):

@@ -205,7 +205,7 @@ def test_a_snapshot_carries_the_spill_file_and_restores_every_order_as_it_is(
     payload = snapshots.capture(before)()
     spilled = SpillFile(tmp_path / "after", 0, sealer=SEALER) if into == "file" else KeptInMemory()
     after = OrderPartition(spilled=spilled, max_in_memory=100)
-    snapshots.restore(after, snapshots.sealer.loads(payload))
+    snapshots.restore(after, snapshots.opened(payload))
     assert {i: after.state_of(i) for i in ids} == {i: before.state_of(i) for i in ids}
     state = after.state_of("o-5")
     assert state is not None and state.status == "accepted"  # not the stale row's "received"
