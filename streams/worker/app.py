@@ -83,8 +83,10 @@ BATCH_WITHIN_S = 0.005
 SPILL_EVERY = 10_000  # log events folded between two `spill`s while rebuilding
 REPLAY_CHUNK = 5_000  # log events read at a time while rebuilding
 # Partition states rebuilt at a time after an assignment: the work is mostly outside the GIL
-# (fetching, AES-GCM, zstd, writing the spill file), so two overlap on two cores.
-REBUILD_AT_ONCE = 2
+# (fetching, AES-GCM, zstd, writing the spill file) and partly waiting on Kafka, so three
+# overlap on two cores (the 1,000,000-order restart: 11.2 / 12.4 s at three against 12.9 /
+# 12.8 s at two, one after the other; docs/benchmarks.md, "Recovery").
+REBUILD_AT_ONCE = 3
 # The agents' state (every order's fold) only grows, and a full collection walks all of it:
 # seconds of pause at a million orders, for next to no garbage (the state holds no cycles).
 # What has lived this long is moved out of the collector's sight (`gc.freeze`); it is still
