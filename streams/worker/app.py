@@ -379,8 +379,8 @@ class Worker:
     def why_not_ready(self) -> str | None:
         """What the worker waits for before it decides at full speed (/readyz; read from the
         metrics server's thread): its shared views read, its partitions assigned, and no
-        partition's state being rebuilt from its log (each is rebuilt on its first input after
-        an assignment)."""
+        partition's state being rebuilt from its log (each assigned partition's is rebuilt at
+        the assignment, `REBUILD_AT_ONCE` at a time)."""
         if not self.views.ready.is_set():
             return "reading the catalogue, the stock ledger and the order log into the views"
         if self.assigned is None:

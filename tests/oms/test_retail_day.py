@@ -233,6 +233,10 @@ def test_a_retail_day_ships_every_order_once_and_the_ledger_and_clickhouse_are_e
             operations.send(
                 settings, operations.stock_receive(sku, warehouse, quantity=STOCK, actor="test")
             )
+    # The stock is in the ledger before the first order comes (else it is rightly out of stock).
+    receipts = len(WAREHOUSES) * len(GOODS)
+    wait_for(lambda: len(read_all(settings, settings.topics.inventory)) >= receipts,
+             seconds=60, what="stock received")  # fmt: skip
     orders = day(random.Random(13))
     publisher = Publisher(settings)
     for order in orders:
