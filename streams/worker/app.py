@@ -74,7 +74,7 @@ from streams.worker.snapshots import (
     Sealer,
     SnapshotStore,
 )
-from streams.worker.spill import SpillFile
+from streams.worker.spill import SpillFile, claim_directory
 from streams.worker.views import SharedViews
 
 log = logging.getLogger(__name__)
@@ -290,7 +290,7 @@ class Worker:
                 settings.kafka_bootstrap, topic, partition, codec=self.codec
             )
         )
-        spill_dir = settings.home / "worker" / "spilled"
+        spill_dir = claim_directory(settings.home / "worker" / "spilled")
         # Snapshots need the real broker (they are on a topic) and the real sink (which knows
         # the log's offsets); tests with fakes for either rebuild from the whole log.
         store = (

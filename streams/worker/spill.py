@@ -1,10 +1,14 @@
 """Where the order agent keeps the orders it holds no more in memory (`SpilledOrders`, see
 streams/partitions.py): an SQLite file per partition and worker, a cache of the order log.
 
-The file is this process's alone — named with a token of its own, made empty when the
-partition is rebuilt and deleted when it is forgotten — so nothing depends on it across
-processes or hosts: a worker that takes the partition over rebuilds from the log, as always.
-It is written without a journal or fsync (a crash loses nothing the log does not hold).
+The file is this process's alone — in the process's own directory (`claim_directory`), named
+with a token of its own, made empty when the partition is rebuilt and deleted when it is
+forgotten — so nothing depends on it across processes or hosts: a worker that takes the
+partition over rebuilds from the log, as always. It is written without a journal or fsync (a
+crash loses nothing the log does not hold). A process killed leaves its directory behind
+(nobody deleted its files): the next process to claim a directory under the same base removes
+every directory whose process is gone, known by its lock (held for the process's life, freed
+by the kernel however it ends).
 
 States are pickled (they are this version's own objects, read back by the same process) by
 a `Sealer` when given one: every event in a state, the order's receipt first, is then stored
@@ -15,8 +19,13 @@ a restore writes back as the file (`load_image`): no order is decoded, no row in
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import pickle
+import shutil
 import sqlite3
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -26,6 +35,60 @@ from streams.orders import OrderState
 
 if TYPE_CHECKING:
     from streams.worker.snapshots import Sealer
+
+
+LOCK = "owner.lock"
+ABANDONED_AFTER_S = 60.0  # a directory with no lock yet, so old, was left by a process that died
+_claimed: dict[Path, tuple[int, int, Path]] = {}  # base -> (pid, lock's fd, its directory)
+
+
+def claim_directory(base: Path) -> Path:
+    """This process's own directory for its spill files under `base` (the same one each time
+    it asks), locked for the process's life; first, the directories of processes that are gone
+    are removed, and files left directly in `base` by versions that kept no directory."""
+    claimed = _claimed.get(base)
+    if claimed is not None and claimed[0] == os.getpid():
+        return claimed[2]
+    base.mkdir(parents=True, exist_ok=True)
+    sweep(base)
+    directory = base / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    directory.mkdir()
+    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # new: nobody else can hold it
+    _claimed[base] = (os.getpid(), fd, directory)
+    return directory
+
+
+def sweep(base: Path) -> list[Path]:
+    """Remove what dead processes left under `base`: each directory whose lock nobody holds
+    (its process ended without deleting its files: SIGKILL, a crash, a power cut); what it
+    removed."""
+    removed: list[Path] = []
+    for entry in sorted(base.iterdir()):
+        if entry.is_file() and entry.name.startswith("orders-p") and entry.suffix == ".sqlite":
+            entry.unlink(missing_ok=True)  # an older version's (an open file stays readable)
+            removed.append(entry)
+        elif entry.is_dir() and _abandoned(entry):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+def _abandoned(directory: Path) -> bool:
+    try:
+        fd = os.open(directory / LOCK, os.O_RDWR)
+    except FileNotFoundError:
+        # Being made this moment (the lock comes right after the directory), or its process
+        # died in between: a minute tells them apart.
+        return time.time() - directory.stat().st_mtime > ABANDONED_AFTER_S
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False  # its process is alive
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)  # closing drops the lock this probe took
+    return True
 
 
 class SpillFile:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -16,7 +19,7 @@ from infra.settings import Settings
 from streams import partitions
 from streams.partitions import KeptInMemory, OrderPartition
 from streams.worker.snapshots import OrderSnapshots, Sealer, SnapshotStore
-from streams.worker.spill import SpillFile
+from streams.worker.spill import SpillFile, claim_directory, sweep
 from tests.factories import received
 from tests.streams.test_orders import context
 
@@ -267,3 +270,55 @@ def test_spilling_never_walks_the_orders_waiting_for_the_ledger(
     assert set(partition.orders) == {f"o-{n}" for n in range(150, 300)}
     assert partition.state_of("o-0") == replace(state_before, requested={})
     partition.close()
+
+
+CLAIM = """
+import sys, time
+from pathlib import Path
+from streams.worker.spill import SpillFile, claim_directory
+directory = claim_directory(Path(sys.argv[1]))
+SpillFile(directory, 0).put_rows([("o-1", b"state")])
+print(directory, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_workers_spill_files_are_removed_by_the_next_and_a_live_ones_are_kept(
+    tmp_path: Path,
+) -> None:
+    """A worker killed with SIGKILL deletes nothing: its spill files (a gigabyte and more at a
+    million orders) would stay on the disk for ever. The next process to claim a directory
+    under the same base removes them; a worker still running keeps its own."""
+    base = tmp_path / "spilled"
+    base.mkdir()
+    legacy = base / "orders-p0-0123456789ab.sqlite"  # left by a version without directories
+    legacy.write_bytes(b"old")
+
+    def claimant() -> tuple[subprocess.Popen[str], Path]:
+        child = subprocess.Popen([sys.executable, "-c", CLAIM, str(base)],
+                                 stdout=subprocess.PIPE, text=True)  # fmt: skip
+        assert child.stdout is not None
+        return child, Path(child.stdout.readline().strip())
+
+    killed, killed_directory = claimant()
+    alive, alive_directory = claimant()
+    try:
+        assert not legacy.exists()  # the first claim swept it
+        assert any(killed_directory.glob("orders-p0-*.sqlite"))
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+        assert killed_directory.exists()  # nobody removed it yet
+
+        mine = claim_directory(base)
+        assert claim_directory(base) == mine  # one directory a process
+        assert not killed_directory.exists()
+        assert any(alive_directory.glob("orders-p0-*.sqlite"))
+        assert sweep(base) == []  # this process's and the live child's stay
+        assert mine.exists()
+    finally:
+        for child in (killed, alive):
+            child.kill()
+            child.wait()
+            assert child.stdout is not None
+            child.stdout.close()
+    assert sweep(base) == [alive_directory]
