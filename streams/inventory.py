@@ -155,6 +155,33 @@ def outcome(level: StockLevel, reservation_id: str) -> Outcome | None:
     return level.outcomes.get(reservation_id)
 
 
+def refusal(command: StockEvent, reason: str, *, now: datetime) -> StockReservationRefused | None:
+    """The answer an order hears when the ledger could not take its `ReserveStock` at all (the
+    command was refused as malformed, or deciding it failed, and it was dead-lettered):
+    refused, nothing reserved, so the order re-routes or is rejected instead of waiting for an
+    answer for good. It is no ledger event (the level did not change): the same command
+    redelivered is refused and answered the same way (same event id). None for any other
+    command (nothing waits on those)."""
+    if not isinstance(command, ReserveStock):
+        return None
+    return StockReservationRefused(
+        event_id=deterministic_id(command.event_id, StockReservationRefused.__name__),
+        sequence=1,  # not on the ledger: no place in its sequence
+        occurred_at=now,
+        recorded_at=now,
+        correlation_id=command.correlation_id,
+        causation_id=command.event_id,
+        actor=ACTOR,
+        sku=command.sku,
+        location=command.location,
+        order_id=command.order_id,
+        reservation_id=command.reservation_id,
+        requested=command.quantity,
+        available=0,
+        reason=reason,
+    )
+
+
 # ---------------------------------------------------------------- fold
 
 

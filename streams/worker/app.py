@@ -546,19 +546,25 @@ class Worker:
             use_log_ids()
             partition = await self.state_of(self.stock_states, message.partition)
             began = time.perf_counter()
+            command: StockEvent | None = None  # known once decoded, to answer if refused
             try:
-                command = self.decode(message, raw, (StockEvent,))
-                assert isinstance(command, StockEvent)
+                decoded = self.decode(message, raw, (StockEvent,))
+                assert isinstance(decoded, StockEvent)
+                command = decoded
                 use_log_ids(**event_ids(command))
                 product = self.views.catalogue.products.get(command.sku)
                 step = partition.decide(command, product=product, now=now)
-            except (CodecError, inventory.StockCommandRefused) as exc:
+            except CodecError as exc:
                 self.dead_letter(message, raw, str(exc))
                 written.append("DeadLetter")
                 continue
+            except inventory.StockCommandRefused as exc:
+                self.dead_letter(message, raw, str(exc))
+                written += ["DeadLetter", *self.refused(command, exc.code, now, messages)]
+                continue
             except Exception as exc:
                 self.poisoned(message, raw, exc)
-                written.append("DeadLetter")
+                written += ["DeadLetter", *self.refused(command, "LEDGER_ERROR", now, messages)]
                 continue
             try:
                 ledger = [(e, self.encoded(e)) for e in step.events]
@@ -570,7 +576,7 @@ class Worker:
                 raise
             except Exception as exc:
                 self.poisoned(message, raw, exc)
-                written.append("DeadLetter")
+                written += ["DeadLetter", *self.refused(command, "LEDGER_ERROR", now, messages)]
                 continue
             partition.commit(step)
             self.write_ledger(ledger, message.partition)
@@ -579,6 +585,23 @@ class Worker:
         use_log_ids()
         DECIDE_BATCH_SECONDS.labels("inventory").observe(time.perf_counter() - began_batch)
         return written
+
+    def refused(
+        self, command: StockEvent | None, reason: str, now: datetime, messages: list[Message]
+    ) -> list[str]:
+        """A dead-lettered `ReserveStock` is answered refused (`inventory.refusal`): the order
+        would otherwise wait for an answer that never comes, routed for good, holding its
+        place among the partition's orders in flight."""
+        answer = inventory.refusal(command, reason, now=now) if command is not None else None
+        if answer is None:
+            return []
+        try:
+            value = self.encoded(answer)
+        except Exception:  # noqa: BLE001 - the command is in the dead-letter topic already
+            log.exception("the refusal of %s could not be encoded", answer.causation_id)
+            return []
+        messages.append((self.topics.order_commands, answer.order_id.encode(), value))
+        return [answer.event_type]
 
     def write_ledger(self, events: list[tuple[StockEvent, bytes]], partition: int) -> None:
         self.stock_states.wrote(partition, len(events))

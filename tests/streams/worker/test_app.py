@@ -239,6 +239,51 @@ async def test_a_stock_command_whose_decision_raises_is_dead_lettered(
     assert "ZeroDivisionError: a bug" in letter.reason and "raises_for_wh_sh" in letter.reason
 
 
+def reserve(location: str, quantity: int = 2, n: int = 1) -> ReserveStock:
+    return ReserveStock(
+        event_id=f"r-{n}", sequence=1, occurred_at=T0, recorded_at=T0, correlation_id=f"o-{n}",
+        actor=operations.stock_receive("KETTLE-IRON", location, quantity=1, actor="t").actor,
+        sku="KETTLE-IRON", location=location, order_id=f"o-{n}", reservation_id=f"res-{n}",
+        quantity=quantity,
+    )  # fmt: skip
+
+
+async def test_a_dead_lettered_reservation_request_is_answered_refused(
+    app_and_sent: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ReserveStock the ledger refuses as malformed, or whose decision raises, goes to the
+    dead-letter topic; its order hears "refused" (else it waits routed for good, in flight);
+    a receipt that fails is answered to nobody."""
+    app, sent = app_and_sent
+    from streams import inventory
+
+    real = inventory.decide
+
+    def raises_for_wh_bj(level: Any, command: Any, **kw: Any) -> Any:
+        if command.location == "WH-BJ":
+            raise ZeroDivisionError("a bug")
+        return real(level, command, **kw)
+
+    monkeypatch.setattr(inventory, "decide", raises_for_wh_bj)
+    async with app.agents["inventory"].test_context() as agent:
+        await agent.put(CODEC.encode(reserve("WH-SH", quantity=0, n=1)))  # refused: 0 units
+        await agent.put(CODEC.encode(reserve("WH-BJ", n=2)))  # its decision raises
+        await agent.put(CODEC.encode(reserve("WH-BJ", n=2)))  # and again, redelivered
+        receipt = operations.stock_receive("KETTLE-IRON", "WH-BJ", quantity=3, actor="test")
+        await agent.put(CODEC.encode(receipt))  # raises too: nobody waits on it
+    assert [topic for topic, _, _ in sent].count("oms.dlq.v1") == 4
+    answers = [(key, CODEC.decode(value)) for topic, key, value in sent
+               if topic == "oms.order-commands.v1"]  # fmt: skip
+    assert [(key, a.event_type, a.reservation_id, a.reason) for key, a in answers] == [
+        (b"o-1", "StockReservationRefused", "res-1", "NON_POSITIVE_QUANTITY"),
+        (b"o-2", "StockReservationRefused", "res-2", "LEDGER_ERROR"),
+        (b"o-2", "StockReservationRefused", "res-2", "LEDGER_ERROR"),
+    ]
+    assert answers[1][1].event_id == answers[2][1].event_id  # the same answer, deduplicated
+    assert all(a.available == 0 and a.causation_id == f"r-{a.order_id[2:]}" for _, a in answers)
+    assert not [topic for topic, _, _ in sent if topic == "oms.inventory.v1"]
+
+
 async def test_a_log_event_the_fold_cannot_take_is_skipped_and_the_rest_rebuilt() -> None:
     """Otherwise one such event would stop the worker at every start, for good."""
     from streams.partitions import OrderPartition
