@@ -156,6 +156,18 @@ class CustomerHistory:
             return "vip"
         return "regular"
 
+    def copy(self) -> CustomerHistory:
+        """A copy that later records and prunes leave alone (entries and aggregates are
+        immutable, so only the containers are copied)."""
+        other = CustomerHistory()
+        other._recent = dict(self._recent)
+        other._by_phone = {key: set(ids) for key, ids in self._by_phone.items()}
+        other._by_address = {key: set(ids) for key, ids in self._by_address.items()}
+        other._by_device = {key: set(ids) for key, ids in self._by_device.items()}
+        other._customers = dict(self._customers)
+        other._horizon = self._horizon
+        return other
+
     def prune(self, before: datetime) -> None:
         """Forget velocity entries placed before `before`; aggregates stay."""
         if self._horizon is None or before > self._horizon:

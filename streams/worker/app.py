@@ -742,7 +742,7 @@ class Worker:
             return
         if views.unsnapped < max(self.settings.snapshot_every, views.size()):
             return
-        blob = views.cut()
+        blob = await asyncio.to_thread(views.cut)  # pickling a million customers: not here
         await self.out.confirmed()
 
         async def write() -> None:

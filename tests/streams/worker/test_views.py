@@ -102,3 +102,55 @@ def test_an_order_this_worker_noted_is_not_opened_again_when_the_log_brings_it()
     other = received(order_id="o-other", event_id="e-other")
     views._fold(codec.encode(other), b"o-other")
     assert decoded == ["OrderReceived"] and views.history.tracked_orders == 2
+
+
+def test_a_cut_pickles_outside_the_lock_and_what_changes_meanwhile_is_not_in_it(
+    monkeypatch: Any,
+) -> None:
+    """The views' snapshot is pickled with the lock free (a second and more at a million
+    orders, while the views' thread and the agents' decisions would wait), from a copy:
+    what is noted while it is pickled belongs to the next cut, not half to this one."""
+    import pickle
+    import threading
+
+    from streams.worker import views as module
+
+    views = SharedViews(catalogue=load_catalogue(), codec=AvroCodec())
+    receipt = StockReceived(event_id="s1", sequence=1, occurred_at=NOW, recorded_at=NOW,
+                            correlation_id="c", actor=SYSTEM, sku="MUG-CERAMIC",
+                            location="WH-SH", quantity=7)  # fmt: skip
+    for event in (receipt, _routed(1, NOW), received()):
+        views.note(event)
+    meanwhile = [
+        _routed(2, NOW),  # into the same slot's set
+        received(event_id="e-2", order_id="o-2"),  # the same customer: indexes and aggregates
+        receipt.model_copy(update={"event_id": "s2", "sequence": 2}),
+    ]
+    locked_while_pickling: list[bool] = []
+    real = pickle.dumps
+
+    def dumps(obj: Any, protocol: int) -> bytes:
+        def try_lock() -> None:  # from another thread (the lock is re-entrant in this one)
+            taken = views._lock.acquire(blocking=False)
+            if taken:
+                views._lock.release()
+            locked_while_pickling.append(not taken)
+
+        other = threading.Thread(target=try_lock)
+        other.start()
+        other.join()
+        for event in meanwhile:  # the views' thread goes on meanwhile
+            views.note(event)
+        return real(obj, protocol)
+
+    monkeypatch.setattr(module.pickle, "dumps", dumps)
+    blob = views.cut()
+    assert locked_while_pickling == [False]
+
+    restored = SharedViews(catalogue=load_catalogue(), codec=AvroCodec())
+    restored.restore(blob)
+    assert restored.available("MUG-CERAMIC", "WH-SH") == 7
+    assert restored.load(NOW)["S01"] == 1
+    assert restored.history.tracked_orders == 1 and restored.history.holds("o-1")
+    assert restored.history.size() == views.history.size() - 1  # o-2 only in the live one
+    assert views.available("MUG-CERAMIC", "WH-SH") == 14 and views.load(NOW)["S01"] == 2
