@@ -88,7 +88,7 @@ def _views_ready(
     began = time.perf_counter()
     topics = settings.topics
 
-    def snapshot() -> bytes | None:
+    def snapshot() -> bytes | memoryview | None:
         found = store.read("views", 0) if store else None
         return found.payload if found else None
 

@@ -361,7 +361,7 @@ class Worker:
             if self._snapshot_store is not None:
                 store = SnapshotStore(self.settings)  # the views' thread's own
 
-                def snapshot() -> bytes | None:
+                def snapshot() -> bytes | memoryview | None:
                     found = store.read("views", 0)
                     return None if found is None else found.payload
 

@@ -145,7 +145,7 @@ class Found:
     offset it covers (the log's events before it are in the state, none after)."""
 
     offset: int
-    payload: bytes
+    payload: bytes | memoryview
     snapshot_id: str
 
 
@@ -169,12 +169,10 @@ class SnapshotStore:
 
     # ------------------------------------------------------------ writing
 
-    def write(self, name: str, partition: int, offset: int, payload: bytes) -> int:
-        """Write a snapshot (the payload already sealed and pickled); bytes written."""
-        from confluent_kafka import Producer
-
-        if self._producer is None:
-            self._producer = Producer(producer_config(self.bootstrap, **{"linger.ms": 5}))
+    def seal(
+        self, name: str, partition: int, offset: int, payload: bytes
+    ) -> tuple[dict[str, Any], list[bytes]]:
+        """The manifest and the chunks that carry `payload` (compressed, then encrypted)."""
         snapshot_id = uuid.uuid4().hex[:16]
         nonce = secrets.token_bytes(12)
         manifest = {
@@ -190,10 +188,20 @@ class SnapshotStore:
         # Compressed first (pickles repeat their structure: about half the bytes), then sealed.
         # zstd at level 1: smaller than zlib's level 1 and ~4x quicker to open (a restart after
         # 1,000,000 orders spent ~12 s in zlib and AES-GCM; docs/benchmarks.md, "Recovery").
-        packed = bytes(cramjam.zstd.compress(payload, level=1))
+        packed = memoryview(cramjam.zstd.compress(payload, level=1))  # not copied again
         sealed = self._aead.encrypt(nonce, packed, _associated(manifest))
         chunks = [sealed[i : i + CHUNK] for i in range(0, len(sealed), CHUNK)] or [b""]
         manifest["chunks"] = len(chunks)
+        return manifest, chunks
+
+    def write(self, name: str, partition: int, offset: int, payload: bytes) -> int:
+        """Write a snapshot (the payload already sealed and pickled); bytes written."""
+        from confluent_kafka import Producer
+
+        if self._producer is None:
+            self._producer = Producer(producer_config(self.bootstrap, **{"linger.ms": 5}))
+        manifest, chunks = self.seal(name, partition, offset, payload)
+        snapshot_id = manifest["id"]
         errors: list[str] = []
 
         def delivered(err: Any, _msg: Any) -> None:
@@ -212,7 +220,7 @@ class SnapshotStore:
             self._send(key, None, partition, delivered)
         self._flush(errors)
         self._superseded[(name, partition)] = set(keys)
-        return len(sealed)
+        return sum(len(chunk) for chunk in chunks)
 
     def _send(self, key: bytes, value: bytes | None, partition: int, delivered: Any) -> None:
         while True:
@@ -334,7 +342,10 @@ class SnapshotStore:
             packed = self._aead.decrypt(
                 bytes.fromhex(manifest["nonce"]), b"".join(parts), _associated(manifest)
             )
-            payload = bytes(cramjam.zstd.decompress(packed))
+            # A view of zstd's own buffer: `bytes()` of it copied the whole payload (a
+            # hundred megabytes a partition at a million orders) into fresh memory, holding
+            # the GIL the other partitions' rebuilds need.
+            payload = memoryview(cramjam.zstd.decompress(packed))
         except Exception:  # noqa: BLE001 - InvalidTag, or a nonce that is not hex
             log.warning(
                 "%s: snapshot %s does not open (damaged, or another key); ignored",
@@ -427,7 +438,7 @@ class PartitionSnapshots:
     def write(self, partition: int, offset: int, payload: bytes) -> int:
         return self.store.write(self.name, partition, offset, payload)
 
-    def opened(self, payload: bytes) -> Any:
+    def opened(self, payload: bytes | memoryview) -> Any:
         """A payload `capture` sealed, unpickled."""
         return self.sealer.loads(payload)
 
@@ -471,7 +482,7 @@ class OrderSnapshots(PartitionSnapshots):
 
         return seal
 
-    def opened(self, payload: bytes) -> Any:
+    def opened(self, payload: bytes | memoryview) -> Any:
         """The pickled part, and the spill file's image (a view of the payload) under
         "spill" (None when the partition kept no file)."""
         view = memoryview(payload)

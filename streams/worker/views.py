@@ -90,7 +90,7 @@ class SharedViews:
         self.tickets: dict[str, tuple[int, str | None, datetime]] = {}
         self.open_at: Counter[str] = Counter()
         self._eta_topic: str | None = None
-        self._snapshot: Callable[[], bytes | None] | None = None
+        self._snapshot: Callable[[], bytes | memoryview | None] | None = None
         # The offset after the last event the thread folded, per topic partition, and how many
         # it folded since the views were cut last (or restored).
         self.positions: dict[tuple[str, int], int] = {}
@@ -244,7 +244,7 @@ class SharedViews:
             self.unsnapped = 0
         return pickle.dumps({"positions": positions, "state": state}, pickle.HIGHEST_PROTOCOL)
 
-    def restore(self, blob: bytes) -> None:
+    def restore(self, blob: bytes | memoryview) -> None:
         """Views cut by `cut` (this version's: the snapshot's fingerprint says so)."""
         data = pickle.loads(blob)  # noqa: S301 - authenticated under the master key
         with self._lock:
@@ -260,7 +260,7 @@ class SharedViews:
         bootstrap: str,
         topics: list[str],
         eta_topic: str | None = None,
-        snapshot: Callable[[], bytes | None] | None = None,
+        snapshot: Callable[[], bytes | memoryview | None] | None = None,
     ) -> None:
         """Follow `topics` (and the prep-time models on `eta_topic`) from their beginning, or
         from where the views of `snapshot` (asked in the thread) were cut."""
