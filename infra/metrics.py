@@ -101,6 +101,10 @@ REBUILD_EVENTS = Counter(
     "Log events folded while rebuilding partitions (the tails after snapshots), per agent.",
     ["agent"],
 )
+ORDERS_EVICTED = Counter(
+    "oms_orders_evicted",
+    "Settled orders the worker forgot, untouched for OMS_ORDER_RETENTION_DAYS.",
+)
 SNAPSHOTS_WRITTEN = Counter(
     "oms_snapshots_written", "Snapshots the worker wrote, per name.", ["name"]
 )

@@ -167,6 +167,15 @@ class Settings(BaseSettings):
         "orders from intake until half of them are answered (the answers, the ledger and the "
         "orders already in go first, so a backlog drains instead of piling up in memory)",
     )
+    order_retention_days: int = Field(
+        default=90,
+        ge=1,
+        description="days a worker keeps a settled order that nothing touched (no input, no "
+        "event): past them it leaves the spill file, so the state and its snapshots stop "
+        "growing with the history. An input for it afterwards (a refund request, a channel "
+        "re-sending it) is refused like one for an order never received: keep it longer than "
+        "any return, refund or re-send window",
+    )
     snapshot_every: int = Field(
         default=50_000,
         ge=0,

@@ -446,7 +446,10 @@ def decide(state: OrderState | None, received: OrderEvent | StockEvent, ctx: Con
             return Decision(refusal=taken.refusal)
         return _then_advance(state, taken.to_log, [], ctx)
     if state is None:
-        return Decision(refusal=f"{received.event_type} for an order never received")
+        return Decision(
+            refusal=f"{received.event_type} for an order never received (or forgotten: "
+            "settled and untouched for longer than the worker keeps orders)"
+        )
     if isinstance(received, StockReserved | StockReservationRefused):
         return _answer(state, received, ctx)
     if isinstance(received, StockReleased):

@@ -162,6 +162,14 @@ class OrderPartition:
         state = self.orders.get(order_id)
         return state if state is not None else self.spilled.get(order_id)
 
+    def evict(self, before: datetime) -> int:
+        """Forget the spilled orders nothing touched since `before` (none in flight: only
+        settled orders spill), some at a time; how many. An input for one later is refused
+        like one for an order never received; the order log still holds its history, which a
+        rebuild from the whole log reads back (until the next eviction)."""
+        evict = getattr(self.spilled, "evict", None)
+        return int(evict(before.timestamp())) if evict is not None else 0
+
     def spill(self) -> int:
         """Move the oldest settled orders out of memory until a tenth below the bound (so
         spilling runs now and then, not on every order); how many moved."""

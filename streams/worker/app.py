@@ -50,6 +50,7 @@ from infra.metrics import (
     DECIDE_BATCH_SECONDS,
     DECIDE_SECONDS,
     INTAKE_HELD_BACK,
+    ORDERS_EVICTED,
     ORDERS_IN_FLIGHT,
     REBUILD_EVENTS,
     REBUILD_SECONDS,
@@ -711,8 +712,10 @@ class Worker:
 
     async def expire(self) -> None:
         """Orders whose hold ran out get their expiry command (an input of their own agent);
-        perishable batches past their date leave the ledger."""
+        settled orders untouched for `OMS_ORDER_RETENTION_DAYS` are forgotten; perishable
+        batches past their date leave the ledger."""
         now = utc_now()
+        retained = now - timedelta(days=self.settings.order_retention_days)
         for partition, orders_of in list(self.order_states.states.items()):
             if self.order_states.states.get(partition) is not orders_of:
                 continue  # revoked while an earlier partition's timers ran
@@ -722,6 +725,11 @@ class Worker:
                     key=due.order_id.encode(),
                     value=self.codec.encode(due),
                 )
+            evicted = orders_of.evict(retained)
+            if evicted:
+                ORDERS_EVICTED.inc(evicted)
+                log.info("forgot %d orders of partition %d settled before %s", evicted,
+                         partition, retained.isoformat())  # fmt: skip
             await asyncio.sleep(0)  # the agents' batches go on between partitions
         products = self.views.catalogue.products
         for partition, levels in list(self.stock_states.states.items()):

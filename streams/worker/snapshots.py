@@ -57,7 +57,8 @@ from streams.worker.spill import SpillFile, image_rows
 
 log = logging.getLogger(__name__)
 
-FORMAT = 7  # 5: zstd (was zlib); 6: order states without their fields' names; 7: image apart
+FORMAT = 8  # 5: zstd (was zlib); 6: order states without their fields' names; 7: image apart;
+# 8: the spill file's rows carry when they were written (put_at, for eviction)
 CHUNK = 900_000  # bytes of payload per message, under Kafka's 1 MB default
 SCAN_WINDOW = 64  # messages a read looks at first, from the end of the partition
 SCAN_WINDOW_MAX = 256  # and at most at a time (a chunk is up to CHUNK bytes)

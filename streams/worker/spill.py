@@ -27,7 +27,7 @@ import shutil
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -91,10 +91,21 @@ def _abandoned(directory: Path) -> bool:
     return True
 
 
+EVICT_AT_ONCE = 5_000  # rows an `evict` deletes at most (a timer's tick, on the event loop)
+
+
 class SpillFile:
-    def __init__(self, directory: Path, partition: int, *, sealer: Sealer | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        partition: int,
+        *,
+        sealer: Sealer | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._dumps = sealer.dumps if sealer else _dumps
         self._loads = sealer.loads if sealer else pickle.loads
+        self._clock = clock
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / f"orders-p{partition}-{uuid.uuid4().hex[:12]}.sqlite"
         self._db = _open(self.path)
@@ -103,7 +114,11 @@ class SpillFile:
         # key's B-tree: a few rows a page, so a lookup — every new order asks — read pages
         # off the file as it grew: 78 µs a miss and 134 µs a row written at 100,000 rows,
         # against 14 and 12; docs/benchmarks.md, "The day".)
-        self._db.execute("CREATE TABLE orders (order_id TEXT PRIMARY KEY, state BLOB)")
+        # `put_at`: when the row was last written (seconds since the epoch), for `evict`.
+        self._db.execute(
+            "CREATE TABLE orders (order_id TEXT PRIMARY KEY, state BLOB, put_at INTEGER)"
+        )
+        self._db.execute("CREATE INDEX orders_put_at ON orders (put_at)")
         self.count = 0  # states written (a state written again counts again)
 
     def get(self, order_id: str) -> OrderState | None:
@@ -120,10 +135,25 @@ class SpillFile:
         rows = list(rows)
         if not rows:
             return
+        now = int(self._clock())
         self._db.execute("BEGIN")
-        self._db.executemany("INSERT OR REPLACE INTO orders VALUES (?, ?)", rows)
+        self._db.executemany(
+            "INSERT OR REPLACE INTO orders VALUES (?, ?, ?)",
+            [(order_id, state, now) for order_id, state in rows],
+        )
         self._db.execute("COMMIT")
         self.count += len(rows)
+
+    def evict(self, before: float, *, at_most: int = EVICT_AT_ONCE) -> int:
+        """Delete the rows last written before `before` (seconds since the epoch), at most
+        `at_most` of them, oldest first; how many went. Their pages are reused by later rows,
+        so a file whose orders are evicted as fast as they come stops growing."""
+        deleted = self._db.execute(
+            "DELETE FROM orders WHERE rowid IN "
+            "(SELECT rowid FROM orders WHERE put_at < ? ORDER BY put_at LIMIT ?)",
+            (int(before), at_most),
+        ).rowcount
+        return max(deleted, 0)
 
     def image(self) -> bytes:
         """The file as it is now (a consistent copy: taken between two writes)."""

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -36,10 +37,16 @@ class FakeSink:
 
 @pytest.fixture
 def app_and_sent(tmp_path: Any) -> Iterator[tuple[Any, list[Any]]]:
+    with app_of(Settings(home=tmp_path)) as made:
+        yield made
+
+
+@contextmanager
+def app_of(settings: Settings) -> Iterator[tuple[Any, list[Any]]]:
     views = SharedViews(catalogue=load_catalogue(), codec=CODEC)
     views.ready.set()  # nothing to read: no broker here
     sink = FakeSink()
-    app = create_app(Settings(home=tmp_path), replay=lambda topic, partition: [], views=views,
+    app = create_app(settings, replay=lambda topic, partition: [], views=views,
                      sink=sink)  # type: ignore[arg-type]  # fmt: skip
     yield app, sink.sent
     # The test context never starts Faust's consumer thread; close the loop it made for it.
@@ -282,6 +289,29 @@ async def test_a_dead_lettered_reservation_request_is_answered_refused(
     assert answers[1][1].event_id == answers[2][1].event_id  # the same answer, deduplicated
     assert all(a.available == 0 and a.causation_id == f"r-{a.order_id[2:]}" for _, a in answers)
     assert not [topic for topic, _, _ in sent if topic == "oms.inventory.v1"]
+
+
+async def test_the_timer_forgets_orders_untouched_for_the_retention_and_only_those(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with app_of(Settings(home=tmp_path, order_retention_days=2)) as (app, _):
+        await forgets_after_the_retention(app, monkeypatch)
+
+
+async def forgets_after_the_retention(app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    worker = app.worker
+    async with app.agents["orders"].test_context() as agent:
+        await agent.put(CODEC.encode(received()))
+    [partition] = worker.order_states.states.values()
+    spilled = partition.spilled
+    spilled.put({"o-1": partition.orders.pop("o-1")})  # settled and spilled, now
+    from streams.worker import app as module
+
+    now = datetime.now(UTC)
+    for days, kept in ((1, True), (2.01, False)):  # the timer's tick, `days` from now
+        monkeypatch.setattr(module, "utc_now", lambda days=days: now + timedelta(days=days))
+        await worker.expire()
+        assert (partition.state_of("o-1") is not None) is kept, days
 
 
 async def test_a_log_event_the_fold_cannot_take_is_skipped_and_the_rest_rebuilt() -> None:

@@ -6,7 +6,7 @@ import signal
 import subprocess
 import sys
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -270,6 +270,47 @@ def test_spilling_never_walks_the_orders_waiting_for_the_ledger(
     assert set(partition.orders) == {f"o-{n}" for n in range(150, 300)}
     assert partition.state_of("o-0") == replace(state_before, requested={})
     partition.close()
+
+
+def test_orders_untouched_past_the_retention_are_forgotten_and_the_rest_kept(
+    tmp_path: Path,
+) -> None:
+    """Order state grew with the whole history (every order ever, in the spill file and in
+    every snapshot of it). Rows untouched since the horizon go, a bounded number a tick,
+    oldest first; an order written again since stays; so do the orders in memory; and the
+    rows' times travel with a snapshot's image."""
+    made = OrderPartition()
+    ctx = context()
+    for n in range(300):
+        order = received(event_id=f"e-{n}", order_id=f"o-{n}", external_id=str(n))
+        assert made.handle(order, ctx).to_log
+    states = made.orders
+    day = 86_400
+    clock = [1_000_000.0]
+    spilled = SpillFile(tmp_path, 0, sealer=SEALER, clock=lambda: clock[0])
+    spilled.put({f"o-{n}": states[f"o-{n}"] for n in range(100)})  # spilled on day 0
+    clock[0] += day
+    spilled.put({f"o-{n}": states[f"o-{n}"] for n in range(100, 200)})  # and on day 1
+    spilled.put({"o-7": states["o-7"]})  # o-7 read back and written again on day 1
+    partition = OrderPartition(spilled=spilled)
+    partition.restore({f"o-{n}": states[f"o-{n}"] for n in range(200, 300)}, [])  # in memory
+    partition.restore({"o-0": states["o-0"]}, [])  # and o-0 (its day-0 row is stale)
+
+    horizon = datetime.fromtimestamp(1_000_000 + day // 2, tz=UTC)  # half a day after day 0
+    assert spilled.evict(horizon.timestamp(), at_most=10) == 10  # a bounded bite
+    image = spilled.image()  # what a snapshot carries
+    assert partition.evict(horizon) == 99 - 10
+    assert partition.evict(horizon) == 0
+    kept = {f"o-{n}" for n in range(300) if partition.state_of(f"o-{n}") is not None}
+    assert kept == {"o-0", "o-7"} | {f"o-{n}" for n in range(100, 300)}
+
+    restored = SpillFile(tmp_path / "restored", 0, sealer=SEALER)
+    restored.load_image(image)
+    assert restored.evict(horizon.timestamp()) == 99 - 10  # the same rows, by their times
+    assert restored.get("o-7") is not None and restored.get("o-1") is None
+    assert restored.evict(clock[0] + 1) == 101 and restored.get("o-7") is None
+    partition.close()
+    restored.close()
 
 
 CLAIM = """
