@@ -45,7 +45,10 @@ def serve(port: int, secret: str, out: str) -> None:
         def log_message(self, *_args: Any) -> None:
             pass
 
-    ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 128  # (http.server listens with 5; a burst past it is reset)
+
+    Server(("127.0.0.1", port), Handler).serve_forever()
 
 
 if __name__ == "__main__":

@@ -299,7 +299,7 @@ def buy_label(
     idempotency key (asked again, the carrier answers with the first label)."""
     from connectors.outbound import CallFailed
     from events.lifecycle import OrderStatus
-    from oms.shipping import ReadyOrder, quotes_for, shipment_request
+    from oms.shipping import ReadyOrder, asking_again, quotes_for, shipment_request
     from streams.rate_shopping import choose
 
     ret = _step(view, order_id, return_id, Step.LABELLED)
@@ -329,7 +329,11 @@ def buy_label(
         why = "; ".join(f"{k}: {v}" for k, v in failed.items()) or "no carrier quoted for it"
         raise CommandRejected("carrier", f"nothing may carry the return: {why}")
     try:
-        shipment = carriers[choice.chosen.carrier].create(request, choice.chosen.service)
+        chosen = choice.chosen
+        shipment = asking_again(
+            f"carrier {chosen.carrier}: the return label of {request.reference}",
+            lambda: carriers[chosen.carrier].create(request, chosen.service),
+        )
     except CallFailed as exc:
         raise CommandRejected("carrier", f"{choice.chosen.carrier} sold no label: {exc}") from None
     return ReturnLabelCreated(

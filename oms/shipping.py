@@ -15,18 +15,19 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from connectors.carriers.base import Carrier
 from connectors.carriers.labels import SlipLine, WaveItem, WavePrinter
-from connectors.outbound import CallFailed
+from connectors.outbound import CallFailed, TransientFailure
 from events.codec import AvroCodec, CodecError, message_ref
 from events.lifecycle import OrderStatus, next_status
 from events.models import (
@@ -53,6 +54,7 @@ from streams.consolidation import Candidate, consolidate, merged_request, split_
 from streams.rate_shopping import RateChoice, ShippingRules, choose
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class ShippingMisconfigured(ValueError):
@@ -364,15 +366,52 @@ def shipment_request(order: ReadyOrder, config: ShippingConfig) -> ShipmentReque
     )
 
 
+# A quote is a question, and a label is bought once per reference however often it is asked
+# (the carriers' conformance suite holds each client to that), so a transient failure (a reset
+# connection, a 5xx, a rate limit) is asked again after these pauses before it counts.
+RETRY_PAUSES_S = (0.2, 1.0)
+
+
+def asking_again(
+    what: str,
+    ask: Callable[[], T],
+    *,
+    pauses_s: Sequence[float] = RETRY_PAUSES_S,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """`ask()`, asked again after each of `pauses_s` while it fails transiently; the last
+    `TransientFailure` says how often it was asked. A permanent failure is raised at once."""
+    for pause in pauses_s:
+        try:
+            return ask()
+        except TransientFailure as exc:
+            log.info("%s failed (%s); asking again in %.1f s", what, exc, pause)
+            sleep(pause)
+    try:
+        return ask()
+    except TransientFailure as exc:
+        raise TransientFailure(f"{exc} (asked {len(pauses_s) + 1} times)") from exc
+
+
 def quotes_for(
-    request: ShipmentRequest, carriers: Mapping[str, Carrier]
+    request: ShipmentRequest,
+    carriers: Mapping[str, Carrier],
+    *,
+    pauses_s: Sequence[float] = RETRY_PAUSES_S,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> tuple[list[Quote], dict[str, str]]:
-    """Every carrier's quotes; a carrier that fails is left out with why (the others go on)."""
+    """Every carrier's quotes; a carrier that fails is left out with why (the others go on).
+    A transient failure is asked again (`asking_again`); a permanent one is not."""
     found: list[Quote] = []
     failed: dict[str, str] = {}
     for name, carrier in carriers.items():
         try:
-            found += carrier.quote(request)
+            found += asking_again(
+                f"carrier {name}: a quote",
+                lambda carrier=carrier: carrier.quote(request),  # type: ignore[misc]
+                pauses_s=pauses_s,
+                sleep=sleep,
+            )
         except CallFailed as exc:
             failed[name] = str(exc)
     return found, failed
@@ -475,7 +514,11 @@ def run_wave(
             )
             return f"nothing may carry it: {why}"
         try:
-            shipment = carriers[choice.chosen.carrier].create(request, choice.chosen.service)
+            chosen = choice.chosen
+            shipment = asking_again(
+                f"carrier {chosen.carrier}: the label of {request.reference}",
+                lambda: carriers[chosen.carrier].create(request, chosen.service),
+            )
         except CallFailed as exc:
             return f"{choice.chosen.carrier} did not sell the label: {exc}"
         return Shipped(order, request, choice, shipment, together)

@@ -22,10 +22,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from connectors.sms import aliyun_signature
+from tests.fake_http import FakeHttpServer
 
 ALIYUN_KEY_ID, ALIYUN_SECRET, ALIYUN_SIGN = "LTAI5tFake", "fake-aliyun-secret", "好味道"
 ALIYUN_TEMPLATES = {"SMS_100001": {"order", "time"}, "SMS_100002": {"order"}}
@@ -308,7 +309,7 @@ class _Handler(BaseHTTPRequestHandler):
 def fake_messaging() -> Iterator[FakeMessaging]:
     fake = FakeMessaging()
     handler = type("Handler", (_Handler,), {"fake": fake})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = FakeHttpServer(("127.0.0.1", 0), handler)
     fake.url = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

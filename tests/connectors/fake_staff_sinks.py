@@ -14,10 +14,11 @@ import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from connectors.wecom_bot import MARKDOWN_MAX, TEXT_MAX
+from tests.fake_http import FakeHttpServer
 
 ROBOT_KEY = "693a91f6-7xxx-4bc4-97a0-0ec2sifa5aaa"
 
@@ -81,7 +82,7 @@ def fake_robot() -> Iterator[FakeRobot]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = FakeHttpServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     robot.url = f"http://127.0.0.1:{server.server_address[1]}/cgi-bin/webhook/send"

@@ -8,7 +8,7 @@ import json
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -23,6 +23,7 @@ from connectors.platform_decrypt import (
 )
 from connectors.platform_pii import DecryptError, Opened
 from events.models import PlatformCiphertext
+from tests.fake_http import FakeHttpServer
 
 PDD_SECRET, TOP_SECRET = "pdd-client-secret", "top-app-secret"
 PDD_NAME = "~AgAAAAKj5K0FdThr3gCXEjX7VukfDJ4VXsxKOdZIGJk=~e3T2WeW7~0~~"
@@ -128,7 +129,7 @@ def platform() -> Iterator[tuple[str, list[dict[str, str]]]]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = FakeHttpServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}", seen

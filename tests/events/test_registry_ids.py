@@ -6,12 +6,13 @@ import json
 import re
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from events.codec import AvroCodec, UnknownSchemaId
 from tests.factories import received
+from tests.fake_http import FakeHttpServer
 
 
 class FakeRegistry(BaseHTTPRequestHandler):
@@ -55,7 +56,7 @@ class FakeRegistry(BaseHTTPRequestHandler):
 @pytest.fixture
 def registry_url() -> Iterator[str]:
     FakeRegistry.schemas, FakeRegistry.subjects = {}, {}
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeRegistry)
+    server = FakeHttpServer(("127.0.0.1", 0), FakeRegistry)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"

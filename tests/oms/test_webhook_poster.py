@@ -8,11 +8,12 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from oms.webhooks import Poster
+from tests.fake_http import FakeHttpServer
 
 
 class Receiver:
@@ -50,7 +51,7 @@ def receiver() -> Iterator[tuple[Receiver, int]]:
         def log_message(self, *_args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = FakeHttpServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -47,6 +47,7 @@ from oms.webhooks import (
 from streams.webhook_delivery import InvalidSecret, Progress, webhook_id
 from tests.conftest import settings_env
 from tests.factories import received
+from tests.fake_http import FakeHttpServer
 
 pytestmark = pytest.mark.integration
 FAST = {  # retries within a test's time; the defaults are seconds to a day
@@ -138,7 +139,7 @@ def receiver() -> Iterator[Receiver]:
         def log_message(self, *_args: Any) -> None:
             pass  # the test's output stays the test's
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = FakeHttpServer(("127.0.0.1", 0), Handler)
     state.url = f"http://127.0.0.1:{server.server_address[1]}/hooks"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -24,10 +24,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from connectors.carriers.easypost import signature
+from tests.fake_http import FakeHttpServer
 
 API_KEY = "EZTK" + "f" * 32
 WEBHOOK_SECRET = "s\u00e9cret"  # not ASCII: NFKD normalisation changes its bytes
@@ -390,7 +391,7 @@ class _Handler(BaseHTTPRequestHandler):
 def fake_easypost() -> Iterator[FakeEasyPost]:
     fake = FakeEasyPost()
     handler = type("Handler", (_Handler,), {"fake": fake})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = FakeHttpServer(("127.0.0.1", 0), handler)
     fake.url = f"http://127.0.0.1:{server.server_address[1]}/v2"
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True

@@ -20,10 +20,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from connectors.carriers.jd_logistics import lop_sign, push_sign
+from tests.fake_http import FakeHttpServer
 
 APP_KEY = "62d07644754843cc882fca7c0147fake"
 APP_SECRET = "0c2c8b6b7c10481ea639f6daa09afake"
@@ -343,7 +344,7 @@ class _Handler(BaseHTTPRequestHandler):
 def fake_jdl() -> Iterator[FakeJdl]:
     fake = FakeJdl()
     handler = type("Handler", (_Handler,), {"fake": fake})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = FakeHttpServer(("127.0.0.1", 0), handler)
     fake.url = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()

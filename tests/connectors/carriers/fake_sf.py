@@ -30,8 +30,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_CEILING, Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.fake_http import FakeHttpServer
 
 PARTNER_ID = "OSFAKE0001"
 CHECK_WORD = "fakeCheckWord0123456789abcdefXYZ"
@@ -374,7 +376,7 @@ def fake_sf() -> Iterator[FakeSf]:
     """The fake SF platform at `fake.url` (its `/std/service` endpoint), for one test."""
     fake = FakeSf()
     handler = type("Handler", (_Handler,), {"fake": fake})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = FakeHttpServer(("127.0.0.1", 0), handler)
     fake.url = f"http://127.0.0.1:{server.server_address[1]}{PATH}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -20,10 +20,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from connectors.carriers.zto import CHINA, data_digest
+from tests.fake_http import FakeHttpServer
 
 APP_KEY, APP_SECRET = "a227a62c216cdc328273d", "fake-zto-secret-密钥"
 ACCOUNT_ID, ACCOUNT_PASSWORD = "test", "ZTO123"  # ZTO's test e-waybill account
@@ -240,7 +241,7 @@ class _Handler(BaseHTTPRequestHandler):
 def fake_zto() -> Iterator[FakeZto]:
     fake = FakeZto()
     handler = type("Handler", (_Handler,), {"fake": fake})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = FakeHttpServer(("127.0.0.1", 0), handler)
     fake.url = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
