@@ -241,6 +241,19 @@ def _opened(event: OrderReceived | OrderModified, keys: DataKeys) -> dict[str, A
     return {name: value for name, value in json.loads(plain).items() if name in names}
 
 
+P = TypeVar("P", bound=OrderReceived | OrderModified)
+
+
+def scrubbed(event: P) -> P:
+    """The event as a reader without its key sees it: every personal field emptied (the
+    customer's pseudonymous key and `sealed` kept). What a process holding an opened event
+    keeps of it once its customer is forgotten: encoding it again seals nothing, so no new
+    data key brings the forgotten values back onto the log."""
+    model: type[BaseModel] = type(event)
+    changes = {f.path: f.blank for f in _plan(model) if _get(event, f.path)}
+    return _with(event, changes) if changes else event  # type: ignore[return-value]
+
+
 def erased(event: Event) -> bool:
     """Whether the event still holds sealed personal data its reader could not open."""
     return isinstance(event, OrderReceived | OrderModified) and event.sealed is not None

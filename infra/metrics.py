@@ -105,6 +105,12 @@ ORDERS_EVICTED = Counter(
     "oms_orders_evicted",
     "Settled orders the worker forgot, untouched for OMS_ORDER_RETENTION_DAYS.",
 )
+PERSONAL_SCRUBBED = Counter(
+    "oms_personal_scrubbed",
+    "Orders whose personal data the worker emptied from memory after their customer's data "
+    "keys were forgotten, per where (views: the velocity indexes; orders: the order states).",
+    ["where"],
+)
 SNAPSHOTS_WRITTEN = Counter(
     "oms_snapshots_written", "Snapshots the worker wrote, per name.", ["name"]
 )

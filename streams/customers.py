@@ -9,7 +9,8 @@ counting against itself.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import lru_cache
 from typing import Literal
@@ -32,9 +33,14 @@ def normalise_address(text: str) -> str:
 
 
 def customer_key(order: OrderReceived) -> str | None:
-    """Who placed the order (`events.privacy.customer_identity`): the channel's customer id,
-    else the phone, else None."""
-    return customer_identity(order.customer, order.channel)
+    """Who placed the order: the customer's pseudonymous key (`Customer.key`, the keyed hash
+    sealing sets, and the subject of their data key), else — an order never sealed — who they
+    are (`events.privacy.customer_identity`: the channel's customer id, else the phone), else
+    None. The key, not the phone, is what the views hold for each customer (and snapshot)."""
+    customer = order.customer
+    if customer is not None and customer.key:
+        return customer.key
+    return customer_identity(customer, order.channel)
 
 
 @dataclass(frozen=True)
@@ -179,6 +185,26 @@ class CustomerHistory:
                 ids.discard(order_id)
                 if not ids:
                     del index[key]
+
+    def forget(self, customers: Collection[str], orders: Collection[str] = ()) -> int:
+        """A forgotten customer's (or order's) phone, address and device leave the velocity
+        indexes — what a rebuild from the log, unable to open them, would hold; the orders
+        still count for the customer's pseudonymous norm and tier, as they do on the log.
+        How many orders were scrubbed."""
+        scrubbed = 0
+        for order_id, entry in list(self._recent.items()):
+            if entry.customer not in customers and order_id not in orders:
+                continue
+            if entry.phone is None and entry.address is None and entry.device is None:
+                continue
+            for index, key in self._indexes(entry):
+                ids = index[key]
+                ids.discard(order_id)
+                if not ids:
+                    del index[key]
+            self._recent[order_id] = replace(entry, phone=None, address=None, device=None)
+            scrubbed += 1
+        return scrubbed
 
     def _indexes(self, entry: _Recent) -> list[tuple[dict[str, set[str]], str]]:
         keys = (

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from itertools import islice
 from typing import Protocol
 
+from events import privacy
 from events.models import (
     Event,
     Location,
@@ -169,6 +170,29 @@ class OrderPartition:
         rebuild from the whole log reads back (until the next eviction)."""
         evict = getattr(self.spilled, "evict", None)
         return int(evict(before.timestamp())) if evict is not None else 0
+
+    def forget_personal(self, customers: Collection[str], orders_: Collection[str] = ()) -> int:
+        """Customers (pseudonymous keys) and orders whose data keys were forgotten: the
+        orders in memory keep their receipt and pending revision as a reader without the key
+        sees them (`events.privacy.scrubbed`), as a rebuild from the log would. Otherwise the
+        next event, spill row or snapshot sealing them would make the customer a new data key
+        and put the forgotten values back. (Spilled orders are sealed rows already: read back,
+        they do not open.) How many orders were scrubbed."""
+        scrubbed = 0
+        for order_id, state in list(self.orders.items()):
+            order = state.order
+            customer = order.customer.key if order.customer is not None else None
+            if customer not in customers and order_id not in orders_:
+                continue
+            clean = replace(
+                state,
+                order=privacy.scrubbed(order),
+                pending=None if state.pending is None else privacy.scrubbed(state.pending),
+            )
+            if clean != state:
+                self.orders[order_id] = clean
+                scrubbed += 1
+        return scrubbed
 
     def spill(self) -> int:
         """Move the oldest settled orders out of memory until a tenth below the bound (so

@@ -52,6 +52,7 @@ from infra.metrics import (
     INTAKE_HELD_BACK,
     ORDERS_EVICTED,
     ORDERS_IN_FLIGHT,
+    PERSONAL_SCRUBBED,
     REBUILD_EVENTS,
     REBUILD_SECONDS,
     SNAPSHOT_BYTES,
@@ -715,6 +716,7 @@ class Worker:
         settled orders untouched for `OMS_ORDER_RETENTION_DAYS` are forgotten; perishable
         batches past their date leave the ledger."""
         now = utc_now()
+        self.forget_personal()
         retained = now - timedelta(days=self.settings.order_retention_days)
         for partition, orders_of in list(self.order_states.states.items()):
             if self.order_states.states.get(partition) is not orders_of:
@@ -739,6 +741,38 @@ class Worker:
         await self.out.confirmed()
         await self.snapshot_views()
 
+    def forget_personal(self) -> None:
+        """Customers and orders whose data keys were tombstoned (`oms privacy forget`, here or
+        on any host: the key store's thread takes the tombstones as they come) leave this
+        worker's memory: the views' velocity indexes (and their next snapshot) and the order
+        states in memory keep them only as a reader without the keys sees them."""
+        keys = getattr(self.codec, "keys", None)
+        if keys is None:
+            return
+        try:
+            subjects = keys.forgotten()
+        except KeyStoreError:
+            log.exception("forgotten customers not taken: the key store failed")
+            return
+        if not subjects:
+            return
+        customers = {s for s in subjects if not s.startswith("order:")}
+        orders_of = {s.removeprefix("order:") for s in subjects if s.startswith("order:")}
+        in_views = self.views.forget(customers, orders_of)
+        in_orders = sum(
+            partition.forget_personal(customers, orders_of)
+            for partition in list(self.order_states.states.values())
+        )
+        PERSONAL_SCRUBBED.labels("views").inc(in_views)
+        PERSONAL_SCRUBBED.labels("orders").inc(in_orders)
+        log.info(
+            "%d subjects forgotten: personal data emptied from %d velocity entries and %d "
+            "orders in memory",
+            len(subjects),
+            in_views,
+            in_orders,
+        )
+
     async def snapshot_views(self) -> None:
         """The worker holding partition 0 of the order log snapshots the shared views once
         they folded more than their bound since the last cut (on the snapshot topic's
@@ -748,7 +782,7 @@ class Worker:
             return
         if self._snapshot_writing is not None and not self._snapshot_writing.done():
             return
-        if views.unsnapped < max(self.settings.snapshot_every, views.size()):
+        if not views.recut and views.unsnapped < max(self.settings.snapshot_every, views.size()):
             return
         blob = await asyncio.to_thread(views.cut)  # pickling a million customers: not here
         await self.out.confirmed()

@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import Any
@@ -95,6 +95,7 @@ class SharedViews:
         # it folded since the views were cut last (or restored).
         self.positions: dict[tuple[str, int], int] = {}
         self.unsnapped = 0
+        self.recut = False  # something was forgotten: cut again, however little was folded
         self.ready = threading.Event()
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -224,6 +225,17 @@ class SharedViews:
     def size(self) -> int:
         return len(self.stock) + len(self.tickets) + self.history.size()
 
+    def forget(self, customers: Collection[str], orders: Collection[str] = ()) -> int:
+        """Customers (pseudonymous keys) and orders whose data keys were forgotten: their
+        phone, address and device leave the velocity indexes (`CustomerHistory.forget`), and
+        the next cut is taken at the next chance (`recut`), so the views' snapshot stops
+        holding them too (the superseded one's chunks are tombstoned and compacted away)."""
+        with self._lock:
+            scrubbed = self.history.forget(customers, orders)
+            if scrubbed:
+                self.recut = True
+            return scrubbed
+
     def cut(self) -> bytes:
         """The views and the offsets they were read through: copied under the lock (the
         containers only: what they hold is immutable), pickled after it — at a million orders
@@ -242,6 +254,7 @@ class SharedViews:
             assert state.keys() == set(self._STATE), "a view the cut does not copy"
             positions = dict(self.positions)
             self.unsnapped = 0
+            self.recut = False
         return pickle.dumps({"positions": positions, "state": state}, pickle.HIGHEST_PROTOCOL)
 
     def restore(self, blob: bytes | memoryview) -> None:

@@ -23,6 +23,7 @@ from events.privacy import (
     mask_name,
     mask_phone,
     personal_paths,
+    scrubbed,
     seal,
     unseal,
 )
@@ -267,3 +268,46 @@ def test_random_bytes_never_repeat_across_threads_or_a_fork() -> None:
         os._exit(0)
     os.waitpid(child, 0)
     assert os.read(read, 32) != random_bytes(32)
+
+
+def test_an_opened_order_kept_in_memory_makes_no_new_key_once_scrubbed() -> None:
+    """A process holding an opened order when its customer is forgotten: encoding it as it
+    is seals its values under a new key (the forgotten data back on the log); scrubbed, it
+    is what a reader without the key sees and seals nothing."""
+    keys = MemoryKeys()
+    codec = PrivateCodec(keys)
+    opened = codec.decode(codec.encode(an_order()))
+    assert isinstance(opened, OrderReceived) and opened.customer.phone == "+8613812345678"
+    subject = customer_key("webshop:u-42", keys.pepper)
+    keys.forget([subject])
+
+    resealed = codec.encode(opened)  # what the worker's next spill row or snapshot did
+    assert subject in keys.keys  # a new key: the forgotten phone is readable again
+    assert codec.decode(resealed).customer.phone == "+8613812345678"  # type: ignore[union-attr]
+    keys.forget([subject])
+
+    clean = scrubbed(opened)
+    assert clean.customer.key == subject and clean.total == opened.total
+    assert clean.lines == opened.lines and clean.address is not None
+    assert clean.address.city == "上海"  # not personal: kept
+    written = codec.encode(clean)
+    assert subject not in keys.keys  # no key made
+    for text in CLEAR_TEXTS:
+        assert text.encode() not in written, text
+    seen = codec.decode(written)
+    assert isinstance(seen, OrderReceived) and seen.customer.key == subject
+    assert seen.customer.phone is None and seen.customer.name is None and seen.notes is None
+
+
+def test_a_scrubbed_revision_is_what_a_reader_without_the_key_sees() -> None:
+    keys = MemoryKeys()
+    codec = PrivateCodec(keys)
+    sealed = codec.encode(modified(customer=PERSONAL["customer"]))
+    opened = codec.decode(sealed)  # as the worker holds it
+    assert isinstance(opened, OrderModified) and opened.notes == "改成送到前台"
+    keys.forget(list(keys.keys))
+    blind = AvroCodec().decode(sealed)
+    assert isinstance(blind, OrderModified) and blind.sealed is not None
+    clean = scrubbed(opened)
+    assert clean.model_copy(update={"sealed": blind.sealed}) == blind
+    assert scrubbed(clean) is clean  # nothing left to empty: the same object

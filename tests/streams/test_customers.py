@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pickle
 from datetime import timedelta
 
 import pytest
@@ -7,6 +8,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from events.models import Address, Customer, OrderReceived
+from events.privacy import PrivateCodec
+from events.privacy import customer_key as pseudonym
+from infra.keystore import MemoryKeys
 from streams.customers import (
     VIP_ORDERS,
     VIP_SPEND,
@@ -195,3 +199,55 @@ def test_recording_everything_twice_changes_nothing(orders: list[OrderReceived])
             phone=key, since=T0 - timedelta(hours=3)
         )
         assert once.norm(key) == twice.norm(key)
+
+
+def sealed_copy(order: OrderReceived, keys: MemoryKeys) -> OrderReceived:
+    """The order as the worker reads it from Kafka: sealed by the connector, opened again."""
+    codec = PrivateCodec(keys)
+    opened = codec.decode(codec.encode(order))
+    assert isinstance(opened, OrderReceived) and opened.customer.key
+    return opened
+
+
+def test_customers_are_held_under_their_pseudonymous_key_not_their_phone() -> None:
+    """What the views keep (and snapshot) of every customer for norms and tiers: no phone."""
+    keys = MemoryKeys()
+    first, second = (sealed_copy(numbered(n, minutes=n), keys) for n in (1, 2))
+    history = history_of(first, second)
+    key = pseudonym(PHONE, keys.pepper)
+    assert customer_key(first) == key
+    assert history.norm(key) == CustomerNorm(orders=2, mean_total=6100)
+    history.prune(T0 + timedelta(days=1))  # the velocity entries (with the phone) gone
+    kept = pickle.dumps(history.copy())
+    assert PHONE.encode() not in kept and PHONE[3:].encode() not in kept
+    assert history.tier(key) == "regular"
+
+
+def test_forgetting_a_customer_empties_their_velocity_entries_and_keeps_their_counts() -> None:
+    keys = MemoryKeys()
+    theirs = [sealed_copy(numbered(n, minutes=n), keys) for n in (1, 2)]
+    other = sealed_copy(
+        numbered(3, minutes=3, customer=Customer(name="李", phone="+8613911111111"),
+                 address=Address(text="1 Other Rd"), device_id="dev-9"),
+        keys,
+    )  # fmt: skip
+    history = history_of(*theirs, other)
+    key = customer_key(theirs[0])
+    assert key is not None
+    since = T0 - timedelta(hours=1)
+    assert history.recent(phone=PHONE, since=since) == 2
+
+    assert history.forget({key}) == 2
+    assert history.recent(phone=PHONE, since=since) == 0
+    assert history.recent(address="88 Nanjing Rd", since=since) == 0
+    assert PHONE[3:].encode() not in pickle.dumps(history.copy())
+    assert history.norm(key) == CustomerNorm(orders=2, mean_total=6100)  # as on the log
+    assert history.norm(key, excluding="o-2") == CustomerNorm(orders=1, mean_total=6100)
+    assert history.holds("o-1")  # a redelivery still counts once
+    history.record(theirs[0])
+    assert history.norm(key) == CustomerNorm(orders=2, mean_total=6100)
+    # The other customer is untouched, and an order forgotten by its own subject goes too.
+    assert history.recent(phone="+8613911111111", since=since) == 1
+    assert history.forget(set(), {"o-3"}) == 1
+    assert history.recent(device="dev-9", since=since) == 0
+    assert history.forget({key}, {"o-3"}) == 0  # nothing left to empty

@@ -8,9 +8,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from events.codec import AvroCodec
 from events.models import DeadLetter, OrderAccepted, OrderReceived, OrderRejected, ReserveStock
+from events.privacy import PrivateCodec
+from infra.keystore import MemoryKeys
 from infra.settings import Settings
 from oms import operations
 from streams.reference import load_catalogue
@@ -312,6 +315,44 @@ async def forgets_after_the_retention(app: Any, monkeypatch: pytest.MonkeyPatch)
         monkeypatch.setattr(module, "utc_now", lambda days=days: now + timedelta(days=days))
         await worker.expire()
         assert (partition.state_of("o-1") is not None) is kept, days
+
+
+async def test_the_timer_empties_a_forgotten_customers_data_from_the_workers_memory(
+    app_and_sent: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`oms privacy forget` elsewhere: the worker's key store takes the tombstone, and its next
+    tick empties the customer's phone and address from the order in memory and from the
+    views' velocity indexes, and has the views cut again."""
+    app, _ = app_and_sent
+    worker = app.worker
+    keys = MemoryKeys()
+    worker.codec = PrivateCodec(keys)
+    async with app.agents["orders"].test_context() as agent:
+        await agent.put(worker.codec.encode(received()))
+    [partition] = worker.order_states.states.values()
+    held = partition.orders["o-1"].order
+    assert held.customer.phone == "+8613800000000" and held.customer.key
+    views = worker.views
+    since = T0 - timedelta(hours=1)
+    assert views.history.recent(phone="+8613800000000", since=since) == 1
+    before = REGISTRY.get_sample_value("oms_personal_scrubbed_total", {"where": "orders"}) or 0
+    from streams.worker import app as module
+
+    monkeypatch.setattr(module, "utc_now", lambda: T0 + timedelta(minutes=1))  # the tick's
+
+    await worker.expire()  # nothing forgotten yet: nothing changes
+    assert partition.orders["o-1"].order == held and not views.recut
+    assert views.history.recent(phone="+8613800000000", since=since) == 1
+    keys.forget([held.customer.key])
+    await worker.expire()
+
+    kept = partition.orders["o-1"].order
+    assert kept.customer.phone is None and kept.customer.name is None
+    assert kept.address is not None and kept.address.text == ""
+    assert kept.total == held.total and kept.customer.key == held.customer.key
+    assert views.history.recent(phone="+8613800000000", since=since) == 0 and views.recut
+    after = REGISTRY.get_sample_value("oms_personal_scrubbed_total", {"where": "orders"})
+    assert after == before + 1
 
 
 async def test_a_log_event_the_fold_cannot_take_is_skipped_and_the_rest_rebuilt() -> None:

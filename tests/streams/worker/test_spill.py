@@ -13,8 +13,16 @@ from typing import Any
 import pytest
 
 from events.codec import AvroCodec
-from events.models import FulfilmentGroup, LineQuantity, OrderAccepted, OrderRouted
-from infra.keystore import MasterKey
+from events.models import (
+    Customer,
+    FulfilmentGroup,
+    LineQuantity,
+    OrderAccepted,
+    OrderReceived,
+    OrderRouted,
+)
+from events.privacy import PrivateCodec
+from infra.keystore import MasterKey, MemoryKeys
 from infra.settings import Settings
 from streams import partitions
 from streams.partitions import KeptInMemory, OrderPartition
@@ -363,3 +371,46 @@ def test_a_killed_workers_spill_files_are_removed_by_the_next_and_a_live_ones_ar
             assert child.stdout is not None
             child.stdout.close()
     assert sweep(base) == [alive_directory]
+
+
+def test_a_forgotten_customers_orders_in_memory_are_scrubbed_and_spill_no_new_key(
+    tmp_path: Path,
+) -> None:
+    """`oms privacy forget` while the worker holds the customer's orders: those in memory keep
+    only what a reader without the key sees (the spilled ones are sealed rows already), so
+    spilling or snapshotting them later makes no new data key for the forgotten customer."""
+    keys = MemoryKeys()
+    codec = PrivateCodec(keys)
+    partition = OrderPartition(spilled=SpillFile(tmp_path, 0, sealer=Sealer(codec)),
+                               max_in_memory=100)  # fmt: skip
+    ctx = context()
+    theirs = [
+        codec.decode(codec.encode(received(event_id=f"e-{n}", order_id=f"o-{n}",
+                                           external_id=str(n))))
+        for n in (1, 2)
+    ]  # fmt: skip
+    other = received(event_id="e-3", order_id="o-3", external_id="3",
+                     customer=Customer(name="李", phone="+8613911111111"))  # fmt: skip
+    for order in (*theirs, codec.decode(codec.encode(other))):
+        assert isinstance(order, OrderReceived)
+        assert partition.handle(order, ctx).to_log
+    spill = partition.spilled
+    assert isinstance(spill, SpillFile)
+    spill.put({"o-1": partition.orders.pop("o-1")})  # settled and spilled, sealed
+    [subject] = {o.customer.key for o in theirs if isinstance(o, OrderReceived)}
+    assert subject is not None and subject in keys.keys
+
+    keys.forget([subject])
+    assert partition.forget_personal({subject}) == 1  # o-2, in memory
+    kept = partition.orders["o-2"].order
+    assert kept.customer.phone is None and kept.customer.name is None
+    assert kept.customer.key == subject and kept.total == theirs[1].total
+    assert partition.orders["o-3"].order.customer.phone == "+8613911111111"
+
+    spill.put(dict(partition.orders))  # what the next spill or snapshot writes
+    assert subject not in keys.keys  # no new key: the forgotten phone stays unreadable
+    for order_id in ("o-1", "o-2"):
+        back = spill.get(order_id)
+        assert back is not None and back.order.customer.phone is None, order_id
+    assert partition.forget_personal({subject}) == 0  # nothing left to empty
+    partition.close()

@@ -4,7 +4,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from events.codec import AvroCodec
-from events.models import Actor, ActorKind, FulfilmentGroup, OrderRouted, StockReceived
+from events.models import (
+    Actor,
+    ActorKind,
+    FulfilmentGroup,
+    OrderReceived,
+    OrderRouted,
+    StockReceived,
+)
+from events.privacy import PrivateCodec
+from infra.keystore import MemoryKeys
 from streams.reference import load_catalogue
 from streams.worker.views import SharedViews
 from tests.factories import received
@@ -154,3 +163,25 @@ def test_a_cut_pickles_outside_the_lock_and_what_changes_meanwhile_is_not_in_it(
     assert restored.history.tracked_orders == 1 and restored.history.holds("o-1")
     assert restored.history.size() == views.history.size() - 1  # o-2 only in the live one
     assert views.available("MUG-CERAMIC", "WH-SH") == 14 and views.load(NOW)["S01"] == 2
+
+
+def test_a_forgotten_customer_leaves_the_views_and_their_next_cut() -> None:
+    keys = MemoryKeys()
+    codec = PrivateCodec(keys)
+    views = SharedViews(catalogue=load_catalogue(), codec=codec)
+    order = codec.decode(codec.encode(received(device_id="dev-7f3a")))
+    assert isinstance(order, OrderReceived) and order.customer.key
+    views.note(order)
+    assert b"8613800000000" in views.cut() and not views.recut
+    keys.forget([order.customer.key])
+
+    assert views.forget({order.customer.key}) == 1
+    assert views.recut  # the snapshot is cut again at the next chance
+    cut = views.cut()
+    for text in (b"8613800000000", b"88 nanjing rd", b"dev-7f3a"):
+        assert text not in cut, text
+    assert not views.recut
+    assert views.forget({order.customer.key}) == 0 and not views.recut  # nothing to cut for
+    restored = SharedViews(catalogue=load_catalogue(), codec=codec)
+    restored.restore(cut)
+    assert restored.history.tier(order.customer.key) == "regular"  # counted, pseudonymously
