@@ -26,10 +26,12 @@ compaction keeps the topic at about one snapshot per partition and agent.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import logging
+import mmap
 import pickle
 import secrets
 import struct
@@ -57,8 +59,9 @@ from streams.worker.spill import SpillFile, image_rows
 
 log = logging.getLogger(__name__)
 
-FORMAT = 8  # 5: zstd (was zlib); 6: order states without their fields' names; 7: image apart;
-# 8: the spill file's rows carry when they were written (put_at, for eviction)
+FORMAT = 9  # 5: zstd (was zlib); 6: order states without their fields' names; 7: image apart;
+# 8: the spill file's rows carry when they were written (put_at, for eviction); 9: the
+# manifest names the payload's size, and an order snapshot's image starts on a page boundary
 CHUNK = 900_000  # bytes of payload per message, under Kafka's 1 MB default
 SCAN_WINDOW = 64  # messages a read looks at first, from the end of the partition
 SCAN_WINDOW_MAX = 256  # and at most at a time (a chunk is up to CHUNK bytes)
@@ -184,6 +187,7 @@ class SnapshotStore:
             "partition": partition,
             "offset": offset,
             "nonce": nonce.hex(),
+            "size": len(payload),
             "written_at": time.time(),
         }
         # Compressed first (pickles repeat their structure: about half the bytes), then sealed.
@@ -340,14 +344,23 @@ class SnapshotStore:
                 return None
             parts.append(chunk)
         try:
-            packed = self._aead.decrypt(
-                bytes.fromhex(manifest["nonce"]), b"".join(parts), _associated(manifest)
+            # Each step into memory of its own, backed by huge pages: at a million orders a
+            # restart opens ~2 GB of snapshots, and faulting in fresh 4 KiB pages was a
+            # good part of it (docs/benchmarks.md, "Recovery").
+            sealed = fresh(sum(len(part) for part in parts))
+            at = 0
+            for part in parts:
+                sealed[at : at + len(part)] = part
+                at += len(part)
+            packed = fresh(max(len(sealed) - 16, 0))
+            self._aead.decrypt_into(
+                bytes.fromhex(manifest["nonce"]), sealed, _associated(manifest), packed
             )
-            # A view of zstd's own buffer: `bytes()` of it copied the whole payload (a
-            # hundred megabytes a partition at a million orders) into fresh memory, holding
-            # the GIL the other partitions' rebuilds need.
-            payload = memoryview(cramjam.zstd.decompress(packed))
-        except Exception:  # noqa: BLE001 - InvalidTag, or a nonce that is not hex
+            del sealed
+            payload = fresh(int(manifest["size"]))
+            if cramjam.zstd.decompress_into(packed, payload) != len(payload):
+                raise ValueError("the payload is not the size its manifest names")
+        except Exception:  # noqa: BLE001 - InvalidTag, a nonce not hex, a size that is wrong
             log.warning(
                 "%s: snapshot %s does not open (damaged, or another key); ignored",
                 where,
@@ -406,8 +419,24 @@ def _consume_range(
 
 def _associated(manifest: dict[str, Any]) -> bytes:
     """What the payload is bound to: a manifest edited or moved no longer opens it."""
-    fields = ("format", "fingerprint", "id", "name", "partition", "offset")
+    fields = ("format", "fingerprint", "id", "name", "partition", "offset", "size")
     return json.dumps([manifest[f] for f in fields]).encode()
+
+
+PAGE = 4096
+
+
+def fresh(size: int) -> memoryview:
+    """`size` bytes of zeroed, page-aligned memory of its own (an anonymous map), backed by
+    transparent huge pages where the kernel gives them on request (`madvise`): a fault per
+    2 MiB instead of per 4 KiB. Unmapped once the last view of it goes."""
+    if size <= 0:
+        return memoryview(bytearray())
+    area = mmap.mmap(-1, size)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        with contextlib.suppress(OSError):  # not offered here: 4 KiB pages, as before
+            area.madvise(mmap.MADV_HUGEPAGE)
+    return memoryview(area)
 
 
 class PartitionSnapshots:
@@ -478,8 +507,11 @@ class OrderSnapshots(PartitionSnapshots):
             rows += [(i, sealer.dumps(s)) for i, s in kept.items() if i not in in_memory]
             head = sealer.dumps({"rows": rows, "due": cut.due, "spill": image is not None})
             # The spill file's image follows the pickle as it is, not inside it: unpickled,
-            # it was copied once more (a gigabyte and more at 1,000,000 orders).
-            return b"".join([_HEAD.pack(len(head)), head, image or b""])
+            # it was copied once more (a gigabyte and more at 1,000,000 orders). It starts on
+            # a page boundary, so a restore writes it to the file straight from the opened
+            # payload, around the page cache (`SpillFile.load_image`).
+            pad = b"\0" * (-(_HEAD.size + len(head)) % PAGE) if image else b""
+            return b"".join([_HEAD.pack(len(head)), head, pad, image or b""])
 
         return seal
 
@@ -489,7 +521,8 @@ class OrderSnapshots(PartitionSnapshots):
         view = memoryview(payload)
         (length,) = _HEAD.unpack_from(view)
         data = self.sealer.loads(view[_HEAD.size : _HEAD.size + length])
-        data["spill"] = view[_HEAD.size + length :] if data["spill"] else None
+        start = _HEAD.size + length
+        data["spill"] = view[start + (-start % PAGE) :] if data["spill"] else None
         return data
 
     def restore(self, state: partitions.OrderPartition, data: Any) -> None:
