@@ -63,14 +63,15 @@ def _states(
     )
 
 
-def _rebuild_all(states: list[PartitionStates[Any]], partitions: int) -> float:
+def _rebuild_all(states: list[PartitionStates[Any]], partitions: int, at_once: int) -> float:
     """Seconds to rebuild every partition of every agent, as a worker does after it was
-    assigned them all (`rebuild_at_once`: `REBUILD_AT_ONCE` at a time)."""
+    assigned them all (`rebuild_at_once`: `OMS_REBUILD_AT_ONCE` at a time)."""
     began = time.perf_counter()
 
     async def every() -> None:
         failed = await rebuild_at_once(
-            [partial(agent.of, partition) for agent in states for partition in range(partitions)]
+            [partial(agent.of, partition) for agent in states for partition in range(partitions)],
+            at_once=at_once,
         )
         if failed:
             raise failed[0]
@@ -145,7 +146,7 @@ def run(settings: Settings, *, orders: int, tail: int, in_flight: float = 1.0) -
 
         # A day's log, rebuilt from its start: what every restart cost before snapshots.
         full = agents(snapshots=False)
-        full_s = _rebuild_all(full, partitions)
+        full_s = _rebuild_all(full, partitions, scratch.rebuild_at_once)
         # The worker's snapshot of every partition, at the log's end.
         began = time.perf_counter()
         written = 0
@@ -164,7 +165,7 @@ def run(settings: Settings, *, orders: int, tail: int, in_flight: float = 1.0) -
             # (the tail: orders arriving now)
         )
         restored = agents(snapshots=True)
-        restart_s = _rebuild_all(restored, partitions)
+        restart_s = _rebuild_all(restored, partitions, scratch.rebuild_at_once)
         replayed = sum(sum(agent.unsnapped.values()) for agent in restored)
         views_restart_s, _ = _views_ready(scratch, codec, SnapshotStore(scratch))
         for agent in restored:

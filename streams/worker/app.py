@@ -84,11 +84,6 @@ BATCH = 500  # inputs per batch: outputs are confirmed per batch, not per messag
 BATCH_WITHIN_S = 0.005
 SPILL_EVERY = 10_000  # log events folded between two `spill`s while rebuilding
 REPLAY_CHUNK = 5_000  # log events read at a time while rebuilding
-# Partition states rebuilt at a time after an assignment: the work is mostly outside the GIL
-# (fetching, AES-GCM, zstd, writing the spill file) and partly waiting on Kafka, so three
-# overlap on two cores (the 1,000,000-order restart: 11.2 / 12.4 s at three against 12.9 /
-# 12.8 s at two, one after the other; docs/benchmarks.md, "Recovery").
-REBUILD_AT_ONCE = 3
 # The agents' state (every order's fold) only grows, and a full collection walks all of it:
 # seconds of pause at a million orders, for next to no garbage (the state holds no cycles).
 # What has lived this long is moved out of the collector's sight (`gc.freeze`); it is still
@@ -110,11 +105,13 @@ class OutputTooLarge(ValueError):
 
 
 async def rebuild_at_once(
-    rebuilds: Iterable[Callable[[], Awaitable[Any]]], at_once: int = 0
+    rebuilds: Iterable[Callable[[], Awaitable[Any]]], at_once: int
 ) -> list[BaseException]:
-    """Run `rebuilds` (partition states' `of`), `at_once` at a time (`REBUILD_AT_ONCE` by
-    default); the errors of those that failed."""
-    gate = asyncio.Semaphore(at_once or REBUILD_AT_ONCE)
+    """Run `rebuilds` (partition states' `of`), `at_once` at a time (`OMS_REBUILD_AT_ONCE`
+    for a worker: the work is mostly outside the GIL and partly waiting on Kafka, so three
+    overlap on two cores — the 1,000,000-order restart took 11.2 / 12.4 s at three against
+    12.9 / 12.8 s at two; docs/benchmarks.md, "Recovery"); the errors of those that failed."""
+    gate = asyncio.Semaphore(at_once)
 
     async def one(rebuild: Callable[[], Awaitable[Any]]) -> None:
         async with gate:
@@ -342,8 +339,8 @@ class Worker:
         self.stock_states.forget(partitions)
 
     async def warm(self) -> None:
-        """Rebuild the states of the partitions just assigned now, `REBUILD_AT_ONCE` at a
-        time, instead of each on its first input, one after another (a batch asks them in
+        """Rebuild the states of the partitions just assigned now, `OMS_REBUILD_AT_ONCE` at
+        a time, instead of each on its first input, one after another (a batch asks them in
         turn): a restart's partitions come back together, and /readyz counts them down."""
         assigned = self.assigned or set()
         topics = self.topics
@@ -351,7 +348,8 @@ class Worker:
         of_stock = sorted({p for t, p in assigned if t == topics.stock_commands})
         failed = await rebuild_at_once(
             [partial(self.state_of, self.order_states, p) for p in of_orders]
-            + [partial(self.state_of, self.stock_states, p) for p in of_stock]
+            + [partial(self.state_of, self.stock_states, p) for p in of_stock],
+            at_once=self.settings.rebuild_at_once,
         )
         for error in failed:  # the partition's first input tries again (and raises there)
             log.warning("a partition's state was not rebuilt ahead: %r", error)
@@ -382,7 +380,7 @@ class Worker:
         """What the worker waits for before it decides at full speed (/readyz; read from the
         metrics server's thread): its shared views read, its partitions assigned, and no
         partition's state being rebuilt from its log (each assigned partition's is rebuilt at
-        the assignment, `REBUILD_AT_ONCE` at a time)."""
+        the assignment, `OMS_REBUILD_AT_ONCE` at a time)."""
         if not self.views.ready.is_set():
             return "reading the catalogue, the stock ledger and the order log into the views"
         if self.assigned is None:

@@ -8,6 +8,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from infra.settings import Settings
 from streams.partitions import OrderPartition
 from streams.reference import load_catalogue
@@ -117,3 +119,26 @@ async def test_an_assignment_rebuilds_every_assigned_partition_before_any_input(
     assert set(worker.stock_states.states) == {1}
     assert set(worker.order_states.states[2].orders) == {"o-2"}
     assert worker.rebuilding == 0 and worker.why_not_ready() is None
+
+
+async def test_an_assignment_rebuilds_as_many_at_a_time_as_the_setting_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streams.worker import app as module
+
+    asked: list[tuple[int, int]] = []
+    real = module.rebuild_at_once
+
+    async def counting(rebuilds: Any, at_once: int) -> list[BaseException]:
+        rebuilds = list(rebuilds)
+        asked.append((len(rebuilds), at_once))
+        return await real(rebuilds, at_once)
+
+    monkeypatch.setattr(module, "rebuild_at_once", counting)
+    views = SharedViews(catalogue=load_catalogue(), codec=CODEC)
+    views.ready.set()
+    settings = Settings(home=tmp_path, rebuild_at_once=1)
+    worker = Worker(settings, replay=Log().replay, views=views, sink=FakeSink())  # type: ignore[arg-type]
+    worker.assigned = {(worker.topics.intake, p) for p in range(3)}
+    await worker.warm()
+    assert asked == [(3, 1)] and set(worker.order_states.states) == {0, 1, 2}
