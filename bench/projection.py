@@ -111,10 +111,10 @@ def produce_history(
         quantity=10**9,
     )
     send(settings.topics.inventory, "TEA-GIFT-M@WH-SH", codec.encode(receipt))
-    count = events // 4
-    for n, order in enumerate(orders(count, run=f"hist{uuid.uuid4().hex[:6]}")):
+    n_orders = events // 4
+    for n, order in enumerate(orders(n_orders, run=f"hist{uuid.uuid4().hex[:6]}")):
         if day is not None:
-            at = now - day + day * (n / count)
+            at = now - day + day * (n / n_orders)
             times = {"occurred_at": at, "recorded_at": at, "placed_at": at}
             order = order.model_copy(update=times)
         common: dict[str, Any] = dict(
