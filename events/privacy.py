@@ -144,13 +144,19 @@ def customer_identity(customer: Customer | None, channel: str) -> str | None:
     virtual number), else None."""
     if customer is None:
         return None
-    if customer.id:
-        return f"{channel}:{customer.id}"
-    if customer.phone:
-        phone = normalise_phone(customer.phone)
-        if phone and customer.phone_extension:  # a relay many buyers share: this buyer on it
-            return f"{phone}_{customer.phone_extension}"
-        return phone or None
+    return _identity(channel, customer.id, customer.phone, customer.phone_extension)
+
+
+def _identity(
+    channel: str, id_: str | None, phone: str | None, extension: str | None
+) -> str | None:
+    if id_:
+        return f"{channel}:{id_}"
+    if phone:
+        normal = normalise_phone(phone)
+        if normal and extension:  # a relay many buyers share: this buyer on it
+            return f"{normal}_{extension}"
+        return normal or None
     return None
 
 
@@ -226,19 +232,25 @@ def _opened(event: OrderReceived | OrderModified, keys: DataKeys) -> dict[str, A
     """The sealed values by dotted name; None without the key; SealError if tampered."""
     assert event.sealed is not None
     key_id, subject, data = parse_sealed(event.sealed)
+    values = _open(keys, key_id, subject, data, event.event_id)
+    if values is None:
+        return None
+    names = _paths_by_name(type(event))  # (a field a later version added is not this one's)
+    return {name: value for name, value in values.items() if name in names}
+
+
+def _open(
+    keys: DataKeys, key_id: str, subject: str, data: bytes, event_id: str
+) -> dict[str, Any] | None:
     key = keys.find(subject, key_id)
     if key is None:
         return None
     try:
-        plain = aes_gcm(key).decrypt(
-            data[:12], data[12:], _associated(event.event_id, subject, key_id)
-        )
+        plain = aes_gcm(key).decrypt(data[:12], data[12:], _associated(event_id, subject, key_id))
     except InvalidTag:
-        raise SealError(
-            f"the personal data of {event.event_id} does not open with its key"
-        ) from None
-    names = _paths_by_name(type(event))  # (a field a later version added is not this one's)
-    return {name: value for name, value in json.loads(plain).items() if name in names}
+        raise SealError(f"the personal data of {event_id} does not open with its key") from None
+    values: dict[str, Any] = json.loads(plain)
+    return values
 
 
 P = TypeVar("P", bound=OrderReceived | OrderModified)
@@ -269,31 +281,94 @@ def for_analysts(event: Event, keys: DataKeys) -> Event:
     ciphertexts themselves are emptied like any other personal field."""
     if not isinstance(event, OrderReceived | OrderModified):
         return event
-    values: dict[str, Any] | None = None
-    if event.sealed is not None:
-        try:
-            values = _opened(event, keys)
-        except SealError:
-            values = None  # tampered: it stays shut, as if erased
-    subject = subject_of(event, keys.pepper) if event.sealed is None else _sealed_subject(event)
-    model = type(event)
-    changes: dict[Path, Any] = {("sealed",): None}
-    if event.customer is not None:
-        changes[("customer", "key")] = None if subject.startswith("order:") else subject
-    for field in _plan(model):
-        value = values.get(field.name) if values is not None else _get(event, field.path)
-        changes[field.path] = _mask(field, value)
-    cipher = event.platform_ciphertext
-    if cipher is not None and event.customer is not None:  # the platform's own masks instead
-        for name, mask in (("name", cipher.name_mask), ("phone", cipher.phone_mask)):
-            if mask and not changes[("customer", name)]:
-                changes[("customer", name)] = mask
+    customer, cipher = event.customer, event.platform_ciphertext
+    shown = analysts_customer(
+        keys,
+        sealed=event.sealed,
+        event_id=event.event_id,
+        channel=event.channel,
+        order_id=event.order_id,
+        customer=None
+        if customer is None
+        else (
+            customer.key,
+            customer.id,
+            customer.name,
+            customer.phone,
+            customer.email,
+            customer.phone_extension,
+        ),
+        platform_masks=None if cipher is None else (cipher.name_mask, cipher.phone_mask),
+    )
+    changes: dict[Path, Any] = {field.path: field.blank for field in _plan(type(event))}
+    changes[("sealed",)] = None
+    if customer is not None:
+        key, name, phone, email = shown
+        changes |= {
+            ("customer", "key"): key,
+            ("customer", "name"): name,
+            ("customer", "phone"): phone,
+            ("customer", "email"): email,
+        }
     return _with(event, changes)
 
 
-def _sealed_subject(event: OrderReceived | OrderModified) -> str:
-    assert event.sealed is not None
-    return parse_sealed(event.sealed)[1]
+def masked_fields(model: type[BaseModel]) -> list[tuple[Path, bool]]:
+    """The fields `for_analysts` empties in a `model` event, each with whether it is emptied
+    to "" (else to None); none for a model it leaves as it is."""
+    if not issubclass(model, OrderReceived | OrderModified):
+        return []
+    return [(field.path, field.blank == "") for field in _plan(model)]
+
+
+CustomerFields = tuple[str | None, str | None, str | None, str | None, str | None, str | None]
+"""A customer's (key, id, name, phone, email, phone_extension) as they stand in an event."""
+
+
+def analysts_customer(
+    keys: DataKeys,
+    *,
+    sealed: str | None,
+    event_id: str,
+    channel: str,
+    order_id: str,
+    customer: CustomerFields | None,
+    platform_masks: tuple[str | None, str | None] | None,
+) -> tuple[str | None, str | None, str | None, str | None]:
+    """What analysts see of an order event's customer: (pseudonymous key, masked name, masked
+    phone, masked e-mail); every other personal field is emptied. Opened from `sealed` when
+    the key is there (a tampered seal stays shut, as if erased). SealError when `sealed` is
+    not a sealed value at all. `for_analysts` and the native projector's decoder
+    (`AnalystView.native`) both ask this, so both folds store the same."""
+    values: dict[str, Any] | None = None
+    if sealed is not None:
+        key_id, subject, data = parse_sealed(sealed)
+        try:
+            values = _open(keys, key_id, subject, data, event_id)
+        except SealError:
+            values = None  # tampered: it stays shut, as if erased
+    else:
+        key, id_, _, phone, _, extension = customer or (None,) * 6
+        identity = _identity(channel, id_, phone, extension) if customer is not None else None
+        subject = key or (customer_key(identity, keys.pepper) if identity else "")
+        subject = subject or order_subject(order_id)
+    if customer is None:
+        return None, None, None, None
+    name, phone, email = (
+        (values.get("customer.name"), values.get("customer.phone"), values.get("customer.email"))
+        if values is not None
+        else customer[2:5]
+    )
+    shown_name = mask_name(str(name)) if name not in (None, "") else None
+    shown_phone = mask_phone(str(phone)) if phone not in (None, "") else None
+    shown_email = mask_email(str(email)) if email not in (None, "") else None
+    if platform_masks is not None:  # the platform's own masks, where nothing else shows
+        name_mask, phone_mask = platform_masks
+        if name_mask and not shown_name:
+            shown_name = name_mask
+        if phone_mask and not shown_phone:
+            shown_phone = phone_mask
+    return (None if subject.startswith("order:") else subject), shown_name, shown_phone, shown_email
 
 
 def mask_name(name: str) -> str:
@@ -313,18 +388,6 @@ def mask_email(email: str) -> str:
     """The first character and the domain: jane@example.com → j***@example.com."""
     local, at, domain = email.partition("@")
     return f"{local[:1]}***@{domain}" if at else "***"
-
-
-_MASKS = {"name": mask_name, "phone": mask_phone, "email": mask_email}
-
-
-def _mask(field: _Field, value: Any) -> Any:
-    """Names, phones and e-mails masked; everything else personal (ids, addresses,
-    coordinates, devices, notes) emptied: a city stays, in its own field."""
-    if value in (None, ""):
-        return field.blank
-    mask = _MASKS.get(field.path[-1]) if field.path[0] == "customer" else None
-    return mask(str(value)) if mask else field.blank
 
 
 # ---------------------------------------------------------------- the codec

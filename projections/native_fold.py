@@ -30,6 +30,7 @@ from events.models import (
     OrderEvent,
     StockEvent,
 )
+from events.privacy import masked_fields
 from projections.fold import (
     DecodedBatch,
     FoldedBatch,
@@ -40,6 +41,7 @@ from projections.fold import (
     StoredStates,
 )
 from projections.orders import END_STAGES, VOID
+from projections.privacy import AnalystView
 from projections.schema import (
     FULFILMENT_STAGES_COLUMNS,
     ORDER_ACTIVITY_COLUMNS,
@@ -143,10 +145,17 @@ def transitions() -> dict[str, dict[str, str]]:
 
 
 def native_projection(
-    *, codec: AvroCodec, orders_topic: str, stock_topic: str, capacity: int
+    *,
+    codec: AvroCodec,
+    orders_topic: str,
+    stock_topic: str,
+    capacity: int,
+    analyst: AnalystView | None = None,
 ) -> Any:
     """The native fold's `orderstream_avro.Projection` for the two topics (the extension must
-    be built: `AVAILABLE`)."""
+    be built: `AVAILABLE`). With `analyst`, its decoder masks personal data as the Python
+    fold's `AnalystView` does: it empties the fields `events.privacy.masked_fields` names and
+    sets the customer's key and masks as `analyst.native()` answers."""
     if _native is None:
         raise RuntimeError("the native extension orderstream_avro is not built")
     schemas = []
@@ -154,7 +163,8 @@ def native_projection(
         for model in _event_models(base):
             schema_id, plan = codec.current_schema(model)
             _check_json_order(plan)
-            schemas.append((schema_id, model.__name__, kind, plan))
+            personal = [(list(path), empty) for path, empty in masked_fields(model)]
+            schemas.append((schema_id, model.__name__, kind, plan, personal))
 
     def fallback(raw: bytes, topic: str) -> bytes | str:
         try:
@@ -177,6 +187,7 @@ def native_projection(
         end_stages=set(END_STAGES),
         capacity=capacity,
         fallback=fallback,
+        analyst=None if analyst is None else analyst.native(),
     )
 
 
@@ -199,10 +210,20 @@ class NativeFold:
     inserts_in_parallel = True
 
     def __init__(
-        self, *, codec: AvroCodec, orders_topic: str, stock_topic: str, capacity: int
+        self,
+        *,
+        codec: AvroCodec,
+        orders_topic: str,
+        stock_topic: str,
+        capacity: int,
+        analyst: AnalystView | None = None,
     ) -> None:
         self._projection = native_projection(
-            codec=codec, orders_topic=orders_topic, stock_topic=stock_topic, capacity=capacity
+            codec=codec,
+            orders_topic=orders_topic,
+            stock_topic=stock_topic,
+            capacity=capacity,
+            analyst=analyst,
         )
         self._decoder = self._projection.decoder()
 

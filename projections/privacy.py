@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,7 +25,14 @@ from confluent_kafka import Message
 
 from events.codec import AvroCodec, CodecError
 from events.models import Event
-from events.privacy import SEALABLE, DataKeys, SealError, for_analysts
+from events.privacy import (
+    SEALABLE,
+    CustomerFields,
+    DataKeys,
+    SealError,
+    analysts_customer,
+    for_analysts,
+)
 from projections.store import ClickHouseStore, sql_string
 
 _PERSONAL_TYPES = frozenset(model.__name__ for model in SEALABLE)
@@ -46,8 +54,13 @@ class _Rewritten:
         return getattr(self._message, name)
 
 
+Shown = tuple[str | None, str | None, str | None, str | None]
+
+
 class AnalystView:
-    """Order-log messages as ClickHouse may store them (the module docstring)."""
+    """Order-log messages as ClickHouse may store them (the module docstring). The Python fold
+    reads messages rewritten by `chunk`; the native fold's decoder does the rewriting itself,
+    on the event it decoded, and asks `native()` only what needs keys and the masks."""
 
     def __init__(self, codec: AvroCodec, keys: DataKeys) -> None:
         self.codec = codec
@@ -67,6 +80,47 @@ class AnalystView:
             return _Rewritten(message, self.codec.encode(event))
         except (CodecError, SealError):
             return message  # the fold rejects what does not decode; a tampered seal stays shut
+
+    def native(
+        self,
+    ) -> Callable[
+        [
+            str | None,
+            str,
+            str,
+            str,
+            CustomerFields | None,
+            tuple[str | None, str | None] | None,
+        ],
+        Shown | None,
+    ]:
+        """The native decoder's `analyst(sealed, event_id, channel, order_id, customer,
+        platform_masks)`: `events.privacy.analysts_customer`, or None where `message` leaves
+        the message as it is (a `sealed` value that is not one)."""
+        keys = self.keys
+
+        def analyst(
+            sealed: str | None,
+            event_id: str,
+            channel: str,
+            order_id: str,
+            customer: CustomerFields | None,
+            platform_masks: tuple[str | None, str | None] | None,
+        ) -> Shown | None:
+            try:
+                return analysts_customer(
+                    keys,
+                    sealed=sealed,
+                    event_id=event_id,
+                    channel=channel,
+                    order_id=order_id,
+                    customer=customer,
+                    platform_masks=platform_masks,
+                )
+            except SealError:
+                return None
+
+        return analyst
 
     def _carries(self, raw: bytes) -> bool:
         schema_id = int.from_bytes(raw[1:5], "big")

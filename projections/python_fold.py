@@ -35,6 +35,7 @@ from projections.fold import (
     ValueRows,
 )
 from projections.orders import OrderRow, Position, event_row, seconds
+from projections.privacy import AnalystView
 from projections.schema import (
     FULFILMENT_STAGES_COLUMNS,
     ORDER_ACTIVITY_COLUMNS,
@@ -113,9 +114,16 @@ class PythonFold:
     inserts_in_parallel = False
 
     def __init__(
-        self, *, codec: AvroCodec, orders_topic: str, stock_topic: str, capacity: int
+        self,
+        *,
+        codec: AvroCodec,
+        orders_topic: str,
+        stock_topic: str,
+        capacity: int,
+        analyst: AnalystView | None = None,
     ) -> None:
         self.codec = codec
+        self.analyst = analyst
         self.orders_topic = orders_topic
         self.stock_topic = stock_topic
         self.capacity = capacity
@@ -142,7 +150,9 @@ class PythonFold:
         orders_topic, stock_topic = self.orders_topic, self.stock_topic
         decode = self.codec.decode
         for chunk in chunks:
-            for message in chunk:
+            # Decoded as analysts may see it; a rejected message is dead-lettered as it came.
+            shown = chunk if self.analyst is None else self.analyst.chunk(chunk)
+            for message, seen in zip(chunk, shown, strict=True):
                 where = Position(
                     message.topic() or "", message.partition() or 0, message.offset() or 0
                 )
@@ -154,7 +164,7 @@ class PythonFold:
                     entry[1] += 1
                     if where.offset > entry[0]:
                         entry[0] = where.offset
-                raw = message.value() or b""
+                raw = seen.value() or b""
                 try:
                     event = decode(raw)
                     unstorable = out_of_bounds(event)
@@ -167,7 +177,7 @@ class PythonFold:
                     else:
                         raise CodecError(f"{type(event).__name__} does not belong on {where.topic}")
                 except CodecError as exc:
-                    rejected.append((*where, raw, exc.reason))
+                    rejected.append((*where, message.value() or b"", exc.reason))
         return DecodedBatch(
             (order_events, stock_events), rejected, ledger, len(order_events), len(stock_events)
         )

@@ -78,6 +78,7 @@ from events.models import (
     OrderReserved,
     OrderRouted,
     PaymentStatus,
+    PlatformCiphertext,
     Product,
     ProductUpdated,
     RejectionReason,
@@ -100,10 +101,13 @@ from events.models import (
     StockReservationRefused,
     StockReserved,
 )
+from events.privacy import PrivateCodec, subject_of
+from infra.keystore import MemoryKeys
 from infra.settings import Settings
 from projections import native_fold, orders, stock
 from projections.native_fold import AVAILABLE, COLUMNS, native_projection
 from projections.orders import OrderRow, Position, event_row, seconds
+from projections.privacy import AnalystView
 from projections.projector import BatchStats, Projector
 from projections.schema import MIGRATIONS, ORDERS_COLUMNS, READ_MODEL_NAMES, READ_MODELS
 from projections.store import ClickHouseStore, Row, connect
@@ -715,6 +719,7 @@ class PythonFold:
 
     order_states: dict[str, OrderRow] = field(default_factory=dict)
     levels: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    view: AnalystView | None = None  # what analysts may see of personal data, as projected
 
     def batch(self, messages: Sequence[FakeMessage]) -> Batch:
         rejected: list[Rejected] = []
@@ -722,7 +727,9 @@ class PythonFold:
         stock_events: list[tuple[StockEvent, Position]] = []
         for message in messages:
             where = Position(message.topic(), message.partition(), message.offset())
-            raw = message.value() or b""
+            raw = original = message.value() or b""
+            if self.view is not None:
+                raw = self.view.message(message).value() or b""
             try:
                 event = CODEC.decode(raw)
                 if (unstorable := out_of_bounds(event)) is not None:
@@ -734,7 +741,7 @@ class PythonFold:
                 else:
                     raise CodecError(f"{type(event).__name__} does not belong on {where.topic}")
             except CodecError as exc:
-                rejected.append((*where, raw, exc.reason))
+                rejected.append((*where, original, exc.reason))
         tables: dict[str, list[Row]] = {name: [] for name in COLUMNS}
         duplicates = 0
         line_rows: dict[tuple[str, int], Row] = {}
@@ -846,10 +853,19 @@ class NativeFold:
     """A native fold fed as the projector feeds it; the states it asks for are the
     reference's (what ClickHouse would hold when both folds agree)."""
 
-    def __init__(self, column_types: dict[str, list[str]], capacity: int) -> None:
+    def __init__(
+        self,
+        column_types: dict[str, list[str]],
+        capacity: int,
+        analyst: AnalystView | None = None,
+    ) -> None:
         require_native()
         self.fold = native_projection(
-            codec=CODEC, orders_topic=ORDERS_TOPIC, stock_topic=STOCK_TOPIC, capacity=capacity
+            codec=CODEC,
+            orders_topic=ORDERS_TOPIC,
+            stock_topic=STOCK_TOPIC,
+            capacity=capacity,
+            analyst=analyst,
         )
         self.decoder = self.fold.decoder()
         self.column_types = column_types
@@ -957,10 +973,17 @@ def column_types() -> dict[str, list[str]]:
 
 
 def fold_both(
-    log: Sequence[Out], column_types: dict[str, list[str]], *, batch_size: int, capacity: int
+    log: Sequence[Out],
+    column_types: dict[str, list[str]],
+    *,
+    batch_size: int,
+    capacity: int,
+    view: AnalystView | None = None,
+    native_rows: dict[str, list[Row]] | None = None,
 ) -> tuple[list[str], dict[str, int]]:
-    """Fold `log` in batches both ways; every difference, and the rows per table."""
-    reference, native = PythonFold(), NativeFold(column_types, capacity)
+    """Fold `log` in batches both ways (personal data as `view` shows it); every difference,
+    and the rows per table (the native fold's rows themselves into `native_rows`)."""
+    reference, native = PythonFold(view=view), NativeFold(column_types, capacity, view)
     messages = on_partitions(log)
     found: list[str] = []
     rows: Counter[str] = Counter()
@@ -968,6 +991,9 @@ def fold_both(
         batch = messages[start : start + batch_size]
         theirs = native.batch(batch, reference)  # first: it asks for the states before
         ours = reference.batch(batch)
+        if native_rows is not None:
+            for table, rows_of_table in theirs.tables.items():
+                native_rows.setdefault(table, []).extend(rows_of_table)
         where = f"batch at message {start}: "
         for table, columns in COLUMNS.items():
             rows[table] += len(ours.tables[table])
@@ -1188,6 +1214,89 @@ def test_what_the_read_models_cannot_store_is_rejected_by_both_folds_and_the_res
     ]
     projected = {row[0] for row in native.tables["orders"]}
     assert projected == {"ord-ok-1", "ord-ok-2"}
+
+
+def personal_log(keys: MemoryKeys) -> tuple[list[Out], list[str]]:
+    """Orders carrying personal data every way the log holds it: sealed (the key there, then
+    forgotten, or the seal tampered with or not a seal at all), in clear from before sealing
+    (a channel's customer id, a phone on a relay with its extension, a key already set, no
+    identity), the platform's ciphertext with its masks; and the clear texts analysts must
+    never see."""
+    sealing = PrivateCodec(keys)
+    clear = ["Jane Doe", "13812345678", "jane@example.com", "Room 5, 1 Nanjing Rd",
+             "device-77", "ring twice", "cust-9", "200001"]  # fmt: skip
+    customer = Customer(id="cust-9", name="Jane Doe", phone="+86 138-1234-5678",
+                        email="jane@example.com")  # fmt: skip
+    address = Address(text="Room 5, 1 Nanjing Rd", city="Shanghai", postal_code="200001",
+                      latitude=31.23, longitude=121.47)  # fmt: skip
+    personal = dict(address=address, device_id="device-77", notes="ring twice")
+    log: list[Out] = []
+
+    def add(event: OrderEvent, *, sealed: bool, tamper: str = "") -> None:
+        raw = (sealing if sealed else CODEC).encode(event)
+        if tamper:
+            decoded = CODEC.decode(raw)
+            assert isinstance(decoded, OrderReceived) and decoded.sealed
+            forged = decoded.sealed[:-4] + "AAAA" if tamper == "ciphertext" else "not:a:seal"
+            raw = CODEC.encode(decoded.model_copy(update={"sealed": forged}))
+        log.append(Out("orders", event.order_id, raw))
+
+    def received(order_id: str, who: Customer, **fields: Any) -> OrderReceived:
+        event = order_event(OrderReceived, order_id, 1, T1, channel="meituan", customer=who,
+                            **(personal | fields))  # fmt: skip
+        assert isinstance(event, OrderReceived)
+        return event
+
+    add(received("p-sealed", customer), sealed=True)
+    add(order_event(OrderModified, "p-sealed", 2, T1 + timedelta(minutes=3), channel="meituan",
+                    customer=customer, **personal), sealed=True)  # fmt: skip
+    add(received("p-forgotten", customer.model_copy(update={"id": "cust-10"})), sealed=True)
+    add(received("p-tampered", customer), sealed=True, tamper="ciphertext")
+    add(received("p-not-a-seal", Customer(name="Jane Doe")), sealed=True, tamper="not a seal")
+    add(received("p-clear-id", customer), sealed=False)
+    relay = Customer(name="张三", phone="13012345678", phone_extension="8421")
+    add(received("p-relay", relay), sealed=False)
+    add(received("p-keyed", customer.model_copy(update={"key": "c0123456789abcdef01234567"})),
+        sealed=False)  # fmt: skip
+    add(received("p-nobody", Customer(name="Jane Doe")), sealed=False)
+    cipher = PlatformCiphertext(platform="jd", name="~enc~", phone="~enc~", address="~enc~",
+                                name_mask="张**", phone_mask="138****5678")  # fmt: skip
+    add(received("p-platform", Customer(), platform_ciphertext=cipher), sealed=True)
+    add(received("p-platform-clear", Customer(), platform_ciphertext=cipher), sealed=False)
+    keys.forget([subject_of(received("p-forgotten", customer.model_copy(
+        update={"id": "cust-10"})), keys.pepper)])  # fmt: skip
+    return log, clear
+
+
+@pytest.mark.parametrize("batch_size", [1, 50])
+def test_personal_data_is_masked_alike_by_both_folds(
+    column_types: dict[str, list[str]], batch_size: int
+) -> None:
+    """The native decoder masks what `AnalystView` masks for the Python fold: the same rows
+    in every table, no clear personal text in any, and the masks where they belong."""
+    keys = MemoryKeys()
+    log, clear = personal_log(keys)
+    rows: dict[str, list[Row]] = {}
+    found, counts = fold_both(log, column_types, batch_size=batch_size, capacity=100,
+                              view=AnalystView(CODEC, keys), native_rows=rows)  # fmt: skip
+    assert not found, report(found)
+    assert counts["order_events"] == len(log) and counts["rejected"] == 0
+    text = repr(rows)
+    assert [t for t in clear if t in text] == []
+    shown = {row[ORDERS_COLUMNS.index("order_id")]: row for row in rows["orders"]}
+
+    def column(order_id: str, name: str) -> Any:
+        return shown[order_id][ORDERS_COLUMNS.index(name)]
+
+    assert (column("p-sealed", "customer_name"), column("p-sealed", "customer_phone")) == (
+        "J*", "138****5678")  # fmt: skip
+    assert column("p-forgotten", "customer_name") == ""
+    assert column("p-forgotten", "customer_key").startswith("c")
+    assert column("p-relay", "customer_name") == "张*"
+    assert column("p-keyed", "customer_key") == "c0123456789abcdef01234567"
+    assert column("p-nobody", "customer_key") == ""
+    assert column("p-platform", "customer_name") == "张**"
+    assert column("p-platform-clear", "customer_phone") == "138****5678"
 
 
 @pytest.mark.parametrize("capacity", [5, 100_000], ids=["states-forgotten", "states-kept"])

@@ -61,6 +61,23 @@ impl Value {
         &NULL
     }
 
+    /// A record's field by name, to change it (None when absent or not a record).
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut Value> {
+        if let Value::Record(schema, values) = self {
+            let i = schema.names.iter().position(|field| field == name)?;
+            return Some(&mut values[i]);
+        }
+        None
+    }
+
+    /// A string value, or None (null, or not a string).
+    pub fn opt_str(&self) -> Option<&str> {
+        match self {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
     /// A string or enum value; "" for null.
     pub fn s(&self) -> &str {
         match self {

@@ -25,11 +25,20 @@ pub(crate) struct Position {
     pub(crate) offset: i64,
 }
 
-/// A current schema: the event type it encodes, its log, how to decode it.
+/// A current schema: the event type it encodes, its log, how to decode it, and its personal
+/// fields (none for most types).
 pub(crate) struct EventSchema {
     pub(crate) type_name: String,
     pub(crate) kind: u8,
     root: Node,
+    personal: Vec<Personal>,
+}
+
+/// A field the contract marks personal (`events.privacy.personal_paths`): its path into the
+/// event (one or two names) and whether it is emptied to "" (a required field) or to null.
+struct Personal {
+    path: Vec<String>,
+    empty_string: bool,
 }
 
 /// One event of a batch, decoded.
@@ -41,12 +50,24 @@ pub(crate) struct Decoded {
 
 pub(crate) type Schemas = Arc<HashMap<u32, Arc<EventSchema>>>;
 
-/// The current schemas by id, from (schema id, event type, "order" or "stock", plan).
+/// The current schemas by id, from (schema id, event type, "order" or "stock", plan, personal
+/// fields as [(path, emptied to "")]).
 pub(crate) fn schemas(entries: &Bound<'_, PyList>) -> PyResult<Schemas> {
     let mut by_id = HashMap::new();
     for entry in entries.iter() {
-        let (schema_id, type_name, kind, plan): (u32, String, String, Bound<'_, PyAny>) =
-            entry.extract()?;
+        #[allow(clippy::type_complexity)]
+        let (schema_id, type_name, kind, plan, personal): (
+            u32,
+            String,
+            String,
+            Bound<'_, PyAny>,
+            Vec<(Vec<String>, bool)>,
+        ) = entry.extract()?;
+        if let Some((path, _)) = personal.iter().find(|(path, _)| !(1..=2).contains(&path.len())) {
+            return Err(PyValueError::new_err(format!(
+                "personal field {path:?} of {type_name}: one or two names are supported"
+            )));
+        }
         let kind = match kind.as_str() {
             "order" => ORDERS,
             "stock" => STOCK,
@@ -58,6 +79,10 @@ pub(crate) fn schemas(entries: &Bound<'_, PyList>) -> PyResult<Schemas> {
                 type_name,
                 kind,
                 root: value::build(&plan)?,
+                personal: personal
+                    .into_iter()
+                    .map(|(path, empty_string)| Personal { path, empty_string })
+                    .collect(),
             }),
         );
     }
@@ -72,6 +97,10 @@ pub struct Decoder {
     /// `fallback(raw, topic)`: current-schema bytes for a message this decoder does not take
     /// (an older schema version, a corrupt body), or the CodecError's reason as a str.
     pub(crate) fallback: PyObject,
+    /// `analyst(sealed, event_id, channel, order_id, customer, platform_masks)`: what analysts
+    /// see of an event's customer, as (key, name, phone, e-mail), or None to leave the event as
+    /// it is (`projections.privacy.AnalystView.native`). None: events are stored as they come.
+    pub(crate) analyst: Option<PyObject>,
 }
 
 /// A decoded batch, waiting for `Projection.fold`.
@@ -191,6 +220,23 @@ impl Decoder {
         topic: &str,
         index: u8,
     ) -> PyResult<Result<(Value, Arc<EventSchema>), String>> {
+        let found = self.decode_any(py, raw, topic, index)?;
+        Ok(match (found, &self.analyst) {
+            (Ok((mut event, schema)), Some(analyst)) if !schema.personal.is_empty() => {
+                for_analysts(py, analyst, &mut event, &schema)?;
+                Ok((event, schema))
+            }
+            (found, _) => found,
+        })
+    }
+
+    fn decode_any(
+        &self,
+        py: Python<'_>,
+        raw: &[u8],
+        topic: &str,
+        index: u8,
+    ) -> PyResult<Result<(Value, Arc<EventSchema>), String>> {
         if let Some(found) = self.decode_current(raw, topic, index) {
             return Ok(found);
         }
@@ -235,6 +281,79 @@ impl Decoder {
         }
         Some(Ok((event, schema.clone())))
     }
+}
+
+/// The event as analysts may see it (`events.privacy.for_analysts`, which this follows): every
+/// personal field emptied, then the customer's key and masked name, phone and e-mail set as
+/// `analyst` answers (it opens a sealed event with its data key), and `sealed` dropped.
+fn for_analysts(
+    py: Python<'_>,
+    analyst: &PyObject,
+    event: &mut Value,
+    schema: &EventSchema,
+) -> PyResult<()> {
+    let customer = event.get("customer");
+    let customer_fields = match customer {
+        Value::Record(..) => Some((
+            customer.get("key").opt_str(),
+            customer.get("id").opt_str(),
+            customer.get("name").opt_str(),
+            customer.get("phone").opt_str(),
+            customer.get("email").opt_str(),
+            customer.get("phone_extension").opt_str(),
+        )),
+        _ => None,
+    };
+    let cipher = event.get("platform_ciphertext");
+    let platform_masks = match cipher {
+        Value::Record(..) => Some((
+            cipher.get("name_mask").opt_str(),
+            cipher.get("phone_mask").opt_str(),
+        )),
+        _ => None,
+    };
+    let answer = analyst.call1(
+        py,
+        (
+            event.get("sealed").opt_str(),
+            event.get("event_id").s(),
+            event.get("channel").s(),
+            event.get("order_id").s(),
+            customer_fields,
+            platform_masks,
+        ),
+    )?;
+    if answer.is_none(py) {
+        return Ok(()); // not a sealed value: left as it is, as the Python view leaves it
+    }
+    type Shown = (Option<String>, Option<String>, Option<String>, Option<String>);
+    let (key, name, phone, email): Shown = answer.extract(py)?;
+    for field in &schema.personal {
+        let blank = if field.empty_string {
+            Value::Str(String::new())
+        } else {
+            Value::Null
+        };
+        let slot = match field.path.as_slice() {
+            [name] => event.get_mut(name),
+            [parent, name] => event.get_mut(parent).and_then(|p| p.get_mut(name)),
+            _ => None,
+        };
+        if let Some(slot) = slot {
+            *slot = blank; // (a missing parent stays missing)
+        }
+    }
+    if let Some(slot) = event.get_mut("sealed") {
+        *slot = Value::Null;
+    }
+    if let Some(customer @ Value::Record(..)) = event.get_mut("customer") {
+        for (field, shown) in [("key", key), ("name", name), ("phone", phone), ("email", email)] {
+            if let Some(slot) = customer.get_mut(field) {
+                *slot = shown.map_or(Value::Null, Value::Str);
+            }
+        }
+    }
+    Ok(())
 }
 
 // The ranges the read models store: events/bounds.py, which says why (same checks, same

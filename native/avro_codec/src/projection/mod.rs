@@ -61,8 +61,9 @@ pub struct Projection {
     schemas: Schemas,
     columns: Arc<Columns>,
     rules: Rules,
-    /// `fallback(raw, topic)`: see `Decoder`.
+    /// `fallback(raw, topic)`, `analyst(...)`: see `Decoder`.
     fallback: PyObject,
+    analyst: Option<PyObject>,
     orders: FxHashMap<Arc<str>, Entry<Arc<OrderState>>>,
     levels: FxHashMap<(String, String), Entry<Level>>,
     capacity: usize,
@@ -81,7 +82,7 @@ impl Projection {
     /// `events.lifecycle.next_status` as {status: {event type: next status}}, with "" for an
     /// order with no history yet.
     #[new]
-    #[pyo3(signature = (*, orders_topic, stock_topic, schemas, columns, transitions, void, end_stages, capacity, fallback))]
+    #[pyo3(signature = (*, orders_topic, stock_topic, schemas, columns, transitions, void, end_stages, capacity, fallback, analyst=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         orders_topic: String,
@@ -93,6 +94,7 @@ impl Projection {
         end_stages: FxHashSet<String>,
         capacity: usize,
         fallback: PyObject,
+        analyst: Option<PyObject>,
     ) -> PyResult<Self> {
         Ok(Projection {
             topics: [orders_topic, stock_topic],
@@ -104,6 +106,7 @@ impl Projection {
                 end_stages,
             },
             fallback,
+            analyst,
             orders: FxHashMap::default(),
             levels: FxHashMap::default(),
             capacity,
@@ -133,6 +136,7 @@ impl Projection {
             topics: self.topics.clone(),
             schemas: self.schemas.clone(),
             fallback: self.fallback.clone_ref(py),
+            analyst: self.analyst.as_ref().map(|analyst| analyst.clone_ref(py)),
         }
     }
 
