@@ -89,11 +89,16 @@ def isolated_settings(stack_settings: Settings, chdb_path: Path) -> Iterator[Set
     store.execute(f"DROP DATABASE IF EXISTS {store.database}")
     store.close()
     KafkaKeys.close_all(settings)  # its key stores stop following the topic
-    # Its topics go too: a broker that keeps every test's partitions runs out of file handles.
-    # Waited for: a request left to an admin client that is then collected is never sent, and
-    # thousands of leftover partitions halved the broker's throughput for the benchmarks.
+    delete_topics(settings)
+
+
+def delete_topics(settings: Settings) -> None:
+    """Delete the settings' topics, and wait for it. A broker that keeps every test's
+    partitions runs out of file handles, and thousands of leftover partitions halved its
+    throughput for the benchmarks. Waited for: a request left to an admin client that is then
+    collected is never sent."""
     admin = AdminClient(admin_config(settings.kafka_bootstrap))
-    for future in admin.delete_topics(topics.all(), operation_timeout=30).values():
+    for future in admin.delete_topics(settings.topics.all(), operation_timeout=30).values():
         with contextlib.suppress(KafkaException):  # never made (a test did not need it)
             future.result(timeout=60)
 

@@ -10,21 +10,36 @@ from pathlib import Path
 
 import pytest
 
+from infra.keystore import KafkaKeys
 from infra.settings import Settings, Topics
 from oms.stack import ClickHouseService, KafkaService
 from projections.store import ClickHouseStore, connect, with_database_url
+from tests.conftest import delete_topics
 from tests.projections.scenario import Scenario, build
+
+_MADE: list[Settings] = []  # isolated topics made in this module, deleted after it
 
 
 def isolated(settings: Settings) -> Settings:
-    """The stack's settings with topics and a consumer group of their own (created here)."""
+    """The stack's settings with topics and a consumer group of their own (created here, and
+    deleted once the test module is done: module fixtures share them)."""
     uid = uuid.uuid4().hex[:10]
     topics = Topics(**{name: f"t{uid}.{name}" for name in Topics.model_fields})
     isolated = settings.model_copy(
         update={"topics": topics, "consumer_group": f"oms-test-{uid}", "kafka_partitions": 3}
     )
     KafkaService(isolated).ensure_topics()
+    _MADE.append(isolated)
     return isolated
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _isolated_topics_deleted() -> Iterator[None]:
+    yield
+    while _MADE:
+        settings = _MADE.pop()
+        KafkaKeys.close_all(settings)  # its key stores stop following the topic
+        delete_topics(settings)
 
 
 def backend_url(settings: Settings, backend: str, chdb_path: Path) -> str:

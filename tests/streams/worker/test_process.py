@@ -14,7 +14,7 @@ from infra.exit_codes import ExitCode
 from infra.publisher import Publisher
 from infra.settings import Settings, Topics
 from oms.stack import KafkaService
-from tests.conftest import settings_env
+from tests.conftest import delete_topics, settings_env
 from tests.factories import received
 
 pytestmark = pytest.mark.integration
@@ -63,6 +63,7 @@ def test_a_worker_whose_output_kafka_refuses_stops_instead_of_going_on(
     finally:
         if process.poll() is None:
             process.kill()
+        delete_topics(settings)
     # Not restarted in-process with states ahead of the log: the whole worker ends, non-zero.
     assert process.returncode == ExitCode.BUG, output[-2000:]
     assert "MSG_SIZE_TOO_LARGE" in output
