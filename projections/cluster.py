@@ -23,7 +23,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit, urlunsplit
 
-from projections.store import ClickHouseStore, connect, sql_string
+from projections.store import (
+    ClickHouseStore,
+    StoreError,
+    StoreMisconfigured,
+    connect,
+    sql_string,
+)
 
 DISTRIBUTED_SUFFIX = "_all"
 
@@ -215,3 +221,56 @@ def sync_replicas(
         finally:
             replica.close()
     return len(urls)
+
+
+@dataclass(frozen=True)
+class Replicas:
+    """Where a replicated table's rows live: how many replicas hold it, and the native-protocol
+    address (host:port) of each, as `system.clusters` lists the cluster its Distributed table
+    `<table>_all` spans."""
+
+    count: int
+    addresses: tuple[str, ...]
+
+
+def replicas_of(store: ClickHouseStore, table: str) -> Replicas | None:
+    """The replicas of `table` in the store's database; None where it is not replicated (one
+    server). StoreMisconfigured where it is, but its `<table>_all` names no cluster the server
+    knows (`oms project --migrate --cluster NAME` makes both)."""
+    database = sql_string(store.database)
+    rows = store.query(
+        "SELECT total_replicas FROM system.replicas "
+        f"WHERE database = {database} AND table = {sql_string(table)}"
+    )
+    if not rows:
+        return None
+    count = int(rows[0][0])
+    distributed = f"{store.database}.{table}{DISTRIBUTED_SUFFIX}"
+    try:
+        create = str(store.query(f"SHOW CREATE TABLE {distributed}")[0][0])
+    except StoreError as exc:
+        raise StoreMisconfigured(
+            f"{store.database}.{table} is replicated but {distributed} is missing: "
+            "run oms project --migrate --cluster NAME"
+        ) from exc
+    named = re.search(r"Distributed\(\s*'?([^,')]+)'?\s*,", create)
+    cluster = named.group(1) if named else ""
+    hosts = store.query(
+        "SELECT host_address, port FROM system.clusters WHERE "
+        f"cluster = {sql_string(cluster)} ORDER BY shard_num, replica_num"
+    )
+    if not hosts:
+        raise StoreMisconfigured(
+            f"{distributed} names cluster {cluster!r}, which is not known here"
+        )
+    addresses = tuple(f"{_bracketed(str(host))}:{int(port)}" for host, port in hosts)
+    return Replicas(count, addresses)
+
+
+def replicated_tables(store: ClickHouseStore) -> list[str]:
+    """The replicated tables of the store's database."""
+    rows = store.query(
+        f"SELECT table FROM system.replicas WHERE database = {sql_string(store.database)} "
+        "ORDER BY table"
+    )
+    return [str(table) for (table,) in rows]

@@ -60,10 +60,11 @@ from urllib.parse import urlparse
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
 
 from infra.kafka import client_security, consumer_config
+from projections.cluster import Replicas, replicas_of, replicated_tables
 from projections.fold import Partition
 from projections.reconnect import KafkaUnavailable
 from projections.schema import MigrationError, migrate
-from projections.store import ClickHouseStore, Row, sql_string
+from projections.store import ClickHouseStore, Row, StoreError, sql_string
 
 if TYPE_CHECKING:
     from infra.settings import Settings
@@ -88,6 +89,10 @@ PROJECTOR_LEASES = "projector_leases"  # the read models' claims, swapped with t
 AUDIT_LEASES = "audit_leases"  # the audit projection's, never swapped
 SWAPS = "projector_swaps"
 LEASE_COLUMNS = ("_topic", "_partition", "epoch", "holder", "claimed_at")
+# ClickHouse's answers to a quorum INSERT that is not known to be on enough replicas:
+# TIMEOUT_EXCEEDED, TOO_FEW_LIVE_REPLICAS, UNSATISFIED_QUORUM_FOR_PREVIOUS_WRITE,
+# UNKNOWN_STATUS_OF_INSERT.
+QUORUM_NOT_REACHED = frozenset({159, 285, 286, 319})
 
 
 def migrate_concurrently(store: ClickHouseStore, *, attempts: int = 5) -> None:
@@ -175,8 +180,18 @@ class PartitionLease:
             assigned, partitions = self._membership.assignment(timeout_s=wait_s)
             holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
             claim = Claim(holder, partitions, assigned)
-            self._claim(claim)
-            self.store.settle()
+            replicas = replicas_of(self.store, self.table)
+            try:
+                self._claim(claim, replicas)
+            except StoreError as exc:
+                if replicas is None or exc.code not in QUORUM_NOT_REACHED:
+                    raise
+                # Not known to be on every replica (another claim's quorum pending, a replica
+                # down or slow): it may still arrive, and only ever fences more. Again.
+                log.warning("%s: a claim did not reach every replica: %s", self.group, exc)
+                time.sleep(random.uniform(0.2, 1.0))
+                continue
+            self._hand_over(replicas)
             if self.holds(claim):
                 log.info(
                     "%s holds %s",
@@ -212,9 +227,24 @@ class PartitionLease:
             self._membership.stop()
             self._membership = None
 
-    def _claim(self, claim: Claim) -> None:
+    def _hand_over(self, replicas: Replicas | None) -> None:
+        """Wait for the INSERTs that were running when the claim was made to end; on a
+        replicated database on every replica, and then until this replica holds what every
+        other took (the ledger and the marks read next must be the last holder's)."""
+        if replicas is None:
+            self.store.settle()
+            return
+        self.store.settle(replicas=replicas.addresses)
+        for table in replicated_tables(self.store):
+            self.store.execute(f"SYSTEM SYNC REPLICA {self.store.database}.{table}")
+
+    def _claim(self, claim: Claim, replicas: Replicas | None = None) -> None:
+        """Claims are written with a quorum of every replica on a replicated database: once
+        written, a fenced INSERT on any replica reads them."""
         if not claim.partitions:
             return
+        if replicas is not None:  # the epochs every replica took so far
+            self.store.execute(f"SYSTEM SYNC REPLICA {self.store.database}.{self.table}")
         top = {
             (str(topic), int(partition)): int(epoch)
             for topic, partition, epoch in self.store.query(
@@ -227,7 +257,7 @@ class PartitionLease:
             (topic, partition, top.get((topic, partition), 0) + 1, claim.holder, now)
             for topic, partition in sorted(claim.partitions)
         ]
-        self.store.insert(self.table, LEASE_COLUMNS, rows)
+        self.store.insert(self.table, LEASE_COLUMNS, rows, quorum=replicas.count if replicas else 0)
 
 
 def _held_query(database: str, table: str, holder: str) -> str:
@@ -258,9 +288,15 @@ class FencedStore:
         self.parallel_inserts = store.parallel_inserts
 
     def insert(
-        self, table: str, columns: Sequence[str], rows: Sequence[Row], *, where: str | None = None
+        self,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Row],
+        *,
+        where: str | None = None,
+        quorum: int = 0,
     ) -> None:
-        self.store.insert(table, columns, rows, where=self._and(where))
+        self.store.insert(table, columns, rows, where=self._and(where), quorum=quorum)
 
     def insert_rowbinary(
         self, table: str, columns: Sequence[str], data: bytes, *, where: str | None = None
@@ -285,8 +321,8 @@ class FencedStore:
     def limit_queries(self, *, max_execution_s: int, max_rows_to_read: int) -> None:
         self.store.limit_queries(max_execution_s=max_execution_s, max_rows_to_read=max_rows_to_read)
 
-    def settle(self) -> None:
-        self.store.settle()
+    def settle(self, *, replicas: Sequence[str] = ()) -> None:
+        self.store.settle(replicas=replicas)
 
     def close(self) -> None:
         self.store.close()

@@ -145,11 +145,18 @@ class ClickHouseStore(Protocol):
         ...
 
     def insert(
-        self, table: str, columns: Sequence[str], rows: Sequence[Row], *, where: str | None = None
+        self,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Row],
+        *,
+        where: str | None = None,
+        quorum: int = 0,
     ) -> None:
         """One INSERT of `rows`. With `where` (a condition on the columns), the server keeps
         only the rows that meet it when it runs the INSERT (the rows go as a temporary table and
-        the INSERT selects from it): a fenced write (projections/lease.py)."""
+        the INSERT selects from it): a fenced write (projections/lease.py). With `quorum`, into
+        a replicated table: it returns once that many replicas hold the rows (else an error)."""
         ...
 
     def insert_rowbinary(
@@ -159,11 +166,11 @@ class ClickHouseStore(Protocol):
         `where` as `insert`'s."""
         ...
 
-    def settle(self) -> None:
+    def settle(self, *, replicas: Sequence[str] = ()) -> None:
         """Return once every INSERT into the database that was running when it was called has
         ended (a server may go on writing what it received after the connection that sent it
         broke): only then do the tables hold what they will hold. StoreUnavailable if one still
-        runs after a while."""
+        runs after a while. `replicas` (host:port of each, this one's too): on every one."""
         ...
 
     def close(self) -> None: ...
@@ -268,7 +275,13 @@ class ServerStore:
         )
 
     def insert(
-        self, table: str, columns: Sequence[str], rows: Sequence[Row], *, where: str | None = None
+        self,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Row],
+        *,
+        where: str | None = None,
+        quorum: int = 0,
     ) -> None:
         """One INSERT of `rows`, sent column by column: the rows are transposed here in C
         (`zip`) rather than by the driver in Python, and naive DateTimes go as the epoch seconds
@@ -285,7 +298,12 @@ class ServerStore:
                     data[i] = _epoch_seconds(data[i])
         names = ", ".join(columns)
         if where is None:
-            self._run(f"INSERT INTO {self.database}.{table} ({names}) VALUES", data, columnar=True)
+            self._run(
+                f"INSERT INTO {self.database}.{table} ({names}) VALUES",
+                data,
+                columnar=True,
+                settings=_quorum(quorum),
+            )
             return
         external = {
             "name": "_rows",
@@ -296,7 +314,7 @@ class ServerStore:
             f"INSERT INTO {self.database}.{table} ({names}) SELECT {names} FROM _rows "
             f"WHERE {where}",
             external_tables=[external],
-            settings=ONE_PART,
+            settings=ONE_PART | (_quorum(quorum) or {}),
         )
 
     def insert_rowbinary(
@@ -485,12 +503,19 @@ class ServerStore:
             raise store_error(f"{reason or f'HTTP {status}'} -- in: {sql[:200]}")
         return body
 
-    def settle(self, *, timeout_s: float = 10.0) -> None:
+    def settle(self, *, timeout_s: float = 10.0, replicas: Sequence[str] = ()) -> None:
         # The INSERTs running now, by id: those that start later are not waited for, so other
         # writers of the database (projectors of other partitions) cannot keep this waiting.
         inserting = sql_string(f"INSERT INTO {self.database}.")
+        processes = "system.processes"
+        if replicas:  # each address a shard of its own: remote() asks every one
+            user, password = self._credentials.user, self._credentials.password
+            processes = (
+                f"remote({sql_string(','.join(replicas))}, system.processes, "
+                f"{sql_string(user)}, {sql_string(password)})"
+            )
         running = self._run(
-            f"SELECT query_id FROM system.processes WHERE position(query, {inserting}) = 1"
+            f"SELECT query_id FROM {processes} WHERE position(query, {inserting}) = 1"
         )
         deadline = time.monotonic() + timeout_s
         while running:
@@ -501,7 +526,7 @@ class ServerStore:
                 )
             time.sleep(0.1)
             ids = ", ".join(sql_string(str(query_id)) for (query_id,) in running)
-            running = self._run(f"SELECT query_id FROM system.processes WHERE query_id IN ({ids})")
+            running = self._run(f"SELECT query_id FROM {processes} WHERE query_id IN ({ids})")
 
     def limit_queries(self, *, max_execution_s: int, max_rows_to_read: int) -> None:
         self._client.settings.update(
@@ -613,7 +638,13 @@ class EmbeddedStore:
         return EmbeddedStore(path=self._path, database=database)
 
     def insert(
-        self, table: str, columns: Sequence[str], rows: Sequence[Row], *, where: str | None = None
+        self,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Row],
+        *,
+        where: str | None = None,
+        quorum: int = 0,  # (never replicated: one process's own tables)
     ) -> None:
         if not rows:
             return
@@ -687,7 +718,7 @@ class EmbeddedStore:
         result = self._run(sql, "RowBinary")
         return bytes(result.bytes()) if hasattr(result, "bytes") else bytes(result)
 
-    def settle(self) -> None:
+    def settle(self, *, replicas: Sequence[str] = ()) -> None:
         return None  # in-process: every statement has ended when its call returns
 
     def limit_queries(self, *, max_execution_s: int, max_rows_to_read: int) -> None:
@@ -703,6 +734,15 @@ class EmbeddedStore:
 # into one block, and so writes as one part (as a plain INSERT of under a million rows is),
 # however many rows or bytes the batch holds. One part is what makes an INSERT all or nothing.
 ONE_PART = {"min_insert_block_size_rows": 10**12, "min_insert_block_size_bytes": 10**15}
+QUORUM_TIMEOUT_MS = 10_000
+
+
+def _quorum(replicas: int) -> dict[str, int] | None:
+    """An INSERT's settings for a write that counts once `replicas` replicas hold it."""
+    if replicas <= 1:
+        return None
+    return {"insert_quorum": replicas, "insert_quorum_timeout": QUORUM_TIMEOUT_MS}
+
 
 _ENDS_WITH_SETTINGS = re.compile(r"\bSETTINGS\s+\w+\s*=\s*[^()]*$", re.IGNORECASE)
 

@@ -20,8 +20,16 @@ from infra.settings import Settings
 from oms.cluster_stack import ClickHouseCluster, ClusterLayout
 from oms.stack import process_alive
 from projections.cluster import ClusterDDL, sync_replicas
+from projections.lease import PROJECTOR_LEASES, Claim, PartitionLease
 from projections.rebuild import rebuild, staging_database
-from projections.schema import MIGRATIONS, READ_MODEL_NAMES, Migration, MigrationError, migrate
+from projections.schema import (
+    DEAD_LETTERS_COLUMNS,
+    MIGRATIONS,
+    READ_MODEL_NAMES,
+    Migration,
+    MigrationError,
+    migrate,
+)
 from projections.store import ClickHouseStore, connect, sql_string
 from tests.projections.conftest import contents, isolated, project_all
 from tests.projections.scenario import build
@@ -253,3 +261,60 @@ def test_sync_replicas_returns_once_every_replica_holds_what_one_was_given(
         resumed.join()
     assert waited == 2
     assert second.query(f"SELECT parcel_id FROM {second.database}.parcels") == [("p-1",)]
+
+
+def test_a_claim_on_one_replica_fences_the_other_replicas_writes_once_it_returns(
+    replicas: tuple[str, ClickHouseStore, ClickHouseStore], stack_settings: Settings
+) -> None:
+    """Two projectors writing through different replicas: a claim counts only once every
+    replica holds it (a quorum INSERT), so from the moment a successor's claim returns, the
+    fence of a write on the other replica already drops its partitions' rows. While the first
+    replica cannot fetch the claim, the successor cannot claim at all."""
+    _, first, second = replicas
+    migrate(first, cluster=ClusterDDL(CLUSTER))
+    settings = isolated(stack_settings).model_copy(update={"projector_session_timeout_s": 6.0})
+    topic = settings.topics.orders
+    group = f"lease-{uuid.uuid4().hex[:8]}"
+    a = PartitionLease(settings=settings, store=first, topics=[topic], group=group)
+    b = PartitionLease(settings=settings, store=second, topics=[topic], group=group)
+    a_claim = a.acquire()
+    assert a_claim.partitions == {(topic, p) for p in range(3)}
+    fenced = a.fence(a_claim)
+
+    def write(name: str) -> set[int]:
+        """Partitions whose row of `name` the fenced write on replica 1 kept."""
+        rows = [(f"{name}-{p}", "r", 1, topic, p, 7) for p in range(3)]
+        fenced.insert("dead_letters", DEAD_LETTERS_COLUMNS, rows)
+        kept = first.query(
+            f"SELECT _partition FROM {first.database}.dead_letters "
+            f"WHERE dead_letter_id LIKE {sql_string(name + '-%')}"
+        )
+        return {int(p) for (p,) in kept}
+
+    first.execute(f"SYSTEM STOP FETCHES {first.database}.{PROJECTOR_LEASES}")
+    claimed: list[Claim] = []
+    failed: list[BaseException] = []
+
+    def acquire() -> None:
+        try:
+            claimed.append(b.acquire())
+        except BaseException as exc:  # (reported below)
+            failed.append(exc)
+
+    successor = threading.Thread(target=acquire, daemon=True)
+    try:
+        successor.start()
+        successor.join(timeout=8)
+        # Replica 1 cannot take the claim: it does not count, and replica 1's writes go on.
+        assert not claimed and not failed, (claimed, failed)
+        assert write("before") == {0, 1, 2}
+    finally:
+        first.execute(f"SYSTEM START FETCHES {first.database}.{PROJECTOR_LEASES}")
+    successor.join(timeout=60)
+    assert not failed, failed
+    assert claimed and claimed[0].partitions, "the successor claimed nothing"
+    taken = {p for _, p in claimed[0].partitions}
+    # At once: the claim is on replica 1 before acquire returned.
+    assert write("after") == {0, 1, 2} - taken
+    a.leave()
+    b.leave()
