@@ -165,7 +165,8 @@ def run(settings: Settings, *, orders: int, tail: int, in_flight: float = 1.0) -
             # (the tail: orders arriving now)
         )
         restored = agents(snapshots=True)
-        restart_s = _rebuild_all(restored, partitions, scratch.rebuild_at_once)
+        with store.reusing_buffers():  # as the worker's `warm` restores them
+            restart_s = _rebuild_all(restored, partitions, scratch.rebuild_at_once)
         replayed = sum(sum(agent.unsnapped.values()) for agent in restored)
         views_restart_s, _ = _views_ready(scratch, codec, SnapshotStore(scratch))
         for agent in restored:

@@ -16,6 +16,7 @@ next batch (`streams.worker.sink.Acks`): the acks to Faust follow, in order, as 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import time
@@ -346,11 +347,13 @@ class Worker:
         topics = self.topics
         of_orders = sorted({p for t, p in assigned if t in (topics.intake, topics.order_commands)})
         of_stock = sorted({p for t, p in assigned if t == topics.stock_commands})
-        failed = await rebuild_at_once(
-            [partial(self.state_of, self.order_states, p) for p in of_orders]
-            + [partial(self.state_of, self.stock_states, p) for p in of_stock],
-            at_once=self.settings.rebuild_at_once,
-        )
+        store = self._snapshot_store
+        with store.reusing_buffers() if store is not None else contextlib.nullcontext():
+            failed = await rebuild_at_once(
+                [partial(self.state_of, self.order_states, p) for p in of_orders]
+                + [partial(self.state_of, self.stock_states, p) for p in of_stock],
+                at_once=self.settings.rebuild_at_once,
+            )
         for error in failed:  # the partition's first input tries again (and raises there)
             log.warning("a partition's state was not rebuilt ahead: %r", error)
 

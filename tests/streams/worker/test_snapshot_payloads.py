@@ -219,3 +219,55 @@ def takes_o_direct(directory: Path) -> bool:
         return False
     os.close(fd)
     return True
+
+
+def test_opened_snapshots_reuse_memory_no_view_still_holds(tmp_path: Any) -> None:
+    """While a restart restores many partitions, the memory one snapshot was opened into is
+    reused for the next (its pages are faulted in once, not per partition); memory a live view
+    still shows is never handed out again, and every payload opens whole."""
+    store = SnapshotStore(Settings(home=tmp_path), master=MasterKey(bytes(32)))
+    payloads = [bytes([n]) * (1 << 20) + os.urandom(4096) for n in range(6)]
+
+    def opened(n: int) -> memoryview:
+        manifest, chunks = store.seal("orders", 3, n, payloads[n])
+        keys = [f"orders/3/{manifest['id']}/{i:06d}".encode() for i in range(len(chunks))]
+        found = store._open(manifest, dict(zip(keys, chunks, strict=True)), 3)
+        assert found is not None and found.payload == payloads[n]
+        assert isinstance(found.payload, memoryview)
+        return found.payload
+
+    with store.reusing_buffers() as buffers:
+        first = opened(0)
+        kept = first[100:200]  # a view of it still alive: its memory stays its own
+        store.give_back(first)
+        second = opened(1)
+        assert bytes(kept) == payloads[0][100:200]
+        del kept
+        store.give_back(second)
+        for n in range(2, 6):
+            payload = opened(n)
+            assert address(payload) % PAGE == 0
+            store.give_back(payload)
+        # Each open takes three areas (chunks joined, decrypted, decompressed): from the
+        # third payload on, every one is one handed back before.
+        assert buffers.reused >= 3 * 4
+    plain = opened(5)  # outside a restore: memory of its own, as before
+    store.give_back(plain)
+    assert plain == payloads[5]
+
+
+def test_a_pooled_area_is_handed_out_only_once_free(tmp_path: Any) -> None:
+    from streams.worker.snapshots import Buffers
+
+    buffers = Buffers()
+    a = buffers.take(3 * PAGE)
+    a[:] = b"a" * len(a)
+    buffers.give(a)
+    b = buffers.take(2 * PAGE)  # fits in a's area: the same memory
+    assert buffers.reused == 1
+    b[:] = b"b" * len(b)
+    c = buffers.take(2 * PAGE)  # none free: fresh
+    assert buffers.reused == 1 and address(c) != address(b)
+    buffers.give(b)
+    buffers.drop()
+    assert buffers.take(PAGE) is not None and buffers.reused == 1
