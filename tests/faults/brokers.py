@@ -91,6 +91,15 @@ class BrokerCluster:
         with _detached():
             self.kafka.up()
 
+    def start_one(self, node_id: int) -> None:
+        """Start broker `node_id` alone, without waiting for the others (with two of three
+        down, `restart` would wait for a quorum this one restores)."""
+        node = self.kafka.node(node_id)
+        if node.process.pid() is not None:
+            raise AssertionError(f"broker {node_id} is still running")
+        with _detached():
+            node.start(cluster_id=self.kafka.cluster_id)
+
     def in_sync(self, topic: str) -> dict[int, list[int]]:
         """Each partition of `topic`: the ids of its in-sync replicas, as the metadata says
         (none while the metadata does not have the topic yet)."""
