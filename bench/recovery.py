@@ -13,13 +13,20 @@ Then every partition is snapshotted as the worker does it (cut, sealed, written)
 orders arrive, and the states are rebuilt the two ways, in the worker's own code
 (`PartitionStates.of`), as a worker assigned them all rebuilds them (`rebuild_at_once`).
 
+The restart runs in a process of its own, as a restarted worker does (nothing in memory; not
+after the full rebuild's gigabytes in the same process), and with the shared views read from
+their snapshot in their thread beside the partitions, as the worker reads them: the restart
+time is until both are back (the worker's /readyz). The partitions alone are measured too.
+
 Target (issue 17): restart time after 1,000,000 orders <= 10 s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -80,13 +87,10 @@ def _rebuild_all(states: list[PartitionStates[Any]], partitions: int, at_once: i
     return time.perf_counter() - began
 
 
-def _views_ready(
-    settings: Settings, codec: Any, store: SnapshotStore | None = None
-) -> tuple[float, SharedViews]:
-    """Seconds until a worker's shared views are read: from the topics' start, or (with
+def _start_views(settings: Settings, codec: Any, store: SnapshotStore | None) -> SharedViews:
+    """A worker's shared views, read in their thread: from the topics' start, or (with
     `store`) from their snapshot on and the topics' tails."""
     views = SharedViews(catalogue=load_catalogue(settings.catalogue_file), codec=codec)
-    began = time.perf_counter()
     topics = settings.topics
 
     def snapshot() -> bytes | memoryview | None:
@@ -98,6 +102,13 @@ def _views_ready(
         topics=[topics.catalogue, topics.inventory, topics.orders],
         snapshot=snapshot if store else None,
     )
+    return views
+
+
+def _views_ready(settings: Settings, codec: Any) -> tuple[float, SharedViews]:
+    """Seconds until a worker's shared views are read from the topics' start."""
+    began = time.perf_counter()
+    views = _start_views(settings, codec, None)
     views.ready.wait(timeout=3600)
     took = time.perf_counter() - began
     # What the worker's timer has forgotten of the day by now (it runs every 30 s).
@@ -105,6 +116,67 @@ def _views_ready(
     views.forget_the_past(utc_now(), window=window)
     views.stop()
     return took, views
+
+
+def _agents(
+    settings: Settings, codec: Any, spill: Path, store: SnapshotStore | None
+) -> list[PartitionStates[Any]]:
+    """The order and stock agents' partition states, as a worker makes them (with `store`:
+    restored from their snapshots and tails)."""
+    sealer = Sealer(codec)
+
+    def new_orders(partition: int) -> OrderPartition:
+        return OrderPartition(
+            spilled=SpillFile(spill, partition, sealer=sealer),
+            max_in_memory=settings.orders_in_memory_per_partition,
+        )
+
+    topics = settings.topics
+    order_snaps = OrderSnapshots(store, codec) if store else None
+    ledger_snaps = LedgerSnapshots(store, codec) if store else None
+    return [
+        _states(settings, codec, topics.orders, new_orders, order_snaps),
+        _states(settings, codec, topics.inventory, lambda _: LedgerPartition(), ledger_snaps),
+    ]
+
+
+def _restart(
+    settings: Settings, keys: dict[str, dict[str, bytes]], spill: str, *, views: bool
+) -> dict[str, float]:
+    """A restarted worker, in a process of its own (a restart starts with nothing in memory):
+    every partition of both agents restored from its snapshot and tail (`rebuild_at_once`,
+    as `Worker.warm`), and, with `views`, the shared views from theirs in their thread beside
+    them, as the worker reads them. Seconds until the partitions are back, until the views
+    are, and until both are (the worker is ready: /readyz)."""
+    memory = MemoryKeys()
+    memory.keys = keys
+    codec = private_codec(settings, memory)
+    store = SnapshotStore(settings)
+    restored = _agents(settings, codec, Path(spill), store)
+    began = time.perf_counter()
+    reading = _start_views(settings, codec, SnapshotStore(settings)) if views else None
+    with store.reusing_buffers():  # as the worker's `warm` restores them
+        partitions_s = _rebuild_all(restored, settings.kafka_partitions, settings.rebuild_at_once)
+    views_s = 0.0
+    if reading is not None:
+        reading.ready.wait(timeout=3600)
+        views_s = time.perf_counter() - began
+        reading.stop()
+    figures = {
+        "partitions_s": partitions_s,
+        "views_s": views_s,
+        "ready_s": time.perf_counter() - began,
+        "replayed": sum(sum(agent.unsnapped.values()) for agent in restored),
+    }
+    for agent in restored:
+        agent.forget(list(agent.states))
+    return figures
+
+
+def _in_a_new_process(*args: Any, **kwargs: Any) -> dict[str, float]:
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as process:
+        return process.submit(_restart, *args, **kwargs).result()
 
 
 def run(settings: Settings, *, orders: int, tail: int, in_flight: float = 1.0) -> dict[str, Any]:
@@ -118,34 +190,13 @@ def run(settings: Settings, *, orders: int, tail: int, in_flight: float = 1.0) -
         produced_s = time.perf_counter() - began
         # Data keys in memory: the history was not sealed as it was written (as a worker's
         # log is), so each of its customers would otherwise get a key on the key topic now.
-        codec = private_codec(scratch, MemoryKeys())
+        keys = MemoryKeys()
+        codec = private_codec(scratch, keys)
         store = SnapshotStore(scratch)
-        sealer = Sealer(codec)
         order_snaps, ledger_snaps = OrderSnapshots(store, codec), LedgerSnapshots(store, codec)
 
-        def new_orders(partition: int) -> OrderPartition:
-            return OrderPartition(
-                spilled=SpillFile(Path(spill), partition, sealer=sealer),
-                max_in_memory=scratch.orders_in_memory_per_partition,
-            )
-
-        def agents(snapshots: bool) -> list[PartitionStates[Any]]:
-            topics = scratch.topics
-            return [
-                _states(
-                    scratch, codec, topics.orders, new_orders, order_snaps if snapshots else None
-                ),
-                _states(
-                    scratch,
-                    codec,
-                    topics.inventory,
-                    lambda _: LedgerPartition(),
-                    ledger_snaps if snapshots else None,
-                ),
-            ]
-
         # A day's log, rebuilt from its start: what every restart cost before snapshots.
-        full = agents(snapshots=False)
+        full = _agents(scratch, codec, Path(spill), None)
         full_s = _rebuild_all(full, partitions, scratch.rebuild_at_once)
         # The worker's snapshot of every partition, at the log's end.
         began = time.perf_counter()
@@ -158,19 +209,17 @@ def run(settings: Settings, *, orders: int, tail: int, in_flight: float = 1.0) -
         written += store.write("views", 0, 0, views.cut())
         snapshot_s = time.perf_counter() - began - views_s
         del views
-        for agent in full:  # a restarted worker starts with nothing in memory
+        for agent in full:  # the worker stops
             agent.forget(list(agent.states))
+        del full
         tail_events = (
             produce_history(scratch, events=tail * 4, finished=1.0 - in_flight) if tail else 0
             # (the tail: orders arriving now)
         )
-        restored = agents(snapshots=True)
-        with store.reusing_buffers():  # as the worker's `warm` restores them
-            restart_s = _rebuild_all(restored, partitions, scratch.rebuild_at_once)
-        replayed = sum(sum(agent.unsnapped.values()) for agent in restored)
-        views_restart_s, _ = _views_ready(scratch, codec, SnapshotStore(scratch))
-        for agent in restored:
-            agent.forget(list(agent.states))
+        # The restart: a new process, as a worker restarted; its partitions alone first, then
+        # the worker's restart whole (partitions and views together, sharing the cores).
+        alone = _in_a_new_process(scratch, keys.keys, spill, views=False)
+        restart = _in_a_new_process(scratch, keys.keys, spill, views=True)
     return {
         "orders": orders,
         "in_flight": in_flight,
@@ -182,10 +231,12 @@ def run(settings: Settings, *, orders: int, tail: int, in_flight: float = 1.0) -
         "snapshot_mib": round(written / 2**20, 1),
         "tail_orders": tail,
         "tail_events": tail_events,
-        "replayed_events": replayed,
-        "restart_s": round(restart_s, 2),
+        "replayed_events": restart["replayed"],
+        "partitions_alone_s": round(alone["partitions_s"], 2),
+        "restart_partitions_s": round(restart["partitions_s"], 2),
+        "restart_views_s": round(restart["views_s"], 2),
+        "restart_s": round(restart["ready_s"], 2),
         "views_full_s": round(views_s, 2),
-        "views_restart_s": round(views_restart_s, 2),
         "target_s": RESTART_TARGET_S,
     }
 
@@ -208,10 +259,12 @@ def report(figures: dict[str, Any]) -> list[str]:
         f"rebuild from the whole log: {figures['full_replay_s']} s",
         f"snapshots of every partition: {figures['snapshot_mib']} MiB written in "
         f"{figures['snapshot_write_s']} s",
-        f"restart from snapshots + a tail of {figures['tail_orders']:,} orders "
-        f"({figures['replayed_events']:,} events replayed): {figures['restart_s']} s "
-        f"(target <= {figures['target_s']:g} s: {'met' if met else 'NOT met'})",
-        f"shared views: {figures['views_full_s']} s from the topics' start, "
-        f"{figures['views_restart_s']} s from their snapshot and the tails (the worker reads "
-        "them beside its partitions: a restart takes the longer of the two)",
+        f"restart, in a new process, from snapshots + a tail of {figures['tail_orders']:,} "
+        f"orders ({figures['replayed_events']:,} events replayed): ready in "
+        f"{figures['restart_s']} s (target <= {figures['target_s']:g} s: "
+        f"{'met' if met else 'NOT met'}); partitions back in {figures['restart_partitions_s']} "
+        f"s and the shared views in {figures['restart_views_s']} s, read side by side as the "
+        f"worker reads them",
+        f"partitions alone, in a new process: {figures['partitions_alone_s']} s; the shared "
+        f"views from the topics' start: {figures['views_full_s']} s",
     ]

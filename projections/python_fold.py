@@ -8,12 +8,9 @@ it, table by table (tests/projections/test_native_fold.py).
 
 from __future__ import annotations
 
-import gc
 import logging
-import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from operator import itemgetter
 from typing import Any
 
@@ -22,6 +19,7 @@ from confluent_kafka import Message
 from events.bounds import out_of_bounds
 from events.codec import AvroCodec, CodecError
 from events.models import Event, OrderEvent, StockEvent
+from infra import collector
 from infra.poison import describe
 from projections import orders, stock
 from projections.fold import (
@@ -53,42 +51,14 @@ __all__ = ["PythonFold"]
 # A batch's events: the order log's and the stock ledger's, each with where it sits on Kafka.
 Events = tuple[list[tuple[OrderEvent, Position]], list[tuple[StockEvent, Position]]]
 
-_gc_lock = threading.Lock()
-_gc_holders = 0  # steps of a batch (of any thread) running with the collector paused
-_gc_was_enabled = False
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """The cyclic garbage collector off while a step of a batch runs. A batch allocates
-    hundreds of thousands of containers (events, rows, states), nearly all freed by reference
-    counting when it ends; with the collector on, those allocations set off collections that
-    each walk the fold caches as well, which cost more than the batch's own work. Cycles a
-    batch leaves are collected after it, as usual. Counted, as the reading, folding and writing
-    threads overlap: the collector is back on when the last of them is done."""
-    global _gc_holders, _gc_was_enabled
-    with _gc_lock:
-        if _gc_holders == 0:
-            _gc_was_enabled = gc.isenabled()
-            gc.disable()
-        _gc_holders += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_holders -= 1
-            if _gc_holders == 0 and _gc_was_enabled:
-                gc.enable()
-
-
 log = logging.getLogger(__name__)
 
 
 class _Rows(ValueRows):
-    """A table's rows, inserted with the collector paused (see `_gc_paused`)."""
+    """A table's rows, inserted with the collector paused (see `infra.collector`)."""
 
     def insert(self, store: ClickHouseStore, table: str) -> None:
-        with _gc_paused():
+        with collector.paused():
             super().insert(store, table)
 
 
@@ -139,7 +109,7 @@ class PythonFold:
     # ------------------------------------------------------------ decoding
 
     def decode(self, chunks: Iterable[list[Message]]) -> DecodedBatch[Events]:
-        with _gc_paused():
+        with collector.paused():
             return self._decode(chunks)
 
     def _decode(self, chunks: Iterable[list[Message]]) -> DecodedBatch[Events]:
@@ -188,7 +158,7 @@ class PythonFold:
         self, batch: DecodedBatch[Events], *, states: StoredStates, high_water: HighWater
     ) -> FoldedBatch:
         order_events, stock_events = batch.events
-        with _gc_paused():
+        with collector.paused():
             rejected: list[Rejected] = []
             tables, duplicates, orders_written = self._fold_orders(
                 order_events, states, high_water, rejected

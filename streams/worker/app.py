@@ -43,6 +43,7 @@ from events.models import (
     stock_key,
     utc_now,
 )
+from infra import collector
 from infra.kafka import MAX_MESSAGE_BYTES, sasl_credentials, ssl_context
 from infra.keystore import KeyStoreError, private_codec
 from infra.metrics import (
@@ -173,19 +174,23 @@ class PartitionStates(Generic[P]):
             # Kafka has them all, so the state is the fold of everything this worker wrote.
             await self._settle()
             began = time.perf_counter()
-            states = self._new(partition)
-            start = 0
-            ends = dict[tuple[str, int], int]()
-            if self.snapshots is not None and self._tail is not None:
-                start = await asyncio.to_thread(self.snapshots.load, states, partition)
-                if start < 0:  # restored in part: start over from the whole log
-                    if isinstance(states, OrderPartition):
-                        states.close()
-                    states, start = self._new(partition), 0
-                events = self._tail(self.topic, partition, start, ends)
-            else:
-                events = self._replay(self.topic, partition)
-            folded, skipped = await self._fold(states, partition, iter(events))
+            # The collector is paused while the state is built (`infra.collector`): it holds
+            # no cycles, and the collections its objects set off each walked all of it again
+            # (~40 % of a restart after 1,000,000 orders, with the views restored beside it).
+            with collector.paused(freeze=True):
+                states = self._new(partition)
+                start = 0
+                ends = dict[tuple[str, int], int]()
+                if self.snapshots is not None and self._tail is not None:
+                    start = await asyncio.to_thread(self.snapshots.load, states, partition)
+                    if start < 0:  # restored in part: start over from the whole log
+                        if isinstance(states, OrderPartition):
+                            states.close()
+                        states, start = self._new(partition), 0
+                    events = self._tail(self.topic, partition, start, ends)
+                else:
+                    events = self._replay(self.topic, partition)
+                folded, skipped = await self._fold(states, partition, iter(events))
         finally:
             if self._generation.get(partition, 0) == generation:
                 self._building.pop(partition, None)

@@ -20,6 +20,7 @@ by then, so a snapshot never holds a decision that did not reach the log.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pickle
 import threading
@@ -52,6 +53,7 @@ from events.models import (
     StockEvent,
     stock_key,
 )
+from infra import collector
 from infra.kafka import consumer_config
 from infra.metrics import VIEWS_BEHIND
 from streams import eta, inventory
@@ -298,6 +300,16 @@ class SharedViews:
             bootstrap, group_id=f"views-{uuid.uuid4().hex}", **{"fetch.wait.max.ms": 20}
         )
         consumer = Consumer(config)
+        # Until the views are read, the collector is paused (`infra.collector`): the snapshot
+        # unpickles millions of objects (a million customers), and the collections they set
+        # off walked all of them again and again, and the partitions' rebuilds beside them.
+        catching_up = contextlib.ExitStack()
+        catching_up.enter_context(collector.paused(freeze=True))
+
+        def caught_up() -> None:
+            catching_up.close()
+            self.ready.set()
+
         try:
             self._restore_snapshot()
             ends: dict[tuple[str, int], int] = {}
@@ -313,7 +325,7 @@ class SharedViews:
                         ends[(topic, partition)] = high
             consumer.assign(assignment)
             if not ends:
-                self.ready.set()
+                caught_up()
             while not self._stop.is_set():
                 stamped = 0
                 for message in consumer.consume(num_messages=5000, timeout=0.2):
@@ -329,10 +341,11 @@ class SharedViews:
                         if where in ends and (message.offset() or 0) >= ends[where] - 1:
                             del ends[where]
                             if not ends:
-                                self.ready.set()
+                                caught_up()
                 if stamped > 0:
                     VIEWS_BEHIND.set(max(0.0, time.time() - stamped / 1000))
         finally:
+            catching_up.close()
             consumer.close()
 
     def _restore_snapshot(self) -> None:

@@ -4,6 +4,7 @@ when forgotten mid-way, and a few at a time, so a restart's partitions come back
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -142,3 +143,32 @@ async def test_an_assignment_rebuilds_as_many_at_a_time_as_the_setting_says(
     worker.assigned = {(worker.topics.intake, p) for p in range(3)}
     await worker.warm()
     assert asked == [(3, 1)] and set(worker.order_states.states) == {0, 1, 2}
+
+
+async def test_the_collector_does_not_run_while_a_partition_is_rebuilt() -> None:
+    """A restart builds millions of objects that hold no cycles; the collections they set off
+    each walked all of them again (~40 % of a restart after 1,000,000 orders). The collector
+    is paused while a state is built, and what was built is frozen out of its sight after."""
+    log = Log()
+    log.events[0] = [received(event_id=f"e-{n}", order_id=f"o-{n}") for n in range(3000)]
+    states = states_of(log)
+    collections: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    frozen_before = gc.get_freeze_count()
+    gc.callbacks.append(count)
+    try:
+        rebuilt = await states.of(0)
+        during = list(collections)
+        assert len(rebuilt.orders) + len(rebuilt.spilled) == 3000  # type: ignore[arg-type]
+        assert gc.isenabled(), "the collector was left off"
+        assert gc.get_freeze_count() > frozen_before, "the state built was not frozen"
+        gc.collect(0)
+        assert collections, "no collection is seen at all: the test sees nothing"
+    finally:
+        gc.callbacks.remove(count)
+        gc.unfreeze()
+    assert during == [], f"collections while the partition was rebuilt: {during}"

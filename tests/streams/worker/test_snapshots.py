@@ -5,6 +5,7 @@ snapshot plus its tail equals the state a full replay gives, partition by partit
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -17,7 +18,8 @@ from typing import Any
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from events.models import Event
+from events.codec import AvroCodec
+from events.models import Customer, Event
 from infra.keystore import MasterKey, MemoryKeys, private_codec
 from infra.publisher import Publisher
 from infra.replay import read_partition
@@ -35,6 +37,7 @@ from streams.worker.snapshots import (
 )
 from streams.worker.spill import image_rows
 from streams.worker.views import SharedViews
+from tests.factories import received
 from tests.streams.test_invariants import (
     check_ledger,
     check_orders,
@@ -293,3 +296,44 @@ def test_a_read_looks_at_the_newest_snapshot_not_at_every_one_before_it(
     ledger = reader.read("inventory", 0)
     assert ledger is not None and ledger.offset == 5 and ledger.payload == b"the ledger"
     assert reader.scanned > SCAN_WINDOW  # it had to go back past the orders' snapshots
+
+
+def test_the_collector_does_not_run_while_the_views_restore_their_snapshot(
+    isolated_settings: Settings,
+) -> None:
+    """The views' snapshot unpickles a million customers at a million orders; the collections
+    that set off each walked everything alive again, the partitions' rebuilds beside it too.
+    The collector is paused until the views are read, and what they hold is frozen after."""
+    settings = isolated_settings
+    source = SharedViews(catalogue=load_catalogue(settings.catalogue_file), codec=AvroCodec())
+    for n in range(20_000):
+        phone = f"+86138{n:08d}"
+        source.note(received(event_id=f"e-{n}", order_id=f"o-{n}",
+                             customer=Customer(name="王伟", phone=phone)))  # fmt: skip
+    blob = source.cut()
+    views = SharedViews(catalogue=load_catalogue(settings.catalogue_file), codec=AvroCodec())
+    collections: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        reading = threading.current_thread().name == "oms-views" and not views.ready.is_set()
+        if phase == "start" and reading:
+            collections.append(info["generation"])
+
+    frozen_before = gc.get_freeze_count()
+    gc.callbacks.append(count)
+    try:
+        topics = settings.topics
+        views.start(
+            bootstrap=settings.kafka_bootstrap,
+            topics=[topics.catalogue, topics.inventory, topics.orders],
+            snapshot=lambda: blob,
+        )
+        assert views.ready.wait(timeout=60), "the views did not catch up"
+        views.stop()
+        assert views.history.size() == source.history.size() >= 20_000
+        assert gc.isenabled(), "the collector was left off"
+        assert gc.get_freeze_count() > frozen_before, "what the views read was not frozen"
+    finally:
+        gc.callbacks.remove(count)
+        gc.unfreeze()
+    assert collections == [], f"collections while the views were read: {collections}"
