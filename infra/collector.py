@@ -11,7 +11,10 @@ garbage of such a step is freed by reference counting as it goes.
 (if it was on) when the last one leaves. A holder that built something long-lived asks for
 `freeze=True`: when the last holder leaves, everything alive is moved out of the collector's
 sight (`gc.freeze`, as the worker does every second) before it is switched on again, so the
-first collection afterwards does not walk what was just built.
+first collection afterwards does not walk what was just built. Cyclic garbage made meanwhile
+is frozen with it and never collected (as with the worker's freeze each second): the worker
+makes little — 260 objects in cycles over a 25,000-order `oms bench pipeline` run, counted
+with `gc.callbacks`.
 """
 
 from __future__ import annotations
