@@ -414,3 +414,23 @@ def test_a_forgotten_customers_orders_in_memory_are_scrubbed_and_spill_no_new_ke
         assert back is not None and back.order.customer.phone is None, order_id
     assert partition.forget_personal({subject}) == 0  # nothing left to empty
     partition.close()
+
+
+def test_many_rows_are_written_in_a_few_statements_not_one_each(tmp_path: Path) -> None:
+    """Python's sqlite3 lets go of the GIL around every statement it steps and waits to take
+    it back while another thread computes (up to the 5 ms switch interval): a restore's
+    thousands of rows written one statement each took seconds beside the views' reader. The
+    rows go in statements of many."""
+    spilled = SpillFile(tmp_path, 0)
+    steps: list[str] = []
+    spilled._db.set_trace_callback(steps.append)
+    rows = [(f"o-{n}", b"\x00" * 100) for n in range(7_000)]
+    spilled.put_rows(rows)
+    inserts = [sql for sql in steps if sql.startswith("INSERT")]
+    assert 1 <= len(inserts) <= 3, f"{len(inserts)} INSERTs for 7,000 rows"
+    assert spilled._db.execute("SELECT count(*) FROM orders").fetchone()[0] == 7_000
+    spilled.put_rows([("o-1", b"again")])  # replaced, not added
+    assert spilled._db.execute("SELECT count(*) FROM orders").fetchone()[0] == 7_000
+    assert spilled._db.execute("SELECT state FROM orders WHERE order_id = 'o-1'").fetchone() == (
+        b"again",
+    )
